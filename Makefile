@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` and `make test`; both set up .venv when missing.
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/sample.yaml
+RUN_DIR ?= runs/sample
+
+.PHONY: setup run test bench-setup bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install_langid_model.py
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(PY) scripts/install_langid_model.py
+	touch $@
+
+run: setup
+	$(PY) -m pipeline run --config $(CONFIG) --output $(RUN_DIR)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench-setup: setup
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+
+bench: bench-setup
+	$(PY) bench/prep_bench.py
+
+clean:
+	rm -rf $(RUN_DIR)

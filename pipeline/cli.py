@@ -1,0 +1,83 @@
+"""Command line: `crucible <verb> --config FILE [--set key=value ...]`.
+
+Each verb loads the one config schema, applies `--set` overrides, does its work and ends with a
+summary table. Config mistakes exit with status 2 and a message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import STAGE_ORDER, ConfigError, CrucibleConfig, load_config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set prep.workers=4 (repeatable)")
+
+
+def _stage_list(value: str) -> list[str]:
+    stages = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_ORDER)}")
+    return stages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crucible", description="Raw text to a trained language model.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
+    _common(prep)
+    prep.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
+                      help="input file or folder (repeatable; replaces prep.inputs)")
+    prep.add_argument("--output", type=Path, required=True, help="output folder")
+    prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(STAGE_ORDER)}")
+    prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
+    _common(run)
+    run.add_argument("--output", type=Path, required=True, help="run folder")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> CrucibleConfig:
+    config = load_config(args.config, args.overrides)
+    if getattr(args, "inputs", None):
+        config.prep.inputs = args.inputs
+    if getattr(args, "stages", None):
+        config.prep.stages = args.stages
+    return config
+
+
+def _prep(config: CrucibleConfig, output: Path, show_progress: bool) -> None:
+    from pipeline.prep import run_prep
+    from pipeline.summary import print_prep_summary
+
+    stats = run_prep(config.prep, output, show_progress)
+    print_prep_summary(stats)
+    print(f"outputs in {output}: clean/, dropped/, quarantine/, stats.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"crucible: {exc}", file=sys.stderr)
+        return 2
+    show_progress = not args.no_progress
+    try:
+        if args.verb == "prep":
+            _prep(config, args.output, show_progress)
+        elif args.verb == "run":
+            _prep(config, args.output / "data", show_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"crucible {args.verb}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Executors own processes, completion markers and progress; stages and tasks know nothing of them."""
