@@ -9,6 +9,7 @@ larger, slightly more accurate model.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -92,3 +93,6 @@ class LangIdStage(DocStage):
         table = replace_column(table, "lang", pa.array(langs, pa.string()))
         table = replace_column(table, "lang_score", pa.array(scores, pa.float32()))
         return Decision(table, drops)
+
+    def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
+        return {"languages": dict(Counter(kept.column("lang").to_pylist()))}

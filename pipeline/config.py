@@ -17,13 +17,17 @@ from data_prep.exact_dedup import ExactDedupConfig
 from data_prep.langid import LangIdConfig
 from data_prep.minhash.config import MinHashConfig
 from data_prep.normalize import NormalizeConfig
+from data_prep.pack import PackConfig
 from data_prep.pii import PiiConfig
 from data_prep.quality import QualityConfig
 from data_prep.readers import ReadConfig
+from data_prep.tokenizer import TokenizerConfig
 from pipeline.schema import Section
 
-StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
-STAGE_ORDER: tuple[str, ...] = ("normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality")
+StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
+STAGE_ORDER: tuple[str, ...] = (
+    "normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"
+)
 
 
 class PrepConfig(Section):
@@ -43,12 +47,16 @@ class PrepConfig(Section):
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
 
     @field_validator("stages")
     @classmethod
     def _pipeline_order(cls, stages: list[str]) -> list[str]:
         if len(set(stages)) != len(stages):
             raise ValueError(f"stages are listed twice: {stages}")
+        if "pack" in stages and "tokenize" not in stages:
+            raise ValueError("pack needs tokenize: add tokenize to the stages")
         return sorted(stages, key=STAGE_ORDER.index)
 
 

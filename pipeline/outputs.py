@@ -8,16 +8,20 @@ quarantined, and each stage receives exactly what the previous one kept.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.atomic import write_json, write_parquet
+from data_prep.shards import token_type, write_manifest
+from data_prep.tokenizer import file_sha256, load_tokenizer, special_ids
+from pipeline.atomic import atomic_path, write_json, write_parquet
 from pipeline.markers import read_marker
 from pipeline.plan import Plan
-from pipeline.tasks import data_file, dropped_file, marker_file, quarantine_file
+from pipeline.tasks import TOKENIZER_FILE, data_file, dropped_file, marker_file, quarantine_file, tokenizer_file
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
 
@@ -29,7 +33,10 @@ class AccountingError(RuntimeError):
 def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
     """One row per stage, from the completion markers of its steps."""
     rows: dict[str, dict[str, Any]] = {}
+    doc_stages = {step.stage for step in plan.steps if step.makes_docs}
     for step in plan.steps:
+        if step.stage not in doc_stages:
+            continue
         row = rows.setdefault(step.stage, {"name": step.stage, "docs_in": 0, "docs_out": 0, "dropped": Counter(),
                                            "quarantined": Counter(), "seconds": 0.0, "tally": {}})
         for task in range(step.n_tasks):
@@ -84,8 +91,71 @@ def _clean_columns(table: Any) -> Any:
     return table.select(ordered)
 
 
+def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Summed token counts of the tokenize and pack steps, and the shard files pack wrote."""
+    totals: Counter[str] = Counter()
+    files: list[dict[str, Any]] = []
+    for step in plan.steps:
+        if step.stage not in ("tokenize", "pack"):
+            continue
+        seconds = 0.0
+        for task in range(step.n_tasks):
+            marker = read_marker(marker_file(work, step.name, task)) or {}
+            totals.update(marker.get("tokens", {}))
+            files.extend(marker.get("files", []))
+            seconds += marker.get("seconds", 0.0)
+        totals[f"{step.name}_seconds"] = round(seconds, 3)
+    return dict(sorted(totals.items())), files
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer)."""
+    tokenizer_path = tokenizer_file(plan, work)
+    _link_or_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
+    if "pack" not in plan.config.stages:
+        return
+    shards = output / "shards"
+    _link_or_copy(tokenizer_path, shards / TOKENIZER_FILE)
+    splits: dict[str, Any] = {}
+    for split in ("train", "val"):
+        entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
+        wanted = {f["file"] for f in entries}
+        for entry in entries:
+            _link_or_copy(work / "pack" / split / entry["file"], shards / split / entry["file"])
+        for stale in (shards / split).glob("*.arrow"):
+            if stale.name not in wanted:
+                stale.unlink()
+        splits[split] = {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
+        splits[split]["shards"] = [{k: v for k, v in f.items() if k != "split"} for f in entries]
+    tokenizer = load_tokenizer(tokenizer_path)
+    eod, pad = special_ids(tokenizer, plan.config.tokenizer)
+    write_manifest(shards, {
+        "seq_len": plan.config.pack.seq_len,
+        "row_width": plan.config.pack.seq_len + 1,
+        "packing": plan.config.pack.method,
+        "token_type": str(token_type(tokenizer.get_vocab_size())),
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(tokenizer_path),
+                      "vocab_size": tokenizer.get_vocab_size(), "eod_id": eod, "pad_id": pad},
+        "splits": splits,
+        "prep_config": plan.config.model_dump(mode="json"),
+    })
+
+
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
-    stats = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
+    stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
+    if "tokenize" in plan.config.stages:
+        totals, files = token_stats(plan, work)
+        publish_tokens(plan, work, output, totals, files)
+        stats["tokens"] = totals
     last = plan.last_docs_step
     _publish_folder(output / "clean", {f"part-{t:05d}.parquet": data_file(work, last.name, t)
                                        for t in range(last.n_tasks)}, _clean_columns)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.readers import InputShard, plan_shards
+from data_prep.tokenizer import file_sha256
 from pipeline.config import PrepConfig
 
 
@@ -78,7 +79,12 @@ STAGE_STEPS: dict[str, list[tuple[str, str, str, bool]]] = {
     "langid": [("", "doc", "shards", True)],
     "pii": [("", "doc", "shards", True)],
     "quality": [("", "doc", "shards", True)],
+    "tokenize": [(".train", "tokenizer_train", "one", False), ("", "tokenize", "shards", False)],
+    "pack": [("", "pack", "shards", False)],
 }
+
+
+CONFIG_SECTION = {"tokenize": "tokenizer"}  # stages whose config section has another name
 
 
 def build_plan(config: PrepConfig) -> Plan:
@@ -88,10 +94,13 @@ def build_plan(config: PrepConfig) -> Plan:
     steps = [Step("read", "read", "read", n, None, read_fp, True)]
     source, fingerprint = "read", read_fp
     for stage in config.stages:
-        stage_config = getattr(config, stage).model_dump(mode="json")
+        stage_config = getattr(config, CONFIG_SECTION.get(stage, stage)).model_dump(mode="json")
+        if stage == "tokenize" and config.tokenizer.path is not None:
+            stage_config["file_sha256"] = file_sha256(config.tokenizer.path)
         counts = {"shards": n, "one": 1, "bands": config.minhash_dedup.band_layout()[0]}
         for suffix, kind, tasks, makes_docs in STAGE_STEPS[stage]:
             fingerprint = _digest(fingerprint, stage + suffix, stage_config)
             steps.append(Step(stage + suffix, stage, kind, counts[tasks], source, fingerprint, makes_docs))
-        source = steps[-1].name
+        if steps[-1].makes_docs:
+            source = steps[-1].name
     return Plan(config, tuple(shards), tuple(steps))

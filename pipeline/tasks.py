@@ -21,13 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep import exact_dedup
+from data_prep import pack as pack_lib
+from data_prep import shards as shard_format
+from data_prep import tokenizer as tokenizer_lib
 from data_prep.langid import LangIdStage
 from data_prep.minhash import kernels as minhash
 from data_prep.normalize import NormalizeStage
 from data_prep.pii import PiiStage
 from data_prep.quality import QualityStage
 from data_prep.readers import ORIGIN, read_shard
-from pipeline.atomic import write_npy, write_parquet
+from pipeline.atomic import atomic_path, write_npy, write_parquet
 from pipeline.plan import Plan, Step
 from pipeline.stages import ID, TEXT, Decision, DocStage, Drop
 
@@ -305,6 +308,94 @@ def run_minhash_filter(plan: Plan, work: Path, step: Step, task: int, report: Re
     return _run_removals_filter(plan, work, step, task, report, removals, "near_duplicate")
 
 
+# ---- tokenizer, tokenize, pack -------------------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_file(plan: Plan, work: Path) -> Path:
+    return plan.config.tokenizer.path or work / "tokenize.train" / TOKENIZER_FILE
+
+
+def _texts(plan: Plan, work: Path, step: Step) -> Iterator[str]:
+    for i in range(len(plan.shards)):
+        parquet = pq.ParquetFile(data_file(work, step.source, i))  # type: ignore[arg-type]
+        for batch in parquet.iter_batches(batch_size=plan.config.batch_size, columns=[TEXT]):
+            yield from batch.column(0).to_pylist()
+
+
+def run_tokenizer_train(plan: Plan, work: Path, step: Step, task: int, report: Report) -> dict[str, Any]:
+    cfg = plan.config.tokenizer
+    if cfg.path is None:
+        tokenizer = tokenizer_lib.train_tokenizer(_texts(plan, work, step), cfg)
+        with atomic_path(work / step.name / TOKENIZER_FILE) as tmp:
+            tokenizer.save(str(tmp))
+    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_file(plan, work))
+    tokenizer_lib.special_ids(tokenizer, cfg)  # a given tokenizer must have the special tokens
+    return {"tokens": {"vocab_size": tokenizer.get_vocab_size()}}
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _encoder(path: Path) -> Any:
+    if str(path) not in _TOKENIZERS:
+        tokenizer = tokenizer_lib.load_tokenizer(path)
+        tokenizer.encode_special_tokens = True  # "<|endoftext|>" typed in a document is just text
+        _TOKENIZERS[str(path)] = tokenizer
+    return _TOKENIZERS[str(path)]
+
+
+def run_tokenize(plan: Plan, work: Path, step: Step, task: int, report: Report) -> dict[str, Any]:
+    tokenizer = _encoder(tokenizer_file(plan, work))
+    eod, _ = tokenizer_lib.special_ids(tokenizer, plan.config.tokenizer)
+    ids: list[str] = []
+    token_lists: list[np.ndarray] = []
+    parquet = pq.ParquetFile(data_file(work, step.source, task))  # type: ignore[arg-type]
+    for batch in parquet.iter_batches(batch_size=plan.config.batch_size, columns=[ID, TEXT]):
+        encodings = tokenizer.encode_batch_fast(batch.column(1).to_pylist(), add_special_tokens=False)
+        ids.extend(batch.column(0).to_pylist())
+        token_lists.extend(np.array(e.ids + [eod], dtype=np.uint32) for e in encodings)
+        report(batch.num_rows)
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate(token_lists) if token_lists else np.zeros(0, np.uint32)
+    table = pa.table({ID: pa.array(ids, pa.string()),
+                      "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+    with atomic_path(work / step.name / f"tokens-{task:05d}.arrow") as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return {"tokens": {"documents": len(ids), "tokens": int(lengths.sum())}}
+
+
+def run_pack(plan: Plan, work: Path, step: Step, task: int, report: Report) -> dict[str, Any]:
+    cfg, vocab = plan.config.pack, tokenizer_lib.load_tokenizer(tokenizer_file(plan, work)).get_vocab_size()
+    _, pad = tokenizer_lib.special_ids(_encoder(tokenizer_file(plan, work)), plan.config.tokenizer)
+    table = pa.ipc.open_file(pa.memory_map(str(work / "tokenize" / f"tokens-{task:05d}.arrow"))).read_all()
+    ids = table[ID].to_pylist()
+    lists = table["tokens"].combine_chunks()
+    flat, offsets = lists.values.to_numpy(), lists.offsets.to_numpy()
+    docs = [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
+    order = np.random.default_rng([cfg.seed, task]).permutation(len(docs))
+    width = cfg.seq_len + 1
+    rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
+    files, counts = [], Counter()
+    for split in ("train", "val"):
+        chosen = [docs[i] for i in order if pack_lib.is_validation(ids[i], cfg.val_fraction) == (split == "val")]
+        packed = (pack_lib.pack_best_fit(chosen, width, pad) if cfg.method == "best_fit"
+                  else pack_lib.pack_concat(chosen, width))
+        for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
+            path = work / step.name / split / f"{split}-{task:05d}-{part:03d}.arrow"
+            stop = start + rows_per_file
+            entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab)
+            files.append(entry | {"split": split})
+        counts.update({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
+                       f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
+                       f"{split}_remainder": packed.remainder})
+        report(len(chosen))
+    return {"tokens": dict(counts), "files": files}
+
+
 TASKS: dict[str, Callable[[Plan, Path, Step, int, Report], dict[str, Any]]] = {
     "read": run_read,
     "doc": run_doc,
@@ -315,4 +406,7 @@ TASKS: dict[str, Callable[[Plan, Path, Step, int, Report], dict[str, Any]]] = {
     "minhash_buckets": run_minhash_buckets,
     "minhash_clusters": run_minhash_clusters,
     "minhash_filter": run_minhash_filter,
+    "tokenizer_train": run_tokenizer_train,
+    "tokenize": run_tokenize,
+    "pack": run_pack,
 }

@@ -1,4 +1,5 @@
-"""A prep run killed with SIGKILL resumes from its completion markers to the same bytes."""
+"""A prep run killed with SIGKILL resumes from its completion markers to the same bytes,
+from the clean documents to the tokenizer and the training shards."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prep_command(corpus: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1"]
+            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
+            "--set", "prep.tokenizer.vocab_size=1000"]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("kill_after", ["minhash_dedup.signatures/done-00001.json", "pii/done-00002.json"])
+@pytest.mark.parametrize("kill_after", ["minhash_dedup.signatures/done-00001.json", "tokenize/done-00001.json"])
 def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path: Path, kill_after: str) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)
@@ -40,6 +42,6 @@ def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path
     assert not (killed / "stats.json").exists(), "the run did not finish before the kill"
 
     subprocess.run(prep_command(mixed_corpus, killed), cwd=REPO, check=True, capture_output=True)
-    for folder in ("clean", "dropped", "quarantine"):
+    for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
         assert tree_bytes(killed / folder) == tree_bytes(reference / folder), folder
     assert tree_bytes(reference / "clean"), "the comparison is not vacuous"

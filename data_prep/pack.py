@@ -1,0 +1,110 @@
+"""Sequence packing: documents of token ids -> fixed rows of seq_len + 1 tokens.
+
+Rows hold seq_len + 1 tokens so a row gives both inputs (row[:-1]) and shifted targets
+(row[1:]); rows do not overlap, so every token lands in exactly one row. Each row records where
+its segments start (a document, or the continuation of one cut by a row boundary), which lets
+the trainer reset positions and mask attention across documents.
+
+- concat: documents back to back, cut every seq_len + 1 tokens; no padding, the tail that does
+  not fill a row is the remainder (counted, not written).
+- best_fit: documents no longer than a row are never split; they are placed whole into rows by
+  best-fit decreasing, and rows are padded. Longer documents fill whole rows, and their tail is
+  placed like a short document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.schema import Section
+
+
+@dataclass
+class Packed:
+    tokens: np.ndarray  # [rows, width]
+    segment_starts: list[np.ndarray]  # per row, sorted offsets where a segment begins
+    padding: int  # pad tokens written
+    remainder: int  # tokens not written (concat's tail)
+
+
+def pack_concat(docs: list[np.ndarray], width: int) -> Packed:
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    stream = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
+    rows = len(stream) // width
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(docs) else np.zeros(0, np.int64)
+    starts = starts[starts < rows * width]
+    row_of = starts // width
+    bounds = np.searchsorted(row_of, np.arange(rows + 1))
+    segments = []
+    for row in range(rows):
+        offsets = starts[bounds[row]:bounds[row + 1]] - row * width
+        if len(offsets) == 0 or offsets[0] != 0:
+            offsets = np.concatenate([[0], offsets])  # a row opening mid-document starts a segment
+        segments.append(offsets.astype(np.int32))
+    return Packed(stream[: rows * width].reshape(rows, width), segments, 0, len(stream) - rows * width)
+
+
+def pack_best_fit(docs: list[np.ndarray], width: int, pad_id: int) -> Packed:
+    full_rows: list[np.ndarray] = []
+    pieces: list[np.ndarray] = []
+    for doc in docs:
+        n_full = len(doc) // width if len(doc) > width else 0
+        full_rows.extend(doc[i * width:(i + 1) * width] for i in range(n_full))
+        tail = doc[n_full * width:]
+        if len(tail):
+            pieces.append(tail)
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))  # stable: ties keep input order
+    bins: list[list[np.ndarray]] = []
+    free: dict[int, list[int]] = {}  # remaining capacity -> bins with it (most recent last)
+    capacities: list[int] = []  # sorted distinct capacities present in `free`
+    for index in order:
+        piece = pieces[index]
+        slot = bisect_left(capacities, len(piece))
+        if slot < len(capacities):
+            capacity = capacities[slot]
+            target = free[capacity].pop()
+            if not free[capacity]:
+                del free[capacity]
+                capacities.pop(slot)
+        else:
+            capacity, target = width, len(bins)
+            bins.append([])
+        bins[target].append(piece)
+        left = capacity - len(piece)
+        if left:
+            if left not in free:
+                free[left] = []
+                insort(capacities, left)
+            free[left].append(target)
+    tokens = np.full((len(full_rows) + len(bins), width), pad_id, dtype=docs[0].dtype if docs else np.uint32)
+    segments = [np.zeros(1, np.int32) for _ in full_rows]
+    for row, chunk in enumerate(full_rows):
+        tokens[row] = chunk
+    for offset_row, placed in enumerate(bins, start=len(full_rows)):
+        lengths = np.array([len(p) for p in placed])
+        tokens[offset_row, : lengths.sum()] = np.concatenate(placed)
+        segments.append(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32))
+    padding = len(bins) * width - sum(len(p) for p in pieces)
+    return Packed(tokens, segments, padding, 0)
+
+
+class PackConfig(Section):
+    """Row length, packing method, the validation split and the shuffle seed."""
+
+    seq_len: int = Field(256, ge=8, le=1 << 20, description="Tokens the model sees per row (rows hold seq_len + 1).")
+    method: Literal["concat", "best_fit"] = "concat"
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="Share of documents held out for validation.")
+    seed: int = Field(1234, description="Seeds the document shuffle before packing.")
+    max_shard_mb: float = Field(256, gt=0, le=4096, description="Largest shard file written.")
+
+
+def is_validation(doc_id: str, fraction: float) -> bool:
+    """Hold out by document, by a hash of its id: stable, and independent of sharding."""
+    value = int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+    return value < fraction * 2**64

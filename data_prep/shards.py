@@ -1,0 +1,104 @@
+"""The training-data format: Arrow IPC shards of packed rows and the manifest that vouches for them.
+
+Shards are uncompressed Arrow IPC files so the loader can memory-map them and read a row without
+copying; each holds `tokens` (fixed-size list of seq_len + 1 token ids) and `segment_starts`
+(where documents begin inside the row). `manifest.json` lists every shard with its row and
+token counts and its SHA-256, plus the tokenizer's hash and seq_len, so a trainer can refuse
+data that does not match it before it starts. docs/FORMAT.md is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from data_prep.tokenizer import file_sha256
+from pipeline.atomic import atomic_path
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ROWS_PER_BATCH = 1024
+
+
+class ShardError(ValueError):
+    """Training data that cannot be used as it is; the message names the file."""
+
+
+def token_type(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def shard_schema(width: int, vocab_size: int) -> pa.Schema:
+    return pa.schema([
+        ("tokens", pa.list_(token_type(vocab_size), width)),
+        ("segment_starts", pa.list_(pa.int32())),
+    ])
+
+
+def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray], vocab_size: int) -> dict[str, Any]:
+    """Write rows as one IPC file (atomically); return its manifest entry."""
+    width = tokens.shape[1]
+    schema = shard_schema(width, vocab_size)
+    flat_type = schema.field("tokens").type.value_type
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for start in range(0, len(tokens), ROWS_PER_BATCH):
+                rows = tokens[start:start + ROWS_PER_BATCH]
+                flat = pa.array(rows.reshape(-1).astype(flat_type.to_pandas_dtype()), flat_type)
+                starts = segment_starts[start:start + ROWS_PER_BATCH]
+                offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])]).astype(np.int32)
+                values = np.concatenate(starts).astype(np.int32) if starts else np.zeros(0, np.int32)
+                writer.write_batch(pa.record_batch([
+                    pa.FixedSizeListArray.from_arrays(flat, width),
+                    pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                ], schema=schema))
+    return {"file": path.name, "sequences": int(len(tokens)), "tokens": int(tokens.size),
+            "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION} | manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path} not found: is {folder} a shards folder made by `prep`?") from None
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path} is not valid JSON ({exc})") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+    return manifest
+
+
+def open_shard(path: Path, width: int, expected_rows: int) -> pa.Table:
+    """Memory-map one shard and check its shape; errors name the file."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} is missing") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardError(f"shard {path} is corrupt or truncated: {exc}") from None
+    tokens_type = table.schema.field("tokens").type if "tokens" in table.column_names else None
+    if tokens_type is None or getattr(tokens_type, "list_size", None) != width:
+        raise ShardError(f"shard {path} does not hold rows of {width} tokens")
+    if table.num_rows != expected_rows:
+        raise ShardError(f"shard {path} has {table.num_rows} rows, the manifest says {expected_rows}")
+    return table
+
+
+def verify_shards(folder: Path, manifest: dict[str, Any], split: str) -> None:
+    """Check every file of `split` against its manifest size and SHA-256."""
+    for entry in manifest["splits"][split]["shards"]:
+        path = folder / split / entry["file"]
+        if not path.exists():
+            raise ShardError(f"shard {path} listed in the manifest is missing")
+        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
+            raise ShardError(f"shard {path} does not match its manifest hash (corrupt or modified)")
