@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(STAGE_ORDER)}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
+    _common(train)
+    train.add_argument("--data", type=Path, required=True, help="shards folder made by prep (with manifest.json)")
+    train.add_argument("--output", type=Path, required=True, help="run folder: metrics, checkpoints")
+
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
     run.add_argument("--output", type=Path, required=True, help="run folder")
@@ -64,6 +69,15 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool) -> None:
     print(f"outputs in {output}: clean/, dropped/, quarantine/, stats.json")
 
 
+def _train(config: CrucibleConfig, data: Path, output: Path) -> None:
+    import os
+
+    from training.engine import Trainer
+
+    trainer = Trainer(config.model, config.parallel, config.train, data, output, int(os.environ.get("WORLD_SIZE", 1)))
+    trainer.fit()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -71,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crucible: {exc}", file=sys.stderr)
         return 2
-    show_progress = not args.no_progress
+    show_progress = not getattr(args, "no_progress", False)
     try:
         if args.verb == "prep":
             _prep(config, args.output, show_progress)
+        elif args.verb == "train":
+            _train(config, args.data, args.output)
         elif args.verb == "run":
             _prep(config, args.output / "data", show_progress)
     except (ValueError, FileNotFoundError) as exc:

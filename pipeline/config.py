@@ -23,6 +23,7 @@ from data_prep.quality import QualityConfig
 from data_prep.readers import ReadConfig
 from data_prep.tokenizer import TokenizerConfig
 from pipeline.schema import Section
+from training.config import ModelConfig, ParallelConfig, TrainConfig
 
 StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
 STAGE_ORDER: tuple[str, ...] = (
@@ -65,6 +66,9 @@ class CrucibleConfig(Section):
 
     run_name: str = "crucible"
     prep: PrepConfig = Field(default_factory=PrepConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 class ConfigError(ValueError):

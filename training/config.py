@@ -1,0 +1,142 @@
+"""Config sections of training: the model, the parallel layout and the optimization.
+
+Layout errors that would otherwise surface as a hang or a shape mismatch deep inside a
+collective (heads not divisible by TP, fewer layers than pipeline stages, ZeRO-2/3 with
+pipeline parallelism) are rejected here, before any process group starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.schema import Section
+
+# Shapes of well-known sizes; the 1b/7b/70b ones follow the Llama family.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"d_model": 64, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 176},
+    "125m": {"d_model": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 12, "ffn_hidden": 2048},
+    "1b": {"d_model": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "ffn_hidden": 8192},
+    "7b": {"d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "ffn_hidden": 11008},
+    "70b": {"d_model": 8192, "n_layers": 80, "n_heads": 64, "n_kv_heads": 8, "ffn_hidden": 28672},
+}
+
+
+class ModelConfig(Section):
+    """A decoder-only GPT: RoPE, RMSNorm, grouped-query attention, SwiGLU."""
+
+    preset: Literal["tiny", "125m", "1b", "7b", "70b"] | None = Field(
+        "tiny", description="Fills the sizes not given explicitly."
+    )
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int = Field(2, ge=1, description="Grouped-query attention: K/V heads shared by n_heads/n_kv_heads.")
+    ffn_hidden: int = Field(176, ge=1, description="SwiGLU inner size.")
+    vocab_size: int | None = Field(None, ge=2, description="Default: the tokenizer's, from the shard manifest.")
+    vocab_multiple: int = Field(128, ge=1, description="The embedding is padded to a multiple of this (and of TP).")
+    tie_embeddings: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    document_masking: bool = Field(True, description="Reset positions and mask attention at document boundaries.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            preset = values.get("preset", "tiny")
+            if preset is not None and preset not in PRESETS:
+                return values  # the Literal check reports it
+            return (PRESETS[preset] if preset else {}) | values
+        return values
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head size {self.d_model // self.n_heads} must be even for RoPE")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class ParallelConfig(Section):
+    """The 3D layout: DP = world size / (TP * PP)."""
+
+    tp: int = Field(1, ge=1, description="Tensor-parallel size (megatron-core layers).")
+    pp: int = Field(1, ge=1, description="Pipeline stages (DeepSpeed PipelineModule, 1F1B).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage; 2 and 3 need pp = 1.")
+    partition_method: str = Field("uniform", description="PipelineModule partitioning: uniform, parameters, type:...")
+    activation_checkpointing: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on GPU, gloo on CPU.")
+
+    @model_validator(mode="after")
+    def _zero_with_pipeline(self) -> ParallelConfig:
+        if self.pp > 1 and self.zero_stage > 1:
+            raise ValueError(
+                f"zero_stage {self.zero_stage} with pp {self.pp}: DeepSpeed's pipeline engine supports "
+                "ZeRO 0 or 1 only (it shards gradients itself); use zero_stage 1, or pp 1 for ZeRO-2/3"
+            )
+        return self
+
+
+class TrainConfig(Section):
+    """Steps, batch, optimizer, schedule, precision and logging."""
+
+    max_steps: int = Field(100, ge=1)
+    seed: int = 1234
+    global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, over all DP ranks.")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per rank per forward pass.")
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-4, ge=0, description="Floor of the cosine decay.")
+    warmup_steps: int = Field(10, ge=0)
+    decay_steps: int | None = Field(None, ge=1, description="Cosine length; default max_steps.")
+    weight_decay: float = Field(0.1, ge=0)
+    no_decay_embeddings: bool = Field(True, description="No weight decay on embeddings (never on norms/biases).")
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    log_interval: int = Field(1, ge=1)
+    eval_interval: int = Field(50, ge=1)
+    eval_batches: int = Field(2, ge=1, description="Validation global batches per evaluation.")
+    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured.")
+    data_seed: int = Field(0, description="Seeds the loader's epoch order.")
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                             f"micro_batch_size {self.micro_batch_size}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+
+class LayoutError(ValueError):
+    """A parallel layout that cannot run; raised before process groups start."""
+
+
+def check_layout(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, world_size: int) -> int:
+    """Validate the layout against the world size and return the data-parallel size."""
+    tp, pp = parallel.tp, parallel.pp
+    if world_size % (tp * pp):
+        raise LayoutError(f"world size {world_size} is not a multiple of tp*pp = {tp}*{pp}; "
+                          f"launch tp*pp*dp processes")
+    dp = world_size // (tp * pp)
+    if model.n_heads % tp or model.n_kv_heads % tp:
+        raise LayoutError(f"n_heads {model.n_heads} and n_kv_heads {model.n_kv_heads} must be divisible by tp {tp}")
+    if model.ffn_hidden % tp:
+        raise LayoutError(f"ffn_hidden {model.ffn_hidden} is not divisible by tp {tp}")
+    if model.n_layers < pp:
+        raise LayoutError(f"n_layers {model.n_layers} is fewer than pipeline stages pp {pp}")
+    if train.global_batch_size % (train.micro_batch_size * dp):
+        raise LayoutError(f"global_batch_size {train.global_batch_size} is not divisible by "
+                          f"micro_batch_size {train.micro_batch_size} x dp {dp}")
+    return dp

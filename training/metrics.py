@@ -1,0 +1,73 @@
+"""Training metrics: FLOPs per token, MFU against a peak, and the metrics.jsonl/TensorBoard log.
+
+FLOPs per token, as used for MFU (causal masking not discounted):
+    6 * N_matmul + 12 * n_layers * d_model * seq_len
+where N_matmul counts the weights of every matrix multiply: per layer Q, K, V, O and the three
+SwiGLU matrices, plus the LM head (vocab x d_model); the embedding lookup is not a matmul. The
+first term is forward + backward of the dense layers, the second the attention scores and
+weighted sums. MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig, vocab: int) -> int:
+    attention = cfg.d_model * cfg.d_model * 2 + 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
+    mlp = 3 * cfg.d_model * cfg.ffn_hidden
+    return cfg.n_layers * (attention + mlp) + vocab * cfg.d_model
+
+
+def flops_per_token(cfg: ModelConfig, vocab: int, seq_len: int) -> float:
+    return 6.0 * matmul_params(cfg, vocab) + 12.0 * cfg.n_layers * cfg.d_model * seq_len
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a large square matmul: the practical peak of this device and dtype."""
+    n = 2048 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.matmul(a, b)
+        runs += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2.0 * n**3 * runs / (time.perf_counter() - started)
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

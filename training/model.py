@@ -1,0 +1,208 @@
+"""A decoder-only GPT built from megatron-core tensor-parallel layers.
+
+Read top to bottom: RMSNorm, rotary embeddings, attention (grouped-query), the SwiGLU MLP, a
+block, then the embedding and the head. Every layer takes and returns the same tuple
+(hidden, positions, segments), so one list of layers serves both a plain module (PP = 1) and
+DeepSpeed's PipelineModule (PP > 1). Tensor parallelism lives inside the linear layers: Q/K/V,
+gate and up are column-parallel (each rank owns whole heads / a slice of the inner size), the
+attention output and down projections are row-parallel (their outputs are summed over ranks).
+Positions restart and attention stops at document boundaries when `document_masking` is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import ContextManager
+
+import torch
+import torch.nn.functional as F
+from megatron.core.model_parallel_config import ModelParallelConfig
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    copy_to_tensor_model_parallel_region,
+    vocab_parallel_cross_entropy,
+)
+from torch import nn
+
+from training.config import ModelConfig
+
+Activation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden [B,S,D], positions [B,S], segments [B,S]
+
+
+def _no_init(weight: torch.Tensor) -> None:
+    """Weights are set by `training.init` from the seed, the same whatever the layout."""
+
+
+def padded_vocab(vocab_size: int, multiple: int, tp: int) -> int:
+    step = multiple * tp // math.gcd(multiple, tp)
+    return -(-vocab_size // step) * step
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [B, S, 1, head_dim/2] for per-token positions (which restart per document)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[..., None] * inv_freq
+    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] True where query i may attend key j: j <= i, same document."""
+    seq = segments.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=segments.device).tril()
+    return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig) -> None:
+        super().__init__()
+        tp = tp_config.tensor_model_parallel_size
+        self.cfg, self.heads, self.kv_heads = cfg, cfg.n_heads // tp, cfg.n_kv_heads // tp
+        column = dict(config=tp_config, init_method=_no_init, bias=False, gather_output=False)
+        self.q = ColumnParallelLinear(cfg.d_model, cfg.n_heads * cfg.head_dim, **column)
+        self.k = ColumnParallelLinear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
+        self.v = ColumnParallelLinear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
+        self.o = RowParallelLinear(cfg.n_heads * cfg.head_dim, cfg.d_model, config=tp_config, init_method=_no_init,
+                                   bias=False, input_is_parallel=True, skip_bias_add=True)
+        self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q(x)[0].view(batch, seq, self.heads, self.cfg.head_dim)
+        k = self.k(x)[0].view(batch, seq, self.kv_heads, self.cfg.head_dim)
+        v = self.v(x)[0].view(batch, seq, self.kv_heads, self.cfg.head_dim)
+        cos, sin = rotary(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
+        dropout = self.cfg.dropout if self.training else 0.0
+        mask = attention_mask(segments) if self.cfg.document_masking else None
+        with self.sharded_rng():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                                               enable_gqa=self.heads != self.kv_heads)
+        return self.o(y.transpose(1, 2).reshape(batch, seq, self.heads * self.cfg.head_dim))[0]
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig) -> None:
+        super().__init__()
+        column = dict(config=tp_config, init_method=_no_init, bias=False, gather_output=False)
+        self.gate = ColumnParallelLinear(cfg.d_model, cfg.ffn_hidden, **column)
+        self.up = ColumnParallelLinear(cfg.d_model, cfg.ffn_hidden, **column)
+        self.down = RowParallelLinear(cfg.ffn_hidden, cfg.d_model, config=tp_config, init_method=_no_init,
+                                      bias=False, input_is_parallel=True, skip_bias_add=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)[0]) * self.up(x)[0])[0]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, tp_config)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg, tp_config)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, inputs: Activation) -> Activation:
+        x, positions, segments = inputs
+        x = x + self.dropout(self.attn(self.attn_norm(x), positions, segments))
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x, positions, segments
+
+
+class Embedding(nn.Module):
+    """Token embedding (vocab-parallel); with tied weights it is also the LM head (`logits`)."""
+
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
+        super().__init__()
+        self.embed = VocabParallelEmbedding(vocab, cfg.d_model, init_method=_no_init, config=tp_config)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embed.weight
+
+    def forward(self, inputs: Activation) -> Activation:
+        tokens, positions, segments = inputs
+        return self.dropout(self.embed(tokens)), positions, segments
+
+    def logits(self, inputs: Activation) -> torch.Tensor:
+        """Vocab-parallel logits [B, S, vocab/tp]; the copy makes backward sum dL/dx over TP ranks."""
+        hidden = copy_to_tensor_model_parallel_region(inputs[0])
+        return F.linear(hidden, self.embed.weight)
+
+
+class FinalNorm(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, inputs: Activation) -> Activation:
+        x, positions, segments = inputs
+        return self.norm(x), positions, segments
+
+
+class Head(nn.Module):
+    """An untied LM head (column-parallel over the vocabulary)."""
+
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
+        super().__init__()
+        self.proj = ColumnParallelLinear(cfg.d_model, vocab, config=tp_config, init_method=_no_init,
+                                         bias=False, gather_output=False)
+
+    def forward(self, inputs: Activation) -> torch.Tensor:
+        return self.proj(inputs[0])[0]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Mean cross entropy over non-padding targets, computed on vocab-parallel logits."""
+    per_token = vocab_parallel_cross_entropy(logits.float(), targets)
+    mask = (targets != pad_id).float()
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class GPT(nn.Module):
+    """The whole model in one process group stage: embedding, blocks, final norm, head."""
+
+    def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = Embedding(cfg, tp_config, vocab)
+        self.blocks = nn.ModuleList(Block(cfg, tp_config, i) for i in range(cfg.n_layers))
+        self.final_norm = FinalNorm(cfg)
+        self.head = None if cfg.tie_embeddings else Head(cfg, tp_config, vocab)
+        self.activation_checkpointing = False
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Vocab-parallel logits for `tokens` [B, S]."""
+        x: Activation = self.embedding((tokens, positions, segments))
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.final_norm(x)
+        return self.embedding.logits(x) if self.head is None else self.head(x)
