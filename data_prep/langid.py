@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from pipeline.errors import UserError
 from pipeline.schema import Section
 from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
@@ -47,7 +48,7 @@ class LangIdConfig(Section):
     def resolved_model_path(self) -> Path:
         path = self.model_path or default_model_path()
         if not path.exists():
-            raise FileNotFoundError(
+            raise UserError(
                 f"language-ID model not found at {path}: run `make setup`, or set langid.model_path "
                 "to a local lid.176.ftz or lid.176.bin"
             )

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field
 
+from pipeline.errors import UserError
 from pipeline.schema import Section
 from pipeline.stages import ID, TEXT
 
@@ -84,26 +85,26 @@ def _kind_of(path: Path) -> str | None:
 def discover(inputs: list[Path]) -> list[InputPiece]:
     """Expand files and folders into whole-file pieces, sorted so every run sees one order."""
     if not inputs:
-        raise ValueError("no inputs: give --input PATH or set prep.inputs in the config")
+        raise UserError("no inputs: give --input PATH or set prep.inputs in the config")
     pieces: list[InputPiece] = []
     for root in inputs:
         root = Path(root)
         if root.is_dir():
             files = sorted(p for p in root.rglob("*") if p.is_file() and _kind_of(p))
             if not files:
-                raise ValueError(f"input folder {root} holds no .jsonl(.gz/.zst), .parquet or .txt file")
+                raise UserError(f"input folder {root} holds no .jsonl(.gz/.zst), .parquet or .txt file")
             for path in files:
                 label = f"{root.name}/{path.relative_to(root).as_posix()}"
                 pieces.append(InputPiece(str(path), _kind_of(path), label))  # type: ignore[arg-type]
         elif root.is_file():
             kind = _kind_of(root)
             if kind is None:
-                raise ValueError(
+                raise UserError(
                     f"input {root}: unknown format (expected .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)"
                 )
             pieces.append(InputPiece(str(root), kind, root.name))
         else:
-            raise ValueError(f"input {root} does not exist")
+            raise UserError(f"input {root} does not exist")
     return pieces
 
 
@@ -281,7 +282,7 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
     parquet = pq.ParquetFile(piece.path)
     names = parquet.schema_arrow.names
     if cfg.text_field not in names:
-        raise ValueError(f"{piece.path}: no column {cfg.text_field!r} (columns: {names})")
+        raise UserError(f"{piece.path}: no column {cfg.text_field!r} (columns: {names})")
     columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else [])
     row = 0
     for batch in parquet.iter_batches(batch_size=out.batch_size, columns=columns):

@@ -18,13 +18,14 @@ import pyarrow as pa
 
 from data_prep.tokenizer import file_sha256
 from pipeline.atomic import atomic_path
+from pipeline.errors import UserError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ROWS_PER_BATCH = 1024
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """Training data that cannot be used as it is; the message names the file."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from pipeline.errors import UserError
 from pipeline.schema import Section
 
 EOD = "<|endoftext|>"
@@ -77,7 +78,7 @@ def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
     for token in (config.eod_token, config.pad_token):
         token_id = tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"tokenizer has no {token!r} token: set prep.tokenizer.eod_token/pad_token to its own")
+            raise UserError(f"tokenizer has no {token!r} token: set prep.tokenizer.eod_token/pad_token to its own")
         ids.append(token_id)
     return ids[0], ids[1]
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import STAGE_ORDER, ConfigError, CrucibleConfig, load_config
+from pipeline.errors import UserError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             _train(config, args.data, args.output)
         elif args.verb == "run":
             _prep(config, args.output / "data", show_progress)
-    except (ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         print(f"crucible {args.verb}: {exc}", file=sys.stderr)
         return 2
     return 0

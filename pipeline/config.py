@@ -22,6 +22,7 @@ from data_prep.pii import PiiConfig
 from data_prep.quality import QualityConfig
 from data_prep.readers import ReadConfig
 from data_prep.tokenizer import TokenizerConfig
+from pipeline.errors import UserError
 from pipeline.schema import Section
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 
@@ -71,7 +72,7 @@ class CrucibleConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be used; the message says which key and why."""
 
 

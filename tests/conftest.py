@@ -46,3 +46,40 @@ def mixed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     keep = [{"id": r["id"], "text": r["text"]} for r in records]
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "mixed.jsonl", keep)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Packed shards (vocab 512, seq_len 64) of 150 real English documents, for training tests."""
+    from pipeline.config import load_config
+    from pipeline.prep import run_prep
+
+    records = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(shared_file("english.jsonl"), 150)]
+    corpus = write_jsonl(tmp_path_factory.mktemp("english") / "english.jsonl", records)
+    output = tmp_path_factory.mktemp("tiny_shards")
+    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
+                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1"])
+    config.prep.inputs = [corpus]
+    run_prep(config.prep, output, show_progress=False)
+    return output / "shards"
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True) -> "subprocess.CompletedProcess[str]":
+    """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port, so parallel runs never collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "pipeline", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ import pytest
 
 from data_prep.langid import LangIdConfig, LangIdStage
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import UserError
 from tests.conftest import read_jsonl, shared_file
 
 
@@ -52,7 +53,7 @@ def test_keep_list_and_threshold_drop_with_lang_and_score() -> None:
 
 def test_missing_model_and_bad_language_codes_are_explained(tmp_path) -> None:
     stage = LangIdStage(LangIdConfig(model_path=tmp_path / "nope.ftz"))
-    with pytest.raises(FileNotFoundError, match="langid.model_path"):
+    with pytest.raises(UserError, match="langid.model_path"):
         stage.setup()
     with pytest.raises(ConfigError, match="keep_languages"):
         load_config(None, ["prep.langid.keep_languages=[]"])

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.errors import UserError
 from pipeline.schema import Section
 
 # Shapes of well-known sizes; the 1b/7b/70b ones follow the Llama family.
@@ -91,6 +92,7 @@ class TrainConfig(Section):
     """Steps, batch, optimizer, schedule, precision and logging."""
 
     max_steps: int = Field(100, ge=1)
+    seq_len: int | None = Field(None, ge=8, description="Expected shard seq_len; default: whatever the shards hold.")
     seed: int = 1234
     global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, over all DP ranks.")
     micro_batch_size: int = Field(4, ge=1, description="Sequences per rank per forward pass.")
@@ -119,7 +121,7 @@ class TrainConfig(Section):
         return self
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """A parallel layout that cannot run; raised before process groups start."""
 
 

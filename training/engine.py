@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.shards import read_manifest
+from data_prep.shards import ShardError, read_manifest
 from data_prep.tokenizer import file_sha256
+from pipeline.errors import UserError
 from training import parallel
 from training.config import ModelConfig, ParallelConfig, TrainConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset
@@ -43,9 +44,12 @@ class Trainer:
         self.train_cfg, self.run_dir = train_cfg, Path(run_dir)
         manifest = read_manifest(Path(data_dir))
         self.seq_len = manifest["seq_len"]
+        if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
+            raise ShardError(f"{Path(data_dir) / 'manifest.json'}: shards hold seq_len {self.seq_len}, "
+                             f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
         vocab = model_cfg.vocab_size or manifest["tokenizer"]["vocab_size"]
         if vocab < manifest["tokenizer"]["vocab_size"]:
-            raise ValueError(f"model.vocab_size {vocab} is smaller than the tokenizer's {manifest['tokenizer']['vocab_size']}")
+            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {manifest['tokenizer']['vocab_size']}")
         self.pad_id = manifest["tokenizer"]["pad_id"]
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         self.layout = parallel.init_distributed(parallel_cfg)
