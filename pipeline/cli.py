@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train)
     train.add_argument("--data", type=Path, required=True, help="shards folder made by prep (with manifest.json)")
     train.add_argument("--output", type=Path, required=True, help="run folder: metrics, checkpoints")
+    train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                       help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
+                            "PATH: a checkpoint folder")
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
@@ -70,12 +73,13 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool) -> None:
     print(f"outputs in {output}: clean/, dropped/, quarantine/, stats.json")
 
 
-def _train(config: CrucibleConfig, data: Path, output: Path) -> None:
+def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> None:
     import os
 
     from training.engine import Trainer
 
-    trainer = Trainer(config.model, config.parallel, config.train, data, output, int(os.environ.get("WORLD_SIZE", 1)))
+    trainer = Trainer(config.model, config.parallel, config.train, config.checkpoint, config.rollback, config.hooks,
+                      data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
     trainer.fit()
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "prep":
             _prep(config, args.output, show_progress)
         elif args.verb == "train":
-            _train(config, args.data, args.output)
+            _train(config, args.data, args.output, args.resume)
         elif args.verb == "run":
             _prep(config, args.output / "data", show_progress)
     except UserError as exc:

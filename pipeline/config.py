@@ -24,7 +24,9 @@ from data_prep.readers import ReadConfig
 from data_prep.tokenizer import TokenizerConfig
 from pipeline.errors import UserError
 from pipeline.schema import Section
+from training.checkpoint import CheckpointConfig
 from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.hooks import HookSpec, RollbackConfig
 
 StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
 STAGE_ORDER: tuple[str, ...] = (
@@ -70,6 +72,9 @@ class CrucibleConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
 
 
 class ConfigError(UserError):

@@ -1,14 +1,19 @@
 """The trainer: built from one config, a train_step that reads top to bottom, and fit().
 
-Parts are made by their own modules (model, parallel, optim, data, metrics); this file only
-wires them. With PP = 1 the step is DeepSpeed's forward/backward/step over the micro-batches of
-one global batch; with PP > 1 it is the pipeline engine's 1F1B `train_batch` over the same
-micro-batches. Every rank draws the same global rows per step whatever the layout, which is
-what makes loss curves of different layouts comparable.
+Parts are made by their own modules (model, parallel, optim, data, checkpoint, hooks, metrics);
+this file only wires them. With PP = 1 a step is DeepSpeed's forward/backward/step over the
+micro-batches of one global batch; with PP > 1 it is the pipeline engine's 1F1B `train_batch`
+over the same micro-batches. Every rank draws the same global rows per step whatever the
+layout, which is what makes loss curves of different layouts comparable.
+
+Recovery: the run resumes from the latest good checkpoint by default; a non-finite or spiking
+loss or gradient norm rolls the run back to the last healthy checkpoint, skips the data that
+led there, damps the learning rate for a while and goes on; SIGTERM/SIGUSR1 save and stop.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +26,14 @@ from data_prep.shards import ShardError, read_manifest
 from data_prep.tokenizer import file_sha256
 from pipeline.errors import UserError
 from training import parallel
+from training.checkpoint import CheckpointConfig, CheckpointInfo, Checkpointer
 from training.config import ModelConfig, ParallelConfig, TrainConfig, check_layout
-from training.data import Batch, DistributedLoader, PackedDataset
+from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
+from training.hooks import AnomalyDetector, EventLog, Hook, HookSpec, RollbackConfig, SignalCheckpoint, load_user_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, flops_per_token, measure_peak_flops
 from training.model import lm_loss, padded_vocab
-from training.optim import build_optimizer
+from training.optim import apply_schedule_now, build_optimizer
 
 
 @dataclass
@@ -40,12 +47,14 @@ class StepResult:
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig, train_cfg: TrainConfig,
-                 data_dir: Path, run_dir: Path, world_size: int) -> None:
-        self.train_cfg, self.run_dir = train_cfg, Path(run_dir)
-        manifest = read_manifest(Path(data_dir))
+                 checkpoint_cfg: CheckpointConfig, rollback_cfg: RollbackConfig, hook_specs: list[HookSpec],
+                 data_dir: Path, run_dir: Path, world_size: int, resume: str = "auto") -> None:
+        self.model_cfg, self.parallel_cfg, self.train_cfg = model_cfg, parallel_cfg, train_cfg
+        self.rollback_cfg, self.run_dir, self.data_dir = rollback_cfg, Path(run_dir), Path(data_dir)
+        manifest = read_manifest(self.data_dir)
         self.seq_len = manifest["seq_len"]
         if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
-            raise ShardError(f"{Path(data_dir) / 'manifest.json'}: shards hold seq_len {self.seq_len}, "
+            raise ShardError(f"{self.data_dir / 'manifest.json'}: shards hold seq_len {self.seq_len}, "
                              f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
         vocab = model_cfg.vocab_size or manifest["tokenizer"]["vocab_size"]
         if vocab < manifest["tokenizer"]["vocab_size"]:
@@ -55,28 +64,38 @@ class Trainer:
         self.layout = parallel.init_distributed(parallel_cfg)
         self.dtype = self._dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
-        self.model_cfg, self.parallel_cfg = model_cfg, parallel_cfg
+        self.manifest_sha256 = manifest_hash(self.data_dir)
 
-        model = parallel.build_model(model_cfg, parallel_cfg, self.layout, self.vocab, self.pad_id, self.dtype)
-        init_weights(model, train_cfg.seed, model_cfg.n_layers)
-        parallel.seed_everything(train_cfg.seed, self.layout, model)
-        model.to(self.layout.device)
-        optimizer, scheduler = build_optimizer(model, train_cfg)
-        ds_config = parallel.deepspeed_config(train_cfg, parallel_cfg, self.layout, self.dtype == torch.bfloat16)
-        self.grad_accum = ds_config["gradient_accumulation_steps"]
-        self.engine = parallel.build_engine(model, optimizer, scheduler, ds_config, parallel_cfg)
-
-        tokenizer_sha = file_sha256(Path(data_dir) / manifest["tokenizer"]["file"])
-        self.train_data = PackedDataset(data_dir, "train", self.seq_len, tokenizer_sha)
+        tokenizer_sha = file_sha256(self.data_dir / manifest["tokenizer"]["file"])
+        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha)
+        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha)
         self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
                                         seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
-        self.val_data = PackedDataset(data_dir, "val", self.seq_len, tokenizer_sha, verify=True)
-        self.step = 0
         self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))
-        self.metrics = MetricsLog(self.run_dir, enabled=self.layout.rank == 0)
+
+        is_rank0 = self.layout.rank == 0
+        self.metrics = MetricsLog(self.run_dir, enabled=is_rank0)
+        self.events = EventLog(self.run_dir, enabled=is_rank0)
+        self.checkpointer = Checkpointer(self.run_dir, checkpoint_cfg, self.layout.rank)
+        self.checkpoint_cfg = checkpoint_cfg
+        self.detector = AnomalyDetector(rollback_cfg)
+        self.hooks: list[Hook] = [*load_user_hooks(hook_specs), self.detector, SignalCheckpoint()]
+        self.step, self.rollbacks = 0, 0
+        self.anomaly = None
+        self.stop_signal: str | None = None
+
+        start = self.checkpointer.resolve(resume, self.events)
+        if start is not None:
+            self._check_compatible(start)
+        universal = start is not None and self._layout_changed(start)
+        self._build(seeded_init=start is None, load_universal=universal)
+        if start is not None:
+            self._resume(start, self.checkpointer.universal(start) if universal else None)
+
+    # -- construction ----------------------------------------------------------------------
 
     @staticmethod
     def _dtype(precision: str) -> torch.dtype:
@@ -84,7 +103,51 @@ class Trainer:
             return torch.bfloat16 if torch.cuda.is_available() else torch.float32
         return torch.bfloat16 if precision == "bf16" else torch.float32
 
+    def _build(self, seeded_init: bool, load_universal: bool = False) -> None:
+        """Model, optimizer, schedule and DeepSpeed engine; weights seeded unless a checkpoint follows."""
+        self.engine = None
+        gc.collect()
+        model = parallel.build_model(self.model_cfg, self.parallel_cfg, self.layout, self.vocab, self.pad_id, self.dtype)
+        if seeded_init:
+            init_weights(model, self.train_cfg.seed, self.model_cfg.n_layers)
+        parallel.seed_everything(self.train_cfg.seed, self.layout, model)
+        model.to(self.layout.device)
+        optimizer, self.scheduler = build_optimizer(model, self.train_cfg)
+        ds_config = parallel.deepspeed_config(self.train_cfg, self.parallel_cfg, self.layout, self.dtype == torch.bfloat16,
+                                              load_universal)
+        self.grad_accum = ds_config["gradient_accumulation_steps"]
+        self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, self.parallel_cfg)
+
+    def _layout_changed(self, info: CheckpointInfo) -> bool:
+        saved = info.meta["layout"]
+        return (saved["tp"], saved["pp"], saved["dp"], saved["zero_stage"]) != (
+            self.layout.tp, self.layout.pp, self.dp, self.parallel_cfg.zero_stage)
+
+    def _check_compatible(self, info: CheckpointInfo) -> None:
+        saved = info.meta["layout"]
+        if self._layout_changed(info) and (saved["tp"], saved["pp"]) != (self.layout.tp, self.layout.pp):
+            raise UserError(
+                f"checkpoint {info.path} was saved with tp={saved['tp']}, pp={saved['pp']}; this run has "
+                f"tp={self.layout.tp}, pp={self.layout.pp}. Resume with the same tp and pp (dp and the ZeRO "
+                f"stage may change), or start a fresh run (--resume none)")
+        if info.meta["manifest_sha256"] != self.manifest_sha256:
+            raise UserError(f"checkpoint {info.path} was trained on other shards (manifest hash differs "
+                            f"from {self.data_dir / 'manifest.json'})")
+
+    def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
+        self.checkpointer.load(self.engine, info, universal)
+        self.step, self.rollbacks = info.step, info.meta.get("rollbacks", 0)
+        self.loader.load_state_dict(info.meta["loader"])
+        self.events.log({"event": "resume", "step": info.step, "checkpoint": info.path.name,
+                         "universal": universal is not None})
+        if self.layout.rank == 0:
+            print(f"resumed from {info.path} at step {info.step}", flush=True)
+
+    # -- one step --------------------------------------------------------------------------
+
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        for hook in self.hooks:
+            batch = hook.on_batch(self, batch)
         device = self.layout.device
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
         return inputs, batch.targets.to(device)
@@ -130,29 +193,100 @@ class Trainer:
         self.engine.train()
         return self._dp_mean(total / len(batches))
 
-    def record(self, result: StepResult, val_loss: float | None) -> dict[str, Any]:
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def make_record(self, result: StepResult) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step / result.seconds
-        mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world)
-        record = {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                  "tokens_per_s": tokens_per_s, "mfu": mfu, "step_seconds": result.seconds,
-                  "tokens": result.step * self.tokens_per_step}
-        if val_loss is not None:
-            record["val_loss"] = val_loss
+        return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
+                "step_seconds": result.seconds, "tokens": result.step * self.tokens_per_step}
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
         self.metrics.log(record)
+        if self.layout.rank == 0 and (record["step"] % self.train_cfg.log_interval == 0 or len(record) > 8):
+            extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
+            extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
+            print(f"step {record['step']:>5}/{self.train_cfg.max_steps} | loss {record['loss']:.4f}{extra} | "
+                  f"lr {record['lr']:.2e} | gnorm {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+                  f"MFU {100 * record['mfu']:.1f}%", flush=True)
+
+    def save(self, reason: str) -> Path:
+        meta = {
+            "loader": self.loader.state_dict(), "tokens": self.step * self.tokens_per_step,
+            "healthy": self.anomaly is None, "rollbacks": self.rollbacks, "reason": reason,
+            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
+                       "zero_stage": self.parallel_cfg.zero_stage},
+            "manifest_sha256": self.manifest_sha256,
+            "config": {"model": self.model_cfg.model_dump(mode="json"), "parallel": self.parallel_cfg.model_dump(mode="json"),
+                       "train": self.train_cfg.model_dump(mode="json"), "vocab_padded": self.vocab},
+        }
+        path = self.checkpointer.save(self.engine, self.step, meta)
+        self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
+        for hook in self.hooks:
+            hook.on_save(self, path)
+        return path
+
+    def rollback(self) -> None:
+        """Back to the last healthy checkpoint; skip the data since; damp the rate for a while."""
+        anomaly, self.anomaly = self.anomaly, None
+        for hook in self.hooks:
+            hook.on_anomaly(self, anomaly)
+        self.rollbacks += 1
+        if self.rollbacks > self.rollback_cfg.max_rollbacks:
+            raise RuntimeError(f"gave up after {self.rollback_cfg.max_rollbacks} rollbacks; last anomaly: "
+                               f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
+        target = self.checkpointer.last_healthy(before_step=anomaly.step - 1)
+        if target is None:
+            raise RuntimeError(f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back to; "
+                               f"lower checkpoint.interval")
+        skip_from = target.meta["loader"]
+        skip_to = self.loader.state_dict()
+        self._build(seeded_init=False)
+        self.checkpointer.load(self.engine, target)
+        self.step = target.step
+        self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
+        schedule = self.scheduler.lr_lambdas[0]
+        schedule.damp(self.rollback_cfg.lr_scale, self.step + self.rollback_cfg.lr_scale_steps)
+        apply_schedule_now(self.scheduler)
+        self.detector.reset()
+        event = {"event": "rollback", "step": anomaly.step, "reason": anomaly.reason, "value": anomaly.value,
+                 "threshold": anomaly.threshold, "restored_step": target.step, "checkpoint": target.path.name,
+                 "skipped": {"from": skip_from, "to": skip_to}, "lr_scale": self.rollback_cfg.lr_scale,
+                 "lr_scale_until": self.step + self.rollback_cfg.lr_scale_steps, "rollbacks": self.rollbacks}
+        self.events.log(event)
         if self.layout.rank == 0:
-            val = f" | val {val_loss:.4f}" if val_loss is not None else ""
-            print(f"step {result.step:>5}/{self.train_cfg.max_steps} | loss {result.loss:.4f}{val} | "
-                  f"lr {result.lr:.2e} | gnorm {result.grad_norm:.3f} | {tokens_per_s:,.0f} tok/s | "
-                  f"MFU {100 * mfu:.1f}%", flush=True)
-        return record
+            print(f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
+                  flush=True)
+
+    # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> list[dict[str, Any]]:
         cfg, records = self.train_cfg, []
         while self.step < cfg.max_steps:
             result = self.train_step()
             last = self.step == cfg.max_steps
-            val_loss = self.evaluate() if (self.step % cfg.eval_interval == 0 or last) else None
-            if self.step % cfg.log_interval == 0 or last or val_loss is not None:
-                records.append(self.record(result, val_loss))
+            record = self.make_record(result)
+            for hook in self.hooks:
+                hook.on_step_end(self, record)
+            if self.anomaly is not None:
+                self.log_record(record | {"anomaly": self.anomaly.reason})
+                self.rollback()
+                continue
+            if self.step % cfg.eval_interval == 0 or last:
+                record["val_loss"] = self.evaluate()
+                for hook in self.hooks:
+                    hook.on_eval(self, record["val_loss"])
+            self.log_record(record)
+            records.append(record)
+            interval = self.checkpoint_cfg.interval
+            if last or self.stop_signal or (interval and self.step % interval == 0):
+                self.save("signal" if self.stop_signal else "final" if last else "interval")
+            if self.stop_signal:
+                self.events.log({"event": "stop", "step": self.step, "signal": self.stop_signal})
+                if self.layout.rank == 0:
+                    print(f"{self.stop_signal}: checkpoint saved at step {self.step}; stopping for requeue", flush=True)
+                break
         self.metrics.close()
         return records

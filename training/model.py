@@ -33,6 +33,26 @@ from training.config import ModelConfig
 Activation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden [B,S,D], positions [B,S], segments [B,S]
 
 
+class _NoExtraState:
+    """megatron's parallel layers report an empty `_extra_state` in state dicts (for another
+    engine's use); leaving it out keeps checkpoints to plain tensors that every tool can merge."""
+
+    get_extra_state = nn.Module.get_extra_state
+    set_extra_state = nn.Module.set_extra_state
+
+
+class ColumnParallel(_NoExtraState, ColumnParallelLinear):
+    pass
+
+
+class RowParallel(_NoExtraState, RowParallelLinear):
+    pass
+
+
+class VocabParallel(_NoExtraState, VocabParallelEmbedding):
+    pass
+
+
 def _no_init(weight: torch.Tensor) -> None:
     """Weights are set by `training.init` from the seed, the same whatever the layout."""
 
@@ -78,10 +98,10 @@ class Attention(nn.Module):
         tp = tp_config.tensor_model_parallel_size
         self.cfg, self.heads, self.kv_heads = cfg, cfg.n_heads // tp, cfg.n_kv_heads // tp
         column = dict(config=tp_config, init_method=_no_init, bias=False, gather_output=False)
-        self.q = ColumnParallelLinear(cfg.d_model, cfg.n_heads * cfg.head_dim, **column)
-        self.k = ColumnParallelLinear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
-        self.v = ColumnParallelLinear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
-        self.o = RowParallelLinear(cfg.n_heads * cfg.head_dim, cfg.d_model, config=tp_config, init_method=_no_init,
+        self.q = ColumnParallel(cfg.d_model, cfg.n_heads * cfg.head_dim, **column)
+        self.k = ColumnParallel(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
+        self.v = ColumnParallel(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
+        self.o = RowParallel(cfg.n_heads * cfg.head_dim, cfg.d_model, config=tp_config, init_method=_no_init,
                                    bias=False, input_is_parallel=True, skip_bias_add=True)
         self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
 
@@ -105,9 +125,9 @@ class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig) -> None:
         super().__init__()
         column = dict(config=tp_config, init_method=_no_init, bias=False, gather_output=False)
-        self.gate = ColumnParallelLinear(cfg.d_model, cfg.ffn_hidden, **column)
-        self.up = ColumnParallelLinear(cfg.d_model, cfg.ffn_hidden, **column)
-        self.down = RowParallelLinear(cfg.ffn_hidden, cfg.d_model, config=tp_config, init_method=_no_init,
+        self.gate = ColumnParallel(cfg.d_model, cfg.ffn_hidden, **column)
+        self.up = ColumnParallel(cfg.d_model, cfg.ffn_hidden, **column)
+        self.down = RowParallel(cfg.ffn_hidden, cfg.d_model, config=tp_config, init_method=_no_init,
                                       bias=False, input_is_parallel=True, skip_bias_add=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +158,7 @@ class Embedding(nn.Module):
 
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
         super().__init__()
-        self.embed = VocabParallelEmbedding(vocab, cfg.d_model, init_method=_no_init, config=tp_config)
+        self.embed = VocabParallel(vocab, cfg.d_model, init_method=_no_init, config=tp_config)
         self.dropout = nn.Dropout(cfg.dropout)
 
     @property
@@ -170,7 +190,7 @@ class Head(nn.Module):
 
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
         super().__init__()
-        self.proj = ColumnParallelLinear(cfg.d_model, vocab, config=tp_config, init_method=_no_init,
+        self.proj = ColumnParallel(cfg.d_model, vocab, config=tp_config, init_method=_no_init,
                                          bias=False, gather_output=False)
 
     def forward(self, inputs: Activation) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,20 +25,36 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of cfg.lr at a step: warmup from 1/warmup to 1, then cosine down to min_lr."""
-    decay_steps = cfg.decay_steps or cfg.max_steps
-    floor = cfg.min_lr / cfg.lr
+class LrSchedule:
+    """Multiplier of cfg.lr at a step: warmup from 1/warmup to 1, then cosine down to min_lr.
 
-    def multiplier(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    After a rollback the rate can be damped (`damp`) for a number of steps. A callable object,
+    not a closure, so that LambdaLR saves its state in checkpoints.
+    """
 
-    return multiplier
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.warmup, self.decay = cfg.warmup_steps, cfg.decay_steps or cfg.max_steps
+        self.floor = cfg.min_lr / cfg.lr
+        self.damp_factor, self.damp_until = 1.0, -1
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            value = (step + 1) / self.warmup
+        else:
+            progress = min(1.0, (step - self.warmup) / max(1, self.decay - self.warmup))
+            value = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return value * (self.damp_factor if step < self.damp_until else 1.0)
+
+    def damp(self, factor: float, until_step: int) -> None:
+        self.damp_factor, self.damp_until = factor, until_step
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(cfg))
+
+
+def apply_schedule_now(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set the optimizer's rates from the schedule at its current step (after changing it)."""
+    for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * schedule(scheduler.last_epoch)

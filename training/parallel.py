@@ -177,7 +177,8 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, voca
     return model
 
 
-def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layout, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layout, bf16: bool,
+                     load_universal: bool = False) -> dict[str, Any]:
     gas = train.global_batch_size // (train.micro_batch_size * layout.dp)
     return {
         "train_batch_size": train.global_batch_size,
@@ -187,6 +188,7 @@ def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layou
         "zero_optimization": {"stage": parallel.zero_stage},
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
+        "checkpoint": {"load_universal": load_universal},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
