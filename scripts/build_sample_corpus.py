@@ -175,15 +175,16 @@ SYNTHETIC_PII = (
 )
 
 # An address as written in the sources: plain, obfuscated as `a (at) b (dot) org` or `<a at b.org>`,
-# or broken by groff after the `@` or after a hyphen in the domain.
-_LOCAL = r"[A-Za-z0-9._%+-]+"
+# or broken across lines by groff after the `@` or after a hyphen.
+_LOCAL = r"(?:-\n[ \t]*|[A-Za-z0-9._%+-])+"
 _LABEL = r"(?:-\n[ \t]*|[A-Za-z0-9-])+"
 _AT = r"(?:@(?:\n[ \t]*)?|\s?[\[(]at[\])]\s?)"
 _DOT = r"(?:\.|\s?[\[(]dot[\])]\s?)"
 _WORD_DOT = r"(?:\.|\s+dot\s+)"
+_TLD = r"[A-Za-z]{2,}(?![A-Za-z0-9])"
 EMAIL = re.compile(
-    rf"(?<![A-Za-z0-9._%+-]){_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}[A-Za-z]{{2,}}\b"
-    rf"|(?<=[<⟨]){_LOCAL}\s+at\s+{_LABEL}(?:{_WORD_DOT}{_LABEL})*{_WORD_DOT}[A-Za-z]{{2,}}(?=[>⟩])"
+    rf"(?<![A-Za-z0-9._%+-]){_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}{_TLD}"
+    rf"|(?<=[<⟨]){_LOCAL}\s+at\s+{_LABEL}(?:{_WORD_DOT}{_LABEL})*{_WORD_DOT}{_TLD}(?=[>⟩])"
 )
 RESERVED_EMAIL_DOMAIN = re.compile(
     r"(?:^|\.)(?:example\.(?:com|org|net)|[a-z0-9-]+\.(?:example|invalid|test|localhost))$"
@@ -248,7 +249,8 @@ class PrivateApt:
         if language not in paths:
             sys.exit(f"no Translation-{language} index was downloaded (have: {sorted(paths)})")
         raw = subprocess.run(
-            ["/usr/lib/apt/apt-helper", "cat-file", paths[language]], check=True, capture_output=True
+            ["/usr/lib/apt/apt-helper", "cat-file", paths[language]],
+            check=True, capture_output=True,
         ).stdout
         return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
 
@@ -446,9 +448,9 @@ def python_doc_sources(root: Path, html_docs: list[Doc]) -> list[Doc]:
 def render_man(page: Path, man_root: Path) -> str:
     """Render one page to plain UTF-8 text at 80 columns, without hyphenation or justification.
 
-    The path is given relative to the man root, which is also where `.so` links resolve: with an
-    absolute path inside a man hierarchy, man-db stalls on large pages (it treats them as
-    cacheable), so a stall aborts the build instead of silently changing the selection.
+    The path is given relative to the man root, which is also where `.so` links resolve: given an
+    absolute path inside a man hierarchy, man-db 2.11 can hang on large pages. A hang aborts the
+    build rather than silently changing which pages are taken.
     """
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "MANWIDTH": "80"}
     rendered = subprocess.run(
@@ -497,7 +499,7 @@ def man_pages(lang: str, package: str, root: Path, man_dir: str, budget: int) ->
                     used += size
     wanted = MAN_ALIASES_PER_PACKAGE["en" if lang == "en" else "other"]
     alias_pages = sorted(p for p, target in aliases.items() if target in texts)
-    alias_pages = sorted(seeded("man-alias", package).sample(alias_pages, min(wanted, len(alias_pages))))
+    alias_pages = seeded("man-alias", package).sample(alias_pages, min(wanted, len(alias_pages)))
 
     def page_id(page: Path) -> str:
         return f"man/{package}/{page.relative_to(man_root).as_posix().removesuffix('.gz')}"
@@ -505,7 +507,7 @@ def man_pages(lang: str, package: str, root: Path, man_dir: str, budget: int) ->
     docs: list[Doc] = []
     for page, text in sorted(texts.items()):
         docs += docs_from(page_id(page), text, "manpages", lang)
-    for page in alias_pages:
+    for page in sorted(alias_pages):
         docs += docs_from(page_id(page), texts[aliases[page]], "manpages", lang)
     return docs
 
@@ -581,7 +583,8 @@ def package_descriptions(apt_lang: str, index: str) -> list[Doc]:
         if used >= budget:
             break
         for package, text in run:
-            docs += docs_from(f"ddtp/{lang}/{package}", clean_lines(text), "package-descriptions", lang)
+            doc_id = f"ddtp/{lang}/{package}"
+            docs += docs_from(doc_id, clean_lines(text), "package-descriptions", lang)
             used += utf8_len(text)
     return docs
 
@@ -634,15 +637,13 @@ def plant_pii(docs: list[Doc]) -> int:
 
 
 def jsonl(docs: list[Doc]) -> bytes:
-    lines = (
-        json.dumps({"id": d.id, "text": d.text, "source": d.source, "lang": d.lang}, ensure_ascii=False)
-        for d in docs
-    )
+    records = ({"id": d.id, "text": d.text, "source": d.source, "lang": d.lang} for d in docs)
+    lines = (json.dumps(record, ensure_ascii=False) for record in records)
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def compress(name: str, payload: bytes) -> bytes:
-    """gzip without a timestamp or file name, zstd single-threaded: the bytes depend on input only."""
+    """gzip without timestamp or file name, zstd single-threaded: the bytes depend on input only."""
     if name.endswith(".gz"):
         buffer = io.BytesIO()
         with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=9, mtime=0) as out:
