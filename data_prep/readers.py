@@ -32,6 +32,7 @@ ORIGIN = "origin"
 UTF8_ERRORS = "_utf8_errors"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSIONS = ("", ".gz", ".zst")
+COMPRESSION_RATIO_GUESS = 4
 REPLACEMENT = "\ufffd"
 REPLACEMENT_BYTES = REPLACEMENT.encode()
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -113,6 +114,8 @@ def plan_shards(inputs: list[Path], shard_bytes: int) -> list[InputShard]:
     pieces: list[tuple[InputPiece, int]] = []
     for piece in discover(inputs):
         size = Path(piece.path).stat().st_size
+        if piece.path.endswith((".gz", ".zst")):
+            size *= COMPRESSION_RATIO_GUESS  # shards are sized by text, not by bytes on disk
         splittable = piece.kind == "jsonl" and not piece.path.endswith((".gz", ".zst"))
         if splittable and size > shard_bytes:
             for start in range(0, size, shard_bytes):

@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
                             "PATH: a checkpoint folder")
 
+    generate = verbs.add_parser("generate", help="sample text from a checkpoint (KV cache), any training layout")
+    _common(generate)
+    generate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    generate.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.add_argument("--seed", type=int, default=0)
+
+    export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model")
+    _common(export)
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--format", choices=["hf", "consolidated"], default="hf")
+    export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
     run.add_argument("--output", type=Path, required=True, help="run folder")
@@ -83,6 +102,61 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> Non
     trainer.fit()
 
 
+def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
+    from training.export import read_meta
+
+    path = given or Path(read_meta(checkpoint)["data_dir"]) / "tokenizer.json"
+    if not path.exists():
+        raise UserError(f"tokenizer {path} not found: pass --tokenizer")
+    return path
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from tokenizers import Tokenizer
+
+    from training.generate import Sampling, generate, load_model
+
+    tokenizer = Tokenizer.from_file(str(_tokenizer_of(args.checkpoint, args.tokenizer)))
+    model, meta = load_model(args.checkpoint)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    table = Table(title=f"samples from {args.checkpoint} (step {meta['step']})", show_lines=True)
+    table.add_column("prompt")
+    table.add_column("continuation")
+    for prompt in args.prompt or [""]:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.token_to_id("<|endoftext|>")]
+        out = generate(model, ids, sampling, tokenizer.get_vocab_size(), tokenizer.token_to_id("<|endoftext|>"))
+        table.add_row(prompt, tokenizer.decode(out))
+    Console(width=None if Console().is_terminal else 140).print(table)
+
+
+def _export(args: argparse.Namespace) -> None:
+    import torch
+
+    from training.export import save_consolidated, save_hf
+
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    if args.format == "hf":
+        path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype)
+    else:
+        path = save_consolidated(args.checkpoint, args.output, dtype)
+    print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
+
+
+def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
+    """prep, then training under torchrun on this machine, in one run folder."""
+    import subprocess
+
+    from launch.torchrun import local_train_command
+
+    data = args.output / "data"
+    _prep(config, data, show_progress)
+    command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
+    print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
+    return subprocess.run(command).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -96,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             _prep(config, args.output, show_progress)
         elif args.verb == "train":
             _train(config, args.data, args.output, args.resume)
+        elif args.verb == "generate":
+            _generate(args)
+        elif args.verb == "export":
+            _export(args)
         elif args.verb == "run":
-            _prep(config, args.output / "data", show_progress)
+            return _run(config, args, show_progress)
     except UserError as exc:
         print(f"crucible {args.verb}: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from data_prep.pii import PiiConfig
 from data_prep.quality import QualityConfig
 from data_prep.readers import ReadConfig
 from data_prep.tokenizer import TokenizerConfig
+from launch.config import LaunchConfig
 from pipeline.errors import UserError
 from pipeline.schema import Section
 from training.checkpoint import CheckpointConfig
@@ -75,6 +76,7 @@ class CrucibleConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
 
 class ConfigError(UserError):

@@ -35,3 +35,17 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
         langs = row.get("tally", {}).get("languages")
         if langs:
             console.print("languages kept: " + ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:12]))
+    tokens = stats.get("tokens")
+    if tokens:
+        console.print(tokens_table(tokens))
+
+
+def tokens_table(tokens: dict[str, Any]) -> Table:
+    table = Table(title=f"tokens (vocabulary {tokens.get('vocab_size', 0):,})")
+    for header in ("split", "documents", "tokens", "sequences", "padding", "remainder"):
+        table.add_column(header, justify="left" if header == "split" else "right")
+    for split in ("train", "val"):
+        if f"{split}_tokens" in tokens:
+            table.add_row(split, *(f"{tokens[f'{split}_{k}']:,}" for k in ("documents", "tokens", "sequences",
+                                                                           "padding", "remainder")))
+    return table

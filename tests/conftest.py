@@ -64,7 +64,8 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output / "shards"
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True) -> "subprocess.CompletedProcess[str]":
+def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
+             launcher_args: tuple[str, ...] = ()) -> "subprocess.CompletedProcess[str]":
     """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
     import socket
     import subprocess
@@ -73,8 +74,8 @@ def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True) -> 
     with socket.socket() as probe:  # a free port, so parallel runs never collide
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "pipeline", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{port}", *launcher_args, "-m", "pipeline", *args]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

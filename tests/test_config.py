@@ -52,3 +52,12 @@ def test_stages_are_put_in_pipeline_order_and_not_repeated() -> None:
 def test_override_needs_key_and_value() -> None:
     with pytest.raises(ConfigError):
         load_config(None, ["prep.workers"])
+
+
+def test_config_reference_is_current() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (REPO / "docs" / "CONFIG.md").read_text() == module.render(), "run scripts/config_reference.py"

@@ -16,8 +16,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from data_prep.tokenizer import file_sha256
 from pipeline.atomic import atomic_path
 from pipeline.errors import UserError
 from pipeline.schema import Section
+from training.export import convert_to_universal
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
@@ -211,9 +210,7 @@ class Checkpointer:
         if self.rank == 0 and not (target / META).exists():
             staging = self.root / STAGING / f"universal-{info.path.name}"
             shutil.rmtree(staging, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(info.path), "--output_folder", str(staging), "--num_extract_workers", "1",
-                            "--num_merge_workers", "1"], check=True, capture_output=True)
+            convert_to_universal(info.path, staging)
             shutil.copy(info.path / META, staging / META)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(target, ignore_errors=True)

@@ -26,7 +26,7 @@ from data_prep.shards import ShardError, read_manifest
 from data_prep.tokenizer import file_sha256
 from pipeline.errors import UserError
 from training import parallel
-from training.checkpoint import CheckpointConfig, CheckpointInfo, Checkpointer
+from training.checkpoint import CheckpointConfig, Checkpointer, CheckpointInfo
 from training.config import ModelConfig, ParallelConfig, TrainConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
 from training.hooks import AnomalyDetector, EventLog, Hook, HookSpec, RollbackConfig, SignalCheckpoint, load_user_hooks
@@ -218,7 +218,7 @@ class Trainer:
             "healthy": self.anomaly is None, "rollbacks": self.rollbacks, "reason": reason,
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
                        "zero_stage": self.parallel_cfg.zero_stage},
-            "manifest_sha256": self.manifest_sha256,
+            "manifest_sha256": self.manifest_sha256, "data_dir": str(self.data_dir.resolve()), "seq_len": self.seq_len,
             "config": {"model": self.model_cfg.model_dump(mode="json"), "parallel": self.parallel_cfg.model_dump(mode="json"),
                        "train": self.train_cfg.model_dump(mode="json"), "vocab_padded": self.vocab},
         }

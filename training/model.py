@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,17 @@ from training.config import ModelConfig
 Activation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden [B,S,D], positions [B,S], segments [B,S]
 
 
-class _NoExtraState:
-    """megatron's parallel layers report an empty `_extra_state` in state dicts (for another
-    engine's use); leaving it out keeps checkpoints to plain tensors that every tool can merge."""
+class _NoExtraState(nn.Module):
+    """megatron's parallel layers put an empty `_extra_state` in state dicts (for another
+    engine's use) and expect it back on load; leaving it out keeps checkpoints to plain tensors
+    that every tool (DeepSpeed's universal conversion, the exporter) can merge."""
 
     get_extra_state = nn.Module.get_extra_state
     set_extra_state = nn.Module.set_extra_state
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._load_state_dict_pre_hooks.clear()  # the hook that re-adds `_extra_state` on load
 
 
 class ColumnParallel(_NoExtraState, ColumnParallelLinear):
@@ -92,6 +97,23 @@ def attention_mask(segments: torch.Tensor) -> torch.Tensor:
     return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
 
 
+class KVCache:
+    """Keys and values of the positions decoded so far, per layer: [B, kv_heads, T, head_dim]."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def length(self, layer: int) -> int:
+        return self.keys[layer].shape[2] if layer in self.keys else 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer in self.keys:
+            k, v = torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig) -> None:
         super().__init__()
@@ -105,7 +127,8 @@ class Attention(nn.Module):
                                    bias=False, input_is_parallel=True, skip_bias_add=True)
         self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q(x)[0].view(batch, seq, self.heads, self.cfg.head_dim)
         k = self.k(x)[0].view(batch, seq, self.kv_heads, self.cfg.head_dim)
@@ -115,6 +138,10 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
         dropout = self.cfg.dropout if self.training else 0.0
         mask = attention_mask(segments) if self.cfg.document_masking else None
+        if cache is not None:  # one document: causal over everything cached before, plus itself
+            past = cache.length(layer)
+            k, v = cache.extend(layer, k, v)
+            mask = torch.ones(seq, past + seq, dtype=torch.bool, device=x.device).tril(past) if past else None
         with self.sharded_rng():
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                                                enable_gqa=self.heads != self.kv_heads)
@@ -146,9 +173,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg, tp_config)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, inputs: Activation) -> Activation:
+    def forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
         x, positions, segments = inputs
-        x = x + self.dropout(self.attn(self.attn_norm(x), positions, segments))
+        x = x + self.dropout(self.attn(self.attn_norm(x), positions, segments, cache, self.index))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, positions, segments
 
@@ -216,13 +243,14 @@ class GPT(nn.Module):
         self.head = None if cfg.tie_embeddings else Head(cfg, tp_config, vocab)
         self.activation_checkpointing = False
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        """Vocab-parallel logits for `tokens` [B, S]."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Vocab-parallel logits for `tokens` [B, S]; with a cache, only the new positions are computed."""
         x: Activation = self.embedding((tokens, positions, segments))
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, cache)
         x = self.final_norm(x)
         return self.embedding.logits(x) if self.head is None else self.head(x)

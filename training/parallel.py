@@ -145,6 +145,12 @@ def tp_config(parallel: ParallelConfig, layout: Layout, dtype: torch.dtype) -> M
                                params_dtype=dtype)
 
 
+def tp_config_single() -> ModelParallelConfig:
+    """The layer config of a single-process model (inference, export checks)."""
+    return ModelParallelConfig(tensor_model_parallel_size=1, use_cpu_initialization=True,
+                               perform_initialization=True, params_dtype=torch.float32)
+
+
 def _head_forward(embedding: Embedding, inputs: Any) -> torch.Tensor:
     return embedding.logits(inputs)
 

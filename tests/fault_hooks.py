@@ -1,0 +1,67 @@
+"""Faults injected through the public hook interface, for the recovery tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import torch
+
+from training.data import Batch
+from training.hooks import Hook
+
+
+class PoisonWeights(Hook):
+    """Once, after step `step`, turn every weight to NaN: the next loss is NaN (a hardware fault)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done = step, False
+
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["step"] == self.step and not self.done:
+            self.done = True
+            with torch.no_grad():
+                for param in trainer.engine.module.parameters():
+                    param.fill_(float("nan"))
+
+
+class JunkRows(Hook):
+    """Replace the rows of global step `step` (first epoch) with random tokens: bad data."""
+
+    def __init__(self, step: int, seed: int = 0) -> None:
+        self.step, self.seed = step, seed
+
+    def on_batch(self, trainer: Any, batch: Batch) -> Batch:
+        loader = trainer.loader
+        start = (self.step - 1) * loader.rows_per_step
+        consumed = loader.position - loader.micro_batch * loader.dp_world  # where this batch began
+        if loader.epoch == 0 and start <= consumed < start + loader.rows_per_step:
+            generator = torch.Generator().manual_seed(self.seed + consumed)
+            junk = torch.randint(0, trainer.vocab // 2, batch.inputs.shape, generator=generator)
+            return Batch(junk, torch.roll(junk, -1, 1), batch.positions, batch.segments, batch.rows)
+        return batch
+
+
+class KillRankAt(Hook):
+    """SIGKILL this process at step `step` if it is global rank `rank` and a marker file is absent
+    (the marker makes the fault happen once, not again after torchrun restarts the job)."""
+
+    def __init__(self, step: int, rank: int, marker: str) -> None:
+        self.step, self.rank, self.marker = step, rank, marker
+
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["step"] == self.step and trainer.layout.rank == self.rank and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(Hook):
+    """Send `signal` (e.g. SIGUSR1) to this process at step `step`, as Slurm does before a time limit."""
+
+    def __init__(self, step: int, name: str = "SIGUSR1") -> None:
+        self.step, self.signum = step, signal.Signals[name]
+
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["step"] == self.step and trainer.layout.rank == 0:
+            os.kill(os.getpid(), self.signum)

@@ -1,0 +1,170 @@
+"""Checkpoints, exact resume and automatic recovery, with real ranks on gloo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, metrics, torchrun
+
+BASE = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
+        "--set", "train.warmup_steps=3", "--set", "train.peak_tflops=1"]
+
+
+def train(shards: Path, run: Path, steps: int, *extra: str, nproc: int = 1, decay: int = 30, **kw) -> list[dict]:
+    torchrun(nproc, "train", "--data", str(shards), "--output", str(run), *BASE, "--set", f"train.max_steps={steps}",
+             "--set", f"train.decay_steps={decay}", *extra, **kw)
+    return metrics(run)
+
+
+def events(run: Path) -> list[dict]:
+    path = run / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def losses(records: list[dict]) -> dict[int, float]:
+    """The loss of each step that stood (rolled-back steps are marked `anomaly` and left out)."""
+    return {r["step"]: r["loss"] for r in records if "anomaly" not in r}
+
+
+def hooks(*specs: str) -> list[str]:
+    return ["--set", "hooks=[" + ", ".join(specs) + "]"]
+
+
+@pytest.mark.parametrize(("tp", "pp", "dp"), [(1, 1, 2), (2, 2, 1)])
+def test_resume_continues_bit_for_bit(tiny_shards: Path, tmp_path: Path, tp: int, pp: int, dp: int) -> None:
+    layout = ["--set", f"parallel.tp={tp}", "--set", f"parallel.pp={pp}", "--set", "parallel.zero_stage=1"]
+    n = tp * pp * dp
+    straight = losses(train(tiny_shards, tmp_path / "straight", 30, *layout, nproc=n))
+    train(tiny_shards, tmp_path / "split", 15, *layout, nproc=n)
+    assert [e["reason"] for e in events(tmp_path / "split") if e["event"] == "save"] == ["final"]
+    resumed = losses(train(tiny_shards, tmp_path / "split", 30, *layout, nproc=n))
+    assert [e["step"] for e in events(tmp_path / "split") if e["event"] == "resume"] == [15]
+    assert [resumed[s] for s in range(16, 31)] == [straight[s] for s in range(16, 31)]
+
+
+def test_resume_under_another_dp_size_continues_the_curve(tiny_shards: Path, tmp_path: Path) -> None:
+    straight = losses(train(tiny_shards, tmp_path / "dp1", 12, "--set", "checkpoint.interval=6", decay=12))
+    checkpoint = tmp_path / "dp1" / "checkpoints" / "step-00000006"
+    resumed = losses(train(tiny_shards, tmp_path / "dp2", 12, "--resume", str(checkpoint), nproc=2, decay=12))
+    assert sorted(resumed) == list(range(7, 13))
+    for step in range(7, 13):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-4)
+    assert [e["universal"] for e in events(tmp_path / "dp2") if e["event"] == "resume"] == [True]
+
+
+def test_another_tp_or_pp_is_refused_with_the_way_out(tiny_shards: Path, tmp_path: Path) -> None:
+    train(tiny_shards, tmp_path, 2)
+    result = torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
+                      "--set", "train.max_steps=4", "--set", "parallel.tp=2", check=False)
+    assert result.returncode != 0
+    assert "saved with tp=1, pp=1" in result.stderr + result.stdout
+
+
+def test_killed_rank_is_restarted_and_the_run_finishes_the_same(tiny_shards: Path, tmp_path: Path) -> None:
+    straight = losses(train(tiny_shards, tmp_path / "straight", 12, nproc=2, decay=12))
+    marker = tmp_path / "killed-once"
+    fault = hooks(f'{{target: "tests.fault_hooks:KillRankAt", args: {{step: 8, rank: 1, marker: "{marker}"}}}}')
+    recovered = losses(train(tiny_shards, tmp_path / "faulty", 12, "--set", "checkpoint.interval=5", *fault, nproc=2,
+                             decay=12, launcher_args=("--max-restarts", "3")))
+    assert marker.exists(), "the rank was killed"
+    assert {e["step"] for e in events(tmp_path / "faulty") if e["event"] == "resume"} == {5}
+    assert recovered[12] == straight[12]
+
+
+def test_kill_during_checkpoint_write_keeps_previous_latest(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    driver = f"""
+import os, signal, sys
+import training.checkpoint as checkpoint
+real_replace = os.replace
+class KillBeforePublish:
+    def __getattr__(self, name):
+        return getattr(os, name)
+    @staticmethod
+    def replace(src, dst):
+        if ".staging" in str(src) and str(src).endswith("step-00000006"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+checkpoint.os = KillBeforePublish()
+from pipeline.cli import main
+sys.exit(main({["train", "--data", str(tiny_shards), "--output", str(run), *BASE, "--set", "train.max_steps=6",
+               "--set", "train.decay_steps=8", "--set", "checkpoint.interval=3"]!r}))
+"""
+    killed = subprocess.run([sys.executable, "-c", driver], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -9
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert (run / "checkpoints" / ".staging" / "step-00000006").exists(), "the write was interrupted mid-way"
+    finished = losses(train(tiny_shards, run, 8, decay=8))
+    assert [e["step"] for e in events(run) if e["event"] == "resume"] == [3]
+    straight = losses(train(tiny_shards, tmp_path / "straight", 8, decay=8))
+    assert finished[8] == straight[8]
+
+
+def test_corrupt_checkpoint_is_named_and_the_previous_one_loads(tiny_shards: Path, tmp_path: Path) -> None:
+    train(tiny_shards, tmp_path, 6, "--set", "checkpoint.interval=3", decay=8)
+    victim = tmp_path / "checkpoints" / "step-00000006" / "mp_rank_00_model_states.pt"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
+                      "--set", "train.max_steps=8", "--set", "train.decay_steps=8")
+    assert str(victim) in result.stdout
+    logged = events(tmp_path)
+    assert any(e["event"] == "corrupt_checkpoint" and str(victim) in e["error"] for e in logged)
+    assert [e["step"] for e in logged if e["event"] == "resume"] == [3]
+    assert max(losses(metrics(tmp_path))) == 8
+
+
+def test_nan_rolls_back_and_the_run_finishes(tiny_shards: Path, tmp_path: Path) -> None:
+    fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 9}}')
+    records = train(tiny_shards, tmp_path, 14, "--set", "checkpoint.interval=4", *fault, decay=14)
+    (rollback,) = [e for e in events(tmp_path) if e["event"] == "rollback"]
+    assert rollback["reason"] == "nonfinite_loss" and rollback["step"] == 10 and rollback["restored_step"] == 8
+    assert rollback["skipped"]["to"]["position"] > rollback["skipped"]["from"]["position"]
+    assert [r["step"] for r in records if "anomaly" in r] == [10]
+    final = losses(records)
+    assert max(final) == 14 and all(v == v for v in final.values())
+
+
+def test_loss_spike_from_junk_data_rolls_back_and_skips_the_window(tiny_shards: Path, tmp_path: Path) -> None:
+    fault = hooks('{target: "tests.fault_hooks:JunkRows", args: {step: 13}}')
+    records = train(tiny_shards, tmp_path, 18, "--set", "checkpoint.interval=4", *fault, decay=18)
+    (rollback,) = [e for e in events(tmp_path) if e["event"] == "rollback"]
+    assert rollback["reason"] in ("loss_spike", "grad_norm_spike") and rollback["step"] == 13
+    assert rollback["restored_step"] == 12 and rollback["lr_scale"] == 0.5
+    rows_per_step = 8
+    assert rollback["skipped"]["to"]["position"] - rollback["skipped"]["from"]["position"] == rows_per_step
+    after = [r for r in records if r["step"] == 13 and "anomaly" not in r]
+    assert len(after) == 1 and after[0]["loss"] < rollback["threshold"], "the junk rows were not seen again"
+    assert max(losses(records)) == 18
+
+
+def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
+    fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 5}}')
+    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE, "--set",
+                      "train.max_steps=8", "--set", "checkpoint.interval=2", "--set", "rollback.max_rollbacks=0",
+                      *fault, check=False)
+    assert result.returncode != 0 and "gave up after 0 rollbacks" in result.stderr
+
+
+def test_sigusr1_saves_and_stops_then_the_rerun_continues(tiny_shards: Path, tmp_path: Path) -> None:
+    fault = hooks('{target: "tests.fault_hooks:SignalAt", args: {step: 5, name: SIGUSR1}}')
+    records = train(tiny_shards, tmp_path, 10, *fault, nproc=2, decay=10)
+    assert max(r["step"] for r in records) == 5
+    assert [(e["step"], e["reason"]) for e in events(tmp_path) if e["event"] == "save"] == [(5, "signal")]
+    assert any(e["event"] == "stop" and e["signal"] == "SIGUSR1" for e in events(tmp_path))
+    straight = losses(train(tiny_shards, tmp_path / "straight", 10, nproc=2, decay=10))
+    assert losses(train(tiny_shards, tmp_path, 10, nproc=2, decay=10))[10] == straight[10]
+
+
+def test_retention_keeps_last_every_mth_and_latest(tiny_shards: Path, tmp_path: Path) -> None:
+    train(tiny_shards, tmp_path, 10, "--set", "checkpoint.interval=2", "--set", "checkpoint.keep_last=2",
+          "--set", "checkpoint.keep_every=4", decay=10)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000004", "step-00000008", "step-00000010"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000010"

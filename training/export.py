@@ -1,0 +1,137 @@
+"""Export a checkpoint of any layout: one consolidated state dict, or a Hugging Face Llama model.
+
+DeepSpeed's universal-checkpoint conversion merges ZeRO partitions, TP slices (told how by the
+patterns `checkpoint.universal_checkpoint_info` saves) and pipeline stages into one fp32 tensor
+per parameter; this module renames those to the single-process model's names. The architecture
+(RMSNorm, RoPE on split halves, GQA, SwiGLU, no biases) is Llama's, so the Hugging Face export is
+a renaming too, checked by comparing logits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UserError
+
+META = "crucible.json"
+
+
+def convert_to_universal(checkpoint: Path, target: Path) -> None:
+    """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions)."""
+    result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                             str(checkpoint), "--output_folder", str(target), "--num_extract_workers", "1",
+                             "--num_merge_workers", "1"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"cannot convert checkpoint {checkpoint} (ZeRO stage 0 checkpoints cannot be merged; "
+                        f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}")
+
+
+def canonical_name(name: str, n_layers: int) -> str:
+    """Pipeline-module parameter names ("3.attn.q.weight") -> single-process names ("blocks.2.attn.q.weight")."""
+    tied = re.match(r"^tied_modules\.embedding\.(.*)$", name)
+    if tied:
+        return f"embedding.{tied.group(1)}"
+    layer = re.match(r"^(\d+)\.(.*)$", name)
+    if not layer:
+        return name
+    index, rest = int(layer.group(1)), layer.group(2)
+    if index == 0:
+        return f"embedding.{rest}"
+    if index <= n_layers:
+        return f"blocks.{index - 1}.{rest}"
+    return f"final_norm.{rest}" if index == n_layers + 1 else f"head.{rest}"
+
+
+def read_meta(checkpoint: Path) -> dict[str, Any]:
+    path = Path(checkpoint) / META
+    if not path.exists():
+        raise UserError(f"{checkpoint} is not a Crucible checkpoint (no {META})")
+    return json.loads(path.read_text())
+
+
+def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata."""
+    meta = read_meta(checkpoint)
+    n_layers = meta["config"]["model"]["n_layers"]
+    cached = Path(checkpoint).parent / ".universal" / Path(checkpoint).name
+    with tempfile.TemporaryDirectory() as tmp:
+        universal = cached if (cached / "zero").exists() else Path(tmp) / "universal"
+        if universal != cached:
+            convert_to_universal(Path(checkpoint), universal)
+        state = {}
+        for folder in sorted((universal / "zero").iterdir()):
+            if folder.is_dir() and (folder / "fp32.pt").exists():
+                tensor = torch.load(folder / "fp32.pt", weights_only=False)["param"]
+                state[canonical_name(folder.name, n_layers)] = tensor.float().contiguous()
+    return state, meta
+
+
+def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Path:
+    state, meta = consolidate(checkpoint)
+    output.mkdir(parents=True, exist_ok=True)
+    target = output / "model.pt"
+    torch.save({"state_dict": {k: v.to(dtype) for k, v in state.items()}, "config": meta["config"],
+                "step": meta["step"]}, target)
+    return target
+
+
+def llama_config(meta: dict[str, Any], eod_id: int, pad_id: int) -> dict[str, Any]:
+    model, vocab = meta["config"]["model"], meta["config"]["vocab_padded"]
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": model["d_model"], "intermediate_size": model["ffn_hidden"],
+        "num_hidden_layers": model["n_layers"], "num_attention_heads": model["n_heads"],
+        "num_key_value_heads": model["n_kv_heads"], "head_dim": model["d_model"] // model["n_heads"],
+        "vocab_size": vocab, "rms_norm_eps": model["norm_eps"], "rope_theta": model["rope_theta"],
+        "max_position_embeddings": meta.get("seq_len", 2048), "tie_word_embeddings": model["tie_embeddings"],
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "bos_token_id": eod_id,
+        "eos_token_id": eod_id, "pad_token_id": pad_id, "torch_dtype": "float32",
+    }
+
+
+HF_NAMES = [
+    (r"^embedding\.embed\.weight$", "model.embed_tokens.weight"),
+    (r"^blocks\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
+    (r"^blocks\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
+    (r"^blocks\.(\d+)\.attn\.(q|k|v|o)\.weight$", r"model.layers.\1.self_attn.\2_proj.weight"),
+    (r"^blocks\.(\d+)\.mlp\.(gate|up|down)\.weight$", r"model.layers.\1.mlp.\2_proj.weight"),
+    (r"^final_norm\.norm\.weight$", "model.norm.weight"),
+    (r"^head\.proj\.weight$", "lm_head.weight"),
+]
+
+
+def hf_name(name: str) -> str:
+    for pattern, replacement in HF_NAMES:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise KeyError(f"no Hugging Face name for {name}")
+
+
+def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype) -> Path:
+    """safetensors + config.json + tokenizer files, loadable with transformers offline."""
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    state, meta = consolidate(checkpoint)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    eod_id, pad_id = tokenizer.token_to_id("<|endoftext|>"), tokenizer.token_to_id("<|pad|>")
+    output.mkdir(parents=True, exist_ok=True)
+    tensors = {hf_name(k): v.to(dtype).contiguous() for k, v in state.items()}
+    save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
+    config = llama_config(meta, eod_id, pad_id) | {"torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
+    (output / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(tokenizer_file, output / "tokenizer.json")
+    (output / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>", "model_max_length": config["max_position_embeddings"]}, indent=2))
+    (output / "generation_config.json").write_text(json.dumps({"eos_token_id": eod_id, "pad_token_id": pad_id}))
+    return output

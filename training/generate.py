@@ -1,0 +1,86 @@
+"""Sampling with a KV cache from a checkpoint of any layout.
+
+The checkpoint is consolidated to one set of weights (see `training.export`) and loaded into a
+single-process model. Generation prefills the prompt once, then decodes one token at a time,
+each step attending over the cached keys and values instead of recomputing the prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from training.config import ModelConfig
+from training.export import consolidate
+from training.model import GPT, KVCache
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.8  # 0 picks the most likely token (greedy)
+    top_k: int | None = 50
+    top_p: float | None = 0.95
+    seed: int = 0
+
+
+def single_process_groups() -> None:
+    """A world of one (gloo), which megatron-core's layers need even without parallelism."""
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+
+
+def load_model(checkpoint: Path) -> tuple[GPT, dict]:
+    from training.parallel import tp_config_single
+
+    single_process_groups()
+    state, meta = consolidate(checkpoint)
+    cfg = ModelConfig.model_validate(meta["config"]["model"])
+    model = GPT(cfg, tp_config_single(), meta["config"]["vocab_padded"])
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, vocab: int, generator: torch.Generator) -> torch.Tensor:
+    """Next token ids [B] from last-position logits [B, V_padded]; padded vocabulary rows never win."""
+    logits = logits[:, :vocab].float()
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, vocab)).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > sampling.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: list[int], sampling: Sampling, vocab: int, stop_id: int | None) -> list[int]:
+    """Prefill `prompt` once, then decode with the KV cache until `stop_id` or max_new_tokens."""
+    generator = torch.Generator().manual_seed(sampling.seed)
+    cache = KVCache()
+    tokens = torch.tensor([prompt])
+    positions = torch.arange(len(prompt))[None]
+    logits = model(tokens, positions, torch.ones_like(tokens), cache)
+    out: list[int] = []
+    for _ in range(sampling.max_new_tokens):
+        next_id = sample_next(logits[:, -1], sampling, vocab, generator)
+        if stop_id is not None and int(next_id) == stop_id:
+            break
+        out.append(int(next_id))
+        position = torch.tensor([[len(prompt) + len(out) - 1]])
+        logits = model(next_id[:, None], position, torch.ones_like(position), cache)
+    return out
