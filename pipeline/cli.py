@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
 
+    plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
+    _common(plan)
+
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
     run.add_argument("--output", type=Path, required=True, help="run folder")
@@ -144,6 +147,47 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
 
 
+def _plan(config: CrucibleConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.plan import estimate
+
+    e = estimate(config.model, config.parallel, config.train, config.plan)
+    gb = 1e9
+    p, m = config.parallel, config.model
+    table = Table(title=f"plan: {e.params / 1e9:.2f}B parameters, tp={p.tp} pp={p.pp} dp={e.dp} ZeRO-{p.zero_stage}, "
+                        f"{config.plan.gpus} GPUs")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("parameters per GPU", f"{e.params_per_gpu / 1e9:.2f} B"),
+        ("weights per GPU", f"{e.weight_bytes / gb:.1f} GB"),
+        ("gradients per GPU", f"{e.grad_bytes / gb:.1f} GB"),
+        ("optimizer state per GPU", f"{e.optimizer_bytes / gb:.1f} GB"),
+        ("activations per GPU", f"{e.activation_bytes / gb:.1f} GB"),
+        ("activations per GPU, recomputed", f"{e.activation_bytes_recompute / gb:.1f} GB"),
+        ("total per GPU (no / full recompute)", f"{e.total_bytes(False) / gb:.1f} / {e.total_bytes(True) / gb:.1f} GB"),
+        ("KV cache per token per layer", f"{e.kv_bytes_per_token_per_layer:,} B ({m.n_kv_heads} KV heads)"),
+        (f"KV cache per sequence of {config.plan.seq_len:,}", f"{e.kv_bytes_per_sequence / gb:.2f} GB"),
+        ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
+        ("tokens per step", f"{e.tokens_per_step:,}"),
+        (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
+        (f"days at MFU {config.plan.mfu:.0%}", f"{e.days:,.1f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=None if Console().is_terminal else 140)
+    console.print(table)
+    limit = config.plan.gpu_memory_gb * gb
+    if e.total_bytes(True) > limit:
+        console.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
+                      f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
+    elif e.total_bytes(False) > limit:
+        console.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
+                      f"(parallel.activation_checkpointing=true)")
+
+
 def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
     """prep, then training under torchrun on this machine, in one run folder."""
     import subprocess
@@ -170,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             _prep(config, args.output, show_progress)
         elif args.verb == "train":
             _train(config, args.data, args.output, args.resume)
+        elif args.verb == "plan":
+            _plan(config)
         elif args.verb == "generate":
             _generate(args)
         elif args.verb == "export":

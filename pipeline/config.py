@@ -28,6 +28,7 @@ from pipeline.schema import Section
 from training.checkpoint import CheckpointConfig
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.hooks import HookSpec, RollbackConfig
+from training.plan import PlanConfig
 
 StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
 STAGE_ORDER: tuple[str, ...] = (
@@ -77,6 +78,7 @@ class CrucibleConfig(Section):
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
 
 class ConfigError(UserError):

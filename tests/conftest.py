@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,12 +68,8 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
-             launcher_args: tuple[str, ...] = ()) -> "subprocess.CompletedProcess[str]":
+             launcher_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as probe:  # a free port, so parallel runs never collide
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

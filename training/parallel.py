@@ -58,6 +58,8 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", "0")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            _init_from_agent_store(backend)
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=parallel.tp,
                                              pipeline_model_parallel_size=parallel.pp)
@@ -74,6 +76,19 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
         raise RuntimeError(f"rank {layout.rank}: DeepSpeed places it at {coord}, megatron-core at "
                            f"pipe={layout.pp_rank} data={layout.dp_rank} model={layout.tp_rank}")
     return layout
+
+
+def _init_from_agent_store(backend: str) -> None:
+    """Join torchrun's store under a prefix of this restart attempt.
+
+    After torchrun restarts failed workers, the rendezvous store still holds the addresses the
+    previous attempt's ranks published; without a fresh namespace a new rank can read a dead
+    peer's address and time out connecting to it.
+    """
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"crucible/attempt_{attempt}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def topology(layout: Layout) -> PipeModelDataParallelTopology:

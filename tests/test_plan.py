@@ -1,0 +1,73 @@
+"""`plan` reproduces the worked examples of memory and compute arithmetic it is built on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import load_config
+from tests.conftest import REPO
+from training.plan import count_params, estimate
+
+
+def plan(*overrides: str):
+    config = load_config(None, list(overrides))
+    return estimate(config.model, config.parallel, config.train, config.plan)
+
+
+def test_kv_cache_is_16_kb_per_token_per_layer_for_d4096_32_heads() -> None:
+    e = plan("model.preset=7b", "model.n_kv_heads=32", "plan.bf16=true")
+    assert e.kv_bytes_per_token_per_layer == 16_384
+    assert e.kv_bytes_per_sequence == 16_384 * 32 * 4096
+
+
+def test_kv_cache_of_the_70b_example_at_8k_is_about_20_gb() -> None:
+    e = plan("model.preset=70b", "model.n_kv_heads=64", "plan.seq_len=8192")
+    assert e.kv_bytes_per_token_per_layer == 32_768
+    assert 20e9 < e.kv_bytes_per_sequence < 22e9
+    assert plan("model.preset=70b", "plan.seq_len=8192").kv_bytes_per_sequence * 8 == e.kv_bytes_per_sequence, "GQA"
+
+
+def test_70b_weights_are_about_140_gb_in_bf16() -> None:
+    e = plan("model.preset=70b", "plan.gpus=1", "parallel.zero_stage=0")
+    assert 65e9 < e.params < 72e9
+    assert e.weight_bytes == pytest.approx(140e9, rel=0.05)
+
+
+def test_steps_for_1_4t_tokens_at_16_8m_tokens_per_step() -> None:
+    e = plan("train.global_batch_size=4096", "train.micro_batch_size=1", "plan.seq_len=4096", "plan.token_budget=1.4e12")
+    assert e.tokens_per_step == 4096 * 4096
+    assert e.steps == pytest.approx(83_000, rel=0.01)
+
+
+def test_zero_stages_shard_what_they_should() -> None:
+    base = ["model.preset=1b", "plan.gpus=8"]
+    z0, z1, z2, z3 = (plan(*base, f"parallel.zero_stage={z}") for z in range(4))
+    assert z1.optimizer_bytes == pytest.approx(z0.optimizer_bytes / 8) and z1.grad_bytes == z0.grad_bytes
+    assert z2.grad_bytes == pytest.approx(z0.grad_bytes / 8) and z2.weight_bytes == z0.weight_bytes
+    assert z3.weight_bytes == pytest.approx(z0.weight_bytes / 8)
+    tp = plan(*base, "parallel.tp=2")
+    assert tp.params_per_gpu == pytest.approx(z0.params_per_gpu / 2)
+    assert plan(*base).activation_bytes_recompute < plan(*base).activation_bytes
+
+
+def test_param_count_matches_the_built_model(tiny_shards) -> None:
+    import torch
+
+    from training.generate import single_process_groups
+    from training.model import GPT
+    from training.parallel import tp_config_single
+
+    single_process_groups()
+    cfg = load_config(None, ["model.tie_embeddings=false"]).model
+    model = GPT(cfg, tp_config_single(), 512)
+    assert count_params(cfg, 512) == sum(p.numel() for p in model.parameters())
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_cli_warns_when_the_layout_does_not_fit() -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--set", "model.preset=70b", "--set",
+                             "plan.gpus=1"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "does not fit 80 GB per GPU" in result.stdout
