@@ -115,23 +115,11 @@ def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from tokenizers import Tokenizer
+    from training.generate import SamplesConfig, sample_texts
 
-    from training.generate import Sampling, generate, load_model
-
-    tokenizer = Tokenizer.from_file(str(_tokenizer_of(args.checkpoint, args.tokenizer)))
-    model, meta = load_model(args.checkpoint)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    table = Table(title=f"samples from {args.checkpoint} (step {meta['step']})", show_lines=True)
-    table.add_column("prompt")
-    table.add_column("continuation")
-    for prompt in args.prompt or [""]:
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.token_to_id("<|endoftext|>")]
-        out = generate(model, ids, sampling, tokenizer.get_vocab_size(), tokenizer.token_to_id("<|endoftext|>"))
-        table.add_row(prompt, tokenizer.decode(out))
-    Console(width=None if Console().is_terminal else 140).print(table)
+    cfg = SamplesConfig(prompts=args.prompt or [""], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), cfg))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -193,15 +181,42 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     import subprocess
 
     from launch.torchrun import local_train_command
+    from pipeline.report import build_report
+    from training.checkpoint import Checkpointer
+    from training.generate import sample_texts
 
     data = args.output / "data"
     _prep(config, data, show_progress)
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
     print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
-    return subprocess.run(command).returncode
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        return returncode
+    latest = Checkpointer(args.output / "train", config.checkpoint, rank=0).latest()
+    samples = sample_texts(latest.path, data / "shards" / "tokenizer.json", config.samples) if latest else []
+    report = build_report(args.output, samples)
+    _print_samples(samples)
+    print(f"report: {report} (and report.md)")
+    return 0
+
+
+def _print_samples(samples: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="samples from the final checkpoint", show_lines=True)
+    table.add_column("prompt")
+    table.add_column("continuation")
+    for prompt, continuation in samples:
+        table.add_row(prompt, continuation)
+    Console(width=None if Console().is_terminal else 140).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
     try:
         config = _load(args)

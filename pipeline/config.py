@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.schema import Section
 from training.checkpoint import CheckpointConfig
 from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.generate import SamplesConfig
 from training.hooks import HookSpec, RollbackConfig
 from training.plan import PlanConfig
 
@@ -79,6 +80,7 @@ class CrucibleConfig(Section):
     hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
 
 
 class ConfigError(UserError):

@@ -27,7 +27,8 @@ class PoisonWeights(Hook):
 
 
 class JunkRows(Hook):
-    """Replace the rows of global step `step` (first epoch) with random tokens: bad data."""
+    """Replace the rows of global step `step` (first epoch) with junk: random inputs whose targets
+    are drawn from the rarest quarter of the vocabulary, as garbled data looks to a model."""
 
     def __init__(self, step: int, seed: int = 0) -> None:
         self.step, self.seed = step, seed
@@ -38,8 +39,10 @@ class JunkRows(Hook):
         consumed = loader.position - loader.micro_batch * loader.dp_world  # where this batch began
         if loader.epoch == 0 and start <= consumed < start + loader.rows_per_step:
             generator = torch.Generator().manual_seed(self.seed + consumed)
-            junk = torch.randint(0, trainer.vocab // 2, batch.inputs.shape, generator=generator)
-            return Batch(junk, torch.roll(junk, -1, 1), batch.positions, batch.segments, batch.rows)
+            vocab = trainer.train_data.manifest["tokenizer"]["vocab_size"]
+            inputs = torch.randint(0, vocab, batch.inputs.shape, generator=generator)
+            targets = torch.randint(vocab * 3 // 4, vocab, batch.targets.shape, generator=generator)
+            return Batch(inputs, targets, batch.positions, batch.segments, batch.rows)
         return batch
 
 

@@ -30,7 +30,7 @@ class ModelConfig(Section):
     preset: Literal["tiny", "125m", "1b", "7b", "70b"] | None = Field(
         "tiny", description="Fills the sizes not given explicitly."
     )
-    d_model: int = Field(64, ge=8)
+    d_model: int = Field(64, ge=2)
     n_layers: int = Field(4, ge=1)
     n_heads: int = Field(4, ge=1)
     n_kv_heads: int = Field(2, ge=1, description="Grouped-query attention: K/V heads shared by n_heads/n_kv_heads.")

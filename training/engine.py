@@ -71,6 +71,7 @@ class Trainer:
         self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha)
         self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
                                         seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
+        self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
         self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
@@ -82,7 +83,8 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, checkpoint_cfg, self.layout.rank)
         self.checkpoint_cfg = checkpoint_cfg
         self.detector = AnomalyDetector(rollback_cfg)
-        self.hooks: list[Hook] = [*load_user_hooks(hook_specs), self.detector, SignalCheckpoint()]
+        detector = [self.detector] if rollback_cfg.enabled else []
+        self.hooks: list[Hook] = [*load_user_hooks(hook_specs), *detector, SignalCheckpoint()]
         self.step, self.rollbacks = 0, 0
         self.anomaly = None
         self.stop_signal: str | None = None
@@ -178,11 +180,14 @@ class Trainer:
         return StepResult(self.step, loss, float(grad_norm) if grad_norm is not None else float("nan"), lr,
                           time.perf_counter() - started)
 
+    def _val_loader(self) -> DistributedLoader:
+        return DistributedLoader(self.val_data, self.train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
+                                 seed=0, rows_per_step=self.train_cfg.global_batch_size)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the same `eval_batches` global batches of validation rows, whatever the layout."""
-        loader = DistributedLoader(self.val_data, self.train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
-                                   seed=0, rows_per_step=self.train_cfg.global_batch_size)
+        loader = self._val_loader()
         batches = [self._to_device(loader.next_batch()) for _ in range(self.train_cfg.eval_batches * self.grad_accum)]
         if self.parallel_cfg.pp > 1:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
@@ -228,19 +233,24 @@ class Trainer:
             hook.on_save(self, path)
         return path
 
-    def rollback(self) -> None:
-        """Back to the last healthy checkpoint; skip the data since; damp the rate for a while."""
+    def rollback(self) -> bool:
+        """Back to the last healthy checkpoint; skip the data since; damp the rate for a while.
+        A spike before the first checkpoint is logged and training goes on (False)."""
         anomaly, self.anomaly = self.anomaly, None
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
-        self.rollbacks += 1
         if self.rollbacks > self.rollback_cfg.max_rollbacks:
             raise RuntimeError(f"gave up after {self.rollback_cfg.max_rollbacks} rollbacks; last anomaly: "
                                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
         target = self.checkpointer.last_healthy(before_step=anomaly.step - 1)
         if target is None:
-            raise RuntimeError(f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back to; "
-                               f"lower checkpoint.interval")
+            if anomaly.reason.startswith("nonfinite"):
+                raise RuntimeError(f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back "
+                                   f"to; lower checkpoint.interval")
+            self.events.log({"event": "anomaly_ignored", "step": anomaly.step, "reason": anomaly.reason,
+                             "value": anomaly.value, "why": "no checkpoint to roll back to yet"})
+            return False
+        self.rollbacks += 1
         skip_from = target.meta["loader"]
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
@@ -259,6 +269,7 @@ class Trainer:
         if self.layout.rank == 0:
             print(f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
                   flush=True)
+        return True
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -271,9 +282,11 @@ class Trainer:
             for hook in self.hooks:
                 hook.on_step_end(self, record)
             if self.anomaly is not None:
-                self.log_record(record | {"anomaly": self.anomaly.reason})
-                self.rollback()
-                continue
+                reason = self.anomaly.reason
+                if self.rollback():
+                    self.log_record(record | {"anomaly": reason})
+                    continue
+                record["anomaly_ignored"] = reason
             if self.step % cfg.eval_interval == 0 or last:
                 record["val_loss"] = self.evaluate()
                 for hook in self.hooks:

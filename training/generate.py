@@ -14,10 +14,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from pydantic import Field
 
+from pipeline.schema import Section
 from training.config import ModelConfig
 from training.export import consolidate
 from training.model import GPT, KVCache
+
+
+class SamplesConfig(Section):
+    """Sample generations at the end of `run` (and their defaults for `generate`)."""
+
+    prompts: list[str] = Field(default_factory=lambda: ["The ", "Debian is", "def main("])
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(0.95, gt=0, le=1)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,21 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, vocab: int, generator:
         drop = cumulative - sorted_logits.softmax(-1) > sampling.top_p  # keep the smallest set reaching top_p
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> list[tuple[str, str]]:
+    """(prompt, continuation) for each configured prompt, from `checkpoint`."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    eod = tokenizer.token_to_id("<|endoftext|>")
+    model, _ = load_model(checkpoint)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
+    samples = []
+    for prompt in cfg.prompts:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
+        samples.append((prompt, tokenizer.decode(generate(model, ids, sampling, tokenizer.get_vocab_size(), eod))))
+    return samples
 
 
 @torch.no_grad()

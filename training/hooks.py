@@ -40,10 +40,10 @@ class RollbackConfig(Section):
     """When a step counts as an anomaly and what to do about it."""
 
     enabled: bool = True
-    window: int = Field(20, ge=3, description="Steps in the moving window of loss and grad-norm statistics.")
-    min_history: int = Field(8, ge=2, description="Steps seen before spikes are judged (NaNs always are).")
-    loss_zscore: float = Field(5.0, gt=0, description="A loss this many std above the window mean is a spike.")
-    grad_norm_zscore: float | None = Field(8.0, gt=0, description="Same for the gradient norm; null disables.")
+    window: int = Field(50, ge=3, description="Steps in the moving window of loss and grad-norm statistics.")
+    min_history: int = Field(20, ge=2, description="Steps seen before spikes are judged (NaNs always are).")
+    loss_zscore: float = Field(6.0, gt=0, description="A loss this many std above the window mean is a spike.")
+    grad_norm_zscore: float | None = Field(10.0, gt=0, description="Same for the gradient norm; null disables.")
     min_loss_jump: float = Field(0.5, ge=0, description="...and at least this far above the mean (absolute).")
     lr_scale: float = Field(0.5, gt=0, le=1, description="Learning-rate factor for a while after a rollback.")
     lr_scale_steps: int = Field(20, ge=0)
