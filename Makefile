@@ -25,6 +25,8 @@ bench-setup: setup
 
 bench: bench-setup
 	$(PY) bench/prep_bench.py
+	$(PY) bench/pack_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf $(RUN_DIR)

@@ -1,6 +1,6 @@
 """langid: label every document with fastText's lid.176 and keep the configured languages.
 
-fastText predicts per line, so newlines are folded to spaces first; the batch form of
+fastText predicts per line, so newlines become spaces first; the batch form of
 `predict` is used because the single-string form breaks with numpy 2. The model file comes
 from set-up (no download at run time); point `langid.model_path` at lid.176.bin for the
 larger, slightly more accurate model.
@@ -82,7 +82,7 @@ class LangIdStage(DocStage):
 
     def decide(self, table: pa.Table) -> Decision:
         assert self.model is not None, "setup() loads the model"
-        one_line = pc.replace_substring_regex(table[TEXT], r"\s+", " ").to_pylist()
+        one_line = pc.replace_substring(table[TEXT], "\n", " ").to_pylist()  # fastText splits on the rest itself
         langs, scores = self.model.predict(one_line)
         keep = set(self.config.keep_languages) if self.config.keep_languages else None
         drops: dict[int, Drop] = {}

@@ -25,11 +25,16 @@ from data_prep.tokenizer import TokenizerConfig
 from launch.config import LaunchConfig
 from pipeline.errors import UserError
 from pipeline.schema import Section
-from training.checkpoint import CheckpointConfig
-from training.config import ModelConfig, ParallelConfig, TrainConfig
-from training.generate import SamplesConfig
-from training.hooks import HookSpec, RollbackConfig
-from training.plan import PlanConfig
+from training.config import (
+    CheckpointConfig,
+    HookSpec,
+    ModelConfig,
+    ParallelConfig,
+    PlanConfig,
+    RollbackConfig,
+    SamplesConfig,
+    TrainConfig,
+)
 
 StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
 STAGE_ORDER: tuple[str, ...] = (

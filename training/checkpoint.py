@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field
 
 from data_prep.tokenizer import file_sha256
 from pipeline.atomic import atomic_path
 from pipeline.errors import UserError
-from pipeline.schema import Section
+from training.config import CheckpointConfig
 from training.export import convert_to_universal
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
@@ -49,15 +48,6 @@ def universal_checkpoint_info() -> dict[str, Any]:
         constants.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: [r".*attn\.o\.weight$", r".*mlp\.down\.weight$"],
         constants.PIPELINE_REPLICATED_PARAMETER_PATTERNS: [r".*embed\.weight$"],
     }
-
-
-class CheckpointConfig(Section):
-    """When to save and what to keep."""
-
-    interval: int = Field(50, ge=0, description="Save every N steps (0: only at the end and on signals).")
-    keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
-    keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")
-    verify: bool = Field(True, description="Check every file's SHA-256 before loading.")
 
 
 class CorruptCheckpoint(UserError):

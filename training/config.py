@@ -121,6 +121,60 @@ class TrainConfig(Section):
         return self
 
 
+class CheckpointConfig(Section):
+    """When to save and what to keep."""
+
+    interval: int = Field(50, ge=0, description="Save every N steps (0: only at the end and on signals).")
+    keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
+    keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")
+    verify: bool = Field(True, description="Check every file's SHA-256 before loading.")
+
+
+class HookSpec(Section):
+    """A user hook: `target` is "module.path:ClassName", `args` its keyword arguments."""
+
+    target: str = Field(pattern=r"^[\w.]+:\w+$")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class RollbackConfig(Section):
+    """When a step counts as an anomaly and what to do about it."""
+
+    enabled: bool = True
+    window: int = Field(50, ge=3, description="Steps in the moving window of loss and grad-norm statistics.")
+    min_history: int = Field(20, ge=2, description="Steps seen before spikes are judged (NaNs always are).")
+    loss_zscore: float = Field(6.0, gt=0, description="A loss this many noise std above the recent level is a spike.")
+    grad_norm_zscore: float | None = Field(10.0, gt=0, description="Same for the gradient norm; null disables.")
+    min_loss_jump: float = Field(0.5, ge=0, description="...and at least this far above the mean (absolute).")
+    lr_scale: float = Field(0.5, gt=0, le=1, description="Learning-rate factor for a while after a rollback.")
+    lr_scale_steps: int = Field(20, ge=0)
+    max_rollbacks: int = Field(3, ge=0, description="Give up with an error after this many.")
+
+
+class PlanConfig(Section):
+    """What `plan` assumes about the cluster and the run."""
+
+    gpus: int = Field(8, ge=1, description="GPUs in the run; DP = gpus / (tp * pp).")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fits/does-not-fit warning.")
+    peak_tflops: float = Field(989.0, gt=0, description="Per-GPU dense bf16 peak (H100 SXM: 989).")
+    mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed for the time estimate.")
+    token_budget: float = Field(1e12, gt=0, description="Training tokens.")
+    seq_len: int = Field(4096, ge=1)
+    vocab_size: int = Field(32000, ge=2, description="When model.vocab_size is not set.")
+    bf16: bool = True
+
+
+class SamplesConfig(Section):
+    """Sample generations at the end of `run` (and their defaults for `generate`)."""
+
+    prompts: list[str] = Field(default_factory=lambda: ["The ", "Debian is", "def main("])
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+
 class LayoutError(UserError):
     """A parallel layout that cannot run; raised before process groups start."""
 

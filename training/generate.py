@@ -14,23 +14,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from pydantic import Field
 
-from pipeline.schema import Section
-from training.config import ModelConfig
+from training.config import ModelConfig, SamplesConfig
 from training.export import consolidate
 from training.model import GPT, KVCache
-
-
-class SamplesConfig(Section):
-    """Sample generations at the end of `run` (and their defaults for `generate`)."""
-
-    prompts: list[str] = Field(default_factory=lambda: ["The ", "Debian is", "def main("])
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.8, ge=0)
-    top_k: int | None = Field(50, ge=1)
-    top_p: float | None = Field(0.95, gt=0, le=1)
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -19,35 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from pydantic import Field
 
 from pipeline.errors import UserError
-from pipeline.schema import Section
+from training.config import HookSpec, RollbackConfig
 
 if TYPE_CHECKING:
     from training.data import Batch
     from training.engine import Trainer
 
 
-class HookSpec(Section):
-    """A user hook: `target` is "module.path:ClassName", `args` its keyword arguments."""
-
-    target: str = Field(pattern=r"^[\w.]+:\w+$")
-    args: dict[str, Any] = Field(default_factory=dict)
-
-
-class RollbackConfig(Section):
-    """When a step counts as an anomaly and what to do about it."""
-
-    enabled: bool = True
-    window: int = Field(50, ge=3, description="Steps in the moving window of loss and grad-norm statistics.")
-    min_history: int = Field(20, ge=2, description="Steps seen before spikes are judged (NaNs always are).")
-    loss_zscore: float = Field(6.0, gt=0, description="A loss this many std above the window mean is a spike.")
-    grad_norm_zscore: float | None = Field(10.0, gt=0, description="Same for the gradient norm; null disables.")
-    min_loss_jump: float = Field(0.5, ge=0, description="...and at least this far above the mean (absolute).")
-    lr_scale: float = Field(0.5, gt=0, le=1, description="Learning-rate factor for a while after a rollback.")
-    lr_scale_steps: int = Field(20, ge=0)
-    max_rollbacks: int = Field(3, ge=0, description="Give up with an error after this many.")
+RECENT = 5  # values averaged for the current level of loss or grad norm
 
 
 @dataclass(frozen=True)
@@ -91,7 +72,8 @@ class EventLog:
 
 
 class AnomalyDetector(Hook):
-    """Flags non-finite loss or grad norm, and z-score spikes over a moving window.
+    """Flags non-finite loss or grad norm, and spikes: a value more than z noise-widths above the
+    recent level, the noise measured over a moving window.
 
     Loss and grad norm are global values (the same on every rank), so every rank reaches the
     same verdict without communicating. Anomalous steps never enter the window.
@@ -103,11 +85,16 @@ class AnomalyDetector(Hook):
         self.norms: deque[float] = deque(maxlen=config.window)
 
     def _spike(self, history: deque[float], value: float, zscore: float, min_jump: float) -> float | None:
+        """Threshold crossed by `value`, or None. The level is the mean of the last few values and the
+        noise the spread of step-to-step changes, so a steadily falling loss does not hide a jump."""
         if len(history) < self.config.min_history:
             return None
-        mean = sum(history) / len(history)
-        std = math.sqrt(sum((v - mean) ** 2 for v in history) / len(history))
-        threshold = mean + max(zscore * std, min_jump)
+        values = list(history)
+        level = sum(values[-RECENT:]) / len(values[-RECENT:])
+        changes = [b - a for a, b in zip(values, values[1:])]
+        mean_change = sum(changes) / len(changes)
+        noise = math.sqrt(sum((c - mean_change) ** 2 for c in changes) / len(changes) / 2)
+        threshold = level + max(zscore * noise, min_jump)
         return threshold if value > threshold else None
 
     def check(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:

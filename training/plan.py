@@ -13,25 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import Field
-
-from pipeline.schema import Section
-from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.config import ModelConfig, ParallelConfig, PlanConfig, TrainConfig
 from training.metrics import flops_per_token
 from training.model import padded_vocab
-
-
-class PlanConfig(Section):
-    """What `plan` assumes about the cluster and the run."""
-
-    gpus: int = Field(8, ge=1, description="GPUs in the run; DP = gpus / (tp * pp).")
-    gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fits/does-not-fit warning.")
-    peak_tflops: float = Field(989.0, gt=0, description="Per-GPU dense bf16 peak (H100 SXM: 989).")
-    mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed for the time estimate.")
-    token_budget: float = Field(1e12, gt=0, description="Training tokens.")
-    seq_len: int = Field(4096, ge=1)
-    vocab_size: int = Field(32000, ge=2, description="When model.vocab_size is not set.")
-    bf16: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from datasketch.lsh import _optimal_param
 from pydantic import Field, model_validator
 
 from pipeline.schema import Section

@@ -82,12 +82,12 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
                        disable=not show_progress, leave=True, dynamic_ncols=True)
             futures = {pool.submit(execute_task, plan, work, step.name, t): t for t in pending}
             try:
-                _wait_with_progress(futures, progress, bar)
+                _wait_with_progress(futures, progress, bar, step.name)
             finally:
                 bar.close()
 
 
-def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm) -> None:
+def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, step: str) -> None:
     remaining = set(futures)
     while remaining:
         done, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -97,7 +97,7 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm) ->
             if error is not None:
                 for other in remaining:
                     other.cancel()
-                raise RuntimeError(f"task {futures[future]} of step {bar.desc.strip()} failed: {error}") from error
+                raise RuntimeError(f"task {futures[future]} of step {step} failed: {error}") from error
     _drain(progress, bar)
 
 
