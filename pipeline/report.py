@@ -36,9 +36,25 @@ def _plot_funnel(stats: dict[str, Any], target: Path) -> None:
     plt.close(fig)
 
 
-def _plot_curves(metrics: list[dict[str, Any]], events: list[dict[str, Any]], target: Path) -> None:
+def unigram_entropy(shards: Path) -> float:
+    """Entropy (nats) of the token frequencies of the training split: the loss of a model that
+    ignores context. A trained model must get well below it."""
+    import numpy as np
+
+    from training.data import PackedDataset
+
+    dataset = PackedDataset(shards, "train", verify=False)
+    counts = np.zeros(dataset.manifest["tokenizer"]["vocab_size"], dtype=np.int64)
+    for tokens in dataset.tokens:
+        counts += np.bincount(tokens.values.to_numpy(), minlength=len(counts))[: len(counts)]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _plot_curves(metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float, target: Path) -> None:
     kept = [m for m in metrics if "anomaly" not in m]
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    loss_ax.axhline(entropy, color="#8395a7", linestyle=":", label="unigram entropy of the tokens")
     loss_ax.plot([m["step"] for m in kept], [m["loss"] for m in kept], label="train loss", color="#2e86de")
     val = [m for m in kept if "val_loss" in m]
     loss_ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="validation loss", color="#ee5253")
@@ -83,17 +99,19 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None) ->
             [split] + [f"{tokens.get(f'{split}_{k}', 0):,}" for k in ("documents", "tokens", "sequences", "padding", "remainder")]
             for split in ("train", "val")])]
     if metrics:
-        _plot_curves(metrics, events, run_dir / "curves.png")
+        entropy = unigram_entropy(run_dir / "data" / "shards")
+        _plot_curves(metrics, events, entropy, run_dir / "curves.png")
         kept = [m for m in metrics if "anomaly" not in m]
         last = kept[-1]
         timed = kept[1:] or kept
         mean_tps = sum(m["tokens_per_s"] for m in timed) / len(timed)
         mean_mfu = sum(m["mfu"] for m in timed) / len(timed)
         sections += ["", "## Training", "", "![loss and learning rate](curves.png)", "",
-                     _table(["final step", "final loss", "final validation loss", "tokens", "mean tokens/s", "mean MFU"],
+                     _table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens",
+                             "mean tokens/s", "mean MFU"],
                             [[last["step"], f"{last['loss']:.4f}",
                               f"{[m for m in kept if 'val_loss' in m][-1]['val_loss']:.4f}" if any('val_loss' in m for m in kept) else "-",
-                              f"{last['tokens']:,}", f"{mean_tps:,.0f}", f"{100 * mean_mfu:.1f}%"]])]
+                              f"{entropy:.4f}", f"{last['tokens']:,}", f"{mean_tps:,.0f}", f"{100 * mean_mfu:.1f}%"]])]
     checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
     notable = [e for e in events if e["event"] != "save"]
     sections += ["", "## Checkpoints and events", "", "Checkpoints kept: " + (", ".join(checkpoints) or "none")]

@@ -27,7 +27,7 @@ samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run),
                              "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "data prep" in result.stdout and "samples from the final checkpoint" in result.stdout
+    assert "data prep" in result.stdout and "continuation" in result.stdout and "It was" in result.stdout
     assert (run / "data" / "shards" / "manifest.json").exists()
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()

@@ -239,9 +239,6 @@ class Trainer:
         anomaly, self.anomaly = self.anomaly, None
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
-        if self.rollbacks > self.rollback_cfg.max_rollbacks:
-            raise RuntimeError(f"gave up after {self.rollback_cfg.max_rollbacks} rollbacks; last anomaly: "
-                               f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
         target = self.checkpointer.last_healthy(before_step=anomaly.step - 1)
         if target is None:
             if anomaly.reason.startswith("nonfinite"):
@@ -250,6 +247,9 @@ class Trainer:
             self.events.log({"event": "anomaly_ignored", "step": anomaly.step, "reason": anomaly.reason,
                              "value": anomaly.value, "why": "no checkpoint to roll back to yet"})
             return False
+        if self.rollbacks >= self.rollback_cfg.max_rollbacks:
+            raise RuntimeError(f"gave up after {self.rollback_cfg.max_rollbacks} rollbacks; last anomaly: "
+                               f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
         self.rollbacks += 1
         skip_from = target.meta["loader"]
         skip_to = self.loader.state_dict()

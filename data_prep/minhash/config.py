@@ -71,5 +71,7 @@ class MinHashConfig(Section):
 def _optimal_layout(threshold: float, num_perm: int) -> tuple[int, int]:
     """Bands and rows (bands * rows <= num_perm) minimising missed plus spurious candidates,
     weighted equally, as LSH theory gives them (datasketch's own optimiser)."""
+    from datasketch.lsh import _optimal_param  # imported here: datasketch pulls in scipy
+
     bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
     return int(bands), int(rows)
