@@ -7,7 +7,6 @@ each step attending over the cached keys and values instead of recomputing the p
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +30,8 @@ class Sampling:
 
 def single_process_groups() -> None:
     """A world of one (gloo), which megatron-core's layers need even without parallelism."""
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not dist.is_initialized():  # an in-memory store: one process needs no port
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
 
