@@ -36,11 +36,15 @@ from training.model import lm_loss, padded_vocab
 from training.optim import apply_schedule_now, build_optimizer
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 @dataclass
 class StepResult:
     step: int
     loss: float
-    grad_norm: float
+    grad_norm: float | None  # None where DeepSpeed does not report one (ZeRO stage 0)
     lr: float
     seconds: float
 
@@ -177,7 +181,7 @@ class Trainer:
             loss = self._dp_mean(total / self.grad_accum)
         grad_norm = self.engine.get_global_grad_norm()
         self.step += 1
-        return StepResult(self.step, loss, float(grad_norm) if grad_norm is not None else float("nan"), lr,
+        return StepResult(self.step, loss, None if grad_norm is None else float(grad_norm), lr,
                           time.perf_counter() - started)
 
     def _val_loader(self) -> DistributedLoader:
@@ -214,7 +218,7 @@ class Trainer:
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
             print(f"step {record['step']:>5}/{self.train_cfg.max_steps} | loss {record['loss']:.4f}{extra} | "
-                  f"lr {record['lr']:.2e} | gnorm {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+                  f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s | "
                   f"MFU {100 * record['mfu']:.1f}%", flush=True)
 
     def save(self, reason: str) -> Path:

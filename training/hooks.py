@@ -97,10 +97,17 @@ class AnomalyDetector(Hook):
         threshold = level + max(zscore * noise, min_jump)
         return threshold if value > threshold else None
 
-    def check(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
+    def check(self, step: int, loss: float, grad_norm: float | None) -> Anomaly | None:
+        """`grad_norm` None (not reported, as under ZeRO stage 0) leaves only the loss checks."""
         cfg = self.config
         if not math.isfinite(loss):
             return Anomaly(step, "nonfinite_loss", loss, None)
+        if grad_norm is None:
+            threshold = self._spike(self.losses, loss, cfg.loss_zscore, cfg.min_loss_jump)
+            if threshold is not None:
+                return Anomaly(step, "loss_spike", loss, threshold)
+            self.losses.append(loss)
+            return None
         if not math.isfinite(grad_norm):
             return Anomaly(step, "nonfinite_grad_norm", grad_norm, None)
         threshold = self._spike(self.losses, loss, cfg.loss_zscore, cfg.min_loss_jump)
