@@ -102,23 +102,18 @@ class AnomalyDetector(Hook):
         cfg = self.config
         if not math.isfinite(loss):
             return Anomaly(step, "nonfinite_loss", loss, None)
-        if grad_norm is None:
-            threshold = self._spike(self.losses, loss, cfg.loss_zscore, cfg.min_loss_jump)
-            if threshold is not None:
-                return Anomaly(step, "loss_spike", loss, threshold)
-            self.losses.append(loss)
-            return None
-        if not math.isfinite(grad_norm):
+        if grad_norm is not None and not math.isfinite(grad_norm):
             return Anomaly(step, "nonfinite_grad_norm", grad_norm, None)
         threshold = self._spike(self.losses, loss, cfg.loss_zscore, cfg.min_loss_jump)
         if threshold is not None:
             return Anomaly(step, "loss_spike", loss, threshold)
-        if cfg.grad_norm_zscore is not None:
+        if grad_norm is not None and cfg.grad_norm_zscore is not None:
             threshold = self._spike(self.norms, grad_norm, cfg.grad_norm_zscore, 0.0)
             if threshold is not None:
                 return Anomaly(step, "grad_norm_spike", grad_norm, threshold)
         self.losses.append(loss)
-        self.norms.append(grad_norm)
+        if grad_norm is not None:
+            self.norms.append(grad_norm)
         return None
 
     def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
