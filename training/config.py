@@ -124,6 +124,7 @@ class TrainConfig(Section):
 class CheckpointConfig(Section):
     """When to save and what to keep."""
 
+    enabled: bool = Field(True, description="False: never save (benchmarks); a signal still stops the run.")
     interval: int = Field(50, ge=0, description="Save every N steps (0: only at the end and on signals).")
     keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
     keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")

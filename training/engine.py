@@ -298,7 +298,7 @@ class Trainer:
             self.log_record(record)
             records.append(record)
             interval = self.checkpoint_cfg.interval
-            if last or self.stop_signal or (interval and self.step % interval == 0):
+            if self.checkpoint_cfg.enabled and (last or self.stop_signal or (interval and self.step % interval == 0)):
                 self.save("signal" if self.stop_signal else "final" if last else "interval")
             if self.stop_signal:
                 self.events.log({"event": "stop", "step": self.step, "signal": self.stop_signal})

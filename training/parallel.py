@@ -151,19 +151,19 @@ def seed_everything(seed: int, layout: Layout, model: torch.nn.Module) -> None:
             module.sharded_rng = fork
 
 
-def tp_config(parallel: ParallelConfig, layout: Layout, dtype: torch.dtype) -> ModelParallelConfig:
+def tp_config(parallel: ParallelConfig, dtype: torch.dtype) -> ModelParallelConfig:
     # Only the tensor-parallel layers read this; pipeline stages are DeepSpeed's, not megatron's.
     # perform_initialization makes megatron tag each sharded weight (partition_dim, ...), which the
-    # seeded init and DeepSpeed's grad norm need; the init_method it calls is a no-op.
-    return ModelParallelConfig(tensor_model_parallel_size=parallel.tp,
-                               use_cpu_initialization=layout.device.type == "cpu", perform_initialization=True,
-                               params_dtype=dtype)
+    # seeded init and DeepSpeed's grad norm need; the init_method it calls is a no-op. Weights are
+    # made on the CPU on every device: `training.init` draws them there from the seed anyway, and
+    # megatron's GPU path would need its CUDA RNG tracker seeded before the model exists.
+    return ModelParallelConfig(tensor_model_parallel_size=parallel.tp, use_cpu_initialization=True,
+                               perform_initialization=True, params_dtype=dtype)
 
 
 def tp_config_single() -> ModelParallelConfig:
     """The layer config of a single-process model (inference, export checks)."""
-    return ModelParallelConfig(tensor_model_parallel_size=1, use_cpu_initialization=True,
-                               perform_initialization=True, params_dtype=torch.float32)
+    return tp_config(ParallelConfig(), torch.float32)
 
 
 def _head_forward(embedding: Embedding, inputs: Any) -> torch.Tensor:
@@ -190,7 +190,7 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
 
 def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, vocab: int, pad_id: int,
                 dtype: torch.dtype) -> torch.nn.Module:
-    mp_config = tp_config(parallel, layout, dtype)
+    mp_config = tp_config(parallel, dtype)
     if parallel.pp > 1:
         return build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
     model = GPT(cfg, mp_config, vocab)

@@ -1,0 +1,240 @@
+"""MFU of a large model on the accelerator at hand: Crucible's trainer beside a plain PyTorch loop
+and the device's own matmul rate, in one process.
+
+Meant for a GPU (the default config is `configs/gpu_1b.yaml`: the 1.04B-parameter `1b` preset,
+bf16, 2048-token rows). Three figures, each in this process:
+- the device's dense matmul rate (8192^3 products in the training dtype): the practical peak;
+- a plain PyTorch loop of the same GPT (fp32 weights, bf16 autocast, fused AdamW, the same
+  micro-batches and accumulation), the baseline for the trainer's overhead;
+- `crucible train` itself (DeepSpeed engine, megatron-core layers, loader, hooks, metrics) for
+  each `--variant` (a name and `--set` overrides, e.g. `zero0:parallel.zero_stage=0`).
+Tokens/s are medians over the steps after the warm-up; MFU uses the trainer's FLOPs per token
+(training/metrics.py) against the config's `train.peak_tflops` (the datasheet) and against the
+measured matmul rate. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import Result, print_json, print_table
+from data_prep.shards import read_manifest
+from pipeline.config import CrucibleConfig, load_config
+from train_bench import PlainGPT
+from training.data import PackedDataset, make_batch
+from training.metrics import flops_per_token
+from training.model import padded_vocab
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def dtype_of(config: CrucibleConfig) -> torch.dtype:
+    precision = config.train.precision
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_rate(dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """FLOP/s of n x n x n products on random data, mean of `repeats` after 3 warm-ups."""
+    a = torch.randn(n, n, device=device(), dtype=dtype)
+    b = torch.randn(n, n, device=device(), dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b)
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    sync()
+    return 2.0 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int) -> list[float]:
+    """Seconds per optimizer step of the plain loop (same model, rows, micro-batch and accumulation)."""
+    m, t = config.model, config.train
+    with torch.device(device()):
+        model = PlainGPT(vocab, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden, m.norm_eps, m.rope_theta)
+    fused = {"fused": True} if torch.cuda.is_available() else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, **fused)
+    dataset = PackedDataset(shards, "train")
+    indices = np.arange(min(len(dataset), t.global_batch_size))
+    rows = make_batch(*dataset.rows(indices), indices)
+    seq = rows.inputs.shape[1]
+    positions = torch.arange(seq, device=device()).expand(t.micro_batch_size, seq)
+    autocast = torch.autocast(device().type, dtype=dtype_of(config), enabled=dtype_of(config) != torch.float32)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        for first in range(0, t.global_batch_size, t.micro_batch_size):
+            picked = torch.arange(first, first + t.micro_batch_size) % len(indices)
+            tokens, targets = rows.inputs[picked].to(device()), rows.targets[picked].to(device())
+            with autocast:
+                logits = model(tokens, positions)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=pad_id)
+            (loss / (t.global_batch_size // t.micro_batch_size)).backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # waits for the device
+        seconds.append(time.perf_counter() - started)
+    del model, optimizer
+    return seconds
+
+
+def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[str]) -> list[dict]:
+    """`crucible train` in this process (world size 1); its metrics.jsonl records."""
+    from megatron.core import parallel_state
+
+    from pipeline.cli import main as cli_main
+
+    if parallel_state.model_parallel_is_initialized():  # a previous variant's groups, built anew
+        parallel_state.destroy_model_parallel()
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    status = cli_main(["train", "--config", str(config_path), "--data", str(shards), "--output", str(run_dir), *sets])
+    if status != 0:
+        raise RuntimeError(f"crucible train exited with status {status}")
+    with open(run_dir / "metrics.jsonl") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--shards", type=Path, required=True, help="packed shards made with the same config's prep")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, plain loop included (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                        help="a trainer run with extra overrides (repeatable; default: one run as configured)")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (default: 8)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    parser.add_argument("--matmul-size", type=int, default=8192)
+    parser.add_argument("--json-out", type=Path, help="also write the results JSON line here")
+    args = parser.parse_args()
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+    steps = args.warmup + args.steps
+    base = [*args.overrides, f"train.max_steps={steps}", f"train.eval_interval={steps}", "checkpoint.enabled=false"]
+    config = load_config(args.config, base)
+    manifest = read_manifest(args.shards)
+    m, t = config.model, config.train
+    vocab = padded_vocab(m.vocab_size or manifest["tokenizer"]["vocab_size"], m.vocab_multiple, config.parallel.tp)
+    seq = manifest["seq_len"]
+    flops = flops_per_token(m, vocab, seq)
+    tokens_per_step = t.global_batch_size * seq
+    dtype = dtype_of(config)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    datasheet = t.peak_tflops * 1e12 if t.peak_tflops else None
+
+    measured = matmul_rate(dtype, args.matmul_size)
+    print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
+          file=sys.stderr, flush=True)
+    release()
+    plain_seconds = plain_loop(config, args.shards, vocab, manifest["tokenizer"]["pad_id"], steps)[args.warmup:]
+    plain_rate = tokens_per_step / statistics.median(plain_seconds)
+    plain_memory = peak_memory_gib()
+    print(f"[plain loop: {plain_rate:,.0f} tokens/s, peak memory {plain_memory:.1f} GiB]", file=sys.stderr, flush=True)
+    release()
+
+    variants = args.variant or ["as-configured"]
+    results: list[Result] = []
+    n_params = None
+    with tempfile.TemporaryDirectory(prefix="crucible-mfu-bench-") as tmp:
+        for spec in variants:
+            label, _, extra = spec.partition(":")
+            overrides = [*base, *(item for item in extra.split(",") if item)]
+            started = time.perf_counter()
+            try:
+                records = trainer_run(args.config, args.shards, Path(tmp) / label, overrides)
+            except Exception:  # one variant failing (out of memory, say) must not lose the others' figures
+                traceback.print_exc()
+                print(f"[variant {label}: failed]", file=sys.stderr, flush=True)
+                release()
+                continue
+            timed = [r["step_seconds"] for r in records if r["step"] > args.warmup]
+            ours = tokens_per_step / statistics.median(timed)
+            memory = peak_memory_gib()
+            release()
+            achieved = ours * flops
+            mfu = f"MFU {100 * achieved / datasheet:.1f}% of {datasheet / 1e12:.0f} TFLOP/s (datasheet), " if datasheet else ""
+            results.append(Result(
+                f"crucible train, {label}", "configs/" + args.config.name, len(timed) * tokens_per_step, "tokens/s", ours,
+                "plain PyTorch loop (autocast, fused AdamW)", plain_rate, None,
+                f"{achieved / 1e12:.1f} TFLOP/s; {mfu}{100 * achieved / measured:.1f}% of the measured matmul rate; "
+                f"peak memory {memory:.1f} GiB; final loss {records[-1]['loss']:.3f}; "
+                f"run {time.perf_counter() - started:.0f}s; overrides {extra or 'none'}"))
+            print(f"[variant {label}: {ours:,.0f} tokens/s, {achieved / 1e12:.1f} TFLOP/s]", file=sys.stderr, flush=True)
+    plain_achieved = plain_rate * flops
+    results.append(Result(
+        "plain PyTorch loop", "configs/" + args.config.name, len(plain_seconds) * tokens_per_step, "tokens/s",
+        plain_rate, f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token",
+        measured / flops, None,
+        f"{plain_achieved / 1e12:.1f} TFLOP/s" + (f", MFU {100 * plain_achieved / datasheet:.1f}%" if datasheet else "")
+        + f"; peak memory {plain_memory:.1f} GiB"))
+    n_params = sum(int(np.prod(s)) for s in _param_shapes(config, vocab))
+    print_table(f"MFU on {name}: GPT {n_params / 1e9:.2f}B parameters ({m.d_model}d x {m.n_layers} layers, "
+                f"{m.n_heads}/{m.n_kv_heads} heads, ffn {m.ffn_hidden}, vocab {vocab}), seq {seq}, "
+                f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, {str(dtype).removeprefix('torch.')}; "
+                f"median of {args.steps} steps after {args.warmup}; {flops / 1e9:.2f} GFLOP/token; "
+                f"matmul {measured / 1e12:.0f} TFLOP/s", results)
+    extra = {"device": name, "torch": torch.__version__, "params": n_params, "flops_per_token": flops,
+             "matmul_flops": measured, "datasheet_flops": datasheet}
+    print_json("mfu", results, **extra)
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"results": [r.__dict__ for r in results], **extra}) + "\n")
+
+
+def _param_shapes(config: CrucibleConfig, vocab: int) -> list[tuple[int, ...]]:
+    """Parameter shapes of the model as configured (tied head: the embedding once)."""
+    m = config.model
+    kv = m.n_kv_heads * m.head_dim
+    block = [(m.d_model,), (m.d_model, m.d_model), (kv, m.d_model), (kv, m.d_model), (m.d_model, m.d_model),
+             (m.d_model,), (m.ffn_hidden, m.d_model), (m.ffn_hidden, m.d_model), (m.d_model, m.ffn_hidden)]
+    head = [] if m.tie_embeddings else [(vocab, m.d_model)]
+    return [(vocab, m.d_model), *block * m.n_layers, (m.d_model,), *head]
+
+
+if __name__ == "__main__":
+    main()
