@@ -44,3 +44,11 @@ def test_layout_matches_single_process(reference: list[dict], tiny_shards: Path,
         assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-3), f"step {ref['step']} grad norm"
         if "val_loss" in ref:
             assert ours["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-4)
+
+
+def test_compiled_blocks_match_eager(reference: list[dict], tiny_shards: Path, tmp_path: Path) -> None:
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *COMMON, "--set", "parallel.compile=true")
+    curve = metrics(tmp_path)
+    assert [r["step"] for r in curve] == [r["step"] for r in reference]
+    for ours, ref in zip(curve, reference):
+        assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-4), f"step {ref['step']}"

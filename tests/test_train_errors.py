@@ -40,6 +40,12 @@ def test_zero_2_and_3_with_pipeline_are_refused_at_config_time() -> None:
             load_config(None, ["parallel.pp=2", f"parallel.zero_stage={stage}"])
 
 
+def test_compile_with_zero_3_is_refused_at_config_time() -> None:
+    with pytest.raises(ConfigError, match="compile with zero_stage 3"):
+        load_config(None, ["parallel.compile=true", "parallel.zero_stage=3"])
+    assert load_config(None, ["parallel.compile=true", "parallel.zero_stage=2"]).parallel.compile
+
+
 def test_model_shapes_are_checked() -> None:
     with pytest.raises(ConfigError, match="n_kv_heads"):
         load_config(None, ["model.n_heads=4", "model.n_kv_heads=3"])

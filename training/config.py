@@ -76,6 +76,8 @@ class ParallelConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage; 2 and 3 need pp = 1.")
     partition_method: str = Field("uniform", description="PipelineModule partitioning: uniform, parameters, type:...")
     activation_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each transformer block (fuses norms, RoPE and SwiGLU; "
+                                             "the first steps are slower while it compiles).")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on GPU, gloo on CPU.")
 
     @model_validator(mode="after")
@@ -85,6 +87,9 @@ class ParallelConfig(Section):
                 f"zero_stage {self.zero_stage} with pp {self.pp}: DeepSpeed's pipeline engine supports "
                 "ZeRO 0 or 1 only (it shards gradients itself); use zero_stage 1, or pp 1 for ZeRO-2/3"
             )
+        if self.compile and self.zero_stage == 3:
+            raise ValueError("compile with zero_stage 3: ZeRO-3 gathers each layer's weights in module hooks "
+                             "that compiled blocks would bypass; use zero_stage 1 or 2 with compile")
         return self
 
 

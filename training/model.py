@@ -51,7 +51,11 @@ class ColumnParallel(_NoExtraState, ColumnParallelLinear):
 
 
 class RowParallel(_NoExtraState, RowParallelLinear):
-    pass
+    def _forward_impl(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # megatron passes no group here and then looks up the default one, with a deprecation
+        # warning on every call that also splits a compiled block's graph; it is this layer's group.
+        kwargs["tp_group"] = self.tp_group
+        return super()._forward_impl(*args, **kwargs)
 
 
 class VocabParallel(_NoExtraState, VocabParallelEmbedding):
@@ -74,8 +78,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,21 +100,32 @@ def attention_mask(segments: torch.Tensor) -> torch.Tensor:
     return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
 
 
-class KVCache:
-    """Keys and values of the positions decoded so far, per layer: [B, kv_heads, T, head_dim]."""
+class LayerCache:
+    """Keys and values of the positions decoded so far in one layer: [B, kv_heads, T, head_dim]."""
 
     def __init__(self) -> None:
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
 
-    def length(self, layer: int) -> int:
-        return self.keys[layer].shape[2] if layer in self.keys else 0
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer in self.keys:
-            k, v = torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
         return k, v
+
+
+class KVCache:
+    """The decoding cache of the whole model, one LayerCache per block."""
+
+    def __init__(self) -> None:
+        self.layers: dict[int, LayerCache] = {}
+
+    def layer(self, index: int) -> LayerCache:
+        return self.layers.setdefault(index, LayerCache())
 
 
 class Attention(nn.Module):
@@ -128,7 +142,7 @@ class Attention(nn.Module):
         self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                cache: LayerCache | None = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q(x)[0].view(batch, seq, self.heads, self.cfg.head_dim)
         k = self.k(x)[0].view(batch, seq, self.kv_heads, self.cfg.head_dim)
@@ -139,10 +153,11 @@ class Attention(nn.Module):
         dropout = self.cfg.dropout if self.training else 0.0
         mask = attention_mask(segments) if self.cfg.document_masking else None
         if cache is not None:  # one document: causal over everything cached before, plus itself
-            past = cache.length(layer)
-            k, v = cache.extend(layer, k, v)
+            past = cache.length
+            k, v = cache.extend(k, v)
             mask = torch.ones(seq, past + seq, dtype=torch.bool, device=x.device).tril(past) if past else None
-        with self.sharded_rng():
+        # The per-TP-rank RNG only matters with dropout; skipping it keeps compiled blocks in one graph.
+        with self.sharded_rng() if dropout else contextlib.nullcontext():
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                                                enable_gqa=self.heads != self.kv_heads)
         return self.o(y.transpose(1, 2).reshape(batch, seq, self.heads * self.cfg.head_dim))[0]
@@ -175,7 +190,9 @@ class Block(nn.Module):
 
     def forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
         x, positions, segments = inputs
-        x = x + self.dropout(self.attn(self.attn_norm(x), positions, segments, cache, self.index))
+        # The layer's index is read only when decoding: every block then compiles to the same graph.
+        layer_cache = None if cache is None else cache.layer(self.index)
+        x = x + self.dropout(self.attn(self.attn_norm(x), positions, segments, layer_cache))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, positions, segments
 

@@ -192,9 +192,14 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, voca
                 dtype: torch.dtype) -> torch.nn.Module:
     mp_config = tp_config(parallel, dtype)
     if parallel.pp > 1:
-        return build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
-    model = GPT(cfg, mp_config, vocab)
-    model.activation_checkpointing = parallel.activation_checkpointing
+        model = build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
+    else:
+        model = GPT(cfg, mp_config, vocab)
+        model.activation_checkpointing = parallel.activation_checkpointing
+    if parallel.compile:  # in place, so parameter names (and checkpoints) stay those of the eager model
+        for module in model.modules():
+            if isinstance(module, Block):
+                module.compile()
     return model
 
 
