@@ -74,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--output", type=Path, required=True, help="run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    submit = verbs.add_parser("submit", help="the whole job on Slurm: prep array jobs, then training")
+    _common(submit)
+    submit.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
+                        help="input file or folder (repeatable; replaces prep.inputs)")
+    submit.add_argument("--output", type=Path, required=True,
+                        help="run folder on a filesystem the nodes share (data/, train/, slurm/)")
+    submit.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")
+    submit.add_argument("--prep-only", action="store_true", help="submit data prep without the training job")
+
+    status = verbs.add_parser("status", help="which steps and tasks of a submitted run are done, running, failed")
+    status.add_argument("--output", type=Path, required=True, help="the run folder given to submit")
+
+    task = verbs.add_parser("prep-task", help="one piece of a scheduled prep run (what the Slurm jobs call)")
+    _common(task)
+    task.add_argument("--output", type=Path, required=True, help="prep output folder")
+    action = task.add_mutually_exclusive_group(required=True)
+    action.add_argument("--step", help="run one task of this step (with --task)")
+    action.add_argument("--prepare", action="store_true", help="clear step folders made with another config")
+    action.add_argument("--publish", action="store_true", help="publish clean/, shards/, stats.json")
+    task.add_argument("--task", type=int, help="task index within the step")
     return parser
 
 
@@ -200,6 +221,36 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     return 0
 
 
+def _prep_task(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    from pipeline.prep import prepare_steps, publish_prep, run_prep_task
+    from pipeline.summary import print_prep_summary
+
+    if args.prepare:
+        pending = prepare_steps(config.prep, args.output)
+        print(f"prepared {len(pending)} steps; tasks to run: {sum(map(len, pending.values())):,}")
+    elif args.publish:
+        print_prep_summary(publish_prep(config.prep, args.output))
+    elif args.task is None:
+        raise UserError("--step needs --task INDEX")
+    else:
+        print(run_prep_task(config.prep, args.output, args.step, args.task), flush=True)
+
+
+def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    from launch.submit import submit
+    from pipeline.summary import print_jobs
+
+    jobs = submit(config, args.output, dry_run=args.dry_run, prep_only=args.prep_only)
+    print_jobs(jobs, args.output / "slurm", args.dry_run)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from launch.submit import status
+    from pipeline.summary import print_status
+
+    print_status(*status(args.output))
+
+
 def _print_samples(samples: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -219,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
     try:
-        config = _load(args)
+        config = _load(args) if args.verb != "status" else None
     except ConfigError as exc:
         print(f"crucible: {exc}", file=sys.stderr)
         return 2
@@ -237,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.verb == "run":
             return _run(config, args, show_progress)
+        elif args.verb == "submit":
+            _submit(config, args)
+        elif args.verb == "status":
+            _status(args)
+        elif args.verb == "prep-task":
+            _prep_task(config, args)
     except UserError as exc:
         print(f"crucible {args.verb}: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,9 @@
-"""The `prep` verb's engine: plan the run, execute it, publish the outputs."""
+"""The `prep` verb's engine: plan the run, execute it, publish the outputs.
+
+`run_prep` does it all on this machine. The other three split it for a scheduler: `prepare_steps`
+once before any task (it clears step folders of another config), `run_prep_task` for each task of
+each step (anywhere, in any order a step's dependencies allow), `publish_prep` once at the end.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepConfig
-from pipeline.executors.local import run_local
+from pipeline.errors import UserError
+from pipeline.executors.local import execute_task, pending_tasks, prepare_step_dir, run_local, step_is_current
 from pipeline.outputs import publish
 from pipeline.plan import build_plan
 
@@ -18,3 +24,36 @@ def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> di
     work.mkdir(parents=True, exist_ok=True)
     run_local(plan, work, config.workers, show_progress)
     return publish(plan, work, output)
+
+
+def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
+    """Make every step folder current for this config; the tasks each step still has to run."""
+    plan = build_plan(config)
+    work = output / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return {step.name: prepare_step_dir(work, step) for step in plan.steps}
+
+
+def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -> str:
+    """Run task `task` of step `step_name` unless its completion marker says it is done."""
+    plan = build_plan(config)
+    work = output / "work"
+    try:
+        step = plan.step(step_name)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if not 0 <= task < step.n_tasks:
+        raise UserError(f"step {step_name} has tasks 0..{step.n_tasks - 1}, not {task}")
+    if not step_is_current(work, step):
+        raise UserError(f"{work / step.name} is not prepared for this config: run `crucible prep-task --prepare` "
+                        f"(or `crucible submit`, which does it) first")
+    if task not in pending_tasks(work, step):
+        return f"{step_name} task {task}: done already"
+    marker = execute_task(plan, work, step_name, task)
+    counts = ", ".join(f"{key} {marker[key]:,}" for key in ("docs_in", "docs_out") if key in marker)
+    return f"{step_name} task {task}: done in {marker['seconds']:.1f}s" + (f" ({counts})" if counts else "")
+
+
+def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
+    plan = build_plan(config)
+    return publish(plan, output / "work", output)

@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.atomic import write_text  # noqa: E402
+
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -123,8 +125,8 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None) ->
         sections += ["", "## Samples", "", _table(["prompt", "continuation"], [
             [p.replace("|", "\\|"), c.replace("\n", " ").replace("|", "\\|")] for p, c in samples])]
     markdown = "\n".join(sections) + "\n"
-    (run_dir / "report.md").write_text(markdown)
-    (run_dir / "report.html").write_text(_html(markdown, run_dir.name))
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", _html(markdown, run_dir.name))
     return run_dir / "report.html"
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from launch.submit import Job, StepStatus
+
+
+def _console() -> Console:
+    return Console(width=None if Console().is_terminal else 140)
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:
@@ -29,7 +37,7 @@ def prep_table(stats: dict[str, Any]) -> Table:
 
 
 def print_prep_summary(stats: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console(width=None if Console().is_terminal else 140)
+    console = console or _console()
     console.print(prep_table(stats))
     for row in stats["stages"]:
         langs = row.get("tally", {}).get("languages")
@@ -49,3 +57,40 @@ def tokens_table(tokens: dict[str, Any]) -> Table:
             table.add_row(split, *(f"{tokens[f'{split}_{k}']:,}" for k in ("documents", "tokens", "sequences",
                                                                            "padding", "remainder")))
     return table
+
+
+def _tasks(tasks: list[int]) -> str:
+    shown = ",".join(map(str, tasks[:8]))
+    return shown + (f",+{len(tasks) - 8}" if len(tasks) > 8 else "")
+
+
+def print_jobs(jobs: list[Job], slurm_dir: Path, dry_run: bool) -> None:
+    """The submitted chain: one row per job, with what it waits for."""
+    table = Table(title="jobs that would be submitted (dry run)" if dry_run else "submitted jobs")
+    for header in ("job", "name", "runs", "array", "after"):
+        table.add_column(header)
+    for job in jobs:
+        runs = f"{len(job.tasks)} task(s)" if job.tasks else job.part
+        table.add_row(job.job_id or "-", job.script.name, runs, job.array or "", ", ".join(job.after) or "-")
+    console = _console()
+    console.print(table)
+    if not jobs:
+        console.print("nothing to submit: every step is done and training is not asked for")
+    console.print(f"scripts, config snapshot and logs: {slurm_dir} (submit.sh submits the same chain by hand)")
+
+
+def print_status(steps: list[StepStatus], train: dict[str, Any]) -> None:
+    table = Table(title="run status")
+    for header in ("step", "tasks", "done", "running", "pending", "failed / cancelled", "jobs"):
+        table.add_column(header, justify="right" if header in ("tasks", "done") else "left")
+    for row in steps:
+        failed = [t for state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+                  for t in row.states.get(state, [])]
+        table.add_row(row.part, f"{row.total:,}", f"{row.done:,}", _tasks(row.states.get("RUNNING", [])),
+                      _tasks(row.states.get("PENDING", [])), _tasks(sorted(failed)), ", ".join(row.job_ids))
+    console = _console()
+    console.print(table)
+    states = ", ".join(train["states"]) or "not known to Slurm"
+    last = train["last"]
+    progress = f"step {last['step']}, loss {last['loss']:.4f}" if last else "no step logged yet"
+    console.print(f"training: job {', '.join(train['job_ids']) or '-'} ({states}); {progress}")

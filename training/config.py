@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from pipeline.errors import UserError
 from pipeline.schema import Section
 
+STOPPED_FILE = "stopped.json"  # in the run folder when a signal stopped training early, after a checkpoint
+
 # Shapes of well-known sizes; the 1b/7b/70b ones follow the Llama family.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"d_model": 64, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 176},

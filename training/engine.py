@@ -24,10 +24,11 @@ import torch.distributed as dist
 
 from data_prep.shards import ShardError, read_manifest
 from data_prep.tokenizer import file_sha256
+from pipeline.atomic import write_json
 from pipeline.errors import UserError
 from training import parallel
 from training.checkpoint import CheckpointConfig, Checkpointer, CheckpointInfo
-from training.config import ModelConfig, ParallelConfig, TrainConfig, check_layout
+from training.config import STOPPED_FILE, ModelConfig, ParallelConfig, TrainConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
 from training.hooks import AnomalyDetector, EventLog, Hook, HookSpec, RollbackConfig, SignalCheckpoint, load_user_hooks
 from training.init import init_weights
@@ -303,6 +304,8 @@ class Trainer:
             if self.stop_signal:
                 self.events.log({"event": "stop", "step": self.step, "signal": self.stop_signal})
                 if self.layout.rank == 0:
+                    # The job script's cue to requeue: this run stopped early, with a checkpoint to resume.
+                    write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": self.stop_signal})
                     print(f"{self.stop_signal}: checkpoint saved at step {self.step}; stopping for requeue", flush=True)
                 break
         self.metrics.close()

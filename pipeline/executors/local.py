@@ -46,19 +46,28 @@ def execute_task(plan: Plan, work: Path, step_name: str, task: int) -> dict[str,
     return payload
 
 
+def step_is_current(work: Path, step: Step) -> bool:
+    """Whether the step folder was made for this step's fingerprint (its tasks' outputs are usable)."""
+    return (read_marker(work / step.name / "step.json") or {}).get("fingerprint") == step.fingerprint
+
+
+def pending_tasks(work: Path, step: Step) -> list[int]:
+    """Tasks of `step` without a marker of its fingerprint (all of them in a stale folder)."""
+    if not step_is_current(work, step):
+        return list(range(step.n_tasks))
+    return [t for t in range(step.n_tasks)
+            if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint]
+
+
 def prepare_step_dir(work: Path, step: Step) -> list[int]:
     """Clear a step folder made with another fingerprint; return the tasks still to run."""
     folder = work / step.name
-    identity = folder / "step.json"
-    if folder.exists() and (read_marker(identity) or {}).get("fingerprint") != step.fingerprint:
+    if folder.exists() and not step_is_current(work, step):
         shutil.rmtree(folder)
     if not folder.exists():
-        write_json(identity, {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
+        write_json(folder / "step.json", {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
     remove_temp_files(folder)
-    return [
-        t for t in range(step.n_tasks)
-        if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint
-    ]
+    return pending_tasks(work, step)
 
 
 def _expected_units(work: Path, plan: Plan, step: Step) -> int | None:
