@@ -3,9 +3,10 @@
 Run once per node (`srun --ntasks-per-node=1 python -m launch.node ...` in the training job).
 Every node derives the same rendezvous from the job: the head is the first host of
 `scontrol show hostnames $SLURM_JOB_NODELIST`, the port and rendezvous id come from the job id,
-so no node needs to tell another anything. Slurm's warning before the time limit (SIGUSR1) is
-passed to the training ranks themselves: torchrun would die of it, while each rank checkpoints
-and stops cleanly, after which the job script requeues the job.
+so no node needs to tell another anything. Slurm's warning before the time limit (SIGUSR1) must
+reach the training ranks but not torchrun, which would die of it: torchrun runs with the signal
+ignored and this agent passes it on to the ranks (where the cluster signals only the step's
+first process). Each rank checkpoints and stops cleanly; then the job script requeues the job.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def forward_to_ranks(agent: subprocess.Popen, signum: int) -> None:
 
 
 def run_node(rdzv: Rendezvous, nproc_per_node: int, max_restarts: int, train_args: list[str]) -> int:
+    # Slurm signals every process of the job step; torchrun must outlive SIGUSR1, so it starts with
+    # the signal ignored (inherited across exec). The ranks install their own handler for it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     agent = subprocess.Popen(torchrun_command(f"{rdzv.head}:{rdzv.port}", rdzv.nnodes, nproc_per_node, max_restarts,
                                               rdzv.run_id, train_args))
 

@@ -41,17 +41,6 @@ class Job:
     job_id: str | None = None
 
 
-def absolute_paths(config: CrucibleConfig) -> CrucibleConfig:
-    """The config with every file path absolute, so jobs can read it from any folder."""
-    prep = config.prep
-    prep.inputs = [Path(p).resolve() for p in prep.inputs]
-    if prep.tokenizer.path is not None:
-        prep.tokenizer.path = prep.tokenizer.path.resolve()
-    if prep.langid.model_path is not None:
-        prep.langid.model_path = prep.langid.model_path.resolve()
-    return config
-
-
 def run_paths(config: CrucibleConfig, output: Path) -> RunPaths:
     return RunPaths(output.resolve(), Path.cwd(), config.launch.slurm.python or sys.executable)
 
@@ -82,7 +71,7 @@ def _previous_active(paths: RunPaths) -> list[str]:
 
 def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_only: bool = False) -> list[Job]:
     """Render the scripts into OUTPUT/slurm and submit the jobs still needed (none with dry_run)."""
-    config = absolute_paths(config)
+    config.prep = config.prep.with_absolute_paths()
     paths = run_paths(config, output)
     if not dry_run and (active := _previous_active(paths)):
         raise UserError(f"jobs {', '.join(active)} of the previous submission of {output} are still queued or "

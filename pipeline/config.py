@@ -71,6 +71,16 @@ class PrepConfig(Section):
             raise ValueError("pack needs tokenize: add tokenize to the stages")
         return sorted(stages, key=STAGE_ORDER.index)
 
+    def with_absolute_paths(self) -> PrepConfig:
+        """A copy whose file paths mean the same from any folder (job scripts, the shard manifest)."""
+        copy = self.model_copy(deep=True)
+        copy.inputs = [path.resolve() for path in copy.inputs]
+        if copy.tokenizer.path is not None:
+            copy.tokenizer.path = copy.tokenizer.path.resolve()
+        if copy.langid.model_path is not None:
+            copy.langid.model_path = copy.langid.model_path.resolve()
+        return copy
+
 
 class CrucibleConfig(Section):
     """The root of every config file."""

@@ -146,7 +146,7 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(tokenizer_path),
                       "vocab_size": tokenizer.get_vocab_size(), "eod_id": eod, "pad_id": pad},
         "splits": splits,
-        "prep_config": plan.config.model_dump(mode="json"),
+        "prep_config": plan.config.with_absolute_paths().model_dump(mode="json"),
     })
 
 
