@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/sample.yaml
 RUN_DIR ?= runs/sample
 
-.PHONY: setup run test bench-setup bench clean
+.PHONY: setup run test bench-setup bench clean slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -30,3 +30,11 @@ bench: bench-setup
 
 clean:
 	rm -rf $(RUN_DIR)
+
+# A one-node Slurm cluster on this machine (root; Debian's slurm-wlm and munge), for the Slurm tests.
+slurm-up:
+	scripts/slurm_local.sh install
+	scripts/slurm_local.sh start
+
+slurm-down:
+	scripts/slurm_local.sh stop

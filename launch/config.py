@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from pipeline.schema import Section
 
@@ -31,6 +33,14 @@ class SlurmConfig(Section):
                                                                "(module load ..., source venv/bin/activate).")
     sbatch_args: list[str] = Field(default_factory=list, description="Extra sbatch options for every job, "
                                                                      "e.g. --qos=high.")
+
+    @field_validator("train_time", "prep_time", mode="before")
+    @classmethod
+    def _quoted_time(cls, value: Any) -> Any:
+        if isinstance(value, int):  # YAML reads an unquoted 48:00:00 as the number 172800
+            raise ValueError(f"write Slurm times as quoted strings, e.g. '48:00:00' (an unquoted H:MM:SS is read "
+                             f"by YAML as the number {value})")
+        return value
 
 
 class LaunchConfig(Section):

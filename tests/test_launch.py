@@ -1,0 +1,123 @@
+"""Launching: torchrun on one node and on two (simulated) nodes trains alike; the Slurm rendezvous
+every node derives; the scripts `submit --dry-run` writes (quoting, array splitting)."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.node import PORT_BASE, slurm_rendezvous
+from launch.sbatch import array_spec, directive
+from pipeline.errors import UserError
+from tests.conftest import REPO, metrics, torchrun
+
+STEPS = 8
+TRAIN = ["--set", f"train.max_steps={STEPS}", "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2",
+         "--set", "train.eval_interval=4", "--set", "train.peak_tflops=1"]
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in metrics(run)]
+
+
+def two_agents(shards: Path, run: Path, nproc_per_node: int) -> None:
+    """Two torchrun agents on this machine, as two nodes of one c10d rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", str(nproc_per_node),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+               "-m", "pipeline", "train", "--data", str(shards), "--output", str(run), *TRAIN]
+    agents = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=900)[0] for agent in agents]
+    for agent, output in zip(agents, outputs):
+        assert agent.returncode == 0, output[-4000:]
+
+
+def test_one_node_and_two_nodes_train_alike(tiny_shards: Path, tmp_path: Path) -> None:
+    torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path / "one-node-2"), *TRAIN)
+    torchrun(4, "train", "--data", str(tiny_shards), "--output", str(tmp_path / "one-node-4"), *TRAIN)
+    two_agents(tiny_shards, tmp_path / "two-nodes-2x2", 2)
+    reference = losses(tmp_path / "one-node-2")
+    assert [step for step, _ in reference] == list(range(1, STEPS + 1))
+    for run in ("one-node-4", "two-nodes-2x2"):
+        curve = losses(tmp_path / run)
+        assert [step for step, _ in curve] == [step for step, _ in reference], run
+        for (step, ours), (_, ref) in zip(curve, reference):
+            assert ours == pytest.approx(ref, rel=1e-4), f"{run} step {step}"
+
+
+def slurm_env(job: str, nodes: int) -> dict[str, str]:
+    return {"SLURM_JOB_ID": job, "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "gpu[07-08]"}
+
+
+def test_rendezvous_comes_from_the_job() -> None:
+    hosts = lambda nodelist: ["gpu07", "gpu08"]  # noqa: E731
+    rdzv = slurm_rendezvous(slurm_env("123456", 2), hostnames=hosts, resolve=lambda host: "10.1.2.7")
+    assert (rdzv.head, rdzv.nnodes, rdzv.run_id) == ("gpu07", 2, "crucible-123456")
+    assert rdzv.port == PORT_BASE + 123456 % 30000
+    assert slurm_rendezvous(slurm_env("123457", 2), hostnames=hosts, resolve=lambda h: "10.1.2.7").port != rdzv.port
+
+
+def test_head_resolving_to_localhost_fails_fast_on_several_nodes() -> None:
+    hosts = lambda nodelist: ["gpu07", "gpu08"]  # noqa: E731
+    with pytest.raises(UserError, match="resolves to a loopback address"):
+        slurm_rendezvous(slurm_env("7", 2), hostnames=hosts, resolve=lambda host: "127.0.1.1")
+    assert slurm_rendezvous(slurm_env("7", 1), hostnames=hosts, resolve=lambda host: "127.0.1.1").nnodes == 1
+    with pytest.raises(UserError, match="not inside a Slurm job"):
+        slurm_rendezvous({}, hostnames=hosts)
+
+
+def test_array_spec_collapses_runs() -> None:
+    assert array_spec([7, 0, 1, 2, 5, 8], 4) == "0-2,5,7-8%4"
+    assert array_spec([3], 16) == "3%16"
+
+
+def test_sbatch_values_that_cannot_be_quoted_are_refused() -> None:
+    assert directive("--job-name", "a b;$c") == '#SBATCH --job-name="a b;$c"'
+    with pytest.raises(UserError, match="double quote"):
+        directive("--output", 'runs/say "hi"/log')
+
+
+def dry_run(output: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
+    sets = [arg for value in assignments for arg in ("--set", value)]
+    return subprocess.run([sys.executable, "-m", "pipeline", "submit", "--config", "configs/sample.yaml", "--output",
+                           str(output), "--dry-run", *sets], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path) -> None:
+    output = tmp_path / "run $(touch pwned) 'x' ;&"
+    result = dry_run(output, "prep.shard_mb=1", "launch.slurm.max_array_size=10", "launch.slurm.prep_max_parallel=4",
+                     "launch.slurm.partition=gpu a100")
+    assert result.returncode == 0, result.stderr
+    slurm = output / "slurm"
+    assert not (slurm / "jobs.json").exists()  # nothing was submitted
+    buckets = sorted(slurm.glob("prep-minhash_dedup.buckets*.sbatch"))
+    assert [p.name for p in buckets] == ["prep-minhash_dedup.buckets-from-10.sbatch",
+                                         "prep-minhash_dedup.buckets-from-20.sbatch",
+                                         "prep-minhash_dedup.buckets.sbatch"]
+    assert '#SBATCH --array="0-4%4"' in (slurm / "prep-minhash_dedup.buckets-from-20.sbatch").read_text()
+    assert '#SBATCH --partition="gpu a100"' in (slurm / "train.sbatch").read_text()
+    for script in [*slurm.glob("*.sbatch"), slurm / "submit.sh"]:
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, f"{script.name}: {check.stderr}"
+    # Run the last chunk's command line with the Python replaced by printf: each argument intact.
+    line = (slurm / "prep-minhash_dedup.buckets-from-20.sbatch").read_text().splitlines()[-1]
+    program = shlex.split(line)[0]
+    echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + line.removeprefix(shlex.quote(program))],
+                            env={"SLURM_ARRAY_TASK_ID": "4", "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert echoed[echoed.index("--output") + 1] == str(output / "data")
+    assert echoed[echoed.index("--task") + 1] == "24"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_dry_run_refuses_a_run_folder_an_sbatch_line_cannot_hold(tmp_path: Path) -> None:
+    result = dry_run(tmp_path / 'say "hi"')
+    assert result.returncode == 2 and "double quote" in result.stderr
