@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import Result, print_json, print_table
+from torch import nn
+from train_bench import PlainGPT
+
 from data_prep.shards import read_manifest
 from pipeline.config import CrucibleConfig, load_config
-from train_bench import PlainGPT
 from training.data import PackedDataset, make_batch
 from training.metrics import flops_per_token
 from training.model import padded_vocab

@@ -169,7 +169,8 @@ def by_hand_script(paths: RunPaths, chain: list[list[Script]]) -> Script:
     for group in chain:
         lines.append("ids=()")
         for script in group:
-            lines.append(f'id=$(sbatch --parsable "${{after[@]}}" {shlex.quote(str(script.file))}); ids+=("${{id%%;*}}")')
+            submit = f'sbatch --parsable "${{after[@]}}" {shlex.quote(str(script.file))}'
+            lines.append(f'id=$({submit}); ids+=("${{id%%;*}}")')
             lines.append(f'echo "{script.name}: job ${{ids[-1]}}"')
         lines.append('after=(--dependency="afterok:$(IFS=:; echo "${ids[*]}")")')
     return Script("submit", paths.slurm / "submit.sh", "\n".join(lines) + "\n")

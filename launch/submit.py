@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 
 from launch import slurm
-from launch.sbatch import RunPaths, Script, array_spec, by_hand_script, prep_single_script, prep_task_script, train_script
+from launch.sbatch import (
+    RunPaths,
+    Script,
+    array_spec,
+    by_hand_script,
+    prep_single_script,
+    prep_task_script,
+    train_script,
+)
 from pipeline.atomic import write_json, write_text
 from pipeline.config import CrucibleConfig
 from pipeline.errors import UserError
@@ -82,7 +90,8 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
     work = paths.data / "work"
     pending = ({step.name: pending_tasks(work, step) for step in plan.steps} if dry_run
                else prepare_steps(config.prep, paths.data))
-    max_size = config.launch.slurm.max_array_size or (slurm.DEFAULT_MAX_ARRAY_SIZE if dry_run else slurm.max_array_size())
+    max_size = (config.launch.slurm.max_array_size
+                or (slurm.DEFAULT_MAX_ARRAY_SIZE if dry_run else slurm.max_array_size()))
     steps = step_jobs(plan, paths, config, pending, max_size)
     publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish"))
     train = Job("train", train_script(paths, config.run_name, config.launch))
@@ -134,7 +143,7 @@ class StepStatus:
 def _count_states(job: dict[str, Any]) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}
     for index, state in slurm.job_states(job["job_id"]).items():
-        task = job["offset"] + index if index is not None else -1
+        task = job["offset"] + (index or 0)
         states.setdefault(state, []).append(task)
     return states
 

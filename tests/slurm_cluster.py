@@ -10,22 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from launch.slurm import FINAL_STATES
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 
-FINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 
 _FIELD = re.compile(r"(?:^|\s)(\w+)=(\S*)")
 
