@@ -39,6 +39,7 @@ from pipeline.config import CrucibleConfig, load_config
 from training.data import PackedDataset, make_batch
 from training.metrics import flops_per_token
 from training.model import padded_vocab
+from training.plan import count_params
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
 
@@ -180,7 +181,6 @@ def main() -> None:
 
     variants = args.variant or ["as-configured"]
     results: list[Result] = []
-    n_params = None
     with tempfile.TemporaryDirectory(prefix="crucible-mfu-bench-") as tmp:
         for spec in variants:
             label, _, extra = spec.partition(":")
@@ -213,7 +213,7 @@ def main() -> None:
         measured / flops, None,
         f"{plain_achieved / 1e12:.1f} TFLOP/s" + (f", MFU {100 * plain_achieved / datasheet:.1f}%" if datasheet else "")
         + f"; peak memory {plain_memory:.1f} GiB"))
-    n_params = sum(int(np.prod(s)) for s in _param_shapes(config, vocab))
+    n_params = count_params(m, vocab)
     print_table(f"MFU on {name}: GPT {n_params / 1e9:.2f}B parameters ({m.d_model}d x {m.n_layers} layers, "
                 f"{m.n_heads}/{m.n_kv_heads} heads, ffn {m.ffn_hidden}, vocab {vocab}), seq {seq}, "
                 f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, {str(dtype).removeprefix('torch.')}; "
@@ -224,16 +224,6 @@ def main() -> None:
     print_json("mfu", results, **extra)
     if args.json_out:
         args.json_out.write_text(json.dumps({"results": [r.__dict__ for r in results], **extra}) + "\n")
-
-
-def _param_shapes(config: CrucibleConfig, vocab: int) -> list[tuple[int, ...]]:
-    """Parameter shapes of the model as configured (tied head: the embedding once)."""
-    m = config.model
-    kv = m.n_kv_heads * m.head_dim
-    block = [(m.d_model,), (m.d_model, m.d_model), (kv, m.d_model), (kv, m.d_model), (m.d_model, m.d_model),
-             (m.d_model,), (m.ffn_hidden, m.d_model), (m.ffn_hidden, m.d_model), (m.d_model, m.ffn_hidden)]
-    head = [] if m.tie_embeddings else [(vocab, m.d_model)]
-    return [(vocab, m.d_model), *block * m.n_layers, (m.d_model,), *head]
 
 
 if __name__ == "__main__":

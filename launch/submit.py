@@ -31,7 +31,7 @@ from launch.sbatch import (
     train_script,
 )
 from pipeline.atomic import write_json, write_text
-from pipeline.config import CrucibleConfig
+from pipeline.config import CrucibleConfig, load_config
 from pipeline.errors import UserError
 from pipeline.executors.local import pending_tasks
 from pipeline.plan import Plan, build_plan
@@ -153,8 +153,6 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
     paths = RunPaths(output.resolve(), Path.cwd(), sys.executable)
     if not paths.config.exists():
         raise UserError(f"{output} holds no submitted run ({paths.config} is missing): run `crucible submit` first")
-    from pipeline.config import load_config
-
     config = load_config(paths.config)
     plan = build_plan(config.prep)
     record = paths.slurm / "jobs.json"
