@@ -38,7 +38,11 @@ def sbatch(script: str, dependency: list[str] = (), array: str | None = None) ->
 
 
 def max_array_size() -> int:
-    result = _run(["scontrol", "show", "config"])
+    """The cluster's MaxArraySize; Slurm's default where no cluster answers (a dry run elsewhere)."""
+    try:
+        result = _run(["scontrol", "show", "config"])
+    except UserError:
+        return DEFAULT_MAX_ARRAY_SIZE
     found = re.search(r"^MaxArraySize\s*=\s*(\d+)", result.stdout, re.MULTILINE)
     return int(found.group(1)) if found else DEFAULT_MAX_ARRAY_SIZE
 

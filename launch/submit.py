@@ -90,8 +90,7 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
     work = paths.data / "work"
     pending = ({step.name: pending_tasks(work, step) for step in plan.steps} if dry_run
                else prepare_steps(config.prep, paths.data))
-    max_size = (config.launch.slurm.max_array_size
-                or (slurm.DEFAULT_MAX_ARRAY_SIZE if dry_run else slurm.max_array_size()))
+    max_size = config.launch.slurm.max_array_size or slurm.max_array_size()
     steps = step_jobs(plan, paths, config, pending, max_size)
     publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish"))
     train = Job("train", train_script(paths, config.run_name, config.launch))
