@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,48 +29,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import Result, print_json, print_table
 from torch import nn
-from train_bench import PlainGPT
 
+from common import Result, print_json, print_table
 from data_prep.shards import read_manifest
+from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
 from training.data import PackedDataset, make_batch
-from training.metrics import flops_per_token
+from training.engine import compute_dtype
+from training.metrics import flops_per_token, measure_peak_flops
 from training.model import padded_vocab
 from training.plan import count_params
+from train_bench import PlainGPT
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
 
 
 def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def dtype_of(config: CrucibleConfig) -> torch.dtype:
-    precision = config.train.precision
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def matmul_rate(dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """FLOP/s of n x n x n products on random data, mean of `repeats` after 3 warm-ups."""
-    a = torch.randn(n, n, device=device(), dtype=dtype)
-    b = torch.randn(n, n, device=device(), dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b)
-    sync()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    sync()
-    return 2.0 * n**3 * repeats / (time.perf_counter() - started)
 
 
 def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int) -> list[float]:
@@ -86,7 +61,8 @@ def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, st
     rows = make_batch(*dataset.rows(indices), indices)
     seq = rows.inputs.shape[1]
     positions = torch.arange(seq, device=device()).expand(t.micro_batch_size, seq)
-    autocast = torch.autocast(device().type, dtype=dtype_of(config), enabled=dtype_of(config) != torch.float32)
+    dtype = compute_dtype(t.precision)
+    autocast = torch.autocast(device().type, dtype=dtype, enabled=dtype != torch.float32)
     seconds = []
     for _ in range(steps):
         started = time.perf_counter()
@@ -124,12 +100,6 @@ def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[
         return [json.loads(line) for line in handle]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -165,11 +135,11 @@ def main() -> None:
     seq = manifest["seq_len"]
     flops = flops_per_token(m, vocab, seq)
     tokens_per_step = t.global_batch_size * seq
-    dtype = dtype_of(config)
+    dtype = compute_dtype(t.precision)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     datasheet = t.peak_tflops * 1e12 if t.peak_tflops else None
 
-    measured = matmul_rate(dtype, args.matmul_size)
+    measured = measure_peak_flops(device(), dtype, n=args.matmul_size)
     print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
           file=sys.stderr, flush=True)
     release()

@@ -18,7 +18,6 @@ import io
 import math
 import os
 import pstats
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from torch import nn
 
 from common import DEFAULT_DATA, Result, print_json, print_table, read_jsonl, write_jsonl
 from data_prep.shards import read_manifest
+from launch.torchrun import free_port
 from pipeline.config import load_config
 from training.config import ModelConfig, TrainConfig
 from training.data import PackedDataset, make_batch
@@ -327,12 +327,6 @@ class AttentionKernel:
         first_mask = len(self.seconds["mask"]) % 2 == 0
         for name in ("mask", "causal") if first_mask else ("causal", "mask"):
             self._run(name, **({"attn_mask": self.mask} if name == "mask" else {"is_causal": True}))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ---- the benchmark ---------------------------------------------------------------------------

@@ -69,12 +69,14 @@ def step_jobs(plan: Plan, paths: RunPaths, config: CrucibleConfig, pending: dict
     return groups
 
 
-def _previous_active(paths: RunPaths) -> list[str]:
+def last_submission(paths: RunPaths) -> list[dict[str, Any]]:
+    """The jobs of the latest submission, as recorded in jobs.json (none before the first)."""
     record = paths.slurm / "jobs.json"
-    if not record.exists():
-        return []
-    last = json.loads(record.read_text())["submissions"][-1]
-    return [job["job_id"] for job in last["jobs"] if job["job_id"] and slurm.is_active(job["job_id"])]
+    return json.loads(record.read_text())["submissions"][-1]["jobs"] if record.exists() else []
+
+
+def _previous_active(paths: RunPaths) -> list[str]:
+    return [job["job_id"] for job in last_submission(paths) if job["job_id"] and slurm.is_active(job["job_id"])]
 
 
 def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_only: bool = False) -> list[Job]:
@@ -154,8 +156,7 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
         raise UserError(f"{output} holds no submitted run ({paths.config} is missing): run `crucible submit` first")
     config = load_config(paths.config)
     plan = build_plan(config.prep)
-    record = paths.slurm / "jobs.json"
-    jobs = json.loads(record.read_text())["submissions"][-1]["jobs"] if record.exists() else []
+    jobs = last_submission(paths)
     rows = []
     for part, total, done in [
         *((s.name, s.n_tasks, s.n_tasks - len(pending_tasks(paths.data / "work", s))) for s in plan.steps),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from launch.torchrun import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -70,11 +71,8 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
              launcher_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
-    with socket.socket() as probe:  # a free port, so parallel runs never collide
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", *launcher_args, "-m", "pipeline", *args]
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *launcher_args, "-m", "pipeline", *args]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

@@ -4,7 +4,6 @@ every node derives; the scripts `submit --dry-run` writes (quoting, array splitt
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from launch.node import PORT_BASE, slurm_rendezvous
 from launch.sbatch import array_spec, directive
+from launch.torchrun import free_port, torchrun_command
 from pipeline.errors import UserError
 from tests.conftest import REPO, metrics, torchrun
 
@@ -27,12 +27,8 @@ def losses(run: Path) -> list[tuple[int, float]]:
 
 def two_agents(shards: Path, run: Path, nproc_per_node: int) -> None:
     """Two torchrun agents on this machine, as two nodes of one c10d rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", str(nproc_per_node),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-               "-m", "pipeline", "train", "--data", str(shards), "--output", str(run), *TRAIN]
+    command = torchrun_command(f"127.0.0.1:{free_port()}", 2, nproc_per_node, 0, "two-nodes",
+                               ["--data", str(shards), "--output", str(run), *TRAIN])
     agents = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]
     outputs = [agent.communicate(timeout=900)[0] for agent in agents]

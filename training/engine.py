@@ -41,6 +41,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The training dtype: `auto` is bf16 on GPU and fp32 on CPU (where bf16 matmul is far slower)."""
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 @dataclass
 class StepResult:
     step: int
@@ -67,7 +74,7 @@ class Trainer:
         self.pad_id = manifest["tokenizer"]["pad_id"]
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         self.layout = parallel.init_distributed(parallel_cfg)
-        self.dtype = self._dtype(train_cfg.precision)
+        self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
         self.manifest_sha256 = manifest_hash(self.data_dir)
 
@@ -103,12 +110,6 @@ class Trainer:
             self._resume(start, self.checkpointer.universal(start) if universal else None)
 
     # -- construction ----------------------------------------------------------------------
-
-    @staticmethod
-    def _dtype(precision: str) -> torch.dtype:
-        if precision == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        return torch.bfloat16 if precision == "bf16" else torch.float32
 
     def _build(self, seeded_init: bool, load_universal: bool = False) -> None:
         """Model, optimizer, schedule and DeepSpeed engine; weights seeded unless a checkpoint follows."""

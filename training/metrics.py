@@ -30,9 +30,9 @@ def flops_per_token(cfg: ModelConfig, vocab: int, seq_len: int) -> float:
     return 6.0 * matmul_params(cfg, vocab) + 12.0 * cfg.n_layers * cfg.d_model * seq_len
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """Achieved FLOP/s of a large square matmul: the practical peak of this device and dtype."""
-    n = 2048 if device.type == "cuda" else 512
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, n: int | None = None) -> float:
+    """Achieved FLOP/s of a large n x n matmul: the practical peak of this device and dtype."""
+    n = n or (2048 if device.type == "cuda" else 512)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.matmul(a, b)  # warm-up
