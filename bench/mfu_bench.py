@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import Result, print_json, print_table
+from torch import nn
+from train_bench import PlainGPT
+
 from data_prep.shards import read_manifest
 from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
@@ -40,7 +41,6 @@ from training.engine import compute_dtype
 from training.metrics import flops_per_token, measure_peak_flops
 from training.model import padded_vocab
 from training.plan import count_params
-from train_bench import PlainGPT
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
 

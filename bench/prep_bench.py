@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
 from common import Result, base_parser, best_times, print_json, print_table, profile_call, rate, read_jsonl, write_jsonl
 
 SECTIONS = ("normalize", "exact_dedup", "minhash", "langid", "pii", "quality", "prep")
@@ -171,8 +170,13 @@ def datatrove_minhash(inputs: Path, glob: str, work: Path, tasks: int, workers: 
     step, and how many documents it removed. It gets Crucible's default layout (bands x rows,
     word 5-grams, seed) and 32-bit SHA-1 shingle hashes, as Crucible and datasketch use."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                          MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig

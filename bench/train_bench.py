@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import DEFAULT_DATA, Result, print_json, print_table, read_jsonl, write_jsonl
 from torch import nn
 
-from common import DEFAULT_DATA, Result, print_json, print_table, read_jsonl, write_jsonl
 from data_prep.shards import read_manifest
 from launch.torchrun import free_port
 from pipeline.config import load_config

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 from pipeline.stages import TEXT
 
 

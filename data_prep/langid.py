@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from pipeline.errors import UserError
-from pipeline.schema import Section
+from pipeline.ground.errors import UserError
+from pipeline.ground.schema import Section
 from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 LABEL_PREFIX = "__label__"

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from data_prep.readers import REPLACEMENT, UTF8_ERRORS
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"

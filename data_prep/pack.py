@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 PII_TYPES: tuple[str, ...] = (

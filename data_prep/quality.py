@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 from pipeline.stages import TEXT, Decision, DocStage, Drop
 
 LANG = "lang"

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field
 
-from pipeline.errors import UserError
-from pipeline.schema import Section
+from pipeline.ground.errors import UserError
+from pipeline.ground.schema import Section
 from pipeline.stages import ID, TEXT
 
 ORIGIN = "origin"

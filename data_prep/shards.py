@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from data_prep.tokenizer import file_sha256
-from pipeline.atomic import atomic_path
-from pipeline.errors import UserError
+from pipeline.ground.atomic import atomic_path
+from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import MANIFEST
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 ROWS_PER_BATCH = 1024
 
 

@@ -7,14 +7,13 @@ library's own `tokenizer.json`, so users can load it anywhere without Crucible.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from pipeline.errors import UserError
-from pipeline.schema import Section
+from pipeline.ground.errors import UserError
+from pipeline.ground.schema import Section
 
 EOD = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -82,10 +81,3 @@ def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
         ids.append(token_id)
     return ids[0], ids[1]
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

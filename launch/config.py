@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 
 SLURM_TIME = r"^(\d+-)?\d+(:\d{2}){0,2}$"  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 

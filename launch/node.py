@@ -25,7 +25,7 @@ from types import FrameType
 import psutil
 
 from launch.torchrun import torchrun_command
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 
 PORT_BASE, PORT_SPAN = 20000, 30000
 

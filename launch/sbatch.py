@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import LaunchConfig, SlurmConfig
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 from training.config import STOPPED_FILE
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE"}

@@ -30,10 +30,10 @@ from launch.sbatch import (
     prep_task_script,
     train_script,
 )
-from pipeline.atomic import write_json, write_text
 from pipeline.config import CrucibleConfig, load_config
-from pipeline.errors import UserError
 from pipeline.executors.local import pending_tasks
+from pipeline.ground.atomic import write_json, write_text
+from pipeline.ground.errors import UserError
 from pipeline.plan import Plan, build_plan
 from pipeline.prep import prepare_steps
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import STAGE_ORDER, ConfigError, CrucibleConfig, load_config
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -157,9 +157,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _plan(config: CrucibleConfig) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from pipeline.ground.console import console
     from training.plan import estimate
 
     e = estimate(config.model, config.parallel, config.train, config.plan)
@@ -186,15 +186,15 @@ def _plan(config: CrucibleConfig) -> None:
     ]
     for row in rows:
         table.add_row(*row)
-    console = Console(width=None if Console().is_terminal else 140)
-    console.print(table)
+    out = console()
+    out.print(table)
     limit = config.plan.gpu_memory_gb * gb
     if e.total_bytes(True) > limit:
-        console.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
-                      f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
+        out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
+                  f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
     elif e.total_bytes(False) > limit:
-        console.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
-                      f"(parallel.activation_checkpointing=true)")
+        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
+                  f"(parallel.activation_checkpointing=true)")
 
 
 def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
@@ -252,15 +252,16 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _print_samples(samples: list[tuple[str, str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from pipeline.ground.console import console
 
     table = Table(title="samples from the final checkpoint", show_lines=True)
     table.add_column("prompt")
     table.add_column("continuation")
     for prompt, continuation in samples:
         table.add_row(prompt, continuation)
-    Console(width=None if Console().is_terminal else 140).print(table)
+    console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,8 @@ from data_prep.quality import QualityConfig
 from data_prep.readers import ReadConfig
 from data_prep.tokenizer import TokenizerConfig
 from launch.config import LaunchConfig
-from pipeline.errors import UserError
-from pipeline.schema import Section
+from pipeline.ground.errors import UserError
+from pipeline.ground.schema import Section
 from training.config import (
     CheckpointConfig,
     HookSpec,

@@ -17,9 +17,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from data_prep.shards import token_type, write_manifest
-from data_prep.tokenizer import file_sha256, load_tokenizer, special_ids
-from pipeline.atomic import atomic_path, write_json, write_parquet
-from pipeline.markers import read_marker
+from data_prep.tokenizer import load_tokenizer, special_ids
+from pipeline.ground.atomic import atomic_path, write_json, write_parquet
+from pipeline.ground.hashing import file_sha256
+from pipeline.ground.markers import read_marker
 from pipeline.plan import Plan
 from pipeline.tasks import TOKENIZER_FILE, data_file, dropped_file, marker_file, quarantine_file, tokenizer_file
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.readers import InputShard, plan_shards
-from data_prep.tokenizer import file_sha256
 from pipeline.config import PrepConfig
+from pipeline.ground.hashing import file_sha256
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.atomic import write_text  # noqa: E402
+from pipeline.ground.atomic import write_text  # noqa: E402
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

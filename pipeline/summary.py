@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.ground.console import console as _console
+
 if TYPE_CHECKING:
     from launch.submit import Job, StepStatus
-
-
-def _console() -> Console:
-    return Console(width=None if Console().is_terminal else 140)
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:

@@ -30,7 +30,8 @@ from data_prep.normalize import NormalizeStage
 from data_prep.pii import PiiStage
 from data_prep.quality import QualityStage
 from data_prep.readers import ORIGIN, read_shard
-from pipeline.atomic import atomic_path, write_npy, write_parquet
+from pipeline.ground.atomic import atomic_path, write_npy, write_parquet
+from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.plan import Plan, Step
 from pipeline.stages import ID, TEXT, Decision, DocStage, Drop
 
@@ -310,7 +311,6 @@ def run_minhash_filter(plan: Plan, work: Path, step: Step, task: int, report: Re
 
 # ---- tokenizer, tokenize, pack -------------------------------------------------------------
 
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def tokenizer_file(plan: Plan, work: Path) -> Path:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import CrucibleConfig  # noqa: E402
-from pipeline.schema import Section  # noqa: E402
+from pipeline.ground.schema import Section  # noqa: E402
 
 TARGET = REPO / "docs" / "CONFIG.md"
 

@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.langid import LangIdConfig, LangIdStage
 from pipeline.config import ConfigError, load_config
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 from tests.conftest import read_jsonl, shared_file
 
 

@@ -13,7 +13,7 @@ import pytest
 from launch.node import PORT_BASE, slurm_rendezvous
 from launch.sbatch import array_spec, directive
 from launch.torchrun import free_port, torchrun_command
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 from tests.conftest import REPO, metrics, torchrun
 
 STEPS = 8

@@ -12,7 +12,8 @@ import pytest
 
 from data_prep.pack import pack_best_fit, pack_concat
 from data_prep.shards import ShardError
-from data_prep.tokenizer import file_sha256, load_tokenizer
+from data_prep.tokenizer import load_tokenizer
+from pipeline.ground.hashing import file_sha256
 from tests.test_prep_pipeline import prep, read_dir
 from training.data import DistributedLoader, PackedDataset
 

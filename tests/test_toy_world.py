@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep.shards import write_manifest, write_shard
-from data_prep.tokenizer import file_sha256
+from pipeline.ground.hashing import file_sha256
 from tests.conftest import torchrun
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]

@@ -24,18 +24,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data_prep.tokenizer import file_sha256
-from pipeline.atomic import atomic_path
-from pipeline.errors import UserError
+from pipeline.ground.atomic import atomic_path
+from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import CHECKPOINT_META as META
+from pipeline.ground.names import UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import convert_to_universal
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
 STAGING = ".staging"
-UNIVERSAL = ".universal"
 LATEST = "latest"
-META = "crucible.json"
 
 
 def universal_checkpoint_info() -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.errors import UserError
-from pipeline.schema import Section
+from pipeline.ground.errors import UserError
+from pipeline.ground.schema import Section
 
 STOPPED_FILE = "stopped.json"  # in the run folder when a signal stopped training early, after a checkpoint
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data_prep.shards import ShardError, open_shard, read_manifest, verify_shards
-from data_prep.tokenizer import file_sha256
+from pipeline.ground.hashing import file_sha256
 
 
 @dataclass

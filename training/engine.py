@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 
 from data_prep.shards import ShardError, read_manifest
-from data_prep.tokenizer import file_sha256
-from pipeline.atomic import write_json
-from pipeline.errors import UserError
+from pipeline.ground.atomic import write_json
+from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import file_sha256
 from training import parallel
 from training.checkpoint import CheckpointConfig, Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, ModelConfig, ParallelConfig, TrainConfig, check_layout

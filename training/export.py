@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import UserError
-
-META = "crucible.json"
+from pipeline.ground.errors import UserError
+from pipeline.ground.names import CHECKPOINT_META as META
+from pipeline.ground.names import UNIVERSAL
 
 
 def convert_to_universal(checkpoint: Path, target: Path) -> None:
@@ -62,7 +62,7 @@ def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata."""
     meta = read_meta(checkpoint)
     n_layers = meta["config"]["model"]["n_layers"]
-    cached = Path(checkpoint).parent / ".universal" / Path(checkpoint).name
+    cached = Path(checkpoint).parent / UNIVERSAL / Path(checkpoint).name
     with tempfile.TemporaryDirectory() as tmp:
         universal = cached if (cached / "zero").exists() else Path(tmp) / "universal"
         if universal != cached:

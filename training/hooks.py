@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import UserError
+from pipeline.ground.errors import UserError
 from training.config import HookSpec, RollbackConfig
 
 if TYPE_CHECKING:

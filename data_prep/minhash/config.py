@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
-from pipeline.schema import Section
+from pipeline.ground.schema import Section
 
 # Above this many documents, one LSH bucket is paired as a star instead of all pairs.
 DEFAULT_MAX_BUCKET_SIZE = 100

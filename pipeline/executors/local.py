@@ -18,8 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.atomic import remove_temp_files, write_json
-from pipeline.markers import read_marker
+from pipeline.ground.atomic import remove_temp_files, write_json
+from pipeline.ground.markers import read_marker
 from pipeline.plan import Plan, Step
 from pipeline.tasks import TASKS, marker_file
 
