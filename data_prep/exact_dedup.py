@@ -8,14 +8,20 @@ result does not depend on worker count), then filter each shard by the list of d
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import Field
 
+from data_prep.books import run_removals_filter, source_column, source_file, write_removals
+from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from pipeline.ground.atomic import write_npy
 from pipeline.ground.schema import Section
-from pipeline.stages import TEXT
+
+HASH, FIND = "exact_dedup.hash", "exact_dedup.find"
 
 
 class ExactDedupConfig(Section):
@@ -41,3 +47,36 @@ def first_occurrences(hashes: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
     return first[inverse.reshape(-1)].astype(np.int64)
+
+
+def _hash_file(ctx: TaskContext, task: int) -> Any:
+    return ctx.work / HASH / f"hashes-{task:05d}.npy"
+
+
+def run_hash(ctx: TaskContext) -> dict[str, Any]:
+    """Hash one shard's documents."""
+    table = pq.read_table(source_file(ctx), columns=[TEXT])
+    write_npy(_hash_file(ctx, ctx.task), text_hashes(table, ctx.settings))
+    ctx.report(table.num_rows)
+    return {}
+
+
+def run_find(ctx: TaskContext) -> dict[str, Any]:
+    """Find every later copy over all shards' hashes (one task)."""
+    hashes = np.concatenate([np.load(_hash_file(ctx, i)) for i in range(len(ctx.shards))])
+    first = first_occurrences(hashes)
+    removed = np.flatnonzero(first != np.arange(len(first)))
+    write_removals(ctx, removed, first[removed], source_column(ctx, ID), None)
+    ctx.report(len(first))
+    return {"tally": {"exact_dedup": {"duplicates": int(len(removed))}}}
+
+
+def run_filter(ctx: TaskContext) -> dict[str, Any]:
+    return run_removals_filter(ctx, FIND, "exact_duplicate")
+
+
+STAGE = StageSpec("exact_dedup", ExactDedupConfig, (
+    StepSpec(".hash", run_hash),
+    StepSpec(".find", run_find, tasks=single),
+    StepSpec(".filter", run_filter, makes_docs=True),
+))

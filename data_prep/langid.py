@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from data_prep.books import doc_stage
+from data_prep.stage import TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
-from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 LABEL_PREFIX = "__label__"
 
@@ -97,3 +98,6 @@ class LangIdStage(DocStage):
 
     def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
         return {"languages": dict(Counter(kept.column("lang").to_pylist()))}
+
+
+STAGE = doc_stage(LangIdStage, LangIdConfig)

@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from data_prep.books import doc_stage
 from data_prep.readers import REPLACEMENT, UTF8_ERRORS
+from data_prep.stage import TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.schema import Section
-from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 JUNK = CONTROL[:-1] + REPLACEMENT + "]"
@@ -73,3 +74,6 @@ class NormalizeStage(DocStage):
         if errors is not None:
             table = table.drop_columns([UTF8_ERRORS])
         return Decision(table, drops)
+
+
+STAGE = doc_stage(NormalizeStage, NormalizeConfig)

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
+from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field
 
+from data_prep import shards as shard_format
+from data_prep.stage import ID, StageSpec, StepSpec, TaskContext
+from data_prep.tokenizer import encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.schema import Section
+
+PACK = "pack"
 
 
 @dataclass
@@ -108,3 +116,40 @@ def is_validation(doc_id: str, fraction: float) -> bool:
     """Hold out by document, by a hash of its id: stable, and independent of sharding."""
     value = int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
     return value < fraction * 2**64
+
+
+def shard_file(work: Path, split: str, name: str) -> Path:
+    """Where the pack step wrote shard `name` of `split` (publishing copies it from here)."""
+    return work / PACK / split / name
+
+
+def run_pack(ctx: TaskContext) -> dict[str, Any]:
+    """Shuffle one shard's tokenized documents, split off validation, pack both splits into rows."""
+    cfg, tokenizer_path = ctx.settings, tokenizer_file(ctx.config, ctx.work)
+    vocab = load_tokenizer(tokenizer_path).get_vocab_size()
+    _, pad = special_ids(encoder(tokenizer_path), ctx.config.tokenizer)
+    table = pa.ipc.open_file(pa.memory_map(str(tokens_file(ctx.work, ctx.task)))).read_all()
+    ids = table[ID].to_pylist()
+    lists = table["tokens"].combine_chunks()
+    flat, offsets = lists.values.to_numpy(), lists.offsets.to_numpy()
+    docs = [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
+    order = np.random.default_rng([cfg.seed, ctx.task]).permutation(len(docs))
+    width = cfg.seq_len + 1
+    rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
+    files, counts = [], Counter()
+    for split in ("train", "val"):
+        chosen = [docs[i] for i in order if is_validation(ids[i], cfg.val_fraction) == (split == "val")]
+        packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
+        for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
+            path = shard_file(ctx.work, split, f"{split}-{ctx.task:05d}-{part:03d}.arrow")
+            stop = start + rows_per_file
+            entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab)
+            files.append(entry | {"split": split})
+        counts.update({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
+                       f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
+                       f"{split}_remainder": packed.remainder})
+        ctx.report(len(chosen))
+    return {"tokens": dict(counts), "files": files}
+
+
+STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=("tokenize",))

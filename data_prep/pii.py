@@ -30,8 +30,9 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from data_prep.books import doc_stage
+from data_prep.stage import TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.schema import Section
-from pipeline.stages import TEXT, Decision, DocStage, Drop, replace_column
 
 PII_TYPES: tuple[str, ...] = (
     "secret",
@@ -321,3 +322,6 @@ class PiiStage(DocStage):
         for counts in kept.column("pii_types").to_pylist():
             redacted.update(json.loads(counts))
         return {"redacted": dict(redacted)}
+
+
+STAGE = doc_stage(PiiStage, PiiConfig)

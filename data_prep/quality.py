@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from data_prep.books import doc_stage
+from data_prep.stage import TEXT, Decision, DocStage, Drop
 from pipeline.ground.schema import Section
-from pipeline.stages import TEXT, Decision, DocStage, Drop
 
 LANG = "lang"
 
@@ -330,3 +331,6 @@ class QualityStage(DocStage):
             if (limit := dup.get(n)) is not None and grams.dup_fraction > limit:
                 return _fail(f"dup_ngram_{n}", grams.dup_fraction, limit)
         return None
+
+
+STAGE = doc_stage(QualityStage, QualityConfig)

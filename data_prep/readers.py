@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field
 
+from data_prep.stage import ID, ORIGIN, TEXT, Decision, StageSpec, StepSpec, TaskContext
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
-from pipeline.stages import ID, TEXT
 
-ORIGIN = "origin"
 UTF8_ERRORS = "_utf8_errors"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSIONS = ("", ".gz", ".zst")
@@ -313,3 +312,18 @@ def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[
         yield from READERS[piece.kind](piece, cfg, out)
     if out.ids or out.quarantined:
         yield out.flush()
+
+
+def run_read(ctx: TaskContext) -> dict[str, Any]:
+    """The first step: read input shard `ctx.task` into documents, quarantining what cannot be one."""
+    from data_prep.books import DocBooks
+
+    books = DocBooks(ctx.stage)
+    for batch in read_shard(ctx.shards[ctx.task], ctx.settings, ctx.config.batch_size):
+        books.quarantine_raw(batch.quarantined)
+        books.apply(batch.table, Decision(batch.table))
+        ctx.report(batch.table.num_rows + len(batch.quarantined))
+    return books.write(ctx.work, ctx.step, ctx.task, None)
+
+
+STAGE = StageSpec("read", ReadConfig, (StepSpec("", run_read, makes_docs=True),))

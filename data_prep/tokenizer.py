@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from data_prep.books import source_file
+from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.ground.schema import Section
 
+TRAIN, TOKENIZE = "tokenize.train", "tokenize"
 EOD = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -36,6 +46,13 @@ class TokenizerConfig(Section):
         if path is not None and not path.is_file():
             raise ValueError(f"tokenizer file {path} does not exist")
         return path
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A given tokenizer counts by its content, so editing the file reruns tokenize and pack."""
+        identity = super().fingerprint()
+        if self.path is not None:
+            identity["file_sha256"] = file_sha256(self.path)
+        return identity
 
 
 def _capped(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -81,3 +98,74 @@ def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
         ids.append(token_id)
     return ids[0], ids[1]
 
+
+
+# ---- steps ----------------------------------------------------------------------------------
+
+def tokenizer_file(config: Any, work: Path) -> Path:
+    """The tokenizer of a prep run: the given file, or the one its train step wrote."""
+    return config.tokenizer.path or work / TRAIN / TOKENIZER_FILE
+
+
+def tokens_file(work: Path, task: int) -> Path:
+    return work / TOKENIZE / f"tokens-{task:05d}.arrow"
+
+
+def _texts(ctx: TaskContext) -> Iterator[str]:
+    for i in range(len(ctx.shards)):
+        parquet = pq.ParquetFile(source_file(ctx, i))
+        for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[TEXT]):
+            yield from batch.column(0).to_pylist()
+
+
+def run_train(ctx: TaskContext) -> dict[str, Any]:
+    """Train the tokenizer on the clean documents (one task), or check the given one."""
+    cfg = ctx.settings
+    if cfg.path is None:
+        tokenizer = train_tokenizer(_texts(ctx), cfg)
+        with atomic_path(ctx.folder / TOKENIZER_FILE) as tmp:
+            tokenizer.save(str(tmp))
+    tokenizer = load_tokenizer(tokenizer_file(ctx.config, ctx.work))
+    special_ids(tokenizer, cfg)  # a given tokenizer must have the special tokens
+    return {"tokens": {"vocab_size": tokenizer.get_vocab_size()}}
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
+def encoder(path: Path) -> Any:
+    """The tokenizer at `path` for encoding documents, loaded once per worker process."""
+    if str(path) not in _ENCODERS:
+        tokenizer = load_tokenizer(path)
+        tokenizer.encode_special_tokens = True  # "<|endoftext|>" typed in a document is just text
+        _ENCODERS[str(path)] = tokenizer
+    return _ENCODERS[str(path)]
+
+
+def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
+    """Encode one shard's documents, each followed by the end-of-document token."""
+    tokenizer = encoder(tokenizer_file(ctx.config, ctx.work))
+    eod, _ = special_ids(tokenizer, ctx.settings)
+    ids: list[str] = []
+    token_lists: list[np.ndarray] = []
+    parquet = pq.ParquetFile(source_file(ctx))
+    for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[ID, TEXT]):
+        encodings = tokenizer.encode_batch_fast(batch.column(1).to_pylist(), add_special_tokens=False)
+        ids.extend(batch.column(0).to_pylist())
+        token_lists.extend(np.array(e.ids + [eod], dtype=np.uint32) for e in encodings)
+        ctx.report(batch.num_rows)
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate(token_lists) if token_lists else np.zeros(0, np.uint32)
+    table = pa.table({ID: pa.array(ids, pa.string()),
+                      "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+    with atomic_path(tokens_file(ctx.work, ctx.task)) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return {"tokens": {"documents": len(ids), "tokens": int(lengths.sum())}}
+
+
+STAGE = StageSpec("tokenize", TokenizerConfig, (
+    StepSpec(".train", run_train, tasks=single),
+    StepSpec("", run_tokenize),
+), section="tokenizer")

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import STAGE_ORDER, ConfigError, CrucibleConfig, load_config
+from data_prep import registry
+from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
 
 
@@ -22,9 +23,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _stage_list(value: str) -> list[str]:
     stages = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGE_ORDER]
+    unknown = [s for s in stages if s not in registry.names()]
     if unknown or not stages:
-        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_ORDER)}")
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {', '.join(registry.names())}")
     return stages
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
                       help="input file or folder (repeatable; replaces prep.inputs)")
     prep.add_argument("--output", type=Path, required=True, help="output folder")
-    prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(STAGE_ORDER)}")
+    prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
@@ -237,7 +238,7 @@ def _prep_task(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 
 def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
-    from launch.submit import submit
+    from pipeline.executors.slurm import submit
     from pipeline.summary import print_jobs
 
     jobs = submit(config, args.output, dry_run=args.dry_run, prep_only=args.prep_only)
@@ -245,7 +246,7 @@ def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from launch.submit import status
+    from pipeline.executors.slurm import status
     from pipeline.summary import print_status
 
     print_status(*status(args.output))

@@ -2,26 +2,19 @@
 
 Every section forbids unknown keys and validates values, and errors name the dotted key and
 what is allowed, so a typo in a config fails at load time instead of hours into a run.
-Stage sections live next to their stages; this module assembles them.
+Sections live next to what they configure (`prep` with the stage registry, `model` ... with the
+trainer, `launch` with the launchers); this module assembles the root.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
-from data_prep.exact_dedup import ExactDedupConfig
-from data_prep.langid import LangIdConfig
-from data_prep.minhash.config import MinHashConfig
-from data_prep.normalize import NormalizeConfig
-from data_prep.pack import PackConfig
-from data_prep.pii import PiiConfig
-from data_prep.quality import QualityConfig
-from data_prep.readers import ReadConfig
-from data_prep.tokenizer import TokenizerConfig
+from data_prep.config import PrepConfig
 from launch.config import LaunchConfig
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
@@ -35,51 +28,6 @@ from training.config import (
     SamplesConfig,
     TrainConfig,
 )
-
-StageName = Literal["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"]
-STAGE_ORDER: tuple[str, ...] = (
-    "normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality", "tokenize", "pack"
-)
-
-
-class PrepConfig(Section):
-    """Data prep: which inputs, which stages, how many workers, and each stage's settings."""
-
-    inputs: list[Path] = Field(default_factory=list, description="Files or folders to read.")
-    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
-    workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
-    shard_mb: float = Field(
-        16.0, gt=0, description="Target input shard size; large plain JSONL files are split."
-    )
-    batch_size: int = Field(1000, ge=1, description="Documents per Arrow batch inside a task.")
-    read: ReadConfig = Field(default_factory=ReadConfig)
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
-    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
-    minhash_dedup: MinHashConfig = Field(default_factory=MinHashConfig)
-    langid: LangIdConfig = Field(default_factory=LangIdConfig)
-    pii: PiiConfig = Field(default_factory=PiiConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    pack: PackConfig = Field(default_factory=PackConfig)
-
-    @field_validator("stages")
-    @classmethod
-    def _pipeline_order(cls, stages: list[str]) -> list[str]:
-        if len(set(stages)) != len(stages):
-            raise ValueError(f"stages are listed twice: {stages}")
-        if "pack" in stages and "tokenize" not in stages:
-            raise ValueError("pack needs tokenize: add tokenize to the stages")
-        return sorted(stages, key=STAGE_ORDER.index)
-
-    def with_absolute_paths(self) -> PrepConfig:
-        """A copy whose file paths mean the same from any folder (job scripts, the shard manifest)."""
-        copy = self.model_copy(deep=True)
-        copy.inputs = [path.resolve() for path in copy.inputs]
-        if copy.tokenizer.path is not None:
-            copy.tokenizer.path = copy.tokenizer.path.resolve()
-        if copy.langid.model_path is not None:
-            copy.langid.model_path = copy.langid.model_path.resolve()
-        return copy
 
 
 class CrucibleConfig(Section):

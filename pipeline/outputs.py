@@ -16,13 +16,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
+from data_prep.pack import PACK, shard_file
 from data_prep.shards import token_type, write_manifest
-from data_prep.tokenizer import load_tokenizer, special_ids
+from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
+from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.plan import Plan
-from pipeline.tasks import TOKENIZER_FILE, data_file, dropped_file, marker_file, quarantine_file, tokenizer_file
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
 
@@ -97,7 +99,7 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
     totals: Counter[str] = Counter()
     files: list[dict[str, Any]] = []
     for step in plan.steps:
-        if step.stage not in ("tokenize", "pack"):
+        if step.stage not in (TOKENIZE, PACK):
             continue
         seconds = 0.0
         for task in range(step.n_tasks):
@@ -120,9 +122,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]]) -> None:
     """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer)."""
-    tokenizer_path = tokenizer_file(plan, work)
+    tokenizer_path = tokenizer_file(plan.config, work)
     _link_or_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
-    if "pack" not in plan.config.stages:
+    if PACK not in plan.config.stages:
         return
     shards = output / "shards"
     _link_or_copy(tokenizer_path, shards / TOKENIZER_FILE)
@@ -131,7 +133,7 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
         wanted = {f["file"] for f in entries}
         for entry in entries:
-            _link_or_copy(work / "pack" / split / entry["file"], shards / split / entry["file"])
+            _link_or_copy(shard_file(work, split, entry["file"]), shards / split / entry["file"])
         for stale in (shards / split).glob("*.arrow"):
             if stale.name not in wanted:
                 stale.unlink()
@@ -153,7 +155,7 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
 
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
-    if "tokenize" in plan.config.stages:
+    if TOKENIZE in plan.config.stages:
         totals, files = token_stats(plan, work)
         publish_tokens(plan, work, output, totals, files)
         stats["tokens"] = totals

@@ -1,34 +1,39 @@
-"""The stage graph: which steps a prep run executes, in what order, with how many tasks.
+"""The step graph: which steps a prep run executes, in what order, with how many tasks.
 
-A stage is one or more steps; a step is `n_tasks` independent tasks. Per-shard steps have one
-task per input shard; the global steps of the dedupe stages (find duplicates, cluster) have one,
-and near-dedupe's bucket step one per LSH band. The plan is a pure function of the config and
-the inputs, so any process (a local worker, a Slurm array task) can rebuild it and run task i
-of step s alone. Each step's fingerprint chains its stage's config with everything upstream:
-change a quality threshold and only the quality step reruns.
+A stage is one or more steps (`data_prep.registry` lists them); a step is `n_tasks` independent
+tasks, by the step's own rule (one per input shard, one for the corpus, one per LSH band). The
+plan is a pure function of the config and the inputs, so any process (a local worker, a Slurm
+array task) can rebuild it and run task i of step s alone. Each step's fingerprint chains its
+stage's settings with everything upstream: change a quality threshold and only the quality
+step, and what follows it, reruns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep import registry
+from data_prep.config import PrepConfig
 from data_prep.readers import InputShard, plan_shards
-from pipeline.config import PrepConfig
-from pipeline.ground.hashing import file_sha256
+from data_prep.stage import StepSpec, TaskContext
 
 
 @dataclass(frozen=True)
 class Step:
-    name: str  # e.g. "normalize", "minhash_dedup.buckets"
-    stage: str  # the stats row this step belongs to
-    kind: str  # which task function runs it
+    name: str  # e.g. "normalize", "minhash_dedup.buckets": also its folder in the work folder
+    stage: str  # the stage (and stats row) this step belongs to
     n_tasks: int
     source: str | None  # the step whose per-shard documents this step reads
     fingerprint: str
     makes_docs: bool  # writes per-shard documents (and counts them for the stage table)
+
+    @property
+    def spec(self) -> StepSpec:
+        return registry.stage(self.stage).step(self.name)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,12 @@ class Plan:
     def last_docs_step(self) -> Step:
         return [s for s in self.steps if s.makes_docs][-1]
 
+    def context(self, work: Path, step: Step, task: int, report: Callable[[int], None]) -> TaskContext:
+        """What task `task` of `step` is given to run."""
+        settings = self.config.read if step.stage == registry.READ.name else self.config.section(step.stage)
+        return TaskContext(config=self.config, shards=self.shards, work=work, stage=step.stage, settings=settings,
+                           step=step.name, source=step.source, task=task, report=report)
+
 
 def _digest(*parts: object) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
@@ -62,45 +73,20 @@ def _input_identity(shards: list[InputShard]) -> list[tuple[str, int, int | None
     return identity
 
 
-# (step suffix, kind, one task per shard?, writes documents?) for each stage, in order.
-STAGE_STEPS: dict[str, list[tuple[str, str, str, bool]]] = {
-    "normalize": [("", "doc", "shards", True)],
-    "exact_dedup": [
-        (".hash", "exact_hash", "shards", False),
-        (".find", "exact_find", "one", False),
-        (".filter", "exact_filter", "shards", True),
-    ],
-    "minhash_dedup": [
-        (".signatures", "minhash_signatures", "shards", False),
-        (".buckets", "minhash_buckets", "bands", False),
-        (".clusters", "minhash_clusters", "one", False),
-        (".filter", "minhash_filter", "shards", True),
-    ],
-    "langid": [("", "doc", "shards", True)],
-    "pii": [("", "doc", "shards", True)],
-    "quality": [("", "doc", "shards", True)],
-    "tokenize": [(".train", "tokenizer_train", "one", False), ("", "tokenize", "shards", False)],
-    "pack": [("", "pack", "shards", False)],
-}
-
-
-CONFIG_SECTION = {"tokenize": "tokenizer"}  # stages whose config section has another name
-
-
 def build_plan(config: PrepConfig) -> Plan:
     shards = plan_shards(list(config.inputs), int(config.shard_mb * 2**20))
     n = len(shards)
     read_fp = _digest(_input_identity(shards), config.read.model_dump(mode="json"), config.batch_size)
-    steps = [Step("read", "read", "read", n, None, read_fp, True)]
-    source, fingerprint = "read", read_fp
-    for stage in config.stages:
-        stage_config = getattr(config, CONFIG_SECTION.get(stage, stage)).model_dump(mode="json")
-        if stage == "tokenize" and config.tokenizer.path is not None:
-            stage_config["file_sha256"] = file_sha256(config.tokenizer.path)
-        counts = {"shards": n, "one": 1, "bands": config.minhash_dedup.band_layout()[0]}
-        for suffix, kind, tasks, makes_docs in STAGE_STEPS[stage]:
-            fingerprint = _digest(fingerprint, stage + suffix, stage_config)
-            steps.append(Step(stage + suffix, stage, kind, counts[tasks], source, fingerprint, makes_docs))
+    read = registry.READ.name
+    steps = [Step(read, read, n, None, read_fp, True)]
+    source, fingerprint = read, read_fp
+    for name in config.stages:
+        stage = registry.stage(name)
+        settings = config.section(name).fingerprint()
+        for spec in stage.steps:
+            step_name = stage.step_name(spec)
+            fingerprint = _digest(fingerprint, step_name, settings)
+            steps.append(Step(step_name, name, spec.tasks(config, n), source, fingerprint, spec.makes_docs))
         if steps[-1].makes_docs:
             source = steps[-1].name
     return Plan(config, tuple(shards), tuple(steps))

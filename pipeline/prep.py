@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepConfig
-from pipeline.executors.local import execute_task, pending_tasks, prepare_step_dir, run_local, step_is_current
+from pipeline.executors.local import run_local
+from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, step_is_current
 from pipeline.ground.errors import UserError
 from pipeline.outputs import publish
 from pipeline.plan import build_plan

@@ -11,7 +11,7 @@ from rich.table import Table
 from pipeline.ground.console import console as _console
 
 if TYPE_CHECKING:
-    from launch.submit import Job, StepStatus
+    from pipeline.executors.slurm import Job, StepStatus
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:

@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from data_prep.pii import PII_TYPES, PiiConfig, PiiRedactor, PiiStage, placeholder
-from pipeline.stages import Drop
+from data_prep.stage import Drop
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHANGELOGS = DATA / "debian_changelogs_pii.jsonl"

@@ -86,7 +86,7 @@ def test_slurm_run_equals_local_run(slurm_run: Path, local_run: Path) -> None:
 
 
 def test_status_reports_every_step_done(slurm_run: Path) -> None:
-    from launch.submit import status
+    from pipeline.executors.slurm import status
 
     steps, train = status(slurm_run)
     assert steps and all(row.done == row.total for row in steps)

@@ -1,27 +1,21 @@
 """Run a prep plan on this machine with a pool of worker processes.
 
-Steps run in order; the tasks of a step run in parallel. A task counts as done only when its
-marker (written atomically, after its outputs) exists and carries the step's fingerprint, so a
-killed run resumes where it stopped and a rerun of a finished run does no work. A step whose
-config changed since its outputs were written is cleared and rerun, with everything after it.
+Steps run in order; the tasks of a step run in parallel, each through `steps.execute_task`, as
+a Slurm array element would run it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import shutil
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.ground.atomic import remove_temp_files, write_json
-from pipeline.ground.markers import read_marker
-from pipeline.plan import Plan, Step
-from pipeline.tasks import TASKS, marker_file
+from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir
+from pipeline.plan import Plan
 
 _progress: Any = None
 
@@ -36,46 +30,8 @@ def _report(step: str, n: int) -> None:
         _progress.put((step, n))
 
 
-def execute_task(plan: Plan, work: Path, step_name: str, task: int) -> dict[str, Any]:
-    """Run one task and publish its marker; the same entry point serves every executor."""
-    step = plan.step(step_name)
-    started = time.perf_counter()
-    payload = TASKS[step.kind](plan, work, step, task, lambda n: _report(step.name, n))
-    payload |= {"fingerprint": step.fingerprint, "seconds": round(time.perf_counter() - started, 3)}
-    write_json(marker_file(work, step.name, task), payload)
-    return payload
-
-
-def step_is_current(work: Path, step: Step) -> bool:
-    """Whether the step folder was made for this step's fingerprint (its tasks' outputs are usable)."""
-    return (read_marker(work / step.name / "step.json") or {}).get("fingerprint") == step.fingerprint
-
-
-def pending_tasks(work: Path, step: Step) -> list[int]:
-    """Tasks of `step` without a marker of its fingerprint (all of them in a stale folder)."""
-    if not step_is_current(work, step):
-        return list(range(step.n_tasks))
-    return [t for t in range(step.n_tasks)
-            if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint]
-
-
-def prepare_step_dir(work: Path, step: Step) -> list[int]:
-    """Clear a step folder made with another fingerprint; return the tasks still to run."""
-    folder = work / step.name
-    if folder.exists() and not step_is_current(work, step):
-        shutil.rmtree(folder)
-    if not folder.exists():
-        write_json(folder / "step.json", {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
-    remove_temp_files(folder)
-    return pending_tasks(work, step)
-
-
-def _expected_units(work: Path, plan: Plan, step: Step) -> int | None:
-    if step.source is None:
-        return None
-    markers = [read_marker(marker_file(work, step.source, t)) for t in range(len(plan.shards))]
-    total = sum(m["docs_out"] for m in markers if m)
-    return total * step.n_tasks if step.kind == "minhash_buckets" else total
+def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dict[str, Any]:
+    return execute_task(plan, work, step_name, task, lambda n: _report(step_name, n))
 
 
 def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) -> None:
@@ -87,9 +43,9 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
             pending = prepare_step_dir(work, step)
             if not pending:
                 continue
-            bar = tqdm(total=_expected_units(work, plan, step), desc=f"{step.name:<26}", unit="doc",
+            bar = tqdm(total=expected_units(work, plan, step), desc=f"{step.name:<26}", unit=step.spec.unit,
                        disable=not show_progress, leave=True, dynamic_ncols=True)
-            futures = {pool.submit(execute_task, plan, work, step.name, t): t for t in pending}
+            futures = {pool.submit(_execute_in_worker, plan, work, step.name, t): t for t in pending}
             try:
                 _wait_with_progress(futures, progress, bar, step.name)
             finally:

@@ -1,4 +1,4 @@
-"""`crucible submit` and `crucible status`: a whole run as a chain of Slurm jobs, and where it stands.
+"""The Slurm executor (`crucible submit` and `crucible status`): a run as a chain of Slurm jobs.
 
 The chain: one array job per data-prep step (split where a step has more tasks than the
 cluster's MaxArraySize), each after the one before succeeded (`afterok`); a publishing job; the
@@ -31,7 +31,7 @@ from launch.sbatch import (
     train_script,
 )
 from pipeline.config import CrucibleConfig, load_config
-from pipeline.executors.local import pending_tasks
+from pipeline.executors.steps import pending_tasks
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.plan import Plan, build_plan
@@ -81,7 +81,7 @@ def _previous_active(paths: RunPaths) -> list[str]:
 
 def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_only: bool = False) -> list[Job]:
     """Render the scripts into OUTPUT/slurm and submit the jobs still needed (none with dry_run)."""
-    config.prep = config.prep.with_absolute_paths()
+    config = config.model_copy(update={"prep": config.prep.with_absolute_paths()})
     paths = run_paths(config, output)
     if not dry_run and (active := _previous_active(paths)):
         raise UserError(f"jobs {', '.join(active)} of the previous submission of {output} are still queued or "

@@ -1,0 +1,223 @@
+"""The books every document step keeps, and the files a step task writes.
+
+Per-document steps share one runner that applies a stage's decisions and keeps the books: kept
+rows go on, dropped rows become lineage records, quarantined rows keep their raw text, and
+docs_in = docs_out + dropped + quarantined by construction. Global dedupe steps record their
+verdicts as a removals table (shard, row, duplicate_of) that a per-shard filter step applies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.stage import ID, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
+from pipeline.ground.atomic import write_parquet
+from pipeline.ground.markers import read_marker
+from pipeline.ground.schema import Section
+
+DROPPED_SCHEMA = pa.schema(
+    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+     ("detail", pa.string()), ("origin", pa.string())]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [("origin", pa.string()), ("id", pa.string()), ("stage", pa.string()),
+     ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.binary())]
+)
+REMOVALS_SCHEMA = pa.schema(
+    [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
+)
+REMOVALS_FILE = "removals.parquet"
+DETAIL_COLUMNS = ("lang", "lang_score")
+
+
+def data_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"data-{task:05d}.parquet"
+
+
+def dropped_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"dropped-{task:05d}.parquet"
+
+
+def quarantine_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"quarantine-{task:05d}.parquet"
+
+
+def marker_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"done-{task:05d}.json"
+
+
+def _detail_json(detail: dict[str, Any]) -> str:
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)
+
+
+class DocBooks:
+    """Accumulates one task's kept documents, lineage and counts."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.kept: list[pa.Table] = []
+        self.dropped: list[dict[str, Any]] = []
+        self.quarantined: list[dict[str, Any]] = []
+        self.docs_in = 0
+        self.tally: dict[str, Counter[str]] = {}
+
+    def quarantine_raw(self, records: list[dict[str, Any]]) -> None:
+        """Records that never became documents (reader rejects)."""
+        self.docs_in += len(records)
+        for record in records:
+            self.quarantined.append({**record, "stage": self.stage, "detail": _detail_json(record["detail"])})
+
+    def apply(self, incoming: pa.Table, decision: Decision) -> pa.Table:
+        """Book a decision on `incoming`; return the kept rows."""
+        table, drops = decision.table, decision.drops
+        if table.num_rows != incoming.num_rows:
+            raise RuntimeError(f"stage {self.stage} changed the number of rows in a batch")
+        self.docs_in += table.num_rows
+        if drops:
+            ids = table[ID].to_pylist()
+            origins = table[ORIGIN].to_pylist() if ORIGIN in table.column_names else [None] * len(ids)
+            extras = {c: table[c].to_pylist() for c in DETAIL_COLUMNS if c in table.column_names}
+            raw_texts = incoming[TEXT]
+            for row in sorted(drops):
+                drop = drops[row]
+                detail = {c: values[row] for c, values in extras.items()} | drop.detail
+                record = {"id": ids[row], "stage": self.stage, "reason": drop.reason,
+                          "detail": _detail_json(detail), "origin": origins[row]}
+                if drop.quarantine:
+                    record["raw"] = raw_texts[row].as_py().encode()
+                    self.quarantined.append(record)
+                else:
+                    self.dropped.append(record)
+            mask = np.ones(table.num_rows, dtype=bool)
+            mask[list(drops)] = False
+            table = table.filter(pa.array(mask))
+        self.kept.append(table)
+        return table
+
+    def add_tally(self, counts: dict[str, dict[str, int]]) -> None:
+        for name, values in counts.items():
+            self.tally.setdefault(name, Counter()).update(values)
+
+    def write(self, work: Path, step: str, task: int, empty_schema: pa.Schema | None) -> dict[str, Any]:
+        kept = [t for t in self.kept if t.num_rows] or self.kept[:1]
+        if kept:
+            data = pa.concat_tables(kept, promote_options="permissive")
+        else:
+            data = (empty_schema or pa.schema([(ID, pa.string()), (TEXT, pa.string())])).empty_table()
+        write_parquet(data_file(work, step, task), data)
+        write_parquet(dropped_file(work, step, task), pa.Table.from_pylist(self.dropped, DROPPED_SCHEMA))
+        write_parquet(quarantine_file(work, step, task), pa.Table.from_pylist(self.quarantined, QUARANTINE_SCHEMA))
+        return {
+            "docs_in": self.docs_in,
+            "docs_out": data.num_rows,
+            "dropped": dict(Counter(r["reason"] for r in self.dropped)),
+            "quarantined": dict(Counter(r["reason"] for r in self.quarantined)),
+            "tally": {name: dict(values) for name, values in self.tally.items()},
+        }
+
+
+# ---- reading a step's documents -----------------------------------------------------------
+
+def source_file(ctx: TaskContext, task: int | None = None) -> Path:
+    """The documents this step reads: its source step's output for `task` (default: its own task)."""
+    return data_file(ctx.work, ctx.source, ctx.task if task is None else task)  # type: ignore[arg-type]
+
+
+def source_batches(ctx: TaskContext) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(source_file(ctx))
+    for batch in parquet.iter_batches(batch_size=ctx.config.batch_size):
+        yield pa.Table.from_batches([batch])
+
+
+def source_column(ctx: TaskContext, column: str) -> list[Any]:
+    """One column of every shard's documents, in corpus order."""
+    values: list[Any] = []
+    for i in range(len(ctx.shards)):
+        values.extend(pq.read_table(source_file(ctx, i), columns=[column])[column].to_pylist())
+    return values
+
+
+def shard_offsets(ctx: TaskContext) -> np.ndarray:
+    """Where each shard's documents start in corpus order (from the source step's markers)."""
+    counts = [read_marker(marker_file(ctx.work, ctx.source, i))["docs_out"]  # type: ignore[arg-type, index]
+              for i in range(len(ctx.shards))]
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+# ---- per-document steps -------------------------------------------------------------------
+
+def run_stage_on_source(ctx: TaskContext, stage: DocStage) -> dict[str, Any]:
+    """Apply `stage` to this task's documents in batches and write kept rows and lineage."""
+    books = DocBooks(ctx.stage)
+    for table in source_batches(ctx):
+        kept = books.apply(table, stage.decide(table))
+        books.add_tally(stage.tally(kept))
+        ctx.report(table.num_rows)
+    return books.write(ctx.work, ctx.step, ctx.task, pq.read_schema(source_file(ctx)))
+
+
+_STAGE_CACHE: dict[tuple[str, str], DocStage] = {}
+
+
+def run_doc_step(stage: type[DocStage], ctx: TaskContext) -> dict[str, Any]:
+    """The step of a per-document stage; one stage object per worker and config, so models load once."""
+    key = (ctx.stage, ctx.settings.model_dump_json())
+    if key not in _STAGE_CACHE:
+        instance = stage(ctx.settings)  # type: ignore[call-arg]
+        instance.setup()
+        _STAGE_CACHE[key] = instance
+    return run_stage_on_source(ctx, _STAGE_CACHE[key])
+
+
+def doc_stage(stage: type[DocStage], config: type[Section]) -> StageSpec:
+    """The spec of a per-document stage: one per-shard step that applies `stage.decide`."""
+    return StageSpec(stage.name, config, (StepSpec("", partial(run_doc_step, stage), makes_docs=True),))
+
+
+# ---- removals found by a global step ----------------------------------------------------------
+
+class ShardRowFilter(DocStage):
+    """Drops the rows a global step chose, by position in this shard (batches arrive in order)."""
+
+    name: ClassVar[str] = "row_filter"
+
+    def __init__(self, drops: dict[int, Drop]) -> None:
+        self.drops = drops
+        self.offset = 0
+
+    def decide(self, table: pa.Table) -> Decision:
+        start, self.offset = self.offset, self.offset + table.num_rows
+        return Decision(table, {r - start: d for r, d in self.drops.items() if start <= r < self.offset})
+
+
+def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, ids: list[str],
+                   jaccard: np.ndarray | None) -> None:
+    """Record corpus rows `removed`, each a duplicate of the row at the same place in `keepers`."""
+    offsets = shard_offsets(ctx)
+    shard = np.searchsorted(offsets, removed, side="right") - 1
+    table = pa.table({
+        "shard": pa.array(shard.astype(np.int32)),
+        "row": pa.array((removed - offsets[shard]).astype(np.int64)),
+        "duplicate_of": pa.array([ids[k] for k in keepers], pa.string()),
+        "jaccard": pa.array(jaccard.astype(np.float32) if jaccard is not None else [None] * len(removed), pa.float32()),
+    }, schema=REMOVALS_SCHEMA)
+    write_parquet(ctx.folder / REMOVALS_FILE, table)
+
+
+def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str) -> dict[str, Any]:
+    """Drop this shard's rows listed in `removals_step`'s removals table, with `reason`."""
+    table = pq.read_table(ctx.work / removals_step / REMOVALS_FILE, filters=[("shard", "=", ctx.task)])
+    drops = {}
+    for row, duplicate_of, jaccard in zip(*(table[c].to_pylist() for c in ("row", "duplicate_of", "jaccard"))):
+        detail = {"duplicate_of": duplicate_of} | ({} if jaccard is None else {"jaccard": round(jaccard, 4)})
+        drops[row] = Drop(reason, detail)
+    return run_stage_on_source(ctx, ShardRowFilter(drops))

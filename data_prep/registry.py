@@ -1,0 +1,54 @@
+"""The one list of prep stages, in pipeline order.
+
+The config's stage list and sections, the plan's steps and the executors' task table are all
+derived from it. Adding a stage: write its module (a `DocStage` with `doc_stage(...)`, or a
+`StageSpec` with its steps), add one line here, and its settings become `prep.<section>`.
+"""
+
+from __future__ import annotations
+
+from data_prep import exact_dedup, langid, normalize, pack, pii, quality, readers, tokenizer
+from data_prep.minhash import steps as minhash_dedup
+from data_prep.stage import StageSpec
+
+READ = readers.STAGE  # always the first step; not listed in `prep.stages`
+
+STAGES: list[StageSpec] = [
+    normalize.STAGE,
+    exact_dedup.STAGE,
+    minhash_dedup.STAGE,
+    langid.STAGE,
+    pii.STAGE,
+    quality.STAGE,
+    tokenizer.STAGE,
+    pack.STAGE,
+]
+
+_sealed = False
+
+
+def register(stage: StageSpec, before: str) -> None:
+    """Add a stage before the stage named `before`; only before `data_prep.config` builds the schema."""
+    if _sealed:
+        raise RuntimeError(f"register {stage.name!r} before data_prep.config is imported: the schema is built")
+    if stage.name in names():
+        raise ValueError(f"a stage named {stage.name!r} is registered already")
+    STAGES.insert(names().index(before), stage)
+
+
+def seal() -> None:
+    """Called once the config schema is built from the list; later registrations would be missed."""
+    global _sealed
+    _sealed = True
+
+
+def names() -> list[str]:
+    return [stage.name for stage in STAGES]
+
+
+def stage(name: str) -> StageSpec:
+    """The stage called `name` (`read` included)."""
+    for spec in [READ, *STAGES]:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no stage {name!r} (stages: {', '.join(names())})")

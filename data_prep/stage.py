@@ -1,0 +1,146 @@
+"""The stage contract: a stage only decides, the framework keeps the books.
+
+A per-document stage receives a batch of documents as an Arrow table and returns a `Decision`: the same rows
+(possibly with rewritten or added columns) and, for the rows it rejects, a `Drop` with a reason.
+Counting, timing, lineage records and quarantine files are the executor's job, so no stage can
+forget them and every document that enters a stage leaves it kept, dropped or quarantined.
+
+A stage that needs the whole corpus (dedupe, tokenizer training) declares its steps instead: each
+step has a run function for one task, a rule for its task count and the files it owns, and the
+executors run any step the same way. `data_prep.registry` lists the stages in pipeline order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.ground.schema import Section
+
+if TYPE_CHECKING:
+    from data_prep.config import PrepConfig
+    from data_prep.readers import InputShard
+
+# Columns every document carries between stages. Stages may add more (lang, lang_score, ...).
+ID = "id"
+TEXT = "text"
+ORIGIN = "origin"  # file:offset (or file:row) of the record a document came from
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Why one document leaves the stream; `quarantine` marks malformed input, not a filter."""
+
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    quarantine: bool = False
+
+
+@dataclass
+class Decision:
+    """A stage's verdict on one batch: `table` has the input's rows, `drops` maps row -> Drop."""
+
+    table: pa.Table
+    drops: dict[int, Drop] = field(default_factory=dict)
+
+
+class DocStage(ABC):
+    """A per-document stage; subclasses set `name` and implement `decide`."""
+
+    name: ClassVar[str]
+
+    def setup(self) -> None:
+        """Load models or tables once per worker process, before the first batch."""
+
+    @abstractmethod
+    def decide(self, table: pa.Table) -> Decision:
+        """Return the decision for `table`; must not change the number or order of rows."""
+
+    def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
+        """Counts worth reporting over the kept documents (e.g. languages); summed over tasks."""
+        return {}
+
+
+def replace_column(table: pa.Table, name: str, values: pa.Array | list[Any]) -> pa.Table:
+    """Set column `name` to `values`, adding it at the end when it is new."""
+    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        return table.append_column(name, array)
+    return table.set_column(index, name, array)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What one task of a step needs: the prep config, the input shards, where to read and write."""
+
+    config: PrepConfig
+    shards: tuple[InputShard, ...]
+    work: Path  # the run's work folder; each step writes into work / step
+    stage: str  # the stage this step belongs to
+    settings: Any  # that stage's config section
+    step: str  # this step's folder name, e.g. "minhash_dedup.buckets"
+    source: str | None  # the step whose per-shard documents this step reads
+    task: int
+    report: Callable[[int], None]  # progress: units done since the last call
+
+    @property
+    def folder(self) -> Path:
+        return self.work / self.step
+
+
+def per_shard(config: PrepConfig, n_shards: int) -> int:
+    """One task per input shard (the per-document and per-shard steps)."""
+    return n_shards
+
+
+def single(config: PrepConfig, n_shards: int) -> int:
+    """One task for the whole corpus (a global step)."""
+    return 1
+
+
+def docs_seen(docs: int, n_tasks: int) -> int:
+    """Progress units of a step whose tasks together see every document once."""
+    return docs
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a stage: what a task runs, how many tasks, and whether it passes documents on."""
+
+    suffix: str  # "" for a stage's only or last step, else e.g. ".hash"; the folder is stage + suffix
+    run: Callable[[TaskContext], dict[str, Any]]  # returns the counts stored in the completion marker
+    tasks: Callable[[PrepConfig, int], int] = per_shard  # (config, number of input shards) -> task count
+    makes_docs: bool = False  # writes per-shard documents (and counts them for the stage table)
+    unit: str = "doc"  # what its progress bar counts
+    units: Callable[[int, int], int] = docs_seen  # (documents it reads, task count) -> progress total
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage: its name (the `prep.stages` entry), its config section and its steps in order."""
+
+    name: str
+    config: type[Section]
+    steps: tuple[StepSpec, ...]
+    section: str = ""  # the config section's key when it differs from the name
+    requires: tuple[str, ...] = ()  # stages that must run too
+
+    @property
+    def section_name(self) -> str:
+        return self.section or self.name
+
+    def step_name(self, step: StepSpec) -> str:
+        return self.name + step.suffix
+
+    def step(self, name: str) -> StepSpec:
+        for step in self.steps:
+            if self.step_name(step) == name:
+                return step
+        raise KeyError(f"stage {self.name} has no step {name!r}")
+

@@ -1,0 +1,64 @@
+"""What every executor shares: the step folders, their completion markers and one task's run.
+
+A task counts as done only when its marker (written atomically, after its outputs) exists and
+carries the step's fingerprint, so a killed run resumes where it stopped and a rerun of a
+finished run does no work. A step whose config changed since its outputs were written is
+cleared and rerun, with everything after it. The local executor calls `execute_task` in a
+process pool; the Slurm executor's array jobs call it through `crucible prep-task`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from data_prep.books import marker_file
+from pipeline.ground.atomic import remove_temp_files, write_json
+from pipeline.ground.markers import read_marker
+from pipeline.plan import Plan, Step
+
+
+def execute_task(plan: Plan, work: Path, step_name: str, task: int,
+                 report: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Run one task and publish its marker."""
+    step = plan.step(step_name)
+    started = time.perf_counter()
+    payload = step.spec.run(plan.context(work, step, task, report))
+    payload |= {"fingerprint": step.fingerprint, "seconds": round(time.perf_counter() - started, 3)}
+    write_json(marker_file(work, step.name, task), payload)
+    return payload
+
+
+def step_is_current(work: Path, step: Step) -> bool:
+    """Whether the step folder was made for this step's fingerprint (its tasks' outputs are usable)."""
+    return (read_marker(work / step.name / "step.json") or {}).get("fingerprint") == step.fingerprint
+
+
+def pending_tasks(work: Path, step: Step) -> list[int]:
+    """Tasks of `step` without a marker of its fingerprint (all of them in a stale folder)."""
+    if not step_is_current(work, step):
+        return list(range(step.n_tasks))
+    return [t for t in range(step.n_tasks)
+            if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint]
+
+
+def prepare_step_dir(work: Path, step: Step) -> list[int]:
+    """Clear a step folder made with another fingerprint; return the tasks still to run."""
+    folder = work / step.name
+    if folder.exists() and not step_is_current(work, step):
+        shutil.rmtree(folder)
+    if not folder.exists():
+        write_json(folder / "step.json", {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
+    remove_temp_files(folder)
+    return pending_tasks(work, step)
+
+
+def expected_units(work: Path, plan: Plan, step: Step) -> int | None:
+    """The progress total of `step`: from the documents its source step kept (None before any)."""
+    if step.source is None:
+        return None
+    markers = [read_marker(marker_file(work, step.source, t)) for t in range(len(plan.shards))]
+    return step.spec.units(sum(m["docs_out"] for m in markers if m), step.n_tasks)

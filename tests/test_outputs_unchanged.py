@@ -1,0 +1,78 @@
+"""Refactors keep results: the sample corpus gives the bytes and the losses recorded before them.
+
+The digests and losses below were recorded with the code as it stood before the package layout
+moved to floors and a stage registry (issue 11); a change that means to alter results updates
+them on purpose, in the same commit, saying why. The manifest is compared without its
+`prep_config`, which holds absolute input paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, metrics
+
+RECORDED_DIGESTS = {
+    "clean": "d3702d3335ff528b9271ef5b314a33f518f40847f56d05a0b1d4f682626b01cc",
+    "dropped": "4bdebae4e1d07af0758d38c0d3cc24a8c04057882b8180631149f4ca4c766ad2",
+    "quarantine": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "tokenizer": "908ea38b4cf6df9ea8cebcf65eeffc45b9121d01aca48628b1c02e04ac377d95",
+    "shards": "bb104871a1cfb14b297cd5c0d0b505e7b004c5608775a24b8ccfa0cb1342f248",
+}
+RECORDED_LOSSES = [
+    9.017728805541992, 9.006471633911133, 8.996767044067383, 9.0061616897583, 8.982523918151855,
+    8.978652000427246, 8.97494888305664, 8.981355667114258, 8.898750305175781, 8.91082763671875,
+    8.671714782714844, 8.536352157592773, 8.551628112792969, 8.46298885345459, 8.385730743408203,
+    8.290706634521484, 8.405997276306152, 8.173772811889648, 8.117321014404297, 8.305469512939453,
+]
+TINY_MODEL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=176",
+              "train.global_batch_size=4", "train.micro_batch_size=2", "train.max_steps=20", "train.log_interval=1",
+              "train.eval_interval=10", "checkpoint.enabled=false"]
+
+
+def file_digest(path: Path) -> str:
+    data = path.read_bytes()
+    if path.name == "manifest.json":
+        manifest = json.loads(data)
+        manifest.pop("prep_config")
+        data = json.dumps(manifest, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(f"{path.relative_to(folder).as_posix()} {file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def crucible(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def sample_prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("sample") / "prep"
+    crucible("prep", "--config", "configs/sample.yaml", "--output", str(output), "--no-progress")
+    return output
+
+
+@pytest.mark.parametrize("folder", sorted(RECORDED_DIGESTS))
+def test_sample_prep_outputs_are_the_recorded_bytes(sample_prep: Path, folder: str) -> None:
+    assert folder_digest(sample_prep / folder) == RECORDED_DIGESTS[folder]
+
+
+def test_twenty_steps_give_the_recorded_losses(sample_prep: Path, tmp_path: Path) -> None:
+    crucible("train", "--config", "configs/sample.yaml", "--data", str(sample_prep / "shards"),
+             "--output", str(tmp_path / "run"), *[arg for key in TINY_MODEL for arg in ("--set", key)])
+    losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert losses == pytest.approx(RECORDED_LOSSES, rel=1e-6, abs=0)
