@@ -27,7 +27,7 @@ from pydantic import Field
 
 from data_prep import shards as shard_format
 from data_prep.stage import ID, StageSpec, StepSpec, TaskContext
-from data_prep.tokenizer import encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
+from data_prep.tokenizer import TOKENIZE, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.schema import Section
 
 PACK = "pack"
@@ -152,4 +152,4 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     return {"tokens": dict(counts), "files": files}
 
 
-STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=("tokenize",))
+STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=(TOKENIZE,))

@@ -165,7 +165,7 @@ def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
     return {"tokens": {"documents": len(ids), "tokens": int(lengths.sum())}}
 
 
-STAGE = StageSpec("tokenize", TokenizerConfig, (
+STAGE = StageSpec(TOKENIZE, TokenizerConfig, (
     StepSpec(".train", run_train, tasks=single),
     StepSpec("", run_tokenize),
 ), section="tokenizer")
