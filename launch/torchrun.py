@@ -17,8 +17,9 @@ def free_port() -> int:
 
 def torchrun_command(endpoint: str, nnodes: int, nproc_per_node: int, max_restarts: int, run_id: str,
                      train_args: list[str]) -> list[str]:
-    """One torchrun agent with a c10d rendezvous at `endpoint` (host:port), running `crucible train`."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+    """One torchrun agent (with one-line user errors, `launch.agent`) with a c10d rendezvous at `endpoint`
+    (host:port), running `crucible train`."""
+    return [sys.executable, "-m", "launch.agent", "--nnodes", str(nnodes),
             "--nproc_per_node", str(nproc_per_node), "--max-restarts", str(max_restarts),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
             "-m", "pipeline", "train", *train_args]

@@ -201,6 +201,7 @@ def _plan(config: CrucibleConfig) -> None:
 def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
     """prep, then training under torchrun on this machine, in one run folder."""
     import subprocess
+    import time
 
     from launch.torchrun import local_train_command
     from pipeline.report import build_report
@@ -208,15 +209,19 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     from training.generate import sample_texts
 
     data = args.output / "data"
+    started = time.perf_counter()
     _prep(config, data, show_progress)
+    timings = {"prep": time.perf_counter() - started}
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
     print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
+    started = time.perf_counter()
     returncode = subprocess.run(command).returncode
+    timings["training"] = time.perf_counter() - started
     if returncode != 0:
         return returncode
     latest = Checkpointer(args.output / "train", config.checkpoint, rank=0).latest()
     samples = sample_texts(latest.path, data / "shards" / "tokenizer.json", config.samples) if latest else []
-    report = build_report(args.output, samples)
+    report = build_report(args.output, samples, config, timings)
     _print_samples(samples)
     print(f"report: {report} (and report.md)")
     return 0
@@ -265,6 +270,16 @@ def _print_samples(samples: list[tuple[str, str]]) -> None:
     console().print(table)
 
 
+def _user_error(verb: str, message: str) -> int:
+    """Print a user's mistake as one line; a training rank under `launch.agent` leaves it to the agent,
+    which prints it once for all ranks."""
+    from launch.agent import record_user_error
+
+    if not (verb == "train" and record_user_error(message)):
+        print(message, file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -274,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _load(args) if args.verb != "status" else None
     except ConfigError as exc:
-        print(f"crucible: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(args.verb, f"crucible: {exc}")
     show_progress = not getattr(args, "no_progress", False)
     try:
         if args.verb == "prep":
@@ -297,6 +311,5 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "prep-task":
             _prep_task(config, args)
     except UserError as exc:
-        print(f"crucible {args.verb}: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(args.verb, f"crucible {args.verb}: {exc}")
     return 0

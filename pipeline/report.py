@@ -1,41 +1,114 @@
-"""The run report: `<run>/report.md` and `report.html`, with PNG plots where a picture helps.
+"""The run report: `<run>/report.html`, one self-contained page, and `report.md`, its text twin.
 
 It reads only what the run already wrote (prep's stats.json, the trainer's metrics.jsonl and
-events.jsonl, the checkpoints, the sample generations), so it can be rebuilt at any time.
+events.jsonl, the checkpoints, the sample generations) plus the config and wall times the `run`
+verb hands it, so it can be rebuilt at any time. Plots are embedded in the page as PNG data,
+so the one HTML file can be mailed or archived alone.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.ground.atomic import write_text  # noqa: E402
 
+BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
+EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+
+
+@dataclass
+class Page:
+    """The report's sections as (heading, html, markdown) blocks, rendered once into both files."""
+
+    title: str
+    blocks: list[tuple[str, str]] = field(default_factory=list)  # (html, markdown)
+    figures: list[Figure] = field(default_factory=list)
+
+    def heading(self, text: str) -> None:
+        self.blocks.append((f"<h2>{html.escape(text)}</h2>", f"## {text}"))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append((f"<p>{html.escape(text)}</p>", text))
+
+    def table(self, headers: list[str], rows: list[list[Any]]) -> None:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        markdown = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        markdown += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+        self.blocks.append((f"<table><tr>{head}</tr>{body}</table>", "\n".join(markdown)))
+
+    def figure(self, fig: Any, name: str, title: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        png = buffer.getvalue()
+        self.figures.append(Figure(name, title, png))
+        data = base64.b64encode(png).decode()
+        self.blocks.append((f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{html.escape(title)}</figcaption></figure>", f"![{title}]({name})"))
+
+    def details(self, summary: str, text: str) -> None:
+        self.blocks.append((f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>",
+                            f"<details><summary>{summary}</summary>\n\n```\n{text}```\n</details>"))
+
+    def html(self) -> str:
+        style = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
+                 "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+                 "text-align:left;vertical-align:top}th{background:#f1f2f6}img{max-width:100%}"
+                 "figure{margin:1em 0}figcaption{color:#666;font-size:90%}pre{background:#f8f8f8;padding:1em;"
+                 "overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
+        body = "".join(block for block, _ in self.blocks)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{body}</body></html>\n")
+
+    def markdown(self) -> str:
+        return f"# {self.title}\n\n" + "\n\n".join(md for _, md in self.blocks) + "\n"
+
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _plot_funnel(stats: dict[str, Any], target: Path) -> None:
-    stages = stats["stages"]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [s["name"] for s in stages]
-    ax.bar(names, [s["docs_in"] for s in stages], color="#c8d6e5", label="in")
-    ax.bar(names, [s["docs_out"] for s in stages], color="#2e86de", label="kept")
-    ax.set_ylabel("documents")
-    ax.set_title("data funnel")
-    ax.legend()
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+def _seconds(value: float) -> str:
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
+
+
+def hardware() -> str:
+    """What trained: the GPU's name, else the CPU's model and core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"CPU: {model}, {os.cpu_count()} cores"
 
 
 def unigram_entropy(shards: Path) -> float:
@@ -43,117 +116,173 @@ def unigram_entropy(shards: Path) -> float:
     ignores context. A trained model must get well below it."""
     import numpy as np
 
+    from data_prep.shards import read_manifest
     from training.data import PackedDataset
 
     dataset = PackedDataset(shards, "train", verify=False)
-    counts = np.zeros(dataset.manifest["tokenizer"]["vocab_size"], dtype=np.int64)
+    counts = np.zeros(read_manifest(shards)["tokenizer"]["vocab_size"], dtype=np.int64)
     for tokens in dataset.tokens:
         counts += np.bincount(tokens.values.to_numpy(), minlength=len(counts))[: len(counts)]
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
 
-def _plot_curves(metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float, target: Path) -> None:
-    kept = [m for m in metrics if "anomaly" not in m]
-    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    loss_ax.axhline(entropy, color="#8395a7", linestyle=":", label="unigram entropy of the tokens")
-    loss_ax.plot([m["step"] for m in kept], [m["loss"] for m in kept], label="train loss", color="#2e86de")
-    val = [m for m in kept if "val_loss" in m]
-    loss_ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="validation loss", color="#ee5253")
-    for event in events:
-        if event["event"] == "rollback":
-            loss_ax.axvline(event["step"], color="#ff9f43", linestyle="--", linewidth=1)
-    loss_ax.set_xlabel("step")
-    loss_ax.set_ylabel("loss (nats/token)")
-    loss_ax.legend()
-    lr_ax.plot([m["step"] for m in kept], [m["lr"] for m in kept], color="#10ac84")
-    lr_ax.set_xlabel("step")
-    lr_ax.set_ylabel("learning rate")
+# ---- sections ---------------------------------------------------------------------------------
+
+def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metrics: list[dict[str, Any]],
+             timings: dict[str, float]) -> None:
+    from training.plan import count_params
+    from training.model import padded_vocab
+
+    page.heading("Run")
+    rows = [["run folder", str(run_dir)], ["report written", time.strftime("%Y-%m-%d %H:%M:%S %Z")],
+            ["hardware", hardware()]]
+    if config is not None:
+        vocab = stats.get("tokens", {}).get("vocab_size") or config.model.vocab_size or config.prep.tokenizer.vocab_size
+        params = count_params(config.model, padded_vocab(vocab, config.model.vocab_multiple, config.parallel.tp))
+        p, nproc = config.parallel, config.launch.nproc_per_node * config.launch.nnodes
+        rows += [["model", f"{params / 1e6:,.1f}M parameters: d_model {config.model.d_model}, {config.model.n_layers} "
+                           f"layers, {config.model.n_heads} heads ({config.model.n_kv_heads} KV), vocabulary {vocab:,}"],
+                 ["layout", f"{nproc} process(es): TP {p.tp} x PP {p.pp} x DP {max(1, nproc // (p.tp * p.pp))}, "
+                            f"ZeRO-{p.zero_stage}"],
+                 ["batch", f"{config.train.global_batch_size} sequences of {config.prep.pack.seq_len} tokens "
+                           f"(micro-batch {config.train.micro_batch_size}), {config.train.max_steps} steps"]]
+    rows += [[f"wall time: {name}", _seconds(seconds)] for name, seconds in timings.items()]
+    if metrics:
+        peak = metrics[-1].get("peak_tflops")
+        if peak:
+            rows.append(["MFU measured against", f"{peak:g} TFLOP/s peak"])
+    page.table(["", ""], rows)
+    if config is not None:
+        page.details("config (as run)", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def _data(page: Page, stats: dict[str, Any]) -> None:
+    stages = stats["stages"]
+    page.heading("Data")
+    names = [s["name"] for s in stages]
+    removed = [sum(s["dropped"].values()) + sum(s["quarantined"].values()) for s in stages]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.plot(["input", *names], [stages[0]["docs_in"], *(s["docs_out"] for s in stages)], "o-", color=BLUE)
+    left.set_ylabel("documents left")
+    left.set_title("documents after each stage")
+    left.tick_params(axis="x", rotation=30)
+    bars = right.barh(names[::-1], removed[::-1], color=RED)
+    right.bar_label(bars, labels=[f"{n:,} ({100 * n / max(1, s['docs_in']):.1f}%)"
+                                  for n, s in zip(removed[::-1], stages[::-1])], padding=3, fontsize=8)
+    right.set_xlabel("documents removed (dropped + quarantined)")
+    right.set_title("removed per stage (share of its input)")
+    right.set_xlim(0, max(removed + [1]) * 1.35)
     fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    page.figure(fig, "funnel.png", "data funnel")
+    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "seconds"], [
+        [s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}",
+         ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
+         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", s["seconds"]] for s in stages])
+    for stage in stages:
+        if "languages" in stage.get("tally", {}):
+            page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))
+    tokens = stats.get("tokens", {})
+    if tokens:
+        page.table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [
+            [split] + [f"{tokens.get(f'{split}_{k}', 0):,}" for k in ("documents", "tokens", "sequences", "padding",
+                                                                       "remainder")] for split in ("train", "val")])
+    if stats.get("sources"):
+        keys = sorted({k for counts in stats["sources"].values() for k in counts})
+        page.table(["source", *keys], [[name, *(f"{counts.get(k, 0):,}" for k in keys)]
+                                       for name, counts in stats["sources"].items()])
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float | None) -> None:
+    kept = [m for m in metrics if "loss" in m and "anomaly" not in m]
+    if not kept:
+        return
+    page.heading("Training")
+    steps = [m["step"] for m in kept]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.4))
+    loss_ax, lr_ax, gn_ax, tps_ax = axes.flat
+    if entropy is not None:
+        loss_ax.axhline(entropy, color=GREY, linestyle=":", label="unigram entropy of the tokens")
+    loss_ax.plot(steps, [m["loss"] for m in kept], label="train loss", color=BLUE)
+    val = [m for m in metrics if "val_loss" in m]
+    loss_ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="validation loss", color=RED)
+    for event in events:
+        if event["event"] in EVENT_COLOURS:
+            loss_ax.axvline(event["step"], color=EVENT_COLOURS[event["event"]], linestyle="--", linewidth=1)
+    loss_ax.set(xlabel="step", ylabel="loss (nats/token)", title="loss (dashed: resumes, rollbacks, stops)")
+    loss_ax.legend(fontsize=8)
+    lr_ax.plot(steps, [m["lr"] for m in kept], color=GREEN)
+    lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    norms = [(m["step"], m["grad_norm"]) for m in kept if m.get("grad_norm") is not None]
+    if norms:
+        gn_ax.plot(*zip(*norms), color=PURPLE)
+    gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
+    tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
+    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU")
+    mfu_ax = tps_ax.twinx()
+    mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
+    mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
+    fig.tight_layout()
+    page.figure(fig, "curves.png", "loss, learning rate, gradient norm, throughput")
+    timed = kept[1:] or kept
+    tps, mfu = [m["tokens_per_s"] for m in timed], [100 * m["mfu"] for m in timed]
+    last = kept[-1]
+    page.table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens"], [[
+        last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
+        f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
+    page.table(["", "median", "min", "max"], [
+        ["tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
+        ["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"]])
 
 
-def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None) -> Path:
-    """Write report.md and report.html into `run_dir`; returns the HTML path."""
+def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
+    """Task results logged as `eval/<task>/<metric>` keys, plotted over steps."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for m in metrics:
+        for key, value in m.items():
+            if key.startswith("eval/") and isinstance(value, (int, float)):
+                series.setdefault(key[len("eval/"):], []).append((m["step"], value))
+    if not series:
+        return
+    page.heading("Evaluation")
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for name, points in sorted(series.items()):
+        ax.plot(*zip(*points), "o-", label=name)
+    ax.set(xlabel="step", ylabel="score", title="task scores over training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    page.figure(fig, "evals.png", "task scores over training")
+    page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
+
+
+def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
+    page.heading("Checkpoints and events")
+    checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
+    page.paragraph("Checkpoints kept: " + (", ".join(checkpoints) or "none"))
+    if events:
+        page.table(["step", "event", "detail"], [
+            [e.get("step", ""), e["event"], ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step"))]
+            for e in events])
+
+
+def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, config: Any = None,
+                 timings: dict[str, float] | None = None) -> Path:
+    """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`."""
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     train_dir = run_dir / "train"
     metrics, events = _jsonl(train_dir / "metrics.jsonl"), _jsonl(train_dir / "events.jsonl")
-    sections = [f"# Run report: {run_dir.name}", "", "## Data", ""]
-    _plot_funnel(stats, run_dir / "funnel.png")
-    sections.append("![data funnel](funnel.png)")
-    sections.append(_table(["stage", "docs in", "docs out", "dropped", "quarantined", "seconds"], [
-        [s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}",
-         ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
-         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", s["seconds"]] for s in stats["stages"]]))
-    for stage in stats["stages"]:
-        if "languages" in stage.get("tally", {}):
-            sections += ["", "Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items())]
-    tokens = stats.get("tokens", {})
-    if tokens:
-        sections += ["", _table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [
-            [split] + [f"{tokens.get(f'{split}_{k}', 0):,}" for k in ("documents", "tokens", "sequences", "padding", "remainder")]
-            for split in ("train", "val")])]
-    if metrics:
-        entropy = unigram_entropy(run_dir / "data" / "shards")
-        _plot_curves(metrics, events, entropy, run_dir / "curves.png")
-        kept = [m for m in metrics if "anomaly" not in m]
-        last = kept[-1]
-        timed = kept[1:] or kept
-        mean_tps = sum(m["tokens_per_s"] for m in timed) / len(timed)
-        mean_mfu = sum(m["mfu"] for m in timed) / len(timed)
-        sections += ["", "## Training", "", "![loss and learning rate](curves.png)", "",
-                     _table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens",
-                             "mean tokens/s", "mean MFU"],
-                            [[last["step"], f"{last['loss']:.4f}",
-                              f"{[m for m in kept if 'val_loss' in m][-1]['val_loss']:.4f}" if any('val_loss' in m for m in kept) else "-",
-                              f"{entropy:.4f}", f"{last['tokens']:,}", f"{mean_tps:,.0f}", f"{100 * mean_mfu:.1f}%"]])]
-    checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
-    notable = [e for e in events if e["event"] != "save"]
-    sections += ["", "## Checkpoints and events", "", "Checkpoints kept: " + (", ".join(checkpoints) or "none")]
-    if notable:
-        sections += ["", _table(["event", "step", "detail"], [
-            [e["event"], e.get("step", ""), ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step", "skipped"))]
-            for e in notable])]
+    page = Page(f"Run report: {run_dir.resolve().name}")
+    _context(page, run_dir, config, stats, metrics, timings or {})
+    _data(page, stats)
+    shards = run_dir / "data" / "shards"
+    _training(page, metrics, events, unigram_entropy(shards) if metrics and shards.exists() else None)
+    _evals(page, metrics)
+    _events(page, train_dir, events)
     if samples:
-        sections += ["", "## Samples", "", _table(["prompt", "continuation"], [
-            [p.replace("|", "\\|"), c.replace("\n", " ").replace("|", "\\|")] for p, c in samples])]
-    markdown = "\n".join(sections) + "\n"
-    write_text(run_dir / "report.md", markdown)
-    write_text(run_dir / "report.html", _html(markdown, run_dir.name))
+        page.heading("Samples")
+        page.table(["prompt", "continuation"], [[p, c] for p, c in samples])
+    for figure in page.figures:
+        (run_dir / figure.name).write_bytes(figure.png)
+    write_text(run_dir / "report.md", page.markdown())
+    write_text(run_dir / "report.html", page.html())
     return run_dir / "report.html"
-
-
-def _html(markdown: str, title: str) -> str:
-    """A small Markdown-to-HTML rendering of the report's own constructs (headings, tables, images)."""
-    body, table = [], []
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= set("-") for c in cells):
-                tag = "th" if not table else "td"
-                table.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if table:
-            body.append("<table>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](")
-            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    if table:
-        body.append("<table>" + "".join(table) + "</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -1,15 +1,23 @@
-"""`run` end to end on a small corpus: prep, training under torchrun (2 ranks), samples, report."""
+"""`run` end to end on a small corpus: prep, training under torchrun (2 ranks), samples, report;
+then the report page in a real headless browser."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, read_jsonl, shared_file, write_jsonl
 
+SCREENSHOT = REPO / "out" / "report-screenshot.png"  # for people to look at; out/ is not committed
 
-def test_run_prepares_trains_samples_and_reports(tmp_path: Path) -> None:
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    tmp_path = tmp_path_factory.mktemp("run_verb")
     records = [{"text": r["text"]} for r in read_jsonl(shared_file("english.jsonl"), 120)]
     corpus = write_jsonl(tmp_path / "corpus" / "docs.jsonl", records)
     config = tmp_path / "small.yaml"
@@ -27,13 +35,48 @@ samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run),
                              "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run, result
+
+
+def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run, result = finished_run
     assert "data prep" in result.stdout and "continuation" in result.stdout and "It was" in result.stdout
     assert (run / "data" / "shards" / "manifest.json").exists()
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()
-    for section in ("## Data", "## Training", "## Checkpoints and events", "## Samples", "It was"):
+    for section in ("## Run", "## Data", "## Training", "## Checkpoints and events", "## Samples", "It was",
+                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save |"):
         assert section in report
     html = (run / "report.html").read_text()
-    assert '<img alt="data funnel" src="funnel.png">' in html and "<table>" in html
+    assert '<img alt="data funnel" src="data:image/png;base64,' in html and "<table>" in html
+    assert 'src="funnel.png"' not in html  # the page carries its images
     for image in ("funnel.png", "curves.png"):
         assert (run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.CompletedProcess[str]],
+                                          tmp_path: Path) -> None:
+    """Headless Chromium opens the page alone (copied away from its run folder): every image decodes,
+    the console stays clean, and a screenshot is written."""
+    from playwright.sync_api import sync_playwright
+
+    run, _ = finished_run
+    page_file = tmp_path / "report.html"
+    shutil.copy(run / "report.html", page_file)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.evaluate("[...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.textContent)")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    assert errors == []
+    assert len(images) >= 2 and all(loaded for _, loaded in images), images
+    assert headings[:3] == ["Run", "Data", "Training"] and "Checkpoints and events" in headings
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

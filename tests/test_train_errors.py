@@ -65,3 +65,17 @@ def test_cli_refuses_world_size_mismatch(tiny_shards: Path, tmp_path: Path) -> N
     result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(tiny_shards), "--output",
                              str(tmp_path), "--set", "parallel.tp=2"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "world size 1 is not a multiple of tp*pp" in result.stderr
+
+
+def test_a_user_error_on_every_rank_prints_one_line_under_the_agent(tiny_shards: Path, tmp_path: Path) -> None:
+    """Under `launch.agent` (what `run` and the Slurm job use), two ranks refusing the same config end
+    in one message and exit status 2, without torchrun's traceback."""
+    from launch.torchrun import free_port
+
+    result = subprocess.run([sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+                             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data",
+                             str(tiny_shards), "--output", str(tmp_path), "--set", "train.seq_len=128"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("crucible train:") == 1 and "seq_len 64" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and "ChildFailedError" not in result.stderr

@@ -1,0 +1,62 @@
+"""torchrun with Crucible's error contract: a user's mistake ends in one line, a crash keeps its trace.
+
+`python -m launch.agent <torchrun arguments>` runs torchrun's own agent in this process. Ranks
+learn from `ERROR_DIR_ENV` where to leave the message of a `UserError` (one file per rank)
+instead of printing it; when the ranks fail, the agent prints the first such message once and
+exits 2, without torchrun's `ChildFailedError` report. A failure no rank explained (a real crash)
+is re-raised with torchrun's full report and the ranks' tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ERROR_DIR_ENV = "CRUCIBLE_ERROR_DIR"
+VERBOSE_ENV = "CRUCIBLE_VERBOSE"
+
+
+def record_user_error(message: str) -> bool:
+    """On a rank under this agent: leave `message` for the agent to print; False when not under it."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return False
+    path = Path(folder) / f"rank-{int(os.environ.get('RANK', 0)):06d}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(message)
+    os.replace(tmp, path)
+    return True
+
+
+def first_user_error(folder: Path) -> str | None:
+    """The message of the rank that failed first (ties: the lowest rank)."""
+    files = sorted(folder.glob("rank-*.txt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return files[0].read_text() if files else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(argv)
+    if not os.environ.get(VERBOSE_ENV):  # rank shutdown notices and the OMP_NUM_THREADS note
+        for name in ("torch.distributed.elastic", "torch.distributed.run"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="crucible-errors-") as folder:
+        os.environ[ERROR_DIR_ENV] = folder
+        try:
+            run(args)
+        except ChildFailedError:
+            message = first_user_error(Path(folder))
+            if message is None:
+                raise
+            print(message, file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
