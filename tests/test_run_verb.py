@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, read_jsonl, shared_file, write_jsonl
+from tests.conftest import REPO, read_set, write_jsonl
 
 
 def test_run_prepares_trains_samples_and_reports(tmp_path: Path) -> None:
-    records = [{"text": r["text"]} for r in read_jsonl(shared_file("english.jsonl"), 120)]
+    records = [{"text": r["text"]} for r in read_set("english", 120)]
     corpus = write_jsonl(tmp_path / "corpus" / "docs.jsonl", records)
     config = tmp_path / "small.yaml"
     config.write_text(f"""
