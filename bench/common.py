@@ -13,31 +13,56 @@ import gc
 import io
 import json
 import pstats
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+import zstandard
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"
+DATA_HELP = "folder with the benchmark corpora (default: shared/data beside the repository, else tests/data)"
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"folder with the benchmark corpora (default: {DEFAULT_DATA})")
+    parser.add_argument("--data", type=Path, help=DATA_HELP)
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of each comparison, every side once per round; each side's fastest "
                              "run counts (default: 3)")
     return parser
 
 
+def data_dir(given: Path | None) -> Path:
+    """`--data` when given; else the team's larger corpora beside the repository; else the small
+    test sets in the repository, so that a fresh clone can still run every benchmark."""
+    if given is not None:
+        return given
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    print(f"note: {SHARED_DATA} is absent, so the benchmarks read the small test sets in {TEST_DATA}; "
+          "their figures are rougher. Pass --data FOLDER for larger corpora.", file=sys.stderr)
+    return TEST_DATA
+
+
+def corpus_file(data: Path, name: str) -> Path:
+    """`name` in `data`, or its zstd-compressed copy (tests/data keeps only those)."""
+    for path in (data / name, data / f"{name}.zst"):
+        if path.is_file():
+            return path
+    raise SystemExit(f"benchmark corpus {name} not found in {data}: pass --data FOLDER holding it")
+
+
 def read_jsonl(path: Path, every: int = 1) -> list[dict[str, Any]]:
-    """Records of a JSONL corpus; `every` > 1 keeps every n-th record (a spread-out sample)."""
-    if not path.is_file():
-        raise SystemExit(f"benchmark corpus {path} not found: pass --data FOLDER holding it")
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for i, line in enumerate(handle) if i % every == 0]
+    """Records of a JSONL corpus, plain or .zst; `every` > 1 keeps every n-th record (a spread-out
+    sample)."""
+    with open(path, "rb") as raw:
+        data = zstandard.ZstdDecompressor().stream_reader(raw).read() if path.suffix == ".zst" else raw.read()
+    return [json.loads(line) for i, line in enumerate(data.decode("utf-8").splitlines()) if i % every == 0]
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -15,7 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Result, base_parser, best_time, best_times, print_json, print_table, rate, read_jsonl
+from common import (
+    Result,
+    base_parser,
+    best_time,
+    best_times,
+    corpus_file,
+    data_dir,
+    print_json,
+    print_table,
+    rate,
+    read_jsonl,
+)
 
 VOCAB = 8192
 MICRO_BATCH = 8
@@ -40,7 +51,7 @@ def main() -> None:
     from pipeline.prep import run_prep
     from training.data import DistributedLoader, PackedDataset
 
-    source = args.data / args.corpus
+    source = corpus_file(data_dir(args.data), args.corpus)
     texts = [r["text"] for r in read_jsonl(source)]
 
     with tempfile.TemporaryDirectory(prefix="crucible-pack-bench-") as tmp:

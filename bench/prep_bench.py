@@ -24,7 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from common import Result, base_parser, best_times, print_json, print_table, profile_call, rate, read_jsonl, write_jsonl
+from common import (
+    Result,
+    base_parser,
+    best_times,
+    corpus_file,
+    data_dir,
+    print_json,
+    print_table,
+    profile_call,
+    rate,
+    read_jsonl,
+    write_jsonl,
+)
 
 SECTIONS = ("normalize", "exact_dedup", "minhash", "langid", "pii", "quality", "prep")
 DOC_STAGES = ["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
@@ -84,7 +96,7 @@ class Bench:
     work: Path
 
     def corpus(self, name: str, every: int = 1) -> list[dict[str, Any]]:
-        return read_jsonl(self.data / name, every)
+        return read_jsonl(corpus_file(self.data, name), every)
 
     @cached_property
     def mix(self) -> list[dict[str, Any]]:
@@ -256,7 +268,8 @@ def bench_minhash(b: Bench) -> list[Result]:
     results = [Result("minhash: signatures (shingling included)", name, n, "docs/s", rate(n, ours),
                       "datasketch MinHash.update_batch", rate(n, sketch), 0.7)]
     missing = datatrove_missing()
-    wall, stats, dt = compare_pipelines(b, [b.data / name], ["minhash_dedup"], 1, None if missing else (b.data, name))
+    path = corpus_file(b.data, name)
+    wall, stats, dt = compare_pipelines(b, [path], ["minhash_dedup"], 1, None if missing else (path.parent, path.name))
     stage = "minhash_dedup stage via run_prep, 1 worker"
     if dt is None:
         return results + [Result(stage, name, n, "docs/s", rate(n, wall), "datatrove 4 MinHash steps", None, 5,
@@ -392,7 +405,7 @@ def main() -> None:
     results: list[Result] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="crucible-prep-bench-") as work:
-        bench = Bench(args.data, args.repeat, args.pipeline_repeat, args.profile, Path(work))
+        bench = Bench(data_dir(args.data), args.repeat, args.pipeline_repeat, args.profile, Path(work))
         for section in chosen:
             started = time.perf_counter()
             try:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_DATA, Result, print_json, print_table, read_jsonl, write_jsonl
+from common import DATA_HELP, Result, corpus_file, data_dir, print_json, print_table, read_jsonl, write_jsonl
 from torch import nn
 
 from data_prep.shards import read_manifest
@@ -242,7 +242,7 @@ def make_shards(data: Path, work: Path) -> Path:
     """Packed shards (vocab 8192, seq_len 256) of the English corpus, made by `run_prep`."""
     from pipeline.prep import run_prep
 
-    records = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(data / CORPUS)]
+    records = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(corpus_file(data, CORPUS))]
     corpus = write_jsonl(work / "corpus" / CORPUS, records)
     config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", f"prep.tokenizer.vocab_size={VOCAB}",
                                 f"prep.pack.seq_len={SEQ_LEN}", "prep.pack.val_fraction=0.02"])
@@ -398,8 +398,7 @@ def report(settings: list[Setting], kernel: AttentionKernel, flops: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"folder holding {CORPUS} (default: {DEFAULT_DATA})")
+    parser.add_argument("--data", type=Path, help=f"{DATA_HELP}; it must hold {CORPUS}")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each loop and setting (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, at least 1 (default: 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every measurement (default: 2)")
@@ -422,7 +421,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crucible-train-bench-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        shards = args.shards or make_shards(args.data, work)
+        shards = args.shards or make_shards(data_dir(args.data), work)
         print(f"[shards: {time.perf_counter() - started:.0f}s]", file=sys.stderr, flush=True)
         manifest = read_manifest(shards)
         config = load_config(None, train_overrides(True, 1, args.overrides))

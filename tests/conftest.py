@@ -1,30 +1,27 @@
-"""Shared fixtures: real text from the team's shared corpora, written as pipeline inputs."""
+"""Shared fixtures: real text from the test sets in tests/data, written as pipeline inputs."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from launch.torchrun import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # built by scripts/build_test_data.py; see SOURCES.md there
 
 
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"shared corpus {name} is not available next to the repository")
-    return path
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+def read_set(name: str, limit: int | None = None) -> list[dict]:
+    """The first `limit` records of tests/data/NAME.jsonl.zst (all when None)."""
     records = []
-    with open(path, encoding="utf-8") as handle:
+    stream = zstandard.ZstdDecompressor().stream_reader(open(DATA / f"{name}.jsonl.zst", "rb"), closefd=True)
+    with io.TextIOWrapper(stream, encoding="utf-8") as handle:
         for line in handle:
             records.append(json.loads(line))
             if limit is not None and len(records) >= limit:
@@ -43,11 +40,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 @pytest.fixture(scope="session")
 def mixed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~900 real documents: multilingual, near-duplicates, English prose, as one JSONL file."""
-    records = (
-        read_jsonl(shared_file("multilingual.jsonl"), 400)
-        + read_jsonl(shared_file("neardup.jsonl"), 400)
-        + read_jsonl(shared_file("english.jsonl"), 100)
-    )
+    records = read_set("multilingual", 400) + read_set("neardup", 400) + read_set("english", 100)
     keep = [{"id": r["id"], "text": r["text"]} for r in records]
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "mixed.jsonl", keep)
 
@@ -58,7 +51,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.config import load_config
     from pipeline.prep import run_prep
 
-    records = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(shared_file("english.jsonl"), 150)]
+    records = [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)]
     corpus = write_jsonl(tmp_path_factory.mktemp("english") / "english.jsonl", records)
     output = tmp_path_factory.mktemp("tiny_shards")
     config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",

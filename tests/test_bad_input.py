@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.conftest import read_jsonl, shared_file
+from tests.conftest import read_set
 from tests.test_prep_pipeline import prep, read_dir
 
 
 def build_bad_input(folder: Path) -> tuple[list[Path], Counter]:
     """Real documents interleaved with every kind of broken record; returns expected quarantine reasons."""
     folder.mkdir(parents=True)
-    good = [json.dumps({"text": r["text"]}, ensure_ascii=False).encode() for r in read_jsonl(shared_file("english.jsonl"), 30)]
+    good = [json.dumps({"text": r["text"]}, ensure_ascii=False).encode() for r in read_set("english", 30)]
     rng = random.Random(7)
     junk_text = "".join(chr(rng.randrange(0, 32)) for _ in range(2000))
     bad = {
@@ -38,7 +38,7 @@ def build_bad_input(folder: Path) -> tuple[list[Path], Counter]:
     texts = folder / "texts"
     texts.mkdir()
     (texts / "junk.txt").write_bytes(bytes(rng.randrange(256) for _ in range(5000)))
-    (texts / "fine.txt").write_text(read_jsonl(shared_file("english.jsonl"), 31)[-1]["text"])
+    (texts / "fine.txt").write_text(read_set("english", 31)[-1]["text"])
     expected = Counter({reason: len(records) for reason, records in bad.items()})
     expected["binary_junk"] += 1  # the .txt of random bytes
     return [folder / "bad.jsonl", texts], expected

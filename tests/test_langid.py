@@ -1,4 +1,4 @@
-"""Language ID with the real lid.176 model on real text in 22 languages."""
+"""Language ID with the real lid.176 model on real text in 15 languages (tests/data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from data_prep.langid import LangIdConfig, LangIdStage
 from pipeline.config import ConfigError, load_config
 from pipeline.ground.errors import UserError
-from tests.conftest import read_jsonl, shared_file
+from tests.conftest import read_set
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def stage() -> LangIdStage:
 
 
 def test_accuracy_on_documents_of_200_chars_or_more(stage: LangIdStage) -> None:
-    docs = [d for d in read_jsonl(shared_file("multilingual.jsonl")) if len(d["text"]) >= 200]
+    docs = [d for d in read_set("multilingual") if len(d["text"]) >= 200]
     decision = stage.decide(pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]}))
     predicted = decision.table["lang"].to_pylist()
     languages = Counter(d["lang"] for d in docs)
@@ -34,7 +34,7 @@ def test_accuracy_on_documents_of_200_chars_or_more(stage: LangIdStage) -> None:
 
 
 def test_keep_list_and_threshold_drop_with_lang_and_score() -> None:
-    docs = read_jsonl(shared_file("multilingual.jsonl"))[::25]
+    docs = read_set("multilingual")[::25]
     stage = LangIdStage(LangIdConfig(keep_languages=["de", "fr"], min_score=0.9))
     stage.setup()
     decision = stage.decide(pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]}))

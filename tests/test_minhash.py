@@ -3,10 +3,9 @@ accurate on real near-duplicates measured against exact word-5-gram Jaccard."""
 
 from __future__ import annotations
 
-import json
+import random
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,12 +23,7 @@ from data_prep.minhash.kernels import (
     shingle_hashes,
     signatures,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (DATA / "neardup.jsonl").exists() or not (DATA / "neardup_pairs.tsv").exists(),
-    reason="shared near-duplicate corpus (shared/data/neardup.jsonl + neardup_pairs.tsv) is absent",
-)
+from tests.conftest import DATA, read_set
 
 SHORT_TEXTS = [
     "The quick brown Fox jumps over the lazy dog, twice: the quick brown fox!",
@@ -99,10 +93,20 @@ def components(pairs: list[tuple[str, str]]) -> list[set[str]]:
 
 @pytest.fixture(scope="module")
 def neardup():
-    docs = [json.loads(line) for line in (DATA / "neardup.jsonl").read_text().splitlines()]
-    lines = (DATA / "neardup_pairs.tsv").read_text().splitlines()[1:]
+    docs = read_set("neardup")
+    lines = (DATA / "neardup_pairs.tsv").read_text(encoding="utf-8").splitlines()[1:]
     truth = [(a, b, float(j)) for a, b, j in (line.split("\t") for line in lines)]
     return [d["text"] for d in docs], [d["id"] for d in docs], truth
+
+
+def test_pairs_file_holds_the_exact_jaccard_of_the_reference_shingles(neardup) -> None:
+    """The ground truth itself, on a seeded sample of its pairs; and it spans every threshold."""
+    texts, ids, truth = neardup
+    by_id = dict(zip(ids, texts))
+    for a, b, listed in random.Random(5).sample(truth, 40):
+        first, second = set(reference_shingles(by_id[a])), set(reference_shingles(by_id[b]))
+        assert len(first & second) / len(first | second) == pytest.approx(listed, abs=5e-5), (a, b)
+    assert {round(j, 1) for *_, j in truth} >= {0.5, 0.6, 0.7, 0.8, 0.9, 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,6 @@ def test_signatures_equal_datasketch(num_perm: int, seed: int) -> None:
     np.testing.assert_array_equal(signatures(SHORT_TEXTS, cfg), expected)
 
 
-@needs_data
 def test_signatures_equal_datasketch_on_real_and_long_texts(neardup) -> None:
     texts = neardup[0][:20] + ["\n".join(neardup[0][:40])]  # the last spans several blocks
     expected = np.array([datasketch_signature(t, 128, 1) for t in texts])
@@ -215,7 +218,6 @@ def recall_and_precision(truth, ids: Sequence[str], remove: np.ndarray) -> tuple
     return hits / should, len(removed & justified) / len(removed)
 
 
-@needs_data
 def test_recall_and_precision_against_exact_jaccard(neardup, default_run) -> None:
     _, ids, truth = neardup
     recall, precision = recall_and_precision(truth, ids, default_run[2])
@@ -223,7 +225,6 @@ def test_recall_and_precision_against_exact_jaccard(neardup, default_run) -> Non
     assert precision >= 0.98, f"precision {precision:.4f}"
 
 
-@needs_data
 def test_star_pairs_for_big_buckets_still_cluster(neardup, default_run) -> None:
     texts, ids, truth = neardup
     _, star_pairs, star_remove, _ = run_chain(texts, ids, MinHashConfig(max_bucket_size=2))
@@ -233,7 +234,6 @@ def test_star_pairs_for_big_buckets_still_cluster(neardup, default_run) -> None:
     assert precision >= 0.98, f"precision {precision:.4f} with star pairs"
 
 
-@needs_data
 def test_one_and_four_shards_give_identical_results(neardup, default_run) -> None:
     texts, ids, _ = neardup
     sigs, pairs, remove, keeper = default_run
@@ -243,7 +243,6 @@ def test_one_and_four_shards_give_identical_results(neardup, default_run) -> Non
     assert removals_by_id(ids, one_remove, one_keeper) == removals_by_id(ids, remove, keeper)
 
 
-@needs_data
 def test_removals_do_not_depend_on_input_order(neardup, default_run) -> None:
     texts, ids, _ = neardup
     _, _, remove, keeper = default_run

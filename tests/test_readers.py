@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from data_prep.readers import ReadConfig, plan_shards, read_shard
-from tests.conftest import read_jsonl, shared_file, write_jsonl
+from tests.conftest import read_set, write_jsonl
 
 
 def read_all(inputs: list[Path], shard_bytes: int = 2**30) -> tuple[list[str], list[str], list[dict]]:
@@ -26,7 +26,7 @@ def read_all(inputs: list[Path], shard_bytes: int = 2**30) -> tuple[list[str], l
 
 @pytest.fixture(scope="module")
 def records() -> list[dict]:
-    return [{"id": r["id"], "text": r["text"]} for r in read_jsonl(shared_file("multilingual.jsonl"), 300)]
+    return [{"id": r["id"], "text": r["text"]} for r in read_set("multilingual", 300)]
 
 
 def test_all_formats_give_the_same_documents(records: list[dict], tmp_path: Path) -> None:

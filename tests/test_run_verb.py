@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_jsonl, shared_file, write_jsonl
+from tests.conftest import REPO, read_set, write_jsonl
 
 SCREENSHOT = REPO / "out" / "report-screenshot.png"  # for people to look at; out/ is not committed
 
@@ -18,7 +18,7 @@ SCREENSHOT = REPO / "out" / "report-screenshot.png"  # for people to look at; ou
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     tmp_path = tmp_path_factory.mktemp("run_verb")
-    records = [{"text": r["text"]} for r in read_jsonl(shared_file("english.jsonl"), 120)]
+    records = [{"text": r["text"]} for r in read_set("english", 120)]
     corpus = write_jsonl(tmp_path / "corpus" / "docs.jsonl", records)
     config = tmp_path / "small.yaml"
     config.write_text(f"""
