@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")
     submit.add_argument("--prep-only", action="store_true", help="submit data prep without the training job")
 
-    status = verbs.add_parser("status", help="which steps and tasks of a submitted run are done, running, failed")
-    status.add_argument("--output", type=Path, required=True, help="the run folder given to submit")
+    status = verbs.add_parser("status", help="where a run stands: prep steps and tasks, training step, checkpoints")
+    status.add_argument("--output", type=Path, required=True, help="a run folder (from run, submit, prep or train)")
 
     task = verbs.add_parser("prep-task", help="one piece of a scheduled prep run (what the Slurm jobs call)")
     _common(task)
@@ -108,13 +108,22 @@ def _load(args: argparse.Namespace) -> CrucibleConfig:
     return config
 
 
-def _prep(config: CrucibleConfig, output: Path, show_progress: bool) -> None:
-    from pipeline.prep import run_prep
+def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None) -> None:
+    import time
+
+    from pipeline.prep import pending_task_count, run_prep
     from pipeline.summary import print_prep_summary
 
+    started, todo = time.perf_counter(), pending_task_count(config.prep, output)
     stats = run_prep(config.prep, output, show_progress)
     print_prep_summary(stats)
-    print(f"outputs in {output}: clean/, dropped/, quarantine/, stats.json")
+    folders = ["clean/", "dropped/", "quarantine/", "stats.json"] + ["tokenizer/"] * ("tokens" in stats)
+    folders += ["shards/"] * (output / "shards" / "manifest.json").exists()
+    redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
+    print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
+    if then is None and "shards/" in folders:
+        print(f"next: crucible train --data {output / 'shards'} --output RUN (several processes: python -m launch.agent "
+              f"--nproc_per_node N -m pipeline train ...)")
 
 
 def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> None:
@@ -210,7 +219,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
 
     data = args.output / "data"
     started = time.perf_counter()
-    _prep(config, data, show_progress)
+    _prep(config, data, show_progress, then="train")
     timings = {"prep": time.perf_counter() - started}
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
     print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
@@ -251,10 +260,15 @@ def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
+    from launch.sbatch import RunPaths
     from pipeline.executors.slurm import status
-    from pipeline.summary import print_status
+    from pipeline.status import local_status
+    from pipeline.summary import print_local_status, print_status
 
-    print_status(*status(args.output))
+    if RunPaths(args.output.resolve(), Path.cwd(), sys.executable).config.exists():
+        print_status(*status(args.output))
+    else:
+        print_local_status(local_status(args.output))
 
 
 def _print_samples(samples: list[tuple[str, str]]) -> None:

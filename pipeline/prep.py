@@ -27,6 +27,12 @@ def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> di
     return publish(plan, work, output)
 
 
+def pending_task_count(config: PrepConfig, output: Path) -> int:
+    """How many tasks a `run_prep` into `output` would run now (0: it only republishes)."""
+    plan = build_plan(config)
+    return sum(len(pending_tasks(output / "work", step)) for step in plan.steps)
+
+
 def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
     """Make every step folder current for this config; the tasks each step still has to run."""
     plan = build_plan(config)

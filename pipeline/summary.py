@@ -12,6 +12,7 @@ from pipeline.ground.console import console as _console
 
 if TYPE_CHECKING:
     from pipeline.executors.slurm import Job, StepStatus
+    from pipeline.status import LocalStatus
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:
@@ -92,3 +93,30 @@ def print_status(steps: list[StepStatus], train: dict[str, Any]) -> None:
     last = train["last"]
     progress = f"step {last['step']}, loss {last['loss']:.4f}" if last else "no step logged yet"
     console.print(f"training: job {', '.join(train['job_ids']) or '-'} ({states}); {progress}")
+
+
+def print_local_status(status: LocalStatus) -> None:
+    """A local run: prep steps from their markers, training from its metrics, events and checkpoints."""
+    console = _console()
+    if status.prep is not None:
+        table = Table(title=f"prep in {status.prep}")
+        for header in ("step", "tasks", "done"):
+            table.add_column(header, justify="left" if header == "step" else "right")
+        for step, total, done in status.steps:
+            table.add_row(step, f"{total:,}", f"{done:,}" + ("" if done == total else "  (incomplete)"))
+        console.print(table)
+        incomplete = [step for step, total, done in status.steps if done < total]
+        if status.published and not incomplete:
+            console.print(f"prep: finished; outputs in {status.prep} (clean/, shards/, stats.json)")
+        else:
+            console.print(f"prep: not finished ({', '.join(incomplete) or 'publishing'} left); rerun the same "
+                          f"`crucible prep` (or `run`) command to resume from the markers")
+    if status.train is not None:
+        last = status.last_metrics
+        progress = (f"step {last['step']}, loss {last['loss']:.4f}" + (f", validation loss {last['val_loss']:.4f}"
+                    if "val_loss" in last else "")) if last else "no step logged yet"
+        console.print(f"training in {status.train}: {progress}; latest checkpoint: {status.latest_checkpoint or 'none'}")
+        notable = [e for e in status.events if e["event"] != "save"][-5:]
+        for event in notable:
+            detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
+            console.print(f"  step {event.get('step', '?')}: {event['event']} ({detail})")

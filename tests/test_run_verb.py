@@ -80,3 +80,18 @@ def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.C
     assert len(images) >= 2 and all(loaded for _, loaded in images), images
     assert headings[:3] == ["Run", "Data", "Training"] and "Checkpoints and events" in headings
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_status_reads_a_local_run(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run, _ = finished_run
+
+    def status(folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(folder)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    result = status(run)
+    assert result.returncode == 0, result.stderr
+    assert "prep: finished" in result.stdout and "step 12, loss" in result.stdout
+    assert "latest checkpoint: step-00000012" in result.stdout
+    missing = status(run / "nowhere")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"crucible status: no such folder: {run / 'nowhere'}"

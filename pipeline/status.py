@@ -1,0 +1,78 @@
+"""`crucible status`: where a run stands, for any run folder this tool writes.
+
+A folder made by `submit` is asked of Slurm too (`executors.slurm.status`). Any other folder is
+read from what it holds: a prep work folder's step folders (each knows its task count and
+fingerprint, and each finished task leaves a marker), a training folder's metrics, events and
+checkpoint pointer. Nothing is imported from the trainer, so the answer comes at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_prep import registry
+from data_prep.books import marker_file
+from pipeline.ground.errors import UserError
+from pipeline.ground.markers import read_marker
+
+
+@dataclass
+class LocalStatus:
+    folder: Path
+    prep: Path | None  # the prep output folder (with work/), if any
+    steps: list[tuple[str, int, int]]  # (step, tasks, done) in pipeline order
+    published: bool  # stats.json written: clean/, shards/ are current
+    train: Path | None  # the training folder, if any
+    last_metrics: dict[str, Any] | None
+    latest_checkpoint: str | None
+    events: list[dict[str, Any]]
+
+
+def _step_order(name: str) -> tuple[int, int]:
+    """Pipeline order: the stage's place in the registry, then the step's place in its stage."""
+    stages = [registry.READ, *registry.STAGES]
+    for i, stage in enumerate(stages):
+        names = [stage.step_name(step) for step in stage.steps]
+        if name in names:
+            return i, names.index(name)
+    return len(stages), 0
+
+
+def prep_steps(work: Path) -> list[tuple[str, int, int]]:
+    """(step, tasks, tasks done) for every step folder under `work`."""
+    rows = []
+    for step_file in sorted(work.glob("*/step.json"), key=lambda p: _step_order(p.parent.name)):
+        step = read_marker(step_file) or {}
+        name, n_tasks = step_file.parent.name, int(step.get("n_tasks", 0))
+        done = sum((read_marker(marker_file(work, name, t)) or {}).get("fingerprint") == step.get("fingerprint")
+                   for t in range(n_tasks))
+        rows.append((name, n_tasks, done))
+    return rows
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def local_status(folder: Path) -> LocalStatus:
+    """The state of a `run`, `prep` or `train` output folder."""
+    if not folder.exists():
+        raise UserError(f"no such folder: {folder}")
+    prep = next((p for p in (folder / "data", folder) if (p / "work").is_dir()), None)
+    train = next((p for p in (folder / "train", folder) if (p / "metrics.jsonl").exists()
+                  or (p / "checkpoints").is_dir()), None)
+    if prep is None and train is None:
+        raise UserError(f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
+                        f"checkpoints/ (from train), or data/ and train/ (from run)")
+    metrics = [m for m in _jsonl(train / "metrics.jsonl") if "loss" in m] if train else []
+    pointer = train / "checkpoints" / "latest" if train else None
+    return LocalStatus(
+        folder=folder, prep=prep, steps=prep_steps(prep / "work") if prep else [],
+        published=bool(prep and (prep / "stats.json").exists()), train=train,
+        last_metrics=metrics[-1] if metrics else None,
+        latest_checkpoint=pointer.read_text().strip() if pointer and pointer.exists() else None,
+        events=_jsonl(train / "events.jsonl") if train else [],
+    )
