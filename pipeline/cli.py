@@ -207,6 +207,21 @@ def _plan(config: CrucibleConfig) -> None:
                   f"(parallel.activation_checkpointing=true)")
 
 
+def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
+    """What `run` can refuse before prep: the layout, a run folder of another model, the disk."""
+    from training.config import check_layout
+    from training.model import padded_vocab
+    from training.plan import count_params
+    from training.preflight import check_disk, check_same_model
+
+    check_layout(config.model, config.parallel, config.train, config.launch.nproc_per_node * config.launch.nnodes)
+    check_same_model(train_dir, config.model.model_dump(mode="json"), "auto")
+    vocab = padded_vocab(config.model.vocab_size or config.prep.tokenizer.vocab_size, config.model.vocab_multiple,
+                         config.parallel.tp)
+    if config.checkpoint.enabled:
+        check_disk(train_dir, count_params(config.model, vocab), config.checkpoint.keep_last)
+
+
 def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
     """prep, then training under torchrun on this machine, in one run folder."""
     import subprocess
@@ -217,6 +232,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
 
+    _preflight(config, args.output / "train")
     data = args.output / "data"
     started = time.perf_counter()
     _prep(config, data, show_progress, then="train")

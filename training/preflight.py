@@ -1,0 +1,67 @@
+"""Checks that refuse a training run before it spends time: each ends in one sentence with the fix.
+
+`run` calls them before prep, where the shards do not exist yet (layout, run folder, disk); the
+trainer calls them again before building anything, with the shards' manifest (splits).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.ground.errors import UserError
+from pipeline.ground.names import CHECKPOINT_META
+
+CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights (4) + Adam's fp32 master copy and two moments (12)
+WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size", "vocab_multiple",
+                 "tie_embeddings")  # the model keys a checkpoint's tensors depend on
+
+
+def latest_checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The metadata of the run folder's latest checkpoint, or None where there is none (or it is torn)."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    try:
+        return json.loads((pointer.parent / pointer.read_text().strip() / CHECKPOINT_META).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:
+    """A run folder whose checkpoint holds another model cannot be resumed into."""
+    meta = latest_checkpoint_meta(run_dir) if resume == "auto" else None
+    if meta is None:
+        return
+    saved = meta.get("config", {}).get("model", {})
+    changed = [key for key in WEIGHT_SHAPES if saved.get(key) != model.get(key)]
+    if changed:
+        shown = ", ".join(f"{key} {saved.get(key)!r} -> {model.get(key)!r}" for key in changed[:4])
+        raise UserError(f"{run_dir} holds a checkpoint of another model ({shown}): use a new --output, "
+                        f"or --resume none to start over there")
+
+
+def check_splits(manifest: dict[str, Any], shards: Path, needs_validation: bool) -> None:
+    """Every split the run reads must hold rows."""
+    splits = manifest.get("splits", {})
+    if not splits.get("train", {}).get("sequences"):
+        raise UserError(f"{shards}: the train split is empty: prep kept too few documents for one sequence")
+    if needs_validation and not splits.get("val", {}).get("sequences"):
+        documents = splits.get("val", {}).get("documents", 0)
+        raise UserError(f"{shards}: the validation split is empty ({documents} documents held out): raise "
+                        f"prep.pack.val_fraction, or set train.eval_batches=0 to train without validation")
+
+
+def check_disk(run_dir: Path, params: int, keep: int) -> None:
+    """Refuse a run whose kept checkpoints cannot fit on the run folder's filesystem."""
+    folder = Path(run_dir)
+    while not folder.exists():
+        folder = folder.parent
+    needed = params * CHECKPOINT_BYTES_PER_PARAM * (keep + 1)  # kept ones and the one being staged
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"checkpoints of {params / 1e6:,.0f}M parameters need ~{needed / 1e9:,.1f} GB "
+                        f"({keep} kept + 1 being written) but {folder} has {free / 1e9:,.1f} GB free: free space, "
+                        f"lower checkpoint.keep_last, or write the run elsewhere")
