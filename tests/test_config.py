@@ -61,3 +61,11 @@ def test_config_reference_is_current() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (REPO / "docs" / "CONFIG.md").read_text() == module.render(), "run scripts/config_reference.py"
+
+
+def test_a_lone_value_where_a_list_goes_is_a_list_of_one() -> None:
+    config = load_config(None, ["prep.langid.keep_languages=en", "prep.inputs=data/sample"])
+    assert config.prep.langid.keep_languages == ["en"] and [str(p) for p in config.prep.inputs] == ["data/sample"]
+    assert load_config(None, ["prep.langid.keep_languages=[en, de]"]).prep.langid.keep_languages == ["en", "de"]
+    with pytest.raises(ConfigError, match="prep.workers"):
+        load_config(None, ["prep.workers=[2]"])
