@@ -356,7 +356,7 @@ def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Cal
     crucible = clock.crucible[args.warmup - 1:args.warmup - 1 + args.steps]
     timed = slice(args.warmup, args.warmup + args.steps)
     module = clock.trainer.engine.module
-    gap = max_logit_gap(module, plain_from(module, clock.trainer.model_cfg), plain.rows)
+    gap = max_logit_gap(module, plain_from(module, clock.trainer.config.model), plain.rows)
     return Setting(masking, crucible, clock.baselines["plain"][timed], gemm.rates[timed], clock.trainer, gap)
 
 

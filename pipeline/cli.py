@@ -52,15 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate = verbs.add_parser("generate", help="sample text from a checkpoint (KV cache), any training layout")
     _common(generate)
     generate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
-    generate.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    generate.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
+                          "replaces samples.prompts)")
     generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    generate.add_argument("--top-k", type=int, default=50)
-    generate.add_argument("--top-p", type=float, default=0.95)
-    generate.add_argument("--seed", type=int, default=0)
+    # Each flag given overrides its samples.* key; the defaults are the config's.
+    generate.add_argument("--max-new-tokens", type=int, help="default: samples.max_new_tokens")
+    generate.add_argument("--temperature", type=float, help="0 = greedy (default: samples.temperature)")
+    generate.add_argument("--top-k", type=int, help="default: samples.top_k")
+    generate.add_argument("--top-p", type=float, help="default: samples.top_p")
+    generate.add_argument("--seed", type=int, help="default: samples.seed")
 
-    export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model")
+    export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model",
+                              epilog="The hf format's generation_config.json carries the samples.* settings.")
     _common(export)
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--output", type=Path, required=True)
@@ -131,36 +134,42 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> Non
 
     from training.engine import Trainer
 
-    trainer = Trainer(config.model, config.parallel, config.train, config.checkpoint, config.rollback, config.hooks,
-                      data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
+    trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
     trainer.fit()
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
-    from training.export import read_meta
+    from training.export import read_meta, tokenizer_record
 
-    path = given or Path(read_meta(checkpoint)["data_dir"]) / "tokenizer.json"
+    meta = read_meta(checkpoint)
+    path = given or Path(meta["data_dir"]) / tokenizer_record(meta)["file"]
     if not path.exists():
         raise UserError(f"tokenizer {path} not found: pass --tokenizer")
     return path
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from training.generate import SamplesConfig, sample_texts
-
-    cfg = SamplesConfig(prompts=args.prompt or [""], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), cfg))
+SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", "seed")  # generate's, as samples.*
 
 
-def _export(args: argparse.Namespace) -> None:
+def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    from training.generate import sample_texts
+
+    samples = config.samples
+    for key in SAMPLING_FLAGS:
+        if getattr(args, key) is not None:
+            setattr(samples, key, getattr(args, key))  # validated on assignment, like --set
+    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples))
+
+
+def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     import torch
 
     from training.export import save_consolidated, save_hf
 
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     if args.format == "hf":
-        path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype)
+        path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype,
+                       config.samples)
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
@@ -245,7 +254,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     if returncode != 0:
         return returncode
     latest = Checkpointer(args.output / "train", config.checkpoint, rank=0).latest()
-    samples = sample_texts(latest.path, data / "shards" / "tokenizer.json", config.samples) if latest else []
+    samples = sample_texts(latest.path, _tokenizer_of(latest.path, None), config.samples) if latest else []
     report = build_report(args.output, samples, config, timings)
     _print_samples(samples)
     print(f"report: {report} (and report.md)")
@@ -329,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "plan":
             _plan(config)
         elif args.verb == "generate":
-            _generate(args)
+            _generate(config, args)
         elif args.verb == "export":
-            _export(args)
+            _export(config, args)
         elif args.verb == "run":
             return _run(config, args, show_progress)
         elif args.verb == "submit":

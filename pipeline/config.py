@@ -18,32 +18,17 @@ from data_prep.config import PrepConfig
 from launch.config import LaunchConfig
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
-from training.config import (
-    CheckpointConfig,
-    HookSpec,
-    ModelConfig,
-    ParallelConfig,
-    PlanConfig,
-    RollbackConfig,
-    SamplesConfig,
-    TrainConfig,
-)
+from training.config import PlanConfig, TrainingConfig
 
 
-class CrucibleConfig(Section):
-    """The root of every config file."""
+class CrucibleConfig(TrainingConfig):
+    """The root of every config file: the training sections (model, parallel, train, checkpoint,
+    rollback, hooks, samples) and the run's name, data prep, launch and plan."""
 
     run_name: str = "crucible"
     prep: PrepConfig = Field(default_factory=PrepConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
-    hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
-    samples: SamplesConfig = Field(default_factory=SamplesConfig)
 
 
 class ConfigError(UserError):

@@ -45,23 +45,27 @@ def test_kv_cache_gives_the_logits_of_a_full_recompute(model_and_meta) -> None:
 
 
 def test_greedy_generation_is_deterministic_and_stops_at_end_of_document(model_and_meta) -> None:
-    from training.generate import Sampling, generate
+    from training.config import SamplesConfig
+    from training.generate import generate
 
     model, _ = model_and_meta
-    first = generate(model, [5, 6, 7], Sampling(max_new_tokens=12, temperature=0), 512, None)
-    assert len(first) == 12 and first == generate(model, [5, 6, 7], Sampling(max_new_tokens=12, temperature=0), 512, None)
-    assert generate(model, [5, 6, 7], Sampling(max_new_tokens=12, temperature=0), 512, first[3]) == first[:3]
+    greedy = SamplesConfig(max_new_tokens=12, temperature=0)
+    first = generate(model, [5, 6, 7], greedy, 512, None)
+    assert len(first) == 12 and first == generate(model, [5, 6, 7], greedy, 512, None)
+    assert generate(model, [5, 6, 7], greedy, 512, first[3]) == first[:3]
 
 
 def test_hf_export_matches_logits_and_generates_offline(model_and_meta, pipeline_checkpoint: Path, tiny_shards: Path,
                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from training.config import SamplesConfig
     from training.export import save_hf
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, _ = model_and_meta
-    out = save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32)
+    out = save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32,
+                  SamplesConfig())
     hf = LlamaForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32).eval()
     torch.manual_seed(1)
     tokens = torch.randint(2, 500, (2, 40))

@@ -1,9 +1,13 @@
 """The toy world of "What actually happens inside an LLM": ten words, d_model 4, one layer, one
 head, three sentences. Trained by the real trainer, greedy generation from "cat" and "dog"
-reproduces sentences of the corpus."""
+reproduces sentences of the corpus. Its special tokens are not the defaults ("END" ends a
+document, id 9; padding is id 10), so generation and export must take them from the shards."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 
 from data_prep.shards import write_manifest, write_shard
 from pipeline.ground.hashing import file_sha256
-from tests.conftest import torchrun
+from tests.conftest import REPO, torchrun
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
 SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
@@ -42,9 +46,8 @@ def toy_shards(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toy_model(tmp_path_factory: pytest.TempPathFactory):
-    from training.generate import load_model
-
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy shards (ROOT/shards) and a run trained on them (ROOT/run)."""
     root = tmp_path_factory.mktemp("toy")
     shards = toy_shards(root / "shards")
     torchrun(1, "train", "--data", str(shards), "--output", str(root / "run"), "--set", "model.preset=null",
@@ -55,8 +58,18 @@ def toy_model(tmp_path_factory: pytest.TempPathFactory):
              "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=4", "--set", "train.log_interval=100",
              "--set", "train.eval_interval=400", "--set", "train.peak_tflops=1", "--set", "checkpoint.interval=0",
              "--set", "rollback.enabled=false")
-    model, meta = load_model(root / "run" / "checkpoints" / "step-00000400")
-    return model, meta
+    return root
+
+
+def final_checkpoint(run: Path) -> Path:
+    return run / "run" / "checkpoints" / "step-00000400"
+
+
+@pytest.fixture(scope="module")
+def toy_model(toy_run: Path):
+    from training.generate import load_model
+
+    return load_model(final_checkpoint(toy_run))
 
 
 def test_the_toy_model_has_about_the_seed_s_size(toy_model) -> None:
@@ -66,10 +79,54 @@ def test_the_toy_model_has_about_the_seed_s_size(toy_model) -> None:
 
 @pytest.mark.parametrize("start", ["cat", "dog"])
 def test_greedy_generation_reproduces_a_corpus_sentence(toy_model, start: str) -> None:
-    from training.generate import Sampling, generate
+    from training.config import SamplesConfig
+    from training.generate import generate
 
     model, _ = toy_model
-    out = generate(model, [WORDS.index(start)], Sampling(max_new_tokens=8, temperature=0), len(WORDS), None)
+    out = generate(model, [WORDS.index(start)], SamplesConfig(max_new_tokens=8, temperature=0), len(WORDS), None)
     end = out.index(WORDS.index("END")) + 1 if WORDS.index("END") in out else len(out)
     sentence = " ".join([start] + [WORDS[i] for i in out[:end]])
     assert sentence in SENTENCES, sentence
+
+
+def crucible(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_sampling_stops_at_the_shards_end_of_document_token(toy_run: Path) -> None:
+    from training.config import SamplesConfig
+    from training.generate import sample_texts
+
+    greedy = SamplesConfig(prompts=["cat", "dog"], max_new_tokens=8, temperature=0)
+    for prompt, continuation in sample_texts(final_checkpoint(toy_run), toy_run / "shards" / "tokenizer.json", greedy):
+        assert f"{prompt} {continuation} END" in SENTENCES, continuation
+
+
+def test_generate_honours_samples_config(toy_run: Path) -> None:
+    """`--set samples.*` reaches `generate` (greedy, cut after one token); a flag given wins."""
+    from training.config import SamplesConfig
+    from training.generate import sample_texts
+
+    greedy = SamplesConfig(prompts=["cat"], max_new_tokens=8, temperature=0)
+    words = sample_texts(final_checkpoint(toy_run), toy_run / "shards" / "tokenizer.json", greedy)[0][1].split()
+    assert len(words) > 1
+    generate = ["generate", "--checkpoint", str(final_checkpoint(toy_run)), "--prompt", "cat",
+                "--set", "samples.temperature=0", "--set", "samples.max_new_tokens=1"]
+    out = crucible(*generate)
+    assert f"│ {words[0]} " in out and " ".join(words[:2]) not in out
+    assert " ".join(words[:2]) in crucible(*generate, "--max-new-tokens", "2")
+
+
+def test_hf_export_carries_the_shards_special_tokens_and_sampling(toy_run: Path, tmp_path: Path) -> None:
+    crucible("export", "--checkpoint", str(final_checkpoint(toy_run)), "--output", str(tmp_path / "hf"),
+             "--set", "samples.temperature=0", "--set", "samples.max_new_tokens=5")
+    end, pad = WORDS.index("END"), len(WORDS)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (end, end, pad)
+    tokenizer = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert (tokenizer["bos_token"], tokenizer["eos_token"], tokenizer["pad_token"]) == ("END", "END", "<|pad|>")
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation == {"eos_token_id": end, "pad_token_id": pad, "max_new_tokens": 5, "do_sample": False}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,16 @@ from pipeline.ground.names import CHECKPOINT_META as META
 from pipeline.ground.names import UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import convert_to_universal
+from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
 STAGING = ".staging"
 LATEST = "latest"
+
+
+def _ending(name: str) -> str:
+    return f".*{re.escape(name)}$"
 
 
 def universal_checkpoint_info() -> dict[str, Any]:
@@ -44,9 +50,9 @@ def universal_checkpoint_info() -> dict[str, Any]:
 
     return {
         constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-        constants.TP_REPLICATED_PARAMETER_PATTERNS: [r".*norm\.weight$"],
-        constants.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: [r".*attn\.o\.weight$", r".*mlp\.down\.weight$"],
-        constants.PIPELINE_REPLICATED_PARAMETER_PATTERNS: [r".*embed\.weight$"],
+        constants.TP_REPLICATED_PARAMETER_PATTERNS: [_ending(NORM_WEIGHT)],
+        constants.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: [_ending(name) for name in ROW_PARALLEL],
+        constants.PIPELINE_REPLICATED_PARAMETER_PATTERNS: [_ending(EMBED_WEIGHT)],
     }
 
 

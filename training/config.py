@@ -1,4 +1,5 @@
-"""Config sections of training: the model, the parallel layout and the optimization.
+"""Config sections of training: the model, the parallel layout, the optimization, checkpoints,
+rollback, hooks and sampling, gathered in `TrainingConfig`, all the trainer reads.
 
 Layout errors that would otherwise surface as a hang or a shape mismatch deep inside a
 collective (heads not divisible by TP, fewer layers than pipeline stages, ZeRO-2/3 with
@@ -173,14 +174,27 @@ class PlanConfig(Section):
 
 
 class SamplesConfig(Section):
-    """Sample generations at the end of `run` (and their defaults for `generate`)."""
+    """Sampling settings, the one set of defaults: the samples at the end of `run`, `generate`
+    (whose flags override them) and the generation config of a Hugging Face export."""
 
     prompts: list[str] = Field(default_factory=lambda: ["The ", "Debian is", "def main("])
     max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.8, ge=0)
+    temperature: float = Field(0.8, ge=0, description="0 picks the most likely token (greedy).")
     top_k: int | None = Field(50, ge=1)
     top_p: float | None = Field(0.95, gt=0, le=1)
     seed: int = 0
+
+
+class TrainingConfig(Section):
+    """The sections training reads; the root config extends it, so their keys stay top-level."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
 
 
 class LayoutError(UserError):

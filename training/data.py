@@ -37,9 +37,11 @@ class PackedDataset:
     """All rows of one split, memory-mapped; validated against what the trainer expects."""
 
     def __init__(self, folder: Path, split: str = "train", seq_len: int | None = None,
-                 tokenizer_sha256: str | None = None, verify: bool = True) -> None:
+                 tokenizer_sha256: str | None = None, verify: bool = True,
+                 manifest: dict[str, Any] | None = None) -> None:
+        """`manifest`: the folder's manifest, when the caller has read it already."""
         self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
+        self.manifest = read_manifest(self.folder) if manifest is None else manifest
         if seq_len is not None and self.manifest["seq_len"] != seq_len:
             raise ShardError(f"{self.folder / 'manifest.json'}: shards have seq_len {self.manifest['seq_len']}, "
                              f"the training config asks for {seq_len}")

@@ -1,9 +1,10 @@
 """The trainer: built from one config, a train_step that reads top to bottom, and fit().
 
 Parts are made by their own modules (model, parallel, optim, data, checkpoint, hooks, metrics);
-this file only wires them. With PP = 1 a step is DeepSpeed's forward/backward/step over the
-micro-batches of one global batch; with PP > 1 it is the pipeline engine's 1F1B `train_batch`
-over the same micro-batches. Every rank draws the same global rows per step whatever the
+this file only wires them. Hooks, the built-in ones included, say what they want after a step
+(go on, roll back, stop) and the trainer acts on it. With PP = 1 a step is DeepSpeed's
+forward/backward/step over the micro-batches of one global batch; with PP > 1 it is the pipeline
+engine's 1F1B `train_batch` over the same micro-batches. Every rank draws the same global rows per step whatever the
 layout, which is what makes loss curves of different layouts comparable.
 
 Recovery: the run resumes from the latest good checkpoint by default; a non-finite or spiking
@@ -26,11 +27,12 @@ from data_prep.shards import ShardError, read_manifest
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import MANIFEST
 from training import parallel
-from training.checkpoint import CheckpointConfig, Checkpointer, CheckpointInfo
-from training.config import STOPPED_FILE, ModelConfig, ParallelConfig, TrainConfig, check_layout
+from training.checkpoint import Checkpointer, CheckpointInfo
+from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
-from training.hooks import AnomalyDetector, EventLog, Hook, HookSpec, RollbackConfig, SignalCheckpoint, load_user_hooks
+from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, flops_per_token, measure_peak_flops
 from training.model import lm_loss, padded_vocab
@@ -58,29 +60,29 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig, train_cfg: TrainConfig,
-                 checkpoint_cfg: CheckpointConfig, rollback_cfg: RollbackConfig, hook_specs: list[HookSpec],
-                 data_dir: Path, run_dir: Path, world_size: int, resume: str = "auto") -> None:
-        self.model_cfg, self.parallel_cfg, self.train_cfg = model_cfg, parallel_cfg, train_cfg
-        self.rollback_cfg, self.run_dir, self.data_dir = rollback_cfg, Path(run_dir), Path(data_dir)
-        manifest = read_manifest(self.data_dir)
+    def __init__(self, config: TrainingConfig, data_dir: Path, run_dir: Path, world_size: int,
+                 resume: str = "auto") -> None:
+        self.config, self.run_dir, self.data_dir = config, Path(run_dir), Path(data_dir)
+        model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
+        self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
+        tokenizer = manifest["tokenizer"]
         self.seq_len = manifest["seq_len"]
         if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
-            raise ShardError(f"{self.data_dir / 'manifest.json'}: shards hold seq_len {self.seq_len}, "
+            raise ShardError(f"{self.data_dir / MANIFEST}: shards hold seq_len {self.seq_len}, "
                              f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
-        vocab = model_cfg.vocab_size or manifest["tokenizer"]["vocab_size"]
-        if vocab < manifest["tokenizer"]["vocab_size"]:
-            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {manifest['tokenizer']['vocab_size']}")
-        self.pad_id = manifest["tokenizer"]["pad_id"]
+        vocab = model_cfg.vocab_size or tokenizer["vocab_size"]
+        if vocab < tokenizer["vocab_size"]:
+            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
+        self.pad_id = tokenizer["pad_id"]
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         self.layout = parallel.init_distributed(parallel_cfg)
         self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
         self.manifest_sha256 = manifest_hash(self.data_dir)
 
-        tokenizer_sha = file_sha256(self.data_dir / manifest["tokenizer"]["file"])
-        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha)
-        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha)
+        tokenizer_sha = file_sha256(self.data_dir / tokenizer["file"])
+        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest)
+        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
         self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
                                         seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
@@ -92,14 +94,9 @@ class Trainer:
         is_rank0 = self.layout.rank == 0
         self.metrics = MetricsLog(self.run_dir, enabled=is_rank0)
         self.events = EventLog(self.run_dir, enabled=is_rank0)
-        self.checkpointer = Checkpointer(self.run_dir, checkpoint_cfg, self.layout.rank)
-        self.checkpoint_cfg = checkpoint_cfg
-        self.detector = AnomalyDetector(rollback_cfg)
-        detector = [self.detector] if rollback_cfg.enabled else []
-        self.hooks: list[Hook] = [*load_user_hooks(hook_specs), *detector, SignalCheckpoint()]
+        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
+        self.hooks: list[Hook] = build_hooks(config)
         self.step, self.rollbacks = 0, 0
-        self.anomaly = None
-        self.stop_signal: str | None = None
 
         start = self.checkpointer.resolve(resume, self.events)
         if start is not None:
@@ -115,21 +112,22 @@ class Trainer:
         """Model, optimizer, schedule and DeepSpeed engine; weights seeded unless a checkpoint follows."""
         self.engine = None
         gc.collect()
-        model = parallel.build_model(self.model_cfg, self.parallel_cfg, self.layout, self.vocab, self.pad_id, self.dtype)
+        cfg = self.config
+        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype)
         if seeded_init:
-            init_weights(model, self.train_cfg.seed, self.model_cfg.n_layers)
-        parallel.seed_everything(self.train_cfg.seed, self.layout, model)
+            init_weights(model, cfg.train.seed, cfg.model.n_layers)
+        parallel.seed_everything(cfg.train.seed, self.layout, model)
         model.to(self.layout.device)
-        optimizer, self.scheduler = build_optimizer(model, self.train_cfg)
-        ds_config = parallel.deepspeed_config(self.train_cfg, self.parallel_cfg, self.layout, self.dtype == torch.bfloat16,
+        optimizer, self.scheduler = build_optimizer(model, cfg.train)
+        ds_config = parallel.deepspeed_config(cfg.train, cfg.parallel, self.layout, self.dtype == torch.bfloat16,
                                               load_universal)
         self.grad_accum = ds_config["gradient_accumulation_steps"]
-        self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, self.parallel_cfg)
+        self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, cfg.parallel)
 
     def _layout_changed(self, info: CheckpointInfo) -> bool:
         saved = info.meta["layout"]
         return (saved["tp"], saved["pp"], saved["dp"], saved["zero_stage"]) != (
-            self.layout.tp, self.layout.pp, self.dp, self.parallel_cfg.zero_stage)
+            self.layout.tp, self.layout.pp, self.dp, self.config.parallel.zero_stage)
 
     def _check_compatible(self, info: CheckpointInfo) -> None:
         saved = info.meta["layout"]
@@ -171,7 +169,7 @@ class Trainer:
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
         micro_batches = [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)]
-        if self.parallel_cfg.pp > 1:
+        if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
             total = torch.zeros((), device=self.layout.device)
@@ -187,15 +185,16 @@ class Trainer:
                           time.perf_counter() - started)
 
     def _val_loader(self) -> DistributedLoader:
-        return DistributedLoader(self.val_data, self.train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
-                                 seed=0, rows_per_step=self.train_cfg.global_batch_size)
+        return DistributedLoader(self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
+                                 seed=0, rows_per_step=self.config.train.global_batch_size)
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the same `eval_batches` global batches of validation rows, whatever the layout."""
         loader = self._val_loader()
-        batches = [self._to_device(loader.next_batch()) for _ in range(self.train_cfg.eval_batches * self.grad_accum)]
-        if self.parallel_cfg.pp > 1:
+        steps = self.config.train.eval_batches * self.grad_accum
+        batches = [self._to_device(loader.next_batch()) for _ in range(steps)]
+        if self.config.parallel.pp > 1:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
         self.engine.eval()
         total = torch.zeros((), device=self.layout.device)
@@ -216,22 +215,24 @@ class Trainer:
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
         self.metrics.log(record)
-        if self.layout.rank == 0 and (record["step"] % self.train_cfg.log_interval == 0 or len(record) > 8):
+        if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or len(record) > 8):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
-            print(f"step {record['step']:>5}/{self.train_cfg.max_steps} | loss {record['loss']:.4f}{extra} | "
+            print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                   f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s | "
                   f"MFU {100 * record['mfu']:.1f}%", flush=True)
 
     def save(self, reason: str) -> Path:
         meta = {
             "loader": self.loader.state_dict(), "tokens": self.step * self.tokens_per_step,
-            "healthy": self.anomaly is None, "rollbacks": self.rollbacks, "reason": reason,
+            # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
+            "healthy": True, "rollbacks": self.rollbacks, "reason": reason,
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
-                       "zero_stage": self.parallel_cfg.zero_stage},
+                       "zero_stage": self.config.parallel.zero_stage},
             "manifest_sha256": self.manifest_sha256, "data_dir": str(self.data_dir.resolve()), "seq_len": self.seq_len,
-            "config": {"model": self.model_cfg.model_dump(mode="json"), "parallel": self.parallel_cfg.model_dump(mode="json"),
-                       "train": self.train_cfg.model_dump(mode="json"), "vocab_padded": self.vocab},
+            "tokenizer": self.manifest["tokenizer"],  # its file, hash and special-token ids, for generate and export
+            "config": {"model": self.config.model.model_dump(mode="json"), "parallel": self.config.parallel.model_dump(mode="json"),
+                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab},
         }
         path = self.checkpointer.save(self.engine, self.step, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
@@ -239,10 +240,9 @@ class Trainer:
             hook.on_save(self, path)
         return path
 
-    def rollback(self) -> bool:
+    def rollback(self, anomaly: Anomaly) -> bool:
         """Back to the last healthy checkpoint; skip the data since; damp the rate for a while.
         A spike before the first checkpoint is logged and training goes on (False)."""
-        anomaly, self.anomaly = self.anomaly, None
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
         target = self.checkpointer.last_healthy(before_step=anomaly.step - 1)
@@ -253,8 +253,8 @@ class Trainer:
             self.events.log({"event": "anomaly_ignored", "step": anomaly.step, "reason": anomaly.reason,
                              "value": anomaly.value, "why": "no checkpoint to roll back to yet"})
             return False
-        if self.rollbacks >= self.rollback_cfg.max_rollbacks:
-            raise RuntimeError(f"gave up after {self.rollback_cfg.max_rollbacks} rollbacks; last anomaly: "
+        if self.rollbacks >= self.config.rollback.max_rollbacks:
+            raise RuntimeError(f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
                                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
         self.rollbacks += 1
         skip_from = target.meta["loader"]
@@ -264,13 +264,14 @@ class Trainer:
         self.step = target.step
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
         schedule = self.scheduler.lr_lambdas[0]
-        schedule.damp(self.rollback_cfg.lr_scale, self.step + self.rollback_cfg.lr_scale_steps)
+        schedule.damp(self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)
         apply_schedule_now(self.scheduler)
-        self.detector.reset()
+        for hook in self.hooks:
+            hook.on_rollback(self, target.step)
         event = {"event": "rollback", "step": anomaly.step, "reason": anomaly.reason, "value": anomaly.value,
                  "threshold": anomaly.threshold, "restored_step": target.step, "checkpoint": target.path.name,
-                 "skipped": {"from": skip_from, "to": skip_to}, "lr_scale": self.rollback_cfg.lr_scale,
-                 "lr_scale_until": self.step + self.rollback_cfg.lr_scale_steps, "rollbacks": self.rollbacks}
+                 "skipped": {"from": skip_from, "to": skip_to}, "lr_scale": self.config.rollback.lr_scale,
+                 "lr_scale_until": self.step + self.config.rollback.lr_scale_steps, "rollbacks": self.rollbacks}
         self.events.log(event)
         if self.layout.rank == 0:
             print(f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
@@ -280,34 +281,34 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> list[dict[str, Any]]:
-        cfg, records = self.train_cfg, []
+        cfg, records = self.config.train, []
         while self.step < cfg.max_steps:
             result = self.train_step()
             last = self.step == cfg.max_steps
             record = self.make_record(result)
-            for hook in self.hooks:
-                hook.on_step_end(self, record)
-            if self.anomaly is not None:
-                reason = self.anomaly.reason
-                if self.rollback():
-                    self.log_record(record | {"anomaly": reason})
-                    continue
-                record["anomaly_ignored"] = reason
+            actions = [hook.on_step_end(self, record) for hook in self.hooks]
+            rollback = next((a for a in actions if isinstance(a, Rollback)), None)
+            stop = next((a for a in actions if isinstance(a, Stop)), None)
+            if rollback is not None:
+                if self.rollback(rollback.anomaly):
+                    self.log_record(record | {"anomaly": rollback.anomaly.reason})
+                    continue  # a stop asked for now is asked again after the next step
+                record["anomaly_ignored"] = rollback.anomaly.reason
             if self.step % cfg.eval_interval == 0 or last:
                 record["val_loss"] = self.evaluate()
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
             self.log_record(record)
             records.append(record)
-            interval = self.checkpoint_cfg.interval
-            if self.checkpoint_cfg.enabled and (last or self.stop_signal or (interval and self.step % interval == 0)):
-                self.save("signal" if self.stop_signal else "final" if last else "interval")
-            if self.stop_signal:
-                self.events.log({"event": "stop", "step": self.step, "signal": self.stop_signal})
+            interval = self.config.checkpoint.interval
+            if self.config.checkpoint.enabled and (last or stop or (interval and self.step % interval == 0)):
+                self.save("signal" if stop else "final" if last else "interval")
+            if stop is not None:
+                self.events.log({"event": "stop", "step": self.step, "signal": stop.reason})
                 if self.layout.rank == 0:
                     # The job script's cue to requeue: this run stopped early, with a checkpoint to resume.
-                    write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": self.stop_signal})
-                    print(f"{self.stop_signal}: checkpoint saved at step {self.step}; stopping for requeue", flush=True)
+                    write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": stop.reason})
+                    print(f"{stop.reason}: checkpoint saved at step {self.step}; stopping for requeue", flush=True)
                 break
         self.metrics.close()
         return records

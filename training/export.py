@@ -4,13 +4,13 @@ DeepSpeed's universal-checkpoint conversion merges ZeRO partitions, TP slices (t
 patterns `checkpoint.universal_checkpoint_info` saves) and pipeline stages into one fp32 tensor
 per parameter; this module renames those to the single-process model's names. The architecture
 (RMSNorm, RoPE on split halves, GQA, SwiGLU, no biases) is Llama's, so the Hugging Face export is
-a renaming too, checked by comparing logits.
+a renaming too, checked by comparing logits. Special tokens are the ones the shards were made
+with, as the checkpoint records them, whatever their names.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 
+from data_prep.shards import read_manifest
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINT_META as META
-from pipeline.ground.names import UNIVERSAL
+from pipeline.ground.names import TOKENIZER_FILE, UNIVERSAL
+from training.config import SamplesConfig
+from training.model import canonical_name, hf_name
 
 
 def convert_to_universal(checkpoint: Path, target: Path) -> None:
@@ -35,27 +38,17 @@ def convert_to_universal(checkpoint: Path, target: Path) -> None:
                         f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}")
 
 
-def canonical_name(name: str, n_layers: int) -> str:
-    """Pipeline-module parameter names ("3.attn.q.weight") -> single-process names ("blocks.2.attn.q.weight")."""
-    tied = re.match(r"^tied_modules\.embedding\.(.*)$", name)
-    if tied:
-        return f"embedding.{tied.group(1)}"
-    layer = re.match(r"^(\d+)\.(.*)$", name)
-    if not layer:
-        return name
-    index, rest = int(layer.group(1)), layer.group(2)
-    if index == 0:
-        return f"embedding.{rest}"
-    if index <= n_layers:
-        return f"blocks.{index - 1}.{rest}"
-    return f"final_norm.{rest}" if index == n_layers + 1 else f"head.{rest}"
-
-
 def read_meta(checkpoint: Path) -> dict[str, Any]:
     path = Path(checkpoint) / META
     if not path.exists():
         raise UserError(f"{checkpoint} is not a Crucible checkpoint (no {META})")
     return json.loads(path.read_text())
+
+
+def tokenizer_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """The shards' tokenizer entry a checkpoint was trained with: file, sha256, vocab_size, eod_id,
+    pad_id. Checkpoints carry it; older ones are looked up in their shards' manifest."""
+    return meta.get("tokenizer") or read_manifest(Path(meta["data_dir"]))["tokenizer"]
 
 
 def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -98,40 +91,37 @@ def llama_config(meta: dict[str, Any], eod_id: int, pad_id: int) -> dict[str, An
     }
 
 
-HF_NAMES = [
-    (r"^embedding\.embed\.weight$", "model.embed_tokens.weight"),
-    (r"^blocks\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
-    (r"^blocks\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
-    (r"^blocks\.(\d+)\.attn\.(q|k|v|o)\.weight$", r"model.layers.\1.self_attn.\2_proj.weight"),
-    (r"^blocks\.(\d+)\.mlp\.(gate|up|down)\.weight$", r"model.layers.\1.mlp.\2_proj.weight"),
-    (r"^final_norm\.norm\.weight$", "model.norm.weight"),
-    (r"^head\.proj\.weight$", "lm_head.weight"),
-]
+def generation_config(samples: SamplesConfig, eod_id: int, pad_id: int) -> dict[str, Any]:
+    """Hugging Face generation defaults: the configured sampling, stopping at the end of a document."""
+    config: dict[str, Any] = {"eos_token_id": eod_id, "pad_token_id": pad_id,
+                              "max_new_tokens": samples.max_new_tokens, "do_sample": samples.temperature > 0}
+    if samples.temperature > 0:  # top_k 0 and top_p 1 switch those filters off, as None does here
+        config |= {"temperature": samples.temperature, "top_k": samples.top_k or 0, "top_p": samples.top_p or 1.0}
+    return config
 
 
-def hf_name(name: str) -> str:
-    for pattern, replacement in HF_NAMES:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name)
-    raise KeyError(f"no Hugging Face name for {name}")
-
-
-def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype) -> Path:
+def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype,
+            samples: SamplesConfig) -> Path:
     """safetensors + config.json + tokenizer files, loadable with transformers offline."""
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
     state, meta = consolidate(checkpoint)
+    record = tokenizer_record(meta)
+    eod_id, pad_id = record["eod_id"], record["pad_id"]
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    eod_id, pad_id = tokenizer.token_to_id("<|endoftext|>"), tokenizer.token_to_id("<|pad|>")
+    eod, pad = tokenizer.id_to_token(eod_id), tokenizer.id_to_token(pad_id)
+    if eod is None or pad is None:
+        raise UserError(f"tokenizer {tokenizer_file} has no token ids {eod_id} and {pad_id} (end of document, "
+                        f"padding) that {checkpoint} was trained with: pass the run's tokenizer")
     output.mkdir(parents=True, exist_ok=True)
     tensors = {hf_name(k): v.to(dtype).contiguous() for k, v in state.items()}
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     config = llama_config(meta, eod_id, pad_id) | {"torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
     (output / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.copy(tokenizer_file, output / "tokenizer.json")
+    shutil.copy(tokenizer_file, output / TOKENIZER_FILE)
     (output / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
-        "pad_token": "<|pad|>", "model_max_length": config["max_position_embeddings"]}, indent=2))
-    (output / "generation_config.json").write_text(json.dumps({"eos_token_id": eod_id, "pad_token_id": pad_id}))
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
+        "model_max_length": config["max_position_embeddings"]}, indent=2))
+    (output / "generation_config.json").write_text(json.dumps(generation_config(samples, eod_id, pad_id), indent=2))
     return output

@@ -7,7 +7,6 @@ each step attending over the cached keys and values instead of recomputing the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,17 +14,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from training.config import ModelConfig, SamplesConfig
-from training.export import consolidate
+from training.export import consolidate, tokenizer_record
 from training.model import GPT, KVCache
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 64
-    temperature: float = 0.8  # 0 picks the most likely token (greedy)
-    top_k: int | None = 50
-    top_p: float | None = 0.95
-    seed: int = 0
 
 
 def single_process_groups() -> None:
@@ -47,7 +37,7 @@ def load_model(checkpoint: Path) -> tuple[GPT, dict]:
     return model.eval(), meta
 
 
-def sample_next(logits: torch.Tensor, sampling: Sampling, vocab: int, generator: torch.Generator) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, sampling: SamplesConfig, vocab: int, generator: torch.Generator) -> torch.Tensor:
     """Next token ids [B] from last-position logits [B, V_padded]; padded vocabulary rows never win."""
     logits = logits[:, :vocab].float()
     if sampling.temperature == 0:
@@ -69,18 +59,17 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> 
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    eod = tokenizer.token_to_id("<|endoftext|>")
-    model, _ = load_model(checkpoint)
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
+    model, meta = load_model(checkpoint)
+    eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
     samples = []
     for prompt in cfg.prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
-        samples.append((prompt, tokenizer.decode(generate(model, ids, sampling, tokenizer.get_vocab_size(), eod))))
+        samples.append((prompt, tokenizer.decode(generate(model, ids, cfg, tokenizer.get_vocab_size(), eod))))
     return samples
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: list[int], sampling: Sampling, vocab: int, stop_id: int | None) -> list[int]:
+def generate(model: GPT, prompt: list[int], sampling: SamplesConfig, vocab: int, stop_id: int | None) -> list[int]:
     """Prefill `prompt` once, then decode with the KV cache until `stop_id` or max_new_tokens."""
     generator = torch.Generator().manual_seed(sampling.seed)
     cache = KVCache()

@@ -1,9 +1,12 @@
 """Hooks: the small interface the training loop calls, and the built-in ones.
 
 The loop calls `on_batch` before a micro-batch is used, `on_step_end` after each optimizer step,
-`on_eval` after validation, `on_save` after a checkpoint is published and `on_anomaly` when a
-rollback is about to happen. Automatic rollback and checkpoint-on-signal are hooks like any a
-user adds from config (`train.hooks: [{target: "package.module:Class", args: {...}}]`).
+`on_eval` after validation, `on_save` after a checkpoint is published, `on_anomaly` when an
+anomaly is about to be rolled back (or ignored, with no checkpoint yet) and `on_rollback` once
+the run is back at a checkpoint. A hook steers the run only by what `on_step_end` returns: None
+to go on, `Rollback` or `Stop`; the trainer decides how. Automatic rollback and
+checkpoint-on-signal are hooks like any a user adds from config, in the same list
+(`hooks: [{target: "package.module:Class", args: {...}}]`).
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ import signal
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from pipeline.ground.errors import UserError
-from training.config import HookSpec, RollbackConfig
+from training.config import HookSpec, RollbackConfig, TrainingConfig
 
 if TYPE_CHECKING:
-    from training.data import Batch
-    from training.engine import Trainer
+    from training.data import Batch, DistributedLoader, PackedDataset
+    from training.parallel import Layout
 
 
 RECENT = 5  # values averaged for the current level of loss or grad norm
@@ -39,22 +42,53 @@ class Anomaly:
     threshold: float | None
 
 
+@dataclass(frozen=True)
+class Rollback:
+    """Go back to the last healthy checkpoint because of `anomaly`."""
+
+    anomaly: Anomaly
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Save and stop after this step (`reason`: the signal's name), for a requeue to resume."""
+
+    reason: str
+
+
+Action = Rollback | Stop | None  # None: go on
+
+
+class TrainerView(Protocol):
+    """What a hook may read of the trainer (and, as the fault-injection tests do, poke at)."""
+
+    config: TrainingConfig
+    layout: Layout
+    engine: Any  # the DeepSpeed engine
+    loader: DistributedLoader
+    train_data: PackedDataset
+    step: int
+
+
 class Hook:
     """Override what you need; every method has a do-nothing default."""
 
-    def on_batch(self, trainer: Trainer, batch: Batch) -> Batch:
+    def on_batch(self, trainer: TrainerView, batch: Batch) -> Batch:
         return batch
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:
+        return None
+
+    def on_eval(self, trainer: TrainerView, val_loss: float) -> None:
         pass
 
-    def on_eval(self, trainer: Trainer, val_loss: float) -> None:
+    def on_save(self, trainer: TrainerView, path: Path) -> None:
         pass
 
-    def on_save(self, trainer: Trainer, path: Path) -> None:
+    def on_anomaly(self, trainer: TrainerView, anomaly: Anomaly) -> None:
         pass
 
-    def on_anomaly(self, trainer: Trainer, anomaly: Anomaly) -> None:
+    def on_rollback(self, trainer: TrainerView, restored_step: int) -> None:
         pass
 
 
@@ -116,17 +150,12 @@ class AnomalyDetector(Hook):
             self.norms.append(grad_norm)
         return None
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:
         anomaly = self.check(record["step"], record["loss"], record["grad_norm"])
-        if anomaly is not None:
-            trainer.anomaly = anomaly
+        return None if anomaly is None else Rollback(anomaly)
 
-    @property
-    def healthy(self) -> bool:
-        """Enough clean history that a checkpoint now is a good place to roll back to."""
-        return len(self.losses) >= 1
-
-    def reset(self) -> None:
+    def on_rollback(self, trainer: TrainerView, restored_step: int) -> None:
+        """The window described the undone steps; start it afresh."""
         self.losses.clear()
         self.norms.clear()
 
@@ -148,12 +177,11 @@ class SignalCheckpoint(Hook):
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:
         flag = torch.tensor([self.received or 0], dtype=torch.int64, device=trainer.layout.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag):
-            trainer.stop_signal = signal.Signals(int(flag)).name
+        return Stop(signal.Signals(int(flag)).name) if int(flag) else None
 
 
 def load_user_hooks(specs: list[HookSpec]) -> list[Hook]:
@@ -163,6 +191,12 @@ def load_user_hooks(specs: list[HookSpec]) -> list[Hook]:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
-            raise UserError(f"train.hooks: cannot load {spec.target}: {exc}") from None
+            raise UserError(f"hooks: cannot load {spec.target}: {exc}") from None
         hooks.append(cls(**spec.args))
     return hooks
+
+
+def build_hooks(config: TrainingConfig) -> list[Hook]:
+    """The user's hooks, then the built-in anomaly detector (unless disabled) and signal handler."""
+    detector = [AnomalyDetector(config.rollback)] if config.rollback.enabled else []
+    return [*load_user_hooks(config.hooks), *detector, SignalCheckpoint()]

@@ -16,23 +16,17 @@ import torch
 from megatron.core import parallel_state
 from torch import nn
 
-from training.model import Block, Embedding, FinalNorm, Head
+from training.model import NORM_WEIGHT, ROW_PARALLEL, layer_name
 
-STD = 0.02
-SCALED_OUTPUTS = ("attn.o.weight", "mlp.down.weight")  # residual-branch outputs, GPT-2 style
+STD = 0.02  # residual-branch outputs (ROW_PARALLEL) get STD / sqrt(2 * n_layers), GPT-2 style
 
 
 def canonical_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(canonical prefix, layer) for every model layer held by this rank."""
     for module in model.modules():
-        if isinstance(module, Block):
-            yield f"blocks.{module.index}", module
-        elif isinstance(module, Embedding):
-            yield "embedding", module
-        elif isinstance(module, FinalNorm):
-            yield "final_norm", module
-        elif isinstance(module, Head):
-            yield "head", module
+        prefix = layer_name(module)
+        if prefix is not None:
+            yield prefix, module
 
 
 def _full_shape(param: torch.Tensor, tp: int) -> list[int]:
@@ -49,10 +43,10 @@ def init_weights(model: nn.Module, seed: int, n_layers: int) -> None:
     for prefix, layer in canonical_layers(model):
         for name, param in layer.named_parameters():
             key = f"{prefix}.{name}"
-            if name.endswith("norm.weight"):
+            if name.endswith(NORM_WEIGHT):
                 param.fill_(1.0)
                 continue
-            std = STD / math.sqrt(2 * n_layers) if name.endswith(SCALED_OUTPUTS) else STD
+            std = STD / math.sqrt(2 * n_layers) if name.endswith(ROW_PARALLEL) else STD
             generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
             full = torch.randn(_full_shape(param, tp), generator=generator) * std
             if getattr(param, "tensor_model_parallel", False):

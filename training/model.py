@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Callable
 from typing import Any, ContextManager
 
@@ -249,7 +250,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.T
 
 
 class GPT(nn.Module):
-    """The whole model in one process group stage: embedding, blocks, final norm, head."""
+    """The whole model in one process group stage: embedding, blocks, final norm, head.
+
+    Its attribute names are the canonical layer names (`EMBEDDING`, `BLOCKS`, ... below).
+    """
 
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
         super().__init__()
@@ -271,3 +275,57 @@ class GPT(nn.Module):
                 x = block(x, cache)
         x = self.final_norm(x)
         return self.embedding.logits(x) if self.head is None else self.head(x)
+
+
+# -- parameter names ---------------------------------------------------------------------------
+# The single-process model's state-dict names are the canonical ones. Seeded initialization, the
+# merge patterns a checkpoint carries and both exports match on the facts below, spelled only here.
+
+EMBEDDING, BLOCKS, FINAL_NORM, HEAD = "embedding", "blocks", "final_norm", "head"  # GPT's attributes
+NORM_WEIGHT = "norm.weight"  # how every RMSNorm weight's name ends; replicated over TP ranks
+ROW_PARALLEL = ("attn.o.weight", "mlp.down.weight")  # residual-branch outputs, split by rows over TP
+EMBED_WEIGHT = "embed.weight"  # the token embedding; a tied head shares it between pipeline stages
+TIED_PREFIX = f"tied_modules.{EMBEDDING}."  # how DeepSpeed's PipelineModule names the tied embedding
+
+
+def block_name(index: int) -> str:
+    return f"{BLOCKS}.{index}"
+
+
+def layer_name(layer: nn.Module) -> str | None:
+    """The canonical prefix of a model layer (`blocks.3`), whichever pipeline stage holds it; None
+    for modules that are not layers."""
+    if isinstance(layer, Block):
+        return block_name(layer.index)
+    return {Embedding: EMBEDDING, FinalNorm: FINAL_NORM, Head: HEAD}.get(type(layer))
+
+
+def canonical_name(name: str, n_layers: int) -> str:
+    """A pipeline module's parameter name ("3.attn.q.weight") as the single-process model's
+    ("blocks.2.attn.q.weight"): pipeline layer i is the i-th of embedding, blocks, final norm, head."""
+    if name.startswith(TIED_PREFIX):
+        return f"{EMBEDDING}.{name.removeprefix(TIED_PREFIX)}"
+    index, dot, rest = name.partition(".")
+    if not (dot and index.isdigit()):
+        return name
+    layers = [EMBEDDING, *map(block_name, range(n_layers)), FINAL_NORM, HEAD]
+    return f"{layers[int(index)]}.{rest}"
+
+
+# Canonical names -> Hugging Face Llama names: the architecture is Llama's, so export is a renaming.
+HF_LLAMA_NAMES = [
+    (r"^embedding\.embed\.weight$", "model.embed_tokens.weight"),
+    (r"^blocks\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
+    (r"^blocks\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
+    (r"^blocks\.(\d+)\.attn\.(q|k|v|o)\.weight$", r"model.layers.\1.self_attn.\2_proj.weight"),
+    (r"^blocks\.(\d+)\.mlp\.(gate|up|down)\.weight$", r"model.layers.\1.mlp.\2_proj.weight"),
+    (r"^final_norm\.norm\.weight$", "model.norm.weight"),
+    (r"^head\.proj\.weight$", "lm_head.weight"),
+]
+
+
+def hf_name(name: str) -> str:
+    for pattern, replacement in HF_LLAMA_NAMES:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise KeyError(f"no Hugging Face name for {name}")

@@ -26,7 +26,7 @@ from megatron.core import parallel_state  # noqa: E402
 from megatron.core.model_parallel_config import ModelParallelConfig  # noqa: E402
 
 from training.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
-from training.model import GPT, Attention, Block, Embedding, FinalNorm, Head, lm_loss  # noqa: E402
+from training.model import EMBEDDING, GPT, Attention, Block, Embedding, FinalNorm, Head, lm_loss  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,6 @@ class Layout:
     pp_rank: int
     dp_rank: int
     device: torch.device
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp - 1
 
 
 def init_distributed(parallel: ParallelConfig) -> Layout:
@@ -172,10 +168,11 @@ def _head_forward(embedding: Embedding, inputs: Any) -> torch.Tensor:
 
 def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, mp_config: ModelParallelConfig,
                    vocab: int, pad_id: int) -> PipelineModule:
-    """The GPT as PipelineModule layers; with tied weights the head shares the embedding."""
+    """The GPT as PipelineModule layers, in model order (which `model.canonical_name` relies on);
+    with tied weights the head shares the embedding."""
     if cfg.tie_embeddings:
-        first = TiedLayerSpec("embedding", Embedding, cfg, mp_config, vocab, tied_weight_attr="weight")
-        last = TiedLayerSpec("embedding", Embedding, cfg, mp_config, vocab, forward_fn=_head_forward,
+        first = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, tied_weight_attr="weight")
+        last = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, forward_fn=_head_forward,
                              tied_weight_attr="weight")
     else:
         first, last = LayerSpec(Embedding, cfg, mp_config, vocab), LayerSpec(Head, cfg, mp_config, vocab)
