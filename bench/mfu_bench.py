@@ -38,9 +38,8 @@ from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
 from training.data import PackedDataset, make_batch
 from training.engine import compute_dtype
-from training.metrics import flops_per_token, measure_peak_flops
-from training.model import padded_vocab
-from training.plan import count_params
+from training.metrics import measure_peak_flops
+from training.plan import count_params, flops_per_token, padded_vocab
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
 

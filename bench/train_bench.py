@@ -39,7 +39,7 @@ from pipeline.config import load_config
 from training.config import ModelConfig, TrainConfig
 from training.data import PackedDataset, make_batch
 from training.hooks import Hook
-from training.metrics import flops_per_token
+from training.plan import flops_per_token
 
 if TYPE_CHECKING:
     from training.engine import Trainer
@@ -382,7 +382,7 @@ def report(settings: list[Setting], kernel: AttentionKernel, flops: float,
             f"median of step-by-step ratios {paired:.2f}x; same function: max |logit gap| {s.logit_gap:.1e}"))
         mfus.append(Result(f"MFU, document masking {label}", CORPUS, units, "%", 100 * ours * flops / peak,
                            "plain PyTorch loop (is_causal)", 100 * base * flops / peak, None,
-                           f"{flops / 1e6:.1f} MFLOP/token (training.metrics.flops_per_token) against the GEMM "
+                           f"{flops / 1e6:.1f} MFLOP/token (training.plan.flops_per_token) against the GEMM "
                            f"peak below"))
     mask, causal = (min(kernel.seconds[k]) for k in ("mask", "causal"))
     results.append(Result("SDPA fwd+bwd with Crucible's document mask", CORPUS, len(kernel.seconds["mask"]), "calls/s",
@@ -415,7 +415,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    from training.model import padded_vocab
+    from training.plan import padded_vocab
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="crucible-train-bench-") as tmp:

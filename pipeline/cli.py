@@ -175,29 +175,47 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
 
 
+def _count(n: float) -> str:
+    """5.0M, 1.04B: parameters in the units people say."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
 def _plan(config: CrucibleConfig) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
+    from training.config import LayoutError, check_batch, check_shapes
     from training.plan import estimate
 
-    e = estimate(config.model, config.parallel, config.train, config.plan)
-    gb = 1e9
+    gpus, seq_len = config.plan_gpus(), config.plan_seq_len()
+    dp = check_shapes(config.model, config.parallel, gpus)
+    e = estimate(config.model, config.parallel, config.train, config.plan, gpus, seq_len,
+                 config.plan_vocab_size())
     p, m = config.parallel, config.model
-    table = Table(title=f"plan: {e.params / 1e9:.2f}B parameters, tp={p.tp} pp={p.pp} dp={e.dp} ZeRO-{p.zero_stage}, "
-                        f"{config.plan.gpus} GPUs")
+    table = Table(title=f"plan: {_count(e.params)} parameters, tp={p.tp} pp={p.pp} dp={dp} ZeRO-{p.zero_stage}, "
+                        f"{gpus} GPU(s), sequences of {seq_len:,}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
-        ("parameters per GPU", f"{e.params_per_gpu / 1e9:.2f} B"),
-        ("weights per GPU", f"{e.weight_bytes / gb:.1f} GB"),
-        ("gradients per GPU", f"{e.grad_bytes / gb:.1f} GB"),
-        ("optimizer state per GPU", f"{e.optimizer_bytes / gb:.1f} GB"),
-        ("activations per GPU", f"{e.activation_bytes / gb:.1f} GB"),
-        ("activations per GPU, recomputed", f"{e.activation_bytes_recompute / gb:.1f} GB"),
-        ("total per GPU (no / full recompute)", f"{e.total_bytes(False) / gb:.1f} / {e.total_bytes(True) / gb:.1f} GB"),
-        ("KV cache per token per layer", f"{e.kv_bytes_per_token_per_layer:,} B ({m.n_kv_heads} KV heads)"),
-        (f"KV cache per sequence of {config.plan.seq_len:,}", f"{e.kv_bytes_per_sequence / gb:.2f} GB"),
+        ("parameters per GPU", _count(e.params_per_gpu)),
+        ("weights per GPU", _bytes(e.weight_bytes)),
+        ("gradients per GPU", _bytes(e.grad_bytes)),
+        ("optimizer state per GPU", _bytes(e.optimizer_bytes)),
+        ("activations per GPU", _bytes(e.activation_bytes)),
+        ("activations per GPU, recomputed", _bytes(e.activation_bytes_recompute)),
+        ("total per GPU (no / full recompute)", f"{_bytes(e.total_bytes(False))} / {_bytes(e.total_bytes(True))}"),
+        ("KV cache per token per layer", f"{_bytes(e.kv_bytes_per_token_per_layer)} ({m.n_kv_heads} KV heads)"),
+        (f"KV cache per sequence of {seq_len:,}", _bytes(e.kv_bytes_per_sequence)),
         ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
         ("tokens per step", f"{e.tokens_per_step:,}"),
         (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
@@ -207,20 +225,31 @@ def _plan(config: CrucibleConfig) -> None:
         table.add_row(*row)
     out = console()
     out.print(table)
-    limit = config.plan.gpu_memory_gb * gb
+    limit = config.plan.gpu_memory_gb * 1e9
     if e.total_bytes(True) > limit:
         out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
                   f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
     elif e.total_bytes(False) > limit:
         out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
                   f"(parallel.activation_checkpointing=true)")
+    try:
+        check_batch(config.train, dp)
+    except LayoutError as exc:
+        out.print(f"[yellow]note:[/] {exc}: training would refuse this layout; set train.global_batch_size to a "
+                  f"multiple of {config.train.micro_batch_size * dp}")
+    if e.days > 60:
+        month_gpus = -(-gpus * e.days // 30)
+        month_dp = max(1, int(month_gpus) // (p.tp * p.pp))
+        out.print(f"[yellow]hint:[/] {e.days:,.0f} days on {gpus} GPU(s): ~{month_gpus:,.0f} GPUs would take 30 days "
+                  f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
+                  f"least {month_dp * config.train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
+                  f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)")
 
 
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
     """What `run` can refuse before prep: the layout, a run folder of another model, the disk."""
     from training.config import check_layout
-    from training.model import padded_vocab
-    from training.plan import count_params
+    from training.plan import count_params, padded_vocab
     from training.preflight import check_disk, check_same_model
 
     check_layout(config.model, config.parallel, config.train, config.launch.nproc_per_node * config.launch.nnodes)

@@ -30,6 +30,18 @@ class CrucibleConfig(TrainingConfig):
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
 
+    def plan_gpus(self) -> int:
+        """The GPUs `plan` assumes: plan.gpus, else the launch's processes."""
+        return self.plan.gpus or self.launch.nproc_per_node * self.launch.nnodes
+
+    def plan_vocab_size(self) -> int:
+        """The vocabulary `plan` assumes: plan.vocab_size, else the model's, else the one prep trains."""
+        return self.plan.vocab_size or self.model.vocab_size or self.prep.tokenizer.vocab_size
+
+    def plan_seq_len(self) -> int:
+        """The sequence length `plan` assumes: plan.seq_len, else the training's, else prep's packing."""
+        return self.plan.seq_len or self.train.seq_len or self.prep.pack.seq_len
+
 
 class ConfigError(UserError):
     """A config that cannot be used; the message says which key and why."""

@@ -131,8 +131,7 @@ def unigram_entropy(shards: Path) -> float:
 
 def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metrics: list[dict[str, Any]],
              timings: dict[str, float]) -> None:
-    from training.model import padded_vocab
-    from training.plan import count_params
+    from training.plan import count_params, padded_vocab
 
     page.heading("Run")
     rows = [["run folder", str(run_dir)], ["report written", time.strftime("%Y-%m-%d %H:%M:%S %Z")],

@@ -14,11 +14,12 @@ from training.plan import count_params, estimate
 
 def plan(*overrides: str):
     config = load_config(None, list(overrides))
-    return estimate(config.model, config.parallel, config.train, config.plan)
+    return estimate(config.model, config.parallel, config.train, config.plan, config.plan_gpus(), config.plan_seq_len(),
+                    config.plan_vocab_size())
 
 
 def test_kv_cache_is_16_kb_per_token_per_layer_for_d4096_32_heads() -> None:
-    e = plan("model.preset=7b", "model.n_kv_heads=32", "plan.bf16=true")
+    e = plan("model.preset=7b", "model.n_kv_heads=32", "plan.bf16=true", "plan.seq_len=4096")
     assert e.kv_bytes_per_token_per_layer == 16_384
     assert e.kv_bytes_per_sequence == 16_384 * 32 * 4096
 
@@ -71,3 +72,38 @@ def test_cli_warns_when_the_layout_does_not_fit() -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--set", "model.preset=70b", "--set",
                              "plan.gpus=1"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "does not fit 80 GB per GPU" in result.stdout
+
+
+def crucible_plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", "plan", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_plan_speaks_in_human_units_and_uses_the_config_s_own_run() -> None:
+    result = crucible_plan("--config", "configs/sample.yaml")
+    assert result.returncode == 0, result.stderr
+    title = " ".join(result.stdout.split())
+    assert "5M parameters" in title and "dp=2" in title and "2 GPU(s), sequences of 256" in title
+    assert " MB " in result.stdout and "0.00B" not in result.stdout and "0.0 GB" not in result.stdout
+    gpu = " ".join(crucible_plan("--config", "configs/gpu_1b.yaml").stdout.split())
+    assert "1.04B parameters" in gpu and "1 GPU(s), sequences of 2,048" in gpu
+
+
+def test_plan_refuses_a_layout_the_trainer_would_refuse() -> None:
+    result = crucible_plan("--set", "model.preset=7b", "--set", "parallel.tp=3", "--set", "plan.gpus=3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "crucible plan: n_heads 32 and n_kv_heads 32 must be divisible by tp 3"
+
+
+def test_plan_hints_at_the_gpus_and_batch_a_month_long_run_needs() -> None:
+    result = crucible_plan("--set", "model.preset=70b", "--set", "plan.gpus=8", "--set", "train.global_batch_size=8",
+                           "--set", "train.micro_batch_size=1")
+    text = " ".join(result.stdout.split())
+    assert "hint:" in text and "GPUs would take 30 days" in text and "train.global_batch_size of at least" in text
+
+
+def test_plan_imports_no_deep_learning_framework() -> None:
+    """What keeps `plan` instant: it reads configs and does arithmetic, nothing loads torch."""
+    code = ("import sys; from pipeline.cli import main; main(['plan']); "
+            "print(sorted(m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]

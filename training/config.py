@@ -163,13 +163,15 @@ class RollbackConfig(Section):
 class PlanConfig(Section):
     """What `plan` assumes about the cluster and the run."""
 
-    gpus: int = Field(8, ge=1, description="GPUs in the run; DP = gpus / (tp * pp).")
+    gpus: int | None = Field(None, ge=1, description="GPUs in the run; DP = gpus / (tp * pp). Default: "
+                                                       "launch.nproc_per_node x launch.nnodes.")
     gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fits/does-not-fit warning.")
     peak_tflops: float = Field(989.0, gt=0, description="Per-GPU dense bf16 peak (H100 SXM: 989).")
     mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed for the time estimate.")
     token_budget: float = Field(1e12, gt=0, description="Training tokens.")
-    seq_len: int = Field(4096, ge=1)
-    vocab_size: int = Field(32000, ge=2, description="When model.vocab_size is not set.")
+    seq_len: int | None = Field(None, ge=1, description="Default: train.seq_len, else prep.pack.seq_len.")
+    vocab_size: int | None = Field(None, ge=2, description="Default: model.vocab_size, else the tokenizer's "
+                                                            "prep.tokenizer.vocab_size.")
     bf16: bool = True
 
 
@@ -201,20 +203,30 @@ class LayoutError(UserError):
     """A parallel layout that cannot run; raised before process groups start."""
 
 
-def check_layout(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, world_size: int) -> int:
-    """Validate the layout against the world size and return the data-parallel size."""
+def check_shapes(model: ModelConfig, parallel: ParallelConfig, world_size: int) -> int:
+    """Whether the model splits over TP and PP and the processes over TP x PP; returns the DP size."""
     tp, pp = parallel.tp, parallel.pp
     if world_size % (tp * pp):
         raise LayoutError(f"world size {world_size} is not a multiple of tp*pp = {tp}*{pp}; "
                           f"launch tp*pp*dp processes")
-    dp = world_size // (tp * pp)
     if model.n_heads % tp or model.n_kv_heads % tp:
         raise LayoutError(f"n_heads {model.n_heads} and n_kv_heads {model.n_kv_heads} must be divisible by tp {tp}")
     if model.ffn_hidden % tp:
         raise LayoutError(f"ffn_hidden {model.ffn_hidden} is not divisible by tp {tp}")
     if model.n_layers < pp:
         raise LayoutError(f"n_layers {model.n_layers} is fewer than pipeline stages pp {pp}")
+    return world_size // (tp * pp)
+
+
+def check_batch(train: TrainConfig, dp: int) -> None:
+    """Whether a global batch splits into whole micro-batches on every data-parallel rank."""
     if train.global_batch_size % (train.micro_batch_size * dp):
         raise LayoutError(f"global_batch_size {train.global_batch_size} is not divisible by "
                           f"micro_batch_size {train.micro_batch_size} x dp {dp}")
+
+
+def check_layout(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, world_size: int) -> int:
+    """Validate the layout against the world size and return the data-parallel size."""
+    dp = check_shapes(model, parallel, world_size)
+    check_batch(train, dp)
     return dp

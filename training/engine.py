@@ -34,9 +34,10 @@ from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
-from training.metrics import MetricsLog, flops_per_token, measure_peak_flops
-from training.model import lm_loss, padded_vocab
+from training.metrics import MetricsLog, measure_peak_flops
+from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
+from training.plan import flops_per_token, padded_vocab
 
 
 def _fmt(value: float | None) -> str:

@@ -17,18 +17,6 @@ from typing import Any
 
 import torch
 
-from training.config import ModelConfig
-
-
-def matmul_params(cfg: ModelConfig, vocab: int) -> int:
-    attention = cfg.d_model * cfg.d_model * 2 + 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
-    mlp = 3 * cfg.d_model * cfg.ffn_hidden
-    return cfg.n_layers * (attention + mlp) + vocab * cfg.d_model
-
-
-def flops_per_token(cfg: ModelConfig, vocab: int, seq_len: int) -> float:
-    return 6.0 * matmul_params(cfg, vocab) + 12.0 * cfg.n_layers * cfg.d_model * seq_len
-
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, n: int | None = None) -> float:
     """Achieved FLOP/s of a large n x n matmul: the practical peak of this device and dtype."""

@@ -12,7 +12,6 @@ Positions restart and attention stops at document boundaries when `document_mask
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Callable
 from typing import Any, ContextManager
@@ -66,10 +65,6 @@ class VocabParallel(_NoExtraState, VocabParallelEmbedding):
 def _no_init(weight: torch.Tensor) -> None:
     """Weights are set by `training.init` from the seed, the same whatever the layout."""
 
-
-def padded_vocab(vocab_size: int, multiple: int, tp: int) -> int:
-    step = multiple * tp // math.gcd(multiple, tp)
-    return -(-vocab_size // step) * step
 
 
 class RMSNorm(nn.Module):
