@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
 from data_prep.pack import PACK, shard_file
+from data_prep.readers import skipped_links
 from data_prep.shards import token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
@@ -155,6 +156,9 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
 
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
+    skipped = skipped_links(list(plan.config.inputs))
+    if skipped:
+        stats["skipped_inputs"] = skipped
     if TOKENIZE in plan.config.stages:
         totals, files = token_stats(plan, work)
         publish_tokens(plan, work, output, totals, files)
