@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.config import PrepConfig
 from pipeline.executors.local import run_local
-from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, step_is_current
+from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, seal_step, step_is_current
 from pipeline.ground.errors import UserError
 from pipeline.outputs import publish
 from pipeline.plan import build_plan
@@ -57,4 +57,6 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
 
 def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
     plan = build_plan(config)
+    for step in plan.steps:
+        seal_step(output / "work", step)
     return publish(plan, output / "work", output)

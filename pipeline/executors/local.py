@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir
+from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
 from pipeline.plan import Plan
 
 _progress: Any = None
@@ -42,6 +42,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
         for step in plan.steps:
             pending = prepare_step_dir(work, step)
             if not pending:
+                seal_step(work, step)
                 continue
             bar = tqdm(total=expected_units(work, plan, step), desc=f"{step.name:<26}", unit=step.spec.unit,
                        disable=not show_progress, leave=True, dynamic_ncols=True)
@@ -50,6 +51,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
                 _wait_with_progress(futures, progress, bar, step.name)
             finally:
                 bar.close()
+            seal_step(work, step)
 
 
 def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, step: str) -> None:
