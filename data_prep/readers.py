@@ -14,7 +14,6 @@ by `skipped_links`, so the run reports them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json

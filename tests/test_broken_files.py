@@ -137,7 +137,8 @@ def test_broken_records_inside_jsonl(tmp_path: Path) -> None:
 
 def test_utf8_bom_does_not_cost_the_first_record(tmp_path: Path) -> None:
     (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
-    (tmp_path / "bom.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress((tmp_path / "bom.jsonl").read_bytes()))
+    bom = (tmp_path / "bom.jsonl").read_bytes()
+    (tmp_path / "bom.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(bom))
     texts_dir = tmp_path / "texts"
     texts_dir.mkdir()
     (texts_dir / "a.txt").write_bytes(b"\xef\xbb\xbfplain text")
@@ -151,7 +152,8 @@ def test_parquet_text_of_another_type_is_quarantined_per_row(value: object, tmp_
     pq.write_table(pa.table({"text": [value] * 5, "id": [f"r{i}" for i in range(5)]}), tmp_path / "odd.parquet")
     _, texts, quarantined = read_all(tmp_path / "odd.parquet")
     assert texts == []
-    assert [(q["reason"], q["origin"]) for q in quarantined] == [("text_not_string", f"odd.parquet:{i}") for i in range(5)]
+    expected = [("text_not_string", f"odd.parquet:{i}") for i in range(5)]
+    assert [(q["reason"], q["origin"]) for q in quarantined] == expected
 
 
 def _sample_parquet(path: Path, rows: int = 400) -> list[str]:
@@ -179,7 +181,8 @@ def test_damaged_parquet_row_group_is_quarantined_and_the_others_read(tmp_path: 
     data[start + 40:start + 400] = bytes(360)
     path.write_bytes(bytes(data))
     _, read, quarantined = read_all(path)
-    assert [(q["reason"], q["detail"]["row_group"], q["detail"]["rows"]) for q in quarantined] == [("bad_parquet", 1, 100)]
+    found = [(q["reason"], q["detail"]["row_group"], q["detail"]["rows"]) for q in quarantined]
+    assert found == [("bad_parquet", 1, 100)]
     assert read == texts[:100] + texts[200:]
 
 
@@ -259,6 +262,8 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     assert read["docs_in"] == read["docs_out"] + sum(read["quarantined"].values())
     assert stats["skipped_inputs"] == [str(folder / "g-link.jsonl")]
     assert "g-link.jsonl" in result.stdout and "truncated_input" in result.stdout
-    quarantine = [r for part in sorted((output / "quarantine").glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
-    files = Counter(json.loads(r["detail"]).get("file") for r in quarantine if r["reason"] in ("truncated_input", "corrupt_frame"))
+    quarantine = [r for part in sorted((output / "quarantine").glob("*.parquet"))
+                  for r in pq.read_table(part).to_pylist()]
+    files = Counter(json.loads(r["detail"]).get("file") for r in quarantine
+                    if r["reason"] in ("truncated_input", "corrupt_frame"))
     assert files == {"in/a-truncated.jsonl.zst": 1, "in/b-truncated.jsonl.gz": 1, "in/c-plain.jsonl.gz": 1}

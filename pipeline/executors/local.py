@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
+from pipeline.ground.errors import UserError
 from pipeline.plan import Plan
 
 _progress: Any = None
@@ -64,6 +65,8 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, st
             if error is not None:
                 for other in remaining:
                     other.cancel()
+                if isinstance(error, UserError):
+                    raise UserError(f"task {futures[future]} of step {step}: {error}") from None
                 raise RuntimeError(f"task {futures[future]} of step {step} failed: {error}") from error
     _drain(progress, bar)
 

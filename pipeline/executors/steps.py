@@ -25,7 +25,6 @@ from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
 from pipeline.plan import Plan, Step
 
-
 STEP_FILE = "step.json"  # the fingerprint a step folder was made for
 SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
 
@@ -87,7 +86,8 @@ def seal_step(work: Path, step: Step) -> None:
     """Record the hashes of a finished step's files (once; a seal is only rewritten after a rebuild)."""
     folder = work / step.name
     if read_marker(folder / SEAL_FILE) is None and not pending_tasks(work, step):
-        write_json(folder / SEAL_FILE, {p.relative_to(folder).as_posix(): file_sha256(p) for p in _output_files(folder)})
+        hashes = {p.relative_to(folder).as_posix(): file_sha256(p) for p in _output_files(folder)}
+        write_json(folder / SEAL_FILE, hashes)
 
 
 def changed_outputs(work: Path, step: Step) -> list[str]:

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+
+def _types_of(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (`int | None` -> {int, NoneType})."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return set().union(*(_types_of(arg) for arg in get_args(annotation)))
+    return {annotation}
 
 
 class Section(BaseModel):
     """A strict config section: extra keys are rejected, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1; `--set train.max_steps=true` is a mistake, not a step count."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            admitted = _types_of(cls.model_fields[info.field_name].annotation)
+            if bool not in admitted and admitted & {int, float}:
+                raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these settings' results: a change reruns the work that used them."""
