@@ -216,9 +216,9 @@ _PHONE_NANP_SPACED = re.compile(
 _PHONE_NATIONAL = re.compile(
     r"0" + _START + _NOT_AFTER_GROUP + r"\d{1,4}(?:[ /-]\d{2,8}){1,4}" + _END
 )
-# National-looking numbers that are dates (05-12-2021, 06/12/21), ZIP+4 codes (02110-1301) or
-# shaped like an SSN (000-12-3456: an SSN that failed its check is no phone either).
-_NOT_PHONE = re.compile(r"\d{1,2}([-/ ])\d{1,2}\1\d{2,4}|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
+# National-looking numbers that are dates (05-12-2021, 06/12/21, 0999-01-01), ZIP+4 codes
+# (02110-1301) or shaped like an SSN (000-12-3456: an SSN that failed its check is no phone either).
+_NOT_PHONE = re.compile(r"\d{1,2}([-/ ])\d{1,2}\1\d{2,4}|\d{4}-\d\d-\d\d|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
 
 # Not inside a longer dotted number or word ("1.2.3.4.5", "v10.0.0.1", "(1.2.5.1-2)") nor
 # after a version relation (">= 1.2.99.3" in package dependencies). Octet ranges and leading
