@@ -142,7 +142,8 @@ def disk_full(inputs: list[Path], reference: dict[str, tuple[str, int]], scratch
     try:
         first = run_prep(inputs, mount / "out")
         message = (first.stderr.strip().splitlines() or [""])[-1]
-        clear = first.returncode == 2 and "no space left on device writing" in message and "Traceback" not in first.stderr
+        clear = first.returncode == 2 and "no space left on device writing" in message \
+            and "Traceback" not in first.stderr
         intact = not damaged(mount / "out", reference)
         subprocess.run(["mount", "-o", f"remount,size={size * 3}", str(mount)], check=True)
         rerun = run_prep(inputs, mount / "out")
