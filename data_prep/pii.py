@@ -14,7 +14,17 @@ multicast, not reserved). Private, loopback, link-local, shared (CGNAT), unspeci
 documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) identify no one and stay. An IPv4
 address whose four parts are all single digits ("4.6.0.1") is read as a version number: in
 real text those are almost always versions (Standards-Version, upstream releases), and the few
-public hosts of that shape are well-known shared resolvers, not personal data.
+public hosts of that shape are well-known shared resolvers, not personal data. Octets written
+padded to three digits ("093.184.216.034") are read as the address they spell.
+
+Obfuscated forms count: e-mails written "x [at] y [dot] com", with a fullwidth "＠", a quoted
+local part or URL-encoded ("%40"); numbers grouped by spaces or dots; lowercase IBANs (held to
+their country's IBAN length, since lowercase runs are usually hashes). Passwords in URLs
+("postgres://app:PASSWORD@host") and API keys and tokens of known shapes are secrets.
+
+Document ids are checked like text: an id holding PII is replaced by the id the reader derives
+for a record without one (from its origin and text), and the replacement is counted as
+``id_<type>`` in ``pii_types``; the `origin` column still leads back to the input record.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from data_prep.books import doc_stage
-from data_prep.stage import TEXT, Decision, DocStage, Drop, replace_column
+from data_prep.readers import derive_id
+from data_prep.stage import ID, ORIGIN, TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.schema import Section
 
 PII_TYPES: tuple[str, ...] = (
@@ -72,23 +83,43 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+# IBAN length per country (ISO 13616 registry).
+IBAN_LENGTHS = dict(
+    (entry[:2], int(entry[2:])) for entry in (
+        "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 "
+        "ES24 FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
+        "LB28 LC32 LI21 LT20 LU20 LV21 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 "
+        "RO24 RS22 SA24 SC31 SE24 SI19 SK24 SM27 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
+    ).split()
+)
+
+
 def iban_valid(iban: str) -> bool:
     """ISO 13616: length 15-34 and the number formed by moving the first four characters to
-    the end (letters as 10..35) is 1 modulo 97."""
+    the end (letters as 10..35) is 1 modulo 97. A lowercase candidate must also be a known
+    country's IBAN length: lowercase hex hashes pass mod 97 one time in 97."""
     compact = iban.replace(" ", "")
     if not 15 <= len(compact) <= 34:
         return False
+    if not compact[:2].isupper():
+        if IBAN_LENGTHS.get(compact[:2].upper()) != len(compact):
+            return False
+        compact = compact.upper()
     rearranged = compact[4:] + compact[:4]
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
 def public_ip(address: str) -> bool:
     """True for a public host address (see the module docstring for the policy)."""
+    parts = address.split(".")
+    if len(parts) == 4 and all(part.isdigit() for part in parts):
+        if all(len(part) == 1 for part in parts):
+            return False
+        if all(len(part) == 3 for part in parts):  # "093.184.216.034" spells 93.184.216.34; "1.000.000" no address
+            address = ".".join(str(int(part)) for part in parts)
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
-    if ip.version == 4 and all(len(part) == 1 for part in address.split(".")):
         return False
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
@@ -98,9 +129,17 @@ def public_ip(address: str) -> bool:
 # after it ("[2-6](?<![\w.].)" rather than "(?<![\w.])[2-6]"): the regex engine can then skip
 # ahead to candidate characters instead of trying every position, several times faster.
 
-# An e-mail: local part, '@', dot-separated domain labels, alphabetic TLD.
+# An e-mail: local part (or a quoted one), '@' (fullwidth or URL-encoded too), dot-separated
+# domain labels, alphabetic TLD.
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[\w.%+-]+@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}(?![\w-])"
+    r'(?:(?<![\w.%+-])[\w.%+-]+|"[^"\r\n@]{1,64}")(?:@|\uff20|%40)'
+    r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}(?![\w-])"
+)
+_AT = r"\s*[\[({<]\s*(?i:at)\s*[\])}>]\s*"
+_DOT = r"(?:\.|\s*[\[({<]\s*(?i:dot)\s*[\])}>]\s*)"
+# Spelled out: "jane [at] example [dot] com", "jane(at)example(dot)com".
+_EMAIL_SPELLED = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]+" + _AT + r"(?:[^\W_](?:[\w-]*[^\W_])?" + _DOT + r")+[^\W\d_]{2,}(?![\w-])"
 )
 
 _PEM = re.compile(
@@ -120,13 +159,25 @@ _GITHUB = re.compile(
     r"(?![A-Za-z0-9_])"
 )
 _SLACK = re.compile(r"xox(?<![A-Za-z0-9]...)[abprs]-[A-Za-z0-9-]{10,250}(?![A-Za-z0-9-])")
+_SLACK_WEBHOOK = re.compile(r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{16,}")
+_OPENAI = re.compile(
+    r"sk-(?<![\w-]...)(?:proj-|svcacct-|admin-)?(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{32,}(?![\w-])"
+)
+_STRIPE = re.compile(r"[sr](?<![\w-].)k_(?:live|test)_[0-9A-Za-z]{16,}(?!\w)")
+_GOOGLE = re.compile(r"A(?<![\w-].)Iza[0-9A-Za-z_-]{35}(?![\w-])")
+_JWT = re.compile(r"e(?<![\w-].)yJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+# The password of scheme://user:password@host (not CVS roots, "cvs://:pserver:anoncvs@host").
+_URL_PASSWORD = re.compile(r"://[^\s:/@]+:(?P<pii>[^\s/@:]+)@[\w\[]")
 # The token must hold a digit, so that prose ("the bearer of this letter") never matches.
 _BEARER = re.compile(
     r"(?:[Bb]earer|BEARER)(?<![A-Za-z].{6})[ \t]+"
     r"(?P<pii>(?=[A-Za-z._~+/-]*\d)[A-Za-z0-9._~+/-]{16,}=*)"
 )
 
-_IBAN = re.compile(r"[A-Z](?<!\w.)[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)")
+_IBAN = re.compile(
+    r"[A-Z](?<!\w.)[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)"
+    r"|[a-z](?<!\w.)[a-z]\d\d(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,3})?(?!\w)"
+)
 
 # Numbers stand alone: not glued to a word, a version ("1.2+3", "~rc1") or a path. _START goes
 # right after a pattern's first character (see above); _END also refuses a following digit
@@ -141,10 +192,11 @@ _END = r"(?![\w+~/-]|[ .:]\d)"
 # Issuer prefixes start with 2-6.
 _CARD = re.compile(
     r"[2-6]" + _START + _NOT_AFTER_GROUP
-    + r"(?:\d{12,18}|\d{3}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d{3}[ -]\d{6}[ -]\d{4,5})" + _END
+    + r"(?:\d{12,18}|\d{3}(?P<sep>[ .-])\d{4}(?:(?P=sep)\d{4}){1,2}(?:(?P=sep)\d{1,3})?|\d{3}[ -]\d{6}[ -]\d{4,5})"
+    + _END
 )
 
-_SSN = re.compile(r"\d" + _START + r"\d\d-\d\d-\d{4}" + _END)
+_SSN = re.compile(r"\d" + _START + r"\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4}" + _END)
 
 # International: +CC, an optional "(0)" or area code in parentheses, then digit groups.
 _PHONE_INTL = re.compile(
@@ -156,13 +208,17 @@ _PHONE_NANP = re.compile(
     r"[2-9](?:(?<=(?<!\w)1[-. ].)|" + _START + r")"
     r"\d\d(?P<sep>[-.])[2-9]\d\d(?P=sep)\d{4}" + _END
 )
+# AAA BBB CCCC, not inside a longer run of spaced numbers ("377 610 987 1597").
+_PHONE_NANP_SPACED = re.compile(
+    r"[2-9](?:(?<=(?<!\w)1 .)|" + _START + _NOT_AFTER_GROUP + r")\d\d [2-9]\d\d \d{4}" + _END
+)
 # European national form: trunk 0 and area code, then separated groups of two or more digits.
 _PHONE_NATIONAL = re.compile(
     r"0" + _START + _NOT_AFTER_GROUP + r"\d{1,4}(?:[ /-]\d{2,8}){1,4}" + _END
 )
-# National-looking numbers that are dates (05-12-2021, 06/12/21), ZIP+4 codes (02110-1301) or
-# shaped like an SSN (000-12-3456: an SSN that failed its check is no phone either).
-_NOT_PHONE = re.compile(r"\d{1,2}([-/ ])\d{1,2}\1\d{2,4}|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
+# National-looking numbers that are dates (05-12-2021, 06/12/21, 0999-01-01), ZIP+4 codes
+# (02110-1301) or shaped like an SSN (000-12-3456: an SSN that failed its check is no phone either).
+_NOT_PHONE = re.compile(r"\d{1,2}([-/ ])\d{1,2}\1\d{2,4}|\d{4}-\d\d-\d\d|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
 
 # Not inside a longer dotted number or word ("1.2.3.4.5", "v10.0.0.1", "(1.2.5.1-2)") nor
 # after a version relation (">= 1.2.99.3" in package dependencies). Octet ranges and leading
@@ -196,18 +252,26 @@ class _Detector:
 
 
 def _card(match: re.Match[str]) -> bool:
-    return luhn_valid(match.group().replace(" ", "").replace("-", ""))
+    return luhn_valid(re.sub(r"[ .-]", "", match.group()))
 
 
 def _ssn(match: re.Match[str]) -> bool:
     """SSA rules: no area 000, 666 or 9xx, no group 00, no serial 0000."""
-    area, group, serial = match.group().split("-")
+    area, group, serial = re.split("[- ]", match.group())
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
 def _phone(match: re.Match[str]) -> bool:
     text = match.group()
     return 7 <= sum(ch.isdigit() for ch in text) <= 15 and not _NOT_PHONE.fullmatch(text)
+
+
+# Passwords that documentation writes in URLs ("user:pass@host", "user:<password>@host").
+_PLACEHOLDER_PASSWORD = re.compile(r"(?i:pass(?:word|wd)?|pwd|secret|x+|\*+)|[<{$\[%].*")
+
+
+def _url_password(match: re.Match[str]) -> bool:
+    return not _PLACEHOLDER_PASSWORD.fullmatch(match.group("pii"))
 
 
 def _ip(match: re.Match[str]) -> bool:
@@ -221,15 +285,24 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector("secret", _AWS_KEY_ID),
     _Detector("secret", _AWS_SECRET),
     _Detector("secret", _GITHUB),
+    _Detector("secret", _SLACK_WEBHOOK, gate=lambda text: "hooks.slack.com" in text),
     _Detector("secret", _SLACK),
+    _Detector("secret", _OPENAI, gate=lambda text: "sk-" in text),
+    _Detector("secret", _STRIPE, gate=lambda text: "k_live_" in text or "k_test_" in text),
+    _Detector("secret", _GOOGLE, gate=lambda text: "AIza" in text),
+    _Detector("secret", _JWT, gate=lambda text: "eyJ" in text),
     _Detector("secret", _BEARER),
-    _Detector("email", _EMAIL, gate=lambda text: "@" in text),
+    _Detector("email", _EMAIL, gate=lambda text: "@" in text or "\uff20" in text or "%40" in text),
+    # After e-mails: in "user:pw@example.com" the address goes, and the password with it.
+    _Detector("secret", _URL_PASSWORD, _url_password, lambda text: "://" in text),
+    _Detector("email", _EMAIL_SPELLED, gate=re.compile(r"[\[({<]\s*(?i:at)\s*[\])}>]").search),
     _Detector("iban", _IBAN, lambda match: iban_valid(match.group())),
     _Detector("credit_card", _CARD, _card),
-    _Detector("us_ssn", _SSN, _ssn, re.compile(r"-\d\d-").search),
+    _Detector("us_ssn", _SSN, _ssn, re.compile(r"[- ]\d\d[- ]").search),
     _Detector("phone", _PHONE_INTL, _phone),
     _Detector("phone", _PHONE_NANP_PAREN, _phone),
     _Detector("phone", _PHONE_NANP, _phone),
+    _Detector("phone", _PHONE_NANP_SPACED, _phone),
     _Detector("phone", _PHONE_NATIONAL, _phone),
     _Detector("ip_address", _IPV4, _ip, re.compile(r"\.\d{1,3}\.\d{1,3}\.").search),
     _Detector("ip_address", _IPV6, _ip, re.compile(r":[0-9A-Fa-f]{0,4}:").search),
@@ -290,7 +363,8 @@ class PiiConfig(Section):
 
 
 class PiiStage(DocStage):
-    """Redacts every document; adds `pii_hits` (total) and `pii_types` (JSON counts per type)."""
+    """Redacts every document and replaces ids holding PII; adds `pii_hits` (total) and `pii_types`
+    (JSON counts per type, ``id_<type>`` for hits in the id)."""
 
     name: ClassVar[str] = "pii"
 
@@ -300,18 +374,26 @@ class PiiStage(DocStage):
 
     def decide(self, table: pa.Table) -> Decision:
         texts: list[str] = []
+        ids: list[str] = []
         hits: list[int] = []
         types: list[str] = []
         drops: dict[int, Drop] = {}
         limit = self.config.max_hits
-        for row, text in enumerate(table.column(TEXT).to_pylist()):
+        origins = table.column(ORIGIN).to_pylist() if ORIGIN in table.column_names else [None] * table.num_rows
+        for row, (doc_id, text) in enumerate(zip(table.column(ID).to_pylist(), table.column(TEXT).to_pylist())):
             redacted, counts = self.redactor.redact(text)
+            _, id_counts = self.redactor.redact(doc_id)
+            if id_counts:
+                doc_id = derive_id(origins[row] or "", text)
+                counts |= {f"id_{kind}": n for kind, n in id_counts.items()}
             total = sum(counts.values())
             texts.append(redacted)
+            ids.append(doc_id)
             hits.append(total)
             types.append(json.dumps(counts, sort_keys=True))
             if limit is not None and total > limit:
                 drops[row] = Drop("too_much_pii", {"hits": total, "by_type": counts})
+        table = replace_column(table, ID, pa.array(ids, pa.string()))
         table = replace_column(table, TEXT, pa.array(texts, pa.string()))
         table = replace_column(table, "pii_hits", pa.array(hits, pa.int64()))
         table = replace_column(table, "pii_types", pa.array(types, pa.string()))

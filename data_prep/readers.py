@@ -2,19 +2,24 @@
 
 Inputs are cut into shards that a task can read alone (large plain JSONL files by byte range,
 aligned on line starts), so the local and the Slurm executor split work the same way. A record
-that cannot become a document (bad JSON, no text, too large) is quarantined with its raw bytes
-and a reason, never silently skipped. Invalid UTF-8 is replaced here and counted in the
-`_utf8_errors` column so that `normalize` can repair or quarantine the document by policy.
+that cannot become a document (bad JSON, no text, too large, a bad id) is quarantined with its
+raw bytes and a reason, never silently skipped. A file that breaks part-way (a truncated or
+corrupt compressed stream, a damaged Parquet row group, a read error) keeps the records before
+the break and becomes one quarantine record naming the file, the byte offset or row group and
+the reason; the run goes on with the next file. Invalid UTF-8 is replaced here and counted in
+the `_utf8_errors` column so that `normalize` can repair or quarantine the document by policy.
+Inside input folders symbolic links are skipped (they can loop or leave the folder) and listed
+by `skipped_links`, so the run reports them.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +40,10 @@ COMPRESSION_RATIO_GUESS = 4
 REPLACEMENT = "\ufffd"
 REPLACEMENT_BYTES = REPLACEMENT.encode()
 SURROGATE = re.compile("[\ud800-\udfff]")
+BOM = b"\xef\xbb\xbf"
+CHUNK = 1 << 16  # compressed bytes decoded at a time
+RAW_KEEP = 4096  # bytes of a broken stretch kept in its quarantine record
+MAX_ID_CHARS = 1024
 
 
 class ReadConfig(Section):
@@ -90,7 +99,7 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
     for root in inputs:
         root = Path(root)
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and _kind_of(p))
+            files = sorted(p for p in root.rglob("*") if p.is_file() and _kind_of(p) and not p.is_symlink())
             if not files:
                 raise UserError(f"input folder {root} holds no .jsonl(.gz/.zst), .parquet or .txt file")
             for path in files:
@@ -106,6 +115,15 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
         else:
             raise UserError(f"input {root} does not exist")
     return pieces
+
+
+def skipped_links(inputs: list[Path]) -> list[str]:
+    """Symbolic links inside input folders, which `discover` does not follow."""
+    links: list[str] = []
+    for root in map(Path, inputs):
+        if root.is_dir():
+            links += sorted(str(p) for p in root.rglob("*") if p.is_symlink())
+    return links
 
 
 def plan_shards(inputs: list[Path], shard_bytes: int) -> list[InputShard]:
@@ -162,8 +180,32 @@ def _scrub_surrogates(text: str) -> tuple[str, int]:
         return SURROGATE.sub(REPLACEMENT, text), len(surrogates)
 
 
+def check_id(value: Any) -> str | None:
+    """A record's id as text (None: derive one), or ValueError saying why it cannot be an id."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"an id must be a string or an integer, not {type(value).__name__}")
+    doc_id = str(value)
+    if len(doc_id) > MAX_ID_CHARS:
+        raise ValueError(f"id of {len(doc_id):,} characters (limit {MAX_ID_CHARS:,})")
+    if SURROGATE.search(doc_id):
+        raise ValueError("id holds a lone surrogate (not valid Unicode)")
+    return doc_id
+
+
+class InputFailure(Exception):
+    """The rest of a file cannot be read; it becomes one quarantine record saying where and why."""
+
+    def __init__(self, reason: str, offset: int, error: str, raw: bytes = b"", **detail: Any) -> None:
+        super().__init__(error)
+        self.reason, self.offset, self.error, self.raw, self.detail = reason, offset, error, raw, detail
+
+
 class _Batcher:
     """Collects documents and quarantine records and cuts them into ReadBatches."""
+
+    offset = 0  # where the reader is in its current file, for a read error; kept across flushes
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
@@ -173,7 +215,12 @@ class _Batcher:
         self.errors: list[int] = []
         self.quarantined: list[dict[str, Any]] = []
 
-    def add(self, origin: str, doc_id: str | None, text: str, utf8_errors: int) -> None:
+    def add(self, origin: str, raw_id: Any, text: str, utf8_errors: int, raw: bytes) -> None:
+        try:
+            doc_id = check_id(raw_id)
+        except ValueError as exc:
+            self.quarantine(origin, "bad_id", raw, error=str(exc))
+            return
         self.ids.append(doc_id if doc_id else derive_id(origin, text))
         self.texts.append(text)
         self.origins.append(origin)
@@ -201,16 +248,83 @@ class _Batcher:
         return batch
 
 
+class _Decompressed(io.RawIOBase):
+    """A .gz or .zst file as one stream across all its members or frames.
+
+    A corrupt or truncated stream is not raised at once but kept in `failure`, and the stream
+    ends there, so the lines before the damage are read and the damage is reported with them.
+    Python's own readers would raise mid-line (losing the line) or, for zstd, stop silently at
+    the end of a truncated frame. Deflate can decode damage into garbage without noticing; the
+    member's CRC then catches it at the member's end, after the garbage lines (mostly quarantined
+    as malformed JSON) have been read.
+    """
+
+    def __init__(self, path: str, new_decoder: Callable[[], Any]) -> None:
+        self._file = open(path, "rb")
+        self._new_decoder = new_decoder
+        self._decoder: Any = None
+        self._input = b""
+        self._output = memoryview(b"")
+        self.failure: tuple[str, str] | None = None  # (reason, error)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    @property
+    def compressed_offset(self) -> int:
+        return self._file.tell() - len(self._input)
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._output and self.failure is None and self._decode_more():
+            pass
+        n = min(len(buffer), len(self._output))
+        buffer[:n] = self._output[:n]
+        self._output = self._output[n:]
+        return n
+
+    def _decode_more(self) -> bool:
+        """Decode the next stretch of the file into `_output`; False at its end (or damage)."""
+        if not self._input:
+            self._input = self._file.read(CHUNK)
+            if not self._input:
+                if self._decoder is not None and not self._decoder.eof:
+                    self.failure = ("truncated_input", "the file ends inside a compressed stream")
+                return False
+        if self._decoder is None or self._decoder.eof:
+            if self._decoder is not None:
+                self._input = self._input.lstrip(b"\0")  # padding between gzip members
+                if not self._input:
+                    return True
+            self._decoder = self._new_decoder()
+        try:
+            self._output = memoryview(self._decoder.decompress(self._input))
+        except (zlib.error, zstandard.ZstdError) as exc:
+            self.failure = ("corrupt_frame", f"{exc} (compressed stream read to byte {self.compressed_offset:,})")
+            return False
+        self._input = self._decoder.unused_data if self._decoder.eof else b""
+        return True
+
+
 def _open_stream(path: str) -> BinaryIO:
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return io.BufferedReader(_Decompressed(path, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)))
     if path.endswith(".zst"):
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_Decompressed(path, lambda: zstandard.ZstdDecompressor().decompressobj()))
     return open(path, "rb")
 
 
-def _lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+def _check_stream(stream: BinaryIO, offset: int, partial: bytes) -> None:
+    """At the end of a stream: raise if it ended in damage, with the cut-off line as the raw bytes."""
+    failure = getattr(stream.raw, "failure", None)  # type: ignore[attr-defined]
+    if failure is not None:
+        raise InputFailure(failure[0], offset, failure[1], partial[:RAW_KEEP])
+
+
+def _lines(piece: InputPiece, max_bytes: int, out: _Batcher) -> Iterator[tuple[int, bytes, bool]]:
     """Yield (offset, line, too_large) for lines that start inside the piece's range."""
     with _open_stream(piece.path) as stream:
         offset = 0
@@ -218,24 +332,30 @@ def _lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[int, bytes, bool
             stream.seek(piece.start - 1)
             offset = piece.start - 1 + len(stream.readline())  # skip the line owned by the previous range
         while piece.end is None or offset < piece.end:
+            out.offset = offset
             line = stream.readline(max_bytes + 1)
-            if not line:
-                return
             start = offset
             offset += len(line)
+            if start == 0 and line.startswith(BOM):
+                line = line[len(BOM):]
             if len(line) > max_bytes and not line.endswith(b"\n"):
-                head = line[:4096]
+                head = line[:RAW_KEEP]
                 while line and not line.endswith(b"\n"):
                     line = stream.readline(max_bytes)
                     offset += len(line)
+                _check_stream(stream, start, head)
                 yield start, head, True
                 continue
+            if not line.endswith(b"\n"):
+                _check_stream(stream, start, line)
+            if not line:
+                return
             yield start, line, False
 
 
 def _read_jsonl(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
     max_bytes = int(cfg.max_record_mb * 2**20)
-    for offset, line, too_large in _lines(piece, max_bytes):
+    for offset, line, too_large in _lines(piece, max_bytes, out):
         origin = f"{piece.label}:{offset}"
         if too_large:
             out.quarantine(origin, "record_too_large", line, limit_mb=cfg.max_record_mb)
@@ -249,7 +369,10 @@ def _parse_json_record(origin: str, line: bytes, cfg: ReadConfig, out: _Batcher)
     decoded, bad_bytes = decode_utf8(line)
     try:
         record = json.loads(decoded)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        out.quarantine(origin, "nesting_too_deep", line[:RAW_KEEP], size=len(line))
+        return
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         out.quarantine(origin, "malformed_json", line, error=str(exc)[:200])
         return
     if not isinstance(record, dict):
@@ -263,8 +386,7 @@ def _parse_json_record(origin: str, line: bytes, cfg: ReadConfig, out: _Batcher)
         out.quarantine(origin, "text_not_string", line, type=type(text).__name__)
         return
     text, bad_escapes = _scrub_surrogates(text)
-    doc_id = record.get(cfg.id_field)
-    out.add(origin, None if doc_id is None else str(doc_id), text, bad_bytes + bad_escapes)
+    out.add(origin, record.get(cfg.id_field), text, bad_bytes + bad_escapes, line)
 
 
 def _read_txt(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
@@ -272,34 +394,71 @@ def _read_txt(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[Rea
     with open(piece.path, "rb") as handle:
         raw = handle.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        out.quarantine(piece.label, "record_too_large", raw[:4096], limit_mb=cfg.max_record_mb)
+        out.quarantine(piece.label, "record_too_large", raw[:RAW_KEEP], limit_mb=cfg.max_record_mb)
     else:
-        text, bad_bytes = decode_utf8(raw)
-        out.add(piece.label, None, text, bad_bytes)
+        text, bad_bytes = decode_utf8(raw.removeprefix(BOM))
+        out.add(piece.label, None, text, bad_bytes, raw)
     if out.full():
         yield out.flush()
 
 
+def _textual(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+        or pa.types.is_large_binary(kind)
+
+
+def _parquet_damage(exc: Exception) -> bool:
+    """Arrow reports a damaged file as ArrowException or as an OSError without an errno."""
+    return isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError) or \
+        isinstance(exc, OSError) and exc.errno is None
+
+
 def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
-    parquet = pq.ParquetFile(piece.path)
+    try:
+        parquet = pq.ParquetFile(piece.path)
+    except (pa.ArrowException, OSError) as exc:
+        if not _parquet_damage(exc):
+            raise
+        raise InputFailure("bad_parquet", 0, str(exc)[:300]) from None
     names = parquet.schema_arrow.names
     if cfg.text_field not in names:
         raise UserError(f"{piece.path}: no column {cfg.text_field!r} (columns: {names})")
+    textual = _textual(parquet.schema_arrow.field(cfg.text_field).type)
     columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else [])
     row = 0
-    for batch in parquet.iter_batches(batch_size=out.batch_size, columns=columns):
-        texts = batch.column(cfg.text_field).cast(pa.binary()).to_pylist()
-        ids = batch.column(cfg.id_field).to_pylist() if cfg.id_field in names else [None] * len(texts)
-        for raw, doc_id in zip(texts, ids):
-            origin = f"{piece.label}:{row}"
-            row += 1
-            if raw is None:
-                out.quarantine(origin, "missing_text", b"", field=cfg.text_field)
-                continue
+    for group in range(parquet.num_row_groups):
+        group_end = row + parquet.metadata.row_group(group).num_rows
+        try:
+            for batch in parquet.iter_batches(batch_size=out.batch_size, row_groups=[group], columns=columns):
+                yield from _parquet_rows(piece, cfg, batch, textual, row, out)
+                row += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            if not _parquet_damage(exc):
+                raise
+            out.quarantine(f"{piece.label}:{row}", "bad_parquet", b"", file=piece.label, row_group=group,
+                           rows=group_end - row, error=str(exc)[:300])
+            row = group_end
+
+
+def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, textual: bool, first: int,
+                  out: _Batcher) -> Iterator[ReadBatch]:
+    column = batch.column(cfg.text_field)
+    texts = column.cast(pa.binary()).to_pylist() if textual else column.to_pylist()
+    ids = batch.column(cfg.id_field).to_pylist() if cfg.id_field in batch.schema.names else [None] * len(texts)
+    for row, (raw, doc_id) in enumerate(zip(texts, ids), first):
+        origin = f"{piece.label}:{row}"
+        if raw is None:
+            out.quarantine(origin, "missing_text", b"", field=cfg.text_field)
+        elif not textual:
+            shown = json.dumps(raw, default=str, ensure_ascii=False)[:RAW_KEEP].encode()
+            out.quarantine(origin, "text_not_string", shown, type=str(column.type))
+        else:
             text, bad_bytes = decode_utf8(raw)
-            out.add(origin, None if doc_id is None else str(doc_id), text, bad_bytes)
-            if out.full():
-                yield out.flush()
+            out.add(origin, doc_id, text, bad_bytes, raw)
+        if out.full():
+            yield out.flush()
 
 
 READERS = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}
@@ -309,7 +468,15 @@ def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[
     """Stream one shard as ReadBatches of at most `batch_size` records."""
     out = _Batcher(batch_size)
     for piece in shard.pieces:
-        yield from READERS[piece.kind](piece, cfg, out)
+        out.offset = 0
+        try:
+            yield from READERS[piece.kind](piece, cfg, out)
+        except InputFailure as exc:
+            out.quarantine(f"{piece.label}:{exc.offset}", exc.reason, exc.raw, file=piece.label, offset=exc.offset,
+                           error=exc.error, **exc.detail)
+        except OSError as exc:
+            out.quarantine(f"{piece.label}:{out.offset}", "unreadable_file", b"", file=piece.label,
+                           offset=out.offset, error=exc.strerror or str(exc))
     if out.ids or out.quarantined:
         yield out.flush()
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pipeline.ground.schema import Section
 
 SLURM_TIME = r"^(\d+-)?\d+(:\d{2}){0,2}$"  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+LINE_BREAKS = "\n\r\v\f\x00\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on, and NUL
 
 
 class SlurmConfig(Section):
@@ -33,6 +34,15 @@ class SlurmConfig(Section):
                                                                "(module load ..., source venv/bin/activate).")
     sbatch_args: list[str] = Field(default_factory=list, description="Extra sbatch options for every job, "
                                                                      "e.g. --qos=high.")
+
+    @field_validator("sbatch_args", "partition", "account")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        """A line break would end the #SBATCH block early: options after it are silently ignored."""
+        for entry in value if isinstance(value, list) else [value]:
+            if entry is not None and any(ch in LINE_BREAKS for ch in entry):
+                raise ValueError(f"{entry!r} holds a line break; give each sbatch option as its own entry")
+        return value
 
     @field_validator("train_time", "prep_time", mode="before")
     @classmethod

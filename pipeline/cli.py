@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
@@ -27,6 +28,26 @@ def _stage_list(value: str) -> list[str]:
     if unknown or not stages:
         raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {', '.join(registry.names())}")
     return stages
+
+
+def _at_least(minimum: float, kind: type = int) -> Any:
+    """An argparse type: a number of `kind` no smaller than `minimum`."""
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return number
+    return parse
+
+
+def _probability(value: str) -> float:
+    number = _at_least(0.0, float)(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "replaces samples.prompts)")
     generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
     # Each flag given overrides its samples.* key; the defaults are the config's.
-    generate.add_argument("--max-new-tokens", type=int, help="default: samples.max_new_tokens")
-    generate.add_argument("--temperature", type=float, help="0 = greedy (default: samples.temperature)")
-    generate.add_argument("--top-k", type=int, help="default: samples.top_k")
-    generate.add_argument("--top-p", type=float, help="default: samples.top_p")
+    generate.add_argument("--max-new-tokens", type=_at_least(1), help="default: samples.max_new_tokens")
+    generate.add_argument("--temperature", type=_at_least(0.0, float), help="0 = greedy (default: samples.temperature)")
+    generate.add_argument("--top-k", type=_at_least(1), help="default: samples.top_k")
+    generate.add_argument("--top-p", type=_probability, help="default: samples.top_p")
     generate.add_argument("--seed", type=int, help="default: samples.seed")
 
     export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model",

@@ -82,7 +82,12 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({problem}); "
+                          f"quote strings that hold [ ] {{ }} : or #") from None
 
 
 def load_config(path: Path | None, overrides: list[str] = ()) -> CrucibleConfig:

@@ -8,7 +8,6 @@ quarantined, and each stage receives exactly what the previous one kept.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
 from data_prep.pack import PACK, shard_file
+from data_prep.readers import skipped_links
 from data_prep.shards import token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
@@ -111,29 +111,28 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
     return dict(sorted(totals.items())), files
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _publish_copy(source: Path, target: Path) -> None:
+    """A read-only copy: a published file shares nothing with the work folder, so editing one
+    cannot damage the other (a rerun republishes from work/, which it verifies first)."""
     with atomic_path(target) as tmp:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+        shutil.copyfile(source, tmp)
+        tmp.chmod(0o444)
 
 
 def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]]) -> None:
     """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer)."""
     tokenizer_path = tokenizer_file(plan.config, work)
-    _link_or_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
+    _publish_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
     if PACK not in plan.config.stages:
         return
     shards = output / "shards"
-    _link_or_copy(tokenizer_path, shards / TOKENIZER_FILE)
+    _publish_copy(tokenizer_path, shards / TOKENIZER_FILE)
     splits: dict[str, Any] = {}
     for split in ("train", "val"):
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
         wanted = {f["file"] for f in entries}
         for entry in entries:
-            _link_or_copy(shard_file(work, split, entry["file"]), shards / split / entry["file"])
+            _publish_copy(shard_file(work, split, entry["file"]), shards / split / entry["file"])
         for stale in (shards / split).glob("*.arrow"):
             if stale.name not in wanted:
                 stale.unlink()
@@ -155,6 +154,9 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
 
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
+    skipped = skipped_links(list(plan.config.inputs))
+    if skipped:
+        stats["skipped_inputs"] = skipped
     if TOKENIZE in plan.config.stages:
         totals, files = token_stats(plan, work)
         publish_tokens(plan, work, output, totals, files)

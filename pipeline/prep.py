@@ -3,6 +3,7 @@
 `run_prep` does it all on this machine. The other three split it for a scheduler: `prepare_steps`
 once before any task (it clears step folders of another config), `run_prep_task` for each task of
 each step (anywhere, in any order a step's dependencies allow), `publish_prep` once at the end.
+All but the tasks (which run side by side by design) hold the output folder's lock.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 from pipeline.config import PrepConfig
 from pipeline.executors.local import run_local
-from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, step_is_current
+from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, seal_step, step_is_current
 from pipeline.ground.errors import UserError
+from pipeline.ground.lock import folder_lock
 from pipeline.outputs import publish
 from pipeline.plan import build_plan
 
@@ -22,9 +24,10 @@ def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> di
     """Run (or resume) data prep into `output` and return its stats."""
     plan = build_plan(config)
     work = output / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    run_local(plan, work, config.workers, show_progress)
-    return publish(plan, work, output)
+    with folder_lock(output, "crucible prep"):
+        work.mkdir(parents=True, exist_ok=True)
+        run_local(plan, work, config.workers, show_progress)
+        return publish(plan, work, output)
 
 
 def pending_task_count(config: PrepConfig, output: Path) -> int:
@@ -37,8 +40,9 @@ def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
     """Make every step folder current for this config; the tasks each step still has to run."""
     plan = build_plan(config)
     work = output / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    return {step.name: prepare_step_dir(work, step) for step in plan.steps}
+    with folder_lock(output, "crucible prep-task --prepare"):
+        work.mkdir(parents=True, exist_ok=True)
+        return {step.name: prepare_step_dir(work, step) for step in plan.steps}
 
 
 def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -> str:
@@ -63,4 +67,7 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
 
 def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
     plan = build_plan(config)
-    return publish(plan, output / "work", output)
+    with folder_lock(output, "crucible prep-task --publish"):
+        for step in plan.steps:
+            seal_step(output / "work", step)
+        return publish(plan, output / "work", output)

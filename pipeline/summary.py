@@ -38,6 +38,9 @@ def prep_table(stats: dict[str, Any]) -> Table:
 def print_prep_summary(stats: dict[str, Any], console: Console | None = None) -> None:
     console = console or _console()
     console.print(prep_table(stats))
+    skipped = stats.get("skipped_inputs", [])
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} symbolic link(s) in input folders:[/] " + ", ".join(skipped))
     for row in stats["stages"]:
         langs = row.get("tally", {}).get("languages")
         if langs:

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from data_prep.pii import PII_TYPES, PiiConfig, PiiRedactor, PiiStage, placeholder
+from data_prep.readers import derive_id
 from data_prep.stage import Drop
 from tests.conftest import read_set
 
@@ -36,6 +37,15 @@ def _token(n: int) -> str:
 _PEM_BODY = base64.encodebytes(_RNG.randbytes(200)).decode()
 _BEARER_TOKEN = f"{_token(20)}.{_token(30)}"
 _AWS_SECRET = f"{_token(19)}/{_token(20)}"
+_URL_PASSWORD = _token(14)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+_JWT = ".".join([_b64url(b'{"alg":"HS256","typ":"JWT"}'), _b64url(json.dumps({"sub": _token(10)}).encode()),
+                 _b64url(_RNG.randbytes(32))])
 
 # (type, text to plant, the part that must disappear)
 VALID: list[tuple[str, str, str]] = [
@@ -71,6 +81,29 @@ VALID: list[tuple[str, str, str]] = [
     ("secret", "github_pat_" + _token(22) + "_" + _token(59), "github_pat_"),
     ("secret", f"xoxb-{_RNG.randrange(10**11, 10**12)}-{_token(24)}", "xoxb-"),
     ("secret", f"Authorization: Bearer {_BEARER_TOKEN}", _BEARER_TOKEN),
+    # obfuscated and spaced forms
+    ("email", "jane.doe [at] example [dot] com", "jane.doe [at] example"),
+    ("email", "jane.doe(at)example(dot)com", "jane.doe(at)example"),
+    ("email", "jane.doe { AT } mail.example.org", "jane.doe { AT } mail"),
+    ("email", "jane.doe\uff20example.com", "jane.doe\uff20example.com"),
+    ("email", '"jane doe"@example.com', '"jane doe"@example.com'),
+    ("email", "mailto:jane.doe%40example.com", "jane.doe%40example.com"),
+    ("phone", "415 555 2671", "415 555 2671"),
+    ("us_ssn", "123 45 6789", "123 45 6789"),
+    ("ip_address", "093.184.216.034", "093.184.216.034"),
+    ("credit_card", "4111.1111.1111.1111", "4111.1111.1111.1111"),
+    ("iban", "gb82 west 1234 5698 7654 32", "gb82 west 1234 5698 7654 32"),
+    ("iban", "de89370400440532013000", "de89370400440532013000"),
+    # credentials and the secret kinds of issue 18
+    ("secret", f"postgres://app:{_URL_PASSWORD}@10.0.0.5/db", _URL_PASSWORD),
+    ("secret", f"mysql://deploy:{_URL_PASSWORD}@localhost:3306/app", _URL_PASSWORD),
+    ("secret", "sk-" + _token(20) + "T3BlbkFJ" + _token(20), "sk-"),
+    ("secret", "sk-proj-" + _token(40) + "_" + _token(40) + "7", "sk-proj-"),
+    ("secret", "AIza" + _token(35), "AIza"),
+    ("secret", _JWT, _JWT.split(".")[1]),
+    ("secret", "sk_live_" + _token(24), "sk_live_"),
+    ("secret", "rk_test_" + _token(24), "rk_test_"),
+    ("secret", f"https://hooks.slack.com/services/T{_token(8)}/B{_token(8)}/{_token(24)}", "hooks.slack.com/services"),
 ]
 
 # Look-alikes that fail their check or the address policy: they must stay untouched.
@@ -104,6 +137,26 @@ INVALID: list[str] = [
     "Boston, MA 02110-1301",
     "12345678",
     "the bearer of this letter",
+    # look-alikes of the obfuscated and spaced forms
+    "meet me [at] noon",
+    "see the table (at) the end of section (dot) 3",
+    "postgres://localhost:5432/db",
+    "http://user:pass@host:port/",
+    "ftp://anonymous:<password>@ftp.invalid/",
+    "1 1 2 3 5 8 13 21 34 55 89 144 233 377 610 987 1597",
+    "G 1.000.000.000, M 1.048.576",
+    "http://[::1]:8080/status",
+    "ISBN 978 0 306 40615 7",
+    "415 555 267",
+    "123 45 678",
+    "scikit-learn, sk-learn",
+    "d41d8cd98f00b204e9800998ecf8427e",  # MD5, SHA-1 and UUID in lowercase hex
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "de305d54-75b4-431b-adb2-eb6b9e546014",
+    "01:23:45:67:89:ab",
+    "CVE-2021-44228",
+    "2021.09.15",
+    "version 10.20.30.40",
 ]
 
 
@@ -213,6 +266,19 @@ def test_stage_without_max_hits_keeps_everything_and_honours_enabled_types():
     assert decision.drops == {}
     assert decision.table.column("text")[0].as_py() == "Write to <EMAIL> or call +44 20 7946 0958."
     assert decision.table.column("pii_types")[0].as_py() == '{"email": 1}'
+
+
+def test_ids_are_checked_like_text_and_a_pii_id_replaced_by_a_derived_one():
+    table = pa.table({"id": ["john.doe@example.com", "docs/page#1", "call 415-555-0132"],
+                      "text": ["First document.", "Second document.", "Third document."],
+                      "origin": ["a.jsonl:0", "a.jsonl:17", "a.jsonl:40"]})
+    out = PiiStage(PiiConfig()).decide(table).table
+    ids = out.column("id").to_pylist()
+    assert ids[0] == derive_id("a.jsonl:0", "First document.")
+    assert ids[1] == "docs/page#1"
+    assert ids[2] == derive_id("a.jsonl:40", "Third document.")
+    assert [json.loads(s) for s in out.column("pii_types").to_pylist()] == [{"id_email": 1}, {}, {"id_phone": 1}]
+    assert out.column("origin").to_pylist() == table.column("origin").to_pylist(), "origin leads back to the input"
 
 
 def test_config_rejects_unknown_types_and_negative_limits():

@@ -14,7 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir
+from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
+from pipeline.ground.errors import UserError
 from pipeline.plan import Plan
 
 _progress: Any = None
@@ -42,6 +43,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
         for step in plan.steps:
             pending = prepare_step_dir(work, step)
             if not pending:
+                seal_step(work, step)
                 continue
             bar = tqdm(total=expected_units(work, plan, step), desc=f"{step.name:<26}", unit=step.spec.unit,
                        disable=not show_progress, leave=True, dynamic_ncols=True)
@@ -50,6 +52,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
                 _wait_with_progress(futures, progress, bar, step.name)
             finally:
                 bar.close()
+            seal_step(work, step)
 
 
 def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, step: str) -> None:
@@ -62,6 +65,8 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, st
             if error is not None:
                 for other in remaining:
                     other.cancel()
+                if isinstance(error, UserError):
+                    raise UserError(f"task {futures[future]} of step {step}: {error}") from None
                 raise RuntimeError(f"task {futures[future]} of step {step} failed: {error}") from error
     _drain(progress, bar)
 

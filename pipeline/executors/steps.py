@@ -3,8 +3,11 @@
 A task counts as done only when its marker (written atomically, after its outputs) exists and
 carries the step's fingerprint, so a killed run resumes where it stopped and a rerun of a
 finished run does no work. A step whose config changed since its outputs were written is
-cleared and rerun, with everything after it. The local executor calls `execute_task` in a
-process pool; the Slurm executor's array jobs call it through `crucible prep-task`.
+cleared and rerun, with everything after it. A finished step is sealed with the SHA-256 of
+every file it wrote; a rerun checks the seal and rebuilds a step whose files were edited or
+removed since (steps give the same bytes for the same input, so what follows stays valid).
+The local executor calls `execute_task` in a process pool; the Slurm executor's array jobs
+call it through `crucible prep-task`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.books import marker_file
-from pipeline.ground.atomic import remove_temp_files, write_json
+from pipeline.ground.atomic import TMP_PREFIX, remove_temp_files, write_json
+from pipeline.ground.console import console
+from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
 from pipeline.plan import Plan, Step
+
+STEP_FILE = "step.json"  # the fingerprint a step folder was made for
+SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
 
 
 def execute_task(plan: Plan, work: Path, step_name: str, task: int,
@@ -34,7 +42,7 @@ def execute_task(plan: Plan, work: Path, step_name: str, task: int,
 
 def step_is_current(work: Path, step: Step) -> bool:
     """Whether the step folder was made for this step's fingerprint (its tasks' outputs are usable)."""
-    return (read_marker(work / step.name / "step.json") or {}).get("fingerprint") == step.fingerprint
+    return (read_marker(work / step.name / STEP_FILE) or {}).get("fingerprint") == step.fingerprint
 
 
 def pending_tasks(work: Path, step: Step) -> list[int]:
@@ -50,8 +58,13 @@ def prepare_step_dir(work: Path, step: Step) -> list[int]:
     folder = work / step.name
     if folder.exists() and not step_is_current(work, step):
         shutil.rmtree(folder)
+    changed = changed_outputs(work, step) if folder.exists() else []
+    if changed:
+        console().print(f"[yellow]{folder}: {len(changed)} file(s) changed or missing since the step finished "
+                        f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]")
+        shutil.rmtree(folder)
     if not folder.exists():
-        write_json(folder / "step.json", {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
+        write_json(folder / STEP_FILE, {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
     remove_temp_files(folder)
     return pending_tasks(work, step)
 
@@ -62,3 +75,26 @@ def expected_units(work: Path, plan: Plan, step: Step) -> int | None:
         return None
     markers = [read_marker(marker_file(work, step.source, t)) for t in range(len(plan.shards))]
     return step.spec.units(sum(m["docs_out"] for m in markers if m), step.n_tasks)
+
+
+def _output_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (STEP_FILE, SEAL_FILE)
+                  and not p.name.startswith(TMP_PREFIX))
+
+
+def seal_step(work: Path, step: Step) -> None:
+    """Record the hashes of a finished step's files (once; a seal is only rewritten after a rebuild)."""
+    folder = work / step.name
+    if read_marker(folder / SEAL_FILE) is None and not pending_tasks(work, step):
+        hashes = {p.relative_to(folder).as_posix(): file_sha256(p) for p in _output_files(folder)}
+        write_json(folder / SEAL_FILE, hashes)
+
+
+def changed_outputs(work: Path, step: Step) -> list[str]:
+    """Files of a sealed step that are missing or hash differently now (none for an unsealed step)."""
+    folder = work / step.name
+    sealed = read_marker(folder / SEAL_FILE)
+    if sealed is None:
+        return []
+    return [name for name, digest in sealed.items()
+            if not (folder / name).is_file() or file_sha256(folder / name) != digest]

@@ -1,13 +1,16 @@
 """Atomic file publication: write to a temp name in the same folder, then rename.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never half of
-one, which is what lets completion markers be trusted after a SIGKILL.
+one, which is what lets completion markers be trusted after a SIGKILL. A write that fails for
+lack of space is reported with the path and the space left, not as a bare I/O error.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +20,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.ground.errors import UserError
+
 TMP_PREFIX = ".tmp-"
+
+
+class DiskFull(UserError):
+    """The filesystem ran out of space (or quota) while a file was written."""
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether `exc` says no space was left (Arrow reports it without an errno, in its message)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
+
+
+def disk_full_error(path: Path) -> DiskFull:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(f"no space left on device writing {path} ({free} there); free some space or write elsewhere, "
+                    f"then rerun: finished work is kept")
 
 
 @contextmanager
@@ -28,6 +51,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if disk_full(exc):
+            raise disk_full_error(path) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import types
-import typing
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 
-def _takes_list(annotation: Any) -> bool:
-    """Whether a field's type is a list (or a list or None)."""
-    if typing.get_origin(annotation) is list:
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
-    return False
+def _types_of(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (`int | None` -> {int, NoneType})."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return set().union(*(_types_of(arg) for arg in get_args(annotation)))
+    return {annotation}
 
 
 class Section(BaseModel):
@@ -32,9 +29,20 @@ class Section(BaseModel):
         fixed = dict(values)
         for name, field in cls.model_fields.items():
             value = fixed.get(name)
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and _takes_list(field.annotation):
+            takes_list = any(get_origin(t) is list for t in _types_of(field.annotation))
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and takes_list:
                 fixed[name] = [value]
         return fixed
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1; `--set train.max_steps=true` is a mistake, not a step count."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            admitted = _types_of(cls.model_fields[info.field_name].annotation)
+            if bool not in admitted and admitted & {int, float}:
+                raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these settings' results: a change reruns the work that used them."""
