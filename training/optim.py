@@ -22,7 +22,8 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         if not param.requires_grad:
             continue
         (no_decay if id(param) in no_decay_ids or param.ndim < 2 else decay).append(param)
-    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]  # a pipeline stage may hold no matrices at all
 
 
 class LrSchedule:
