@@ -130,6 +130,7 @@ class StageSpec:
     steps: tuple[StepSpec, ...]
     section: str = ""  # the config section's key when it differs from the name
     requires: tuple[str, ...] = ()  # stages that must run too
+    default: bool = True  # in the default `prep.stages`; opt-in filters that need files of their own are not
 
     @property
     def section_name(self) -> str:
