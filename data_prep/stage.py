@@ -118,7 +118,7 @@ class StepSpec:
     tasks: Callable[[PrepConfig, int], int] = per_shard  # (config, number of input shards) -> task count
     makes_docs: bool = False  # writes per-shard documents (and counts them for the stage table)
     unit: str = "doc"  # what its progress bar counts
-    units: Callable[[int, int], int] = docs_seen  # (documents it reads, task count) -> progress total
+    units: Callable[[int, int], int | None] = docs_seen  # (documents it reads, task count) -> progress total
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None) ->
     for stage in stats["stages"]:
         if "languages" in stage.get("tally", {}):
             sections += ["", "Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items())]
+        if "contamination" in stage.get("tally", {}):
+            sections += ["", "Contaminated documents per eval set: "
+                         + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["contamination"].items())]
     tokens = stats.get("tokens", {})
     if tokens:
         sections += ["", _table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [
