@@ -7,7 +7,19 @@ derived from it. Adding a stage: write its module (a `DocStage` with `doc_stage(
 
 from __future__ import annotations
 
-from data_prep import blocklist, decontaminate, exact_dedup, langid, normalize, pack, pii, quality, readers, tokenizer
+from data_prep import (
+    blocklist,
+    decontaminate,
+    exact_dedup,
+    langid,
+    normalize,
+    pack,
+    pii,
+    quality,
+    quality_model,
+    readers,
+    tokenizer,
+)
 from data_prep.minhash import steps as minhash_dedup
 from data_prep.stage import StageSpec
 
@@ -21,6 +33,7 @@ STAGES: list[StageSpec] = [
     blocklist.STAGE,
     pii.STAGE,
     quality.STAGE,
+    quality_model.STAGE,
     decontaminate.STAGE,
     tokenizer.STAGE,
     pack.STAGE,
