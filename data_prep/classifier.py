@@ -1,8 +1,8 @@
 """A fastText quality classifier: training on labelled JSONL, scoring, and held-out metrics.
 
-The model sees text as the `quality_model` stage gives it (`model_text`: lower-cased, whitespace
-runs folded to one space, since fastText reads one line per example), so training and scoring
-agree. Training uses one thread and a seed, so the same files and settings give the same model.
+The model sees text as the `quality_model` stage gives it (`model_text`: newlines become spaces,
+since fastText reads one line per example; it splits words on whitespace itself, and case is
+kept as a signal), so training and scoring agree. Training uses one thread and a seed, so the same files and settings give the same model.
 The batch form of `predict` is used throughout: the single-string form breaks with numpy 2.
 """
 
@@ -41,9 +41,9 @@ class ClassifierTrainConfig(Section):
 
 
 def model_text(texts: pa.Array | pa.ChunkedArray | list[str]) -> list[str]:
-    """Texts as the classifier reads them: lower case, one line, single spaces."""
+    """Texts as the classifier reads them: one line (fastText splits words on any whitespace itself)."""
     array = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(array), r"\s+", " ")).to_pylist()
+    return pc.replace_substring(array, "\n", " ").to_pylist()
 
 
 class FastTextScorer:
