@@ -70,11 +70,12 @@ def bench_quality_model(data: Path, work: Path, repeat: int) -> list[Result]:
 def datatrove_index(items: list[str], folder: Path) -> Any:
     """datatrove's filter over an index of `items` hashed exactly as its indexer hashes labels."""
     from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter
-    from datatrove.utils.hashing import create_hash_func
+    from datatrove.utils.hashing import HashConfig, create_hash_func
     from datatrove.utils.text import ngrams, simplify_text
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    config = NGramsDecontConfig(n_grams=NGRAM)
+    # SHA-1 hashes: datatrove's default xxhash path passes str, which xxhash 4 refuses.
+    config = NGramsDecontConfig(n_grams=NGRAM, hash_config=HashConfig(precision=64, hash_fc="sha1"))
     hash_func, tokenizer = create_hash_func(config.hash_config), load_word_tokenizer("en")
     hashes = {hash_func(" ".join(gram)) for item in items
               for gram in ngrams(tokenizer.word_tokenize(simplify_text(item, config.norm_config)), NGRAM)}
