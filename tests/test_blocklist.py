@@ -139,3 +139,12 @@ def test_a_missing_list_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_the_default_stages_leave_the_filters_out() -> None:
     assert "blocklist" not in load_config(None, []).prep.stages
+
+
+def test_list_paths_become_absolute_for_job_scripts() -> None:
+    config = load_config(None, ["prep.blocklist.url_lists=[lists/blocked.txt]",
+                                "prep.blocklist.word_lists={'*': [lists/words.txt]}",
+                                "prep.decontaminate.eval_sets=[{path: evals/qa.jsonl}]"]).prep.with_absolute_paths()
+    assert config.blocklist.url_lists[0] == Path("lists/blocked.txt").resolve()
+    assert config.blocklist.word_lists["*"][0] == Path("lists/words.txt").resolve()
+    assert config.decontaminate.eval_sets[0].path == Path("evals/qa.jsonl").resolve()
