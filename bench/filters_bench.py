@@ -11,6 +11,7 @@ network access; its `compute_hashes` does not). Both sides run single-core in th
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def bench_quality_model(data: Path, work: Path, repeat: int) -> list[Result]:
                             cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"classifier training failed: {result.stderr[-2000:]}")
-    held = __import__("json").loads((model_dir / "report.json").read_text())["heldout"]
+    held = json.loads((model_dir / "report.json").read_text())["heldout"]
     texts = [r["text"] for name in MIX_FILES for r in read_jsonl(data / name)]
     rule = ClassifierRule(name="hq", model_path=model_dir / "model.bin", threshold=0.5)
     arrays = batches(texts)

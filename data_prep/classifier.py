@@ -109,7 +109,7 @@ def metrics(scores: np.ndarray, positive: np.ndarray, bins: int, threshold: floa
     true_pos = int((predicted & positive).sum())
     edges = np.linspace(0.0, 1.0, bins + 1)
     return {
-        "documents": int(len(scores)), "positives": int(positive.sum()), "threshold": threshold,
+        "documents": len(scores), "positives": int(positive.sum()), "threshold": threshold,
         "accuracy": round(float((predicted == positive).mean()), 4),
         "precision": round(true_pos / max(int(predicted.sum()), 1), 4),
         "recall": round(true_pos / max(int(positive.sum()), 1), 4),

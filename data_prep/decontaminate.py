@@ -163,7 +163,7 @@ class ContaminationFilter(DocStage):
         hits = np.flatnonzero(self.ngrams[where] == keys)
         if not len(hits):
             return None
-        return int(self.owners[where[hits[0]]]), int(len(hits))
+        return int(self.owners[where[hits[0]]]), len(hits)
 
     def decide(self, table: pa.Table) -> Decision:
         drops, flags = {}, [None] * table.num_rows

@@ -24,7 +24,6 @@ from tests.conftest import REPO, write_jsonl
 from tests.sample_corpus import sample_records
 
 
-
 def train_with_cli(positive: Path, negative: Path, output: Path) -> dict:
     """Each training in its own process, as the verb runs it (fastText keeps state between trainings)."""
     result = subprocess.run([sys.executable, "-m", "pipeline", "classifier", "train", "--positive", str(positive),
