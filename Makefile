@@ -26,6 +26,7 @@ bench-setup: setup
 bench: bench-setup
 	$(PY) bench/prep_bench.py
 	$(PY) bench/pack_bench.py
+	$(PY) bench/filters_bench.py
 	$(PY) bench/train_bench.py
 
 clean:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,8 +62,9 @@ def _detail_json(detail: dict[str, Any]) -> str:
 class DocBooks:
     """Accumulates one task's kept documents, lineage and counts."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, metadata: Sequence[str] = ()) -> None:
         self.stage = stage
+        self.detail_columns = (*DETAIL_COLUMNS, *metadata)  # copied into each lineage record's detail
         self.kept: list[pa.Table] = []
         self.dropped: list[dict[str, Any]] = []
         self.quarantined: list[dict[str, Any]] = []
@@ -85,7 +86,7 @@ class DocBooks:
         if drops:
             ids = table[ID].to_pylist()
             origins = table[ORIGIN].to_pylist() if ORIGIN in table.column_names else [None] * len(ids)
-            extras = {c: table[c].to_pylist() for c in DETAIL_COLUMNS if c in table.column_names}
+            extras = {c: table[c].to_pylist() for c in self.detail_columns if c in table.column_names}
             raw_texts = incoming[TEXT]
             for row in sorted(drops):
                 drop = drops[row]
@@ -157,7 +158,7 @@ def shard_offsets(ctx: TaskContext) -> np.ndarray:
 
 def run_stage_on_source(ctx: TaskContext, stage: DocStage) -> dict[str, Any]:
     """Apply `stage` to this task's documents in batches and write kept rows and lineage."""
-    books = DocBooks(ctx.stage)
+    books = DocBooks(ctx.stage, ctx.config.read.keep_fields)
     for table in source_batches(ctx):
         kept = books.apply(table, stage.decide(table))
         books.add_tally(stage.tally(kept))
@@ -178,9 +179,10 @@ def run_doc_step(stage: type[DocStage], ctx: TaskContext) -> dict[str, Any]:
     return run_stage_on_source(ctx, _STAGE_CACHE[key])
 
 
-def doc_stage(stage: type[DocStage], config: type[Section]) -> StageSpec:
+def doc_stage(stage: type[DocStage], config: type[Section], default: bool = True) -> StageSpec:
     """The spec of a per-document stage: one per-shard step that applies `stage.decide`."""
-    return StageSpec(stage.name, config, (StepSpec("", partial(run_doc_step, stage), makes_docs=True),))
+    return StageSpec(stage.name, config, (StepSpec("", partial(run_doc_step, stage), makes_docs=True),),
+                     default=default)
 
 
 # ---- removals found by a global step ----------------------------------------------------------

@@ -20,7 +20,7 @@ class PrepSettings(Section):
     """Data prep: which inputs, which stages, how many workers; each stage's section is added below."""
 
     inputs: list[Path] = Field(default_factory=list, description="Files or folders to read.")
-    stages: list[str] = Field(default_factory=registry.names, description="Stages to run, in pipeline order.")
+    stages: list[str] = Field(default_factory=registry.default_names, description="Stages to run, in pipeline order; by default all but the opt-in filters.")
     workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
     shard_mb: float = Field(
         16.0, gt=0, description="Target input shard size; large plain JSONL files are split."
@@ -52,11 +52,25 @@ class PrepSettings(Section):
         copy = self.model_copy(deep=True)
         copy.inputs = [path.resolve() for path in copy.inputs]
         for spec in registry.STAGES:
-            section = copy.section(spec.name)
-            for name, value in section:
-                if isinstance(value, Path):
-                    setattr(section, name, value.resolve())
+            _resolve_paths(copy.section(spec.name))
         return copy
+
+
+def _resolve_paths(section: Section) -> None:
+    """Make the paths of `section` absolute, in lists, mappings and nested sections too."""
+    def resolved(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value.resolve()
+        if isinstance(value, list):
+            return [resolved(v) for v in value]
+        if isinstance(value, dict):
+            return {k: resolved(v) for k, v in value.items()}
+        if isinstance(value, Section):
+            _resolve_paths(value)
+        return value
+
+    for name, value in section:
+        setattr(section, name, resolved(value))
 
 
 def _stage_sections() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from data_prep.stage import ID, ORIGIN, TEXT, Decision, StageSpec, StepSpec, TaskContext
 from pipeline.ground.errors import UserError
@@ -54,6 +54,19 @@ class ReadConfig(Section):
     max_record_mb: float = Field(
         64.0, gt=0, description="A record larger than this is quarantined without parsing."
     )
+    keep_fields: list[str] = Field(
+        default_factory=list,
+        description="Record fields carried as string columns through every stage into clean/ and lineage, "
+                    "e.g. [url, source] for the blocklist stage; absent fields are null.",
+    )
+
+    @field_validator("keep_fields")
+    @classmethod
+    def _no_reserved(cls, fields: list[str]) -> list[str]:
+        reserved = [f for f in fields if f in (ID, TEXT, ORIGIN) or f.startswith("_")]
+        if reserved or len(set(fields)) != len(fields):
+            raise ValueError(f"keep_fields must be distinct and not {ID}, {TEXT}, {ORIGIN} or _-prefixed: {fields}")
+        return fields
 
 
 @dataclass(frozen=True)
@@ -202,20 +215,30 @@ class InputFailure(Exception):
         self.reason, self.offset, self.error, self.raw, self.detail = reason, offset, error, raw, detail
 
 
+def _metadata_value(value: Any) -> str | None:
+    """Kept fields travel as strings: text as it is, other JSON values in their JSON form."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
 class _Batcher:
     """Collects documents and quarantine records and cuts them into ReadBatches."""
 
     offset = 0  # where the reader is in its current file, for a read error; kept across flushes
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, keep_fields: list[str]) -> None:
         self.batch_size = batch_size
+        self.keep_fields = keep_fields
+        self.metadata: dict[str, list[str | None]] = {name: [] for name in keep_fields}
         self.ids: list[str] = []
         self.texts: list[str] = []
         self.origins: list[str] = []
         self.errors: list[int] = []
         self.quarantined: list[dict[str, Any]] = []
 
-    def add(self, origin: str, raw_id: Any, text: str, utf8_errors: int, raw: bytes) -> None:
+    def add(self, origin: str, raw_id: Any, text: str, utf8_errors: int, raw: bytes,
+            metadata: dict[str, Any] | None = None) -> None:
         try:
             doc_id = check_id(raw_id)
         except ValueError as exc:
@@ -225,6 +248,8 @@ class _Batcher:
         self.texts.append(text)
         self.origins.append(origin)
         self.errors.append(utf8_errors)
+        for name, values in self.metadata.items():
+            values.append(_metadata_value((metadata or {}).get(name)))
 
     def quarantine(self, origin: str, reason: str, raw: bytes, **detail: Any) -> None:
         self.quarantined.append(
@@ -241,10 +266,10 @@ class _Batcher:
                 TEXT: pa.array(self.texts, pa.string()),
                 ORIGIN: pa.array(self.origins, pa.string()),
                 UTF8_ERRORS: pa.array(self.errors, pa.int32()),
-            }
+            } | {name: pa.array(values, pa.string()) for name, values in self.metadata.items()}
         )
         batch = ReadBatch(table, self.quarantined)
-        self.__init__(self.batch_size)  # type: ignore[misc]
+        self.__init__(self.batch_size, self.keep_fields)  # type: ignore[misc]
         return batch
 
 
@@ -386,7 +411,7 @@ def _parse_json_record(origin: str, line: bytes, cfg: ReadConfig, out: _Batcher)
         out.quarantine(origin, "text_not_string", line, type=type(text).__name__)
         return
     text, bad_escapes = _scrub_surrogates(text)
-    out.add(origin, record.get(cfg.id_field), text, bad_bytes + bad_escapes, line)
+    out.add(origin, record.get(cfg.id_field), text, bad_bytes + bad_escapes, line, record)
 
 
 def _read_txt(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
@@ -426,13 +451,14 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
     if cfg.text_field not in names:
         raise UserError(f"{piece.path}: no column {cfg.text_field!r} (columns: {names})")
     textual = _textual(parquet.schema_arrow.field(cfg.text_field).type)
-    columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else [])
+    kept = [name for name in cfg.keep_fields if name in names]
+    columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else []) + kept
     row = 0
     for group in range(parquet.num_row_groups):
         group_end = row + parquet.metadata.row_group(group).num_rows
         try:
             for batch in parquet.iter_batches(batch_size=out.batch_size, row_groups=[group], columns=columns):
-                yield from _parquet_rows(piece, cfg, batch, textual, row, out)
+                yield from _parquet_rows(piece, cfg, batch, textual, row, kept, out)
                 row += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             if not _parquet_damage(exc):
@@ -443,11 +469,12 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
 
 
 def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, textual: bool, first: int,
-                  out: _Batcher) -> Iterator[ReadBatch]:
+                  kept: list[str], out: _Batcher) -> Iterator[ReadBatch]:
     column = batch.column(cfg.text_field)
     texts = column.cast(pa.binary()).to_pylist() if textual else column.to_pylist()
     ids = batch.column(cfg.id_field).to_pylist() if cfg.id_field in batch.schema.names else [None] * len(texts)
-    for row, (raw, doc_id) in enumerate(zip(texts, ids), first):
+    metadata = batch.select(kept).to_pylist() if kept else [None] * len(texts)
+    for row, (raw, doc_id, fields) in enumerate(zip(texts, ids, metadata), first):
         origin = f"{piece.label}:{row}"
         if raw is None:
             out.quarantine(origin, "missing_text", b"", field=cfg.text_field)
@@ -456,7 +483,7 @@ def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, tex
             out.quarantine(origin, "text_not_string", shown, type=str(column.type))
         else:
             text, bad_bytes = decode_utf8(raw)
-            out.add(origin, doc_id, text, bad_bytes, raw)
+            out.add(origin, doc_id, text, bad_bytes, raw, fields)
         if out.full():
             yield out.flush()
 
@@ -466,7 +493,7 @@ READERS = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}
 
 def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[ReadBatch]:
     """Stream one shard as ReadBatches of at most `batch_size` records."""
-    out = _Batcher(batch_size)
+    out = _Batcher(batch_size, cfg.keep_fields)
     for piece in shard.pieces:
         out.offset = 0
         try:
@@ -485,7 +512,7 @@ def run_read(ctx: TaskContext) -> dict[str, Any]:
     """The first step: read input shard `ctx.task` into documents, quarantining what cannot be one."""
     from data_prep.books import DocBooks
 
-    books = DocBooks(ctx.stage)
+    books = DocBooks(ctx.stage, ctx.settings.keep_fields)
     for batch in read_shard(ctx.shards[ctx.task], ctx.settings, ctx.config.batch_size):
         books.quarantine_raw(batch.quarantined)
         books.apply(batch.table, Decision(batch.table))

@@ -7,7 +7,19 @@ derived from it. Adding a stage: write its module (a `DocStage` with `doc_stage(
 
 from __future__ import annotations
 
-from data_prep import exact_dedup, langid, normalize, pack, pii, quality, readers, tokenizer
+from data_prep import (
+    blocklist,
+    decontaminate,
+    exact_dedup,
+    langid,
+    normalize,
+    pack,
+    pii,
+    quality,
+    quality_model,
+    readers,
+    tokenizer,
+)
 from data_prep.minhash import steps as minhash_dedup
 from data_prep.stage import StageSpec
 
@@ -18,8 +30,11 @@ STAGES: list[StageSpec] = [
     exact_dedup.STAGE,
     minhash_dedup.STAGE,
     langid.STAGE,
+    blocklist.STAGE,
     pii.STAGE,
     quality.STAGE,
+    quality_model.STAGE,
+    decontaminate.STAGE,
     tokenizer.STAGE,
     pack.STAGE,
 ]
@@ -44,6 +59,11 @@ def seal() -> None:
 
 def names() -> list[str]:
     return [stage.name for stage in STAGES]
+
+
+def default_names() -> list[str]:
+    """The stages a config that lists none runs: every stage but the opt-in ones."""
+    return [stage.name for stage in STAGES if stage.default]
 
 
 def stage(name: str) -> StageSpec:

@@ -118,7 +118,7 @@ class StepSpec:
     tasks: Callable[[PrepConfig, int], int] = per_shard  # (config, number of input shards) -> task count
     makes_docs: bool = False  # writes per-shard documents (and counts them for the stage table)
     unit: str = "doc"  # what its progress bar counts
-    units: Callable[[int, int], int] = docs_seen  # (documents it reads, task count) -> progress total
+    units: Callable[[int, int], int | None] = docs_seen  # (documents it reads, task count) -> progress total
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ class StageSpec:
     steps: tuple[StepSpec, ...]
     section: str = ""  # the config section's key when it differs from the name
     requires: tuple[str, ...] = ()  # stages that must run too
+    default: bool = True  # in the default `prep.stages`; opt-in filters that need files of their own are not
 
     @property
     def section_name(self) -> str:

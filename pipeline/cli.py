@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
 
+    classifier = verbs.add_parser("classifier", help="train or evaluate a fastText quality classifier "
+                                  "(settings: prep.quality_model.train)")
+    _common(classifier)
+    classifier.add_argument("action", choices=["train", "eval"])
+    classifier.add_argument("--positive", type=Path, help="train: JSONL of documents to keep")
+    classifier.add_argument("--negative", type=Path, help="train: JSONL of documents to drop")
+    classifier.add_argument("--output", type=Path, help="train: folder for model.bin, report.json, heldout.jsonl")
+    classifier.add_argument("--model", type=Path, help="eval: a model.bin")
+    classifier.add_argument("--data", type=Path, help="eval: JSONL with `text` and `label` (true/false)")
+
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
 
@@ -209,6 +219,29 @@ def _bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f} B"
+
+
+def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    import json
+
+    from data_prep.classifier import evaluate, train
+
+    settings = config.prep.quality_model.train
+    needed = ("positive", "negative", "output") if args.action == "train" else ("model", "data")
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"classifier {args.action} needs {' '.join(missing)}")
+    if args.action == "train":
+        report = train(args.positive, args.negative, args.output, settings, config.prep.read.text_field,
+                       config.prep.normalize.form)
+        print(f"trained on {report['train_documents']:,} documents; model in {args.output}")
+        result = report["heldout"]
+    else:
+        result = evaluate(args.model, args.data, settings.label, settings.histogram_bins)
+    print(json.dumps({k: v for k, v in result.items() if k != "histogram"}))
+    print("histogram (positive / negative per score bin): " + ", ".join(
+        f"{lo:.1f}: {p}/{n}" for lo, p, n in zip(result["histogram"]["edges"], result["histogram"]["positive"],
+                                               result["histogram"]["negative"])))
 
 
 def _plan(config: CrucibleConfig) -> None:
@@ -387,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
             _plan(config)
+        elif args.verb == "classifier":
+            _classifier(config, args)
         elif args.verb == "generate":
             _generate(config, args)
         elif args.verb == "export":

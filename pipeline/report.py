@@ -181,6 +181,9 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
     for stage in stages:
         if "languages" in stage.get("tally", {}):
             page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))
+        if "contamination" in stage.get("tally", {}):
+            page.paragraph("Contaminated documents per eval set: "
+                           + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["contamination"].items()))
     tokens = stats.get("tokens", {})
     if tokens:
         page.table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [

@@ -45,6 +45,9 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
         langs = row.get("tally", {}).get("languages")
         if langs:
             console.print("languages kept: " + ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:12]))
+        contamination = row.get("tally", {}).get("contamination")
+        if contamination:
+            console.print("contaminated documents per eval set: " + ", ".join(f"{k} {v:,}" for k, v in contamination.items()))
     tokens = stats.get("tokens")
     if tokens:
         console.print(tokens_table(tokens))
