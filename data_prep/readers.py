@@ -197,6 +197,8 @@ def check_id(value: Any) -> str | None:
     """A record's id as text (None: derive one), or ValueError saying why it cannot be an id."""
     if value is None or value == "":
         return None
+    if isinstance(value, bytes):
+        raise ValueError("id is not valid UTF-8")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"an id must be a string or an integer, not {type(value).__name__}")
     doc_id = str(value)
@@ -468,12 +470,28 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
             row = group_end
 
 
+def _values(column: pa.Array, errors: str = "strict") -> list[Any]:
+    """A column's values; damaged UTF-8 in a string column stays bytes (strict: an id that cannot be
+    one) or is replaced (a metadata field), instead of failing the whole batch."""
+    if not _textual(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return column.to_pylist()
+    values: list[Any] = []
+    for raw in column.cast(pa.binary()).to_pylist():
+        try:
+            values.append(None if raw is None else raw.decode())
+        except UnicodeDecodeError:
+            values.append(raw if errors == "strict" else raw.decode(errors=errors))
+    return values
+
+
 def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, textual: bool, first: int,
                   kept: list[str], out: _Batcher) -> Iterator[ReadBatch]:
     column = batch.column(cfg.text_field)
     texts = column.cast(pa.binary()).to_pylist() if textual else column.to_pylist()
-    ids = batch.column(cfg.id_field).to_pylist() if cfg.id_field in batch.schema.names else [None] * len(texts)
-    metadata = batch.select(kept).to_pylist() if kept else [None] * len(texts)
+    ids = _values(batch.column(cfg.id_field)) if cfg.id_field in batch.schema.names else [None] * len(texts)
+    fields_by_name = {name: _values(batch.column(name), errors="replace") for name in kept}
+    metadata = [dict(zip(fields_by_name, values)) for values in zip(*fields_by_name.values())] if kept \
+        else [None] * len(texts)
     for row, (raw, doc_id, fields) in enumerate(zip(texts, ids, metadata), first):
         origin = f"{piece.label}:{row}"
         if raw is None:

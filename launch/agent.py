@@ -15,8 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.ground.quiet import verbose
+
 ERROR_DIR_ENV = "CRUCIBLE_ERROR_DIR"
-VERBOSE_ENV = "CRUCIBLE_VERBOSE"
 
 
 def record_user_error(message: str) -> bool:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(argv)
-    if not os.environ.get(VERBOSE_ENV):  # rank shutdown notices and the OMP_NUM_THREADS note
+    if not verbose():  # rank shutdown notices and the OMP_NUM_THREADS note
         for name in ("torch.distributed.elastic", "torch.distributed.run"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="crucible-errors-") as folder:

@@ -17,6 +17,7 @@ from pipeline.ground.errors import UserError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show third-party warnings and logs (every rank)")
     parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set prep.workers=4 (repeatable)")
@@ -162,11 +163,22 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
 
 def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> None:
     import os
+    import time
 
     from training.engine import Trainer
 
+    started = time.perf_counter()
     trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
-    trainer.fit()
+    records = trainer.fit()
+    if int(os.environ.get("RANK", 0)) == 0:
+        latest = trainer.checkpointer.latest()
+        last = records[-1] if records else {}
+        loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+        print(f"training finished in {time.perf_counter() - started:.1f} s at step {trainer.step}{loss}; "
+              f"metrics in {output / 'metrics.jsonl'}; latest checkpoint: {latest.path if latest else 'none'}")
+        if latest:
+            print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
+                  f"{latest.path} --output DIR; crucible status --output {output}")
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
@@ -189,7 +201,8 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
     for key in SAMPLING_FLAGS:
         if getattr(args, key) is not None:
             setattr(samples, key, getattr(args, key))  # validated on assignment, like --set
-    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples))
+    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples),
+                   f"samples from {args.checkpoint.name}")
 
 
 def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
@@ -321,6 +334,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
 
     from launch.torchrun import local_train_command
     from pipeline.report import build_report
+    from pipeline.toy_world import toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
 
@@ -338,9 +352,17 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
         return returncode
     latest = Checkpointer(args.output / "train", config.checkpoint, rank=0).latest()
     samples = sample_texts(latest.path, _tokenizer_of(latest.path, None), config.samples) if latest else []
-    report = build_report(args.output, samples, config, timings)
-    _print_samples(samples)
-    print(f"report: {report} (and report.md)")
+    started = time.perf_counter()
+    toy = toy_generations(train_toy_world(args.output / "toy_world"))
+    timings["toy world"] = time.perf_counter() - started
+    report = build_report(args.output, samples, config, timings, toy)
+    _print_samples(samples, "samples from the final checkpoint")
+    _print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
+    print(f"run finished: prep {timings['prep']:.0f} s, training {timings['training']:.0f} s; "
+          f"report: {report} (and report.md)")
+    if latest:
+        print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "
+              f"{args.output}; open {report}")
     return 0
 
 
@@ -379,12 +401,12 @@ def _status(args: argparse.Namespace) -> None:
         print_local_status(local_status(args.output))
 
 
-def _print_samples(samples: list[tuple[str, str]]) -> None:
+def _print_samples(samples: list[tuple[str, str]], title: str) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
 
-    table = Table(title="samples from the final checkpoint", show_lines=True)
+    table = Table(title=title, show_lines=True)
     table.add_column("prompt")
     table.add_column("continuation")
     for prompt, continuation in samples:
@@ -403,11 +425,14 @@ def _user_error(verb: str, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
+    import os
 
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from pipeline.ground.quiet import VERBOSE_ENV, quiet_third_party
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # torchrun's ranks inherit it
+    quiet_third_party()
     try:
         config = _load(args) if args.verb != "status" else None
     except ConfigError as exc:

@@ -262,13 +262,24 @@ def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
     checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
     page.paragraph("Checkpoints kept: " + (", ".join(checkpoints) or "none"))
     if events:
-        page.table(["step", "event", "detail"], [
-            [e.get("step", ""), e["event"], ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step"))]
-            for e in events])
+        page.table(["step", "event", "time", "detail"], [
+            [e.get("step", ""), e["event"], e.get("time", ""),
+             ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step", "time"))] for e in events])
+
+
+def _toy_world(page: Page, generations: list[tuple[str, str]]) -> None:
+    from pipeline.toy_world import SENTENCES
+
+    page.heading("Toy world")
+    page.paragraph(f"Ten words, d_model 4, one layer, trained on \"{' '.join(SENTENCES)}\" by the same trainer. "
+                   f"Greedy generation from each word should write a sentence of that corpus.")
+    page.table(["prompt", "greedy generation", "a corpus sentence?"], [
+        [prompt, continuation, "yes" if f"{prompt} {continuation} END" in SENTENCES else "no"]
+        for prompt, continuation in generations])
 
 
 def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, config: Any = None,
-                 timings: dict[str, float] | None = None) -> Path:
+                 timings: dict[str, float] | None = None, toy: list[tuple[str, str]] | None = None) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`."""
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     train_dir = run_dir / "train"
@@ -283,6 +294,8 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
     if samples:
         page.heading("Samples")
         page.table(["prompt", "continuation"], [[p, c] for p, c in samples])
+    if toy:
+        _toy_world(page, toy)
     for figure in page.figures:
         (run_dir / figure.name).write_bytes(figure.png)
     write_text(run_dir / "report.md", page.markdown())

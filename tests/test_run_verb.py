@@ -45,8 +45,9 @@ def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subpr
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()
     for section in ("## Run", "## Data", "## Training", "## Checkpoints and events", "## Samples", "It was",
-                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save |"):
+                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save | 20", "## Toy world"):
         assert section in report
+    assert report.count(" | yes |") == 2, "the toy world writes a sentence of its corpus from cat and from dog"
     html = (run / "report.html").read_text()
     assert '<img alt="data funnel" src="data:image/png;base64,' in html and "<table>" in html
     assert 'src="funnel.png"' not in html  # the page carries its images

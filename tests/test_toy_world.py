@@ -10,59 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from data_prep.shards import write_manifest, write_shard
-from pipeline.ground.hashing import file_sha256
-from tests.conftest import REPO, torchrun
-
-WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
-SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
-
-
-def toy_shards(folder: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {word: i for i, word in enumerate(WORDS + ["<|pad|>"])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    folder.mkdir(parents=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    ids = [vocab[w] for sentence in SENTENCES for w in sentence.split()]
-    starts = np.array([0] + [i + 1 for i, t in enumerate(ids[:-1]) if t == vocab["END"]], dtype=np.int32)
-    row = np.array(ids, dtype=np.uint32)[None]
-    splits = {}
-    for split, copies in (("train", 16), ("val", 4)):
-        entry = write_shard(folder / split / f"{split}-00000-000.arrow", row.repeat(copies, 0), [starts] * copies,
-                            len(vocab))
-        splits[split] = {"documents": 3 * copies, "tokens": row.size * copies, "sequences": copies, "padding": 0,
-                         "remainder": 0, "shards": [entry]}
-    write_manifest(folder, {"seq_len": len(ids) - 1, "row_width": len(ids), "packing": "concat", "token_type": "uint16",
-                            "tokenizer": {"file": "tokenizer.json", "sha256": file_sha256(folder / "tokenizer.json"),
-                                          "vocab_size": len(vocab), "eod_id": vocab["END"], "pad_id": vocab["<|pad|>"]},
-                            "splits": splits, "prep_config": {}})
-    return folder
+from pipeline.toy_world import SENTENCES, WORDS, final_checkpoint, toy_generations, train_toy_world
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy shards (ROOT/shards) and a run trained on them (ROOT/run)."""
     root = tmp_path_factory.mktemp("toy")
-    shards = toy_shards(root / "shards")
-    torchrun(1, "train", "--data", str(shards), "--output", str(root / "run"), "--set", "model.preset=null",
-             "--set", "model.d_model=4", "--set", "model.n_layers=1", "--set", "model.n_heads=1",
-             "--set", "model.n_kv_heads=1", "--set", "model.ffn_hidden=16", "--set", "model.vocab_multiple=1",
-             "--set", "model.tie_embeddings=false", "--set", "train.max_steps=400", "--set", "train.lr=0.05",
-             "--set", "train.min_lr=0.005", "--set", "train.warmup_steps=10", "--set", "train.weight_decay=0",
-             "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=4", "--set", "train.log_interval=100",
-             "--set", "train.eval_interval=400", "--set", "train.peak_tflops=1", "--set", "checkpoint.interval=0",
-             "--set", "rollback.enabled=false")
+    train_toy_world(root)
     return root
-
-
-def final_checkpoint(run: Path) -> Path:
-    return run / "run" / "checkpoints" / "step-00000400"
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +56,7 @@ def crucible(*args: str) -> str:
 
 
 def test_sampling_stops_at_the_shards_end_of_document_token(toy_run: Path) -> None:
-    from training.config import SamplesConfig
-    from training.generate import sample_texts
-
-    greedy = SamplesConfig(prompts=["cat", "dog"], max_new_tokens=8, temperature=0)
-    for prompt, continuation in sample_texts(final_checkpoint(toy_run), toy_run / "shards" / "tokenizer.json", greedy):
+    for prompt, continuation in toy_generations(final_checkpoint(toy_run)):
         assert f"{prompt} {continuation} END" in SENTENCES, continuation
 
 

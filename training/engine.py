@@ -91,6 +91,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))
+        self.warned_mfu = False
 
         is_rank0 = self.layout.rank == 0
         self.metrics = MetricsLog(self.run_dir, enabled=is_rank0)
@@ -211,12 +212,19 @@ class Trainer:
         return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
-                "step_seconds": result.seconds, "tokens": result.step * self.tokens_per_step}
+                "peak_tflops": self.peak_flops / 1e12, "step_seconds": result.seconds,
+                "tokens": result.step * self.tokens_per_step}
 
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
         self.metrics.log(record)
-        if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or len(record) > 8):
+        if self.layout.rank == 0 and record["mfu"] > 1 and not self.warned_mfu:
+            self.warned_mfu = True
+            print(f"note: MFU {100 * record['mfu']:.0f}% is above 100%: the peak measured at start-up "
+                  f"({self.peak_flops / 1e12:.3g} TFLOP/s per device) read low, as on a busy machine; set "
+                  f"train.peak_tflops to this device's peak for MFU you can compare", flush=True)
+        notable = any(key in record for key in ("val_loss", "anomaly", "anomaly_ignored"))
+        if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
             print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "

@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,14 @@ class EventLog:
         self.path, self.enabled = Path(run_dir) / "events.jsonl", enabled
 
     def log(self, event: dict[str, Any]) -> None:
+        """Append `event` with its time, and say it on the console: saves, resumes, rollbacks, stops."""
         if self.enabled:
+            event = event | {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(event, sort_keys=True) + "\n")
+            detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("event", "step", "time"))
+            print(f"step {event.get('step', '?')}: {event['event']}" + (f" ({detail})" if detail else ""), flush=True)
 
 
 class AnomalyDetector(Hook):

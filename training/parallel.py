@@ -25,6 +25,7 @@ from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology  # noq
 from megatron.core import parallel_state  # noqa: E402
 from megatron.core.model_parallel_config import ModelParallelConfig  # noqa: E402
 
+from pipeline.ground.quiet import muted_output
 from training.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
 from training.model import EMBEDDING, GPT, Attention, Block, Embedding, FinalNorm, Head, lm_loss  # noqa: E402
 
@@ -56,7 +57,8 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
         os.environ.setdefault("LOCAL_RANK", "0")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             _init_from_agent_store(backend)
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        with muted_output():  # DeepSpeed's "... comm op built successfully", once per rank
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=parallel.tp,
                                              pipeline_model_parallel_size=parallel.pp)
     world = dist.get_world_size()
@@ -177,12 +179,13 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
     else:
         first, last = LayerSpec(Embedding, cfg, mp_config, vocab), LayerSpec(Head, cfg, mp_config, vocab)
     layers = [first, *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)], LayerSpec(FinalNorm, cfg), last]
-    return PipelineModule(
-        layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
-        partition_method=parallel.partition_method,
-        activation_checkpoint_interval=1 if parallel.activation_checkpointing else 0,
-        checkpointable_layers=["Block"],
-    )
+    with muted_output():  # DeepSpeed prints its topology and layer table
+        return PipelineModule(
+            layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
+            partition_method=parallel.partition_method,
+            activation_checkpoint_interval=1 if parallel.activation_checkpointing else 0,
+            checkpointable_layers=["Block"],
+        )
 
 
 def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, vocab: int, pad_id: int,
@@ -219,8 +222,9 @@ def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layou
 
 def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict[str, Any],
                  parallel: ParallelConfig) -> Any:
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-        mpu=None if parallel.pp > 1 else MegatronGroups(),
-    )
+    with muted_output():
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            mpu=None if parallel.pp > 1 else MegatronGroups(),
+        )
     return engine
