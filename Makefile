@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/sample.yaml
 RUN_DIR ?= runs/sample
 
-.PHONY: setup run test bench-setup bench clean slurm-up slurm-down
+.PHONY: setup run test test-fast bench-setup bench clean slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[bench]'

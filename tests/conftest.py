@@ -74,3 +74,16 @@ def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# Files whose tests start real ranks, Slurm jobs or whole runs: minutes each on two cores.
+# `make test-fast` (pytest -m "not slow") leaves them out; `make test` and CI run everything.
+SLOW_FILES = {"test_checkpoint.py", "test_train_equivalence.py", "test_slurm_submit.py", "test_slurm_cluster.py",
+              "test_launch.py", "test_run_verb.py", "test_resume.py", "test_generate_export.py", "test_toy_world.py",
+              "test_outputs_unchanged.py", "test_preflight.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
