@@ -73,10 +73,10 @@ def sha1_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
 @lru_cache(maxsize=1)
 def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     """P**k and P**-k modulo 2**64 for k < size (P odd, so it has an inverse)."""
+    forward, inverse = np.full(size, _BASE, np.uint64), np.full(size, _BASE_INVERSE, np.uint64)
+    forward[0] = inverse[0] = 1
     with np.errstate(over="ignore"):
-        forward = np.cumprod(np.concatenate(([1], np.full(size - 1, _BASE))).astype(np.uint64))
-        inverse = np.cumprod(np.concatenate(([1], np.full(size - 1, _BASE_INVERSE))).astype(np.uint64))
-    return forward, inverse
+        return np.cumprod(forward, dtype=np.uint64), np.cumprod(inverse, dtype=np.uint64)
 
 
 def fast_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
