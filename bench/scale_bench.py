@@ -3,7 +3,7 @@
 For each N (25k, 100k, 400k documents; 1.6M with --large) it generates a corpus from real
 sentences with exact and near duplicates planted at known rates, runs prep (normalize,
 exact_dedup, minhash_dedup) with the local executor, then reruns one task of every step in a
-process of its own under `wait4` to read its peak RSS: task 0 of a per-shard step (all shards
+process of its own to read its peak RSS: task 0 of a per-shard step (all shards
 are the same size) and of a range-split step (the ranges are equal slices of a uniform hash
 space), the only task of a single-task step. A rerun rewrites the same bytes. It fits each
 step's peak RSS against N and projects it to 100M and 1B documents, and it compares the
@@ -13,7 +13,6 @@ signature kernel with `rensa` on the same texts. Nothing is asserted; see bench/
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -80,13 +79,27 @@ def crucible(*args: str) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+_MEASURED = """
+import runpy, sys
+sys.argv = ["pipeline", *sys.argv[1:]]
+try:
+    runpy.run_module("pipeline", run_name="__main__")
+except SystemExit as exit:
+    if exit.code:
+        raise
+status = open("/proc/self/status").read()
+print("VmHWM", status.split("VmHWM:")[1].split()[0])
+"""
+
+
 def peak_rss_mb(args: list[str]) -> float:
-    """Run a command; its peak resident set size in MB (from wait4, so its own process only)."""
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    if status:
-        raise SystemExit(f"{' '.join(args)} failed: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-    return usage.ru_maxrss / 1024
+    """Run `python -m pipeline ARGS`; its peak resident set size in MB. Read from VmHWM, the
+    high-water mark of the process's own memory map (ru_maxrss would also count the parent's
+    memory at fork time)."""
+    result = subprocess.run([sys.executable, "-c", _MEASURED, *args], cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(args)} failed: {result.stderr[-2000:]}")
+    return int(result.stdout.rsplit("VmHWM", 1)[1].split()[0]) / 1024
 
 
 def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
@@ -115,8 +128,8 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
         step_wall = max(ends) - previous_end if previous_end is not None else seconds / args.workers
         previous_end = max(ends)
         (work / step.name / "done-00000.json").unlink()
-        rss = peak_rss_mb([sys.executable, "-m", "pipeline", "prep-task", "--config", str(config), "--output",
-                           str(output), "--step", step.name, "--task", "0"])
+        rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
+                           "--task", "0"])
         rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks, "wall_s": round(step_wall, 1),
                      "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
                      "peak_rss_mb": round(rss, 1)})

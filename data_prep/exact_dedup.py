@@ -9,6 +9,7 @@ depend on the task count), then filter each shard by the lists of duplicates.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from data_prep.books import (
-    key_range,
+    by_range,
     run_removals_filter,
     shard_offsets,
     shards_per_task,
@@ -60,31 +61,34 @@ def first_occurrences(hashes: np.ndarray) -> np.ndarray:
     return first[inverse.reshape(-1)].astype(np.int64)
 
 
-def _hash_file(ctx: TaskContext, task: int) -> Any:
-    return ctx.work / HASH / f"hashes-{task:05d}.npy"
+def _hash_file(ctx: TaskContext, task: int, kind: str = "hashes") -> Path:
+    return ctx.work / HASH / f"{kind}-{task:05d}.npy"
 
 
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
-    """Hash one shard's documents."""
+    """Hash one shard's documents, grouped by the hash range of the find task that will read them."""
     table = pq.read_table(source_file(ctx), columns=[TEXT])
-    write_npy(_hash_file(ctx, ctx.task), text_hashes(table, ctx.settings))
+    hashes = text_hashes(table, ctx.settings)
+    _, rows, bounds = by_range(hashes[:, 0].copy(), _find_tasks(ctx.config, len(ctx.shards)))
+    for kind, array in (("hashes", hashes[rows]), ("rows", rows), ("bounds", bounds)):
+        write_npy(_hash_file(ctx, ctx.task, kind), array)
     ctx.report(table.num_rows)
     return {}
 
 
 def run_find(ctx: TaskContext) -> dict[str, Any]:
-    """Find every later copy among the documents whose hash falls in this task's range."""
-    ranges = _find_tasks(ctx.config, len(ctx.shards))
+    """Find every later copy among the documents whose hash falls in this task's range; each
+    shard's hashes are memory-mapped and only this range's slice is read."""
     offsets = shard_offsets(ctx)
     hashes, rows = [], []
     for shard in range(len(ctx.shards)):
-        mapped = np.load(_hash_file(ctx, shard), mmap_mode="r")
-        mine = np.flatnonzero(key_range(mapped[:, 0], ranges) == ctx.task)
-        hashes.append(np.asarray(mapped[mine]))
-        rows.append(mine + offsets[shard])
-        ctx.report(len(mapped))
-        del mapped
+        lo, hi = np.load(_hash_file(ctx, shard, "bounds"))[ctx.task:ctx.task + 2]
+        hashes.append(np.array(np.load(_hash_file(ctx, shard), mmap_mode="r")[lo:hi]))
+        rows.append(np.load(_hash_file(ctx, shard, "rows"), mmap_mode="r")[lo:hi] + offsets[shard])
+        ctx.report(int(hi - lo))
     mine_hashes, mine_rows = np.concatenate(hashes), np.concatenate(rows)
+    order = np.argsort(mine_rows, kind="stable")  # corpus order, so the first occurrence is kept
+    mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]
     first = mine_rows[first_occurrences(mine_hashes)]
     later = first != mine_rows
     write_removals(ctx, mine_rows[later], first[later], None)
@@ -99,12 +103,8 @@ def _find_tasks(config: Any, n_shards: int) -> int:
     return shards_per_task(n_shards, config.exact_dedup.find_shards_per_task)
 
 
-def _all_hashes(docs: int, n_tasks: int) -> int:
-    return docs * n_tasks  # each find task scans every shard's hashes for its range
-
-
 STAGE = StageSpec("exact_dedup", ExactDedupConfig, (
     StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=_find_tasks, unit="hash", units=_all_hashes),
+    StepSpec(".find", run_find, tasks=_find_tasks, unit="hash"),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))

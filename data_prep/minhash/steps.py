@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.books import (
+    by_range,
     gather_rows,
-    key_range,
     resolve_ids,
     run_removals_filter,
     shard_offsets,
@@ -43,8 +43,8 @@ def _chars_file(work: Path, task: int) -> Path:
     return work / SIGNATURES / f"chars-{task:05d}.npy"
 
 
-def _keys_file(work: Path, task: int) -> Path:
-    return work / SIGNATURES / f"keys-{task:05d}.npy"
+def _keys_file(work: Path, task: int, kind: str = "keys") -> Path:
+    return work / SIGNATURES / f"{kind}-{task:05d}.npy"
 
 
 def _edges_file(work: Path, task: int) -> Path:
@@ -52,7 +52,8 @@ def _edges_file(work: Path, task: int) -> Path:
 
 
 def run_signatures(ctx: TaskContext) -> dict[str, Any]:
-    """Sign one shard's documents; record their lengths (the keep rule's) and band keys (bands x docs)."""
+    """Sign one shard's documents; record their lengths (the keep rule's) and their band keys,
+    grouped per band by the key range of the bucket task that will read them."""
     cfg = ctx.settings
     bands, rows = cfg.band_layout()
     sigs, chars = [], []
@@ -64,7 +65,10 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     signatures = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
     write_npy(_signature_file(ctx.work, ctx.task), signatures)
     write_npy(_chars_file(ctx.work, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
-    write_npy(_keys_file(ctx.work, ctx.task), np.stack([minhash.band_keys(signatures, b, rows) for b in range(bands)]))
+    ranges = _key_ranges(ctx.config, len(ctx.shards))
+    grouped = [by_range(minhash.band_keys(signatures, band, rows), ranges) for band in range(bands)]
+    for kind, part in (("keys", 0), ("rows", 1), ("bounds", 2)):
+        write_npy(_keys_file(ctx.work, ctx.task, kind), np.stack([group[part] for group in grouped]))
     return {}
 
 
@@ -89,16 +93,13 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
     offsets = shard_offsets(ctx)
     keys, rows = [], []
     for shard in range(len(ctx.shards)):
-        mapped = np.load(_keys_file(ctx.work, shard), mmap_mode="r")
-        band_keys = np.asarray(mapped[band])
-        mine = np.flatnonzero(key_range(band_keys, ranges) == part)
-        keys.append(band_keys[mine])
-        rows.append(mine + offsets[shard])
-        ctx.report(len(band_keys))
-        del mapped, band_keys
+        lo, hi = np.load(_keys_file(ctx.work, shard, "bounds"))[band, part:part + 2]
+        keys.append(np.array(np.load(_keys_file(ctx.work, shard), mmap_mode="r")[band, lo:hi]))
+        rows.append(np.load(_keys_file(ctx.work, shard, "rows"), mmap_mode="r")[band, lo:hi] + offsets[shard])
     pairs = minhash.candidate_pairs(np.concatenate(keys), np.concatenate(rows), ctx.settings.max_bucket_size)
     edges = verified_edges(ctx, pairs, offsets)
     write_npy(_edges_file(ctx.work, ctx.task), edges)
+    ctx.report(1)
     return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs)), "band_edges": int(len(edges))}}}
 
 
@@ -150,13 +151,13 @@ def _bucket_tasks(config: Any, n_shards: int) -> int:
     return config.minhash_dedup.band_layout()[0] * _key_ranges(config, n_shards)
 
 
-def _band_keys(docs: int, n_tasks: int) -> int:
-    return docs * n_tasks  # each bucket task scans every document's key of its band
+def _one_per_task(docs: int, n_tasks: int) -> int:
+    return n_tasks
 
 
 STAGE = StageSpec("minhash_dedup", MinHashConfig, (
     StepSpec(".signatures", run_signatures),
-    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="key", units=_band_keys),
+    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=_one_per_task),
     StepSpec(".clusters", run_clusters, tasks=single),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))
