@@ -32,7 +32,7 @@ from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext, single
 from pipeline.ground.atomic import write_npy
 
 SIGNATURES, BUCKETS, CLUSTERS = "minhash_dedup.signatures", "minhash_dedup.buckets", "minhash_dedup.clusters"
-_VERIFY_ROWS = 65536  # signature rows held at once while verifying pairs
+_VERIFY_ROWS = 8192  # signature rows held at once (4 MB) while verifying pairs or measuring removals
 
 
 def _signature_file(work: Path, task: int) -> Path:
