@@ -3,7 +3,9 @@
 Per-document steps share one runner that applies a stage's decisions and keeps the books: kept
 rows go on, dropped rows become lineage records, quarantined rows keep their raw text, and
 docs_in = docs_out + dropped + quarantined by construction. Global dedupe steps record their
-verdicts as a removals table (shard, row, duplicate_of) that a per-shard filter step applies.
+verdicts as removals tables (shard, row, duplicate_of), one per task, that a per-shard filter
+step applies; the helpers below let those tasks read per-shard arrays and ids for the rows they
+need only, so no task's memory grows with the corpus.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ QUARANTINE_SCHEMA = pa.schema(
 REMOVALS_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
 )
-REMOVALS_FILE = "removals.parquet"
 DETAIL_COLUMNS = ("lang", "lang_score")
 
 
@@ -139,14 +140,6 @@ def source_batches(ctx: TaskContext) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([batch])
 
 
-def source_column(ctx: TaskContext, column: str) -> list[Any]:
-    """One column of every shard's documents, in corpus order."""
-    values: list[Any] = []
-    for i in range(len(ctx.shards)):
-        values.extend(pq.read_table(source_file(ctx, i), columns=[column])[column].to_pylist())
-    return values
-
-
 def shard_offsets(ctx: TaskContext) -> np.ndarray:
     """Where each shard's documents start in corpus order (from the source step's markers)."""
     counts = [read_marker(marker_file(ctx.work, ctx.source, i))["docs_out"]  # type: ignore[arg-type, index]
@@ -201,23 +194,77 @@ class ShardRowFilter(DocStage):
         return Decision(table, {r - start: d for r, d in self.drops.items() if start <= r < self.offset})
 
 
-def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, ids: list[str],
-                   jaccard: np.ndarray | None) -> None:
-    """Record corpus rows `removed`, each a duplicate of the row at the same place in `keepers`."""
+def shards_per_task(n_shards: int, shards: int) -> int:
+    """Tasks of a global step that gives each task the work of about `shards` input shards."""
+    return max(1, -(-n_shards // shards))
+
+
+def key_range(keys: np.ndarray, ranges: int) -> np.ndarray:
+    """Which of `ranges` equal slices of the uint64 key space each key falls in."""
+    return ((keys >> np.uint64(32)) * np.uint64(ranges) >> np.uint64(32)).astype(np.int64)
+
+
+def by_range(keys: np.ndarray, ranges: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`keys` grouped by key range: (keys, their rows, where each range starts; ranges + 1 entries),
+    so that the task of one range later reads its slice of a shard's file and nothing else."""
+    part = key_range(keys, ranges)
+    order = np.argsort(part, kind="stable")
+    return keys[order], order.astype(np.int64), np.searchsorted(part[order], np.arange(ranges + 1))
+
+
+def gather_rows(files: list[Path], offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` (corpus order, sorted) of per-shard .npy arrays, each file mapped, not read whole."""
+    parts = []
+    bounds = np.searchsorted(rows, offsets)
+    for shard, path in enumerate(files):
+        if bounds[shard] < bounds[shard + 1]:
+            mapped = np.load(path, mmap_mode="r")
+            parts.append(np.asarray(mapped[rows[bounds[shard]:bounds[shard + 1]] - offsets[shard]]))
+            del mapped
+    if not parts:  # no rows: an empty array of the files' row shape
+        parts.append(np.load(files[0], mmap_mode="r")[:0].copy())
+    return np.concatenate(parts)
+
+
+def resolve_ids(ctx: TaskContext, rows: np.ndarray) -> np.ndarray:
+    """The ids of corpus rows `rows` (sorted), reading only the id column of the shards that hold them."""
+    offsets = shard_offsets(ctx)
+    ids = np.empty(len(rows), dtype=object)
+    bounds = np.searchsorted(rows, offsets)
+    for shard in range(len(ctx.shards)):
+        lo, hi = bounds[shard], bounds[shard + 1]
+        if lo < hi:
+            column = pq.read_table(source_file(ctx, shard), columns=[ID])[ID]
+            ids[lo:hi] = column.take(pa.array(rows[lo:hi] - offsets[shard])).to_pylist()
+    return ids
+
+
+def removals_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"removals-{task:05d}.parquet"
+
+
+def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, jaccard: np.ndarray | None) -> None:
+    """Record corpus rows `removed` (sorted), each a duplicate of the row at the same place in
+    `keepers`; ids are looked up for the keepers only."""
     offsets = shard_offsets(ctx)
     shard = np.searchsorted(offsets, removed, side="right") - 1
+    order = np.argsort(keepers, kind="stable")
+    duplicate_of = np.empty(len(keepers), dtype=object)
+    duplicate_of[order] = resolve_ids(ctx, keepers[order])
     table = pa.table({
         "shard": pa.array(shard.astype(np.int32)),
         "row": pa.array((removed - offsets[shard]).astype(np.int64)),
-        "duplicate_of": pa.array([ids[k] for k in keepers], pa.string()),
+        "duplicate_of": pa.array(duplicate_of.tolist(), pa.string()),
         "jaccard": pa.array(jaccard.astype(np.float32) if jaccard is not None else [None] * len(removed), pa.float32()),
     }, schema=REMOVALS_SCHEMA)
-    write_parquet(ctx.folder / REMOVALS_FILE, table)
+    write_parquet(removals_file(ctx.work, ctx.step, ctx.task), table)
 
 
 def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str) -> dict[str, Any]:
-    """Drop this shard's rows listed in `removals_step`'s removals table, with `reason`."""
-    table = pq.read_table(ctx.work / removals_step / REMOVALS_FILE, filters=[("shard", "=", ctx.task)])
+    """Drop this shard's rows listed in the removals tables of `removals_step`'s tasks, with `reason`."""
+    files = sorted((ctx.work / removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    table = pa.concat_tables([pq.read_table(f, filters=[("shard", "=", ctx.task)])
+                              for f in files])
     drops = {}
     for row, duplicate_of, jaccard in zip(*(table[c].to_pylist() for c in ("row", "duplicate_of", "jaccard"))):
         detail = {"duplicate_of": duplicate_of} | ({} if jaccard is None else {"jaccard": round(jaccard, 4)})

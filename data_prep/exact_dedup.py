@@ -1,13 +1,15 @@
 """exact_dedup: drop documents whose whitespace-normalized text was already seen.
 
 Three steps so that it scales out like near-dedupe: hash each shard in parallel, find the
-duplicates over all hashes in one task (the first occurrence in input order is kept, so the
-result does not depend on worker count), then filter each shard by the list of duplicates.
+duplicates by hash range (each find task reads only the hashes in its slice of the hash space,
+so none holds the corpus; the first occurrence in input order is kept, so the result does not
+depend on the task count), then filter each shard by the lists of duplicates.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_prep.books import run_removals_filter, source_column, source_file, write_removals
-from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from data_prep.books import (
+    by_range,
+    run_removals_filter,
+    shard_offsets,
+    shards_per_task,
+    source_file,
+    write_removals,
+)
+from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext
 from pipeline.ground.atomic import write_npy
 from pipeline.ground.schema import Section
 
@@ -28,6 +37,9 @@ class ExactDedupConfig(Section):
     """What "the same text" means."""
 
     lowercase: bool = Field(False, description="Treat texts that differ only in case as duplicates.")
+    find_shards_per_task: int = Field(
+        64, ge=1, description="Input shards per find task: the hash space is split into ceil(shards / this) ranges."
+    )
 
 
 def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
@@ -42,41 +54,57 @@ def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:
-    """For each document (in global order), the global index of the first one with its hash."""
+    """For each document (in the given order), the index of the first one with its hash."""
     if len(hashes) == 0:
         return np.zeros(0, dtype=np.int64)
     _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
     return first[inverse.reshape(-1)].astype(np.int64)
 
 
-def _hash_file(ctx: TaskContext, task: int) -> Any:
-    return ctx.work / HASH / f"hashes-{task:05d}.npy"
+def _hash_file(ctx: TaskContext, task: int, kind: str = "hashes") -> Path:
+    return ctx.work / HASH / f"{kind}-{task:05d}.npy"
 
 
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
-    """Hash one shard's documents."""
+    """Hash one shard's documents, grouped by the hash range of the find task that will read them."""
     table = pq.read_table(source_file(ctx), columns=[TEXT])
-    write_npy(_hash_file(ctx, ctx.task), text_hashes(table, ctx.settings))
+    hashes = text_hashes(table, ctx.settings)
+    _, rows, bounds = by_range(hashes[:, 0].copy(), _find_tasks(ctx.config, len(ctx.shards)))
+    for kind, array in (("hashes", hashes[rows]), ("rows", rows), ("bounds", bounds)):
+        write_npy(_hash_file(ctx, ctx.task, kind), array)
     ctx.report(table.num_rows)
     return {}
 
 
 def run_find(ctx: TaskContext) -> dict[str, Any]:
-    """Find every later copy over all shards' hashes (one task)."""
-    hashes = np.concatenate([np.load(_hash_file(ctx, i)) for i in range(len(ctx.shards))])
-    first = first_occurrences(hashes)
-    removed = np.flatnonzero(first != np.arange(len(first)))
-    write_removals(ctx, removed, first[removed], source_column(ctx, ID), None)
-    ctx.report(len(first))
-    return {"tally": {"exact_dedup": {"duplicates": int(len(removed))}}}
+    """Find every later copy among the documents whose hash falls in this task's range; each
+    shard's hashes are memory-mapped and only this range's slice is read."""
+    offsets = shard_offsets(ctx)
+    hashes, rows = [], []
+    for shard in range(len(ctx.shards)):
+        lo, hi = np.load(_hash_file(ctx, shard, "bounds"))[ctx.task:ctx.task + 2]
+        hashes.append(np.array(np.load(_hash_file(ctx, shard), mmap_mode="r")[lo:hi]))
+        rows.append(np.load(_hash_file(ctx, shard, "rows"), mmap_mode="r")[lo:hi] + offsets[shard])
+        ctx.report(int(hi - lo))
+    mine_hashes, mine_rows = np.concatenate(hashes), np.concatenate(rows)
+    order = np.argsort(mine_rows, kind="stable")  # corpus order, so the first occurrence is kept
+    mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]
+    first = mine_rows[first_occurrences(mine_hashes)]
+    later = first != mine_rows
+    write_removals(ctx, mine_rows[later], first[later], None)
+    return {"tally": {"exact_dedup": {"duplicates": int(later.sum())}}}
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, "exact_duplicate")
 
 
+def _find_tasks(config: Any, n_shards: int) -> int:
+    return shards_per_task(n_shards, config.exact_dedup.find_shards_per_task)
+
+
 STAGE = StageSpec("exact_dedup", ExactDedupConfig, (
     StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=single),
+    StepSpec(".find", run_find, tasks=_find_tasks, unit="hash"),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))

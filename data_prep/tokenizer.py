@@ -7,12 +7,14 @@ library's own `tokenizer.json`, so users can load it anywhere without Crucible.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
@@ -35,7 +37,10 @@ class TokenizerConfig(Section):
     path: Path | None = Field(None, description="An existing tokenizer.json; skips training.")
     vocab_size: int = Field(8192, ge=260, le=2**20, description="Target vocabulary, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Pairs seen fewer times are not merged.")
-    train_chars: int = Field(200_000_000, ge=1000, description="Train on at most this many characters.")
+    max_train_bytes: int = Field(
+        500_000_000, ge=1000,
+        description="Train on a deterministic sample of the clean documents of at most about this many UTF-8 bytes.",
+    )
     eod_token: str = EOD
     pad_token: str = PAD
     extra_special_tokens: list[str] = Field(default_factory=list)
@@ -55,17 +60,8 @@ class TokenizerConfig(Section):
         return identity
 
 
-def _capped(texts: Iterable[str], max_chars: int) -> Iterator[str]:
-    seen = 0
-    for text in texts:
-        if seen >= max_chars:
-            return
-        yield text
-        seen += len(text)
-
-
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig):  # -> tokenizers.Tokenizer
-    """Byte-level BPE over `texts` (first `train_chars` characters), deterministic for one input."""
+    """Byte-level BPE over `texts`, deterministic for one input."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -78,7 +74,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig):  # -> tokeni
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_capped(texts, config.train_chars), trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
 
@@ -111,23 +107,54 @@ def tokens_file(work: Path, task: int) -> Path:
     return work / TOKENIZE / f"tokens-{task:05d}.arrow"
 
 
-def _texts(ctx: TaskContext) -> Iterator[str]:
+def _batches(ctx: TaskContext, columns: list[str]) -> Iterator[pa.RecordBatch]:
     for i in range(len(ctx.shards)):
-        parquet = pq.ParquetFile(source_file(ctx, i))
-        for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[TEXT]):
-            yield from batch.column(0).to_pylist()
+        yield from pq.ParquetFile(source_file(ctx, i)).iter_batches(batch_size=ctx.config.batch_size, columns=columns)
+
+
+def _draw(doc_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the document id: the same sample on every run."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little") / 2**64
+
+
+class TrainingSample:
+    """The clean documents the tokenizer trains on: all of them when they fit in `max_bytes`,
+    else each with probability max_bytes / total (by its id), in corpus order, up to `max_bytes`.
+    Streamed, so training never holds the corpus."""
+
+    def __init__(self, ctx: TaskContext, max_bytes: int) -> None:
+        self.ctx, self.max_bytes = ctx, max_bytes
+        total = sum(pc.sum(pc.binary_length(b.column(0).cast(pa.binary()))).as_py() or 0
+                    for b in _batches(ctx, [TEXT]))
+        self.rate = max_bytes / total if total > max_bytes else 1.0
+        self.documents = self.bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in _batches(self.ctx, [ID, TEXT]):
+            ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            for doc_id, text in zip(ids, texts):
+                if self.bytes >= self.max_bytes:
+                    return
+                if self.rate < 1.0 and _draw(doc_id) >= self.rate:
+                    continue
+                self.documents += 1
+                self.bytes += len(text.encode())
+                yield text
 
 
 def run_train(ctx: TaskContext) -> dict[str, Any]:
     """Train the tokenizer on the clean documents (one task), or check the given one."""
     cfg = ctx.settings
+    counts: dict[str, int] = {}
     if cfg.path is None:
-        tokenizer = train_tokenizer(_texts(ctx), cfg)
+        sample = TrainingSample(ctx, cfg.max_train_bytes)
+        tokenizer = train_tokenizer(sample, cfg)
         with atomic_path(ctx.folder / TOKENIZER_FILE) as tmp:
             tokenizer.save(str(tmp))
+        counts = {"tokenizer_train_documents": sample.documents, "tokenizer_train_bytes": sample.bytes}
     tokenizer = load_tokenizer(tokenizer_file(ctx.config, ctx.work))
     special_ids(tokenizer, cfg)  # a given tokenizer must have the special tokens
-    return {"tokens": {"vocab_size": tokenizer.get_vocab_size()}}
+    return {"tokens": {"vocab_size": tokenizer.get_vocab_size()} | counts}
 
 
 _ENCODERS: dict[str, Any] = {}

@@ -280,3 +280,26 @@ def test_default_layout_rarely_misses_a_pair_at_the_drop_threshold() -> None:
     assert 1 - (1 - cfg.threshold**rows) ** bands >= 0.99
     assert 1 - (1 - cfg.candidate_threshold**rows) ** bands < 0.99
     assert MinHashConfig(bands=32, rows=4).band_layout() == (32, 4)
+
+
+@needs_data
+def test_fast_shingle_hash_finds_the_same_near_duplicates(neardup) -> None:
+    texts, ids, truth = neardup
+    sigs, _, remove, _ = run_chain(texts, ids, MinHashConfig(shingle_hash="fast"))
+    assert not np.array_equal(sigs[:20], signatures(texts[:20], MinHashConfig())), "another hash family"
+    recall, precision = recall_and_precision(truth, ids, remove)
+    assert recall >= 0.99, f"recall {recall:.4f} with the fast shingle hash"
+    assert precision >= 0.98, f"precision {precision:.4f} with the fast shingle hash"
+
+
+def test_fast_shingle_hash_hashes_the_same_shingles() -> None:
+    """Equal shingles hash equally, whatever text or batch they come from; empty texts sign empty."""
+    for text in SHORT_TEXTS:
+        fast = shingle_hashes(text, 5, "fast")
+        assert len(fast) == len(shingle_hashes(text, 5))
+        assert len(set(fast.tolist())) == len({s for s in reference_shingles(text)})
+    assert np.array_equal(shingle_hashes("A b C d E f", 5, "fast"), shingle_hashes("a, B; c\nd -- e  F", 5, "fast"))
+    cfg = MinHashConfig(shingle_hash="fast")
+    batch = signatures(SHORT_TEXTS, cfg)
+    np.testing.assert_array_equal(batch, np.concatenate([signatures([t], cfg) for t in SHORT_TEXTS]))
+    assert (batch[2] == 0xFFFFFFFF).all() and not (batch[0] == 0xFFFFFFFF).any()

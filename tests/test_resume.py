@@ -18,14 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 def prep_command(corpus: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
             "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
-            "--set", "prep.tokenizer.vocab_size=1000"]
+            "--set", "prep.tokenizer.vocab_size=1000",
+            # several find and bucket tasks per band, so that a kill can fall between them
+            "--set", "prep.exact_dedup.find_shards_per_task=1", "--set", "prep.minhash_dedup.bucket_shards_per_task=1"]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("kill_after", ["minhash_dedup.signatures/done-00001.json", "tokenize/done-00001.json"])
+@pytest.mark.parametrize("kill_after", [
+    "exact_dedup.find/done-00000.json",
+    "minhash_dedup.signatures/done-00001.json",
+    "minhash_dedup.buckets/done-00001.json",
+    "minhash_dedup.clusters/done-00000.json",
+    "tokenize.train/done-00000.json",
+    "tokenize/done-00001.json",
+])
 def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path: Path, kill_after: str) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)

@@ -1,12 +1,14 @@
 """Array kernels of MinHash LSH near-dedupe, one per scale-out step.
 
 The steps only share arrays, so each runs in parallel over its own slice of the data:
-`signatures` needs one shard's texts; `band_keys` and `candidate_pairs` need one band's
-columns over all documents; `estimate_jaccard` needs the signatures of the candidate pairs;
+`signatures` needs one shard's texts; `band_keys` and `candidate_pairs` need one band's keys
+(a key range of them); `estimate_jaccard` needs the signatures of the candidate pairs;
 `clusters` needs only the verified edges; `choose_removals` needs roots, lengths and ids.
 
-Signatures are bit-identical to datasketch's `MinHash(num_perm, seed)` (its default "affine32"
-scheme) fed the UTF-8 shingles, so sketches can be checked against, or mixed with, datasketch.
+With `shingle_hash="datasketch"` (the default) signatures are bit-identical to datasketch's
+`MinHash(num_perm, seed)` (its "affine32" scheme) fed the UTF-8 shingles, so sketches can be
+checked against, or mixed with, datasketch. That costs one SHA-1 call per shingle; the "fast"
+scheme hashes every shingle of a batch with a few array operations instead.
 """
 
 from __future__ import annotations
@@ -23,35 +25,79 @@ from datasketch.minhash import _fmix
 from data_prep.minhash.config import DEFAULT_MAX_BUCKET_SIZE, MinHashConfig
 
 _WORD = re.compile(r"\w+")
-_SPACE = 0x20
+_SPACE, _NEWLINE = 0x20, 0x0A
 _EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a permutation that saw no shingle
 _BLOCK_ROWS = 8192  # shingles permuted at once: BLOCK_ROWS * num_perm * 4 bytes stay in cache
+_BATCH_TEXTS = 1024  # texts shingled at once
+_DIGEST = type(hashlib.sha1()).digest
+_BASE = np.uint64(0x100000001B3)  # odd: the polynomial base of `fast_hashes`
+_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
 
 
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """SHA-1/32 hashes (datasketch's `sha1_hash32`) of the word n-grams of `text`, as uint32.
+def shingle_spans(texts: Sequence[str], ngram: int) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """The word n-grams of a batch of texts as byte spans of one buffer: (buffer, starts, ends, owner).
 
-    Words are `\\w+` tokens, lower-cased, joined by one space. A text with fewer than `ngram`
-    words is one shingle of all its words; a text without words has none. The n-grams are byte
-    slices of one encoded string, so no per-shingle join or encode is needed.
+    Words are `\\w+` tokens, lower-cased, joined by one space; texts are joined by a newline.
+    A text with fewer than `ngram` words is one shingle of all its words; a text without words
+    has none. Neither separator occurs inside a UTF-8 encoded word, so one pass over the bytes
+    finds every word of the batch, and the shingles are computed without a per-text loop.
+    `owner` is the text of each shingle, in text order.
     """
-    joined = " ".join(_WORD.findall(text)).lower().encode()
-    if not joined:
-        return np.zeros(0, dtype=np.uint32)
-    # A space never occurs inside a UTF-8 encoded word, so spaces are the word boundaries.
-    spaces = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == _SPACE)
-    starts = np.concatenate(([0], spaces + 1))
-    ends = np.concatenate((spaces, [len(joined)]))
-    count = max(len(starts) - ngram + 1, 1)
-    sha1 = hashlib.sha1
-    digests = b"".join(
-        [
-            sha1(joined[start:end]).digest()
-            for start, end in zip(starts[:count].tolist(), ends[-count:].tolist())
-        ]
-    )
-    # The first 4 bytes of each 20-byte digest, read little-endian, as sha1_hash32 does.
+    findall = _WORD.findall
+    # Lower-casing after joining equals lower-casing each text: a newline, like the end of a
+    # string, is neither cased nor case-ignorable, so context-dependent rules (final sigma) agree.
+    joined = "\n".join([" ".join(findall(text)) for text in texts]).lower().encode()
+    buffer = np.frombuffer(joined, dtype=np.uint8)
+    breaks = np.flatnonzero((buffer == _SPACE) | (buffer == _NEWLINE))
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(buffer)]))
+    text_of = np.concatenate(([0], np.cumsum(buffer[breaks] == _NEWLINE)))
+    words = ends > starts  # a text without words leaves an empty span between two newlines
+    starts, ends, text_of = starts[words], ends[words], text_of[words]
+    counts = np.bincount(text_of, minlength=len(texts))
+    first_word = np.cumsum(counts) - counts
+    per_text = np.where(counts > 0, np.maximum(counts - ngram + 1, 1), 0)
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), per_text)
+    first = first_word[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
+    last = np.minimum(first + ngram - 1, first_word[owner] + counts[owner] - 1)
+    return joined, starts[first], ends[last], owner
+
+
+def sha1_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """datasketch's `sha1_hash32` of each span: the first 4 bytes of its SHA-1, little-endian."""
+    spans = map(joined.__getitem__, map(slice, starts.tolist(), ends.tolist()))
+    digests = b"".join(map(_DIGEST, map(hashlib.sha1, spans)))
     return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 20)[:, :4].copy().view("<u4").ravel()
+
+
+@lru_cache(maxsize=1)
+def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P**k and P**-k modulo 2**64 for k < size (P odd, so it has an inverse)."""
+    forward, inverse = np.full(size, _BASE, np.uint64), np.full(size, _BASE_INVERSE, np.uint64)
+    forward[0] = inverse[0] = 1
+    with np.errstate(over="ignore"):
+        return np.cumprod(forward, dtype=np.uint64), np.cumprod(inverse, dtype=np.uint64)
+
+
+def fast_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A 32-bit hash of each span computed for all spans at once, with no per-span call.
+
+    Prefix sums of byte * P**position (mod 2**64) give each span's polynomial hash in O(1), which
+    the span's length and a SplitMix64 finalizer turn into well-mixed bits.
+    """
+    buffer = np.frombuffer(joined, dtype=np.uint8)
+    forward, inverse = _powers(1 << (len(buffer) + 1).bit_length())
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(buffer) + 1, dtype=np.uint64)
+        np.cumsum(buffer * forward[: len(buffer)], out=prefix[1:])
+        spans = (prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64)
+        return (_mix64(spans) >> np.uint64(32)).astype(np.uint32)
+
+
+def shingle_hashes(text: str, ngram: int, scheme: str = "datasketch") -> np.ndarray:
+    """The uint32 hashes of one text's shingles (see `shingle_spans`), in the given scheme."""
+    joined, starts, ends, _ = shingle_spans([text], ngram)
+    return _HASHES[scheme](joined, starts, ends)
 
 
 @lru_cache(maxsize=8)
@@ -64,41 +110,34 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def signatures(texts: Sequence[str], cfg: MinHashConfig) -> np.ndarray:
     """(len(texts), num_perm) uint32 MinHash signatures; a text without words gets all 2**32-1.
 
-    Shingle hashes are gathered into blocks of about `_BLOCK_ROWS`, whatever the text lengths,
-    and each block is permuted as one (num_perm, rows) array and reduced per text along its
-    contiguous axis: few numpy calls for short texts, bounded memory for long ones.
+    Texts are shingled and hashed a batch at a time; the shingle hashes are permuted in blocks
+    of `_BLOCK_ROWS`, as (num_perm, rows) arrays reduced per text along their contiguous axis,
+    so memory stays bounded whatever the text lengths.
     """
-    a, b = _permutations(cfg.num_perm, cfg.seed)
     out = np.full((len(texts), cfg.num_perm), _EMPTY, dtype=np.uint32)
-    owners: list[int] = []
-    pieces: list[np.ndarray] = []
-    pending_rows = 0
-    for index, text in enumerate(texts):
-        hashes = shingle_hashes(text, cfg.ngram)
-        for start in range(0, len(hashes), _BLOCK_ROWS):
-            piece = hashes[start : start + _BLOCK_ROWS]
-            owners.append(index)
-            pieces.append(piece)
-            pending_rows += len(piece)
-            if pending_rows >= _BLOCK_ROWS:
-                _fold_block(owners, pieces, a, b, out)
-                owners, pieces, pending_rows = [], [], 0
-    if pieces:
-        _fold_block(owners, pieces, a, b, out)
+    for start in range(0, len(texts), _BATCH_TEXTS):
+        joined, starts, ends, owner = shingle_spans(texts[start : start + _BATCH_TEXTS], cfg.ngram)
+        hashes = _HASHES[cfg.shingle_hash](joined, starts, ends)
+        _fold(hashes, owner + start, cfg, out)
     return out
 
 
-def _fold_block(
-    owners: list[int], pieces: list[np.ndarray], a: np.ndarray, b: np.ndarray, out: np.ndarray
-) -> None:
-    """Fold the minimum permuted value of each non-empty hash piece into its owner's row of `out`.
+def _fold(hashes: np.ndarray, owner: np.ndarray, cfg: MinHashConfig, out: np.ndarray) -> None:
+    """Fold the minimum permuted hash of each text into its row of `out`.
 
     Permutation k maps a hash h to fmix32(h) * a[k] + b[k] modulo 2**32, as datasketch does.
     """
-    offsets = np.cumsum([0] + [len(piece) for piece in pieces[:-1]])
-    mixed = _fmix(np.concatenate(pieces), 32)
-    permuted = a[:, None] * mixed[None, :] + b[:, None]
-    np.minimum.at(out, np.array(owners), np.minimum.reduceat(permuted, offsets, axis=1).T)
+    a, b = _permutations(cfg.num_perm, cfg.seed)
+    mixed = _fmix(hashes, 32)
+    block = np.empty((cfg.num_perm, min(_BLOCK_ROWS, len(mixed))), dtype=np.uint32)
+    for start in range(0, len(mixed), _BLOCK_ROWS):
+        rows = block[:, : min(_BLOCK_ROWS, len(mixed) - start)]
+        np.multiply(a[:, None], mixed[None, start : start + rows.shape[1]], out=rows)
+        np.add(rows, b[:, None], out=rows)
+        owners = owner[start : start + rows.shape[1]]
+        firsts = np.flatnonzero(np.concatenate(([True], owners[1:] != owners[:-1])))
+        texts = owners[firsts]  # distinct within a block: a text's shingles are contiguous
+        out[texts] = np.minimum(out[texts], np.minimum.reduceat(rows, firsts, axis=1).T)
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -123,6 +162,9 @@ def band_keys(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
     for column in columns.T:
         keys = _mix64(keys ^ column)
     return keys
+
+
+_HASHES = {"datasketch": sha1_hashes, "fast": fast_hashes}
 
 
 def candidate_pairs(

@@ -1,7 +1,10 @@
 """The four steps of MinHash near-dedupe, each a task function over the arrays `kernels` computes.
 
-signatures (per shard) -> buckets (one task per LSH band) -> clusters (one task) -> filter (per
-shard). Steps hand each other .npy arrays and one removals table, all in their own folders.
+signatures (per shard) -> buckets (one task per LSH band and key range) -> clusters (one task)
+-> filter (per shard). No task holds the corpus: a bucket task keeps only its key range of one
+band and verifies its candidate pairs by reading just their signature rows (memory-mapped), so
+the clusters step reads verified edges only, and its memory follows the number of edges and of
+the documents in them. Steps hand each other .npy arrays and removals tables in their folders.
 """
 
 from __future__ import annotations
@@ -13,13 +16,23 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.books import run_removals_filter, source_column, source_file, write_removals
+from data_prep.books import (
+    by_range,
+    gather_rows,
+    resolve_ids,
+    run_removals_filter,
+    shard_offsets,
+    shards_per_task,
+    source_file,
+    write_removals,
+)
 from data_prep.minhash import kernels as minhash
 from data_prep.minhash.config import MinHashConfig
-from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext, single
 from pipeline.ground.atomic import write_npy
 
 SIGNATURES, BUCKETS, CLUSTERS = "minhash_dedup.signatures", "minhash_dedup.buckets", "minhash_dedup.clusters"
+_VERIFY_ROWS = 8192  # signature rows held at once (4 MB) while verifying pairs or measuring removals
 
 
 def _signature_file(work: Path, task: int) -> Path:
@@ -30,67 +43,121 @@ def _chars_file(work: Path, task: int) -> Path:
     return work / SIGNATURES / f"chars-{task:05d}.npy"
 
 
-def _pairs_file(work: Path, band: int) -> Path:
-    return work / BUCKETS / f"pairs-{band:05d}.npy"
+def _keys_file(work: Path, task: int, kind: str = "keys") -> Path:
+    return work / SIGNATURES / f"{kind}-{task:05d}.npy"
+
+
+def _edges_file(work: Path, task: int) -> Path:
+    return work / BUCKETS / f"edges-{task:05d}.npy"
 
 
 def run_signatures(ctx: TaskContext) -> dict[str, Any]:
-    """Sign one shard's documents and record their lengths (the keep rule's input)."""
-    texts = pq.read_table(source_file(ctx), columns=[TEXT])[TEXT]
-    write_npy(_signature_file(ctx.work, ctx.task), minhash.signatures(texts.to_pylist(), ctx.settings))
-    write_npy(_chars_file(ctx.work, ctx.task), pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
-    ctx.report(len(texts))
+    """Sign one shard's documents; record their lengths (the keep rule's) and their band keys,
+    grouped per band by the key range of the bucket task that will read them."""
+    cfg = ctx.settings
+    bands, rows = cfg.band_layout()
+    sigs, chars = [], []
+    for batch in pq.ParquetFile(source_file(ctx)).iter_batches(batch_size=ctx.config.batch_size, columns=[TEXT]):
+        texts = batch.column(0)
+        sigs.append(minhash.signatures(texts.to_pylist(), cfg))
+        chars.append(pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
+        ctx.report(len(texts))
+    signatures = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
+    write_npy(_signature_file(ctx.work, ctx.task), signatures)
+    write_npy(_chars_file(ctx.work, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
+    ranges = _key_ranges(ctx.config, len(ctx.shards))
+    grouped = [by_range(minhash.band_keys(signatures, band, rows), ranges) for band in range(bands)]
+    for kind, part in (("keys", 0), ("rows", 1), ("bounds", 2)):
+        write_npy(_keys_file(ctx.work, ctx.task, kind), np.stack([group[part] for group in grouped]))
     return {}
 
 
+def verified_edges(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The candidate pairs whose signature estimate reaches the threshold; reads their rows only."""
+    files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
+    keep = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), _VERIFY_ROWS // 2):
+        chunk = pairs[start:start + _VERIFY_ROWS // 2]
+        members, where = np.unique(chunk, return_inverse=True)
+        sigs = gather_rows(files, offsets, members)
+        where = where.reshape(chunk.shape)
+        estimates = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
+        keep[start:start + len(chunk)] = estimates >= ctx.settings.threshold
+    return pairs[keep]
+
+
 def run_buckets(ctx: TaskContext) -> dict[str, Any]:
-    """Candidate pairs of one LSH band over all documents."""
-    _, rows = ctx.settings.band_layout()
-    keys = [minhash.band_keys(np.load(_signature_file(ctx.work, i), mmap_mode="r"), ctx.task, rows)
-            for i in range(len(ctx.shards))]
-    all_keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    pairs = minhash.candidate_pairs(all_keys, np.arange(len(all_keys), dtype=np.int64), ctx.settings.max_bucket_size)
-    write_npy(_pairs_file(ctx.work, ctx.task), pairs)
-    ctx.report(len(all_keys))
-    return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs))}}}
+    """Candidate pairs of one LSH band within one key range, verified against the threshold."""
+    ranges = _key_ranges(ctx.config, len(ctx.shards))
+    band, part = divmod(ctx.task, ranges)
+    offsets = shard_offsets(ctx)
+    keys, rows = [], []
+    for shard in range(len(ctx.shards)):
+        lo, hi = np.load(_keys_file(ctx.work, shard, "bounds"))[band, part:part + 2]
+        keys.append(np.array(np.load(_keys_file(ctx.work, shard), mmap_mode="r")[band, lo:hi]))
+        rows.append(np.load(_keys_file(ctx.work, shard, "rows"), mmap_mode="r")[band, lo:hi] + offsets[shard])
+    pairs = minhash.candidate_pairs(np.concatenate(keys), np.concatenate(rows), ctx.settings.max_bucket_size)
+    edges = verified_edges(ctx, pairs, offsets)
+    write_npy(_edges_file(ctx.work, ctx.task), edges)
+    ctx.report(1)
+    return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs)), "band_edges": int(len(edges))}}}
+
+
+def _unique_rows(edges: np.ndarray) -> np.ndarray:
+    """Distinct (a, b) rows of an int64 edge list, sorted."""
+    edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]
+    fresh = np.concatenate(([True], (edges[1:] != edges[:-1]).any(axis=1))) if len(edges) else np.zeros(0, bool)
+    return edges[fresh]
 
 
 def run_clusters(ctx: TaskContext) -> dict[str, Any]:
-    """Verify candidate pairs, join them into clusters and keep one document per cluster."""
-    cfg, n = ctx.settings, len(ctx.shards)
-    bands, _ = cfg.band_layout()
-    pairs = np.concatenate([np.load(_pairs_file(ctx.work, b)) for b in range(bands)])
-    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
-    sigs = np.concatenate([np.load(_signature_file(ctx.work, i)) for i in range(n)])
-    estimates = minhash.estimate_jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]])
-    edges = pairs[estimates >= cfg.threshold]
-    roots = minhash.clusters(len(sigs), edges)
-    chars = np.concatenate([np.load(_chars_file(ctx.work, i)) for i in range(n)])
-    ids = source_column(ctx, ID)
-    remove_mask, keepers = minhash.choose_removals(roots, chars, ids)
-    removed = np.flatnonzero(remove_mask)
-    jaccard = minhash.estimate_jaccard(sigs[removed], sigs[keepers[removed]])
-    write_removals(ctx, removed, keepers[removed], ids, jaccard)
-    ctx.report(len(sigs))
-    return {"tally": {"minhash_dedup": {"candidate_pairs": int(len(pairs)), "verified_pairs": int(len(edges)),
-                                        "removed": int(len(removed))}}}
+    """Join the verified edges into clusters and keep one document per cluster.
+
+    Only the documents in an edge are touched: they are renumbered 0..k-1 (in corpus order, so
+    a cluster's smallest member stays its root), and their lengths, ids and signatures are read
+    for them alone.
+    """
+    n_tasks = _bucket_tasks(ctx.config, len(ctx.shards))
+    edges = _unique_rows(np.concatenate([np.load(_edges_file(ctx.work, t)) for t in range(n_tasks)]))
+    members = np.unique(edges)
+    roots = minhash.clusters(len(members), np.searchsorted(members, edges))
+    del edges
+    offsets = shard_offsets(ctx)
+    chars = gather_rows([_chars_file(ctx.work, i) for i in range(len(ctx.shards))], offsets, members)
+    remove_mask, keepers = minhash.choose_removals(roots, chars, resolve_ids(ctx, members))
+    removed, keepers = members[remove_mask], members[keepers[remove_mask]]
+    jaccard = np.zeros(len(removed), dtype=np.float64)
+    files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
+    for start in range(0, len(removed), _VERIFY_ROWS // 2):
+        chunk = slice(start, start + _VERIFY_ROWS // 2)
+        order = np.argsort(keepers[chunk], kind="stable")
+        keeper_sigs = np.empty((len(order), ctx.settings.num_perm), np.uint32)
+        keeper_sigs[order] = gather_rows(files, offsets, keepers[chunk][order])
+        jaccard[chunk] = minhash.estimate_jaccard(gather_rows(files, offsets, removed[chunk]), keeper_sigs)
+    write_removals(ctx, removed, keepers, jaccard)
+    ctx.report(int(offsets[-1]))
+    return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed))}}}
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, CLUSTERS, "near_duplicate")
 
 
-def _one_per_band(config: Any, n_shards: int) -> int:
-    return config.minhash_dedup.band_layout()[0]
+def _key_ranges(config: Any, n_shards: int) -> int:
+    return shards_per_task(n_shards, config.minhash_dedup.bucket_shards_per_task)
 
 
-def _band_keys(docs: int, bands: int) -> int:
-    return docs * bands
+def _bucket_tasks(config: Any, n_shards: int) -> int:
+    return config.minhash_dedup.band_layout()[0] * _key_ranges(config, n_shards)
+
+
+def _one_per_task(docs: int, n_tasks: int) -> int:
+    return n_tasks
 
 
 STAGE = StageSpec("minhash_dedup", MinHashConfig, (
     StepSpec(".signatures", run_signatures),
-    StepSpec(".buckets", run_buckets, tasks=_one_per_band, unit="key", units=_band_keys),
+    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=_one_per_task),
     StepSpec(".clusters", run_clusters, tasks=single),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))

@@ -1,0 +1,256 @@
+"""Data prep at growing corpus sizes: per-step throughput and the peak memory of each step's largest task.
+
+For each N (25k, 100k, 400k documents; 1.6M with --large) it generates a corpus from real
+sentences with exact and near duplicates planted at known rates, runs prep (normalize,
+exact_dedup, minhash_dedup) with the local executor, then reruns one task of every step in a
+process of its own to read its peak RSS: task 0 of a per-shard step (all shards
+are the same size) and of a range-split step (the ranges are equal slices of a uniform hash
+space), the only task of a single-task step. A rerun rewrites the same bytes. It fits each
+step's peak RSS against N and projects it to 100M and 1B documents, and it compares the
+signature kernel with `rensa` on the same texts. Nothing is asserted; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from common import base_parser, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["normalize", "exact_dedup", "minhash_dedup"]
+SIZES, LARGE = (25_000, 100_000, 400_000), 1_600_000
+PROJECT_AT = (100_000_000, 1_000_000_000)
+DOC_CHARS = 1200  # a document is sentences drawn at random until it is this long
+MEMORY_AIM = 40  # bytes of peak RSS per corpus document, at most, for any global task
+GLOBAL_STEPS = ("exact_dedup.find", "minhash_dedup.buckets", "minhash_dedup.clusters")
+
+
+# ---- the corpus ----------------------------------------------------------------------------
+
+def sentence_pool(data: Path) -> list[str]:
+    """Real sentences (English prose) to build documents from."""
+    text = " ".join(r["text"] for r in read_jsonl(data / "english.jsonl"))
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))]
+    return [s for s in sentences if 40 <= len(s) <= 400]
+
+
+def near_copy(text: str, rng: np.random.Generator, edits: float = 0.015) -> str:
+    """A near duplicate: about `edits` of the words replaced (word 5-gram Jaccard ~0.85)."""
+    words = text.split(" ")
+    for i in rng.choice(len(words), max(1, int(len(words) * edits)), replace=False):
+        words[i] = words[(i + 7) % len(words)]
+    return " ".join(words)
+
+
+def write_corpus(path: Path, n: int, pool: list[str], exact: float, near: float, seed: int = 0) -> dict[str, int]:
+    """N documents as JSONL: fresh ones, and at the given rates exact and near copies of earlier ones."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(3, size=n, p=[1 - exact - near, exact, near])
+    kinds[0] = 0
+    texts: list[str] = []
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            if kinds[i] == 0:
+                parts, size = [], 0
+                while size < DOC_CHARS:
+                    parts.append(pool[rng.integers(len(pool))])
+                    size += len(parts[-1]) + 1
+                text = " ".join(parts)
+            else:
+                source = texts[rng.integers(len(texts))]
+                text = source if kinds[i] == 1 else near_copy(source, rng)
+            texts.append(text)
+            handle.write(json.dumps({"id": f"d{i:09d}", "text": text}) + "\n")
+    return {"exact_planted": int((kinds == 1).sum()), "near_planted": int((kinds == 2).sum())}
+
+
+# ---- running and measuring -------------------------------------------------------------------
+
+def crucible(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+_MEASURED = """
+import runpy, sys
+sys.argv = ["pipeline", *sys.argv[1:]]
+try:
+    runpy.run_module("pipeline", run_name="__main__")
+except SystemExit as exit:
+    if exit.code:
+        raise
+status = open("/proc/self/status").read()
+print("VmHWM", status.split("VmHWM:")[1].split()[0])
+"""
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Run `python -m pipeline ARGS`; its peak resident set size in MB. Read from VmHWM, the
+    high-water mark of the process's own memory map (ru_maxrss would also count the parent's
+    memory at fork time)."""
+    result = subprocess.run([sys.executable, "-c", _MEASURED, *args], cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(args)} failed: {result.stderr[-2000:]}")
+    return int(result.stdout.rsplit("VmHWM", 1)[1].split()[0]) / 1024
+
+
+def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
+    corpus = folder / f"corpus-{n}.jsonl"
+    planted = write_corpus(corpus, n, pool, args.exact, args.near)
+    config = folder / f"config-{n}.yaml"
+    prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
+            "exact_dedup": {"find_shards_per_task": args.shards_per_task},
+            "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash}}
+    config.write_text(yaml.safe_dump({"prep": prep}))
+    output = folder / f"prep-{n}"
+    started = time.perf_counter()
+    crucible("prep", "--config", str(config), "--output", str(output), "--no-progress")
+    wall = time.perf_counter() - started
+
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    plan = build_plan(load_config(config).prep)
+    work, rows, previous_end = output / "work", [], None
+    for step in plan.steps:
+        markers = [json.loads((work / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)]
+        ends = [(work / step.name / f"done-{t:05d}.json").stat().st_mtime for t in range(step.n_tasks)]
+        seconds = sum(m["seconds"] for m in markers)
+        # a step's wall time: from the previous step's last marker to its own last one
+        step_wall = max(ends) - previous_end if previous_end is not None else seconds / args.workers
+        previous_end = max(ends)
+        (work / step.name / "done-00000.json").unlink()
+        rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
+                           "--task", "0"])
+        rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks, "wall_s": round(step_wall, 1),
+                     "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
+                     "peak_rss_mb": round(rss, 1)})
+    stats = json.loads((output / "stats.json").read_text())
+    removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
+    return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, **planted}
+
+
+def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
+    """Least-squares (intercept MB, slope bytes per document) of peak RSS against N."""
+    slope, intercept = np.polyfit(np.array(sizes, float), np.array(values, float) * 2**20, 1)
+    return intercept / 2**20, slope
+
+
+# ---- signatures beside rensa -----------------------------------------------------------------
+
+def signature_rates(texts: list[str], repeat: int) -> dict[str, float]:
+    """docs/s, best of `repeat` rounds, one core: our kernel (both hash schemes) and rensa's RMinHash
+    fed shingles built in Python, the same 128 permutations' worth of work on the same texts."""
+    from data_prep.minhash.config import MinHashConfig
+    from data_prep.minhash.kernels import signatures
+
+    try:
+        from rensa import RMinHash
+    except ImportError:
+        RMinHash = None  # noqa: N806
+    word = re.compile(r"\w+")
+
+    def rensa_side() -> None:
+        for text in texts:
+            words = [w.lower() for w in word.findall(text)]
+            shingles = [" ".join(words[i:i + 5]) for i in range(max(len(words) - 4, 1))] if words else []
+            sketch = RMinHash(num_perm=128, seed=1)
+            sketch.update(shingles)
+            sketch.digest()
+
+    sides = {"datasketch": lambda: signatures(texts, MinHashConfig()),
+             "fast": lambda: signatures(texts, MinHashConfig(shingle_hash="fast"))}
+    if RMinHash is not None:
+        sides["rensa"] = rensa_side
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for name, side in sides.items():
+            started = time.perf_counter()
+            side()
+            best[name] = max(best.get(name, 0.0), len(texts) / (time.perf_counter() - started))
+    return best
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+def report(results: list[dict[str, Any]], rates: dict[str, float]) -> None:
+    sizes = [r["n"] for r in results]
+    print("\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | wall s | docs/s per core | "
+          "peak RSS of largest task, MB | slope B/doc | projected at 100M | at 1B |")
+    print("|---|---|---|---|---|---:|---:|---:|")
+    worst_global = 0.0
+    for i, step in enumerate(results[0]["steps"]):
+        name = step["step"]
+        per = [r["steps"][i] for r in results]
+        intercept, slope = fit(sizes, [p["peak_rss_mb"] for p in per])
+        projected = [(intercept + slope * n / 2**20) / 1024 for n in PROJECT_AT]
+        if name in GLOBAL_STEPS:
+            worst_global = max(worst_global, slope)
+        cells = [" / ".join(f"{p[key]:,}" for p in per) for key in ("tasks", "wall_s", "docs_per_s_core", "peak_rss_mb")]
+        print(f"| {name} | {' | '.join(cells)} | {slope:,.1f} | {projected[0]:,.1f} GB | {projected[1]:,.1f} GB |")
+    print("\n| N | prep wall s | exact planted | exact removed | near planted | near removed | stage docs/s per core "
+          "(normalize, exact_dedup, minhash_dedup) |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    stage_rates = []
+    for r in results:
+        per_stage = {s: r["n"] / sum(p["task_s"] for p in r["steps"] if p["stage"] == s) for s in STAGES}
+        stage_rates.append(sum(r["n"] for _ in STAGES) / sum(r["n"] / v for v in per_stage.values()))
+        print(f"| {r['n']:,} | {r['wall_s']} | {r['exact_planted']:,} | {r['removed'].get('exact_dedup', 0):,} | "
+              f"{r['near_planted']:,} | {r['removed'].get('minhash_dedup', 0):,} | "
+              f"{', '.join(f'{v:,.0f}' for v in per_stage.values())} |")
+    print(f"\nlargest global-task memory slope: {worst_global:.1f} B/doc (aim <= {MEMORY_AIM}): "
+          f"{'meets' if worst_global <= MEMORY_AIM else 'MISSES'}")
+    print(f"three-stage throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: {stage_rates[-1] / stage_rates[0]:.2f}x "
+          f"(aim >= 0.9x)")
+    line = ", ".join(f"{k} {v:,.0f} docs/s" for k, v in rates.items())
+    print(f"signatures, one core, 128 permutations, word 5-grams: {line}")
+    if "rensa" in rates:
+        print(f"  ratio to rensa: datasketch-identical {rates['datasketch'] / rates['rensa']:.2f}x, "
+              f"fast {rates['fast'] / rates['rensa']:.2f}x (aim >= 1.0x)")
+    print(json.dumps({"bench": "scale", "results": results, "signatures": rates}))
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(SIZES),
+                        help="corpus sizes in documents (default 25000,100000,400000)")
+    parser.add_argument("--large", action="store_true", help=f"also run {LARGE:,} documents")
+    parser.add_argument("--work", type=Path, default=None, help="folder for corpora and runs (default: a temp folder)")
+    parser.add_argument("--exact", type=float, default=0.02, help="rate of planted exact copies (default 0.02)")
+    parser.add_argument("--near", type=float, default=0.05, help="rate of planted near copies (default 0.05)")
+    parser.add_argument("--workers", type=int, default=2, help="prep workers (default 2)")
+    parser.add_argument("--shard-mb", type=float, default=4.0, help="input shard size (default 4)")
+    parser.add_argument("--shards-per-task", type=int, default=8,
+                        help="shards per exact find task and per bucket task of a band (default 8)")
+    parser.add_argument("--shingle-hash", default="datasketch", choices=["datasketch", "fast"])
+    parser.add_argument("--signature-docs", type=int, default=8000, help="documents for the rensa comparison")
+    args = parser.parse_args()
+    sizes = args.sizes + ([LARGE] if args.large else [])
+
+    import tempfile
+
+    pool = sentence_pool(args.data)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        folder = Path(tmp)
+        sample = folder / "signature-sample.jsonl"
+        write_corpus(sample, args.signature_docs, pool, 0.0, 0.0, seed=1)
+        rates = signature_rates([r["text"] for r in read_jsonl(sample)], args.repeat)
+        results = []
+        for n in sizes:
+            results.append(run_size(folder, n, pool, args))
+            print(f"N={n:,}: {results[-1]['wall_s']} s", file=sys.stderr, flush=True)
+            for path in folder.glob(f"*-{n}*"):
+                subprocess.run(["rm", "-rf", str(path)], check=True)
+        report(results, rates)
+
+
+if __name__ == "__main__":
+    main()
