@@ -282,7 +282,6 @@ def test_default_layout_rarely_misses_a_pair_at_the_drop_threshold() -> None:
     assert MinHashConfig(bands=32, rows=4).band_layout() == (32, 4)
 
 
-@needs_data
 def test_fast_shingle_hash_finds_the_same_near_duplicates(neardup) -> None:
     texts, ids, truth = neardup
     sigs, _, remove, _ = run_chain(texts, ids, MinHashConfig(shingle_hash="fast"))
