@@ -25,7 +25,7 @@ from data_prep.exact_dedup import ExactDedupConfig, first_occurrences, text_hash
 from data_prep.minhash import kernels
 from data_prep.minhash.config import MinHashConfig
 from data_prep.minhash.steps import STAGE as MINHASH
-from tests.conftest import DATA, REPO
+from tests.conftest import REPO, read_set, write_jsonl
 
 STAGES = "[normalize,exact_dedup,minhash_dedup]"
 
@@ -81,7 +81,9 @@ def normalized_documents(output: Path) -> pa.Table:
 
 @pytest.mark.parametrize("corpus", ["neardup", "sample"])
 def test_split_steps_remove_what_the_whole_corpus_algorithm_removes(corpus: str, tmp_path: Path) -> None:
-    inputs = DATA / "neardup.jsonl.zst" if corpus == "neardup" else REPO / "data" / "sample"
+    # Plain JSONL is cut into byte-range shards; the compressed sample files are one shard each.
+    inputs = write_jsonl(tmp_path / "neardup.jsonl", read_set("neardup")) if corpus == "neardup" \
+        else REPO / "data" / "sample"
     output = prep(inputs, tmp_path / "out", "prep.shard_mb=0.5", "prep.exact_dedup.find_shards_per_task=3",
                   "prep.minhash_dedup.bucket_shards_per_task=2")
     find_tasks = len(list((output / "work" / "exact_dedup.find").glob("removals-*.parquet")))
