@@ -2,7 +2,8 @@
 
 Three steps so that it scales out like near-dedupe: hash each shard in parallel, find the
 duplicates over all hashes in one task (the first occurrence in input order is kept, so the
-result does not depend on worker count), then filter each shard by the list of duplicates.
+result does not depend on worker count; across named sources, the copy in the highest-priority
+source first), then filter each shard by the list of duplicates.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_prep.books import run_removals_filter, source_column, source_file, write_removals
+from data_prep.books import run_removals_filter, source_column, source_file, source_priorities, write_removals
 from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
 from pipeline.ground.atomic import write_npy
 from pipeline.ground.schema import Section
@@ -41,12 +42,16 @@ def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
 
 
-def first_occurrences(hashes: np.ndarray) -> np.ndarray:
-    """For each document (in global order), the global index of the first one with its hash."""
+def first_occurrences(hashes: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
+    """For each document (in global order), the global index of the first one with its hash;
+    with `priority` (per document), the first of the highest-priority ones."""
     if len(hashes) == 0:
         return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
+    order = np.arange(len(hashes)) if priority is None else np.lexsort((np.arange(len(hashes)), -priority))
+    _, first, inverse = np.unique(hashes[order], axis=0, return_index=True, return_inverse=True)
+    keeper = np.empty(len(hashes), dtype=np.int64)
+    keeper[order] = order[first[inverse.reshape(-1)]]
+    return keeper
 
 
 def _hash_file(ctx: TaskContext, task: int) -> Any:
@@ -64,7 +69,7 @@ def run_hash(ctx: TaskContext) -> dict[str, Any]:
 def run_find(ctx: TaskContext) -> dict[str, Any]:
     """Find every later copy over all shards' hashes (one task)."""
     hashes = np.concatenate([np.load(_hash_file(ctx, i)) for i in range(len(ctx.shards))])
-    first = first_occurrences(hashes)
+    first = first_occurrences(hashes, source_priorities(ctx))
     removed = np.flatnonzero(first != np.arange(len(first)))
     write_removals(ctx, removed, first[removed], source_column(ctx, ID), None)
     ctx.report(len(first))

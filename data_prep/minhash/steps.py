@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.books import run_removals_filter, source_column, source_file, write_removals
+from data_prep.books import run_removals_filter, source_column, source_file, source_priorities, write_removals
 from data_prep.minhash import kernels as minhash
 from data_prep.minhash.config import MinHashConfig
 from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
@@ -67,7 +67,7 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     roots = minhash.clusters(len(sigs), edges)
     chars = np.concatenate([np.load(_chars_file(ctx.work, i)) for i in range(n)])
     ids = source_column(ctx, ID)
-    remove_mask, keepers = minhash.choose_removals(roots, chars, ids)
+    remove_mask, keepers = minhash.choose_removals(roots, chars, ids, source_priorities(ctx))
     removed = np.flatnonzero(remove_mask)
     jaccard = minhash.estimate_jaccard(sigs[removed], sigs[keepers[removed]])
     write_removals(ctx, removed, keepers[removed], ids, jaccard)
