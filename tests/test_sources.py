@@ -4,6 +4,8 @@ cross-source dedupe by priority and source-tagged shards."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from data_prep.minhash.kernels import choose_removals
 from data_prep.quality import QualityConfig, QualityStage
 from pipeline.config import ConfigError, load_config
 from pipeline.prep import run_prep
-from tests.conftest import read_set, write_jsonl
+from tests.conftest import REPO, metrics, read_set, write_jsonl
 from tests.test_prep_pipeline import read_dir
 
 STAGES = "prep.stages=[normalize, exact_dedup, minhash_dedup, quality, tokenize, pack]"
@@ -141,3 +143,26 @@ def test_source_config_mistakes_name_the_key(sources: list, message: str) -> Non
         load_config(None, [f"prep.sources={json.dumps(sources)}"])
     with pytest.raises(ConfigError, match="'source' is the column prep.sources sets"):
         load_config(None, ['prep.sources=[{"name": "a", "inputs": ["x"]}]', "prep.read.keep_fields=[source]"])
+
+
+def test_training_logs_realized_tokens_and_validation_loss_per_source(run: tuple[Path, dict, dict],
+                                                                        tmp_path: Path) -> None:
+    output, _, _ = run
+    weights = "train.mixture.weights={web: 0.5, books: 0.3, code: 0.2}"
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=64",
+            "train.global_batch_size=2", "train.micro_batch_size=2", "train.max_steps=4", "train.eval_interval=4",
+            "train.eval_batches=1", "checkpoint.enabled=false", weights]
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(output / "shards"), "--output",
+                             str(tmp_path / "run"), *[a for key in tiny for a in ("--set", key)]],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = metrics(tmp_path / "run")[-1]
+    assert sum(last[f"mix/{name}/tokens"] for name in ("web", "books", "code")) == last["tokens"]
+    assert last["mix/books/target"] == pytest.approx(0.3)
+    assert {k for k in last if k.startswith("val_loss/")} == {f"val_loss/{name}" for name in ("web", "books", "code")}
+    plan = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--data", str(output / "shards"), "--set",
+                           "plan.token_budget=1e7", "--set", "train.mixture.max_epochs={books: 1}",
+                           *[a for key in tiny for a in ("--set", key)]], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "warning: source books would be drawn" in plan.stdout and "over its cap of 1 epochs" in plan.stdout
