@@ -50,7 +50,7 @@ def mixture_config(*overrides: str, steps: int = 1000, batch: int = 16, micro: i
 
 
 WEIGHTS = "train.mixture.weights={web: 0.5, code: 0.3, books: 0.2}"
-LATE_PHASE = "train.mixture.phases=[{start_step: 40, weights: {web: 0.1, code: 0.1, books: 0.8}}]"
+LATE_PHASE = "train.mixture.phases=[{start_step: 41, weights: {web: 0.1, code: 0.1, books: 0.8}}]"
 
 
 def source_of(tokens: np.ndarray) -> np.ndarray:
@@ -107,6 +107,8 @@ def test_a_phase_changes_the_mix_from_its_step_without_a_restart(shards: Path) -
     early = np.bincount(source_of(np.concatenate(batches[:40])[:, 0]), minlength=3) / (40 * 16)
     assert np.abs(late - [0.1, 0.1, 0.8]).max() < 0.02 and np.abs(early - [0.5, 0.3, 0.2]).max() < 0.02
     assert loader.metrics()["mix/books/target"] == pytest.approx(0.8)
+    _, at_40 = global_batches(shards, config, 1, 40)  # step 40 is the old mix's last; 41, as logged, the new one's
+    assert at_40.metrics()["mix/books/target"] == pytest.approx(0.2)
 
 
 def test_every_row_of_a_source_comes_once_per_epoch(shards: Path) -> None:

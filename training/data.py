@@ -229,9 +229,9 @@ class MixingLoader:
         return make_batch(*self.dataset.rows(indices), indices)
 
     def metrics(self) -> dict[str, float]:
-        """Tokens drawn so far per source and the current phase's target fraction, for metrics.jsonl."""
+        """Tokens drawn so far per source and the target fractions of the last step drawn, for metrics.jsonl."""
         seq_len = self.dataset.width - 1
-        weights = self.schedule.weights[self.schedule.phase(self.position // self.rows_per_step)]
+        weights = self.schedule.weights[self.schedule.phase(max(0, self.position - 1) // self.rows_per_step)]
         return {key: value for name, drawn, weight in zip(self.schedule.sources, self.drawn.tolist(), weights.tolist())
                 for key, value in ((f"mix/{name}/tokens", drawn * seq_len), (f"mix/{name}/target", weight))}
 

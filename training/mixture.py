@@ -34,7 +34,7 @@ CHUNK_SLOTS = 1 << 20  # slots counted at a time when checking a whole run
 class MixturePhase(Section):
     """A later mix: from `start_step` (or `start_fraction` of train.max_steps) on, these weights."""
 
-    start_step: int | None = Field(None, ge=1, description="First step of this phase.")
+    start_step: int | None = Field(None, ge=2, description="First step of this phase (steps count from 1, as logged).")
     start_fraction: float | None = Field(None, gt=0, lt=1, description="...or the fraction of train.max_steps "
                                                                         "where it starts (0.9: the last 10%).")
     weights: dict[str, float] = Field(default_factory=dict, description="Target token fraction per source.")
@@ -116,11 +116,13 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
     sources = tuple(sorted(source_tokens))
     phases = [(0, config.weights, config.temperature)]
     for phase in config.phases:
-        start = phase.start_step if phase.start_step is not None else round(phase.start_fraction * max_steps)
+        # 0-based step indices: start_step counts steps as the logs do (from 1), start_fraction of max_steps
+        start = phase.start_step - 1 if phase.start_step is not None else round(phase.start_fraction * max_steps)
         phases.append((start, phase.weights, phase.temperature))
     starts = [start for start, _, _ in phases]
     if starts != sorted(starts) or len(set(starts)) != len(starts):
-        raise UserError(f"train.mixture.phases: phases start at steps {starts[1:]}; they must increase")
+        raise UserError(f"train.mixture.phases: phases start at steps {[s + 1 for s in starts[1:]]}; they must "
+                        f"increase")
     rows = []
     for i, (_, weights, temperature) in enumerate(phases):
         key = "train.mixture" + (f".phases.{i - 1}" if i else "")
