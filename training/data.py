@@ -167,7 +167,7 @@ class MixingLoader:
     Rows are worked out a block of steps at a time, with the per-source counts at each step's end.
     """
 
-    BLOCK_STEPS = 64
+    BLOCK_STEPS = 256
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int, dp_world: int, seed: int,
                  rows_per_step: int, schedule: Schedule) -> None:
