@@ -275,15 +275,21 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     fig, (mix_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]
     previous = {name: 0 for name in sources}
-    steps, realized = [], {name: [] for name in sources}
-    for m in kept:
-        drawn = {name: m.get(f"mix/{name}/tokens", 0) - previous[name] for name in sources}
-        total = sum(drawn.values())
-        if total > 0:
+    meant = {name: 0.0 for name in sources}  # tokens the targets asked for, record by record
+    steps, realized, window = [], {name: [] for name in sources}, max(1, len(kept) // 30)  # ~30 points a line
+    start = previous
+    for i, m in enumerate(kept):
+        now = {name: m.get(f"mix/{name}/tokens", 0) for name in sources}
+        for name in sources:
+            meant[name] += m.get(f"mix/{name}/target", 0) * sum(now[n] - previous[n] for n in sources)
+        previous = now
+        drawn = {name: now[name] - start[name] for name in sources}
+        if (i + 1) % window == 0 or i == len(kept) - 1:
+            total = sum(drawn.values())
             steps.append(m["step"])
             for name in sources:
-                realized[name].append(drawn[name] / total)
-        previous = {name: m.get(f"mix/{name}/tokens", 0) for name in sources}
+                realized[name].append(drawn[name] / max(1, total))
+            start = now
     for i, name in enumerate(sources):
         colour = colours[i % len(colours)]
         mix_ax.plot(steps, realized[name], color=colour, label=f"{name} realized", drawstyle="steps-pre")
@@ -292,8 +298,9 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
         val = [(m["step"], m[f"val_loss/{name}"]) for m in metrics if f"val_loss/{name}" in m]
         if val:
             val_ax.plot(*zip(*val), "o-", color=colour, label=name)
-    mix_ax.set(xlabel="step", ylabel="share of tokens", title="tokens per source between log records vs target")
-    mix_ax.legend(fontsize=7)
+    mix_ax.set(xlabel="step", ylabel="share of tokens", title=f"share of tokens per source (windows of {window} "
+                                                              f"log record(s)) vs target")
+    mix_ax.legend(fontsize=6, ncol=2)
     val_ax.set(xlabel="step", ylabel="loss (nats/token)", title="validation loss per source")
     if val_ax.lines:
         val_ax.legend(fontsize=8)
@@ -301,9 +308,10 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     page.figure(fig, "mixture.png", "data mixture: realized token shares, targets and validation loss per source")
     last = kept[-1]
     total = sum(last.get(f"mix/{name}/tokens", 0) for name in sources)
-    page.table(["source", "tokens drawn", "share of all tokens", "target now", "last validation loss"], [
-        [name, f"{last.get(f'mix/{name}/tokens', 0):,}", f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.1%}",
-         f"{last.get(f'mix/{name}/target', 0):.1%}",
+    page.table(["source", "tokens drawn", "share of all tokens", "target share over the run", "target now",
+                "last validation loss"], [
+        [name, f"{last.get(f'mix/{name}/tokens', 0):,}", f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.2%}",
+         f"{meant[name] / max(1, sum(meant.values())):.2%}", f"{last.get(f'mix/{name}/target', 0):.1%}",
          next((f"{m[f'val_loss/{name}']:.4f}" for m in reversed(metrics) if f"val_loss/{name}" in m), "-")]
         for name in sources])
 
