@@ -11,6 +11,7 @@ import argparse
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import zstandard
@@ -22,11 +23,12 @@ GROUPS = {  # named source -> the corpus origins it holds
 }
 
 
-def lines(path: Path):
-    raw = open(path, "rb")
-    stream = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else zstandard.ZstdDecompressor().stream_reader(raw)
-    with io.TextIOWrapper(stream, encoding="utf-8") as handle:
-        yield from handle
+def lines(path: Path) -> Iterator[str]:
+    with open(path, "rb") as raw:
+        decompressed = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else \
+            zstandard.ZstdDecompressor().stream_reader(raw)
+        with io.TextIOWrapper(decompressed, encoding="utf-8") as handle:
+            yield from handle
 
 
 def main() -> None:
