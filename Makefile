@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/sample.yaml
 RUN_DIR ?= runs/sample
 
-.PHONY: setup run test test-fast bench-setup bench clean slurm-up slurm-down
+.PHONY: setup run run-sources test test-fast bench-setup bench clean slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml scripts/install_langid_model.py
 
 run: setup
 	$(PY) -m pipeline run --config $(CONFIG) --output $(RUN_DIR)
+
+# The sample corpus split by origin into three named sources, mixed by weight in training.
+run-sources: setup
+	$(PY) scripts/split_sample_by_source.py
+	$(PY) -m pipeline run --config configs/sources.yaml --output runs/sources
 
 test: setup
 	$(PY) -m pytest -q
@@ -31,6 +36,7 @@ bench: bench-setup
 	$(PY) bench/pack_bench.py
 	$(PY) bench/filters_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/mix_bench.py
 
 clean:
 	rm -rf $(RUN_DIR)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.sources import SOURCE
 from data_prep.stage import ID, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
 from pipeline.ground.atomic import write_parquet
 from pipeline.ground.markers import read_marker
@@ -37,7 +38,7 @@ QUARANTINE_SCHEMA = pa.schema(
 REMOVALS_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
 )
-DETAIL_COLUMNS = ("lang", "lang_score")
+DETAIL_COLUMNS = ("lang", "lang_score", SOURCE)
 
 
 def data_file(work: Path, step: str, task: int) -> Path:
@@ -71,12 +72,19 @@ class DocBooks:
         self.quarantined: list[dict[str, Any]] = []
         self.docs_in = 0
         self.tally: dict[str, Counter[str]] = {}
+        self.sources: dict[str, Counter[str]] = {}  # per named source: docs_in, docs_out, dropped/<reason>, ...
+
+    def _count(self, source: str | None, key: str, n: int = 1) -> None:
+        if source is not None:
+            self.sources.setdefault(source, Counter())[key] += n
 
     def quarantine_raw(self, records: list[dict[str, Any]]) -> None:
         """Records that never became documents (reader rejects)."""
         self.docs_in += len(records)
         for record in records:
             self.quarantined.append({**record, "stage": self.stage, "detail": _detail_json(record["detail"])})
+            self._count(record["detail"].get(SOURCE), "docs_in")
+            self._count(record["detail"].get(SOURCE), f"quarantined/{record['reason']}")
 
     def apply(self, incoming: pa.Table, decision: Decision) -> pa.Table:
         """Book a decision on `incoming`; return the kept rows."""
@@ -84,6 +92,10 @@ class DocBooks:
         if table.num_rows != incoming.num_rows:
             raise RuntimeError(f"stage {self.stage} changed the number of rows in a batch")
         self.docs_in += table.num_rows
+        sources = table[SOURCE].to_pylist() if SOURCE in table.column_names else None
+        if sources is not None:
+            for name, n in Counter(sources).items():
+                self._count(name, "docs_in", n)
         if drops:
             ids = table[ID].to_pylist()
             origins = table[ORIGIN].to_pylist() if ORIGIN in table.column_names else [None] * len(ids)
@@ -99,9 +111,14 @@ class DocBooks:
                     self.quarantined.append(record)
                 else:
                     self.dropped.append(record)
+                if sources is not None:
+                    self._count(sources[row], f"{'quarantined' if drop.quarantine else 'dropped'}/{drop.reason}")
             mask = np.ones(table.num_rows, dtype=bool)
             mask[list(drops)] = False
             table = table.filter(pa.array(mask))
+        if sources is not None:
+            for name, n in Counter(table[SOURCE].to_pylist()).items():
+                self._count(name, "docs_out", n)
         self.kept.append(table)
         return table
 
@@ -118,13 +135,16 @@ class DocBooks:
         write_parquet(data_file(work, step, task), data)
         write_parquet(dropped_file(work, step, task), pa.Table.from_pylist(self.dropped, DROPPED_SCHEMA))
         write_parquet(quarantine_file(work, step, task), pa.Table.from_pylist(self.quarantined, QUARANTINE_SCHEMA))
-        return {
+        counts = {
             "docs_in": self.docs_in,
             "docs_out": data.num_rows,
             "dropped": dict(Counter(r["reason"] for r in self.dropped)),
             "quarantined": dict(Counter(r["reason"] for r in self.quarantined)),
             "tally": {name: dict(values) for name, values in self.tally.items()},
         }
+        if self.sources:
+            counts["sources"] = {name: dict(sorted(values.items())) for name, values in sorted(self.sources.items())}
+        return counts
 
 
 # ---- reading a step's documents -----------------------------------------------------------
@@ -138,6 +158,16 @@ def source_batches(ctx: TaskContext) -> Iterator[pa.Table]:
     parquet = pq.ParquetFile(source_file(ctx))
     for batch in parquet.iter_batches(batch_size=ctx.config.batch_size):
         yield pa.Table.from_batches([batch])
+
+
+def row_priorities(ctx: TaskContext, rows: np.ndarray) -> np.ndarray | None:
+    """The source priority of corpus rows `rows` (None without named sources): a shard holds one
+    source, so a row takes its shard's."""
+    if not ctx.config.sources:
+        return None
+    priority = ctx.config.priorities()
+    by_shard = np.array([priority[shard.source] for shard in ctx.shards])
+    return by_shard[np.searchsorted(shard_offsets(ctx), rows, side="right") - 1]
 
 
 def shard_offsets(ctx: TaskContext) -> np.ndarray:
@@ -162,8 +192,20 @@ def run_stage_on_source(ctx: TaskContext, stage: DocStage) -> dict[str, Any]:
 _STAGE_CACHE: dict[tuple[str, str], DocStage] = {}
 
 
+class PassThrough(DocStage):
+    """A per-document stage for a source that skips it: every document is kept as it is."""
+
+    name: ClassVar[str] = "pass_through"
+
+    def decide(self, table: pa.Table) -> Decision:
+        return Decision(table)
+
+
 def run_doc_step(stage: type[DocStage], ctx: TaskContext) -> dict[str, Any]:
-    """The step of a per-document stage; one stage object per worker and config, so models load once."""
+    """The step of a per-document stage; one stage object per worker and config, so models load once.
+    No settings: this task's source skips the stage."""
+    if ctx.settings is None:
+        return run_stage_on_source(ctx, PassThrough())
     key = (ctx.stage, ctx.settings.model_dump_json())
     if key not in _STAGE_CACHE:
         instance = stage(ctx.settings)  # type: ignore[call-arg]
@@ -175,7 +217,7 @@ def run_doc_step(stage: type[DocStage], ctx: TaskContext) -> dict[str, Any]:
 def doc_stage(stage: type[DocStage], config: type[Section], default: bool = True) -> StageSpec:
     """The spec of a per-document stage: one per-shard step that applies `stage.decide`."""
     return StageSpec(stage.name, config, (StepSpec("", partial(run_doc_step, stage), makes_docs=True),),
-                     default=default)
+                     default=default, per_document=True)
 
 
 # ---- removals found by a global step ----------------------------------------------------------

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from data_prep import registry
 from data_prep.readers import ReadConfig
+from data_prep.sources import DEFAULT_SOURCE, SOURCE, SourceConfig, source_groups
 from pipeline.ground.schema import Section
 
 
@@ -27,6 +28,11 @@ class PrepSettings(Section):
     )
     batch_size: int = Field(1000, ge=1, description="Documents per Arrow batch inside a task.")
     read: ReadConfig = Field(default_factory=ReadConfig)
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Named sources, each with its inputs, dedupe priority and per-stage settings; "
+                    f"`inputs` beside them is one more source named {DEFAULT_SOURCE!r}. Empty: `inputs` only, untagged.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -43,14 +49,63 @@ class PrepSettings(Section):
                 raise ValueError(f"{name} needs {', '.join(missing)}: add it to the stages")
         return sorted(stages, key=known.index)
 
+    @model_validator(mode="after")
+    def _sources(self) -> PrepSettings:
+        names = [name for name, _ in source_groups(self.inputs, self.sources) if name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: names must be distinct ({DEFAULT_SOURCE!r} is `inputs` when given): {names}")
+        if self.sources and SOURCE in self.read.keep_fields:
+            raise ValueError(f"read.keep_fields: {SOURCE!r} is the column prep.sources sets; with named sources, "
+                             f"split the inputs by that field into sources instead of keeping it")
+        per_document = [s.name for s in registry.STAGES if s.per_document]
+        for source in self.sources:
+            for stage in [*source.skip, *source.settings]:
+                if stage not in per_document:
+                    raise ValueError(f"sources.{source.name}: {stage!r} is not a per-document stage "
+                                     f"(choose from {', '.join(per_document)})")
+            for stage in source.settings:
+                self.source_section(stage, source.name)  # raises on a bad key or value
+        return self
+
     def section(self, stage: str) -> Section:
         """The settings of stage `stage`."""
         return getattr(self, registry.stage(stage).section_name)
+
+    def all_inputs(self) -> list[Path]:
+        """Every input path, of `inputs` and of every source."""
+        return [path for _, paths in source_groups(self.inputs, self.sources) for path in paths]
+
+    def priorities(self) -> dict[str, int]:
+        """Dedupe priority by source name (`inputs` beside named sources has priority 0)."""
+        return {DEFAULT_SOURCE: 0} | {source.name: source.priority for source in self.sources}
+
+    def source_section(self, stage: str, source: str | None) -> Section | None:
+        """The settings of per-document stage `stage` for documents of `source`; None: that source skips it."""
+        base = self.section(stage)
+        spec = next((s for s in self.sources if s.name == source), None)
+        if spec is None:
+            return base
+        if stage in spec.skip:
+            return None
+        if stage not in spec.settings:
+            return base
+        try:
+            return type(base).model_validate(base.model_dump() | spec.settings[stage])
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"sources.{source}.settings.{stage}: {problems}") from None
+
+    def source_fingerprint(self, stage: str) -> dict[str, Any]:
+        """What the sources change about stage `stage` (empty when nothing), for its fingerprint."""
+        return {s.name: {"skip": stage in s.skip, "settings": s.settings.get(stage)} for s in self.sources
+                if stage in s.skip or stage in s.settings}
 
     def with_absolute_paths(self) -> PrepSettings:
         """A copy whose file paths mean the same from any folder (job scripts, the shard manifest)."""
         copy = self.model_copy(deep=True)
         copy.inputs = [path.resolve() for path in copy.inputs]
+        for source in copy.sources:
+            source.inputs = [path.resolve() for path in source.inputs]
         for spec in registry.STAGES:
             _resolve_paths(copy.section(spec.name))
         return copy

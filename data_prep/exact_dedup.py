@@ -3,7 +3,8 @@
 Three steps so that it scales out like near-dedupe: hash each shard in parallel, find the
 duplicates by hash range (each find task reads only the hashes in its slice of the hash space,
 so none holds the corpus; the first occurrence in input order is kept, so the result does not
-depend on the task count), then filter each shard by the lists of duplicates.
+depend on the task count; across named sources, the copy in the highest-priority source first),
+then filter each shard by the lists of duplicates.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import Field
 
 from data_prep.books import (
     by_range,
+    row_priorities,
     run_removals_filter,
     shard_offsets,
     shards_per_task,
@@ -53,12 +55,16 @@ def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
 
 
-def first_occurrences(hashes: np.ndarray) -> np.ndarray:
-    """For each document (in the given order), the index of the first one with its hash."""
+def first_occurrences(hashes: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
+    """For each document (in global order), the global index of the first one with its hash;
+    with `priority` (per document), the first of the highest-priority ones."""
     if len(hashes) == 0:
         return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
+    order = np.arange(len(hashes)) if priority is None else np.lexsort((np.arange(len(hashes)), -priority))
+    _, first, inverse = np.unique(hashes[order], axis=0, return_index=True, return_inverse=True)
+    keeper = np.empty(len(hashes), dtype=np.int64)
+    keeper[order] = order[first[inverse.reshape(-1)]]
+    return keeper
 
 
 def _hash_file(ctx: TaskContext, task: int, kind: str = "hashes") -> Path:
@@ -89,7 +95,7 @@ def run_find(ctx: TaskContext) -> dict[str, Any]:
     mine_hashes, mine_rows = np.concatenate(hashes), np.concatenate(rows)
     order = np.argsort(mine_rows, kind="stable")  # corpus order, so the first occurrence is kept
     mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]
-    first = mine_rows[first_occurrences(mine_hashes)]
+    first = mine_rows[first_occurrences(mine_hashes, row_priorities(ctx, mine_rows))]
     later = first != mine_rows
     write_removals(ctx, mine_rows[later], first[later], None)
     return {"tally": {"exact_dedup": {"duplicates": int(later.sum())}}}

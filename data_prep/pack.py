@@ -137,6 +137,8 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     width = cfg.seq_len + 1
     rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
     files, counts = [], Counter()
+    source = ctx.shards[ctx.task].source  # a shard holds one source: so does every file packed from it
+    tag = {} if source is None else {"source": source}
     for split in ("train", "val"):
         chosen = [docs[i] for i in order if is_validation(ids[i], cfg.val_fraction) == (split == "val")]
         packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
@@ -144,12 +146,12 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
             path = shard_file(ctx.work, split, f"{split}-{ctx.task:05d}-{part:03d}.arrow")
             stop = start + rows_per_file
             entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab)
-            files.append(entry | {"split": split})
+            files.append(entry | {"split": split} | tag)
         counts.update({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
                        f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
                        f"{split}_remainder": packed.remainder})
         ctx.report(len(chosen))
-    return {"tokens": dict(counts), "files": files}
+    return {"tokens": dict(counts), "files": files} | ({} if source is None else {"sources": {source: dict(counts)}})
 
 
 STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=(TOKENIZE,))

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field, field_validator
 
+from data_prep.sources import SOURCE
 from data_prep.stage import ID, ORIGIN, TEXT, Decision, StageSpec, StepSpec, TaskContext
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
@@ -83,6 +84,7 @@ class InputPiece:
 @dataclass(frozen=True)
 class InputShard:
     pieces: tuple[InputPiece, ...]
+    source: str | None = None  # the named source all its pieces belong to (None: no named sources)
 
 
 @dataclass
@@ -139,8 +141,8 @@ def skipped_links(inputs: list[Path]) -> list[str]:
     return links
 
 
-def plan_shards(inputs: list[Path], shard_bytes: int) -> list[InputShard]:
-    """Split inputs into shards of about `shard_bytes`; only plain JSONL files are cut."""
+def plan_shards(inputs: list[Path], shard_bytes: int, source: str | None = None) -> list[InputShard]:
+    """Split inputs into shards of about `shard_bytes`; only plain JSONL files are cut. `source` tags them."""
     pieces: list[tuple[InputPiece, int]] = []
     for piece in discover(inputs):
         size = Path(piece.path).stat().st_size
@@ -160,10 +162,10 @@ def plan_shards(inputs: list[Path], shard_bytes: int) -> list[InputShard]:
         current.append(piece)
         current_bytes += size
         if current_bytes >= shard_bytes:
-            shards.append(InputShard(tuple(current)))
+            shards.append(InputShard(tuple(current), source))
             current, current_bytes = [], 0
     if current:
-        shards.append(InputShard(tuple(current)))
+        shards.append(InputShard(tuple(current), source))
     return shards
 
 
@@ -531,9 +533,15 @@ def run_read(ctx: TaskContext) -> dict[str, Any]:
     from data_prep.books import DocBooks
 
     books = DocBooks(ctx.stage, ctx.settings.keep_fields)
+    source = ctx.shards[ctx.task].source
     for batch in read_shard(ctx.shards[ctx.task], ctx.settings, ctx.config.batch_size):
+        table = batch.table
+        if source is not None:
+            table = table.append_column(SOURCE, pa.array([source] * table.num_rows, pa.string()))
+            for record in batch.quarantined:
+                record["detail"] = record["detail"] | {SOURCE: source}
         books.quarantine_raw(batch.quarantined)
-        books.apply(batch.table, Decision(batch.table))
+        books.apply(table, Decision(table))
         ctx.report(batch.table.num_rows + len(batch.quarantined))
     return books.write(ctx.work, ctx.step, ctx.task, None)
 

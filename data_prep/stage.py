@@ -131,6 +131,7 @@ class StageSpec:
     section: str = ""  # the config section's key when it differs from the name
     requires: tuple[str, ...] = ()  # stages that must run too
     default: bool = True  # in the default `prep.stages`; opt-in filters that need files of their own are not
+    per_document: bool = False  # one `DocStage` step: a named source may skip it or override its settings
 
     @property
     def section_name(self) -> str:

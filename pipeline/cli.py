@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
+    plan.add_argument("--data", type=Path, help="shards folder: with train.mixture, the epochs of each source "
+                                                "the token budget implies")
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
@@ -257,7 +259,38 @@ def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
                                                result["histogram"]["negative"])))
 
 
-def _plan(config: CrucibleConfig) -> None:
+def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None:
+    """Epochs of each source the mixture draws over the token budget; a warning where one passes its cap."""
+    from rich.table import Table
+
+    from data_prep.shards import read_manifest
+    from pipeline.ground.console import console
+    from training.data import source_sizes
+    from training.mixture import plan_epochs
+
+    out = console()
+    if data is None:
+        out.print("[yellow]note:[/] train.mixture is set: give --data SHARDS to see how many epochs of each source "
+                  "the token budget draws")
+        return
+    rows, tokens = source_sizes(read_manifest(data))
+    if not rows:
+        raise UserError(f"{data}: train.mixture needs shards tagged by source; run prep with prep.sources")
+    table = Table(title=f"mixture over {config.plan.token_budget:.3g} tokens ({steps:,} steps)")
+    for column in ("source", "rows", "share of tokens", "epochs", "max epochs"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    entries = plan_epochs(config.train.mixture, rows, tokens, steps, config.train.global_batch_size)
+    for e in entries:
+        table.add_row(e["source"], f"{e['rows']:,}", f"{e['share']:.1%}", f"{e['epochs']:,.2f}",
+                      "-" if e["max_epochs"] == float("inf") else f"{e['max_epochs']:g}")
+    out.print(table)
+    for e in entries:
+        if e["epochs"] > e["max_epochs"]:
+            out.print(f"[bold red]warning:[/] source {e['source']} would be drawn {e['epochs']:,.2f} times, over its cap "
+                      f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run")
+
+
+def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
@@ -299,6 +332,8 @@ def _plan(config: CrucibleConfig) -> None:
     elif e.total_bytes(False) > limit:
         out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
                   f"(parallel.activation_checkpointing=true)")
+    if config.train.mixture is not None:
+        _plan_mixture(config, data, max(1, round(e.steps)))
     try:
         check_batch(config.train, dp)
     except LayoutError as exc:
@@ -444,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "train":
             _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
-            _plan(config)
+            _plan(config, args.data)
         elif args.verb == "classifier":
             _classifier(config, args)
         elif args.verb == "generate":

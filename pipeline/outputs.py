@@ -41,7 +41,7 @@ def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
         if step.stage not in doc_stages:
             continue
         row = rows.setdefault(step.stage, {"name": step.stage, "docs_in": 0, "docs_out": 0, "dropped": Counter(),
-                                           "quarantined": Counter(), "seconds": 0.0, "tally": {}})
+                                           "quarantined": Counter(), "seconds": 0.0, "tally": {}, "sources": {}})
         for task in range(step.n_tasks):
             marker = read_marker(marker_file(work, step.name, task))
             if marker is None:
@@ -54,6 +54,8 @@ def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
                 row["docs_out"] += marker["docs_out"]
                 row["dropped"].update(marker["dropped"])
                 row["quarantined"].update(marker["quarantined"])
+                for source, counts in marker.get("sources", {}).items():
+                    row["sources"].setdefault(source, Counter()).update(counts)
     stats = []
     for row in rows.values():
         row["seconds"] = round(row["seconds"], 3)
@@ -62,20 +64,53 @@ def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
         row["tally"] = {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in row["tally"].items()}
         if not row["tally"]:
             del row["tally"]
+        row["sources"] = {name: _source_row(counts) for name, counts in sorted(row["sources"].items())}
+        if not row["sources"]:
+            del row["sources"]
         stats.append(row)
     check_books(stats)
     return stats
 
 
+def _source_row(counts: Counter[str]) -> dict[str, Any]:
+    """One source's counts in a stage, from the markers' flat `dropped/<reason>` keys."""
+    row: dict[str, Any] = {"docs_in": counts.get("docs_in", 0), "docs_out": counts.get("docs_out", 0)}
+    for kind in ("dropped", "quarantined"):
+        row[kind] = dict(sorted((k.split("/", 1)[1], n) for k, n in counts.items() if k.startswith(kind + "/")))
+    return row
+
+
 def check_books(stats: list[dict[str, Any]]) -> None:
+    """docs_in = docs_out + dropped + quarantined per stage (and per source), each stage fed by the one before."""
+    _check_chain(stats, "")
+    for source in sorted({name for row in stats for name in row.get("sources", {})}):
+        _check_chain([row["sources"].get(source, {"name": row["name"], "docs_in": 0, "docs_out": 0, "dropped": {},
+                                                  "quarantined": {}}) | {"name": row["name"]} for row in stats],
+                     f" (source {source})")
+
+
+def _check_chain(stats: list[dict[str, Any]], of: str) -> None:
     previous_out = None
     for row in stats:
         lost = row["docs_in"] - row["docs_out"] - sum(row["dropped"].values()) - sum(row["quarantined"].values())
         if lost:
-            raise AccountingError(f"stage {row['name']}: {lost} documents unaccounted for")
+            raise AccountingError(f"stage {row['name']}{of}: {lost} documents unaccounted for")
         if previous_out is not None and row["docs_in"] != previous_out:
-            raise AccountingError(f"stage {row['name']} received {row['docs_in']} documents, previous kept {previous_out}")
+            raise AccountingError(f"stage {row['name']}{of} received {row['docs_in']} documents, "
+                                  f"previous kept {previous_out}")
         previous_out = row["docs_out"]
+
+
+def source_summary(stages: list[dict[str, Any]], tokens: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Per source: documents read, kept, dropped and quarantined over all stages, and packed tokens."""
+    summary: dict[str, dict[str, int]] = {}
+    for source in sorted({name for row in stages for name in row.get("sources", {})}):
+        rows = [row["sources"][source] for row in stages if source in row.get("sources", {})]
+        summary[source] = {"docs_in": rows[0]["docs_in"], "docs_out": rows[-1]["docs_out"],
+                           "dropped": sum(sum(r["dropped"].values()) for r in rows),
+                           "quarantined": sum(sum(r["quarantined"].values()) for r in rows)}
+        summary[source] |= {k: v for k, v in tokens.get(source, {}).items() if k.endswith(("_tokens", "_sequences"))}
+    return summary
 
 
 def _publish_folder(folder: Path, wanted: dict[str, Path], transform: Any = None) -> None:
@@ -94,10 +129,11 @@ def _clean_columns(table: Any) -> Any:
     return table.select(ordered)
 
 
-def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Summed token counts of the tokenize and pack steps, and the shard files pack wrote."""
+def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per source."""
     totals: Counter[str] = Counter()
     files: list[dict[str, Any]] = []
+    sources: dict[str, Counter[str]] = {}
     for step in plan.steps:
         if step.stage not in (TOKENIZE, PACK):
             continue
@@ -106,9 +142,11 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
             marker = read_marker(marker_file(work, step.name, task)) or {}
             totals.update(marker.get("tokens", {}))
             files.extend(marker.get("files", []))
+            for source, counts in marker.get("sources", {}).items():
+                sources.setdefault(source, Counter()).update(counts)
             seconds += marker.get("seconds", 0.0)
         totals[f"{step.name}_seconds"] = round(seconds, 3)
-    return dict(sorted(totals.items())), files
+    return dict(sorted(totals.items())), files, {k: dict(sorted(v.items())) for k, v in sorted(sources.items())}
 
 
 def _publish_copy(source: Path, target: Path) -> None:
@@ -119,8 +157,10 @@ def _publish_copy(source: Path, target: Path) -> None:
         tmp.chmod(0o444)
 
 
-def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]]) -> None:
-    """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer)."""
+def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]],
+                   sources: dict[str, dict[str, int]]) -> None:
+    """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer);
+    with named sources, each shard entry names its source and each split counts per source."""
     tokenizer_path = tokenizer_file(plan.config, work)
     _publish_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
     if PACK not in plan.config.stages:
@@ -138,6 +178,9 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
                 stale.unlink()
         splits[split] = {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
         splits[split]["shards"] = [{k: v for k, v in f.items() if k != "split"} for f in entries]
+        if sources:
+            splits[split]["sources"] = {name: {key: counts.get(f"{split}_{key}", 0) for key in
+                                               ("documents", "tokens", "sequences")} for name, counts in sources.items()}
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
     write_manifest(shards, {
@@ -154,13 +197,16 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
 
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
-    skipped = skipped_links(list(plan.config.inputs))
+    skipped = skipped_links(plan.config.all_inputs())
     if skipped:
         stats["skipped_inputs"] = skipped
+    sources: dict[str, dict[str, int]] = {}
     if TOKENIZE in plan.config.stages:
-        totals, files = token_stats(plan, work)
-        publish_tokens(plan, work, output, totals, files)
+        totals, files, sources = token_stats(plan, work)
+        publish_tokens(plan, work, output, totals, files, sources)
         stats["tokens"] = totals
+    if plan.config.sources:
+        stats["sources"] = source_summary(stats["stages"], sources)
     last = plan.last_docs_step
     _publish_folder(output / "clean", {f"part-{t:05d}.parquet": data_file(work, last.name, t)
                                        for t in range(last.n_tasks)}, _clean_columns)

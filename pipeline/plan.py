@@ -15,10 +15,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from data_prep import registry
 from data_prep.config import PrepConfig
 from data_prep.readers import InputShard, plan_shards
+from data_prep.sources import source_groups
 from data_prep.stage import StepSpec, TaskContext
 
 
@@ -54,7 +56,12 @@ class Plan:
 
     def context(self, work: Path, step: Step, task: int, report: Callable[[int], None]) -> TaskContext:
         """What task `task` of `step` is given to run."""
-        settings = self.config.read if step.stage == registry.READ.name else self.config.section(step.stage)
+        if step.stage == registry.READ.name:
+            settings = self.config.read
+        elif registry.stage(step.stage).per_document:  # a named source may skip it or set its own settings
+            settings = self.config.source_section(step.stage, self.shards[task].source)
+        else:
+            settings = self.config.section(step.stage)
         return TaskContext(config=self.config, shards=self.shards, work=work, stage=step.stage, settings=settings,
                            step=step.name, source=step.source, task=task, report=report)
 
@@ -64,17 +71,25 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _input_identity(shards: list[InputShard]) -> list[tuple[str, int, int | None, int, int]]:
-    identity = []
+def _input_identity(shards: list[InputShard]) -> list[tuple[Any, ...]]:
+    identity: list[tuple[Any, ...]] = []
     for shard in shards:
         for piece in shard.pieces:
             stat = Path(piece.path).stat()
-            identity.append((piece.label, piece.start, piece.end, stat.st_size, stat.st_mtime_ns))
+            tag = () if shard.source is None else (shard.source,)
+            identity.append((piece.label, piece.start, piece.end, stat.st_size, stat.st_mtime_ns, *tag))
     return identity
 
 
+def _shards(config: PrepConfig) -> list[InputShard]:
+    """Input shards, source by source: a shard never mixes two sources."""
+    shard_bytes = int(config.shard_mb * 2**20)
+    groups = source_groups(list(config.inputs), list(config.sources))
+    return [shard for name, inputs in groups for shard in plan_shards(inputs, shard_bytes, name)]
+
+
 def build_plan(config: PrepConfig) -> Plan:
-    shards = plan_shards(list(config.inputs), int(config.shard_mb * 2**20))
+    shards = _shards(config)
     n = len(shards)
     read_fp = _digest(_input_identity(shards), config.read.model_dump(mode="json"), config.batch_size)
     read = registry.READ.name
@@ -83,6 +98,8 @@ def build_plan(config: PrepConfig) -> Plan:
     for name in config.stages:
         stage = registry.stage(name)
         settings = config.section(name).fingerprint()
+        if config.source_fingerprint(name):
+            settings = {"settings": settings, "sources": config.source_fingerprint(name)}
         for spec in stage.steps:
             step_name = stage.step_name(spec)
             fingerprint = _digest(fingerprint, step_name, settings)

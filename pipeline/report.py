@@ -193,6 +193,13 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
         keys = sorted({k for counts in stats["sources"].values() for k in counts})
         page.table(["source", *keys], [[name, *(f"{counts.get(k, 0):,}" for k in keys)]
                                        for name, counts in stats["sources"].items()])
+        per_stage = [stage for stage in stages if stage.get("sources")]
+        if per_stage:
+            page.paragraph("Documents left after each stage, per source:")
+            page.table(["source", "input", *(stage["name"] for stage in per_stage)], [
+                [name, f"{per_stage[0]['sources'][name]['docs_in']:,}",
+                 *(f"{stage['sources'].get(name, {}).get('docs_out', 0):,}" for stage in per_stage)]
+                for name in stats["sources"]])
 
 
 def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float | None) -> None:
@@ -257,6 +264,58 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
 
 
+def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
+    """Realized token fractions per source (between log records) against the mixture's targets,
+    and validation loss per source, from the `mix/<source>/...` and `val_loss/<source>` keys."""
+    kept = [m for m in metrics if "anomaly" not in m and any(k.startswith("mix/") for k in m)]
+    if not kept:
+        return
+    sources = sorted({k.split("/")[1] for m in kept for k in m if k.startswith("mix/")})
+    page.heading("Data mixture")
+    fig, (mix_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]
+    previous = {name: 0 for name in sources}
+    meant = {name: 0.0 for name in sources}  # tokens the targets asked for, record by record
+    steps, realized, window = [], {name: [] for name in sources}, max(1, len(kept) // 30)  # ~30 points a line
+    start = previous
+    for i, m in enumerate(kept):
+        now = {name: m.get(f"mix/{name}/tokens", 0) for name in sources}
+        for name in sources:
+            meant[name] += m.get(f"mix/{name}/target", 0) * sum(now[n] - previous[n] for n in sources)
+        previous = now
+        drawn = {name: now[name] - start[name] for name in sources}
+        if (i + 1) % window == 0 or i == len(kept) - 1:
+            total = sum(drawn.values())
+            steps.append(m["step"])
+            for name in sources:
+                realized[name].append(drawn[name] / max(1, total))
+            start = now
+    for i, name in enumerate(sources):
+        colour = colours[i % len(colours)]
+        mix_ax.plot(steps, realized[name], color=colour, label=f"{name} realized", drawstyle="steps-pre")
+        mix_ax.plot([m["step"] for m in kept], [m.get(f"mix/{name}/target", 0) for m in kept], "--", color=colour,
+                    label=f"{name} target", drawstyle="steps-pre")
+        val = [(m["step"], m[f"val_loss/{name}"]) for m in metrics if f"val_loss/{name}" in m]
+        if val:
+            val_ax.plot(*zip(*val), "o-", color=colour, label=name)
+    mix_ax.set(xlabel="step", ylabel="share of tokens", title=f"share of tokens per source (windows of {window} "
+                                                              f"log record(s)) vs target")
+    mix_ax.legend(fontsize=6, ncol=2)
+    val_ax.set(xlabel="step", ylabel="loss (nats/token)", title="validation loss per source")
+    if val_ax.lines:
+        val_ax.legend(fontsize=8)
+    fig.tight_layout()
+    page.figure(fig, "mixture.png", "data mixture: realized token shares, targets and validation loss per source")
+    last = kept[-1]
+    total = sum(last.get(f"mix/{name}/tokens", 0) for name in sources)
+    page.table(["source", "tokens drawn", "share of all tokens", "target share over the run", "target now",
+                "last validation loss"], [
+        [name, f"{last.get(f'mix/{name}/tokens', 0):,}", f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.2%}",
+         f"{meant[name] / max(1, sum(meant.values())):.2%}", f"{last.get(f'mix/{name}/target', 0):.1%}",
+         next((f"{m[f'val_loss/{name}']:.4f}" for m in reversed(metrics) if f"val_loss/{name}" in m), "-")]
+        for name in sources])
+
+
 def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
     page.heading("Checkpoints and events")
     checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
@@ -289,6 +348,7 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
     _data(page, stats)
     shards = run_dir / "data" / "shards"
     _training(page, metrics, events, unigram_entropy(shards) if metrics and shards.exists() else None)
+    _mixture(page, metrics)
     _evals(page, metrics)
     _events(page, train_dir, events)
     if samples:

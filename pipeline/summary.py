@@ -51,6 +51,21 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
     tokens = stats.get("tokens")
     if tokens:
         console.print(tokens_table(tokens))
+    if stats.get("sources"):
+        console.print(sources_table(stats["sources"]))
+
+
+def sources_table(sources: dict[str, dict[str, int]]) -> Table:
+    """Per named source: documents read, kept and removed over all stages, and what was packed."""
+    table = Table(title="per source")
+    headers = {"source": None, "docs in": "docs_in", "docs out": "docs_out", "dropped": "dropped",
+               "quarantined": "quarantined", "train tokens": "train_tokens", "train sequences": "train_sequences",
+               "val tokens": "val_tokens"}
+    for header in headers:
+        table.add_column(header, justify="left" if header == "source" else "right")
+    for name, counts in sources.items():
+        table.add_row(name, *(f"{counts.get(key, 0):,}" for key in list(headers.values())[1:]))
+    return table
 
 
 def tokens_table(tokens: dict[str, Any]) -> Table:

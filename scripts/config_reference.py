@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -19,6 +19,19 @@ from pipeline.ground.schema import Section  # noqa: E402
 TARGET = REPO / "docs" / "CONFIG.md"
 
 
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+def _section_inside(annotation: Any) -> type[Section] | None:
+    """The section that a list of sections, or an optional one, holds."""
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, Section):
+            return arg
+    return None
+
+
 def keys(model: type[Section], prefix: str = "") -> Iterator[tuple[str, Any, str]]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
@@ -26,7 +39,11 @@ def keys(model: type[Section], prefix: str = "") -> Iterator[tuple[str, Any, str
             yield from keys(annotation, f"{prefix}{name}.")
         else:
             default = field.default_factory() if field.default_factory is not None else field.default
+            default = _Required() if field.is_required() else default
             yield f"{prefix}{name}", default, (field.description or "").replace("|", "\\|")
+            inner = _section_inside(annotation)
+            if inner is not None:
+                yield from keys(inner, f"{prefix}{name}{'[].' if get_origin(annotation) is list else '.'}")
 
 
 def render() -> str:

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
+from training.mixture import MixtureConfig
 
 STOPPED_FILE = "stopped.json"  # in the run folder when a signal stopped training early, after a checkpoint
 
@@ -118,6 +119,8 @@ class TrainConfig(Section):
     eval_batches: int = Field(2, ge=1, description="Validation global batches per evaluation.")
     peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured.")
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
+    mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
+                                                            "by step, a repetition cap; none: every row alike.")
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:

@@ -20,6 +20,8 @@ import torch
 
 from data_prep.shards import ShardError, open_shard, read_manifest, verify_shards
 from pipeline.ground.hashing import file_sha256
+from training import mixture
+from training.mixture import Schedule, source_key
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PackedDataset:
         self.offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in self.tables])]).astype(np.int64)
         self.width = width
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
+        self.shard_sources = [e.get("source") for e in self.manifest["splits"][split]["shards"]]  # None: untagged
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -130,15 +133,176 @@ class DistributedLoader:
         self.position += span
         return make_batch(*self.dataset.rows(indices), indices)
 
+    def metrics(self) -> dict[str, float]:
+        """Nothing per source to report: one stream of rows."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "rows": len(self.dataset), "manifest_sha256": manifest_hash(self.dataset.folder)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "drawn" in state:
+            raise ShardError("the checkpoint's loader state is from a run with train.mixture; set it again to resume")
         if state["rows"] != len(self.dataset) or state["seed"] != self.seed:
             raise ShardError(f"loader state was saved for {state['rows']} rows and seed {state['seed']}, "
                              f"this dataset has {len(self.dataset)} rows and seed {self.seed}")
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+def source_members(dataset: PackedDataset, name: str) -> np.ndarray:
+    """The global row indices of source `name` (its shards' rows, in shard order)."""
+    spans = [np.arange(a, b) for a, b, tag in zip(dataset.offsets[:-1], dataset.offsets[1:], dataset.shard_sources)
+             if tag == name]
+    return np.concatenate([*spans, np.zeros(0, np.int64)])
+
+
+class MixingLoader:
+    """Micro-batches that draw each global row slot from the source `schedule` assigns it.
+
+    Within a source, rows come in a seeded permutation per (source, epoch), epoch after epoch.
+    The state is the global position and the rows drawn so far from each source; both are the
+    same on every rank (each rank computes the whole global batch and keeps its slice), so the
+    global batches do not depend on the DP size and a resume continues with the very next rows.
+    Rows are worked out a block of steps at a time, with the per-source counts at each step's end.
+    """
+
+    BLOCK_STEPS = 256
+
+    def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int, dp_world: int, seed: int,
+                 rows_per_step: int, schedule: Schedule) -> None:
+        if not 0 <= dp_rank < dp_world:
+            raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
+        if rows_per_step % (micro_batch * dp_world):
+            raise ValueError(f"rows_per_step {rows_per_step} is not a multiple of {dp_world} ranks x {micro_batch}")
+        if None in dataset.shard_sources:
+            raise ShardError(f"{dataset.folder}: train.mixture needs shards tagged by source; run prep with "
+                             f"prep.sources")
+        self.dataset, self.micro_batch, self.rows_per_step = dataset, micro_batch, rows_per_step
+        self.dp_rank, self.dp_world, self.seed, self.schedule = dp_rank, dp_world, seed, schedule
+        self.members = [source_members(dataset, name) for name in schedule.sources]
+        self.keys = [source_key(name) for name in schedule.sources]
+        self.position = 0
+        self.drawn = np.zeros(len(schedule.sources), dtype=np.int64)  # rows drawn per source up to `position`
+        self._block_start, self._block_rows, self._block_drawn = -1, np.zeros(0, np.int64), np.zeros((0, 0))
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
+
+    def source_rows(self) -> np.ndarray:
+        return np.array([len(m) for m in self.members], dtype=np.int64)
+
+    def _order(self, source: int, epoch: int) -> np.ndarray:
+        cached = self._orders.get(source)
+        if cached is None or cached[0] != epoch:
+            order = np.random.default_rng([self.seed, self.keys[source], epoch]).permutation(len(self.members[source]))
+            cached = self._orders[source] = (epoch, order)
+        return cached[1]
+
+    def _draw_block(self) -> None:
+        """The global rows of the next BLOCK_STEPS steps and the per-source counts after each of them."""
+        count = self.BLOCK_STEPS * self.rows_per_step
+        chosen = self.schedule.sources_of(self.position, count, self.rows_per_step)
+        rows = np.empty(count, dtype=np.int64)
+        for source in np.unique(chosen).tolist():
+            slots = np.flatnonzero(chosen == source)
+            cursor = self.drawn[source] + np.arange(len(slots))
+            n = len(self.members[source])
+            epochs = cursor // n
+            for epoch in np.unique(epochs).tolist():
+                at = epochs == epoch
+                rows[slots[at]] = self.members[source][self._order(source, epoch)[cursor[at] % n]]
+        per_step = np.zeros((self.BLOCK_STEPS, len(self.drawn)), dtype=np.int64)
+        np.add.at(per_step, (np.arange(count) // self.rows_per_step, chosen), 1)
+        self._block_start, self._block_rows = self.position, rows
+        self._block_drawn = self.drawn + np.cumsum(per_step, axis=0)
+
+    def next_batch(self) -> Batch:
+        """This rank's next micro-batch; every rank's call advances the shared global position."""
+        offset = self.position - self._block_start
+        if self._block_start < 0 or offset >= len(self._block_rows):
+            self._draw_block()
+            offset = 0
+        start = offset + self.dp_rank * self.micro_batch
+        indices = self._block_rows[start:start + self.micro_batch]
+        self.position += self.micro_batch * self.dp_world
+        if self.position % self.rows_per_step == 0:
+            self.drawn = self._block_drawn[(self.position - self._block_start) // self.rows_per_step - 1]
+        return make_batch(*self.dataset.rows(indices), indices)
+
+    def metrics(self) -> dict[str, float]:
+        """Tokens drawn so far per source and the target fractions of the last step drawn, for metrics.jsonl."""
+        seq_len = self.dataset.width - 1
+        weights = self.schedule.weights[self.schedule.phase(max(0, self.position - 1) // self.rows_per_step)]
+        return {key: value for name, drawn, weight in zip(self.schedule.sources, self.drawn.tolist(), weights.tolist())
+                for key, value in ((f"mix/{name}/tokens", drawn * seq_len), (f"mix/{name}/target", weight))}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.position % self.rows_per_step:
+            raise RuntimeError("the mixing loader's state is taken between steps only")
+        return {"position": self.position, "drawn": dict(zip(self.schedule.sources, self.drawn.tolist())),
+                "seed": self.seed, "rows": len(self.dataset), "manifest_sha256": manifest_hash(self.dataset.folder)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "drawn" not in state:
+            raise ShardError("the checkpoint's loader state is from a run without train.mixture; resume without it "
+                             "or start a fresh run (--resume none)")
+        if state["rows"] != len(self.dataset) or state["seed"] != self.seed or \
+                sorted(state["drawn"]) != sorted(self.schedule.sources):
+            raise ShardError(f"loader state was saved for {state['rows']} rows, seed {state['seed']} and sources "
+                             f"{sorted(state['drawn'])}; this run has {len(self.dataset)} rows, seed {self.seed} and "
+                             f"sources {sorted(self.schedule.sources)}")
+        self.position = state["position"]
+        self.drawn = np.array([state["drawn"][name] for name in self.schedule.sources], dtype=np.int64)
+        self._block_start = -1
+
+
+class SourceRows:
+    """The rows of one source of a dataset, as a dataset of their own (validation loss per source)."""
+
+    def __init__(self, dataset: PackedDataset, members: np.ndarray) -> None:
+        self.dataset, self.members, self.folder = dataset, members, dataset.folder
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def rows(self, indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self.dataset.rows(self.members[indices])
+
+
+def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]:
+    """Per named source, its rows of `dataset`; sources with fewer than `min_rows` (one global batch) are left out."""
+    views = {}
+    for name in sorted({s for s in dataset.shard_sources if s is not None}):
+        members = source_members(dataset, name)
+        if len(members) >= min_rows:
+            views[name] = SourceRows(dataset, members)
+    return views
+
+
+def source_sizes(manifest: dict[str, Any], split: str = "train") -> tuple[dict[str, int], dict[str, int]]:
+    """(rows, document tokens) per source of a split, from the manifest (empty when untagged)."""
+    rows: dict[str, int] = {}
+    for entry in manifest["splits"][split]["shards"]:
+        if entry.get("source") is not None:
+            rows[entry["source"]] = rows.get(entry["source"], 0) + entry["sequences"]
+    tokens = {name: counts["tokens"] for name, counts in manifest["splits"][split].get("sources", {}).items()}
+    return rows, {name: tokens.get(name, 0) for name in rows}
+
+
+def build_loader(dataset: PackedDataset, config: Any, dp_rank: int, dp_world: int) -> DistributedLoader | MixingLoader:
+    """The training loader `config.train` asks for: plain, or mixing sources with the repetition cap checked."""
+    train = config.train
+    if train.mixture is None:
+        return DistributedLoader(dataset, train.micro_batch_size, dp_rank, dp_world, seed=train.data_seed,
+                                 rows_per_step=train.global_batch_size)
+    rows, tokens = source_sizes(dataset.manifest)
+    if not rows:
+        raise ShardError(f"{dataset.folder}: train.mixture needs shards tagged by source; run prep with prep.sources")
+    schedule = mixture.resolve(train.mixture, tokens, train.max_steps, train.data_seed)
+    loader = MixingLoader(dataset, train.micro_batch_size, dp_rank, dp_world, train.data_seed,
+                          train.global_batch_size, schedule)
+    mixture.check_repetition(schedule, loader.source_rows(), mixture.caps(train.mixture, schedule.sources),
+                             train.max_steps, train.global_batch_size)
+    return loader
 
 
 def manifest_hash(folder: Path) -> str:

@@ -31,7 +31,7 @@ from pipeline.ground.names import MANIFEST
 from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
-from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
+from training.data import Batch, DistributedLoader, PackedDataset, SourceRows, build_loader, manifest_hash, source_views
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, measure_peak_flops
@@ -84,9 +84,9 @@ class Trainer:
         tokenizer_sha = file_sha256(self.data_dir / tokenizer["file"])
         self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest)
         self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
-        self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
-                                        seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
+        self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
+        self.val_sources = source_views(self.val_data, train_cfg.global_batch_size) if train_cfg.mixture else {}
         self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
@@ -186,14 +186,14 @@ class Trainer:
         return StepResult(self.step, loss, None if grad_norm is None else float(grad_norm), lr,
                           time.perf_counter() - started)
 
-    def _val_loader(self) -> DistributedLoader:
-        return DistributedLoader(self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
+    def _val_loader(self, data: PackedDataset | SourceRows | None = None) -> DistributedLoader:
+        return DistributedLoader(data or self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
                                  seed=0, rows_per_step=self.config.train.global_batch_size)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the same `eval_batches` global batches of validation rows, whatever the layout."""
-        loader = self._val_loader()
+    def evaluate(self, data: SourceRows | None = None) -> float:
+        """Mean loss over the same `eval_batches` global batches of validation rows (of one source), whatever the layout."""
+        loader = self._val_loader(data)
         steps = self.config.train.eval_batches * self.grad_accum
         batches = [self._to_device(loader.next_batch()) for _ in range(steps)]
         if self.config.parallel.pp > 1:
@@ -213,7 +213,7 @@ class Trainer:
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
                 "peak_tflops": self.peak_flops / 1e12, "step_seconds": result.seconds,
-                "tokens": result.step * self.tokens_per_step}
+                "tokens": result.step * self.tokens_per_step} | self.loader.metrics()
 
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
@@ -305,6 +305,7 @@ class Trainer:
                 record["anomaly_ignored"] = rollback.anomaly.reason
             if self.step % cfg.eval_interval == 0 or last:
                 record["val_loss"] = self.evaluate()
+                record |= {f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()}
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
             self.log_record(record)

@@ -238,18 +238,20 @@ def clusters(n_docs: int, edges: np.ndarray) -> np.ndarray:
 
 
 def choose_removals(
-    roots: np.ndarray, lengths: np.ndarray, ids: Sequence[str] | np.ndarray
+    roots: np.ndarray, lengths: np.ndarray, ids: Sequence[str] | np.ndarray, priority: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(remove_mask, keeper index per document) for the clusters given by `roots` (from `clusters`).
 
-    Each cluster keeps its longest document (in characters), ties going to the smallest id,
+    Each cluster keeps a document of its highest `priority` (a source's; all equal when None), of
+    those the longest (in characters), ties going to the smallest id,
     so the choice depends on the documents only, never on their order or on the sharding.
     Every other member is removed as a duplicate of that keeper; a keeper is its own keeper.
     """
     roots = np.asarray(roots, dtype=np.int64)
     n_docs = len(roots)
     _, id_rank = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
-    order = np.lexsort((id_rank.reshape(-1), -np.asarray(lengths, dtype=np.int64), roots))
+    rank = np.zeros(n_docs, dtype=np.int64) if priority is None else -np.asarray(priority, dtype=np.int64)
+    order = np.lexsort((id_rank.reshape(-1), -np.asarray(lengths, dtype=np.int64), rank, roots))
     sorted_roots = roots[order]
     is_keeper = np.concatenate(([True], sorted_roots[1:] != sorted_roots[:-1]))[:n_docs]
     keeper_of_root = np.zeros(n_docs, dtype=np.int64)

@@ -20,6 +20,7 @@ from data_prep.books import (
     by_range,
     gather_rows,
     resolve_ids,
+    row_priorities,
     run_removals_filter,
     shard_offsets,
     shards_per_task,
@@ -124,7 +125,8 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     del edges
     offsets = shard_offsets(ctx)
     chars = gather_rows([_chars_file(ctx.work, i) for i in range(len(ctx.shards))], offsets, members)
-    remove_mask, keepers = minhash.choose_removals(roots, chars, resolve_ids(ctx, members))
+    remove_mask, keepers = minhash.choose_removals(roots, chars, resolve_ids(ctx, members),
+                                                   row_priorities(ctx, members))
     removed, keepers = members[remove_mask], members[keepers[remove_mask]]
     jaccard = np.zeros(len(removed), dtype=np.float64)
     files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
