@@ -179,7 +179,7 @@ def _plan(config: CrucibleConfig) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
-    from training.plan import estimate
+    from training.plan import RECOMPUTE_COMPUTE, estimate
 
     e = estimate(config.model, config.parallel, config.train, config.plan)
     gb = 1e9
@@ -193,27 +193,30 @@ def _plan(config: CrucibleConfig) -> None:
         ("weights per GPU", f"{e.weight_bytes / gb:.1f} GB"),
         ("gradients per GPU", f"{e.grad_bytes / gb:.1f} GB"),
         ("optimizer state per GPU", f"{e.optimizer_bytes / gb:.1f} GB"),
-        ("activations per GPU", f"{e.activation_bytes / gb:.1f} GB"),
-        ("activations per GPU, recomputed", f"{e.activation_bytes_recompute / gb:.1f} GB"),
-        ("total per GPU (no / full recompute)", f"{e.total_bytes(False) / gb:.1f} / {e.total_bytes(True) / gb:.1f} GB"),
+        *((f"activations per GPU, {choice} recomputation" + (" (configured)" if choice == e.checkpointing else ""),
+           f"{e.activation_bytes[choice] / gb:.1f} GB") for choice in RECOMPUTE_COMPUTE),
+        ("total per GPU (none / selective / full)", " / ".join(f"{e.total_bytes(c) / gb:.1f}" for c in RECOMPUTE_COMPUTE)
+         + " GB"),
         ("KV cache per token per layer", f"{e.kv_bytes_per_token_per_layer:,} B ({m.n_kv_heads} KV heads)"),
         (f"KV cache per sequence of {config.plan.seq_len:,}", f"{e.kv_bytes_per_sequence / gb:.2f} GB"),
         ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
         ("tokens per step", f"{e.tokens_per_step:,}"),
         (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
-        (f"days at MFU {config.plan.mfu:.0%}", f"{e.days:,.1f}"),
+        (f"days at MFU {config.plan.mfu:.0%}" + (", full recomputation" if e.checkpointing == "full" else ""),
+         f"{e.days:,.1f}"),
     ]
     for row in rows:
         table.add_row(*row)
     out = console()
     out.print(table)
     limit = config.plan.gpu_memory_gb * gb
-    if e.total_bytes(True) > limit:
+    fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
+    if not fits:
         out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
                   f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
-    elif e.total_bytes(False) > limit:
-        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
-                  f"(parallel.activation_checkpointing=true)")
+    elif e.checkpointing not in fits:  # memory falls from none to selective to full: the first that fits
+        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with {fits[0]} activation "
+                  f"recomputation (parallel.activation_checkpointing={fits[0]})")
 
 
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:

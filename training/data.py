@@ -24,7 +24,7 @@ from pipeline.ground.hashing import file_sha256
 
 @dataclass
 class Batch:
-    """inputs/targets [B, S]; positions restart at each segment; segment ids for attention masking."""
+    """inputs/targets [B, S]; positions (restarting at each segment with document masking); segment ids."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -77,8 +77,12 @@ class PackedDataset:
         return out, starts
 
 
-def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray) -> Batch:
-    """Split rows into inputs and targets and derive per-token positions and segment ids."""
+def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray,
+               document_positions: bool = True) -> Batch:
+    """Split rows into inputs and targets and derive per-token positions and segment ids.
+
+    Positions restart at each document only with `document_positions` (model.document_masking):
+    a model that attends across documents sees a row as one stream, positions 0..S-1."""
     seq_len = rows.shape[1] - 1
     marks = np.zeros((len(rows), seq_len), dtype=np.int64)
     for row, offsets in enumerate(starts):
@@ -90,7 +94,7 @@ def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray) 
     return Batch(
         inputs=torch.from_numpy(rows[:, :-1].copy()),
         targets=torch.from_numpy(rows[:, 1:].copy()),
-        positions=torch.from_numpy(index - segment_start),
+        positions=torch.from_numpy(index - segment_start if document_positions else index),
         segments=torch.from_numpy(segments),
         rows=indices,
     )
@@ -100,7 +104,7 @@ class DistributedLoader:
     """Micro-batches of rank `dp_rank` of `dp_world`, resumable from `state_dict()`."""
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int = 0, dp_world: int = 1,
-                 seed: int = 0, rows_per_step: int | None = None) -> None:
+                 seed: int = 0, rows_per_step: int | None = None, document_positions: bool = True) -> None:
         if not 0 <= dp_rank < dp_world:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         self.rows_per_step = rows_per_step or micro_batch * dp_world
@@ -110,6 +114,7 @@ class DistributedLoader:
             raise ShardError(f"{dataset.folder}: {len(dataset)} rows cannot fill one step of {self.rows_per_step} rows")
         self.dataset, self.micro_batch = dataset, micro_batch
         self.dp_rank, self.dp_world, self.seed = dp_rank, dp_world, seed
+        self.document_positions = document_positions
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.zeros(0, np.int64)
 
@@ -128,7 +133,7 @@ class DistributedLoader:
         start = self.position + self.dp_rank * self.micro_batch
         indices = self.order(self.epoch)[start:start + self.micro_batch]
         self.position += span
-        return make_batch(*self.dataset.rows(indices), indices)
+        return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,

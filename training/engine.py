@@ -32,6 +32,7 @@ from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, manifest_hash
+from training.fp8 import check_fp8
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, flops_per_token, measure_peak_flops
@@ -44,10 +45,11 @@ def _fmt(value: float | None) -> str:
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    """The training dtype: `auto` is bf16 on GPU and fp32 on CPU (where bf16 matmul is far slower)."""
+    """The training dtype: `auto` is bf16 on GPU and fp32 on CPU (where bf16 matmul is far slower);
+    fp8 trains in bf16 with FP8 matmuls inside."""
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    return torch.float32 if precision == "fp32" else torch.bfloat16
 
 
 @dataclass
@@ -75,6 +77,9 @@ class Trainer:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
+        if train_cfg.precision == "fp8":
+            check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
+                      torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.layout = parallel.init_distributed(parallel_cfg)
         self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
@@ -84,7 +89,8 @@ class Trainer:
         self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest)
         self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
         self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
-                                        seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
+                                        seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size,
+                                        document_positions=model_cfg.document_masking)
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
         self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
@@ -113,7 +119,8 @@ class Trainer:
         self.engine = None
         gc.collect()
         cfg = self.config
-        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype)
+        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype,
+                                     cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None)
         if seeded_init:
             init_weights(model, cfg.train.seed, cfg.model.n_layers)
         parallel.seed_everything(cfg.train.seed, self.layout, model)
@@ -186,7 +193,8 @@ class Trainer:
 
     def _val_loader(self) -> DistributedLoader:
         return DistributedLoader(self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
-                                 seed=0, rows_per_step=self.config.train.global_batch_size)
+                                 seed=0, rows_per_step=self.config.train.global_batch_size,
+                                 document_positions=self.config.model.document_masking)
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -5,7 +5,8 @@ FLOPs per token, as used for MFU (causal masking not discounted):
 where N_matmul counts the weights of every matrix multiply: per layer Q, K, V, O and the three
 SwiGLU matrices, plus the LM head (vocab x d_model); the embedding lookup is not a matmul. The
 first term is forward + backward of the dense layers, the second the attention scores and
-weighted sums. MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
+weighted sums (with document masking most of it is skipped, so MFU is also worth reading without
+it: `attention=False`). MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def matmul_params(cfg: ModelConfig, vocab: int) -> int:
     return cfg.n_layers * (attention + mlp) + vocab * cfg.d_model
 
 
-def flops_per_token(cfg: ModelConfig, vocab: int, seq_len: int) -> float:
-    return 6.0 * matmul_params(cfg, vocab) + 12.0 * cfg.n_layers * cfg.d_model * seq_len
+def flops_per_token(cfg: ModelConfig, vocab: int, seq_len: int, attention: bool = True) -> float:
+    return 6.0 * matmul_params(cfg, vocab) + (12.0 * cfg.n_layers * cfg.d_model * seq_len if attention else 0.0)
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, n: int | None = None) -> float:

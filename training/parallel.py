@@ -26,7 +26,19 @@ from megatron.core import parallel_state  # noqa: E402
 from megatron.core.model_parallel_config import ModelParallelConfig  # noqa: E402
 
 from training.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
-from training.model import EMBEDDING, GPT, Attention, Block, Embedding, FinalNorm, Head, lm_loss  # noqa: E402
+from training.fp8 import enable_fp8  # noqa: E402
+from training.model import (  # noqa: E402
+    EMBEDDING,
+    GPT,
+    Attention,
+    Block,
+    Embedding,
+    FinalNorm,
+    Head,
+    attention_kernel,
+    lm_loss,
+)
+from training.recompute import selective  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -177,22 +189,31 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
     else:
         first, last = LayerSpec(Embedding, cfg, mp_config, vocab), LayerSpec(Head, cfg, mp_config, vocab)
     layers = [first, *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)], LayerSpec(FinalNorm, cfg), last]
+    recompute = parallel.activation_checkpointing
     return PipelineModule(
         layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
         partition_method=parallel.partition_method,
-        activation_checkpoint_interval=1 if parallel.activation_checkpointing else 0,
+        activation_checkpoint_interval=0 if recompute == "none" else 1,
         checkpointable_layers=["Block"],
+        **({"activation_checkpoint_func": selective} if recompute == "selective" else {}),
     )
 
 
 def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, vocab: int, pad_id: int,
-                dtype: torch.dtype) -> torch.nn.Module:
+                dtype: torch.dtype, fp8_scaling: str | None = None) -> torch.nn.Module:
+    """The model of this rank; `fp8_scaling` (tensorwise / rowwise) puts the blocks' matmuls in FP8."""
     mp_config = tp_config(parallel, dtype)
     if parallel.pp > 1:
         model = build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
     else:
         model = GPT(cfg, mp_config, vocab)
         model.activation_checkpointing = parallel.activation_checkpointing
+    kernel = attention_kernel(parallel.attention, cfg, layout.device)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kernel
+    if fp8_scaling is not None:
+        enable_fp8(model, fp8_scaling)
     if parallel.compile:  # in place, so parameter names (and checkpoints) stay those of the eager model
         for module in model.modules():
             if isinstance(module, Block):
