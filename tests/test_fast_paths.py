@@ -24,6 +24,7 @@ from training.init import init_weights
 from training.model import (
     GPT,
     Attention,
+    Block,
     _compiled_flex,
     attention_kernel,
     attention_mask,
@@ -120,11 +121,10 @@ def test_document_block_mask_is_the_block_mask_of_the_dense_one(seq: int) -> Non
         "the layouts must give full and skipped tiles"
 
 
-def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile() -> None:
     """The compiled FlexAttention kernel (forward; on the CPU too) skips the empty tiles and runs full
     ones unmasked, so this checks the block mask in a real kernel; a new mask per batch must not
     recompile it."""
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, heads, 512, 16, generator=generator) for heads in (4, 2, 2))
     for rate in (0.0, 0.004, 0.03):
@@ -132,7 +132,7 @@ def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile(mon
         starts[:, 0] = True
         segments = torch.cumsum(starts, dim=1)
         block_mask = document_block_mask(segments)
-        with torch.no_grad():
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
             got = _compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=True)
         want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(segments),
                                                                 enable_gqa=True)
@@ -162,12 +162,40 @@ def test_flex_attention_trains_as_the_sdpa_mask(shards: Path, monkeypatch: pytes
 @pytest.mark.parametrize("mode", ["selective", "full"])
 def test_recomputation_gives_the_same_losses_and_gradients(shards: Path, mode: str) -> None:
     def recompute(model: GPT) -> None:
-        model.activation_checkpointing = mode
+        for block in model.blocks:
+            block.checkpointing = mode
 
     plain_losses, plain_grads = train(shards, 5)
     losses, grads = train(shards, 5, setup=recompute)
     assert losses == plain_losses
     assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads, strict=True))
+
+
+def test_compiled_blocks_recompute_inside_their_graph() -> None:
+    """`parallel.compile` compiles each block with its checkpoint inside (the form torch.compile
+    supports for selective recomputation); gradients match the eager block without recomputation."""
+    single_process_groups()
+    cfg = load_config(None, []).model
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, cfg.d_model, generator=generator)
+    positions, segments = torch.arange(64).expand(2, 64), torch.ones(2, 64, dtype=torch.long)
+
+    def gradients(block: Block) -> list[torch.Tensor]:
+        inputs = x.clone().requires_grad_()
+        block((inputs, positions, segments))[0].square().mean().backward()
+        return [inputs.grad, *(p.grad for p in block.parameters())]
+
+    eager = Block(cfg, tp_config_single(), 0)
+    for param in eager.parameters():
+        param.data.normal_(0.0, 0.1, generator=generator)
+    want = gradients(eager)
+    for mode in ("selective", "full"):
+        block = Block(cfg, tp_config_single(), 0)
+        block.load_state_dict(eager.state_dict())
+        block.checkpointing = mode
+        block.compile()
+        for got, expected in zip(gradients(block), want, strict=True):
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6), mode
 
 
 def test_activation_checkpointing_choices_and_the_old_flag() -> None:
@@ -201,8 +229,9 @@ def test_the_cpu_refuses_flex_attention_and_fp8_with_a_message() -> None:
         attention_kernel("flex", config.model, cpu)
     with pytest.raises(UserError, match="needs an NVIDIA GPU of compute capability 8.9"):
         check_fp8(config.model, config.parallel, "tensorwise", cpu)
-    with pytest.raises(ConfigError, match="fp8 without parallel.compile"):
-        load_config(None, ["train.precision=fp8"])
+    eager = load_config(None, ["train.precision=fp8"])
+    with pytest.raises(UserError, match="fp8 without parallel.compile"):
+        check_fp8(eager.model, eager.parallel, "tensorwise", cpu)
 
 
 def test_train_refuses_fp8_on_the_cpu_before_training(shards: Path, tmp_path: Path) -> None:

@@ -216,13 +216,6 @@ class TrainingConfig(Section):
     hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
 
-    @model_validator(mode="after")
-    def _fp8_compiled(self) -> TrainingConfig:
-        if self.train.precision == "fp8" and not self.parallel.compile:
-            raise ValueError("train.precision fp8 without parallel.compile: FP8 pays off only with its scaling and "
-                             "casts fused by torch.compile; set parallel.compile=true")
-        return self
-
 
 class LayoutError(UserError):
     """A parallel layout that cannot run; raised before process groups start."""

@@ -25,7 +25,11 @@ CAPABILITY = {"tensorwise": (8, 9), "rowwise": (9, 0)}  # float8 tensor cores; r
 
 
 def check_fp8(model: ModelConfig, parallel: ParallelConfig, scaling: str, device: torch.device) -> None:
-    """Refuse FP8 where it cannot run: no torchao, no float8 tensor cores, shapes `_scaled_mm` refuses."""
+    """Refuse FP8 where it cannot run or pay: eager blocks, no float8 tensor cores, shapes `_scaled_mm`
+    refuses, no torchao."""
+    if not parallel.compile:
+        raise UserError("train.precision=fp8 without parallel.compile: FP8 pays off only with its scaling and casts "
+                        "fused by torch.compile; set parallel.compile=true")
     need = CAPABILITY[scaling]
     if device.type != "cuda":
         raise UserError(f"train.precision=fp8 needs an NVIDIA GPU of compute capability {need[0]}.{need[1]}+ "

@@ -277,8 +277,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg, tp_config)
         self.dropout = nn.Dropout(cfg.dropout)
+        # none, selective or full (`training.recompute`); inside forward, so a compiled block compiles it too
+        self.checkpointing = "none"
 
     def forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
+        if self.checkpointing != "none" and self.training and cache is None:
+            return recompute(self._forward, inputs, mode=self.checkpointing)
+        return self._forward(inputs, cache)
+
+    def _forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
         x, positions, segments = inputs
         # The layer's index is read only when decoding: every block then compiles to the same graph.
         layer_cache = None if cache is None else cache.layer(self.index)
@@ -351,17 +358,13 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, tp_config, i) for i in range(cfg.n_layers))
         self.final_norm = FinalNorm(cfg)
         self.head = None if cfg.tie_embeddings else Head(cfg, tp_config, vocab)
-        self.activation_checkpointing = "none"  # or selective / full (`training.recompute`)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
         """Vocab-parallel logits for `tokens` [B, S]; with a cache, only the new positions are computed."""
         x: Activation = self.embedding((tokens, positions, segments))
         for block in self.blocks:
-            if self.activation_checkpointing != "none" and self.training:
-                x = recompute(block, x, mode=self.activation_checkpointing)
-            else:
-                x = block(x, cache)
+            x = block(x, cache)
         x = self.final_norm(x)
         return self.embedding.logits(x) if self.head is None else self.head(x)
 

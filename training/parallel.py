@@ -38,7 +38,6 @@ from training.model import (  # noqa: E402
     attention_kernel,
     lm_loss,
 )
-from training.recompute import selective  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -189,13 +188,9 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
     else:
         first, last = LayerSpec(Embedding, cfg, mp_config, vocab), LayerSpec(Head, cfg, mp_config, vocab)
     layers = [first, *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)], LayerSpec(FinalNorm, cfg), last]
-    recompute = parallel.activation_checkpointing
     return PipelineModule(
         layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
         partition_method=parallel.partition_method,
-        activation_checkpoint_interval=0 if recompute == "none" else 1,
-        checkpointable_layers=["Block"],
-        **({"activation_checkpoint_func": selective} if recompute == "selective" else {}),
     )
 
 
@@ -207,11 +202,12 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, voca
         model = build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
     else:
         model = GPT(cfg, mp_config, vocab)
-        model.activation_checkpointing = parallel.activation_checkpointing
     kernel = attention_kernel(parallel.attention, cfg, layout.device)
     for module in model.modules():
         if isinstance(module, Attention):
             module.kernel = kernel
+        if isinstance(module, Block):  # each block recomputes itself, whether in a pipeline or not
+            module.checkpointing = parallel.activation_checkpointing
     if fp8_scaling is not None:
         enable_fp8(model, fp8_scaling)
     if parallel.compile:  # in place, so parameter names (and checkpoints) stay those of the eager model

@@ -37,8 +37,3 @@ def recompute(fn: Callable[..., Any], *args: Any, mode: str) -> Any:
         return checkpoint(fn, *args, use_reentrant=False,
                           context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls))
     return checkpoint(fn, *args, use_reentrant=False)
-
-
-def selective(fn: Callable[..., Any], *args: Any) -> Any:
-    """The checkpoint function of DeepSpeed's pipeline module, for selective recomputation."""
-    return recompute(fn, *args, mode="selective")
