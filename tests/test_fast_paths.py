@@ -139,6 +139,26 @@ def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile() -
         assert torch.allclose(got, want, atol=1e-5), (rate, (got - want).abs().max())
 
 
+def test_a_compiled_block_runs_flex_attention_in_its_graph() -> None:
+    """With parallel.compile the block mask and FlexAttention are traced into the block's graph."""
+    single_process_groups()
+    cfg = load_config(None, []).model
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 256, cfg.d_model, generator=generator)
+    starts = torch.rand(2, 256, generator=generator) < 0.01
+    starts[:, 0] = True
+    inputs = (x, torch.arange(256).expand(2, 256), torch.cumsum(starts, dim=1))
+    sdpa = Block(cfg, tp_config_single(), 0)
+    for param in sdpa.parameters():
+        param.data.normal_(0.0, 0.1, generator=generator)
+    compiled = Block(cfg, tp_config_single(), 0)
+    compiled.load_state_dict(sdpa.state_dict())
+    compiled.attn.kernel = "flex"
+    compiled.compile(fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(inputs)[0], sdpa(inputs)[0], atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_trains_as_the_sdpa_mask(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """20 steps: FlexAttention with the document block mask against SDPA with the dense mask, the

@@ -164,8 +164,9 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
 
 
 def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
-    """FlexAttention, compiled on GPU; on the CPU its eager reference (as tests check it)."""
-    attend = _compiled_flex() if q.is_cuda else flex_attention
+    """FlexAttention: inside a compiled block, traced into its graph; in an eager one, compiled on its
+    own on GPU; on the CPU its eager reference (as tests check it)."""
+    attend = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
     return attend(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
