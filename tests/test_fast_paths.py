@@ -33,6 +33,7 @@ from training.model import (
     padded_vocab,
 )
 from training.parallel import tp_config_single
+from training.plan import estimate
 
 STEPS = 20
 
@@ -93,11 +94,10 @@ def use_kernel(kernel: str):
 
 
 def dense_tiles(num: torch.Tensor, indices: torch.Tensor, tiles: int) -> torch.Tensor:
-    """[B, H, q tiles, kv tiles] True for the first `num` indices of each row."""
-    rank = torch.arange(indices.shape[-1])
-    keep = rank < num[..., None]
-    out = torch.zeros(*indices.shape[:-1], tiles, dtype=torch.bool)
-    return out.scatter(-1, indices.long().masked_fill(~keep, 0), keep) | out
+    """[B, H, q tiles, kv tiles] True at the first `num` indices of each row."""
+    keep = torch.arange(indices.shape[-1]) < num[..., None]
+    out = torch.zeros(*indices.shape[:-1], tiles + 1, dtype=torch.bool)  # the last column takes the unused
+    return out.scatter(-1, indices.long().masked_fill(~keep, tiles), True)[..., :tiles]
 
 
 @pytest.mark.parametrize("seq", [64, 128])
@@ -164,9 +164,9 @@ def test_flex_attention_trains_as_the_sdpa_mask(shards: Path, monkeypatch: pytes
     """20 steps: FlexAttention with the document block mask against SDPA with the dense mask, the
     losses within 1e-4 and every gradient within 1e-4 (absolute, plus 1e-4 of its size).
 
-    On the CPU FlexAttention runs its eager reference, whose backward torch allows only when asked
-    (it refuses CPU backward for the compiled kernel); the mask function and the plumbing are the
-    GPU kernel's, and the block mask is checked against torch's own above."""
+    On the CPU FlexAttention runs its eager reference, whose backward torch refuses there by a device
+    check that this test lifts (the compiled kernel has no CPU backward); the mask function and the
+    plumbing are the GPU kernel's, and the block mask is checked against torch's own above."""
     monkeypatch.setattr(flex_module, "_validate_device", lambda *tensors: None)
     segments = DistributedLoader(PackedDataset(shards, "train"), 64, seed=0).next_batch().segments
     assert (segments[:, -1] > 1).sum() >= 32, "rows with several documents are needed to test the mask"
@@ -281,3 +281,18 @@ def test_fp8_matmuls_track_full_precision(shards: Path, scaling: str) -> None:
     assert converted == [7 * 4]  # q, k, v, o, gate, up, down in each of the 4 blocks
     assert losses != plain, "the float8 casts must be in the path"
     assert np.allclose(losses, plain, rtol=0.02), (losses, plain)
+
+
+def test_plan_counts_activations_and_time_for_each_recomputation_choice() -> None:
+    def plan(choice: str):
+        config = load_config(None, ["model.preset=1b", "plan.seq_len=2048", "train.micro_batch_size=4",
+                                    f"parallel.activation_checkpointing={choice}"])
+        return estimate(config.model, config.parallel, config.train, config.plan)
+
+    none, selective, full = plan("none"), plan("selective"), plan("full")
+    acts = none.activation_bytes
+    assert acts == full.activation_bytes and none.checkpointing == "none" and full.checkpointing == "full"
+    assert acts["full"] == 2 * 2048 * 2048 * 4 * 16  # bf16 block inputs: 2 bytes x d_model x tokens x layers
+    assert acts["full"] < acts["selective"] < acts["none"] / 2
+    assert selective.days == none.days and full.days == pytest.approx(none.days * 4 / 3)
+    assert none.total_bytes("none") - none.total_bytes("selective") == acts["none"] - acts["selective"]

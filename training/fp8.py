@@ -57,16 +57,15 @@ class Float8Matmul:
 
     def __init__(self, scaling: str, emulate: bool) -> None:
         from torchao.float8 import Float8LinearConfig
-        from torchao.float8.float8_linear import Float8Linear
+        from torchao.float8.float8_linear import Float8Linear, matmul_with_hp_or_float8_args
 
         self.config = dataclasses.replace(Float8LinearConfig.from_recipe_name(scaling), emulate=emulate)
         with torch.device("meta"):  # torchao derives the three matmuls' settings in its layer: borrow them
             self.mm_config = Float8Linear(16, 16, bias=False, config=self.config).linear_mm_config
+        self.function = matmul_with_hp_or_float8_args
 
     def __call__(self, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        from torchao.float8.float8_linear import matmul_with_hp_or_float8_args
-
-        return matmul_with_hp_or_float8_args.apply(input, weight.t(), self.mm_config, self.config)
+        return self.function.apply(input, weight.t(), self.mm_config, self.config)
 
 
 def enable_fp8(model: nn.Module, scaling: str, emulate: bool = False) -> int:
