@@ -295,7 +295,7 @@ def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
 
     from pipeline.ground.console import console
     from training.config import LayoutError, check_batch, check_shapes
-    from training.plan import estimate
+    from training.plan import RECOMPUTE_COMPUTE, estimate
 
     gpus, seq_len = config.plan_gpus(), config.plan_seq_len()
     dp = check_shapes(config.model, config.parallel, gpus)
@@ -311,27 +311,29 @@ def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
         ("weights per GPU", _bytes(e.weight_bytes)),
         ("gradients per GPU", _bytes(e.grad_bytes)),
         ("optimizer state per GPU", _bytes(e.optimizer_bytes)),
-        ("activations per GPU", _bytes(e.activation_bytes)),
-        ("activations per GPU, recomputed", _bytes(e.activation_bytes_recompute)),
-        ("total per GPU (no / full recompute)", f"{_bytes(e.total_bytes(False))} / {_bytes(e.total_bytes(True))}"),
+        *((f"activations per GPU, {choice} recomputation" + (" (configured)" if choice == e.checkpointing else ""),
+           _bytes(e.activation_bytes[choice])) for choice in RECOMPUTE_COMPUTE),
+        ("total per GPU (none / selective / full)", " / ".join(_bytes(e.total_bytes(c)) for c in RECOMPUTE_COMPUTE)),
         ("KV cache per token per layer", f"{_bytes(e.kv_bytes_per_token_per_layer)} ({m.n_kv_heads} KV heads)"),
         (f"KV cache per sequence of {seq_len:,}", _bytes(e.kv_bytes_per_sequence)),
         ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
         ("tokens per step", f"{e.tokens_per_step:,}"),
         (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
-        (f"days at MFU {config.plan.mfu:.0%}", f"{e.days:,.1f}"),
+        (f"days at MFU {config.plan.mfu:.0%}" + (", full recomputation" if e.checkpointing == "full" else ""),
+         f"{e.days:,.1f}"),
     ]
     for row in rows:
         table.add_row(*row)
     out = console()
     out.print(table)
     limit = config.plan.gpu_memory_gb * 1e9
-    if e.total_bytes(True) > limit:
+    fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
+    if not fits:
         out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
                   f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
-    elif e.total_bytes(False) > limit:
-        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with activation checkpointing "
-                  f"(parallel.activation_checkpointing=true)")
+    elif e.checkpointing not in fits:  # memory falls from none to selective to full: the first that fits
+        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with {fits[0]} activation "
+                  f"recomputation (parallel.activation_checkpointing={fits[0]})")
     if config.train.mixture is not None:
         _plan_mixture(config, data, max(1, round(e.steps)))
     try:

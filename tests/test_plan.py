@@ -51,7 +51,8 @@ def test_zero_stages_shard_what_they_should() -> None:
     assert z3.weight_bytes == pytest.approx(z0.weight_bytes / 8)
     tp = plan(*base, "parallel.tp=2")
     assert tp.params_per_gpu == pytest.approx(z0.params_per_gpu / 2)
-    assert plan(*base).activation_bytes_recompute < plan(*base).activation_bytes
+    acts = plan(*base).activation_bytes
+    assert acts["full"] < acts["selective"] < acts["none"]
 
 
 def test_param_count_matches_the_built_model(tiny_shards) -> None:

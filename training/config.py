@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
@@ -79,10 +79,24 @@ class ParallelConfig(Section):
     pp: int = Field(1, ge=1, description="Pipeline stages (DeepSpeed PipelineModule, 1F1B).")
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage; 2 and 3 need pp = 1.")
     partition_method: str = Field("uniform", description="PipelineModule partitioning: uniform, parameters, type:...")
-    activation_checkpointing: bool = False
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "none", description="Recompute activations in backward: `selective` keeps the matmul and attention outputs "
+                            "of each block and recomputes norms, RoPE and SwiGLU's activation (little compute); "
+                            "`full` keeps only each block's input and reruns its forward (about 1/3 more compute). "
+                            "true/false mean full/none.")
+    attention: Literal["auto", "sdpa", "flex"] = Field(
+        "auto", description="Kernel of document-masked attention: `flex` is FlexAttention with a block mask that "
+                            "skips the tiles between documents (GPU only); `sdpa` a dense mask; `auto` flex on "
+                            "GPU, sdpa on the CPU.")
     compile: bool = Field(False, description="torch.compile each transformer block (fuses norms, RoPE and SwiGLU; "
                                              "the first steps are slower while it compiles).")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on GPU, gloo on CPU.")
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_was_a_flag(cls, value: Any) -> Any:
+        """It was a bool before `selective` existed; configs that say true/false keep their meaning."""
+        return ("full" if value else "none") if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _zero_with_pipeline(self) -> ParallelConfig:
@@ -113,7 +127,13 @@ class TrainConfig(Section):
     no_decay_embeddings: bool = Field(True, description="No weight decay on embeddings (never on norms/biases).")
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU. fp8: bf16 with the blocks' matmuls in FP8 (torchao, the "
+                            "`gpu` extra; GPUs of compute capability 8.9+, with parallel.compile); the embedding, "
+                            "norms and output head stay bf16.")
+    fp8_scaling: Literal["tensorwise", "rowwise"] = Field(
+        "tensorwise", description="FP8 scale granularity: one per tensor (fastest) or one per row (closer to bf16; "
+                                  "compute capability 9.0+).")
     log_interval: int = Field(1, ge=1)
     eval_interval: int = Field(50, ge=1)
     eval_batches: int = Field(2, ge=1, description="Validation global batches per evaluation.")

@@ -26,7 +26,7 @@ from training.mixture import Schedule, source_key
 
 @dataclass
 class Batch:
-    """inputs/targets [B, S]; positions restart at each segment; segment ids for attention masking."""
+    """inputs/targets [B, S]; positions (restarting at each segment with document masking); segment ids."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -80,8 +80,12 @@ class PackedDataset:
         return out, starts
 
 
-def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray) -> Batch:
-    """Split rows into inputs and targets and derive per-token positions and segment ids."""
+def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray,
+               document_positions: bool = True) -> Batch:
+    """Split rows into inputs and targets and derive per-token positions and segment ids.
+
+    Positions restart at each document only with `document_positions` (model.document_masking):
+    a model that attends across documents sees a row as one stream, positions 0..S-1."""
     seq_len = rows.shape[1] - 1
     marks = np.zeros((len(rows), seq_len), dtype=np.int64)
     for row, offsets in enumerate(starts):
@@ -93,7 +97,7 @@ def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray) 
     return Batch(
         inputs=torch.from_numpy(rows[:, :-1].copy()),
         targets=torch.from_numpy(rows[:, 1:].copy()),
-        positions=torch.from_numpy(index - segment_start),
+        positions=torch.from_numpy(index - segment_start if document_positions else index),
         segments=torch.from_numpy(segments),
         rows=indices,
     )
@@ -103,7 +107,7 @@ class DistributedLoader:
     """Micro-batches of rank `dp_rank` of `dp_world`, resumable from `state_dict()`."""
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int = 0, dp_world: int = 1,
-                 seed: int = 0, rows_per_step: int | None = None) -> None:
+                 seed: int = 0, rows_per_step: int | None = None, document_positions: bool = True) -> None:
         if not 0 <= dp_rank < dp_world:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         self.rows_per_step = rows_per_step or micro_batch * dp_world
@@ -113,6 +117,7 @@ class DistributedLoader:
             raise ShardError(f"{dataset.folder}: {len(dataset)} rows cannot fill one step of {self.rows_per_step} rows")
         self.dataset, self.micro_batch = dataset, micro_batch
         self.dp_rank, self.dp_world, self.seed = dp_rank, dp_world, seed
+        self.document_positions = document_positions
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.zeros(0, np.int64)
 
@@ -131,7 +136,7 @@ class DistributedLoader:
         start = self.position + self.dp_rank * self.micro_batch
         indices = self.order(self.epoch)[start:start + self.micro_batch]
         self.position += span
-        return make_batch(*self.dataset.rows(indices), indices)
+        return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
 
     def metrics(self) -> dict[str, float]:
         """Nothing per source to report: one stream of rows."""
@@ -170,7 +175,7 @@ class MixingLoader:
     BLOCK_STEPS = 256
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int, dp_world: int, seed: int,
-                 rows_per_step: int, schedule: Schedule) -> None:
+                 rows_per_step: int, schedule: Schedule, document_positions: bool = True) -> None:
         if not 0 <= dp_rank < dp_world:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         if rows_per_step % (micro_batch * dp_world):
@@ -180,6 +185,7 @@ class MixingLoader:
                              f"prep.sources")
         self.dataset, self.micro_batch, self.rows_per_step = dataset, micro_batch, rows_per_step
         self.dp_rank, self.dp_world, self.seed, self.schedule = dp_rank, dp_world, seed, schedule
+        self.document_positions = document_positions
         self.members = [source_members(dataset, name) for name in schedule.sources]
         self.keys = [source_key(name) for name in schedule.sources]
         self.position = 0
@@ -226,7 +232,7 @@ class MixingLoader:
         self.position += self.micro_batch * self.dp_world
         if self.position % self.rows_per_step == 0:
             self.drawn = self._block_drawn[(self.position - self._block_start) // self.rows_per_step - 1]
-        return make_batch(*self.dataset.rows(indices), indices)
+        return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
 
     def metrics(self) -> dict[str, float]:
         """Tokens drawn so far per source and the target fractions of the last step drawn, for metrics.jsonl."""
@@ -290,16 +296,16 @@ def source_sizes(manifest: dict[str, Any], split: str = "train") -> tuple[dict[s
 
 def build_loader(dataset: PackedDataset, config: Any, dp_rank: int, dp_world: int) -> DistributedLoader | MixingLoader:
     """The training loader `config.train` asks for: plain, or mixing sources with the repetition cap checked."""
-    train = config.train
+    train, document_positions = config.train, config.model.document_masking
     if train.mixture is None:
         return DistributedLoader(dataset, train.micro_batch_size, dp_rank, dp_world, seed=train.data_seed,
-                                 rows_per_step=train.global_batch_size)
+                                 rows_per_step=train.global_batch_size, document_positions=document_positions)
     rows, tokens = source_sizes(dataset.manifest)
     if not rows:
         raise ShardError(f"{dataset.folder}: train.mixture needs shards tagged by source; run prep with prep.sources")
     schedule = mixture.resolve(train.mixture, tokens, train.max_steps, train.data_seed)
     loader = MixingLoader(dataset, train.micro_batch_size, dp_rank, dp_world, train.data_seed,
-                          train.global_batch_size, schedule)
+                          train.global_batch_size, schedule, document_positions)
     mixture.check_repetition(schedule, loader.source_rows(), mixture.caps(train.mixture, schedule.sources),
                              train.max_steps, train.global_batch_size)
     return loader

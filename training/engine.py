@@ -32,6 +32,7 @@ from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import Batch, DistributedLoader, PackedDataset, SourceRows, build_loader, manifest_hash, source_views
+from training.fp8 import check_fp8
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, measure_peak_flops
@@ -45,10 +46,11 @@ def _fmt(value: float | None) -> str:
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    """The training dtype: `auto` is bf16 on GPU and fp32 on CPU (where bf16 matmul is far slower)."""
+    """The training dtype: `auto` is bf16 on GPU and fp32 on CPU (where bf16 matmul is far slower);
+    fp8 trains in bf16 with FP8 matmuls inside."""
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    return torch.float32 if precision == "fp32" else torch.bfloat16
 
 
 @dataclass
@@ -76,6 +78,9 @@ class Trainer:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
+        if train_cfg.precision == "fp8":
+            check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
+                      torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.layout = parallel.init_distributed(parallel_cfg)
         self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
@@ -115,7 +120,8 @@ class Trainer:
         self.engine = None
         gc.collect()
         cfg = self.config
-        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype)
+        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype,
+                                     cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None)
         if seeded_init:
             init_weights(model, cfg.train.seed, cfg.model.n_layers)
         parallel.seed_everything(cfg.train.seed, self.layout, model)
@@ -188,7 +194,8 @@ class Trainer:
 
     def _val_loader(self, data: PackedDataset | SourceRows | None = None) -> DistributedLoader:
         return DistributedLoader(data or self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
-                                 seed=0, rows_per_step=self.config.train.global_batch_size)
+                                 seed=0, rows_per_step=self.config.train.global_batch_size,
+                                 document_positions=self.config.model.document_masking)
 
     @torch.no_grad()
     def evaluate(self, data: SourceRows | None = None) -> float:

@@ -5,7 +5,8 @@ FLOPs per token, as used for MFU (causal masking not discounted):
 where N_matmul counts the weights of every matrix multiply: per layer Q, K, V, O and the three
 SwiGLU matrices, plus the LM head (vocab x d_model); the embedding lookup is not a matmul. The
 first term is forward + backward of the dense layers, the second the attention scores and
-weighted sums. MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
+weighted sums (with document masking most of it is skipped, so MFU is also worth reading without
+it: `attention=False`). MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
 """
 
 from __future__ import annotations

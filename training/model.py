@@ -6,12 +6,14 @@ block, then the embedding and the head. Every layer takes and returns the same t
 DeepSpeed's PipelineModule (PP > 1). Tensor parallelism lives inside the linear layers: Q/K/V,
 gate and up are column-parallel (each rank owns whole heads / a slice of the inner size), the
 attention output and down projections are row-parallel (their outputs are summed over ranks).
-Positions restart and attention stops at document boundaries when `document_masking` is on.
+Positions restart and attention stops at document boundaries when `document_masking` is on: through
+SDPA with a dense mask, or FlexAttention with a block mask that skips the tiles between documents.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ContextManager
@@ -27,8 +29,11 @@ from megatron.core.tensor_parallel import (
     vocab_parallel_cross_entropy,
 )
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from pipeline.ground.errors import UserError
 from training.config import ModelConfig
+from training.recompute import recompute
 
 Activation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden [B,S,D], positions [B,S], segments [B,S]
 
@@ -46,11 +51,26 @@ class _NoExtraState(nn.Module):
         self._load_state_dict_pre_hooks.clear()  # the hook that re-adds `_extra_state` on load
 
 
-class ColumnParallel(_NoExtraState, ColumnParallelLinear):
+class _Matmul(nn.Module):
+    """`_forward_impl` is megatron's local matmul (the TP collectives sit around it, except the
+    column-parallel input-gradient all-reduce, which it asks for with `allreduce_dgrad`). A layer
+    whose `matmul` is set (FP8, `training.fp8`) runs that instead."""
+
+    matmul: Callable[..., torch.Tensor] | None = None
+
+    def _forward_impl(self, input: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.matmul is None:
+            return super()._forward_impl(input, weight, *args, **kwargs)
+        if kwargs.get("allreduce_dgrad"):
+            input = copy_to_tensor_model_parallel_region(input, group=kwargs["tp_group"])
+        return self.matmul(input, weight)
+
+
+class ColumnParallel(_NoExtraState, _Matmul, ColumnParallelLinear):
     pass
 
 
-class RowParallel(_NoExtraState, RowParallelLinear):
+class RowParallel(_NoExtraState, _Matmul, RowParallelLinear):
     def _forward_impl(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # megatron passes no group here and then looks up the default one, with a deprecation
         # warning on every call that also splits a compiled block's graph; it is this layer's group.
@@ -96,6 +116,69 @@ def attention_mask(segments: torch.Tensor) -> torch.Tensor:
     return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
 
 
+FLEX_BLOCK = 128  # FlexAttention's tile (queries and keys)
+
+
+def document_block_mask(segments: torch.Tensor, block: int = FLEX_BLOCK) -> BlockMask:
+    """The block mask of `attention_mask(segments)` for FlexAttention, from the segment ids alone.
+
+    Segment ids rise by one at each document start, so a tile holds the ids lo..hi of its first
+    and last token. Key tile j < query tile i holds allowed pairs only if its last document is the
+    query tile's first (hi[j] == lo[i]); all its pairs are allowed if both tiles lie inside that one
+    document (and are whole). The diagonal tile is always partial. Empty tiles are skipped, full
+    ones need no mask evaluation: O(B * tiles^2) work instead of the O(B * S^2) of a dense mask.
+    """
+    batch, seq = segments.shape
+    tiles = -(-seq // block)
+    starts = torch.arange(tiles, device=segments.device) * block
+    lo = segments[:, starts]
+    hi = segments[:, (starts + block - 1).clamp(max=seq - 1)]
+    whole = starts + block <= seq
+    below = torch.ones(tiles, tiles, dtype=torch.bool, device=segments.device).tril(-1)
+    one_doc = (lo == hi) & whole
+    full = below & (one_doc[:, :, None] & one_doc[:, None, :] & (lo[:, :, None] == lo[:, None, :]))
+    touching = below & (hi[:, None, :] == lo[:, :, None])
+    partial = (touching & ~full) | torch.eye(tiles, dtype=torch.bool, device=segments.device)
+
+    def ordered(tiles_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = tiles_mask.sum(-1, dtype=torch.int32)[:, None]
+        indices = torch.argsort(tiles_mask.to(torch.int8), dim=-1, descending=True, stable=True)
+        return counts, indices.to(torch.int32)[:, None]
+
+    def same_document(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (kv <= q) & (segments[b, q] == segments[b, kv])
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=same_document,
+                                    seq_lengths=(seq, seq))
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    """FlexAttention's fused kernel exists only compiled (eager it materializes the scores)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
+    """FlexAttention: inside a compiled block, traced into its graph; in an eager one, compiled on its
+    own on GPU; on the CPU its eager reference (as tests check it)."""
+    attend = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
+    return attend(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attention_kernel(choice: str, cfg: ModelConfig, device: torch.device) -> str:
+    """The kernel of document-masked attention: `auto` is FlexAttention on GPU (SDPA's flash kernel
+    cannot take a document mask) and SDPA on the CPU, where FlexAttention has no backward."""
+    if choice == "auto":
+        return "flex" if device.type == "cuda" and cfg.document_masking and not cfg.dropout else "sdpa"
+    if choice == "flex" and device.type != "cuda":
+        raise UserError("parallel.attention=flex: FlexAttention has no backward pass on the CPU; "
+                        "use parallel.attention=auto or sdpa there")
+    if choice == "flex" and cfg.dropout:
+        raise UserError(f"parallel.attention=flex with model.dropout {cfg.dropout}: FlexAttention has no "
+                        "attention dropout; use parallel.attention=sdpa or model.dropout=0")
+    return choice
+
+
 class LayerCache:
     """Keys and values of the positions decoded so far in one layer: [B, kv_heads, T, head_dim]."""
 
@@ -136,6 +219,7 @@ class Attention(nn.Module):
         self.o = RowParallel(cfg.n_heads * cfg.head_dim, cfg.d_model, config=tp_config, init_method=_no_init,
                                    bias=False, input_is_parallel=True, skip_bias_add=True)
         self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
+        self.kernel = "sdpa"  # or "flex" for document-masked training (`attention_kernel`)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 cache: LayerCache | None = None) -> torch.Tensor:
@@ -146,17 +230,23 @@ class Attention(nn.Module):
         cos, sin = rotary(positions, self.cfg.head_dim, self.cfg.rope_theta)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
+        y = (flex(q, k, v, document_block_mask(segments)) if self.kernel == "flex" and self.cfg.document_masking
+             and cache is None else self._sdpa(q, k, v, segments, cache))
+        return self.o(y.transpose(1, 2).reshape(batch, seq, self.heads * self.cfg.head_dim))[0]
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor,
+              cache: LayerCache | None) -> torch.Tensor:
+        seq = q.shape[2]
         dropout = self.cfg.dropout if self.training else 0.0
         mask = attention_mask(segments) if self.cfg.document_masking else None
         if cache is not None:  # one document: causal over everything cached before, plus itself
             past = cache.length
             k, v = cache.extend(k, v)
-            mask = torch.ones(seq, past + seq, dtype=torch.bool, device=x.device).tril(past) if past else None
+            mask = torch.ones(seq, past + seq, dtype=torch.bool, device=q.device).tril(past) if past else None
         # The per-TP-rank RNG only matters with dropout; skipping it keeps compiled blocks in one graph.
         with self.sharded_rng() if dropout else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
-                                               enable_gqa=self.heads != self.kv_heads)
-        return self.o(y.transpose(1, 2).reshape(batch, seq, self.heads * self.cfg.head_dim))[0]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                                                  enable_gqa=self.heads != self.kv_heads)
 
 
 class SwiGLU(nn.Module):
@@ -183,8 +273,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg, tp_config)
         self.dropout = nn.Dropout(cfg.dropout)
+        # none, selective or full (`training.recompute`); inside forward, so a compiled block compiles it too
+        self.checkpointing = "none"
 
     def forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
+        if self.checkpointing != "none" and self.training and cache is None:
+            return recompute(self._forward, inputs, mode=self.checkpointing)
+        return self._forward(inputs, cache)
+
+    def _forward(self, inputs: Activation, cache: KVCache | None = None) -> Activation:
         x, positions, segments = inputs
         # The layer's index is read only when decoding: every block then compiles to the same graph.
         layer_cache = None if cache is None else cache.layer(self.index)
@@ -257,17 +354,13 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, tp_config, i) for i in range(cfg.n_layers))
         self.final_norm = FinalNorm(cfg)
         self.head = None if cfg.tie_embeddings else Head(cfg, tp_config, vocab)
-        self.activation_checkpointing = False
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
         """Vocab-parallel logits for `tokens` [B, S]; with a cache, only the new positions are computed."""
         x: Activation = self.embedding((tokens, positions, segments))
         for block in self.blocks:
-            if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache)
+            x = block(x, cache)
         x = self.final_norm(x)
         return self.embedding.logits(x) if self.head is None else self.head(x)
 

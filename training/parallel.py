@@ -27,7 +27,18 @@ from megatron.core.model_parallel_config import ModelParallelConfig  # noqa: E40
 
 from pipeline.ground.quiet import muted_output
 from training.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
-from training.model import EMBEDDING, GPT, Attention, Block, Embedding, FinalNorm, Head, lm_loss  # noqa: E402
+from training.fp8 import enable_fp8  # noqa: E402
+from training.model import (  # noqa: E402
+    EMBEDDING,
+    GPT,
+    Attention,
+    Block,
+    Embedding,
+    FinalNorm,
+    Head,
+    attention_kernel,
+    lm_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -183,19 +194,25 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
         return PipelineModule(
             layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
             partition_method=parallel.partition_method,
-            activation_checkpoint_interval=1 if parallel.activation_checkpointing else 0,
-            checkpointable_layers=["Block"],
         )
 
 
 def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, vocab: int, pad_id: int,
-                dtype: torch.dtype) -> torch.nn.Module:
+                dtype: torch.dtype, fp8_scaling: str | None = None) -> torch.nn.Module:
+    """The model of this rank; `fp8_scaling` (tensorwise / rowwise) puts the blocks' matmuls in FP8."""
     mp_config = tp_config(parallel, dtype)
     if parallel.pp > 1:
         model = build_pipeline(cfg, parallel, layout, mp_config, vocab, pad_id)
     else:
         model = GPT(cfg, mp_config, vocab)
-        model.activation_checkpointing = parallel.activation_checkpointing
+    kernel = attention_kernel(parallel.attention, cfg, layout.device)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kernel
+        if isinstance(module, Block):  # each block recomputes itself, whether in a pipeline or not
+            module.checkpointing = parallel.activation_checkpointing
+    if fp8_scaling is not None:
+        enable_fp8(model, fp8_scaling)
     if parallel.compile:  # in place, so parameter names (and checkpoints) stay those of the eager model
         for module in model.modules():
             if isinstance(module, Block):
