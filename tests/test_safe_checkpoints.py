@@ -100,9 +100,11 @@ def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_r
     newest = checkpoints / "step-00000004"
 
     resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6")
+    resumed_from = crucible("train", "--data", tiny_shards, "--output", tmp_path / "elsewhere", *SMALL,
+                            "--set", "train.max_steps=6", "--resume", checkpoints / "step-00000002")
     generated = crucible("generate", "--checkpoint", newest, "--prompt", "The", "--max-new-tokens", "4")
     exported = crucible("export", "--checkpoint", newest, "--output", tmp_path / "hf")
-    for result in (resumed, generated, exported):
+    for result in (resumed, resumed_from, generated, exported):
         line = refused(result, "refused to load", str(checkpoints))
         assert any(str(path) in line for path in planted), line
     assert not marker.exists(), "a payload ran"

@@ -42,6 +42,9 @@ from training.safe_load import CorruptCheckpoint, SafeCheckpointEngine, load, re
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
 STAGING = ".staging"
+# How torch's file writer reports a failed write (a full disk included); other errors (a peer rank
+# gone during the save's collectives) keep their traceback.
+WRITE_FAILURES = ("iostream error", "PytorchStreamWriter", "inline_container")
 LATEST = "latest"
 
 
@@ -205,6 +208,8 @@ class Checkpointer:
                                    client_state={UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info()})
             (staging / tag / rng_file(dist.get_rank())).write_text(json.dumps(_rng_state()))
         except (OSError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not any(marker in str(exc) for marker in WRITE_FAILURES):
+                raise
             raise self._abandon(staging / tag, exc) from None
         dist.barrier()
         final = self.root / tag
