@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["hf", "consolidated"], default="hf")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    export.add_argument("--force", action="store_true", help="write into a non-empty --output folder")
 
     classifier = verbs.add_parser("classifier", help="train or evaluate a fastText quality classifier "
                                   "(settings: prep.quality_model.train)")
@@ -184,12 +185,18 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> Non
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
+    """The tokenizer `checkpoint` was trained with: another one's ids would decode to garbage."""
+    from pipeline.ground.hashing import file_sha256
     from training.export import read_meta, tokenizer_record
 
     meta = read_meta(checkpoint)
-    path = given or Path(meta["data_dir"]) / tokenizer_record(meta)["file"]
-    if not path.exists():
+    record = tokenizer_record(meta)
+    path = given or Path(meta["data_dir"]) / record["file"]
+    if not path.is_file():
         raise UserError(f"tokenizer {path} not found: pass --tokenizer")
+    if file_sha256(path) != record["sha256"]:
+        raise UserError(f"tokenizer {path} is not the one {checkpoint} was trained with (its SHA-256 differs from "
+                        f"the recorded {record['sha256'][:12]}...): pass that run's tokenizer.json with --tokenizer")
     return path
 
 
@@ -197,12 +204,18 @@ SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", 
 
 
 def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
     from training.generate import sample_texts
 
     samples = config.samples
     for key in SAMPLING_FLAGS:
         if getattr(args, key) is not None:
-            setattr(samples, key, getattr(args, key))  # validated on assignment, like --set
+            try:
+                setattr(samples, key, getattr(args, key))  # validated on assignment, like --set
+            except ValidationError as exc:
+                flag = "--prompt" if key == "prompts" else "--" + key.replace("_", "-")
+                raise UserError(f"{flag} {getattr(args, key)}: {exc.errors()[0]['msg']}") from None
     _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples),
                    f"samples from {args.checkpoint.name}")
 
@@ -210,9 +223,10 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
 def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     import torch
 
-    from training.export import save_consolidated, save_hf
+    from training.export import prepare_output, save_consolidated, save_hf
 
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    prepare_output(args.output, args.force)
     if args.format == "hf":
         path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype,
                        config.samples)

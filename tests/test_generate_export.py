@@ -80,11 +80,13 @@ def test_hf_export_matches_logits_and_generates_offline(model_and_meta, pipeline
 
 
 def test_consolidated_export_holds_full_weights(pipeline_checkpoint: Path, model_and_meta, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
     from training.export import save_consolidated
 
     model, _ = model_and_meta
-    saved = torch.load(save_consolidated(pipeline_checkpoint, tmp_path, torch.bfloat16), weights_only=False)
+    saved = load_file(save_consolidated(pipeline_checkpoint, tmp_path, torch.bfloat16))
     reference = model.state_dict()
-    assert set(saved["state_dict"]) == set(reference)
-    for name, tensor in saved["state_dict"].items():
+    assert set(saved) == set(reference)
+    for name, tensor in saved.items():
         assert tensor.dtype == torch.bfloat16 and tensor.shape == reference[name].shape

@@ -5,13 +5,17 @@ and its RNG state under `checkpoints/.staging/<tag>/`; then rank 0 writes `cruci
 (step, loader position, config, shard-manifest hash, a SHA-256 of every file, health) and
 publishes the folder with one rename, then moves the `latest` pointer with another. A kill
 before the rename leaves only staging debris and `latest` on the previous checkpoint. Loading
-verifies the hashes first and falls back to the previous good checkpoint when a file is damaged.
+verifies the hashes first and falls back to the previous good checkpoint when a file is damaged
+(a missing or torn crucible.json included); with checkpoints present but none loadable, training
+stops rather than start over on top of them. Files are read without unpickling code (see
+`training.safe_load`), and a failed save names its folder and the space left.
 A run resumed under another layout loads DeepSpeed's universal form of the checkpoint, which
 re-partitions ZeRO optimizer state and re-slices tensor/pipeline-parallel weights.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -33,10 +37,14 @@ from pipeline.ground.names import UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import convert_to_universal
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
+from training.safe_load import CorruptCheckpoint, SafeCheckpointEngine, load, read_meta, vet
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
 STAGING = ".staging"
+# How torch's file writer reports a failed write (a full disk included); other errors (a peer rank
+# gone during the save's collectives) keep their traceback.
+WRITE_FAILURES = ("iostream error", "PytorchStreamWriter", "inline_container")
 LATEST = "latest"
 
 
@@ -56,10 +64,6 @@ def universal_checkpoint_info() -> dict[str, Any]:
     }
 
 
-class CorruptCheckpoint(UserError):
-    """A checkpoint whose files do not match their recorded hashes (or are missing)."""
-
-
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
@@ -72,19 +76,42 @@ def tag_for(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def rng_file(rank: int) -> str:
+    return f"rng-{rank:05d}.json"
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's generator states as JSON values (exact: ints, and floats that round-trip)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state().tolist(),
+             "numpy": [name, keys.tolist(), position, has_gauss, cached_gaussian],
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.as_tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _save_failed(folder: Path, exc: BaseException) -> UserError:
+    """A failed write named by its folder and the room left: torch reports a full disk only as
+    `basic_ios::clear: iostream error`."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    full = " (the disk is full)" if getattr(exc, "errno", None) == errno.ENOSPC or free < 1 << 20 else ""
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return UserError(f"cannot save checkpoint {folder}: {first_line}; {free / 2**20:,.1f} MiB free on its "
+                     f"filesystem{full}. The previous checkpoints are untouched: free space (or lower "
+                     f"checkpoint.keep_last) and rerun to resume from the latest")
 
 
 class Checkpointer:
@@ -94,13 +121,19 @@ class Checkpointer:
 
     # -- listing -------------------------------------------------------------------------
 
+    def scan(self) -> tuple[list[CheckpointInfo], list[CorruptCheckpoint]]:
+        """Published checkpoints, oldest first, and the damaged folders: a checkpoint is published
+        with its crucible.json, so a folder whose file is missing, torn or incomplete is damaged."""
+        found, damaged = [], []
+        for path in sorted(p for p in self.root.glob("step-*") if p.is_dir()):
+            try:
+                found.append(info_of(path))
+            except CorruptCheckpoint as exc:
+                damaged.append(exc)
+        return sorted(found, key=lambda c: c.step), damaged
+
     def published(self) -> list[CheckpointInfo]:
-        """Published checkpoints, oldest first (a folder counts only with its crucible.json)."""
-        found = []
-        for meta_path in sorted(self.root.glob(f"step-*/{META}")):
-            meta = json.loads(meta_path.read_text())
-            found.append(CheckpointInfo(meta_path.parent, meta["step"], meta["healthy"], meta))
-        return sorted(found, key=lambda c: c.step)
+        return self.scan()[0]
 
     def latest(self) -> CheckpointInfo | None:
         pointer = self.root / LATEST
@@ -122,27 +155,33 @@ class Checkpointer:
         if resume == "none":
             return None
         if resume != "auto":
-            path = Path(resume)
-            meta_path = path / META
-            if not meta_path.exists():
-                raise UserError(f"--resume {resume}: not a checkpoint folder (no {META})")
-            meta = json.loads(meta_path.read_text())
-            info = CheckpointInfo(path, meta["step"], meta["healthy"], meta)
+            info = info_of(Path(resume))
             if self.config.verify:
                 self.verify(info)
             return info
+        published, damaged = self.scan()
+        for exc in damaged:
+            self._report(exc, events)
         latest = self.latest()
-        candidates = [c for c in self.published() if latest is None or c.step <= latest.step]
+        candidates = [c for c in published if latest is None or c.step <= latest.step]
         for info in reversed(candidates):
             try:
                 if self.config.verify:
                     self.verify(info)
                 return info
             except CorruptCheckpoint as exc:
-                events.log({"event": "corrupt_checkpoint", "checkpoint": info.path.name, "error": str(exc)})
-                if self.rank == 0:
-                    print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
+                self._report(exc, events)
+                damaged.append(exc)
+        if damaged:
+            raise UserError(f"{self.root} holds {len(damaged)} checkpoint(s) and none can be loaded; they are kept "
+                            f"as they are. Repair or move them, or start over with --resume none (new saves then "
+                            f"replace them). First problem: {damaged[0]}")
         return None
+
+    def _report(self, exc: CorruptCheckpoint, events: Any) -> None:
+        events.log({"event": "corrupt_checkpoint", "error": str(exc)})
+        if self.rank == 0:
+            print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
 
     def last_healthy(self, before_step: int) -> CheckpointInfo | None:
         for info in reversed(self.published()):
@@ -164,15 +203,24 @@ class Checkpointer:
         if self.rank == 0:
             shutil.rmtree(staging / tag, ignore_errors=True)
         dist.barrier()
-        engine.save_checkpoint(str(staging), tag=tag, save_latest=False,
-                               client_state={UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info()})
-        torch.save(_rng_state(), staging / tag / f"rng-{dist.get_rank():05d}.pt")
+        try:
+            engine.save_checkpoint(str(staging), tag=tag, save_latest=False,
+                                   client_state={UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info()})
+            (staging / tag / rng_file(dist.get_rank())).write_text(json.dumps(_rng_state()))
+        except (OSError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not any(marker in str(exc) for marker in WRITE_FAILURES):
+                raise
+            raise self._abandon(staging / tag, exc) from None
         dist.barrier()
         final = self.root / tag
         if self.rank == 0:
             files = {str(p.relative_to(staging / tag)): file_sha256(p)
                      for p in sorted((staging / tag).rglob("*")) if p.is_file()}
-            (staging / tag / META).write_text(json.dumps(meta | {"step": step, "files": files}, indent=2, sort_keys=True))
+            try:
+                (staging / tag / META).write_text(json.dumps(meta | {"step": step, "files": files}, indent=2,
+                                                             sort_keys=True))
+            except OSError as exc:
+                raise self._abandon(staging / tag, exc) from None
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
@@ -181,6 +229,12 @@ class Checkpointer:
             self.prune()
         dist.barrier()
         return final
+
+    def _abandon(self, folder: Path, exc: BaseException) -> UserError:
+        """The error for a save that failed; its partial folder is removed to give the space back."""
+        error = _save_failed(folder, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return error
 
     def prune(self) -> None:
         """Keep the newest keep_last, every keep_every-th, `latest`, and the newest healthy one."""
@@ -218,10 +272,19 @@ class Checkpointer:
         """Collective: load DeepSpeed state (from `folder` if given, e.g. its universal form) and,
         when the layout is unchanged, this rank's RNG state."""
         folder = folder or info.path
+        vet(folder)  # DeepSpeed's universal loader calls torch.load itself
+        engine.checkpoint_engine = SafeCheckpointEngine(engine._config)  # its other reads: weights only
         load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise CorruptCheckpoint(f"DeepSpeed could not load checkpoint {folder}")
-        rng = info.path / f"rng-{dist.get_rank():05d}.pt"
+        rng = info.path / rng_file(dist.get_rank())
         if folder == info.path and rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(json.loads(rng.read_text()))
+        elif folder == info.path and rng.with_suffix(".pt").exists():  # written before RNG state was JSON
+            _set_rng_state(load(rng.with_suffix(".pt")))
+
+
+def info_of(path: Path) -> CheckpointInfo:
+    meta = read_meta(path)
+    return CheckpointInfo(path, meta["step"], meta["healthy"], meta)

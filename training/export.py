@@ -22,27 +22,22 @@ import torch
 
 from data_prep.shards import read_manifest
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import CHECKPOINT_META as META
 from pipeline.ground.names import TOKENIZER_FILE, UNIVERSAL
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
+from training.safe_load import load, read_meta, vet
 
 
 def convert_to_universal(checkpoint: Path, target: Path) -> None:
-    """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions)."""
+    """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions), on files
+    vetted first: it unpickles them freely."""
+    vet(checkpoint)
     result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                              str(checkpoint), "--output_folder", str(target), "--num_extract_workers", "1",
                              "--num_merge_workers", "1"], capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"cannot convert checkpoint {checkpoint} (ZeRO stage 0 checkpoints cannot be merged; "
                         f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}")
-
-
-def read_meta(checkpoint: Path) -> dict[str, Any]:
-    path = Path(checkpoint) / META
-    if not path.exists():
-        raise UserError(f"{checkpoint} is not a Crucible checkpoint (no {META})")
-    return json.loads(path.read_text())
 
 
 def tokenizer_record(meta: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +58,33 @@ def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         state = {}
         for folder in sorted((universal / "zero").iterdir()):
             if folder.is_dir() and (folder / "fp32.pt").exists():
-                tensor = torch.load(folder / "fp32.pt", weights_only=False)["param"]
+                tensor = load(folder / "fp32.pt")["param"]
                 state[canonical_name(folder.name, n_layers)] = tensor.float().contiguous()
     return state, meta
 
 
+def prepare_output(output: Path, force: bool) -> None:
+    """An export goes into a new or empty folder; writing over another needs `force`."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file: give a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise UserError(f"--output {output} is not empty: give a new folder, or --force to write over its files")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot make the folder ({exc.strerror})") from None
+
+
 def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Path:
+    """One safetensors file of the single-process model's weights; the model config and step ride
+    in its metadata (as JSON), so reading it back never unpickles."""
+    from safetensors.torch import save_file
+
     state, meta = consolidate(checkpoint)
     output.mkdir(parents=True, exist_ok=True)
-    target = output / "model.pt"
-    torch.save({"state_dict": {k: v.to(dtype) for k, v in state.items()}, "config": meta["config"],
-                "step": meta["step"]}, target)
+    target = output / "model.safetensors"
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(target),
+              metadata={"config": json.dumps(meta["config"]), "step": str(meta["step"])})
     return target
 
 

@@ -7,6 +7,7 @@ each step attending over the cached keys and values instead of recomputing the p
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -61,9 +62,14 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     model, meta = load_model(checkpoint)
     eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
+    context = meta["seq_len"]
     samples = []
     for prompt in cfg.prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
+        if len(ids) > context:
+            print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
+                  f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
+            ids = ids[-context:]
         samples.append((prompt, tokenizer.decode(generate(model, ids, cfg, tokenizer.get_vocab_size(), eod))))
     return samples
 

@@ -1,0 +1,194 @@
+"""Hostile and damaged checkpoints: no code runs from them, nothing is overwritten, every refusal is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.ground.hashing import file_sha256
+from tests.conftest import REPO, torchrun
+
+SMALL = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
+         "--set", "train.warmup_steps=2", "--set", "train.decay_steps=8", "--set", "train.peak_tflops=1"]
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates `marker`: what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crucible(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The one-line message of a refusal (exit status 2, no traceback) that contains every needle."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("crucible")]
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), result.stderr[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rehash(checkpoint: Path) -> None:
+    """Record the files' current hashes, as someone who planted a file would."""
+    meta_path = checkpoint / "crucible.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"] = {name: file_sha256(checkpoint / name) for name in meta["files"]}
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with checkpoints at steps 2 and 4 (ZeRO-1, one process)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *SMALL, "--set", "train.max_steps=4",
+             "--set", "checkpoint.interval=2")
+    return run
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run to damage."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def test_payload_in_either_pickle_format_is_refused_naming_the_file(tmp_path: Path) -> None:
+    from training.safe_load import UnsafeCheckpoint, load
+
+    marker = tmp_path / "ran"
+    plain, zipped, raw = tmp_path / "plain.pt", tmp_path / "zipped.pt", tmp_path / "raw.pt"
+    torch.save({"module": {"w": torch.ones(2)}}, plain)
+    torch.save({"module": {"w": torch.ones(2)}, "extra": Payload(marker)}, zipped)
+    raw.write_bytes(pickle.dumps(Payload(marker)))
+    for path in (zipped, raw):
+        with pytest.raises(UnsafeCheckpoint, match=f"refused to load {path}"):
+            load(path)
+    assert not marker.exists()
+    assert load(plain)["module"]["w"].sum() == 2
+
+
+def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_runs(run: Path, tiny_shards: Path,
+                                                                                   tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    checkpoints = run / "checkpoints"
+    planted = sorted(checkpoints.rglob("*.pt"))
+    assert planted, "the run has DeepSpeed files to plant payloads in"
+    for path in planted:
+        torch.save({"module": {}, "payload": Payload(marker)}, path)
+    for checkpoint in checkpoints.glob("step-*"):
+        rehash(checkpoint)
+    before = snapshot(checkpoints)
+    newest = checkpoints / "step-00000004"
+
+    resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6")
+    resumed_from = crucible("train", "--data", tiny_shards, "--output", tmp_path / "elsewhere", *SMALL,
+                            "--set", "train.max_steps=6", "--resume", checkpoints / "step-00000002")
+    generated = crucible("generate", "--checkpoint", newest, "--prompt", "The", "--max-new-tokens", "4")
+    exported = crucible("export", "--checkpoint", newest, "--output", tmp_path / "hf")
+    for result in (resumed, resumed_from, generated, exported):
+        line = refused(result, "refused to load", str(checkpoints))
+        assert any(str(path) in line for path in planted), line
+    assert not marker.exists(), "a payload ran"
+    assert snapshot(checkpoints) == before
+
+
+def test_checkpoints_present_but_none_loadable_stop_train_and_are_kept(run: Path, tiny_shards: Path) -> None:
+    checkpoints = run / "checkpoints"
+    for model_file in checkpoints.glob("step-*/mp_rank_00_model_states.pt"):
+        model_file.unlink()
+    before, metrics = snapshot(checkpoints), (run / "metrics.jsonl").read_text()
+    result = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6")
+    refused(result, "none can be loaded", "--resume none", "mp_rank_00_model_states.pt is missing")
+    assert snapshot(checkpoints) == before
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_torn_crucible_json_is_skipped_by_train_and_named_by_generate(run: Path, tiny_shards: Path) -> None:
+    from training.checkpoint import Checkpointer
+    from training.config import CheckpointConfig
+
+    torn = run / "checkpoints" / "step-00000004"
+    (torn / "crucible.json").write_text('{"step": 4, "files": {')
+    assert [c.step for c in Checkpointer(run, CheckpointConfig(), rank=0).published()] == [2]
+    assert Checkpointer(run, CheckpointConfig(), rank=0).latest() is None  # `run` then samples nothing
+
+    generated = crucible("generate", "--checkpoint", torn, "--prompt", "The")
+    refused(generated, str(torn / "crucible.json"), "damaged")
+    result = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6",
+                      "--set", "checkpoint.interval=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(torn / "crucible.json") in result.stdout
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "resume"] == [2]
+    assert json.loads((torn / "crucible.json").read_text())["step"] == 4, "redone from step 2 and saved again"
+
+
+def test_disk_full_during_a_save_names_the_folder_and_the_free_space(tiny_shards: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        result = crucible("train", "--data", tiny_shards, "--output", small / "run", *SMALL,
+                          "--set", "train.max_steps=2")
+        line = refused(result, str(small / "run" / "checkpoints" / ".staging" / "step-00000002"), "MiB free",
+                       "disk is full")
+        assert "basic_ios" not in line
+        assert not (small / "run" / "checkpoints" / ".staging" / "step-00000002").exists(), "space given back"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_export_refuses_a_file_and_a_non_empty_folder_unless_forced(trained: Path, tmp_path: Path) -> None:
+    checkpoint = trained / "checkpoints" / "step-00000004"
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("keep me")
+    refused(crucible("export", "--checkpoint", checkpoint, "--output", a_file), "is a file")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("an earlier export")
+    refused(crucible("export", "--checkpoint", checkpoint, "--output", folder, "--format", "consolidated"),
+            "not empty", "--force")
+    assert (folder / "model.safetensors").read_text() == "an earlier export"
+    forced = crucible("export", "--checkpoint", checkpoint, "--output", folder, "--format", "consolidated", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as exported:
+        assert json.loads(exported.metadata()["config"])["model"]["n_layers"] == 4
+        assert exported.metadata()["step"] == "4"
+
+
+def test_generate_checks_tokenizer_prompt_length_and_flags(trained: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    checkpoint = trained / "checkpoints" / "step-00000004"
+    other = tmp_path / "other-tokenizer.json"
+    other.write_text(json.dumps(json.loads((tiny_shards / "tokenizer.json").read_text()) | {"added_tokens": []}))
+    refused(crucible("generate", "--checkpoint", checkpoint, "--tokenizer", other), str(other), "is not the one")
+    refused(crucible("generate", "--checkpoint", checkpoint, "--max-new-tokens", "-5"), "--max-new-tokens -5")
+
+    long_prompt = " ".join(["history"] * 200)  # well over the 64 tokens the model was trained on
+    result = crucible("generate", "--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens", "3",
+                      "--temperature", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "longer than the 64 the model was trained on; keeping its last 64" in result.stderr
