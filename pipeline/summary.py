@@ -128,16 +128,17 @@ def print_local_status(status: LocalStatus) -> None:
         console.print(table)
         incomplete = [step for step, total, done in status.steps if done < total]
         if status.published and not incomplete:
-            console.print(f"prep: finished; outputs in {status.prep} (clean/, shards/, stats.json)")
+            console.print(f"prep: finished; outputs in {status.prep} (clean/, shards/, stats.json)", soft_wrap=True)
         else:
             console.print(f"prep: not finished ({', '.join(incomplete) or 'publishing'} left); rerun the same "
-                          f"`crucible prep` (or `run`) command to resume from the markers")
+                          f"`crucible prep` (or `run`) command to resume from the markers", soft_wrap=True)
     if status.train is not None:
         last = status.last_metrics
         progress = (f"step {last['step']}, loss {last['loss']:.4f}" + (f", validation loss {last['val_loss']:.4f}"
                     if "val_loss" in last else "")) if last else "no step logged yet"
-        console.print(f"training in {status.train}: {progress}; latest checkpoint: {status.latest_checkpoint or 'none'}")
+        console.print(f"training in {status.train}: {progress}; latest checkpoint: {status.latest_checkpoint or 'none'}",
+                      soft_wrap=True)
         notable = [e for e in status.events if e["event"] != "save"][-5:]
         for event in notable:
             detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
-            console.print(f"  step {event.get('step', '?')}: {event['event']} ({detail})")
+            console.print(f"  step {event.get('step', '?')}: {event['event']} ({detail})", soft_wrap=True)
