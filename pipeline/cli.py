@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = verbs.add_parser("generate", help="sample text from a checkpoint (KV cache), any training layout")
     _common(generate)
-    generate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    generate.add_argument("--checkpoint", type=Path, required=True,
+                          help="a checkpoint folder (RUN/checkpoints/step-N), or a run folder for its newest checkpoint")
     generate.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
                           "replaces samples.prompts)")
     generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
@@ -203,10 +204,29 @@ def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
 SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", "seed")  # generate's, as samples.*
 
 
+def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
+    """A checkpoint folder from what a user points at: the folder itself, `latest`, a run's
+    `checkpoints/` folder or the run folder (then its newest loadable checkpoint)."""
+    from pipeline.ground.names import CHECKPOINT_META
+    from training.checkpoint import Checkpointer
+
+    if (path / CHECKPOINT_META).exists() or not path.exists():
+        return path
+    run = path.parent.parent if path.name == "latest" else path.parent if path.name == "checkpoints" else path
+    latest = Checkpointer(run, config.checkpoint, rank=0).latest()
+    if latest is None:
+        steps = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+        raise UserError(f"{path} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else
+                        "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"))
+    return latest.path
+
+
 def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from training.generate import sample_texts
+
+    args.checkpoint = _checkpoint_in(args.checkpoint, config)
 
     samples = config.samples
     for key in SAMPLING_FLAGS:

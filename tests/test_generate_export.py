@@ -68,6 +68,7 @@ def test_hf_export_matches_logits_and_generates_offline(model_and_meta, pipeline
     model, _ = model_and_meta
     out = save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32,
                   SamplesConfig())
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644, "readable by others"
     hf = LlamaForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32).eval()
     torch.manual_seed(1)
     tokens = torch.randint(2, 500, (2, 40))

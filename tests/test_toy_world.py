@@ -85,3 +85,25 @@ def test_hf_export_carries_the_shards_special_tokens_and_sampling(toy_run: Path,
     assert (tokenizer["bos_token"], tokenizer["eos_token"], tokenizer["pad_token"]) == ("END", "END", "<|pad|>")
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation == {"eos_token_id": end, "pad_token_id": pad, "max_new_tokens": 5, "do_sample": False}
+
+
+def test_generate_takes_a_run_folder_or_latest_and_names_the_step(toy_run: Path) -> None:
+    for where in (toy_run / "run", toy_run / "run" / "checkpoints" / "latest"):
+        out = crucible("generate", "--checkpoint", str(where), "--prompt", "cat", "--set", "samples.temperature=0")
+        assert f"samples from {final_checkpoint(toy_run).name}" in out
+
+
+def test_decoding_never_ends_inside_a_character() -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from training.generate import decode_whole_characters
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(["plain text"], trainers.BpeTrainer(
+        vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    ids = tokenizer.encode("café 日本").ids  # byte tokens: the last character is three of them
+    assert tokenizer.decode(ids[:-1]).endswith("\ufffd"), "the cut falls inside a character"
+    assert decode_whole_characters(tokenizer, ids[:-1]) == "café 日"
+    assert decode_whole_characters(tokenizer, ids) == "café 日本"

@@ -85,6 +85,7 @@ def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Pat
     target = output / "model.safetensors"
     save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(target),
               metadata={"config": json.dumps(meta["config"]), "step": str(meta["step"])})
+    target.chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     return target
 
 
@@ -128,6 +129,7 @@ def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.d
     output.mkdir(parents=True, exist_ok=True)
     tensors = {hf_name(k): v.to(dtype).contiguous() for k, v in state.items()}
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
+    (output / "model.safetensors").chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     config = llama_config(meta, eod_id, pad_id) | {"torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
     (output / "config.json").write_text(json.dumps(config, indent=2))
     shutil.copy(tokenizer_file, output / TOKENIZER_FILE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,8 +71,20 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> 
             print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
                   f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
             ids = ids[-context:]
-        samples.append((prompt, tokenizer.decode(generate(model, ids, cfg, tokenizer.get_vocab_size(), eod))))
+        samples.append((prompt, decode_whole_characters(tokenizer, generate(model, ids, cfg,
+                                                                             tokenizer.get_vocab_size(), eod))))
     return samples
+
+
+def decode_whole_characters(tokenizer: Any, ids: list[int]) -> str:
+    """Text of `ids` without a character cut in half at the end: byte-level tokens can stop inside a
+    multi-byte UTF-8 character (the budget of new tokens ran out), which would decode as U+FFFD."""
+    text = tokenizer.decode(ids)
+    for cut in range(1, min(4, len(ids)) + 1):
+        if not text.endswith("\ufffd"):
+            break
+        text = tokenizer.decode(ids[:-cut])
+    return text
 
 
 @torch.no_grad()
