@@ -30,10 +30,9 @@ from training.model import (
     attention_mask,
     document_block_mask,
     lm_loss,
-    padded_vocab,
 )
 from training.parallel import tp_config_single
-from training.plan import estimate
+from training.plan import estimate, padded_vocab
 
 STEPS = 20
 
@@ -287,7 +286,8 @@ def test_plan_counts_activations_and_time_for_each_recomputation_choice() -> Non
     def plan(choice: str):
         config = load_config(None, ["model.preset=1b", "plan.seq_len=2048", "train.micro_batch_size=4",
                                     f"parallel.activation_checkpointing={choice}"])
-        return estimate(config.model, config.parallel, config.train, config.plan)
+        return estimate(config.model, config.parallel, config.train, config.plan, config.plan_gpus(),
+                        config.plan_seq_len(), config.plan_vocab_size())
 
     none, selective, full = plan("none"), plan("selective"), plan("full")
     acts = none.activation_bytes
