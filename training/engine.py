@@ -57,6 +57,7 @@ class StepResult:
     grad_norm: float | None  # None where DeepSpeed does not report one (ZeRO stage 0)
     lr: float
     seconds: float
+    tokens: int  # valid (non-padding) targets of the global batch
 
 
 class Trainer:
@@ -86,7 +87,6 @@ class Trainer:
         self.loader = DistributedLoader(self.train_data, train_cfg.micro_batch_size, self.layout.dp_rank, self.dp,
                                         seed=train_cfg.data_seed, rows_per_step=train_cfg.global_batch_size)
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
-        self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))
@@ -96,7 +96,7 @@ class Trainer:
         self.events = EventLog(self.run_dir, enabled=is_rank0)
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
         self.hooks: list[Hook] = build_hooks(config)
-        self.step, self.rollbacks = 0, 0
+        self.step, self.rollbacks, self.tokens = 0, 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
         if start is not None:
@@ -142,7 +142,7 @@ class Trainer:
 
     def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
         self.checkpointer.load(self.engine, info, universal)
-        self.step, self.rollbacks = info.step, info.meta.get("rollbacks", 0)
+        self.step, self.rollbacks, self.tokens = info.step, info.meta.get("rollbacks", 0), info.meta["tokens"]
         self.loader.load_state_dict(info.meta["loader"])
         self.events.log({"event": "resume", "step": info.step, "checkpoint": info.path.name,
                          "universal": universal is not None})
@@ -158,31 +158,49 @@ class Trainer:
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
         return inputs, batch.targets.to(device)
 
-    def _dp_mean(self, value: torch.Tensor) -> float:
+    def _dp_sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.dp > 1:
             dist.all_reduce(value, group=parallel.parallel_state.get_data_parallel_group())
-            value = value / self.dp
-        return float(value)
+        return value
+
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        return float(self._dp_sum(value) / self.dp)
+
+    def _token_weighted(self, batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+                        ) -> tuple[list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]], int]:
+        """Each micro-batch with its loss denominator, and the valid targets of the global batch.
+
+        The engine averages micro-batch losses over the micro-batches of a rank and over DP
+        ranks; dividing each summed loss by (valid targets of the global batch) / (micro-batches
+        x DP) makes that average the mean over every valid target, so a row of 165 real targets
+        weighs less than one of 256, whichever micro-batch or rank holds it.
+        """
+        valid = sum((targets != self.pad_id).sum() for _, targets in batches)
+        total = int(self._dp_sum(valid))
+        denominator = torch.tensor(max(total, 1) / (len(batches) * self.dp), device=self.layout.device)
+        return [(inputs, (targets, denominator)) for inputs, targets in batches], total
 
     def train_step(self) -> StepResult:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
-        micro_batches = [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)]
+        micro_batches, tokens = self._token_weighted(
+            [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)])
         if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
             total = torch.zeros((), device=self.layout.device)
-            for inputs, targets in micro_batches:
-                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id)
+            for inputs, (targets, denominator) in micro_batches:
+                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
                 self.engine.backward(loss_t)
                 self.engine.step()
                 total += loss_t.detach().float()
             loss = self._dp_mean(total / self.grad_accum)
         grad_norm = self.engine.get_global_grad_norm()
         self.step += 1
+        self.tokens += tokens
         return StepResult(self.step, loss, None if grad_norm is None else float(grad_norm), lr,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, tokens)
 
     def _val_loader(self) -> DistributedLoader:
         return DistributedLoader(self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
@@ -190,27 +208,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the same `eval_batches` global batches of validation rows, whatever the layout."""
+        """Mean loss per valid target over the same `eval_batches` global batches of validation rows,
+        whatever the layout."""
         loader = self._val_loader()
         steps = self.config.train.eval_batches * self.grad_accum
-        batches = [self._to_device(loader.next_batch()) for _ in range(steps)]
+        batches, _ = self._token_weighted([self._to_device(loader.next_batch()) for _ in range(steps)])
         if self.config.parallel.pp > 1:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
         self.engine.eval()
         total = torch.zeros((), device=self.layout.device)
-        for inputs, targets in batches:
-            total += lm_loss(self.engine(*inputs), targets, self.pad_id).float()
+        for inputs, (targets, denominator) in batches:
+            total += lm_loss(self.engine(*inputs), targets, self.pad_id, denominator).float()
         self.engine.train()
         return self._dp_mean(total / len(batches))
 
     # -- bookkeeping -----------------------------------------------------------------------
 
     def make_record(self, result: StepResult) -> dict[str, Any]:
-        tokens_per_s = self.tokens_per_step / result.seconds
+        """`tokens`, `tokens_per_s` and MFU count valid targets only: padding is neither learned nor credited."""
+        tokens_per_s = result.tokens / result.seconds
         return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
-                "step_seconds": result.seconds, "tokens": result.step * self.tokens_per_step}
+                "step_seconds": result.seconds, "tokens": self.tokens}
 
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
@@ -224,7 +244,7 @@ class Trainer:
 
     def save(self, reason: str) -> Path:
         meta = {
-            "loader": self.loader.state_dict(), "tokens": self.step * self.tokens_per_step,
+            "loader": self.loader.state_dict(), "tokens": self.tokens,
             # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
             "healthy": True, "rollbacks": self.rollbacks, "reason": reason,
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
@@ -261,7 +281,7 @@ class Trainer:
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
         self.checkpointer.load(self.engine, target)
-        self.step = target.step
+        self.step, self.tokens = target.step, target.meta["tokens"]
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
         schedule = self.scheduler.lr_lambdas[0]
         schedule.damp(self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)

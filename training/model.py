@@ -242,11 +242,14 @@ class Head(nn.Module):
         return self.proj(inputs[0])[0]
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Mean cross entropy over non-padding targets, computed on vocab-parallel logits."""
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
+            denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy summed over non-padding targets, computed on vocab-parallel logits, over
+    `denominator`: by default their count (the mean); the trainer passes its share of the valid
+    targets of the whole global batch, so that every token weighs the same (see `Trainer.train_step`)."""
     per_token = vocab_parallel_cross_entropy(logits.float(), targets)
     mask = (targets != pad_id).float()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if denominator is None else denominator)
 
 
 class GPT(nn.Module):
