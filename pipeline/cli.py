@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
 
+    evaluate = verbs.add_parser("eval", help="score task files on a checkpoint (and with lm-evaluation-harness)",
+                                epilog="A task's name is its file's stem. --harness needs the eval extra "
+                                       "(pip install -e '.[eval]') and runs fully offline.")
+    _common(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    evaluate.add_argument("--tasks", nargs="+", type=Path, metavar="FILE",
+                          help="task files, JSONL or Parquet (default: eval.tasks)")
+    evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
+    evaluate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    evaluate.add_argument("--harness", action="store_true",
+                          help="also run lm-evaluation-harness on the Hugging Face export and compare")
+    evaluate.add_argument("--hf", type=Path, help="with --harness: an existing export of this checkpoint "
+                                                  "(default: export to a temporary folder)")
+
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
 
@@ -173,6 +187,39 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
+
+
+def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    import tempfile
+
+    import torch
+
+    from pipeline.ground.atomic import write_json
+    from pipeline.summary import print_task_results
+    from training.evaluate import evaluate_checkpoint
+    from training.export import read_meta, save_hf
+    from training.tasks import load_tasks
+
+    tasks = load_tasks(args.tasks or config.eval.tasks, config.eval.max_items)
+    if not tasks:
+        raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks")
+    tokenizer = _tokenizer_of(args.checkpoint, args.tokenizer)
+    ours = evaluate_checkpoint(args.checkpoint, tasks, tokenizer)
+    report = {"checkpoint": str(args.checkpoint), "step": read_meta(args.checkpoint)["step"],
+              "tasks": {name: {k: v for k, v in r.items() if k != "requests"} for name, r in ours.items()}}
+    print_task_results(report["tasks"], f"tasks at step {report['step']} ({args.checkpoint})")
+    if args.harness:
+        from training.harness import run_harness
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = args.hf or save_hf(args.checkpoint, Path(tmp) / "hf", tokenizer, torch.float32, config.samples)
+            theirs = run_harness(hf, tasks, config.eval.max_items)
+        report["harness"] = {name: {k: v for k, v in r.items() if k != "requests"} | {"max_abs_ll_difference": max(
+            abs(a[0] - b[0]) for a, b in zip(ours[name]["requests"], r["requests"]))} for name, r in theirs.items()}
+        print_task_results(report["harness"], "lm-evaluation-harness on the Hugging Face export")
+    if args.output:
+        write_json(args.output, report)
+        print(f"results: {args.output}")
 
 
 def _plan(config: CrucibleConfig) -> None:
@@ -337,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
             _plan(config)
+        elif args.verb == "eval":
+            _eval(config, args)
         elif args.verb == "generate":
             _generate(config, args)
         elif args.verb == "export":

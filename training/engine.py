@@ -37,6 +37,8 @@ from training.init import init_weights
 from training.metrics import MetricsLog, flops_per_token, measure_peak_flops
 from training.model import lm_loss, padded_vocab
 from training.optim import apply_schedule_now, build_optimizer
+from training.scoring import encode_tasks, score
+from training.tasks import load_tasks, metrics
 
 
 def _fmt(value: float | None) -> str:
@@ -75,6 +77,8 @@ class Trainer:
         if vocab < tokenizer["vocab_size"]:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
+        self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"])
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         self.layout = parallel.init_distributed(parallel_cfg)
         self.dtype = compute_dtype(train_cfg.precision)
@@ -222,6 +226,32 @@ class Trainer:
         self.engine.train()
         return self._dp_mean(total / len(batches))
 
+    def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor | None:
+        """Vocab-parallel logits of one micro-batch; None on pipeline stages other than the last."""
+        if self.config.parallel.pp > 1:
+            _, logits = self.engine.eval_batch(iter([((inputs, positions, segments), targets)]), return_logits=True,
+                                               compute_loss=False, reduce_output=None, bcast_loss=False,
+                                               num_micro_batches=1)
+            return logits if self.engine.is_last_stage() else None
+        return self.engine(inputs, positions, segments)
+
+    def evaluate_tasks(self) -> dict[str, float]:
+        """`eval/<task>/<metric>` of every task, items dealt over DP ranks, and the seconds it took
+        (`eval_seconds`, outside the step time that throughput is measured on)."""
+        started = time.perf_counter()
+        self.engine.eval()
+        flat = [pair for pairs in self.task_requests for pair in pairs]
+        scores = score(self._logits, flat, self.seq_len, self.config.train.micro_batch_size, self.pad_id,
+                       self.layout.device, self.layout.dp_rank, self.dp, not self.config.model.document_masking)
+        self.engine.train()
+        record: dict[str, float] = {}
+        for task, pairs in zip(self.tasks, self.task_requests):
+            results = metrics(task, scores[:len(pairs)])
+            scores = scores[len(pairs):]
+            record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
+        return record | {"eval_seconds": time.perf_counter() - started}
+
     # -- bookkeeping -----------------------------------------------------------------------
 
     def make_record(self, result: StepResult) -> dict[str, Any]:
@@ -238,6 +268,7 @@ class Trainer:
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or len(record) > 8):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
+            extra += "".join(f" | {k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
             print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                   f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s | "
                   f"MFU {100 * record['mfu']:.1f}%", flush=True)
@@ -318,6 +349,8 @@ class Trainer:
                 record["val_loss"] = self.evaluate()
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
+            if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):
+                record |= self.evaluate_tasks()
             self.log_record(record)
             records.append(record)
             interval = self.config.checkpoint.interval
