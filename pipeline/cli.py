@@ -284,7 +284,8 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     import time
 
     from launch.torchrun import local_train_command
-    from pipeline.report import build_report
+    from pipeline.report import _jsonl, build_report
+    from pipeline.summary import print_task_results, task_results
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
 
@@ -304,6 +305,11 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     samples = sample_texts(latest.path, _tokenizer_of(latest.path, None), config.samples) if latest else []
     report = build_report(args.output, samples, config, timings)
     _print_samples(samples)
+    results, eval_seconds = task_results(_jsonl(args.output / "train" / "metrics.jsonl"))
+    if results:
+        print_task_results(results, "tasks at the last evaluation")
+        print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
+              f"not counted in tokens/s or MFU")
     print(f"report: {report} (and report.md)")
     return 0
 

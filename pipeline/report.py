@@ -218,7 +218,7 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
         gn_ax.plot(*zip(*norms), color=PURPLE)
     gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
     tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
-    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU")
+    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU (valid tokens)")
     mfu_ax = tps_ax.twinx()
     mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
     mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
@@ -231,7 +231,7 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
         last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
         f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
     page.table(["", "median", "min", "max"], [
-        ["tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
+        ["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
         ["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"]])
 
 
@@ -253,6 +253,10 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     page.figure(fig, "evals.png", "task scores over training")
     page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
+    timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
+    if timed:
+        page.paragraph(f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
+                       f"the step times that tokens/s and MFU are measured on.")
 
 
 def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:

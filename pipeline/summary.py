@@ -132,3 +132,15 @@ def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
     for name, r in results.items():
         table.add_row(name, f"{r.get('items', '')}", *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
     _console().print(table)
+
+
+def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
+    """The last `eval/<task>/<metric>` values of a run's metrics, and the seconds all task
+    evaluations took (`eval_seconds`, kept out of the step times)."""
+    results: dict[str, dict[str, float]] = {}
+    for record in metrics:
+        for key, value in record.items():
+            if key.startswith("eval/"):
+                task, metric = key[len("eval/"):].rsplit("/", 1)
+                results.setdefault(task, {})[metric] = value
+    return results, sum(record.get("eval_seconds", 0.0) for record in metrics)
