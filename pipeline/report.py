@@ -247,7 +247,8 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     page.heading("Evaluation")
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for name, points in sorted(series.items()):
-        ax.plot(*zip(*points), "o-", label=name)
+        if not name.endswith("perplexity"):  # unbounded: listed below, not drawn on the scores' axis
+            ax.plot(*zip(*points), "o-", label=name)
     ax.set(xlabel="step", ylabel="score", title="task scores over training")
     ax.legend(fontsize=8)
     fig.tight_layout()

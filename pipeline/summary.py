@@ -124,13 +124,13 @@ def print_local_status(status: LocalStatus) -> None:
 
 def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
     """One row per task: its kind, items and scores (`eval`, and `run` after training)."""
-    metrics = ("acc", "acc_norm", "perplexity", "max_abs_ll_difference")
+    metrics = ("items", "acc", "acc_norm", "perplexity", "max_abs_ll_difference")
     shown = [m for m in metrics if any(m in r for r in results.values())]
     table = Table(title=title)
-    for header in ("task", "items", *shown):
+    for header in ("task", *shown):
         table.add_column(header, justify="left" if header == "task" else "right")
     for name, r in results.items():
-        table.add_row(name, f"{r.get('items', '')}", *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
+        table.add_row(name, *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
     _console().print(table)
 
 
