@@ -229,10 +229,10 @@ class Trainer:
     def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor | None:
         """Vocab-parallel logits of one micro-batch; None on pipeline stages other than the last."""
-        if self.config.parallel.pp > 1:
-            _, logits = self.engine.eval_batch(iter([((inputs, positions, segments), targets)]), return_logits=True,
-                                               compute_loss=False, reduce_output=None, bcast_loss=False,
-                                               num_micro_batches=1)
+        if self.config.parallel.pp > 1:  # the loss is computed and dropped: the engine adds it to its running total
+            labels = (targets, torch.ones((), device=targets.device))
+            _, logits = self.engine.eval_batch(iter([((inputs, positions, segments), labels)]), return_logits=True,
+                                               bcast_loss=False, num_micro_batches=1)
             return logits if self.engine.is_last_stage() else None
         return self.engine(inputs, positions, segments)
 
