@@ -105,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--model", type=Path, help="eval: a model.bin")
     classifier.add_argument("--data", type=Path, help="eval: JSONL with `text` and `label` (true/false)")
 
+    evaluate = verbs.add_parser("eval", help="score task files on a checkpoint (and with lm-evaluation-harness)",
+                                epilog="A task's name is its file's stem. --harness needs the eval extra "
+                                       "(pip install -e '.[eval]') and runs fully offline.")
+    _common(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    evaluate.add_argument("--tasks", nargs="+", type=Path, metavar="FILE",
+                          help="task files, JSONL or Parquet (default: eval.tasks)")
+    evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
+    evaluate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    evaluate.add_argument("--harness", action="store_true",
+                          help="also run lm-evaluation-harness on the Hugging Face export and compare")
+    evaluate.add_argument("--hf", type=Path, help="with --harness: an existing export of this checkpoint "
+                                                  "(default: export to a temporary folder)")
+
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
     plan.add_argument("--data", type=Path, help="shards folder: with train.mixture, the epochs of each source "
@@ -324,6 +338,39 @@ def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None
                       f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run")
 
 
+def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
+    import tempfile
+
+    import torch
+
+    from pipeline.ground.atomic import write_json
+    from pipeline.summary import print_task_results
+    from training.evaluate import evaluate_checkpoint
+    from training.export import read_meta, save_hf
+    from training.tasks import load_tasks
+
+    tasks = load_tasks(args.tasks or config.eval.tasks, config.eval.max_items)
+    if not tasks:
+        raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks")
+    tokenizer = _tokenizer_of(args.checkpoint, args.tokenizer)
+    ours = evaluate_checkpoint(args.checkpoint, tasks, tokenizer)
+    report = {"checkpoint": str(args.checkpoint), "step": read_meta(args.checkpoint)["step"],
+              "tasks": {name: {k: v for k, v in r.items() if k != "requests"} for name, r in ours.items()}}
+    print_task_results(report["tasks"], f"tasks at step {report['step']} ({args.checkpoint})")
+    if args.harness:
+        from training.harness import run_harness
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = args.hf or save_hf(args.checkpoint, Path(tmp) / "hf", tokenizer, torch.float32, config.samples)
+            theirs = run_harness(hf, tasks, config.eval.max_items)
+        report["harness"] = {name: {k: v for k, v in r.items() if k != "requests"} | {"max_abs_ll_difference": max(
+            abs(a[0] - b[0]) for a, b in zip(ours[name]["requests"], r["requests"]))} for name, r in theirs.items()}
+        print_task_results(report["harness"], "lm-evaluation-harness on the Hugging Face export")
+    if args.output:
+        write_json(args.output, report)
+        print(f"results: {args.output}")
+
+
 def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
     from rich.table import Table
 
@@ -404,7 +451,9 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     import time
 
     from launch.torchrun import local_train_command
+    from pipeline.ground.markers import read_jsonl
     from pipeline.report import build_report
+    from pipeline.summary import print_task_results, task_results
     from pipeline.toy_world import toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
@@ -429,6 +478,11 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     report = build_report(args.output, samples, config, timings, toy)
     _print_samples(samples, "samples from the final checkpoint")
     _print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
+    results, eval_seconds = task_results(read_jsonl(args.output / "train" / "metrics.jsonl"))
+    if results:
+        print_task_results(results, "tasks at the last evaluation")
+        print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
+              f"not counted in tokens/s or MFU")
     print(f"run finished: prep {timings['prep']:.0f} s, training {timings['training']:.0f} s; "
           f"report: {report} (and report.md)")
     if latest:
@@ -518,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             _plan(config, args.data)
         elif args.verb == "classifier":
             _classifier(config, args)
+        elif args.verb == "eval":
+            _eval(config, args)
         elif args.verb == "generate":
             _generate(config, args)
         elif args.verb == "export":

@@ -26,7 +26,8 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.ground.atomic import write_text  # noqa: E402
+from pipeline.ground.atomic import write_text
+from pipeline.ground.markers import read_jsonl  # noqa: E402
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
 EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
@@ -87,9 +88,6 @@ class Page:
     def markdown(self) -> str:
         return f"# {self.title}\n\n" + "\n\n".join(md for _, md in self.blocks) + "\n"
 
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _seconds(value: float) -> str:
@@ -227,7 +225,7 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
         gn_ax.plot(*zip(*norms), color=PURPLE)
     gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
     tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
-    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU")
+    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU (valid tokens)")
     mfu_ax = tps_ax.twinx()
     mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
     mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
@@ -240,7 +238,7 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
         last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
         f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
     page.table(["", "median", "min", "max"], [
-        ["tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
+        ["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
         ["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"]])
 
 
@@ -256,12 +254,17 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     page.heading("Evaluation")
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for name, points in sorted(series.items()):
-        ax.plot(*zip(*points), "o-", label=name)
+        if not name.endswith("perplexity"):  # unbounded: listed below, not drawn on the scores' axis
+            ax.plot(*zip(*points), "o-", label=name)
     ax.set(xlabel="step", ylabel="score", title="task scores over training")
     ax.legend(fontsize=8)
     fig.tight_layout()
     page.figure(fig, "evals.png", "task scores over training")
     page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
+    timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
+    if timed:
+        page.paragraph(f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
+                       f"the step times that tokens/s and MFU are measured on.")
 
 
 def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
@@ -342,7 +345,7 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`."""
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     train_dir = run_dir / "train"
-    metrics, events = _jsonl(train_dir / "metrics.jsonl"), _jsonl(train_dir / "events.jsonl")
+    metrics, events = read_jsonl(train_dir / "metrics.jsonl"), read_jsonl(train_dir / "events.jsonl")
     page = Page(f"Run report: {run_dir.resolve().name}")
     _context(page, run_dir, config, stats, metrics, timings or {})
     _data(page, stats)

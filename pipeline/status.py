@@ -8,7 +8,6 @@ checkpoint pointer. Nothing is imported from the trainer, so the answer comes at
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from data_prep import registry
 from data_prep.books import marker_file
 from pipeline.ground.errors import UserError
-from pipeline.ground.markers import read_marker
+from pipeline.ground.markers import read_jsonl, read_marker
 
 
 @dataclass
@@ -53,9 +52,6 @@ def prep_steps(work: Path) -> list[tuple[str, int, int]]:
     return rows
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
 
 def local_status(folder: Path) -> LocalStatus:
     """The state of a `run`, `prep` or `train` output folder."""
@@ -67,12 +63,12 @@ def local_status(folder: Path) -> LocalStatus:
     if prep is None and train is None:
         raise UserError(f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
                         f"checkpoints/ (from train), or data/ and train/ (from run)")
-    metrics = [m for m in _jsonl(train / "metrics.jsonl") if "loss" in m] if train else []
+    metrics = [m for m in read_jsonl(train / "metrics.jsonl") if "loss" in m] if train else []
     pointer = train / "checkpoints" / "latest" if train else None
     return LocalStatus(
         folder=folder, prep=prep, steps=prep_steps(prep / "work") if prep else [],
         published=bool(prep and (prep / "stats.json").exists()), train=train,
         last_metrics=metrics[-1] if metrics else None,
         latest_checkpoint=pointer.read_text().strip() if pointer and pointer.exists() else None,
-        events=_jsonl(train / "events.jsonl") if train else [],
+        events=read_jsonl(train / "events.jsonl") if train else [],
     )

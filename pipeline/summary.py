@@ -142,3 +142,27 @@ def print_local_status(status: LocalStatus) -> None:
         for event in notable:
             detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
             console.print(f"  step {event.get('step', '?')}: {event['event']} ({detail})", soft_wrap=True)
+
+
+def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
+    """One row per task: its kind, items and scores (`eval`, and `run` after training)."""
+    metrics = ("items", "acc", "acc_norm", "perplexity", "max_abs_ll_difference")
+    shown = [m for m in metrics if any(m in r for r in results.values())]
+    table = Table(title=title)
+    for header in ("task", *shown):
+        table.add_column(header, justify="left" if header == "task" else "right")
+    for name, r in results.items():
+        table.add_row(name, *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
+    _console().print(table)
+
+
+def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
+    """The last `eval/<task>/<metric>` values of a run's metrics, and the seconds all task
+    evaluations took (`eval_seconds`, kept out of the step times)."""
+    results: dict[str, dict[str, float]] = {}
+    for record in metrics:
+        for key, value in record.items():
+            if key.startswith("eval/"):
+                task, metric = key[len("eval/"):].rsplit("/", 1)
+                results.setdefault(task, {})[metric] = value
+    return results, sum(record.get("eval_seconds", 0.0) for record in metrics)

@@ -2,7 +2,8 @@
 
 The digests and losses below were recorded with the code as it stood before the package layout
 moved to floors and a stage registry (issue 11); a change that means to alter results updates
-them on purpose, in the same commit, saying why. The manifest is compared without its
+them on purpose, in the same commit, saying why. Steps 17-20 changed with the learning-rate
+schedule fix (issue 15: the peak ran twice, so every decay step used the previous step's rate). The manifest is compared without its
 `prep_config`, which holds absolute input paths.
 """
 
@@ -29,7 +30,7 @@ RECORDED_LOSSES = [
     9.017728805541992, 9.006471633911133, 8.996767044067383, 9.0061616897583, 8.982523918151855,
     8.978652000427246, 8.97494888305664, 8.981355667114258, 8.898750305175781, 8.91082763671875,
     8.671714782714844, 8.536352157592773, 8.551628112792969, 8.46298885345459, 8.385730743408203,
-    8.290706634521484, 8.405997276306152, 8.173772811889648, 8.117321014404297, 8.305469512939453,
+    8.290706634521484, 8.411020278930664, 8.196971893310547, 8.156074523925781, 8.347511291503906,
 ]
 TINY_MODEL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=176",
               "train.global_batch_size=4", "train.micro_batch_size=2", "train.max_steps=20", "train.log_interval=1",

@@ -107,3 +107,27 @@ def test_decoding_never_ends_inside_a_character() -> None:
     assert tokenizer.decode(ids[:-1]).endswith("\ufffd"), "the cut falls inside a character"
     assert decode_whole_characters(tokenizer, ids[:-1]) == "café 日"
     assert decode_whole_characters(tokenizer, ids) == "café 日本"
+
+
+def toy_task(path: Path) -> Path:
+    """Multiple choice from the corpus: every sentence prefix that only one word follows, that word
+    against every other word of the toy vocabulary."""
+    follows: dict[str, set[str]] = {}
+    for sentence in SENTENCES:
+        words = sentence.split()
+        for cut in range(1, len(words)):
+            follows.setdefault(" ".join(words[:cut]), set()).add(words[cut])
+    items = [{"context": context, "choices": [gold] + [w for w in WORDS if w != gold], "gold": 0}
+             for context, (gold,) in ((c, n) for c, n in follows.items() if len(n) == 1)]
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def test_the_toy_model_scores_every_multiple_choice_item(toy_run: Path, tmp_path: Path) -> None:
+    from training.evaluate import evaluate_checkpoint
+    from training.tasks import load_tasks
+
+    tasks = load_tasks([toy_task(tmp_path / "toy.jsonl")])
+    assert len(tasks[0].items) >= 8
+    result = evaluate_checkpoint(final_checkpoint(toy_run), tasks, toy_run / "shards" / "tokenizer.json")["toy"]
+    assert (result["acc"], result["acc_norm"], result["items"]) == (1.0, 1.0, len(tasks[0].items))

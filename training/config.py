@@ -8,6 +8,7 @@ pipeline parallelism) are rejected here, before any process group starts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -210,6 +211,17 @@ class SamplesConfig(Section):
     seed: int = 0
 
 
+class EvalConfig(Section):
+    """Task suites scored in the training loop; `eval` scores the same files on a checkpoint."""
+
+    tasks: list[Path] = Field(default_factory=list, description=(
+        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm) "
+        "or cloze {context, target} (acc, perplexity); a task's name is its file's stem."))
+    interval: int | None = Field(None, ge=1, description="Score them every N steps and at the last; "
+                                                         "default train.eval_interval.")
+    max_items: int | None = Field(None, ge=1, description="Score only the first N items of each task.")
+
+
 class TrainingConfig(Section):
     """The sections training reads; the root config extends it, so their keys stay top-level."""
 
@@ -220,6 +232,7 @@ class TrainingConfig(Section):
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     hooks: list[HookSpec] = Field(default_factory=list, description="User hooks called by the training loop.")
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 class LayoutError(UserError):

@@ -39,6 +39,8 @@ from training.metrics import MetricsLog, measure_peak_flops
 from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
+from training.scoring import encode_tasks, score
+from training.tasks import load_tasks, metrics
 
 
 def _fmt(value: float | None) -> str:
@@ -60,6 +62,7 @@ class StepResult:
     grad_norm: float | None  # None where DeepSpeed does not report one (ZeRO stage 0)
     lr: float
     seconds: float
+    tokens: int  # valid (non-padding) targets of the global batch
 
 
 class Trainer:
@@ -77,6 +80,8 @@ class Trainer:
         if vocab < tokenizer["vocab_size"]:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
+        self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"])
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         if train_cfg.precision == "fp8":
             check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
@@ -92,7 +97,6 @@ class Trainer:
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
         self.val_sources = source_views(self.val_data, train_cfg.global_batch_size) if train_cfg.mixture else {}
-        self.tokens_per_step = train_cfg.global_batch_size * self.seq_len
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))
@@ -103,7 +107,7 @@ class Trainer:
         self.events = EventLog(self.run_dir, enabled=is_rank0)
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
         self.hooks: list[Hook] = build_hooks(config)
-        self.step, self.rollbacks = 0, 0
+        self.step, self.rollbacks, self.tokens = 0, 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
         if start is not None:
@@ -150,7 +154,7 @@ class Trainer:
 
     def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
         self.checkpointer.load(self.engine, info, universal)
-        self.step, self.rollbacks = info.step, info.meta.get("rollbacks", 0)
+        self.step, self.rollbacks, self.tokens = info.step, info.meta.get("rollbacks", 0), info.meta["tokens"]
         self.loader.load_state_dict(info.meta["loader"])
         self.events.log({"event": "resume", "step": info.step, "checkpoint": info.path.name,
                          "universal": universal is not None})
@@ -166,31 +170,49 @@ class Trainer:
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
         return inputs, batch.targets.to(device)
 
-    def _dp_mean(self, value: torch.Tensor) -> float:
+    def _dp_sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.dp > 1:
             dist.all_reduce(value, group=parallel.parallel_state.get_data_parallel_group())
-            value = value / self.dp
-        return float(value)
+        return value
+
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        return float(self._dp_sum(value) / self.dp)
+
+    def _token_weighted(self, batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+                        ) -> tuple[list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]], int]:
+        """Each micro-batch with its loss denominator, and the valid targets of the global batch.
+
+        The engine averages micro-batch losses over the micro-batches of a rank and over DP
+        ranks; dividing each summed loss by (valid targets of the global batch) / (micro-batches
+        x DP) makes that average the mean over every valid target, so a row of 165 real targets
+        weighs less than one of 256, whichever micro-batch or rank holds it.
+        """
+        valid = sum((targets != self.pad_id).sum() for _, targets in batches)
+        total = int(self._dp_sum(valid))
+        denominator = torch.tensor(max(total, 1) / (len(batches) * self.dp), device=self.layout.device)
+        return [(inputs, (targets, denominator)) for inputs, targets in batches], total
 
     def train_step(self) -> StepResult:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
-        micro_batches = [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)]
+        micro_batches, tokens = self._token_weighted(
+            [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)])
         if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
             total = torch.zeros((), device=self.layout.device)
-            for inputs, targets in micro_batches:
-                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id)
+            for inputs, (targets, denominator) in micro_batches:
+                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
                 self.engine.backward(loss_t)
                 self.engine.step()
                 total += loss_t.detach().float()
             loss = self._dp_mean(total / self.grad_accum)
         grad_norm = self.engine.get_global_grad_norm()
         self.step += 1
+        self.tokens += tokens
         return StepResult(self.step, loss, None if grad_norm is None else float(grad_norm), lr,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, tokens)
 
     def _val_loader(self, data: PackedDataset | SourceRows | None = None) -> DistributedLoader:
         return DistributedLoader(data or self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
@@ -199,28 +221,56 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: SourceRows | None = None) -> float:
-        """Mean loss over the same `eval_batches` global batches of validation rows (of one source), whatever the layout."""
+        """Mean loss per valid target over the same `eval_batches` global batches of validation rows
+        (of one source, given `data`), whatever the layout."""
         loader = self._val_loader(data)
         steps = self.config.train.eval_batches * self.grad_accum
-        batches = [self._to_device(loader.next_batch()) for _ in range(steps)]
+        batches, _ = self._token_weighted([self._to_device(loader.next_batch()) for _ in range(steps)])
         if self.config.parallel.pp > 1:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
         self.engine.eval()
         total = torch.zeros((), device=self.layout.device)
-        for inputs, targets in batches:
-            total += lm_loss(self.engine(*inputs), targets, self.pad_id).float()
+        for inputs, (targets, denominator) in batches:
+            total += lm_loss(self.engine(*inputs), targets, self.pad_id, denominator).float()
         self.engine.train()
         return self._dp_mean(total / len(batches))
+
+    def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor | None:
+        """Vocab-parallel logits of one micro-batch; None on pipeline stages other than the last."""
+        if self.config.parallel.pp > 1:  # the loss is computed and dropped: the engine adds it to its running total
+            labels = (targets, torch.ones((), device=targets.device))
+            _, logits = self.engine.eval_batch(iter([((inputs, positions, segments), labels)]), return_logits=True,
+                                               bcast_loss=False, num_micro_batches=1)
+            return logits if self.engine.is_last_stage() else None
+        return self.engine(inputs, positions, segments)
+
+    def evaluate_tasks(self) -> dict[str, float]:
+        """`eval/<task>/<metric>` of every task, items dealt over DP ranks, and the seconds it took
+        (`eval_seconds`, outside the step time that throughput is measured on)."""
+        started = time.perf_counter()
+        self.engine.eval()
+        flat = [pair for pairs in self.task_requests for pair in pairs]
+        scores = score(self._logits, flat, self.seq_len, self.config.train.micro_batch_size, self.pad_id,
+                       self.layout.device, self.layout.dp_rank, self.dp, not self.config.model.document_masking)
+        self.engine.train()
+        record: dict[str, float] = {}
+        for task, pairs in zip(self.tasks, self.task_requests):
+            results = metrics(task, scores[:len(pairs)])
+            scores = scores[len(pairs):]
+            record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
+        return record | {"eval_seconds": time.perf_counter() - started}
 
     # -- bookkeeping -----------------------------------------------------------------------
 
     def make_record(self, result: StepResult) -> dict[str, Any]:
-        tokens_per_s = self.tokens_per_step / result.seconds
+        """`tokens`, `tokens_per_s` and MFU count valid targets only: padding is neither learned nor credited."""
+        tokens_per_s = result.tokens / result.seconds
         return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
                 "peak_tflops": self.peak_flops / 1e12, "step_seconds": result.seconds,
-                "tokens": result.step * self.tokens_per_step} | self.loader.metrics()
+                "tokens": self.tokens} | self.loader.metrics()
 
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
@@ -234,13 +284,14 @@ class Trainer:
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
+            extra += "".join(f" | {k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
             print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                   f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s | "
                   f"MFU {100 * record['mfu']:.1f}%", flush=True)
 
     def save(self, reason: str) -> Path:
         meta = {
-            "loader": self.loader.state_dict(), "tokens": self.step * self.tokens_per_step,
+            "loader": self.loader.state_dict(), "tokens": self.tokens,
             # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
             "healthy": True, "rollbacks": self.rollbacks, "reason": reason,
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
@@ -277,7 +328,7 @@ class Trainer:
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
         self.checkpointer.load(self.engine, target)
-        self.step = target.step
+        self.step, self.tokens = target.step, target.meta["tokens"]
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
         schedule = self.scheduler.lr_lambdas[0]
         schedule.damp(self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)
@@ -315,6 +366,8 @@ class Trainer:
                 record |= {f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()}
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
+            if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):
+                record |= self.evaluate_tasks()
             self.log_record(record)
             records.append(record)
             interval = self.config.checkpoint.interval

@@ -334,11 +334,16 @@ class Head(nn.Module):
         return self.proj(inputs[0])[0]
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Mean cross entropy over non-padding targets, computed on vocab-parallel logits."""
-    per_token = vocab_parallel_cross_entropy(logits.float(), targets)
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
+            denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy summed over non-padding targets, computed on vocab-parallel logits, over
+    `denominator`: by default their count (the mean); the trainer passes its share of the valid
+    targets of the whole global batch, so that every token weighs the same (see `Trainer.train_step`)."""
+    # A copy: megatron's cross entropy overwrites its input with the softmax, and the pipeline engine
+    # hands the same logits back to `evaluate_tasks`.
+    per_token = vocab_parallel_cross_entropy(logits.to(torch.float32, copy=True), targets)
     mask = (targets != pad_id).float()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if denominator is None else denominator)
 
 
 class GPT(nn.Module):

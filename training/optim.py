@@ -27,7 +27,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 class LrSchedule:
-    """Multiplier of cfg.lr at a step: warmup from 1/warmup to 1, then cosine down to min_lr.
+    """Multiplier of cfg.lr at a step (0-based: the rate the step-th update uses): warmup from
+    1/warmup up to 1 at step warmup - 1, the only step at the peak, then cosine down to exactly
+    min_lr at step decay - 1, the last step of a run whose decay_steps is max_steps.
 
     After a rollback the rate can be damped (`damp`) for a number of steps. A callable object,
     not a closure, so that LambdaLR saves its state in checkpoints.
@@ -39,10 +41,11 @@ class LrSchedule:
         self.damp_factor, self.damp_until = 1.0, -1
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
+        peak = max(self.warmup - 1, 0)
+        if step < peak:
             value = (step + 1) / self.warmup
         else:
-            progress = min(1.0, (step - self.warmup) / max(1, self.decay - self.warmup))
+            progress = min(1.0, (step - peak) / max(1, self.decay - 1 - peak))
             value = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return value * (self.damp_factor if step < self.damp_until else 1.0)
 

@@ -182,7 +182,7 @@ def _head_forward(embedding: Embedding, inputs: Any) -> torch.Tensor:
 def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, mp_config: ModelParallelConfig,
                    vocab: int, pad_id: int) -> PipelineModule:
     """The GPT as PipelineModule layers, in model order (which `model.canonical_name` relies on);
-    with tied weights the head shares the embedding."""
+    with tied weights the head shares the embedding. Labels are (targets, loss denominator)."""
     if cfg.tie_embeddings:
         first = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, tied_weight_attr="weight")
         last = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, forward_fn=_head_forward,
@@ -192,7 +192,8 @@ def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, m
     layers = [first, *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)], LayerSpec(FinalNorm, cfg), last]
     with muted_output():  # DeepSpeed prints its topology and layer table
         return PipelineModule(
-            layers=layers, topology=topology(layout), loss_fn=lambda logits, targets: lm_loss(logits, targets, pad_id),
+            layers=layers, topology=topology(layout),
+            loss_fn=lambda logits, labels: lm_loss(logits, labels[0], pad_id, labels[1]),
             partition_method=parallel.partition_method,
         )
 

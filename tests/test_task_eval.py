@@ -1,0 +1,148 @@
+"""Task evaluation: the scorer in the loop and on a checkpoint give the same accuracies, and they
+agree with lm-evaluation-harness on the Hugging Face export, item by item."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.ground.errors import UserError
+from tests.conftest import REPO, metrics, read_set, torchrun, write_jsonl
+
+STEPS = 30
+
+
+def build_tasks(folder: Path) -> list[Path]:
+    """A multiple-choice task (the true next words of a document against those of others) and a
+    cloze task (its next word), from real English text."""
+    docs = [r["text"].split() for r in read_set("english", 150)[100:]]
+    docs = [words for words in docs if len(words) > 20][:24]
+    mc, cloze = [], []
+    for i, words in enumerate(docs):
+        others = [docs[(i + k) % len(docs)][12:16] for k in (1, 2, 3)]
+        choices = [" ".join(words[12:16])] + [" ".join(o) for o in others]
+        gold = i % 4
+        choices[0], choices[gold] = choices[gold], choices[0]
+        mc.append({"context": " ".join(words[:12]), "choices": choices, "gold": gold})
+        cloze.append({"context": " ".join(words[:8]), "target": words[8]})
+    return [write_jsonl(folder / "next_words.jsonl", mc), write_jsonl(folder / "next_word.jsonl", cloze)]
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return build_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_shards: Path, tasks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short run that scores the tasks every 10 steps, and its final checkpoint."""
+    run_dir = tmp_path_factory.mktemp("run")
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run_dir), "--set", f"train.max_steps={STEPS}",
+             "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=4", "--set", "train.peak_tflops=1",
+             "--set", "train.eval_interval=10", "--set", f"eval.tasks=[{','.join(map(str, tasks))}]",
+             "--set", "checkpoint.interval=0")
+    return run_dir
+
+
+def checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / f"step-{STEPS:08d}"
+
+
+def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
+    from training.tasks import load_tasks
+
+    cases = {"a.jsonl": '{"context": "x", "choices": ["a", "b"], "gold": 2}\n',
+             "b.jsonl": '{"context": "x"}\n', "c.jsonl": "not json\n", "d.txt": "",
+             "e.jsonl": '{"context": "x", "target": "y"}\n{"context": "x", "choices": ["a", "b"], "gold": 0}\n'}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError) as error:
+            load_tasks([tmp_path / name])
+        assert name in str(error.value) and "\n" not in str(error.value)
+
+
+def test_requests_split_like_the_harness() -> None:
+    from training.tasks import encode_pair
+
+    def encode(text: str) -> list[str]:
+        return text.replace(" ", " _").split()
+
+    assert encode_pair(encode, "the cat ", " sat", 0) == (["the", "_cat"], ["_", "_sat"])
+    assert encode_pair(encode, "", "sat", 7) == ([7], ["sat"])
+
+
+def test_packed_requests_score_as_if_alone(tiny_shards: Path) -> None:
+    """Several requests a row (segments, positions from 0) score as one request a row."""
+    import torch
+
+    from training.config import ModelConfig
+    from training.generate import single_process_groups
+    from training.init import init_weights
+    from training.model import GPT
+    from training.parallel import tp_config_single
+    from training.scoring import score
+
+    single_process_groups()
+    model = GPT(ModelConfig(), tp_config_single(), 512).eval()
+    init_weights(model, 0, 4)
+    pairs = [([5, 6, 7], [8, 9]), ([10] * 30, [11]), ([12, 13], [14, 15, 16]), ([1] * 70, [2, 3])]
+    forward = lambda inputs, positions, segments, _: model(inputs, positions, segments)  # noqa: E731
+    packed = score(forward, pairs, 64, 2, 0, torch.device("cpu"))
+    alone = score(forward, pairs, 64, 2, 0, torch.device("cpu"), one_per_row=True)
+    assert [g for _, g in packed] == [g for _, g in alone]
+    assert [ll for ll, _ in packed] == pytest.approx([ll for ll, _ in alone], abs=1e-5)
+
+
+def test_the_loop_logs_task_scores_and_eval_time(run: Path, tasks: list[Path]) -> None:
+    scored = [m for m in metrics(run) if "eval/next_words/acc" in m]
+    assert [m["step"] for m in scored] == [10, 20, 30]
+    for m in scored:
+        assert {"eval/next_words/acc_norm", "eval/next_word/acc", "eval/next_word/perplexity"} <= m.keys()
+        assert m["eval_seconds"] > 0
+
+
+def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--checkpoint", str(checkpoint(run)),
+                             "--tasks", *map(str, tasks), "--output", str(tmp_path / "results.json")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "next_words" in result.stdout and "acc_norm" in result.stdout
+    report = json.loads((tmp_path / "results.json").read_text())["tasks"]
+    assert report["next_words"]["items"] == 24 and report["next_word"]["items"] == 24
+    last = metrics(run)[-1]
+    for task, metric in (("next_words", "acc"), ("next_words", "acc_norm"), ("next_word", "acc")):
+        assert report[task][metric] == last[f"eval/{task}/{metric}"]
+    assert report["next_word"]["perplexity"] == pytest.approx(last["eval/next_word/perplexity"], rel=1e-4)
+
+
+def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], tmp_path: Path) -> None:
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
+    import torch
+
+    from training.config import SamplesConfig
+    from training.evaluate import evaluate_checkpoint
+    from training.export import read_meta, save_hf, tokenizer_record
+    from training.harness import run_harness
+    from training.tasks import load_tasks
+
+    loaded = load_tasks(tasks)
+    meta = read_meta(checkpoint(run))
+    tokenizer = Path(meta["data_dir"]) / tokenizer_record(meta)["file"]
+    ours = evaluate_checkpoint(checkpoint(run), loaded, tokenizer)
+    hf = save_hf(checkpoint(run), tmp_path / "hf", tokenizer, torch.float32, SamplesConfig())
+    theirs = run_harness(hf, loaded)
+    for task in loaded:
+        mine, harness = ours[task.name], theirs[task.name]
+        assert len(mine["requests"]) == len(harness["requests"]) > 0
+        for (ll, greedy), (their_ll, their_greedy) in zip(mine["requests"], harness["requests"]):
+            assert ll == pytest.approx(their_ll, abs=1e-4)
+            assert greedy == their_greedy
+        metrics_of_kind = ("acc", "acc_norm") if "acc_norm" in mine else ("acc",)
+        for metric in metrics_of_kind:
+            assert mine[metric] == harness[metric], (task.name, metric)
+        if "perplexity" in mine:
+            assert mine["perplexity"] == pytest.approx(harness["perplexity"], rel=1e-4)

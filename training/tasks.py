@@ -1,0 +1,129 @@
+"""Task files and their metrics: what is scored, not how (that is `training.scoring`).
+
+A task is one local file, JSONL (one item a line) or Parquet, its name the file's stem:
+- multiple choice (HellaSwag, ARC, PIQA shape): {"context": str, "choices": [str], "gold": int};
+  `acc` (highest log-likelihood is gold) and `acc_norm` (log-likelihood per character of the choice);
+- cloze (LAMBADA shape): {"context": str, "target": str}; `acc` (every target token is the
+  model's greedy pick) and `perplexity` (exp of minus the mean target log-likelihood).
+
+Requests follow lm-evaluation-harness, so that scores agree with it: the continuation is
+" " + choice (its default target delimiter), trailing spaces of the context move to the
+continuation, the continuation's tokens are those of encode(context + continuation) after the
+context's, and an empty context is the end-of-document token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.ground.errors import UserError
+
+MULTIPLE_CHOICE, CLOZE = "multiple_choice", "cloze"
+DELIMITER = " "  # between context and continuation, lm-evaluation-harness's default
+
+
+@dataclass
+class Task:
+    name: str
+    path: Path
+    kind: str  # MULTIPLE_CHOICE or CLOZE
+    items: list[dict[str, Any]]
+
+    def continuations(self, item: dict[str, Any]) -> list[str]:
+        return item["choices"] if self.kind == MULTIPLE_CHOICE else [item["target"]]
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    return records
+
+
+def _check(path: Path, number: int, item: Any) -> str:
+    """The item's kind, or a one-line error naming the file and item."""
+    where = f"{path}: item {number}"
+    if not isinstance(item, dict) or not isinstance(item.get("context"), str):
+        raise UserError(f"{where}: needs a string `context`")
+    if "choices" in item:
+        choices, gold = item["choices"], item.get("gold")
+        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+            raise UserError(f"{where}: `choices` must be two or more non-empty strings")
+        if not (isinstance(gold, int) and 0 <= gold < len(choices)):
+            raise UserError(f"{where}: `gold` must be the index of the right choice (0..{len(choices) - 1})")
+        return MULTIPLE_CHOICE
+    if isinstance(item.get("target"), str) and item["target"]:
+        return CLOZE
+    raise UserError(f"{where}: needs `choices` and `gold` (multiple choice) or a non-empty `target` (cloze)")
+
+
+def load_task(path: Path, max_items: int | None = None) -> Task:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"task file {path} not found")
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise UserError(f"task file {path}: expected .jsonl or .parquet")
+    items = _records(path)[:max_items]
+    if not items:
+        raise UserError(f"task file {path} has no items")
+    kinds = {_check(path, number, item) for number, item in enumerate(items, 1)}
+    if len(kinds) > 1:
+        raise UserError(f"task file {path} mixes multiple-choice and cloze items; use one file per kind")
+    return Task(path.stem, path, kinds.pop(), items)
+
+
+def load_tasks(paths: list[Path], max_items: int | None = None) -> list[Task]:
+    tasks = [load_task(path, max_items) for path in paths]
+    names = [task.name for task in tasks]
+    if len(set(names)) < len(names):
+        raise UserError(f"two task files share a name (a task's name is its file's stem): {names}")
+    return tasks
+
+
+def encode_pair(encode: Any, context: str, continuation: str, eod_id: int) -> tuple[list[int], list[int]]:
+    """Context and continuation token ids, split as lm-evaluation-harness splits them."""
+    if not context:
+        return [eod_id], encode(continuation)
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole, head = encode(context + continuation), encode(context)
+    return head, whole[len(head):]
+
+
+def requests(task: Task) -> list[tuple[str, str]]:
+    """(context, continuation) for every choice of every item, in order."""
+    return [(item["context"], DELIMITER + text) for item in task.items for text in task.continuations(item)]
+
+
+def metrics(task: Task, scores: list[tuple[float, bool]]) -> dict[str, float]:
+    """Task metrics from (log-likelihood, greedy) per request, in `requests` order."""
+    if task.kind == CLOZE:
+        lls = [ll for ll, _ in scores]
+        return {"acc": sum(greedy for _, greedy in scores) / len(scores),
+                "perplexity": math.exp(-sum(lls) / len(lls)), "items": len(scores)}
+    right = right_norm = at = 0
+    for item in task.items:
+        choices = item["choices"]
+        lls = [ll for ll, _ in scores[at:at + len(choices)]]
+        at += len(choices)
+        right += _argmax(lls) == item["gold"]
+        right_norm += _argmax([ll / len(c) for ll, c in zip(lls, choices)]) == item["gold"]
+    n = len(task.items)
+    return {"acc": right / n, "acc_norm": right_norm / n, "items": n}
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # the first of equals, as numpy's
