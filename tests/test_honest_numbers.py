@@ -63,8 +63,9 @@ def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, n
     from training.data import DistributedLoader, PackedDataset
     from training.generate import single_process_groups
     from training.init import init_weights
-    from training.model import GPT, padded_vocab
+    from training.model import GPT
     from training.parallel import tp_config_single
+    from training.plan import padded_vocab
 
     single_process_groups()
     data = PackedDataset(shards, split)

@@ -179,8 +179,9 @@ def corpus() -> Corpus:
 
 
 def _plant(text: str, pii: str, rng: random.Random) -> str:
-    """Insert `pii` at a random whitespace position, as its own word."""
-    spots = [m.start() for m in re.finditer(r"\s", text)]
+    """Insert `pii` at a random whitespace position, as its own word: not beside a digit, where a
+    number would read as part of a longer number (a date, a version), which redaction leaves alone."""
+    spots = [m.start() for m in re.finditer(r"(?<!\d)\s(?!\d)", text)]
     at = rng.choice(spots)
     return f"{text[:at]} {pii} {text[at:]}"
 

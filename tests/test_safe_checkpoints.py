@@ -185,7 +185,7 @@ def test_generate_checks_tokenizer_prompt_length_and_flags(trained: Path, tiny_s
     other = tmp_path / "other-tokenizer.json"
     other.write_text(json.dumps(json.loads((tiny_shards / "tokenizer.json").read_text()) | {"added_tokens": []}))
     refused(crucible("generate", "--checkpoint", checkpoint, "--tokenizer", other), str(other), "is not the one")
-    refused(crucible("generate", "--checkpoint", checkpoint, "--max-new-tokens", "-5"), "--max-new-tokens -5")
+    refused(crucible("generate", "--checkpoint", checkpoint, "--max-new-tokens", "-5"), "--max-new-tokens", "got -5")
 
     long_prompt = " ".join(["history"] * 200)  # well over the 64 tokens the model was trained on
     result = crucible("generate", "--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens", "3",
