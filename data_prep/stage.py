@@ -16,15 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from pipeline.ground.schema import Section
-
-if TYPE_CHECKING:
-    from data_prep.config import PrepConfig
-    from data_prep.readers import InputShard
 
 # Columns every document carries between stages. Stages may add more (lang, lang_score, ...).
 ID = "id"
@@ -79,8 +75,8 @@ def replace_column(table: pa.Table, name: str, values: pa.Array | list[Any]) -> 
 class TaskContext:
     """What one task of a step needs: the prep config, the input shards, where to read and write."""
 
-    config: PrepConfig
-    shards: tuple[InputShard, ...]
+    config: Any  # data_prep.config.PrepConfig, which is built on this contract
+    shards: tuple[Any, ...]  # data_prep.readers.InputShard
     work: Path  # the run's work folder; each step writes into work / step
     stage: str  # the stage this step belongs to
     settings: Any  # that stage's config section
@@ -94,12 +90,12 @@ class TaskContext:
         return self.work / self.step
 
 
-def per_shard(config: PrepConfig, n_shards: int) -> int:
+def per_shard(config: Any, n_shards: int) -> int:
     """One task per input shard (the per-document and per-shard steps)."""
     return n_shards
 
 
-def single(config: PrepConfig, n_shards: int) -> int:
+def single(config: Any, n_shards: int) -> int:
     """One task for the whole corpus (a global step)."""
     return 1
 
@@ -115,7 +111,7 @@ class StepSpec:
 
     suffix: str  # "" for a stage's only or last step, else e.g. ".hash"; the folder is stage + suffix
     run: Callable[[TaskContext], dict[str, Any]]  # returns the counts stored in the completion marker
-    tasks: Callable[[PrepConfig, int], int] = per_shard  # (config, number of input shards) -> task count
+    tasks: Callable[[Any, int], int] = per_shard  # (config, number of input shards) -> task count
     makes_docs: bool = False  # writes per-shard documents (and counts them for the stage table)
     unit: str = "doc"  # what its progress bar counts
     units: Callable[[int, int], int | None] = docs_seen  # (documents it reads, task count) -> progress total

@@ -2,8 +2,8 @@
 
 ground (pipeline.ground) <- data_prep, training (which may use data_prep's shard format only)
 <- launch <- pipeline (CLI, root config, plan, executors, report). The scan reads every module's
-imports with `ast`, the lazy ones inside functions included, so a late `import` cannot hide;
-imports under `if TYPE_CHECKING:` are for annotations only and never run, so they do not count.
+imports with `ast`, the lazy ones inside functions and those under `if TYPE_CHECKING:` included, so
+neither a late `import` nor an annotation-only one can hide a dependency.
 """
 
 from __future__ import annotations
@@ -33,12 +33,7 @@ def floor_of(module: str) -> str:
 def project_imports(path: Path) -> set[str]:
     """Project modules `path` imports, resolved to the deepest module that exists as a file."""
     found = set()
-    tree = ast.parse(path.read_text(), str(path))
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                   for stmt in block.body for n in ast.walk(stmt)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -49,11 +44,6 @@ def project_imports(path: Path) -> set[str]:
             if name.split(".")[0] in PACKAGES:
                 found.add(existing_module(name))
     return found - {module_name(path)}
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def existing_module(name: str) -> str:
