@@ -269,19 +269,22 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
 
 
+COUNT_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1.0))  # 5.0M, 1.04B parameters
+BYTE_UNITS = ((" TB", 1e12), (" GB", 1e9), (" MB", 1e6), (" KB", 1e3), (" B", 1.0))
+
+
+def _scaled(n: float, units: tuple[tuple[str, float], ...]) -> str:
+    """`n` in the largest unit it reaches, to three significant digits: the units people say."""
+    unit, size = next(((u, s) for u, s in units if n >= s), units[-1])
+    return f"{n / size:.3g}{unit}"
+
+
 def _count(n: float) -> str:
-    """5.0M, 1.04B: parameters in the units people say."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
+    return _scaled(n, COUNT_UNITS)
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
+    return _scaled(n, BYTE_UNITS)
 
 
 def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
