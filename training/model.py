@@ -339,9 +339,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
     """Cross entropy summed over non-padding targets, computed on vocab-parallel logits, over
     `denominator`: by default their count (the mean); the trainer passes its share of the valid
     targets of the whole global batch, so that every token weighs the same (see `Trainer.train_step`)."""
-    # A copy: megatron's cross entropy overwrites its input with the softmax, and the pipeline engine
-    # hands the same logits back to `evaluate_tasks`.
-    per_token = vocab_parallel_cross_entropy(logits.to(torch.float32, copy=True), targets)
+    # megatron's cross entropy overwrites its input with the softmax. Training never reads the logits
+    # again; an evaluation (no grad) may, when the pipeline engine hands them back to `evaluate_tasks`,
+    # so only then is the input a copy.
+    logits = logits.float() if torch.is_grad_enabled() else logits.to(torch.float32, copy=True)
+    per_token = vocab_parallel_cross_entropy(logits, targets)
     mask = (targets != pad_id).float()
     return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if denominator is None else denominator)
 
