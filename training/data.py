@@ -165,6 +165,11 @@ def shard_units(dataset: PackedDataset) -> list[str | None]:
     return [unit_name(s, lang) for s, lang in zip(dataset.shard_sources, dataset.shard_languages)]
 
 
+def tagged_names(dataset: PackedDataset) -> list[str]:
+    """Every source and source/language the dataset's shards are tagged with, sorted."""
+    return sorted({name for name in [*dataset.shard_sources, *shard_units(dataset)] if name is not None})
+
+
 def source_members(dataset: PackedDataset, name: str) -> np.ndarray:
     """The global row indices of `name`, a source or a source/language (its shards' rows, in shard order)."""
     spans = [np.arange(a, b) for a, b, source, unit in zip(dataset.offsets[:-1], dataset.offsets[1:],
@@ -292,7 +297,7 @@ def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]
     """Per named source and per source/language, its rows of `dataset`; those with fewer than `min_rows`
     (one global batch) are left out."""
     views = {}
-    for name in sorted({s for s in [*dataset.shard_sources, *shard_units(dataset)] if s is not None}):
+    for name in tagged_names(dataset):
         members = source_members(dataset, name)
         if len(members) >= min_rows:
             views[name] = SourceRows(dataset, members)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data import PackedDataset, make_batch, shard_units
+from pipeline.ground.errors import UserError
+from training.data import PackedDataset, make_batch, source_members, tagged_names
 from training.scoring import encode_tasks, score
 from training.tasks import Task, metrics
 
@@ -44,19 +45,14 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
     return results
 
 
-ALL_ROWS = "all"
+ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_' and '-'
 
 
 def heldout_groups(dataset: PackedDataset, max_rows: int | None) -> dict[str, np.ndarray]:
     """The rows scored per group: the whole split ('all'), each source, each source/language;
     with `max_rows`, a seeded sample of that many rows of each (the same on every call)."""
-    units = shard_units(dataset)
-    names = sorted({n for n in [*dataset.shard_sources, *units] if n is not None})
-    groups = {ALL_ROWS: np.arange(len(dataset))}
-    for name in names:
-        groups[name] = np.concatenate([np.zeros(0, np.int64), *(
-            np.arange(a, b) for a, b, source, unit in zip(dataset.offsets[:-1], dataset.offsets[1:],
-                                                          dataset.shard_sources, units) if name in (source, unit))])
+    groups = {ALL_ROWS: np.arange(len(dataset))} | {name: source_members(dataset, name)
+                                                     for name in tagged_names(dataset)}
     if max_rows is not None:
         groups = {name: np.sort(np.random.default_rng(0).permutation(rows)[:max_rows])
                   for name, rows in groups.items()}
@@ -72,6 +68,8 @@ def heldout_loss(checkpoint: Path, data: Path, max_rows: int | None = None) -> d
     model, meta = load_model(checkpoint)
     record = tokenizer_record(meta)
     dataset = PackedDataset(data, "val", meta["seq_len"], record["sha256"])
+    if not len(dataset):
+        raise UserError(f"{data}: the validation split has no rows; prep with prep.pack.val_fraction > 0")
     groups = heldout_groups(dataset, max_rows)
     needed = np.unique(np.concatenate(list(groups.values())))
     sums, counts = {}, {}  # per row: summed loss over its valid targets, and their count
