@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from data_prep import registry
+from data_prep.langid import LangIdStage
+from data_prep.pack import PACK
 from data_prep.readers import ReadConfig
 from data_prep.sources import DEFAULT_SOURCE, SOURCE, SourceConfig, source_groups
 from pipeline.ground.schema import Section
@@ -65,6 +67,8 @@ class PrepSettings(Section):
                                      f"(choose from {', '.join(per_document)})")
             for stage in source.settings:
                 self.source_section(stage, source.name)  # raises on a bad key or value
+        if self.section(PACK).split_by_language and LangIdStage.name not in self.stages:
+            raise ValueError("pack.split_by_language needs the langid stage: add langid to prep.stages")
         return self
 
     def section(self, stage: str) -> Section:

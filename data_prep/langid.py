@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from data_prep.books import doc_stage
-from data_prep.stage import TEXT, Decision, DocStage, Drop, replace_column
+from data_prep.stage import LANG, TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 
@@ -92,12 +92,12 @@ class LangIdStage(DocStage):
                 drops[row] = Drop("language_not_kept", {"lang": lang, "score": round(score, 4)})
             elif score < self.config.min_score:
                 drops[row] = Drop("low_language_score", {"lang": lang, "score": round(score, 4)})
-        table = replace_column(table, "lang", pa.array(langs, pa.string()))
+        table = replace_column(table, LANG, pa.array(langs, pa.string()))
         table = replace_column(table, "lang_score", pa.array(scores, pa.float32()))
         return Decision(table, drops)
 
     def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
-        return {"languages": dict(Counter(kept.column("lang").to_pylist()))}
+        return {"languages": dict(Counter(kept.column(LANG).to_pylist()))}
 
 
 STAGE = doc_stage(LangIdStage, LangIdConfig)

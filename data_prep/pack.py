@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from data_prep import shards as shard_format
-from data_prep.stage import ID, StageSpec, StepSpec, TaskContext
+from data_prep.stage import ID, LANG, StageSpec, StepSpec, TaskContext
 from data_prep.tokenizer import TOKENIZE, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.schema import Section
 
@@ -110,6 +110,8 @@ class PackConfig(Section):
     val_fraction: float = Field(0.02, ge=0, lt=1, description="Share of documents held out for validation.")
     seed: int = Field(1234, description="Seeds the document shuffle before packing.")
     max_shard_mb: float = Field(256, gt=0, le=4096, description="Largest shard file written.")
+    split_by_language: bool = Field(False, description="Write each language's rows to shard files of their own, "
+                                                       "tagged `language` in the manifest (needs langid).")
 
 
 def is_validation(doc_id: str, fraction: float) -> bool:
@@ -118,13 +120,17 @@ def is_validation(doc_id: str, fraction: float) -> bool:
     return value < fraction * 2**64
 
 
+UNDETERMINED = "und"  # ISO 639 "undetermined": the tag of documents langid did not label (a source skipping it)
+
+
 def shard_file(work: Path, split: str, name: str) -> Path:
     """Where the pack step wrote shard `name` of `split` (publishing copies it from here)."""
     return work / PACK / split / name
 
 
 def run_pack(ctx: TaskContext) -> dict[str, Any]:
-    """Shuffle one shard's tokenized documents, split off validation, pack both splits into rows."""
+    """Shuffle one shard's tokenized documents, split off validation, pack both splits into rows
+    (with `split_by_language`, each language of the shard apart)."""
     cfg, tokenizer_path = ctx.settings, tokenizer_file(ctx.config, ctx.work)
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
     _, pad = special_ids(encoder(tokenizer_path), ctx.config.tokenizer)
@@ -136,22 +142,38 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     order = np.random.default_rng([cfg.seed, ctx.task]).permutation(len(docs))
     width = cfg.seq_len + 1
     rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
-    files, counts = [], Counter()
+    files, counts, per_language = [], Counter(), {}
     source = ctx.shards[ctx.task].source  # a shard holds one source: so does every file packed from it
     tag = {} if source is None else {"source": source}
+    groups = _language_groups(table, order) if cfg.split_by_language else {None: order}
     for split in ("train", "val"):
-        chosen = [docs[i] for i in order if is_validation(ids[i], cfg.val_fraction) == (split == "val")]
-        packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
-        for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
-            path = shard_file(ctx.work, split, f"{split}-{ctx.task:05d}-{part:03d}.arrow")
-            stop = start + rows_per_file
-            entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab)
-            files.append(entry | {"split": split} | tag)
-        counts.update({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
-                       f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
-                       f"{split}_remainder": packed.remainder})
-        ctx.report(len(chosen))
-    return {"tokens": dict(counts), "files": files} | ({} if source is None else {"sources": {source: dict(counts)}})
+        for language, members in groups.items():
+            chosen = [docs[i] for i in members if is_validation(ids[i], cfg.val_fraction) == (split == "val")]
+            packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
+            stem = f"{split}-{ctx.task:05d}" + ("" if language is None else f"-{language}")
+            for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
+                path = shard_file(ctx.work, split, f"{stem}-{part:03d}.arrow")
+                stop = start + rows_per_file
+                entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop],
+                                                 vocab)
+                files.append(entry | {"split": split} | tag | ({} if language is None else {"language": language}))
+            made = Counter({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
+                            f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
+                            f"{split}_remainder": packed.remainder})
+            counts.update(made)
+            if language is not None:
+                per_language.setdefault(language, Counter()).update(made)
+            ctx.report(len(chosen))
+    return ({"tokens": dict(counts), "files": files} | ({} if source is None else {"sources": {source: dict(counts)}})
+            | ({"languages": {k: dict(v) for k, v in sorted(per_language.items())}} if cfg.split_by_language else {}))
+
+
+def _language_groups(table: pa.Table, order: np.ndarray) -> dict[str | None, np.ndarray]:
+    """The shuffled documents of each language (langid's `lang`; a source that skips langid has none),
+    languages in sorted order."""
+    found = table[LANG].to_pylist() if LANG in table.column_names else [None] * table.num_rows
+    labels = np.array([lang or UNDETERMINED for lang in found], dtype=object)[order]
+    return {lang: order[labels == lang] for lang in sorted(set(labels.tolist()))}
 
 
 STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=(TOKENIZE,))

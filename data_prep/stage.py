@@ -25,6 +25,7 @@ from pipeline.ground.schema import Section
 # Columns every document carries between stages. Stages may add more (lang, lang_score, ...).
 ID = "id"
 TEXT = "text"
+LANG = "lang"  # the language langid labels a document with
 ORIGIN = "origin"  # file:offset (or file:row) of the record a document came from
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from data_prep.books import source_file
-from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from data_prep.stage import ID, LANG, TEXT, StageSpec, StepSpec, TaskContext, single
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
@@ -174,18 +174,23 @@ def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
     tokenizer = encoder(tokenizer_file(ctx.config, ctx.work))
     eod, _ = special_ids(tokenizer, ctx.settings)
     ids: list[str] = []
+    langs: list[str | None] = []
     token_lists: list[np.ndarray] = []
     parquet = pq.ParquetFile(source_file(ctx))
-    for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[ID, TEXT]):
+    carry_lang = LANG in parquet.schema_arrow.names  # langid's label rides along, for pack's language split
+    for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[ID, TEXT, *[LANG] * carry_lang]):
         encodings = tokenizer.encode_batch_fast(batch.column(1).to_pylist(), add_special_tokens=False)
         ids.extend(batch.column(0).to_pylist())
+        if carry_lang:
+            langs.extend(batch.column(2).to_pylist())
         token_lists.extend(np.array(e.ids + [eod], dtype=np.uint32) for e in encodings)
         ctx.report(batch.num_rows)
     lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate(token_lists) if token_lists else np.zeros(0, np.uint32)
     table = pa.table({ID: pa.array(ids, pa.string()),
-                      "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+                      "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+                      **({LANG: pa.array(langs, pa.string())} if carry_lang else {})})
     with atomic_path(tokens_file(ctx.work, ctx.task)) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)

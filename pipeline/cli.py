@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="task files, JSONL or Parquet (default: eval.tasks)")
     evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
     evaluate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    evaluate.add_argument("--heldout", action="store_true",
+                          help="loss and perplexity on the validation split of the run's shards, per source and "
+                               "per source/language where they are tagged")
+    evaluate.add_argument("--data", type=Path, help="with --heldout: the shards folder (default: the checkpoint's)")
+    evaluate.add_argument("--heldout-rows", type=_at_least(1), metavar="N",
+                          help="with --heldout: score a seeded sample of N rows of each group (default: every row)")
     evaluate.add_argument("--harness", action="store_true",
                           help="also run lm-evaluation-harness on the Hugging Face export and compare")
     evaluate.add_argument("--hf", type=Path, help="with --harness: an existing export of this checkpoint "
@@ -316,7 +322,7 @@ def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None
 
     from data_prep.shards import read_manifest
     from pipeline.ground.console import console
-    from training.data import source_sizes
+    from training.data import UNTAGGED, source_sizes
     from training.mixture import plan_epochs
 
     out = console()
@@ -326,7 +332,7 @@ def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None
         return
     rows, tokens = source_sizes(read_manifest(data))
     if not rows:
-        raise UserError(f"{data}: train.mixture needs shards tagged by source; run prep with prep.sources")
+        raise UserError(f"{data}: {UNTAGGED}")
     table = Table(title=f"mixture over {config.plan.token_budget:.3g} tokens ({steps:,} steps)")
     for column in ("source", "rows", "share of tokens", "epochs", "max epochs"):
         table.add_column(column, justify="left" if column == "source" else "right")
@@ -347,19 +353,26 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     import torch
 
     from pipeline.ground.atomic import write_json
-    from pipeline.summary import print_task_results
-    from training.evaluate import evaluate_checkpoint
+    from pipeline.summary import print_heldout, print_task_results
+    from training.evaluate import evaluate_checkpoint, heldout_loss
     from training.export import read_meta, save_hf
     from training.tasks import load_tasks
 
     tasks = load_tasks(args.tasks or config.eval.tasks, config.eval.max_items)
-    if not tasks:
-        raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks")
-    tokenizer = _tokenizer_of(args.checkpoint, args.tokenizer)
-    ours = evaluate_checkpoint(args.checkpoint, tasks, tokenizer)
-    report = {"checkpoint": str(args.checkpoint), "step": read_meta(args.checkpoint)["step"],
-              "tasks": {name: {k: v for k, v in r.items() if k != "requests"} for name, r in ours.items()}}
-    print_task_results(report["tasks"], f"tasks at step {report['step']} ({args.checkpoint})")
+    if not tasks and (args.harness or not args.heldout):
+        raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks"
+                        + ("" if args.harness else ", or ask for --heldout"))
+    meta = read_meta(args.checkpoint)
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "step": meta["step"]}
+    if args.heldout:
+        data = args.data or Path(meta["data_dir"])
+        report["heldout"] = heldout_loss(args.checkpoint, data, args.heldout_rows)
+        print_heldout(report["heldout"], f"held-out loss at step {report['step']} ({data / 'val'})")
+    if tasks:
+        tokenizer = _tokenizer_of(args.checkpoint, args.tokenizer)
+        ours = evaluate_checkpoint(args.checkpoint, tasks, tokenizer)
+        report["tasks"] = {name: {k: v for k, v in r.items() if k != "requests"} for name, r in ours.items()}
+        print_task_results(report["tasks"], f"tasks at step {report['step']} ({args.checkpoint})")
     if args.harness:
         from training.harness import run_harness
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.plan import Plan
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
+Languages = dict[str | None, dict[str, dict[str, int]]]  # per source (None: untagged), per language: pack's counts
 
 
 class AccountingError(RuntimeError):
@@ -129,11 +131,14 @@ def _clean_columns(table: Any) -> Any:
     return table.select(ordered)
 
 
-def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]]]:
-    """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per source."""
+def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]],
+                                                 Languages]:
+    """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per
+    source, and per source (None: untagged) and language when pack split by language."""
     totals: Counter[str] = Counter()
     files: list[dict[str, Any]] = []
     sources: dict[str, Counter[str]] = {}
+    languages: dict[str | None, dict[str, Counter[str]]] = {}
     for step in plan.steps:
         if step.stage not in (TOKENIZE, PACK):
             continue
@@ -144,9 +149,13 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
             files.extend(marker.get("files", []))
             for source, counts in marker.get("sources", {}).items():
                 sources.setdefault(source, Counter()).update(counts)
+            source = next(iter(marker.get("sources", {})), None)  # a pack task holds one source
+            for language, counts in marker.get("languages", {}).items():
+                languages.setdefault(source, {}).setdefault(language, Counter()).update(counts)
             seconds += marker.get("seconds", 0.0)
         totals[f"{step.name}_seconds"] = round(seconds, 3)
-    return dict(sorted(totals.items())), files, {k: dict(sorted(v.items())) for k, v in sorted(sources.items())}
+    return (dict(sorted(totals.items())), files, {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
+            {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()})
 
 
 def _publish_copy(source: Path, target: Path) -> None:
@@ -158,9 +167,10 @@ def _publish_copy(source: Path, target: Path) -> None:
 
 
 def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]],
-                   sources: dict[str, dict[str, int]]) -> None:
+                   sources: dict[str, dict[str, int]], languages: Languages) -> None:
     """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer);
-    with named sources, each shard entry names its source and each split counts per source."""
+    with named sources, each shard entry names its source and each split counts per source; split
+    by language, each entry names its language and each split (and source) counts per language."""
     tokenizer_path = tokenizer_file(plan.config, work)
     _publish_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
     if PACK not in plan.config.stages:
@@ -178,9 +188,13 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
                 stale.unlink()
         splits[split] = {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
         splits[split]["shards"] = [{k: v for k, v in f.items() if k != "split"} for f in entries]
+        if languages:
+            splits[split]["languages"] = _split_counts(split, _summed(languages.values()))
         if sources:
-            splits[split]["sources"] = {name: {key: counts.get(f"{split}_{key}", 0) for key in
-                                               ("documents", "tokens", "sequences")} for name, counts in sources.items()}
+            splits[split]["sources"] = _split_counts(split, sources)
+            for name, counts in splits[split]["sources"].items():
+                if name in languages:
+                    counts["languages"] = _split_counts(split, languages[name])
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
     write_manifest(shards, {
@@ -195,6 +209,21 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
     })
 
 
+def _split_counts(split: str, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per name, one split's documents, tokens and sequences from pack's `<split>_<key>` counts."""
+    return {name: {key: c.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences")}
+            for name, c in sorted(counts.items())}
+
+
+def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[str]]:
+    """Per language, the counts of every source added up."""
+    total: dict[str, Counter[str]] = {}
+    for group in groups:
+        for language, counts in group.items():
+            total.setdefault(language, Counter()).update(counts)
+    return total
+
+
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
     skipped = skipped_links(plan.config.all_inputs())
@@ -202,8 +231,8 @@ def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
         stats["skipped_inputs"] = skipped
     sources: dict[str, dict[str, int]] = {}
     if TOKENIZE in plan.config.stages:
-        totals, files, sources = token_stats(plan, work)
-        publish_tokens(plan, work, output, totals, files, sources)
+        totals, files, sources, languages = token_stats(plan, work)
+        publish_tokens(plan, work, output, totals, files, sources, languages)
         stats["tokens"] = totals
     if plan.config.sources:
         stats["sources"] = source_summary(stats["stages"], sources)

@@ -273,7 +273,7 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     kept = [m for m in metrics if "anomaly" not in m and any(k.startswith("mix/") for k in m)]
     if not kept:
         return
-    sources = sorted({k.split("/")[1] for m in kept for k in m if k.startswith("mix/")})
+    sources = sorted({k[len("mix/"):].rsplit("/", 1)[0] for m in kept for k in m if k.startswith("mix/")})
     page.heading("Data mixture")
     fig, (mix_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]

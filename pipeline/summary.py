@@ -156,6 +156,16 @@ def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
     _console().print(table)
 
 
+def print_heldout(results: dict[str, dict[str, Any]], title: str) -> None:
+    """One row per group of the validation split (all, each source, each source/language): `eval --heldout`."""
+    table = Table(title=title)
+    for header in ("rows of", "rows", "tokens", "loss", "perplexity"):
+        table.add_column(header, justify="left" if header == "rows of" else "right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['rows']:,}", f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['perplexity']:.4g}")
+    _console().print(table)
+
+
 def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
     """The last `eval/<task>/<metric>` values of a run's metrics, and the seconds all task
     evaluations took (`eval_seconds`, kept out of the step times)."""

@@ -63,6 +63,7 @@ class PackedDataset:
         self.width = width
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
         self.shard_sources = [e.get("source") for e in self.manifest["splits"][split]["shards"]]  # None: untagged
+        self.shard_languages = [e.get("language") for e in self.manifest["splits"][split]["shards"]]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -155,11 +156,30 @@ class DistributedLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
+def unit_name(source: str | None, language: str | None) -> str | None:
+    """What a mixture mixes: `source/language`, a bare source or language, None where a shard is untagged."""
+    return "/".join(tag for tag in (source, language) if tag) or None
+
+
+def shard_units(dataset: PackedDataset) -> list[str | None]:
+    return [unit_name(s, lang) for s, lang in zip(dataset.shard_sources, dataset.shard_languages)]
+
+
+def tagged_names(dataset: PackedDataset) -> list[str]:
+    """Every source and source/language the dataset's shards are tagged with, sorted."""
+    return sorted({name for name in [*dataset.shard_sources, *shard_units(dataset)] if name is not None})
+
+
 def source_members(dataset: PackedDataset, name: str) -> np.ndarray:
-    """The global row indices of source `name` (its shards' rows, in shard order)."""
-    spans = [np.arange(a, b) for a, b, tag in zip(dataset.offsets[:-1], dataset.offsets[1:], dataset.shard_sources)
-             if tag == name]
+    """The global row indices of `name`, a source or a source/language (its shards' rows, in shard order)."""
+    spans = [np.arange(a, b) for a, b, source, unit in zip(dataset.offsets[:-1], dataset.offsets[1:],
+                                                          dataset.shard_sources, shard_units(dataset))
+             if name in (source, unit)]
     return np.concatenate([*spans, np.zeros(0, np.int64)])
+
+
+UNTAGGED = ("train.mixture needs shards tagged by source or language; run prep with prep.sources or "
+            "prep.pack.split_by_language")
 
 
 class MixingLoader:
@@ -180,9 +200,8 @@ class MixingLoader:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         if rows_per_step % (micro_batch * dp_world):
             raise ValueError(f"rows_per_step {rows_per_step} is not a multiple of {dp_world} ranks x {micro_batch}")
-        if None in dataset.shard_sources:
-            raise ShardError(f"{dataset.folder}: train.mixture needs shards tagged by source; run prep with "
-                             f"prep.sources")
+        if None in shard_units(dataset):
+            raise ShardError(f"{dataset.folder}: {UNTAGGED}")
         self.dataset, self.micro_batch, self.rows_per_step = dataset, micro_batch, rows_per_step
         self.dp_rank, self.dp_world, self.seed, self.schedule = dp_rank, dp_world, seed, schedule
         self.document_positions = document_positions
@@ -262,7 +281,7 @@ class MixingLoader:
 
 
 class SourceRows:
-    """The rows of one source of a dataset, as a dataset of their own (validation loss per source)."""
+    """The rows of one source (or language) of a dataset, as a dataset of their own (validation loss per source)."""
 
     def __init__(self, dataset: PackedDataset, members: np.ndarray) -> None:
         self.dataset, self.members, self.folder = dataset, members, dataset.folder
@@ -275,9 +294,10 @@ class SourceRows:
 
 
 def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]:
-    """Per named source, its rows of `dataset`; sources with fewer than `min_rows` (one global batch) are left out."""
+    """Per named source and per source/language, its rows of `dataset`; those with fewer than `min_rows`
+    (one global batch) are left out."""
     views = {}
-    for name in sorted({s for s in dataset.shard_sources if s is not None}):
+    for name in tagged_names(dataset):
         members = source_members(dataset, name)
         if len(members) >= min_rows:
             views[name] = SourceRows(dataset, members)
@@ -285,12 +305,18 @@ def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]
 
 
 def source_sizes(manifest: dict[str, Any], split: str = "train") -> tuple[dict[str, int], dict[str, int]]:
-    """(rows, document tokens) per source of a split, from the manifest (empty when untagged)."""
+    """(rows, document tokens) per mixed unit of a split (a source, or source/language), from the
+    manifest (empty when untagged)."""
     rows: dict[str, int] = {}
     for entry in manifest["splits"][split]["shards"]:
-        if entry.get("source") is not None:
-            rows[entry["source"]] = rows.get(entry["source"], 0) + entry["sequences"]
-    tokens = {name: counts["tokens"] for name, counts in manifest["splits"][split].get("sources", {}).items()}
+        unit = unit_name(entry.get("source"), entry.get("language"))
+        if unit is not None:
+            rows[unit] = rows.get(unit, 0) + entry["sequences"]
+    counts = manifest["splits"][split]
+    tokens = {unit_name(None, lang): c["tokens"] for lang, c in counts.get("languages", {}).items()}
+    for source, c in counts.get("sources", {}).items():
+        tokens |= {unit_name(source, lang): by["tokens"] for lang, by in c.get("languages", {}).items()}
+        tokens[source] = c["tokens"]
     return rows, {name: tokens.get(name, 0) for name in rows}
 
 
@@ -302,7 +328,7 @@ def build_loader(dataset: PackedDataset, config: Any, dp_rank: int, dp_world: in
                                  rows_per_step=train.global_batch_size, document_positions=document_positions)
     rows, tokens = source_sizes(dataset.manifest)
     if not rows:
-        raise ShardError(f"{dataset.folder}: train.mixture needs shards tagged by source; run prep with prep.sources")
+        raise ShardError(f"{dataset.folder}: {UNTAGGED}")
     schedule = mixture.resolve(train.mixture, tokens, train.max_steps, train.data_seed)
     loader = MixingLoader(dataset, train.micro_batch_size, dp_rank, dp_world, train.data_seed,
                           train.global_batch_size, schedule, document_positions)

@@ -96,7 +96,7 @@ class Trainer:
         self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
-        self.val_sources = source_views(self.val_data, train_cfg.global_batch_size) if train_cfg.mixture else {}
+        self.val_sources = source_views(self.val_data, train_cfg.global_batch_size)  # per source/language, if tagged
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))

@@ -1,17 +1,23 @@
-"""The `eval` verb's work: score task files on one checkpoint, of any training layout.
+"""The `eval` verb's work: score task files, and the held-out loss, on one checkpoint of any layout.
 
 The checkpoint is consolidated into a single-process model (as for `generate`) and scored with
 the same packing and scorer the training loop uses, so a task's accuracy at a step is the same
-in the loop and here.
+in the loop and here. The held-out loss is the loop's validation loss (the same rows, positions
+and loss per valid target), over the whole validation split or a sample of it, per source and
+per source/language where the shards are tagged.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from pipeline.ground.errors import UserError
+from training.data import PackedDataset, make_batch, source_members, tagged_names
 from training.scoring import encode_tasks, score
 from training.tasks import Task, metrics
 
@@ -36,4 +42,49 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
                        one_per_row=not document_masking)
         results[task.name] = {**metrics(task, scores), "kind": task.kind, "file": str(task.path),
                               "requests": [[ll, greedy] for ll, greedy in scores]}
+    return results
+
+
+ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_' and '-'
+
+
+def heldout_groups(dataset: PackedDataset, max_rows: int | None) -> dict[str, np.ndarray]:
+    """The rows scored per group: the whole split ('all'), each source, each source/language;
+    with `max_rows`, a seeded sample of that many rows of each (the same on every call)."""
+    groups = {ALL_ROWS: np.arange(len(dataset))} | {name: source_members(dataset, name)
+                                                     for name in tagged_names(dataset)}
+    if max_rows is not None:
+        groups = {name: np.sort(np.random.default_rng(0).permutation(rows)[:max_rows])
+                  for name, rows in groups.items()}
+    return groups
+
+
+def heldout_loss(checkpoint: Path, data: Path, max_rows: int | None = None) -> dict[str, dict[str, float]]:
+    """Per group of the validation split: rows, valid target tokens, mean loss per token and perplexity."""
+    from training.export import tokenizer_record
+    from training.generate import load_model
+    from training.model import lm_loss
+
+    model, meta = load_model(checkpoint)
+    record = tokenizer_record(meta)
+    dataset = PackedDataset(data, "val", meta["seq_len"], record["sha256"])
+    if not len(dataset):
+        raise UserError(f"{data}: the validation split has no rows; prep with prep.pack.val_fraction > 0")
+    groups = heldout_groups(dataset, max_rows)
+    needed = np.unique(np.concatenate(list(groups.values())))
+    sums, counts = {}, {}  # per row: summed loss over its valid targets, and their count
+    one = torch.ones(())
+    with torch.no_grad():
+        for first in range(0, len(needed), BATCH_ROWS):
+            indices = needed[first:first + BATCH_ROWS]
+            batch = make_batch(*dataset.rows(indices), indices, meta["config"]["model"]["document_masking"])
+            logits = model(batch.inputs, batch.positions, batch.segments)
+            for row, index in enumerate(indices.tolist()):
+                sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record["pad_id"], one))
+                counts[index] = int((batch.targets[row] != record["pad_id"]).sum())
+    results = {}
+    for name, rows in groups.items():
+        tokens = sum(counts[r] for r in rows.tolist())
+        loss = sum(sums[r] for r in rows.tolist()) / max(1, tokens)
+        results[name] = {"rows": len(rows), "tokens": tokens, "loss": loss, "perplexity": math.exp(loss)}
     return results

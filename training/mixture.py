@@ -1,9 +1,14 @@
-"""Data mixtures: target token fractions per named source, phases by step and a repetition cap.
+"""Data mixtures: target token fractions per named source (or language), phases by step and a repetition cap.
 
 `train.mixture` gives each source of the shards (prep's `prep.sources`) a target fraction of the
 training tokens, directly (`weights`) or as a temperature over the sources' natural sizes
 (weight ~ tokens^alpha, as multilingual models do). `phases` switch to another mix from a
 given step (e.g. the last 10% of steps at a higher-quality mix), inside the same run.
+
+Shards packed by language (`prep.pack.split_by_language`) are mixed per language within a
+source: the mixed units are `source/language` (`web/de`; a bare `de` without named sources).
+A key may name a unit or a whole source; a source's weight is shared among its languages in
+proportion to their tokens, and `temperature_over: language` weighs each unit by its own size.
 
 Which source fills global row slot g is a pure function of g: the golden-ratio (Kronecker)
 sequence u_g = frac(g * phi + offset), mapped through the cumulative weights of the phase that
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -51,12 +56,17 @@ class MixturePhase(Section):
 class MixtureConfig(Section):
     """Target token fractions of the named sources, phases and the repetition cap."""
 
-    weights: dict[str, float] = Field(default_factory=dict, description="Target token fraction per source "
-                                                                         "(normalized to sum 1; absent: 0).")
+    weights: dict[str, float] = Field(default_factory=dict, description="Target token fraction per source or "
+                                                                         "source/language (normalized to sum 1; "
+                                                                         "absent: 0).")
     temperature: float | None = Field(None, ge=0, description="...or weight ~ source tokens^temperature "
                                                               "(1: natural sizes, 0: uniform).")
+    temperature_over: Literal["source", "language"] = Field(
+        "source", description="What a temperature weighs by size: whole sources, or each language of a source "
+                              "(shards packed with prep.pack.split_by_language).")
     max_epochs: dict[str, float] = Field(default_factory=dict, description="Repetition cap: at most this many "
-                                                                           "epochs of a source ('*': every source).")
+                                                                           "epochs of a source/language, of each "
+                                                                           "language of a source, or ('*') of each.")
     phases: list[MixturePhase] = Field(default_factory=list, description="Later mixes, by step.")
 
     @model_validator(mode="after")
@@ -111,8 +121,43 @@ class Schedule:
         return (spans[:, None] * rows_per_step * self.weights).sum(axis=0)
 
 
+def group_of(unit: str) -> str:
+    """The source a mixed unit belongs to: `web` of `web/de`; a unit without a language is its own group."""
+    return unit.split("/", 1)[0]
+
+
+def _unit_weights(key: str, weights: dict[str, float], temperature: float | None, over: str,
+                  unit_tokens: dict[str, int]) -> np.ndarray:
+    """One weight per unit (sorted), from keys naming units or whole sources; a source's share is split
+    among its languages by their tokens."""
+    units = sorted(unit_tokens)
+    groups = sorted({group_of(u) for u in units})
+    known = sorted({*units, *groups})
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise UserError(f"{key}.weights: no source {', '.join(unknown)} in the shards "
+                        f"(sources: {', '.join(known) or 'none: prep without prep.sources'})")
+    both = sorted(g for g in set(weights) & set(groups) if any(group_of(u) == g and u != g and u in weights
+                                                               for u in units))
+    if both:
+        raise UserError(f"{key}.weights: {', '.join(both)} is given both whole and by language; give a source "
+                        f"either as a whole or as its source/language keys")
+    tokens = np.array([float(unit_tokens[u]) for u in units])
+    group_tokens = {g: sum(unit_tokens[u] for u in units if group_of(u) == g) for g in groups}
+    within = np.array([tokens[i] / group_tokens[group_of(u)] if group_tokens[group_of(u)] else 0.0
+                       for i, u in enumerate(units)])  # a unit's share of its source's tokens
+    if temperature is not None and over == "language":
+        return np.array([t ** temperature if t else 0.0 for t in tokens])
+    if temperature is not None:
+        return np.array([float(group_tokens[group_of(u)]) ** temperature * within[i] if group_tokens[group_of(u)]
+                         else 0.0 for i, u in enumerate(units)])
+    return np.array([weights[u] if u in weights else weights.get(group_of(u), 0.0) * within[i]
+                     for i, u in enumerate(units)])
+
+
 def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int, seed: int) -> Schedule:
-    """The schedule for shards holding `source_tokens` (train tokens per source); errors name the key."""
+    """The schedule for shards holding `source_tokens` (train tokens per mixed unit: a source, or a
+    source/language); errors name the key."""
     sources = tuple(sorted(source_tokens))
     phases = [(0, config.weights, config.temperature)]
     for phase in config.phases:
@@ -126,14 +171,7 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
     rows = []
     for i, (_, weights, temperature) in enumerate(phases):
         key = "train.mixture" + (f".phases.{i - 1}" if i else "")
-        unknown = sorted(set(weights) - set(sources))
-        if unknown:
-            raise UserError(f"{key}.weights: no source {', '.join(unknown)} in the shards "
-                            f"(sources: {', '.join(sources) or 'none: prep without prep.sources'})")
-        if temperature is not None:
-            raw = np.array([float(source_tokens[s]) ** temperature if source_tokens[s] else 0.0 for s in sources])
-        else:
-            raw = np.array([float(weights.get(s, 0.0)) for s in sources])
+        raw = _unit_weights(key, weights, temperature, config.temperature_over, source_tokens)
         empty = [s for s, w in zip(sources, raw) if w > 0 and source_tokens[s] == 0]
         if empty or raw.sum() <= 0:
             raise UserError(f"{key}: source {', '.join(empty or sources)} has no training tokens in the shards")
@@ -145,13 +183,16 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
 
 
 def caps(config: MixtureConfig, sources: tuple[str, ...]) -> np.ndarray:
-    """Epochs allowed per source (inf: no cap); unknown names are a config mistake."""
-    unknown = sorted(set(config.max_epochs) - set(sources) - {ALL})
+    """Epochs allowed per unit (inf: no cap): its own key, else its source's, else '*'; unknown names
+    are a config mistake."""
+    known = sorted({*sources, *(group_of(s) for s in sources)})
+    unknown = sorted(set(config.max_epochs) - set(known) - {ALL})
     if unknown:
         raise UserError(f"train.mixture.max_epochs: no source {', '.join(unknown)} in the shards "
-                        f"(sources: {', '.join(sources)})")
+                        f"(sources: {', '.join(known)})")
     default = config.max_epochs.get(ALL, np.inf)
-    return np.array([config.max_epochs.get(s, default) for s in sources], dtype=float)
+    return np.array([config.max_epochs.get(s, config.max_epochs.get(group_of(s), default)) for s in sources],
+                    dtype=float)
 
 
 def check_repetition(schedule: Schedule, source_rows: np.ndarray, epochs_allowed: np.ndarray, max_steps: int,
