@@ -138,8 +138,9 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     """
     n_tasks = _bucket_tasks(ctx.config, len(ctx.shards))
     edges = _unique_rows(np.concatenate([np.load(_edges_file(ctx.work, t)) for t in range(n_tasks)]))
-    links = np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links")) for t in range(n_tasks))])
-    linked = np.unique(links)
+    grouping = _unique_rows(np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links"))
+                                                     for t in range(n_tasks))]))
+    linked = np.unique(grouping)
     linked_ids = resolve_ids(ctx, linked)
     members = np.unique(edges)
     roots = minhash.clusters(len(members), np.searchsorted(members, edges))
@@ -158,7 +159,7 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
         keeper_sigs[order] = gather_rows(files, offsets, keepers[chunk][order])
         jaccard[chunk] = minhash.estimate_jaccard(gather_rows(files, offsets, removed[chunk]), keeper_sigs)
     write_removals(ctx, removed, keepers, jaccard)
-    sizes = write_groups(ctx, linked, linked_ids, minhash.clusters(len(linked), np.searchsorted(linked, links)),
+    sizes = write_groups(ctx, linked, linked_ids, minhash.clusters(len(linked), np.searchsorted(linked, grouping)),
                          removed)
     ctx.report(int(offsets[-1]))
     return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed)),
