@@ -14,6 +14,7 @@ import pytest
 from data_prep.pack import is_validation
 from pipeline.config import load_config
 from pipeline.prep import run_prep
+from pipeline.summary import overlap_line
 from tests.conftest import read_set, write_jsonl
 
 VAL_FRACTION = 0.3
@@ -122,6 +123,8 @@ def test_overlap_stat_counts_the_planted_overlap_only(planted: dict) -> None:
     assert overlap["worst"][0] == {"id": planted["held"], "share": round((windows - 1) / windows, 4)}
     assert overlap["worst_share"] == overlap["worst"][0]["share"]
     assert all(w["share"] < 0.05 for w in overlap["worst"][1:]), "the rest share a few boilerplate windows at most"
+    line = overlap_line(overlap)
+    assert f"{overlap['sharing']} of {overlap['measured']} validation documents" in line and planted["held"] in line
 
 
 def test_overlap_is_zero_without_the_training_copy(planted: dict, tmp_path: Path) -> None:
