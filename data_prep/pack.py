@@ -26,6 +26,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from data_prep import shards as shard_format
+from data_prep.minhash.steps import MINHASH, split_groups
 from data_prep.stage import ID, LANG, StageSpec, StepSpec, TaskContext
 from data_prep.tokenizer import TOKENIZE, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.schema import Section
@@ -107,20 +108,29 @@ class PackConfig(Section):
 
     seq_len: int = Field(256, ge=8, le=1 << 20, description="Tokens the model sees per row (rows hold seq_len + 1).")
     method: Literal["concat", "best_fit"] = "concat"
-    val_fraction: float = Field(0.02, ge=0, lt=1, description="Share of documents held out for validation.")
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="Share of documents held out for validation, "
+                                "near-duplicate groups whole (see minhash_dedup.split_group_threshold).")
     seed: int = Field(1234, description="Seeds the document shuffle before packing.")
     max_shard_mb: float = Field(256, gt=0, le=4096, description="Largest shard file written.")
     split_by_language: bool = Field(False, description="Write each language's rows to shard files of their own, "
                                                        "tagged `language` in the manifest (needs langid).")
 
 
-def is_validation(doc_id: str, fraction: float) -> bool:
-    """Hold out by document, by a hash of its id: stable, and independent of sharding."""
-    value = int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+def is_validation(key: str, fraction: float) -> bool:
+    """Hold out by a hash of a split key: stable, and independent of sharding."""
+    value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     return value < fraction * 2**64
 
 
 UNDETERMINED = "und"  # ISO 639 "undetermined": the tag of documents langid did not label (a source skipping it)
+
+
+def validation_rows(config: Any, work: Path, task: int, ids: list[str]) -> np.ndarray:
+    """Which of shard `task`'s documents `ids` are held out. The key is a document's split group
+    (near-duplicates, found by minhash_dedup, share one, so a group lands whole on one side), or
+    its own id when it has none or minhash_dedup does not run."""
+    groups = split_groups(work, task) if MINHASH in config.stages else {}
+    return np.array([is_validation(groups.get(i, i), config.pack.val_fraction) for i in ids], dtype=bool)
 
 
 def shard_file(work: Path, split: str, name: str) -> Path:
@@ -140,6 +150,7 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     flat, offsets = lists.values.to_numpy(), lists.offsets.to_numpy()
     docs = [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
     order = np.random.default_rng([cfg.seed, ctx.task]).permutation(len(docs))
+    held_out = validation_rows(ctx.config, ctx.work, ctx.task, ids)
     width = cfg.seq_len + 1
     rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
     files, counts, per_language = [], Counter(), {}
@@ -148,7 +159,7 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     groups = _language_groups(table, order) if cfg.split_by_language else {None: order}
     for split in ("train", "val"):
         for language, members in groups.items():
-            chosen = [docs[i] for i in members if is_validation(ids[i], cfg.val_fraction) == (split == "val")]
+            chosen = [docs[i] for i in members if held_out[i] == (split == "val")]
             packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
             stem = f"{split}-{ctx.task:05d}" + ("" if language is None else f"-{language}")
             for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):

@@ -13,6 +13,7 @@ from data_prep import (
     exact_dedup,
     langid,
     normalize,
+    overlap,
     pack,
     pii,
     quality,
@@ -37,6 +38,7 @@ STAGES: list[StageSpec] = [
     decontaminate.STAGE,
     tokenizer.STAGE,
     pack.STAGE,
+    overlap.STAGE,
 ]
 
 _sealed = False

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
+from data_prep.overlap import OVERLAP
 from data_prep.pack import PACK, shard_file
 from data_prep.readers import skipped_links
 from data_prep.shards import token_type, write_manifest
@@ -236,6 +237,8 @@ def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
         stats["tokens"] = totals
     if plan.config.sources:
         stats["sources"] = source_summary(stats["stages"], sources)
+    if OVERLAP in plan.config.stages:
+        stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
     last = plan.last_docs_step
     _publish_folder(output / "clean", {f"part-{t:05d}.parquet": data_file(work, last.name, t)
                                        for t in range(last.n_tasks)}, _clean_columns)

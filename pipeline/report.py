@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
+from pipeline.summary import overlap_line
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
 EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
@@ -187,6 +188,8 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
         page.table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [
             [split] + [f"{tokens.get(f'{split}_{k}', 0):,}" for k in ("documents", "tokens", "sequences", "padding",
                                                                        "remainder")] for split in ("train", "val")])
+    if stats.get("split_overlap"):
+        page.paragraph(overlap_line(stats["split_overlap"]))
     if stats.get("sources"):
         keys = sorted({k for counts in stats["sources"].values() for k in counts})
         page.table(["source", *keys], [[name, *(f"{counts.get(k, 0):,}" for k in keys)]

@@ -51,6 +51,8 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
     tokens = stats.get("tokens")
     if tokens:
         console.print(tokens_table(tokens))
+    if stats.get("split_overlap"):
+        console.print(overlap_line(stats["split_overlap"]))
     if stats.get("sources"):
         console.print(sources_table(stats["sources"]))
 
@@ -66,6 +68,15 @@ def sources_table(sources: dict[str, dict[str, int]]) -> Table:
     for name, counts in sources.items():
         table.add_row(name, *(f"{counts.get(key, 0):,}" for key in list(headers.values())[1:]))
     return table
+
+
+def overlap_line(overlap: dict[str, Any]) -> str:
+    """How many sampled validation documents share a token window with training, and the worst share."""
+    worst = overlap["worst"][0]["id"] if overlap["worst"] else None
+    return (f"train/val overlap: {overlap['sharing']:,} of {overlap['measured']:,} validation documents measured "
+            f"(a sample of {overlap['sampled']:,} of {overlap['val_documents']:,}) share a "
+            f"{overlap['window_tokens']}-token window with training; worst {overlap['worst_share']:.0%} of a "
+            f"document's windows" + (f" ({worst})" if worst else ""))
 
 
 def tokens_table(tokens: dict[str, Any]) -> Table:

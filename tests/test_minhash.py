@@ -262,6 +262,7 @@ def test_removals_do_not_depend_on_input_order(neardup, default_run) -> None:
         ({"threshold": 0.0}, "greater than 0"),
         ({"threshold": 1.2}, "less than or equal to 1"),
         ({"candidate_threshold": 0.8, "threshold": 0.7}, "must not exceed threshold"),
+        ({"split_group_threshold": 0.8}, "split_group_threshold \\(0.8\\) must not exceed threshold"),
         ({"bands": 20, "rows": 5}, "bands \\* rows must equal num_perm"),
         ({"bands": 16}, "set both bands and rows"),
         ({"max_bucket_size": 1}, "greater than or equal to 2"),

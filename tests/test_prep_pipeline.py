@@ -95,5 +95,6 @@ def test_changed_threshold_reruns_only_that_stage_and_what_follows(mixed_corpus:
     markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("done-*.json")}
     stats = prep([mixed_corpus], tmp_path, "prep.shard_mb=0.5", "prep.quality.min_words=400")
     rerun = {p.parent.name for p, t in markers.items() if not p.exists() or p.stat().st_mtime_ns != t}
-    assert rerun == {"quality", "tokenize.train", "tokenize", "pack"}
+    assert rerun == {"quality", "tokenize.train", "tokenize", "pack", "split_overlap.sample", "split_overlap.scan",
+                     "split_overlap"}
     assert stats["stages"][-1]["dropped"].get("too_few_words", 0) > 0

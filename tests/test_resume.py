@@ -1,8 +1,9 @@
 """A prep run killed with SIGKILL resumes from its completion markers to the same bytes,
-from the clean documents to the tokenizer and the training shards."""
+from the clean documents to the tokenizer, the training shards and the train/val overlap."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     "minhash_dedup.clusters/done-00000.json",
     "tokenize.train/done-00000.json",
     "tokenize/done-00001.json",
+    "split_overlap.scan/done-00000.json",
 ])
 def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path: Path, kill_after: str) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -54,3 +56,5 @@ def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path
     for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
         assert tree_bytes(killed / folder) == tree_bytes(reference / folder), folder
     assert tree_bytes(reference / "clean"), "the comparison is not vacuous"
+    overlap = [json.loads((run / "stats.json").read_text())["split_overlap"] for run in (killed, reference)]
+    assert overlap[0] == overlap[1] and overlap[0]["sampled"] > 0

@@ -2,7 +2,9 @@
 
 Two thresholds on purpose: LSH only proposes candidate pairs, tuned to `candidate_threshold`
 (low, so that true duplicates are rarely missed), and a candidate becomes an edge only when its
-signature estimate reaches `threshold` (high, so that merely similar texts are kept).
+signature estimate reaches `threshold` (high, so that merely similar texts are kept). A third,
+`split_group_threshold`, lower still, only ties candidates into split groups: similar texts that
+are kept go to the same side of the train/validation split (see `data_prep.pack`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class MinHashConfig(Section):
     threshold: float = Field(
         0.75, gt=0, le=1, description="Estimated Jaccard a candidate pair needs to be a duplicate."
     )
+    split_group_threshold: float = Field(
+        0.3, gt=0, le=1,
+        description="Estimated Jaccard at which a candidate pair, kept or not, joins one split group: a group "
+        "lands whole in train or in validation. Set it to `threshold` to split document by document.",
+    )
     seed: int = Field(
         1, ge=0, lt=2**32, description="Seed of the permutations, as in datasketch's MinHash."
     )
@@ -58,6 +65,11 @@ class MinHashConfig(Section):
             raise ValueError(
                 f"candidate_threshold ({self.candidate_threshold}) must not exceed threshold "
                 f"({self.threshold}): LSH would rarely propose pairs just above threshold"
+            )
+        if self.split_group_threshold > self.threshold:
+            raise ValueError(
+                f"split_group_threshold ({self.split_group_threshold}) must not exceed threshold "
+                f"({self.threshold}): every duplicate pair is in a split group already"
             )
         if (self.bands is None) != (self.rows is None):
             raise ValueError(

@@ -5,6 +5,11 @@ signatures (per shard) -> buckets (one task per LSH band and key range) -> clust
 band and verifies its candidate pairs by reading just their signature rows (memory-mapped), so
 the clusters step reads verified edges only, and its memory follows the number of edges and of
 the documents in them. Steps hand each other .npy arrays and removals tables in their folders.
+
+Candidate pairs below the drop threshold but at or above `split_group_threshold` are kept as
+links: with the edges they join documents into split groups, and the clusters step writes, per
+shard, the group of each surviving document in one (`groups-NNNNN.parquet`), which the pack step
+splits train/validation by, so near-duplicates never straddle the split.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -29,10 +35,12 @@ from data_prep.books import (
 )
 from data_prep.minhash import kernels as minhash
 from data_prep.minhash.config import MinHashConfig
-from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext, single
-from pipeline.ground.atomic import write_npy
+from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from pipeline.ground.atomic import write_npy, write_parquet
 
-SIGNATURES, BUCKETS, CLUSTERS = "minhash_dedup.signatures", "minhash_dedup.buckets", "minhash_dedup.clusters"
+MINHASH = "minhash_dedup"
+SIGNATURES, BUCKETS, CLUSTERS = f"{MINHASH}.signatures", f"{MINHASH}.buckets", f"{MINHASH}.clusters"
+GROUP = "group"  # the column of a groups file: the smallest id of the document's split group
 _VERIFY_ROWS = 8192  # signature rows held at once (4 MB) while verifying pairs or measuring removals
 
 
@@ -48,8 +56,14 @@ def _keys_file(work: Path, task: int, kind: str = "keys") -> Path:
     return work / SIGNATURES / f"{kind}-{task:05d}.npy"
 
 
-def _edges_file(work: Path, task: int) -> Path:
-    return work / BUCKETS / f"edges-{task:05d}.npy"
+def _edges_file(work: Path, task: int, kind: str = "edges") -> Path:
+    """Verified pairs of a bucket task: `edges` reach the drop threshold, `links` only the split group one."""
+    return work / BUCKETS / f"{kind}-{task:05d}.npy"
+
+
+def groups_file(work: Path, shard: int) -> Path:
+    """The split groups of shard `shard`'s surviving documents that have one (id -> group)."""
+    return work / CLUSTERS / f"groups-{shard:05d}.parquet"
 
 
 def run_signatures(ctx: TaskContext) -> dict[str, Any]:
@@ -73,18 +87,19 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     return {}
 
 
-def verified_edges(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The candidate pairs whose signature estimate reaches the threshold; reads their rows only."""
+def verified_edges(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs whose signature estimate reaches the threshold (edges), and those that
+    reach only `split_group_threshold` (links); reads their rows only."""
     files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
-    keep = np.zeros(len(pairs), dtype=bool)
+    estimates = np.zeros(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), _VERIFY_ROWS // 2):
         chunk = pairs[start:start + _VERIFY_ROWS // 2]
         members, where = np.unique(chunk, return_inverse=True)
         sigs = gather_rows(files, offsets, members)
         where = where.reshape(chunk.shape)
-        estimates = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
-        keep[start:start + len(chunk)] = estimates >= ctx.settings.threshold
-    return pairs[keep]
+        estimates[start:start + len(chunk)] = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
+    edge = estimates >= ctx.settings.threshold
+    return pairs[edge], pairs[~edge & (estimates >= ctx.settings.split_group_threshold)]
 
 
 def run_buckets(ctx: TaskContext) -> dict[str, Any]:
@@ -98,10 +113,12 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
         keys.append(np.array(np.load(_keys_file(ctx.work, shard), mmap_mode="r")[band, lo:hi]))
         rows.append(np.load(_keys_file(ctx.work, shard, "rows"), mmap_mode="r")[band, lo:hi] + offsets[shard])
     pairs = minhash.candidate_pairs(np.concatenate(keys), np.concatenate(rows), ctx.settings.max_bucket_size)
-    edges = verified_edges(ctx, pairs, offsets)
+    edges, links = verified_edges(ctx, pairs, offsets)
     write_npy(_edges_file(ctx.work, ctx.task), edges)
+    write_npy(_edges_file(ctx.work, ctx.task, "links"), links)
     ctx.report(1)
-    return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs)), "band_edges": int(len(edges))}}}
+    return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs)), "band_edges": int(len(edges)),
+                                        "band_links": int(len(links))}}}
 
 
 def _unique_rows(edges: np.ndarray) -> np.ndarray:
@@ -112,20 +129,25 @@ def _unique_rows(edges: np.ndarray) -> np.ndarray:
 
 
 def run_clusters(ctx: TaskContext) -> dict[str, Any]:
-    """Join the verified edges into clusters and keep one document per cluster.
+    """Join the verified edges into clusters and keep one document per cluster; join edges and
+    links into split groups and record the group of each surviving member.
 
-    Only the documents in an edge are touched: they are renumbered 0..k-1 (in corpus order, so
-    a cluster's smallest member stays its root), and their lengths, ids and signatures are read
-    for them alone.
+    Only the documents in an edge or link are touched: they are renumbered 0..k-1 (in corpus
+    order, so a cluster's smallest member stays its root), and their lengths, ids and signatures
+    are read for them alone.
     """
     n_tasks = _bucket_tasks(ctx.config, len(ctx.shards))
     edges = _unique_rows(np.concatenate([np.load(_edges_file(ctx.work, t)) for t in range(n_tasks)]))
+    grouping = _unique_rows(np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links"))
+                                                     for t in range(n_tasks))]))
+    linked = np.unique(grouping)
+    linked_ids = resolve_ids(ctx, linked)
     members = np.unique(edges)
     roots = minhash.clusters(len(members), np.searchsorted(members, edges))
     del edges
     offsets = shard_offsets(ctx)
     chars = gather_rows([_chars_file(ctx.work, i) for i in range(len(ctx.shards))], offsets, members)
-    remove_mask, keepers = minhash.choose_removals(roots, chars, resolve_ids(ctx, members),
+    remove_mask, keepers = minhash.choose_removals(roots, chars, linked_ids[np.searchsorted(linked, members)],
                                                    row_priorities(ctx, members))
     removed, keepers = members[remove_mask], members[keepers[remove_mask]]
     jaccard = np.zeros(len(removed), dtype=np.float64)
@@ -137,8 +159,45 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
         keeper_sigs[order] = gather_rows(files, offsets, keepers[chunk][order])
         jaccard[chunk] = minhash.estimate_jaccard(gather_rows(files, offsets, removed[chunk]), keeper_sigs)
     write_removals(ctx, removed, keepers, jaccard)
+    sizes = write_groups(ctx, linked, linked_ids, minhash.clusters(len(linked), np.searchsorted(linked, grouping)),
+                         removed)
     ctx.report(int(offsets[-1]))
-    return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed))}}}
+    return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed)),
+                                        "split_groups": int(len(sizes)),
+                                        "split_grouped": int(sizes.sum()),
+                                        "largest_split_group": int(sizes.max(initial=0))}}}
+
+
+def write_groups(ctx: TaskContext, rows: np.ndarray, ids: np.ndarray, roots: np.ndarray,
+                 removed: np.ndarray) -> np.ndarray:
+    """Write each shard's groups file: the surviving documents among `rows` (sorted corpus rows,
+    with their `ids` and component `roots`) whose component keeps two or more, each with the
+    smallest surviving id of its component, which depends on neither the order nor the sharding
+    of the input. A lone survivor keeps its own id. Returns the size of each group written."""
+    alive = ~np.isin(rows, removed)
+    rows, ids, roots = rows[alive], ids[alive], roots[alive]
+    by_id = np.argsort(ids, kind="stable")
+    order = by_id[np.argsort(roots[by_id], kind="stable")]  # by component, then by id
+    first = np.concatenate(([True], roots[order][1:] != roots[order][:-1])) if len(order) else np.zeros(0, bool)
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(order)))
+    component = np.cumsum(first) - 1
+    group, size = np.empty(len(rows), dtype=object), np.empty(len(rows), dtype=np.int64)
+    group[order], size[order] = ids[order][starts][component], sizes[component]
+    offsets = shard_offsets(ctx)
+    bounds = np.searchsorted(rows, offsets)
+    for shard in range(len(ctx.shards)):
+        keep = np.arange(bounds[shard], bounds[shard + 1])
+        keep = keep[size[keep] > 1]
+        write_parquet(groups_file(ctx.work, shard), pa.table({
+            ID: pa.array(ids[keep].tolist(), pa.string()), GROUP: pa.array(group[keep].tolist(), pa.string())}))
+    return sizes[sizes > 1]
+
+
+def split_groups(work: Path, shard: int) -> dict[str, str]:
+    """id -> split group of shard `shard`'s documents that have one (the others are their own group)."""
+    table = pq.read_table(groups_file(work, shard))
+    return dict(zip(table[ID].to_pylist(), table[GROUP].to_pylist()))
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:
@@ -157,7 +216,7 @@ def _one_per_task(docs: int, n_tasks: int) -> int:
     return n_tasks
 
 
-STAGE = StageSpec("minhash_dedup", MinHashConfig, (
+STAGE = StageSpec(MINHASH, MinHashConfig, (
     StepSpec(".signatures", run_signatures),
     StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=_one_per_task),
     StepSpec(".clusters", run_clusters, tasks=single),
