@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from common import base_parser, read_jsonl
+from common import base_parser, data_dir, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["normalize", "exact_dedup", "minhash_dedup"]
@@ -257,7 +257,7 @@ def main() -> None:
 
     import tempfile
 
-    pool = sentence_pool(args.data)
+    pool = sentence_pool(data_dir(args.data))
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         folder = Path(tmp)
         sample = folder / "signature-sample.jsonl"
