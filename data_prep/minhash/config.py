@@ -45,10 +45,11 @@ class MinHashConfig(Section):
     seed: int = Field(
         1, ge=0, lt=2**32, description="Seed of the permutations, as in datasketch's MinHash."
     )
-    shingle_hash: Literal["datasketch", "fast"] = Field(
-        "datasketch",
-        description="datasketch: SHA-1 per shingle, signatures equal to datasketch's; fast: "
-        "array hashing, about 2x faster signatures, other (equally good) signatures.",
+    shingle_hash: Literal["fast", "datasketch"] = Field(
+        "fast",
+        description="fast (default): words and shingles hashed with array operations, signing "
+        "several times faster than datasketch and as accurate; datasketch: SHA-1 per shingle, "
+        "signatures bit-identical to datasketch's MinHash, to check or mix sketches with it.",
     )
     bucket_shards_per_task: int = Field(
         64, ge=1, description="Input shards per bucket task of a band: bands x ceil(shards / this) tasks."

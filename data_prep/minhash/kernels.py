@@ -5,10 +5,11 @@ The steps only share arrays, so each runs in parallel over its own slice of the 
 (a key range of them); `estimate_jaccard` needs the signatures of the candidate pairs;
 `clusters` needs only the verified edges; `choose_removals` needs roots, lengths and ids.
 
-With `shingle_hash="datasketch"` (the default) signatures are bit-identical to datasketch's
-`MinHash(num_perm, seed)` (its "affine32" scheme) fed the UTF-8 shingles, so sketches can be
-checked against, or mixed with, datasketch. That costs one SHA-1 call per shingle; the "fast"
-scheme hashes every shingle of a batch with a few array operations instead.
+Two shingle hashes feed the same permutations. `shingle_hash="fast"` (the default) finds and
+hashes the words of a whole batch of texts with array operations, no call per word or shingle.
+`shingle_hash="datasketch"` makes signatures bit-identical to datasketch's `MinHash(num_perm,
+seed)` (its "affine32" scheme) fed the UTF-8 shingles, so sketches can be checked against, or
+mixed with, datasketch; it costs one SHA-1 call per shingle, a few times slower.
 """
 
 from __future__ import annotations
@@ -30,17 +31,31 @@ _EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a permutation that saw 
 _BLOCK_ROWS = 8192  # shingles permuted at once: BLOCK_ROWS * num_perm * 4 bytes stay in cache
 _BATCH_TEXTS = 1024  # texts shingled at once
 _DIGEST = type(hashlib.sha1()).digest
-_BASE = np.uint64(0x100000001B3)  # odd: the polynomial base of `fast_hashes`
-_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
+_WORD_BASE, _SHINGLE_BASE = 0x100000001B3, 0x9E3779B97F4A7C15  # odd: polynomial bases of `fast_hashes`
+_DOTTED_I, _SIGMA = "\u0130", "\u03a3"  # the two code points `str.lower` does not map one to one
+
+
+def _ngrams(word_owner: np.ndarray, n_texts: int, ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, first, stop): the word n-grams of texts whose words are numbered in text order.
+
+    A text with fewer than `ngram` words is one n-gram of all its words; one without has none.
+    N-gram i covers words [first[i], stop[i]); `owner` is its text.
+    """
+    counts = np.bincount(word_owner, minlength=n_texts)
+    first_word = np.cumsum(counts) - counts
+    per_text = np.where(counts > 0, np.maximum(counts - ngram + 1, 1), 0)
+    owner = np.repeat(np.arange(n_texts, dtype=np.int64), per_text)
+    first = first_word[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
+    stop = np.minimum(first + ngram, first_word[owner] + counts[owner])
+    return owner, first, stop
 
 
 def shingle_spans(texts: Sequence[str], ngram: int) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
     """The word n-grams of a batch of texts as byte spans of one buffer: (buffer, starts, ends, owner).
 
     Words are `\\w+` tokens, lower-cased, joined by one space; texts are joined by a newline.
-    A text with fewer than `ngram` words is one shingle of all its words; a text without words
-    has none. Neither separator occurs inside a UTF-8 encoded word, so one pass over the bytes
-    finds every word of the batch, and the shingles are computed without a per-text loop.
+    Neither separator occurs inside a UTF-8 encoded word, so one pass over the bytes finds every
+    word of the batch, and the shingles (see `_ngrams`) are computed without a per-text loop.
     `owner` is the text of each shingle, in text order.
     """
     findall = _WORD.findall
@@ -54,50 +69,104 @@ def shingle_spans(texts: Sequence[str], ngram: int) -> tuple[bytes, np.ndarray, 
     text_of = np.concatenate(([0], np.cumsum(buffer[breaks] == _NEWLINE)))
     words = ends > starts  # a text without words leaves an empty span between two newlines
     starts, ends, text_of = starts[words], ends[words], text_of[words]
-    counts = np.bincount(text_of, minlength=len(texts))
-    first_word = np.cumsum(counts) - counts
-    per_text = np.where(counts > 0, np.maximum(counts - ngram + 1, 1), 0)
-    owner = np.repeat(np.arange(len(texts), dtype=np.int64), per_text)
-    first = first_word[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(per_text) - per_text, per_text)
-    last = np.minimum(first + ngram - 1, first_word[owner] + counts[owner] - 1)
-    return joined, starts[first], ends[last], owner
+    owner, first, stop = _ngrams(text_of, len(texts), ngram)
+    return joined, starts[first], ends[stop - 1], owner
 
 
-def sha1_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """datasketch's `sha1_hash32` of each span: the first 4 bytes of its SHA-1, little-endian."""
+def sha1_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, owner): datasketch's `sha1_hash32` of each shingle (the first 4 bytes of its
+    SHA-1, little-endian) and the text of each."""
+    joined, starts, ends, owner = shingle_spans(texts, ngram)
     spans = map(joined.__getitem__, map(slice, starts.tolist(), ends.tolist()))
     digests = b"".join(map(_DIGEST, map(hashlib.sha1, spans)))
-    return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 20)[:, :4].copy().view("<u4").ravel()
+    return np.frombuffer(digests, dtype=np.uint8).reshape(-1, 20)[:, :4].copy().view("<u4").ravel(), owner
 
 
 @lru_cache(maxsize=1)
-def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """P**k and P**-k modulo 2**64 for k < size (P odd, so it has an inverse)."""
-    forward, inverse = np.full(size, _BASE, np.uint64), np.full(size, _BASE_INVERSE, np.uint64)
+def _code_point_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(is_word, lower) for every code point: whether `\\w` matches it, and its lower case.
+
+    `str.lower` maps each code point to one except U+0130 (to "i" and a combining dot, which is
+    not `\\w`) and U+03A3 (to final or medial sigma, by context). U+0130 keeps its own code here:
+    no other letter lowers to it, so words stay as distinct as their lower-cased strings; texts
+    with U+03A3 are lowered word by word before (see `word_spans`).
+    """
+    everything = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+    is_word = np.zeros(len(everything), dtype=bool)
+    for match in _WORD.finditer(everything):
+        is_word[match.start() : match.end()] = True
+    lowered = everything.replace(_DOTTED_I, "\u0131").lower().encode("utf-32-le", "surrogatepass")
+    lower = np.frombuffer(lowered, dtype="<u4").copy()
+    lower[ord(_DOTTED_I)] = ord(_DOTTED_I)
+    return is_word, lower
+
+
+def _lower_words(text: str) -> str:
+    """A text's words lower-cased one by one (so sigma follows its word), U+0130 kept as itself."""
+    return " ".join([word.lower().replace("i\u0307", _DOTTED_I) for word in _WORD.findall(text)])
+
+
+def word_spans(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The `\\w+` words of a batch of texts: (codes, starts, ends, owner), word i being the
+    lower-cased code points codes[starts[i]:ends[i]] of text owner[i], in text order.
+
+    The texts, joined by a newline (not `\\w`), become one array of code points (one byte each
+    when all are ASCII) that two table look-ups classify and lower-case.
+    """
+    is_word, lower = _code_point_tables()
+    pieces = [_lower_words(text) if _SIGMA in text else text for text in texts]
+    joined = "\n".join(pieces)
+    if joined.isascii():
+        points = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        wordy, codes = is_word[:128][points], lower[:128].astype(np.uint8)[points]
+    else:
+        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        wordy, codes = is_word[points], lower[points]
+    edges = np.flatnonzero(np.diff(wordy, prepend=False, append=False))
+    starts, ends = edges[0::2], edges[1::2]
+    text_ends = np.cumsum([len(piece) + 1 for piece in pieces])
+    return codes, starts, ends, np.searchsorted(text_ends, starts, side="right")
+
+
+@lru_cache(maxsize=4)
+def _powers(base: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """base**k and base**-k modulo 2**64 for k < size (base odd, so it has an inverse)."""
+    forward = np.full(size, base, np.uint64)
+    inverse = np.full(size, pow(base, -1, 2**64), np.uint64)
     forward[0] = inverse[0] = 1
     with np.errstate(over="ignore"):
         return np.cumprod(forward, dtype=np.uint64), np.cumprod(inverse, dtype=np.uint64)
 
 
-def fast_hashes(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """A 32-bit hash of each span computed for all spans at once, with no per-span call.
+def _range_hashes(values: np.ndarray, starts: np.ndarray, stops: np.ndarray, base: int) -> np.ndarray:
+    """A 64-bit hash of each range values[start:stop], all ranges at once with no per-range call.
 
-    Prefix sums of byte * P**position (mod 2**64) give each span's polynomial hash in O(1), which
-    the span's length and a SplitMix64 finalizer turn into well-mixed bits.
+    Prefix sums of value * base**position (mod 2**64) give each range's polynomial hash in O(1),
+    which the range's length and a SplitMix64 finalizer turn into well-mixed bits.
     """
-    buffer = np.frombuffer(joined, dtype=np.uint8)
-    forward, inverse = _powers(1 << (len(buffer) + 1).bit_length())
+    forward, inverse = _powers(base, 1 << (len(values) + 1).bit_length())
     with np.errstate(over="ignore"):
-        prefix = np.zeros(len(buffer) + 1, dtype=np.uint64)
-        np.cumsum(buffer * forward[: len(buffer)], out=prefix[1:])
-        spans = (prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64)
-        return (_mix64(spans) >> np.uint64(32)).astype(np.uint32)
+        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
+        np.cumsum(values * forward[: len(values)], out=prefix[1:])
+        polynomial = (prefix[stops] - prefix[starts]) * inverse[starts]
+        return _mix64(polynomial + (stops - starts).astype(np.uint64))
 
 
-def shingle_hashes(text: str, ngram: int, scheme: str = "datasketch") -> np.ndarray:
-    """The uint32 hashes of one text's shingles (see `shingle_spans`), in the given scheme."""
-    joined, starts, ends, _ = shingle_spans([text], ngram)
-    return _HASHES[scheme](joined, starts, ends)
+def fast_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, owner): a 32-bit hash of each shingle (see `_ngrams`) and the text of each.
+
+    Each word is hashed from its code points, each shingle from its words' hashes, so equal
+    shingles hash equally whatever separates their words and whatever text they come from.
+    """
+    codes, starts, ends, word_owner = word_spans(texts)
+    words = _range_hashes(codes, starts, ends, _WORD_BASE)
+    owner, first, stop = _ngrams(word_owner, len(texts), ngram)
+    return (_range_hashes(words, first, stop, _SHINGLE_BASE) >> np.uint64(32)).astype(np.uint32), owner
+
+
+def shingle_hashes(text: str, ngram: int, scheme: str = "fast") -> np.ndarray:
+    """The uint32 hashes of one text's shingles, in the given scheme."""
+    return _HASHES[scheme]([text], ngram)[0]
 
 
 @lru_cache(maxsize=8)
@@ -116,8 +185,7 @@ def signatures(texts: Sequence[str], cfg: MinHashConfig) -> np.ndarray:
     """
     out = np.full((len(texts), cfg.num_perm), _EMPTY, dtype=np.uint32)
     for start in range(0, len(texts), _BATCH_TEXTS):
-        joined, starts, ends, owner = shingle_spans(texts[start : start + _BATCH_TEXTS], cfg.ngram)
-        hashes = _HASHES[cfg.shingle_hash](joined, starts, ends)
+        hashes, owner = _HASHES[cfg.shingle_hash](texts[start : start + _BATCH_TEXTS], cfg.ngram)
         _fold(hashes, owner + start, cfg, out)
     return out
 
@@ -164,7 +232,7 @@ def band_keys(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
     return keys
 
 
-_HASHES = {"datasketch": sha1_hashes, "fast": fast_hashes}
+_HASHES = {"fast": fast_hashes, "datasketch": sha1_hashes}
 
 
 def candidate_pairs(
