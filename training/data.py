@@ -97,10 +97,10 @@ class PackedDataset:
         """Token rows [n, width] and their segment starts, for global row indices."""
         out = np.empty((len(indices), self.width), dtype=np.int64)
         starts = []
-        for slot, index in enumerate(indices):
-            number = int(np.searchsorted(self.offsets, index, side="right") - 1)
-            shard, local = self.shard(number), int(index - self.offsets[number])
-            batch = int(np.searchsorted(shard.bounds, local, side="right") - 1)
+        numbers = np.searchsorted(self.offsets, indices, side="right") - 1
+        for slot, (number, local) in enumerate(zip(numbers.tolist(), (indices - self.offsets[numbers]).tolist())):
+            shard = self._shards.get(number) or self.shard(number)
+            batch = int(np.searchsorted(shard.bounds, local, side="right") - 1) if len(shard.tokens) > 1 else 0
             local -= int(shard.bounds[batch])
             out[slot] = shard.tokens[batch].slice(local * self.width, self.width).to_numpy()
             starts.append(shard.starts[batch][local].values.to_numpy())
