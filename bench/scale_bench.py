@@ -187,7 +187,12 @@ def loader_startup(folder: Path, count: int) -> dict[str, float]:
     from data_prep.shards import read_manifest
     from pipeline.config import load_config
     from pipeline.ground.hashing import file_sha256
-    from training.data import DistributedLoader, PackedDataset, build_loader, manifest_hash
+    from training.data import (
+        DistributedLoader,
+        PackedDataset,
+        build_loader,
+        manifest_hash,
+    )
 
     write_many_shards(folder, count)
     read_before, started = bytes_read(), time.perf_counter()
