@@ -7,7 +7,11 @@ process of its own to read its peak RSS: task 0 of a per-shard step (all shards
 are the same size) and of a range-split step (the ranges are equal slices of a uniform hash
 space), the only task of a single-task step. A rerun rewrites the same bytes. It fits each
 step's peak RSS against N and projects it to 100M and 1B documents, and it compares the
-signature kernel with `rensa` on the same texts. Nothing is asserted; see bench/README.md.
+signature kernel with `rensa` on the same texts. Throughput is given per wall second of the tasks
+and per CPU second (user + sys of the processes that ran them, from each task's marker): the
+second moves far less with the load of a shared machine, so its ratio between sizes shows the
+scaling. First it times the loader's start-up over 10,000 small shard files. Nothing is asserted;
+see bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from common import base_parser, data_dir, read_jsonl
+from common import base_parser, corpus_file, data_dir, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["normalize", "exact_dedup", "minhash_dedup"]
@@ -37,7 +41,7 @@ GLOBAL_STEPS = ("exact_dedup.find", "minhash_dedup.buckets", "minhash_dedup.clus
 
 def sentence_pool(data: Path) -> list[str]:
     """Real sentences (English prose) to build documents from."""
-    text = " ".join(r["text"] for r in read_jsonl(data / "english.jsonl"))
+    text = " ".join(r["text"] for r in read_jsonl(corpus_file(data, "english.jsonl")))
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))]
     return [s for s in sentences if 40 <= len(s) <= 400]
 
@@ -124,6 +128,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
         markers = [json.loads((work / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)]
         ends = [(work / step.name / f"done-{t:05d}.json").stat().st_mtime for t in range(step.n_tasks)]
         seconds = sum(m["seconds"] for m in markers)
+        cpu = sum(m["cpu_seconds"] for m in markers)
         # a step's wall time: from the previous step's last marker to its own last one
         step_wall = max(ends) - previous_end if previous_end is not None else seconds / args.workers
         previous_end = max(ends)
@@ -132,6 +137,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
                            "--task", "0"])
         rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks, "wall_s": round(step_wall, 1),
                      "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
+                     "cpu_s": round(cpu, 2), "docs_per_cpu_s": round(n / cpu) if cpu else None,
                      "peak_rss_mb": round(rss, 1)})
     stats = json.loads((output / "stats.json").read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
@@ -142,6 +148,69 @@ def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
     """Least-squares (intercept MB, slope bytes per document) of peak RSS against N."""
     slope, intercept = np.polyfit(np.array(sizes, float), np.array(values, float) * 2**20, 1)
     return intercept / 2**20, slope
+
+
+# ---- loader start-up with many shard files ---------------------------------------------------
+
+STARTUP_ROWS, STARTUP_SEQ = 4, 64  # rows per shard file and their seq_len: start-up cost is per file
+
+
+def write_many_shards(folder: Path, count: int) -> None:
+    """`count` train shard files of a few rows each (and two val shards), with their manifest, as prep writes them."""
+    from data_prep.shards import write_manifest, write_shard
+    from pipeline.ground.hashing import file_sha256
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, files in (("train", count), ("val", 2)):
+        entries = [write_shard(folder / split / f"{split}-{i:06d}.arrow",
+                               rng.integers(2, 4096, size=(STARTUP_ROWS, STARTUP_SEQ + 1)),
+                               [np.array([0], np.int32)] * STARTUP_ROWS, 4096) for i in range(files)]
+        splits[split] = {"shards": entries, "sequences": files * STARTUP_ROWS, "sources": {}}
+    (folder / "tokenizer.json").write_text("{}")
+    write_manifest(folder, {"seq_len": STARTUP_SEQ, "row_width": STARTUP_SEQ + 1, "token_type": "uint16",
+                            "tokenizer": {"file": "tokenizer.json", "sha256": file_sha256(folder / "tokenizer.json"),
+                                          "vocab_size": 4096, "eod_id": 0, "pad_id": 1},
+                            "splits": splits})
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read() calls so far (memory-mapped pages are not counted)."""
+    return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+
+def loader_startup(folder: Path, count: int) -> dict[str, float]:
+    """Seconds from nothing to the first batch over `count` shard files: the loader alone
+    (dataset + loader + first batch), then what the trainer does with the data before its first
+    step (manifest, its hash, the tokenizer's hash, train and val datasets, the configured loader,
+    the validation loader and a first batch of each), with the bytes each read."""
+    from data_prep.shards import read_manifest
+    from pipeline.config import load_config
+    from pipeline.ground.hashing import file_sha256
+    from training.data import (
+        DistributedLoader,
+        PackedDataset,
+        build_loader,
+        manifest_hash,
+    )
+
+    write_many_shards(folder, count)
+    read_before, started = bytes_read(), time.perf_counter()
+    DistributedLoader(PackedDataset(folder, "train", STARTUP_SEQ), 8, seed=0).next_batch()
+    loader_s, loader_bytes = time.perf_counter() - started, bytes_read() - read_before
+
+    config = load_config(None, ["train.global_batch_size=8", "train.micro_batch_size=8"])
+    read_before, started = bytes_read(), time.perf_counter()
+    manifest = read_manifest(folder)
+    manifest_hash(folder)
+    tokenizer_sha = file_sha256(folder / "tokenizer.json")
+    train = PackedDataset(folder, "train", STARTUP_SEQ, tokenizer_sha, manifest=manifest)
+    val = PackedDataset(folder, "val", STARTUP_SEQ, tokenizer_sha, manifest=manifest)
+    build_loader(train, config, 0, 1).next_batch()
+    DistributedLoader(val, 8, seed=0, rows_per_step=8).next_batch()
+    trainer_s, trainer_bytes = time.perf_counter() - started, bytes_read() - read_before
+    return {"shards": count, "loader_s": round(loader_s, 3), "loader_bytes_read": loader_bytes,
+            "trainer_data_s": round(trainer_s, 3), "trainer_bytes_read": trainer_bytes}
 
 
 # ---- signatures beside rensa -----------------------------------------------------------------
@@ -204,6 +273,22 @@ def report_signatures(rates: dict[str, dict[str, Any]], n_texts: int) -> None:
 
 # ---- report --------------------------------------------------------------------------------------
 
+def cpu_throughput(results: list[dict[str, Any]]) -> None:
+    """Docs per CPU second (user + sys of every task of a stage, all threads) at each size, and the
+    ratio of the largest size to the smallest: linear scaling keeps it near 1. CPU time does not
+    count time a core spent on other processes, so it moves far less with the load than wall time."""
+    sizes = [r["n"] for r in results]
+    stages = list(dict.fromkeys(p["stage"] for p in results[0]["steps"]))
+    print(f"\n| stage | CPU s at {' / '.join(f'{n:,}' for n in sizes)} | docs per CPU s | "
+          f"{sizes[-1]:,} vs {sizes[0]:,} |")
+    print("|---|---|---|---:|")
+    for name, members in [*((s, [s]) for s in stages), ("whole prep", stages)]:
+        cpu = [sum(p["cpu_s"] for p in r["steps"] if p["stage"] in members) for r in results]
+        rates = [n / c for n, c in zip(sizes, cpu)]
+        print(f"| {name} | {' / '.join(f'{c:,.1f}' for c in cpu)} | {' / '.join(f'{v:,.0f}' for v in rates)} | "
+              f"{rates[-1] / rates[0]:.2f}x |")
+
+
 def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], signature_docs: int) -> None:
     sizes = [r["n"] for r in results]
     print("\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | wall s | docs/s per core | "
@@ -229,18 +314,21 @@ def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], sign
         print(f"| {r['n']:,} | {r['wall_s']} | {r['exact_planted']:,} | {r['removed'].get('exact_dedup', 0):,} | "
               f"{r['near_planted']:,} | {r['removed'].get('minhash_dedup', 0):,} | "
               f"{', '.join(f'{v:,.0f}' for v in per_stage.values())} |")
+    cpu_throughput(results)
     print(f"\nlargest global-task memory slope: {worst_global:.1f} B/doc (aim <= {MEMORY_AIM}): "
           f"{'meets' if worst_global <= MEMORY_AIM else 'MISSES'}")
-    print(f"three-stage throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: {stage_rates[-1] / stage_rates[0]:.2f}x "
-          f"(aim >= 0.9x)")
+    print(f"three-stage wall throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: "
+          f"{stage_rates[-1] / stage_rates[0]:.2f}x (aim >= 0.9x)")
     report_signatures(rates, signature_docs)
     print(json.dumps({"bench": "scale", "results": results, "signatures": rates}))
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(SIZES),
-                        help="corpus sizes in documents (default 25000,100000,400000)")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=list(SIZES),
+                        help="corpus sizes in documents (default 25000,100000,400000; empty: none)")
+    parser.add_argument("--startup-shards", type=int, default=10_000,
+                        help="shard files for the loader start-up measurement (default 10000; 0: skip it)")
     parser.add_argument("--large", action="store_true", help=f"also run {LARGE:,} documents")
     parser.add_argument("--work", type=Path, default=None, help="folder for corpora and runs (default: a temp folder)")
     parser.add_argument("--exact", type=float, default=0.02, help="rate of planted exact copies (default 0.02)")
@@ -260,6 +348,16 @@ def main() -> None:
     pool = sentence_pool(data_dir(args.data))
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         folder = Path(tmp)
+        if args.startup_shards:
+            startup = loader_startup(folder / "many-shards", args.startup_shards)
+            print(f"loader start-up over {startup['shards']:,} shard files: {startup['loader_s']:.2f} s to the first "
+                  f"batch, {startup['loader_bytes_read'] / 2**20:,.1f} MiB read; the trainer's data start-up: "
+                  f"{startup['trainer_data_s']:.2f} s, {startup['trainer_bytes_read'] / 2**20:,.1f} MiB read "
+                  f"(aim < 5 s)", flush=True)
+            print(json.dumps({"bench": "scale", "startup": startup}), flush=True)
+            subprocess.run(["rm", "-rf", str(folder / "many-shards")], check=True)
+        if not sizes:
+            return
         sample = folder / "signature-sample.jsonl"
         write_corpus(sample, args.signature_docs, pool, 0.0, 0.0, seed=1)
         rates = signature_rates([r["text"] for r in read_jsonl(sample)], args.repeat)

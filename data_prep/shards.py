@@ -3,8 +3,9 @@
 Shards are uncompressed Arrow IPC files so the loader can memory-map them and read a row without
 copying; each holds `tokens` (fixed-size list of seq_len + 1 token ids) and `segment_starts`
 (where documents begin inside the row). `manifest.json` lists every shard with its row and
-token counts and its SHA-256, plus the tokenizer's hash and seq_len, so a trainer can refuse
-data that does not match it before it starts. docs/FORMAT.md is the reference.
+token counts, size and SHA-256, plus the tokenizer's hash and seq_len, so a trainer can refuse
+data that does not match it: the sizes before it starts (a stat per file, whatever the number of
+shards), a shard's hash when it first reads the shard. docs/FORMAT.md is the reference.
 """
 
 from __future__ import annotations
@@ -95,11 +96,15 @@ def open_shard(path: Path, width: int, expected_rows: int) -> pa.Table:
     return table
 
 
-def verify_shards(folder: Path, manifest: dict[str, Any], split: str) -> None:
-    """Check every file of `split` against its manifest size and SHA-256."""
-    for entry in manifest["splits"][split]["shards"]:
-        path = folder / split / entry["file"]
-        if not path.exists():
-            raise ShardError(f"shard {path} listed in the manifest is missing")
-        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
+def check_shard(path: Path, entry: dict[str, Any], full: bool) -> None:
+    """Check one file against its manifest entry: its size (one stat) and, with `full`, its SHA-256,
+    which reads the whole file; a loader checks sizes at start and each hash when it first uses the shard."""
+    try:
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise ShardError(f"shard {path} has {size:,} bytes, the manifest says {entry['bytes']:,} "
+                             f"(truncated or modified)")
+        if full and file_sha256(path) != entry["sha256"]:
             raise ShardError(f"shard {path} does not match its manifest hash (corrupt or modified)")
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} listed in the manifest is missing") from None

@@ -120,8 +120,9 @@ def unigram_entropy(shards: Path) -> float:
 
     dataset = PackedDataset(shards, "train", verify=False)
     counts = np.zeros(read_manifest(shards)["tokenizer"]["vocab_size"], dtype=np.int64)
-    for tokens in dataset.tokens:
-        counts += np.bincount(tokens.values.to_numpy(), minlength=len(counts))[: len(counts)]
+    for index in range(len(dataset.paths)):
+        for tokens in dataset.shard(index).tokens:
+            counts += np.bincount(tokens.to_numpy(), minlength=len(counts))[: len(counts)]
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 

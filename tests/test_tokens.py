@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from data_prep.pack import pack_best_fit, pack_concat
-from data_prep.shards import ShardError
+from data_prep.shards import ShardError, write_manifest, write_shard
 from data_prep.tokenizer import load_tokenizer
 from pipeline.ground.hashing import file_sha256
 from tests.test_prep_pipeline import prep, read_dir
@@ -182,5 +182,43 @@ def test_manifest_and_tokenizer_mismatches_are_refused(prepared: tuple[Path, dic
     data = bytearray(victim.read_bytes())
     data[-100] ^= 0xFF
     victim.write_bytes(bytes(data))
+    dataset = PackedDataset(shards, "train")  # opening reads no shard: the first read of the victim checks it
     with pytest.raises(ShardError, match=f"{victim.name}.*hash"):
-        PackedDataset(shards, "train")
+        dataset.rows(np.arange(len(dataset)))
+
+
+def test_a_dataset_of_many_shards_reads_only_the_shards_it_touches(tmp_path: Path) -> None:
+    rows, width, count = 3, 9, 200
+    entries = [write_shard(tmp_path / "train" / f"train-{i:05d}.arrow", np.full((rows, width), i + 2),
+                           [np.array([0], np.int32)] * rows, 4096) for i in range(count)]
+    write_manifest(tmp_path, {"seq_len": width - 1, "row_width": width, "tokenizer": {"sha256": "0" * 64, "pad_id": 1},
+                              "splits": {"train": {"shards": entries}}})
+    kept = 7
+    for entry in entries:  # every shard but one becomes garbage of the same size
+        if entry is not entries[kept]:
+            path = tmp_path / "train" / entry["file"]
+            path.write_bytes(bytes(path.stat().st_size))
+    dataset = PackedDataset(tmp_path, "train")
+    assert len(dataset) == rows * count
+    tokens, _ = dataset.rows(np.arange(kept * rows, (kept + 1) * rows))
+    assert (tokens == kept + 2).all()
+    with pytest.raises(ShardError, match=f"{entries[kept + 1]['file']}.*hash"):
+        dataset.rows(np.array([(kept + 1) * rows]))
+    with pytest.raises(ShardError, match=f"{entries[0]['file']}.*corrupt"):
+        PackedDataset(tmp_path, "train", verify=False).rows(np.array([0]))
+    (tmp_path / "train" / entries[-1]["file"]).unlink()
+    with pytest.raises(ShardError, match=f"{entries[-1]['file']}.*missing"):
+        PackedDataset(tmp_path, "train")  # a missing or resized file is refused at once, by a stat
+
+
+def test_rows_of_a_shard_of_several_record_batches_come_back_as_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 4096, size=(2500, 5))  # three record batches of ROWS_PER_BATCH rows at most
+    starts = [np.arange(i % 3 + 1, dtype=np.int32) for i in range(len(tokens))]
+    entry = write_shard(tmp_path / "train" / "train-00000.arrow", tokens, starts, 4096)
+    write_manifest(tmp_path, {"seq_len": 4, "row_width": 5, "tokenizer": {"sha256": "0" * 64, "pad_id": 1},
+                              "splits": {"train": {"shards": [entry]}}})
+    order = rng.permutation(len(tokens))
+    rows, row_starts = PackedDataset(tmp_path, "train").rows(order)
+    assert np.array_equal(rows, tokens[order])
+    assert all(np.array_equal(got, starts[i]) for got, i in zip(row_starts, order))

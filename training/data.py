@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from data_prep.shards import ShardError, open_shard, read_manifest, verify_shards
+from data_prep.shards import ShardError, check_shard, open_shard, read_manifest
 from pipeline.ground.hashing import file_sha256
 from training import mixture
 from training.mixture import Schedule, source_key
@@ -35,8 +36,22 @@ class Batch:
     rows: np.ndarray  # global row indices, for tests and for skipping data windows
 
 
+@dataclass
+class Shard:
+    """One opened shard: per record batch of its file, the flat token values and the segment starts,
+    memory-mapped (never copied), with the first row of each batch and the row count after the last."""
+
+    tokens: list[pa.Array]
+    starts: list[pa.ListArray]
+    bounds: np.ndarray
+
+
 class PackedDataset:
-    """All rows of one split, memory-mapped; validated against what the trainer expects."""
+    """All rows of one split, validated against what the trainer expects, opened a shard at a time.
+
+    Opening reads the manifest and stats each file (a missing or resized one is refused at once), so
+    it takes the same time for 10 shards or 10,000; a shard is memory-mapped, its shape checked and,
+    with `verify`, its SHA-256 compared the first time one of its rows is read, once per dataset."""
 
     def __init__(self, folder: Path, split: str = "train", seq_len: int | None = None,
                  tokenizer_sha256: str | None = None, verify: bool = True,
@@ -52,32 +67,44 @@ class PackedDataset:
                              f"(sha256 {self.manifest['tokenizer']['sha256'][:12]}…, expected {tokenizer_sha256[:12]}…)")
         if split not in self.manifest["splits"]:
             raise ShardError(f"{self.folder}: no split {split!r} in the manifest")
-        if verify:
-            verify_shards(self.folder, self.manifest, split)
-        width = self.manifest["row_width"]
-        self.tables = [open_shard(self.folder / split / e["file"], width, e["sequences"])
-                       for e in self.manifest["splits"][split]["shards"]]
-        self.tokens = [t.column("tokens").combine_chunks() for t in self.tables]
-        self.starts = [t.column("segment_starts").combine_chunks() for t in self.tables]
-        self.offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in self.tables])]).astype(np.int64)
-        self.width = width
+        self.entries = self.manifest["splits"][split]["shards"]
+        self.paths = [self.folder / split / e["file"] for e in self.entries]
+        for path, entry in zip(self.paths, self.entries):
+            check_shard(path, entry, full=False)
+        self.verify = verify
+        self.offsets = np.concatenate([[0], np.cumsum([e["sequences"] for e in self.entries])]).astype(np.int64)
+        self.width = self.manifest["row_width"]
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
-        self.shard_sources = [e.get("source") for e in self.manifest["splits"][split]["shards"]]  # None: untagged
-        self.shard_languages = [e.get("language") for e in self.manifest["splits"][split]["shards"]]
+        self.shard_sources = [e.get("source") for e in self.entries]  # None: untagged
+        self.shard_languages = [e.get("language") for e in self.entries]
+        self._shards: dict[int, Shard] = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def shard(self, index: int) -> Shard:
+        """Shard `index`, opened and checked on its first use."""
+        opened = self._shards.get(index)
+        if opened is None:
+            path, entry = self.paths[index], self.entries[index]
+            check_shard(path, entry, full=self.verify)
+            table = open_shard(path, self.width, entry["sequences"])
+            tokens, starts = table.column("tokens").chunks, table.column("segment_starts").chunks
+            bounds = np.cumsum([0, *(len(chunk) for chunk in tokens)])
+            opened = self._shards[index] = Shard([chunk.values for chunk in tokens], starts, bounds)
+        return opened
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Token rows [n, width] and their segment starts, for global row indices."""
         out = np.empty((len(indices), self.width), dtype=np.int64)
         starts = []
-        for slot, index in enumerate(indices):
-            shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
-            local = int(index - self.offsets[shard])
-            values = self.tokens[shard].values
-            out[slot] = values.slice(local * self.width, self.width).to_numpy()
-            starts.append(self.starts[shard][local].values.to_numpy())
+        numbers = np.searchsorted(self.offsets, indices, side="right") - 1
+        for slot, (number, local) in enumerate(zip(numbers.tolist(), (indices - self.offsets[numbers]).tolist())):
+            shard = self._shards.get(number) or self.shard(number)
+            batch = int(np.searchsorted(shard.bounds, local, side="right") - 1) if len(shard.tokens) > 1 else 0
+            local -= int(shard.bounds[batch])
+            out[slot] = shard.tokens[batch].slice(local * self.width, self.width).to_numpy()
+            starts.append(shard.starts[batch][local].values.to_numpy())
         return out, starts
 
 
