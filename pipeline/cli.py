@@ -468,7 +468,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
 
     from launch.torchrun import local_train_command
     from pipeline.ground.markers import read_jsonl
-    from pipeline.report import build_report
+    from pipeline.report import build_report, learning_line, unigram_entropy
     from pipeline.summary import print_task_results, task_results
     from pipeline.toy_world import toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
@@ -491,10 +491,13 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     started = time.perf_counter()
     toy = toy_generations(train_toy_world(args.output / "toy_world"))
     timings["toy world"] = time.perf_counter() - started
-    report = build_report(args.output, samples, config, timings, toy)
-    _print_samples(samples, "samples from the final checkpoint")
+    entropy = unigram_entropy(data / "shards")
+    report = build_report(args.output, samples, config, timings, toy, entropy)
+    metrics = read_jsonl(args.output / "train" / "metrics.jsonl")
+    learning = learning_line(metrics, entropy)
+    _print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
     _print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
-    results, eval_seconds = task_results(read_jsonl(args.output / "train" / "metrics.jsonl"))
+    results, eval_seconds = task_results(metrics)
     if results:
         print_task_results(results, "tasks at the last evaluation")
         print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "

@@ -127,6 +127,17 @@ def unigram_entropy(shards: Path) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def learning_line(metrics: list[dict[str, Any]], entropy: float | None) -> str:
+    """The last validation loss beside the unigram baseline, said with the samples: how far below
+    word salad (the token frequencies alone) the model that wrote them is."""
+    val = [m for m in metrics if "val_loss" in m and "anomaly" not in m]
+    if not val or entropy is None:
+        return ""
+    last = val[-1]
+    return (f"validation loss {last['val_loss']:.2f} nats per token at step {last['step']}; unigram baseline "
+            f"{entropy:.2f} (the token frequencies alone, no context)")
+
+
 # ---- sections ---------------------------------------------------------------------------------
 
 def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metrics: list[dict[str, Any]],
@@ -345,8 +356,10 @@ def _toy_world(page: Page, generations: list[tuple[str, str]]) -> None:
 
 
 def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, config: Any = None,
-                 timings: dict[str, float] | None = None, toy: list[tuple[str, str]] | None = None) -> Path:
-    """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`."""
+                 timings: dict[str, float] | None = None, toy: list[tuple[str, str]] | None = None,
+                 entropy: float | None = None) -> Path:
+    """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
+    `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     train_dir = run_dir / "train"
     metrics, events = read_jsonl(train_dir / "metrics.jsonl"), read_jsonl(train_dir / "events.jsonl")
@@ -354,12 +367,15 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
     _context(page, run_dir, config, stats, metrics, timings or {})
     _data(page, stats)
     shards = run_dir / "data" / "shards"
-    _training(page, metrics, events, unigram_entropy(shards) if metrics and shards.exists() else None)
+    if entropy is None and metrics and shards.exists():
+        entropy = unigram_entropy(shards)
+    _training(page, metrics, events, entropy)
     _mixture(page, metrics)
     _evals(page, metrics)
     _events(page, train_dir, events)
     if samples:
         page.heading("Samples")
+        page.paragraph(f"From the final checkpoint: {learning_line(metrics, entropy) or 'no validation loss'}.")
         page.table(["prompt", "continuation"], [[p, c] for p, c in samples])
     if toy:
         _toy_world(page, toy)

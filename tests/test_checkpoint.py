@@ -101,6 +101,7 @@ sys.exit(main({["train", "--data", str(tiny_shards), "--output", str(run), *BASE
     assert (run / "checkpoints" / ".staging" / "step-00000006").exists(), "the write was interrupted mid-way"
     finished = losses(train(tiny_shards, run, 8, decay=8))
     assert [e["step"] for e in events(run) if e["event"] == "resume"] == [3]
+    assert not (run / "checkpoints" / ".staging").exists(), "the next save cleared the debris"
     straight = losses(train(tiny_shards, tmp_path / "straight", 8, decay=8))
     assert finished[8] == straight[8]
 
@@ -169,3 +170,5 @@ def test_retention_keeps_last_every_mth_and_latest(tiny_shards: Path, tmp_path: 
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert kept == ["step-00000004", "step-00000008", "step-00000010"]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000010"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted([*kept, "latest"]), \
+        "nothing but checkpoints and the pointer: no staging folder, no DeepSpeed helper scripts"

@@ -9,7 +9,9 @@ clean/, dropped/ and everything after them changed when MinHash's default shingl
 minhash_dedup removes other documents (with `prep.minhash_dedup.shingle_hash=datasketch` the
 sample gives the earlier bytes, and exact_dedup's removals are the same either way). The shards
 and every loss changed again when validation moved to near-duplicate groups (issue 15: near
-copies straddled the split). The manifest is compared without its `prep_config`, which holds
+copies straddled the split). The tokenizer, the shards and the losses were recorded again when
+configs/sample.yaml was tuned for samples that read like the corpus (issue 17: vocabulary 4,096
+instead of 8,192, learning rate 2e-3 reached after 20 steps instead of 3e-3 after 15). The manifest is compared without its `prep_config`, which holds
 absolute input paths.
 """
 
@@ -29,14 +31,14 @@ RECORDED_DIGESTS = {
     "clean": "00a1f8fea27da22ea627b23d8faf8f87b8d1a69f405e2f341fb98d1f583a7146",
     "dropped": "a262ef3f2a426e6aff1b9afcf9fa71cec1f34cb8d28a059e176af2fb72edec74",
     "quarantine": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-    "tokenizer": "07ae8399f5280721173e8a2f15eaf678750d224390744619d6a5551711ed9151",
-    "shards": "98b40dfe9a5c704a1dbe5cb1c02987b1f410bcf6b7f03498a695345c6cd7f75e",
+    "tokenizer": "db7642237e6559435e118f4865818ebb6a94429d294ee266313a795a62c026cd",
+    "shards": "22e6c87274ef50131db249e4cd34df60c6b903e19841093b55d6a9062949a22b",
 }
 RECORDED_LOSSES = [
-    9.014328002929688, 8.992213249206543, 9.017074584960938, 8.995284080505371, 8.992826461791992,
-    8.968939781188965, 8.947887420654297, 8.894439697265625, 8.859485626220703, 8.723075866699219,
-    8.673011779785156, 8.684600830078125, 8.47707462310791, 8.53892707824707, 8.32059383392334,
-    8.603504180908203, 8.286507606506348, 8.476860046386719, 8.122846603393555, 8.381841659545898,
+    8.30842399597168, 8.289403915405273, 8.31452751159668, 8.293561935424805, 8.3123779296875,
+    8.290712356567383, 8.300285339355469, 8.293182373046875, 8.282808303833008, 8.25898265838623,
+    8.234703063964844, 8.203717231750488, 8.138029098510742, 8.093704223632812, 7.9951581954956055,
+    8.025753021240234, 7.967106342315674, 7.915663719177246, 7.914120674133301, 7.932753562927246,
 ]
 TINY_MODEL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=176",
               "train.global_batch_size=4", "train.micro_batch_size=2", "train.max_steps=20", "train.log_interval=1",

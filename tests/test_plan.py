@@ -83,7 +83,7 @@ def test_plan_speaks_in_human_units_and_uses_the_config_s_own_run() -> None:
     result = crucible_plan("--config", "configs/sample.yaml")
     assert result.returncode == 0, result.stderr
     title = " ".join(result.stdout.split())
-    assert "5M parameters" in title and "dp=2" in title and "2 GPU(s), sequences of 256" in title
+    assert "3.95M parameters" in title and "dp=2" in title and "2 GPU(s), sequences of 256" in title
     assert " MB " in result.stdout and "0.00B" not in result.stdout and "0.0 GB" not in result.stdout
     gpu = " ".join(crucible_plan("--config", "configs/gpu_1b.yaml").stdout.split())
     assert "1.04B parameters" in gpu and "1 GPU(s), sequences of 2,048" in gpu

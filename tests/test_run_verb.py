@@ -41,11 +41,14 @@ samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
 def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run, result = finished_run
     assert "data prep" in result.stdout and "continuation" in result.stdout and "It was" in result.stdout
+    said = " ".join(result.stdout.split())  # the table title wraps at the console's width
+    assert "samples from the final checkpoint: validation loss " in said and "at step 12; unigram baseline " in said
     assert (run / "data" / "shards" / "manifest.json").exists()
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()
     for section in ("## Run", "## Data", "## Training", "## Checkpoints and events", "## Samples", "It was",
-                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save | 20", "## Toy world"):
+                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save | 20", "## Toy world",
+                    "From the final checkpoint: validation loss "):
         assert section in report
     assert report.count(" | yes |") == 2, "the toy world writes a sentence of its corpus from cat and from dog"
     html = (run / "report.html").read_text()

@@ -3,8 +3,8 @@
 A save is staged: every rank writes its DeepSpeed shards (model, optimizer, ZeRO partitions)
 and its RNG state under `checkpoints/.staging/<tag>/`; then rank 0 writes `crucible.json`
 (step, loader position, config, shard-manifest hash, a SHA-256 of every file, health) and
-publishes the folder with one rename, then moves the `latest` pointer with another. A kill
-before the rename leaves only staging debris and `latest` on the previous checkpoint. Loading
+publishes the folder with one rename, then moves the `latest` pointer with another, and empties
+staging. A kill before the rename leaves only staging debris and `latest` on the previous checkpoint. Loading
 verifies the hashes first and falls back to the previous good checkpoint when a file is damaged
 (a missing or torn crucible.json included); with checkpoints present but none loadable, training
 stops rather than start over on top of them. Files are read without unpickling code (see
@@ -224,6 +224,9 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
+            # What is left there is of no use: DeepSpeed's recovery scripts (zero_to_fp32.py, written
+            # beside the tag folder at every save) and the debris of an interrupted save.
+            shutil.rmtree(staging, ignore_errors=True)
             with atomic_path(self.root / LATEST) as tmp:
                 tmp.write_text(tag + "\n")
             self.prune()

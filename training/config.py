@@ -112,6 +112,17 @@ class ParallelConfig(Section):
         return self
 
 
+class TrackingConfig(Section):
+    """Where the experiment trackers named in `train.loggers` write."""
+
+    project: str = Field("crucible", min_length=1, description="W&B project and MLflow experiment.")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="W&B without a network by default (`wandb sync` uploads later); WANDB_MODE, "
+                               "when set, wins.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI: a server (http://...), a folder "
+                                                     "(file:...); default RUN/mlruns.")
+
+
 class TrainConfig(Section):
     """Steps, batch, optimizer, schedule, precision and logging."""
 
@@ -136,6 +147,11 @@ class TrainConfig(Section):
         "tensorwise", description="FP8 scale granularity: one per tensor (fastest) or one per row (closer to bf16; "
                                   "compute capability 9.0+).")
     log_interval: int = Field(1, ge=1)
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers fed the metrics, config, prep stats and events (metrics.jsonl and "
+                    "events.jsonl are always written); wandb and mlflow need the `trackers` extra.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval_interval: int = Field(50, ge=1)
     eval_batches: int = Field(2, ge=1, description="Validation global batches per evaluation.")
     peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured.")

@@ -41,6 +41,7 @@ from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
 from training.scoring import encode_tasks, score
 from training.tasks import load_tasks, metrics
+from training.trackers import Trackers, check_installed, prep_stats_of
 
 
 def _fmt(value: float | None) -> str:
@@ -83,6 +84,7 @@ class Trainer:
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
         self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"])
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
+        check_installed(train_cfg.loggers)
         if train_cfg.precision == "fp8":
             check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
                       torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -103,8 +105,10 @@ class Trainer:
         self.warned_mfu = False
 
         is_rank0 = self.layout.rank == 0
-        self.metrics = MetricsLog(self.run_dir, enabled=is_rank0)
-        self.events = EventLog(self.run_dir, enabled=is_rank0)
+        trackers = Trackers(self.run_dir, train_cfg.loggers, train_cfg.tracking, config.model_dump(mode="json"),
+                            prep_stats_of(self.data_dir), enabled=is_rank0)
+        self.metrics = MetricsLog(self.run_dir, enabled=is_rank0, trackers=trackers)
+        self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
         self.hooks: list[Hook] = build_hooks(config)
         self.step, self.rollbacks, self.tokens = 0, 0, 0

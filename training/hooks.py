@@ -17,6 +17,7 @@ import math
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -94,10 +95,11 @@ class Hook:
 
 
 class EventLog:
-    """`<run>/events.jsonl`: rollbacks, saves, resumes, signals; written by rank 0."""
+    """`<run>/events.jsonl`: rollbacks, saves, resumes, signals; written by rank 0 and passed on to
+    `also` (the experiment trackers)."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.path, self.enabled = Path(run_dir) / "events.jsonl", enabled
+    def __init__(self, run_dir: Path, enabled: bool, also: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path, self.enabled, self.also = Path(run_dir) / "events.jsonl", enabled, also
 
     def log(self, event: dict[str, Any]) -> None:
         """Append `event` with its time, and say it on the console: saves, resumes, rollbacks, stops."""
@@ -108,6 +110,8 @@ class EventLog:
                 handle.write(json.dumps(event, sort_keys=True) + "\n")
             detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("event", "step", "time"))
             print(f"step {event.get('step', '?')}: {event['event']}" + (f" ({detail})" if detail else ""), flush=True)
+            if self.also is not None:
+                self.also(event)
 
 
 class AnomalyDetector(Hook):

@@ -1,4 +1,4 @@
-"""Training metrics: FLOPs per token, MFU against a peak, and the metrics.jsonl/TensorBoard log.
+"""Training metrics: FLOPs per token, MFU against a peak, and the metrics.jsonl log (fed to the trackers).
 
 FLOPs per token, as used for MFU (causal masking not discounted):
     6 * N_matmul + 12 * n_layers * d_model * seq_len
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.trackers import Trackers
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0, n: int | None = None,
@@ -43,28 +45,20 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to metrics.jsonl and passes it to the trackers."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, enabled: bool, trackers: Trackers) -> None:
+        self.enabled, self.trackers = enabled, trackers
         self.path = run_dir / "metrics.jsonl"
-        self.writer = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, record["step"])
-        self.writer.flush()
+        self.trackers.metrics(record)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.trackers.close()

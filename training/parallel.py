@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+import training.accelerator  # noqa: F401  (before deepspeed)
 
+# isort: split
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec  # noqa: E402

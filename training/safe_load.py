@@ -24,6 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+import training.accelerator  # noqa: F401  (before deepspeed)
+
+# isort: split
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum

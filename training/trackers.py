@@ -1,0 +1,206 @@
+"""Experiment trackers: where a team already looks at its runs (`train.loggers`).
+
+Each back-end gets the same four things from rank 0: the run's config (once), the prep stats of
+the shards it trains on (once, when the prep's stats.json sits beside them), every logged step's
+numbers and every event (saves, resumes, rollbacks, stops). TensorBoard ships with the core
+install; W&B and MLflow come with the `trackers` extra and are imported only when named, so a
+run that does not name them never needs them. W&B runs offline unless `train.tracking.wandb_mode`
+or WANDB_MODE says otherwise; MLflow writes to a folder in the run unless given a tracking URI.
+A resumed run continues the same W&B and MLflow runs (their ids are kept in the run folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.ground.atomic import write_json
+from pipeline.ground.errors import UserError
+from training.config import TrackingConfig
+
+IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a resume continues
+LIBRARIES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_installed(loggers: list[str]) -> None:
+    """Refuse, before any process group, a logger whose library is missing: one line naming the extra."""
+    for name in loggers:
+        if importlib.util.find_spec(LIBRARIES[name]) is None:
+            raise UserError(f"train.loggers names {name}, whose library is not installed: "
+                            f"pip install -e '.[trackers]' (or drop {name} from train.loggers)")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; a list of named dicts (prep's stages) keyed by their names."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        value = {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in value}
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat |= flatten(item, f"{prefix}{key}.")
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The plottable scalars of a metrics record (not the step itself, not bools or None)."""
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoard:
+    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
+                 settings: TrackingConfig) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer.add_text("config", f"```\n{json.dumps(config, indent=2, sort_keys=True)}\n```")
+        if prep_stats is not None:
+            self.writer.add_text("prep_stats", f"```\n{json.dumps(prep_stats, indent=2, sort_keys=True)}\n```")
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.writer.add_text("events", json.dumps(event, sort_keys=True), event.get("step", 0))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandB:
+    """Steps are plotted against a `step` metric, not W&B's own counter: after a rollback the
+    step goes back, which W&B's counter refuses."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
+                 settings: TrackingConfig, run_id: str | None) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            dir=str(run_dir), project=settings.project, name=run_dir.name, id=run_id, resume="allow",
+            mode=os.environ.get("WANDB_MODE") or settings.wandb_mode,
+            config=config | ({"prep_stats": prep_stats} if prep_stats is not None else {}),
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
+                                    x_save_requirements=False))
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        self.events: list[list[Any]] = []
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.run.log(values | {"step": step})
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.events.append([event.get("step"), event["event"], json.dumps(event, sort_keys=True)])
+        self.run.log({f"event/{event['event']}": sum(e[1] == event["event"] for e in self.events),
+                      "step": event.get("step", 0)})
+
+    def close(self) -> None:
+        if self.events:
+            self.run.log({"events": self.wandb.Table(columns=["step", "event", "record"], data=self.events)})
+        self.run.finish()
+
+
+class MLflow:
+    BATCH = 100  # MLflow's most params (and a safe number of metrics) per request
+    VALUE = 6000  # MLflow's longest param value; the whole config is an artifact too
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
+                 settings: TrackingConfig, run_id: str | None) -> None:
+        uri = settings.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+        if "://" not in uri or uri.startswith("file:"):
+            # A folder store: MLflow keeps it in maintenance and asks for this opt-in; a database
+            # store needs the full `mlflow` package (SQLAlchemy), which the extra leaves out.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        self.Metric, self.client = Metric, MlflowClient(uri)
+        if run_id is None:
+            experiment = self.client.get_experiment_by_name(settings.project)
+            experiment_id = (experiment.experiment_id if experiment is not None
+                             else self.client.create_experiment(settings.project))
+            run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+            flat = flatten(config) | {f"prep_stats.{k}": v for k, v in flatten(prep_stats or {}).items()}
+            params = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:self.VALUE])
+                      for k, v in flat.items()]
+            for start in range(0, len(params), self.BATCH):
+                self.client.log_batch(run_id, params=params[start:start + self.BATCH])
+            self.client.log_dict(run_id, config, "config.json")
+            if prep_stats is not None:
+                self.client.log_dict(run_id, prep_stats, "prep_stats.json")
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.id = run_id
+        self.counts: dict[str, int] = {}
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [self.Metric(k, v, now, step) for k, v in values.items()]
+        for start in range(0, len(metrics), self.BATCH):
+            self.client.log_batch(self.id, metrics=metrics[start:start + self.BATCH])
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self._log(step, values)
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.counts[event["event"]] = self.counts.get(event["event"], 0) + 1
+        self._log(event.get("step", 0), {f"event/{event['event']}": self.counts[event["event"]]})
+        self.client.log_text(self.id, json.dumps(event, sort_keys=True),
+                             f"events/{sum(self.counts.values()):04d}-{event['event']}.json")
+
+    def close(self) -> None:
+        self.client.set_terminated(self.id)
+
+
+class Trackers:
+    """Every back-end named in `train.loggers`, fed together; nothing at all on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, loggers: list[str], settings: TrackingConfig, config: dict[str, Any],
+                 prep_stats: dict[str, Any] | None, enabled: bool) -> None:
+        self.backends: list[Any] = []
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ids_path = run_dir / IDS_FILE
+        ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+        for name in loggers:
+            if name == "tensorboard":
+                self.backends.append(TensorBoard(run_dir, config, prep_stats, settings))
+            else:
+                backend = (WandB if name == "wandb" else MLflow)(run_dir, config, prep_stats, settings, ids.get(name))
+                ids[name] = backend.id
+                self.backends.append(backend)
+        if set(ids) - {"tensorboard"}:
+            write_json(ids_path, ids)
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        values = numbers(record)
+        for backend in self.backends:
+            backend.metrics(record["step"], values)
+
+    def event(self, event: dict[str, Any]) -> None:
+        for backend in self.backends:
+            backend.event(event)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
+
+
+def prep_stats_of(data_dir: Path) -> dict[str, Any] | None:
+    """The stats.json of the prep that wrote these shards (it sits beside `shards/`), if any."""
+    path = Path(data_dir).parent / "stats.json"
+    return json.loads(path.read_text()) if path.is_file() else None
