@@ -546,6 +546,8 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _print_samples(samples: list[tuple[str, str]], title: str) -> None:
+    """Samples as a table; blank lines inside a continuation are left out, so that a sample that
+    stops on an empty line does not print as a column of empty rows (the report keeps the text as is)."""
     from rich.table import Table
 
     from pipeline.ground.console import console
@@ -554,7 +556,7 @@ def _print_samples(samples: list[tuple[str, str]], title: str) -> None:
     table.add_column("prompt")
     table.add_column("continuation")
     for prompt, continuation in samples:
-        table.add_row(prompt, continuation)
+        table.add_row(prompt, "\n".join(line.rstrip() for line in continuation.splitlines() if line.strip()))
     console().print(table)
 
 
