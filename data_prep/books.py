@@ -301,6 +301,8 @@ def resolve_ids(ctx: TaskContext, rows: np.ndarray) -> np.ndarray:
         if lo < hi:
             column = pq.ParquetFile(source_file(ctx, shard)).read(columns=[ID])[ID]
             ids[lo:hi] = column.take(pa.array(rows[lo:hi] - offsets[shard])).to_pylist()
+            del column
+            pa.default_memory_pool().release_unused()  # else the pool keeps every shard's pages: RSS grows with N
     return ids
 
 

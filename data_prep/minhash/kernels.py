@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from datasketch import MinHash
 from datasketch.minhash import _fmix
 
@@ -319,9 +317,8 @@ def choose_removals(
     """
     roots = np.asarray(roots, dtype=np.int64)
     n_docs = len(roots)
-    # ranked as UTF-8 strings in one Arrow buffer: the order of str, without a fixed-width copy
-    # as wide as the longest id (4 bytes a character) and its sorted twin
-    id_rank = pc.rank(pa.array(ids, pa.string()), tiebreaker="dense").to_numpy()
+    # ranked as str objects: no fixed-width copy as wide as the longest id (4 bytes a character)
+    _, id_rank = np.unique(np.asarray(ids, dtype=object), return_inverse=True)
     rank = np.zeros(n_docs, dtype=np.int64) if priority is None else -np.asarray(priority, dtype=np.int64)
     order = np.lexsort((id_rank.reshape(-1), -np.asarray(lengths, dtype=np.int64), rank, roots))
     sorted_roots = roots[order]
