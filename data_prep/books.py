@@ -19,11 +19,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.sources import SOURCE
 from data_prep.stage import ID, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
-from pipeline.ground.atomic import write_parquet
+from pipeline.ground.atomic import atomic_path, write_parquet
 from pipeline.ground.markers import read_marker
 from pipeline.ground.schema import Section
 
@@ -254,6 +255,28 @@ def by_range(keys: np.ndarray, ranges: int) -> tuple[np.ndarray, np.ndarray, np.
     return keys[order], order.astype(np.int64), np.searchsorted(part[order], np.arange(ranges + 1))
 
 
+def write_ranged(path: Path, records: np.ndarray, bounds: np.ndarray) -> None:
+    """One file of `records` in slices, slice i being records[bounds[i]:bounds[i + 1]]: the bound
+    count, the bounds (int64), then the records' raw bytes, so a task reads the slices it needs
+    with one open and two plain reads (see `read_ranged`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(np.int64(len(bounds)).tobytes())
+        handle.write(np.ascontiguousarray(bounds, dtype="<i8").tobytes())
+        handle.write(np.ascontiguousarray(records).tobytes())
+
+
+def read_ranged(path: Path, dtype: np.dtype, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices `first` to `last` (exclusive) of a file `write_ranged` wrote: their records, and
+    where each slice starts among them (last - first + 1 entries, from 0)."""
+    with open(path, "rb") as handle:
+        count = int(np.frombuffer(handle.read(8), "<i8")[0])
+        handle.seek(8 * (1 + first))
+        bounds = np.frombuffer(handle.read(8 * (last - first + 1)), "<i8")
+        handle.seek(8 * (1 + count) + int(bounds[0]) * dtype.itemsize)
+        records = np.frombuffer(handle.read(int(bounds[-1] - bounds[0]) * dtype.itemsize), dtype)
+    return records, bounds - bounds[0]
+
+
 def gather_rows(files: list[Path], offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Rows `rows` (corpus order, sorted) of per-shard .npy arrays, each file mapped, not read whole."""
     parts = []
@@ -276,8 +299,10 @@ def resolve_ids(ctx: TaskContext, rows: np.ndarray) -> np.ndarray:
     for shard in range(len(ctx.shards)):
         lo, hi = bounds[shard], bounds[shard + 1]
         if lo < hi:
-            column = pq.read_table(source_file(ctx, shard), columns=[ID])[ID]
+            column = pq.ParquetFile(source_file(ctx, shard)).read(columns=[ID])[ID]
             ids[lo:hi] = column.take(pa.array(rows[lo:hi] - offsets[shard])).to_pylist()
+            del column
+            pa.default_memory_pool().release_unused()  # else the pool keeps every shard's pages: RSS grows with N
     return ids
 
 
@@ -305,8 +330,8 @@ def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, j
 def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str) -> dict[str, Any]:
     """Drop this shard's rows listed in the removals tables of `removals_step`'s tasks, with `reason`."""
     files = sorted((ctx.work / removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))
-    table = pa.concat_tables([pq.read_table(f, filters=[("shard", "=", ctx.task)])
-                              for f in files])
+    tables = (pq.ParquetFile(f).read() for f in files)  # plain reads: cheaper than a dataset scan per file
+    table = pa.concat_tables([t.filter(pc.equal(t["shard"], ctx.task)) for t in tables])
     drops = {}
     for row, duplicate_of, jaccard in zip(*(table[c].to_pylist() for c in ("row", "duplicate_of", "jaccard"))):
         detail = {"duplicate_of": duplicate_of} | ({} if jaccard is None else {"jaccard": round(jaccard, 4)})

@@ -21,15 +21,16 @@ from pydantic import Field
 
 from data_prep.books import (
     by_range,
+    read_ranged,
     row_priorities,
     run_removals_filter,
     shard_offsets,
     shards_per_task,
     source_file,
+    write_ranged,
     write_removals,
 )
 from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext
-from pipeline.ground.atomic import write_npy
 from pipeline.ground.schema import Section
 
 HASH, FIND = "exact_dedup.hash", "exact_dedup.find"
@@ -67,31 +68,35 @@ def first_occurrences(hashes: np.ndarray, priority: np.ndarray | None = None) ->
     return keeper
 
 
-def _hash_file(ctx: TaskContext, task: int, kind: str = "hashes") -> Path:
-    return ctx.work / HASH / f"{kind}-{task:05d}.npy"
+_HASHED = np.dtype([("hash", "<u8", (2,)), ("row", "<u4")])  # a hash and its row in the shard
+
+
+def _hash_file(ctx: TaskContext, task: int) -> Path:
+    return ctx.work / HASH / f"hashes-{task:05d}.bin"
 
 
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
-    """Hash one shard's documents, grouped by the hash range of the find task that will read them."""
+    """Hash one shard's documents into one file, grouped by the hash range of the find task that will read them."""
     table = pq.read_table(source_file(ctx), columns=[TEXT])
     hashes = text_hashes(table, ctx.settings)
     _, rows, bounds = by_range(hashes[:, 0].copy(), _find_tasks(ctx.config, len(ctx.shards)))
-    for kind, array in (("hashes", hashes[rows]), ("rows", rows), ("bounds", bounds)):
-        write_npy(_hash_file(ctx, ctx.task, kind), array)
+    records = np.empty(len(rows), _HASHED)
+    records["hash"], records["row"] = hashes[rows], rows
+    write_ranged(_hash_file(ctx, ctx.task), records, bounds)
     ctx.report(table.num_rows)
     return {}
 
 
 def run_find(ctx: TaskContext) -> dict[str, Any]:
-    """Find every later copy among the documents whose hash falls in this task's range; each
-    shard's hashes are memory-mapped and only this range's slice is read."""
+    """Find every later copy among the documents whose hash falls in this task's range; of each
+    shard's file only this range's slice is read."""
     offsets = shard_offsets(ctx)
     hashes, rows = [], []
     for shard in range(len(ctx.shards)):
-        lo, hi = np.load(_hash_file(ctx, shard, "bounds"))[ctx.task:ctx.task + 2]
-        hashes.append(np.array(np.load(_hash_file(ctx, shard), mmap_mode="r")[lo:hi]))
-        rows.append(np.load(_hash_file(ctx, shard, "rows"), mmap_mode="r")[lo:hi] + offsets[shard])
-        ctx.report(int(hi - lo))
+        records, _ = read_ranged(_hash_file(ctx, shard), _HASHED, ctx.task, ctx.task + 1)
+        hashes.append(records["hash"])
+        rows.append(records["row"].astype(np.int64) + offsets[shard])
+        ctx.report(len(records))
     mine_hashes, mine_rows = np.concatenate(hashes), np.concatenate(rows)
     order = np.argsort(mine_rows, kind="stable")  # corpus order, so the first occurrence is kept
     mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]

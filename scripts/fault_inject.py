@@ -102,7 +102,7 @@ def edit_published_shard(output: Path, inputs: list[Path], rng: random.Random, s
 
 
 def _cached_file(output: Path, rng: random.Random) -> Path:
-    files = [p for p in (output / "work").rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy")]
+    files = [p for p in (output / "work").rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".bin")]
     return rng.choice(sorted(files))
 
 

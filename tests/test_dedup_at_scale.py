@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep.books import read_ranged, write_ranged
 from data_prep.config import PrepConfig
 from data_prep.exact_dedup import STAGE as EXACT
 from data_prep.exact_dedup import ExactDedupConfig, first_occurrences, text_hashes
@@ -101,4 +102,17 @@ def test_task_counts_grow_with_the_number_of_input_shards() -> None:
     bands = config.minhash_dedup.band_layout()[0]
     find, buckets = EXACT.step("exact_dedup.find"), MINHASH.step("minhash_dedup.buckets")
     assert [find.tasks(config, n) for n in (1, 4, 5, 400)] == [1, 1, 2, 100]
-    assert [buckets.tasks(config, n) for n in (1, 4, 5, 400)] == [bands, bands, 2 * bands, 100 * bands]
+    # a task per band and key range while ranges are few, then one per range: at least `bands` tasks
+    assert [buckets.tasks(config, n) for n in (1, 4, 5, 400)] == [bands, bands, 2 * -(-bands // 2), 100]
+
+
+def test_a_ranged_file_gives_back_each_run_of_slices(tmp_path: Path) -> None:
+    keyed = np.dtype([("key", "<u8"), ("row", "<u4")])
+    records = np.zeros(10, keyed)
+    records["key"], records["row"] = np.arange(10, dtype=np.uint64) * 7, np.arange(10)[::-1]
+    bounds = np.array([0, 3, 3, 8, 10])  # four slices, the second empty
+    write_ranged(tmp_path / "keys.bin", records, bounds)
+    for first, last in [(0, 1), (1, 2), (1, 3), (2, 4), (0, 4)]:
+        got, where = read_ranged(tmp_path / "keys.bin", keyed, first, last)
+        assert got.tolist() == records[bounds[first]:bounds[last]].tolist()
+        assert where.tolist() == (bounds[first:last + 1] - bounds[first]).tolist()

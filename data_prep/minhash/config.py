@@ -52,7 +52,8 @@ class MinHashConfig(Section):
         "signatures bit-identical to datasketch's MinHash, to check or mix sketches with it.",
     )
     bucket_shards_per_task: int = Field(
-        64, ge=1, description="Input shards per bucket task of a band: bands x ceil(shards / this) tasks."
+        64, ge=1, description="Input shards per key range of the bucket step: ceil(shards / this) ranges, "
+        "each split into ceil(bands / ranges) groups of bands, one task per range and group."
     )
     max_bucket_size: int = Field(
         DEFAULT_MAX_BUCKET_SIZE,

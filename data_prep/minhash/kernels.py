@@ -317,7 +317,8 @@ def choose_removals(
     """
     roots = np.asarray(roots, dtype=np.int64)
     n_docs = len(roots)
-    _, id_rank = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    # ranked as str objects: no fixed-width copy as wide as the longest id (4 bytes a character)
+    _, id_rank = np.unique(np.asarray(ids, dtype=object), return_inverse=True)
     rank = np.zeros(n_docs, dtype=np.int64) if priority is None else -np.asarray(priority, dtype=np.int64)
     order = np.lexsort((id_rank.reshape(-1), -np.asarray(lengths, dtype=np.int64), rank, roots))
     sorted_roots = roots[order]

@@ -1,10 +1,12 @@
 """The four steps of MinHash near-dedupe, each a task function over the arrays `kernels` computes.
 
-signatures (per shard) -> buckets (one task per LSH band and key range) -> clusters (one task)
--> filter (per shard). No task holds the corpus: a bucket task keeps only its key range of one
-band and verifies its candidate pairs by reading just their signature rows (memory-mapped), so
-the clusters step reads verified edges only, and its memory follows the number of edges and of
-the documents in them. Steps hand each other .npy arrays and removals tables in their folders.
+signatures (per shard) -> buckets (one task per key range and group of LSH bands) -> clusters
+(one task) -> filter (per shard). No task holds the corpus: a bucket task reads only its key
+range of its bands, one open and two plain reads per shard (each shard writes its band keys to
+one file, sliced by key range and band), and verifies its candidate pairs by reading just their
+signature rows (memory-mapped), so the clusters step reads verified edges only, and its memory
+follows the number of edges and of the documents in them. Steps hand each other .npy arrays, the
+key files and removals tables in their folders.
 
 Candidate pairs below the drop threshold but at or above `split_group_threshold` are kept as
 links: with the edges they join documents into split groups, and the clusters step writes, per
@@ -23,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.books import (
-    by_range,
+    key_range,
+    read_ranged,
     gather_rows,
     resolve_ids,
     row_priorities,
@@ -31,6 +34,7 @@ from data_prep.books import (
     shard_offsets,
     shards_per_task,
     source_file,
+    write_ranged,
     write_removals,
 )
 from data_prep.minhash import kernels as minhash
@@ -52,8 +56,13 @@ def _chars_file(work: Path, task: int) -> Path:
     return work / SIGNATURES / f"chars-{task:05d}.npy"
 
 
-def _keys_file(work: Path, task: int, kind: str = "keys") -> Path:
-    return work / SIGNATURES / f"{kind}-{task:05d}.npy"
+_KEYED = np.dtype([("key", "<u8"), ("row", "<u4")])  # a band key and its row in the shard
+
+
+def _keys_file(work: Path, task: int) -> Path:
+    """A shard's band keys, one slice per (key range, band), range by range, so a bucket task
+    reads its bands of its range from each shard with one open and two reads."""
+    return work / SIGNATURES / f"keys-{task:05d}.bin"
 
 
 def _edges_file(work: Path, task: int, kind: str = "edges") -> Path:
@@ -68,7 +77,8 @@ def groups_file(work: Path, shard: int) -> Path:
 
 def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     """Sign one shard's documents; record their lengths (the keep rule's) and their band keys,
-    grouped per band by the key range of the bucket task that will read them."""
+    in one slice per key range and band, range by range, so a bucket task's bands of its range
+    lie together."""
     cfg = ctx.settings
     bands, rows = cfg.band_layout()
     sigs, chars = [], []
@@ -81,15 +91,18 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     write_npy(_signature_file(ctx.work, ctx.task), signatures)
     write_npy(_chars_file(ctx.work, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
     ranges = _key_ranges(ctx.config, len(ctx.shards))
-    grouped = [by_range(minhash.band_keys(signatures, band, rows), ranges) for band in range(bands)]
-    for kind, part in (("keys", 0), ("rows", 1), ("bounds", 2)):
-        write_npy(_keys_file(ctx.work, ctx.task, kind), np.stack([group[part] for group in grouped]))
+    keys = np.stack([minhash.band_keys(signatures, band, rows) for band in range(bands)])
+    slices = key_range(keys, ranges) * bands + np.arange(bands)[:, None]  # (range, band) of each key
+    order = np.argsort(slices.ravel(), kind="stable")  # by slice, then by row
+    records = np.empty(len(order), _KEYED)
+    records["key"], records["row"] = keys.ravel()[order], order % max(len(signatures), 1)
+    write_ranged(_keys_file(ctx.work, ctx.task), records,
+                 np.searchsorted(slices.ravel()[order], np.arange(ranges * bands + 1)))
     return {}
 
 
-def verified_edges(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs whose signature estimate reaches the threshold (edges), and those that
-    reach only `split_group_threshold` (links); reads their rows only."""
+def estimated_jaccard(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The signature estimate of each candidate pair's Jaccard; reads their rows only."""
     files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
     estimates = np.zeros(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), _VERIFY_ROWS // 2):
@@ -98,34 +111,49 @@ def verified_edges(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> 
         sigs = gather_rows(files, offsets, members)
         where = where.reshape(chunk.shape)
         estimates[start:start + len(chunk)] = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
-    edge = estimates >= ctx.settings.threshold
-    return pairs[edge], pairs[~edge & (estimates >= ctx.settings.split_group_threshold)]
+    return estimates
 
 
 def run_buckets(ctx: TaskContext) -> dict[str, Any]:
-    """Candidate pairs of one LSH band within one key range, verified against the threshold."""
-    ranges = _key_ranges(ctx.config, len(ctx.shards))
-    band, part = divmod(ctx.task, ranges)
+    """Candidate pairs of a group of LSH bands within one key range, verified against the threshold.
+
+    Each shard's file is opened once for the whole group; the bands are then paired one at a
+    time, and a pair found in several bands is verified once."""
+    bands = ctx.settings.band_layout()[0]
+    part, group = divmod(ctx.task, _band_groups(ctx.config, len(ctx.shards)))
+    mine = np.array_split(np.arange(bands), _band_groups(ctx.config, len(ctx.shards)))[group]
+    first = part * bands + int(mine[0])
     offsets = shard_offsets(ctx)
-    keys, rows = [], []
-    for shard in range(len(ctx.shards)):
-        lo, hi = np.load(_keys_file(ctx.work, shard, "bounds"))[band, part:part + 2]
-        keys.append(np.array(np.load(_keys_file(ctx.work, shard), mmap_mode="r")[band, lo:hi]))
-        rows.append(np.load(_keys_file(ctx.work, shard, "rows"), mmap_mode="r")[band, lo:hi] + offsets[shard])
-    pairs = minhash.candidate_pairs(np.concatenate(keys), np.concatenate(rows), ctx.settings.max_bucket_size)
-    edges, links = verified_edges(ctx, pairs, offsets)
-    write_npy(_edges_file(ctx.work, ctx.task), edges)
-    write_npy(_edges_file(ctx.work, ctx.task, "links"), links)
+    slices = [read_ranged(_keys_file(ctx.work, shard), _KEYED, first, first + len(mine))
+              for shard in range(len(ctx.shards))]
+    found = []
+    for i in range(len(mine)):
+        keys = np.concatenate([records["key"][bounds[i]:bounds[i + 1]] for records, bounds in slices])
+        rows = np.concatenate([records["row"][bounds[i]:bounds[i + 1]].astype(np.int64) + offsets[shard]
+                               for shard, (records, bounds) in enumerate(slices)])
+        found.append(minhash.candidate_pairs(keys, rows, ctx.settings.max_bucket_size))
+    del slices
+    pairs, which = _unique_rows(np.concatenate(found), inverse=True)
+    estimates = estimated_jaccard(ctx, pairs, offsets)
+    edge = estimates >= ctx.settings.threshold  # candidate pairs below it but at or above the split one are links
+    link = ~edge & (estimates >= ctx.settings.split_group_threshold)
+    write_npy(_edges_file(ctx.work, ctx.task), pairs[edge])
+    write_npy(_edges_file(ctx.work, ctx.task, "links"), pairs[link])
     ctx.report(1)
-    return {"tally": {"minhash_dedup": {"band_pairs": int(len(pairs)), "band_edges": int(len(edges)),
-                                        "band_links": int(len(links))}}}
+    return {"tally": {"minhash_dedup": {"band_pairs": len(which), "band_edges": int(edge[which].sum()),
+                                        "band_links": int(link[which].sum())}}}
 
 
-def _unique_rows(edges: np.ndarray) -> np.ndarray:
-    """Distinct (a, b) rows of an int64 edge list, sorted."""
-    edges = edges[np.lexsort((edges[:, 1], edges[:, 0]))]
+def _unique_rows(edges: np.ndarray, inverse: bool = False) -> Any:
+    """Distinct (a, b) rows of an int64 edge list, sorted; with `inverse`, also where each input row went."""
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    edges = edges[order]
     fresh = np.concatenate(([True], (edges[1:] != edges[:-1]).any(axis=1))) if len(edges) else np.zeros(0, bool)
-    return edges[fresh]
+    if not inverse:
+        return edges[fresh]
+    where = np.empty(len(order), np.int64)
+    where[order] = np.cumsum(fresh) - 1
+    return edges[fresh], where
 
 
 def run_clusters(ctx: TaskContext) -> dict[str, Any]:
@@ -141,6 +169,8 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     grouping = _unique_rows(np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links"))
                                                      for t in range(n_tasks))]))
     linked = np.unique(grouping)
+    groups = minhash.clusters(len(linked), np.searchsorted(linked, grouping))
+    del grouping  # freed before the ids and the clusters' arrays are made
     linked_ids = resolve_ids(ctx, linked)
     members = np.unique(edges)
     roots = minhash.clusters(len(members), np.searchsorted(members, edges))
@@ -159,8 +189,7 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
         keeper_sigs[order] = gather_rows(files, offsets, keepers[chunk][order])
         jaccard[chunk] = minhash.estimate_jaccard(gather_rows(files, offsets, removed[chunk]), keeper_sigs)
     write_removals(ctx, removed, keepers, jaccard)
-    sizes = write_groups(ctx, linked, linked_ids, minhash.clusters(len(linked), np.searchsorted(linked, grouping)),
-                         removed)
+    sizes = write_groups(ctx, linked, linked_ids, groups, removed)
     ctx.report(int(offsets[-1]))
     return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed)),
                                         "split_groups": int(len(sizes)),
@@ -208,8 +237,18 @@ def _key_ranges(config: Any, n_shards: int) -> int:
     return shards_per_task(n_shards, config.minhash_dedup.bucket_shards_per_task)
 
 
+def _band_groups(config: Any, n_shards: int) -> int:
+    """Groups of bands per key range: a task per band while there is one range, fewer as the
+    ranges grow, so there are always at least as many tasks as bands (parallelism for a small
+    corpus) and each shard's key file is opened about max(bands, ranges) times over the step,
+    not bands x ranges. A task holds the keys of its range for all its bands at once (12 bytes
+    a key), a few times what one band took, and as flat in the corpus size."""
+    bands = config.minhash_dedup.band_layout()[0]
+    return shards_per_task(bands, _key_ranges(config, n_shards))
+
+
 def _bucket_tasks(config: Any, n_shards: int) -> int:
-    return config.minhash_dedup.band_layout()[0] * _key_ranges(config, n_shards)
+    return _key_ranges(config, n_shards) * _band_groups(config, n_shards)
 
 
 def _one_per_task(docs: int, n_tasks: int) -> int:
