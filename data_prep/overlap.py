@@ -21,7 +21,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from data_prep.pack import PACK, validation_rows
-from data_prep.stage import ID, StageSpec, StepSpec, TaskContext, single
+from data_prep.stage import ID, StageSpec, StepSpec, TaskContext, single, tasks_done
 from data_prep.tokenizer import tokens_file
 from pipeline.ground.atomic import write_json, write_npy
 from pipeline.ground.markers import read_marker
@@ -158,12 +158,8 @@ def run_overlap(ctx: TaskContext) -> dict[str, Any]:
     }}
 
 
-def _one(docs: int, n_tasks: int) -> int:
-    return 1
-
-
 STAGE = StageSpec(OVERLAP, OverlapConfig, (
     StepSpec(".sample", run_sample, tasks=single),
     StepSpec(".scan", run_scan),
-    StepSpec("", run_overlap, tasks=single, unit="task", units=_one),
+    StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done),
 ), requires=(PACK,))

@@ -106,6 +106,11 @@ def docs_seen(docs: int, n_tasks: int) -> int:
     return docs
 
 
+def tasks_done(docs: int, n_tasks: int) -> int:
+    """Progress units of a step that counts its tasks (each reports 1 when it ends)."""
+    return n_tasks
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One step of a stage: what a task runs, how many tasks, and whether it passes documents on."""

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from data_prep.books import source_file
-from data_prep.stage import ID, LANG, TEXT, StageSpec, StepSpec, TaskContext, single
+from data_prep.stage import ID, LANG, TEXT, StageSpec, StepSpec, TaskContext, single, tasks_done
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
@@ -154,6 +154,7 @@ def run_train(ctx: TaskContext) -> dict[str, Any]:
         counts = {"tokenizer_train_documents": sample.documents, "tokenizer_train_bytes": sample.bytes}
     tokenizer = load_tokenizer(tokenizer_file(ctx.config, ctx.work))
     special_ids(tokenizer, cfg)  # a given tokenizer must have the special tokens
+    ctx.report(1)
     return {"tokens": {"vocab_size": tokenizer.get_vocab_size()} | counts}
 
 
@@ -198,6 +199,6 @@ def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
 
 
 STAGE = StageSpec(TOKENIZE, TokenizerConfig, (
-    StepSpec(".train", run_train, tasks=single),
+    StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done),
     StepSpec("", run_tokenize),
 ), section="tokenizer")

@@ -98,3 +98,28 @@ def test_changed_threshold_reruns_only_that_stage_and_what_follows(mixed_corpus:
     assert rerun == {"quality", "tokenize.train", "tokenize", "pack", "split_overlap.sample", "split_overlap.scan",
                      "split_overlap"}
     assert stats["stages"][-1]["dropped"].get("too_few_words", 0) > 0
+
+
+def test_every_progress_bar_ends_at_its_total(mixed_corpus: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each step's tasks report adds up to the total its bar was given (docs, tasks, hashes...)."""
+    import pipeline.executors.local as local
+
+    bars: dict[str, list] = {}
+
+    class Bar:
+        def __init__(self, total: int | None, desc: str, **_: object) -> None:
+            bars[desc.strip()] = [total, 0]
+            self.name = desc.strip()
+
+        def update(self, n: int) -> None:
+            bars[self.name][1] += n
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(local, "tqdm", Bar)
+    prep([mixed_corpus], tmp_path, "prep.shard_mb=0.5")
+    assert "tokenize.train" in bars and "minhash_dedup.buckets" in bars
+    unfinished = {name: done for name, (total, done) in bars.items() if total is not None and done != total}
+    assert not unfinished, (unfinished, bars)

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.books import (
+    gather_rows,
     key_range,
     read_ranged,
-    gather_rows,
     resolve_ids,
     row_priorities,
     run_removals_filter,
@@ -39,7 +39,7 @@ from data_prep.books import (
 )
 from data_prep.minhash import kernels as minhash
 from data_prep.minhash.config import MinHashConfig
-from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single
+from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext, single, tasks_done
 from pipeline.ground.atomic import write_npy, write_parquet
 
 MINHASH = "minhash_dedup"
@@ -251,13 +251,9 @@ def _bucket_tasks(config: Any, n_shards: int) -> int:
     return _key_ranges(config, n_shards) * _band_groups(config, n_shards)
 
 
-def _one_per_task(docs: int, n_tasks: int) -> int:
-    return n_tasks
-
-
 STAGE = StageSpec(MINHASH, MinHashConfig, (
     StepSpec(".signatures", run_signatures),
-    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=_one_per_task),
+    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=tasks_done),
     StepSpec(".clusters", run_clusters, tasks=single),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))
