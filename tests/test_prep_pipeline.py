@@ -123,3 +123,18 @@ def test_every_progress_bar_ends_at_its_total(mixed_corpus: Path, tmp_path: Path
     assert "tokenize.train" in bars and "minhash_dedup.buckets" in bars
     unfinished = {name: done for name, (total, done) in bars.items() if total is not None and done != total}
     assert not unfinished, (unfinished, bars)
+
+
+@pytest.mark.parametrize("user_choice", [None, "mimalloc"])
+def test_crucible_processes_use_the_system_allocator_unless_told(user_choice: str | None) -> None:
+    """Arrow's mimalloc keeps what a global task frees; Crucible's processes pick the system allocator."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if user_choice:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = user_choice
+    probe = "import pipeline.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == (user_choice or "system")
