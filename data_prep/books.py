@@ -247,12 +247,12 @@ def key_range(keys: np.ndarray, ranges: int) -> np.ndarray:
     return ((keys >> np.uint64(32)) * np.uint64(ranges) >> np.uint64(32)).astype(np.int64)
 
 
-def by_range(keys: np.ndarray, ranges: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`keys` grouped by key range: (keys, their rows, where each range starts; ranges + 1 entries),
+def by_range(keys: np.ndarray, ranges: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `keys` grouped by key range, and where each range starts (ranges + 1 entries),
     so that the task of one range later reads its slice of a shard's file and nothing else."""
     part = key_range(keys, ranges)
     order = np.argsort(part, kind="stable")
-    return keys[order], order.astype(np.int64), np.searchsorted(part[order], np.arange(ranges + 1))
+    return order.astype(np.int64), np.searchsorted(part[order], np.arange(ranges + 1))
 
 
 def write_ranged(path: Path, records: np.ndarray, bounds: np.ndarray) -> None:

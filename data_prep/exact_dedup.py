@@ -79,7 +79,7 @@ def run_hash(ctx: TaskContext) -> dict[str, Any]:
     """Hash one shard's documents into one file, grouped by the hash range of the find task that will read them."""
     table = pq.read_table(source_file(ctx), columns=[TEXT])
     hashes = text_hashes(table, ctx.settings)
-    _, rows, bounds = by_range(hashes[:, 0].copy(), _find_tasks(ctx.config, len(ctx.shards)))
+    rows, bounds = by_range(hashes[:, 0], _find_tasks(ctx.config, len(ctx.shards)))
     records = np.empty(len(rows), _HASHED)
     records["hash"], records["row"] = hashes[rows], rows
     write_ranged(_hash_file(ctx, ctx.task), records, bounds)

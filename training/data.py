@@ -100,7 +100,7 @@ class PackedDataset:
         starts = []
         numbers = np.searchsorted(self.offsets, indices, side="right") - 1
         for slot, (number, local) in enumerate(zip(numbers.tolist(), (indices - self.offsets[numbers]).tolist())):
-            shard = self._shards.get(number) or self.shard(number)
+            shard = self.shard(number)
             batch = int(np.searchsorted(shard.bounds, local, side="right") - 1) if len(shard.tokens) > 1 else 0
             local -= int(shard.bounds[batch])
             out[slot] = shard.tokens[batch].slice(local * self.width, self.width).to_numpy()

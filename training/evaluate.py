@@ -49,7 +49,7 @@ ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_'
 
 
 def heldout_groups(dataset: PackedDataset, max_rows: int | None) -> dict[str, np.ndarray]:
-    """The rows scored per group: the whole split ('all'), each source, each source/language;
+    """The rows scored per group: the whole split (`ALL_ROWS`), each source, each source/language;
     with `max_rows`, a seeded sample of that many rows of each (the same on every call)."""
     groups = {ALL_ROWS: np.arange(len(dataset))} | {name: source_members(dataset, name)
                                                      for name in tagged_names(dataset)}

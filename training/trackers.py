@@ -145,18 +145,15 @@ class MLflow:
         self.id = run_id
         self.counts: dict[str, int] = {}
 
-    def _log(self, step: int, values: dict[str, float]) -> None:
+    def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         metrics = [self.Metric(k, v, now, step) for k, v in values.items()]
         for start in range(0, len(metrics), self.BATCH):
             self.client.log_batch(self.id, metrics=metrics[start:start + self.BATCH])
 
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        self._log(step, values)
-
     def event(self, event: dict[str, Any]) -> None:
         self.counts[event["event"]] = self.counts.get(event["event"], 0) + 1
-        self._log(event.get("step", 0), {f"event/{event['event']}": self.counts[event["event"]]})
+        self.metrics(event.get("step", 0), {f"event/{event['event']}": self.counts[event["event"]]})
         self.client.log_text(self.id, json.dumps(event, sort_keys=True),
                              f"events/{sum(self.counts.values()):04d}-{event['event']}.json")
 
@@ -182,7 +179,7 @@ class Trackers:
                 backend = (WandB if name == "wandb" else MLflow)(run_dir, config, prep_stats, settings, ids.get(name))
                 ids[name] = backend.id
                 self.backends.append(backend)
-        if set(ids) - {"tensorboard"}:
+        if ids:
             write_json(ids_path, ids)
 
     def metrics(self, record: dict[str, Any]) -> None:
