@@ -40,6 +40,7 @@ from train_bench import PlainGPT
 from data_prep.shards import read_manifest
 from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
+from pipeline.ground.atomic import write_json
 from training.data import PackedDataset, make_batch
 from training.engine import compute_dtype
 from training.metrics import measure_peak_flops
@@ -104,6 +105,7 @@ def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[
 
 
 def release() -> None:
+    torch._dynamo.reset()  # each variant compiles afresh: no recompile limit reached across variants
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -115,18 +117,22 @@ def peak_memory_gib() -> float:
 
 
 EAGER = ["parallel.compile=false", "train.precision=bf16", "parallel.activation_checkpointing=none"]
-MASKED = "model.document_masking=true"
-# The speed paths of the trainer, each a variant (name, overrides) run after the eager bf16 baseline.
+MASKED, FLEX, FP8 = "model.document_masking=true", "parallel.attention=flex", "train.precision=fp8"
+# The FP8 loss check: 200 steps of 16 rows each, an eighth of the full batch's device time.
+CHECK = ["train.max_steps=200", "train.global_batch_size=16", "train.micro_batch_size=16"]
+# The speed paths of the trainer, each a variant (name, overrides), in the order they run after the eager
+# bf16 baseline: the runs the aims need come first, so that a time budget (`--budget`) drops the extras.
 SUITES = {
     "speed": [
-        ("causal", ["model.document_masking=false"]),
+        ("masked-flex", [MASKED, FLEX]),
+        ("masked-flex-fp8", [MASKED, FLEX, FP8]),
+        ("masked-flex-selective", [MASKED, FLEX, "parallel.activation_checkpointing=selective"]),
+        ("check-bf16", [MASKED, FLEX, *CHECK]),
+        ("check-fp8", [MASKED, FLEX, FP8, *CHECK]),
         ("masked-sdpa", [MASKED, "parallel.attention=sdpa"]),
-        ("masked-flex", [MASKED, "parallel.attention=flex"]),
-        ("masked-flex-selective", [MASKED, "parallel.attention=flex", "parallel.activation_checkpointing=selective"]),
-        ("masked-flex-full", [MASKED, "parallel.attention=flex", "parallel.activation_checkpointing=full"]),
-        ("masked-flex-fp8", [MASKED, "parallel.attention=flex", "train.precision=fp8"]),
-        ("masked-flex-fp8-rowwise", [MASKED, "parallel.attention=flex", "train.precision=fp8",
-                                     "train.fp8_scaling=rowwise"]),
+        ("causal", ["model.document_masking=false"]),
+        ("masked-flex-full", [MASKED, FLEX, "parallel.activation_checkpointing=full"]),
+        ("masked-flex-fp8-rowwise", [MASKED, FLEX, FP8, "train.fp8_scaling=rowwise"]),
     ],
 }
 # Per suite: (variant, reference variant, aim for the tokens/s ratio) and (variant, reference, loss tolerance).
@@ -134,7 +140,7 @@ SUITE_AIMS = {"speed": [("masked-flex", "masked-sdpa", None), ("masked-flex-sele
                         ("masked-flex-full", "masked-flex", None), ("masked-flex-fp8", "masked-flex", 1.2),
                         ("masked-flex-fp8-rowwise", "masked-flex", 1.2)]}
 SUITE_CHECKS = {"speed": [("masked-flex", "masked-sdpa", 0.01), ("masked-flex-selective", "masked-flex", 0.01),
-                          ("masked-flex-fp8", "masked-flex", 0.02), ("masked-flex-fp8-rowwise", "masked-flex", 0.02)]}
+                          ("check-fp8", "check-bf16", 0.02), ("masked-flex-fp8-rowwise", "masked-flex", 0.02)]}
 MFU_AIM = 0.55  # of the datasheet peak, with document masking on
 
 
@@ -155,6 +161,26 @@ def parse_variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [*SUITES.get(args.suite, []), *variants] or [("as-configured", [])]
 
 
+class Budget:
+    """Starts no run that would end past `seconds` from now, judged by the run before it: its start-up
+    (building, compiling; later runs find compiled kernels cached) and its step time per token. A run
+    stopped from outside loses only itself: `--json-out` holds every run before it."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds, self.started = seconds, time.perf_counter()
+        self.startup, self.per_token = 0.0, 0.0
+
+    def record(self, wall: float, step_seconds: list[float], tokens_per_step: int) -> None:
+        self.startup = wall - sum(step_seconds)
+        self.per_token = statistics.median(step_seconds) / tokens_per_step
+
+    def allows(self, steps: int, tokens_per_step: int) -> bool:
+        if self.seconds is None:
+            return True
+        estimate = self.startup + steps * tokens_per_step * self.per_token
+        return time.perf_counter() - self.started + estimate <= self.seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -169,12 +195,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (default: 8)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--matmul-size", type=int, default=8192)
-    parser.add_argument("--json-out", type=Path, help="also write the results JSON line here")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="start no run that would end past this many seconds from the start (default: no limit)")
+    parser.add_argument("--json-out", type=Path, help="also write the results JSON here, rewritten after every run")
     args = parser.parse_args()
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+    budget = Budget(args.budget)
 
     steps = args.warmup + args.steps
-    base = [*args.overrides, f"train.max_steps={steps}", f"train.eval_interval={steps}", "checkpoint.enabled=false"]
+    base = [*args.overrides, f"train.max_steps={steps}", f"train.eval_interval={steps}", "checkpoint.enabled=false",
+            "train.loggers=[]"]  # no checkpoint or tracker writes inside the timed steps
     config = load_config(args.config, base)
     manifest = read_manifest(args.shards)
     m, t = config.model, config.train
@@ -186,6 +216,7 @@ def main() -> None:
     dtype = compute_dtype(t.precision)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     datasheet = t.peak_tflops * 1e12 if t.peak_tflops else None
+    n_params = count_params(m, vocab)
 
     measured = measure_peak_flops(device(), dtype, n=args.matmul_size)
     print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
@@ -207,55 +238,75 @@ def main() -> None:
                          "measured matmul")
         return "; ".join(parts)
 
+    corpus = "configs/" + args.config.name
+    plain = Result("plain PyTorch loop", corpus, len(plain_seconds) * tokens_per_step, "tokens/s", plain_rate,
+                   f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token", measured / flops, None,
+                   f"{mfu_note(plain_rate)}; peak memory {plain_memory:.1f} GiB")
+    extra = {"device": name, "torch": torch.__version__, "params": n_params, "flops_per_token": flops,
+             "flops_per_token_without_attention": dense_flops, "matmul_flops": measured, "datasheet_flops": datasheet}
     runs: dict[str, tuple[float, list[dict]]] = {}  # variant -> (tokens/s, metrics records)
     results: list[Result] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+
+    def save() -> None:
+        if args.json_out:
+            write_json(args.json_out, {"results": [r.__dict__ for r in [*results, plain]], "skipped": skipped,
+                                       "failed": failed, "losses": {label: [r["loss"] for r in records]
+                                                  for label, (_, records) in runs.items()}, **extra})
+
     with tempfile.TemporaryDirectory(prefix="crucible-mfu-bench-") as tmp:
-        for label, extra in [("eager-bf16", EAGER), *parse_variants(args)]:
+        for label, overrides in [("eager-bf16", EAGER), *parse_variants(args)]:
+            run_config = load_config(args.config, [*base, *overrides]).train
+            run_tokens = run_config.global_batch_size * seq
+            if not budget.allows(run_config.max_steps, run_tokens):
+                skipped.append(label)
+                print(f"[variant {label}: not run, it would end past the {args.budget:.0f} s budget]", file=sys.stderr,
+                      flush=True)
+                continue
             started = time.perf_counter()
             try:
-                records = trainer_run(args.config, args.shards, Path(tmp) / label, [*base, *extra])
+                records = trainer_run(args.config, args.shards, Path(tmp) / label, [*base, *overrides])
             except Exception:  # one variant failing (out of memory, say) must not lose the others' figures
                 traceback.print_exc()
                 print(f"[variant {label}: failed]", file=sys.stderr, flush=True)
+                failed.append(label)
                 release()
                 continue
             timed = [r["step_seconds"] for r in records if r["step"] > args.warmup]
-            ours = tokens_per_step / statistics.median(timed)
+            budget.record(time.perf_counter() - started, [r["step_seconds"] for r in records], run_tokens)
+            ours = run_tokens / statistics.median(timed)
             memory = peak_memory_gib()
             release()
             runs[label] = ours, records
             eager = runs.get("eager-bf16", (None,))[0]
             versus = f"{ours / eager:.2f}x the eager bf16 run; " if eager and label != "eager-bf16" else ""
             results.append(Result(
-                f"crucible train, {label}", "configs/" + args.config.name, len(timed) * tokens_per_step, "tokens/s", ours,
+                f"crucible train, {label}", corpus, len(timed) * run_tokens, "tokens/s", ours,
                 "plain PyTorch loop (autocast, fused AdamW)", plain_rate, None,
                 f"{versus}{mfu_note(ours)}; peak memory {memory:.1f} GiB; final loss {records[-1]['loss']:.3f}; "
-                f"run {time.perf_counter() - started:.0f}s; overrides {','.join(extra) or 'none'}"))
+                f"run {time.perf_counter() - started:.0f}s; overrides {','.join(overrides) or 'none'}"))
             print(f"[variant {label}: {ours:,.0f} tokens/s, {ours * flops / 1e12:.1f} TFLOP/s]", file=sys.stderr,
                   flush=True)
+            save()
         for label, reference, aim in SUITE_AIMS.get(args.suite, []):
             if label in runs and reference in runs:
-                results.append(Result(f"{label} against {reference}", "configs/" + args.config.name,
-                                      args.steps * tokens_per_step, "tokens/s", runs[label][0], reference,
-                                      runs[reference][0], aim))
-    results.append(Result(
-        "plain PyTorch loop", "configs/" + args.config.name, len(plain_seconds) * tokens_per_step, "tokens/s",
-        plain_rate, f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token",
-        measured / flops, None, f"{mfu_note(plain_rate)}; peak memory {plain_memory:.1f} GiB"))
-    n_params = count_params(m, vocab)
+                results.append(Result(f"{label} against {reference}", corpus, args.steps * tokens_per_step, "tokens/s",
+                                      runs[label][0], reference, runs[reference][0], aim))
     print_table(f"MFU on {name}: GPT {n_params / 1e9:.2f}B parameters ({m.d_model}d x {m.n_layers} layers, "
                 f"{m.n_heads}/{m.n_kv_heads} heads, ffn {m.ffn_hidden}, vocab {vocab}), seq {seq}, "
-                f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, {str(dtype).removeprefix('torch.')}; "
+                f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, "
+                f"{str(dtype).removeprefix('torch.')}; "
                 f"median of {args.steps} steps after {args.warmup}; {flops / 1e9:.2f} GFLOP/token with the attention "
-                f"term, {dense_flops / 1e9:.2f} without; matmul {measured / 1e12:.0f} TFLOP/s", results)
+                f"term, {dense_flops / 1e9:.2f} without; matmul {measured / 1e12:.0f} TFLOP/s", [*results, plain])
     checks = [(a, b, float(tol)) for a, b, tol in (c.split(",") for c in args.check)]
-    gaps = report_checks([*SUITE_CHECKS.get(args.suite, []), *checks], runs, datasheet, flops)
-    extra = {"device": name, "torch": torch.__version__, "params": n_params, "flops_per_token": flops,
-             "flops_per_token_without_attention": dense_flops, "matmul_flops": measured, "datasheet_flops": datasheet,
-             "loss_gaps": gaps}
-    print_json("mfu", results, **extra)
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"results": [r.__dict__ for r in results], **extra}) + "\n")
+    extra["loss_gaps"] = report_checks([*SUITE_CHECKS.get(args.suite, []), *checks], runs, datasheet, flops)
+    if skipped:
+        print(f"not run within the {args.budget:.0f} s budget: {', '.join(skipped)}")
+    if failed:
+        print(f"failed (their errors are above): {', '.join(failed)}")
+    print_json("mfu", [*results, plain], **extra, skipped=skipped, failed=failed)
+    save()
 
 
 def report_checks(checks: list[tuple[str, str, float]], runs: dict[str, tuple[float, list[dict]]],
@@ -267,8 +318,9 @@ def report_checks(checks: list[tuple[str, str, float]], runs: dict[str, tuple[fl
         if label in runs and reference in runs:
             ours, theirs = ([r["loss"] for r in runs[name][1]] for name in (label, reference))
             gaps[f"{label} vs {reference}"] = gap = loss_gap(ours, theirs)
+            verdict = "meets" if gap <= tolerance else "MISSES"
             lines.append(f"- loss of {label} against {reference} over {len(ours)} steps: largest relative gap of the "
-                         f"10-step averages {gap:.4f}, tolerance {tolerance:g}: {'meets' if gap <= tolerance else 'MISSES'}")
+                         f"10-step averages {gap:.4f}, tolerance {tolerance:g}: {verdict}")
     if datasheet:
         for label, (rate, _) in runs.items():
             if label.startswith("masked"):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,39 @@ def test_payload_in_either_pickle_format_is_refused_naming_the_file(tmp_path: Pa
             load(path)
     assert not marker.exists()
     assert load(plain)["module"]["w"].sum() == 2
+
+
+class ByName(pickle.Pickler):
+    """Pickles an enum member as `getattr(EnumClass, name)`, as Python 3.11.2 does (Debian 12's), or any
+    attribute that way when asked."""
+
+    attribute: tuple[object, str] | None = None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        if obj is ByName:
+            return getattr, ByName.attribute
+        return NotImplemented
+
+
+def test_enum_members_pickled_by_name_load_and_other_getattr_calls_are_refused(tmp_path: Path) -> None:
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from training.safe_load import UnsafeCheckpoint, load
+
+    by_name = types.ModuleType("by_name")
+    by_name.__dict__.update(Pickler=ByName, Unpickler=pickle.Unpickler, load=pickle.load, dump=pickle.dump)
+    good = tmp_path / "zero.pt"
+    torch.save({"zero_stage": ZeroStageEnum.optimizer_states, "w": torch.ones(2)}, good, pickle_module=by_name)
+    assert b"getattr" in zipfile.ZipFile(good).read("zero/data.pkl")
+    assert load(good)["zero_stage"] is ZeroStageEnum.optimizer_states
+    for attribute in [(ZeroStageEnum, "__init__"), (ZeroStageEnum, "_member_map_")]:
+        ByName.attribute = attribute
+        bad = tmp_path / f"{attribute[1]}.pt"
+        torch.save({"x": ByName}, bad, pickle_module=by_name)
+        with pytest.raises(UnsafeCheckpoint, match=f"refused to load {bad}.*Unsupported getattr"):
+            load(bad)
 
 
 def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_runs(run: Path, tiny_shards: Path,

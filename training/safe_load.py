@@ -19,6 +19,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,19 @@ from pipeline.ground.names import CHECKPOINT_META as META
 
 # What DeepSpeed's model, optimizer and universal files hold besides tensors and containers, and
 # numpy arrays of numbers (the RNG state of checkpoints written before it was JSON).
-ALLOWED = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address,
+ENUMS = (ZeroStageEnum,)
+
+
+def _enum_member(enum: type[Enum], name: str) -> Enum:
+    """`getattr(enum, name)` limited to a member of an allowed enum: early Python 3.11 releases
+    (Debian 12's 3.11.2) pickle an enum member as that call, later ones by value."""
+    if enum not in ENUMS or name not in enum.__members__:
+        raise pickle.UnpicklingError(f"Unsupported getattr({getattr(enum, '__name__', enum)!r}, {name!r}): only the "
+                                     "members of DeepSpeed's enums are read")
+    return enum[name]
+
+
+ALLOWED = [LossScaler, DynamicLossScaler, *ENUMS, fragment_address, (_enum_member, "builtins.getattr"),
            np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 REQUIRED = ("step", "healthy", "files", "config")  # of crucible.json, whatever its version
 
