@@ -11,7 +11,10 @@ rules for SSNs, :mod:`ipaddress` for IPs), and invalid candidates are left untou
 
 Address policy: an IP address is redacted only when it is a public host address (global, not
 multicast, not reserved). Private, loopback, link-local, shared (CGNAT), unspecified and
-documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) identify no one and stay. An IPv4
+documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) identify no one and stay. The ranges are a
+table of their own here (`NOT_PUBLIC`, from the IANA special-purpose address registries), not the
+`is_global` of the running Python, whose tables changed within the 3.11 and 3.12 releases: the same
+input gives the same output on every interpreter. An IPv4
 address whose four parts are all single digits ("4.6.0.1") is read as a version number: in
 real text those are almost always versions (Standards-Version, upstream releases), and the few
 public hosts of that shape are well-known shared resolvers, not personal data. Octets written
@@ -109,6 +112,21 @@ def iban_valid(iban: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
+# Addresses that are no public host: not globally reachable in the IANA special-purpose registries,
+# multicast, or reserved (IPv4 240/4; IPv6 outside the global unicast 2000::/3). Inside one of these,
+# the PUBLIC_EXCEPTIONS are globally reachable all the same.
+NOT_PUBLIC = [ipaddress.ip_network(net) for net in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/3", "4000::/2", "8000::/1", "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20",
+)]
+PUBLIC_EXCEPTIONS = [ipaddress.ip_network(net) for net in (
+    "192.0.0.9/32", "192.0.0.10/32",
+    "2001:1::1/128", "2001:1::2/128", "2001:3::/32", "2001:4:112::/48", "2001:20::/28", "2001:30::/28",
+)]
+
+
 def public_ip(address: str) -> bool:
     """True for a public host address (see the module docstring for the policy)."""
     parts = address.split(".")
@@ -121,7 +139,7 @@ def public_ip(address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return ip.is_global and not ip.is_multicast and not ip.is_reserved
+    return not any(ip in net for net in NOT_PUBLIC) or any(ip in net for net in PUBLIC_EXCEPTIONS)
 
 
 # --- patterns ---------------------------------------------------------------------------

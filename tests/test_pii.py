@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from data_prep.pii import PII_TYPES, PiiConfig, PiiRedactor, PiiStage, placeholder
+from data_prep.pii import PII_TYPES, PiiConfig, PiiRedactor, PiiStage, placeholder, public_ip
 from data_prep.readers import derive_id
 from data_prep.stage import Drop
 from tests.conftest import read_set
@@ -220,6 +220,19 @@ def test_invalid_lookalikes_are_left_alone(corpus, decoy):
         kept = decoy in text
         assert kept, f"row {row}: decoy was rewritten"
         assert counts == corpus.redacted[row][1], f"row {row}"
+
+
+@pytest.mark.parametrize("address, public", [
+    ("93.184.216.34", True), ("100.63.255.255", True), ("100.64.0.1", False), ("192.0.0.8", False),
+    ("192.0.0.9", True), ("192.0.0.200", False), ("198.20.0.1", True), ("224.0.0.251", False), ("240.0.0.1", False),
+    ("2606:4700:4700::1111", True), ("2001:4860:4860::8888", True), ("2001::1", False), ("2001:20::1", True),
+    ("2002::1", False), ("3fff::1", False), ("4000::1", False), ("64:ff9b::1", False), ("fc00::1", False),
+    ("ff02::1", False),
+])
+def test_public_addresses_follow_the_registry_table_on_every_python(address, public):
+    """The boundaries where Python releases' own `ipaddress` tables disagree (192.0.0.0/24, 2002::/16,
+    2001:20::/28, 3fff::/20) are decided by the stage's table."""
+    assert public_ip(address) is public
 
 
 def test_changelog_decoys_rarely_fire(corpus):
