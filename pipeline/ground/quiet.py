@@ -42,7 +42,8 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     if int(os.environ.get("RANK", "0")) != 0:
         warnings.simplefilter("ignore")
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "megatron"):
+    # torch.utils.cpp_extension: "No CUDA runtime is found" from a CUDA build of torch on a machine without a GPU
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed", "megatron", "torch.utils.cpp_extension"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
