@@ -203,8 +203,9 @@ def main() -> None:
     budget = Budget(args.budget)
 
     steps = args.warmup + args.steps
-    base = [*args.overrides, f"train.max_steps={steps}", f"train.eval_interval={steps}", "checkpoint.enabled=false",
-            "train.loggers=[]"]  # no checkpoint or tracker writes inside the timed steps
+    # Training alone: no checkpoints, trackers, validation or task scores (each would also compile its own graph).
+    base = [*args.overrides, f"train.max_steps={steps}", "checkpoint.enabled=false", "train.loggers=[]",
+            "train.eval_batches=0", "eval.tasks=[]"]
     config = load_config(args.config, base)
     manifest = read_manifest(args.shards)
     m, t = config.model, config.train

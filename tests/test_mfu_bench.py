@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=176",
-        "train.global_batch_size=4", "train.micro_batch_size=2", "eval.tasks=[]"]
+        "train.global_batch_size=4", "train.micro_batch_size=2"]
 
 
 def run_bench(shards: Path, out: Path, *args: str) -> tuple[dict, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,29 @@ def test_a_user_error_on_every_rank_prints_one_line_under_the_agent(tiny_shards:
     assert result.returncode == 2
     assert result.stderr.count("crucible train:") == 1 and "seq_len 64" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout and "ChildFailedError" not in result.stderr
+
+
+def test_no_validation_split_is_refused_with_the_fix_and_eval_batches_0_trains_without(tmp_path: Path) -> None:
+    from pipeline.prep import run_prep
+    from tests.conftest import read_set, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [{"id": r["id"], "text": r["text"]} for r in read_set("english", 60)])
+    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
+                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0"])
+    config.prep.inputs = [corpus]
+    run_prep(config.prep, tmp_path / "prep", show_progress=False)
+    train = [sys.executable, "-m", "pipeline", "train", "--data", str(tmp_path / "prep" / "shards"),
+             "--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+             "--set", "model.n_kv_heads=1", "--set", "model.ffn_hidden=64", "--set", "train.max_steps=3",
+             "--set", "train.eval_interval=1", "--set", "checkpoint.enabled=false"]
+    refused = subprocess.run([*train, "--output", str(tmp_path / "refused")], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "the validation split is empty" in refused.stderr and "train.eval_batches=0" in refused.stderr
+
+    ran = subprocess.run([*train, "--output", str(tmp_path / "run"), "--set", "train.eval_batches=0"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert not any(key.startswith("val_loss") for r in records for key in r)

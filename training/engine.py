@@ -39,6 +39,7 @@ from training.metrics import MetricsLog, measure_peak_flops
 from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
+from training.preflight import check_splits
 from training.scoring import encode_tasks, score
 from training.tasks import load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
@@ -77,6 +78,7 @@ class Trainer:
         if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
             raise ShardError(f"{self.data_dir / MANIFEST}: shards hold seq_len {self.seq_len}, "
                              f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
+        check_splits(manifest, self.data_dir, needs_validation=train_cfg.eval_batches > 0)
         vocab = model_cfg.vocab_size or tokenizer["vocab_size"]
         if vocab < tokenizer["vocab_size"]:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
@@ -97,8 +99,10 @@ class Trainer:
         self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest)
         self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
-        self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
-        self.val_sources = source_views(self.val_data, train_cfg.global_batch_size)  # per source/language, if tagged
+        self.val_sources: dict[str, SourceRows] = {}
+        if train_cfg.eval_batches:
+            self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
+            self.val_sources = source_views(self.val_data, train_cfg.global_batch_size)  # per source/language
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
         self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
                            else measure_peak_flops(self.layout.device, self.dtype))
@@ -365,7 +369,7 @@ class Trainer:
                     self.log_record(record | {"anomaly": rollback.anomaly.reason})
                     continue  # a stop asked for now is asked again after the next step
                 record["anomaly_ignored"] = rollback.anomaly.reason
-            if self.step % cfg.eval_interval == 0 or last:
+            if cfg.eval_batches and (self.step % cfg.eval_interval == 0 or last):
                 record["val_loss"] = self.evaluate()
                 record |= {f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()}
                 for hook in self.hooks:
