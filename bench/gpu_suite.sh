@@ -24,6 +24,5 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.csv"
 fi
-set -o pipefail
 "$python" "$root/bench/mfu_bench.py" --shards "$shards" --suite speed --budget "$budget" --warmup 3 --steps 6 \
     --json-out "$out/mfu.json" "${@:4}" 2>&1 | tee "$out/mfu.log"

@@ -95,8 +95,8 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
     for shard in np.unique(best[:, 1]):
         ids, flat, offsets = _read_tokens(ctx.work, int(shard))
         for row in best[best[:, 1] == shard, 2]:
-            doc_hashes, _ = window_hashes(flat[offsets[row]:offsets[row + 1]], np.array([0, offsets[row + 1] - offsets[row]]),
-                                          cfg.window)
+            doc = flat[offsets[row]:offsets[row + 1]]
+            doc_hashes, _ = window_hashes(doc, np.array([0, len(doc)]), cfg.window)
             owners.append(np.full(len(doc_hashes), len(names), np.int64))
             names.append(ids[row])
             hashes.append(doc_hashes)

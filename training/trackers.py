@@ -23,13 +23,13 @@ from pipeline.ground.errors import UserError
 from training.config import TrackingConfig
 
 IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a resume continues
-LIBRARIES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def check_installed(loggers: list[str]) -> None:
-    """Refuse, before any process group, a logger whose library is missing: one line naming the extra."""
+    """Refuse, before any process group, a logger whose library (of the same name) is missing: one
+    line naming the extra."""
     for name in loggers:
-        if importlib.util.find_spec(LIBRARIES[name]) is None:
+        if importlib.util.find_spec(name) is None:
             raise UserError(f"train.loggers names {name}, whose library is not installed: "
                             f"pip install -e '.[trackers]' (or drop {name} from train.loggers)")
 
@@ -53,8 +53,10 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoard:
+    id = None  # nothing for a resume to continue: it appends to the same folder
+
     def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
-                 settings: TrackingConfig) -> None:
+                 settings: TrackingConfig, run_id: str | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -161,6 +163,9 @@ class MLflow:
         self.client.set_terminated(self.id)
 
 
+BACKENDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
+
+
 class Trackers:
     """Every back-end named in `train.loggers`, fed together; nothing at all on ranks other than 0."""
 
@@ -173,12 +178,10 @@ class Trackers:
         ids_path = run_dir / IDS_FILE
         ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
         for name in loggers:
-            if name == "tensorboard":
-                self.backends.append(TensorBoard(run_dir, config, prep_stats, settings))
-            else:
-                backend = (WandB if name == "wandb" else MLflow)(run_dir, config, prep_stats, settings, ids.get(name))
+            backend = BACKENDS[name](run_dir, config, prep_stats, settings, ids.get(name))
+            if backend.id is not None:
                 ids[name] = backend.id
-                self.backends.append(backend)
+            self.backends.append(backend)
         if ids:
             write_json(ids_path, ids)
 
