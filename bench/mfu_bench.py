@@ -41,8 +41,8 @@ from data_prep.shards import read_manifest
 from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
 from pipeline.ground.atomic import write_json
+from pipeline.ground.quiet import quiet_third_party
 from training.data import PackedDataset, make_batch
-from training.engine import compute_dtype
 from training.metrics import measure_peak_flops
 from training.plan import count_params, flops_per_token, padded_vocab
 
@@ -53,7 +53,8 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int) -> list[float]:
+def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int,
+               dtype: torch.dtype) -> list[float]:
     """Seconds per optimizer step of the plain loop (same model, rows, micro-batch and accumulation)."""
     m, t = config.model, config.train
     with torch.device(device()):
@@ -65,7 +66,6 @@ def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, st
     rows = make_batch(*dataset.rows(indices), indices)
     seq = rows.inputs.shape[1]
     positions = torch.arange(seq, device=device()).expand(t.micro_batch_size, seq)
-    dtype = compute_dtype(t.precision)
     autocast = torch.autocast(device().type, dtype=dtype, enabled=dtype != torch.float32)
     seconds = []
     for _ in range(steps):
@@ -112,8 +112,9 @@ def release() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory_gib() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+def peak_memory_note() -> str:
+    """The accelerator's peak memory since the last release(); the CPU keeps no such count."""
+    return f"; peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
 
 
 EAGER = ["parallel.compile=false", "train.precision=bf16", "parallel.activation_checkpointing=none"]
@@ -199,6 +200,9 @@ def main() -> None:
                         help="start no run that would end past this many seconds from the start (default: no limit)")
     parser.add_argument("--json-out", type=Path, help="also write the results JSON here, rewritten after every run")
     args = parser.parse_args()
+    quiet_third_party()  # as the CLI does; set before the engine (and megatron with it) is imported
+    from training.engine import compute_dtype
+
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     budget = Budget(args.budget)
 
@@ -223,10 +227,10 @@ def main() -> None:
     print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
           file=sys.stderr, flush=True)
     release()
-    plain_seconds = plain_loop(config, args.shards, vocab, manifest["tokenizer"]["pad_id"], steps)[args.warmup:]
+    plain_seconds = plain_loop(config, args.shards, vocab, manifest["tokenizer"]["pad_id"], steps, dtype)[args.warmup:]
     plain_rate = tokens_per_step / statistics.median(plain_seconds)
-    plain_memory = peak_memory_gib()
-    print(f"[plain loop: {plain_rate:,.0f} tokens/s, peak memory {plain_memory:.1f} GiB]", file=sys.stderr, flush=True)
+    plain_memory = peak_memory_note()
+    print(f"[plain loop: {plain_rate:,.0f} tokens/s{plain_memory}]", file=sys.stderr, flush=True)
     release()
 
     def mfu_note(rate: float) -> str:
@@ -242,7 +246,7 @@ def main() -> None:
     corpus = "configs/" + args.config.name
     plain = Result("plain PyTorch loop", corpus, len(plain_seconds) * tokens_per_step, "tokens/s", plain_rate,
                    f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token", measured / flops, None,
-                   f"{mfu_note(plain_rate)}; peak memory {plain_memory:.1f} GiB")
+                   f"{mfu_note(plain_rate)}{plain_memory}")
     extra = {"device": name, "torch": torch.__version__, "params": n_params, "flops_per_token": flops,
              "flops_per_token_without_attention": dense_flops, "matmul_flops": measured, "datasheet_flops": datasheet}
     runs: dict[str, tuple[float, list[dict]]] = {}  # variant -> (tokens/s, metrics records)
@@ -277,7 +281,7 @@ def main() -> None:
             timed = [r["step_seconds"] for r in records if r["step"] > args.warmup]
             budget.record(time.perf_counter() - started, [r["step_seconds"] for r in records], run_tokens)
             ours = run_tokens / statistics.median(timed)
-            memory = peak_memory_gib()
+            memory = peak_memory_note()
             release()
             runs[label] = ours, records
             eager = runs.get("eager-bf16", (None,))[0]
@@ -285,7 +289,7 @@ def main() -> None:
             results.append(Result(
                 f"crucible train, {label}", corpus, len(timed) * run_tokens, "tokens/s", ours,
                 "plain PyTorch loop (autocast, fused AdamW)", plain_rate, None,
-                f"{versus}{mfu_note(ours)}; peak memory {memory:.1f} GiB; final loss {records[-1]['loss']:.3f}; "
+                f"{versus}{mfu_note(ours)}{memory}; final loss {records[-1]['loss']:.3f}; "
                 f"run {time.perf_counter() - started:.0f}s; overrides {','.join(overrides) or 'none'}"))
             print(f"[variant {label}: {ours:,.0f} tokens/s, {ours * flops / 1e12:.1f} TFLOP/s]", file=sys.stderr,
                   flush=True)
