@@ -90,12 +90,8 @@ def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, st
 
 def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[str]) -> list[dict]:
     """`crucible train` in this process (world size 1); its metrics.jsonl records."""
-    from megatron.core import parallel_state
-
     from pipeline.cli import main as cli_main
 
-    if parallel_state.model_parallel_is_initialized():  # a previous variant's groups, built anew
-        parallel_state.destroy_model_parallel()
     sets = [arg for value in overrides for arg in ("--set", value)]
     status = cli_main(["train", "--config", str(config_path), "--data", str(shards), "--output", str(run_dir), *sets])
     if status != 0:

@@ -264,12 +264,8 @@ def train_overrides(document_masking: bool, max_steps: int, extra: list[str]) ->
 def run_crucible(shards: Path, run_dir: Path, overrides: list[str], profile_after: int,
                  alongside: dict[str, Callable[[], object]]) -> StepClock:
     """`crucible train` in this process (world size 1) with a StepClock hook; returns the clock."""
-    from megatron.core import parallel_state
-
     from pipeline.cli import main as cli_main
 
-    if parallel_state.model_parallel_is_initialized():  # a previous run's groups; same ranks, built anew
-        parallel_state.destroy_model_parallel()
     StepClock.alongside, StepClock.last = alongside, None
     hook = f'hooks=[{{target: "{StepClock.__module__}:StepClock", args: {{profile_after: {profile_after}}}}}]'
     sets = [arg for value in [*overrides, hook] for arg in ("--set", value)]
@@ -346,6 +342,9 @@ class Setting:
 def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Callable[[], object]],
             masking: bool, args: argparse.Namespace) -> Setting:
     """One `crucible train` run with the plain loop (and the extras) alongside, step by step."""
+    from training.generate import single_process_groups
+    from training.parallel import shutdown_distributed
+
     gemm = Gemm()
     alongside = {"plain": plain.step, "gemm": gemm.window, **alongside}
     profile_after = args.warmup + args.steps if args.profile else 0
@@ -356,7 +355,11 @@ def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Cal
     crucible = clock.crucible[args.warmup - 1:args.warmup - 1 + args.steps]
     timed = slice(args.warmup, args.warmup + args.steps)
     module = clock.trainer.engine.module
-    gap = max_logit_gap(module, plain_from(module, clock.trainer.config.model), plain.rows)
+    single_process_groups()  # the trainer tore its groups down at its end; its layers look them up when called
+    try:
+        gap = max_logit_gap(module, plain_from(module, clock.trainer.config.model), plain.rows)
+    finally:
+        shutdown_distributed()  # as the trainer left them, for the next run
     return Setting(masking, crucible, clock.baselines["plain"][timed], gemm.rates[timed], clock.trainer, gap)
 
 

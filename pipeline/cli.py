@@ -190,10 +190,14 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> Non
     import time
 
     from training.engine import Trainer
+    from training.parallel import shutdown_distributed
 
     started = time.perf_counter()
-    trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
-    records = trainer.fit()
+    try:
+        trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
+        records = trainer.fit()
+    finally:
+        shutdown_distributed()
     if int(os.environ.get("RANK", 0)) == 0:
         latest = trainer.checkpointer.latest()
         last = records[-1] if records else {}

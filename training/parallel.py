@@ -87,6 +87,18 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
     return layout
 
 
+def shutdown_distributed() -> None:
+    """Tear the megatron-core groups and the process group down while the interpreter is whole.
+
+    Left to interpreter exit, gloo's worker threads can outlive it and abort the rank ("terminate
+    called without an active exception"), which torchrun then reports as a failed run.
+    """
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _init_from_agent_store(backend: str) -> None:
     """Join torchrun's store under a prefix of this restart attempt.
 
