@@ -90,10 +90,13 @@ def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, st
 
 def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[str]) -> list[dict]:
     """`crucible train` in this process (world size 1); its metrics.jsonl records."""
+    from pipeline.cli import INTERRUPTED
     from pipeline.cli import main as cli_main
 
     sets = [arg for value in overrides for arg in ("--set", value)]
     status = cli_main(["train", "--config", str(config_path), "--data", str(shards), "--output", str(run_dir), *sets])
+    if status == INTERRUPTED:  # Ctrl-C stopped this run after its step: the whole bench stops, not just this run
+        raise KeyboardInterrupt
     if status != 0:
         raise RuntimeError(f"crucible train exited with status {status}")
     with open(run_dir / "metrics.jsonl") as handle:

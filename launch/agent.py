@@ -4,7 +4,8 @@
 learn from `ERROR_DIR_ENV` where to leave the message of a `UserError` (one file per rank)
 instead of printing it; when the ranks fail, the agent prints the first such message once and
 exits 2, without torchrun's `ChildFailedError` report. A failure no rank explained (a real crash)
-is re-raised with torchrun's full report and the ranks' tracebacks.
+is re-raised with torchrun's full report and the ranks' tracebacks. A signal to the agent (Ctrl-C,
+`kill`) is passed to the ranks, which save and stop; the agent then exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def first_user_error(folder: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(argv)
     if not verbose():  # rank shutdown notices and the OMP_NUM_THREADS note
-        for name in ("torch.distributed.elastic", "torch.distributed.run"):
+        for name in ("torch.distributed.elastic", "torch.distributed.elastic.agent.server.api", "torch.distributed.run"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="crucible-errors-") as folder:
         os.environ[ERROR_DIR_ENV] = folder
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(message, file=sys.stderr)
             return 2
+        except SignalException as exc:  # Ctrl-C or a kill: torchrun passed it to the ranks, which saved and said so
+            return 128 + int(exc.sigval)
     return 0
 
 

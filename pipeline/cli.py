@@ -15,6 +15,9 @@ from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
 
+INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
+RESUMABLE = ("prep", "prep-task", "train", "run")  # verbs whose rerun resumes (completion markers, checkpoints)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show third-party warnings and logs (every rank)")
@@ -185,7 +188,7 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
               f"--nproc_per_node N -m pipeline train ...)")
 
 
-def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> None:
+def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int:
     import os
     import time
 
@@ -198,15 +201,18 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> Non
         records = trainer.fit()
     finally:
         shutdown_distributed()
+    interrupted = trainer.stopped_by == "SIGINT"
     if int(os.environ.get("RANK", 0)) == 0:
         latest = trainer.checkpointer.latest()
         last = records[-1] if records else {}
         loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
-        print(f"training finished in {time.perf_counter() - started:.1f} s at step {trainer.step}{loss}; "
-              f"metrics in {output / 'metrics.jsonl'}; latest checkpoint: {latest.path if latest else 'none'}")
-        if latest:
+        print(f"training {'interrupted' if interrupted else 'finished'} in {time.perf_counter() - started:.1f} s at "
+              f"step {trainer.step}{loss}; metrics in {output / 'metrics.jsonl'}; latest checkpoint: "
+              f"{latest.path if latest else 'none'}")
+        if latest and not interrupted:
             print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
                   f"{latest.path} --output DIR; crucible status --output {output}")
+    return INTERRUPTED if interrupted else 0
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
@@ -467,6 +473,7 @@ def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
 
 def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) -> int:
     """prep, then training under torchrun on this machine, in one run folder."""
+    import signal
     import subprocess
     import time
 
@@ -486,7 +493,12 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
     print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
     started = time.perf_counter()
-    returncode = subprocess.run(command).returncode
+    torchrun = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun too: it has the ranks save
+    try:
+        returncode = torchrun.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     timings["training"] = time.perf_counter() - started
     if returncode != 0:
         return returncode
@@ -592,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "prep":
             _prep(config, args.output, show_progress)
         elif args.verb == "train":
-            _train(config, args.data, args.output, args.resume)
+            return _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
             _plan(config, args.data)
         elif args.verb == "classifier":
@@ -613,4 +625,9 @@ def main(argv: list[str] | None = None) -> int:
             _prep_task(config, args)
     except UserError as exc:
         return _user_error(args.verb, f"crucible {args.verb}: {exc}")
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (which saves first), or a second one
+        if int(os.environ.get("RANK", 0)) == 0:
+            resumes = "; the same command goes on from what was finished" if args.verb in RESUMABLE else ""
+            print(f"crucible {args.verb}: interrupted{resumes}", file=sys.stderr)
+        return INTERRUPTED
     return 0

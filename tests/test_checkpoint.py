@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from launch.torchrun import free_port
 from tests.conftest import REPO, metrics, torchrun
+from training.config import STOPPED_FILE
 
 BASE = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
         "--set", "train.warmup_steps=3", "--set", "train.peak_tflops=1"]
@@ -162,6 +167,33 @@ def test_sigusr1_saves_and_stops_then_the_rerun_continues(tiny_shards: Path, tmp
     assert any(e["event"] == "stop" and e["signal"] == "SIGUSR1" for e in events(tmp_path))
     straight = losses(train(tiny_shards, tmp_path / "straight", 10, nproc=2, decay=10))
     assert losses(train(tiny_shards, tmp_path, 10, nproc=2, decay=10))[10] == straight[10]
+
+
+def test_ctrl_c_saves_and_stops_in_one_line_then_the_rerun_continues(tiny_shards: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches torchrun's agent (its ranks run in sessions of their own); the agent passes it on,
+    the ranks save after the same step and stop, and it ends in one message and status 130."""
+    command = [sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(tiny_shards),
+               "--output", str(tmp_path), *BASE, "--set", "train.max_steps=100000", "--set", "train.decay_steps=30"]
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's job
+    deadline = time.monotonic() + 300
+    while len(metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else []) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]
+    [stop] = [e for e in events(tmp_path) if e["event"] == "stop"]
+    assert stop["signal"] == "SIGINT" and 3 <= stop["step"] < 100000
+    assert [(e["step"], e["reason"]) for e in events(tmp_path) if e["event"] == "save"] == [(stop["step"], "signal")]
+    assert f"interrupted: checkpoint saved at step {stop['step']}; the same command resumes from it" in out
+    assert not (tmp_path / STOPPED_FILE).exists(), "not a cue for a job script to requeue"
+
+    records = train(tiny_shards, tmp_path, stop["step"] + 2, nproc=2)
+    assert [r["step"] for r in records][-3:] == [stop["step"], stop["step"] + 1, stop["step"] + 2]
+    assert any(e["event"] == "resume" and e["step"] == stop["step"] for e in events(tmp_path))
 
 
 def test_retention_keeps_last_every_mth_and_latest(tiny_shards: Path, tmp_path: Path) -> None:

@@ -58,3 +58,26 @@ def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path
     assert tree_bytes(reference / "clean"), "the comparison is not vacuous"
     overlap = [json.loads((run / "stats.json").read_text())["split_overlap"] for run in (killed, reference)]
     assert overlap[0] == overlap[1] and overlap[0]["sampled"] > 0
+
+
+def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(mixed_corpus: Path,
+                                                                            tmp_path: Path) -> None:
+    """Ctrl-C reaches the prep process and its workers alike (a terminal signals the whole job)."""
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)
+
+    process = subprocess.Popen(prep_command(mixed_corpus, stopped), cwd=REPO, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's job
+    marker = stopped / "work" / "minhash_dedup.signatures" / "done-00001.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and not (stopped / "stats.json").exists(), err[-3000:]
+    assert err.strip().splitlines() == ["crucible prep: interrupted; the same command goes on from what was finished"]
+
+    subprocess.run(prep_command(mixed_corpus, stopped), cwd=REPO, check=True, capture_output=True)
+    for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
+        assert tree_bytes(stopped / folder) == tree_bytes(reference / folder), folder

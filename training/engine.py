@@ -9,7 +9,7 @@ layout, which is what makes loss curves of different layouts comparable.
 
 Recovery: the run resumes from the latest good checkpoint by default; a non-finite or spiking
 loss or gradient norm rolls the run back to the last healthy checkpoint, skips the data that
-led there, damps the learning rate for a while and goes on; SIGTERM/SIGUSR1 save and stop.
+led there, damps the learning rate for a while and goes on; SIGTERM, SIGUSR1 and Ctrl-C save and stop.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class Trainer:
         self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
         self.hooks: list[Hook] = build_hooks(config)
+        self.stopped_by: str | None = None  # the signal that stopped training early
         self.step, self.rollbacks, self.tokens = 0, 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
@@ -356,6 +357,14 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> list[dict[str, Any]]:
+        """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""
+        try:
+            return self._loop()
+        finally:
+            for hook in self.hooks:
+                hook.on_fit_end(self)
+
+    def _loop(self) -> list[dict[str, Any]]:
         cfg, records = self.config.train, []
         while self.step < cfg.max_steps:
             result = self.train_step()
@@ -383,10 +392,14 @@ class Trainer:
                 self.save("signal" if stop else "final" if last else "interval")
             if stop is not None:
                 self.events.log({"event": "stop", "step": self.step, "signal": stop.reason})
-                if self.layout.rank == 0:
+                self.stopped_by = stop.reason
+                saved = "checkpoint saved" if self.config.checkpoint.enabled else "no checkpoint (checkpoint.enabled)"
+                if self.layout.rank == 0 and stop.reason == "SIGINT":
+                    print(f"interrupted: {saved} at step {self.step}; the same command resumes from it", flush=True)
+                elif self.layout.rank == 0:
                     # The job script's cue to requeue: this run stopped early, with a checkpoint to resume.
                     write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": stop.reason})
-                    print(f"{stop.reason}: checkpoint saved at step {self.step}; stopping for requeue", flush=True)
+                    print(f"{stop.reason}: {saved} at step {self.step}; stopping for requeue", flush=True)
                 break
         self.metrics.close()
         return records

@@ -93,6 +93,9 @@ class Hook:
     def on_rollback(self, trainer: TrainerView, restored_step: int) -> None:
         pass
 
+    def on_fit_end(self, trainer: TrainerView) -> None:
+        """Training ended: finished, stopped or failed."""
+
 
 class EventLog:
     """`<run>/events.jsonl`: rollbacks, saves, resumes, signals; written by rank 0 and passed on to
@@ -170,21 +173,27 @@ class AnomalyDetector(Hook):
 
 
 class SignalCheckpoint(Hook):
-    """SIGTERM or SIGUSR1 (Slurm's warning before the time limit): save, then stop cleanly.
+    """SIGTERM, SIGUSR1 (Slurm's warning before the time limit) or Ctrl-C: save, then stop cleanly.
 
     The handler only sets a flag; at the end of the step every rank learns whether any rank
-    was signalled (a max all-reduce), so all stop after the same step.
+    was signalled (a max all-reduce), so all stop after the same step. A second Ctrl-C stops at
+    once, without saving (a step that never ends). The signals are handed back when training ends.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
         self.received = signum
+
+    def on_fit_end(self, trainer: TrainerView) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:
         flag = torch.tensor([self.received or 0], dtype=torch.int64, device=trainer.layout.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ _progress: Any = None
 def _init_worker(progress: Any) -> None:
     global _progress
     _progress = progress
+    signal.signal(signal.SIGINT, _leave_quietly)
+
+
+def _leave_quietly(signum: int, frame: Any) -> None:
+    """Ctrl-C reaches the workers too: the parent says it once; a worker ends its task without a traceback."""
+    raise SystemExit(128 + signum)
 
 
 def _report(step: str, n: int) -> None:
