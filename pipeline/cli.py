@@ -283,6 +283,13 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
+    if args.format == "hf":
+        print(f"next: transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}) with "
+              f"AutoTokenizer.from_pretrained of the same folder; crucible eval --checkpoint {args.checkpoint} "
+              f"--tasks FILE --harness scores it with lm-evaluation-harness")
+    else:
+        print(f"next: safetensors.torch.load_file({str(path)!r}) gives the state dict; the model config and step "
+              f"are in its metadata")
 
 
 COUNT_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1.0))  # 5.0M, 1.04B parameters
@@ -395,9 +402,11 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     if args.output:
         write_json(args.output, report)
         print(f"results: {args.output}")
+    else:
+        print("next: add --output results.json to keep these figures")
 
 
-def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
+def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | None = None) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
@@ -455,6 +464,9 @@ def _plan(config: CrucibleConfig, data: Path | None = None) -> None:
                   f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
                   f"least {month_dp * config.train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
                   f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)")
+    given = f" --config {config_path}" if config_path else ""
+    out.print(f"next: crucible run{given} --output RUN on this machine, or crucible submit{given} --output RUN "
+              f"on Slurm", highlight=False)
 
 
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
@@ -606,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
-            _plan(config, args.data)
+            _plan(config, args.data, args.config)
         elif args.verb == "classifier":
             _classifier(config, args)
         elif args.verb == "eval":

@@ -108,3 +108,11 @@ def test_plan_imports_no_deep_learning_framework() -> None:
             "print(sorted(m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
+
+
+def test_plan_ends_with_the_commands_that_run_it() -> None:
+    result = crucible_plan("--config", "configs/sample.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = " ".join(result.stdout.split()).rsplit("next: ", 1)[-1]
+    assert last == ("crucible run --config configs/sample.yaml --output RUN on this machine, or crucible submit "
+                    "--config configs/sample.yaml --output RUN on Slurm")
