@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(argv)
-    if not verbose():  # rank shutdown notices and the OMP_NUM_THREADS note
-        for name in ("torch.distributed.elastic", "torch.distributed.elastic.agent.server.api", "torch.distributed.run"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not verbose():  # rank shutdown notices, signals passed on, the OMP_NUM_THREADS note
+        # torchrun's module loggers each set their own level, so a parent's is not inherited: set every one.
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="crucible-errors-") as folder:
         os.environ[ERROR_DIR_ENV] = folder
         try:
