@@ -59,4 +59,7 @@ class LaunchConfig(Section):
     nproc_per_node: int = Field(1, ge=1, description="Training processes per node (GPUs per node on GPU machines).")
     nnodes: int = Field(1, ge=1, description="Training nodes (Slurm jobs; one torchrun agent per node).")
     max_restarts: int = Field(0, ge=0, description="torchrun restarts all ranks after a failure this many times.")
+    shutdown_seconds: int = Field(300, ge=1, description="After Ctrl-C or a kill, how long torchrun lets the ranks "
+                                  "finish their step and save before it kills them; raise it where a checkpoint "
+                                  "takes longer to write.")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)

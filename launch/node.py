@@ -24,6 +24,7 @@ from types import FrameType
 
 import psutil
 
+from launch.config import LaunchConfig
 from launch.torchrun import torchrun_command
 from pipeline.ground.errors import UserError
 
@@ -79,12 +80,13 @@ def forward_to_ranks(agent: subprocess.Popen, signum: int) -> None:
             pass
 
 
-def run_node(rdzv: Rendezvous, nproc_per_node: int, max_restarts: int, train_args: list[str]) -> int:
+def run_node(rdzv: Rendezvous, nproc_per_node: int, max_restarts: int, shutdown_seconds: int,
+             train_args: list[str]) -> int:
     # Slurm signals every process of the job step; torchrun must outlive SIGUSR1, so it starts with
     # the signal ignored (inherited across exec). The ranks install their own handler for it.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     agent = subprocess.Popen(torchrun_command(f"{rdzv.head}:{rdzv.port}", rdzv.nnodes, nproc_per_node, max_restarts,
-                                              rdzv.run_id, train_args))
+                                              shutdown_seconds, rdzv.run_id, train_args))
 
     def to_ranks(signum: int, frame: FrameType | None) -> None:
         forward_to_ranks(agent, signum)
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.node", description=__doc__.splitlines()[0])
     parser.add_argument("--nproc-per-node", type=int, required=True)
     parser.add_argument("--max-restarts", type=int, default=0)
+    parser.add_argument("--shutdown-seconds", type=int, default=LaunchConfig().shutdown_seconds)
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of `crucible train`, after --")
     args = parser.parse_args(argv)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"node {socket.gethostname()}: {rdzv.nnodes} node(s), rendezvous {rdzv.head}:{rdzv.port} ({rdzv.run_id})",
           flush=True)
-    return run_node(rdzv, args.nproc_per_node, args.max_restarts, train_args)
+    return run_node(rdzv, args.nproc_per_node, args.max_restarts, args.shutdown_seconds, train_args)
 
 
 if __name__ == "__main__":

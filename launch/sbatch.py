@@ -147,7 +147,8 @@ def train_script(paths: RunPaths, run_name: str, launch: LaunchConfig) -> Script
     lines.insert(lines.index("set -euo pipefail"), "#SBATCH --requeue")
     stopped = shlex.quote(str(paths.train / STOPPED_FILE))
     agent = shlex.join([paths.python, "-m", "launch.node", "--nproc-per-node", str(launch.nproc_per_node),
-                        "--max-restarts", str(launch.max_restarts), "--", "--config", str(paths.config),
+                        "--max-restarts", str(launch.max_restarts), "--shutdown-seconds",
+                        str(launch.shutdown_seconds), "--", "--config", str(paths.config),
                         "--data", str(paths.data / "shards"), "--output", str(paths.train)])
     lines += [f"cd {shlex.quote(str(paths.workdir))}",
               f"rm -f {stopped}",

@@ -193,14 +193,10 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
     import time
 
     from training.engine import Trainer
-    from training.parallel import shutdown_distributed
 
     started = time.perf_counter()
-    try:
-        trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
-        records = trainer.fit()
-    finally:
-        shutdown_distributed()
+    trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
+    records = trainer.fit()
     interrupted = trainer.stopped_by == "SIGINT"
     if int(os.environ.get("RANK", 0)) == 0:
         latest = trainer.checkpointer.latest()
@@ -598,6 +594,16 @@ def _user_error(verb: str, message: str) -> int:
     return 2
 
 
+def _leave_process_groups() -> None:
+    """Tear down the process groups a verb joined (training's, or the world of one that generate, eval and
+    run's samples need) while the interpreter is whole: left to its exit, gloo's threads can abort it."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        from training.parallel import shutdown_distributed
+
+        shutdown_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -642,4 +648,6 @@ def main(argv: list[str] | None = None) -> int:
             resumes = "; the same command goes on from what was finished" if args.verb in RESUMABLE else ""
             print(f"crucible {args.verb}: interrupted{resumes}", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        _leave_process_groups()
     return 0

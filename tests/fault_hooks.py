@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import torch
@@ -68,3 +69,13 @@ class SignalAt(Hook):
     def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if record["step"] == self.step and trainer.layout.rank == 0:
             os.kill(os.getpid(), self.signum)
+
+
+class SlowSave(Hook):
+    """Each save takes `seconds` longer, as on a slow file system or for a large model."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_save(self, trainer: Any, path: Any) -> None:
+        time.sleep(self.seconds)

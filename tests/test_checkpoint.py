@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.torchrun import free_port
+from launch.config import LaunchConfig
+from launch.torchrun import free_port, local_train_command
 from tests.conftest import REPO, metrics, torchrun
 from training.config import STOPPED_FILE
 
@@ -169,20 +170,26 @@ def test_sigusr1_saves_and_stops_then_the_rerun_continues(tiny_shards: Path, tmp
     assert losses(train(tiny_shards, tmp_path, 10, nproc=2, decay=10))[10] == straight[10]
 
 
+def ctrl_c_after_three_steps(command: list[str], run: Path) -> tuple[subprocess.Popen, str, str]:
+    """Start `command` as a terminal's job, press Ctrl-C once its run has logged three steps."""
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while len(metrics(run) if (run / "metrics.jsonl").exists() else []) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    return process, out, err
+
+
 def test_ctrl_c_saves_and_stops_in_one_line_then_the_rerun_continues(tiny_shards: Path, tmp_path: Path) -> None:
     """Ctrl-C reaches torchrun's agent (its ranks run in sessions of their own); the agent passes it on,
     the ranks save after the same step and stop, and it ends in one message and status 130."""
     command = [sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(tiny_shards),
                "--output", str(tmp_path), *BASE, "--set", "train.max_steps=100000", "--set", "train.decay_steps=30"]
-    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's job
-    deadline = time.monotonic() + 300
-    while len(metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else []) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    out, err = process.communicate(timeout=300)
+    process, out, err = ctrl_c_after_three_steps(command, tmp_path)
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in out + err, err[-3000:]
     [stop] = [e for e in events(tmp_path) if e["event"] == "stop"]
@@ -194,6 +201,20 @@ def test_ctrl_c_saves_and_stops_in_one_line_then_the_rerun_continues(tiny_shards
     records = train(tiny_shards, tmp_path, stop["step"] + 2, nproc=2)
     assert [r["step"] for r in records][-3:] == [stop["step"], stop["step"] + 1, stop["step"] + 2]
     assert any(e["event"] == "resume" and e["step"] == stop["step"] for e in events(tmp_path))
+
+
+@pytest.mark.parametrize(("shutdown_seconds", "saved"), [(2, False), (20, True)])
+def test_torchrun_gives_the_ranks_launch_shutdown_seconds_to_save(tiny_shards: Path, tmp_path: Path,
+                                                                   shutdown_seconds: int, saved: bool) -> None:
+    """A save that takes 6 s: torchrun waits `launch.shutdown_seconds` after Ctrl-C, then kills the ranks
+    (torchrun's own default, 30 s, would let both finish)."""
+    overrides = [*BASE, "--set", "train.max_steps=100000", "--set", "train.decay_steps=30",
+                 *hooks('{target: "tests.fault_hooks:SlowSave", args: {seconds: 6}}')][1::2]  # the values of --set
+    command = local_train_command(LaunchConfig(nproc_per_node=1, shutdown_seconds=shutdown_seconds), None, overrides,
+                                  tiny_shards, tmp_path)
+    process, out, err = ctrl_c_after_three_steps(command, tmp_path)
+    assert process.returncode == 130 and "Traceback" not in out + err, err[-3000:]
+    assert ("interrupted: checkpoint saved at step" in out) == saved, out[-2000:]
 
 
 def test_retention_keeps_last_every_mth_and_latest(tiny_shards: Path, tmp_path: Path) -> None:

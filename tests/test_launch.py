@@ -27,7 +27,7 @@ def losses(run: Path) -> list[tuple[int, float]]:
 
 def two_agents(shards: Path, run: Path, nproc_per_node: int) -> None:
     """Two torchrun agents on this machine, as two nodes of one c10d rendezvous."""
-    command = torchrun_command(f"127.0.0.1:{free_port()}", 2, nproc_per_node, 0, "two-nodes",
+    command = torchrun_command(f"127.0.0.1:{free_port()}", 2, nproc_per_node, 0, 30, "two-nodes",
                                ["--data", str(shards), "--output", str(run), *TRAIN])
     agents = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]
@@ -53,9 +53,9 @@ def slurm_env(job: str, nodes: int) -> dict[str, str]:
     return {"SLURM_JOB_ID": job, "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "gpu[07-08]"}
 
 
-def test_train_tears_its_process_groups_down(tiny_shards: Path, tmp_path: Path) -> None:
+def test_verbs_tear_their_process_groups_down(tiny_shards: Path, tmp_path: Path) -> None:
     """Groups left to interpreter exit can abort a rank at the end of a finished run (gloo's threads
-    outlive the interpreter); `train` leaves none behind, so one process can also train twice."""
+    outlive the interpreter); `train` and `generate` leave none behind, so one process can also train twice."""
     driver = f"""
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -65,6 +65,8 @@ for run in ("first", "second"):
             "--set", "train.max_steps=2", "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2"]
     assert main(args) == 0, run
     assert not dist.is_initialized() and not parallel_state.model_parallel_is_initialized(), run
+assert main(["generate", "--checkpoint", {str(tmp_path)!r} + "/second", "--prompt", "a", "--max-new-tokens", "2"]) == 0
+assert not dist.is_initialized() and not parallel_state.model_parallel_is_initialized(), "generate"
 print("no groups left")
 """
     result = subprocess.run([sys.executable, "-c", driver], cwd=REPO, capture_output=True, text=True, timeout=600)
