@@ -19,6 +19,16 @@ INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 RESUMABLE = ("prep", "prep-task", "train", "run")  # verbs whose rerun resumes (completion markers, checkpoints)
 
 
+class UsageError(Exception):
+    """A command line argparse refuses, raised instead of argparse's exit so that a rank under torchrun can
+    hand it to the agent like any other user mistake."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show third-party warnings and logs (every rank)")
     parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
@@ -30,7 +40,8 @@ def _stage_list(value: str) -> list[str]:
     stages = [s.strip() for s in value.split(",") if s.strip()]
     unknown = [s for s in stages if s not in registry.names()]
     if unknown or not stages:
-        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {', '.join(registry.names())}")
+        what = f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(registry.names())}")
     return stages
 
 
@@ -54,8 +65,11 @@ def _probability(value: str) -> float:
     return number
 
 
+CHECKPOINT_HELP = "a checkpoint folder (RUN/checkpoints/step-N), or a run folder for its newest loadable checkpoint"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crucible", description="Raw text to a trained language model.")
+    parser = _Parser(prog="crucible", description="Raw text to a trained language model.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
@@ -76,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = verbs.add_parser("generate", help="sample text from a checkpoint (KV cache), any training layout")
     _common(generate)
-    generate.add_argument("--checkpoint", type=Path, required=True,
-                          help="a checkpoint folder (RUN/checkpoints/step-N), or a run folder for its newest checkpoint")
+    generate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     generate.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
                           "replaces samples.prompts)")
     generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
@@ -91,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model",
                               epilog="The hf format's generation_config.json carries the samples.* settings.")
     _common(export)
-    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     export.add_argument("--output", type=Path, required=True)
     export.add_argument("--format", choices=["hf", "consolidated"], default="hf")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
@@ -112,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="A task's name is its file's stem. --harness needs the eval extra "
                                        "(pip install -e '.[eval]') and runs fully offline.")
     _common(evaluate)
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     evaluate.add_argument("--tasks", nargs="+", type=Path, metavar="FILE",
                           help="task files, JSONL or Parquet (default: eval.tasks)")
     evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
@@ -162,15 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> CrucibleConfig:
-    config = load_config(args.config, args.overrides)
-    if getattr(args, "inputs", None):
-        config.prep.inputs = args.inputs
-    if getattr(args, "stages", None):
-        config.prep.stages = args.stages
-    return config
+    """The config with the flags that replace its keys (--input, --stages) applied as overrides, so the
+    schema checks them like any --set."""
+    replaced = [(key, [str(value) for value in getattr(args, flag)]) for key, flag in
+                (("prep.inputs", "inputs"), ("prep.stages", "stages")) if getattr(args, flag, None)]
+    return load_config(args.config, args.overrides, dict(replaced))
 
 
-def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None) -> None:
+def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> None:
     import time
 
     from pipeline.prep import pending_task_count, run_prep
@@ -184,8 +196,8 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
     if then is None and "shards/" in folders:
-        print(f"next: crucible train --data {output / 'shards'} --output RUN (several processes: python -m launch.agent "
-              f"--nproc_per_node N -m pipeline train ...)")
+        print(f"next: crucible train{settings} --data {output / 'shards'} --output RUN (several processes: "
+              f"python -m launch.agent --nproc_per_node N -m pipeline train ...)")
 
 
 def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int:
@@ -219,6 +231,9 @@ def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
     meta = read_meta(checkpoint)
     record = tokenizer_record(meta)
     path = given or Path(meta["data_dir"]) / record["file"]
+    if given and not given.is_file():
+        raise UserError(f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's "
+                        f"tokenizer.json")
     if not path.is_file():
         raise UserError(f"tokenizer {path} not found: pass --tokenizer")
     if file_sha256(path) != record["sha256"]:
@@ -272,6 +287,7 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from training.export import prepare_output, save_consolidated, save_hf
 
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    args.checkpoint = _checkpoint_in(args.checkpoint, config)
     prepare_output(args.output, args.force)
     if args.format == "hf":
         path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype,
@@ -360,6 +376,9 @@ def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None
                       f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run")
 
 
+HARNESS_AGREEMENT = 1e-3  # log-likelihood; fp32 exports of the same weights agree to ~1e-5
+
+
 def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     import tempfile
 
@@ -371,6 +390,16 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from training.export import read_meta, save_hf
     from training.tasks import load_tasks
 
+    for flag, needs in (("data", "heldout"), ("heldout_rows", "heldout"), ("hf", "harness")):
+        if getattr(args, flag) is not None and not getattr(args, needs):
+            raise UserError(f"--{flag.replace('_', '-')} applies with --{needs}: add --{needs}, or drop it")
+    folders = [path for path in args.tasks or [] if path.is_dir()]
+    if folders:
+        raise UserError(f"--tasks {folders[0]} is a folder: give its task files, e.g. {folders[0]}/*.jsonl")
+    if args.hf is not None and not (args.hf / "config.json").is_file():
+        raise UserError(f"--hf {args.hf} is not a Hugging Face export (no config.json): make one with crucible "
+                        f"export --checkpoint {args.checkpoint} --output {args.hf}, or drop --hf")
+    args.checkpoint = _checkpoint_in(args.checkpoint, config)
     tasks = load_tasks(args.tasks or config.eval.tasks, config.eval.max_items)
     if not tasks and (args.harness or not args.heldout):
         raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks"
@@ -395,6 +424,12 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
         report["harness"] = {name: {k: v for k, v in r.items() if k != "requests"} | {"max_abs_ll_difference": max(
             abs(a[0] - b[0]) for a, b in zip(ours[name]["requests"], r["requests"]))} for name, r in theirs.items()}
         print_task_results(report["harness"], "lm-evaluation-harness on the Hugging Face export")
+        apart = max(r["max_abs_ll_difference"] for r in report["harness"].values())
+        if apart > HARNESS_AGREEMENT:
+            print(f"warning: the harness and Crucible differ by up to {apart:.3g} in log-likelihood (an fp32 export "
+                  f"of the same weights agrees within {HARNESS_AGREEMENT:g}): is --hf an fp32 export of "
+                  f"{args.checkpoint}?",
+                  file=sys.stderr)
     if args.output:
         write_json(args.output, report)
         print(f"results: {args.output}")
@@ -402,7 +437,16 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
         print("next: add --output results.json to keep these figures")
 
 
-def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | None = None) -> None:
+def _same_settings(args: argparse.Namespace) -> str:
+    """The --config and --set flags of this command, for the next command to run with the same settings."""
+    import shlex
+
+    flags = (["--config", str(args.config)] if args.config else []) + [
+        arg for assignment in args.overrides for arg in ("--set", assignment)]
+    return "".join(f" {shlex.quote(flag)}" for flag in flags)
+
+
+def _plan(config: CrucibleConfig, data: Path | None, settings: str) -> None:
     from rich.table import Table
 
     from pipeline.ground.console import console
@@ -410,6 +454,10 @@ def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | 
     from training.plan import RECOMPUTE_COMPUTE, estimate
 
     gpus, seq_len = config.plan_gpus(), config.plan_seq_len()
+    model_parallel = config.parallel.tp * config.parallel.pp
+    if gpus % model_parallel:
+        raise UserError(f"plan assumes {gpus} GPU(s) (plan.gpus, else launch.nproc_per_node x launch.nnodes), not a "
+                        f"multiple of tp*pp = {model_parallel}: e.g. --set plan.gpus={model_parallel * 8}")
     dp = check_shapes(config.model, config.parallel, gpus)
     e = estimate(config.model, config.parallel, config.train, config.plan, gpus, seq_len,
                  config.plan_vocab_size())
@@ -440,6 +488,7 @@ def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | 
     out.print(table)
     limit = config.plan.gpu_memory_gb * 1e9
     fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
+    refused = not fits
     if not fits:
         out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
                   f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
@@ -451,6 +500,7 @@ def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | 
     try:
         check_batch(config.train, dp)
     except LayoutError as exc:
+        refused = True
         out.print(f"[yellow]note:[/] {exc}: training would refuse this layout; set train.global_batch_size to a "
                   f"multiple of {config.train.micro_batch_size * dp}")
     if e.days > 60:
@@ -460,9 +510,11 @@ def _plan(config: CrucibleConfig, data: Path | None = None, config_path: Path | 
                   f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
                   f"least {month_dp * config.train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
                   f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)")
-    given = f" --config {config_path}" if config_path else ""
-    out.print(f"next: crucible run{given} --output RUN on this machine, or crucible submit{given} --output RUN "
-              f"on Slurm", highlight=False)
+    if refused:
+        out.print(f"next: change the settings named above, then crucible plan{settings} with them", highlight=False)
+    else:
+        out.print(f"next: crucible run{settings} --output RUN on this machine, or crucible submit{settings} --output "
+                  f"RUN on Slurm", highlight=False)
 
 
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
@@ -594,6 +646,16 @@ def _user_error(verb: str, message: str) -> int:
     return 2
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """A file or an unwritable place where a verb will write is one line before any work."""
+    from pipeline.ground.folders import check_output_file, make_output_folder
+
+    if args.verb in ("prep", "train", "run", "submit", "prep-task") or (args.verb == "classifier" and args.action == "train" and args.output):
+        make_output_folder(args.output)
+    elif args.verb == "eval" and args.output:
+        check_output_file(args.output)
+
+
 def _leave_process_groups() -> None:
     """Tear down the process groups a verb joined (training's, or the world of one that generate, eval and
     run's samples need) while the interpreter is whole: left to its exit, gloo's threads can abort it."""
@@ -609,7 +671,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.ground.quiet import VERBOSE_ENV, quiet_third_party
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _user_error(str(exc).split(":")[0].removeprefix("crucible "), str(exc))
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"  # torchrun's ranks inherit it
     quiet_third_party()
@@ -619,12 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(args.verb, f"crucible: {exc}")
     show_progress = not getattr(args, "no_progress", False)
     try:
+        _check_outputs(args)
         if args.verb == "prep":
-            _prep(config, args.output, show_progress)
+            _prep(config, args.output, show_progress, settings=_same_settings(args))
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
-            _plan(config, args.data, args.config)
+            _plan(config, args.data, _same_settings(args))
         elif args.verb == "classifier":
             _classifier(config, args)
         elif args.verb == "eval":

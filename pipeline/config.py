@@ -8,6 +8,7 @@ trainer, `launch` with the launchers); this module assembles the root.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,25 +76,34 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({problem}); "
+                          f"quote strings that hold [ ] {{ }} : or #") from None
+    _assign(tree, key.strip(), value)
+
+
+def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
+    """`tree[a][b][c] = value` for the key `a.b.c`, making the sections on the way."""
+    parts = key.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
         node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({problem}); "
-                          f"quote strings that hold [ ] {{ }} : or #") from None
+    node[parts[-1]] = value
 
 
-def load_config(path: Path | None, overrides: list[str] = ()) -> CrucibleConfig:
-    """Read YAML (or start from defaults), apply overrides, validate."""
+def load_config(path: Path | None, overrides: list[str] = (), replaced: Mapping[str, Any] | None = None) -> CrucibleConfig:
+    """Read YAML (or start from defaults), apply overrides, then the keys a verb's flags replace
+    (`--stages` is `prep.stages`), and validate all of it together."""
     tree: dict[str, Any] = {}
     if path is not None:
+        if Path(path).is_dir():
+            raise ConfigError(f"--config {path} is a folder: give a YAML file (examples in configs/)")
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError as exc:
@@ -104,6 +114,8 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> CrucibleConfig:
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for assignment in overrides:
         apply_override(tree, assignment)
+    for key, value in (replaced or {}).items():
+        _assign(tree, key, value)
     try:
         return CrucibleConfig.model_validate(tree)
     except ValidationError as exc:

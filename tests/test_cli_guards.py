@@ -51,10 +51,9 @@ def test_malformed_set_yaml_is_one_line(override: str, capsys: pytest.CaptureFix
                                  "--top-p=1.5", "--temperature=-1", "--max-new-tokens=ten"])
 def test_generate_values_are_checked_before_loading_anything(arg: str, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--checkpoint", str(tmp_path), arg])
-    assert exit_info.value.code == 2
-    assert arg.split("=")[0] in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path), arg]) == 2
+    err = capsys.readouterr().err
+    assert arg.split("=")[0] in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("entry", ["--comment=a\nb", "--requeue\n", "--qos=high\r", "--x\r\n", "--a\u2028--b",
@@ -138,3 +137,41 @@ def test_sample_table_leaves_out_blank_lines_but_keeps_the_text(capsys: pytest.C
     _print_samples([("NAME", " ls - list\n\n\n   directory contents\n\n")], "samples")
     rows = [line for line in capsys.readouterr().out.splitlines() if "│" in line]
     assert [line.split("│")[2].strip() for line in rows] == ["ls - list", "directory contents"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["plan", "--config", "configs"], "--config configs is a folder: give a YAML file"),
+    (["prep", "--config", "configs/sample.yaml", "--stages", "pack", "--output", "OUT"], "pack needs tokenize"),
+    (["prep", "--stages", "", "--output", "OUT"], "no stage given; choose from normalize"),
+    (["prep", "--stages", "normalise", "--output", "OUT"], "unknown stage(s) normalise; choose from normalize"),
+    (["prep", "--output", "README.md"], "--output README.md is a file: give a folder"),
+    (["train", "--data", "DATA", "--output", "README.md"], "--output README.md is a file: give a folder"),
+    (["submit", "--output", "README.md", "--dry-run"], "--output README.md is a file: give a folder"),
+    (["eval", "--checkpoint", "CK", "--tasks", "data/tasks/debian_next_words.jsonl", "--output", "OUT"],
+     "is a folder: give a file name"),
+    (["eval", "--checkpoint", "CK", "--tasks", "data/tasks"], "--tasks data/tasks is a folder: give its task files"),
+    (["eval", "--checkpoint", "CK", "--tasks", "T", "--heldout-rows", "5"], "--heldout-rows applies with --heldout"),
+    (["eval", "--checkpoint", "CK", "--tasks", "T", "--hf", "OUT"], "--hf applies with --harness"),
+    (["eval", "--checkpoint", "CK", "--tasks", "T", "--harness", "--hf", "OUT"], "is not a Hugging Face export"),
+    (["export", "--checkpoint", "CK/nowhere", "--output", "OUT/x"], "nowhere not found"),
+    (["prep", "--output"], "crucible prep: argument --output: expected one argument (see crucible prep --help)"),
+])
+def test_careless_command_lines_are_one_line(args: list[str], expected: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every mistake is caught before any work, as one line naming the flag (a config's: a line per key
+    under a heading); none reaches a traceback."""
+    paths = {"OUT": str(tmp_path), "CK": str(tmp_path), "DATA": str(tmp_path), "T": str(SAMPLE_FILE)}
+    monkeypatch.chdir(REPO)
+    assert main([paths.get(arg, arg.replace("CK/", f"{tmp_path}/")) for arg in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[1:] == [] or lines[0] == "crucible: invalid config:", lines
+    assert expected in lines[-1], lines
+
+
+def test_a_bad_training_flag_under_torchrun_is_one_line(tmp_path: Path) -> None:
+    """The ranks hand an argparse refusal to the agent like any user mistake: no ChildFailedError report."""
+    result = subprocess.run([sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "-m", "pipeline", "train",
+                             "--data", str(tmp_path), "--output", str(tmp_path), "--set"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip() == "crucible train: argument --set: expected one argument (see crucible train --help)"

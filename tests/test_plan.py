@@ -110,9 +110,22 @@ def test_plan_imports_no_deep_learning_framework() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
 
 
-def test_plan_ends_with_the_commands_that_run_it() -> None:
-    result = crucible_plan("--config", "configs/sample.yaml")
+def test_plan_ends_with_the_commands_that_run_it_with_the_same_settings() -> None:
+    result = crucible_plan("--config", "configs/sample.yaml", "--set", "model.n_heads=8")
     assert result.returncode == 0, result.stderr[-2000:]
     last = " ".join(result.stdout.split()).rsplit("next: ", 1)[-1]
-    assert last == ("crucible run --config configs/sample.yaml --output RUN on this machine, or crucible submit "
-                    "--config configs/sample.yaml --output RUN on Slurm")
+    same = "--config configs/sample.yaml --set model.n_heads=8"
+    assert last == f"crucible run {same} --output RUN on this machine, or crucible submit {same} --output RUN on Slurm"
+
+
+def test_plan_of_a_run_that_would_not_fit_says_to_change_it_not_to_run_it() -> None:
+    result = crucible_plan("--set", "model.preset=70b", "--set", "parallel.tp=8", "--set", "plan.gpus=8")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0 and "does not fit" in text, result.stderr[-2000:]
+    assert text.rsplit("next: ", 1)[-1].startswith("change the settings named above, then crucible plan --set")
+
+
+def test_plan_names_the_setting_that_gives_it_gpus() -> None:
+    result = crucible_plan("--set", "model.preset=70b", "--set", "parallel.tp=8")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "plan.gpus" in result.stderr and "launch.nproc_per_node" in result.stderr

@@ -67,6 +67,8 @@ class CorruptCheckpoint(UserError):
 def read_meta(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's crucible.json; a missing, torn or incomplete one makes the checkpoint damaged."""
     path = Path(checkpoint) / META
+    if not Path(checkpoint).exists():
+        raise CorruptCheckpoint(f"checkpoint {checkpoint} not found")
     if not path.is_file():
         raise CorruptCheckpoint(f"{checkpoint} is not a Crucible checkpoint, or a damaged one (no {META})")
     try:
