@@ -26,10 +26,9 @@ def record_user_error(message: str) -> bool:
     folder = os.environ.get(ERROR_DIR_ENV)
     if not folder:
         return False
-    path = Path(folder) / f"rank-{int(os.environ.get('RANK', 0)):06d}.txt"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(message)
-    os.replace(tmp, path)
+    from pipeline.ground.atomic import write_text
+
+    write_text(Path(folder) / f"rank-{int(os.environ.get('RANK', 0)):06d}.txt", message)
     return True
 
 

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--positive", type=Path, help="train: JSONL of documents to keep")
     classifier.add_argument("--negative", type=Path, help="train: JSONL of documents to drop")
     classifier.add_argument("--output", type=Path, help="train: folder for model.bin, report.json, heldout.jsonl")
-    classifier.add_argument("--model", type=Path, help="eval: a model.bin")
+    classifier.add_argument("--model", type=Path, help="eval: a model.bin, or the folder `classifier train` wrote")
     classifier.add_argument("--data", type=Path, help="eval: JSONL with `text` and `label` (true/false)")
 
     evaluate = verbs.add_parser("eval", help="score task files on a checkpoint (and with lm-evaluation-harness)",
@@ -182,7 +182,8 @@ def _load(args: argparse.Namespace) -> CrucibleConfig:
     return load_config(args.config, args.overrides, dict(replaced))
 
 
-def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> None:
+def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> int:
+    """Run (or finish) prep into `output`; returns the number of tasks it ran."""
     import time
 
     from pipeline.prep import pending_task_count, run_prep
@@ -198,6 +199,7 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     if then is None and "shards/" in folders:
         print(f"next: crucible train{settings} --data {output / 'shards'} --output RUN (several processes: "
               f"python -m launch.agent --nproc_per_node N -m pipeline train ...)")
+    return todo
 
 
 def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int:
@@ -338,7 +340,8 @@ def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
         print(f"trained on {report['train_documents']:,} documents; model in {args.output}")
         result = report["heldout"]
     else:
-        result = evaluate(args.model, args.data, settings.label, settings.histogram_bins)
+        model = args.model / "model.bin" if args.model.is_dir() else args.model  # the folder `train` wrote
+        result = evaluate(model, args.data, settings.label, settings.histogram_bins)
     print(json.dumps({k: v for k, v in result.items() if k != "histogram"}))
     print("histogram (positive / negative per score bin): " + ", ".join(
         f"{lo:.1f}: {p}/{n}" for lo, p, n in zip(result["histogram"]["edges"], result["histogram"]["positive"],
@@ -535,38 +538,42 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     """prep, then training under torchrun on this machine, in one run folder."""
     import signal
     import subprocess
-    import time
 
     from launch.torchrun import local_train_command
     from pipeline.ground.markers import read_jsonl
+    from pipeline.ground.names import CHECKPOINT_META
     from pipeline.report import build_report, learning_line, unigram_entropy
+    from pipeline.run_times import RUN_TIMES, PhaseTimes
     from pipeline.summary import print_task_results, task_results
-    from pipeline.toy_world import toy_generations, train_toy_world
+    from pipeline.toy_world import final_checkpoint, toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
 
     _preflight(config, args.output / "train")
     data = args.output / "data"
-    started = time.perf_counter()
-    _prep(config, data, show_progress, then="train")
-    timings = {"prep": time.perf_counter() - started}
+    checkpoints = Checkpointer(args.output / "train", config.checkpoint, rank=0)
+    times = PhaseTimes(args.output / RUN_TIMES)
+    with times.phase("prep") as worked:
+        worked(_prep(config, data, show_progress, then="train") > 0)
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
     print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
-    started = time.perf_counter()
-    torchrun = subprocess.Popen(command)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun too: it has the ranks save
-    try:
-        returncode = torchrun.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    timings["training"] = time.perf_counter() - started
+    before = checkpoints.latest()
+    with times.phase("training") as worked:
+        torchrun = subprocess.Popen(command)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun too: it has the ranks save
+        try:
+            returncode = torchrun.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        latest = checkpoints.latest()
+        worked(latest is not None and (before is None or latest.step != before.step))
     if returncode != 0:
         return returncode
-    latest = Checkpointer(args.output / "train", config.checkpoint, rank=0).latest()
     samples = sample_texts(latest.path, _tokenizer_of(latest.path, None), config.samples) if latest else []
-    started = time.perf_counter()
-    toy = toy_generations(train_toy_world(args.output / "toy_world"))
-    timings["toy world"] = time.perf_counter() - started
+    with times.phase("toy world") as worked:
+        worked(not (final_checkpoint(args.output / "toy_world") / CHECKPOINT_META).exists())
+        toy = toy_generations(train_toy_world(args.output / "toy_world"))
+    timings = times.seconds
     entropy = unigram_entropy(data / "shards")
     report = build_report(args.output, samples, config, timings, toy, entropy)
     metrics = read_jsonl(args.output / "train" / "metrics.jsonl")

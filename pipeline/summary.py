@@ -124,7 +124,8 @@ def print_status(steps: list[StepStatus], train: dict[str, Any]) -> None:
     states = ", ".join(train["states"]) or "not known to Slurm"
     last = train["last"]
     progress = f"step {last['step']}, loss {last['loss']:.4f}" if last else "no step logged yet"
-    console.print(f"training: job {', '.join(train['job_ids']) or '-'} ({states}); {progress}")
+    job = f"job {', '.join(train['job_ids'])} ({states})" if train["job_ids"] else "not submitted"
+    console.print(f"training: {job}; {progress}")
 
 
 def print_local_status(status: LocalStatus) -> None:

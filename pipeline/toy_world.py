@@ -18,7 +18,7 @@ import numpy as np
 from data_prep.shards import write_manifest, write_shard
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
-from pipeline.ground.names import TOKENIZER_FILE
+from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
 SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
@@ -60,7 +60,10 @@ def final_checkpoint(folder: Path) -> Path:
 
 
 def train_toy_world(folder: Path) -> Path:
-    """Make the shards in FOLDER/shards and train on them in one process into FOLDER/run."""
+    """Make the shards in FOLDER/shards and train on them in one process into FOLDER/run (once: training
+    is deterministic, so a rerun finds the same final checkpoint)."""
+    if (final_checkpoint(folder) / CHECKPOINT_META).exists():
+        return final_checkpoint(folder)
     shards = toy_shards(folder / "shards")
     command = [sys.executable, "-m", "pipeline", "train", "--data", str(shards), "--output", str(folder / "run"),
                "--resume", "none", *[arg for key in TRAINING for arg in ("--set", key)]]

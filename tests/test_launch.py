@@ -121,6 +121,10 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
                                          "prep-minhash_dedup.buckets.sbatch"]
     assert '#SBATCH --array="0-4%4"' in (slurm / "prep-minhash_dedup.buckets-from-20.sbatch").read_text()
     assert '#SBATCH --partition="gpu a100"' in (slurm / "train.sbatch").read_text()
+    assert "--shutdown-seconds 300 --" in (slurm / "train.sbatch").read_text()  # Ctrl-C/scancel: time to save
+    status = subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(output)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert "training: not submitted; no step logged yet" in " ".join(status.stdout.split()), status.stderr
     for script in [*slurm.glob("*.sbatch"), slurm / "submit.sh"]:
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, f"{script.name}: {check.stderr}"

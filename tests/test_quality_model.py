@@ -68,6 +68,8 @@ def test_the_eval_verb_scores_a_labelled_file(trained: dict, capsys: pytest.Capt
     printed = json.loads(capsys.readouterr().out.splitlines()[0])
     expected = evaluate(trained["model"], heldout, "hq")
     assert printed == {k: v for k, v in expected.items() if k != "histogram"}
+    assert main(["classifier", "eval", "--model", str(trained["model"].parent), "--data", str(heldout)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == printed, "the folder `classifier train` wrote"
     assert main(["classifier", "eval", "--model", str(trained["model"])]) == 2
     assert "needs --data" in capsys.readouterr().err
 

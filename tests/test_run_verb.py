@@ -3,6 +3,7 @@ then the report page in a real headless browser."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.run_times import RUN_TIMES
+from pipeline.toy_world import final_checkpoint
 from tests.conftest import REPO, read_set, write_jsonl
 
 SCREENSHOT = REPO / "out" / "report-screenshot.png"  # for people to look at; out/ is not committed
@@ -32,10 +35,14 @@ launch: {{nproc_per_node: 2}}
 samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
 """)
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run),
-                             "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    result = crucible_run(config, run)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result
+
+
+def crucible_run(config: Path, run: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run),
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -99,3 +106,18 @@ def test_status_reads_a_local_run(finished_run: tuple[Path, subprocess.Completed
     assert "latest checkpoint: step-00000012" in result.stdout
     missing = status(run / "nowhere")
     assert missing.returncode == 2 and missing.stderr.strip() == f"crucible status: no such folder: {run / 'nowhere'}"
+
+
+def test_a_rerun_of_a_finished_run_reports_the_run_s_times(finished_run: tuple[Path, subprocess.CompletedProcess[str]]
+                                                            ) -> None:
+    """The rerun finds every phase done: its summary and report keep the times the phases took, and the
+    toy world is not trained again."""
+    run, _ = finished_run
+    first = json.loads((run / RUN_TIMES).read_text())
+    toy = final_checkpoint(run / "toy_world") / "crucible.json"
+    toy_written = toy.stat().st_mtime_ns
+    rerun = crucible_run(run.parent / "small.yaml", run)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "nothing redone" in rerun.stdout and json.loads((run / RUN_TIMES).read_text()) == first
+    assert f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s" in rerun.stdout
+    assert toy.stat().st_mtime_ns == toy_written
