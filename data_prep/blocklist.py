@@ -23,7 +23,7 @@ from pydantic import Field
 
 from data_prep.books import doc_stage
 from data_prep.inputs import file_digests, read_entries
-from data_prep.stage import TEXT, Decision, DocStage, Drop
+from data_prep.stage import LANG, TEXT, Decision, DocStage, Drop
 from data_prep.words import words
 from pipeline.ground.schema import Section
 
@@ -172,7 +172,7 @@ class BlocklistStage(DocStage):
     def decide(self, table: pa.Table) -> Decision:
         texts = table.column(TEXT).to_pylist()
         urls = self._column(table, self.config.url_field)
-        langs = self._column(table, "lang")
+        langs = self._column(table, LANG)
         drops = {}
         for row, (text, url, lang) in enumerate(zip(texts, urls, langs)):
             drop = self.check_url(url) or self.check_words(text, lang)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.sources import SOURCE
-from data_prep.stage import ID, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
+from data_prep.stage import ID, LANG, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
 from pipeline.ground.atomic import atomic_path, write_parquet
 from pipeline.ground.markers import read_marker
 from pipeline.ground.schema import Section
@@ -39,7 +39,7 @@ QUARANTINE_SCHEMA = pa.schema(
 REMOVALS_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
 )
-DETAIL_COLUMNS = ("lang", "lang_score", SOURCE)
+DETAIL_COLUMNS = (LANG, "lang_score", SOURCE)
 
 
 def data_file(work: Path, step: str, task: int) -> Path:

@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from data_prep.fasttext_models import LABEL_PREFIX, load_fasttext
 from pipeline.ground.atomic import atomic_path, write_json, write_text
 from pipeline.ground.errors import UserError
+from pipeline.ground.records import iter_records
 from pipeline.ground.schema import Section
 
-LABEL_PREFIX = "__label__"
 MODEL_FILE, REPORT_FILE, HELDOUT_FILE = "model.bin", "report.json", "heldout.jsonl"
 
 
@@ -50,12 +51,9 @@ class FastTextScorer:
     """The probability a binary fastText model gives `label`, for a batch of texts."""
 
     def __init__(self, model_path: Path, label: str) -> None:
-        import fasttext  # imported here: workers that never score need not load it
-
         if not Path(model_path).is_file():
             raise UserError(f"classifier model {model_path} not found: train one with `crucible classifier train`")
-        fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence its load-time warning
-        self.model = fasttext.load_model(str(model_path))
+        self.model = load_fasttext(model_path, "classifier model", "train one with `crucible classifier train`")
         self.label = LABEL_PREFIX + label
         labels = self.model.get_labels()
         if self.label not in labels or len(labels) != 2:
@@ -70,20 +68,11 @@ class FastTextScorer:
 
 
 def read_texts(path: Path, text_field: str) -> list[str]:
-    """The `text_field` strings of a JSONL file (records without one are skipped)."""
+    """The `text_field` strings of a JSON Lines (or Parquet) file (records without one are skipped)."""
     if not Path(path).is_file():
         raise UserError(f"{path} not found")
-    texts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line).get(text_field)
-            except (json.JSONDecodeError, AttributeError):
-                raise UserError(f"{path}:{number}: not a JSON object") from None
-            if isinstance(value, str) and value.strip():
-                texts.append(value)
+    texts = [value for _, record in iter_records(path)
+             if isinstance(value := record.get(text_field), str) and value.strip()]
     if not texts:
         raise UserError(f"{path}: no record with a text in field {text_field!r}")
     return texts
@@ -171,21 +160,14 @@ def evaluate(model: Path, data: Path, label: str, bins: int = 10) -> dict[str, A
     texts, truth = [], []
     if not Path(data).is_file():
         raise UserError(f"{data} not found")
-    with open(data, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                value, text = record.get("label"), record.get("text")
-            except (json.JSONDecodeError, AttributeError):
-                raise UserError(f"{data}:{number}: not a JSON object") from None
-            if not isinstance(text, str):
-                raise UserError(f"{data}:{number}: no `text` string")
-            if value not in (True, False, 0, 1, label, f"not_{label}", LABEL_PREFIX + label, f"{LABEL_PREFIX}not_{label}"):
-                raise UserError(f"{data}:{number}: label must be true/false, 1/0, {label} or not_{label}; got {value!r}")
-            texts.append(text)
-            truth.append(value in (True, 1, label, LABEL_PREFIX + label))
+    for number, record in iter_records(data):
+        value, text = record.get("label"), record.get("text")
+        if not isinstance(text, str):
+            raise UserError(f"{data}:{number}: no `text` string")
+        if value not in (True, False, 0, 1, label, f"not_{label}", LABEL_PREFIX + label, f"{LABEL_PREFIX}not_{label}"):
+            raise UserError(f"{data}:{number}: label must be true/false, 1/0, {label} or not_{label}; got {value!r}")
+        texts.append(text)
+        truth.append(value in (True, 1, label, LABEL_PREFIX + label))
     if not texts:
         raise UserError(f"{data}: no labelled record")
     scores = FastTextScorer(model, label).score(model_text(texts))

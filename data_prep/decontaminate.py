@@ -11,8 +11,6 @@ cannot match and is counted as `short_items`.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 from collections import Counter
 from functools import lru_cache
@@ -21,7 +19,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from data_prep.books import run_stage_on_source
@@ -29,6 +26,9 @@ from data_prep.inputs import file_digests
 from data_prep.stage import TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext, replace_column, single
 from data_prep.words import words
 from pipeline.ground.atomic import write_json, write_npy
+from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import hash64
+from pipeline.ground.records import read_records
 from pipeline.ground.schema import Section
 
 INDEX = "decontaminate.index"
@@ -74,7 +74,7 @@ class DecontaminateConfig(Section):
 
 @lru_cache(maxsize=1 << 20)
 def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    return hash64(word)
 
 
 def ngram_keys(text: str, n: int) -> np.ndarray:
@@ -91,12 +91,15 @@ def ngram_keys(text: str, n: int) -> np.ndarray:
     return keys
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    if path.name.lower().endswith(".parquet"):
-        return pq.read_table(path).to_pylist()
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        return [json.loads(line) for line in handle if line.strip()]
+def _items(eval_set: EvalSet) -> list[dict[str, Any]]:
+    """The set's items; one-line errors for a file that is not JSON Lines or Parquet, or whose
+    items hold none of the fields to match (which would protect nothing, silently)."""
+    records = read_records(eval_set.path)
+    if records and not any(name in record for record in records for name in eval_set.fields):
+        found = sorted({name for record in records for name in record})
+        raise UserError(f"eval set {eval_set.label} ({eval_set.path}): no item has a field {eval_set.fields}; "
+                        f"its items have {found}: set `fields` of this set in prep.decontaminate.eval_sets")
+    return records
 
 
 def _pieces(record: dict[str, Any], fields: list[str]) -> list[str]:
@@ -119,7 +122,7 @@ def run_index(ctx: TaskContext) -> dict[str, Any]:
     keys, owners, items = [], [], []
     counts: dict[str, Counter[str]] = {"eval_items": Counter(), "short_items": Counter()}
     for eval_set in cfg.eval_sets:
-        for row, record in enumerate(_records(eval_set.path)):
+        for row, record in enumerate(_items(eval_set)):
             grams = [ngram_keys(piece, cfg.ngram) for piece in _pieces(record, eval_set.fields)]
             found = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
             counts["eval_items"][eval_set.label] += 1

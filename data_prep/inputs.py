@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
+from pipeline.ground.records import text_lines
 
 
 def file_digests(paths: Iterable[Path], key: str) -> dict[str, str]:
@@ -25,6 +26,5 @@ def file_digests(paths: Iterable[Path], key: str) -> dict[str, str]:
 
 
 def read_entries(path: Path) -> list[str]:
-    """The entries of a one-entry-a-line list, stripped; blank lines and `#` comment lines are skipped."""
-    with open(path, encoding="utf-8") as handle:
-        return [entry for line in handle if (entry := line.strip()) and not entry.startswith("#")]
+    """The entries of a one-entry-a-line UTF-8 list, stripped; blank lines and `#` comment lines are skipped."""
+    return [entry for _, line in text_lines(path) if (entry := line.strip()) and not entry.startswith("#")]

@@ -18,11 +18,10 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from data_prep.books import doc_stage
+from data_prep.fasttext_models import LABEL_PREFIX, load_fasttext
 from data_prep.stage import LANG, TEXT, Decision, DocStage, Drop, replace_column
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
-
-LABEL_PREFIX = "__label__"
 
 
 def default_model_path() -> Path:
@@ -60,10 +59,8 @@ class FastTextLanguageId:
     """The raw kernel: batch prediction of (language, score) for texts."""
 
     def __init__(self, model_path: Path) -> None:
-        import fasttext  # imported here: workers that never run langid need not load it
-
-        fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence its load-time warning
-        self.model = fasttext.load_model(str(model_path))
+        self.model = load_fasttext(model_path, "language-ID model",
+                                   "set prep.langid.model_path to a lid.176.ftz or lid.176.bin, or run `make setup`")
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         labels, scores = self.model.predict(texts, k=1)

@@ -12,7 +12,6 @@ share of its windows found in training; the counts go to stats.json as `split_ov
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from data_prep.pack import PACK, validation_rows
 from data_prep.stage import ID, StageSpec, StepSpec, TaskContext, single, tasks_done
 from data_prep.tokenizer import tokens_file
 from pipeline.ground.atomic import write_json, write_npy
+from pipeline.ground.hashing import hash64
 from pipeline.ground.markers import read_marker
 from pipeline.ground.schema import Section
 
@@ -67,7 +67,7 @@ def _read_tokens(work: Path, shard: int) -> tuple[list[str], np.ndarray, np.ndar
 
 
 def _draw(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8, person=b"overlap").digest(), "little")
+    return hash64(doc_id, b"overlap")
 
 
 def _sample_file(work: Path, name: str) -> Path:

@@ -14,7 +14,6 @@ the trainer reset positions and mask attention across documents.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left, insort
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from data_prep import shards as shard_format
 from data_prep.minhash.steps import MINHASH, split_groups
 from data_prep.stage import ID, LANG, StageSpec, StepSpec, TaskContext
 from data_prep.tokenizer import TOKENIZE, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
+from pipeline.ground.hashing import hash64
 from pipeline.ground.schema import Section
 
 PACK = "pack"
@@ -118,8 +118,7 @@ class PackConfig(Section):
 
 def is_validation(key: str, fraction: float) -> bool:
     """Hold out by a hash of a split key: stable, and independent of sharding."""
-    value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return value < fraction * 2**64
+    return hash64(key) < fraction * 2**64  # unsalted, so earlier runs' splits stay as they were
 
 
 UNDETERMINED = "und"  # ISO 639 "undetermined": the tag of documents langid did not label (a source skipping it)

@@ -25,10 +25,8 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from data_prep.books import doc_stage
-from data_prep.stage import TEXT, Decision, DocStage, Drop
+from data_prep.stage import LANG, TEXT, Decision, DocStage, Drop
 from pipeline.ground.schema import Section
-
-LANG = "lang"
 
 # Word runs; digits and "_" are word characters so that identifiers stay whole.
 _WORD = re.compile(r"\w+")

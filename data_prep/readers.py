@@ -6,7 +6,7 @@ that cannot become a document (bad JSON, no text, too large, a bad id) is quaran
 raw bytes and a reason, never silently skipped. A file that breaks part-way (a truncated or
 corrupt compressed stream, a damaged Parquet row group, a read error) keeps the records before
 the break and becomes one quarantine record naming the file, the byte offset or row group and
-the reason; the run goes on with the next file. Invalid UTF-8 is replaced here and counted in
+the reason; so does a Parquet file without the text column. The run goes on with the next file. Invalid UTF-8 is replaced here and counted in
 the `_utf8_errors` column so that `normalize` can repair or quarantine the document by policy.
 Inside input folders symbolic links are skipped (they can loop or leave the folder) and listed
 by `skipped_links`, so the run reports them.
@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from data_prep.sources import SOURCE
 from data_prep.stage import ID, ORIGIN, TEXT, Decision, StageSpec, StepSpec, TaskContext
 from pipeline.ground.errors import UserError
+from pipeline.ground.records import BOM
 from pipeline.ground.schema import Section
 
 UTF8_ERRORS = "_utf8_errors"
@@ -41,7 +42,6 @@ COMPRESSION_RATIO_GUESS = 4
 REPLACEMENT = "\ufffd"
 REPLACEMENT_BYTES = REPLACEMENT.encode()
 SURROGATE = re.compile("[\ud800-\udfff]")
-BOM = b"\xef\xbb\xbf"
 CHUNK = 1 << 16  # compressed bytes decoded at a time
 RAW_KEEP = 4096  # bytes of a broken stretch kept in its quarantine record
 MAX_ID_CHARS = 1024
@@ -452,8 +452,9 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
             raise
         raise InputFailure("bad_parquet", 0, str(exc)[:300]) from None
     names = parquet.schema_arrow.names
-    if cfg.text_field not in names:
-        raise UserError(f"{piece.path}: no column {cfg.text_field!r} (columns: {names})")
+    if cfg.text_field not in names:  # one file of another shape (a prep output's dropped/) must not stop the run
+        raise InputFailure("no_text_column", 0, f"no column {cfg.text_field!r} (set prep.read.text_field)",
+                           rows=parquet.metadata.num_rows, columns=names[:50])
     textual = _textual(parquet.schema_arrow.field(cfg.text_field).type)
     kept = [name for name in cfg.keep_fields if name in names]
     columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else []) + kept

@@ -7,7 +7,6 @@ library's own `tokenizer.json`, so users can load it anywhere without Crucible.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from data_prep.books import source_file
 from data_prep.stage import ID, LANG, TEXT, StageSpec, StepSpec, TaskContext, single, tasks_done
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
-from pipeline.ground.hashing import file_sha256
+from pipeline.ground.hashing import file_sha256, uniform
 from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.ground.schema import Section
 
@@ -39,7 +38,8 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1, description="Pairs seen fewer times are not merged.")
     max_train_bytes: int = Field(
         500_000_000, ge=1000,
-        description="Train on a deterministic sample of the clean documents of at most about this many UTF-8 bytes.",
+        description="Train on a deterministic sample of the clean documents of at most about this many UTF-8 bytes "
+                    "(drawn by document id, independently of the validation split).",
     )
     eod_token: str = EOD
     pad_token: str = PAD
@@ -79,9 +79,15 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig):  # -> tokeni
 
 
 def load_tokenizer(path: Path):  # -> tokenizers.Tokenizer
+    """The tokenizer saved at `path`; a file `tokenizers` cannot load is one line, not its exception."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for any bad file
+        detail = (str(exc).splitlines() or ["unreadable"])[0][:200]
+        raise UserError(f"tokenizer {path} is not a tokenizer.json the `tokenizers` library can load ({detail})") \
+            from None
 
 
 def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
@@ -112,9 +118,13 @@ def _batches(ctx: TaskContext, columns: list[str]) -> Iterator[pa.RecordBatch]:
         yield from pq.ParquetFile(source_file(ctx, i)).iter_batches(batch_size=ctx.config.batch_size, columns=columns)
 
 
-def _draw(doc_id: str) -> float:
-    """A uniform number in [0, 1) fixed by the document id: the same sample on every run."""
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little") / 2**64
+SAMPLE_SALT = b"tokenizer"  # the sample's own draw: pack's validation split (unsalted) must not pick the same documents
+
+
+def in_sample(doc_id: str, rate: float) -> bool:
+    """Whether the tokenizer trains on document `doc_id` when it samples at `rate`: fixed by the id,
+    so every run draws the same sample, and independent of the validation split."""
+    return rate >= 1.0 or uniform(doc_id, SAMPLE_SALT) < rate
 
 
 class TrainingSample:
@@ -135,7 +145,7 @@ class TrainingSample:
             for doc_id, text in zip(ids, texts):
                 if self.bytes >= self.max_bytes:
                     return
-                if self.rate < 1.0 and _draw(doc_id) >= self.rate:
+                if not in_sample(doc_id, self.rate):
                     continue
                 self.documents += 1
                 self.bytes += len(text.encode())

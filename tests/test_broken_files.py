@@ -186,6 +186,16 @@ def test_damaged_parquet_row_group_is_quarantined_and_the_others_read(tmp_path: 
     assert read == texts[:100] + texts[200:]
 
 
+def test_parquet_without_the_text_column_is_one_record_and_the_next_file_read(tmp_path: Path) -> None:
+    """A prep output's dropped/ part (id, reason, no text) among the inputs: recorded, not a stopped run."""
+    pq.write_table(pa.table({"id": ["d1", "d2", "d3"], "reason": ["exact_duplicate"] * 3}), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text('{"text": "read on"}\n')
+    _, texts, quarantined = read_all(tmp_path)
+    assert texts == ["read on"]
+    assert [(q["reason"], q["origin"]) for q in quarantined] == [("no_text_column", f"{tmp_path.name}/a.parquet:0")]
+    assert quarantined[0]["detail"]["rows"] == 3 and quarantined[0]["detail"]["columns"] == ["id", "reason"]
+
+
 def test_unreadable_file_is_quarantined_and_the_next_file_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
     (tmp_path / "b.jsonl").write_text('{"text": "three"}\n')
@@ -245,6 +255,7 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     (folder / "c-plain.jsonl.gz").write_bytes(sample_lines()[:3000])
     (folder / "d-garbage.parquet").write_bytes(b"PAR1 not really")
     pq.write_table(pa.table({"text": [1, 2]}), folder / "e-ints.parquet")
+    pq.write_table(pa.table({"id": ["x"], "reason": ["exact_duplicate"]}), folder / "e-no-text.parquet")
     (folder / "f-records.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first record after a BOM"}\n'
                                              + b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
                                              + b'{"id": "\\ud800", "text": "bad id"}\n')
@@ -258,7 +269,7 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     stats = json.loads((output / "stats.json").read_text())
     read = stats["stages"][0]
     assert read["quarantined"] == {"bad_id": 1, "bad_parquet": 1, "corrupt_frame": 1, "nesting_too_deep": 1,
-                                   "text_not_string": 2, "truncated_input": 2}
+                                   "no_text_column": 1, "text_not_string": 2, "truncated_input": 2}
     assert read["docs_in"] == read["docs_out"] + sum(read["quarantined"].values())
     assert stats["skipped_inputs"] == [str(folder / "g-link.jsonl")]
     assert "g-link.jsonl" in result.stdout and "truncated_input" in result.stdout

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from data_prep.pack import is_validation
+from data_prep.tokenizer import in_sample
 from tests.conftest import REPO
 
 
@@ -31,3 +35,13 @@ def test_sample_is_whole_under_the_cap_else_capped_and_deterministic(mixed_corpu
         (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_bytes()
     assert cap * 0.5 < first["tokenizer_train_bytes"] <= cap + 200_000  # at most one document over the cap
     assert first["tokenizer_train_documents"] < whole["documents"] * 0.5
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.02, 0.2])
+def test_sample_draws_independently_of_the_validation_split(rate: float) -> None:
+    """A validation document is in the sample as often as any other: at the sample's rate, not always."""
+    ids = [f"doc-{i}" for i in range(200_000)]
+    validation = [i for i in ids if is_validation(i, 0.02)]
+    sampled = sum(in_sample(i, rate) for i in validation) / len(validation)
+    assert abs(sampled - rate) < 4 * (rate * (1 - rate) / len(validation)) ** 0.5 + 1e-3
+    assert abs(sum(in_sample(i, rate) for i in ids) / len(ids) - rate) < 0.005

@@ -21,7 +21,6 @@ has seq_len tokens, so row fractions are token fractions. Rows are fixed length,
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.ground.errors import UserError
+from pipeline.ground.hashing import hash64
 from pipeline.ground.schema import Section
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd: slot g maps to g * GOLDEN mod 2**64
@@ -87,7 +87,7 @@ def _check_weights(weights: dict[str, float], temperature: float | None) -> None
 
 def source_key(name: str) -> int:
     """A stable seed part per source name: adding a source leaves the others' orders as they were."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    return hash64(name)
 
 
 @dataclass(frozen=True)

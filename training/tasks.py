@@ -14,13 +14,13 @@ context's, and an empty context is the end-of-document token.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.ground.errors import UserError
+from pipeline.ground.records import read_records
 
 MULTIPLE_CHOICE, CLOZE = "multiple_choice", "cloze"
 DELIMITER = " "  # between context and continuation, lm-evaluation-harness's default
@@ -35,21 +35,6 @@ class Task:
 
     def continuations(self, item: dict[str, Any]) -> list[str]:
         return item["choices"] if self.kind == MULTIPLE_CHOICE else [item["target"]]
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return records
 
 
 def _check(path: Path, number: int, item: Any) -> str:
@@ -75,7 +60,7 @@ def load_task(path: Path, max_items: int | None = None) -> Task:
         raise UserError(f"task file {path} not found")
     if path.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"task file {path}: expected .jsonl or .parquet")
-    items = _records(path)[:max_items]
+    items = read_records(path)[:max_items]
     if not items:
         raise UserError(f"task file {path} has no items")
     kinds = {_check(path, number, item) for number, item in enumerate(items, 1)}
