@@ -50,6 +50,9 @@ class BlocklistConfig(Section):
         None, gt=0, le=1, description="Drop a document whose listed words exceed this share of its words."
     )
 
+    def missing(self) -> str | None:
+        return None if self.url_lists or self.word_lists else "no url_lists or word_lists"
+
     def fingerprint(self) -> dict[str, Any]:
         files = [*self.url_lists, *self.allow_lists, *(p for paths in self.word_lists.values() for p in paths)]
         return super().fingerprint() | {"files": file_digests(files, "prep.blocklist")}

@@ -67,6 +67,12 @@ class PrepSettings(Section):
                                      f"(choose from {', '.join(per_document)})")
             for stage in source.settings:
                 self.source_section(stage, source.name)  # raises on a bad key or value
+        for stage in self.stages:
+            sections = [self.section(stage), *(self.source_section(stage, s.name) for s in self.sources)]
+            lacking = [section.missing() for section in sections if section is not None]
+            if lacking and all(lacking):
+                raise ValueError(f"{stage} is in the stages but has {lacking[0]} (prep.{registry.stage(stage).section_name}"
+                                 f"): give it its files, or leave it out of prep.stages")
         if self.section(PACK).split_by_language and LangIdStage.name not in self.stages:
             raise ValueError("pack.split_by_language needs the langid stage: add langid to prep.stages")
         return self

@@ -67,6 +67,9 @@ class DecontaminateConfig(Section):
         "drop", description=f"drop: remove the document; flag: keep it with the item in a `{FLAG_COLUMN}` column."
     )
 
+    def missing(self) -> str | None:
+        return None if self.eval_sets else "no eval_sets"
+
     def fingerprint(self) -> dict[str, Any]:
         files = file_digests([s.path for s in self.eval_sets], "prep.decontaminate.eval_sets")
         return super().fingerprint() | {"files": files}

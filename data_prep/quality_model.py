@@ -54,6 +54,9 @@ class QualityModelConfig(Section):
     classifiers: list[ClassifierRule] = Field(default_factory=list, description="Applied in this order.")
     train: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
 
+    def missing(self) -> str | None:
+        return None if self.classifiers else "no classifiers"
+
     def fingerprint(self) -> dict[str, Any]:
         files = file_digests([c.model_path for c in self.classifiers], "prep.quality_model.classifiers")
         return self.model_dump(mode="json", exclude={"train"}) | {"files": files}

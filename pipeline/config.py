@@ -56,8 +56,9 @@ def _format_validation_error(error: ValidationError, model: type[Section]) -> st
             parent = _section_at(model, item["loc"][:-1])
             allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
             lines.append(f"{key}: unknown key (allowed here: {allowed})")
-        else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+        else:  # a whole section's input says nothing its message does not
+            given = "" if isinstance(item.get("input"), dict) else f" (got {item.get('input')!r})"
+            lines.append(f"{key}: {item['msg'].removeprefix('Value error, ')}{given}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -47,3 +47,8 @@ class Section(BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these settings' results: a change reruns the work that used them."""
         return self.model_dump(mode="json")
+
+    def missing(self) -> str | None:
+        """What a stage with these settings lacks to do anything (its files), or None: a stage listed in
+        `prep.stages` without them would pass every document through and look like it had checked them."""
+        return None
