@@ -51,7 +51,8 @@ def _at_least(minimum: float, kind: type = int) -> Any:
         try:
             number = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
         if number < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return number
@@ -500,6 +501,9 @@ def _plan(config: CrucibleConfig, data: Path | None, settings: str) -> None:
                   f"recomputation (parallel.activation_checkpointing={fits[0]})")
     if config.train.mixture is not None:
         _plan_mixture(config, data, max(1, round(e.steps)))
+    elif data is not None:
+        out.print("[yellow]note:[/] --data is read only with train.mixture (the epochs of each source); without "
+                  "one, nothing here depends on the shards")
     try:
         check_batch(config.train, dp)
     except LayoutError as exc:

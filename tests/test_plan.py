@@ -129,3 +129,8 @@ def test_plan_names_the_setting_that_gives_it_gpus() -> None:
     result = crucible_plan("--set", "model.preset=70b", "--set", "parallel.tp=8")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "plan.gpus" in result.stderr and "launch.nproc_per_node" in result.stderr
+
+
+def test_plan_says_when_data_goes_unread() -> None:
+    result = crucible_plan("--config", "configs/sample.yaml", "--data", "nowhere")
+    assert result.returncode == 0 and "--data is read only with train.mixture" in " ".join(result.stdout.split())
