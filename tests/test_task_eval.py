@@ -146,3 +146,24 @@ def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], t
             assert mine[metric] == harness[metric], (task.name, metric)
         if "perplexity" in mine:
             assert mine["perplexity"] == pytest.approx(harness["perplexity"], rel=1e-4)
+
+
+def test_eval_warns_when_hf_is_not_an_export_of_the_checkpoint(run: Path, tasks: list[Path], tmp_path: Path) -> None:
+    """An export whose weights differ from the checkpoint's (another step, another run) scores differently:
+    the harness comparison says so instead of printing the gap as if it were rounding."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
+    from safetensors.torch import load_file, save_file
+
+    def crucible(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
+
+    hf = tmp_path / "hf"
+    assert crucible("export", "--checkpoint", str(checkpoint(run)), "--output", str(hf)).returncode == 0
+    weights = load_file(hf / "model.safetensors")
+    save_file({name: tensor * 1.5 for name, tensor in weights.items()}, hf / "model.safetensors",
+              metadata={"format": "pt"})
+    result = crucible("eval", "--checkpoint", str(checkpoint(run)), "--tasks", str(tasks[0]), "--harness",
+                      "--hf", str(hf))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: the harness and Crucible differ by up to" in result.stderr
+    assert f"is --hf an fp32 export of {checkpoint(run)}?" in " ".join(result.stderr.split())
