@@ -268,6 +268,7 @@ def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
 def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
+    from pipeline.summary import print_samples
     from training.generate import sample_texts
 
     args.checkpoint = _checkpoint_in(args.checkpoint, config)
@@ -280,7 +281,7 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
             except ValidationError as exc:
                 flag = "--prompt" if key == "prompts" else "--" + key.replace("_", "-")
                 raise UserError(f"{flag} {getattr(args, key)}: {exc.errors()[0]['msg']}") from None
-    _print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples),
+    print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples),
                    f"samples from {args.checkpoint.name}")
 
 
@@ -307,24 +308,6 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
               f"are in its metadata")
 
 
-COUNT_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1.0))  # 5.0M, 1.04B parameters
-BYTE_UNITS = ((" TB", 1e12), (" GB", 1e9), (" MB", 1e6), (" KB", 1e3), (" B", 1.0))
-
-
-def _scaled(n: float, units: tuple[tuple[str, float], ...]) -> str:
-    """`n` in the largest unit it reaches, to three significant digits: the units people say."""
-    unit, size = next(((u, s) for u, s in units if n >= s), units[-1])
-    return f"{n / size:.3g}{unit}"
-
-
-def _count(n: float) -> str:
-    return _scaled(n, COUNT_UNITS)
-
-
-def _bytes(n: float) -> str:
-    return _scaled(n, BYTE_UNITS)
-
-
 def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
     import json
 
@@ -347,37 +330,6 @@ def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
     print("histogram (positive / negative per score bin): " + ", ".join(
         f"{lo:.1f}: {p}/{n}" for lo, p, n in zip(result["histogram"]["edges"], result["histogram"]["positive"],
                                                result["histogram"]["negative"])))
-
-
-def _plan_mixture(config: CrucibleConfig, data: Path | None, steps: int) -> None:
-    """Epochs of each source the mixture draws over the token budget; a warning where one passes its cap."""
-    from rich.table import Table
-
-    from data_prep.shards import read_manifest
-    from pipeline.ground.console import console
-    from training.data import UNTAGGED, source_sizes
-    from training.mixture import plan_epochs
-
-    out = console()
-    if data is None:
-        out.print("[yellow]note:[/] train.mixture is set: give --data SHARDS to see how many epochs of each source "
-                  "the token budget draws")
-        return
-    rows, tokens = source_sizes(read_manifest(data))
-    if not rows:
-        raise UserError(f"{data}: {UNTAGGED}")
-    table = Table(title=f"mixture over {config.plan.token_budget:.3g} tokens ({steps:,} steps)")
-    for column in ("source", "rows", "share of tokens", "epochs", "max epochs"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    entries = plan_epochs(config.train.mixture, rows, tokens, steps, config.train.global_batch_size)
-    for e in entries:
-        table.add_row(e["source"], f"{e['rows']:,}", f"{e['share']:.1%}", f"{e['epochs']:,.2f}",
-                      "-" if e["max_epochs"] == float("inf") else f"{e['max_epochs']:g}")
-    out.print(table)
-    for e in entries:
-        if e["epochs"] > e["max_epochs"]:
-            out.print(f"[bold red]warning:[/] source {e['source']} would be drawn {e['epochs']:,.2f} times, over its cap "
-                      f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run")
 
 
 HARNESS_AGREEMENT = 1e-3  # log-likelihood; fp32 exports of the same weights agree to ~1e-5
@@ -450,80 +402,6 @@ def _same_settings(args: argparse.Namespace) -> str:
     return "".join(f" {shlex.quote(flag)}" for flag in flags)
 
 
-def _plan(config: CrucibleConfig, data: Path | None, settings: str) -> None:
-    from rich.table import Table
-
-    from pipeline.ground.console import console
-    from training.config import LayoutError, check_batch, check_shapes
-    from training.plan import RECOMPUTE_COMPUTE, estimate
-
-    gpus, seq_len = config.plan_gpus(), config.plan_seq_len()
-    model_parallel = config.parallel.tp * config.parallel.pp
-    if gpus % model_parallel:
-        raise UserError(f"plan assumes {gpus} GPU(s) (plan.gpus, else launch.nproc_per_node x launch.nnodes), not a "
-                        f"multiple of tp*pp = {model_parallel}: e.g. --set plan.gpus={model_parallel * 8}")
-    dp = check_shapes(config.model, config.parallel, gpus)
-    e = estimate(config.model, config.parallel, config.train, config.plan, gpus, seq_len,
-                 config.plan_vocab_size())
-    p, m = config.parallel, config.model
-    table = Table(title=f"plan: {_count(e.params)} parameters, tp={p.tp} pp={p.pp} dp={dp} ZeRO-{p.zero_stage}, "
-                        f"{gpus} GPU(s), sequences of {seq_len:,}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    rows = [
-        ("parameters per GPU", _count(e.params_per_gpu)),
-        ("weights per GPU", _bytes(e.weight_bytes)),
-        ("gradients per GPU", _bytes(e.grad_bytes)),
-        ("optimizer state per GPU", _bytes(e.optimizer_bytes)),
-        *((f"activations per GPU, {choice} recomputation" + (" (configured)" if choice == e.checkpointing else ""),
-           _bytes(e.activation_bytes[choice])) for choice in RECOMPUTE_COMPUTE),
-        ("total per GPU (none / selective / full)", " / ".join(_bytes(e.total_bytes(c)) for c in RECOMPUTE_COMPUTE)),
-        ("KV cache per token per layer", f"{_bytes(e.kv_bytes_per_token_per_layer)} ({m.n_kv_heads} KV heads)"),
-        (f"KV cache per sequence of {seq_len:,}", _bytes(e.kv_bytes_per_sequence)),
-        ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
-        ("tokens per step", f"{e.tokens_per_step:,}"),
-        (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
-        (f"days at MFU {config.plan.mfu:.0%}" + (", full recomputation" if e.checkpointing == "full" else ""),
-         f"{e.days:,.1f}"),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    out = console()
-    out.print(table)
-    limit = config.plan.gpu_memory_gb * 1e9
-    fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
-    refused = not fits
-    if not fits:
-        out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
-                  f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
-    elif e.checkpointing not in fits:  # memory falls from none to selective to full: the first that fits
-        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with {fits[0]} activation "
-                  f"recomputation (parallel.activation_checkpointing={fits[0]})")
-    if config.train.mixture is not None:
-        _plan_mixture(config, data, max(1, round(e.steps)))
-    elif data is not None:
-        out.print("[yellow]note:[/] --data is read only with train.mixture (the epochs of each source); without "
-                  "one, nothing here depends on the shards")
-    try:
-        check_batch(config.train, dp)
-    except LayoutError as exc:
-        refused = True
-        out.print(f"[yellow]note:[/] {exc}: training would refuse this layout; set train.global_batch_size to a "
-                  f"multiple of {config.train.micro_batch_size * dp}")
-    if e.days > 60:
-        month_gpus = -(-gpus * e.days // 30)
-        month_dp = max(1, int(month_gpus) // (p.tp * p.pp))
-        out.print(f"[yellow]hint:[/] {e.days:,.0f} days on {gpus} GPU(s): ~{month_gpus:,.0f} GPUs would take 30 days "
-                  f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
-                  f"least {month_dp * config.train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
-                  f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)")
-    if refused:
-        out.print(f"next: change the settings named above, then crucible plan{settings} with them", highlight=False)
-    else:
-        out.print(f"next: crucible run{settings} --output RUN on this machine, or crucible submit{settings} --output "
-                  f"RUN on Slurm", highlight=False)
-
-
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
     """What `run` can refuse before prep: the layout, a run folder of another model, the disk."""
     from training.config import check_layout
@@ -548,7 +426,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     from pipeline.ground.names import CHECKPOINT_META
     from pipeline.report import build_report, learning_line, unigram_entropy
     from pipeline.run_times import RUN_TIMES, PhaseTimes
-    from pipeline.summary import print_task_results, task_results
+    from pipeline.summary import print_samples, print_task_results, task_results
     from pipeline.toy_world import final_checkpoint, toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
@@ -582,8 +460,8 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     report = build_report(args.output, samples, config, timings, toy, entropy)
     metrics = read_jsonl(args.output / "train" / "metrics.jsonl")
     learning = learning_line(metrics, entropy)
-    _print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
-    _print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
+    print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
+    print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
     results, eval_seconds = task_results(metrics)
     if results:
         print_task_results(results, "tasks at the last evaluation")
@@ -630,21 +508,6 @@ def _status(args: argparse.Namespace) -> None:
         print_status(*status(args.output))
     else:
         print_local_status(local_status(args.output))
-
-
-def _print_samples(samples: list[tuple[str, str]], title: str) -> None:
-    """Samples as a table; blank lines inside a continuation are left out, so that a sample that
-    stops on an empty line does not print as a column of empty rows (the report keeps the text as is)."""
-    from rich.table import Table
-
-    from pipeline.ground.console import console
-
-    table = Table(title=title, show_lines=True)
-    table.add_column("prompt")
-    table.add_column("continuation")
-    for prompt, continuation in samples:
-        table.add_row(prompt, "\n".join(line.rstrip() for line in continuation.splitlines() if line.strip()))
-    console().print(table)
 
 
 def _user_error(verb: str, message: str) -> int:
@@ -701,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
         elif args.verb == "plan":
-            _plan(config, args.data, _same_settings(args))
+            from pipeline.plan_view import print_plan
+
+            print_plan(config, args.data, _same_settings(args))
         elif args.verb == "classifier":
             _classifier(config, args)
         elif args.verb == "eval":

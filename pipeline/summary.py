@@ -188,3 +188,14 @@ def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, flo
                 task, metric = key[len("eval/"):].rsplit("/", 1)
                 results.setdefault(task, {})[metric] = value
     return results, sum(record.get("eval_seconds", 0.0) for record in metrics)
+
+
+def print_samples(samples: list[tuple[str, str]], title: str) -> None:
+    """Samples as a table; blank lines inside a continuation are left out, so that a sample that
+    stops on an empty line does not print as a column of empty rows (the report keeps the text as is)."""
+    table = Table(title=title, show_lines=True)
+    table.add_column("prompt")
+    table.add_column("continuation")
+    for prompt, continuation in samples:
+        table.add_row(prompt, "\n".join(line.rstrip() for line in continuation.splitlines() if line.strip()))
+    _console().print(table)

@@ -132,9 +132,9 @@ def test_prep_on_a_full_disk_is_one_line_naming_path_and_space(small_disk: Path)
 
 
 def test_sample_table_leaves_out_blank_lines_but_keeps_the_text(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import _print_samples
+    from pipeline.summary import print_samples
 
-    _print_samples([("NAME", " ls - list\n\n\n   directory contents\n\n")], "samples")
+    print_samples([("NAME", " ls - list\n\n\n   directory contents\n\n")], "samples")
     rows = [line for line in capsys.readouterr().out.splitlines() if "│" in line]
     assert [line.split("│")[2].strip() for line in rows] == ["ls - list", "directory contents"]
 
