@@ -23,6 +23,10 @@ from typing import Any
 import zstandard
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benches run as scripts from bench/
+
+from pipeline.ground.markers import parse_jsonl  # noqa: E402
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 TEST_DATA = REPO / "tests" / "data"
 DATA_HELP = "folder with the benchmark corpora (default: shared/data beside the repository, else tests/data)"
@@ -62,7 +66,7 @@ def read_jsonl(path: Path, every: int = 1) -> list[dict[str, Any]]:
     sample)."""
     with open(path, "rb") as raw:
         data = zstandard.ZstdDecompressor().stream_reader(raw).read() if path.suffix == ".zst" else raw.read()
-    return [json.loads(line) for i, line in enumerate(data.decode("utf-8").splitlines()) if i % every == 0]
+    return parse_jsonl(data.decode("utf-8"), path)[::every]
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -80,7 +80,7 @@ def metrics(run_dir: Path) -> list[dict]:
 # `make test-fast` (pytest -m "not slow") leaves them out; `make test` and CI run everything.
 SLOW_FILES = {"test_checkpoint.py", "test_train_equivalence.py", "test_slurm_submit.py", "test_slurm_cluster.py",
               "test_launch.py", "test_run_verb.py", "test_resume.py", "test_generate_export.py", "test_toy_world.py",
-              "test_outputs_unchanged.py", "test_preflight.py"}
+              "test_outputs_unchanged.py", "test_preflight.py", "test_shared_machine.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -79,3 +79,18 @@ class SlowSave(Hook):
 
     def on_save(self, trainer: Any, path: Any) -> None:
         time.sleep(self.seconds)
+
+
+class PauseAt(Hook):
+    """At step `step`, rank 0 creates `reached` and waits (up to 10 minutes) for `go` to exist: a run
+    held mid-training while a test does something beside it."""
+
+    def __init__(self, step: int, reached: str, go: str) -> None:
+        self.step, self.reached, self.go = step, reached, go
+
+    def on_step_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["step"] == self.step and trainer.layout.rank == 0:
+            open(self.reached, "w").close()
+            deadline = time.monotonic() + 600
+            while not os.path.exists(self.go) and time.monotonic() < deadline:
+                time.sleep(0.2)

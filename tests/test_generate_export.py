@@ -1,7 +1,10 @@
-"""Generation with a KV cache, and export to a consolidated state dict and to Hugging Face Llama."""
+"""Generation with a KV cache, and export to a consolidated state dict and to Hugging Face Llama: all at
+once or not at all, and never from a stale universal form of a checkpoint saved again."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,64 @@ def test_consolidated_export_holds_full_weights(pipeline_checkpoint: Path, model
     assert set(saved) == set(reference)
     for name, tensor in saved.items():
         assert tensor.dtype == torch.bfloat16 and tensor.shape == reference[name].shape
+
+
+def test_an_export_that_fails_midway_leaves_no_files(pipeline_checkpoint: Path, tiny_shards: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader must never find a half-written model: the files move in only once all are written."""
+    import training.export
+    from training.config import SamplesConfig
+
+    def crash(*args, **kwargs):
+        raise OSError("killed mid-export")
+
+    monkeypatch.setattr(training.export, "generation_config", crash)
+    with pytest.raises(OSError, match="killed mid-export"):
+        training.export.save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32,
+                                SamplesConfig())
+    assert list((tmp_path / "hf").iterdir()) == []
+
+
+def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tiny_shards: Path,
+                                                                             tmp_path: Path) -> None:
+    """A rerun with --resume none saves the same tag with other weights: export reads those, not the
+    universal form cached from the checkpoint it replaced."""
+    from safetensors.torch import load_file
+
+    from pipeline.ground.names import UNIVERSAL
+    from training.export import save_consolidated
+
+    run = tmp_path / "run"
+    small = ["--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1"]
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2")
+    # Resumed under another data-parallel size, the run converts step 2 to its universal form and caches it.
+    torchrun(2, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=3")
+    step2 = run / "checkpoints" / "step-00000002"
+    assert (run / "checkpoints" / UNIVERSAL / step2.name).is_dir()
+    before = load_file(save_consolidated(step2, tmp_path / "before", torch.float32))
+
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2",
+             "--set", "train.seed=7", "--resume", "none")
+    after = load_file(save_consolidated(step2, tmp_path / "after", torch.float32))
+    alone = shutil.copytree(step2, tmp_path / "copy" / step2.name)  # no cache beside it: converted afresh
+    expected = load_file(save_consolidated(alone, tmp_path / "expected", torch.float32))
+    assert any(not torch.equal(before[name], expected[name]) for name in expected), "the re-save changed the weights"
+    assert all(torch.equal(after[name], expected[name]) for name in expected)
+
+
+def test_pruning_a_checkpoint_removes_its_universal_form(tmp_path: Path) -> None:
+    from pipeline.ground.names import CHECKPOINT_META, UNIVERSAL
+    from training.checkpoint import Checkpointer, tag_for
+    from training.config import CheckpointConfig
+
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        (root / tag_for(step)).mkdir(parents=True)
+        meta = {"step": step, "healthy": True, "files": {}, "config": {}}
+        (root / tag_for(step) / CHECKPOINT_META).write_text(json.dumps(meta))
+    for step in (2, 4, 5):  # step 5's checkpoint is gone already
+        (root / UNIVERSAL / tag_for(step) / "zero").mkdir(parents=True)
+    (root / "latest").write_text(tag_for(6) + "\n")
+    Checkpointer(tmp_path, CheckpointConfig(keep_last=2), rank=0).prune()
+    assert sorted(p.name for p in root.glob("step-*")) == [tag_for(4), tag_for(6)]
+    assert sorted(p.name for p in (root / UNIVERSAL).iterdir()) == [tag_for(4)]

@@ -35,7 +35,7 @@ from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META as META
 from pipeline.ground.names import UNIVERSAL
 from training.config import CheckpointConfig
-from training.export import convert_to_universal
+from training.export import cached_universal, convert_to_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
 from training.safe_load import CorruptCheckpoint, SafeCheckpointEngine, load, read_meta, vet
 
@@ -222,6 +222,7 @@ class Checkpointer:
             except OSError as exc:
                 raise self._abandon(staging / tag, exc) from None
             if final.exists():
+                shutil.rmtree(universal_cache(final), ignore_errors=True)  # made from the checkpoint replaced here
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
             # What is left there is of no use: DeepSpeed's recovery scripts (zero_to_fp32.py, written
@@ -240,7 +241,8 @@ class Checkpointer:
         return error
 
     def prune(self) -> None:
-        """Keep the newest keep_last, every keep_every-th, `latest`, and the newest healthy one."""
+        """Keep the newest keep_last, every keep_every-th, `latest`, and the newest healthy one; a universal
+        form cached for a checkpoint goes with it."""
         checkpoints = self.published()
         keep = {c.path for c in checkpoints[-self.config.keep_last:]}
         if self.config.keep_every:
@@ -254,13 +256,16 @@ class Checkpointer:
         for info in checkpoints:
             if info.path not in keep:
                 shutil.rmtree(info.path, ignore_errors=True)
+        for cached in (self.root / UNIVERSAL).glob("step-*"):
+            if self.root / cached.name not in keep:
+                shutil.rmtree(cached, ignore_errors=True)
 
     # -- loading -------------------------------------------------------------------------
 
     def universal(self, info: CheckpointInfo) -> Path:
         """Collective: DeepSpeed's layout-free form of `info` (made once by rank 0, then cached)."""
-        target = self.root / UNIVERSAL / info.path.name
-        if self.rank == 0 and not (target / META).exists():
+        target = universal_cache(info.path)
+        if self.rank == 0 and cached_universal(info.path) is None:
             staging = self.root / STAGING / f"universal-{info.path.name}"
             shutil.rmtree(staging, ignore_errors=True)
             convert_to_universal(info.path, staging)

@@ -10,12 +10,14 @@ layout, which is what makes loss curves of different layouts comparable.
 Recovery: the run resumes from the latest good checkpoint by default; a non-finite or spiking
 loss or gradient norm rolls the run back to the last healthy checkpoint, skips the data that
 led there, damps the learning rate for a while and goes on; SIGTERM, SIGUSR1 and Ctrl-C save and stop.
+A run folder is one job's: rank 0 locks it, and another job training into it is refused on every rank.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from data_prep.shards import ShardError, read_manifest
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
+from pipeline.ground.lock import folder_lock
 from pipeline.ground.names import MANIFEST
 from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
@@ -67,6 +70,27 @@ class StepResult:
     tokens: int  # valid (non-padding) targets of the global batch
 
 
+def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
+    """Lock the run folder for this job (held by rank 0, released by closing the stack): a second job
+    training into it would interleave metrics and saves. Every rank learns rank 0's answer, so that a
+    refusal ends all of them rather than leaving the others waiting in a collective."""
+    held, refusal = ExitStack(), None
+    if rank == 0:
+        try:
+            held.enter_context(folder_lock(run_dir, "crucible train"))
+        except UserError as exc:
+            refusal = str(exc)
+        except OSError as exc:
+            refusal = f"cannot use run folder {run_dir}: {exc.strerror or exc}"
+    if world > 1:
+        answer = [refusal]
+        dist.broadcast_object_list(answer, src=0)
+        refusal = answer[0]
+    if refusal is not None:
+        raise UserError(refusal)
+    return held
+
+
 class Trainer:
     def __init__(self, config: TrainingConfig, data_dir: Path, run_dir: Path, world_size: int,
                  resume: str = "auto") -> None:
@@ -91,6 +115,18 @@ class Trainer:
             check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
                       torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.layout = parallel.init_distributed(parallel_cfg)
+        self.folder_lock = hold_run_folder(self.run_dir, self.layout.rank, self.layout.world)
+        try:
+            self._set_up(vocab, resume)
+        except BaseException:
+            self.folder_lock.close()
+            raise
+
+    def _set_up(self, vocab: int, resume: str) -> None:
+        """Data, model, engine and logs once the run folder is this job's; then the checkpoint to resume."""
+        config, manifest = self.config, self.manifest
+        model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
+        tokenizer = manifest["tokenizer"]
         self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
         self.manifest_sha256 = manifest_hash(self.data_dir)
@@ -361,8 +397,11 @@ class Trainer:
         try:
             return self._loop()
         finally:
-            for hook in self.hooks:
-                hook.on_fit_end(self)
+            try:
+                for hook in self.hooks:
+                    hook.on_fit_end(self)
+            finally:
+                self.folder_lock.close()
 
     def _loop(self) -> list[dict[str, Any]]:
         cfg, records = self.config.train, []

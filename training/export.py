@@ -15,14 +15,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_prep.shards import read_manifest
+from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import TOKENIZER_FILE, UNIVERSAL
+from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
 from training.safe_load import load, read_meta, vet
@@ -40,6 +42,23 @@ def convert_to_universal(checkpoint: Path, target: Path) -> None:
                         f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}")
 
 
+def universal_cache(checkpoint: Path) -> Path:
+    """Where the universal form of `checkpoint` is cached: `checkpoints/.universal/<tag>`."""
+    return Path(checkpoint).parent / UNIVERSAL / Path(checkpoint).name
+
+
+def cached_universal(checkpoint: Path) -> Path | None:
+    """The cached universal form of `checkpoint`, if it was made from this very checkpoint: the cache
+    keeps its source's crucible.json, whose file hashes differ once the tag is saved again (a rerun
+    with --resume none, a rollback), so a replaced checkpoint is never read through its old cache."""
+    cached = universal_cache(checkpoint)
+    try:
+        same = (cached / CHECKPOINT_META).read_bytes() == (Path(checkpoint) / CHECKPOINT_META).read_bytes()
+    except FileNotFoundError:
+        return None
+    return cached if same else None
+
+
 def tokenizer_record(meta: dict[str, Any]) -> dict[str, Any]:
     """The shards' tokenizer entry a checkpoint was trained with: file, sha256, vocab_size, eod_id,
     pad_id. Checkpoints carry it; older ones are looked up in their shards' manifest."""
@@ -50,10 +69,10 @@ def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata."""
     meta = read_meta(checkpoint)
     n_layers = meta["config"]["model"]["n_layers"]
-    cached = Path(checkpoint).parent / UNIVERSAL / Path(checkpoint).name
+    cached = cached_universal(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        universal = cached if (cached / "zero").exists() else Path(tmp) / "universal"
-        if universal != cached:
+        universal = cached or Path(tmp) / "universal"
+        if cached is None:
             convert_to_universal(Path(checkpoint), universal)
         state = {}
         for folder in sorted((universal / "zero").iterdir()):
@@ -81,11 +100,11 @@ def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Pat
     from safetensors.torch import save_file
 
     state, meta = consolidate(checkpoint)
-    output.mkdir(parents=True, exist_ok=True)
     target = output / "model.safetensors"
-    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(target),
-              metadata={"config": json.dumps(meta["config"]), "step": str(meta["step"])})
-    target.chmod(0o644)  # safetensors writes owner-only; an export is for others to read
+    with atomic_path(target) as tmp:
+        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"config": json.dumps(meta["config"]), "step": str(meta["step"])})
+        tmp.chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     return target
 
 
@@ -126,15 +145,17 @@ def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.d
     if eod is None or pad is None:
         raise UserError(f"tokenizer {tokenizer_file} has no token ids {eod_id} and {pad_id} (end of document, "
                         f"padding) that {checkpoint} was trained with: pass the run's tokenizer")
-    output.mkdir(parents=True, exist_ok=True)
     tensors = {hf_name(k): v.to(dtype).contiguous() for k, v in state.items()}
-    save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
-    (output / "model.safetensors").chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     config = llama_config(meta, eod_id, pad_id) | {"torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
-    (output / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.copy(tokenizer_file, output / TOKENIZER_FILE)
-    (output / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
-        "model_max_length": config["max_position_embeddings"]}, indent=2))
-    (output / "generation_config.json").write_text(json.dumps(generation_config(samples, eod_id, pad_id), indent=2))
+    names = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json", "generation_config.json")
+    with ExitStack() as stack:  # each file is written beside its place; all move in once all are written, config.json (what a loader looks for) last
+        tmp = {name: stack.enter_context(atomic_path(output / name)) for name in names}
+        save_file(tensors, str(tmp["model.safetensors"]), metadata={"format": "pt"})
+        tmp["model.safetensors"].chmod(0o644)  # safetensors writes owner-only; an export is for others to read
+        tmp["config.json"].write_text(json.dumps(config, indent=2))
+        shutil.copyfile(tokenizer_file, tmp[TOKENIZER_FILE])
+        tmp["tokenizer_config.json"].write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
+            "model_max_length": config["max_position_embeddings"]}, indent=2))
+        tmp["generation_config.json"].write_text(json.dumps(generation_config(samples, eod_id, pad_id), indent=2))
     return output

@@ -12,7 +12,6 @@ checkpoint-on-signal are hooks like any a user adds from config, in the same lis
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import signal
 import time
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.ground.errors import UserError
+from pipeline.ground.markers import append_jsonl
 from training.config import HookSpec, RollbackConfig, TrainingConfig
 
 if TYPE_CHECKING:
@@ -109,8 +109,7 @@ class EventLog:
         if self.enabled:
             event = event | {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(event, sort_keys=True) + "\n")
+            append_jsonl(self.path, event)
             detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("event", "step", "time"))
             print(f"step {event.get('step', '?')}: {event['event']}" + (f" ({detail})" if detail else ""), flush=True)
             if self.also is not None:

@@ -11,13 +11,13 @@ it: `attention=False`). MFU = achieved FLOP/s / (peak FLOP/s per device x device
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.ground.markers import append_jsonl
 from training.trackers import Trackers
 
 
@@ -56,8 +56,7 @@ class MetricsLog:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        append_jsonl(self.path, record)
         self.trackers.metrics(record)
 
     def close(self) -> None:

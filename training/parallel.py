@@ -55,7 +55,8 @@ class Layout:
 
 
 def init_distributed(parallel: ParallelConfig) -> Layout:
-    """Start the process group (from torchrun's environment) and the megatron-core groups."""
+    """Start the process group (from torchrun's environment; in memory for a single process) and the
+    megatron-core groups."""
     use_cuda = torch.cuda.is_available()
     backend = ("nccl" if use_cuda else "gloo") if parallel.backend == "auto" else parallel.backend
     if use_cuda:
@@ -68,6 +69,10 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
         os.environ.setdefault("LOCAL_RANK", "0")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             _init_from_agent_store(backend)
+        elif int(os.environ["WORLD_SIZE"]) == 1:
+            # One process needs no rendezvous: a port (29500 by default) would clash with any other
+            # single-process run on this machine.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         with muted_output():  # DeepSpeed's "... comm op built successfully", once per rank
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=parallel.tp,

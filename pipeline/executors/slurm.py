@@ -34,6 +34,7 @@ from pipeline.config import CrucibleConfig, load_config
 from pipeline.executors.steps import pending_tasks
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
+from pipeline.ground.markers import read_jsonl
 from pipeline.plan import Plan, build_plan
 from pipeline.prep import prepare_steps
 
@@ -176,7 +177,5 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
 
 
 def _last_metrics(run: Path) -> dict[str, Any] | None:
-    metrics = run / "metrics.jsonl"
-    if not metrics.exists() or not metrics.read_text().strip():
-        return None
-    return json.loads(metrics.read_text().strip().splitlines()[-1])
+    records = read_jsonl(run / "metrics.jsonl")
+    return records[-1] if records else None

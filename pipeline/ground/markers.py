@@ -1,10 +1,13 @@
-"""Reading completion markers and small JSON state files that may be absent or torn."""
+"""Reading completion markers and small JSON state files that may be absent or torn, and appending
+to JSON Lines logs so that a line torn by a crash never glues onto the next record."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from pipeline.ground.errors import UserError
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -15,6 +18,41 @@ def read_marker(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def parse_jsonl(text: str, source: Path) -> list[dict[str, Any]]:
+    """The records of JSON Lines `text`. A torn last line (its writer killed mid-append, or a full
+    disk) is left out; a bad line before it is corruption, an error naming `source` and the line."""
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise UserError(f"{source} line {number} is not JSON ({exc.msg}): the file is damaged; "
+                            f"repair or remove that line") from None
+    return records
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON Lines log (metrics, events); none when it does not exist yet."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return parse_jsonl(text, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append `record` as one line; a torn last line a killed writer left is cut off first, else the
+    record would join it and damage a line in the middle of the log."""
+    with open(path, "ab+") as handle:
+        end = handle.seek(0, 2)
+        if end:
+            handle.seek(end - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                handle.truncate(handle.read().rfind(b"\n") + 1)
+        handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
