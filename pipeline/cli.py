@@ -217,9 +217,13 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
         latest = trainer.checkpointer.latest()
         last = records[-1] if records else {}
         loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
-        print(f"training {'interrupted' if interrupted else 'finished'} in {time.perf_counter() - started:.1f} s at "
-              f"step {trainer.step}{loss}; metrics in {output / 'metrics.jsonl'}; latest checkpoint: "
-              f"{latest.path if latest else 'none'}")
+        checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
+        if not records and not interrupted:  # a rerun of a finished run
+            print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={config.train.max_steps} "
+                  f"already (raise it to train on); {checkpoint}")
+        else:
+            print(f"training {'interrupted' if interrupted else 'finished'} in {time.perf_counter() - started:.1f} s "
+                  f"at step {trainer.step}{loss}; metrics in {output / 'metrics.jsonl'}; {checkpoint}")
         if latest and not interrupted:
             print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
                   f"{latest.path} --output DIR; crucible status --output {output}")

@@ -55,12 +55,13 @@ def slurm_env(job: str, nodes: int) -> dict[str, str]:
 
 def test_verbs_tear_their_process_groups_down(tiny_shards: Path, tmp_path: Path) -> None:
     """Groups left to interpreter exit can abort a rank at the end of a finished run (gloo's threads
-    outlive the interpreter); `train` and `generate` leave none behind, so one process can also train twice."""
+    outlive the interpreter); `train` and `generate` leave none behind, so one process can also train twice
+    (and a third time into a finished run, which says there is nothing to train)."""
     driver = f"""
 import torch.distributed as dist
 from megatron.core import parallel_state
 from pipeline.cli import main
-for run in ("first", "second"):
+for run in ("first", "second", "second"):
     args = ["train", "--data", {str(tiny_shards)!r}, "--output", {str(tmp_path)!r} + "/" + run,
             "--set", "train.max_steps=2", "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2"]
     assert main(args) == 0, run
@@ -72,6 +73,8 @@ print("no groups left")
     result = subprocess.run([sys.executable, "-c", driver], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "no groups left" in result.stdout, result.stderr[-3000:]
     assert [step for step, _ in losses(tmp_path / "second")] == [1, 2]
+    assert result.stdout.count("training finished in") == 2
+    assert f"nothing to train: {tmp_path / 'second'} is at step 2 of train.max_steps=2 already" in result.stdout
 
 
 def test_rendezvous_comes_from_the_job() -> None:

@@ -24,6 +24,7 @@ import torch
 from data_prep.shards import read_manifest
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
+from pipeline.ground.folders import make_output_folder
 from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
@@ -84,14 +85,9 @@ def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def prepare_output(output: Path, force: bool) -> None:
     """An export goes into a new or empty folder; writing over another needs `force`."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} is a file: give a folder")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise UserError(f"--output {output} is not empty: give a new folder, or --force to write over its files")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--output {output}: cannot make the folder ({exc.strerror})") from None
+    make_output_folder(output)
 
 
 def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Path:
