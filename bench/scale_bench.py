@@ -28,6 +28,8 @@ import numpy as np
 import yaml
 from common import base_parser, corpus_file, data_dir, read_jsonl
 
+from pipeline.ground.names import PREP_STATS
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["normalize", "exact_dedup", "minhash_dedup"]
 SIZES, LARGE = (25_000, 100_000, 400_000), 1_600_000
@@ -139,7 +141,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
                      "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
                      "cpu_s": round(cpu, 2), "docs_per_cpu_s": round(n / cpu) if cpu else None,
                      "peak_rss_mb": round(rss, 1)})
-    stats = json.loads((output / "stats.json").read_text())
+    stats = json.loads((output / PREP_STATS).read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
     return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, **planted}
 

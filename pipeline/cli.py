@@ -14,6 +14,7 @@ from typing import Any
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
+from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
 
 INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 RESUMABLE = ("prep", "prep-task", "train", "run")  # verbs whose rerun resumes (completion markers, checkpoints)
@@ -193,8 +194,8 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     started, todo = time.perf_counter(), pending_task_count(config.prep, output)
     stats = run_prep(config.prep, output, show_progress)
     print_prep_summary(stats)
-    folders = ["clean/", "dropped/", "quarantine/", "stats.json"] + ["tokenizer/"] * ("tokens" in stats)
-    folders += ["shards/"] * (output / "shards" / "manifest.json").exists()
+    folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * ("tokens" in stats)
+    folders += ["shards/"] * (output / "shards" / MANIFEST).exists()
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
     if then is None and "shards/" in folders:
@@ -260,10 +261,10 @@ def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
 
     if (path / CHECKPOINT_META).exists() or not path.exists():
         return path
-    run = path.parent.parent if path.name == "latest" else path.parent if path.name == "checkpoints" else path
+    run = path.parent.parent if path.name == LATEST else path.parent if path.name == CHECKPOINTS else path
     latest = Checkpointer(run, config.checkpoint, rank=0).latest()
     if latest is None:
-        steps = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+        steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
         raise UserError(f"{path} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else
                         "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"))
     return latest.path
@@ -462,7 +463,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     timings = times.seconds
     entropy = unigram_entropy(data / "shards")
     report = build_report(args.output, samples, config, timings, toy, entropy)
-    metrics = read_jsonl(args.output / "train" / "metrics.jsonl")
+    metrics = read_jsonl(args.output / "train" / METRICS_LOG)
     learning = learning_line(metrics, entropy)
     print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
     print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")

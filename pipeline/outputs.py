@@ -25,7 +25,7 @@ from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
-from pipeline.ground.names import TOKENIZER_FILE
+from pipeline.ground.names import PREP_STATS, TOKENIZER_FILE
 from pipeline.plan import Plan
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
@@ -253,5 +253,5 @@ def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
                     lineage[kind][f"{step.stage}-{task:05d}.parquet"] = path
     for kind, wanted in lineage.items():
         _publish_folder(output / kind, wanted)
-    write_json(output / "stats.json", stats)
+    write_json(output / PREP_STATS, stats)
     return stats

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
+from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
 from pipeline.summary import overlap_line
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
@@ -336,7 +337,7 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
 
 def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
     page.heading("Checkpoints and events")
-    checkpoints = sorted(p.name for p in (train_dir / "checkpoints").glob("step-*")) if train_dir.exists() else []
+    checkpoints = sorted(p.name for p in (train_dir / CHECKPOINTS).glob("step-*")) if train_dir.exists() else []
     page.paragraph("Checkpoints kept: " + (", ".join(checkpoints) or "none"))
     if events:
         page.table(["step", "event", "time", "detail"], [
@@ -360,9 +361,9 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
                  entropy: float | None = None) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
     `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
-    stats = json.loads((run_dir / "data" / "stats.json").read_text())
+    stats = json.loads((run_dir / "data" / PREP_STATS).read_text())
     train_dir = run_dir / "train"
-    metrics, events = read_jsonl(train_dir / "metrics.jsonl"), read_jsonl(train_dir / "events.jsonl")
+    metrics, events = read_jsonl(train_dir / METRICS_LOG), read_jsonl(train_dir / EVENTS_LOG)
     page = Page(f"Run report: {run_dir.resolve().name}")
     _context(page, run_dir, config, stats, metrics, timings or {})
     _data(page, stats)

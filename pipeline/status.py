@@ -16,6 +16,7 @@ from data_prep import registry
 from data_prep.books import marker_file
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_jsonl, read_marker
+from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, LATEST, METRICS_LOG, PREP_STATS
 
 
 @dataclass
@@ -58,17 +59,17 @@ def local_status(folder: Path) -> LocalStatus:
     if not folder.exists():
         raise UserError(f"no such folder: {folder}")
     prep = next((p for p in (folder / "data", folder) if (p / "work").is_dir()), None)
-    train = next((p for p in (folder / "train", folder) if (p / "metrics.jsonl").exists()
-                  or (p / "checkpoints").is_dir()), None)
+    train = next((p for p in (folder / "train", folder) if (p / METRICS_LOG).exists()
+                  or (p / CHECKPOINTS).is_dir()), None)
     if prep is None and train is None:
         raise UserError(f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
                         f"checkpoints/ (from train), or data/ and train/ (from run)")
-    metrics = [m for m in read_jsonl(train / "metrics.jsonl") if "loss" in m] if train else []
-    pointer = train / "checkpoints" / "latest" if train else None
+    metrics = [m for m in read_jsonl(train / METRICS_LOG) if "loss" in m] if train else []
+    pointer = train / CHECKPOINTS / LATEST if train else None
     return LocalStatus(
         folder=folder, prep=prep, steps=prep_steps(prep / "work") if prep else [],
-        published=bool(prep and (prep / "stats.json").exists()), train=train,
+        published=bool(prep and (prep / PREP_STATS).exists()), train=train,
         last_metrics=metrics[-1] if metrics else None,
         latest_checkpoint=pointer.read_text().strip() if pointer and pointer.exists() else None,
-        events=read_jsonl(train / "events.jsonl") if train else [],
+        events=read_jsonl(train / EVENTS_LOG) if train else [],
     )

@@ -18,7 +18,7 @@ import numpy as np
 from data_prep.shards import write_manifest, write_shard
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
-from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
+from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, TOKENIZER_FILE
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
 SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
@@ -56,7 +56,9 @@ def toy_shards(folder: Path) -> Path:
 
 
 def final_checkpoint(folder: Path) -> Path:
-    return folder / "run" / "checkpoints" / f"step-{STEPS:08d}"
+    from training.checkpoint import tag_for
+
+    return folder / "run" / CHECKPOINTS / tag_for(STEPS)
 
 
 def train_toy_world(folder: Path) -> Path:

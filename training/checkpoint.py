@@ -33,7 +33,7 @@ from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META as META
-from pipeline.ground.names import UNIVERSAL
+from pipeline.ground.names import CHECKPOINTS, LATEST, UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import cached_universal, convert_to_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
@@ -45,7 +45,6 @@ STAGING = ".staging"
 # How torch's file writer reports a failed write (a full disk included); other errors (a peer rank
 # gone during the save's collectives) keep their traceback.
 WRITE_FAILURES = ("iostream error", "PytorchStreamWriter", "inline_container")
-LATEST = "latest"
 
 
 def _ending(name: str) -> str:
@@ -116,7 +115,7 @@ def _save_failed(folder: Path, exc: BaseException) -> UserError:
 
 class Checkpointer:
     def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS
         self.config, self.rank = config, rank
 
     # -- listing -------------------------------------------------------------------------

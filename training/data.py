@@ -21,6 +21,7 @@ import torch
 
 from data_prep.shards import ShardError, check_shard, open_shard, read_manifest
 from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import MANIFEST
 from training import mixture
 from training.mixture import Schedule, source_key
 
@@ -365,4 +366,4 @@ def build_loader(dataset: PackedDataset, config: Any, dp_rank: int, dp_world: in
 
 
 def manifest_hash(folder: Path) -> str:
-    return file_sha256(Path(folder) / "manifest.json")
+    return file_sha256(Path(folder) / MANIFEST)

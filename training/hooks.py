@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import append_jsonl
+from pipeline.ground.names import EVENTS_LOG
 from training.config import HookSpec, RollbackConfig, TrainingConfig
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class EventLog:
     `also` (the experiment trackers)."""
 
     def __init__(self, run_dir: Path, enabled: bool, also: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.path, self.enabled, self.also = Path(run_dir) / "events.jsonl", enabled, also
+        self.path, self.enabled, self.also = Path(run_dir) / EVENTS_LOG, enabled, also
 
     def log(self, event: dict[str, Any]) -> None:
         """Append `event` with its time, and say it on the console: saves, resumes, rollbacks, stops."""

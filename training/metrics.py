@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.ground.markers import append_jsonl
+from pipeline.ground.names import METRICS_LOG
 from training.trackers import Trackers
 
 
@@ -49,7 +50,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool, trackers: Trackers) -> None:
         self.enabled, self.trackers = enabled, trackers
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_LOG
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
 

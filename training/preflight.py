@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import CHECKPOINT_META
+from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, LATEST
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights (4) + Adam's fp32 master copy and two moments (12)
 WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size", "vocab_multiple",
@@ -21,7 +21,7 @@ WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "
 
 def latest_checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
     """The metadata of the run folder's latest checkpoint, or None where there is none (or it is torn)."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.exists():
         return None
     try:

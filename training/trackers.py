@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
+from pipeline.ground.names import PREP_STATS
 from training.config import TrackingConfig
 
 IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a resume continues
@@ -202,5 +203,5 @@ class Trackers:
 
 def prep_stats_of(data_dir: Path) -> dict[str, Any] | None:
     """The stats.json of the prep that wrote these shards (it sits beside `shards/`), if any."""
-    path = Path(data_dir).parent / "stats.json"
+    path = Path(data_dir).parent / PREP_STATS
     return json.loads(path.read_text()) if path.is_file() else None

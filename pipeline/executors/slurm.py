@@ -35,6 +35,7 @@ from pipeline.executors.steps import pending_tasks
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_jsonl
+from pipeline.ground.names import METRICS_LOG, PREP_STATS
 from pipeline.plan import Plan, build_plan
 from pipeline.prep import prepare_steps
 
@@ -105,7 +106,7 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
         os.chmod(script.file, 0o755)
 
     todo = [[job for job in group if job.array] for group in steps]
-    prep_needed = any(todo) or not (paths.data / "stats.json").exists()
+    prep_needed = any(todo) or not (paths.data / PREP_STATS).exists()
     groups = [group for group in todo if group] + ([[publish]] if prep_needed else [])
     groups += [] if prep_only else [[train]]
     after: list[str] = []
@@ -161,7 +162,7 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
     rows = []
     for part, total, done in [
         *((s.name, s.n_tasks, s.n_tasks - len(pending_tasks(paths.data / "work", s))) for s in plan.steps),
-        ("publish", 1, int((paths.data / "stats.json").exists())),
+        ("publish", 1, int((paths.data / PREP_STATS).exists())),
     ]:
         mine = [job for job in jobs if job["part"] == part]
         states: dict[str, list[int]] = {}
@@ -177,5 +178,5 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
 
 
 def _last_metrics(run: Path) -> dict[str, Any] | None:
-    records = read_jsonl(run / "metrics.jsonl")
+    records = read_jsonl(run / METRICS_LOG)
     return records[-1] if records else None
