@@ -15,7 +15,7 @@ from typing import Any
 from data_prep import registry
 from data_prep.books import marker_file
 from pipeline.ground.errors import UserError
-from pipeline.ground.markers import read_jsonl, read_marker
+from pipeline.ground.markers import read_jsonl, read_marker, read_pointer
 from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, LATEST, METRICS_LOG, PREP_STATS
 
 
@@ -65,11 +65,10 @@ def local_status(folder: Path) -> LocalStatus:
         raise UserError(f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
                         f"checkpoints/ (from train), or data/ and train/ (from run)")
     metrics = [m for m in read_jsonl(train / METRICS_LOG) if "loss" in m] if train else []
-    pointer = train / CHECKPOINTS / LATEST if train else None
     return LocalStatus(
         folder=folder, prep=prep, steps=prep_steps(prep / "work") if prep else [],
         published=bool(prep and (prep / PREP_STATS).exists()), train=train,
         last_metrics=metrics[-1] if metrics else None,
-        latest_checkpoint=pointer.read_text().strip() if pointer and pointer.exists() else None,
+        latest_checkpoint=read_pointer(train / CHECKPOINTS / LATEST) if train else None,
         events=read_jsonl(train / EVENTS_LOG) if train else [],
     )

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
+from pipeline.ground.markers import read_pointer
 from pipeline.ground.names import CHECKPOINT_META as META
 from pipeline.ground.names import CHECKPOINTS, LATEST, UNIVERSAL
 from training.config import CheckpointConfig
@@ -135,11 +136,8 @@ class Checkpointer:
         return self.scan()[0]
 
     def latest(self) -> CheckpointInfo | None:
-        pointer = self.root / LATEST
-        if not pointer.exists():
-            return None
-        tag = pointer.read_text().strip()
-        return next((c for c in self.published() if c.path.name == tag), None)
+        tag = read_pointer(self.root / LATEST)
+        return next((c for c in self.published() if c.path.name == tag), None) if tag else None
 
     def verify(self, info: CheckpointInfo) -> None:
         for name, digest in info.meta["files"].items():

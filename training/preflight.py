@@ -6,12 +6,12 @@ trainer calls them again before building anything, with the shards' manifest (sp
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.ground.errors import UserError
+from pipeline.ground.markers import read_marker, read_pointer
 from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, LATEST
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights (4) + Adam's fp32 master copy and two moments (12)
@@ -21,13 +21,8 @@ WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "
 
 def latest_checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
     """The metadata of the run folder's latest checkpoint, or None where there is none (or it is torn)."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.exists():
-        return None
-    try:
-        return json.loads((pointer.parent / pointer.read_text().strip() / CHECKPOINT_META).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    tag = read_pointer(Path(run_dir) / CHECKPOINTS / LATEST)
+    return read_marker(Path(run_dir) / CHECKPOINTS / tag / CHECKPOINT_META) if tag else None
 
 
 def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:

@@ -18,6 +18,14 @@ def read_marker(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_pointer(path: Path) -> str | None:
+    """The name a pointer file (a run's checkpoints/latest) holds, or None when there is none yet."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def parse_jsonl(text: str, source: Path) -> list[dict[str, Any]]:
     """The records of JSON Lines `text`. A torn last line (its writer killed mid-append, or a full
     disk) is left out; a bad line before it is corruption, an error naming `source` and the line."""
