@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,3 +95,17 @@ class PauseAt(Hook):
             deadline = time.monotonic() + 600
             while not os.path.exists(self.go) and time.monotonic() < deadline:
                 time.sleep(0.2)
+
+
+class DamageSave(Hook):
+    """After the save of step `step`, flip a byte in one of its weight files: a checkpoint damaged on disk."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, trainer: Any, path: Any) -> None:
+        if trainer.step == self.step and trainer.layout.rank == 0:
+            victim = sorted(p for p in Path(path).rglob("*.pt") if p.is_file())[0]
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            victim.write_bytes(bytes(data))

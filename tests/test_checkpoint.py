@@ -138,6 +138,16 @@ def test_nan_rolls_back_and_the_run_finishes(tiny_shards: Path, tmp_path: Path) 
     assert max(final) == 14 and all(v == v for v in final.values())
 
 
+def test_a_rollback_passes_a_damaged_checkpoint_by_and_says_so(tiny_shards: Path, tmp_path: Path) -> None:
+    fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 9}}',
+                  '{target: "tests.fault_hooks:DamageSave", args: {step: 8}}')
+    records = train(tiny_shards, tmp_path, 12, "--set", "checkpoint.interval=4", *fault, decay=12)
+    (rollback,) = [e for e in events(tmp_path) if e["event"] == "rollback"]
+    assert rollback["restored_step"] == 4, "step 8's checkpoint is damaged: the one before it"
+    assert any(e["event"] == "corrupt_checkpoint" and "step-00000008" in e["error"] for e in events(tmp_path))
+    assert max(losses(records)) == 12
+
+
 def test_loss_spike_from_junk_data_rolls_back_and_skips_the_window(tiny_shards: Path, tmp_path: Path) -> None:
     fault = hooks('{target: "tests.fault_hooks:JunkRows", args: {step: 16}}')
     records = train(tiny_shards, tmp_path, 20, "--set", "checkpoint.interval=5", "--set", "rollback.min_history=10",

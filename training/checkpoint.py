@@ -180,15 +180,17 @@ class Checkpointer:
         if self.rank == 0:
             print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
 
-    def last_healthy(self, before_step: int) -> CheckpointInfo | None:
+    def last_healthy(self, before_step: int, events: Any) -> CheckpointInfo | None:
+        """The newest healthy checkpoint at or before `before_step` that loads; damaged ones on the way
+        are reported (an event and a warning), as `resolve` does."""
         for info in reversed(self.published()):
             if info.healthy and info.step <= before_step:
                 try:
                     if self.config.verify:
                         self.verify(info)
                     return info
-                except CorruptCheckpoint:
-                    continue
+                except CorruptCheckpoint as exc:
+                    self._report(exc, events)
         return None
 
     # -- saving --------------------------------------------------------------------------

@@ -357,7 +357,7 @@ class Trainer:
         A spike before the first checkpoint is logged and training goes on (False)."""
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
-        target = self.checkpointer.last_healthy(before_step=anomaly.step - 1)
+        target = self.checkpointer.last_healthy(anomaly.step - 1, self.events)
         if target is None:
             if anomaly.reason.startswith("nonfinite"):
                 raise RuntimeError(f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back "
