@@ -262,7 +262,7 @@ def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
     if (path / CHECKPOINT_META).exists() or not path.exists():
         return path
     run = path.parent.parent if path.name == LATEST else path.parent if path.name == CHECKPOINTS else path
-    latest = Checkpointer(run, config.checkpoint, rank=0).latest()
+    latest = Checkpointer(run, config.checkpoint, rank=0).newest_loadable()
     if latest is None:
         steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
         raise UserError(f"{path} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else

@@ -51,12 +51,16 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def rehash(checkpoint: Path) -> None:
-    """Record the files' current hashes, as someone who planted a file would."""
+def rehash(checkpoint: Path, **fields: object) -> None:
+    """Record the files' current hashes (and any `fields`) and the digest of it all, as someone who planted a
+    file and knows the format would."""
+    from training.safe_load import META_DIGEST, meta_digest
+
     meta_path = checkpoint / "crucible.json"
     meta = json.loads(meta_path.read_text())
     meta["files"] = {name: file_sha256(checkpoint / name) for name in meta["files"]}
-    meta_path.write_text(json.dumps(meta))
+    meta |= fields
+    meta_path.write_text(json.dumps(meta | {META_DIGEST: meta_digest(meta)}))
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +232,200 @@ def test_generate_checks_tokenizer_prompt_length_and_flags(trained: Path, tiny_s
                       "--temperature", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "longer than the 64 the model was trained on; keeping its last 64" in result.stderr
+
+
+# -- the allow-list: a folder is read only when it holds exactly the files its crucible.json lists ----------
+
+NEWEST = "checkpoints/step-00000004"
+
+
+def plant_payload(path: Path, marker: Path) -> Path:
+    torch.save({"module": {}, "payload": Payload(marker)}, path)
+    return path
+
+
+def extra_file(name: str):
+    """A payload in a file DeepSpeed's converter would pick up by its name, whatever the extension."""
+    def tamper(checkpoint: Path, marker: Path) -> Path:
+        return plant_payload(checkpoint / name, marker)
+    tamper.__name__ = f"extra {name}"
+    return tamper
+
+
+def symlinked_folder(checkpoint: Path, marker: Path) -> Path:
+    elsewhere = checkpoint.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    plant_payload(elsewhere / "mp_rank_00_model_states.pt", marker)
+    (checkpoint / "zero").symlink_to(elsewhere, target_is_directory=True)
+    return checkpoint / "zero"
+
+
+def fifo(checkpoint: Path, marker: Path) -> Path:
+    os.mkfifo(checkpoint / "mp_rank_01_model_states.pt")
+    return checkpoint / "mp_rank_01_model_states.pt"
+
+
+def name_outside(checkpoint: Path, marker: Path) -> Path:
+    """crucible.json lists a file outside the folder (re-digested, as a forger would)."""
+    meta = json.loads((checkpoint / "crucible.json").read_text())
+    rehash(checkpoint, files=meta["files"] | {"../../../../etc/hostname": "0" * 64})
+    return Path("../../../../etc/hostname")
+
+
+def edited_layout(checkpoint: Path, marker: Path) -> Path:
+    """The layout edited to force a conversion, crucible.json's digest left as it was."""
+    meta = json.loads((checkpoint / "crucible.json").read_text())
+    meta["layout"]["zero_stage"] = 2
+    (checkpoint / "crucible.json").write_text(json.dumps(meta))
+    return checkpoint / "crucible.json"
+
+
+TAMPERINGS = [extra_file("mp_rank_01_model_states.bak"), extra_file("zero_pp_rank_1_mp_rank_00_optim_states.old"),
+              extra_file("mp_rank_01_model_states"), symlinked_folder, fifo, name_outside, edited_layout]
+
+
+def entries(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under `folder` (links and FIFOs included, never followed or opened) by mode and mtime."""
+    return {str(p.relative_to(folder)): (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("tamper", TAMPERINGS, ids=lambda t: t.__name__)
+def test_a_tampered_checkpoint_is_refused_by_name_and_resume_passes_over_it_untouched(run: Path, tamper,
+                                                                                      tmp_path: Path) -> None:
+    from training.checkpoint import Checkpointer
+    from training.config import CheckpointConfig
+    from training.export import consolidate
+    from training.safe_load import CorruptCheckpoint
+
+    marker, newest = tmp_path / "payload-ran", run / NEWEST
+    named = tamper(newest, marker)
+    before = entries(newest)
+    with pytest.raises(CorruptCheckpoint) as refusal:
+        consolidate(newest)  # what generate, export and eval read a checkpoint with
+    assert str(named) in str(refusal.value) and str(newest) in str(refusal.value)
+    assert Checkpointer(run, CheckpointConfig(), rank=0).resolve("auto", events=None).step == 2
+    assert not marker.exists(), "a payload ran"
+    assert entries(newest) == before
+
+
+@pytest.mark.slow
+def test_every_verb_refuses_a_planted_deepspeed_file_in_one_line_and_resume_falls_back(run: Path, tiny_shards: Path,
+                                                                                       tmp_path: Path) -> None:
+    marker, newest = tmp_path / "payload-ran", run / NEWEST
+    planted = plant_payload(newest / "mp_rank_01_model_states", marker)
+    before = entries(newest)
+    for verb in (["generate", "--prompt", "The", "--max-new-tokens", "2"], ["export", "--output", tmp_path / "hf"],
+                 ["eval", "--heldout"]):
+        refused(crucible(*verb, "--checkpoint", newest), str(planted), "not one of the files")
+    resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert str(planted) in resumed.stdout and "Traceback" not in resumed.stderr
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "resume"][-1] == 2
+    assert not marker.exists(), "a payload ran"
+    assert entries(newest) == before
+
+
+@pytest.mark.slow
+def test_deepspeeds_converter_unpickles_weights_only_even_a_file_nothing_vetted(trained: Path, tmp_path: Path) -> None:
+    """The last layer alone: the converter run as Crucible runs it, on a folder never checked."""
+    marker = tmp_path / "payload-ran"
+    folder = Path(shutil.copytree(trained / NEWEST, tmp_path / "step-00000004"))
+    plant_payload(folder / "mp_rank_00_model_states.pt", marker)
+    result = subprocess.run([sys.executable, "-m", "training.universal_convert", "--input_folder", str(folder),
+                             "--output_folder", str(tmp_path / "universal"), "--num_extract_workers", "1",
+                             "--num_merge_workers", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Weights only load failed" in result.stderr, result.stderr[-2000:]
+    assert not marker.exists(), "a payload ran"
+
+
+def test_weights_only_loads_overrides_a_callers_weights_only_false(tmp_path: Path) -> None:
+    from training.safe_load import weights_only_loads
+
+    marker = tmp_path / "payload-ran"
+    path = plant_payload(tmp_path / "planted.pt", marker)
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=False)
+    assert not marker.exists(), "a payload ran"
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ, "the switch is handed back"
+
+
+def plant_universal_cache(run: Path, marker: Path) -> Path:
+    """A cache for step 4 that passes the old check (its crucible.json is the checkpoint's), with a symlinked
+    folder of payloads that a plain walk for `*.pt` files would not descend."""
+    cache = run / "checkpoints" / ".universal" / "step-00000004"
+    payloads = run / "payloads"
+    (payloads / "embed.weight").mkdir(parents=True)
+    for state in ("fp32", "exp_avg", "exp_avg_sq"):
+        plant_payload(payloads / "embed.weight" / f"{state}.pt", marker)
+    cache.mkdir(parents=True)
+    shutil.copy(run / NEWEST / "crucible.json", cache / "crucible.json")
+    (cache / "zero").symlink_to(payloads, target_is_directory=True)
+    (cache / "universal.json").write_text(json.dumps({}))
+    return cache
+
+
+def test_a_planted_universal_cache_is_never_used(run: Path, tmp_path: Path) -> None:
+    from training.export import cached_universal
+
+    plant_universal_cache(run, tmp_path / "payload-ran")
+    assert cached_universal(run / NEWEST) is None
+
+
+@pytest.mark.slow
+def test_resume_across_layouts_rebuilds_a_planted_universal_cache(run: Path, tiny_shards: Path,
+                                                                  tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    cache = plant_universal_cache(run, marker)
+    resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=5",
+                       "--set", "parallel.zero_stage=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not marker.exists(), "a payload ran"
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["universal"]) for e in events if e["event"] == "resume"][-1] == (4, True)
+    assert not (cache / "zero").is_symlink(), "rebuilt by Crucible in a private folder"
+    assert json.loads((cache / "universal.json").read_text()), "with its own file list"
+
+
+@pytest.mark.parametrize("pointer", ["fifo", "folder", "escape", "garbage"])
+def test_a_bad_latest_pointer_is_named_and_the_newest_good_checkpoint_used(run: Path, pointer: str,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    from training.checkpoint import Checkpointer
+    from training.config import CheckpointConfig
+
+    latest = run / "checkpoints" / "latest"
+    latest.unlink()
+    {"fifo": lambda: os.mkfifo(latest), "folder": latest.mkdir, "escape": lambda: latest.write_text("../../x\n"),
+     "garbage": lambda: latest.write_bytes(os.urandom(4096))}[pointer]()
+    assert Checkpointer(run, CheckpointConfig(), rank=0).newest_loadable().step == 4
+    assert f"{latest} " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_generate_from_a_run_whose_latest_is_a_fifo_samples_the_newest_checkpoint(run: Path) -> None:
+    latest = run / "checkpoints" / "latest"
+    latest.unlink()
+    os.mkfifo(latest)
+    result = crucible("generate", "--checkpoint", run, "--prompt", "The", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step-00000004" in result.stdout and f"{latest} is not a plain file" in result.stdout
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_of_another_model_size_is_one_line(trained: Path, tiny_shards: Path,
+                                                                  tmp_path: Path) -> None:
+    result = crucible("train", "--data", tiny_shards, "--output", tmp_path / "other", *SMALL,
+                      "--set", "train.max_steps=6", "--set", "model.d_model=96",
+                      "--resume", trained / NEWEST)
+    refused(result, str(trained / NEWEST), "another model", "d_model")
+
+
+def test_a_model_file_that_is_not_a_pickle_is_one_line(run: Path) -> None:
+    from training.export import consolidate
+    from training.safe_load import CorruptCheckpoint
+
+    model_file = run / NEWEST / "mp_rank_00_model_states.pt"
+    model_file.write_bytes(b"this is not a checkpoint\n" * 10)
+    rehash(run / NEWEST)
+    with pytest.raises(CorruptCheckpoint, match=f"cannot read checkpoint file {model_file}"):
+        consolidate(run / NEWEST)

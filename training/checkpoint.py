@@ -36,9 +36,19 @@ from pipeline.ground.markers import read_pointer
 from pipeline.ground.names import CHECKPOINT_META as META
 from pipeline.ground.names import CHECKPOINTS, LATEST, UNIVERSAL
 from training.config import CheckpointConfig
-from training.export import cached_universal, convert_to_universal, universal_cache
+from training.export import build_universal, cached_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
-from training.safe_load import CorruptCheckpoint, SafeCheckpointEngine, load, read_meta, vet
+from training.safe_load import (
+    META_DIGEST,
+    CorruptCheckpoint,
+    SafeCheckpointEngine,
+    check_files,
+    load,
+    meta_digest,
+    read_meta,
+    vet,
+    weights_only_loads,
+)
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
@@ -136,16 +146,25 @@ class Checkpointer:
         return self.scan()[0]
 
     def latest(self) -> CheckpointInfo | None:
-        tag = read_pointer(self.root / LATEST)
+        """The checkpoint `latest` points at; None when there is no pointer, or a bad one (said once, and
+        the caller then looks at every published checkpoint)."""
+        try:
+            tag = read_pointer(self.root / LATEST)
+        except UserError as exc:
+            if self.rank == 0:
+                print(f"warning: {exc}; using the newest checkpoint that loads instead", flush=True)
+            return None
         return next((c for c in self.published() if c.path.name == tag), None) if tag else None
 
     def verify(self, info: CheckpointInfo) -> None:
-        for name, digest in info.meta["files"].items():
-            path = info.path / name
-            if not path.exists():
-                raise CorruptCheckpoint(f"checkpoint {info.path.name}: file {path} is missing")
-            if file_sha256(path) != digest:
-                raise CorruptCheckpoint(f"checkpoint {info.path.name}: file {path} does not match its SHA-256")
+        """Refuse a checkpoint folder holding anything but the files it lists (always), or whose files do not
+        match their hashes (with `checkpoint.verify`)."""
+        check_files(info.path, info.meta["files"], hashes=self.config.verify)
+
+    def newest_loadable(self, events: Any = None) -> CheckpointInfo | None:
+        """The newest checkpoint (at or before `latest`, when that points at one) whose folder passes
+        `verify`; damaged ones on the way are reported and passed over, never touched."""
+        return self.resolve("auto", events)
 
     def resolve(self, resume: str, events: Any) -> CheckpointInfo | None:
         """The checkpoint to start from: `none`, `auto` (latest good) or a checkpoint folder."""
@@ -153,8 +172,7 @@ class Checkpointer:
             return None
         if resume != "auto":
             info = info_of(Path(resume))
-            if self.config.verify:
-                self.verify(info)
+            self.verify(info)
             return info
         published, damaged = self.scan()
         for exc in damaged:
@@ -163,8 +181,7 @@ class Checkpointer:
         candidates = [c for c in published if latest is None or c.step <= latest.step]
         for info in reversed(candidates):
             try:
-                if self.config.verify:
-                    self.verify(info)
+                self.verify(info)
                 return info
             except CorruptCheckpoint as exc:
                 self._report(exc, events)
@@ -176,7 +193,8 @@ class Checkpointer:
         return None
 
     def _report(self, exc: CorruptCheckpoint, events: Any) -> None:
-        events.log({"event": "corrupt_checkpoint", "error": str(exc)})
+        if events is not None:  # a training run's log; a verb that only reads a checkpoint has none
+            events.log({"event": "corrupt_checkpoint", "error": str(exc)})
         if self.rank == 0:
             print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
 
@@ -186,8 +204,7 @@ class Checkpointer:
         for info in reversed(self.published()):
             if info.healthy and info.step <= before_step:
                 try:
-                    if self.config.verify:
-                        self.verify(info)
+                    self.verify(info)
                     return info
                 except CorruptCheckpoint as exc:
                     self._report(exc, events)
@@ -215,13 +232,14 @@ class Checkpointer:
         if self.rank == 0:
             files = {str(p.relative_to(staging / tag)): file_sha256(p)
                      for p in sorted((staging / tag).rglob("*")) if p.is_file()}
+            meta = meta | {"step": step, "files": files}
             try:
-                (staging / tag / META).write_text(json.dumps(meta | {"step": step, "files": files}, indent=2,
+                (staging / tag / META).write_text(json.dumps(meta | {META_DIGEST: meta_digest(meta)}, indent=2,
                                                              sort_keys=True))
             except OSError as exc:
                 raise self._abandon(staging / tag, exc) from None
             if final.exists():
-                shutil.rmtree(universal_cache(final), ignore_errors=True)  # made from the checkpoint replaced here
+                remove_entry(universal_cache(final))  # made from the checkpoint replaced here
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
             # What is left there is of no use: DeepSpeed's recovery scripts (zero_to_fp32.py, written
@@ -257,32 +275,35 @@ class Checkpointer:
                 shutil.rmtree(info.path, ignore_errors=True)
         for cached in (self.root / UNIVERSAL).glob("step-*"):
             if self.root / cached.name not in keep:
-                shutil.rmtree(cached, ignore_errors=True)
+                remove_entry(cached)
 
     # -- loading -------------------------------------------------------------------------
 
     def universal(self, info: CheckpointInfo) -> Path:
-        """Collective: DeepSpeed's layout-free form of `info` (made once by rank 0, then cached)."""
+        """Collective: DeepSpeed's layout-free form of `info` (made once by rank 0, then cached); every
+        rank checks the cache against its own file list before reading it."""
         target = universal_cache(info.path)
         if self.rank == 0 and cached_universal(info.path) is None:
-            staging = self.root / STAGING / f"universal-{info.path.name}"
-            shutil.rmtree(staging, ignore_errors=True)
-            convert_to_universal(info.path, staging)
-            shutil.copy(info.path / META, staging / META)
+            (self.root / STAGING).mkdir(parents=True, exist_ok=True)
+            built = build_universal(info.path, self.root / STAGING)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            remove_entry(target)
+            os.replace(built, target)
         dist.barrier()
+        if cached_universal(info.path) is None:
+            raise CorruptCheckpoint(f"the universal form of {info.path} in {target} does not match what was "
+                                    f"built; remove {target} and rerun")
         return target
 
     def load(self, engine: Any, info: CheckpointInfo, folder: Path | None = None) -> None:
         """Collective: load DeepSpeed state (from `folder` if given, e.g. its universal form) and,
         when the layout is unchanged, this rank's RNG state."""
         folder = folder or info.path
-        vet(folder)  # DeepSpeed's universal loader calls torch.load itself
+        vet(folder)  # names the file a refusal is about, before DeepSpeed's own loads
         engine.checkpoint_engine = SafeCheckpointEngine(engine._config)  # its other reads: weights only
-        load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        with weights_only_loads():  # DeepSpeed's universal loader calls torch.load itself
+            load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise CorruptCheckpoint(f"DeepSpeed could not load checkpoint {folder}")
         rng = info.path / rng_file(dist.get_rank())
@@ -290,6 +311,14 @@ class Checkpointer:
             _set_rng_state(json.loads(rng.read_text()))
         elif folder == info.path and rng.with_suffix(".pt").exists():  # written before RNG state was JSON
             _set_rng_state(load(rng.with_suffix(".pt")))
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a folder, file or link at `path` (a link itself, never what it points at)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def info_of(path: Path) -> CheckpointInfo:

@@ -42,7 +42,7 @@ from training.metrics import MetricsLog, measure_peak_flops
 from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
-from training.preflight import check_splits
+from training.preflight import check_splits, model_changes
 from training.scoring import encode_tasks, score
 from training.tasks import load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
@@ -187,6 +187,10 @@ class Trainer:
             self.layout.tp, self.layout.pp, self.dp, self.config.parallel.zero_stage)
 
     def _check_compatible(self, info: CheckpointInfo) -> None:
+        changed = model_changes(info.meta, self.config.model.model_dump(mode="json"))
+        if changed:
+            raise UserError(f"checkpoint {info.path} holds another model than this run's ({changed}): resume "
+                            f"it with the model settings it was trained with, or start over (--resume none)")
         saved = info.meta["layout"]
         if self._layout_changed(info) and (saved["tp"], saved["pp"]) != (self.layout.tp, self.layout.pp):
             raise UserError(

@@ -25,17 +25,18 @@ from data_prep.shards import read_manifest
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.folders import make_output_folder
-from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL
+from pipeline.ground.hashing import file_sha256
+from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL, UNIVERSAL_FILES
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
-from training.safe_load import load, read_meta, vet
+from training.safe_load import check_files, load, read_meta, vet
 
 
 def convert_to_universal(checkpoint: Path, target: Path) -> None:
-    """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions), on files
-    vetted first: it unpickles them freely."""
+    """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions) on files
+    vetted first, in a process whose every `torch.load` is weights-only (`training.universal_convert`)."""
     vet(checkpoint)
-    result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+    result = subprocess.run([sys.executable, "-m", "training.universal_convert", "--input_folder",
                              str(checkpoint), "--output_folder", str(target), "--num_extract_workers", "1",
                              "--num_merge_workers", "1"], capture_output=True, text=True)
     if result.returncode != 0:
@@ -48,14 +49,30 @@ def universal_cache(checkpoint: Path) -> Path:
     return Path(checkpoint).parent / UNIVERSAL / Path(checkpoint).name
 
 
+def build_universal(checkpoint: Path, parent: Path) -> Path:
+    """The universal form of `checkpoint` in a new private folder under `parent` (a fresh name, owner-only, so
+    nothing planted beforehand is in it), with its file list and hashes and the source's crucible.json."""
+    folder = Path(tempfile.mkdtemp(prefix=f"universal-{Path(checkpoint).name}-", dir=parent))
+    convert_to_universal(Path(checkpoint), folder)
+    files = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / UNIVERSAL_FILES).write_text(json.dumps(files, indent=1, sort_keys=True))
+    shutil.copy(Path(checkpoint) / CHECKPOINT_META, folder / CHECKPOINT_META)
+    return folder
+
+
 def cached_universal(checkpoint: Path) -> Path | None:
-    """The cached universal form of `checkpoint`, if it was made from this very checkpoint: the cache
-    keeps its source's crucible.json, whose file hashes differ once the tag is saved again (a rerun
-    with --resume none, a rollback), so a replaced checkpoint is never read through its old cache."""
+    """The cached universal form of `checkpoint`, if it holds exactly the files it was built with and was made
+    from this very checkpoint: the cache keeps its source's crucible.json, whose file hashes differ once the
+    tag is saved again (a rerun with --resume none, a rollback), so a replaced checkpoint is never read
+    through its old cache. A planted or altered cache is not used (and is rebuilt where one is cached)."""
     cached = universal_cache(checkpoint)
+    if cached.is_symlink() or not (cached / UNIVERSAL_FILES).is_file():
+        return None
     try:
+        check_files(cached, json.loads((cached / UNIVERSAL_FILES).read_text()),
+                    extra=(CHECKPOINT_META, UNIVERSAL_FILES))
         same = (cached / CHECKPOINT_META).read_bytes() == (Path(checkpoint) / CHECKPOINT_META).read_bytes()
-    except FileNotFoundError:
+    except (OSError, ValueError, AttributeError):  # a damaged or planted list, or a refused folder
         return None
     return cached if same else None
 
@@ -67,8 +84,10 @@ def tokenizer_record(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata."""
+    """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata; the folder
+    must hold exactly the files its crucible.json lists, with their hashes."""
     meta = read_meta(checkpoint)
+    check_files(Path(checkpoint), meta["files"])
     n_layers = meta["config"]["model"]["n_layers"]
     cached = cached_universal(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:

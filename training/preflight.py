@@ -20,22 +20,30 @@ WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "
 
 
 def latest_checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
-    """The metadata of the run folder's latest checkpoint, or None where there is none (or it is torn)."""
-    tag = read_pointer(Path(run_dir) / CHECKPOINTS / LATEST)
+    """The metadata of the run folder's latest checkpoint, or None where there is none (or it or the pointer is
+    torn: the trainer then says so and resumes from the newest checkpoint that loads)."""
+    try:
+        tag = read_pointer(Path(run_dir) / CHECKPOINTS / LATEST)
+    except UserError:
+        return None
     return read_marker(Path(run_dir) / CHECKPOINTS / tag / CHECKPOINT_META) if tag else None
 
 
 def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:
     """A run folder whose checkpoint holds another model cannot be resumed into."""
     meta = latest_checkpoint_meta(run_dir) if resume == "auto" else None
-    if meta is None:
-        return
+    changed = model_changes(meta, model) if meta is not None else None
+    if changed:
+        raise UserError(f"{run_dir} holds a checkpoint of another model ({changed}): use a new --output, "
+                        f"or --resume none to start over there")
+
+
+def model_changes(meta: dict[str, Any], model: dict[str, Any]) -> str | None:
+    """How `model` differs from the one a checkpoint's metadata records, in the keys its tensors' shapes
+    depend on (`d_model 64 -> 128, ...`), or None when the weights fit."""
     saved = meta.get("config", {}).get("model", {})
     changed = [key for key in WEIGHT_SHAPES if saved.get(key) != model.get(key)]
-    if changed:
-        shown = ", ".join(f"{key} {saved.get(key)!r} -> {model.get(key)!r}" for key in changed[:4])
-        raise UserError(f"{run_dir} holds a checkpoint of another model ({shown}): use a new --output, "
-                        f"or --resume none to start over there")
+    return ", ".join(f"{key} {saved.get(key)!r} -> {model.get(key)!r}" for key in changed[:4]) or None
 
 
 def check_splits(manifest: dict[str, Any], shards: Path, needs_validation: bool) -> None:

@@ -4,6 +4,7 @@ to JSON Lines logs so that a line torn by a crash never glues onto the next reco
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,39 @@ from pipeline.ground.errors import UserError
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
-    """The marker's payload, or None when it is missing or unreadable (treated as not done)."""
+    """The marker's payload, or None when it is missing, unreadable or not a plain file (treated as not done;
+    a FIFO in its place would block the reader)."""
+    if not path.is_file():
+        return None
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
+POINTER_BYTES = 256  # a pointer holds one short name; anything longer was not written by Crucible
+
+
 def read_pointer(path: Path) -> str | None:
-    """The name a pointer file (a run's checkpoints/latest) holds, or None when there is none yet."""
+    """The name of a sibling that a pointer file (a run's checkpoints/latest) holds, or None when there is
+    none yet. Anything else in its place (a folder, a FIFO that would block a reader, a link, a long file,
+    a name with a path in it) is an error naming it."""
     try:
-        return path.read_text().strip() or None
+        mode = path.lstat().st_mode
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a link" if stat.S_ISLNK(mode) else "not a plain file"
+        raise UserError(f"{path} is {what}, not the pointer file Crucible writes: remove it")
+    with open(path, "rb") as handle:
+        raw = handle.read(POINTER_BYTES + 1)
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        name = None
+    if len(raw) > POINTER_BYTES or name is None or "/" in name or "\\" in name or name in (".", ".."):
+        raise UserError(f"{path} does not hold the one name of a sibling that Crucible writes there: remove it")
+    return name or None
 
 
 def parse_jsonl(text: str, source: Path) -> list[dict[str, Any]]:
