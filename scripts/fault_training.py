@@ -3,7 +3,7 @@
 A fault is one of: `kill_rank` (SIGKILL of a random rank at a random step, from outside, then the
 same command again), `torn_file` (a DeepSpeed file of the newest checkpoint cut short), `torn_meta`
 (its crucible.json cut short), `pickled_file` (a file replaced by a pickle that would create a
-marker file when loaded, its hash recomputed in crucible.json) and, where root can mount a small
+marker file when loaded, its hash and crucible.json's digest recomputed) and, where root can mount a small
 tmpfs, `disk_full` (the run folder on a filesystem too small for the next checkpoint; then room is
 made). After each, training is rerun to the end and checked against an undisturbed reference run:
 every step's loss equal (CPU resume is bit for bit), every published checkpoint verifying against
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from launch.torchrun import free_port  # noqa: E402
 from pipeline.ground.hashing import file_sha256  # noqa: E402
 from training.checkpoint import info_of  # noqa: E402
-from training.safe_load import CorruptCheckpoint  # noqa: E402
+from training.safe_load import META_DIGEST, CorruptCheckpoint, meta_digest  # noqa: E402
 
 STEPS, INTERVAL, PREFIX = 12, 3, 6  # the reference runs STEPS; faults start from a run stopped at PREFIX
 NPROC = 2
@@ -179,7 +179,7 @@ def pickled_file(shards: Path, run: Path, reference: dict[int, float], rng: rand
     torch.save({"module": {}, "payload": Payload(marker)}, victim)
     meta = json.loads((checkpoint / "crucible.json").read_text())
     meta["files"][victim.name] = file_sha256(victim)
-    (checkpoint / "crucible.json").write_text(json.dumps(meta))
+    (checkpoint / "crucible.json").write_text(json.dumps(meta | {META_DIGEST: meta_digest(meta)}))  # as a forger would
     before = {p.name: file_sha256(p) for p in checkpoint.iterdir()}
     refused = train(shards, run)
     detail = f"payload in {victim.name}"
