@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/sample.yaml
 RUN_DIR ?= runs/sample
 
-.PHONY: setup run run-sources test test-fast bench-setup bench clean slurm-up slurm-down
+.PHONY: setup run run-sources run-web test test-fast bench-setup bench clean slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ run: setup
 run-sources: setup
 	$(PY) scripts/split_sample_by_source.py
 	$(PY) -m pipeline run --config configs/sources.yaml --output runs/sources
+
+# The web sample (data/web_sample: WARC files of fictional sites) through the crawl front end.
+run-web: setup
+	$(PY) -m pipeline run --config configs/web.yaml --output runs/web
 
 test: setup
 	$(PY) -m pytest -q

@@ -99,7 +99,7 @@ def test_split_steps_remove_what_the_whole_corpus_algorithm_removes(corpus: str,
 def test_task_counts_grow_with_the_number_of_input_shards() -> None:
     config = PrepConfig.model_validate({"exact_dedup": {"find_shards_per_task": 4},
                                         "minhash_dedup": {"bucket_shards_per_task": 4}})
-    bands = config.minhash_dedup.band_layout()[0]
+    bands = len(config.minhash_dedup.lsh_bands())  # dedupe's and the split groups' bands
     find, buckets = EXACT.step("exact_dedup.find"), MINHASH.step("minhash_dedup.buckets")
     assert [find.tasks(config, n) for n in (1, 4, 5, 400)] == [1, 1, 2, 100]
     # a task per band and key range while ranges are few, then one per range: at least `bands` tasks

@@ -284,6 +284,28 @@ def test_default_layout_rarely_misses_a_pair_at_the_drop_threshold() -> None:
     assert MinHashConfig(bands=32, rows=4).band_layout() == (32, 4)
 
 
+def found(s: float, bands: int, rows: int) -> float:
+    """LSH's chance that a pair of Jaccard s shares at least one of `bands` bands of `rows` rows."""
+    return 1 - (1 - s**rows) ** bands
+
+
+def test_split_group_bands_find_the_pairs_dedupe_bands_miss() -> None:
+    """The split bands, tuned to split_group_threshold, propose most pairs at it and nearly all at
+    Jaccard 0.5, where dedupe's bands propose about half; they key documents after dedupe's bands,
+    and there are none when only duplicates are grouped."""
+    cfg = MinHashConfig()
+    bands, rows = cfg.split_band_layout()
+    dedupe_bands, dedupe_rows = cfg.band_layout()
+    assert bands * rows <= cfg.num_perm
+    assert found(cfg.split_group_threshold, bands, rows) > 0.6 > 10 * found(cfg.split_group_threshold, dedupe_bands,
+                                                                              dedupe_rows)
+    assert found(0.5, bands, rows) > 0.995 and found(0.5, dedupe_bands, dedupe_rows) < 0.6
+    assert found(0.04, bands, rows) < 0.003, "an unrelated pair sharing a sentence is rarely proposed"
+    assert cfg.lsh_bands() == [(b, dedupe_rows) for b in range(dedupe_bands)] + [(b, rows) for b in range(bands)]
+    assert MinHashConfig(split_group_threshold=cfg.threshold).lsh_bands() == cfg.lsh_bands()[:dedupe_bands]
+    assert MinHashConfig(split_group_threshold=0.5).split_band_layout() != (bands, rows)
+
+
 def test_datasketch_shingle_hash_finds_the_same_near_duplicates(neardup, default_run) -> None:
     texts, ids, truth = neardup
     sigs, _, remove, _ = run_chain(texts, ids, MinHashConfig(shingle_hash="datasketch"))

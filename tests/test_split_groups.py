@@ -4,6 +4,8 @@ overlap planted across the split and nothing else, in a real `prep` run on real 
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +18,13 @@ from pipeline.config import load_config
 from pipeline.prep import run_prep
 from pipeline.summary import overlap_line
 from tests.conftest import read_set, write_jsonl
+from tests.test_minhash import reference_shingles
 
 VAL_FRACTION = 0.3
 WORDS = 240  # words of each planted document: about 235 shingles, enough for steady estimates
 OVERRIDES = ["prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack, split_overlap]",
              "prep.shard_mb=0.05", "prep.tokenizer.vocab_size=1000", f"prep.pack.val_fraction={VAL_FRACTION}",
-             "prep.pack.method=best_fit", "prep.pack.seq_len=2048",  # every planted document whole in one row
-             "prep.minhash_dedup.candidate_threshold=0.3"]  # LSH proposes pairs at Jaccard 0.5 (~99.5%)
+             "prep.pack.method=best_fit", "prep.pack.seq_len=2048"]  # every planted document whole in one row
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -147,3 +149,62 @@ def test_overlap_sample_is_capped(planted: dict) -> None:
     assert capped["sampled"] == 3 and capped["sample_docs"] == 3
     assert capped["val_documents"] == planted["stats"]["split_overlap"]["val_documents"]
     assert np.all([w["share"] <= planted["stats"]["split_overlap"]["worst_share"] for w in capped["worst"]])
+
+
+# --- edited copies of real documents -----------------------------------------------------------
+
+PAIRS = 250
+EDIT_RATE = 0.06  # of the words of a copy: word-5-gram Jaccard with the original 0.53-0.71
+PAIR_WORDS = 250  # words kept of each original: about as many shingles
+
+
+def jaccard(a: str, b: str) -> float:
+    """Exact Jaccard of the two texts' word-5-gram sets (the corpus definition)."""
+    first, second = set(reference_shingles(a)), set(reference_shingles(b))
+    return len(first & second) / len(first | second)
+
+
+def edited_copy(text: str, rng: random.Random) -> str:
+    """`text` with EDIT_RATE of its words, at random places, replaced by another of its words."""
+    words = text.split()
+    for place in rng.sample(range(len(words)), max(1, round(EDIT_RATE * len(words)))):
+        words[place] = rng.choice(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def edited_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """PAIRS real documents (the English prose set, then the longest multilingual ones in scripts
+    that separate words by spaces), each beside an edited copy, through a real prep run."""
+    spaced = [d for d in read_set("multilingual") if d["lang"] not in ("ja", "ko", "zh")]
+    originals = read_set("english") + sorted(spaced, key=lambda d: (-len(d["text"].split()), d["id"]))
+    rng = random.Random(7)
+    pairs, records = [], []
+    for n, doc in enumerate(originals[:PAIRS]):
+        text = " ".join(doc["text"].split()[:PAIR_WORDS])
+        copy = edited_copy(text, rng)
+        pairs.append((f"pair{n}-a", f"pair{n}-b", jaccard(text, copy)))
+        records += [{"id": f"pair{n}-a", "text": text}, {"id": f"pair{n}-b", "text": copy}]
+    corpus = write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", records)
+    output = tmp_path_factory.mktemp("pairs_prep")
+    config = load_config(None, [*OVERRIDES, "prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack]",
+                                "prep.shard_mb=0.25",  # several shards: pairs are found across them
+                                "prep.pack.val_fraction=0.5"])  # a pair torn apart by chance straddles half the time
+    config.prep.inputs = [corpus]
+    run_prep(config.prep, output, show_progress=False)
+    return {"output": output, "pairs": pairs}
+
+
+def test_edited_copies_of_real_documents_never_straddle_train_and_val(edited_pairs: dict) -> None:
+    """Every pair of Jaccard >= 0.5 lands whole on one side. Dedupe's bands alone (tuned to 0.5)
+    would miss about 37 of these pairs, and a missed pair straddles half of the time here."""
+    output, pairs = edited_pairs["output"], edited_pairs["pairs"]
+    assert min(j for _, _, j in pairs) >= 0.5 and len(pairs) == PAIRS
+    found = sides(output)
+    whole = [(a, b) for a, b, _ in pairs if a in found and b in found]
+    assert len(whole) >= 0.9 * PAIRS, "few copies estimated at the drop threshold are removed"
+    assert all(len(found[a]) == len(found[b]) == 1 for a, b in whole)
+    straddling = [(a, b) for a, b in whole if found[a] != found[b]]
+    assert not straddling, f"{len(straddling)} of {len(whole)} pairs straddle train and val: {straddling[:5]}"
+    by_id = sum(is_validation(a, 0.5) != is_validation(b, 0.5) for a, b in whole)
+    assert by_id >= 0.3 * len(whole), "a split by id would have torn these pairs apart"

@@ -8,10 +8,13 @@ signature rows (memory-mapped), so the clusters step reads verified edges only, 
 follows the number of edges and of the documents in them. Steps hand each other .npy arrays, the
 key files and removals tables in their folders.
 
-Candidate pairs below the drop threshold but at or above `split_group_threshold` are kept as
-links: with the edges they join documents into split groups, and the clusters step writes, per
-shard, the group of each surviving document in one (`groups-NNNNN.parquet`), which the pack step
-splits train/validation by, so near-duplicates never straddle the split.
+Documents are keyed by dedupe's LSH bands and then by the split-group bands (see
+`MinHashConfig.split_band_layout`). Only pairs dedupe's bands propose can become edges, so the
+removals are those of dedupe's bands alone; every other proposed pair at or above
+`split_group_threshold` is kept as a link: with the edges they join documents into split groups,
+and the clusters step writes, per shard, the group of each surviving document in one
+(`groups-NNNNN.parquet`), which the pack step splits train/validation by, so near-duplicates never
+straddle the split.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     in one slice per key range and band, range by range, so a bucket task's bands of its range
     lie together."""
     cfg = ctx.settings
-    bands, rows = cfg.band_layout()
+    lsh_bands = cfg.lsh_bands()
+    bands = len(lsh_bands)
     sigs, chars = [], []
     for batch in pq.ParquetFile(source_file(ctx)).iter_batches(batch_size=ctx.config.batch_size, columns=[TEXT]):
         texts = batch.column(0)
@@ -91,7 +95,7 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     write_npy(_signature_file(ctx.work, ctx.task), signatures)
     write_npy(_chars_file(ctx.work, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
     ranges = _key_ranges(ctx.config, len(ctx.shards))
-    keys = np.stack([minhash.band_keys(signatures, band, rows) for band in range(bands)])
+    keys = np.stack([minhash.band_keys(signatures, band, rows) for band, rows in lsh_bands])
     slices = key_range(keys, ranges) * bands + np.arange(bands)[:, None]  # (range, band) of each key
     order = np.argsort(slices.ravel(), kind="stable")  # by slice, then by row
     records = np.empty(len(order), _KEYED)
@@ -115,11 +119,13 @@ def estimated_jaccard(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) 
 
 
 def run_buckets(ctx: TaskContext) -> dict[str, Any]:
-    """Candidate pairs of a group of LSH bands within one key range, verified against the threshold.
+    """Candidate pairs of a group of LSH bands within one key range, verified against the thresholds.
 
     Each shard's file is opened once for the whole group; the bands are then paired one at a
-    time, and a pair found in several bands is verified once."""
-    bands = ctx.settings.band_layout()[0]
+    time, and a pair found in several bands is verified once. A pair is an edge only when one of
+    dedupe's bands proposed it; the split-group bands only add links."""
+    bands = len(ctx.settings.lsh_bands())
+    dedupe_bands = ctx.settings.band_layout()[0]
     part, group = divmod(ctx.task, _band_groups(ctx.config, len(ctx.shards)))
     mine = np.array_split(np.arange(bands), _band_groups(ctx.config, len(ctx.shards)))[group]
     first = part * bands + int(mine[0])
@@ -134,8 +140,10 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
         found.append(minhash.candidate_pairs(keys, rows, ctx.settings.max_bucket_size))
     del slices
     pairs, which = _unique_rows(np.concatenate(found), inverse=True)
+    by_dedupe = np.zeros(len(pairs), bool)
+    by_dedupe[which[np.repeat(mine < dedupe_bands, [len(f) for f in found])]] = True
     estimates = estimated_jaccard(ctx, pairs, offsets)
-    edge = estimates >= ctx.settings.threshold  # candidate pairs below it but at or above the split one are links
+    edge = by_dedupe & (estimates >= ctx.settings.threshold)  # other pairs at or above the split one are links
     link = ~edge & (estimates >= ctx.settings.split_group_threshold)
     write_npy(_edges_file(ctx.work, ctx.task), pairs[edge])
     write_npy(_edges_file(ctx.work, ctx.task, "links"), pairs[link])
@@ -243,7 +251,7 @@ def _band_groups(config: Any, n_shards: int) -> int:
     corpus) and each shard's key file is opened about max(bands, ranges) times over the step,
     not bands x ranges. A task holds the keys of its range for all its bands at once (12 bytes
     a key), a few times what one band took, and as flat in the corpus size."""
-    bands = config.minhash_dedup.band_layout()[0]
+    bands = len(config.minhash_dedup.lsh_bands())
     return shards_per_task(bands, _key_ranges(config, n_shards))
 
 
