@@ -291,17 +291,18 @@ def gather_rows(files: list[Path], offsets: np.ndarray, rows: np.ndarray) -> np.
     return np.concatenate(parts)
 
 
-def resolve_ids(ctx: TaskContext, rows: np.ndarray) -> np.ndarray:
-    """The ids of corpus rows `rows` (sorted), reading only the id column of the shards that hold them."""
+def resolve_ids(ctx: TaskContext, rows: np.ndarray, column: str = ID) -> np.ndarray:
+    """The ids (or another string `column`) of corpus rows `rows` (sorted), reading only that column of the
+    shards that hold them."""
     offsets = shard_offsets(ctx)
     ids = np.empty(len(rows), dtype=object)
     bounds = np.searchsorted(rows, offsets)
     for shard in range(len(ctx.shards)):
         lo, hi = bounds[shard], bounds[shard + 1]
         if lo < hi:
-            column = pq.ParquetFile(source_file(ctx, shard)).read(columns=[ID])[ID]
-            ids[lo:hi] = column.take(pa.array(rows[lo:hi] - offsets[shard])).to_pylist()
-            del column
+            values = pq.ParquetFile(source_file(ctx, shard)).read(columns=[column])[column]
+            ids[lo:hi] = values.take(pa.array(rows[lo:hi] - offsets[shard])).to_pylist()
+            del values
             pa.default_memory_pool().release_unused()  # else the pool keeps every shard's pages: RSS grows with N
     return ids
 
@@ -310,14 +311,15 @@ def removals_file(work: Path, step: str, task: int) -> Path:
     return work / step / f"removals-{task:05d}.parquet"
 
 
-def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, jaccard: np.ndarray | None) -> None:
+def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, jaccard: np.ndarray | None,
+                   named_by: str = ID) -> None:
     """Record corpus rows `removed` (sorted), each a duplicate of the row at the same place in
-    `keepers`; ids are looked up for the keepers only."""
+    `keepers`, which `duplicate_of` names by their `named_by` column (looked up for the keepers only)."""
     offsets = shard_offsets(ctx)
     shard = np.searchsorted(offsets, removed, side="right") - 1
     order = np.argsort(keepers, kind="stable")
     duplicate_of = np.empty(len(keepers), dtype=object)
-    duplicate_of[order] = resolve_ids(ctx, keepers[order])
+    duplicate_of[order] = resolve_ids(ctx, keepers[order], named_by)
     table = pa.table({
         "shard": pa.array(shard.astype(np.int32)),
         "row": pa.array((removed - offsets[shard]).astype(np.int64)),
@@ -327,13 +329,15 @@ def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, j
     write_parquet(removals_file(ctx.work, ctx.step, ctx.task), table)
 
 
-def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str) -> dict[str, Any]:
-    """Drop this shard's rows listed in the removals tables of `removals_step`'s tasks, with `reason`."""
+def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str,
+                        quarantine: bool = False) -> dict[str, Any]:
+    """Drop (or quarantine) this shard's rows listed in the removals tables of `removals_step`'s tasks,
+    with `reason`."""
     files = sorted((ctx.work / removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))
     tables = (pq.ParquetFile(f).read() for f in files)  # plain reads: cheaper than a dataset scan per file
     table = pa.concat_tables([t.filter(pc.equal(t["shard"], ctx.task)) for t in tables])
     drops = {}
     for row, duplicate_of, jaccard in zip(*(table[c].to_pylist() for c in ("row", "duplicate_of", "jaccard"))):
         detail = {"duplicate_of": duplicate_of} | ({} if jaccard is None else {"jaccard": round(jaccard, 4)})
-        drops[row] = Drop(reason, detail)
+        drops[row] = Drop(reason, detail, quarantine)
     return run_stage_on_source(ctx, ShardRowFilter(drops))

@@ -16,6 +16,7 @@ from data_prep.langid import LangIdStage
 from data_prep.pack import PACK
 from data_prep.readers import ReadConfig
 from data_prep.sources import DEFAULT_SOURCE, SOURCE, SourceConfig, source_groups
+from data_prep.unique_ids import UniqueIdsConfig
 from pipeline.ground.schema import Section
 
 
@@ -30,6 +31,7 @@ class PrepSettings(Section):
     )
     batch_size: int = Field(1000, ge=1, description="Documents per Arrow batch inside a task.")
     read: ReadConfig = Field(default_factory=ReadConfig)
+    unique_ids: UniqueIdsConfig = Field(default_factory=UniqueIdsConfig)
     sources: list[SourceConfig] = Field(
         default_factory=list,
         description="Named sources, each with its inputs, dedupe priority and per-stage settings; "

@@ -30,7 +30,7 @@ from data_prep.books import (
     write_ranged,
     write_removals,
 )
-from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext
+from data_prep.stage import ID, TEXT, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section
 
 HASH, FIND = "exact_dedup.hash", "exact_dedup.find"
@@ -71,29 +71,27 @@ def first_occurrences(hashes: np.ndarray, priority: np.ndarray | None = None) ->
 _HASHED = np.dtype([("hash", "<u8", (2,)), ("row", "<u4")])  # a hash and its row in the shard
 
 
-def _hash_file(ctx: TaskContext, task: int) -> Path:
-    return ctx.work / HASH / f"hashes-{task:05d}.bin"
+def _hash_file(work: Path, step: str, task: int) -> Path:
+    return work / step / f"hashes-{task:05d}.bin"
 
 
-def run_hash(ctx: TaskContext) -> dict[str, Any]:
-    """Hash one shard's documents into one file, grouped by the hash range of the find task that will read them."""
-    table = pq.read_table(source_file(ctx), columns=[TEXT])
-    hashes = text_hashes(table, ctx.settings)
-    rows, bounds = by_range(hashes[:, 0], _find_tasks(ctx.config, len(ctx.shards)))
+def write_hashes(ctx: TaskContext, hashes: np.ndarray, ranges: int) -> None:
+    """Write this shard's 128-bit hashes (one per document) into one file, grouped by the hash range of
+    the find task (of `ranges`) that will read them."""
+    rows, bounds = by_range(hashes[:, 0], ranges)
     records = np.empty(len(rows), _HASHED)
     records["hash"], records["row"] = hashes[rows], rows
-    write_ranged(_hash_file(ctx, ctx.task), records, bounds)
-    ctx.report(table.num_rows)
-    return {}
+    write_ranged(_hash_file(ctx.work, ctx.step, ctx.task), records, bounds)
 
 
-def run_find(ctx: TaskContext) -> dict[str, Any]:
-    """Find every later copy among the documents whose hash falls in this task's range; of each
-    shard's file only this range's slice is read."""
+def find_later_copies(ctx: TaskContext, hash_step: str, named_by: str = ID) -> int:
+    """Record as removals every document whose hash an earlier one has (in corpus order, one of a
+    higher-priority source first), among the hashes in this task's range; of each shard's file of
+    `hash_step` only this range's slice is read. `named_by` is the keeper's column in `duplicate_of`."""
     offsets = shard_offsets(ctx)
     hashes, rows = [], []
     for shard in range(len(ctx.shards)):
-        records, _ = read_ranged(_hash_file(ctx, shard), _HASHED, ctx.task, ctx.task + 1)
+        records, _ = read_ranged(_hash_file(ctx.work, hash_step, shard), _HASHED, ctx.task, ctx.task + 1)
         hashes.append(records["hash"])
         rows.append(records["row"].astype(np.int64) + offsets[shard])
         ctx.report(len(records))
@@ -102,8 +100,21 @@ def run_find(ctx: TaskContext) -> dict[str, Any]:
     mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]
     first = mine_rows[first_occurrences(mine_hashes, row_priorities(ctx, mine_rows))]
     later = first != mine_rows
-    write_removals(ctx, mine_rows[later], first[later], None)
-    return {"tally": {"exact_dedup": {"duplicates": int(later.sum())}}}
+    write_removals(ctx, mine_rows[later], first[later], None, named_by)
+    return int(later.sum())
+
+
+def run_hash(ctx: TaskContext) -> dict[str, Any]:
+    """Hash one shard's documents for the find tasks."""
+    table = pq.read_table(source_file(ctx), columns=[TEXT])
+    write_hashes(ctx, text_hashes(table, ctx.settings), _find_tasks(ctx.config, len(ctx.shards)))
+    ctx.report(table.num_rows)
+    return {}
+
+
+def run_find(ctx: TaskContext) -> dict[str, Any]:
+    """Find every later copy among the documents whose hash falls in this task's range."""
+    return {"tally": {"exact_dedup": {"duplicates": find_later_copies(ctx, HASH)}}}
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:

@@ -8,8 +8,9 @@ corrupt compressed stream, a damaged Parquet row group, a read error) keeps the 
 the break and becomes one quarantine record naming the file, the byte offset or row group and
 the reason; so does a Parquet file without the text column. The run goes on with the next file. Invalid UTF-8 is replaced here and counted in
 the `_utf8_errors` column so that `normalize` can repair or quarantine the document by policy.
-Inside input folders symbolic links are skipped (they can loop or leave the folder) and listed
-by `skipped_links`, so the run reports them.
+Inside input folders symbolic links are skipped (they can loop or leave the folder), and so are
+FIFOs, sockets and devices (opening a FIFO blocks until a writer comes); `skipped_entries` lists
+them, so the run reports them. Given as an input itself, such a file is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import re
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 CHUNK = 1 << 16  # compressed bytes decoded at a time
 RAW_KEEP = 4096  # bytes of a broken stretch kept in its quarantine record
 MAX_ID_CHARS = 1024
+SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                 (stat.S_ISBLK, "block device"))
 
 
 class ReadConfig(Section):
@@ -127,18 +131,31 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
                     f"input {root}: unknown format (expected .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)"
                 )
             pieces.append(InputPiece(str(root), kind, root.name))
+        elif special := _special_kind(root):
+            raise UserError(f"input {root} is a {special}, not a regular file: give a file or a folder of files")
         else:
             raise UserError(f"input {root} does not exist")
     return pieces
 
 
-def skipped_links(inputs: list[Path]) -> list[str]:
-    """Symbolic links inside input folders, which `discover` does not follow."""
-    links: list[str] = []
+def _special_kind(path: Path) -> str | None:
+    """"FIFO", "socket", ... for a path that is neither a regular file nor a folder (None otherwise, or gone)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return next((name for test, name in SPECIAL_FILES if test(mode)), None)
+
+
+def skipped_entries(inputs: list[Path]) -> list[str]:
+    """Entries of input folders that `discover` neither follows nor opens, each as "path (what it is)"."""
+    entries: list[str] = []
     for root in map(Path, inputs):
         if root.is_dir():
-            links += sorted(str(p) for p in root.rglob("*") if p.is_symlink())
-    return links
+            for path in sorted(root.rglob("*"), key=str):
+                kind = "symbolic link" if path.is_symlink() else _special_kind(path)
+                entries += [f"{path} ({kind})"] if kind else []
+    return entries
 
 
 def plan_shards(inputs: list[Path], shard_bytes: int, source: str | None = None) -> list[InputShard]:

@@ -20,11 +20,14 @@ from data_prep import (
     quality_model,
     readers,
     tokenizer,
+    unique_ids,
 )
 from data_prep.minhash import steps as minhash_dedup
 from data_prep.stage import StageSpec
 
 READ = readers.STAGE  # always the first step; not listed in `prep.stages`
+UNIQUE_IDS = unique_ids.STAGE  # always right after read; not listed either
+FIRST = (READ, UNIQUE_IDS)
 
 STAGES: list[StageSpec] = [
     normalize.STAGE,
@@ -69,8 +72,8 @@ def default_names() -> list[str]:
 
 
 def stage(name: str) -> StageSpec:
-    """The stage called `name` (`read` included)."""
-    for spec in [READ, *STAGES]:
+    """The stage called `name` (`read` and `unique_ids` included)."""
+    for spec in [*FIRST, *STAGES]:
         if spec.name == name:
             return spec
     raise KeyError(f"no stage {name!r} (stages: {', '.join(names())})")

@@ -525,10 +525,15 @@ def _user_error(verb: str, message: str) -> int:
     return 2
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """A file or an unwritable place where a verb will write is one line before any work."""
+def _check_outputs(args: argparse.Namespace, config: CrucibleConfig | None) -> None:
+    """A file or an unwritable place where a verb will write, or prep's outputs where it reads its inputs,
+    is one line before any work."""
     from pipeline.ground.folders import check_output_file, make_output_folder
 
+    if args.verb in ("prep", "run", "submit", "prep-task"):  # all of a run folder is output, not only data/
+        from pipeline.prep import check_output_apart
+
+        check_output_apart(config.prep, args.output)  # type: ignore[union-attr]
     if args.verb in ("prep", "train", "run", "submit", "prep-task") or (args.verb == "classifier" and args.action == "train" and args.output):
         make_output_folder(args.output)
     elif args.verb == "eval" and args.output:
@@ -563,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(args.verb, f"crucible: {exc}")
     show_progress = not getattr(args, "no_progress", False)
     try:
-        _check_outputs(args)
+        _check_outputs(args, config)
         if args.verb == "prep":
             _prep(config, args.output, show_progress, settings=_same_settings(args))
         elif args.verb == "train":

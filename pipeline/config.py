@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from data_prep.config import PrepConfig
 from launch.config import LaunchConfig
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
+from pipeline.ground.user_yaml import YamlSyntaxError, load_yaml, load_yaml_file
 from training.config import PlanConfig, TrainingConfig
 
 
@@ -57,9 +57,14 @@ def _format_validation_error(error: ValidationError, model: type[Section]) -> st
             allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
             lines.append(f"{key}: unknown key (allowed here: {allowed})")
         else:  # a whole section's input says nothing its message does not
-            given = "" if isinstance(item.get("input"), dict) else f" (got {item.get('input')!r})"
+            given = "" if isinstance(item.get("input"), dict) else f" (got {_shortened(repr(item.get('input')))})"
             lines.append(f"{key}: {item['msg'].removeprefix('Value error, ')}{given}")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """A value as an error shows it: a long one (a pasted document, a number of thousands of digits) cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _section_at(model: type[Section], loc: tuple[Any, ...]) -> type[Section] | None:
@@ -78,11 +83,12 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({problem}); "
+        value = load_yaml(raw, f"--set {key.strip()}", root=key.strip(), lines=False) if raw.strip() else ""
+    except YamlSyntaxError as exc:
+        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({exc.problem}); "
                           f"quote strings that hold [ ] {{ }} : or #") from None
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
     _assign(tree, key.strip(), value)
 
 
@@ -106,11 +112,11 @@ def load_config(path: Path | None, overrides: list[str] = (), replaced: Mapping[
         if Path(path).is_dir():
             raise ConfigError(f"--config {path} is a folder: give a YAML file (examples in configs/)")
         try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            tree = load_yaml_file(Path(path), f"--config {path}") or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for assignment in overrides:

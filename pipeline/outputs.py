@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
 from data_prep.overlap import OVERLAP
 from data_prep.pack import PACK, shard_file
-from data_prep.readers import skipped_links
+from data_prep.readers import skipped_entries
 from data_prep.shards import token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
@@ -227,7 +227,7 @@ def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[st
 
 def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
-    skipped = skipped_links(plan.config.all_inputs())
+    skipped = skipped_entries(plan.config.all_inputs())
     if skipped:
         stats["skipped_inputs"] = skipped
     sources: dict[str, dict[str, int]] = {}

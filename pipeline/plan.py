@@ -95,7 +95,7 @@ def build_plan(config: PrepConfig) -> Plan:
     read = registry.READ.name
     steps = [Step(read, read, n, None, read_fp, True)]
     source, fingerprint = read, read_fp
-    for name in config.stages:
+    for name in [registry.UNIQUE_IDS.name, *config.stages]:
         stage = registry.stage(name)
         settings = config.section(name).fingerprint()
         if config.source_fingerprint(name):

@@ -8,6 +8,7 @@ All but the tasks (which run side by side by design) hold the output folder's lo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,28 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.lock import folder_lock
 from pipeline.outputs import publish
 from pipeline.plan import build_plan
+
+
+def check_output_apart(config: PrepConfig, output: Path, flag: str = "--output") -> None:
+    """Refuse an output folder inside an input folder, or an input inside the output folder (symbolic links
+    and relative paths resolved): a second run would read the first one's outputs back in as documents."""
+    target = output.resolve()
+    groups = [("prep.inputs", config.inputs)] + [(f"prep.sources[{s.name}].inputs", s.inputs) for s in config.sources]
+    for key, inputs in groups:
+        for given in inputs:
+            source = Path(given).resolve()
+            if target.is_relative_to(source):
+                where = "the input folder" if target == source else "inside the input folder"
+                raise UserError(f"{flag} {_shown(output, target)} is {where} {_shown(given, source)} ({key}): prep "
+                                f"would read its own outputs back in; give an {flag} outside every input folder")
+            if source.is_relative_to(target):
+                raise UserError(f"input {_shown(given, source)} ({key}) is inside {flag} {_shown(output, target)}: "
+                                f"prep would read back what it writes there; give an {flag} that holds no input")
+
+
+def _shown(given: Path, resolved: Path) -> str:
+    """A path as the user gave it, and where it leads when a link or `..` makes that another place."""
+    return str(given) if os.path.abspath(given) == str(resolved) else f"{given} (that is {resolved})"
 
 
 def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> dict[str, Any]:

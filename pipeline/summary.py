@@ -40,7 +40,9 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
     console.print(prep_table(stats))
     skipped = stats.get("skipped_inputs", [])
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} symbolic link(s) in input folders:[/] " + ", ".join(skipped))
+        entries = "entry" if len(skipped) == 1 else "entries"
+        console.print(f"[yellow]skipped {len(skipped)} {entries} of input folders that are not regular files (links "
+                      f"are not followed; FIFOs, sockets and devices not read):[/] " + ", ".join(skipped))
     for row in stats["stages"]:
         langs = row.get("tally", {}).get("languages")
         if langs:

@@ -68,6 +68,7 @@ def test_invalid_utf8_is_repaired_by_default_and_quarantined_on_request(tmp_path
     repaired = [t for t in texts if t.startswith("caf au lait")]
     assert len(repaired) == 1 and "\ufffd" not in repaired[0]
     stats = prep(inputs, tmp_path / "strict", "prep.stages=[normalize]", "prep.normalize.invalid_utf8=quarantine")
-    assert stats["stages"][1]["quarantined"]["invalid_utf8"] == 1
+    normalize = next(row for row in stats["stages"] if row["name"] == "normalize")
+    assert normalize["quarantined"]["invalid_utf8"] == 1
     clean = pq.read_table(tmp_path / "strict" / "clean").column("text").to_pylist()
     assert not any(t.startswith("caf") for t in clean)

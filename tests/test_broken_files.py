@@ -22,7 +22,7 @@ import pytest
 import zstandard
 
 from data_prep import readers
-from data_prep.readers import ReadConfig, plan_shards, read_shard, skipped_links
+from data_prep.readers import ReadConfig, plan_shards, read_shard, skipped_entries
 from tests.conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
@@ -241,7 +241,8 @@ def test_symlinks_in_input_folders_are_skipped_and_listed(tmp_path: Path) -> Non
     (folder / "link.jsonl").symlink_to(outside / "secret.jsonl")
     (folder / "loop").symlink_to(folder)
     assert read_all(folder)[1] == ["corpus"]
-    assert skipped_links([folder]) == [str(folder / "link.jsonl"), str(folder / "loop")]
+    assert skipped_entries([folder]) == [f"{folder / 'link.jsonl'} (symbolic link)",
+                                         f"{folder / 'loop'} (symbolic link)"]
 
 
 def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> None:
@@ -271,7 +272,7 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     assert read["quarantined"] == {"bad_id": 1, "bad_parquet": 1, "corrupt_frame": 1, "nesting_too_deep": 1,
                                    "no_text_column": 1, "text_not_string": 2, "truncated_input": 2}
     assert read["docs_in"] == read["docs_out"] + sum(read["quarantined"].values())
-    assert stats["skipped_inputs"] == [str(folder / "g-link.jsonl")]
+    assert stats["skipped_inputs"] == [f"{folder / 'g-link.jsonl'} (symbolic link)"]
     assert "g-link.jsonl" in result.stdout and "truncated_input" in result.stdout
     quarantine = [r for part in sorted((output / "quarantine").glob("*.parquet"))
                   for r in pq.read_table(part).to_pylist()]

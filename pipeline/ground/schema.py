@@ -16,9 +16,10 @@ def _types_of(annotation: Any) -> set[Any]:
 
 
 class Section(BaseModel):
-    """A strict config section: extra keys are rejected, values are validated on assignment."""
+    """A strict config section: extra keys are rejected, values are validated on assignment, and a number
+    that is not finite (`1.0e+999` reads as infinity) is refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
