@@ -11,6 +11,7 @@ from data_prep import (
     blocklist,
     decontaminate,
     exact_dedup,
+    extract,
     langid,
     normalize,
     overlap,
@@ -27,6 +28,7 @@ from data_prep.stage import StageSpec
 READ = readers.STAGE  # always the first step; not listed in `prep.stages`
 
 STAGES: list[StageSpec] = [
+    extract.STAGE,
     normalize.STAGE,
     exact_dedup.STAGE,
     minhash_dedup.STAGE,
