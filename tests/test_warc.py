@@ -211,6 +211,12 @@ def test_a_warc_input_needs_the_extract_stage(tmp_path: Path) -> None:
     write_warc(path, crawl(range(2)))
     with pytest.raises(UserError, match="crawl.warc.gz is a WARC file.*add extract to prep.stages"):
         prep([path], tmp_path / "out", "prep.stages=[normalize]")
+    def source(*skip: str) -> str:
+        return "prep.sources=" + json.dumps([{"name": "web", "inputs": [str(path)], "skip": list(skip)}])
+
+    assert [step.name for step in build_plan(load_config(None, [source()]).prep).steps][:2] == ["read", "extract"]
+    with pytest.raises(UserError, match="crawl.warc.gz is a WARC file"):
+        build_plan(load_config(None, [source("extract")]).prep)
 
 
 def test_prep_from_warc_keeps_page_fields_in_clean_and_lineage(tmp_path: Path) -> None:
