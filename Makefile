@@ -41,6 +41,7 @@ bench: bench-setup
 	$(PY) bench/filters_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/mix_bench.py
+	$(PY) bench/warc_bench.py
 
 clean:
 	rm -rf $(RUN_DIR)

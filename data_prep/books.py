@@ -11,6 +11,7 @@ need only, so no task's memory grows with the corpus.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -23,7 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.sources import SOURCE
-from data_prep.stage import ID, LANG, ORIGIN, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext
+from data_prep.stage import (
+    ID, LANG, ORIGIN, PAGE_FIELDS, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext,
+)
 from pipeline.ground.atomic import atomic_path, write_parquet
 from pipeline.ground.markers import read_marker
 from pipeline.ground.schema import Section
@@ -39,7 +42,7 @@ QUARANTINE_SCHEMA = pa.schema(
 REMOVALS_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
 )
-DETAIL_COLUMNS = (LANG, "lang_score", SOURCE)
+DETAIL_COLUMNS = (LANG, "lang_score", SOURCE, *PAGE_FIELDS)
 
 
 def data_file(work: Path, step: str, task: int) -> Path:
@@ -81,11 +84,18 @@ class DocBooks:
 
     def quarantine_raw(self, records: list[dict[str, Any]]) -> None:
         """Records that never became documents (reader rejects)."""
+        self._book_raw(records, self.quarantined, "quarantined")
+
+    def drop_raw(self, records: list[dict[str, Any]]) -> None:
+        """Records that are no documents by design (a web archive's requests, its images)."""
+        self._book_raw(records, self.dropped, "dropped")
+
+    def _book_raw(self, records: list[dict[str, Any]], books: list[dict[str, Any]], kind: str) -> None:
         self.docs_in += len(records)
         for record in records:
-            self.quarantined.append({**record, "stage": self.stage, "detail": _detail_json(record["detail"])})
+            books.append({**record, "stage": self.stage, "detail": _detail_json(record["detail"])})
             self._count(record["detail"].get(SOURCE), "docs_in")
-            self._count(record["detail"].get(SOURCE), f"quarantined/{record['reason']}")
+            self._count(record["detail"].get(SOURCE), f"{kind}/{record['reason']}")
 
     def apply(self, incoming: pa.Table, decision: Decision) -> pa.Table:
         """Book a decision on `incoming`; return the kept rows."""
@@ -127,13 +137,16 @@ class DocBooks:
         for name, values in counts.items():
             self.tally.setdefault(name, Counter()).update(values)
 
-    def write(self, work: Path, step: str, task: int, empty_schema: pa.Schema | None) -> dict[str, Any]:
+    def write(self, work: Path, step: str, task: int, empty_schema: pa.Schema | None,
+              write_data: bool = True) -> dict[str, Any]:
+        """Write the kept documents (unless the caller wrote them), lineage and quarantine; return the counts."""
         kept = [t for t in self.kept if t.num_rows] or self.kept[:1]
         if kept:
             data = pa.concat_tables(kept, promote_options="permissive")
         else:
             data = (empty_schema or pa.schema([(ID, pa.string()), (TEXT, pa.string())])).empty_table()
-        write_parquet(data_file(work, step, task), data)
+        if write_data:
+            write_parquet(data_file(work, step, task), data)
         write_parquet(dropped_file(work, step, task), pa.Table.from_pylist(self.dropped, DROPPED_SCHEMA))
         write_parquet(quarantine_file(work, step, task), pa.Table.from_pylist(self.quarantined, QUARANTINE_SCHEMA))
         counts = {
@@ -213,6 +226,22 @@ def run_doc_step(stage: type[DocStage], ctx: TaskContext) -> dict[str, Any]:
         instance.setup()
         _STAGE_CACHE[key] = instance
     return run_stage_on_source(ctx, _STAGE_CACHE[key])
+
+
+def copy_source(ctx: TaskContext) -> dict[str, Any]:
+    """The step of a per-document stage with nothing to decide on this shard: every document is
+    kept as it is, and its file copied instead of decoded and written again."""
+    source = source_file(ctx)
+    rows = pq.ParquetFile(source).metadata.num_rows
+    with atomic_path(data_file(ctx.work, ctx.step, ctx.task)) as tmp:
+        shutil.copyfile(source, tmp)
+    counts = DocBooks(ctx.stage).write(ctx.work, ctx.step, ctx.task, None, write_data=False)
+    counts |= {"docs_in": rows, "docs_out": rows}
+    name = ctx.shards[ctx.task].source
+    if name is not None and rows:
+        counts["sources"] = {name: {"docs_in": rows, "docs_out": rows}}
+    ctx.report(rows)
+    return counts
 
 
 def doc_stage(stage: type[DocStage], config: type[Section], default: bool = True) -> StageSpec:

@@ -1,4 +1,5 @@
-"""Readers: JSONL (plain, .gz, .zst), Parquet and folders of .txt files, as Arrow batches.
+"""Readers: JSONL (plain, .gz, .zst), Parquet, folders of .txt files and web archives (WARC, WET;
+see `data_prep.warc`), as Arrow batches.
 
 Inputs are cut into shards that a task can read alone (large plain JSONL files by byte range,
 aligned on line starts), so the local and the Slurm executor split work the same way. A record
@@ -11,6 +12,8 @@ the `_utf8_errors` column so that `normalize` can repair or quarantine the docum
 Inside input folders symbolic links are skipped (they can loop or leave the folder), and so are
 FIFOs, sockets and devices (opening a FIFO blocks until a writer comes); `skipped_entries` lists
 them, so the run reports them. Given as an input itself, such a file is refused.
+A web archive's records that are no page (requests, metadata, images, ...) are counted as dropped
+here, with a reason per kind.
 """
 
 from __future__ import annotations
@@ -31,18 +34,22 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field, field_validator
 
+from data_prep.charset import REPLACEMENT, decode_utf8
 from data_prep.sources import SOURCE
-from data_prep.stage import ID, ORIGIN, TEXT, Decision, StageSpec, StepSpec, TaskContext
+from data_prep.stage import HTML, ID, ORIGIN, TEXT, WARC_FIELDS, Decision, StageSpec, StepSpec, TaskContext
+from data_prep.warc import Damage, record_outcome, warc_records
 from pipeline.ground.errors import UserError
 from pipeline.ground.records import BOM
 from pipeline.ground.schema import Section
 
 UTF8_ERRORS = "_utf8_errors"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+WARC_SUFFIXES = (".warc", ".warc.gz")
+WET_SUFFIXES = (".warc.wet", ".warc.wet.gz", ".wet", ".wet.gz")
+WEB_KINDS = ("warc", "wet")
+FORMATS = ".jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt, .warc, .warc.gz, .warc.wet.gz"
 COMPRESSIONS = ("", ".gz", ".zst")
 COMPRESSION_RATIO_GUESS = 4
-REPLACEMENT = "\ufffd"
-REPLACEMENT_BYTES = REPLACEMENT.encode()
 SURROGATE = re.compile("[\ud800-\udfff]")
 CHUNK = 1 << 16  # compressed bytes decoded at a time
 RAW_KEEP = 4096  # bytes of a broken stretch kept in its quarantine record
@@ -79,7 +86,7 @@ class InputPiece:
     """A whole file, or the byte range [start, end) of a plain JSONL file."""
 
     path: str
-    kind: str  # "jsonl", "parquet" or "txt"
+    kind: str  # "jsonl", "parquet", "txt", "warc" or "wet"
     label: str  # stable name used in origins and derived ids
     start: int = 0
     end: int | None = None
@@ -93,10 +100,11 @@ class InputShard:
 
 @dataclass
 class ReadBatch:
-    """Documents as an Arrow table plus the quarantine records of the same stretch of input."""
+    """Documents as an Arrow table plus the quarantine and drop records of the same stretch of input."""
 
     table: pa.Table
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _kind_of(path: Path) -> str | None:
@@ -107,6 +115,10 @@ def _kind_of(path: Path) -> str | None:
         return "txt"
     if any(name.endswith(s + c) for s in JSONL_SUFFIXES for c in COMPRESSIONS):
         return "jsonl"
+    if name.endswith(WET_SUFFIXES):
+        return "wet"
+    if name.endswith(WARC_SUFFIXES):
+        return "warc"
     return None
 
 
@@ -120,16 +132,14 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
         if root.is_dir():
             files = sorted(p for p in root.rglob("*") if p.is_file() and _kind_of(p) and not p.is_symlink())
             if not files:
-                raise UserError(f"input folder {root} holds no .jsonl(.gz/.zst), .parquet or .txt file")
+                raise UserError(f"input folder {root} holds no file of a known format ({FORMATS})")
             for path in files:
                 label = f"{root.name}/{path.relative_to(root).as_posix()}"
                 pieces.append(InputPiece(str(path), _kind_of(path), label))  # type: ignore[arg-type]
         elif root.is_file():
             kind = _kind_of(root)
             if kind is None:
-                raise UserError(
-                    f"input {root}: unknown format (expected .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt)"
-                )
+                raise UserError(f"input {root}: unknown format (expected {FORMATS})")
             pieces.append(InputPiece(str(root), kind, root.name))
         elif special := _special_kind(root):
             raise UserError(f"input {root} is a {special}, not a regular file: give a file or a folder of files")
@@ -193,15 +203,6 @@ def derive_id(origin: str, text: str) -> str:
     return digest.hexdigest()
 
 
-def decode_utf8(raw: bytes) -> tuple[str, int]:
-    """Decode, replacing invalid sequences with U+FFFD; return the text and how many were replaced."""
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count(REPLACEMENT) - raw.count(REPLACEMENT_BYTES)
-
-
 def _scrub_surrogates(text: str) -> tuple[str, int]:
     """JSON escapes can smuggle lone surrogates, which are not UTF-8; treat them as invalid bytes."""
     try:
@@ -244,22 +245,32 @@ def _metadata_value(value: Any) -> str | None:
 
 
 class _Batcher:
-    """Collects documents and quarantine records and cuts them into ReadBatches."""
+    """Collects documents, quarantine and drop records and cuts them into ReadBatches.
+
+    A shard with web archives (`web`) gives every document the WARC columns and the `_html` flag,
+    empty for its documents of other files, so that its batches share one schema.
+    """
 
     offset = 0  # where the reader is in its current file, for a read error; kept across flushes
 
-    def __init__(self, batch_size: int, keep_fields: list[str]) -> None:
+    def __init__(self, batch_size: int, keep_fields: list[str], web: bool = False) -> None:
         self.batch_size = batch_size
         self.keep_fields = keep_fields
-        self.metadata: dict[str, list[str | None]] = {name: [] for name in keep_fields}
+        self.web = web
+        fields = [*keep_fields, *(f for f in WARC_FIELDS if web and f not in keep_fields)]
+        self.metadata: dict[str, list[str | None]] = {name: [] for name in fields}
         self.ids: list[str] = []
         self.texts: list[str] = []
         self.origins: list[str] = []
         self.errors: list[int] = []
+        self.html: list[bool] = []
         self.quarantined: list[dict[str, Any]] = []
+        self.dropped: list[dict[str, Any]] = []
 
     def add(self, origin: str, raw_id: Any, text: str, utf8_errors: int, raw: bytes,
-            metadata: dict[str, Any] | None = None) -> None:
+            metadata: dict[str, Any] | None = None, page: dict[str, Any] | None = None, html: bool = False) -> None:
+        """One document; `metadata` is its record (kept fields are taken from it), `page` the WARC
+        columns of a web archive record, `html` whether `text` is still HTML."""
         try:
             doc_id = check_id(raw_id)
         except ValueError as exc:
@@ -269,16 +280,25 @@ class _Batcher:
         self.texts.append(text)
         self.origins.append(origin)
         self.errors.append(utf8_errors)
+        self.html.append(html)
         for name, values in self.metadata.items():
-            values.append(_metadata_value((metadata or {}).get(name)))
+            if page is not None:
+                value = page.get(name)
+            else:
+                value = (metadata or {}).get(name) if name in self.keep_fields else None
+            values.append(_metadata_value(value))
 
     def quarantine(self, origin: str, reason: str, raw: bytes, **detail: Any) -> None:
         self.quarantined.append(
             {"origin": origin, "id": None, "reason": reason, "detail": detail, "raw": raw}
         )
 
+    def drop(self, origin: str, doc_id: str, reason: str, **detail: Any) -> None:
+        """An input record that is no document by design (a web archive's request record, an image)."""
+        self.dropped.append({"origin": origin, "id": doc_id, "reason": reason, "detail": detail})
+
     def full(self) -> bool:
-        return len(self.ids) + len(self.quarantined) >= self.batch_size
+        return len(self.ids) + len(self.quarantined) + len(self.dropped) >= self.batch_size
 
     def flush(self) -> ReadBatch:
         table = pa.table(
@@ -287,10 +307,11 @@ class _Batcher:
                 TEXT: pa.array(self.texts, pa.string()),
                 ORIGIN: pa.array(self.origins, pa.string()),
                 UTF8_ERRORS: pa.array(self.errors, pa.int32()),
-            } | {name: pa.array(values, pa.string()) for name, values in self.metadata.items()}
+            } | ({HTML: pa.array(self.html, pa.bool_())} if self.web else {})
+            | {name: pa.array(values, pa.string()) for name, values in self.metadata.items()}
         )
-        batch = ReadBatch(table, self.quarantined)
-        self.__init__(self.batch_size, self.keep_fields)  # type: ignore[misc]
+        batch = ReadBatch(table, self.quarantined, self.dropped)
+        self.__init__(self.batch_size, self.keep_fields, self.web)  # type: ignore[misc]
         return batch
 
 
@@ -526,12 +547,36 @@ def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, tex
             yield out.flush()
 
 
-READERS = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}
+def _read_web(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
+    """A WARC or WET file: pages and texts become documents, other records drops, damage quarantine."""
+    with open(piece.path, "rb") as handle:
+        for item in warc_records(handle, int(cfg.max_record_mb * 2**20)):
+            if isinstance(item, Damage):
+                offset = int(item.offset) if item.offset.isdigit() else item.offset
+                out.quarantine(f"{piece.label}:{item.offset}", item.reason, item.raw, file=piece.label, offset=offset,
+                               error=item.error, **item.detail)
+                continue
+            outcome = record_outcome(*item)
+            origin = f"{piece.label}:{outcome.offset}"
+            known = {name: value for name, value in outcome.fields.items() if value is not None}
+            if outcome.text is not None:
+                doc_id = derive_id(outcome.record_id, "") if outcome.record_id else None
+                out.add(origin, doc_id, outcome.text, outcome.utf8_errors, b"", page=outcome.fields, html=outcome.html)
+            elif outcome.quarantine:
+                out.quarantine(origin, outcome.reason, outcome.raw, **known, **outcome.detail)  # type: ignore[arg-type]
+            else:
+                out.drop(origin, derive_id(outcome.record_id or origin, ""), outcome.reason,  # type: ignore[arg-type]
+                         **known, **outcome.detail)
+            if out.full():
+                yield out.flush()
+
+
+READERS = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet, "warc": _read_web, "wet": _read_web}
 
 
 def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[ReadBatch]:
     """Stream one shard as ReadBatches of at most `batch_size` records."""
-    out = _Batcher(batch_size, cfg.keep_fields)
+    out = _Batcher(batch_size, cfg.keep_fields, web=any(piece.kind in WEB_KINDS for piece in shard.pieces))
     for piece in shard.pieces:
         out.offset = 0
         try:
@@ -542,7 +587,7 @@ def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[
         except OSError as exc:
             out.quarantine(f"{piece.label}:{out.offset}", "unreadable_file", b"", file=piece.label,
                            offset=out.offset, error=exc.strerror or str(exc))
-    if out.ids or out.quarantined:
+    if out.ids or out.quarantined or out.dropped:
         yield out.flush()
 
 
@@ -556,11 +601,12 @@ def run_read(ctx: TaskContext) -> dict[str, Any]:
         table = batch.table
         if source is not None:
             table = table.append_column(SOURCE, pa.array([source] * table.num_rows, pa.string()))
-            for record in batch.quarantined:
+            for record in batch.quarantined + batch.dropped:
                 record["detail"] = record["detail"] | {SOURCE: source}
         books.quarantine_raw(batch.quarantined)
+        books.drop_raw(batch.dropped)
         books.apply(table, Decision(table))
-        ctx.report(batch.table.num_rows + len(batch.quarantined))
+        ctx.report(batch.table.num_rows + len(batch.quarantined) + len(batch.dropped))
     return books.write(ctx.work, ctx.step, ctx.task, None)
 
 

@@ -11,6 +11,7 @@ from data_prep import (
     blocklist,
     decontaminate,
     exact_dedup,
+    extract,
     langid,
     normalize,
     overlap,
@@ -30,6 +31,7 @@ UNIQUE_IDS = unique_ids.STAGE  # always right after read; not listed either
 FIRST = (READ, UNIQUE_IDS)
 
 STAGES: list[StageSpec] = [
+    extract.STAGE,
     normalize.STAGE,
     exact_dedup.STAGE,
     minhash_dedup.STAGE,

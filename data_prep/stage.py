@@ -28,6 +28,14 @@ TEXT = "text"
 LANG = "lang"  # the language langid labels a document with
 ORIGIN = "origin"  # file:offset (or file:row) of the record a document came from
 
+# Columns of documents read from web archives (WARC, WET) and of the pages extract turns into text. They
+# travel like `prep.read.keep_fields`: string columns into clean/ and into each lineage record's detail.
+URL, DATE, WARC_RECORD_ID, CHARSET = "url", "date", "warc_record_id", "charset"
+TITLE, HTML_LANG = "title", "html_lang"  # the page's <title> and its <html lang> attribute
+WARC_FIELDS = (URL, DATE, WARC_RECORD_ID, CHARSET)
+PAGE_FIELDS = (*WARC_FIELDS, TITLE, HTML_LANG)
+HTML = "_html"  # internal: true where `text` still holds a page's HTML, which extract turns into text
+
 
 @dataclass(frozen=True)
 class Drop:

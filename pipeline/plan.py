@@ -19,6 +19,7 @@ from typing import Any
 
 from data_prep import registry
 from data_prep.config import PrepConfig
+from data_prep.extract import check_pages_extracted
 from data_prep.readers import InputShard, plan_shards
 from data_prep.sources import source_groups
 from data_prep.stage import StepSpec, TaskContext
@@ -90,6 +91,7 @@ def _shards(config: PrepConfig) -> list[InputShard]:
 
 def build_plan(config: PrepConfig) -> Plan:
     shards = _shards(config)
+    check_pages_extracted(config, shards)
     n = len(shards)
     read_fp = _digest(_input_identity(shards), config.read.model_dump(mode="json"), config.batch_size)
     read = registry.READ.name

@@ -31,7 +31,7 @@ def full_run(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_every_document_is_accounted_for(full_run: tuple[Path, dict], mixed_corpus: Path) -> None:
     output, stats = full_run
     names = [s["name"] for s in stats["stages"]]
-    assert names == ["read", "unique_ids", "normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
+    assert names == ["read", "unique_ids", "extract", "normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
     n_lines = sum(1 for _ in open(mixed_corpus, encoding="utf-8"))
     assert stats["stages"][0]["docs_in"] == n_lines
     for before, stage in zip(stats["stages"], stats["stages"][1:]):

@@ -1,5 +1,6 @@
 """A prep run killed with SIGKILL resumes from its completion markers to the same bytes,
-from the clean documents to the tokenizer, the training shards and the train/val overlap."""
+from the clean documents to the tokenizer, the training shards and the train/val overlap; so does
+one that reads web archives and extracts their pages."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.extraction_set import labelled_pages, page_html
+from tests.warc_files import metadata, request, response, warcinfo, write_warc
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def prep_command(corpus: Path, output: Path) -> list[str]:
+def prep_command(corpus: Path, output: Path, *sets: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
+            "--no-progress", *(arg for value in sets for arg in ("--set", value)),
+            "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
             "--set", "prep.tokenizer.vocab_size=1000",
             # several find and bucket tasks per band, so that a kill can fall between them
             "--set", "prep.exact_dedup.find_shards_per_task=1", "--set", "prep.minhash_dedup.bucket_shards_per_task=1"]
@@ -28,7 +33,19 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def kill_after_marker(command: list[str], marker: Path) -> None:
+    """Start `command` and SIGKILL its process group once `marker` exists."""
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @pytest.mark.parametrize("kill_after", [
+    "extract/done-00001.json",
     "exact_dedup.find/done-00000.json",
     "minhash_dedup.signatures/done-00001.json",
     "minhash_dedup.buckets/done-00001.json",
@@ -41,14 +58,8 @@ def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)
 
-    process = subprocess.Popen(prep_command(mixed_corpus, killed), cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "work" / kill_after
-    deadline = time.monotonic() + 120
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_marker(prep_command(mixed_corpus, killed), marker)
     assert marker.exists(), "the run was killed mid-way, after this marker"
     assert not (killed / "stats.json").exists(), "the run did not finish before the kill"
 
@@ -81,3 +92,32 @@ def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(mixe
     subprocess.run(prep_command(mixed_corpus, stopped), cwd=REPO, check=True, capture_output=True)
     for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
         assert tree_bytes(stopped / folder) == tree_bytes(reference / folder), folder
+
+
+def test_sigkill_while_extracting_web_archives_then_rerun_gives_identical_outputs(tmp_path: Path) -> None:
+    """Three .warc.gz files (one with a damaged member), read and extracted task by task."""
+    pages = labelled_pages()
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    for part in range(3):
+        records = [warcinfo()]
+        for n in range(part * 200, part * 200 + 200):
+            url = f"https://site.example/{n}"
+            html = page_html(pages[n % len(pages)]).replace("<body>", f"<body><h1>Archive page {n}</h1>")
+            records += [request(url), response(url, html.encode()), metadata(url)]
+        offsets = write_warc(crawl / f"part-{part}.warc.gz", records)
+        if part == 1:
+            data = bytearray((crawl / "part-1.warc.gz").read_bytes())
+            data[offsets[50] + 40:offsets[50] + 80] = bytes(40)
+            (crawl / "part-1.warc.gz").write_bytes(bytes(data))
+    sets = ["prep.stages=[extract, normalize, exact_dedup]"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(prep_command(crawl, reference, *sets), cwd=REPO, check=True, capture_output=True)
+    marker = killed / "work" / "extract" / "done-00000.json"
+    kill_after_marker(prep_command(crawl, killed, *sets), marker)
+    assert marker.exists() and not (killed / "stats.json").exists(), "the run was killed mid-way"
+    subprocess.run(prep_command(crawl, killed, *sets), cwd=REPO, check=True, capture_output=True)
+    for folder in ("clean", "dropped", "quarantine"):
+        assert tree_bytes(killed / folder) == tree_bytes(reference / folder), folder
+    stats = json.loads((reference / "stats.json").read_text())
+    assert stats["stages"][0]["quarantined"] == {"corrupt_frame": 1} and stats["stages"][1]["docs_in"] == 599
