@@ -20,6 +20,7 @@ from data_prep import (
     quality_model,
     readers,
     tokenizer,
+    url_dedup,
 )
 from data_prep.minhash import steps as minhash_dedup
 from data_prep.stage import StageSpec
@@ -28,6 +29,7 @@ READ = readers.STAGE  # always the first step; not listed in `prep.stages`
 
 STAGES: list[StageSpec] = [
     normalize.STAGE,
+    url_dedup.STAGE,
     exact_dedup.STAGE,
     minhash_dedup.STAGE,
     langid.STAGE,
