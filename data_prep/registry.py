@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from data_prep import (
     blocklist,
+    boilerplate,
     decontaminate,
     exact_dedup,
     langid,
@@ -31,6 +32,7 @@ STAGES: list[StageSpec] = [
     normalize.STAGE,
     url_dedup.STAGE,
     exact_dedup.STAGE,
+    boilerplate.STAGE,
     minhash_dedup.STAGE,
     langid.STAGE,
     blocklist.STAGE,
