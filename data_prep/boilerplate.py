@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -29,11 +30,12 @@ from pydantic import Field
 
 from data_prep.books import (
     by_range,
+    range_tasks,
+    read_range,
     read_ranged,
     row_priorities,
     run_stage_on_source,
     shard_offsets,
-    shards_per_task,
     source_batches,
     write_ranged,
 )
@@ -78,6 +80,9 @@ class BoilerplateConfig(Section):
     )
 
 
+COUNT_TASKS = range_tasks("boilerplate", "count_shards_per_task")  # tasks of the range-split step
+
+
 class UnitSplitter:
     """Splits texts into units and keys each unit; the same keys in every step."""
 
@@ -102,7 +107,7 @@ class UnitSplitter:
         return [self.key(unit) for unit in self.separator.split(text)]
 
 
-_PAIR = np.dtype([("hash", "<u8", (2,)), ("doc", "<u4")])  # a unit's hash and its document's row in the shard
+_PAIR = np.dtype([("hash", "<u8", (2,)), ("row", "<u4")])  # a unit's hash and its document's row in the shard
 
 
 def _pairs_file(work: Path, shard: int) -> Path:
@@ -128,8 +133,8 @@ def run_hash(ctx: TaskContext) -> dict[str, Any]:
         ctx.report(table.num_rows)
     records = np.empty(len(docs), _PAIR)
     records["hash"] = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 2)
-    records["doc"] = docs
-    order, bounds = by_range(records["hash"][:, 0], _count_tasks(ctx.config, len(ctx.shards)))
+    records["row"] = docs
+    order, bounds = by_range(records["hash"][:, 0], COUNT_TASKS(ctx.config, len(ctx.shards)))
     write_ranged(_pairs_file(ctx.work, ctx.task), records[order], bounds)
     return {}
 
@@ -139,21 +144,13 @@ def run_count(ctx: TaskContext) -> dict[str, Any]:
     shard, the (hash, document) pairs whose unit goes: all those of a common hash, or with `keep_first`
     all but the first document's."""
     cfg: BoilerplateConfig = ctx.settings
-    offsets = shard_offsets(ctx)
-    parts = []
-    for shard in range(len(ctx.shards)):
-        records, _ = read_ranged(_pairs_file(ctx.work, shard), _PAIR, ctx.task, ctx.task + 1)
-        parts.append((records, offsets[shard]))
-        ctx.report(len(records))
-    pairs = np.concatenate([records for records, _ in parts])
-    rows = np.concatenate([records["doc"].astype(np.int64) + offset for records, offset in parts])
-    order = np.lexsort((pairs["hash"][:, 1], pairs["hash"][:, 0], rows))  # corpus order, then hash
-    pairs, rows = pairs[order], rows[order]
+    pairs, rows = read_range(ctx, partial(_pairs_file, ctx.work), _PAIR)  # corpus order: the first document first
     # A shard lists a hash once per document, so the pairs of a hash are its documents.
     _, where, counts = np.unique(pairs["hash"], axis=0, return_inverse=True, return_counts=True)
     remove = counts[where.reshape(-1)] >= cfg.min_docs
     if cfg.keep_first:
         remove &= first_occurrences(pairs["hash"], row_priorities(ctx, rows)) != np.arange(len(rows))
+    offsets = shard_offsets(ctx)
     shard = np.searchsorted(offsets, rows[remove], side="right") - 1  # rows[remove] is sorted
     write_ranged(_removals_file(ctx.work, ctx.task), pairs[remove], np.searchsorted(shard, np.arange(len(offsets))))
     return {"tally": {NAME: {"common_units": int((counts >= cfg.min_docs).sum())}}}
@@ -162,9 +159,9 @@ def run_count(ctx: TaskContext) -> dict[str, Any]:
 def shard_removals(ctx: TaskContext) -> dict[int, set[bytes]]:
     """Document row -> hashes of the units it loses, for this task's shard (a slice of each count task's file)."""
     removals: dict[int, set[bytes]] = {}
-    for task in range(_count_tasks(ctx.config, len(ctx.shards))):
+    for task in range(COUNT_TASKS(ctx.config, len(ctx.shards))):
         records, _ = read_ranged(_removals_file(ctx.work, task), _PAIR, ctx.task, ctx.task + 1)
-        for doc, digest in zip(records["doc"].tolist(), records["hash"]):
+        for doc, digest in zip(records["row"].tolist(), records["hash"]):
             removals.setdefault(doc, set()).add(digest.tobytes())
     return removals
 
@@ -221,12 +218,8 @@ def run_remove(ctx: TaskContext) -> dict[str, Any]:
     return run_stage_on_source(ctx, BoilerplateRemoval(ctx.settings, shard_removals(ctx)))
 
 
-def _count_tasks(config: Any, n_shards: int) -> int:
-    return shards_per_task(n_shards, config.boilerplate.count_shards_per_task)
-
-
 STAGE = StageSpec(NAME, BoilerplateConfig, (
     StepSpec(".hash", run_hash),
-    StepSpec(".count", run_count, tasks=_count_tasks, unit="pair"),
+    StepSpec(".count", run_count, tasks=COUNT_TASKS, unit="pair"),
     StepSpec("", run_remove, makes_docs=True),
 ), default=False)

@@ -16,6 +16,7 @@ import hashlib
 import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -27,11 +28,10 @@ from pydantic import Field
 
 from data_prep.books import (
     by_range,
-    read_ranged,
+    range_tasks,
+    read_range,
     row_priorities,
     run_removals_filter,
-    shard_offsets,
-    shards_per_task,
     source_file,
     write_ranged,
     write_removals,
@@ -64,6 +64,9 @@ class UrlDedupConfig(Section):
     find_shards_per_task: int = Field(
         64, ge=1, description="Input shards per find task: the key space is split into ceil(shards / this) ranges."
     )
+
+
+FIND_TASKS = range_tasks("url_dedup", "find_shards_per_task")  # tasks of the range-split step
 
 
 class TrackingParams:
@@ -172,7 +175,7 @@ def run_key(ctx: TaskContext) -> dict[str, Any]:
     records["date"] = [date_key(dates[row]) for row in rows]
     records["length"] = pc.utf8_length(table[TEXT]).to_numpy()[rows]
     records["row"] = rows
-    order, bounds = by_range(records["hash"][:, 0], _find_tasks(ctx.config, len(ctx.shards)))
+    order, bounds = by_range(records["hash"][:, 0], FIND_TASKS(ctx.config, len(ctx.shards)))
     write_ranged(_key_file(ctx, ctx.task), records[order], bounds)
     ctx.report(table.num_rows)
     with_url = sum(1 for url in urls if url)
@@ -194,17 +197,8 @@ def keepers(hashes: np.ndarray, dates: np.ndarray, lengths: np.ndarray, rows: np
 def run_find(ctx: TaskContext) -> dict[str, Any]:
     """Choose the kept copy of every URL whose key falls in this task's range; of each shard's file only
     this range's slice is read."""
-    offsets = shard_offsets(ctx)
-    parts = []
-    for shard in range(len(ctx.shards)):
-        records, _ = read_ranged(_key_file(ctx, shard), _KEYED, ctx.task, ctx.task + 1)
-        parts.append((records, offsets[shard]))
-        ctx.report(len(records))
-    mine = np.concatenate([records for records, _ in parts])
-    rows = np.concatenate([records["row"].astype(np.int64) + offset for records, offset in parts])
-    order = np.argsort(rows, kind="stable")  # corpus order
-    mine, rows = mine[order], rows[order]
-    kept = keepers(mine["hash"], mine["date"], mine["length"], rows, row_priorities(ctx, rows))
+    records, rows = read_range(ctx, partial(_key_file, ctx), _KEYED)
+    kept = keepers(records["hash"], records["date"], records["length"], rows, row_priorities(ctx, rows))
     dropped = kept != rows
     write_removals(ctx, rows[dropped], kept[dropped], None)
     return {"tally": {NAME: {"duplicates": int(dropped.sum())}}}
@@ -214,12 +208,8 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, "duplicate_url")
 
 
-def _find_tasks(config: Any, n_shards: int) -> int:
-    return shards_per_task(n_shards, config.url_dedup.find_shards_per_task)
-
-
 STAGE = StageSpec(NAME, UrlDedupConfig, (
     StepSpec(".key", run_key),
-    StepSpec(".find", run_find, tasks=_find_tasks, unit="url"),
+    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="url"),
     StepSpec(".filter", run_filter, makes_docs=True),
 ), default=False)
