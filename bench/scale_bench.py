@@ -16,6 +16,7 @@ see bench/README.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -108,23 +109,27 @@ def peak_rss_mb(args: list[str]) -> float:
     return int(result.stdout.rsplit("VmHWM", 1)[1].split()[0]) / 1024
 
 
-def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
-    corpus = folder / f"corpus-{n}.jsonl"
-    planted = write_corpus(corpus, n, pool, args.exact, args.near)
+def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, float, Any]:
+    """Write the config `{"prep": prep}` for size N and run prep with it: the config file, the output
+    folder, the wall seconds and the plan of its steps."""
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
     config = folder / f"config-{n}.yaml"
-    prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
-            "exact_dedup": {"find_shards_per_task": args.shards_per_task},
-            "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash}}
     config.write_text(yaml.safe_dump({"prep": prep}))
     output = folder / f"prep-{n}"
     started = time.perf_counter()
     crucible("prep", "--config", str(config), "--output", str(output), "--no-progress")
-    wall = time.perf_counter() - started
+    return config, output, time.perf_counter() - started, build_plan(load_config(config).prep)
 
-    from pipeline.config import load_config
-    from pipeline.plan import build_plan
 
-    plan = build_plan(load_config(config).prep)
+def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
+    corpus = folder / f"corpus-{n}.jsonl"
+    planted = write_corpus(corpus, n, pool, args.exact, args.near)
+    prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
+            "exact_dedup": {"find_shards_per_task": args.shards_per_task},
+            "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash}}
+    config, output, wall, plan = run_prep(folder, n, prep)
     work, rows, previous_end = output / "work", [], None
     for step in plan.steps:
         markers = [json.loads((work / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)]
@@ -144,6 +149,15 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
     stats = json.loads((output / PREP_STATS).read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
     return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, **planted}
+
+
+def run_arguments(parser: argparse.ArgumentParser, range_tasks: str) -> None:
+    """The options of how prep runs each corpus; `range_tasks` names the tasks --shards-per-task sizes."""
+    parser.add_argument("--work", type=Path, default=None, help="folder for corpora and runs (default: a temp folder)")
+    parser.add_argument("--workers", type=int, default=2, help="prep workers (default 2)")
+    parser.add_argument("--shard-mb", type=float, default=4.0, help="input shard size (default 4)")
+    parser.add_argument("--shards-per-task", type=int, default=8,
+                        help=f"shards per {range_tasks} (default 8)")
 
 
 def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
@@ -332,13 +346,9 @@ def main() -> None:
     parser.add_argument("--startup-shards", type=int, default=10_000,
                         help="shard files for the loader start-up measurement (default 10000; 0: skip it)")
     parser.add_argument("--large", action="store_true", help=f"also run {LARGE:,} documents")
-    parser.add_argument("--work", type=Path, default=None, help="folder for corpora and runs (default: a temp folder)")
     parser.add_argument("--exact", type=float, default=0.02, help="rate of planted exact copies (default 0.02)")
     parser.add_argument("--near", type=float, default=0.05, help="rate of planted near copies (default 0.05)")
-    parser.add_argument("--workers", type=int, default=2, help="prep workers (default 2)")
-    parser.add_argument("--shard-mb", type=float, default=4.0, help="input shard size (default 4)")
-    parser.add_argument("--shards-per-task", type=int, default=8,
-                        help="shards per exact find task and per bucket task of a band (default 8)")
+    run_arguments(parser, "exact find task and per bucket task of a band")
     parser.add_argument("--shingle-hash", default="fast", choices=["fast", "datasketch"])
     parser.add_argument("--signature-docs", type=int, default=8000, help="documents for the rensa comparison")
     parser.add_argument("--signatures-only", action="store_true", help="only compare the signature kernel with rensa")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -271,6 +271,13 @@ def shards_per_task(n_shards: int, shards: int) -> int:
     return max(1, -(-n_shards // shards))
 
 
+def range_tasks(section: str, setting: str) -> Callable[[Any, int], int]:
+    """The task rule of a range-split step: a task per `prep.<section>.<setting>` input shards."""
+    def tasks(config: Any, n_shards: int) -> int:
+        return shards_per_task(n_shards, getattr(getattr(config, section), setting))
+    return tasks
+
+
 def key_range(keys: np.ndarray, ranges: int) -> np.ndarray:
     """Which of `ranges` equal slices of the uint64 key space each key falls in."""
     return ((keys >> np.uint64(32)) * np.uint64(ranges) >> np.uint64(32)).astype(np.int64)
@@ -304,6 +311,21 @@ def read_ranged(path: Path, dtype: np.dtype, first: int, last: int) -> tuple[np.
         handle.seek(8 * (1 + count) + int(bounds[0]) * dtype.itemsize)
         records = np.frombuffer(handle.read(int(bounds[-1] - bounds[0]) * dtype.itemsize), dtype)
     return records, bounds - bounds[0]
+
+
+def read_range(ctx: TaskContext, path: Callable[[int], Path], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """This range task's slice of every shard's ranged file (`path(shard)`, records with a `row` field:
+    the row in the shard), in corpus order: the records, and the corpus row of each."""
+    offsets = shard_offsets(ctx)
+    parts, rows = [], []
+    for shard in range(len(ctx.shards)):
+        records, _ = read_ranged(path(shard), dtype, ctx.task, ctx.task + 1)
+        parts.append(records)
+        rows.append(records["row"].astype(np.int64) + offsets[shard])
+        ctx.report(len(records))
+    corpus_rows = np.concatenate(rows)
+    order = np.argsort(corpus_rows, kind="stable")
+    return np.concatenate(parts)[order], corpus_rows[order]
 
 
 def gather_rows(files: list[Path], offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ then filter each shard by the lists of duplicates.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,10 @@ from pydantic import Field
 
 from data_prep.books import (
     by_range,
-    read_ranged,
+    range_tasks,
+    read_range,
     row_priorities,
     run_removals_filter,
-    shard_offsets,
-    shards_per_task,
     source_file,
     write_ranged,
     write_removals,
@@ -43,6 +43,9 @@ class ExactDedupConfig(Section):
     find_shards_per_task: int = Field(
         64, ge=1, description="Input shards per find task: the hash space is split into ceil(shards / this) ranges."
     )
+
+
+FIND_TASKS = range_tasks("exact_dedup", "find_shards_per_task")  # tasks of the range-split step
 
 
 def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
@@ -88,26 +91,17 @@ def find_later_copies(ctx: TaskContext, hash_step: str, named_by: str = ID) -> i
     """Record as removals every document whose hash an earlier one has (in corpus order, one of a
     higher-priority source first), among the hashes in this task's range; of each shard's file of
     `hash_step` only this range's slice is read. `named_by` is the keeper's column in `duplicate_of`."""
-    offsets = shard_offsets(ctx)
-    hashes, rows = [], []
-    for shard in range(len(ctx.shards)):
-        records, _ = read_ranged(_hash_file(ctx.work, hash_step, shard), _HASHED, ctx.task, ctx.task + 1)
-        hashes.append(records["hash"])
-        rows.append(records["row"].astype(np.int64) + offsets[shard])
-        ctx.report(len(records))
-    mine_hashes, mine_rows = np.concatenate(hashes), np.concatenate(rows)
-    order = np.argsort(mine_rows, kind="stable")  # corpus order, so the first occurrence is kept
-    mine_hashes, mine_rows = mine_hashes[order], mine_rows[order]
-    first = mine_rows[first_occurrences(mine_hashes, row_priorities(ctx, mine_rows))]
-    later = first != mine_rows
-    write_removals(ctx, mine_rows[later], first[later], None, named_by)
+    records, rows = read_range(ctx, partial(_hash_file, ctx.work, hash_step), _HASHED)
+    first = rows[first_occurrences(records["hash"], row_priorities(ctx, rows))]
+    later = first != rows
+    write_removals(ctx, rows[later], first[later], None, named_by)
     return int(later.sum())
 
 
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
     """Hash one shard's documents for the find tasks."""
     table = pq.read_table(source_file(ctx), columns=[TEXT])
-    write_hashes(ctx, text_hashes(table, ctx.settings), _find_tasks(ctx.config, len(ctx.shards)))
+    write_hashes(ctx, text_hashes(table, ctx.settings), FIND_TASKS(ctx.config, len(ctx.shards)))
     ctx.report(table.num_rows)
     return {}
 
@@ -121,12 +115,8 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, "exact_duplicate")
 
 
-def _find_tasks(config: Any, n_shards: int) -> int:
-    return shards_per_task(n_shards, config.exact_dedup.find_shards_per_task)
-
-
 STAGE = StageSpec("exact_dedup", ExactDedupConfig, (
     StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=_find_tasks, unit="hash"),
+    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
     StepSpec(".filter", run_filter, makes_docs=True),
 ))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from data_prep import (
     blocklist,
+    boilerplate,
     decontaminate,
     exact_dedup,
     extract,
     langid,
+    line_filter,
     normalize,
     overlap,
     pack,
@@ -22,6 +24,7 @@ from data_prep import (
     readers,
     tokenizer,
     unique_ids,
+    url_dedup,
 )
 from data_prep.minhash import steps as minhash_dedup
 from data_prep.stage import StageSpec
@@ -33,10 +36,13 @@ FIRST = (READ, UNIQUE_IDS)
 STAGES: list[StageSpec] = [
     extract.STAGE,
     normalize.STAGE,
+    url_dedup.STAGE,
     exact_dedup.STAGE,
     minhash_dedup.STAGE,
+    boilerplate.STAGE,  # after dedupe: near copies go whole before their shared lines are cut
     langid.STAGE,
     blocklist.STAGE,
+    line_filter.STAGE,
     pii.STAGE,
     quality.STAGE,
     quality_model.STAGE,

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_prep.books import run_removals_filter, shards_per_task, source_file
+from data_prep.books import range_tasks, run_removals_filter, source_file
 from data_prep.exact_dedup import find_later_copies, write_hashes
 from data_prep.stage import ID, ORIGIN, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section
@@ -28,6 +28,7 @@ from pipeline.ground.schema import Section
 NAME = "unique_ids"
 HASH, FIND = f"{NAME}.hash", f"{NAME}.find"
 REASON = "duplicate_id"
+FIND_TASKS = range_tasks(NAME, "find_shards_per_task")  # tasks of the range-split step
 
 
 class UniqueIdsConfig(Section):
@@ -47,7 +48,7 @@ def id_hashes(ids: list[str]) -> np.ndarray:
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
     """Hash one shard's ids (its id column only) for the find tasks."""
     ids = pq.read_table(source_file(ctx), columns=[ID])[ID].to_pylist()
-    write_hashes(ctx, id_hashes(ids), _find_tasks(ctx.config, len(ctx.shards)))
+    write_hashes(ctx, id_hashes(ids), FIND_TASKS(ctx.config, len(ctx.shards)))
     ctx.report(len(ids))
     return {}
 
@@ -62,12 +63,8 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, REASON, quarantine=True)
 
 
-def _find_tasks(config: Any, n_shards: int) -> int:
-    return shards_per_task(n_shards, config.unique_ids.find_shards_per_task)
-
-
 STAGE = StageSpec(NAME, UniqueIdsConfig, (
     StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=_find_tasks, unit="hash"),
+    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
     StepSpec("", run_filter, makes_docs=True),
 ))

@@ -34,8 +34,8 @@ import pytest
 from tests.conftest import REPO, metrics
 
 RECORDED_DIGESTS = {
-    "clean": "535f4d38c11de9c5d2c019e9130aaed960ca2ccc6e59ed49e33c961c6f4207b0",
-    "dropped": "9173f7528614b15745252bbdcb8e065e2ecc42a013c612aede45dfb6d948794b",
+    "clean": "59c8915329120cb97654bf7b07f0cc18555afc78fc83e31d254f3237dc4b01ee",
+    "dropped": "539f2f8b5aa39cae4219ccb548c8f0a9fc7bab850bbf3545b742d1e9784f0e7a",
     "quarantine": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "tokenizer": "137dc8753ce55b69ff7bab2ceefad8a8b2d28c768b1b2ede4d4db9dc45b880f5",
     "shards": "cd3cd23bd3947684148e6b9654d08cc51141f72179252a6911e0c046113f2ff8",

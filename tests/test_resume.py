@@ -1,6 +1,7 @@
 """A prep run killed with SIGKILL resumes from its completion markers to the same bytes,
-from the clean documents to the tokenizer, the training shards and the train/val overlap; so does
-one that reads web archives and extracts their pages."""
+from the clean documents to the tokenizer, the training shards and the train/val overlap.
+The runs include the opt-in web stages (url_dedup, boilerplate, line_filter), so a kill can fall in their steps too;
+one more reads web archives and extracts their pages."""
 
 from __future__ import annotations
 
@@ -14,19 +15,38 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_jsonl
 from tests.extraction_set import labelled_pages, page_html
 from tests.warc_files import metadata, request, response, warcinfo, write_warc
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = "[extract,normalize,url_dedup,exact_dedup,boilerplate,minhash_dedup,langid,line_filter,pii,quality,tokenize,pack," \
+         "split_overlap]"
+
+
+@pytest.fixture(scope="module")
+def web_corpus(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mixed corpus with a URL and a fetch date per document, every ninth one another spelling of
+    the URL before it, so that url_dedup has copies to drop."""
+    records = [json.loads(line) for line in mixed_corpus.read_text().splitlines()]
+    for i, record in enumerate(records):
+        record["url"] = f"https://example.org/{record['id']}"
+        record["date"] = f"2024-01-{1 + i % 28:02d}"
+        if i % 9 == 8:
+            record["url"] = records[i - 1]["url"].replace("https://", "HTTP://") + "/?utm_source=feed"
+    return write_jsonl(tmp_path_factory.mktemp("web") / "web.jsonl", records)
 
 
 def prep_command(corpus: Path, output: Path, *sets: str) -> list[str]:
+    """The prep of these tests; `sets` (`key=value`) come last, so they win."""
     return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-            "--no-progress", *(arg for value in sets for arg in ("--set", value)),
-            "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
-            "--set", "prep.tokenizer.vocab_size=1000",
-            # several find and bucket tasks per band, so that a kill can fall between them
-            "--set", "prep.exact_dedup.find_shards_per_task=1", "--set", "prep.minhash_dedup.bucket_shards_per_task=1"]
+            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
+            "--set", "prep.tokenizer.vocab_size=1000", "--set", f"prep.stages={STAGES}",
+            "--set", "prep.read.keep_fields=[url, date]", "--set", "prep.line_filter.policy_lines=true",
+            # several find, count and bucket tasks per band, so that a kill can fall between them
+            "--set", "prep.exact_dedup.find_shards_per_task=1", "--set", "prep.minhash_dedup.bucket_shards_per_task=1",
+            "--set", "prep.url_dedup.find_shards_per_task=1", "--set", "prep.boilerplate.count_shards_per_task=1",
+            *(arg for value in sets for arg in ("--set", value))]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -44,26 +64,40 @@ def kill_after_marker(command: list[str], marker: Path) -> None:
     process.wait()
 
 
+@pytest.fixture(scope="module")
+def reference(web_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run, which every interrupted one must match."""
+    output = tmp_path_factory.mktemp("reference") / "prep"
+    subprocess.run(prep_command(web_corpus, output), cwd=REPO, check=True, capture_output=True)
+    return output
+
+
 @pytest.mark.parametrize("kill_after", [
     "extract/done-00001.json",
+    "url_dedup.key/done-00001.json",
+    "url_dedup.find/done-00000.json",
+    "url_dedup.filter/done-00001.json",
     "exact_dedup.find/done-00000.json",
+    "boilerplate.hash/done-00001.json",
+    "boilerplate.count/done-00000.json",
+    "boilerplate/done-00001.json",
     "minhash_dedup.signatures/done-00001.json",
     "minhash_dedup.buckets/done-00001.json",
     "minhash_dedup.clusters/done-00000.json",
+    "line_filter/done-00001.json",
     "tokenize.train/done-00000.json",
     "tokenize/done-00001.json",
     "split_overlap.scan/done-00000.json",
 ])
-def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path: Path, kill_after: str) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)
-
+def test_sigkill_then_rerun_gives_identical_outputs(web_corpus: Path, reference: Path, tmp_path: Path,
+                                                    kill_after: str) -> None:
+    killed = tmp_path / "killed"
     marker = killed / "work" / kill_after
-    kill_after_marker(prep_command(mixed_corpus, killed), marker)
+    kill_after_marker(prep_command(web_corpus, killed), marker)
     assert marker.exists(), "the run was killed mid-way, after this marker"
     assert not (killed / "stats.json").exists(), "the run did not finish before the kill"
 
-    subprocess.run(prep_command(mixed_corpus, killed), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(prep_command(web_corpus, killed), cwd=REPO, check=True, capture_output=True)
     for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
         assert tree_bytes(killed / folder) == tree_bytes(reference / folder), folder
     assert tree_bytes(reference / "clean"), "the comparison is not vacuous"
@@ -71,13 +105,11 @@ def test_sigkill_then_rerun_gives_identical_outputs(mixed_corpus: Path, tmp_path
     assert overlap[0] == overlap[1] and overlap[0]["sampled"] > 0
 
 
-def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(mixed_corpus: Path,
+def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(web_corpus: Path, reference: Path,
                                                                             tmp_path: Path) -> None:
     """Ctrl-C reaches the prep process and its workers alike (a terminal signals the whole job)."""
-    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
-    subprocess.run(prep_command(mixed_corpus, reference), cwd=REPO, check=True, capture_output=True)
-
-    process = subprocess.Popen(prep_command(mixed_corpus, stopped), cwd=REPO, start_new_session=True,
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(prep_command(web_corpus, stopped), cwd=REPO, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's job
     marker = stopped / "work" / "minhash_dedup.signatures" / "done-00001.json"
@@ -89,7 +121,7 @@ def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(mixe
     assert process.returncode == 130 and not (stopped / "stats.json").exists(), err[-3000:]
     assert err.strip().splitlines() == ["crucible prep: interrupted; the same command goes on from what was finished"]
 
-    subprocess.run(prep_command(mixed_corpus, stopped), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(prep_command(web_corpus, stopped), cwd=REPO, check=True, capture_output=True)
     for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
         assert tree_bytes(stopped / folder) == tree_bytes(reference / folder), folder
 
