@@ -27,6 +27,7 @@ import pyarrow as pa
 from common import (
     Result,
     base_parser,
+    best_time,
     best_times,
     corpus_file,
     data_dir,
@@ -43,6 +44,14 @@ DOC_STAGES = ["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "qua
 MIX_FILES = ("english.jsonl", "multilingual.jsonl", "neardup.jsonl")
 MIX = "mix (english+multilingual+neardup)"
 BATCH = 1000  # documents per Arrow batch, as prep.batch_size defaults to
+# 1 MB lines that repeat one fragment a pattern consumes ("a.", "1 ", "://a:", " dot ", "password=", ...): a
+# pattern that backtracks shows as a slow line. Throughput on the slowest is compared with the mix's.
+HOSTILE_FRAGMENTS = (
+    "a", "a.", "a@a.", "1.", "1 ", "01 ", "://a:", "://a:b@", "password=", "pwd:'a", ":", " dot ", "a dot ",
+    "a at b dot ", "a [at] b [dot] ", "a(a)", "(020) ", "+1 ", "GB12 ", ">a", "a:", "::", "ffff:1.", "a @ b.",
+    "Authorization: Basic A", "xoxb-", "-----BEGIN PRIVATE KEY-----\nA",
+)
+HOSTILE_CHARS = 1_000_000  # characters
 QUALITY_EVERY = 8  # datatrove's Gopher filters manage ~30 docs/s on this text: a spread-out sample
 PREP_EVERY = 2  # the whole-prep comparison takes 1 in 2 mix documents, to fit in a few minutes
 
@@ -318,11 +327,18 @@ def bench_pii(b: Bench) -> list[Result]:
     seconds, _ = b.compare("pii (e-mail, IP)", *sides)
     n = len(texts)
     baseline, theirs = "datatrove PIIFormatter (e-mail + IP)", rate(n, seconds[2]) if not missing else None
+    mix_mchars_per_s = sum(map(len, texts)) / 1e6 / seconds[1]
+    hostile = {f: (f * (HOSTILE_CHARS // len(f) + 1))[:HOSTILE_CHARS] for f in HOSTILE_FRAGMENTS}
+    slowest, fragment = max((best_time(lambda line=line: full.redactor.redact(line), 1)[0], f)
+                            for f, line in hostile.items())
     return [
         Result("pii: PiiStage, e-mail + IP only", MIX, n, "docs/s", rate(n, seconds[0]), baseline, theirs, 0.7,
                missing or ""),
         Result("pii: PiiStage, all 7 types", MIX, n, "docs/s", rate(n, seconds[1]), baseline, theirs, None,
                "also secrets, IBANs, cards, SSNs and phones"),
+        Result("pii: all 7 types, slowest hostile 1 MB line", f"{len(hostile)} lines of one repeated fragment",
+               len(hostile), "M chars/s", HOSTILE_CHARS / 1e6 / slowest, "the all-types stage on the mix",
+               mix_mchars_per_s, None, f"slowest: {fragment!r}"),
     ]
 
 

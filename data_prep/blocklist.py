@@ -2,9 +2,13 @@
 
 URL rules read the document's `url` column (keep it with `prep.read.keep_fields: [url]`). A list
 entry is a domain (`bad.example`, which blocks its subdomains too) or a URL (anything with a
-`/`, matched without scheme, fragment or trailing slash). A document's host is looked up from
-itself down to its registered domain, found with the public-suffix list bundled in tldextract
-(no network), so `Ads.Bad.co.uk` matches `bad.co.uk` but never `co.uk`. Allow-lists win.
+`/`, matched without scheme, fragment or trailing slash). A document's host is looked up as
+itself and each parent domain at a label boundary (`a.b.ads.test` as `a.b.ads.test`, `b.ads.test`,
+`ads.test`, `test`: set lookups, not a scan of the list), under any TLD, known to the suffix list or
+not; only a public suffix that the list bundled in tldextract knows (no network) is never looked
+up, so `Ads.Bad.co.uk` matches `bad.co.uk` but never `co.uk`, and an IP address only as itself.
+Hosts and domain entries compare lower-cased, without a trailing dot, internationalized names in
+their ASCII form (`bücher.example` is `xn--bcher-kva.example`). Allow-lists win.
 
 Word rules match whole words (and phrases, as word sequences) of the lists for the document's
 `lang` plus the `*` lists, so a listed word inside a longer word is no hit. C4 drops a document
@@ -13,6 +17,7 @@ with any hit (`max_word_hits: 0`); `max_word_ratio` is the gentler variant for l
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,13 +63,25 @@ class BlocklistConfig(Section):
         return super().fingerprint() | {"files": file_digests(files, "prep.blocklist")}
 
 
+def canonical_host(host: str) -> str:
+    """`host` as hosts and domain entries are compared: lower-cased, no trailing dot, an internationalized
+    name in its ASCII (IDNA) form; a name the IDNA codec refuses stays as written."""
+    host = host.lower().rstrip(".")
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def host_of(url: str) -> str | None:
-    """The lower-cased host of `url` (scheme optional), without port or trailing dot; None if it has none."""
+    """The canonical host of `url` (scheme optional), without port; None if it has none."""
     try:
         host = urlsplit(url if "//" in url else "//" + url).hostname
     except ValueError:
         return None
-    return host.rstrip(".") if host else None
+    return canonical_host(host) if host else None
 
 
 def url_key(url: str) -> str | None:
@@ -76,7 +93,7 @@ def url_key(url: str) -> str | None:
         return None
     if not host:
         return None
-    return host.rstrip(".") + split.path.rstrip("/") + (f"?{split.query}" if split.query else "")
+    return canonical_host(host) + split.path.rstrip("/") + (f"?{split.query}" if split.query else "")
 
 
 class UrlRules:
@@ -92,7 +109,7 @@ class UrlRules:
                     if key:
                         self.urls.setdefault(key, path.name)
                 else:
-                    self.domains.setdefault(entry.lower().lstrip("*.").rstrip("."), path.name)
+                    self.domains.setdefault(canonical_host(entry.lstrip("*.")), path.name)
 
     def match(self, key: str | None, hosts: list[str]) -> tuple[str, str, str] | None:
         """(reason, entry, list file) of the first entry that covers the URL, or None."""
@@ -128,11 +145,18 @@ class BlocklistStage(DocStage):
             self._phrases[lang] = tuple(sorted({t for t in tokens if " " in t}))
 
     def candidate_hosts(self, host: str) -> list[str]:
-        """`host` and its parent domains down to the registered domain (the host itself for IPs, localhost)."""
-        registered = self._extract(host).top_domain_under_public_suffix.lower()
+        """`host` and its parent domains, longest first, down to the label above a known public suffix
+        (to the last label under a TLD the suffix list does not know); the host alone for an IP address
+        or a bare public suffix."""
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
         labels = host.split(".")
-        hosts = [".".join(labels[i:]) for i in range(len(labels))]
-        return hosts[: hosts.index(registered) + 1] if registered in hosts else [host]
+        suffix = self._extract(host).suffix
+        parents = len(labels) - (suffix.count(".") + 1 if suffix else 0)
+        return [".".join(labels[i:]) for i in range(max(parents, 1))]
 
     def check_url(self, url: str | None) -> Drop | None:
         host = host_of(url) if url else None

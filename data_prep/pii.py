@@ -18,12 +18,23 @@ input gives the same output on every interpreter. An IPv4
 address whose four parts are all single digits ("4.6.0.1") is read as a version number: in
 real text those are almost always versions (Standards-Version, upstream releases), and the few
 public hosts of that shape are well-known shared resolvers, not personal data. Octets written
-padded to three digits ("093.184.216.034") are read as the address they spell.
+with leading zeros ("8.8.008.008", "093.184.216.034") are read as the address they spell, unless
+the whole reads as a number with thousands separators ("1.000.000.000"). A dotted quad right after
+a version word ("release 2.4.52.1", "kernel 5.10.162.1", "bump ... to 3.2.15.4") is a version, and a
+number introduced as an identifier ("ISSN 0317-8471", "EAN 5901234123457") is no phone or card.
 
-Obfuscated forms count: e-mails written "x [at] y [dot] com", with a fullwidth "＠", a quoted
-local part or URL-encoded ("%40"); numbers grouped by spaces or dots; lowercase IBANs (held to
-their country's IBAN length, since lowercase runs are usually hashes). Passwords in URLs
-("postgres://app:PASSWORD@host") and API keys and tokens of known shapes are secrets.
+Obfuscated forms count: e-mails written "x [at] y [dot] com", "x(a)y.com", "x dot y at z dot com",
+"X AT Y.COM", "x @ y.com", with a fullwidth "＠", a quoted local part or URL-encoded ("%40");
+numbers grouped by spaces, dots or a bracketed area code; lowercase IBANs (held to their country's
+IBAN length, since lowercase runs are usually hashes). Secrets are passwords in URLs (any scheme, up
+to the last "@" before the host: "postgres://app:p@ss&word@host"), values given to a name that says
+so ("password: ...", "DB_PASSWORD=...", "api_key = '...'", "<password>...</password>", "Authorization:
+Basic ..."; not code such as "password = getpass()", nor placeholders such as "${DB_PASSWORD}") and
+API keys and tokens of known shapes.
+
+No pattern backtracks without end: runs are bounded or possessive, so that the slowest hostile
+1 MB line of one repeated fragment runs at about a quarter of the rate of ordinary text (the pii
+rows of bench/prep_bench.py).
 
 Document ids are checked like text: an id holding PII is replaced by the id the reader derives
 for a record without one (from its origin and text), and the replacement is counted as
@@ -127,13 +138,20 @@ PUBLIC_EXCEPTIONS = [ipaddress.ip_network(net) for net in (
 )]
 
 
+# The first group of an IPv6 address in the global unicast range 2000::/3, the only one with public hosts.
+_GLOBAL_UNICAST_START = re.compile(r"[23][0-9A-Fa-f]{3}:")
+
+
 def public_ip(address: str) -> bool:
     """True for a public host address (see the module docstring for the policy)."""
+    if ":" in address and not _GLOBAL_UNICAST_START.match(address):  # no parsing for "a::", "::ffff:..."
+        return False
     parts = address.split(".")
     if len(parts) == 4 and all(part.isdigit() for part in parts):
         if all(len(part) == 1 for part in parts):
             return False
-        if all(len(part) == 3 for part in parts):  # "093.184.216.034" spells 93.184.216.34; "1.000.000" no address
+        thousands = parts[0][0] != "0" and all(len(part) == 3 for part in parts[1:])  # "1.000.000.000"
+        if not thousands:  # "8.8.008.008" and "093.184.216.034" spell the addresses without the zeros
             address = ".".join(str(int(part)) for part in parts)
     try:
         ip = ipaddress.ip_address(address)
@@ -153,18 +171,45 @@ _EMAIL = re.compile(
     r'(?:(?<![\w.%+-])[\w.%+-]+|"[^"\r\n@]{1,64}")(?:@|\uff20|%40)'
     r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}(?![\w-])"
 )
-_AT = r"\s*[\[({<]\s*(?i:at)\s*[\])}>]\s*"
-_DOT = r"(?:\.|\s*[\[({<]\s*(?i:dot)\s*[\])}>]\s*)"
-# Spelled out: "jane [at] example [dot] com", "jane(at)example(dot)com".
+# File extensions that are no top-level domain: "logo@2x.png" is an image, not an address.
+_FILE_EXTENSIONS = frozenset(
+    "bmp cfg css csv dll exe gif gz htm html ico ini jar jpeg jpg js json lock log pdf png svg tar tif tiff toml "
+    "ts tsv txt webp whl xml xz yaml yml".split()
+)
+
+# Spelled out: "jane [at] example [dot] com", "jane(at)example(dot)com", "jane(a)example.se", "bob dot smith at
+# example dot com", "JANE AT EXAMPLE.ORG", "jane @ example.org". Words are possessive and bounded ({0,63}+,
+# {0,6}, ...), so that a long run of "x dot x dot ..." costs linear time. The bare word "at" and the spaced "@"
+# (also matrix multiplication: "x @ self.weight") are checked further by `_spelled_email`.
+_BARE = r"[ \t]+"
+_AT = (
+    r"(?P<at>\s*[\[({<]\s*(?i:at|@)\s*[\])}>]\s*|\(a\)"
+    r"|(?P<bare>" + _BARE + r"(?i:at)" + _BARE + r")|(?P<spaced>" + _BARE + "@" + _BARE + r"))"
+)
+_DOT = r"(?:\.|\s*[\[({<]\s*(?i:dot|\.)\s*[\])}>]\s*|" + _BARE + r"(?i:dot)" + _BARE + r")"
 _EMAIL_SPELLED = re.compile(
-    r"(?<![\w.%+-])[\w.%+-]+" + _AT + r"(?:[^\W_](?:[\w-]*[^\W_])?" + _DOT + r")+[^\W\d_]{2,}(?![\w-])"
+    r"[\w%+-](?<![\w.%+-].)[\w%+-]{0,63}+(?:" + _DOT + r"[\w%+-]{1,64}+){0,6}" + _AT
+    + r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?" + _DOT + r"){1,8}[^\W\d_]{2,24}(?![\w-])"
+)
+_WORD = re.compile(r"[^\W\d_]+")
+_SPELLED_DOT = re.compile(r"(?i:\bdot\b)|[\[({<]\s*\.")
+# Words that make "X at Y dot Z" prose: "worked at a dot com", "look at the dot product".
+_PROSE_WORDS = frozenset(
+    "a an the this that these those my your our their his her its one some any each every no all least most "
+    "i me we us you he him she it they them is was are were be been am look looked looking work worked "
+    "working available based located arrive arrived aim aimed stare stared".split()
+)
+# Top-level domains common enough that "JANE AT EXAMPLE.ORG" or "jane @ example.org" read as an address.
+_COMMON_TLDS = frozenset(
+    "com org net edu gov mil int info biz io co me uk de fr nl es it se no dk fi pl ch at be ie pt cz ru jp cn "
+    "kr in au nz ca us br mx ar eu test example invalid".split()
 )
 
 _PEM = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
-    # Through the END line; without one (a truncated paste), through the base64 lines.
-    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|(?:[ \t]*\r?\n[A-Za-z0-9+/=]+)*)",
-    re.DOTALL,
+    # Through the END line; without one (a truncated paste), through the base64 lines. A key's body
+    # holds no "-----", so each BEGIN is read only up to the next marker: linear time on any text.
+    r"(?:[^-]*+(?:-(?!----)[^-]*+)*+-----END [A-Z0-9 ]*PRIVATE KEY-----|(?:[ \t]*\r?\n[A-Za-z0-9+/=]+)*)"
 )
 _AWS_KEY_ID = re.compile(r"A(?<![A-Za-z0-9].)(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])")
 # A 40-character AWS secret is only told apart from any base64 run by its label.
@@ -176,7 +221,8 @@ _GITHUB = re.compile(
     r"g(?<![A-Za-z0-9_].)(?:h[pousr]_[A-Za-z0-9]{36,251}|ithub_pat_[A-Za-z0-9_]{22,244})"
     r"(?![A-Za-z0-9_])"
 )
-_SLACK = re.compile(r"xox(?<![A-Za-z0-9]...)[abprs]-[A-Za-z0-9-]{10,250}(?![A-Za-z0-9-])")
+# Possessive: a shorter run is always followed by one more token character, so giving some back never helps.
+_SLACK = re.compile(r"xox(?<![A-Za-z0-9]...)[abprs]-[A-Za-z0-9-]{10,250}+(?![A-Za-z0-9-])")
 _SLACK_WEBHOOK = re.compile(r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{16,}")
 _OPENAI = re.compile(
     r"sk-(?<![\w-]...)(?:proj-|svcacct-|admin-)?(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{32,}(?![\w-])"
@@ -184,8 +230,28 @@ _OPENAI = re.compile(
 _STRIPE = re.compile(r"[sr](?<![\w-].)k_(?:live|test)_[0-9A-Za-z]{16,}(?!\w)")
 _GOOGLE = re.compile(r"A(?<![\w-].)Iza[0-9A-Za-z_-]{35}(?![\w-])")
 _JWT = re.compile(r"e(?<![\w-].)yJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
-# The password of scheme://user:password@host (not CVS roots, "cvs://:pserver:anoncvs@host").
-_URL_PASSWORD = re.compile(r"://[^\s:/@]+:(?P<pii>[^\s/@:]+)@[\w\[]")
+# The password of scheme://user:password@host, up to the last "@" before the host: a password
+# may hold "@", ":" or "&". Runs are bounded, so that many "://" on one line cost linear time.
+_URL_PASSWORD = re.compile(r"://(?P<user>[^\s:/@]{0,128}):(?P<pii>[^\s/?#\"'<>]{1,256})@(?=[\w\[])")
+# A secret given to a name that says so ("password: hunter2", "DB_PASSWORD=...", "api_key = '...'",
+# "--password=...", '"passwd": "..."', "dbPassword => '...'", "<password>...</password>"); only the
+# value is replaced. The patterns start at the separator, a character class the engine scans for
+# fast (a case-insensitive alternation of names at the start is several times slower);
+# `_assigned_secret` then reads the name that ends just before it (`_SECRET_NAME`) and tells values
+# from code and placeholders. An unquoted value stops at "=", so that the value of "user=bob&password=..."
+# is "bob&password" and the password's own "=" starts the next match.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?:=>|:=|[:=])(?!=)[ \t]*(?P<q>[\"'])?"
+    r"(?P<pii>(?(q)[^\"'\r\n]{4,128}|[^\s\"'`,;=()\[\]{}<>]{3,127}[^\s\"'`,;=()\[\]{}<>.:]))(?(q)(?P=q))"
+)
+_SECRET_ELEMENT = re.compile(r">(?P<pii>[^\s<>]{4,128})</")
+_SECRET_NAME = re.compile(
+    r"(?<!/)(?i:pass(?:word|wd|phrase)|pwd|secret(?:[_-]?key)?|api[_-]?(?:key|token)|access[_-]?(?:key|token)"
+    r"|auth[_-]?token|refresh[_-]?token|private[_-]?key)$|_TOKEN$"
+)
+_BASIC_AUTH = re.compile(
+    r"(?i:authorization)[\"']?[ \t]*[:=][ \t]*[\"']?(?i:basic)[ \t]+(?P<pii>[A-Za-z0-9+/]{8,}={0,2})"
+)
 # The token must hold a digit, so that prose ("the bearer of this letter") never matches.
 _BEARER = re.compile(
     r"(?:[Bb]earer|BEARER)(?<![A-Za-z].{6})[ \t]+"
@@ -220,6 +286,11 @@ _SSN = re.compile(r"\d" + _START + r"\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4}" + _END)
 _PHONE_INTL = re.compile(
     r"\+" + _START + r"[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d++){1,6}" + _END
 )
+# A bracketed area code with its trunk 0 ("(020) 7946 0958", "(0161) 496 0777", "(02) 5550 4321"),
+# or Brazil's two digits before a mobile or landline number ("(11) 91234-5678").
+_PHONE_AREA_PAREN = re.compile(
+    r"\(" + _START + r"(?:0\d{1,4}\)[ -]?\d{2,8}(?:[ -]\d{2,8}){0,3}|[1-9]\d\) ?9?\d{4}-\d{4})" + _END
+)
 # North American: (AAA) BBB-CCCC, AAA-BBB-CCCC, AAA.BBB.CCCC, the last two also after "1-".
 _PHONE_NANP_PAREN = re.compile(r"\(" + _START + r"[2-9]\d\d\) ?[2-9]\d\d-\d{4}" + _END)
 _PHONE_NANP = re.compile(
@@ -230,22 +301,41 @@ _PHONE_NANP = re.compile(
 _PHONE_NANP_SPACED = re.compile(
     r"[2-9](?:(?<=(?<!\w)1 .)|" + _START + _NOT_AFTER_GROUP + r")\d\d [2-9]\d\d \d{4}" + _END
 )
-# European national form: trunk 0 and area code, then separated groups of two or more digits.
+# European national form: trunk 0 and area code, then separated groups of two or more digits
+# ("030 1234567", "030/1234567", "089 / 1234 5678"); or the French pairs written with dots ("06.12.34.56.78").
 _PHONE_NATIONAL = re.compile(
-    r"0" + _START + _NOT_AFTER_GROUP + r"\d{1,4}(?:[ /-]\d{2,8}){1,4}" + _END
+    r"0" + _START + _NOT_AFTER_GROUP + r"(?:\d{1,4}(?:(?:[ /-]| / )\d{2,8}){1,4}|\d(?:\.\d\d){4})" + _END
 )
-# National-looking numbers that are dates (05-12-2021, 06/12/21, 0999-01-01), ZIP+4 codes
+# National-looking numbers that are dates (05-12-2021, 06/12/21, 06 / 12 / 21, 0999-01-01), ZIP+4 codes
 # (02110-1301) or shaped like an SSN (000-12-3456: an SSN that failed its check is no phone either).
-_NOT_PHONE = re.compile(r"\d{1,2}([-/ ])\d{1,2}\1\d{2,4}|\d{4}-\d\d-\d\d|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
+_NOT_PHONE = re.compile(r"\d{1,2}( / |[-/ ])\d{1,2}\1\d{2,4}|\d{4}-\d\d-\d\d|\d{5}-\d{4}|\d{3}-\d\d-\d{4}")
+
+# What the text says just before a candidate (searched in a short window that ends at it).
+# A number introduced as an identifier ("ISSN 0317-8471", "EAN 5901234123457") is that identifier.
+_IDENTIFIER_LABEL = re.compile(
+    r"(?i:\b(?:isbn(?:-1[03])?|issn|ean(?:-?1[38])?|upc|gtin|sku|asin|orcid|doi|serial|part|order|invoice|tracking"
+    r"|article|catalog(?:ue)?)(?:[ \t]+(?:no\.?|number|#))?[ \t]*[:#]?[ \t]*)$"
+)
+# A dotted quad right after a version word, or at the end of "updated ... to", is a version ("New upstream
+# release 2.4.52.1", "kernel 5.10.162.1", "Bump version to 3.2.15.4", "see section 12.3.4.5").
+_VERSION_CONTEXT = re.compile(
+    r"(?i:\b(?:version|release|upstream|kernel|firmware|section|chapter|clause|ver\.?|rev\.?|v)[ \t]*[:#]?[ \t]*"
+    r"|\b(?:updat|upgrad|bump)\w*[^.,;:!?\n]{0,40}\bto[ \t]+)$"
+)
+
+
+def _preceded_by(match: re.Match[str], context: re.Pattern[str]) -> bool:
+    return context.search(match.string, max(0, match.start() - 48), match.start()) is not None
 
 # Not inside a longer dotted number or word ("1.2.3.4.5", "v10.0.0.1", "(1.2.5.1-2)") nor
-# after a version relation (">= 1.2.99.3" in package dependencies). Octet ranges and leading
-# zeros are left to the ipaddress module.
+# after a version relation (">= 1.2.99.3" in package dependencies); the tail of an IPv4-mapped
+# IPv6 address ("::ffff:93.184.216.34") counts. Octet ranges and leading zeros are left to
+# `public_ip`.
 _IPV4 = re.compile(
-    r"\d(?<![\w.+~:-].)(?<![<>]= .)(?<!>> .)(?<!<< .)"
+    r"\d(?:(?<=(?i:ffff):.)|(?<![\w.+~:-].)(?<![<>]= .)(?<!>> .)(?<!<< .))"
     r"\d{0,2}(?:\.\d{1,3}){3}(?![\w+~]|[.-]\d)"
 )
-# Hex groups and colons; addresses with an embedded IPv4 tail (::ffff:1.2.3.4) are not taken.
+# Hex groups and colons; of an address with an embedded IPv4 tail (::ffff:1.2.3.4) only the tail is taken.
 _IPV6 = re.compile(
     r"[0-9A-Fa-f:](?<![\w:.].)[0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){1,7}(?![\w:]|\.\d)"
 )
@@ -270,7 +360,7 @@ class _Detector:
 
 
 def _card(match: re.Match[str]) -> bool:
-    return luhn_valid(re.sub(r"[ .-]", "", match.group()))
+    return luhn_valid(re.sub(r"[ .-]", "", match.group())) and not _preceded_by(match, _IDENTIFIER_LABEL)
 
 
 def _ssn(match: re.Match[str]) -> bool:
@@ -281,19 +371,96 @@ def _ssn(match: re.Match[str]) -> bool:
 
 def _phone(match: re.Match[str]) -> bool:
     text = match.group()
-    return 7 <= sum(ch.isdigit() for ch in text) <= 15 and not _NOT_PHONE.fullmatch(text)
+    return (7 <= sum(ch.isdigit() for ch in text) <= 15 and not _NOT_PHONE.fullmatch(text)
+            and not _preceded_by(match, _IDENTIFIER_LABEL))
 
 
-# Passwords that documentation writes in URLs ("user:pass@host", "user:<password>@host").
-_PLACEHOLDER_PASSWORD = re.compile(r"(?i:pass(?:word|wd)?|pwd|secret|x+|\*+)|[<{$\[%].*")
+# Passwords that documentation and config templates write ("user:pass@host", "user:<password>@host",
+# "password: ${DB_PASSWORD}", "password: ********"), YAML tags, anchors and aliases ("!vault", "*db_pw").
+_PLACEHOLDER_PASSWORD = re.compile(
+    r"(?i:pass(?:word|wd|phrase)?|pwd|secret|changeme|none|null|nil|true|false|undefined|string|required|optional"
+    r"|example)|[<{$\[%!&*].*|.*(?:\{\{|\$\{|%\().*|(.)\1*"
+)
+# Unquoted values that are no secret: words, names and attribute chains in any script ("getpass", "MẬT_KHẨU",
+# "settings.SECRET_KEY"), field lists ("name:password:GID:user_list"), paths ("/run/secrets/db"), URLs.
+_CODE_VALUE = re.compile(r"(?:[^\W\d]|-)+(?:[.:](?:[^\W\d]|-)+)*|[/~.].*|\w+://.*")
 
 
 def _url_password(match: re.Match[str]) -> bool:
-    return not _PLACEHOLDER_PASSWORD.fullmatch(match.group("pii"))
+    password = match.group("pii")
+    cvs_root = not match.group("user") and ":" in password  # "cvs://:pserver:anoncvs@host"
+    return not (cvs_root or _PLACEHOLDER_PASSWORD.fullmatch(password))
+
+
+def _assigned_secret(match: re.Match[str]) -> bool:
+    """A value given to a secret's name is a secret unless it is a placeholder or code. Quoted, it
+    may hold spaces only after a password's name; bare digits are a PIN after a password's name,
+    a count after a token's ("MAX_TOKEN=4096")."""
+    value = match.group("pii")
+    name = _SECRET_NAME.search(match.string[max(0, match.start() - 32):match.start()].rstrip(" \t\"'"))
+    if name is None or _PLACEHOLDER_PASSWORD.fullmatch(value):
+        return False
+    password_name = name.group().lower().startswith(("pass", "pwd"))
+    if match.groupdict().get("q"):
+        return password_name or " " not in value
+    if value.isdigit():
+        return password_name
+    return not _CODE_VALUE.fullmatch(value)
+
+
+def _email(match: re.Match[str]) -> bool:
+    return match.group().rsplit(".", 1)[-1].lower() not in _FILE_EXTENSIONS
+
+
+def _spelled_email(match: re.Match[str]) -> bool:
+    """Brackets around "at" make an address; the bare word "at" needs a spelled "dot" as well, an
+    upper-case "AT" or a spaced "@" a spelled "dot" or a common TLD. No address has an article or
+    pronoun for a label ("worked at a dot com"), nor a prose word before a bare "at"."""
+    domain = _WORD.findall(match.string[match.end("at"):match.end()].lower())
+    if any(word in _PROSE_WORDS for word in domain[:-1]):
+        return False
+    if not (match.group("bare") or match.group("spaced")):
+        return True
+    local = _WORD.findall(match.string[match.start():match.start("at")].lower())
+    if local[-1:] and local[-1] in _PROSE_WORDS:
+        return False
+    loud = match.group("spaced") or match.group("bare").strip() == "AT"
+    return bool(_SPELLED_DOT.search(match.group()) or (loud and domain[-1] in _COMMON_TLDS))
+
+
+def _may_name_secret(text: str) -> bool:
+    """Whether `text` holds "pass", "pwd", "secret", "key" or "token", one of which every `_SECRET_NAME`
+    holds: ":" and "=" are everywhere, the names are not."""
+    lowered = text.lower()
+    return "pass" in lowered or "pwd" in lowered or "secret" in lowered or "key" in lowered or "token" in lowered
+
+
+_BRACKETED_AT = re.compile(r"[\[({<]\s*(?i:at)\s*[\])}>]")
+_AT_SIGN_BEFORE_BRACKET = re.compile(r"@\s*[\])}>]")
+_GLUED_A = re.compile(r"\(a\)(?<=\w...)(?=\w)")
+_SPELLED_DOTS = (" dot ", "dot]", "dot)", "dot}", "dot>")
+
+
+def _may_spell_email(text: str) -> bool:
+    """Whether `text` holds a form `_EMAIL_SPELLED` may accept. The pattern tries every word, so
+    this gate keeps it off most documents, with substring tests where they do: they cost a fraction
+    of a regex scan, and a one-character test less than a longer one."""
+    if " AT " in text or ("@" in text and (" @ " in text or _AT_SIGN_BEFORE_BRACKET.search(text))):
+        return True
+    if " at " in text:
+        if "[.]" in text or "(.)" in text:
+            return True
+        if "dot" in text or "DOT" in text or "Dot" in text:
+            lowered = text.lower()
+            if any(dot in lowered for dot in _SPELLED_DOTS):
+                return True
+    if "(a)" in text and _GLUED_A.search(text):  # "(a)" alone is mostly a list item
+        return True
+    return _BRACKETED_AT.search(text) is not None
 
 
 def _ip(match: re.Match[str]) -> bool:
-    return public_ip(match.group())
+    return public_ip(match.group()) and not _preceded_by(match, _VERSION_CONTEXT)
 
 
 # Order matters: earlier hits are replaced first, so later patterns never see their digits
@@ -310,15 +477,20 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector("secret", _GOOGLE, gate=lambda text: "AIza" in text),
     _Detector("secret", _JWT, gate=lambda text: "eyJ" in text),
     _Detector("secret", _BEARER),
-    _Detector("email", _EMAIL, gate=lambda text: "@" in text or "\uff20" in text or "%40" in text),
-    # After e-mails: in "user:pw@example.com" the address goes, and the password with it.
+    _Detector("secret", _BASIC_AUTH, gate=lambda text: "uthorization" in text or "UTHORIZATION" in text),
+    _Detector("secret", _SECRET_ASSIGNMENT, _assigned_secret, _may_name_secret),
+    _Detector("secret", _SECRET_ELEMENT, _assigned_secret, lambda text: "</" in text and _may_name_secret(text)),
+    # Before e-mails: in "scheme://user:pass&word@example.com" the password must go whole, not be
+    # read as the address "word@example.com".
     _Detector("secret", _URL_PASSWORD, _url_password, lambda text: "://" in text),
-    _Detector("email", _EMAIL_SPELLED, gate=re.compile(r"[\[({<]\s*(?i:at)\s*[\])}>]").search),
+    _Detector("email", _EMAIL, _email, lambda text: "@" in text or "\uff20" in text or "%40" in text),
+    _Detector("email", _EMAIL_SPELLED, _spelled_email, _may_spell_email),
     _Detector("iban", _IBAN, lambda match: iban_valid(match.group())),
     _Detector("credit_card", _CARD, _card),
     _Detector("us_ssn", _SSN, _ssn, re.compile(r"[- ]\d\d[- ]").search),
     _Detector("phone", _PHONE_INTL, _phone),
     _Detector("phone", _PHONE_NANP_PAREN, _phone),
+    _Detector("phone", _PHONE_AREA_PAREN, _phone),
     _Detector("phone", _PHONE_NANP, _phone),
     _Detector("phone", _PHONE_NANP_SPACED, _phone),
     _Detector("phone", _PHONE_NATIONAL, _phone),

@@ -78,6 +78,42 @@ def test_domains_subdomains_and_urls_are_blocked_and_allow_lists_win(lists: dict
     assert decision.drops[2].detail["rule"] == "ads.co.uk"
 
 
+# url -> the rule that blocks it (None: kept), for hosts under TLDs the bundled suffix list does not know
+# (.test, .example), a known one-label and two-label suffix, an IDN, and IP addresses.
+ANY_SUFFIX = {
+    "https://cdn.ads-mill.test/x.js": "ads-mill.test",
+    "http://a.b.ads-mill.test/": "ads-mill.test",
+    "https://ads-mill.test/": "ads-mill.test",
+    "https://CDN.Ads-Mill.TEST./page": "ads-mill.test",  # upper case, trailing dot
+    "https://bads-mill.test/": None,  # a longer label is another domain
+    "https://ads-mill.test.example.com/": None,  # the listed name inside another host
+    "https://test/": None,  # a parent of a listed domain is not blocked by it
+    "https://shop.xn--bcher-kva.example/": "xn--bcher-kva.example",  # listed as bücher.example
+    "https://www.Bücher.example/": "xn--bcher-kva.example",
+    "https://bucher.example/": None,
+    "https://img.tracker.com/": "tracker.com",
+    "https://x.y.spam.co.uk/": "spam.co.uk",
+    "https://other.co.uk/": None,  # "co.uk" is listed, but a public suffix blocks nothing below it
+    "http://93.184.216.34/": "93.184.216.34",
+    "http://1.93.184.216.34.example.org/": None,
+    "http://10.93.184.216/": None,  # "184.216" is listed: IP addresses have no parent domains
+}
+
+
+def test_a_listed_domain_blocks_every_subdomain_whatever_the_suffix_list_knows(tmp_path: Path) -> None:
+    listed = tmp_path / "any-suffix.txt"
+    listed.write_text("ads-mill.test\nbücher.example\ntracker.com\nSPAM.co.uk.\nco.uk\n93.184.216.34\n184.216\n")
+    blocklist = BlocklistStage(BlocklistConfig(url_lists=[listed]))
+    blocklist.setup()
+    texts = [r["text"] for r in sample_records(("manpages",), limit=len(ANY_SUFFIX))]
+    decision = blocklist.decide(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts,
+                                          "url": list(ANY_SUFFIX)}))
+    rules = {url: decision.drops[row].detail["rule"] if row in decision.drops else None
+             for row, url in enumerate(ANY_SUFFIX)}
+    assert rules == ANY_SUFFIX
+    assert decision.drops[3].detail["host"] == "cdn.ads-mill.test"
+
+
 def test_list_words_are_whole_words_in_any_case_and_near_misses_stay(lists: dict[str, Path]) -> None:
     blocklist = stage(lists)
     base = sample_records(("python-docs",), limit=1)[0]["text"]
