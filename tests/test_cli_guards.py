@@ -142,8 +142,8 @@ def test_sample_table_leaves_out_blank_lines_but_keeps_the_text(capsys: pytest.C
 @pytest.mark.parametrize(("args", "expected"), [
     (["plan", "--config", "configs"], "--config configs is a folder: give a YAML file"),
     (["prep", "--config", "configs/sample.yaml", "--stages", "pack", "--output", "OUT"], "pack needs tokenize"),
-    (["prep", "--stages", "", "--output", "OUT"], "no stage given; choose from normalize"),
-    (["prep", "--stages", "normalise", "--output", "OUT"], "unknown stage(s) normalise; choose from normalize"),
+    (["prep", "--stages", "", "--output", "OUT"], "no stage given; choose from extract, normalize"),
+    (["prep", "--stages", "normalise", "--output", "OUT"], "unknown stage(s) normalise; choose from extract, normalize"),
     (["prep", "--output", "README.md"], "--output README.md is a file: give a folder"),
     (["plan", "--set", "prep.stages=[normalize, decontaminate]"], "decontaminate is in the stages but has no eval_sets"),
     (["plan", "--set", "prep.stages=[normalize, blocklist]"], "blocklist is in the stages but has no url_lists"),
