@@ -25,6 +25,7 @@ from tests.warc_files import (
     conversion, metadata, record_id, request, response, revisit, warcinfo, warc_record, write_warc,
 )
 
+UNIQUE_IDS_STEPS = ["unique_ids.hash", "unique_ids.find", "unique_ids"]  # every prep runs them after read
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 DAMAGED_MEMBER = (lambda member: member[:200] + bytes(60) + member[260:])(
     gzip.compress(b"WARC/1.0\r\n" + random.Random(0).randbytes(5000), mtime=0))  # its CRC fails
@@ -96,7 +97,7 @@ def test_every_record_becomes_a_document_a_counted_drop_or_a_quarantine_record(t
         removed = sum(stage["dropped"].values()) + sum(stage["quarantined"].values())
         assert stage["docs_in"] == stage["docs_out"] + removed
     dropped = rows(tmp_path / "out" / "dropped")
-    assert len(dropped) == sum(read_stats["dropped"].values()) + sum(stats["stages"][1]["dropped"].values())
+    assert len(dropped) == sum(sum(stage["dropped"].values()) for stage in stats["stages"])
     image = next(r for r in dropped if r["reason"] == "warc_not_html" and "logo" in r["detail"])
     assert json.loads(image["detail"]) == {"content_type": "image/png", "url": "https://site.example/logo.png",
                                            "date": "2024-05-17T08:30:00Z",
@@ -192,7 +193,7 @@ def test_wet_conversion_records_are_documents_with_their_text(tmp_path: Path) ->
     assert [d["reason"] for d in dropped] == ["warc_warcinfo"]
     config = load_config(None, ["prep.stages=[normalize]"])  # no HTML: extract is not needed
     config.prep.inputs = [path]
-    assert [step.name for step in build_plan(config.prep).steps] == ["read", "normalize"]
+    assert [step.name for step in build_plan(config.prep).steps] == ["read", *UNIQUE_IDS_STEPS, "normalize"]
 
 
 def test_ids_come_from_the_record_ids_and_reading_is_deterministic(tmp_path: Path) -> None:
@@ -214,7 +215,8 @@ def test_a_warc_input_needs_the_extract_stage(tmp_path: Path) -> None:
     def source(*skip: str) -> str:
         return "prep.sources=" + json.dumps([{"name": "web", "inputs": [str(path)], "skip": list(skip)}])
 
-    assert [step.name for step in build_plan(load_config(None, [source()]).prep).steps][:2] == ["read", "extract"]
+    assert [step.name for step in build_plan(load_config(None, [source()]).prep).steps][:5] == [
+        "read", *UNIQUE_IDS_STEPS, "extract"]
     with pytest.raises(UserError, match="crawl.warc.gz is a WARC file"):
         build_plan(load_config(None, [source("extract")]).prep)
 
@@ -238,9 +240,9 @@ def test_prep_from_warc_keeps_page_fields_in_clean_and_lineage(tmp_path: Path) -
 
     stats = prep([path, jsonl], tmp_path / "out", "prep.stages=[extract, normalize, exact_dedup]")
     names = [s["name"] for s in stats["stages"]]
-    assert names == ["read", "extract", "normalize", "exact_dedup"]
-    assert stats["stages"][1]["dropped"] == {"no_main_text": 1}
-    assert stats["stages"][3]["dropped"] == {"exact_duplicate": 1}
+    assert names == ["read", "unique_ids", "extract", "normalize", "exact_dedup"]
+    assert stats["stages"][2]["dropped"] == {"no_main_text": 1}
+    assert stats["stages"][4]["dropped"] == {"exact_duplicate": 1}
     clean = {r["url"] or r["id"]: r for r in rows(tmp_path / "out" / "clean")}
     assert sorted(clean) == sorted(urls + ["note-1"])  # the copy came later: a duplicate
     for url, record in zip(urls, pages):
