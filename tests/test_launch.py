@@ -118,11 +118,18 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
     assert result.returncode == 0, result.stderr
     slurm = output / "slurm"
     assert not (slurm / "jobs.json").exists()  # nothing was submitted
-    buckets = sorted(slurm.glob("prep-minhash_dedup.buckets*.sbatch"))
-    assert [p.name for p in buckets] == ["prep-minhash_dedup.buckets-from-10.sbatch",
-                                         "prep-minhash_dedup.buckets-from-20.sbatch",
-                                         "prep-minhash_dedup.buckets.sbatch"]
-    assert '#SBATCH --array="0-4%4"' in (slurm / "prep-minhash_dedup.buckets-from-20.sbatch").read_text()
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    plan = build_plan(load_config(REPO / "configs/sample.yaml", ["prep.shard_mb=1"]).prep)
+    tasks = next(step.n_tasks for step in plan.steps if step.name == "minhash_dedup.buckets")
+    assert tasks > 20, "enough bucket tasks for three arrays of at most 10"
+    last_from = (tasks - 1) // 10 * 10
+    buckets = sorted(p.name for p in slurm.glob("prep-minhash_dedup.buckets*.sbatch"))
+    assert buckets == sorted(["prep-minhash_dedup.buckets.sbatch",
+                              *(f"prep-minhash_dedup.buckets-from-{start}.sbatch" for start in range(10, tasks, 10))])
+    last_chunk = slurm / f"prep-minhash_dedup.buckets-from-{last_from}.sbatch"
+    assert f'#SBATCH --array="0-{tasks - 1 - last_from}%4"' in last_chunk.read_text()
     assert '#SBATCH --partition="gpu a100"' in (slurm / "train.sbatch").read_text()
     assert "--shutdown-seconds 300 --" in (slurm / "train.sbatch").read_text()  # Ctrl-C/scancel: time to save
     status = subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(output)], cwd=REPO,
@@ -132,7 +139,7 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, f"{script.name}: {check.stderr}"
     # Run the last chunk's command line with the Python replaced by printf: each argument intact.
-    line = (slurm / "prep-minhash_dedup.buckets-from-20.sbatch").read_text().splitlines()[-1]
+    line = last_chunk.read_text().splitlines()[-1]
     program = shlex.split(line)[0]
     echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + line.removeprefix(shlex.quote(program))],
                             env={"SLURM_ARRAY_TASK_ID": "4", "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
