@@ -145,7 +145,7 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
                             env={"SLURM_ARRAY_TASK_ID": "4", "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout.splitlines()
     assert echoed[echoed.index("--output") + 1] == str(output / "data")
-    assert echoed[echoed.index("--task") + 1] == "24"
+    assert echoed[echoed.index("--task") + 1] == str(last_from + 4)  # the chunk's offset plus the array index
     assert not (tmp_path / "pwned").exists()
 
 
