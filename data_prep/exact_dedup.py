@@ -53,9 +53,13 @@ def text_hashes(table: pa.Table, config: ExactDedupConfig) -> np.ndarray:
     text = pc.utf8_trim_whitespace(pc.replace_substring_regex(table[TEXT], r"\s+", " "))
     if config.lowercase:
         text = pc.utf8_lower(text)
-    digests = b"".join(
-        hashlib.blake2b(value.encode(), digest_size=16).digest() for value in text.to_pylist()
-    )
+    return hashes128(text.to_pylist())
+
+
+def hashes128(values: list[str]) -> np.ndarray:
+    """128-bit hashes of `values`, as two uint64 columns: keys whose collisions, at any corpus size, are
+    too rare to count, grouped by range on their first column."""
+    digests = b"".join(hashlib.blake2b(value.encode(), digest_size=16).digest() for value in values)
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
 
 

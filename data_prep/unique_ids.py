@@ -13,15 +13,13 @@ each find task holds the ids of one hash range only, so no task's memory grows w
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from data_prep.books import range_tasks, run_removals_filter, source_file
-from data_prep.exact_dedup import find_later_copies, write_hashes
+from data_prep.exact_dedup import find_later_copies, hashes128, write_hashes
 from data_prep.stage import ID, ORIGIN, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section
 
@@ -39,16 +37,10 @@ class UniqueIdsConfig(Section):
     )
 
 
-def id_hashes(ids: list[str]) -> np.ndarray:
-    """128-bit hashes (as two uint64 columns) of each id."""
-    digests = b"".join(hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest() for value in ids)
-    return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
-
-
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
     """Hash one shard's ids (its id column only) for the find tasks."""
     ids = pq.read_table(source_file(ctx), columns=[ID])[ID].to_pylist()
-    write_hashes(ctx, id_hashes(ids), FIND_TASKS(ctx.config, len(ctx.shards)))
+    write_hashes(ctx, hashes128(ids), FIND_TASKS(ctx.config, len(ctx.shards)))
     ctx.report(len(ids))
     return {}
 

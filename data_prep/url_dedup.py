@@ -12,7 +12,6 @@ of every shard, then filter each shard by the lists of duplicates.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -36,7 +35,7 @@ from data_prep.books import (
     write_ranged,
     write_removals,
 )
-from data_prep.exact_dedup import first_occurrences
+from data_prep.exact_dedup import first_occurrences, hashes128
 from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section
 
@@ -169,9 +168,8 @@ def run_key(ctx: TaskContext) -> dict[str, Any]:
     urls, dates = _column(table, cfg.url_field), _column(table, cfg.date_field)
     keyed = [(row, key) for row, url in enumerate(urls) if url and (key := normalize_url(url, tracking)) is not None]
     rows = np.array([row for row, _ in keyed], dtype=np.int64)
-    digests = b"".join(hashlib.blake2b(key.encode(), digest_size=16).digest() for _, key in keyed)
     records = np.empty(len(rows), _KEYED)
-    records["hash"] = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
+    records["hash"] = hashes128([key for _, key in keyed])
     records["date"] = [date_key(dates[row]) for row in rows]
     records["length"] = pc.utf8_length(table[TEXT]).to_numpy()[rows]
     records["row"] = rows
