@@ -30,6 +30,9 @@ class PrepSettings(Section):
         16.0, gt=0, description="Target input shard size; large plain JSONL files are split."
     )
     batch_size: int = Field(1000, ge=1, description="Documents per Arrow batch inside a task.")
+    max_quarantined_share: float = Field(
+        0.5, ge=0, le=1, description="Prep fails (exit 2, no next step) when it keeps no document or quarantines "
+                                     "more than this share of the documents it reads; 1: only when it keeps none.")
     read: ReadConfig = Field(default_factory=ReadConfig)
     unique_ids: UniqueIdsConfig = Field(default_factory=UniqueIdsConfig)
     sources: list[SourceConfig] = Field(

@@ -110,9 +110,9 @@ def prep_task_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, step: s
     part = step if offset == 0 else f"{step}-from-{offset}"
     name = job_name(run_name, part)
     task = f"$(( {offset} + SLURM_ARRAY_TASK_ID ))" if offset else "$SLURM_ARRAY_TASK_ID"
-    lines = _header(name, log_pattern(paths.logs, f"{part}-%A_%a.out"), slurm, slurm.prep_time,
-                    [("--array", array_spec(list(range(n_tasks)), slurm.prep_max_parallel)),
-                     ("--ntasks", 1), ("--cpus-per-task", slurm.prep_cpus_per_task)],
+    lines = _header(name, log_pattern(paths.logs, f"{part}-%A_%a.out"), slurm.for_prep(), slurm.prep.time,
+                    [("--array", array_spec(list(range(n_tasks)), slurm.prep.max_parallel)),
+                     ("--ntasks", 1), ("--cpus-per-task", slurm.prep.cpus_per_task)],
                     f"Crucible data prep, step {step}: array index i runs task {offset} + i of the step.")
     lines += [f"cd {shlex.quote(str(paths.workdir))}",
               _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, "--step", step)
@@ -123,8 +123,8 @@ def prep_task_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, step: s
 def prep_single_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, action: str) -> Script:
     """`prepare` (clear step folders of another config) or `publish` (clean/, shards/, stats.json)."""
     name = job_name(run_name, action)
-    lines = _header(name, log_pattern(paths.logs, f"{action}-%j.out"), slurm, slurm.prep_time,
-                    [("--ntasks", 1), ("--cpus-per-task", slurm.prep_cpus_per_task)],
+    lines = _header(name, log_pattern(paths.logs, f"{action}-%j.out"), slurm.for_prep(), slurm.prep.time,
+                    [("--ntasks", 1), ("--cpus-per-task", slurm.prep.cpus_per_task)],
                     f"Crucible data prep: {action}.")
     lines += [f"cd {shlex.quote(str(paths.workdir))}",
               _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, f"--{action}")]

@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
+    run.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
+                     help="input file or folder (repeatable; replaces prep.inputs)")
     run.add_argument("--output", type=Path, required=True, help="run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -189,6 +191,7 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     import time
 
     from pipeline.prep import pending_task_count, run_prep
+    from pipeline.prep_yield import check_yield
     from pipeline.summary import print_prep_summary
 
     started, todo = time.perf_counter(), pending_task_count(config.prep, output)
@@ -198,6 +201,7 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     folders += ["shards/"] * (output / "shards" / MANIFEST).exists()
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
+    check_yield(config.prep, output, stats)
     if then is None and "shards/" in folders:
         print(f"next: crucible train{settings} --data {output / 'shards'} --output RUN (several processes: "
               f"python -m launch.agent --nproc_per_node N -m pipeline train ...)")
@@ -408,7 +412,7 @@ def _same_settings(args: argparse.Namespace) -> str:
 
 
 def _preflight(config: CrucibleConfig, train_dir: Path) -> None:
-    """What `run` can refuse before prep: the layout, a run folder of another model, the disk."""
+    """What `run` and `submit` can refuse before prep: the layout, a run folder of another model, the disk."""
     from training.config import check_layout
     from training.plan import count_params, padded_vocab
     from training.preflight import check_disk, check_same_model
@@ -457,23 +461,26 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     if returncode != 0:
         return returncode
     samples = sample_texts(latest.path, _tokenizer_of(latest.path, None), config.samples) if latest else []
-    with times.phase("toy world") as worked:
-        worked(not (final_checkpoint(args.output / "toy_world") / CHECKPOINT_META).exists())
-        toy = toy_generations(train_toy_world(args.output / "toy_world"))
+    toy: list[tuple[str, str]] = []
+    if config.run.toy_world:
+        with times.phase("toy world") as worked:
+            worked(not (final_checkpoint(args.output / "toy_world") / CHECKPOINT_META).exists())
+            toy = toy_generations(train_toy_world(args.output / "toy_world"))
     timings = times.seconds
     entropy = unigram_entropy(data / "shards")
     report = build_report(args.output, samples, config, timings, toy, entropy)
     metrics = read_jsonl(args.output / "train" / METRICS_LOG)
     learning = learning_line(metrics, entropy)
     print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
-    print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
+    if toy:
+        print_samples(toy, "the toy world (greedy, 10 words, d_model 4): each line should be a sentence of its corpus")
     results, eval_seconds = task_results(metrics)
     if results:
         print_task_results(results, "tasks at the last evaluation")
         print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
               f"not counted in tokens/s or MFU")
-    print(f"run finished: prep {timings['prep']:.0f} s, training {timings['training']:.0f} s; "
-          f"report: {report} (and report.md)")
+    phases = ", ".join(f"{name} {timings[name]:.0f} s" for name in ["prep", "training"] + ["toy world"] * bool(toy))
+    print(f"run finished: {phases}; report: {report} (and report.md)")
     if latest:
         print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "
               f"{args.output}; open {report}")
@@ -482,13 +489,16 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
 
 def _prep_task(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from pipeline.prep import prepare_steps, publish_prep, run_prep_task
+    from pipeline.prep_yield import check_yield
     from pipeline.summary import print_prep_summary
 
     if args.prepare:
         pending = prepare_steps(config.prep, args.output)
         print(f"prepared {len(pending)} steps; tasks to run: {sum(map(len, pending.values())):,}")
     elif args.publish:
-        print_prep_summary(publish_prep(config.prep, args.output))
+        stats = publish_prep(config.prep, args.output)
+        print_prep_summary(stats)
+        check_yield(config.prep, args.output, stats)  # a failed publish job holds back the training job
     elif args.task is None:
         raise UserError("--step needs --task INDEX")
     else:
@@ -499,6 +509,7 @@ def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from pipeline.executors.slurm import submit
     from pipeline.summary import print_jobs
 
+    _preflight(config, args.output / "train")  # before a job is queued: on a cluster, training would fail after prep
     jobs = submit(config, args.output, dry_run=args.dry_run, prep_only=args.prep_only)
     print_jobs(jobs, args.output / "slurm", args.dry_run)
 

@@ -22,11 +22,20 @@ from pipeline.ground.user_yaml import YamlSyntaxError, load_yaml, load_yaml_file
 from training.config import PlanConfig, TrainingConfig
 
 
+class RunSettings(Section):
+    """What `crucible run` does after training, beside the samples and the report."""
+
+    toy_world: bool = Field(False, description="Also train the toy world (ten words, a 4-wide model, about a minute "
+                                               "on a CPU) and show its greedy generations in the report: a check "
+                                               "that the whole path from shards to generation works.")
+
+
 class CrucibleConfig(TrainingConfig):
     """The root of every config file: the training sections (model, parallel, train, checkpoint,
-    rollback, hooks, samples) and the run's name, data prep, launch and plan."""
+    rollback, hooks, samples) and the run's name, data prep, launch, plan and what `run` adds."""
 
     run_name: str = "crucible"
+    run: RunSettings = Field(default_factory=RunSettings)
     prep: PrepConfig = Field(default_factory=PrepConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)

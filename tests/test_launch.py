@@ -113,7 +113,7 @@ def dry_run(output: Path, *assignments: str) -> subprocess.CompletedProcess[str]
 
 def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path) -> None:
     output = tmp_path / "run $(touch pwned) 'x' ;&"
-    result = dry_run(output, "prep.shard_mb=1", "launch.slurm.max_array_size=10", "launch.slurm.prep_max_parallel=4",
+    result = dry_run(output, "prep.shard_mb=1", "launch.slurm.max_array_size=10", "launch.slurm.prep.max_parallel=4",
                      "launch.slurm.partition=gpu a100")
     assert result.returncode == 0, result.stderr
     slurm = output / "slurm"
@@ -152,3 +152,43 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
 def test_dry_run_refuses_a_run_folder_an_sbatch_line_cannot_hold(tmp_path: Path) -> None:
     result = dry_run(tmp_path / 'say "hi"')
     assert result.returncode == 2 and "double quote" in result.stderr
+
+
+def test_dry_run_gives_prep_jobs_their_own_partition_account_time_and_options(tmp_path: Path) -> None:
+    result = dry_run(tmp_path / "run", "launch.slurm.partition=gpu", "launch.slurm.account=llm",
+                     "launch.slurm.gpus_per_node=8", "launch.slurm.sbatch_args=[--qos=high]",
+                     "launch.slurm.prep.partition=cpu", "launch.slurm.prep.account=data",
+                     "launch.slurm.prep.time='00:30:00'", "launch.slurm.prep.cpus_per_task=4",
+                     "launch.slurm.prep.sbatch_args=[--nice=10]")
+    assert result.returncode == 0, result.stderr
+    slurm = tmp_path / "run" / "slurm"
+    train = (slurm / "train.sbatch").read_text()
+    for line in ('--partition="gpu"', '--account="llm"', '--qos="high"', '--gpus-per-node="8"'):
+        assert f"#SBATCH {line}" in train
+    prep = sorted(slurm.glob("prep-*.sbatch"))
+    assert {p.name for p in prep} >= {"prep-prepare.sbatch", "prep-publish.sbatch", "prep-read.sbatch"}
+    for script in prep:
+        text = script.read_text()
+        for line in ('--partition="cpu"', '--account="data"', '--time="00:30:00"', '--cpus-per-task="4"',
+                     '--nice="10"'):
+            assert f"#SBATCH {line}" in text, script.name
+        assert "--qos" not in text and "--gpus" not in text and '"gpu"' not in text, script.name
+
+
+def test_prep_jobs_take_training_partition_and_options_unless_given_their_own(tmp_path: Path) -> None:
+    result = dry_run(tmp_path / "run", "launch.slurm.partition=batch", "launch.slurm.sbatch_args=[--qos=high]")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "run" / "slurm" / "prep-read.sbatch").read_text()
+    assert '#SBATCH --partition="batch"' in text and '#SBATCH --qos="high"' in text
+
+
+@pytest.mark.parametrize(("assignments", "refusal"), [
+    (["parallel.tp=3", "launch.nproc_per_node=3"], "heads"),
+    (["launch.nproc_per_node=16"], "global_batch_size 8 is not divisible by micro_batch_size 4 x dp 16"),
+])
+def test_submit_refuses_a_layout_training_would_refuse_before_anything_is_written(
+        tmp_path: Path, assignments: list[str], refusal: str) -> None:
+    result = dry_run(tmp_path / "run", *assignments)
+    assert result.returncode == 2 and refusal in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "slurm").exists()

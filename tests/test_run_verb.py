@@ -33,6 +33,7 @@ train: {{max_steps: 12, global_batch_size: 8, micro_batch_size: 2, eval_interval
 checkpoint: {{interval: 6}}
 launch: {{nproc_per_node: 2}}
 samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
+run: {{toy_world: true}}
 """)
     run = tmp_path / "run"
     result = crucible_run(config, run)
@@ -119,5 +120,6 @@ def test_a_rerun_of_a_finished_run_reports_the_run_s_times(finished_run: tuple[P
     rerun = crucible_run(run.parent / "small.yaml", run)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "nothing redone" in rerun.stdout and json.loads((run / RUN_TIMES).read_text()) == first
-    assert f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s" in rerun.stdout
+    assert (f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s, toy world "
+            f"{first['toy world']:.0f} s;") in rerun.stdout
     assert toy.stat().st_mtime_ns == toy_written

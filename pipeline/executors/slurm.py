@@ -65,7 +65,7 @@ def step_jobs(plan: Plan, paths: RunPaths, config: CrucibleConfig, pending: dict
             count = min(max_size, step.n_tasks - offset)
             script = prep_task_script(paths, config.run_name, slurm_cfg, step.name, count, offset)
             tasks = [t for t in pending[step.name] if offset <= t < offset + count]
-            array = array_spec([t - offset for t in tasks], slurm_cfg.prep_max_parallel) if tasks else None
+            array = array_spec([t - offset for t in tasks], slurm_cfg.prep.max_parallel) if tasks else None
             group.append(Job(step.name, script, tasks, offset, array))
         groups.append(group)
     return groups
