@@ -269,18 +269,42 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
         return
     page.heading("Evaluation")
     fig, ax = plt.subplots(figsize=(8, 3.6))
+    colours: dict[str, str] = {}  # per task, its first line's colour, for its chance line
     for name, points in sorted(series.items()):
-        if not name.endswith("perplexity"):  # unbounded: listed below, not drawn on the scores' axis
-            ax.plot(*zip(*points), "o-", label=name)
-    ax.set(xlabel="step", ylabel="score", title="task scores over training")
+        if "perplexity" not in name and not name.endswith("/chance"):  # perplexity is unbounded: listed below
+            (line,) = ax.plot(*zip(*points), "o-", label=name)
+            colours.setdefault(name.rsplit("/", 1)[0], line.get_color())
+    for name, points in sorted(series.items()):
+        if name.endswith("/chance"):
+            task = name.rsplit("/", 1)[0]
+            ax.axhline(points[-1][1], color=colours.get(task, GREY), linestyle="--", label=f"{task}: chance")
+    ax.set(xlabel="step", ylabel="score", title="task scores over training (dashed: chance)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    page.figure(fig, "evals.png", "task scores over training")
-    page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
+    page.figure(fig, "evals.png", "task scores over training; dashed: the accuracy of guessing")
+    _task_table(page, series)
     timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
     if timed:
         page.paragraph(f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
                        f"the step times that tokens/s and MFU are measured on.")
+
+
+def _task_table(page: Page, series: dict[str, list[tuple[int, float]]]) -> None:
+    """One row per task at its last evaluation: accuracy beside chance, perplexities by what they are per."""
+    from training.tasks import METRIC_LABELS, SHOWN_METRICS
+
+    last = {name: points[-1] for name, points in series.items()}
+    tasks = sorted({name.rsplit("/", 1)[0] for name in last})
+    shown = [m for m in SHOWN_METRICS if any(f"{task}/{m}" in last for task in tasks)]
+
+    def cell(key: str) -> str:
+        if key not in last:
+            return "-"
+        return f"{last[key][1]:,.1f}" if "perplexity" in key else f"{last[key][1]:.4f}"
+
+    page.table(["task", "last step", *(METRIC_LABELS.get(m, m) for m in shown)], [
+        [task, max(step for name, (step, _) in last.items() if name.startswith(f"{task}/")),
+         *(cell(f"{task}/{m}") for m in shown)] for task in tasks])
 
 
 def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:

@@ -159,21 +159,25 @@ def print_local_status(status: LocalStatus) -> None:
 
 
 def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
-    """One row per task: its kind, items and scores (`eval`, and `run` after training)."""
-    metrics = ("items", "acc", "acc_norm", "perplexity", "max_abs_ll_difference")
+    """One row per task: its items and scores, accuracy beside the accuracy of guessing (`eval`, and
+    `run` after training); perplexities say what they are per."""
+    from training.tasks import METRIC_LABELS, SHOWN_METRICS
+
+    metrics = ("items", *SHOWN_METRICS, "max_abs_ll_difference")
     shown = [m for m in metrics if any(m in r for r in results.values())]
     table = Table(title=title)
     for header in ("task", *shown):
-        table.add_column(header, justify="left" if header == "task" else "right")
+        table.add_column(METRIC_LABELS.get(header, header), justify="left" if header == "task" else "right")
     for name, r in results.items():
         table.add_row(name, *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
     _console().print(table)
 
 
 def print_heldout(results: dict[str, dict[str, Any]], title: str) -> None:
-    """One row per group of the validation split (all, each source, each source/language): `eval --heldout`."""
+    """One row per group of the validation split (all, each source, each source/language): `eval --heldout`;
+    its perplexity is exp of the loss per token."""
     table = Table(title=title)
-    for header in ("rows of", "rows", "tokens", "loss", "perplexity"):
+    for header in ("rows of", "rows", "tokens", "loss", "perplexity per token"):
         table.add_column(header, justify="left" if header == "rows of" else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['rows']:,}", f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['perplexity']:.4g}")

@@ -4,6 +4,7 @@ agree with lm-evaluation-harness on the Hugging Face export, item by item."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,22 @@ def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
         assert name in str(error.value) and "\n" not in str(error.value)
 
 
+def test_chance_and_perplexity_per_word_and_per_token(tmp_path: Path) -> None:
+    """Chance is the mean of 1 / choices over the items; cloze perplexity is per target (a word) as the
+    harness gives it, and per token over the targets' tokens."""
+    from training.tasks import load_task, metrics
+
+    mc = load_task(write_jsonl(tmp_path / "mc.jsonl", [{"context": "a", "choices": ["x", "y"], "gold": 0},
+                                                        {"context": "b", "choices": ["x", "y", "z", "w"], "gold": 1}]))
+    assert metrics(mc, [(-1.0, False), (-2.0, False), (-3.0, False), (-1.0, False), (-4.0, False), (-5.0, False)],
+                   [([1], [2])] * 6) == {"acc": 1.0, "acc_norm": 1.0, "chance": 0.375, "items": 2}
+    cloze = load_task(write_jsonl(tmp_path / "cloze.jsonl", [{"context": "a", "target": "bb"},
+                                                             {"context": "c", "target": "dd"}]))
+    scored = metrics(cloze, [(-2.0, True), (-4.0, False)], [([1], [5, 6]), ([1], [7, 8, 9, 10])])
+    assert scored["perplexity"] == pytest.approx(math.exp(3.0))  # (2 + 4) / 2 words
+    assert scored["perplexity_per_token"] == pytest.approx(math.exp(1.0))  # (2 + 4) / 6 tokens
+
+
 def test_requests_split_like_the_harness() -> None:
     from training.tasks import encode_pair
 
@@ -117,6 +134,10 @@ def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_pat
     for task, metric in (("next_words", "acc"), ("next_words", "acc_norm"), ("next_word", "acc")):
         assert report[task][metric] == last[f"eval/{task}/{metric}"]
     assert report["next_word"]["perplexity"] == pytest.approx(last["eval/next_word/perplexity"], rel=1e-4)
+    assert report["next_words"]["chance"] == last["eval/next_words/chance"] == 0.25
+    said = " ".join(result.stdout.split())
+    for header in ("chance acc", "perplexity per word", "perplexity per token"):
+        assert header in said
 
 
 def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], tmp_path: Path) -> None:

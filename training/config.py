@@ -232,8 +232,9 @@ class EvalConfig(Section):
     """Task suites scored in the training loop; `eval` scores the same files on a checkpoint."""
 
     tasks: list[Path] = Field(default_factory=list, description=(
-        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm) "
-        "or cloze {context, target} (acc, perplexity); a task's name is its file's stem."))
+        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm, "
+        "chance) or cloze {context, target} (acc, perplexity per word and per token); a task's name is its file's "
+        "stem."))
     interval: int | None = Field(None, ge=1, description="Score them every N steps and at the last; "
                                                          "default train.eval_interval.")
     max_items: int | None = Field(None, ge=1, description="Score only the first N items of each task.")

@@ -305,7 +305,7 @@ class Trainer:
         self.engine.train()
         record: dict[str, float] = {}
         for task, pairs in zip(self.tasks, self.task_requests):
-            results = metrics(task, scores[:len(pairs)])
+            results = metrics(task, scores[:len(pairs)], pairs)
             scores = scores[len(pairs):]
             record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
         return record | {"eval_seconds": time.perf_counter() - started}

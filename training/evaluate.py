@@ -40,7 +40,7 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
     for task, pairs in zip(tasks, encode_tasks(tasks, tokenizer_file, record["eod_id"])):
         scores = score(forward, pairs, meta["seq_len"], BATCH_ROWS, record["pad_id"], torch.device("cpu"),
                        one_per_row=not document_masking)
-        results[task.name] = {**metrics(task, scores), "kind": task.kind, "file": str(task.path),
+        results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
                               "requests": [[ll, greedy] for ll, greedy in scores]}
     return results
 

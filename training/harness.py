@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.ground.errors import UserError
-from training.tasks import CLOZE, DELIMITER, Task
+from training.tasks import CLOZE, DELIMITER, MULTIPLE_CHOICE, Task, chance
 
 
 def task_yaml(task: Task, data_file: Path | None = None) -> dict[str, Any]:
@@ -56,5 +56,6 @@ def run_harness(hf_dir: Path, tasks: list[Task], limit: int | None = None, batch
                   if key.endswith(",none") and "_stderr" not in key}
         samples = sorted(out["samples"][task.name], key=lambda s: s["doc_id"])
         requests = [[float(ll), bool(greedy)] for s in samples for ll, greedy in (r[0] for r in s["resps"])]
-        results[task.name] = values | {"items": len(samples), "requests": requests}
+        guess = {"chance": chance(task)} if task.kind == MULTIPLE_CHOICE else {}
+        results[task.name] = values | guess | {"items": len(samples), "requests": requests}
     return results
