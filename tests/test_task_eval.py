@@ -53,6 +53,18 @@ def checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / f"step-{STEPS:08d}"
 
 
+def long_choice_task(folder: Path) -> Path:
+    """Item 1: a context of ~300 words (kept, cut from the left); item 2: a choice of ~300 words, past the
+    tiny shards' seq_len of 64."""
+    words = " ".join(w for r in read_set("english", 40) for w in r["text"].split())[:2000]
+    return write_jsonl(folder / "long.jsonl", [{"context": words, "choices": ["the", "a"], "gold": 0},
+                                               {"context": "It was", "choices": ["the end", words], "gold": 0}])
+
+
+def crucible(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
+
+
 def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
     from training.tasks import load_tasks
 
@@ -80,6 +92,20 @@ def test_chance_and_perplexity_per_word_and_per_token(tmp_path: Path) -> None:
     scored = metrics(cloze, [(-2.0, True), (-4.0, False)], [([1], [5, 6]), ([1], [7, 8, 9, 10])])
     assert scored["perplexity"] == pytest.approx(math.exp(3.0))  # (2 + 4) / 2 words
     assert scored["perplexity_per_token"] == pytest.approx(math.exp(1.0))  # (2 + 4) / 6 tokens
+
+
+def test_a_choice_longer_than_seq_len_is_refused_and_a_long_context_kept(tiny_shards: Path, tmp_path: Path) -> None:
+    from training.scoring import encode_tasks
+    from training.tasks import load_tasks
+
+    task = long_choice_task(tmp_path)
+    with pytest.raises(UserError) as error:
+        encode_tasks(load_tasks([task]), tiny_shards / "tokenizer.json", 0, 64)
+    message = str(error.value)
+    assert message.startswith(f"{task}: item 2: choices[1] is ") and "longer than the 64 (seq_len)" in message
+    assert "prep.pack.seq_len" in message and "\n" not in message
+    kept = encode_tasks(load_tasks([task], max_items=1), tiny_shards / "tokenizer.json", 0, 64)
+    assert len(kept[0][0][0]) > 64  # a context past seq_len is scored on its last tokens
 
 
 def test_requests_split_like_the_harness() -> None:
@@ -138,6 +164,26 @@ def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_pat
     said = " ".join(result.stdout.split())
     for header in ("chance acc", "perplexity per word", "perplexity per token"):
         assert header in said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("harness", [False, True])
+def test_eval_refuses_a_choice_longer_than_seq_len_in_one_line(run: Path, tmp_path: Path, harness: bool) -> None:
+    """Before anything is scored: plain `eval` would score only the choice's last tokens, lm-eval would
+    stop on an assertion."""
+    task = long_choice_task(tmp_path)
+    result = crucible("eval", "--checkpoint", str(checkpoint(run)), "--tasks", str(task), *(["--harness"] * harness))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and f"{task}: item 2: choices[1] is " in line and "(seq_len)" in line
+
+
+def test_training_refuses_a_task_with_a_choice_longer_than_seq_len(tiny_shards: Path, tmp_path: Path) -> None:
+    task = long_choice_task(tmp_path)
+    result = crucible("train", "--data", str(tiny_shards), "--output", str(tmp_path / "run"), "--set",
+                      f"eval.tasks=[{task}]")
+    assert result.returncode == 2 and f"{task}: item 2: choices[1] is " in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], tmp_path: Path) -> None:

@@ -108,7 +108,8 @@ class Trainer:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
-        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"])
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"],
+                                          self.seq_len)
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         check_installed(train_cfg.loggers)
         if train_cfg.precision == "fp8":

@@ -32,8 +32,10 @@ def task_yaml(task: Task, data_file: Path | None = None) -> dict[str, Any]:
 
 
 def run_harness(hf_dir: Path, tasks: list[Task], limit: int | None = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
-    """Per task: lm-eval's metrics (`acc`, `acc_norm` or `perplexity`, `items`) and its
-    (log-likelihood, greedy) per request, in the order of `training.tasks.requests`."""
+    """Per task: lm-eval's metrics (`acc`, `acc_norm` or `perplexity`, `items`), `chance` of a
+    multiple-choice task, and its (log-likelihood, greedy) per request, in the order of
+    `training.tasks.requests`. The caller refuses choices longer than seq_len first
+    (`training.scoring.encode_tasks`): lm-eval stops on them with a bare assertion."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:

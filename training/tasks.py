@@ -12,7 +12,8 @@ A task is one local file, JSONL (one item a line) or Parquet, its name the file'
 Requests follow lm-evaluation-harness, so that scores agree with it: the continuation is
 " " + choice (its default target delimiter), trailing spaces of the context move to the
 continuation, the continuation's tokens are those of encode(context + continuation) after the
-context's, and an empty context is the end-of-document token.
+context's, and an empty context is the end-of-document token. A context longer than the model's
+seq_len keeps its last tokens (the harness cuts it so too); a continuation that cannot fit is refused.
 """
 
 from __future__ import annotations
@@ -94,6 +95,21 @@ def encode_pair(encode: Any, context: str, continuation: str, eod_id: int) -> tu
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole, head = encode(context + continuation), encode(context)
     return head, whole[len(head):]
+
+
+def check_fits(task: Task, pairs: list[tuple[list[int], list[int]]], seq_len: int) -> None:
+    """Refuse a choice or target longer than seq_len tokens before anything is scored: its first
+    tokens would never be scored (lm-evaluation-harness stops on an assertion)."""
+    at = 0
+    for number, item in enumerate(task.items, 1):
+        for index, _ in enumerate(task.continuations(item)):
+            length = len(pairs[at][1])
+            at += 1
+            if length > seq_len:
+                which = f"choices[{index}]" if task.kind == MULTIPLE_CHOICE else "target"
+                raise UserError(f"{task.path}: item {number}: {which} is {length:,} tokens, longer than the "
+                                f"{seq_len:,} (seq_len) the model was trained on; shorten it, or train with a "
+                                f"larger prep.pack.seq_len (a long context keeps its last tokens)")
 
 
 def requests(task: Task) -> list[tuple[str, str]]:
