@@ -159,10 +159,8 @@ def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metr
                  ["batch", f"{config.train.global_batch_size} sequences of {config.prep.pack.seq_len} tokens "
                            f"(micro-batch {config.train.micro_batch_size}), {config.train.max_steps} steps"]]
     rows += [[f"wall time: {name}", _seconds(seconds)] for name, seconds in timings.items()]
-    if metrics:
-        peak = metrics[-1].get("peak_tflops")
-        if peak:
-            rows.append(["MFU measured against", f"{peak:g} TFLOP/s peak"])
+    if metrics and mfu_withheld(metrics) is None:
+        rows.append(["MFU measured against", f"{metrics[-1]['peak_tflops']:g} TFLOP/s peak"])
     page.table(["", ""], rows)
     if config is not None:
         page.details("config (as run)", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -216,6 +214,16 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
                 for name in stats["sources"]])
 
 
+def mfu_withheld(metrics: list[dict[str, Any]]) -> str | None:
+    """None where every step logged an MFU of at most 100%; else why the report shows none (no peak,
+    as on a CPU, or one that read low: logs written before null MFUs hold figures above 100%)."""
+    from training.metrics import mfu_withheld as reason
+
+    if all(m.get("mfu") is not None and m["mfu"] <= 1 for m in metrics):
+        return None
+    return reason(metrics[-1].get("peak_tflops"))
+
+
 def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float | None) -> None:
     kept = [m for m in metrics if "loss" in m and "anomaly" not in m]
     if not kept:
@@ -240,22 +248,30 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
     if norms:
         gn_ax.plot(*zip(*norms), color=PURPLE)
     gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
+    withheld = mfu_withheld(kept)
     tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
-    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU (valid tokens)")
-    mfu_ax = tps_ax.twinx()
-    mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
-    mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
+    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput" + (" and MFU" if withheld is None else "")
+               + " (valid tokens)")
+    if withheld is None:
+        mfu_ax = tps_ax.twinx()
+        mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
+        mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
     fig.tight_layout()
     page.figure(fig, "curves.png", "loss, learning rate, gradient norm, throughput")
     timed = kept[1:] or kept
-    tps, mfu = [m["tokens_per_s"] for m in timed], [100 * m["mfu"] for m in timed]
+    tps = [m["tokens_per_s"] for m in timed]
     last = kept[-1]
     page.table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens"], [[
         last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
         f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
-    page.table(["", "median", "min", "max"], [
-        ["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
-        ["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"]])
+    rows = [["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}",
+             f"{max(tps):,.0f}"]]
+    if withheld is None:
+        mfu = [100 * m["mfu"] for m in timed]
+        rows.append(["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"])
+    page.table(["", "median", "min", "max"], rows)
+    if withheld is not None:
+        page.paragraph(withheld + ".")
 
 
 def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:

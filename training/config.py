@@ -155,7 +155,8 @@ class TrainConfig(Section):
     eval_interval: int = Field(50, ge=1)
     eval_batches: int = Field(2, ge=0, description="Validation global batches per evaluation; 0 trains "
                               "without validation (no val_loss, and an empty validation split is fine).")
-    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured.")
+    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured on a GPU, "
+                                                             "none on a CPU (tokens/s only).")
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
     mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
                                                             "by step, a repetition cap; none: every row alike.")

@@ -1,0 +1,53 @@
+"""What a short training run shows means what it says: an MFU that cannot be true is not logged."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import metrics, torchrun
+
+STEPS = 4
+TINY_PEAK = 1e-9  # TFLOP/s: any real step beats it, so MFU would read far above 100%
+
+
+@pytest.fixture(scope="module")
+def run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Four steps with validation after steps 2 and 4 and a peak far below the CPU's."""
+    run_dir = tmp_path_factory.mktemp("evidence_run")
+    settings = [f"train.max_steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=2",
+                "train.eval_interval=2", "train.eval_batches=1", "train.log_interval=1", f"train.peak_tflops={TINY_PEAK}",
+                "checkpoint.interval=0"]
+    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run_dir),
+                      *[arg for setting in settings for arg in ("--set", setting)])
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_an_mfu_above_100_percent_is_not_logged_and_the_run_says_why(run: tuple[Path, Any]) -> None:
+    from pipeline.report import mfu_withheld
+
+    run_dir, result = run
+    records = metrics(run_dir)
+    assert all(m["mfu"] is None and m["peak_tflops"] == TINY_PEAK for m in records)
+    assert result.stdout.count("note: MFU not shown: it came out above 100% of the 1e-09 TFLOP/s peak") == 1
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step ") and "tok/s" in line]
+    assert len(steps) == STEPS and not any("MFU" in line for line in steps)
+    assert mfu_withheld(records).startswith("MFU not shown: it came out above 100%")
+    # metrics.jsonl written before MFU above 100% was held back: the report still shows none of it
+    assert mfu_withheld([{"mfu": 2.56, "peak_tflops": 0.05}]).startswith("MFU not shown: it came out above 100% "
+                                                                          "of the 0.05 TFLOP/s peak")
+    assert mfu_withheld([{"mfu": 0.4, "peak_tflops": 989.0}]) is None
+
+
+def test_a_cpu_has_no_peak_unless_one_is_given() -> None:
+    from training.metrics import mfu, peak_flops
+
+    cpu = torch.device("cpu")
+    assert peak_flops(None, cpu, torch.float32) is None
+    assert mfu(1e6, 1e6, None, 1) is None
+    assert peak_flops(2.0, cpu, torch.float32) == 2e12 and mfu(1e6, 1e6, 2e12, 1) == pytest.approx(0.5)
