@@ -1,7 +1,9 @@
-"""What a short training run shows means what it says: an MFU that cannot be true is not logged."""
+"""What a short training run shows means what it says: user hooks see training batches only, and an
+MFU that cannot be true is not logged."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,28 +12,53 @@ import pytest
 import torch
 
 from tests.conftest import metrics, torchrun
+from training.hooks import Hook
 
-STEPS = 4
+STEPS, MICRO_BATCHES = 4, 2  # global batch 4 of micro-batches of 2: two micro-batches a step
 TINY_PEAK = 1e-9  # TFLOP/s: any real step beats it, so MFU would read far above 100%
 
 
+class CountBatches(Hook):
+    """Append the step and rows of every micro-batch `on_batch` is given to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_batch(self, trainer: Any, batch: Any) -> Any:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"step": trainer.step + 1, "rows": batch.rows.tolist()}) + "\n")
+        return batch
+
+
 @pytest.fixture(scope="module")
-def run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """Four steps with validation after steps 2 and 4 and a peak far below the CPU's."""
+def run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
+                                                                                subprocess.CompletedProcess[str]]:
+    """Four steps with validation after steps 2 and 4, a counting hook and a peak far below the CPU's."""
     run_dir = tmp_path_factory.mktemp("evidence_run")
+    seen = run_dir.parent / "batches.jsonl"
+    hook = f'hooks=[{{target: "tests.test_run_evidence:CountBatches", args: {{path: "{seen}"}}}}]'
     settings = [f"train.max_steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=2",
                 "train.eval_interval=2", "train.eval_batches=1", "train.log_interval=1", f"train.peak_tflops={TINY_PEAK}",
-                "checkpoint.interval=0"]
+                "checkpoint.interval=0", hook]
     result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run_dir),
                       *[arg for setting in settings for arg in ("--set", setting)])
-    return run_dir, result
+    return run_dir, seen, result
 
 
 @pytest.mark.slow
-def test_an_mfu_above_100_percent_is_not_logged_and_the_run_says_why(run: tuple[Path, Any]) -> None:
+def test_on_batch_gets_training_batches_only(run: tuple[Path, Path, Any]) -> None:
+    """Validation ran twice (one global batch, two micro-batches each): none of those reach the hook."""
+    run_dir, seen, _ = run
+    assert sum("val_loss" in m for m in metrics(run_dir)) == 2
+    calls = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [c["step"] for c in calls] == [step for step in range(1, STEPS + 1) for _ in range(MICRO_BATCHES)]
+
+
+@pytest.mark.slow
+def test_an_mfu_above_100_percent_is_not_logged_and_the_run_says_why(run: tuple[Path, Path, Any]) -> None:
     from pipeline.report import mfu_withheld
 
-    run_dir, result = run
+    run_dir, _, result = run
     records = metrics(run_dir)
     assert all(m["mfu"] is None and m["peak_tflops"] == TINY_PEAK for m in records)
     assert result.stdout.count("note: MFU not shown: it came out above 100% of the 1e-09 TFLOP/s peak") == 1

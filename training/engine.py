@@ -212,9 +212,15 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
 
-    def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def _next_training_batch(self) -> Batch:
+        """The loader's next micro-batch, passed through every hook's `on_batch` (training batches
+        only: validation must measure the rows as they are)."""
+        batch = self.loader.next_batch()
         for hook in self.hooks:
             batch = hook.on_batch(self, batch)
+        return batch
+
+    def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         device = self.layout.device
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
         return inputs, batch.targets.to(device)
@@ -246,7 +252,7 @@ class Trainer:
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
         micro_batches, tokens = self._token_weighted(
-            [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)])
+            [self._to_device(self._next_training_batch()) for _ in range(self.grad_accum)])
         if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
