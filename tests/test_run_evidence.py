@@ -1,5 +1,5 @@
-"""What a short training run shows means what it says: user hooks see training batches only, and an
-MFU that cannot be true is not logged."""
+"""What a short training run shows means what it says: user hooks see training batches only, an MFU
+that cannot be true is not logged, and each sample prompt draws with a seed of its own."""
 
 from __future__ import annotations
 
@@ -78,3 +78,18 @@ def test_a_cpu_has_no_peak_unless_one_is_given() -> None:
     assert peak_flops(None, cpu, torch.float32) is None
     assert mfu(1e6, 1e6, None, 1) is None
     assert peak_flops(2.0, cpu, torch.float32) == 2e12 and mfu(1e6, 1e6, 2e12, 1) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_each_prompt_samples_with_its_own_seed_and_a_rerun_repeats(run: tuple[Path, Path, Any],
+                                                                  tiny_shards: Path) -> None:
+    from training.config import SamplesConfig
+    from training.generate import prompt_seed, sample_texts
+
+    run_dir, _, _ = run
+    checkpoint = run_dir / "checkpoints" / f"step-{STEPS:08d}"
+    assert prompt_seed(3, 0) != prompt_seed(3, 1) and prompt_seed(3, 1) == prompt_seed(3, 1)
+    sampling = SamplesConfig(prompts=["The", "The"], max_new_tokens=16, temperature=1.0, seed=3)
+    first = sample_texts(checkpoint, tiny_shards / "tokenizer.json", sampling)
+    assert first[0][1] != first[1][1]
+    assert sample_texts(checkpoint, tiny_shards / "tokenizer.json", sampling) == first

@@ -226,7 +226,8 @@ class SamplesConfig(Section):
     temperature: float = Field(0.8, ge=0, description="0 picks the most likely token (greedy).")
     top_k: int | None = Field(50, ge=1)
     top_p: float | None = Field(0.95, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, description="Sampling seed; each prompt draws with its own, derived from this and its "
+                                     "place in the list (the same text on every rerun).")
 
 
 class EvalConfig(Section):
