@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
 from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
-from pipeline.summary import overlap_line
+from pipeline.summary import changed, overlap_line
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
 EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
@@ -184,10 +184,11 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
     right.set_xlim(0, max(removed + [1]) * 1.35)
     fig.tight_layout()
     page.figure(fig, "funnel.png", "data funnel")
-    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "seconds"], [
+    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "changed", "seconds"], [
         [s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}",
          ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
-         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", s["seconds"]] for s in stages])
+         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", changed(s), s["seconds"]]
+        for s in stages])
     for stage in stages:
         if "languages" in stage.get("tally", {}):
             page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))

@@ -21,16 +21,28 @@ def _reasons(counts: dict[str, int], limit: int = 3) -> str:
     return ", ".join(f"{reason} {n:,}" for reason, n in top) + (f", +{more} more" if more > 0 else "")
 
 
+def changed(row: dict[str, Any]) -> str:
+    """The kept documents a stage altered (its tally's `documents_changed`) and, for PII, what it
+    replaced in them: a stage that edits text shows its work though it drops nothing."""
+    tally = row.get("tally", {})
+    documents = sum(counts.get("documents_changed", 0) for counts in tally.values())
+    text = f"{documents:,} docs" if documents else ""
+    if tally.get("redacted"):
+        text += ("; " if text else "") + "redacted " + _reasons(tally["redacted"])
+    return text or "-"
+
+
 def prep_table(stats: dict[str, Any]) -> Table:
     table = Table(title=f"data prep ({stats['shards']} shard{'s' * (stats['shards'] != 1)})")
-    for header in ("stage", "docs in", "docs out", "dropped", "quarantined", "top reasons", "seconds", "docs/s"):
-        numeric = header not in ("stage", "top reasons")
+    for header in ("stage", "docs in", "docs out", "dropped", "quarantined", "top reasons", "changed", "seconds",
+                   "docs/s"):
+        numeric = header not in ("stage", "top reasons", "changed")
         table.add_column(header, justify="right" if numeric else "left")
     for row in stats["stages"]:
         dropped, quarantined = sum(row["dropped"].values()), sum(row["quarantined"].values())
         rate = row["docs_in"] / row["seconds"] if row["seconds"] else 0.0
         table.add_row(row["name"], f"{row['docs_in']:,}", f"{row['docs_out']:,}", f"{dropped:,}",
-                      f"{quarantined:,}", _reasons(row["dropped"] | row["quarantined"]),
+                      f"{quarantined:,}", _reasons(row["dropped"] | row["quarantined"]), changed(row),
                       f"{row['seconds']:.1f}", f"{rate:,.0f}")
     return table
 
