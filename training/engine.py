@@ -34,7 +34,8 @@ from pipeline.ground.names import MANIFEST
 from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
-from training.data import Batch, DistributedLoader, PackedDataset, SourceRows, build_loader, manifest_hash, source_views
+from training.data import (Batch, DistributedLoader, MixingLoader, PackedDataset, SourceRows, build_loader,
+                           manifest_hash, source_views)
 from training.fp8 import check_fp8
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
@@ -220,6 +221,13 @@ class Trainer:
             batch = hook.on_batch(self, batch)
         return batch
 
+    def _count_source_tokens(self, batches: list[Batch]) -> None:
+        """With a mixture: the step's real (non-padding) targets per source, summed over DP ranks, for
+        `mix/<source>/tokens`."""
+        if isinstance(self.loader, MixingLoader):
+            counts = torch.from_numpy(self.loader.source_tokens(batches, self.pad_id)).to(self.layout.device)
+            self.loader.add_tokens(self._dp_sum(counts).cpu().numpy())
+
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         device = self.layout.device
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
@@ -251,8 +259,9 @@ class Trainer:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
-        micro_batches, tokens = self._token_weighted(
-            [self._to_device(self._next_training_batch()) for _ in range(self.grad_accum)])
+        batches = [self._next_training_batch() for _ in range(self.grad_accum)]
+        self._count_source_tokens(batches)
+        micro_batches, tokens = self._token_weighted([self._to_device(batch) for batch in batches])
         if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
