@@ -590,10 +590,12 @@ class PiiStage(DocStage):
         return Decision(table, drops)
 
     def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
+        """Replacements per type, and the kept documents that had any (the prep table's `changed`)."""
         redacted: Counter[str] = Counter()
         for counts in kept.column("pii_types").to_pylist():
             redacted.update(json.loads(counts))
-        return {"redacted": dict(redacted)}
+        changed = sum(hits > 0 for hits in kept.column("pii_hits").to_pylist())
+        return {"redacted": dict(redacted), self.name: {"documents_changed": changed}}
 
 
 STAGE = doc_stage(PiiStage, PiiConfig)

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
 from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
-from pipeline.summary import overlap_line
+from pipeline.summary import changed, overlap_line
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
 EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
@@ -159,10 +159,8 @@ def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metr
                  ["batch", f"{config.train.global_batch_size} sequences of {config.prep.pack.seq_len} tokens "
                            f"(micro-batch {config.train.micro_batch_size}), {config.train.max_steps} steps"]]
     rows += [[f"wall time: {name}", _seconds(seconds)] for name, seconds in timings.items()]
-    if metrics:
-        peak = metrics[-1].get("peak_tflops")
-        if peak:
-            rows.append(["MFU measured against", f"{peak:g} TFLOP/s peak"])
+    if metrics and mfu_withheld(metrics) is None:
+        rows.append(["MFU measured against", f"{metrics[-1]['peak_tflops']:g} TFLOP/s peak"])
     page.table(["", ""], rows)
     if config is not None:
         page.details("config (as run)", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -186,10 +184,11 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
     right.set_xlim(0, max(removed + [1]) * 1.35)
     fig.tight_layout()
     page.figure(fig, "funnel.png", "data funnel")
-    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "seconds"], [
+    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "changed", "seconds"], [
         [s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}",
          ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
-         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", s["seconds"]] for s in stages])
+         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", changed(s), s["seconds"]]
+        for s in stages])
     for stage in stages:
         if "languages" in stage.get("tally", {}):
             page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))
@@ -216,6 +215,16 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
                 for name in stats["sources"]])
 
 
+def mfu_withheld(metrics: list[dict[str, Any]]) -> str | None:
+    """None where every step logged an MFU of at most 100%; else why the report shows none (no peak,
+    as on a CPU, or one that read low: logs written before null MFUs hold figures above 100%)."""
+    from training.metrics import mfu_withheld as reason
+
+    if all(m.get("mfu") is not None and m["mfu"] <= 1 for m in metrics):
+        return None
+    return reason(metrics[-1].get("peak_tflops"))
+
+
 def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, Any]], entropy: float | None) -> None:
     kept = [m for m in metrics if "loss" in m and "anomaly" not in m]
     if not kept:
@@ -240,22 +249,30 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
     if norms:
         gn_ax.plot(*zip(*norms), color=PURPLE)
     gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
+    withheld = mfu_withheld(kept)
     tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
-    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput and MFU (valid tokens)")
-    mfu_ax = tps_ax.twinx()
-    mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
-    mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
+    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput" + (" and MFU" if withheld is None else "")
+               + " (valid tokens)")
+    if withheld is None:
+        mfu_ax = tps_ax.twinx()
+        mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
+        mfu_ax.set_ylabel("MFU (%)", color=ORANGE)
     fig.tight_layout()
     page.figure(fig, "curves.png", "loss, learning rate, gradient norm, throughput")
     timed = kept[1:] or kept
-    tps, mfu = [m["tokens_per_s"] for m in timed], [100 * m["mfu"] for m in timed]
+    tps = [m["tokens_per_s"] for m in timed]
     last = kept[-1]
     page.table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens"], [[
         last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
         f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
-    page.table(["", "median", "min", "max"], [
-        ["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}", f"{max(tps):,.0f}"],
-        ["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"]])
+    rows = [["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}",
+             f"{max(tps):,.0f}"]]
+    if withheld is None:
+        mfu = [100 * m["mfu"] for m in timed]
+        rows.append(["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"])
+    page.table(["", "median", "min", "max"], rows)
+    if withheld is not None:
+        page.paragraph(withheld + ".")
 
 
 def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
@@ -269,18 +286,42 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
         return
     page.heading("Evaluation")
     fig, ax = plt.subplots(figsize=(8, 3.6))
+    colours: dict[str, str] = {}  # per task, its first line's colour, for its chance line
     for name, points in sorted(series.items()):
-        if not name.endswith("perplexity"):  # unbounded: listed below, not drawn on the scores' axis
-            ax.plot(*zip(*points), "o-", label=name)
-    ax.set(xlabel="step", ylabel="score", title="task scores over training")
+        if "perplexity" not in name and not name.endswith("/chance"):  # perplexity is unbounded: listed below
+            (line,) = ax.plot(*zip(*points), "o-", label=name)
+            colours.setdefault(name.rsplit("/", 1)[0], line.get_color())
+    for name, points in sorted(series.items()):
+        if name.endswith("/chance"):
+            task = name.rsplit("/", 1)[0]
+            ax.axhline(points[-1][1], color=colours.get(task, GREY), linestyle="--", label=f"{task}: chance")
+    ax.set(xlabel="step", ylabel="score", title="task scores over training (dashed: chance)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    page.figure(fig, "evals.png", "task scores over training")
-    page.table(["task / metric", "last step", "score"], [[n, p[-1][0], f"{p[-1][1]:.4f}"] for n, p in sorted(series.items())])
+    page.figure(fig, "evals.png", "task scores over training; dashed: the accuracy of guessing")
+    _task_table(page, series)
     timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
     if timed:
         page.paragraph(f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
                        f"the step times that tokens/s and MFU are measured on.")
+
+
+def _task_table(page: Page, series: dict[str, list[tuple[int, float]]]) -> None:
+    """One row per task at its last evaluation: accuracy beside chance, perplexities by what they are per."""
+    from training.tasks import METRIC_LABELS, SHOWN_METRICS
+
+    last = {name: points[-1] for name, points in series.items()}
+    tasks = sorted({name.rsplit("/", 1)[0] for name in last})
+    shown = [m for m in SHOWN_METRICS if any(f"{task}/{m}" in last for task in tasks)]
+
+    def cell(key: str) -> str:
+        if key not in last:
+            return "-"
+        return f"{last[key][1]:,.1f}" if "perplexity" in key else f"{last[key][1]:.4f}"
+
+    page.table(["task", "last step", *(METRIC_LABELS.get(m, m) for m in shown)], [
+        [task, max(step for name, (step, _) in last.items() if name.startswith(f"{task}/")),
+         *(cell(f"{task}/{m}") for m in shown)] for task in tasks])
 
 
 def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:

@@ -21,16 +21,28 @@ def _reasons(counts: dict[str, int], limit: int = 3) -> str:
     return ", ".join(f"{reason} {n:,}" for reason, n in top) + (f", +{more} more" if more > 0 else "")
 
 
+def changed(row: dict[str, Any]) -> str:
+    """The kept documents a stage altered (its tally's `documents_changed`) and, for PII, what it
+    replaced in them: a stage that edits text shows its work though it drops nothing."""
+    tally = row.get("tally", {})
+    documents = sum(counts.get("documents_changed", 0) for counts in tally.values())
+    text = f"{documents:,} docs" if documents else ""
+    if tally.get("redacted"):
+        text += ("; " if text else "") + "redacted " + _reasons(tally["redacted"])
+    return text or "-"
+
+
 def prep_table(stats: dict[str, Any]) -> Table:
     table = Table(title=f"data prep ({stats['shards']} shard{'s' * (stats['shards'] != 1)})")
-    for header in ("stage", "docs in", "docs out", "dropped", "quarantined", "top reasons", "seconds", "docs/s"):
-        numeric = header not in ("stage", "top reasons")
+    for header in ("stage", "docs in", "docs out", "dropped", "quarantined", "top reasons", "changed", "seconds",
+                   "docs/s"):
+        numeric = header not in ("stage", "top reasons", "changed")
         table.add_column(header, justify="right" if numeric else "left")
     for row in stats["stages"]:
         dropped, quarantined = sum(row["dropped"].values()), sum(row["quarantined"].values())
         rate = row["docs_in"] / row["seconds"] if row["seconds"] else 0.0
         table.add_row(row["name"], f"{row['docs_in']:,}", f"{row['docs_out']:,}", f"{dropped:,}",
-                      f"{quarantined:,}", _reasons(row["dropped"] | row["quarantined"]),
+                      f"{quarantined:,}", _reasons(row["dropped"] | row["quarantined"]), changed(row),
                       f"{row['seconds']:.1f}", f"{rate:,.0f}")
     return table
 
@@ -159,21 +171,25 @@ def print_local_status(status: LocalStatus) -> None:
 
 
 def print_task_results(results: dict[str, dict[str, Any]], title: str) -> None:
-    """One row per task: its kind, items and scores (`eval`, and `run` after training)."""
-    metrics = ("items", "acc", "acc_norm", "perplexity", "max_abs_ll_difference")
+    """One row per task: its items and scores, accuracy beside the accuracy of guessing (`eval`, and
+    `run` after training); perplexities say what they are per."""
+    from training.tasks import METRIC_LABELS, SHOWN_METRICS
+
+    metrics = ("items", *SHOWN_METRICS, "max_abs_ll_difference")
     shown = [m for m in metrics if any(m in r for r in results.values())]
     table = Table(title=title)
     for header in ("task", *shown):
-        table.add_column(header, justify="left" if header == "task" else "right")
+        table.add_column(METRIC_LABELS.get(header, header), justify="left" if header == "task" else "right")
     for name, r in results.items():
         table.add_row(name, *(f"{r[m]:.4g}" if m in r else "-" for m in shown))
     _console().print(table)
 
 
 def print_heldout(results: dict[str, dict[str, Any]], title: str) -> None:
-    """One row per group of the validation split (all, each source, each source/language): `eval --heldout`."""
+    """One row per group of the validation split (all, each source, each source/language): `eval --heldout`;
+    its perplexity is exp of the loss per token."""
     table = Table(title=title)
-    for header in ("rows of", "rows", "tokens", "loss", "perplexity"):
+    for header in ("rows of", "rows", "tokens", "loss", "perplexity per token"):
         table.add_column(header, justify="left" if header == "rows of" else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['rows']:,}", f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['perplexity']:.4g}")

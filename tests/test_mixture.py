@@ -18,17 +18,18 @@ from training.mixture import plan_epochs
 SEQ_LEN = 16
 SOURCES = {"web": (3, 170), "code": (2, 130), "books": (1, 60)}  # name -> (shards, rows per shard)
 BASE = {"web": 1000, "code": 2000, "books": 3000}  # token ids of a source start here, so a row tells its source
+PAD = 1
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Train shards of three sources (rows of distinct token ranges), as prep writes them."""
-    folder = tmp_path_factory.mktemp("mixed_shards")
+def write_sources(folder: Path, real: dict[str, int]) -> Path:
+    """Train shards of three sources (rows of distinct token ranges), as prep writes them; the rows of a
+    source named in `real` hold that many tokens, then padding."""
     rng = np.random.default_rng(7)
     entries, counts = [], {}
     for name, (n_shards, rows) in SOURCES.items():
         for shard in range(n_shards):
             tokens = BASE[name] + rng.integers(0, 900, size=(rows, SEQ_LEN + 1))
+            tokens[:, real.get(name, SEQ_LEN + 1):] = PAD
             starts = [np.array([0], np.int32)] * rows
             entry = write_shard(folder / "train" / f"train-{name}-{shard}.arrow", tokens, starts, 4096)
             entries.append(entry | {"source": name})
@@ -38,10 +39,15 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "val").mkdir()
     write_manifest(folder, {"seq_len": SEQ_LEN, "row_width": SEQ_LEN + 1, "token_type": "uint16",
                             "tokenizer": {"file": "tokenizer.json", "sha256": "0" * 64, "vocab_size": 4096,
-                                          "eod_id": 0, "pad_id": 1},
+                                          "eod_id": 0, "pad_id": PAD},
                             "splits": {"train": {"shards": entries, "sources": counts},
                                        "val": {"shards": [], "sources": {}}}})
     return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sources(tmp_path_factory.mktemp("mixed_shards"), {})
 
 
 def mixture_config(*overrides: str, steps: int = 1000, batch: int = 16, micro: int = 4):
@@ -58,15 +64,21 @@ def source_of(tokens: np.ndarray) -> np.ndarray:
 
 
 def global_batches(shards: Path, config, dp: int, steps: int, state: dict | None = None):
-    """The global batches of `steps` steps at DP `dp`: each round's micro-batches in rank order."""
+    """The global batches of `steps` steps at DP `dp`: each round's micro-batches in rank order. After
+    each step every rank's loader gets the real tokens per source of all ranks, as the trainer sums them."""
     dataset = PackedDataset(shards, "train")
     loaders = [build_loader(dataset, config, rank, dp) for rank in range(dp)]
     if state is not None:
         for loader in loaders:
             loader.load_state_dict(json.loads(json.dumps(state)))
     rounds = config.train.global_batch_size // (config.train.micro_batch_size * dp)
-    batches = [np.concatenate([loader.next_batch().inputs.numpy() for _ in range(rounds) for loader in loaders])
-               for _ in range(steps)]
+    batches = []
+    for _ in range(steps):
+        step = [loader.next_batch() for _ in range(rounds) for loader in loaders]
+        counts = sum(loader.source_tokens(step[rank::dp], PAD) for rank, loader in enumerate(loaders))
+        for loader in loaders:
+            loader.add_tokens(counts)
+        batches.append(np.concatenate([batch.inputs.numpy() for batch in step]))
     return batches, loaders[0]
 
 
@@ -81,6 +93,22 @@ def test_realized_token_fractions_are_within_a_point_of_the_targets_over_1000_ba
     assert metrics["mix/books/target"] == pytest.approx(0.2)
     per_step = np.array([np.bincount(source_of(b[:, 0]), minlength=3) for b in batches])
     assert np.abs(per_step.cumsum(0)[-1] - 16_000 * np.array([0.5, 0.3, 0.2])).max() <= 16  # a row per source
+
+
+def test_tokens_per_source_count_real_tokens_not_padding(tmp_path: Path) -> None:
+    """Web rows hold 11 tokens then padding (10 real targets), books rows 5 (4), code rows are full (16):
+    the tokens logged per source after one global batch over two ranks are those counts times the rows
+    drawn, and a resume carries them on."""
+    shards = write_sources(tmp_path, {"web": 11, "books": 5})
+    config = mixture_config(WEIGHTS, steps=10)
+    batches, loader = global_batches(shards, config, 2, 1)
+    rows = np.bincount(source_of(batches[0][:, 0]), minlength=3)
+    assert rows.sum() == 16 and (rows > 0).all()
+    expected = (rows * [10, 16, 4]).tolist()
+    names = ("web", "code", "books")
+    assert [loader.metrics()[f"mix/{name}/tokens"] for name in names] == expected
+    _, resumed = global_batches(shards, config, 1, 0, state=loader.state_dict())
+    assert [resumed.metrics()[f"mix/{name}/tokens"] for name in names] == expected
 
 
 @pytest.mark.parametrize("dp", [2, 4])

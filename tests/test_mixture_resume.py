@@ -77,6 +77,8 @@ def test_resume_in_a_new_process_continues_the_mixture_exactly(shards: Path, tmp
     assert last["mix/web/fr/target"] == pytest.approx(0.5) and last["mix/web/de/target"] == 0
     assert {k for k in last if k.startswith("mix/") and k.endswith("/tokens")} == {
         f"mix/{unit}/tokens" for unit in ("code/und", "web/de", "web/es", "web/fr")}
+    for record in straight + resumed:  # real tokens per source add up to the run's tokens, across the resume too
+        assert sum(v for k, v in record.items() if k.startswith("mix/") and k.endswith("/tokens")) == record["tokens"]
 
 
 def test_heldout_perplexity_per_source_and_language_agrees_with_the_loop(shards: Path, tmp_path: Path) -> None:

@@ -357,3 +357,27 @@ def test_config_rejects_unknown_types_and_negative_limits():
     with pytest.raises(ValidationError):
         PiiConfig(max_hits=-1)
     assert PiiConfig().enabled_types == list(PII_TYPES)
+
+
+def test_the_prep_table_shows_what_pii_redacted(tmp_path):
+    """PII drops nothing by default: its row of the prep table shows the documents it changed and the
+    replacements per type, the counts stats.json holds."""
+    from rich.console import Console
+
+    from pipeline.config import load_config
+    from pipeline.prep import run_prep
+    from pipeline.summary import prep_table
+    from tests.conftest import write_jsonl
+
+    records = [{"id": f"d{i}", "text": f"Write to clerk{i}@example.org or clerk{i}@example.net about it."
+                if i % 3 == 0 else "No contact here, only words about the weather."} for i in range(30)]
+    config = load_config(None, ["prep.stages=[normalize, pii]", "prep.workers=1"])
+    config.prep.inputs = [write_jsonl(tmp_path / "in.jsonl", records)]
+    run_prep(config.prep, tmp_path / "out", show_progress=False)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    row = {r["name"]: r for r in stats["stages"]}["pii"]
+    assert row["dropped"] == {} and row["tally"] == {"redacted": {"email": 20}, "pii": {"documents_changed": 10}}
+    console = Console(record=True, width=250)
+    console.print(prep_table(stats))
+    line = next(line for line in console.export_text().splitlines() if line.startswith("│ pii "))
+    assert "10 docs; redacted email 20" in line

@@ -29,7 +29,9 @@ prep:
   inputs: [{corpus}]
   tokenizer: {{vocab_size: 512}}
   pack: {{seq_len: 64, val_fraction: 0.1}}
-train: {{max_steps: 12, global_batch_size: 8, micro_batch_size: 2, eval_interval: 6, log_interval: 3, peak_tflops: 1}}
+train: {{max_steps: 12, global_batch_size: 8, micro_batch_size: 2, eval_interval: 6, log_interval: 3}}
+eval: {{tasks: [{REPO / "data/tasks/debian_next_words.jsonl"}, {REPO / "data/tasks/python_docs_last_word.jsonl"}],
+        max_items: 12}}
 checkpoint: {{interval: 6}}
 launch: {{nproc_per_node: 2}}
 samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
@@ -39,6 +41,13 @@ run: {{toy_world: true}}
     result = crucible_run(config, run)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def crucible_run(config: Path, run: Path) -> subprocess.CompletedProcess[str]:
@@ -51,12 +60,16 @@ def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subpr
     assert "data prep" in result.stdout and "continuation" in result.stdout and "It was" in result.stdout
     said = " ".join(result.stdout.split())  # the table title wraps at the console's width
     assert "samples from the final checkpoint: validation loss " in said and "at step 12; unigram baseline " in said
+    for header in ("chance acc", "perplexity per word", "perplexity per token"):  # the task table, as printed
+        assert header in said
+    assert " MFU " not in result.stdout  # a CPU without train.peak_tflops: tokens/s only
     assert (run / "data" / "shards" / "manifest.json").exists()
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()
     for section in ("## Run", "## Data", "## Training", "## Checkpoints and events", "## Samples", "It was",
                     "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save | 20", "## Toy world",
-                    "From the final checkpoint: validation loss "):
+                    "From the final checkpoint: validation loss ", "chance acc", "perplexity per word",
+                    "MFU not shown: no peak to measure it against"):
         assert section in report
     assert report.count(" | yes |") == 2, "the toy world writes a sentence of its corpus from cat and from dog"
     html = (run / "report.html").read_text()
@@ -69,7 +82,9 @@ def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subpr
 def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.CompletedProcess[str]],
                                           tmp_path: Path) -> None:
     """Headless Chromium opens the page alone (copied away from its run folder): every image decodes,
-    the console stays clean, and a screenshot is written."""
+    the console stays clean, and a screenshot is written. The page as rendered shows task accuracy
+    beside chance (a column, and the plot's dashed lines), the cloze perplexity labelled per word,
+    and no MFU above 100% (this CPU run had no peak: the page says MFU is not shown, and why)."""
     from playwright.sync_api import sync_playwright
 
     run, _ = finished_run
@@ -85,13 +100,29 @@ def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.C
         page.goto(page_file.as_uri(), wait_until="load")
         images = page.evaluate("[...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.textContent)")
+        text = page.evaluate("document.body.innerText")
+        rows = page.evaluate("[...document.querySelectorAll('tr')].map(r => [...r.cells].map(c => c.innerText))")
+        captions = page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.innerText)")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
     assert errors == []
     assert len(images) >= 2 and all(loaded for _, loaded in images), images
     assert headings[:3] == ["Run", "Data", "Training"] and "Checkpoints and events" in headings
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tasks = next(row for row in rows if row[:3] == ["task", "last step", "acc"])
+    assert tasks[3] == "chance acc" and "perplexity per word" in tasks and "perplexity per token" in tasks
+    chance = next(row for row in rows if row[0] == "debian_next_words")[3]
+    assert chance == "0.2500"  # four choices an item
+    assert "task scores over training; dashed: the accuracy of guessing" in captions
+    redacted = {r["name"]: r for r in json.loads((run / "data" / "stats.json").read_text())["stages"]}["pii"]["tally"]
+    pii_changed = next(row for row in rows if row[0] == "pii")[5]  # the stage table's `changed` column
+    assert pii_changed.startswith(f"{redacted['pii']['documents_changed']} docs; redacted ")
+    assert all(f"{kind} {n}" in pii_changed for kind, n in list(redacted["redacted"].items())[:3])
+    mfu_cells = [cell for row in rows if row and "MFU" in row[0] for cell in row[1:]]
+    assert all(float(cell.split()[0]) <= 100 for cell in mfu_cells if cell[:1].isdigit())
+    assert "MFU not shown: no peak to measure it against" in text and "MFU (%)" not in text
+    width, height = png_size(SCREENSHOT)
+    assert width == 1200 and height > 2000 and SCREENSHOT.stat().st_size > 50_000
 
 
 def test_status_reads_a_local_run(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -4,6 +4,7 @@ agree with lm-evaluation-harness on the Hugging Face export, item by item."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,18 @@ def checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / f"step-{STEPS:08d}"
 
 
+def long_choice_task(folder: Path) -> Path:
+    """Item 1: a context of ~300 words (kept, cut from the left); item 2: a choice of ~300 words, past the
+    tiny shards' seq_len of 64."""
+    words = " ".join(w for r in read_set("english", 40) for w in r["text"].split())[:2000]
+    return write_jsonl(folder / "long.jsonl", [{"context": words, "choices": ["the", "a"], "gold": 0},
+                                               {"context": "It was", "choices": ["the end", words], "gold": 0}])
+
+
+def crucible(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
+
+
 def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
     from training.tasks import load_tasks
 
@@ -63,6 +76,36 @@ def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(UserError) as error:
             load_tasks([tmp_path / name])
         assert name in str(error.value) and "\n" not in str(error.value)
+
+
+def test_chance_and_perplexity_per_word_and_per_token(tmp_path: Path) -> None:
+    """Chance is the mean of 1 / choices over the items; cloze perplexity is per target (a word) as the
+    harness gives it, and per token over the targets' tokens."""
+    from training.tasks import load_task, metrics
+
+    mc = load_task(write_jsonl(tmp_path / "mc.jsonl", [{"context": "a", "choices": ["x", "y"], "gold": 0},
+                                                        {"context": "b", "choices": ["x", "y", "z", "w"], "gold": 1}]))
+    assert metrics(mc, [(-1.0, False), (-2.0, False), (-3.0, False), (-1.0, False), (-4.0, False), (-5.0, False)],
+                   [([1], [2])] * 6) == {"acc": 1.0, "acc_norm": 1.0, "chance": 0.375, "items": 2}
+    cloze = load_task(write_jsonl(tmp_path / "cloze.jsonl", [{"context": "a", "target": "bb"},
+                                                             {"context": "c", "target": "dd"}]))
+    scored = metrics(cloze, [(-2.0, True), (-4.0, False)], [([1], [5, 6]), ([1], [7, 8, 9, 10])])
+    assert scored["perplexity"] == pytest.approx(math.exp(3.0))  # (2 + 4) / 2 words
+    assert scored["perplexity_per_token"] == pytest.approx(math.exp(1.0))  # (2 + 4) / 6 tokens
+
+
+def test_a_choice_longer_than_seq_len_is_refused_and_a_long_context_kept(tiny_shards: Path, tmp_path: Path) -> None:
+    from training.scoring import encode_tasks
+    from training.tasks import load_tasks
+
+    task = long_choice_task(tmp_path)
+    with pytest.raises(UserError) as error:
+        encode_tasks(load_tasks([task]), tiny_shards / "tokenizer.json", 0, 64)
+    message = str(error.value)
+    assert message.startswith(f"{task}: item 2: choices[1] is ") and "longer than the 64 (seq_len)" in message
+    assert "prep.pack.seq_len" in message and "\n" not in message
+    kept = encode_tasks(load_tasks([task], max_items=1), tiny_shards / "tokenizer.json", 0, 64)
+    assert len(kept[0][0][0]) > 64  # a context past seq_len is scored on its last tokens
 
 
 def test_requests_split_like_the_harness() -> None:
@@ -117,6 +160,30 @@ def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_pat
     for task, metric in (("next_words", "acc"), ("next_words", "acc_norm"), ("next_word", "acc")):
         assert report[task][metric] == last[f"eval/{task}/{metric}"]
     assert report["next_word"]["perplexity"] == pytest.approx(last["eval/next_word/perplexity"], rel=1e-4)
+    assert report["next_words"]["chance"] == last["eval/next_words/chance"] == 0.25
+    said = " ".join(result.stdout.split())
+    for header in ("chance acc", "perplexity per word", "perplexity per token"):
+        assert header in said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("harness", [False, True])
+def test_eval_refuses_a_choice_longer_than_seq_len_in_one_line(run: Path, tmp_path: Path, harness: bool) -> None:
+    """Before anything is scored: plain `eval` would score only the choice's last tokens, lm-eval would
+    stop on an assertion."""
+    task = long_choice_task(tmp_path)
+    result = crucible("eval", "--checkpoint", str(checkpoint(run)), "--tasks", str(task), *(["--harness"] * harness))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and f"{task}: item 2: choices[1] is " in line and "(seq_len)" in line
+
+
+def test_training_refuses_a_task_with_a_choice_longer_than_seq_len(tiny_shards: Path, tmp_path: Path) -> None:
+    task = long_choice_task(tmp_path)
+    result = crucible("train", "--data", str(tiny_shards), "--output", str(tmp_path / "run"), "--set",
+                      f"eval.tasks=[{task}]")
+    assert result.returncode == 2 and f"{task}: item 2: choices[1] is " in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], tmp_path: Path) -> None:

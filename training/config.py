@@ -155,7 +155,8 @@ class TrainConfig(Section):
     eval_interval: int = Field(50, ge=1)
     eval_batches: int = Field(2, ge=0, description="Validation global batches per evaluation; 0 trains "
                               "without validation (no val_loss, and an empty validation split is fine).")
-    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured.")
+    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured on a GPU, "
+                                                             "none on a CPU (tokens/s only).")
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
     mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
                                                             "by step, a repetition cap; none: every row alike.")
@@ -225,15 +226,17 @@ class SamplesConfig(Section):
     temperature: float = Field(0.8, ge=0, description="0 picks the most likely token (greedy).")
     top_k: int | None = Field(50, ge=1)
     top_p: float | None = Field(0.95, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, description="Sampling seed; each prompt draws with its own, derived from this and its "
+                                     "place in the list (the same text on every rerun).")
 
 
 class EvalConfig(Section):
     """Task suites scored in the training loop; `eval` scores the same files on a checkpoint."""
 
     tasks: list[Path] = Field(default_factory=list, description=(
-        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm) "
-        "or cloze {context, target} (acc, perplexity); a task's name is its file's stem."))
+        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm, "
+        "chance) or cloze {context, target} (acc, perplexity per word and per token); a task's name is its file's "
+        "stem."))
     interval: int | None = Field(None, ge=1, description="Score them every N steps and at the last; "
                                                          "default train.eval_interval.")
     max_items: int | None = Field(None, ge=1, description="Score only the first N items of each task.")

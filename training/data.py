@@ -237,6 +237,9 @@ class MixingLoader:
         self.keys = [source_key(name) for name in schedule.sources]
         self.position = 0
         self.drawn = np.zeros(len(schedule.sources), dtype=np.int64)  # rows drawn per source up to `position`
+        self.tokens = np.zeros(len(schedule.sources), dtype=np.int64)  # their real (non-padding) targets
+        index = {name: i for i, name in enumerate(schedule.sources)}
+        self.shard_source = np.array([index.get(unit, -1) for unit in shard_units(dataset)], dtype=np.int64)
         self._block_start, self._block_rows, self._block_drawn = -1, np.zeros(0, np.int64), np.zeros((0, 0))
         self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
@@ -281,17 +284,32 @@ class MixingLoader:
             self.drawn = self._block_drawn[(self.position - self._block_start) // self.rows_per_step - 1]
         return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
 
+    def source_tokens(self, batches: list[Batch], pad_id: int) -> np.ndarray:
+        """Real (non-padding) targets per source in `batches` (this rank's); the trainer sums them over
+        data-parallel ranks into `add_tokens`."""
+        counts = np.zeros(len(self.tokens), dtype=np.int64)
+        for batch in batches:
+            sources = self.shard_source[np.searchsorted(self.dataset.offsets, batch.rows, side="right") - 1]
+            counts += np.bincount(sources, weights=(batch.targets != pad_id).sum(1).numpy(),
+                                  minlength=len(counts)).astype(np.int64)
+        return counts
+
+    def add_tokens(self, counts: np.ndarray) -> None:
+        self.tokens += counts
+
     def metrics(self) -> dict[str, float]:
-        """Tokens drawn so far per source and the target fractions of the last step drawn, for metrics.jsonl."""
-        seq_len = self.dataset.width - 1
+        """Real tokens drawn so far per source (padding left out, as in `tokens`) and the target fractions
+        of the last step drawn, for metrics.jsonl."""
         weights = self.schedule.weights[self.schedule.phase(max(0, self.position - 1) // self.rows_per_step)]
-        return {key: value for name, drawn, weight in zip(self.schedule.sources, self.drawn.tolist(), weights.tolist())
-                for key, value in ((f"mix/{name}/tokens", drawn * seq_len), (f"mix/{name}/target", weight))}
+        return {key: value
+                for name, tokens, weight in zip(self.schedule.sources, self.tokens.tolist(), weights.tolist())
+                for key, value in ((f"mix/{name}/tokens", tokens), (f"mix/{name}/target", weight))}
 
     def state_dict(self) -> dict[str, Any]:
         if self.position % self.rows_per_step:
             raise RuntimeError("the mixing loader's state is taken between steps only")
         return {"position": self.position, "drawn": dict(zip(self.schedule.sources, self.drawn.tolist())),
+                "tokens": dict(zip(self.schedule.sources, self.tokens.tolist())),
                 "seed": self.seed, "rows": len(self.dataset), "manifest_sha256": manifest_hash(self.dataset.folder)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -305,6 +323,9 @@ class MixingLoader:
                              f"sources {sorted(self.schedule.sources)}")
         self.position = state["position"]
         self.drawn = np.array([state["drawn"][name] for name in self.schedule.sources], dtype=np.int64)
+        # Checkpoints saved before real tokens were counted hold rows only: full rows is what they logged.
+        tokens = state.get("tokens") or {name: n * (self.dataset.width - 1) for name, n in state["drawn"].items()}
+        self.tokens = np.array([tokens[name] for name in self.schedule.sources], dtype=np.int64)
         self._block_start = -1
 
 

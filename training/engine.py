@@ -34,11 +34,12 @@ from pipeline.ground.names import MANIFEST
 from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
-from training.data import Batch, DistributedLoader, PackedDataset, SourceRows, build_loader, manifest_hash, source_views
+from training.data import (Batch, DistributedLoader, MixingLoader, PackedDataset, SourceRows, build_loader,
+                           manifest_hash, source_views)
 from training.fp8 import check_fp8
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
-from training.metrics import MetricsLog, measure_peak_flops
+from training.metrics import MetricsLog, mfu, mfu_withheld, peak_flops
 from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
@@ -108,7 +109,8 @@ class Trainer:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
         self.pad_id = tokenizer["pad_id"]
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
-        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"])
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"],
+                                          self.seq_len)
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         check_installed(train_cfg.loggers)
         if train_cfg.precision == "fp8":
@@ -140,9 +142,8 @@ class Trainer:
             self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
             self.val_sources = source_views(self.val_data, train_cfg.global_batch_size)  # per source/language
         self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
-        self.peak_flops = (train_cfg.peak_tflops * 1e12 if train_cfg.peak_tflops
-                           else measure_peak_flops(self.layout.device, self.dtype))
-        self.warned_mfu = False
+        self.peak_flops = peak_flops(train_cfg.peak_tflops, self.layout.device, self.dtype)
+        self.mfu_trusted = self.peak_flops is not None  # False once MFU came out above 100%
 
         is_rank0 = self.layout.rank == 0
         trackers = Trackers(self.run_dir, train_cfg.loggers, train_cfg.tracking, config.model_dump(mode="json"),
@@ -212,9 +213,22 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
 
-    def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def _next_training_batch(self) -> Batch:
+        """The loader's next micro-batch, passed through every hook's `on_batch` (training batches
+        only: validation must measure the rows as they are)."""
+        batch = self.loader.next_batch()
         for hook in self.hooks:
             batch = hook.on_batch(self, batch)
+        return batch
+
+    def _count_source_tokens(self, batches: list[Batch]) -> None:
+        """With a mixture: the step's real (non-padding) targets per source, summed over DP ranks, for
+        `mix/<source>/tokens`."""
+        if isinstance(self.loader, MixingLoader):
+            counts = torch.from_numpy(self.loader.source_tokens(batches, self.pad_id)).to(self.layout.device)
+            self.loader.add_tokens(self._dp_sum(counts).cpu().numpy())
+
+    def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         device = self.layout.device
         inputs = (batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
         return inputs, batch.targets.to(device)
@@ -245,8 +259,9 @@ class Trainer:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step uses; the scheduler advances in step()
-        micro_batches, tokens = self._token_weighted(
-            [self._to_device(self.loader.next_batch()) for _ in range(self.grad_accum)])
+        batches = [self._next_training_batch() for _ in range(self.grad_accum)]
+        self._count_source_tokens(batches)
+        micro_batches, tokens = self._token_weighted([self._to_device(batch) for batch in batches])
         if self.config.parallel.pp > 1:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
@@ -305,7 +320,7 @@ class Trainer:
         self.engine.train()
         record: dict[str, float] = {}
         for task, pairs in zip(self.tasks, self.task_requests):
-            results = metrics(task, scores[:len(pairs)])
+            results = metrics(task, scores[:len(pairs)], pairs)
             scores = scores[len(pairs):]
             record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
         return record | {"eval_seconds": time.perf_counter() - started}
@@ -316,27 +331,32 @@ class Trainer:
         """`tokens`, `tokens_per_s` and MFU count valid targets only: padding is neither learned nor credited."""
         tokens_per_s = result.tokens / result.seconds
         return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * self.flops_per_token / (self.peak_flops * self.layout.world),
-                "peak_tflops": self.peak_flops / 1e12, "step_seconds": result.seconds,
-                "tokens": self.tokens} | self.loader.metrics()
+                "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
+                "peak_tflops": None if self.peak_flops is None else self.peak_flops / 1e12,
+                "step_seconds": result.seconds, "tokens": self.tokens} | self.loader.metrics()
+
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        """MFU, or None without a peak and from the first step above 100% on (the peak read low, so
+        no figure against it can be trusted); that step says why once."""
+        value = mfu(tokens_per_s, self.flops_per_token, self.peak_flops if self.mfu_trusted else None,
+                    self.layout.world)
+        if value is not None and value > 1:
+            self.mfu_trusted, value = False, None
+            if self.layout.rank == 0:
+                print(f"note: {mfu_withheld(self.peak_flops / 1e12)}", flush=True)
+        return value
 
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
         self.metrics.log(record)
-        if self.layout.rank == 0 and record["mfu"] > 1 and not self.warned_mfu:
-            self.warned_mfu = True
-            print(f"note: MFU {100 * record['mfu']:.0f}% is above 100%: the peak measured at start-up "
-                  f"({self.peak_flops / 1e12:.3g} TFLOP/s per device) read low, as on a busy machine; set "
-                  f"train.peak_tflops to this device's peak for MFU you can compare", flush=True)
         notable = any(key in record for key in ("val_loss", "anomaly", "anomaly_ignored"))
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
             extra += "".join(f" | {k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
             print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
-                  f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s | "
-                  f"MFU {100 * record['mfu']:.1f}%", flush=True)
+                  f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
+                  + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"), flush=True)
 
     def save(self, reason: str) -> Path:
         meta = {

@@ -26,21 +26,23 @@ BATCH_ROWS = 8  # rows of seq_len tokens per forward pass
 
 def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Path) -> dict[str, dict[str, Any]]:
     """Per task: its metrics, item count, kind, file, and (log-likelihood, greedy) per request."""
-    from training.export import tokenizer_record
+    from training.export import read_meta, tokenizer_record
     from training.generate import load_model
 
-    model, meta = load_model(checkpoint)
+    meta = read_meta(checkpoint)
     record = tokenizer_record(meta)
+    encoded = encode_tasks(tasks, tokenizer_file, record["eod_id"], meta["seq_len"])  # refuses before loading
+    model, meta = load_model(checkpoint)
     document_masking = meta["config"]["model"]["document_masking"]
 
     def forward(inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return model(inputs, positions, segments)
 
     results = {}
-    for task, pairs in zip(tasks, encode_tasks(tasks, tokenizer_file, record["eod_id"])):
+    for task, pairs in zip(tasks, encoded):
         scores = score(forward, pairs, meta["seq_len"], BATCH_ROWS, record["pad_id"], torch.device("cpu"),
                        one_per_row=not document_masking)
-        results[task.name] = {**metrics(task, scores), "kind": task.kind, "file": str(task.path),
+        results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
                               "requests": [[ll, greedy] for ll, greedy in scores]}
     return results
 

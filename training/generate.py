@@ -2,7 +2,9 @@
 
 The checkpoint is consolidated to one set of weights (see `training.export`) and loaded into a
 single-process model. Generation prefills the prompt once, then decodes one token at a time,
-each step attending over the cached keys and values instead of recomputing the prefix.
+each step attending over the cached keys and values instead of recomputing the prefix. Each
+prompt samples with a seed of its own, fixed by `samples.seed` and its index in the list: two
+similar prompts do not share their random draws, and a rerun writes the same text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from pipeline.ground.hashing import hash64
 from training.config import ModelConfig, SamplesConfig
 from training.export import consolidate, tokenizer_record
 from training.model import GPT, KVCache
@@ -56,6 +59,11 @@ def sample_next(logits: torch.Tensor, sampling: SamplesConfig, vocab: int, gener
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
+def prompt_seed(seed: int, index: int) -> int:
+    """The sampling seed of the prompt at `index`: distinct per index, the same on every run."""
+    return hash64(f"{seed}:{index}", salt=b"prompt")
+
+
 def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> list[tuple[str, str]]:
     """(prompt, continuation) for each configured prompt, from `checkpoint`."""
     from tokenizers import Tokenizer
@@ -65,14 +73,14 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> 
     eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
     context = meta["seq_len"]
     samples = []
-    for prompt in cfg.prompts:
+    for index, prompt in enumerate(cfg.prompts):
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
         if len(ids) > context:
             print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
                   f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
             ids = ids[-context:]
-        samples.append((prompt, decode_whole_characters(tokenizer, generate(model, ids, cfg,
-                                                                             tokenizer.get_vocab_size(), eod))))
+        new = generate(model, ids, cfg, tokenizer.get_vocab_size(), eod, prompt_seed(cfg.seed, index))
+        samples.append((prompt, decode_whole_characters(tokenizer, new)))
     return samples
 
 
@@ -88,9 +96,11 @@ def decode_whole_characters(tokenizer: Any, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: list[int], sampling: SamplesConfig, vocab: int, stop_id: int | None) -> list[int]:
-    """Prefill `prompt` once, then decode with the KV cache until `stop_id` or max_new_tokens."""
-    generator = torch.Generator().manual_seed(sampling.seed)
+def generate(model: GPT, prompt: list[int], sampling: SamplesConfig, vocab: int, stop_id: int | None,
+             seed: int | None = None) -> list[int]:
+    """Prefill `prompt` once, then decode with the KV cache until `stop_id` or max_new_tokens; draws
+    are seeded with `seed` (default `sampling.seed`)."""
+    generator = torch.Generator().manual_seed(sampling.seed if seed is None else seed)
     cache = KVCache()
     tokens = torch.tensor([prompt])
     positions = torch.arange(len(prompt))[None]

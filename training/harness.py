@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.ground.errors import UserError
-from training.tasks import CLOZE, DELIMITER, Task
+from training.tasks import CLOZE, DELIMITER, MULTIPLE_CHOICE, Task, chance
 
 
 def task_yaml(task: Task, data_file: Path | None = None) -> dict[str, Any]:
@@ -32,8 +32,10 @@ def task_yaml(task: Task, data_file: Path | None = None) -> dict[str, Any]:
 
 
 def run_harness(hf_dir: Path, tasks: list[Task], limit: int | None = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
-    """Per task: lm-eval's metrics (`acc`, `acc_norm` or `perplexity`, `items`) and its
-    (log-likelihood, greedy) per request, in the order of `training.tasks.requests`."""
+    """Per task: lm-eval's metrics (`acc`, `acc_norm` or `perplexity`, `items`), `chance` of a
+    multiple-choice task, and its (log-likelihood, greedy) per request, in the order of
+    `training.tasks.requests`. The caller refuses choices longer than seq_len first
+    (`training.scoring.encode_tasks`): lm-eval stops on them with a bare assertion."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
@@ -56,5 +58,6 @@ def run_harness(hf_dir: Path, tasks: list[Task], limit: int | None = None, batch
                   if key.endswith(",none") and "_stderr" not in key}
         samples = sorted(out["samples"][task.name], key=lambda s: s["doc_id"])
         requests = [[float(ll), bool(greedy)] for s in samples for ll, greedy in (r[0] for r in s["resps"])]
-        results[task.name] = values | {"items": len(samples), "requests": requests}
+        guess = {"chance": chance(task)} if task.kind == MULTIPLE_CHOICE else {}
+        results[task.name] = values | guess | {"items": len(samples), "requests": requests}
     return results

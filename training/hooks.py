@@ -1,9 +1,10 @@
 """Hooks: the small interface the training loop calls, and the built-in ones.
 
-The loop calls `on_batch` before a micro-batch is used, `on_step_end` after each optimizer step,
-`on_eval` after validation, `on_save` after a checkpoint is published, `on_anomaly` when an
-anomaly is about to be rolled back (or ignored, with no checkpoint yet) and `on_rollback` once
-the run is back at a checkpoint. A hook steers the run only by what `on_step_end` returns: None
+The loop calls `on_batch` before a training micro-batch is used (validation batches never reach
+it: a hook that edits rows must not change what validation measures), `on_step_end` after each
+optimizer step, `on_eval` after validation, `on_save` after a checkpoint is published,
+`on_anomaly` when an anomaly is about to be rolled back (or ignored, with no checkpoint yet) and
+`on_rollback` once the run is back at a checkpoint. A hook steers the run only by what `on_step_end` returns: None
 to go on, `Rollback` or `Stop`; the trainer decides how. Automatic rollback and
 checkpoint-on-signal are hooks like any a user adds from config, in the same list
 (`hooks: [{target: "package.module:Class", args: {...}}]`).
@@ -77,6 +78,8 @@ class Hook:
     """Override what you need; every method has a do-nothing default."""
 
     def on_batch(self, trainer: TrainerView, batch: Batch) -> Batch:
+        """Each training micro-batch, before use; what it returns is trained on. Validation batches
+        are not passed here."""
         return batch
 
     def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:

@@ -7,6 +7,11 @@ SwiGLU matrices, plus the LM head (vocab x d_model); the embedding lookup is not
 first term is forward + backward of the dense layers, the second the attention scores and
 weighted sums (with document masking most of it is skipped, so MFU is also worth reading without
 it: `attention=False`). MFU = achieved FLOP/s / (peak FLOP/s per device x devices).
+
+The peak is `train.peak_tflops` where given, else a matmul measured at start-up on a GPU. A CPU
+gets no measured peak: its small matmul, slowed by whatever else runs on a shared machine, read
+a fraction of what training then achieved (MFU of 200-400%), so a CPU run reports tokens/s only.
+An MFU above 100% can only mean the peak read low: from then on the run logs `mfu` as null.
 """
 
 from __future__ import annotations
@@ -43,6 +48,27 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
             torch.cuda.synchronize()
         best = max(best, 2.0 * n**3 * runs / (time.perf_counter() - started))
     return best
+
+
+def peak_flops(declared_tflops: float | None, device: torch.device, dtype: torch.dtype) -> float | None:
+    """Per-device peak FLOP/s for MFU: the declared one, else measured on a GPU; None on a CPU."""
+    if declared_tflops:
+        return declared_tflops * 1e12
+    return measure_peak_flops(device, dtype) if device.type == "cuda" else None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, devices: int) -> float | None:
+    """Model FLOPs utilization against `peak` per device; None without a peak."""
+    return None if peak is None else tokens_per_s * flops_per_token / (peak * devices)
+
+
+def mfu_withheld(peak_tflops: float | None) -> str:
+    """Why a run shows no MFU, in one line (the console and the report say the same)."""
+    if peak_tflops is None:
+        return ("MFU not shown: no peak to measure it against (a CPU's measured peak reads low); set "
+                "train.peak_tflops to the device's peak to see it")
+    return (f"MFU not shown: it came out above 100% of the {peak_tflops:.3g} TFLOP/s peak, so that peak is "
+            f"below what the device did; set train.peak_tflops to the device's datasheet peak")
 
 
 class MetricsLog:

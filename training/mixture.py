@@ -15,8 +15,9 @@ sequence u_g = frac(g * phi + offset), mapped through the cumulative weights of 
 slot's step is in. The sequence is equidistributed with low discrepancy, so over any stretch of
 N rows each source's count is within a few rows of N x its weight, with no state and no
 dependence on the number of ranks; it is done in exact 64-bit integer arithmetic. Every row
-has seq_len tokens, so row fractions are token fractions. Rows are fixed length, so with
-`best_fit` packing a row's padding counts as tokens of its source.
+has seq_len slots, so the weights are fractions of rows, which are token fractions up to padding:
+the logged `mix/<source>/tokens` count real tokens only (as `tokens` does), so a source whose
+rows carry more `best_fit` padding shows a realized share a little below its target.
 """
 
 from __future__ import annotations

@@ -20,15 +20,15 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from training.tasks import Task, encode_pair, requests
+from training.tasks import Task, check_fits, encode_pair, requests
 
 # (inputs, positions, segments, targets) -> vocab-parallel logits [B, S, V/tp], or None off the last stage
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
 Pair = tuple[list[int], list[int]]  # context ids, continuation ids
 
 
-def encode_tasks(tasks: list[Task], tokenizer_file: Path, eod_id: int) -> list[list[Pair]]:
-    """Token ids of every request of every task."""
+def encode_tasks(tasks: list[Task], tokenizer_file: Path, eod_id: int, seq_len: int) -> list[list[Pair]]:
+    """Token ids of every request of every task; a choice or target longer than `seq_len` is refused."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -36,8 +36,11 @@ def encode_tasks(tasks: list[Task], tokenizer_file: Path, eod_id: int) -> list[l
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
 
-    return [[encode_pair(encode, context, continuation, eod_id) for context, continuation in requests(task)]
-            for task in tasks]
+    encoded = [[encode_pair(encode, context, continuation, eod_id) for context, continuation in requests(task)]
+               for task in tasks]
+    for task, pairs in zip(tasks, encoded):
+        check_fits(task, pairs, seq_len)
+    return encoded
 
 
 @dataclass
