@@ -478,7 +478,7 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     if results:
         print_task_results(results, "tasks at the last evaluation")
         print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
-              f"not counted in tokens/s or MFU")
+              f"not counted in tokens/s")
     phases = ", ".join(f"{name} {timings[name]:.0f} s" for name in ["prep", "training"] + ["toy world"] * bool(toy))
     print(f"run finished: {phases}; report: {report} (and report.md)")
     if latest:
