@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
+
+if TYPE_CHECKING:
+    from training.engine import Trainer
 
 INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 RESUMABLE = ("prep", "prep-task", "train", "run")  # verbs whose rerun resumes (completion markers, checkpoints)
@@ -210,25 +213,46 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
 
     from training.engine import Trainer
 
+    rank0 = int(os.environ.get("RANK", 0)) == 0
     started = time.perf_counter()
     trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
     records = trainer.fit()
-    interrupted = trainer.stopped_by == "SIGINT"
-    if int(os.environ.get("RANK", 0)) == 0:
-        latest = trainer.checkpointer.latest()
-        last = records[-1] if records else {}
-        loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
-        checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
-        if not records and not interrupted:  # a rerun of a finished run
-            print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={config.train.max_steps} "
-                  f"already (raise it to train on); {checkpoint}")
-        else:
-            print(f"training {'interrupted' if interrupted else 'finished'} in {time.perf_counter() - started:.1f} s "
-                  f"at step {trainer.step}{loss}; metrics in {output / 'metrics.jsonl'}; {checkpoint}")
-        if latest and not interrupted:
-            print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
-                  f"{latest.path} --output DIR; crucible status --output {output}")
-    return INTERRUPTED if interrupted else 0
+    if rank0:
+        _print_training_end(trainer, records, output, time.perf_counter() - started)
+    return _train_status(trainer, rank0)
+
+
+def _print_training_end(trainer: Trainer, records: list[dict[str, Any]], output: Path, seconds: float) -> None:
+    """How training ended (finished, interrupted, stopped by a signal, or nothing to do) and what comes next."""
+    max_steps = trainer.config.train.max_steps
+    latest = trainer.checkpointer.latest()
+    last = records[-1] if records else {}
+    loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+    checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
+    if not records and trainer.stopped_by is None:  # a rerun of a finished run
+        print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={max_steps} already (raise it "
+              f"to train on); {checkpoint}")
+        return
+    how = {None: "finished", "SIGINT": "interrupted"}.get(trainer.stopped_by, "stopped")
+    print(f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
+          f"{output / METRICS_LOG}; {checkpoint}")
+    if latest and trainer.stopped_by is None:
+        print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
+              f"{latest.path} --output DIR; crucible status --output {output}")
+
+
+def _train_status(trainer: Trainer, rank0: bool) -> int:
+    """0 when the run finished, or a Slurm job's script is to requeue it; else 128 + the number of the signal that
+    stopped it early, as a shell reports a process the signal ended. Under launch.agent the agent exits with it and
+    every rank with 0: torchrun would take a rank's non-zero exit for a failure and stop the others mid-way."""
+    import signal
+
+    from launch.agent import record_stop
+
+    if trainer.stopped_by is None or trainer.requeued:
+        return 0
+    status = 128 + signal.Signals[trainer.stopped_by]
+    return 0 if not rank0 or record_stop(status) else status
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
