@@ -214,6 +214,9 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
     from training.engine import Trainer
 
     rank0 = int(os.environ.get("RANK", 0)) == 0
+    warning = config.train.warmup_warning()
+    if warning and rank0:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
     records = trainer.fit()

@@ -96,6 +96,9 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
         table.add_row(*row)
     out = console()
     out.print(table)
+    warmup = config.train.warmup_warning()
+    if warmup:
+        out.print(f"[yellow]note:[/] {warmup}", highlight=False)
     limit = config.plan.gpu_memory_gb * 1e9
     fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
     refused = not fits

@@ -134,3 +134,11 @@ def test_plan_names_the_setting_that_gives_it_gpus() -> None:
 def test_plan_says_when_data_goes_unread() -> None:
     result = crucible_plan("--config", "configs/sample.yaml", "--data", "nowhere")
     assert result.returncode == 0 and "--data is read only with train.mixture" in " ".join(result.stdout.split())
+
+
+def test_plan_notes_a_warmup_longer_than_the_run() -> None:
+    text = " ".join(crucible_plan("--set", "train.max_steps=5", "--set", "train.warmup_steps=8").stdout.split())
+    assert ("note: train.warmup_steps 8 is longer than the run (train.max_steps 5): the learning rate never reaches "
+            "train.lr") in text
+    equal = crucible_plan("--set", "train.max_steps=8", "--set", "train.warmup_steps=8")
+    assert equal.returncode == 0 and "longer than the run" not in equal.stdout

@@ -120,3 +120,16 @@ def test_a_validation_split_short_of_one_global_batch_is_named_with_its_fixes(ti
             f"(train.global_batch_size)") in line
     assert all(fix in line for fix in ("add data", "prep.pack.val_fraction", "lower train.global_batch_size",
                                        "train.eval_batches=0"))
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_line_and_trains(tiny_shards: Path, tmp_path: Path) -> None:
+    """Said, not refused: short smoke runs keep the default warmup of 10 steps on purpose."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(tiny_shards), "--output",
+                             str(tmp_path), "--set", "train.max_steps=2", "--set", "train.warmup_steps=5",
+                             "--set", "train.lr=0.002", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                             "--set", "model.n_heads=2", "--set", "model.n_kv_heads=1", "--set", "model.ffn_hidden=64",
+                             "--set", "checkpoint.enabled=false"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if "train.warmup_steps" in line] == [
+        "warning: train.warmup_steps 5 is longer than the run (train.max_steps 2): the learning rate never reaches "
+        "train.lr 0.002; lower train.warmup_steps or raise train.max_steps"]

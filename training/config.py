@@ -169,6 +169,15 @@ class TrainConfig(Section):
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
 
+    def warmup_warning(self) -> str | None:
+        """A warmup longer than the run never reaches `lr`. Said, not refused: short smoke and test runs keep the
+        default warmup on purpose."""
+        if self.warmup_steps <= self.max_steps:
+            return None
+        return (f"train.warmup_steps {self.warmup_steps} is longer than the run (train.max_steps {self.max_steps}): "
+                f"the learning rate never reaches train.lr {self.lr:g}; lower train.warmup_steps or raise "
+                f"train.max_steps")
+
 
 class CheckpointConfig(Section):
     """When to save and what to keep."""
