@@ -242,6 +242,10 @@ def _print_training_end(trainer: Trainer, records: list[dict[str, Any]], output:
     if latest and trainer.stopped_by is None:
         print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
               f"{latest.path} --output DIR; crucible status --output {output}")
+    if "mlflow" in trainer.config.train.loggers:
+        from training.trackers import mlflow_hint
+
+        print(mlflow_hint(trainer.run_dir, trainer.config.train.tracking))
 
 
 def _train_status(trainer: Trainer, rank0: bool) -> int:
