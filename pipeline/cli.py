@@ -15,6 +15,7 @@ from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
+from training.config import SamplesConfig
 
 if TYPE_CHECKING:
     from training.engine import Trainer
@@ -70,7 +71,8 @@ def _probability(value: str) -> float:
     return number
 
 
-CHECKPOINT_HELP = "a checkpoint folder (RUN/checkpoints/step-N), or a run folder for its newest loadable checkpoint"
+CHECKPOINT_HELP = ("a checkpoint folder (RUN/checkpoints/step-N), or a run folder (of train, or of run: its train/) "
+                   "for its newest loadable checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,19 +288,38 @@ SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", 
 
 def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
     """A checkpoint folder from what a user points at: the folder itself, `latest`, a run's
-    `checkpoints/` folder or the run folder (then its newest loadable checkpoint)."""
+    `checkpoints/` folder or the run folder (then its newest loadable checkpoint); the folder of
+    `crucible run` holds its training run in train/."""
     from pipeline.ground.names import CHECKPOINT_META
     from training.checkpoint import Checkpointer
 
     if (path / CHECKPOINT_META).exists() or not path.exists():
         return path
     run = path.parent.parent if path.name == LATEST else path.parent if path.name == CHECKPOINTS else path
+    if not (run / CHECKPOINTS).is_dir() and (run / "train" / CHECKPOINTS).is_dir():
+        run = run / "train"
     latest = Checkpointer(run, config.checkpoint, rank=0).newest_loadable()
     if latest is None:
         steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
         raise UserError(f"{path} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else
                         "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"))
     return latest.path
+
+
+def _run_samples(checkpoint: Path, config: CrucibleConfig) -> SamplesConfig:
+    """The sampling settings the run was trained with (saved in its checkpoints), under the samples.* keys that
+    this command's --config and --set give: a run's own prompts and temperature without repeating its config."""
+    from pydantic import ValidationError
+
+    from training.export import read_meta
+
+    saved = read_meta(checkpoint)["config"].get("samples", {})  # none in checkpoints saved before they were kept
+    given = config.samples.model_dump(mode="json", include=config.samples.model_fields_set)
+    try:
+        return SamplesConfig.model_validate(saved | given)
+    except ValidationError as exc:
+        raise UserError(f"{checkpoint}: the samples settings saved with it are not valid ({exc.errors()[0]['msg']}); "
+                        f"give them with --config or --set samples.*") from None
 
 
 def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
@@ -309,7 +330,7 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
     args.checkpoint = _checkpoint_in(args.checkpoint, config)
 
-    samples = config.samples
+    samples = _run_samples(args.checkpoint, config)
     for key in SAMPLING_FLAGS:
         if getattr(args, key) is not None:
             try:
@@ -331,7 +352,7 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     prepare_output(args.output, args.force)
     if args.format == "hf":
         path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype,
-                       config.samples)
+                       _run_samples(args.checkpoint, config))
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")

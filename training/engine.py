@@ -349,7 +349,8 @@ class Trainer:
             "manifest_sha256": self.manifest_sha256, "data_dir": str(self.data_dir.resolve()), "seq_len": self.seq_len,
             "tokenizer": self.manifest["tokenizer"],  # its file, hash and special-token ids, for generate and export
             "config": {"model": self.config.model.model_dump(mode="json"), "parallel": self.config.parallel.model_dump(mode="json"),
-                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab},
+                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab,
+                       "samples": self.config.samples.model_dump(mode="json")},  # generate's and export's defaults
         }
         path = self.checkpointer.save(self.engine, self.step, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
