@@ -75,8 +75,19 @@ CHECKPOINT_HELP = ("a checkpoint folder (RUN/checkpoints/step-N), or a run folde
                    "for its newest loadable checkpoint")
 
 
+def _version() -> str:
+    """This install's version: pyproject's project.version, as the package metadata holds it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crucible")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crucible", description="Raw text to a trained language model.")
+    parser.add_argument("--version", action="version", version=f"crucible {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
