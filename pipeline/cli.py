@@ -377,9 +377,8 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 
 def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
-    import json
-
-    from data_prep.classifier import evaluate, train
+    from data_prep.classifier import MODEL_FILE, REPORT_FILE, evaluate, train
+    from pipeline.summary import print_classifier
 
     settings = config.prep.quality_model.train
     needed = ("positive", "negative", "output") if args.action == "train" else ("model", "data")
@@ -389,15 +388,15 @@ def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
     if args.action == "train":
         report = train(args.positive, args.negative, args.output, settings, config.prep.read.text_field,
                        config.prep.normalize.form)
-        print(f"trained on {report['train_documents']:,} documents; model in {args.output}")
-        result = report["heldout"]
+        model = args.output / MODEL_FILE
+        print_classifier(report["heldout"], f"held-out documents ({report['train_documents']:,} trained on)")
+        print(f"model: {model}; these figures and the settings: {args.output / REPORT_FILE}")
     else:
-        model = args.model / "model.bin" if args.model.is_dir() else args.model  # the folder `train` wrote
-        result = evaluate(model, args.data, settings.label, settings.histogram_bins)
-    print(json.dumps({k: v for k, v in result.items() if k != "histogram"}))
-    print("histogram (positive / negative per score bin): " + ", ".join(
-        f"{lo:.1f}: {p}/{n}" for lo, p, n in zip(result["histogram"]["edges"], result["histogram"]["positive"],
-                                               result["histogram"]["negative"])))
+        model = args.model / MODEL_FILE if args.model.is_dir() else args.model  # the folder `train` wrote
+        print_classifier(evaluate(model, args.data, settings.label, settings.histogram_bins), f"{args.data}")
+    check = f"crucible classifier eval --model {model} --data LABELLED.jsonl; " if args.action == "train" else ""
+    print(f"next: {check}filter prep with it: add quality_model to prep.stages and set prep.quality_model.classifiers: "
+          f"[{{name: {settings.label}, model_path: {model}, label: {settings.label}, threshold: 0.5}}]")
 
 
 HARNESS_AGREEMENT = 1e-3  # log-likelihood; fp32 exports of the same weights agree to ~1e-5
