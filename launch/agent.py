@@ -5,7 +5,10 @@ learn from `ERROR_DIR_ENV` where to leave the message of a `UserError` (one file
 instead of printing it; when the ranks fail, the agent prints the first such message once and
 exits 2, without torchrun's `ChildFailedError` report. A failure no rank explained (a real crash)
 is re-raised with torchrun's full report and the ranks' tracebacks. A signal to the agent (Ctrl-C,
-`kill`) is passed to the ranks, which save and stop; the agent then exits 128 + the signal's number.
+`kill`) is passed to the ranks, which save and stop; the agent then exits 128 + the signal's number. So it
+does when a signal sent to the ranks themselves stopped training early: rank 0 leaves that status in the same
+folder and every rank exits 0, since torchrun would take a rank's non-zero exit for a failure and stop the
+others mid-way (or restart them all).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from pipeline.ground.quiet import verbose
 
 ERROR_DIR_ENV = "CRUCIBLE_ERROR_DIR"
+STOPPED_STATUS = "stopped-status.txt"  # in that folder: the status rank 0 ended with after a signal stopped it early
 
 
 def record_user_error(message: str) -> bool:
@@ -29,6 +33,17 @@ def record_user_error(message: str) -> bool:
     from pipeline.ground.atomic import write_text
 
     write_text(Path(folder) / f"rank-{int(os.environ.get('RANK', 0)):06d}.txt", message)
+    return True
+
+
+def record_stop(status: int) -> bool:
+    """On rank 0 under this agent: leave the status for the agent to exit with; False when not under it."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return False
+    from pipeline.ground.atomic import write_text
+
+    write_text(Path(folder) / STOPPED_STATUS, str(status))
     return True
 
 
@@ -61,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except SignalException as exc:  # Ctrl-C or a kill: torchrun passed it to the ranks, which saved and said so
             return 128 + int(exc.sigval)
-    return 0
+        stopped = Path(folder) / STOPPED_STATUS
+        return int(stopped.read_text()) if stopped.exists() else 0
 
 
 if __name__ == "__main__":

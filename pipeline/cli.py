@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
+from training.config import SamplesConfig
+
+if TYPE_CHECKING:
+    from training.engine import Trainer
 
 INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 RESUMABLE = ("prep", "prep-task", "train", "run")  # verbs whose rerun resumes (completion markers, checkpoints)
@@ -67,11 +71,23 @@ def _probability(value: str) -> float:
     return number
 
 
-CHECKPOINT_HELP = "a checkpoint folder (RUN/checkpoints/step-N), or a run folder for its newest loadable checkpoint"
+CHECKPOINT_HELP = ("a checkpoint folder (RUN/checkpoints/step-N), or a run folder (of train, or of run: its train/) "
+                   "for its newest loadable checkpoint")
+
+
+def _version() -> str:
+    """This install's version: pyproject's project.version, as the package metadata holds it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crucible")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crucible", description="Raw text to a trained language model.")
+    parser.add_argument("--version", action="version", version=f"crucible {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
@@ -214,25 +230,53 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
 
     from training.engine import Trainer
 
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    warning = config.train.warmup_warning()
+    if warning and rank0:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
     records = trainer.fit()
-    interrupted = trainer.stopped_by == "SIGINT"
-    if int(os.environ.get("RANK", 0)) == 0:
-        latest = trainer.checkpointer.latest()
-        last = records[-1] if records else {}
-        loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
-        checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
-        if not records and not interrupted:  # a rerun of a finished run
-            print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={config.train.max_steps} "
-                  f"already (raise it to train on); {checkpoint}")
-        else:
-            print(f"training {'interrupted' if interrupted else 'finished'} in {time.perf_counter() - started:.1f} s "
-                  f"at step {trainer.step}{loss}; metrics in {output / 'metrics.jsonl'}; {checkpoint}")
-        if latest and not interrupted:
-            print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
-                  f"{latest.path} --output DIR; crucible status --output {output}")
-    return INTERRUPTED if interrupted else 0
+    if rank0:
+        _print_training_end(trainer, records, output, time.perf_counter() - started)
+    return _train_status(trainer, rank0)
+
+
+def _print_training_end(trainer: Trainer, records: list[dict[str, Any]], output: Path, seconds: float) -> None:
+    """How training ended (finished, interrupted, stopped by a signal, or nothing to do) and what comes next."""
+    max_steps = trainer.config.train.max_steps
+    latest = trainer.checkpointer.latest()
+    last = records[-1] if records else {}
+    loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+    checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
+    if not records and trainer.stopped_by is None:  # a rerun of a finished run
+        print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={max_steps} already (raise it "
+              f"to train on); {checkpoint}")
+        return
+    how = {None: "finished", "SIGINT": "interrupted"}.get(trainer.stopped_by, "stopped")
+    print(f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
+          f"{output / METRICS_LOG}; {checkpoint}")
+    if latest and trainer.stopped_by is None:
+        print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
+              f"{latest.path} --output DIR; crucible status --output {output}")
+    if "mlflow" in trainer.config.train.loggers:
+        from training.trackers import mlflow_hint
+
+        print(mlflow_hint(trainer.run_dir, trainer.config.train.tracking))
+
+
+def _train_status(trainer: Trainer, rank0: bool) -> int:
+    """0 when the run finished, or a Slurm job's script is to requeue it; else 128 + the number of the signal that
+    stopped it early, as a shell reports a process the signal ended. Under launch.agent the agent exits with it and
+    every rank with 0: torchrun would take a rank's non-zero exit for a failure and stop the others mid-way."""
+    import signal
+
+    from launch.agent import record_stop
+
+    if trainer.stopped_by is None or trainer.requeued:
+        return 0
+    status = 128 + signal.Signals[trainer.stopped_by]
+    return 0 if not rank0 or record_stop(status) else status
 
 
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
@@ -259,19 +303,38 @@ SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", 
 
 def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
     """A checkpoint folder from what a user points at: the folder itself, `latest`, a run's
-    `checkpoints/` folder or the run folder (then its newest loadable checkpoint)."""
+    `checkpoints/` folder or the run folder (then its newest loadable checkpoint); the folder of
+    `crucible run` holds its training run in train/."""
     from pipeline.ground.names import CHECKPOINT_META
     from training.checkpoint import Checkpointer
 
     if (path / CHECKPOINT_META).exists() or not path.exists():
         return path
     run = path.parent.parent if path.name == LATEST else path.parent if path.name == CHECKPOINTS else path
+    if not (run / CHECKPOINTS).is_dir() and (run / "train" / CHECKPOINTS).is_dir():
+        run = run / "train"
     latest = Checkpointer(run, config.checkpoint, rank=0).newest_loadable()
     if latest is None:
         steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
         raise UserError(f"{path} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else
                         "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"))
     return latest.path
+
+
+def _run_samples(checkpoint: Path, config: CrucibleConfig) -> SamplesConfig:
+    """The sampling settings the run was trained with (saved in its checkpoints), under the samples.* keys that
+    this command's --config and --set give: a run's own prompts and temperature without repeating its config."""
+    from pydantic import ValidationError
+
+    from training.export import read_meta
+
+    saved = read_meta(checkpoint)["config"].get("samples", {})  # none in checkpoints saved before they were kept
+    given = config.samples.model_dump(mode="json", include=config.samples.model_fields_set)
+    try:
+        return SamplesConfig.model_validate(saved | given)
+    except ValidationError as exc:
+        raise UserError(f"{checkpoint}: the samples settings saved with it are not valid ({exc.errors()[0]['msg']}); "
+                        f"give them with --config or --set samples.*") from None
 
 
 def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
@@ -282,7 +345,7 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
     args.checkpoint = _checkpoint_in(args.checkpoint, config)
 
-    samples = config.samples
+    samples = _run_samples(args.checkpoint, config)
     for key in SAMPLING_FLAGS:
         if getattr(args, key) is not None:
             try:
@@ -304,7 +367,7 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
     prepare_output(args.output, args.force)
     if args.format == "hf":
         path = save_hf(args.checkpoint, args.output, _tokenizer_of(args.checkpoint, args.tokenizer), dtype,
-                       config.samples)
+                       _run_samples(args.checkpoint, config))
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
@@ -318,9 +381,8 @@ def _export(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 
 def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
-    import json
-
-    from data_prep.classifier import evaluate, train
+    from data_prep.classifier import MODEL_FILE, REPORT_FILE, evaluate, train
+    from pipeline.summary import print_classifier
 
     settings = config.prep.quality_model.train
     needed = ("positive", "negative", "output") if args.action == "train" else ("model", "data")
@@ -330,15 +392,15 @@ def _classifier(config: CrucibleConfig, args: argparse.Namespace) -> None:
     if args.action == "train":
         report = train(args.positive, args.negative, args.output, settings, config.prep.read.text_field,
                        config.prep.normalize.form)
-        print(f"trained on {report['train_documents']:,} documents; model in {args.output}")
-        result = report["heldout"]
+        model = args.output / MODEL_FILE
+        print_classifier(report["heldout"], f"held-out documents ({report['train_documents']:,} trained on)")
+        print(f"model: {model}; these figures and the settings: {args.output / REPORT_FILE}")
     else:
-        model = args.model / "model.bin" if args.model.is_dir() else args.model  # the folder `train` wrote
-        result = evaluate(model, args.data, settings.label, settings.histogram_bins)
-    print(json.dumps({k: v for k, v in result.items() if k != "histogram"}))
-    print("histogram (positive / negative per score bin): " + ", ".join(
-        f"{lo:.1f}: {p}/{n}" for lo, p, n in zip(result["histogram"]["edges"], result["histogram"]["positive"],
-                                               result["histogram"]["negative"])))
+        model = args.model / MODEL_FILE if args.model.is_dir() else args.model  # the folder `train` wrote
+        print_classifier(evaluate(model, args.data, settings.label, settings.histogram_bins), f"{args.data}")
+    check = f"crucible classifier eval --model {model} --data LABELLED.jsonl; " if args.action == "train" else ""
+    print(f"next: {check}filter prep with it: add quality_model to prep.stages and set prep.quality_model.classifiers: "
+          f"[{{name: {settings.label}, model_path: {model}, label: {settings.label}, threshold: 0.5}}]")
 
 
 HARNESS_AGREEMENT = 1e-3  # log-likelihood; fp32 exports of the same weights agree to ~1e-5

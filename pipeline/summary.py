@@ -217,3 +217,23 @@ def print_samples(samples: list[tuple[str, str]], title: str) -> None:
     for prompt, continuation in samples:
         table.add_row(prompt, "\n".join(line.rstrip() for line in continuation.splitlines() if line.strip()))
     _console().print(table)
+
+
+def print_classifier(result: dict[str, Any], title: str) -> None:
+    """A quality classifier's scores on labelled documents (`classifier train` on its held-out share, `classifier
+    eval`), then how many documents of each class fell in each score bin: where a threshold would cut."""
+    console = _console()
+    table = Table(title=title)
+    for header in ("documents", "positive", "threshold", "accuracy", "precision", "recall", "AUC"):
+        table.add_column(header, justify="right")
+    table.add_row(f"{result['documents']:,}", f"{result['positives']:,}", f"{result['threshold']:g}",
+                  *(f"{result[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc")))
+    console.print(table)
+    histogram = result["histogram"]
+    bins = Table(title="documents per score bin")
+    for header in ("score", "positive", "negative"):
+        bins.add_column(header, justify="right")
+    edges = histogram["edges"]
+    for low, high, positive, negative in zip(edges, edges[1:], histogram["positive"], histogram["negative"]):
+        bins.add_row(f"{low:.2f}-{high:.2f}", f"{positive:,}", f"{negative:,}")
+    console.print(bins)

@@ -170,14 +170,44 @@ def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
     assert result.returncode != 0 and "gave up after 0 rollbacks" in result.stderr
 
 
-def test_sigusr1_saves_and_stops_then_the_rerun_continues(tiny_shards: Path, tmp_path: Path) -> None:
+def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_continues(
+        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm's warning before the time limit: the ranks save and exit 0, for the job script to requeue."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
     fault = hooks('{target: "tests.fault_hooks:SignalAt", args: {step: 5, name: SIGUSR1}}')
-    records = train(tiny_shards, tmp_path, 10, *fault, nproc=2, decay=10)
-    assert max(r["step"] for r in records) == 5
+    result = torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
+                      "--set", "train.max_steps=10", "--set", "train.decay_steps=10", *fault)
+    assert "SIGUSR1: checkpoint saved at step 5; stopping for requeue" in result.stdout
+    assert max(r["step"] for r in metrics(tmp_path)) == 5
+    assert json.loads((tmp_path / STOPPED_FILE).read_text()) == {"step": 5, "signal": "SIGUSR1"}
     assert [(e["step"], e["reason"]) for e in events(tmp_path) if e["event"] == "save"] == [(5, "signal")]
     assert any(e["event"] == "stop" and e["signal"] == "SIGUSR1" for e in events(tmp_path))
     straight = losses(train(tiny_shards, tmp_path / "straight", 10, nproc=2, decay=10))
     assert losses(train(tiny_shards, tmp_path, 10, nproc=2, decay=10))[10] == straight[10]
+    assert not (tmp_path / STOPPED_FILE).exists(), "the resumed run cleared the old cue to requeue"
+
+
+def test_sigterm_outside_slurm_stops_at_step_n_of_m_and_the_same_command_resumes(
+        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrapper's SIGTERM (a Ctrl-C turned into SIGTERM) is no requeue: the run says where it stopped and how to
+    go on, and exits 143 (128 + SIGTERM) under the agent, as a process the signal ended."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    command = [sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(tiny_shards),
+               "--output", str(tmp_path), *BASE, "--set", "train.max_steps=8", "--set", "train.decay_steps=8"]
+    fault = hooks('{target: "tests.fault_hooks:SignalAt", args: {step: 3, name: SIGTERM}}')
+    stopped = subprocess.run(command + fault, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "stopped at step 3 of 8 by SIGTERM: checkpoint saved; the same command resumes from it" in stopped.stdout
+    assert "requeue" not in stopped.stdout and "training finished" not in stopped.stdout
+    assert "training stopped in" in stopped.stdout and "at step 3 of 8" in stopped.stdout
+    assert (tmp_path / STOPPED_FILE).exists()
+
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "training finished in" in resumed.stdout and "at step 8 of 8" in resumed.stdout
+    assert [e["step"] for e in events(tmp_path) if e["event"] == "resume"] == [3]
+    assert not (tmp_path / STOPPED_FILE).exists(), "the resumed run cleared the stale stopped.json"
 
 
 def ctrl_c_after_three_steps(command: list[str], run: Path) -> tuple[subprocess.Popen, str, str]:

@@ -178,3 +178,11 @@ def test_a_bad_training_flag_under_torchrun_is_one_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip() == "crucible train: argument --set: expected one argument (see crucible train --help)"
+
+
+def test_version_is_the_project_version() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    result = crucible("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"crucible {project['version']}", result.stderr

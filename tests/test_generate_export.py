@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import torchrun
+from tests.conftest import REPO, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +159,37 @@ def test_pruning_a_checkpoint_removes_its_universal_form(tmp_path: Path) -> None
     Checkpointer(tmp_path, CheckpointConfig(keep_last=2), rank=0).prune()
     assert sorted(p.name for p in root.glob("step-*")) == [tag_for(4), tag_for(6)]
     assert sorted(p.name for p in (root / UNIVERSAL).iterdir()) == [tag_for(4)]
+
+
+def crucible(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(tiny_shards: Path,
+                                                                               tmp_path: Path) -> None:
+    """`--checkpoint RUN`, the folder of `crucible run` (training in RUN/train), finds its newest checkpoint, and
+    the run's samples.* settings apply without repeating its config; --set and flags still override them."""
+    run = tmp_path / "run"
+    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run / "train"), "--set", "train.max_steps=2",
+             "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1",
+             "--set", "samples.prompts=[Once upon]", "--set", "samples.max_new_tokens=5",
+             "--set", "samples.temperature=0")
+    step = run / "train" / "checkpoints" / "step-00000002"
+    greedy_five = ["--max-new-tokens", "5", "--temperature", "0"]
+
+    from_run = crucible("generate", "--checkpoint", str(run))
+    assert from_run.returncode == 0, from_run.stderr[-2000:]
+    assert "Once upon" in from_run.stdout and "Debian is" not in from_run.stdout, "the run's prompts, not the defaults"
+    spelled_out = crucible("generate", "--checkpoint", str(step), "--prompt", "Once upon", *greedy_five)
+    assert from_run.stdout == spelled_out.stdout, "the run's max_new_tokens and temperature"
+
+    overridden = crucible("generate", "--checkpoint", str(run), "--set", "samples.prompts=[In the]")
+    assert "In the" in overridden.stdout and "Once upon" not in overridden.stdout
+    assert overridden.stdout == crucible("generate", "--checkpoint", str(step), "--prompt", "In the",
+                                         *greedy_five).stdout, "--set replaces one key, the run's others stay"
+
+    exported = crucible("export", "--checkpoint", str(run), "--output", str(tmp_path / "hf"))
+    assert exported.returncode == 0 and f"exported {step}" in exported.stdout, exported.stderr[-2000:]
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["max_new_tokens"] == 5 and generation["do_sample"] is False

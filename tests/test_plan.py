@@ -134,3 +134,35 @@ def test_plan_names_the_setting_that_gives_it_gpus() -> None:
 def test_plan_says_when_data_goes_unread() -> None:
     result = crucible_plan("--config", "configs/sample.yaml", "--data", "nowhere")
     assert result.returncode == 0 and "--data is read only with train.mixture" in " ".join(result.stdout.split())
+
+
+def test_a_preset_plans_its_usual_run_shape_and_says_what_it_assumed() -> None:
+    """A 7b is planned with the sequence length and batch of 7B runs, not the tiny run's 256 x 8 (488 million steps
+    for 1T tokens); the table shows them and the peak and memory per GPU it assumes."""
+    from training.config import PRESET_RUNS, PlanConfig
+
+    result = crucible_plan("--set", "model.preset=7b")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    seq_len, batch = PRESET_RUNS["7b"]
+    steps = int(text.split("steps for 1e+12 tokens │")[1].split("│")[0].replace(",", ""))
+    assert steps == round(1e12 / (seq_len * batch)) and 1e5 < steps < 1e6
+    assert f"tokens per step │ {seq_len * batch:,} ({batch:,} sequences of {seq_len:,}) │" in text
+    defaults = PlanConfig()
+    assert f"assumed peak per GPU (plan.peak_tflops) │ {defaults.peak_tflops:g} TFLOP/s │" in text
+    assert f"assumed memory per GPU (plan.gpu_memory_gb) │ {defaults.gpu_memory_gb:g} GB │" in text
+    assert f"planned with the 7b preset's usual run (prep.pack.seq_len={seq_len}, train.global_batch_size={batch})" \
+        in text
+    assert f"--set prep.pack.seq_len={seq_len} --set train.global_batch_size={batch}" in text.rsplit("next: ", 1)[-1]
+
+    own = " ".join(crucible_plan("--set", "model.preset=7b", "--set", "train.global_batch_size=64",
+                                 "--set", "plan.seq_len=2048").stdout.split())
+    assert "tokens per step │ 131,072 (64 sequences of 2,048) │" in own and "usual run" not in own
+
+
+def test_plan_notes_a_warmup_longer_than_the_run() -> None:
+    text = " ".join(crucible_plan("--set", "train.max_steps=5", "--set", "train.warmup_steps=8").stdout.split())
+    assert ("note: train.warmup_steps 8 is longer than the run (train.max_steps 5): the learning rate never reaches "
+            "train.lr") in text
+    equal = crucible_plan("--set", "train.max_steps=8", "--set", "train.warmup_steps=8")
+    assert equal.returncode == 0 and "longer than the run" not in equal.stdout

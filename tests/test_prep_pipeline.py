@@ -138,3 +138,23 @@ def test_crucible_processes_use_the_system_allocator_unless_told(user_choice: st
     probe = "import pipeline.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == (user_choice or "system")
+
+
+def test_progress_in_a_log_is_plain_lines_without_carriage_returns(tmp_path: Path) -> None:
+    """stderr to a file (a job's log): each step says its count once it ends, with no bar redraws joined by \\r."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, read_set, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [{"id": r["id"], "text": r["text"]} for r in read_set("english", 40)])
+    with open(tmp_path / "prep.log", "wb") as log:
+        result = subprocess.run([sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output",
+                                 str(tmp_path / "out"), "--stages", "normalize,exact_dedup"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=log, timeout=300)
+    logged = (tmp_path / "prep.log").read_bytes()
+    assert result.returncode == 0, logged[-2000:]
+    assert b"\r" not in logged
+    lines = logged.decode().splitlines()
+    assert any(line.startswith("normalize: 40 of 40 docs, done in") for line in lines), lines
+    assert any(line.startswith("exact_dedup.find: 40 of 40 hashes, done in") for line in lines), lines

@@ -30,8 +30,11 @@ def train_with_cli(positive: Path, negative: Path, output: Path) -> dict:
                              "--negative", str(negative), "--output", str(output)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "auc" in result.stdout and "histogram" in result.stdout
-    return json.loads((output / "report.json").read_text())
+    report = json.loads((output / "report.json").read_text())
+    held = report["heldout"]
+    assert "AUC" in result.stdout and f"{held['auc']:.4f}" in result.stdout and "per score bin" in result.stdout
+    assert f"next: crucible classifier eval --model {output / 'model.bin'}" in result.stdout
+    return report
 POSITIVE, NEGATIVE = ("python-docs", "manpages"), ("debian-changelog", "debian-copyright")
 
 
@@ -65,11 +68,19 @@ def test_training_is_deterministic(trained: dict, tmp_path: Path) -> None:
 def test_the_eval_verb_scores_a_labelled_file(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
     heldout = trained["folder"] / "model" / "heldout.jsonl"
     assert main(["classifier", "eval", "--model", str(trained["model"]), "--data", str(heldout)]) == 0
-    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    printed = capsys.readouterr().out
     expected = evaluate(trained["model"], heldout, "hq")
-    assert printed == {k: v for k, v in expected.items() if k != "histogram"}
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if "AUC" in line)
+    row = next(line for line in lines[header:] if line.startswith("│"))  # the table's one row
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == [
+        f"{expected['documents']:,}", f"{expected['positives']:,}", f"{expected['threshold']:g}",
+        *(f"{expected[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc"))]
+    bins = zip(expected["histogram"]["edges"], expected["histogram"]["positive"], expected["histogram"]["negative"])
+    assert all(f"{low:.2f}-" in printed for low, _, _ in bins)
+    assert printed.splitlines()[-1].startswith("next: filter prep with it: add quality_model to prep.stages")
     assert main(["classifier", "eval", "--model", str(trained["model"].parent), "--data", str(heldout)]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0]) == printed, "the folder `classifier train` wrote"
+    assert capsys.readouterr().out == printed, "the folder `classifier train` wrote"
     assert main(["classifier", "eval", "--model", str(trained["model"])]) == 2
     assert "needs --data" in capsys.readouterr().err
 

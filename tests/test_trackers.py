@@ -103,3 +103,30 @@ def test_prep_stats_flatten_to_dotted_keys_with_stages_by_name() -> None:
     stats = {"shards": 2, "stages": [{"name": "read", "docs_in": 5, "dropped": {"empty": 1}}], "tokens": {"n": 9}}
     assert trackers.flatten(stats) == {"shards": 2, "stages.read.docs_in": 5, "stages.read.dropped.empty": 1,
                                        "tokens.n": 9}
+
+
+def test_the_mlflow_hint_works_offline_with_what_the_trackers_extra_installs(tmp_path: Path) -> None:
+    """mlflow-skinny has no `mlflow ui`: the hint reads the run with a command it does have, and names the full
+    package for the web UI."""
+    import os
+    import subprocess
+    import sys
+
+    from training.config import TrackingConfig
+
+    settings = TrackingConfig(project="hint-test")
+    logged = trackers.Trackers(tmp_path, ["mlflow"], settings, {"train": {"max_steps": 2}}, None, enabled=True)
+    logged.metrics({"step": 1, "loss": 4.25})
+    logged.metrics({"step": 2, "loss": 3.875})
+    logged.close()
+    hint = trackers.mlflow_hint(tmp_path, settings)
+    assert "pip install mlflow" in hint and "mlflow ui" in hint
+    command = trackers.mlflow_read_command(tmp_path, settings)
+    assert command in hint
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the environment's `mlflow`
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    described = json.loads(result.stdout)
+    assert described["data"]["metrics"]["loss"] == 3.875 and described["data"]["params"]["train.max_steps"] == "2"

@@ -106,3 +106,30 @@ def test_no_validation_split_is_refused_with_the_fix_and_eval_batches_0_trains_w
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert not any(key.startswith("val_loss") for r in records for key in r)
+
+
+def test_a_validation_split_short_of_one_global_batch_is_named_with_its_fixes(tiny_shards: Path,
+                                                                             tmp_path: Path) -> None:
+    val_rows = json.loads((tiny_shards / "manifest.json").read_text())["splits"]["val"]["sequences"]
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(tiny_shards), "--output",
+                             str(tmp_path), "--set", f"train.global_batch_size={val_rows + 1}",
+                             "--set", "train.micro_batch_size=1"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("crucible train:")]
+    assert (f"the validation split holds {val_rows:,} rows, fewer than one global batch of {val_rows + 1:,} "
+            f"(train.global_batch_size)") in line
+    assert all(fix in line for fix in ("add data", "prep.pack.val_fraction", "lower train.global_batch_size",
+                                       "train.eval_batches=0"))
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_line_and_trains(tiny_shards: Path, tmp_path: Path) -> None:
+    """Said, not refused: short smoke runs keep the default warmup of 10 steps on purpose."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(tiny_shards), "--output",
+                             str(tmp_path), "--set", "train.max_steps=2", "--set", "train.warmup_steps=5",
+                             "--set", "train.lr=0.002", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                             "--set", "model.n_heads=2", "--set", "model.n_kv_heads=1", "--set", "model.ffn_hidden=64",
+                             "--set", "checkpoint.enabled=false"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if "train.warmup_steps" in line] == [
+        "warning: train.warmup_steps 5 is longer than the run (train.max_steps 2): the learning rate never reaches "
+        "train.lr 0.002; lower train.warmup_steps or raise train.max_steps"]

@@ -27,6 +27,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "7b": {"d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "ffn_hidden": 11008},
     "70b": {"d_model": 8192, "n_layers": 80, "n_heads": 64, "n_kv_heads": 8, "ffn_hidden": 28672},
 }
+# (sequence length, global batch in sequences) of published runs of each size, for `plan` where the config sets
+# neither: GPT-3 Small (2,048 x 256, 0.5M tokens a step), TinyLlama 1.1B (2,048 x 1,024, 2M), Llama 2 (4,096 x 1,024,
+# 4M). `tiny` has none: the config's own run is the plan.
+PRESET_RUNS: dict[str, tuple[int, int]] = {"125m": (2048, 256), "1b": (2048, 1024), "7b": (4096, 1024),
+                                           "70b": (4096, 1024)}
 
 
 class ModelConfig(Section):
@@ -169,6 +174,15 @@ class TrainConfig(Section):
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
+
+    def warmup_warning(self) -> str | None:
+        """A warmup longer than the run never reaches `lr`. Said, not refused: short smoke and test runs keep the
+        default warmup on purpose."""
+        if self.warmup_steps <= self.max_steps:
+            return None
+        return (f"train.warmup_steps {self.warmup_steps} is longer than the run (train.max_steps {self.max_steps}): "
+                f"the learning rate never reaches train.lr {self.lr:g}; lower train.warmup_steps or raise "
+                f"train.max_steps")
 
 
 class CheckpointConfig(Section):

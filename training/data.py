@@ -58,7 +58,7 @@ class PackedDataset:
                  tokenizer_sha256: str | None = None, verify: bool = True,
                  manifest: dict[str, Any] | None = None) -> None:
         """`manifest`: the folder's manifest, when the caller has read it already."""
-        self.folder = Path(folder)
+        self.folder, self.split = Path(folder), split
         self.manifest = read_manifest(self.folder) if manifest is None else manifest
         if seq_len is not None and self.manifest["seq_len"] != seq_len:
             raise ShardError(f"{self.folder / 'manifest.json'}: shards have seq_len {self.manifest['seq_len']}, "
@@ -132,6 +132,16 @@ def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray,
     )
 
 
+def too_few_rows(dataset: PackedDataset | SourceRows, rows_per_step: int) -> str:
+    """Why a split cannot fill one global batch (what training and validation read per step), with the ways out."""
+    validation = dataset.split == "val"
+    fixes = ("add data or raise prep.pack.val_fraction and prep again, lower train.global_batch_size, or set "
+             "train.eval_batches=0 to train without validation") if validation else \
+        "add data, or lower train.global_batch_size"
+    return (f"{dataset.folder}: the {'validation' if validation else dataset.split} split holds {len(dataset):,} "
+            f"rows, fewer than one global batch of {rows_per_step:,} (train.global_batch_size): {fixes}")
+
+
 class DistributedLoader:
     """Micro-batches of rank `dp_rank` of `dp_world`, resumable from `state_dict()`."""
 
@@ -143,7 +153,7 @@ class DistributedLoader:
         if self.rows_per_step % (micro_batch * dp_world):
             raise ValueError(f"rows_per_step {self.rows_per_step} is not a multiple of {dp_world} ranks x {micro_batch}")
         if len(dataset) < self.rows_per_step:
-            raise ShardError(f"{dataset.folder}: {len(dataset)} rows cannot fill one step of {self.rows_per_step} rows")
+            raise ShardError(too_few_rows(dataset, self.rows_per_step))
         self.dataset, self.micro_batch = dataset, micro_batch
         self.dp_rank, self.dp_world, self.seed = dp_rank, dp_world, seed
         self.document_positions = document_positions
@@ -333,7 +343,7 @@ class SourceRows:
     """The rows of one source (or language) of a dataset, as a dataset of their own (validation loss per source)."""
 
     def __init__(self, dataset: PackedDataset, members: np.ndarray) -> None:
-        self.dataset, self.members, self.folder = dataset, members, dataset.folder
+        self.dataset, self.members, self.folder, self.split = dataset, members, dataset.folder, dataset.split
 
     def __len__(self) -> int:
         return len(self.members)

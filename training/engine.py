@@ -16,6 +16,7 @@ A run folder is one job's: rank 0 locks it, and another job training into it is 
 from __future__ import annotations
 
 import gc
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -368,7 +369,8 @@ class Trainer:
             "manifest_sha256": self.manifest_sha256, "data_dir": str(self.data_dir.resolve()), "seq_len": self.seq_len,
             "tokenizer": self.manifest["tokenizer"],  # its file, hash and special-token ids, for generate and export
             "config": {"model": self.config.model.model_dump(mode="json"), "parallel": self.config.parallel.model_dump(mode="json"),
-                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab},
+                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab,
+                       "samples": self.config.samples.model_dump(mode="json")},  # generate's and export's defaults
         }
         path = self.checkpointer.save(self.engine, self.step, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
@@ -416,6 +418,28 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    @property
+    def requeued(self) -> bool:
+        """Stopped by a signal inside a Slurm job (its time-limit warning, a preemption), whose job script
+        requeues it: a pause, not a stop that someone asked for."""
+        return self.stopped_by not in (None, "SIGINT") and bool(os.environ.get("SLURM_JOB_ID"))
+
+    def _announce_stop(self, signal_name: str) -> None:
+        """Say how the run stopped and how it goes on. Any signal but Ctrl-C leaves `stopped.json`, the cue for a
+        job script to requeue; "stopping for requeue" is said only inside a Slurm job, whose script does."""
+        enabled = self.config.checkpoint.enabled
+        saved = "checkpoint saved" if enabled else "no checkpoint (checkpoint.enabled is false)"
+        resumes = "the same command resumes from it" if enabled else "the same command starts over"
+        if signal_name == "SIGINT":
+            print(f"interrupted: {saved} at step {self.step}; {resumes}", flush=True)
+            return
+        write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": signal_name})
+        if self.requeued:
+            print(f"{signal_name}: {saved} at step {self.step}; stopping for requeue", flush=True)
+        else:
+            print(f"stopped at step {self.step} of {self.config.train.max_steps} by {signal_name}: {saved}; {resumes}",
+                  flush=True)
+
     def fit(self) -> list[dict[str, Any]]:
         """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""
         try:
@@ -429,6 +453,8 @@ class Trainer:
 
     def _loop(self) -> list[dict[str, Any]]:
         cfg, records = self.config.train, []
+        if self.layout.rank == 0:  # an earlier stop's cue to requeue is stale once training goes on
+            (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
         while self.step < cfg.max_steps:
             result = self.train_step()
             last = self.step == cfg.max_steps
@@ -453,16 +479,11 @@ class Trainer:
             interval = self.config.checkpoint.interval
             if self.config.checkpoint.enabled and (last or stop or (interval and self.step % interval == 0)):
                 self.save("signal" if stop else "final" if last else "interval")
-            if stop is not None:
+            if stop is not None and not last:  # a signal during the last step stops nothing: the run is done
                 self.events.log({"event": "stop", "step": self.step, "signal": stop.reason})
                 self.stopped_by = stop.reason
-                saved = "checkpoint saved" if self.config.checkpoint.enabled else "no checkpoint (checkpoint.enabled)"
-                if self.layout.rank == 0 and stop.reason == "SIGINT":
-                    print(f"interrupted: {saved} at step {self.step}; the same command resumes from it", flush=True)
-                elif self.layout.rank == 0:
-                    # The job script's cue to requeue: this run stopped early, with a checkpoint to resume.
-                    write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": stop.reason})
-                    print(f"{stop.reason}: {saved} at step {self.step}; stopping for requeue", flush=True)
+                if self.layout.rank == 0:
+                    self._announce_stop(stop.reason)
                 break
         self.metrics.close()
         return records

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -115,16 +116,45 @@ class WandB:
         self.run.finish()
 
 
+def mlflow_uri(run_dir: Path, settings: TrackingConfig) -> str:
+    """Where MLflow records this run: `train.tracking.mlflow_uri`, else the folder RUN/mlruns."""
+    return settings.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+
+
+def is_folder_store(uri: str) -> bool:
+    """A folder store: MLflow keeps it in maintenance and asks its writers and readers to opt in with
+    MLFLOW_ALLOW_FILE_STORE=true; a database store needs the full `mlflow` package (SQLAlchemy), which the
+    extra leaves out."""
+    return "://" not in uri or uri.startswith("file:")
+
+
+def mlflow_read_command(run_dir: Path, settings: TrackingConfig) -> str:
+    """A shell command that shows this run's MLflow record (latest metrics, params) offline, with the `mlflow`
+    command of mlflow-skinny, which the trackers extra installs."""
+    uri = mlflow_uri(run_dir, settings)
+    run_id = json.loads((run_dir / IDS_FILE).read_text())["mlflow"]
+    opt_in = "MLFLOW_ALLOW_FILE_STORE=true " if is_folder_store(uri) else ""
+    return f"{opt_in}MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow runs describe --run-id {run_id}"
+
+
+def mlflow_hint(run_dir: Path, settings: TrackingConfig) -> str:
+    """How to look at this run in MLflow. `mlflow ui` is the full package's server, not in mlflow-skinny: a hint to
+    run it in the trackers' environment would fail (no flask)."""
+    uri = mlflow_uri(run_dir, settings)
+    if not is_folder_store(uri):
+        return f"MLflow: this run is on {uri}, in its web UI; offline: {mlflow_read_command(run_dir, settings)}"
+    return (f"MLflow: {mlflow_read_command(run_dir, settings)}; the web UI needs the full package (pip install "
+            f"mlflow), then MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {shlex.quote(uri)}")
+
+
 class MLflow:
     BATCH = 100  # MLflow's most params (and a safe number of metrics) per request
     VALUE = 6000  # MLflow's longest param value; the whole config is an artifact too
 
     def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
                  settings: TrackingConfig, run_id: str | None) -> None:
-        uri = settings.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
-        if "://" not in uri or uri.startswith("file:"):
-            # A folder store: MLflow keeps it in maintenance and asks for this opt-in; a database
-            # store needs the full `mlflow` package (SQLAlchemy), which the extra leaves out.
+        uri = mlflow_uri(run_dir, settings)
+        if is_folder_store(uri):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient

@@ -1,7 +1,7 @@
 """Run a prep plan on this machine with a pool of worker processes.
 
 Steps run in order; the tasks of a step run in parallel, each through `steps.execute_task`, as
-a Slurm array element would run it.
+a Slurm array element would run it. Progress is a bar on a terminal and plain lines in a log.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import signal
+import sys
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,38 @@ from pipeline.ground.errors import UserError
 from pipeline.plan import Plan
 
 _progress: Any = None
+LOG_EVERY = 30.0  # seconds between progress lines where stderr is a log, not a terminal
+
+
+class LogProgress:
+    """Progress for a log file or pipe: a plain line at most every LOG_EVERY seconds and one when the step
+    ends. A bar redraws itself with carriage returns, which a log keeps as one line of joined redraws."""
+
+    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+        self.total, self.step, self.n = total, desc.strip(), 0
+        self.unit = f"{unit}es" if unit.endswith(("s", "sh")) else f"{unit}s"
+        self.started = self.said = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if time.monotonic() - self.said >= LOG_EVERY:
+            self._say("so far")
+
+    def close(self) -> None:
+        self._say("done")
+
+    def _say(self, state: str) -> None:
+        self.said = time.monotonic()
+        of = f" of {self.total:,}" if self.total is not None else ""
+        print(f"{self.step}: {self.n:,}{of} {self.unit}, {state} in {self.said - self.started:.1f} s",
+              file=sys.stderr, flush=True)
+
+
+def _progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
+    """A bar on a terminal; plain lines where stderr goes to a file or a pipe; nothing when not `show`."""
+    if show and not sys.stderr.isatty():
+        return LogProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=True, dynamic_ncols=True)
 
 
 def _init_worker(progress: Any) -> None:
@@ -52,8 +86,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
             if not pending:
                 seal_step(work, step)
                 continue
-            bar = tqdm(total=expected_units(work, plan, step), desc=f"{step.name:<26}", unit=step.spec.unit,
-                       disable=not show_progress, leave=True, dynamic_ncols=True)
+            bar = _progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
             futures = {pool.submit(_execute_in_worker, plan, work, step.name, t): t for t in pending}
             try:
                 _wait_with_progress(futures, progress, bar, step.name)
@@ -62,7 +95,7 @@ def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) 
             seal_step(work, step)
 
 
-def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, step: str) -> None:
+def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm | LogProgress, step: str) -> None:
     remaining = set(futures)
     while remaining:
         done, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -78,7 +111,7 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm, st
     _drain(progress, bar)
 
 
-def _drain(progress: Any, bar: tqdm) -> None:
+def _drain(progress: Any, bar: tqdm | LogProgress) -> None:
     while True:
         try:
             _, n = progress.get_nowait()
