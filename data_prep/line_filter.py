@@ -111,7 +111,6 @@ class LineFilterStage(DocStage):
         return rules
 
     def decide(self, table: pa.Table) -> Decision:
-        cfg = self.config
         text = table[TEXT].combine_chunks()
         n = len(text)
         split = pc.split_pattern(text, "\n")

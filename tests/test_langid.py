@@ -48,7 +48,7 @@ def test_keep_list_and_threshold_drop_with_lang_and_score() -> None:
             assert drop and drop.reason == "low_language_score"
         else:
             assert drop is None
-    assert any(l in ("de", "fr") for l in langs) and decision.drops
+    assert any(lang in ("de", "fr") for lang in langs) and decision.drops
 
 
 def test_missing_model_and_bad_language_codes_are_explained(tmp_path) -> None:

@@ -100,7 +100,7 @@ def test_loader_ranks_cover_the_epoch_exactly_once(prepared: tuple[Path, dict]) 
     assert len(set(reference)) == len(reference) == steps * 8
     for world in (2, 4):
         loaders = [DistributedLoader(dataset, micro, r, world, seed=3, rows_per_step=8) for r in range(world)]
-        seen = np.concatenate([l.next_batch().rows for _ in range(steps * 4 // world) for l in loaders])
+        seen = np.concatenate([loader.next_batch().rows for _ in range(steps * 4 // world) for loader in loaders])
         assert len(set(seen)) == len(seen), f"DP={world}: a row was given twice"
         assert sorted(seen) == sorted(reference), f"DP={world}: another set of rows than DP=1"
         assert np.array_equal(seen, reference), f"DP={world}: the global order differs"
@@ -124,7 +124,7 @@ def test_loader_resumes_with_the_same_next_batch_also_under_another_dp_size(prep
     resized = [DistributedLoader(dataset, 2, r, 2, seed=5, rows_per_step=4) for r in range(2)]
     for loader in resized:
         loader.load_state_dict(state)
-    got = np.concatenate([l.next_batch().rows for _ in range(2) for l in resized])
+    got = np.concatenate([loader.next_batch().rows for _ in range(2) for loader in resized])
     assert np.array_equal(got, np.concatenate([b.rows for b in expected]))
 
 

@@ -164,7 +164,7 @@ CAFE = "Caf\u00e9 cr\u00e8me \u2014 \u201cquoted\u201d"
 
 @pytest.mark.parametrize(("body", "content_type", "text", "charset"), [
     (f"<p>{CAFE}</p>".encode("cp1252"), "text/html; charset=ISO-8859-1", CAFE, "cp1252"),  # Latin-1 label
-    (f'<meta charset="iso-8859-15"><p>100 \u20ac</p>'.encode("iso-8859-15"), "text/html", "100 \u20ac", "iso8859-15"),
+    ('<meta charset="iso-8859-15"><p>100 \u20ac</p>'.encode("iso-8859-15"), "text/html", "100 \u20ac", "iso8859-15"),
     ('<meta http-equiv="Content-Type" content="text/html; charset=windows-1251"><p>\u041f\u0440\u0438</p>'
      .encode("cp1251"), "text/html", "\u041f\u0440\u0438", "cp1251"),
     (f"<p>{CAFE}</p>".encode("cp1252"), "text/html; charset=utf-8", CAFE, "cp1252"),  # declared UTF-8, is not

@@ -46,12 +46,18 @@ from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
 from training.preflight import check_splits, model_changes
 from training.scoring import encode_tasks, score
-from training.tasks import load_tasks, metrics
+from training.tasks import METRIC_LABELS, load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _eval_label(key: str) -> str:
+    """`eval/next_word/perplexity` as the step line shows it: `next_word perplexity per word`."""
+    task, _, metric = key.removeprefix("eval/").rpartition("/")
+    return f"{task} {METRIC_LABELS.get(metric, metric)}"
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -354,7 +360,7 @@ class Trainer:
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
-            extra += "".join(f" | {k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
+            extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
             print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                   f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
                   + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"), flush=True)
