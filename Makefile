@@ -26,11 +26,15 @@ run-sources: setup
 run-web: setup
 	$(PY) -m pipeline run --config configs/web.yaml --output runs/web
 
+# Two pytest workers, each file's tests on one of them (its module fixtures built once): one test's
+# process start-up, file I/O and Slurm waits overlap with the other's compute.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
