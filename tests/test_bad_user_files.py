@@ -73,12 +73,13 @@ def test_a_broken_eval_set_is_one_line(files: dict[str, Path], tmp_path: Path, n
     assert_one_line(result, "decontaminate.index", expected)
 
 
-def test_an_eval_set_without_the_fields_to_match_names_the_fields_it_has(tmp_path: Path) -> None:
+def test_an_eval_set_without_the_fields_to_match_names_the_fields_it_has(files: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
     """The shipped task file holds `context`/`choices`, not the default `text`: it would have protected nothing."""
     tasks = REPO / "data" / "tasks" / "debian_next_words.jsonl"
-    result = prep({"corpus": tasks}, tmp_path, "decontaminate", f"prep.decontaminate.eval_sets=[{{path: {tasks}}}]")
+    result = prep(files, tmp_path, "decontaminate", f"prep.decontaminate.eval_sets=[{{path: {tasks}}}]")
     assert_one_line(result, "eval set debian_next_words", "no item has a field ['text']", "'choices'", "'context'")
-    matched = prep({"corpus": tasks}, tmp_path / "fields", "decontaminate",
+    matched = prep(files, tmp_path / "fields", "decontaminate",
                    f"prep.decontaminate.eval_sets=[{{path: {tasks}, fields: [context]}}]")
     assert matched.returncode == 0, matched.stderr[-3000:]
 
