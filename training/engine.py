@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,10 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
 
 class Trainer:
     def __init__(self, config: TrainingConfig, data_dir: Path, run_dir: Path, world_size: int,
-                 resume: str = "auto") -> None:
+                 resume: str = "auto", initial_weights: Callable[[torch.nn.Module], None] | None = None) -> None:
+        """`initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
         self.config, self.run_dir, self.data_dir = config, Path(run_dir), Path(data_dir)
+        self.initial_weights = initial_weights
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
         self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
         tokenizer = manifest["tokenizer"]
@@ -171,7 +174,9 @@ class Trainer:
         cfg = self.config
         model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype,
                                      cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None)
-        if seeded_init:
+        if seeded_init and self.initial_weights is not None:
+            self.initial_weights(model)
+        elif seeded_init:
             init_weights(model, cfg.train.seed, cfg.model.n_layers)
         parallel.seed_everything(cfg.train.seed, self.layout, model)
         model.to(self.layout.device)

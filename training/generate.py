@@ -7,6 +7,7 @@ each step attending over the cached keys and values instead of recomputing the p
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from pipeline.ground.errors import UserError
+from training.chat import ChatCodec, Rejection, as_messages, has_chat_tokens
 from training.config import ModelConfig, SamplesConfig
 from training.export import consolidate, tokenizer_record
 from training.model import GPT, KVCache
@@ -56,23 +59,37 @@ def sample_next(logits: torch.Tensor, sampling: SamplesConfig, vocab: int, gener
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
-def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> list[tuple[str, str]]:
-    """(prompt, continuation) for each configured prompt, from `checkpoint`."""
+def chat_prompt(codec: ChatCodec, prompt: str) -> list[int]:
+    """A prompt as a conversation for the assistant to answer: a JSON list of messages, or one user message."""
+    try:
+        messages = as_messages(json.loads(prompt) if prompt.lstrip().startswith("[") else prompt, "user")
+        return codec.prompt(messages)
+    except (ValueError, Rejection) as exc:
+        raise UserError(f"--chat prompt {prompt[:60]!r}: {getattr(exc, 'detail', exc)}") from None
+
+
+def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, chat: bool = False) -> list[tuple[str, str]]:
+    """(prompt, continuation) for each configured prompt, from `checkpoint`; with `chat`, each prompt is a
+    conversation in the chat template and the answer stops at the end of the assistant's turn."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    if chat and not has_chat_tokens(tokenizer):
+        raise UserError(f"--chat: the tokenizer of {checkpoint} has no chat markers; use a checkpoint of crucible sft")
+    codec = ChatCodec(tokenizer) if chat else None
     model, meta = load_model(checkpoint)
     eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
+    stop = codec.end_id if codec else eod
     context = meta["seq_len"]
     samples = []
     for prompt in cfg.prompts:
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
+        ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
         if len(ids) > context:
             print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
                   f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
             ids = ids[-context:]
         samples.append((prompt, decode_whole_characters(tokenizer, generate(model, ids, cfg,
-                                                                             tokenizer.get_vocab_size(), eod))))
+                                                                             tokenizer.get_vocab_size(), stop))))
     return samples
 
 
