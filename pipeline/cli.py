@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _post_training_verbs(verbs: Any) -> None:
     """`sft` and `dpo`: post-training of a checkpoint on the pretraining trainer (launch under torchrun for layouts)."""
     for verb, what, data in (("sft", "supervised fine-tuning on chat data (loss on the assistant's tokens)",
-                              'chat JSONL: {"messages": [{"role", "content"}, ...]} a line'),):
+                              'chat JSONL: {"messages": [{"role", "content"}, ...]} a line'),
+                             ("dpo", "direct preference optimization on preference pairs (sigmoid loss, post.dpo.beta)",
+                              'preference JSONL: {"prompt": ..., "chosen": ..., "rejected": ...} a line (TRL\'s layout)')):
         parser = verbs.add_parser(verb, help=what)
         _common(parser)
         parser.add_argument("--checkpoint", type=Path, required=True, help=f"the model to start from: {CHECKPOINT_HELP}")
@@ -202,6 +204,18 @@ def _sft(config: CrucibleConfig, args: argparse.Namespace) -> int:
     base = _checkpoint_in(args.checkpoint, config)
     sft_config, shards, weights = prepare_sft(config, base, _tokenizer_of(base, None), args.data, args.output)
     return _train(sft_config, shards, args.output, args.resume, weights)
+
+
+def _dpo(config: CrucibleConfig, args: argparse.Namespace) -> int:
+    """DPO: RUN/data built from the preference file and the checkpoint, the reference scored before the first step."""
+    from training.dpo import DPOTrainer, build_dpo_data
+    from training.post import prepare
+
+    base = _checkpoint_in(args.checkpoint, config)
+    tokenizer = _tokenizer_of(base, None)
+    dpo_config, shards, weights = prepare("dpo", config, base, args.data, args.output, lambda staging, seq_len:
+                                          build_dpo_data(staging, args.data, base, tokenizer, config.post.dpo, seq_len))
+    return _train(dpo_config, shards, args.output, args.resume, weights, DPOTrainer)
 
 
 def _load(args: argparse.Namespace) -> CrucibleConfig:
@@ -234,14 +248,16 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     return todo
 
 
-def _train(config: CrucibleConfig, data: Path, output: Path, resume: str, initial_weights: Any = None) -> int:
+def _train(config: CrucibleConfig, data: Path, output: Path, resume: str, initial_weights: Any = None,
+           trainer_class: Any = None) -> int:
     import os
     import time
 
     from training.engine import Trainer
 
     started = time.perf_counter()
-    trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume, initial_weights)
+    trainer = (trainer_class or Trainer)(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume,
+                                         initial_weights)
     records = trainer.fit()
     interrupted = trainer.stopped_by == "SIGINT"
     if int(os.environ.get("RANK", 0)) == 0:
@@ -612,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(config, args.data, args.output, args.resume)
         elif args.verb == "sft":
             return _sft(config, args)
+        elif args.verb == "dpo":
+            return _dpo(config, args)
         elif args.verb == "plan":
             from pipeline.plan_view import print_plan
 

@@ -50,3 +50,44 @@ def write_chat(path: Path, count: int, seed: int = 0, bad: bool = True) -> Path:
         lines += [line for line, _ in BAD_RECORDS]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+BAD_PAIRS = [  # (line, reason) the preference reader must give each
+    ("{not json", "malformed_json"),
+    (json.dumps({"chosen": "a", "rejected": "b"}), "no_prompt"),
+    (json.dumps({"prompt": "hi", "rejected": "b"}), "no_chosen"),
+    (json.dumps({"prompt": "hi", "chosen": "a"}), "no_rejected"),
+    (json.dumps({"prompt": "hi", "chosen": {"role": "assistant"}, "rejected": "b"}), "bad_message"),
+    (json.dumps({"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}), "unknown_role"),
+    (json.dumps({"prompt": "hi", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}), "no_assistant_turn"),
+    (json.dumps({"prompt": "hi", "chosen": "same", "rejected": "same"}), "identical_replies"),
+    (json.dumps({"prompt": "long " * 200, "chosen": "a", "rejected": "b"}), "too_long"),
+]
+
+
+def preference_pairs(count: int, seed: int = 0) -> list[dict]:
+    """An easy preference: the prompt ends in yes or no, and the chosen reply says the same word, the rejected one
+    the other (half the pairs each way, so no reply is better on its own). Prompts and replies come in every
+    layout TRL reads (text, messages, an assistant message)."""
+    rng = random.Random(seed)
+    pairs = []
+    for index in range(count):
+        said, other = ("yes", "no") if rng.random() < 0.5 else ("no", "yes")
+        question = f"{sentence(rng, 4)} say {said}"
+        layout = index % 3
+        prompt: object = question if layout == 0 else [{"role": "user", "content": question}]
+        chosen, rejected = said, other
+        if layout == 1:
+            chosen, rejected = {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected}
+        elif layout == 2:
+            chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+def write_preferences(path: Path, count: int, seed: int = 0, bad: bool = True) -> Path:
+    lines = [json.dumps(pair, ensure_ascii=False) for pair in preference_pairs(count, seed)]
+    if bad:
+        lines += [line for line, _ in BAD_PAIRS]
+    path.write_text("\n".join(lines) + "\n")
+    return path

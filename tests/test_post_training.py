@@ -1,5 +1,6 @@
 """Post-training: the chat template against transformers, the records refused, the SFT loss against plain
-PyTorch, and SFT under every layout and across a resume."""
+PyTorch, SFT under every layout and across a resume; DPO's terms against TRL's, a DPO run that learns an easy
+preference, and its resume."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.chat_data import BAD_RECORDS, conversations, write_chat
+from tests.chat_data import BAD_PAIRS, BAD_RECORDS, conversations, write_chat, write_preferences
 from tests.conftest import metrics, read_set, torchrun
 from training.chat import ChatCodec, grow_tokenizer
 from training.post_config import SFTConfig
@@ -147,8 +148,15 @@ def sft(base: Path, chat: Path, run: Path, nproc: int = 1, *settings: str) -> li
 
 
 @pytest.fixture(scope="module")
-def single(base_run: Path, chat_file: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return sft(base_run, chat_file, tmp_path_factory.mktemp("sft"))
+def sft_run(base_run: Path, chat_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("sft")
+    sft(base_run, chat_file, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def single(sft_run: Path) -> list[dict]:
+    return metrics(sft_run)
 
 
 @pytest.mark.slow
@@ -175,3 +183,124 @@ def test_sft_resumes_exactly(single: list[dict], base_run: Path, chat_file: Path
     assert stats["records"]["read"] == 120 + len(BAD_RECORDS)
     assert stats["tokenizer"]["added"] == {"<|system|>": 512, "<|user|>": 513, "<|assistant|>": 514,
                                            "<|tool|>": 515, "<|end|>": 516}
+
+
+# -- DPO -----------------------------------------------------------------------------------------
+
+def test_bad_pairs_are_counted_with_their_reason(base_tokenizer: Path, tmp_path: Path) -> None:
+    from training.dpo import read_preferences
+    from training.post_config import DPOConfig
+
+    prefs = write_preferences(tmp_path / "prefs.jsonl", 30)
+    ledger, splits = read_preferences(prefs, ChatCodec(grow_tokenizer(base_tokenizer)[0]), DPOConfig(), SEQ)
+    summary = ledger.summary()
+    assert summary["read"] == 30 + len(BAD_PAIRS) == summary["kept"] + sum(summary["rejected"].values())
+    assert summary["kept"] == 30 == sum(len(pairs) for pairs in splits.values())  # every layout TRL reads is kept
+    found = {r["line"]: r["reason"] for r in ledger.records}
+    assert found == {30 + i + 1: reason for i, (_, reason) in enumerate(BAD_PAIRS)}
+    ids, side, second = splits["train"][0]
+    assert {1, 2} <= set(side) and side[:second].count(2) == 0 and side[second:].count(1) == 0
+    assert ids[:side.index(1)] == ids[second:second + side.index(1)]  # the same prompt before both replies
+
+
+def trl_metrics(per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, beta: float
+                ) -> tuple[float, dict[str, float]]:
+    """TRL's own DPOTrainer._compute_loss on these log-probabilities (rows: the chosen replies, then the rejected
+    ones), around it only what it reads: its config's defaults, a model that returns them, an accelerator of one."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer as TRLTrainer
+
+    args = DPOConfig(output_dir="unused", beta=beta, precompute_ref_log_probs=True, report_to=[], bf16=False, use_cpu=True)
+    rows, width = mask.shape
+    outputs = SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
+                              mean_logits=torch.zeros_like(per_token), is_top1=torch.zeros_like(per_token, dtype=torch.bool))
+    one = SimpleNamespace(device="cpu", gather=lambda t: t, gather_for_metrics=lambda t: t)
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=one, aux_loss_enabled=False, beta=args.beta,
+        precompute_ref_logps=args.precompute_ref_log_probs, loss_types=args.loss_type,
+        loss_weights=args.loss_weights or [1.0] * len(args.loss_type), ld_alpha=args.ld_alpha,
+        f_divergence_type=args.f_divergence_type, label_smoothing=args.label_smoothing,
+        use_weighting=args.use_weighting, _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.zeros(rows, width, dtype=torch.long), "attention_mask": torch.ones(rows, width),
+              "completion_mask": mask, "ref_chosen_logps": reference[:, 0], "ref_rejected_logps": reference[:, 1]}
+    loss = TRLTrainer._compute_loss(trainer, lambda **_: outputs, inputs, False)
+    return float(loss), {name: values[-1] for name, values in trainer._metrics["train"].items()}
+
+
+def test_dpo_terms_match_trl() -> None:
+    """Loss, rewards, margins and accuracy from the same log-probabilities, ours against TRL's real code."""
+    from training.dpo import dpo_terms
+
+    generator = torch.Generator().manual_seed(3)
+    pairs, width, beta = 32, 24, 0.3
+    mask = (torch.rand(2 * pairs, width, generator=generator) < 0.6).long()
+    per_token = -3 * torch.rand(2 * pairs, width - 1, generator=generator, dtype=torch.float64) * mask[:, 1:]
+    sums = per_token.sum(1)
+    policy = torch.stack([sums[:pairs], sums[pairs:]], dim=1)  # [pairs, (chosen, rejected)]
+    reference = policy + torch.randn(pairs, 2, generator=generator, dtype=torch.float64)
+    loss, theirs = trl_metrics(per_token, mask, reference, beta)
+    ours = {name: float(value.mean()) for name, value in dpo_terms(policy, reference, beta).items()}
+    assert 0.2 < ours["rewards/accuracy"] < 0.8  # both outcomes occur, so the comparison can fail
+    assert ours["loss"] == pytest.approx(loss, abs=1e-6)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[name] == pytest.approx(theirs[name], abs=1e-6), name
+    assert ours["rewards/accuracy"] == pytest.approx(theirs["rewards/accuracies"], abs=1e-6)
+
+
+DPO_STEPS = 16
+DPO = [f"train.max_steps={DPO_STEPS}", f"train.decay_steps={DPO_STEPS}", "train.eval_interval=1", "train.lr=2e-3",
+       "train.global_batch_size=8", "train.eval_batches=4", "checkpoint.interval=8", "post.dpo.beta=0.5",
+       "post.dpo.val_fraction=0.25"]
+
+
+@pytest.fixture(scope="module")
+def prefs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_preferences(tmp_path_factory.mktemp("prefs") / "prefs.jsonl", 160)
+
+
+def dpo(start: Path, prefs: Path, run: Path, *settings: str) -> list[dict]:
+    torchrun(1, "dpo", "--checkpoint", str(start), "--data", str(prefs), "--output", str(run),
+             *flags([*SFT, *DPO, *settings]))
+    return metrics(run)
+
+
+@pytest.fixture(scope="module")
+def dpo_run(sft_run: Path, prefs_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("dpo")
+    dpo(sft_run, prefs_file, run)
+    return run
+
+
+@pytest.mark.slow
+def test_dpo_learns_an_easy_preference(dpo_run: Path) -> None:
+    """From the SFT model, held-out preference accuracy rises; the first step starts at the reference itself."""
+    curve = metrics(dpo_run)
+    assert [r["step"] for r in curve] == list(range(1, DPO_STEPS + 1))
+    first = curve[0]  # before any update the policy is the reference: rewards 0, loss log 2
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-5) and first["loss"] == pytest.approx(np.log(2), abs=1e-5)
+    evals = [r for r in curve if "val_loss" in r]
+    assert [r["step"] for r in evals] == list(range(1, DPO_STEPS + 1))  # the first after one small update
+    assert evals[-1]["val_rewards/accuracy"] > evals[0]["val_rewards/accuracy"]
+    assert evals[-1]["val_rewards/margins"] > evals[0]["val_rewards/margins"] > 0
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    stats = json.loads((dpo_run / "data" / "stats.json").read_text())
+    assert stats["records"]["read"] == 160 + len(BAD_PAIRS) and stats["records"]["kept"] == 160
+    assert stats["tokenizer"]["added"] == {}  # the SFT run's tokenizer has the markers already
+
+
+@pytest.mark.slow
+def test_dpo_resumes_exactly(dpo_run: Path, sft_run: Path, prefs_file: Path, tmp_path: Path) -> None:
+    first = dpo(sft_run, prefs_file, tmp_path, "train.max_steps=8")
+    assert [r["step"] for r in first] == list(range(1, 9))
+    reference = (tmp_path / "data" / "reference" / "train.npy").read_bytes()
+    resumed = dpo(sft_run, prefs_file, tmp_path)  # the same command goes on from step 8, reading the stored reference
+    assert (tmp_path / "data" / "reference" / "train.npy").read_bytes() == reference
+    whole = metrics(dpo_run)
+    for name in ("loss", "rewards/margins", "rewards/accuracy"):
+        assert [r[name] for r in resumed] == [r[name] for r in whole], name
+    assert [r["val_rewards/accuracy"] for r in resumed if "val_loss" in r] == [
+        r["val_rewards/accuracy"] for r in whole if "val_loss" in r]
+

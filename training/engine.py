@@ -246,6 +246,11 @@ class Trainer:
         denominator = torch.tensor(max(total, 1) / (len(batches) * self.dp), device=self.layout.device)
         return [(inputs, (targets, denominator)) for inputs, targets in batches], total
 
+    def micro_loss(self, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The loss of one micro-batch (PP = 1): cross entropy over its valid targets, over their denominator."""
+        targets, denominator = labels
+        return lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
+
     def train_step(self) -> StepResult:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
@@ -256,8 +261,8 @@ class Trainer:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
             total = torch.zeros((), device=self.layout.device)
-            for inputs, (targets, denominator) in micro_batches:
-                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
+            for inputs, labels in micro_batches:
+                loss_t = self.micro_loss(inputs, labels)
                 self.engine.backward(loss_t)
                 self.engine.step()
                 total += loss_t.detach().float()
@@ -284,10 +289,15 @@ class Trainer:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
         self.engine.eval()
         total = torch.zeros((), device=self.layout.device)
-        for inputs, (targets, denominator) in batches:
-            total += lm_loss(self.engine(*inputs), targets, self.pad_id, denominator).float()
+        for inputs, labels in batches:
+            total += self.micro_loss(inputs, labels).float()
         self.engine.train()
         return self._dp_mean(total / len(batches))
+
+    def validate(self) -> dict[str, float]:
+        """The validation metrics of an eval interval: `val_loss`, overall and per source."""
+        return {"val_loss": self.evaluate()} | {f"val_loss/{name}": self.evaluate(rows)
+                                                for name, rows in self.val_sources.items()}
 
     def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor | None:
@@ -427,8 +437,7 @@ class Trainer:
                     continue  # a stop asked for now is asked again after the next step
                 record["anomaly_ignored"] = rollback.anomaly.reason
             if cfg.eval_batches and (self.step % cfg.eval_interval == 0 or last):
-                record["val_loss"] = self.evaluate()
-                record |= {f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()}
+                record |= self.validate()
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
             if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):

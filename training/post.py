@@ -111,19 +111,19 @@ def pack(sequences: list[tuple[list[int], list[bool]]], width: int, pad_id: int,
     return tokens, [np.array(starts, dtype=np.int32) for _, _, starts in rows], mask
 
 
-def write_shards(folder: Path, tokenizer: Any, seq_len: int, splits: dict[str, list[tuple[list[int], list[bool]]]],
-                 seed: int) -> dict[str, Any]:
-    """Shards of packed sequences per split with their loss mask, the tokenizer beside them, and the manifest."""
+Rows = tuple[np.ndarray, list[np.ndarray], np.ndarray, int, int]  # tokens, segment starts, column, records, tokens used
+
+
+def write_shards(folder: Path, tokenizer: Any, seq_len: int, splits: dict[str, Rows], column: str) -> dict[str, Any]:
+    """Shards of rows per split with their per-token `column`, the tokenizer beside them, and the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / TOKENIZER_FILE))
     vocab, pad = tokenizer.get_vocab_size(), tokenizer.token_to_id("<|pad|>")
     counts = {}
-    for split, sequences in splits.items():
-        tokens, starts, mask = pack(sequences, seq_len + 1, pad, seed)
-        entry = write_shard(folder / split / f"{split}-00000-000.arrow", tokens, starts, vocab, {LOSS_MASK: mask})
-        counts[split] = {"documents": len(sequences), "tokens": int(sum(len(s[0]) for s in sequences)),
-                         "learned_tokens": int(mask.sum()), "sequences": len(tokens),
-                         "padding": int(tokens.size - sum(len(s[0]) for s in sequences)), "remainder": 0,
+    for split, (tokens, starts, values, documents, used) in splits.items():
+        entry = write_shard(folder / split / f"{split}-00000-000.arrow", tokens, starts, vocab, {column: values})
+        counts[split] = {"documents": documents, "tokens": used, "learned_tokens": int((values > 0).sum()),
+                         "sequences": len(tokens), "padding": int(tokens.size - used), "remainder": 0,
                          "shards": [entry]}
     write_manifest(folder, {
         "seq_len": seq_len, "row_width": seq_len + 1, "packing": "chat", "token_type": str(token_type(vocab)),
@@ -131,6 +131,17 @@ def write_shards(folder: Path, tokenizer: Any, seq_len: int, splits: dict[str, l
                       "eod_id": tokenizer.token_to_id("<|endoftext|>"), "pad_id": pad},
         "splits": counts, "prep_config": {}})
     return counts
+
+
+def packed(sequences: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int, seed: int) -> Rows:
+    """SFT's rows: conversations packed several to a row, with their loss mask."""
+    return (*pack(sequences, seq_len + 1, pad_id, seed), len(sequences), int(sum(len(s[0]) for s in sequences)))
+
+
+def write_stats(folder: Path, ledger: Ledger, grown: dict[str, Any], counts: dict[str, Any]) -> None:
+    ledger.write(folder / REJECTED)
+    write_json(folder / STATS, {"records": ledger.summary(), "tokenizer": grown,
+                                "splits": {s: {k: v for k, v in c.items() if k != "shards"} for s, c in counts.items()}})
 
 
 def held_out(raw: str, fraction: float) -> bool:
@@ -177,34 +188,40 @@ def build_sft_data(folder: Path, chat: Path, base: Path, tokenizer_file: Path, s
     """RUN/data of an SFT run: shards of the conversations (train and val), the refused records, the base weights."""
     tokenizer, grown = grown_tokenizer(tokenizer_file)
     ledger, splits = read_chat(chat, ChatCodec(tokenizer), settings, seq_len)
-    ledger.write(folder / REJECTED)
-    counts = write_shards(folder / SHARDS, tokenizer, seq_len, splits, settings.seed)
-    write_json(folder / STATS, {"records": ledger.summary(), "tokenizer": grown,
-                                "splits": {s: {k: v for k, v in c.items() if k != "shards"} for s, c in counts.items()}})
+    pad = tokenizer.token_to_id("<|pad|>")
+    rows = {split: packed(sequences, seq_len, pad, settings.seed) for split, sequences in splits.items()}
+    write_stats(folder, ledger, grown, write_shards(folder / SHARDS, tokenizer, seq_len, rows, LOSS_MASK))
     save_base(base, folder)
 
 
 def prepare_sft(config: TrainingConfig, base: Path, tokenizer_file: Path, chat: Path, output: Path
                 ) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
     """The config, shards folder and initial weights of an SFT run (RUN/data built on first use)."""
-    if not chat.is_file():
-        raise UserError(f"--data {chat}: {'a folder' if chat.is_dir() else 'not found'}; give a chat JSONL file")
+    return prepare("sft", config, base, chat, output, lambda staging, seq_len: build_sft_data(
+        staging, chat, base, tokenizer_file, config.post.sft, seq_len))
+
+
+def prepare(kind: str, config: TrainingConfig, base: Path, data: Path, output: Path,
+            build: Callable[[Path, int], None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
+    """The config, shards folder and initial weights of a post-training run of `kind` (`sft`, `dpo`): RUN/data
+    made by `build(folder, seq_len)` on first use, checked to hold training (and validation) rows."""
+    if not data.is_file():
+        raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
     if config.parallel.pp > 1:  # its first optimizer step hangs in DeepSpeed's grad-norm all-reduce; not solved yet
-        raise UserError("sft with parallel.pp > 1 is not supported yet: use tensor and data parallelism (parallel.tp, "
-                        "more processes) and ZeRO")
-    meta = read_meta(base)
-    seq_len = config.train.seq_len or meta["seq_len"]
+        raise UserError(f"{kind} with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
+                        f"(parallel.tp, more processes) and ZeRO")
+    seq_len = config.train.seq_len or read_meta(base)["seq_len"]
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
-    build_once(folder, fingerprint("sft", chat, base, config.post.sft, seq_len),
-               lambda staging: build_sft_data(staging, chat, base, tokenizer_file, config.post.sft, seq_len))
+    settings = getattr(config.post, kind)
+    build_once(folder, fingerprint(kind, data, base, settings, seq_len), lambda staging: build(staging, seq_len))
     stats = read_marker(folder / STATS)
     records, splits = stats["records"], stats["splits"]
     if not splits["train"]["sequences"]:
-        raise UserError(f"--data {chat}: no usable conversation ({records['read']} read, rejected "
+        raise UserError(f"--data {data}: no usable record ({records['read']} read, rejected "
                         f"{records['rejected']}; see {folder / REJECTED})")
     if config.train.eval_batches and not splits["val"]["sequences"]:
-        raise UserError(f"--data {chat}: no conversation held out for validation: raise post.sft.val_fraction, "
+        raise UserError(f"--data {data}: no record held out for validation: raise post.{kind}.val_fraction, "
                         f"or set train.eval_batches=0")
     vocab = read_manifest(folder / SHARDS)["tokenizer"]["vocab_size"]
     announce(folder, stats)
@@ -221,7 +238,7 @@ def announce(folder: Path, stats: dict[str, Any]) -> None:
     rejected = ", ".join(f"{reason} {n}" for reason, n in records["rejected"].items()) or "none"
     print(f"post-training data: {records['read']} records, {records['kept']} kept, rejected: {rejected} "
           f"(listed in {folder / REJECTED}); rows: " + ", ".join(
-              f"{split} {c['sequences']} ({c['documents']} conversations)" for split, c in stats["splits"].items()),
+              f"{split} {c['sequences']} ({c['documents']} records)" for split, c in stats["splits"].items()),
           flush=True)
     if grown["added"]:
         print(f"vocabulary grown by {', '.join(f'{t} (id {i})' for t, i in grown['added'].items())}: their embedding "

@@ -24,7 +24,18 @@ class SFTConfig(Section):
     seed: int = Field(0, description="Seeds the order conversations are packed into rows in.")
 
 
+class DPOConfig(Section):
+    """Direct preference optimization on preference JSONL (`crucible dpo`); steps, batch and rate are `train.*`'s."""
+
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference (the "
+                                               "starting checkpoint); larger keeps it closer.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Preference pairs held out for validation (val_loss "
+                                                             "and val_rewards/accuracy), by a hash of the record.")
+    seed: int = Field(0, description="Seeds the order of the pairs in the rows.")
+
+
 class PostConfig(Section):
     """Post-training: `sft` and `dpo`, from a checkpoint and a JSONL file."""
 
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
