@@ -304,3 +304,35 @@ def test_dpo_resumes_exactly(dpo_run: Path, sft_run: Path, prefs_file: Path, tmp
     assert [r["val_rewards/accuracy"] for r in resumed if "val_loss" in r] == [
         r["val_rewards/accuracy"] for r in whole if "val_loss" in r]
 
+
+# -- generate --chat -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_generate_chat_stops_at_the_end_of_turn(base_run: Path, tmp_path: Path) -> None:
+    """After a short SFT on conversations where the assistant always answers "yes", the model says yes and then
+    <|end|>; the chat answer is cut there, where decoding without a stop runs on to its token budget."""
+    from tokenizers import Tokenizer
+
+    from training.config import SamplesConfig
+    from training.generate import chat_prompt, generate, load_model, sample_texts
+
+    chat = tmp_path / "yes.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": " ".join(m[0]["content"].split()[:4])},
+                                                     {"role": "assistant", "content": "yes"}]}) + "\n"
+                            for m in conversations(80, seed=4)))
+    run = tmp_path / "run"
+    sft(base_run, chat, run, 1, "train.max_steps=40", "train.decay_steps=400", "train.lr=1e-2", "train.eval_batches=0",
+        "checkpoint.interval=0")
+    checkpoint = max((run / "checkpoints").glob("step-*"))
+    tokenizer_file = run / "data" / "shards" / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    codec = ChatCodec(tokenizer)
+    yes = tokenizer.encode("yes", add_special_tokens=False).ids
+    model, _ = load_model(checkpoint)
+    sampling = SamplesConfig(prompts=["is the sky blue"], max_new_tokens=12, temperature=0)
+    prompt, vocab = chat_prompt(codec, "is the sky blue"), tokenizer.get_vocab_size()
+    free = generate(model, prompt, sampling, vocab, None)
+    assert free[:len(yes) + 1] == [*yes, codec.end_id] and len(free) == sampling.max_new_tokens  # it ends its turn
+    assert generate(model, prompt, sampling, vocab, codec.end_id) == yes  # the stop generate --chat uses cuts there
+    [(_, answer)] = sample_texts(checkpoint, tokenizer_file, sampling, chat=True)
+    assert answer == "yes"
