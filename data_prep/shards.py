@@ -34,17 +34,22 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
 
 
-def shard_schema(width: int, vocab_size: int) -> pa.Schema:
+def shard_schema(width: int, vocab_size: int, per_token: dict[str, np.dtype] | None = None) -> pa.Schema:
+    """`per_token`: the name and type of further columns of one value per token (post-training's loss mask)."""
     return pa.schema([
         ("tokens", pa.list_(token_type(vocab_size), width)),
         ("segment_starts", pa.list_(pa.int32())),
+        *((name, pa.list_(pa.from_numpy_dtype(dtype), width)) for name, dtype in (per_token or {}).items()),
     ])
 
 
-def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray], vocab_size: int) -> dict[str, Any]:
-    """Write rows as one IPC file (atomically); return its manifest entry."""
+def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray], vocab_size: int,
+                per_token: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Write rows as one IPC file (atomically); return its manifest entry. `per_token`: further columns,
+    each an array shaped like `tokens`."""
     width = tokens.shape[1]
-    schema = shard_schema(width, vocab_size)
+    per_token = per_token or {}
+    schema = shard_schema(width, vocab_size, {name: values.dtype for name, values in per_token.items()})
     flat_type = schema.field("tokens").type.value_type
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -57,6 +62,8 @@ def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray]
                 writer.write_batch(pa.record_batch([
                     pa.FixedSizeListArray.from_arrays(flat, width),
                     pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                    *(pa.FixedSizeListArray.from_arrays(pa.array(column[start:start + ROWS_PER_BATCH].reshape(-1)), width)
+                      for column in per_token.values()),
                 ], schema=schema))
     return {"file": path.name, "sequences": int(len(tokens)), "tokens": int(tokens.size),
             "bytes": path.stat().st_size, "sha256": file_sha256(path)}

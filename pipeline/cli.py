@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=_at_least(1), help="default: samples.top_k")
     generate.add_argument("--top-p", type=_probability, help="default: samples.top_p")
     generate.add_argument("--seed", type=int, help="default: samples.seed")
+    generate.add_argument("--chat", action="store_true", help="each prompt is a user message (or a JSON list of "
+                          "messages) in the chat template; the answer stops at the end of the assistant's turn")
 
     export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model",
                               epilog="The hf format's generation_config.json carries the samples.* settings.")
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--hf", type=Path, help="with --harness: an existing export of this checkpoint "
                                                   "(default: export to a temporary folder)")
 
+    _post_training_verbs(verbs)
+
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
     plan.add_argument("--data", type=Path, help="shards folder: with train.mixture, the epochs of each source "
@@ -194,6 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _post_training_verbs(verbs: Any) -> None:
+    """`sft` and `dpo`: post-training of a checkpoint on the pretraining trainer (launch under torchrun for layouts)."""
+    for verb, what, data in (("sft", "supervised fine-tuning on chat data (loss on the assistant's tokens)",
+                              'chat JSONL: {"messages": [{"role", "content"}, ...]} a line'),
+                             ("dpo", "direct preference optimization on preference pairs (sigmoid loss, post.dpo.beta)",
+                              'preference JSONL: {"prompt": ..., "chosen": ..., "rejected": ...} a line (TRL\'s layout)')):
+        parser = verbs.add_parser(verb, help=what)
+        _common(parser)
+        parser.add_argument("--checkpoint", type=Path, required=True, help=f"the model to start from: {CHECKPOINT_HELP}")
+        parser.add_argument("--data", type=Path, required=True, help=data)
+        parser.add_argument("--output", type=Path, required=True, help="run folder: data/, metrics, checkpoints")
+        parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                            help="auto: continue from the run's latest good checkpoint (default); none: start fresh")
+
+
+def _sft(config: CrucibleConfig, args: argparse.Namespace) -> int:
+    """SFT: RUN/data built from the chat file and the base checkpoint, then the trainer from the base's weights."""
+    from training.post import prepare_sft
+
+    base = _checkpoint_in(args.checkpoint, config)
+    sft_config, shards, weights = prepare_sft(config, base, _tokenizer_of(base, None), args.data, args.output)
+    return _train(sft_config, shards, args.output, args.resume, weights)
+
+
+def _dpo(config: CrucibleConfig, args: argparse.Namespace) -> int:
+    """DPO: RUN/data built from the preference file and the checkpoint, the reference scored before the first step."""
+    from training.dpo import DPOTrainer, build_dpo_data
+    from training.post import prepare
+
+    base = _checkpoint_in(args.checkpoint, config)
+    tokenizer = _tokenizer_of(base, None)
+    dpo_config, shards, weights = prepare("dpo", config, base, args.data, args.output, lambda staging, seq_len:
+                                          build_dpo_data(staging, args.data, base, tokenizer, config.post.dpo, seq_len))
+    return _train(dpo_config, shards, args.output, args.resume, weights, DPOTrainer)
+
+
 def _load(args: argparse.Namespace) -> CrucibleConfig:
     """The config with the flags that replace its keys (--input, --stages) applied as overrides, so the
     schema checks them like any --set."""
@@ -224,7 +264,8 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     return todo
 
 
-def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int:
+def _train(config: CrucibleConfig, data: Path, output: Path, resume: str, initial_weights: Any = None,
+           trainer_class: Any = None) -> int:
     import os
     import time
 
@@ -235,7 +276,8 @@ def _train(config: CrucibleConfig, data: Path, output: Path, resume: str) -> int
     if warning and rank0:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    trainer = Trainer(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume)
+    trainer = (trainer_class or Trainer)(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume,
+                                         initial_weights)
     records = trainer.fit()
     if rank0:
         _print_training_end(trainer, records, output, time.perf_counter() - started)
@@ -353,7 +395,7 @@ def _generate(config: CrucibleConfig, args: argparse.Namespace) -> None:
             except ValidationError as exc:
                 flag = "--prompt" if key == "prompts" else "--" + key.replace("_", "-")
                 raise UserError(f"{flag} {getattr(args, key)}: {exc.errors()[0]['msg']}") from None
-    print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples),
+    print_samples(sample_texts(args.checkpoint, _tokenizer_of(args.checkpoint, args.tokenizer), samples, args.chat),
                    f"samples from {args.checkpoint.name}")
 
 
@@ -593,7 +635,7 @@ def _user_error(verb: str, message: str) -> int:
     which prints it once for all ranks."""
     from launch.agent import record_user_error
 
-    if not (verb == "train" and record_user_error(message)):
+    if not (verb in ("train", "sft", "dpo") and record_user_error(message)):
         print(message, file=sys.stderr)
     return 2
 
@@ -607,7 +649,7 @@ def _check_outputs(args: argparse.Namespace, config: CrucibleConfig | None) -> N
         from pipeline.prep import check_output_apart
 
         check_output_apart(config.prep, args.output)  # type: ignore[union-attr]
-    if args.verb in ("prep", "train", "run", "submit", "prep-task") or (args.verb == "classifier" and args.action == "train" and args.output):
+    if args.verb in ("prep", "train", "run", "submit", "prep-task", "sft", "dpo") or (args.verb == "classifier" and args.action == "train" and args.output):
         make_output_folder(args.output)
     elif args.verb == "eval" and args.output:
         check_output_file(args.output)
@@ -646,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
             _prep(config, args.output, show_progress, settings=_same_settings(args))
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
+        elif args.verb == "sft":
+            return _sft(config, args)
+        elif args.verb == "dpo":
+            return _dpo(config, args)
         elif args.verb == "plan":
             from pipeline.plan_view import print_plan
 

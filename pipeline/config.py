@@ -20,6 +20,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 from pipeline.ground.user_yaml import YamlSyntaxError, load_yaml, load_yaml_file
 from training.config import PlanConfig, TrainingConfig
+from training.post_config import PostConfig
 
 
 class RunSettings(Section):
@@ -39,6 +40,7 @@ class CrucibleConfig(TrainingConfig):
     prep: PrepConfig = Field(default_factory=PrepConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    post: PostConfig = Field(default_factory=PostConfig)
 
     def plan_gpus(self) -> int:
         """The GPUs `plan` assumes: plan.gpus, else the launch's processes."""

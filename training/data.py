@@ -11,7 +11,8 @@ depend on the number of ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class Batch:
     positions: torch.Tensor
     segments: torch.Tensor
     rows: np.ndarray  # global row indices, for tests and for skipping data windows
+    per_token: dict[str, torch.Tensor] = field(default_factory=dict)  # the shards' further columns, aligned with targets
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Shard:
     tokens: list[pa.Array]
     starts: list[pa.ListArray]
     bounds: np.ndarray
+    per_token: dict[str, list[pa.Array]]  # further columns of one value per token (post-training), flat per batch
 
 
 class PackedDataset:
@@ -92,29 +95,51 @@ class PackedDataset:
             table = open_shard(path, self.width, entry["sequences"])
             tokens, starts = table.column("tokens").chunks, table.column("segment_starts").chunks
             bounds = np.cumsum([0, *(len(chunk) for chunk in tokens)])
-            opened = self._shards[index] = Shard([chunk.values for chunk in tokens], starts, bounds)
+            per_token = {name: [chunk.values for chunk in table.column(name).chunks]
+                         for name in table.column_names if name not in ("tokens", "segment_starts")}
+            opened = self._shards[index] = Shard([chunk.values for chunk in tokens], starts, bounds, per_token)
         return opened
+
+    def _locate(self, indices: np.ndarray) -> Iterator[tuple[int, Shard, int, int]]:
+        """(slot, shard, record batch, row inside it) of each global row index."""
+        numbers = np.searchsorted(self.offsets, indices, side="right") - 1
+        for slot, (number, local) in enumerate(zip(numbers.tolist(), (indices - self.offsets[numbers]).tolist())):
+            shard = self.shard(number)
+            batch = int(np.searchsorted(shard.bounds, local, side="right") - 1) if len(shard.tokens) > 1 else 0
+            yield slot, shard, batch, local - int(shard.bounds[batch])
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Token rows [n, width] and their segment starts, for global row indices."""
         out = np.empty((len(indices), self.width), dtype=np.int64)
         starts = []
-        numbers = np.searchsorted(self.offsets, indices, side="right") - 1
-        for slot, (number, local) in enumerate(zip(numbers.tolist(), (indices - self.offsets[numbers]).tolist())):
-            shard = self.shard(number)
-            batch = int(np.searchsorted(shard.bounds, local, side="right") - 1) if len(shard.tokens) > 1 else 0
-            local -= int(shard.bounds[batch])
+        for slot, shard, batch, local in self._locate(indices):
             out[slot] = shard.tokens[batch].slice(local * self.width, self.width).to_numpy()
             starts.append(shard.starts[batch][local].values.to_numpy())
         return out, starts
 
+    def per_token(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The further per-token columns of rows (none in pretraining shards): name -> [n, width]."""
+        columns: dict[str, list[np.ndarray]] = {}
+        for _, shard, batch, local in self._locate(indices):
+            for name, chunks in shard.per_token.items():
+                columns.setdefault(name, []).append(chunks[batch].slice(local * self.width, self.width).to_numpy())
+        return {name: np.stack(rows) for name, rows in columns.items()}
 
-def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray,
-               document_positions: bool = True) -> Batch:
+    def batch(self, indices: np.ndarray, document_positions: bool = True) -> Batch:
+        """The micro-batch of these global rows."""
+        return make_batch(*self.rows(indices), indices, document_positions, self.per_token(indices), self.pad_id)
+
+
+LOSS_MASK = "loss_mask"  # a per-token column: 1 where the token is a target the loss counts (SFT: the assistant's)
+
+
+def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray, document_positions: bool = True,
+               per_token: dict[str, np.ndarray] | None = None, pad_id: int = 0) -> Batch:
     """Split rows into inputs and targets and derive per-token positions and segment ids.
 
     Positions restart at each document only with `document_positions` (model.document_masking):
-    a model that attends across documents sees a row as one stream, positions 0..S-1."""
+    a model that attends across documents sees a row as one stream, positions 0..S-1. A `LOSS_MASK`
+    column turns the targets it leaves out into `pad_id`, which every loss and token count skips."""
     seq_len = rows.shape[1] - 1
     marks = np.zeros((len(rows), seq_len), dtype=np.int64)
     for row, offsets in enumerate(starts):
@@ -123,12 +148,17 @@ def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray,
     segments = np.cumsum(marks, axis=1)
     index = np.arange(seq_len)[None, :].repeat(len(rows), 0)
     segment_start = np.maximum.accumulate(np.where(marks == 1, index, 0), axis=1)
+    per_token = per_token or {}
+    targets = rows[:, 1:].copy()
+    if LOSS_MASK in per_token:
+        targets[per_token[LOSS_MASK][:, 1:] == 0] = pad_id
     return Batch(
         inputs=torch.from_numpy(rows[:, :-1].copy()),
-        targets=torch.from_numpy(rows[:, 1:].copy()),
+        targets=torch.from_numpy(targets),
         positions=torch.from_numpy(index - segment_start if document_positions else index),
         segments=torch.from_numpy(segments),
         rows=indices,
+        per_token={name: torch.from_numpy(values[:, 1:].copy()) for name, values in per_token.items()},
     )
 
 
@@ -175,7 +205,7 @@ class DistributedLoader:
         start = self.position + self.dp_rank * self.micro_batch
         indices = self.order(self.epoch)[start:start + self.micro_batch]
         self.position += span
-        return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
+        return self.dataset.batch(indices, self.document_positions)
 
     def metrics(self) -> dict[str, float]:
         """Nothing per source to report: one stream of rows."""
@@ -292,7 +322,7 @@ class MixingLoader:
         self.position += self.micro_batch * self.dp_world
         if self.position % self.rows_per_step == 0:
             self.drawn = self._block_drawn[(self.position - self._block_start) // self.rows_per_step - 1]
-        return make_batch(*self.dataset.rows(indices), indices, self.document_positions)
+        return self.dataset.batch(indices, self.document_positions)
 
     def source_tokens(self, batches: list[Batch], pad_id: int) -> np.ndarray:
         """Real (non-padding) targets per source in `batches` (this rank's); the trainer sums them over
@@ -350,6 +380,10 @@ class SourceRows:
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         return self.dataset.rows(self.members[indices])
+
+    def batch(self, indices: np.ndarray, document_positions: bool = True) -> Batch:
+        return make_batch(*self.rows(indices), indices, document_positions,
+                          self.dataset.per_token(self.members[indices]), self.dataset.pad_id)
 
 
 def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]:

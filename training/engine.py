@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,10 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
 
 class Trainer:
     def __init__(self, config: TrainingConfig, data_dir: Path, run_dir: Path, world_size: int,
-                 resume: str = "auto") -> None:
+                 resume: str = "auto", initial_weights: Callable[[torch.nn.Module], None] | None = None) -> None:
+        """`initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
         self.config, self.run_dir, self.data_dir = config, Path(run_dir), Path(data_dir)
+        self.initial_weights = initial_weights
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
         self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
         tokenizer = manifest["tokenizer"]
@@ -179,7 +182,9 @@ class Trainer:
         cfg = self.config
         model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype,
                                      cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None)
-        if seeded_init:
+        if seeded_init and self.initial_weights is not None:
+            self.initial_weights(model)
+        elif seeded_init:
             init_weights(model, cfg.train.seed, cfg.model.n_layers)
         parallel.seed_everything(cfg.train.seed, self.layout, model)
         model.to(self.layout.device)
@@ -262,6 +267,11 @@ class Trainer:
         denominator = torch.tensor(max(total, 1) / (len(batches) * self.dp), device=self.layout.device)
         return [(inputs, (targets, denominator)) for inputs, targets in batches], total
 
+    def micro_loss(self, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The loss of one micro-batch (PP = 1): cross entropy over its valid targets, over their denominator."""
+        targets, denominator = labels
+        return lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
+
     def train_step(self) -> StepResult:
         """One optimizer step over one global batch."""
         started = time.perf_counter()
@@ -273,8 +283,8 @@ class Trainer:
             loss = float(self.engine.train_batch(iter(micro_batches)))
         else:
             total = torch.zeros((), device=self.layout.device)
-            for inputs, (targets, denominator) in micro_batches:
-                loss_t = lm_loss(self.engine(*inputs), targets, self.pad_id, denominator)
+            for inputs, labels in micro_batches:
+                loss_t = self.micro_loss(inputs, labels)
                 self.engine.backward(loss_t)
                 self.engine.step()
                 total += loss_t.detach().float()
@@ -301,10 +311,15 @@ class Trainer:
             return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
         self.engine.eval()
         total = torch.zeros((), device=self.layout.device)
-        for inputs, (targets, denominator) in batches:
-            total += lm_loss(self.engine(*inputs), targets, self.pad_id, denominator).float()
+        for inputs, labels in batches:
+            total += self.micro_loss(inputs, labels).float()
         self.engine.train()
         return self._dp_mean(total / len(batches))
+
+    def validate(self) -> dict[str, float]:
+        """The validation metrics of an eval interval: `val_loss`, overall and per source."""
+        return {"val_loss": self.evaluate()} | {f"val_loss/{name}": self.evaluate(rows)
+                                                for name, rows in self.val_sources.items()}
 
     def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor | None:
@@ -474,8 +489,7 @@ class Trainer:
                     continue  # a stop asked for now is asked again after the next step
                 record["anomaly_ignored"] = rollback.anomaly.reason
             if cfg.eval_batches and (self.step % cfg.eval_interval == 0 or last):
-                record["val_loss"] = self.evaluate()
-                record |= {f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()}
+                record |= self.validate()
                 for hook in self.hooks:
                     hook.on_eval(self, record["val_loss"])
             if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):

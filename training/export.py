@@ -27,6 +27,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.folders import make_output_folder
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL, UNIVERSAL_FILES
+from training.chat import CHAT_TEMPLATE, has_chat_tokens
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
 from training.safe_load import check_files, load, read_meta, vet
@@ -146,6 +147,14 @@ def generation_config(samples: SamplesConfig, eod_id: int, pad_id: int) -> dict[
     return config
 
 
+def tokenizer_config(tokenizer: Any, eod: str, pad: str, max_length: int) -> dict[str, Any]:
+    """transformers' tokenizer settings; a tokenizer grown by post-training's chat markers also gets the chat
+    template, with which `apply_chat_template` gives the ids Crucible trained on."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
+              "model_max_length": max_length}
+    return config | ({"chat_template": CHAT_TEMPLATE} if has_chat_tokens(tokenizer) else {})
+
+
 def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype,
             samples: SamplesConfig) -> Path:
     """safetensors + config.json + tokenizer files, loadable with transformers offline."""
@@ -169,8 +178,7 @@ def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.d
         tmp["model.safetensors"].chmod(0o644)  # safetensors writes owner-only; an export is for others to read
         tmp["config.json"].write_text(json.dumps(config, indent=2))
         shutil.copyfile(tokenizer_file, tmp[TOKENIZER_FILE])
-        tmp["tokenizer_config.json"].write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
-            "model_max_length": config["max_position_embeddings"]}, indent=2))
+        tmp["tokenizer_config.json"].write_text(json.dumps(
+            tokenizer_config(tokenizer, eod, pad, config["max_position_embeddings"]), indent=2))
         tmp["generation_config.json"].write_text(json.dumps(generation_config(samples, eod_id, pad_id), indent=2))
     return output

@@ -9,6 +9,7 @@ similar prompts do not share their random draws, and a rerun writes the same tex
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import hash64
+from training.chat import ChatCodec, Rejection, as_messages, has_chat_tokens
 from training.config import ModelConfig, SamplesConfig
 from training.export import consolidate, tokenizer_record
 from training.model import GPT, KVCache
@@ -64,22 +67,36 @@ def prompt_seed(seed: int, index: int) -> int:
     return hash64(f"{seed}:{index}", salt=b"prompt")
 
 
-def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig) -> list[tuple[str, str]]:
-    """(prompt, continuation) for each configured prompt, from `checkpoint`."""
+def chat_prompt(codec: ChatCodec, prompt: str) -> list[int]:
+    """A prompt as a conversation for the assistant to answer: a JSON list of messages, or one user message."""
+    try:
+        messages = as_messages(json.loads(prompt) if prompt.lstrip().startswith("[") else prompt, "user")
+        return codec.prompt(messages)
+    except (ValueError, Rejection) as exc:
+        raise UserError(f"--chat prompt {prompt[:60]!r}: {getattr(exc, 'detail', exc)}") from None
+
+
+def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, chat: bool = False) -> list[tuple[str, str]]:
+    """(prompt, continuation) for each configured prompt, from `checkpoint`; with `chat`, each prompt is a
+    conversation in the chat template and the answer stops at the end of the assistant's turn."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    if chat and not has_chat_tokens(tokenizer):
+        raise UserError(f"--chat: the tokenizer of {checkpoint} has no chat markers; use a checkpoint of crucible sft")
+    codec = ChatCodec(tokenizer) if chat else None
     model, meta = load_model(checkpoint)
     eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
+    stop = codec.end_id if codec else eod
     context = meta["seq_len"]
     samples = []
     for index, prompt in enumerate(cfg.prompts):
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
+        ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
         if len(ids) > context:
             print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
                   f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
             ids = ids[-context:]
-        new = generate(model, ids, cfg, tokenizer.get_vocab_size(), eod, prompt_seed(cfg.seed, index))
+        new = generate(model, ids, cfg, tokenizer.get_vocab_size(), stop, prompt_seed(cfg.seed, index))
         samples.append((prompt, decode_whole_characters(tokenizer, new)))
     return samples
 
