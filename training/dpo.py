@@ -23,7 +23,7 @@ from pipeline.ground.errors import UserError
 from training.chat import ChatCodec, Ledger, Messages, Rejection, as_messages, json_records
 from training.data import Batch
 from training.engine import StepResult, Trainer
-from training.post import SHARDS, Rows, grown_tokenizer, held_out, save_base, write_shards, write_stats
+from training.post import Rows, build_data, held_out
 from training.post_config import DPOConfig
 
 SIDE = "dpo_side"  # a per-token column: 1 a chosen reply's learned token, 2 a rejected one's, 0 anything else
@@ -93,13 +93,8 @@ def pair_rows(pairs: list[tuple[list[int], list[int], int]], seq_len: int, pad_i
 
 def build_dpo_data(folder: Path, prefs: Path, base: Path, tokenizer_file: Path, settings: DPOConfig,
                    seq_len: int) -> None:
-    """RUN/data of a DPO run: shards of the pairs (train and val), the refused records, the base weights."""
-    tokenizer, grown = grown_tokenizer(tokenizer_file)
-    ledger, splits = read_preferences(prefs, ChatCodec(tokenizer), settings, seq_len)
-    pad = tokenizer.token_to_id("<|pad|>")
-    rows = {split: pair_rows(pairs, seq_len, pad, settings.seed) for split, pairs in splits.items()}
-    write_stats(folder, ledger, grown, write_shards(folder / SHARDS, tokenizer, seq_len, rows, SIDE))
-    save_base(base, folder)
+    """RUN/data of a DPO run: each pair a row (chosen, then rejected), with which side each token is on."""
+    build_data(folder, prefs, base, tokenizer_file, settings, seq_len, read_preferences, pair_rows, SIDE)
 
 
 # -- the loss ------------------------------------------------------------------------------------

@@ -183,15 +183,22 @@ def read_chat(chat: Path, codec: ChatCodec, settings: SFTConfig, seq_len: int
     return ledger, splits
 
 
+def build_data(folder: Path, records: Path, base: Path, tokenizer_file: Path, settings: Any, seq_len: int,
+               read: Callable[..., Any], arrange: Callable[..., Rows], column: str) -> None:
+    """RUN/data of a post-training run: shards (train and val) of the records `read` keeps, laid out in rows
+    by `arrange` with their per-token `column`, the refused records, the base weights."""
+    tokenizer, grown = grown_tokenizer(tokenizer_file)
+    ledger, splits = read(records, ChatCodec(tokenizer), settings, seq_len)
+    pad = tokenizer.token_to_id("<|pad|>")
+    rows = {split: arrange(items, seq_len, pad, settings.seed) for split, items in splits.items()}
+    write_stats(folder, ledger, grown, write_shards(folder / SHARDS, tokenizer, seq_len, rows, column))
+    save_base(base, folder)
+
+
 def build_sft_data(folder: Path, chat: Path, base: Path, tokenizer_file: Path, settings: SFTConfig,
                    seq_len: int) -> None:
-    """RUN/data of an SFT run: shards of the conversations (train and val), the refused records, the base weights."""
-    tokenizer, grown = grown_tokenizer(tokenizer_file)
-    ledger, splits = read_chat(chat, ChatCodec(tokenizer), settings, seq_len)
-    pad = tokenizer.token_to_id("<|pad|>")
-    rows = {split: packed(sequences, seq_len, pad, settings.seed) for split, sequences in splits.items()}
-    write_stats(folder, ledger, grown, write_shards(folder / SHARDS, tokenizer, seq_len, rows, LOSS_MASK))
-    save_base(base, folder)
+    """RUN/data of an SFT run: conversations packed several to a row, with their loss mask."""
+    build_data(folder, chat, base, tokenizer_file, settings, seq_len, read_chat, packed, LOSS_MASK)
 
 
 def prepare_sft(config: TrainingConfig, base: Path, tokenizer_file: Path, chat: Path, output: Path
