@@ -213,25 +213,17 @@ def _post_training_verbs(verbs: Any) -> None:
                             help="auto: continue from the run's latest good checkpoint (default); none: start fresh")
 
 
-def _sft(config: CrucibleConfig, args: argparse.Namespace) -> int:
-    """SFT: RUN/data built from the chat file and the base checkpoint, then the trainer from the base's weights."""
-    from training.post import prepare_sft
-
-    base = _checkpoint_in(args.checkpoint, config)
-    sft_config, shards, weights = prepare_sft(config, base, _tokenizer_of(base, None), args.data, args.output)
-    return _train(sft_config, shards, args.output, args.resume, weights)
-
-
-def _dpo(config: CrucibleConfig, args: argparse.Namespace) -> int:
-    """DPO: RUN/data built from the preference file and the checkpoint, the reference scored before the first step."""
+def _post_train(config: CrucibleConfig, args: argparse.Namespace) -> int:
+    """`sft` or `dpo`: RUN/data built from --data and the checkpoint, then the trainer from the checkpoint's weights."""
     from training.dpo import DPOTrainer, build_dpo_data
-    from training.post import prepare
+    from training.engine import Trainer
+    from training.post import build_sft_data, prepare
 
+    build, trainer_class = {"sft": (build_sft_data, Trainer), "dpo": (build_dpo_data, DPOTrainer)}[args.verb]
     base = _checkpoint_in(args.checkpoint, config)
-    tokenizer = _tokenizer_of(base, None)
-    dpo_config, shards, weights = prepare("dpo", config, base, args.data, args.output, lambda staging, seq_len:
-                                          build_dpo_data(staging, args.data, base, tokenizer, config.post.dpo, seq_len))
-    return _train(dpo_config, shards, args.output, args.resume, weights, DPOTrainer)
+    post_config, shards, weights = prepare(args.verb, config, base, _tokenizer_of(base, None), args.data, args.output,
+                                           build)
+    return _train(post_config, shards, args.output, args.resume, weights, trainer_class)
 
 
 def _load(args: argparse.Namespace) -> CrucibleConfig:
@@ -688,10 +680,8 @@ def main(argv: list[str] | None = None) -> int:
             _prep(config, args.output, show_progress, settings=_same_settings(args))
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
-        elif args.verb == "sft":
-            return _sft(config, args)
-        elif args.verb == "dpo":
-            return _dpo(config, args)
+        elif args.verb in ("sft", "dpo"):
+            return _post_train(config, args)
         elif args.verb == "plan":
             from pipeline.plan_view import print_plan
 

@@ -64,18 +64,17 @@ def _fields_seen(quarantine: Path) -> tuple[Counter[str], Counter[str]]:
     fields: Counter[str] = Counter()
     lengths: Counter[str] = Counter()
     seen = 0
-    for path in sorted(quarantine.glob("read-*.parquet")):
-        table = pq.read_table(path, columns=["reason", "detail", "raw"])
-        for reason, detail, raw in zip(*(table.column(c).to_pylist() for c in ("reason", "detail", "raw"))):
-            if reason not in NO_TEXT:
-                continue
-            record = _json_object(raw) if reason == "missing_text" else {}
-            names = list(record) or json.loads(detail or "{}").get("columns", [])
-            fields.update(names)
-            lengths.update({name: len(value) for name, value in record.items() if isinstance(value, str)})
-            seen += 1
-            if seen >= SAMPLED_RECORDS:
-                return fields, lengths
+    for path in sorted(quarantine.glob("read-*.parquet")):  # a batch at a time: a quarantine can be the whole corpus
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=SAMPLED_RECORDS, columns=["reason", "detail", "raw"]):
+            for reason, detail, raw in zip(*(batch.column(c).to_pylist() for c in range(3))):
+                if reason not in NO_TEXT:
+                    continue
+                record = _json_object(raw) if reason == "missing_text" else {}
+                fields.update(list(record) or json.loads(detail or "{}").get("columns", []))
+                lengths.update({name: len(value) for name, value in record.items() if isinstance(value, str)})
+                seen += 1
+                if seen >= SAMPLED_RECORDS:
+                    return fields, lengths
     return fields, lengths
 
 

@@ -201,17 +201,11 @@ def build_sft_data(folder: Path, chat: Path, base: Path, tokenizer_file: Path, s
     build_data(folder, chat, base, tokenizer_file, settings, seq_len, read_chat, packed, LOSS_MASK)
 
 
-def prepare_sft(config: TrainingConfig, base: Path, tokenizer_file: Path, chat: Path, output: Path
-                ) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
-    """The config, shards folder and initial weights of an SFT run (RUN/data built on first use)."""
-    return prepare("sft", config, base, chat, output, lambda staging, seq_len: build_sft_data(
-        staging, chat, base, tokenizer_file, config.post.sft, seq_len))
-
-
-def prepare(kind: str, config: TrainingConfig, base: Path, data: Path, output: Path,
-            build: Callable[[Path, int], None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
+def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path, data: Path, output: Path,
+            build: Callable[..., None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
     """The config, shards folder and initial weights of a post-training run of `kind` (`sft`, `dpo`): RUN/data
-    made by `build(folder, seq_len)` on first use, checked to hold training (and validation) rows."""
+    made on first use by `build(folder, data, base, tokenizer_file, post.<kind>, seq_len)` (build_sft_data,
+    build_dpo_data), checked to hold training (and validation) rows."""
     if not data.is_file():
         raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
     if config.parallel.pp > 1:  # its first optimizer step hangs in DeepSpeed's grad-norm all-reduce; not solved yet
@@ -221,7 +215,8 @@ def prepare(kind: str, config: TrainingConfig, base: Path, data: Path, output: P
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
     settings = getattr(config.post, kind)
-    build_once(folder, fingerprint(kind, data, base, settings, seq_len), lambda staging: build(staging, seq_len))
+    build_once(folder, fingerprint(kind, data, base, settings, seq_len),
+               lambda staging: build(staging, data, base, tokenizer_file, settings, seq_len))
     stats = read_marker(folder / STATS)
     records, splits = stats["records"], stats["splits"]
     if not splits["train"]["sequences"]:
