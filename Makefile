@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install_langid_model.py
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e '.[test,eval,trackers]'
+	$(VENV)/bin/pip install --quiet -e '.[test,eval,trackers,cloud,ray]'
 	$(PY) scripts/install_langid_model.py
 	touch $@
 
