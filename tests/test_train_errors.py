@@ -133,3 +133,23 @@ def test_a_warmup_longer_than_the_run_is_one_warning_line_and_trains(tiny_shards
     assert [line for line in result.stderr.splitlines() if "train.warmup_steps" in line] == [
         "warning: train.warmup_steps 5 is longer than the run (train.max_steps 2): the learning rate never reaches "
         "train.lr 0.002; lower train.warmup_steps or raise train.max_steps"]
+
+
+def test_pipeline_stages_without_weight_matrices_are_refused_in_one_line(tiny_shards: Path, tmp_path: Path) -> None:
+    """Two layers over two stages partitioned by layer count leave the last stage only the final norm and the tied
+    head: its optimizer has no group to decay, and DeepSpeed's per-group norm reduction would hang the first step."""
+    from launch.torchrun import free_port
+
+    tiny = ["model.preset=null", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
+            "model.ffn_hidden=64", "train.global_batch_size=4", "train.micro_batch_size=2", "train.max_steps=2",
+            "parallel.pp=2", "parallel.partition_method=uniform"]
+    result = subprocess.run([sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+                             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data",
+                             str(tiny_shards), "--output", str(tmp_path),
+                             *[arg for setting in tiny for arg in ("--set", setting)]],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("crucible train:") == 1
+    assert "pipeline stage(s) [1] of 2 hold no weight matrices" in result.stderr
+    assert "parallel.partition_method=type:Block" in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -84,7 +84,9 @@ class ParallelConfig(Section):
     tp: int = Field(1, ge=1, description="Tensor-parallel size (megatron-core layers).")
     pp: int = Field(1, ge=1, description="Pipeline stages (DeepSpeed PipelineModule, 1F1B).")
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage; 2 and 3 need pp = 1.")
-    partition_method: str = Field("uniform", description="PipelineModule partitioning: uniform, parameters, type:...")
+    partition_method: str = Field(
+        "type:Block", description="PipelineModule partitioning: `type:Block` (default) gives each stage an even share of "
+                                  "the blocks; `uniform` (layers), `parameters` or `type:REGEX` as DeepSpeed reads them.")
     activation_checkpointing: Literal["none", "selective", "full"] = Field(
         "none", description="Recompute activations in backward: `selective` keeps the matmul and attention outputs "
                             "of each block and recomputes norms, RoPE and SwiGLU's activation (little compute); "

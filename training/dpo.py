@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
@@ -120,6 +121,9 @@ class DPOTrainer(Trainer):
 
     def __init__(self, config: Any, data_dir: Path, run_dir: Path, world_size: int, resume: str,
                  initial_weights: Any) -> None:
+        if config.parallel.pp > 1:  # the pair loss and the reference scoring call the whole model's forward
+            raise UserError("dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
+                            "(parallel.tp, more processes) and ZeRO")
         self.beta = config.post.dpo.beta
         self.sums = torch.zeros(len(TERMS), dtype=torch.float64)  # the terms summed over this rank's pairs
         super().__init__(config, data_dir, run_dir, world_size, resume, initial_weights)
@@ -159,6 +163,7 @@ class DPOTrainer(Trainer):
             np.save(staged, scores)
             staged.rename(path)
             print(f"reference log-probabilities of {len(scores)} {path.stem} pairs stored in {path}", flush=True)
+        dist.barrier()  # every rank reads the file next
 
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], Any]:
         inputs, targets = super()._to_device(batch)

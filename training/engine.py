@@ -189,6 +189,8 @@ class Trainer:
         parallel.seed_everything(cfg.train.seed, self.layout, model)
         model.to(self.layout.device)
         optimizer, self.scheduler = build_optimizer(model, cfg.train)
+        if cfg.parallel.pp > 1:
+            parallel.check_stage_groups(optimizer, cfg.parallel, self.layout)
         ds_config = parallel.deepspeed_config(cfg.train, cfg.parallel, self.layout, self.dtype == torch.bfloat16,
                                               load_universal)
         self.grad_accum = ds_config["gradient_accumulation_steps"]

@@ -26,7 +26,7 @@ from megatron.core import parallel_state  # noqa: E402
 from megatron.core.model_parallel_config import ModelParallelConfig  # noqa: E402
 
 from pipeline.ground.quiet import muted_output
-from training.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
+from training.config import LayoutError, ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
 from training.fp8 import enable_fp8  # noqa: E402
 from training.model import (  # noqa: E402
     EMBEDDING,
@@ -253,6 +253,21 @@ def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layou
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+def check_stage_groups(optimizer: torch.optim.Optimizer, parallel: ParallelConfig, layout: Layout) -> None:
+    """Refuse pipeline stages whose optimizers hold different parameter groups (a stage of norms and the
+    embedding has no matrices to decay): ZeRO reduces the gradient norm once per group over the stages, so
+    such stages would wait on each other forever at the first step."""
+    groups = tuple(group["weight_decay"] for group in optimizer.param_groups)
+    stages: list[tuple[int, tuple[float, ...]]] = [(0, ())] * layout.world
+    dist.all_gather_object(stages, (layout.pp_rank, groups))
+    if len({held for _, held in stages}) > 1:
+        short = sorted({stage for stage, held in stages if len(held) < max(len(h) for _, h in stages)})
+        raise LayoutError(f"pipeline stage(s) {short} of {layout.pp} hold no weight matrices with "
+                          f"parallel.partition_method={parallel.partition_method!r} (only the embedding and norms), "
+                          f"which DeepSpeed cannot step with the others: use parallel.partition_method=type:Block, "
+                          f"fewer stages or more layers")
 
 
 def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict[str, Any],

@@ -208,9 +208,6 @@ def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path,
     build_dpo_data), checked to hold training (and validation) rows."""
     if not data.is_file():
         raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
-    if config.parallel.pp > 1:  # its first optimizer step hangs in DeepSpeed's grad-norm all-reduce; not solved yet
-        raise UserError(f"{kind} with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
-                        f"(parallel.tp, more processes) and ZeRO")
     seq_len = config.train.seq_len or read_meta(base)["seq_len"]
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
