@@ -531,7 +531,9 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
     from pipeline.ground.names import CHECKPOINT_META
     from pipeline.report import build_report, learning_line, unigram_entropy
     from pipeline.run_times import RUN_TIMES, PhaseTimes
-    from pipeline.summary import print_samples, print_task_results, task_results
+    from pipeline.summary import print_post_demo, print_samples, print_task_results, task_results
+    from pipeline.post_demo import RESULTS as POST_RESULTS
+    from pipeline.post_demo import run_post_demo
     from pipeline.toy_world import final_checkpoint, toy_generations, train_toy_world
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
@@ -562,9 +564,14 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
         with times.phase("toy world") as worked:
             worked(not (final_checkpoint(args.output / "toy_world") / CHECKPOINT_META).exists())
             toy = toy_generations(train_toy_world(args.output / "toy_world"))
+    post: dict[str, Any] = {}
+    if config.run.post_training and latest:
+        with times.phase("post-training") as worked:
+            worked(not (args.output / "post" / POST_RESULTS).exists())
+            post = run_post_demo(args.output / "post", latest.path, _tokenizer_of(latest.path, None))
     timings = times.seconds
     entropy = unigram_entropy(data / "shards")
-    report = build_report(args.output, samples, config, timings, toy, entropy)
+    report = build_report(args.output, samples, config, timings, toy, entropy, post)
     metrics = read_jsonl(args.output / "train" / METRICS_LOG)
     learning = learning_line(metrics, entropy)
     print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
@@ -575,7 +582,10 @@ def _run(config: CrucibleConfig, args: argparse.Namespace, show_progress: bool) 
         print_task_results(results, "tasks at the last evaluation")
         print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
               f"not counted in tokens/s")
-    phases = ", ".join(f"{name} {timings[name]:.0f} s" for name in ["prep", "training"] + ["toy world"] * bool(toy))
+    if post:
+        print_post_demo(post)
+    phases = ", ".join(f"{name} {timings[name]:.0f} s" for name in
+                       ["prep", "training"] + ["toy world"] * bool(toy) + ["post-training"] * bool(post))
     print(f"run finished: {phases}; report: {report} (and report.md)")
     if latest:
         print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "

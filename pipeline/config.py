@@ -29,6 +29,10 @@ class RunSettings(Section):
     toy_world: bool = Field(False, description="Also train the toy world (ten words, a 4-wide model, about a minute "
                                                "on a CPU) and show its greedy generations in the report: a check "
                                                "that the whole path from shards to generation works.")
+    post_training: bool = Field(False, description="Then take the trained model on to chat: SFT on a table of 24 "
+                                                   "made-up facts, then DPO for the right answers (a few minutes on "
+                                                   "a CPU), scored before and after on held-out questions in the "
+                                                   "report (pipeline/post_demo.py).")
 
 
 class CrucibleConfig(TrainingConfig):

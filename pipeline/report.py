@@ -397,9 +397,21 @@ def _toy_world(page: Page, generations: list[tuple[str, str]]) -> None:
         for prompt, continuation in generations])
 
 
+def _post_demo(page: Page, results: dict[str, Any]) -> None:
+    from pipeline.post_demo import reward_line, score_columns, score_rows
+
+    page.heading("Post-training demo")
+    page.paragraph(f"The trained model taken on to chat (pipeline/post_demo.py): SFT teaches the colours of "
+                   f"{results['objects']} made-up objects, then DPO teaches their sizes from preference pairs alone. "
+                   f"Accuracy is on {results['heldout_questions']} questions each, in wordings held out of training: "
+                   f"the share whose likeliest answer, as the assistant's reply, is right.")
+    page.table(score_columns(results), score_rows(results))
+    page.paragraph(reward_line(results) + ".")
+
+
 def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, config: Any = None,
                  timings: dict[str, float] | None = None, toy: list[tuple[str, str]] | None = None,
-                 entropy: float | None = None) -> Path:
+                 entropy: float | None = None, post: dict[str, Any] | None = None) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
     `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
     stats = json.loads((run_dir / "data" / PREP_STATS).read_text())
@@ -421,6 +433,8 @@ def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, co
         page.table(["prompt", "continuation"], [[p, c] for p, c in samples])
     if toy:
         _toy_world(page, toy)
+    if post:
+        _post_demo(page, post)
     for figure in page.figures:
         (run_dir / figure.name).write_bytes(figure.png)
     write_text(run_dir / "report.md", page.markdown())

@@ -219,6 +219,20 @@ def print_samples(samples: list[tuple[str, str]], title: str) -> None:
     _console().print(table)
 
 
+def print_post_demo(results: dict[str, Any]) -> None:
+    """The post-training demo's held-out accuracies before and after SFT and DPO, and DPO's reward accuracy."""
+    from pipeline.post_demo import reward_line, score_columns, score_rows
+
+    table = Table(title=f"post-training demo: made-up facts of {results['objects']} objects, asked in wordings held "
+                        f"out of training")
+    for column in score_columns(results):
+        table.add_column(column)
+    for row in score_rows(results):
+        table.add_row(*row)
+    _console().print(table)
+    print(reward_line(results))
+
+
 def print_classifier(result: dict[str, Any], title: str) -> None:
     """A quality classifier's scores on labelled documents (`classifier train` on its held-out share, `classifier
     eval`), then how many documents of each class fell in each score bin: where a threshold would cut."""

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.ground.errors import UserError
 from training.data import PackedDataset, make_batch, source_members, tagged_names
-from training.scoring import encode_tasks, score
+from training.scoring import Pair, encode_tasks, score
 from training.tasks import Task, metrics
 
 BATCH_ROWS = 8  # rows of seq_len tokens per forward pass
@@ -27,24 +27,30 @@ BATCH_ROWS = 8  # rows of seq_len tokens per forward pass
 def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Path) -> dict[str, dict[str, Any]]:
     """Per task: its metrics, item count, kind, file, and (log-likelihood, greedy) per request."""
     from training.export import read_meta, tokenizer_record
-    from training.generate import load_model
 
     meta = read_meta(checkpoint)
-    record = tokenizer_record(meta)
-    encoded = encode_tasks(tasks, tokenizer_file, record["eod_id"], meta["seq_len"])  # refuses before loading
+    encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta)["eod_id"], meta["seq_len"])  # refuses first
+    results = {}
+    for task, pairs, scores in zip(tasks, encoded, score_requests(checkpoint, encoded)):
+        results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
+                              "requests": [[ll, greedy] for ll, greedy in scores]}
+    return results
+
+
+def score_requests(checkpoint: Path, encoded: list[list[Pair]]) -> list[list[tuple[float, bool]]]:
+    """(log-likelihood, greedy) of each (context ids, continuation ids) request of each list, by the checkpoint's
+    model in this process."""
+    from training.export import tokenizer_record
+    from training.generate import load_model
+
     model, meta = load_model(checkpoint)
     document_masking = meta["config"]["model"]["document_masking"]
 
     def forward(inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return model(inputs, positions, segments)
 
-    results = {}
-    for task, pairs in zip(tasks, encoded):
-        scores = score(forward, pairs, meta["seq_len"], BATCH_ROWS, record["pad_id"], torch.device("cpu"),
-                       one_per_row=not document_masking)
-        results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
-                              "requests": [[ll, greedy] for ll, greedy in scores]}
-    return results
+    return [score(forward, pairs, meta["seq_len"], BATCH_ROWS, tokenizer_record(meta)["pad_id"], torch.device("cpu"),
+                  one_per_row=not document_masking) for pairs in encoded]
 
 
 ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_' and '-'
