@@ -1,8 +1,8 @@
 """The Slurm executor (`crucible submit` and `crucible status`): a run as a chain of Slurm jobs.
 
 The chain: one array job per data-prep step (split where a step has more tasks than the
-cluster's MaxArraySize), each after the one before succeeded (`afterok`); a publishing job; the
-training job. A submission first prepares the step folders and asks each step which tasks lack a
+cluster's MaxArraySize), each after the one before succeeded (`afterok`); a publishing job (its
+tasks in `prep.workers` processes, then the manifest and stats.json); the training job. A submission first prepares the step folders and asks each step which tasks lack a
 completion marker, and submits only those: resubmitting after a failure or a `scancel` reruns
 just the tasks that did not finish. Everything lands in RUN/slurm: the config snapshot every job
 reads, the scripts (runnable by hand, see submit.sh), jobs.json and the logs.
@@ -96,7 +96,8 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
                else prepare_steps(config.prep, paths.data))
     max_size = config.launch.slurm.max_array_size or slurm.max_array_size()
     steps = step_jobs(plan, paths, config, pending, max_size)
-    publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish"))
+    publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish",
+                                                config.prep.workers))
     train = Job("train", train_script(paths, config.run_name, config.launch))
     prepare = prep_single_script(paths, config.run_name, config.launch.slurm, "prepare")
     chain = [[prepare], *[[job.script for job in group] for group in steps], [publish.script]]
