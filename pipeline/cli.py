@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", type=Path, required=True, help="output folder")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    prep.add_argument("--executor", choices=["local", "ray"], help="where the tasks run (replaces prep.executor)")
 
     train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
     _common(train)
@@ -227,11 +228,12 @@ def _post_train(config: CrucibleConfig, args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> CrucibleConfig:
-    """The config with the flags that replace its keys (--input, --stages) applied as overrides, so the
-    schema checks them like any --set."""
+    """The config with the flags that replace its keys (--input, --stages, --executor) applied as overrides,
+    so the schema checks them like any --set."""
     replaced = [(key, [str(value) for value in getattr(args, flag)]) for key, flag in
                 (("prep.inputs", "inputs"), ("prep.stages", "stages")) if getattr(args, flag, None)]
-    return load_config(args.config, args.overrides, dict(replaced))
+    executor = [("prep.executor", args.executor)] if getattr(args, "executor", None) else []
+    return load_config(args.config, args.overrides, dict(replaced + executor))
 
 
 def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> int:

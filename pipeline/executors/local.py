@@ -50,7 +50,7 @@ class LogProgress:
               file=sys.stderr, flush=True)
 
 
-def _progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
+def progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
     """A bar on a terminal; plain lines where stderr goes to a file or a pipe; nothing when not `show`."""
     if show and not sys.stderr.isatty():
         return LogProgress(total, desc, unit)
@@ -91,7 +91,7 @@ def run_local(plan: Plan, work: Path, output: Path, workers: int, show_progress:
             if not pending:
                 seal_step(work, step)
                 continue
-            bar = _progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
+            bar = progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
             futures = {pool.submit(_execute_in_worker, plan, work, step.name, t): t for t in pending}
             try:
                 _wait_with_progress(futures, progress, bar, step.name)
