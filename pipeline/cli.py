@@ -614,14 +614,21 @@ def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> None:
     from launch.sbatch import RunPaths
+    from pipeline.executors.ray import ray_status
     from pipeline.executors.slurm import status
     from pipeline.status import local_status
     from pipeline.summary import print_local_status, print_status
 
     if RunPaths(args.output.resolve(), Path.cwd(), sys.executable).config.exists():
         print_status(*status(args.output))
-    else:
-        print_local_status(local_status(args.output))
+        return
+    found = local_status(args.output)
+    on_ray = ray_status(found.prep) if found.prep else None
+    if on_ray:
+        print_status(on_ray[0], None)
+        print(on_ray[1])
+        found.prep = None  # shown
+    print_local_status(found)
 
 
 def _user_error(verb: str, message: str) -> int:

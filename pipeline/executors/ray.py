@@ -22,12 +22,16 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import load_config
 from pipeline.executors.local import progress_bar
-from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
+from pipeline.executors.slurm import StepStatus
+from pipeline.executors.steps import execute_task, expected_units, pending_tasks, prepare_step_dir, seal_step
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
+from pipeline.ground.markers import read_marker
+from pipeline.ground.names import PREP_STATS
 from pipeline.outputs import publish, publish_task
-from pipeline.plan import Plan
+from pipeline.plan import Plan, build_plan
 
 STATE_FILE = "state.json"  # OUTPUT/ray/state.json: the driver's step, tasks running, pending and failed
 CONFIG_FILE = "config.yaml"  # OUTPUT/ray/config.yaml: the config a task rerun by hand reads
@@ -160,3 +164,44 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
         return stats
     finally:
         ray.shutdown()
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+def ray_status(prep: Path) -> tuple[list[StepStatus], str] | None:
+    """Per step of a Ray-run prep in `prep`: tasks done (markers) and running, pending or failed (the driver's
+    state file), as `crucible status` shows a Slurm run; and a line on the driver. None: not run on Ray."""
+    state = read_marker(prep / "ray" / STATE_FILE)
+    if state is None:
+        return None
+    plan = build_plan(load_config(prep / "ray" / CONFIG_FILE).prep)
+    driver = state["driver"]
+    live = state["state"] == "running" and _alive(driver)
+    failed = state.get("failed", {})
+    rows = []
+    for name, total, pending in [*((s.name, s.n_tasks, pending_tasks(prep / "work", s)) for s in plan.steps),
+                                 (PUBLISH, 1, [] if (prep / PREP_STATS).exists() else [0])]:
+        states = {"FAILED": [failed["task"]]} if failed.get("step") == name else {}
+        if live:
+            running = state["running"] if state["step"] == name else []
+            states |= {"RUNNING": running, "PENDING": [t for t in pending if t not in running]}
+        rows.append(StepStatus(name, total, total - len(pending), states, []))
+    what = {"running": "running" if live else "gone (killed?): rerun the same `crucible prep` command to resume",
+            "failed": f"stopped: step {failed.get('step')} task {failed.get('task')} failed: {failed.get('error')}",
+            "finished": "finished"}[state["state"]]
+    line = (f"ray: driver PID {driver['pid']} on {driver['host']}, {what}; cluster {state['address']}; "
+            f"as of {state['updated']}")
+    return rows, line
+
+
+def _alive(driver: dict[str, Any]) -> bool:
+    """Whether the driver process still runs (unknown on another host: taken as running)."""
+    if driver["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(driver["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
