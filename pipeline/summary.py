@@ -11,8 +11,8 @@ from rich.table import Table
 from pipeline.ground.console import console as _console
 
 if TYPE_CHECKING:
-    from pipeline.executors.slurm import Job, StepStatus
-    from pipeline.status import LocalStatus
+    from pipeline.executors.slurm import Job
+    from pipeline.status import LocalStatus, StepStatus
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:

@@ -24,7 +24,6 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.executors.local import progress_bar
-from pipeline.executors.slurm import StepStatus
 from pipeline.executors.steps import execute_task, expected_units, pending_tasks, prepare_step_dir, seal_step
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
@@ -32,6 +31,7 @@ from pipeline.ground.markers import read_marker
 from pipeline.ground.names import PREP_STATS
 from pipeline.outputs import publish, publish_task
 from pipeline.plan import Plan, build_plan
+from pipeline.status import StepStatus
 
 STATE_FILE = "state.json"  # OUTPUT/ray/state.json: the driver's step, tasks running, pending and failed
 CONFIG_FILE = "config.yaml"  # OUTPUT/ray/config.yaml: the config a task rerun by hand reads

@@ -38,6 +38,7 @@ from pipeline.ground.markers import read_jsonl
 from pipeline.ground.names import METRICS_LOG, PREP_STATS
 from pipeline.plan import Plan, build_plan
 from pipeline.prep import prepare_steps
+from pipeline.status import StepStatus
 
 
 @dataclass
@@ -134,15 +135,6 @@ def _record(paths: RunPaths, jobs: list[Job]) -> None:
 
 
 # ---- status ------------------------------------------------------------------------------------
-
-@dataclass
-class StepStatus:
-    part: str
-    total: int
-    done: int
-    states: dict[str, list[int]]  # Slurm state -> tasks
-    job_ids: list[str]
-
 
 def _count_states(job: dict[str, Any]) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}
