@@ -2,11 +2,10 @@
 
 For each N (25k, 100k, 400k documents; 1.6M with --large) it generates a corpus from real
 sentences with exact and near duplicates planted at known rates, runs prep (normalize,
-exact_dedup, minhash_dedup) with the local executor, then reruns one task of every step in a
-process of its own to read its peak RSS: task 0 of a per-shard step (all shards
-are the same size) and of a range-split step (the ranges are equal slices of a uniform hash
-space), the only task of a single-task step. A rerun rewrites the same bytes. It fits each
-step's peak RSS against N and projects it to 100M and 1B documents, and it compares the
+exact_dedup, minhash_dedup) with the local executor and reads every task's CPU seconds and peak
+RSS from its marker (or, with --rerun-rss, reruns task 0 of every step in a process of its own).
+It fits each step's largest peak RSS against N and projects it to 100M and 1B documents; with
+more than two sizes it also sets the largest against the projection of the smaller ones, and it compares the
 signature kernel with `rensa` on the same texts. Throughput is given per wall second of the tasks
 and per CPU second (user + sys of the processes that ran them, from each task's marker): the
 second moves far less with the load of a shared machine, so its ratio between sizes shows the
@@ -139,13 +138,17 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
         # a step's wall time: from the previous step's last marker to its own last one
         step_wall = max(ends) - previous_end if previous_end is not None else seconds / args.workers
         previous_end = max(ends)
-        (work / step.name / "done-00000.json").unlink()
-        rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
-                           "--task", "0"])
+        if args.rerun_rss:
+            (work / step.name / "done-00000.json").unlink()
+            rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
+                               "--task", "0"])
+        else:  # every task's own peak, as its marker records it
+            rss = max(m["peak_rss_mb"] for m in markers)
         rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks, "wall_s": round(step_wall, 1),
                      "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
                      "cpu_s": round(cpu, 2), "docs_per_cpu_s": round(n / cpu) if cpu else None,
-                     "peak_rss_mb": round(rss, 1)})
+                     "peak_rss_mb": round(rss, 1), "task_cpu_s": [m["cpu_seconds"] for m in markers],
+                     "task_peak_rss_mb": [m.get("peak_rss_mb") for m in markers]})
     stats = json.loads((output / PREP_STATS).read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
     return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, **planted}
@@ -336,7 +339,25 @@ def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], sign
     print(f"three-stage wall throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: "
           f"{stage_rates[-1] / stage_rates[0]:.2f}x (aim >= 0.9x)")
     report_signatures(rates, signature_docs)
+    if len(results) > 2:
+        check_largest(results)
     print(json.dumps({"bench": "scale", "results": results, "signatures": rates}))
+
+
+def check_largest(results: list[dict[str, Any]]) -> None:
+    """The largest size against the projection of the smaller ones: per step, the peak RSS of its largest
+    task (a straight line in N) and its CPU seconds (proportional to N, from the largest smaller size)."""
+    smaller, largest = results[:-1], results[-1]
+    sizes, n = [r["n"] for r in smaller], largest["n"]
+    print(f"\n| step | tasks at {n:,} | largest task's peak RSS, MB: projected / measured | ratio | "
+          f"CPU s: projected / measured | ratio |")
+    print("|---|---:|---|---:|---|---:|")
+    for i, step in enumerate(largest["steps"]):
+        intercept, slope = fit(sizes, [r["steps"][i]["peak_rss_mb"] for r in smaller])
+        rss = intercept + slope * n / 2**20
+        cpu = smaller[-1]["steps"][i]["cpu_s"] * n / smaller[-1]["n"]
+        print(f"| {step['step']} | {step['tasks']:,} | {rss:,.0f} / {step['peak_rss_mb']:,.0f} | "
+              f"{step['peak_rss_mb'] / rss:.2f} | {cpu:,.1f} / {step['cpu_s']:,.1f} | {step['cpu_s'] / cpu:.2f} |")
 
 
 def main() -> None:
@@ -352,6 +373,9 @@ def main() -> None:
     parser.add_argument("--shingle-hash", default="fast", choices=["fast", "datasketch"])
     parser.add_argument("--signature-docs", type=int, default=8000, help="documents for the rensa comparison")
     parser.add_argument("--signatures-only", action="store_true", help="only compare the signature kernel with rensa")
+    parser.add_argument("--rerun-rss", action="store_true",
+                        help="measure peak RSS by rerunning task 0 of each step alone (default: every task's own "
+                             "peak, from its marker)")
     args = parser.parse_args()
     sizes = args.sizes + ([LARGE] if args.large else [])
 

@@ -7,7 +7,7 @@ brings its settings with it. Each keeps its own schema (unknown keys rejected, v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
@@ -20,12 +20,31 @@ from data_prep.unique_ids import UniqueIdsConfig
 from pipeline.ground.schema import Section
 
 
+class RaySettings(Section):
+    """Where and how `prep.executor: ray` runs its tasks: one Ray task per prep task."""
+
+    address: str = Field("auto", description="The Ray cluster to join (`ray start --head` prints it); `auto`: the "
+                                             "running cluster RAY_ADDRESS or this machine names, else a new local "
+                                             "one of prep.workers CPUs.")
+    max_parallel: int | None = Field(None, ge=1, description="Most tasks running at once; none: as many as the "
+                                                             "cluster's CPUs hold.")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs Ray reserves for each task.")
+    memory_gb_per_task: float | None = Field(None, gt=0, description="Memory Ray reserves for each task (GiB), so a "
+                                                                     "node runs no more tasks than fit; none: no "
+                                                                     "reservation.")
+    max_retries: int = Field(3, ge=0, description="Tries after the first of a task that fails or whose worker dies.")
+
+
 class PrepSettings(Section):
     """Data prep: which inputs, which stages, how many workers; each stage's section is added below."""
 
     inputs: list[Path] = Field(default_factory=list, description="Files or folders to read.")
     stages: list[str] = Field(default_factory=registry.default_names, description="Stages to run, in pipeline order; by default all but the opt-in filters.")
     workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where `prep` runs its tasks: `local`, worker processes on this machine; `ray`, a "
+                             "Ray cluster (prep.ray) that shares the output folder (`crucible submit` is Slurm's).")
+    ray: RaySettings = Field(default_factory=RaySettings)
     shard_mb: float = Field(
         16.0, gt=0, description="Target input shard size; large plain JSONL files are split."
     )

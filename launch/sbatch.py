@@ -120,11 +120,12 @@ def prep_task_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, step: s
     return Script(name, paths.slurm / f"prep-{part}.sbatch", "\n".join(lines) + "\n")
 
 
-def prep_single_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, action: str) -> Script:
-    """`prepare` (clear step folders of another config) or `publish` (clean/, shards/, stats.json)."""
+def prep_single_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, action: str, cpus: int = 1) -> Script:
+    """`prepare` (clear step folders of another config) or `publish` (clean/, shards/, stats.json: its
+    publishing tasks in `cpus` processes)."""
     name = job_name(run_name, action)
     lines = _header(name, log_pattern(paths.logs, f"{action}-%j.out"), slurm.for_prep(), slurm.prep.time,
-                    [("--ntasks", 1), ("--cpus-per-task", slurm.prep.cpus_per_task)],
+                    [("--ntasks", 1), ("--cpus-per-task", max(cpus, slurm.prep.cpus_per_task))],
                     f"Crucible data prep: {action}.")
     lines += [f"cd {shlex.quote(str(paths.workdir))}",
               _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, f"--{action}")]

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", type=Path, required=True, help="output folder")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    prep.add_argument("--executor", choices=["local", "ray"], help="where the tasks run (replaces prep.executor)")
 
     train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
     _common(train)
@@ -227,11 +228,12 @@ def _post_train(config: CrucibleConfig, args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> CrucibleConfig:
-    """The config with the flags that replace its keys (--input, --stages) applied as overrides, so the
-    schema checks them like any --set."""
+    """The config with the flags that replace its keys (--input, --stages, --executor) applied as overrides,
+    so the schema checks them like any --set."""
     replaced = [(key, [str(value) for value in getattr(args, flag)]) for key, flag in
                 (("prep.inputs", "inputs"), ("prep.stages", "stages")) if getattr(args, flag, None)]
-    return load_config(args.config, args.overrides, dict(replaced))
+    executor = [("prep.executor", args.executor)] if getattr(args, "executor", None) else []
+    return load_config(args.config, args.overrides, dict(replaced + executor))
 
 
 def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> int:
@@ -622,14 +624,21 @@ def _submit(config: CrucibleConfig, args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> None:
     from launch.sbatch import RunPaths
+    from pipeline.executors.ray import ray_status
     from pipeline.executors.slurm import status
     from pipeline.status import local_status
     from pipeline.summary import print_local_status, print_status
 
     if RunPaths(args.output.resolve(), Path.cwd(), sys.executable).config.exists():
         print_status(*status(args.output))
-    else:
-        print_local_status(local_status(args.output))
+        return
+    found = local_status(args.output)
+    on_ray = ray_status(found.prep) if found.prep else None
+    if on_ray:
+        print_status(on_ray[0], None)
+        print(on_ray[1])
+        found.prep = None  # shown
+    print_local_status(found)
 
 
 def _user_error(verb: str, message: str) -> int:

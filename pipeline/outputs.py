@@ -4,13 +4,19 @@ Publication reads only the work folder's completed step outputs and markers, alw
 the same bytes for the same work, and removes files a previous, larger run left behind, so a
 rerun is idempotent. It also checks the books: per stage, docs_in = docs_out + drops +
 quarantined, and each stage receives exactly what the previous one kept.
+
+Publishing scales like the steps: a task per input shard copies that shard's files (a plain copy
+wherever the work file already has the published bytes), in whatever executor runs the prep; the
+process that starts and finishes it reads only markers and file footers, never documents, and
+writes the shard manifest and stats.json after every task, so they mark a complete publication.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +31,11 @@ from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
-from pipeline.ground.names import PREP_STATS, TOKENIZER_FILE
+from pipeline.ground.names import MANIFEST, PREP_STATS, TOKENIZER_FILE
 from pipeline.plan import Plan
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
+RUN_ONLY = {"executor", "ray"}  # prep keys that say where it ran, not what it made: left out of the manifest
 Languages = dict[str | None, dict[str, dict[str, int]]]  # per source (None: untagged), per language: pack's counts
 
 
@@ -116,20 +123,20 @@ def source_summary(stages: list[dict[str, Any]], tokens: dict[str, dict[str, int
     return summary
 
 
-def _publish_folder(folder: Path, wanted: dict[str, Path], transform: Any = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, source in wanted.items():
-        table = pq.read_table(source)
-        write_parquet(folder / name, transform(table) if transform else table)
-    for stale in folder.glob("*.parquet"):
-        if stale.name not in wanted:
-            stale.unlink()
+def _clean_columns(names: list[str]) -> list[str]:
+    """The published columns of clean/, in order: the internal `_` columns left out, the leading ones first."""
+    kept = [c for c in names if not c.startswith("_")]
+    return [c for c in LEADING_COLUMNS if c in kept] + [c for c in kept if c not in LEADING_COLUMNS]
 
 
-def _clean_columns(table: Any) -> Any:
-    names = [c for c in table.column_names if not c.startswith("_")]
-    ordered = [c for c in LEADING_COLUMNS if c in names] + [c for c in names if c not in LEADING_COLUMNS]
-    return table.select(ordered)
+def _publish_clean(source: Path, target: Path) -> None:
+    """A plain copy where the work file already has the published columns in order; else a projection."""
+    names = pq.read_schema(source).names
+    columns = _clean_columns(names)
+    if columns == names:
+        _copy(source, target)
+    else:
+        write_parquet(target, pq.read_table(source, columns=columns))
 
 
 def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]],
@@ -159,19 +166,25 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
             {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()})
 
 
+def _copy(source: Path, target: Path, read_only: bool = False) -> None:
+    """A copy of the bytes (work files are written as they are published: no re-encoding), renamed into place."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+        if read_only:
+            tmp.chmod(0o444)
+
+
 def _publish_copy(source: Path, target: Path) -> None:
     """A read-only copy: a published file shares nothing with the work folder, so editing one
     cannot damage the other (a rerun republishes from work/, which it verifies first)."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-        tmp.chmod(0o444)
+    _copy(source, target, read_only=True)
 
 
-def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]],
-                   sources: dict[str, dict[str, int]], languages: Languages) -> None:
-    """tokenizer/tokenizer.json and shards/ with manifest.json (and a copy of the tokenizer);
-    with named sources, each shard entry names its source and each split counts per source; split
-    by language, each entry names its language and each split (and source) counts per language."""
+def publish_manifest(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]],
+                     sources: dict[str, dict[str, int]], languages: Languages) -> None:
+    """tokenizer/tokenizer.json and shards/manifest.json (and a copy of the tokenizer) for the shard files the
+    publishing tasks copied; with named sources, each shard entry names its source and each split counts per
+    source; split by language, each entry names its language and each split (and source) counts per language."""
     tokenizer_path = tokenizer_file(plan.config, work)
     _publish_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
     if PACK not in plan.config.stages:
@@ -181,12 +194,6 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
     splits: dict[str, Any] = {}
     for split in ("train", "val"):
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
-        wanted = {f["file"] for f in entries}
-        for entry in entries:
-            _publish_copy(shard_file(work, split, entry["file"]), shards / split / entry["file"])
-        for stale in (shards / split).glob("*.arrow"):
-            if stale.name not in wanted:
-                stale.unlink()
         splits[split] = {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
         splits[split]["shards"] = [{k: v for k, v in f.items() if k != "split"} for f in entries]
         if languages:
@@ -206,7 +213,7 @@ def publish_tokens(plan: Plan, work: Path, output: Path, totals: dict[str, Any],
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(tokenizer_path),
                       "vocab_size": tokenizer.get_vocab_size(), "eod_id": eod, "pad_id": pad},
         "splits": splits,
-        "prep_config": plan.config.with_absolute_paths().model_dump(mode="json"),
+        "prep_config": plan.config.with_absolute_paths().model_dump(mode="json", exclude=RUN_ONLY),
     })
 
 
@@ -225,33 +232,73 @@ def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[st
     return total
 
 
-def publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
+def publish_task_count(plan: Plan) -> int:
+    """Publishing runs as tasks, one per task index of the steps whose files it publishes (their input shards)."""
+    return max(step.n_tasks for step in plan.steps if step.makes_docs or step.stage == PACK)
+
+
+def begin_publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
+    """Check the books, then take stats.json and the shard manifest away until `finish_publish` writes them
+    again: a reader sees a prep as published only when every file of it is in place."""
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
+    for last_written in (output / PREP_STATS, output / "shards" / MANIFEST):
+        last_written.unlink(missing_ok=True)
+    return stats
+
+
+def publish_task(plan: Plan, work: Path, output: Path, task: int) -> list[str]:
+    """Publish what task `task` of each step wrote: its part of clean/, its dropped and quarantined documents
+    (where it has any), its training shards. Returns the files written, relative to `output`."""
+    written: list[str] = []
+    last = plan.last_docs_step
+    if task < last.n_tasks:
+        written.append(f"clean/part-{task:05d}.parquet")
+        _publish_clean(data_file(work, last.name, task), output / written[-1])
+    for step in plan.steps:
+        if step.makes_docs and task < step.n_tasks:
+            for kind, path in (("dropped", dropped_file(work, step.name, task)),
+                               ("quarantine", quarantine_file(work, step.name, task))):
+                if pq.ParquetFile(path).metadata.num_rows:
+                    written.append(f"{kind}/{step.stage}-{task:05d}.parquet")
+                    _copy(path, output / written[-1])
+        elif step.stage == PACK and task < step.n_tasks:
+            for entry in (read_marker(marker_file(work, step.name, task)) or {}).get("files", []):
+                written.append(f"shards/{entry['split']}/{entry['file']}")
+                _publish_copy(shard_file(work, entry["split"], entry["file"]), output / written[-1])
+    return written
+
+
+def finish_publish(plan: Plan, work: Path, output: Path, stats: dict[str, Any],
+                   written: Iterable[list[str]]) -> dict[str, Any]:
+    """After every publishing task: remove what a previous, larger run left, then write the tokenizer, the
+    shard manifest and, last, stats.json."""
+    wanted = {name for names in written for name in names}
+    for folder, pattern in (("clean", "*.parquet"), ("dropped", "*.parquet"), ("quarantine", "*.parquet"),
+                            ("shards/train", "*.arrow"), ("shards/val", "*.arrow")):
+        if not folder.startswith("shards"):
+            (output / folder).mkdir(parents=True, exist_ok=True)
+        for stale in (output / folder).glob(pattern):
+            if f"{folder}/{stale.name}" not in wanted:
+                stale.unlink()
     skipped = skipped_entries(plan.config.all_inputs())
     if skipped:
         stats["skipped_inputs"] = skipped
     sources: dict[str, dict[str, int]] = {}
     if TOKENIZE in plan.config.stages:
         totals, files, sources, languages = token_stats(plan, work)
-        publish_tokens(plan, work, output, totals, files, sources, languages)
+        publish_manifest(plan, work, output, totals, files, sources, languages)
         stats["tokens"] = totals
     if plan.config.sources:
         stats["sources"] = source_summary(stats["stages"], sources)
     if OVERLAP in plan.config.stages:
         stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
-    last = plan.last_docs_step
-    _publish_folder(output / "clean", {f"part-{t:05d}.parquet": data_file(work, last.name, t)
-                                       for t in range(last.n_tasks)}, _clean_columns)
-    lineage: dict[str, dict[str, Path]] = {"dropped": {}, "quarantine": {}}
-    for step in plan.steps:
-        if not step.makes_docs:
-            continue
-        for task in range(step.n_tasks):
-            for kind, path in (("dropped", dropped_file(work, step.name, task)),
-                               ("quarantine", quarantine_file(work, step.name, task))):
-                if pq.ParquetFile(path).metadata.num_rows:
-                    lineage[kind][f"{step.stage}-{task:05d}.parquet"] = path
-    for kind, wanted in lineage.items():
-        _publish_folder(output / kind, wanted)
     write_json(output / PREP_STATS, stats)
     return stats
+
+
+def publish(plan: Plan, work: Path, output: Path,
+            map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map) -> dict[str, Any]:
+    """Publish a finished prep: the tasks through `map_tasks` (an executor's parallel map), the rest here."""
+    stats = begin_publish(plan, work, output)
+    written = map_tasks(partial(publish_task, plan, work, output), range(publish_task_count(plan)))
+    return finish_publish(plan, work, output, stats, written)

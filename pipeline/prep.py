@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepConfig
-from pipeline.executors.local import run_local
+from pipeline.executors.local import publish_local, run_local
 from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, seal_step, step_is_current
 from pipeline.ground.errors import UserError
 from pipeline.ground.lock import folder_lock
-from pipeline.outputs import publish
 from pipeline.plan import build_plan
 
 
@@ -49,8 +48,11 @@ def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> di
     work = output / "work"
     with folder_lock(output, "crucible prep"):
         work.mkdir(parents=True, exist_ok=True)
-        run_local(plan, work, config.workers, show_progress)
-        return publish(plan, work, output)
+        if config.executor == "ray":
+            from pipeline.executors.ray import run_ray
+
+            return run_ray(plan, work, output, show_progress)
+        return run_local(plan, work, output, config.workers, show_progress)
 
 
 def pending_task_count(config: PrepConfig, output: Path) -> int:
@@ -93,4 +95,4 @@ def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
     with folder_lock(output, "crucible prep-task --publish"):
         for step in plan.steps:
             seal_step(output / "work", step)
-        return publish(plan, output / "work", output)
+        return publish_local(plan, output / "work", output, config.workers)

@@ -20,6 +20,16 @@ from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, LATEST, METRICS_LOG, 
 
 
 @dataclass
+class StepStatus:
+    """A scheduled step (a Slurm or Ray run): its tasks, those done, and the others by state."""
+    part: str
+    total: int
+    done: int
+    states: dict[str, list[int]]  # state (Slurm's names: RUNNING, PENDING, FAILED ...) -> tasks
+    job_ids: list[str]
+
+
+@dataclass
 class LocalStatus:
     folder: Path
     prep: Path | None  # the prep output folder (with work/), if any

@@ -11,8 +11,8 @@ from rich.table import Table
 from pipeline.ground.console import console as _console
 
 if TYPE_CHECKING:
-    from pipeline.executors.slurm import Job, StepStatus
-    from pipeline.status import LocalStatus
+    from pipeline.executors.slurm import Job
+    from pipeline.status import LocalStatus, StepStatus
 
 
 def _reasons(counts: dict[str, int], limit: int = 3) -> str:
@@ -124,7 +124,8 @@ def print_jobs(jobs: list[Job], slurm_dir: Path, dry_run: bool) -> None:
     console.print(f"scripts, config snapshot and logs: {slurm_dir} (submit.sh submits the same chain by hand)")
 
 
-def print_status(steps: list[StepStatus], train: dict[str, Any]) -> None:
+def print_status(steps: list[StepStatus], train: dict[str, Any] | None) -> None:
+    """A Slurm run (steps and training) or a Ray-run prep (steps only, `train` None): tasks by state."""
     table = Table(title="run status")
     for header in ("step", "tasks", "done", "running", "pending", "failed / cancelled", "jobs"):
         table.add_column(header, justify="right" if header in ("tasks", "done") else "left")
@@ -135,6 +136,8 @@ def print_status(steps: list[StepStatus], train: dict[str, Any]) -> None:
                       _tasks(row.states.get("PENDING", [])), _tasks(sorted(failed)), ", ".join(row.job_ids))
     console = _console()
     console.print(table)
+    if train is None:
+        return
     states = ", ".join(train["states"]) or "not known to Slurm"
     last = train["last"]
     progress = f"step {last['step']}, loss {last['loss']:.4f}" if last else "no step logged yet"

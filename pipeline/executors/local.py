@@ -1,7 +1,7 @@
 """Run a prep plan on this machine with a pool of worker processes.
 
 Steps run in order; the tasks of a step run in parallel, each through `steps.execute_task`, as
-a Slurm array element would run it. Progress is a bar on a terminal and plain lines in a log.
+a Slurm array element would run it; then the publishing tasks, in the same pool. Progress is a bar on a terminal and plain lines in a log.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
 from pipeline.ground.errors import UserError
+from pipeline.outputs import publish
 from pipeline.plan import Plan
 
 _progress: Any = None
@@ -49,7 +50,7 @@ class LogProgress:
               file=sys.stderr, flush=True)
 
 
-def _progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
+def progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
     """A bar on a terminal; plain lines where stderr goes to a file or a pipe; nothing when not `show`."""
     if show and not sys.stderr.isatty():
         return LogProgress(total, desc, unit)
@@ -76,23 +77,34 @@ def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dic
     return execute_task(plan, work, step_name, task, lambda n: _report(step_name, n))
 
 
-def run_local(plan: Plan, work: Path, workers: int, show_progress: bool = True) -> None:
-    """Run every step of `plan` whose tasks are not done yet."""
+def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     context = mp.get_context("spawn")
-    progress = context.Queue()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,)) as pool:
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,))
+
+
+def run_local(plan: Plan, work: Path, output: Path, workers: int, show_progress: bool = True) -> dict[str, Any]:
+    """Run every step of `plan` whose tasks are not done yet, then publish into `output`; return the stats."""
+    progress = mp.get_context("spawn").Queue()
+    with _pool(workers, progress) as pool:
         for step in plan.steps:
             pending = prepare_step_dir(work, step)
             if not pending:
                 seal_step(work, step)
                 continue
-            bar = _progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
+            bar = progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
             futures = {pool.submit(_execute_in_worker, plan, work, step.name, t): t for t in pending}
             try:
                 _wait_with_progress(futures, progress, bar, step.name)
             finally:
                 bar.close()
             seal_step(work, step)
+        return publish(plan, work, output, pool.map)
+
+
+def publish_local(plan: Plan, work: Path, output: Path, workers: int) -> dict[str, Any]:
+    """Publish a prep whose steps all ran elsewhere (the Slurm publishing job), its tasks in a local pool."""
+    with _pool(workers) as pool:
+        return publish(plan, work, output, pool.map)
 
 
 def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm | LogProgress, step: str) -> None:

@@ -1,8 +1,8 @@
 """The Slurm executor (`crucible submit` and `crucible status`): a run as a chain of Slurm jobs.
 
 The chain: one array job per data-prep step (split where a step has more tasks than the
-cluster's MaxArraySize), each after the one before succeeded (`afterok`); a publishing job; the
-training job. A submission first prepares the step folders and asks each step which tasks lack a
+cluster's MaxArraySize), each after the one before succeeded (`afterok`); a publishing job (its
+tasks in `prep.workers` processes, then the manifest and stats.json); the training job. A submission first prepares the step folders and asks each step which tasks lack a
 completion marker, and submits only those: resubmitting after a failure or a `scancel` reruns
 just the tasks that did not finish. Everything lands in RUN/slurm: the config snapshot every job
 reads, the scripts (runnable by hand, see submit.sh), jobs.json and the logs.
@@ -38,6 +38,7 @@ from pipeline.ground.markers import read_jsonl
 from pipeline.ground.names import METRICS_LOG, PREP_STATS
 from pipeline.plan import Plan, build_plan
 from pipeline.prep import prepare_steps
+from pipeline.status import StepStatus
 
 
 @dataclass
@@ -96,7 +97,8 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
                else prepare_steps(config.prep, paths.data))
     max_size = config.launch.slurm.max_array_size or slurm.max_array_size()
     steps = step_jobs(plan, paths, config, pending, max_size)
-    publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish"))
+    publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish",
+                                                config.prep.workers))
     train = Job("train", train_script(paths, config.run_name, config.launch))
     prepare = prep_single_script(paths, config.run_name, config.launch.slurm, "prepare")
     chain = [[prepare], *[[job.script for job in group] for group in steps], [publish.script]]
@@ -133,15 +135,6 @@ def _record(paths: RunPaths, jobs: list[Job]) -> None:
 
 
 # ---- status ------------------------------------------------------------------------------------
-
-@dataclass
-class StepStatus:
-    part: str
-    total: int
-    done: int
-    states: dict[str, list[int]]  # Slurm state -> tasks
-    job_ids: list[str]
-
 
 def _count_states(job: dict[str, Any]) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}

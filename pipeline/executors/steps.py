@@ -31,15 +31,35 @@ SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
 
 def execute_task(plan: Plan, work: Path, step_name: str, task: int,
                  report: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
-    """Run one task and publish its marker, with its wall time and the CPU time (user + sys, all
-    threads) of the process that ran it: the latter does not grow when other work shares the cores."""
+    """Run one task and publish its marker, with its wall time, the CPU time (user + sys, all
+    threads) of the process that ran it (it does not grow when other work shares the cores) and,
+    on Linux, the process's peak resident memory during the task."""
     step = plan.step(step_name)
+    _reset_peak_memory()
     started, cpu_started = time.perf_counter(), time.process_time()
     payload = step.spec.run(plan.context(work, step, task, report))
     payload |= {"fingerprint": step.fingerprint, "seconds": round(time.perf_counter() - started, 3),
-                "cpu_seconds": round(time.process_time() - cpu_started, 3)}
+                "cpu_seconds": round(time.process_time() - cpu_started, 3)} | _peak_memory()
     write_json(marker_file(work, step.name, task), payload)
     return payload
+
+
+def _reset_peak_memory() -> None:
+    """Start the process's high-water mark of resident memory afresh (a pool worker runs many tasks)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory() -> dict[str, float]:
+    """{"peak_rss_mb": the high-water mark of resident memory since the reset}; empty where /proc lacks it."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return {} if kb is None else {"peak_rss_mb": round(kb / 1024, 1)}
 
 
 def step_is_current(work: Path, step: Step) -> bool:
