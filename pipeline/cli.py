@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
 from training.config import SamplesConfig
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
     _common(train)
-    train.add_argument("--data", type=Path, required=True, help="shards folder made by prep (with manifest.json)")
+    train.add_argument("--data", type=storage.as_location, required=True,
+                       help="shards folder made by prep (with manifest.json), or its s3:// URL")
     train.add_argument("--output", type=Path, required=True, help="run folder: metrics, checkpoints")
     train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
@@ -674,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _user_error(args.verb, f"crucible: {exc}")
     show_progress = not getattr(args, "no_progress", False)
+    if config is not None:
+        storage.configure(config.storage)
     try:
         _check_outputs(args, config)
         if args.verb == "prep":

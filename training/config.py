@@ -128,6 +128,16 @@ class TrackingConfig(Section):
                                                      "(file:...); default RUN/mlruns.")
 
 
+class ShardCacheConfig(Section):
+    """Where shards read from object storage (`--data s3://...`) are kept on this machine."""
+
+    folder: Path | None = Field(None, description="Cache folder, shared by runs and ranks (files are named by "
+                                                  "hash); default ~/.cache/crucible/shards.")
+    max_gb: float = Field(50.0, gt=0, description="Past this size the least recently used shards are evicted; "
+                                                  "training is fastest when the whole split fits.")
+    download_threads: int = Field(8, ge=1, description="Shards downloaded at once, ahead of the loader.")
+
+
 class TrainConfig(Section):
     """Steps, batch, optimizer, schedule, precision and logging."""
 
@@ -165,6 +175,7 @@ class TrainConfig(Section):
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
     mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
                                                             "by step, a repetition cap; none: every row alike.")
+    shard_cache: ShardCacheConfig = Field(default_factory=ShardCacheConfig)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:
