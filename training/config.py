@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 from training.mixture import MixtureConfig
@@ -204,6 +205,16 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
     keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")
     verify: bool = Field(True, description="Check every file's SHA-256 before loading.")
+    remote: str | None = Field(None, description="Also upload each checkpoint here (s3://bucket/prefix), in the "
+                                                 "background; `--resume auto` on a machine without them takes the "
+                                                 "newest complete one from there. keep_last/keep_every apply there too.")
+
+    @field_validator("remote")
+    @classmethod
+    def _a_url(cls, value: str | None) -> str | None:
+        if value is not None and not storage.is_remote(value):
+            raise ValueError(f"expected an object-storage URL such as s3://bucket/prefix, got {value!r}")
+        return value
 
 
 class HookSpec(Section):

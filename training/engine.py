@@ -168,12 +168,13 @@ class Trainer:
                             prep_stats_of(self.data_dir), enabled=is_rank0)
         self.metrics = MetricsLog(self.run_dir, enabled=is_rank0, trackers=trackers)
         self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
-        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
+        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank, self.events)
         self.hooks: list[Hook] = build_hooks(config)
         self.stopped_by: str | None = None  # the signal that stopped training early
         self.step, self.rollbacks, self.tokens = 0, 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
+        self.checkpointer.upload_missing()
         if start is not None:
             self._check_compatible(start)
         universal = start is not None and self._layout_changed(start)
@@ -476,7 +477,9 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""
         try:
-            return self._loop()
+            records = self._loop()
+            self.checkpointer.finish_uploads()
+            return records
         finally:
             try:
                 for hook in self.hooks:

@@ -203,15 +203,10 @@ def write_bytes(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def remove(location: Location) -> None:
-    """Remove a file, folder or prefix and all under it; nothing there is no error."""
-    if not is_remote(location):
-        import shutil
-
-        shutil.rmtree(location, ignore_errors=True) if Path(location).is_dir() else Path(location).unlink(True)
-        return
-    fs, path = _filesystem(location)
-    with _refusals(location):
+def remove(url: str) -> None:
+    """Remove an object, or a prefix and all under it; nothing there is no error."""
+    fs, path = _filesystem(url)
+    with _refusals(url):
         try:
             fs.rm(path, recursive=True)
         except FileNotFoundError:
