@@ -41,13 +41,13 @@ class FaultMiddleware:
             return self._control(environ, start_response)
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if "Credential=" in auth and f"Credential={self.access_key}/" not in auth:
-            return _error(start_response, "403 Forbidden", "InvalidAccessKeyId",
+            return _error(start_response, method, "403 Forbidden", "InvalidAccessKeyId",
                           "The AWS Access Key Id you provided does not exist in our records.")
         fault = self._take(method, path)
         if fault is not None:
             time.sleep(fault.get("delay", 0))
             if fault.get("status"):
-                return _error(start_response, f"{fault['status']} Injected", "InternalError", "injected fault")
+                return _error(start_response, method, f"{fault['status']} Injected", "InternalError", "injected fault")
         return self.app(environ, start_response)
 
     def _take(self, method: str, path: str) -> dict[str, Any] | None:
@@ -68,9 +68,10 @@ class FaultMiddleware:
         return [json.dumps({"served": self.served}).encode()]
 
 
-def _error(start_response: Any, status: str, code: str, message: str) -> list[bytes]:
+def _error(start_response: Any, method: str, status: str, code: str, message: str) -> list[bytes]:
+    """An S3 error response; the answer to a HEAD has no body, as S3's."""
     body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
-            f'<RequestId>test</RequestId></Error>').encode()
+            f'<RequestId>test</RequestId></Error>').encode() if method != "HEAD" else b""
     start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -30,21 +30,23 @@ SHARDS = "objects"  # the cache's content-addressed shard files: <sha256>.arrow
 VIEWS = "folders"  # per remote shards folder, its small files
 
 
-def default_folder() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crucible" / "shards"
+def cache_root() -> Path:
+    """This machine's cache of what Crucible reads from object storage: shards/, checkpoints/, tokenizers/."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crucible"
 
 
 class ShardCache:
     """Local copies of remote shards, by hash; `fetch` one now, `prefetch` those needed soon."""
 
     def __init__(self, config: ShardCacheConfig) -> None:
-        self.root = Path(config.folder or default_folder())
+        self.root = Path(config.folder or cache_root() / "shards")
         self.limit = int(config.max_gb * 2**30)
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
         self.pool = ThreadPoolExecutor(max_workers=config.download_threads, thread_name_prefix="shard-download")
         self.lock = threading.Lock()
         self.pending: dict[str, Future[Path]] = {}
         self.verified: set[str] = set()  # downloaded (and hashed) by this process
+        self.evicted: list[str] = []  # since the last fetch, for the datasets to close
         # Least recently used first: what earlier runs left, by modification time, then this run's uses.
         found = sorted((p for p in (self.root / SHARDS).glob("*.arrow")), key=lambda p: p.stat().st_mtime)
         self.used: OrderedDict[str, int] = OrderedDict((p.stem, p.stat().st_size) for p in found)
@@ -93,12 +95,29 @@ class ShardCache:
         hash already, and the hashes of shards evicted to make room."""
         sha = entry["sha256"]
         path = self._start(url, entry).result()
-        with self.lock:
-            self.used[sha] = entry["bytes"]
-            self.used.move_to_end(sha)
-            evicted = self._evict(keep=sha)
+        self._admit(sha, entry["bytes"])
         os.utime(path)  # for the next run's order of eviction
+        with self.lock:
+            evicted, self.evicted = self.evicted, []
         return path, sha in self.verified, evicted
+
+    def _admit(self, sha: str, size: int) -> None:
+        """Mark a shard as just used, then evict the least recently used ones while over the limit (never that
+        one, nor one still downloading)."""
+        with self.lock:
+            self.used[sha] = size
+            self.used.move_to_end(sha)
+            total = sum(self.used.values())
+            for old in list(self.used):
+                future = self.pending.get(old)
+                if total <= self.limit:
+                    break
+                if old == sha or (future is not None and not future.done()):
+                    continue
+                total -= self.used.pop(old)
+                self.pending.pop(old, None)
+                self.path(old).unlink(missing_ok=True)
+                self.evicted.append(old)
 
     def _start(self, url: str, entry: dict[str, Any]) -> Future[Path]:
         sha = entry["sha256"]
@@ -126,23 +145,8 @@ class ShardCache:
             raise ShardError(f"shard {url} does not match its manifest hash (corrupt or modified)")
         os.replace(part, target)
         self.verified.add(entry["sha256"])
+        self._admit(entry["sha256"], entry["bytes"])
         return target
-
-    def _evict(self, keep: str) -> list[str]:
-        """Remove the least recently used shards while the cache is over its limit (never `keep`, nor one
-        still downloading)."""
-        evicted, total = [], sum(self.used.values())
-        for sha in list(self.used):
-            if total <= self.limit:
-                break
-            future = self.pending.get(sha)
-            if sha == keep or (future is not None and not future.done()):
-                continue
-            total -= self.used.pop(sha)
-            self.pending.pop(sha, None)
-            self.path(sha).unlink(missing_ok=True)
-            evicted.append(sha)
-        return evicted
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
