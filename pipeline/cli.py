@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
     _common(prep)
-    prep.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                      help="input file or folder (repeatable; replaces prep.inputs)")
+    prep.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                      help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     prep.add_argument("--output", type=Path, required=True, help="output folder")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -172,15 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
-    run.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                     help="input file or folder (repeatable; replaces prep.inputs)")
+    run.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                     help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     run.add_argument("--output", type=Path, required=True, help="run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     submit = verbs.add_parser("submit", help="the whole job on Slurm: prep array jobs, then training")
     _common(submit)
-    submit.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                        help="input file or folder (repeatable; replaces prep.inputs)")
+    submit.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                        help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     submit.add_argument("--output", type=Path, required=True,
                         help="run folder on a filesystem the nodes share (data/, train/, slurm/)")
     submit.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")

@@ -33,6 +33,7 @@ class FaultMiddleware:
         self.app, self.access_key = app, access_key
         self.faults: list[dict[str, Any]] = []
         self.served = 0
+        self.reads: list[tuple[str, str | None]] = []  # (path, Range header) of every GET of an object
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -43,6 +44,9 @@ class FaultMiddleware:
         if "Credential=" in auth and f"Credential={self.access_key}/" not in auth:
             return _error(start_response, method, "403 Forbidden", "InvalidAccessKeyId",
                           "The AWS Access Key Id you provided does not exist in our records.")
+        if method == "GET" and "." in path.rsplit("/", 1)[-1]:
+            with self.lock:
+                self.reads.append((path, environ.get("HTTP_RANGE")))
         fault = self._take(method, path)
         if fault is not None:
             time.sleep(fault.get("delay", 0))
@@ -65,7 +69,7 @@ class FaultMiddleware:
             with self.lock:
                 self.faults.append(json.loads(body))
         start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({"served": self.served}).encode()]
+        return [json.dumps({"served": self.served, "reads": self.reads}).encode()]
 
 
 def _error(start_response: Any, method: str, status: str, code: str, message: str) -> list[bytes]:
@@ -129,8 +133,15 @@ class S3Server:
         urllib.request.urlopen(request, timeout=5).read()
 
     def faults_served(self) -> int:
+        return self._state()["served"]
+
+    def reads(self) -> list[tuple[str, str | None]]:
+        """(path, Range header) of every GET of an object so far."""
+        return [tuple(read) for read in self._state()["reads"]]
+
+    def _state(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.endpoint + FAULT_PATH, timeout=5) as answer:
-            return json.loads(answer.read())["served"]
+            return json.loads(answer.read())
 
     def make_bucket(self, name: str) -> None:
         import boto3

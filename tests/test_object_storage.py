@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from data_prep.shards import ShardError, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.names import CHECKPOINT_META
 from tests.conftest import REPO, read_set, write_jsonl
 from tests.s3_server import SECRET_KEY, S3Server
+from tests.test_resume import tree_bytes
 from training.config import CheckpointConfig, ShardCacheConfig
 from training.data import DistributedLoader, PackedDataset
 from training.hooks import EventLog
@@ -146,6 +148,35 @@ def test_a_shard_that_does_not_match_its_hash_is_refused(s3: S3Server, bucket: s
     with pytest.raises(ShardError, match="does not match its manifest hash"):
         dataset.shard(0)
     assert not list((tmp_path / "objects").glob("*.arrow")), "a bad download never enters the cache"
+
+
+@pytest.mark.slow  # two prep runs
+def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3Server, bucket: str,
+                                                                          tmp_path: Path) -> None:
+    """A plain JSONL file cut into pieces (each task reads its byte range) and a compressed one, from disk and
+    from a prefix; the outputs must be the same bytes."""
+    from pipeline.config import load_config
+    from pipeline.prep import run_prep
+
+    corpus = tmp_path / "corpus"
+    records = [{"id": r["id"], "text": r["text"]} for r in read_set("english", 120)]
+    write_jsonl(corpus / "plain.jsonl", records[:80])
+    packed = write_jsonl(tmp_path / "packed.jsonl", records[80:])
+    (corpus / "packed.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(packed.read_bytes()))
+    s3.upload_folder(corpus, f"{bucket}/inputs/corpus")
+    sets = ["prep.stages=[normalize, exact_dedup, tokenize, pack]", "prep.tokenizer.vocab_size=400",
+            "prep.pack.seq_len=32", "prep.shard_mb=0.05", "prep.workers=1"]
+    for name, inputs in (("local", corpus), ("remote", f"{bucket}/inputs/corpus")):
+        config = load_config(None, sets, {"prep.inputs": [str(inputs)]})
+        run_prep(config.prep, tmp_path / name, show_progress=False)
+    local, remote = (tree_bytes(tmp_path / name / "shards") for name in ("local", "remote"))
+    manifests = [json.loads(tree.pop("manifest.json")) for tree in (local, remote)]
+    assert local == remote and len(local) > 3, "the same shard files, byte for byte"
+    assert [m["prep_config"].pop("inputs") for m in manifests] == [[str(corpus)], [f"{bucket}/inputs/corpus"]]
+    assert manifests[0] == manifests[1], "the manifests differ only in where the inputs were"
+    plain = [bytes_range for path, bytes_range in s3.reads() if path.endswith("/inputs/corpus/plain.jsonl")]
+    assert len(plain) > 1 and all(plain), "each task read its piece with ranged GETs"
+    assert any(not bytes_range.startswith("bytes=0-") for bytes_range in plain), "a task started mid-file"
 
 
 def make_checkpoint(folder: Path, step: int, size: int = 1 << 20) -> Path:

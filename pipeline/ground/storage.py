@@ -11,13 +11,14 @@ or AWS_ENDPOINT_URL. Neither is ever printed: errors name the bucket and the kin
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
@@ -25,6 +26,8 @@ from pipeline.ground.schema import Section
 
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}  # scheme -> the fsspec package that serves it
 Location = str | Path
+# A config value that is a location: URLs kept as strings (a Path would fold their `//`), the rest paths.
+LocationValue = Annotated[Path | str, BeforeValidator(lambda value: as_location(value) if isinstance(value, str) else value)]
 READ_BLOCK = 8 << 20  # bytes fetched per ranged GET when a file is read piece by piece
 
 
@@ -60,6 +63,11 @@ def is_remote(location: Location | None) -> bool:
 def as_location(text: str | Path) -> Location:
     """A command-line or config value as a location: URLs stay strings, the rest become paths."""
     return text if is_remote(text) else Path(text)
+
+
+def absolute(location: Location) -> Location:
+    """A location that means the same from any folder: a URL as it is, a path resolved."""
+    return location if is_remote(location) else Path(location).resolve()
 
 
 def join(base: Location, *parts: str) -> Location:
@@ -173,6 +181,17 @@ def size(location: Location) -> int:
     return identity(location)[0]
 
 
+def objects_under(url: str) -> list[str] | None:
+    """Every object under a prefix (a folder of object storage), as sorted URLs; None when `url` is one object,
+    [] when nothing is there."""
+    fs, path = _filesystem(url)
+    scheme = url.partition("://")[0]
+    with _refusals(url):
+        if fs.isfile(path):
+            return None
+        return sorted(f"{scheme}://{found}" for found in fs.find(path))
+
+
 def open_binary(location: Location) -> IO[bytes]:
     """A seekable reader; on object storage each read fetches only the bytes asked for (ranged GETs of
     READ_BLOCK), so a task that reads its piece of a large file never downloads the rest."""
@@ -180,7 +199,7 @@ def open_binary(location: Location) -> IO[bytes]:
         return open(location, "rb")
     fs, path = _filesystem(location)
     with _refusals(location):
-        return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
+        return io.BufferedReader(fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead"), 1 << 20)
 
 
 def download(url: str, local: Path) -> Path:
