@@ -83,4 +83,4 @@ def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(s3: S3Serv
     assert {step: resumed[step] for step in (5, 6)} == {step: local_losses[step] for step in (5, 6)}
     sampled = torchrun(1, "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The",
                        "--max-new-tokens", "4")
-    assert "samples from step-00000006" in sampled.stdout
+    assert "step-00000006" in sampled.stdout and "continuation" in sampled.stdout, "sampled from the newest remote one"

@@ -102,9 +102,9 @@ def test_wrong_credentials_are_one_line_naming_the_bucket_never_the_secret(
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == [f"crucible generate: access to bucket crucible-tests refused (Forbidden): "
-                                        f"check the credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) "
-                                        f"and storage.endpoint_url"]
+    assert err.strip().splitlines() == ["crucible generate: access to bucket crucible-tests refused (Forbidden): "
+                                        "check the credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) "
+                                        "and storage.endpoint_url"]
     assert secret not in out + err and SECRET_KEY not in out + err
 
 
