@@ -144,18 +144,23 @@ class S3Server:
             return json.loads(answer.read())
 
     def make_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def put(self, url: str, data: bytes) -> None:
+        """Write one object with boto3."""
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        self.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    def client(self) -> Any:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                     aws_secret_access_key=SECRET_KEY, region_name=REGION).create_bucket(Bucket=name)
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name=REGION)
 
     def upload_folder(self, folder: Path, url: str) -> None:
         """Copy a local folder to s3://bucket/prefix with boto3 (not our storage layer: the tests' source of truth)."""
-        import boto3
-
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                              aws_secret_access_key=SECRET_KEY, region_name=REGION)
+        client = self.client()
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")

@@ -59,12 +59,17 @@ def remote_shards(s3: S3Server, bucket: str, small_shards: Path) -> str:
     return f"{bucket}/prep/shards"
 
 
-def test_objects_are_read_listed_and_identified_by_content(bucket: str) -> None:
+def read(url: str) -> bytes:
+    with storage.open_binary(url) as handle:
+        return handle.read()
+
+
+def test_objects_are_read_listed_and_identified_by_content(s3: S3Server, bucket: str) -> None:
     url = f"{bucket}/basics/a.txt"
-    storage.write_bytes(url, b"first")
+    s3.put(url, b"first")
     before = storage.identity(url)
-    assert storage.read_text(url) == "first" and storage.listing(f"{bucket}/basics") == {"a.txt": 5}
-    storage.write_bytes(url, b"other")  # same size, another content: another ETag
+    assert read(url) == b"first" and storage.listing(f"{bucket}/basics") == {"a.txt": 5}
+    s3.put(url, b"other")  # same size, another content: another ETag
     assert storage.identity(url) != before and storage.identity(url)[0] == 5
     with storage.open_binary(url) as handle:
         handle.seek(2)
@@ -73,16 +78,16 @@ def test_objects_are_read_listed_and_identified_by_content(bucket: str) -> None:
 
 def test_a_500_on_one_request_is_retried(s3: S3Server, bucket: str) -> None:
     url = f"{bucket}/retry/b.txt"
-    storage.write_bytes(url, b"payload")
+    s3.put(url, b"payload")
     served = s3.faults_served()
     s3.fault("GET", "/retry/b.txt", status=500)
-    assert storage.read_bytes(url) == b"payload"
+    assert read(url) == b"payload"
     assert s3.faults_served() == served + 1, "the 500 was served and the read retried past it"
 
 
 def test_a_missing_object_is_not_found(bucket: str, remote_shards: str, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(f"{bucket}/nothing/here.txt")
+        read(f"{bucket}/nothing/here.txt")
     with pytest.raises(ShardError, match="manifest.json not found"):
         ShardCache(ShardCacheConfig(folder=tmp_path)).view(f"{bucket}/nothing")
 
@@ -111,7 +116,8 @@ def test_wrong_credentials_are_one_line_naming_the_bucket_never_the_secret(
 def test_local_paths_work_without_s3fs_and_an_s3_path_names_the_extra(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("local")
     code = ("import sys; sys.modules['s3fs'] = None; from pipeline.ground import storage; "
-            f"print(storage.read_text({str(tmp_path / 'a.txt')!r})); storage.read_bytes('s3://bucket/key')")
+            f"print(storage.open_binary({str(tmp_path / 'a.txt')!r}).read().decode()); "
+            "storage.open_binary('s3://bucket/key')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout == "local\n"
     assert result.stderr.strip().splitlines()[-1] == ("pipeline.ground.errors.UserError: s3://bucket/key: object "
@@ -141,7 +147,7 @@ def test_a_shard_that_does_not_match_its_hash_is_refused(s3: S3Server, bucket: s
     entry = read_manifest(small_shards)["splits"]["train"]["shards"][0]
     data = bytearray((small_shards / "train" / entry["file"]).read_bytes())
     data[-100] ^= 0xFF  # same size: only the hash can tell
-    storage.write_bytes(f"{bucket}/altered/shards/train/{entry['file']}", bytes(data))
+    s3.put(f"{bucket}/altered/shards/train/{entry['file']}", bytes(data))
     cache = ShardCache(ShardCacheConfig(folder=tmp_path))
     dataset = PackedDataset(cache.view(f"{bucket}/altered/shards"), "train", remote=f"{bucket}/altered/shards",
                             cache=cache)

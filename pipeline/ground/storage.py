@@ -85,18 +85,15 @@ def bucket_of(url: str) -> str:
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of `url`'s scheme (imported now: local paths never need it) and the path in it."""
     scheme = url.partition("://")[0]
-    try:
-        import fsspec
-    except ImportError:
-        fsspec = None
     options = dict(_config.options)
     if scheme == "s3":
         endpoint = _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         options = {"use_listings_cache": False, **({"endpoint_url": endpoint} if endpoint else {}), **options}
     try:
-        if fsspec is None:
-            raise ImportError
+        import fsspec
+
         fs = fsspec.filesystem(scheme, **options)
     except ImportError:
         raise UserError(f"{url}: object storage needs {SCHEMES[scheme]}: pip install 'crucible[cloud]'"
@@ -136,18 +133,6 @@ def exists(location: Location) -> bool:
     fs, path = _filesystem(location)
     with _refusals(location):
         return fs.exists(path)
-
-
-def read_bytes(location: Location) -> bytes:
-    if not is_remote(location):
-        return Path(location).read_bytes()
-    fs, path = _filesystem(location)
-    with _refusals(location):
-        return fs.cat_file(path)
-
-
-def read_text(location: Location) -> str:
-    return read_bytes(location).decode("utf-8")
 
 
 def listing(location: Location) -> dict[str, int]:
@@ -214,12 +199,6 @@ def upload(local: Path, url: str) -> None:
     fs, path = _filesystem(url)
     with _refusals(url):
         fs.put_file(str(local), path)
-
-
-def write_bytes(url: str, data: bytes) -> None:
-    fs, path = _filesystem(url)
-    with _refusals(url):
-        fs.pipe_file(path, data)
 
 
 def remove(url: str) -> None:
