@@ -18,6 +18,7 @@ from data_prep.readers import ReadConfig
 from data_prep.sources import DEFAULT_SOURCE, SOURCE, SourceConfig, source_groups
 from data_prep.unique_ids import UniqueIdsConfig
 from pipeline.ground.schema import Section
+from pipeline.ground.storage import LocationValue, absolute
 
 
 class RaySettings(Section):
@@ -38,7 +39,8 @@ class RaySettings(Section):
 class PrepSettings(Section):
     """Data prep: which inputs, which stages, how many workers; each stage's section is added below."""
 
-    inputs: list[Path] = Field(default_factory=list, description="Files or folders to read.")
+    inputs: list[LocationValue] = Field(default_factory=list, description="Files or folders to read, or their "
+                                        "s3:// URLs (a prefix is a folder).")
     stages: list[str] = Field(default_factory=registry.default_names, description="Stages to run, in pipeline order; by default all but the opt-in filters.")
     workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
     executor: Literal["local", "ray"] = Field(
@@ -137,9 +139,9 @@ class PrepSettings(Section):
     def with_absolute_paths(self) -> PrepSettings:
         """A copy whose file paths mean the same from any folder (job scripts, the shard manifest)."""
         copy = self.model_copy(deep=True)
-        copy.inputs = [path.resolve() for path in copy.inputs]
+        copy.inputs = [absolute(path) for path in copy.inputs]
         for source in copy.sources:
-            source.inputs = [path.resolve() for path in source.inputs]
+            source.inputs = [absolute(path) for path in source.inputs]
         for spec in registry.STAGES:
             _resolve_paths(copy.section(spec.name))
         return copy

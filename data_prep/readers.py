@@ -38,6 +38,7 @@ from data_prep.charset import REPLACEMENT, decode_utf8
 from data_prep.sources import SOURCE
 from data_prep.stage import HTML, ID, ORIGIN, TEXT, WARC_FIELDS, Decision, StageSpec, StepSpec, TaskContext
 from data_prep.warc import Damage, record_outcome, warc_records
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.records import BOM
 from pipeline.ground.schema import Section
@@ -128,6 +129,9 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
         raise UserError("no inputs: give --input PATH or set prep.inputs in the config")
     pieces: list[InputPiece] = []
     for root in inputs:
+        if storage.is_remote(root):
+            pieces += _discover_remote(str(root))
+            continue
         root = Path(root)
         if root.is_dir():
             files = sorted(p for p in root.rglob("*") if p.is_file() and _kind_of(p) and not p.is_symlink())
@@ -145,6 +149,25 @@ def discover(inputs: list[Path]) -> list[InputPiece]:
             raise UserError(f"input {root} is a {special}, not a regular file: give a file or a folder of files")
         else:
             raise UserError(f"input {root} does not exist")
+    return pieces
+
+
+def _discover_remote(url: str) -> list[InputPiece]:
+    """The pieces of an object, or of every object of a known format under a prefix, labelled as the same
+    file or folder on disk would be (the same labels give the same document ids)."""
+    found = storage.objects_under(url)
+    if found is None:
+        kind = _kind_of(Path(storage.name_of(url)))
+        if kind is None:
+            raise UserError(f"input {url}: unknown format (expected {FORMATS})")
+        return [InputPiece(url, kind, storage.name_of(url))]
+    prefix = url.rstrip("/") + "/"
+    files = [(found_url, _kind_of(Path(storage.name_of(found_url)))) for found_url in found]
+    pieces = [InputPiece(found_url, kind, f"{storage.name_of(url)}/{found_url.removeprefix(prefix)}")
+              for found_url, kind in files if kind]
+    if not pieces:
+        raise UserError(f"input {url} holds no object of a known format ({FORMATS})" if found else
+                        f"input {url} does not exist")
     return pieces
 
 
@@ -172,7 +195,7 @@ def plan_shards(inputs: list[Path], shard_bytes: int, source: str | None = None)
     """Split inputs into shards of about `shard_bytes`; only plain JSONL files are cut. `source` tags them."""
     pieces: list[tuple[InputPiece, int]] = []
     for piece in discover(inputs):
-        size = Path(piece.path).stat().st_size
+        size = storage.size(storage.as_location(piece.path))
         if piece.path.endswith((".gz", ".zst")):
             size *= COMPRESSION_RATIO_GUESS  # shards are sized by text, not by bytes on disk
         splittable = piece.kind == "jsonl" and not piece.path.endswith((".gz", ".zst"))
@@ -327,7 +350,7 @@ class _Decompressed(io.RawIOBase):
     """
 
     def __init__(self, path: str, new_decoder: Callable[[], Any]) -> None:
-        self._file = open(path, "rb")
+        self._file = storage.open_binary(storage.as_location(path))
         self._new_decoder = new_decoder
         self._decoder: Any = None
         self._input = b""
@@ -381,7 +404,7 @@ def _open_stream(path: str) -> BinaryIO:
         return io.BufferedReader(_Decompressed(path, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)))
     if path.endswith(".zst"):
         return io.BufferedReader(_Decompressed(path, lambda: zstandard.ZstdDecompressor().decompressobj()))
-    return open(path, "rb")
+    return storage.open_binary(storage.as_location(path))
 
 
 def _check_stream(stream: BinaryIO, offset: int, partial: bytes) -> None:
@@ -458,7 +481,7 @@ def _parse_json_record(origin: str, line: bytes, cfg: ReadConfig, out: _Batcher)
 
 def _read_txt(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
     max_bytes = int(cfg.max_record_mb * 2**20)
-    with open(piece.path, "rb") as handle:
+    with storage.open_binary(storage.as_location(piece.path)) as handle:
         raw = handle.read(max_bytes + 1)
     if len(raw) > max_bytes:
         out.quarantine(piece.label, "record_too_large", raw[:RAW_KEEP], limit_mb=cfg.max_record_mb)
@@ -484,7 +507,7 @@ def _parquet_damage(exc: Exception) -> bool:
 
 def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
     try:
-        parquet = pq.ParquetFile(piece.path)
+        parquet = pq.ParquetFile(storage.open_binary(piece.path) if storage.is_remote(piece.path) else piece.path)
     except (pa.ArrowException, OSError) as exc:
         if not _parquet_damage(exc):
             raise
@@ -549,7 +572,7 @@ def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, tex
 
 def _read_web(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
     """A WARC or WET file: pages and texts become documents, other records drops, damage quarantine."""
-    with open(piece.path, "rb") as handle:
+    with storage.open_binary(storage.as_location(piece.path)) as handle:
         for item in warc_records(handle, int(cfg.max_record_mb * 2**20)):
             if isinstance(item, Damage):
                 offset = int(item.offset) if item.offset.isdigit() else item.offset

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from pipeline.ground.schema import Section
+from pipeline.ground.storage import LocationValue
 
 SOURCE = "source"  # the column naming each document's source
 DEFAULT_SOURCE = "default"  # the name `prep.inputs` takes when named sources are given beside it
@@ -27,7 +28,7 @@ class SourceConfig(Section):
     """One named source: its inputs, its dedupe priority and per-stage settings of its own."""
 
     name: str = Field(description="Names the source in lineage, stats, shard manifests and `train.mixture`.")
-    inputs: list[Path] = Field(min_length=1, description="Files or folders of this source.")
+    inputs: list[LocationValue] = Field(min_length=1, description="Files or folders of this source (or s3:// URLs).")
     priority: int = Field(0, description="Cross-source dedupe: of copies in several sources, the one in the "
                                          "highest-priority source is kept (ties: the stage's own keep rule).")
     skip: list[str] = Field(default_factory=list, description="Per-document stages this source skips "

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from data_prep import registry
 from pipeline.config import ConfigError, CrucibleConfig, load_config
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINTS, LATEST, MANIFEST, METRICS_LOG, PREP_STATS
 from training.config import SamplesConfig
@@ -72,7 +73,7 @@ def _probability(value: str) -> float:
 
 
 CHECKPOINT_HELP = ("a checkpoint folder (RUN/checkpoints/step-N), or a run folder (of train, or of run: its train/) "
-                   "for its newest loadable checkpoint")
+                   "for its newest loadable checkpoint, or an s3:// URL of either (a run's checkpoint.remote)")
 
 
 def _version() -> str:
@@ -92,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = verbs.add_parser("prep", help="clean, deduplicate, label and filter documents")
     _common(prep)
-    prep.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                      help="input file or folder (repeatable; replaces prep.inputs)")
+    prep.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                      help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     prep.add_argument("--output", type=Path, required=True, help="output folder")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="train the GPT on packed shards (launch under torchrun)")
     _common(train)
-    train.add_argument("--data", type=Path, required=True, help="shards folder made by prep (with manifest.json)")
+    train.add_argument("--data", type=storage.as_location, required=True,
+                       help="shards folder made by prep (with manifest.json), or its s3:// URL")
     train.add_argument("--output", type=Path, required=True, help="run folder: metrics, checkpoints")
     train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = verbs.add_parser("generate", help="sample text from a checkpoint (KV cache), any training layout")
     _common(generate)
-    generate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    generate.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
     generate.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
                           "replaces samples.prompts)")
     generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = verbs.add_parser("export", help="consolidate a checkpoint, or export it as a Hugging Face Llama model",
                               epilog="The hf format's generation_config.json carries the samples.* settings.")
     _common(export)
-    export.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    export.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
     export.add_argument("--output", type=Path, required=True)
     export.add_argument("--format", choices=["hf", "consolidated"], default="hf")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="A task's name is its file's stem. --harness needs the eval extra "
                                        "(pip install -e '.[eval]') and runs fully offline.")
     _common(evaluate)
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    evaluate.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
     evaluate.add_argument("--tasks", nargs="+", type=Path, metavar="FILE",
                           help="task files, JSONL or Parquet (default: eval.tasks)")
     evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
@@ -171,15 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
-    run.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                     help="input file or folder (repeatable; replaces prep.inputs)")
+    run.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                     help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     run.add_argument("--output", type=Path, required=True, help="run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     submit = verbs.add_parser("submit", help="the whole job on Slurm: prep array jobs, then training")
     _common(submit)
-    submit.add_argument("--input", dest="inputs", action="append", type=Path, default=[], metavar="PATH",
-                        help="input file or folder (repeatable; replaces prep.inputs)")
+    submit.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
+                        help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     submit.add_argument("--output", type=Path, required=True,
                         help="run folder on a filesystem the nodes share (data/, train/, slurm/)")
     submit.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")
@@ -207,7 +209,7 @@ def _post_training_verbs(verbs: Any) -> None:
                               'preference JSONL: {"prompt": ..., "chosen": ..., "rejected": ...} a line (TRL\'s layout)')):
         parser = verbs.add_parser(verb, help=what)
         _common(parser)
-        parser.add_argument("--checkpoint", type=Path, required=True, help=f"the model to start from: {CHECKPOINT_HELP}")
+        parser.add_argument("--checkpoint", type=storage.as_location, required=True, help=f"the model to start from: {CHECKPOINT_HELP}")
         parser.add_argument("--data", type=Path, required=True, help=data)
         parser.add_argument("--output", type=Path, required=True, help="run folder: data/, metrics, checkpoints")
         parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
@@ -323,6 +325,12 @@ def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
     meta = read_meta(checkpoint)
     record = tokenizer_record(meta)
     path = given or Path(meta["data_dir"]) / record["file"]
+    if given is None and storage.is_remote(meta["data_dir"]):  # trained from shards on object storage
+        from training.shard_cache import cache_root
+
+        path = cache_root() / "tokenizers" / f"{record['sha256']}.json"
+        if not path.is_file():
+            storage.download(storage.join(meta["data_dir"], record["file"]), path)
     if given and not given.is_file():
         raise UserError(f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's "
                         f"tokenizer.json")
@@ -337,13 +345,19 @@ def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
 SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", "seed")  # generate's, as samples.*
 
 
-def _checkpoint_in(path: Path, config: CrucibleConfig) -> Path:
+def _checkpoint_in(path: storage.Location, config: CrucibleConfig) -> Path:
     """A checkpoint folder from what a user points at: the folder itself, `latest`, a run's
     `checkpoints/` folder or the run folder (then its newest loadable checkpoint); the folder of
-    `crucible run` holds its training run in train/."""
+    `crucible run` holds its training run in train/. A URL is a remote checkpoint, or a run's
+    checkpoint.remote (its newest complete one), downloaded into this machine's cache."""
     from pipeline.ground.names import CHECKPOINT_META
     from training.checkpoint import Checkpointer
 
+    if storage.is_remote(path):
+        from training.remote_checkpoints import remote_checkpoint
+        from training.shard_cache import cache_root
+
+        return remote_checkpoint(path, cache_root() / "checkpoints", config.checkpoint)
     if (path / CHECKPOINT_META).exists() or not path.exists():
         return path
     run = path.parent.parent if path.name == LATEST else path.parent if path.name == CHECKPOINTS else path
@@ -693,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _user_error(args.verb, f"crucible: {exc}")
     show_progress = not getattr(args, "no_progress", False)
+    if config is not None:
+        storage.configure(config.storage)
     try:
         _check_outputs(args, config)
         if args.verb == "prep":

@@ -18,6 +18,7 @@ from data_prep.config import PrepConfig
 from launch.config import LaunchConfig
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
+from pipeline.ground.storage import StorageConfig
 from pipeline.ground.user_yaml import YamlSyntaxError, load_yaml, load_yaml_file
 from training.config import PlanConfig, TrainingConfig
 from training.post_config import PostConfig
@@ -45,6 +46,7 @@ class CrucibleConfig(TrainingConfig):
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     post: PostConfig = Field(default_factory=PostConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def plan_gpus(self) -> int:
         """The GPUs `plan` assumes: plan.gpus, else the launch's processes."""

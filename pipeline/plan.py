@@ -23,6 +23,7 @@ from data_prep.extract import check_pages_extracted
 from data_prep.readers import InputShard, plan_shards
 from data_prep.sources import source_groups
 from data_prep.stage import StepSpec, TaskContext
+from pipeline.ground import storage
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,8 @@ def _input_identity(shards: list[InputShard]) -> list[tuple[Any, ...]]:
     identity: list[tuple[Any, ...]] = []
     for shard in shards:
         for piece in shard.pieces:
-            stat = Path(piece.path).stat()
             tag = () if shard.source is None else (shard.source,)
-            identity.append((piece.label, piece.start, piece.end, stat.st_size, stat.st_mtime_ns, *tag))
+            identity.append((piece.label, piece.start, piece.end, *storage.identity(storage.as_location(piece.path)), *tag))
     return identity
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from launch.torchrun import free_port
+from tests.s3_server import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # built by scripts/build_test_data.py; see SOURCES.md there
@@ -59,6 +62,20 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.prep.inputs = [corpus]
     run_prep(config.prep, output, show_progress=False)
     return output / "shards"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 API on 127.0.0.1 (moto's server in a subprocess), with the standard AWS_* variables pointing at
+    it for this process and every command it starts; tests make their own buckets."""
+    server = S3Server()
+    server.start()
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.kill()
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,

@@ -38,6 +38,7 @@ from pipeline.ground.names import CHECKPOINTS, LATEST, UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import build_universal, cached_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
+from training.remote_checkpoints import RemoteCheckpoints, kept
 from training.safe_load import (
     META_DIGEST,
     CorruptCheckpoint,
@@ -125,9 +126,11 @@ def _save_failed(folder: Path, exc: BaseException) -> UserError:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int) -> None:
+    def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int, events: Any = None) -> None:
+        """`events`: the run's log, for the remote copies' uploads (rank 0 makes them)."""
         self.root = Path(run_dir) / CHECKPOINTS
         self.config, self.rank = config, rank
+        self.remote = RemoteCheckpoints(config.remote, config, events) if config.remote and rank == 0 else None
 
     # -- listing -------------------------------------------------------------------------
 
@@ -174,6 +177,8 @@ class Checkpointer:
             info = info_of(Path(resume))
             self.verify(info)
             return info
+        if self.config.remote:
+            self._fetch_remote(events)
         published, damaged = self.scan()
         for exc in damaged:
             self._report(exc, events)
@@ -191,6 +196,39 @@ class Checkpointer:
                             f"as they are. Repair or move them, or start over with --resume none (new saves then "
                             f"replace them). First problem: {damaged[0]}")
         return None
+
+    def _fetch_remote(self, events: Any) -> None:
+        """Collective where a process group is up: rank 0 downloads the newest complete remote checkpoint when it
+        is newer than every local one (a fresh machine has none) and points `latest` at it."""
+        if self.rank == 0:
+            newest = max((c.step for c in self.published()), default=-1)
+            fetched = self.remote.fetch_newest(self.root, newest)
+            if fetched is not None:
+                with atomic_path(self.root / LATEST) as tmp:
+                    tmp.write_text(fetched.name + "\n")
+                if events is not None:
+                    events.log({"event": "download", "step": info_of(fetched).step, "remote": self.config.remote})
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    def upload_missing(self) -> None:
+        """Queue the upload of kept local checkpoints that have no complete remote copy (an earlier run's failed or
+        cut-off upload): what `checkpoint.remote` promises holds after a rerun."""
+        if self.remote is not None:
+            complete = set(self.remote.complete())
+            published = self.published()
+            keep = kept([c.step for c in published], self.config)
+            for info in published:
+                if info.step in keep and info.step not in complete:
+                    self.remote.upload(info.path)
+
+    def finish_uploads(self) -> None:
+        """Wait for the uploads under way; one that failed after its retries is an error naming it."""
+        failed = self.remote.wait() if self.remote is not None else {}
+        if failed:
+            tag, error = sorted(failed.items())[-1]
+            raise UserError(f"{len(failed)} checkpoint(s) not uploaded to {self.config.remote}, the last "
+                            f"{tag} ({error}); the local copies are kept: rerun the same command to upload them")
 
     def _report(self, exc: CorruptCheckpoint, events: Any) -> None:
         if events is not None:  # a training run's log; a verb that only reads a checkpoint has none
@@ -247,6 +285,8 @@ class Checkpointer:
             shutil.rmtree(staging, ignore_errors=True)
             with atomic_path(self.root / LATEST) as tmp:
                 tmp.write_text(tag + "\n")
+            if self.remote is not None:
+                self.remote.upload(final)
             self.prune()
         dist.barrier()
         return final
@@ -258,12 +298,11 @@ class Checkpointer:
         return error
 
     def prune(self) -> None:
-        """Keep the newest keep_last, every keep_every-th, `latest`, and the newest healthy one; a universal
-        form cached for a checkpoint goes with it."""
+        """Keep the newest keep_last, every keep_every-th, `latest`, the newest healthy one and those whose upload
+        has not succeeded yet; a universal form cached for a checkpoint goes with it."""
         checkpoints = self.published()
-        keep = {c.path for c in checkpoints[-self.config.keep_last:]}
-        if self.config.keep_every:
-            keep |= {c.path for c in checkpoints if c.step % self.config.keep_every == 0}
+        steps = kept([c.step for c in checkpoints], self.config)
+        keep = {c.path for c in checkpoints if c.step in steps or (self.remote and self.remote.holds(c.path.name))}
         latest = self.latest()
         if latest is not None:
             keep.add(latest.path)

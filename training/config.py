@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 from training.mixture import MixtureConfig
@@ -130,6 +131,16 @@ class TrackingConfig(Section):
                                                      "(file:...); default RUN/mlruns.")
 
 
+class ShardCacheConfig(Section):
+    """Where shards read from object storage (`--data s3://...`) are kept on this machine."""
+
+    folder: Path | None = Field(None, description="Cache folder, shared by runs and ranks (files are named by "
+                                                  "hash); default ~/.cache/crucible/shards.")
+    max_gb: float = Field(50.0, gt=0, description="Past this size the least recently used shards are evicted; "
+                                                  "training is fastest when the whole split fits.")
+    download_threads: int = Field(8, ge=1, description="Shards downloaded at once, ahead of the loader.")
+
+
 class TrainConfig(Section):
     """Steps, batch, optimizer, schedule, precision and logging."""
 
@@ -167,6 +178,7 @@ class TrainConfig(Section):
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
     mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
                                                             "by step, a repetition cap; none: every row alike.")
+    shard_cache: ShardCacheConfig = Field(default_factory=ShardCacheConfig)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:
@@ -195,6 +207,16 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
     keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")
     verify: bool = Field(True, description="Check every file's SHA-256 before loading.")
+    remote: str | None = Field(None, description="Also upload each checkpoint here (s3://bucket/prefix), in the "
+                                                 "background; `--resume auto` on a machine without them takes the "
+                                                 "newest complete one from there. keep_last/keep_every apply there too.")
+
+    @field_validator("remote")
+    @classmethod
+    def _a_url(cls, value: str | None) -> str | None:
+        if value is not None and not storage.is_remote(value):
+            raise ValueError(f"expected an object-storage URL such as s3://bucket/prefix, got {value!r}")
+        return value
 
 
 class HookSpec(Section):

@@ -21,10 +21,14 @@ import pyarrow as pa
 import torch
 
 from data_prep.shards import ShardError, check_shard, open_shard, read_manifest
+from pipeline.ground import storage
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import MANIFEST
 from training import mixture
 from training.mixture import Schedule, source_key
+from training.shard_cache import ShardCache
+
+PREFETCH_STEPS = 8  # with shards on object storage, the shards of this many steps ahead are downloaded early
 
 
 @dataclass
@@ -55,13 +59,16 @@ class PackedDataset:
 
     Opening reads the manifest and stats each file (a missing or resized one is refused at once), so
     it takes the same time for 10 shards or 10,000; a shard is memory-mapped, its shape checked and,
-    with `verify`, its SHA-256 compared the first time one of its rows is read, once per dataset."""
+    with `verify`, its SHA-256 compared the first time one of its rows is read, once per dataset.
+    Shards on object storage (`remote`, with `folder` its local view) are read through `cache`."""
 
     def __init__(self, folder: Path, split: str = "train", seq_len: int | None = None,
                  tokenizer_sha256: str | None = None, verify: bool = True,
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: dict[str, Any] | None = None, remote: str | None = None,
+                 cache: ShardCache | None = None) -> None:
         """`manifest`: the folder's manifest, when the caller has read it already."""
         self.folder, self.split = Path(folder), split
+        self.remote, self.cache = remote, cache
         self.manifest = read_manifest(self.folder) if manifest is None else manifest
         if seq_len is not None and self.manifest["seq_len"] != seq_len:
             raise ShardError(f"{self.folder / 'manifest.json'}: shards have seq_len {self.manifest['seq_len']}, "
@@ -73,8 +80,11 @@ class PackedDataset:
             raise ShardError(f"{self.folder}: no split {split!r} in the manifest")
         self.entries = self.manifest["splits"][split]["shards"]
         self.paths = [self.folder / split / e["file"] for e in self.entries]
-        for path, entry in zip(self.paths, self.entries):
-            check_shard(path, entry, full=False)
+        if cache is None:
+            for path, entry in zip(self.paths, self.entries):
+                check_shard(path, entry, full=False)
+        else:
+            cache.check_sizes(storage.join(remote, split), self.entries)
         self.verify = verify
         self.offsets = np.concatenate([[0], np.cumsum([e["sequences"] for e in self.entries])]).astype(np.int64)
         self.width = self.manifest["row_width"]
@@ -90,8 +100,9 @@ class PackedDataset:
         """Shard `index`, opened and checked on its first use."""
         opened = self._shards.get(index)
         if opened is None:
-            path, entry = self.paths[index], self.entries[index]
-            check_shard(path, entry, full=self.verify)
+            entry = self.entries[index]
+            path, check_hash = self._local_file(index)
+            check_shard(path, entry, full=check_hash)
             table = open_shard(path, self.width, entry["sequences"])
             tokens, starts = table.column("tokens").chunks, table.column("segment_starts").chunks
             bounds = np.cumsum([0, *(len(chunk) for chunk in tokens)])
@@ -99,6 +110,26 @@ class PackedDataset:
                          for name in table.column_names if name not in ("tokens", "segment_starts")}
             opened = self._shards[index] = Shard([chunk.values for chunk in tokens], starts, bounds, per_token)
         return opened
+
+    def _local_file(self, index: int) -> tuple[Path, bool]:
+        """Shard `index`'s file on this machine (downloaded first from object storage) and whether its hash
+        is still to be checked; shards the cache evicted to make room are closed."""
+        if self.cache is None:
+            return self.paths[index], self.verify
+        path, checked, evicted = self.cache.fetch(storage.join(self.remote, self.split, self.entries[index]["file"]),
+                                                  self.entries[index])
+        for number in [i for i in self._shards if self.entries[i]["sha256"] in evicted]:
+            del self._shards[number]
+        return path, self.verify and not checked
+
+    def prefetch(self, indices: np.ndarray) -> None:
+        """Start downloading the shards of these rows (the loader's next ones), in the order they are needed."""
+        if self.cache is None or not len(indices):
+            return
+        numbers = np.searchsorted(self.offsets, indices, side="right") - 1
+        _, first = np.unique(numbers, return_index=True)
+        self.cache.prefetch([(storage.join(self.remote, self.split, self.entries[i]["file"]), self.entries[i])
+                             for i in numbers[np.sort(first)].tolist() if i not in self._shards])
 
     def _locate(self, indices: np.ndarray) -> Iterator[tuple[int, Shard, int, int]]:
         """(slot, shard, record batch, row inside it) of each global row index."""
@@ -202,6 +233,8 @@ class DistributedLoader:
         at_step_start = self.position % self.rows_per_step == 0
         if at_step_start and self.position + self.rows_per_step > len(self.dataset):
             self.epoch, self.position = self.epoch + 1, 0  # the tail too short for a step is skipped
+        if at_step_start:
+            self.dataset.prefetch(self.order(self.epoch)[self.position:self.position + PREFETCH_STEPS * self.rows_per_step])
         start = self.position + self.dp_rank * self.micro_batch
         indices = self.order(self.epoch)[start:start + self.micro_batch]
         self.position += span
@@ -317,6 +350,8 @@ class MixingLoader:
         if self._block_start < 0 or offset >= len(self._block_rows):
             self._draw_block()
             offset = 0
+        if self.position % self.rows_per_step == 0:
+            self.dataset.prefetch(self._block_rows[offset:offset + PREFETCH_STEPS * self.rows_per_step])
         start = offset + self.dp_rank * self.micro_batch
         indices = self._block_rows[start:start + self.micro_batch]
         self.position += self.micro_batch * self.dp_world
@@ -380,6 +415,9 @@ class SourceRows:
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         return self.dataset.rows(self.members[indices])
+
+    def prefetch(self, indices: np.ndarray) -> None:
+        self.dataset.prefetch(self.members[indices])
 
     def batch(self, indices: np.ndarray, document_positions: bool = True) -> Batch:
         return make_batch(*self.rows(indices), indices, document_positions,

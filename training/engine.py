@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.shards import ShardError, read_manifest
+from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
@@ -46,6 +47,7 @@ from training.model import lm_loss
 from training.optim import apply_schedule_now, build_optimizer
 from training.plan import flops_per_token, padded_vocab
 from training.preflight import check_splits, model_changes
+from training.shard_cache import ShardCache
 from training.scoring import encode_tasks, score
 from training.tasks import METRIC_LABELS, load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
@@ -101,10 +103,13 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
 
 
 class Trainer:
-    def __init__(self, config: TrainingConfig, data_dir: Path, run_dir: Path, world_size: int,
+    def __init__(self, config: TrainingConfig, data_dir: storage.Location, run_dir: Path, world_size: int,
                  resume: str = "auto", initial_weights: Callable[[torch.nn.Module], None] | None = None) -> None:
-        """`initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
-        self.config, self.run_dir, self.data_dir = config, Path(run_dir), Path(data_dir)
+        """`data_dir`: a shards folder, or its `s3://` URL (then read through the local shard cache).
+        `initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
+        self.config, self.run_dir, self.data_location = config, Path(run_dir), data_dir
+        self.shard_cache = ShardCache(config.train.shard_cache) if storage.is_remote(data_dir) else None
+        self.data_dir = self.shard_cache.view(data_dir) if self.shard_cache else Path(data_dir)
         self.initial_weights = initial_weights
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
         self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
@@ -144,8 +149,11 @@ class Trainer:
         self.manifest_sha256 = manifest_hash(self.data_dir)
 
         tokenizer_sha = file_sha256(self.data_dir / tokenizer["file"])
-        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest)
-        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest)
+        remote = self.data_location if self.shard_cache else None
+        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest,
+                                        remote=remote, cache=self.shard_cache)
+        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest,
+                                      remote=remote, cache=self.shard_cache)
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self.val_sources: dict[str, SourceRows] = {}
         if train_cfg.eval_batches:
@@ -160,12 +168,13 @@ class Trainer:
                             prep_stats_of(self.data_dir), enabled=is_rank0)
         self.metrics = MetricsLog(self.run_dir, enabled=is_rank0, trackers=trackers)
         self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
-        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank)
+        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank, self.events)
         self.hooks: list[Hook] = build_hooks(config)
         self.stopped_by: str | None = None  # the signal that stopped training early
         self.step, self.rollbacks, self.tokens = 0, 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
+        self.checkpointer.upload_missing()
         if start is not None:
             self._check_compatible(start)
         universal = start is not None and self._layout_changed(start)
@@ -389,7 +398,7 @@ class Trainer:
             "healthy": True, "rollbacks": self.rollbacks, "reason": reason,
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
                        "zero_stage": self.config.parallel.zero_stage},
-            "manifest_sha256": self.manifest_sha256, "data_dir": str(self.data_dir.resolve()), "seq_len": self.seq_len,
+            "manifest_sha256": self.manifest_sha256, "data_dir": self.data_source(), "seq_len": self.seq_len,
             "tokenizer": self.manifest["tokenizer"],  # its file, hash and special-token ids, for generate and export
             "config": {"model": self.config.model.model_dump(mode="json"), "parallel": self.config.parallel.model_dump(mode="json"),
                        "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab,
@@ -400,6 +409,10 @@ class Trainer:
         for hook in self.hooks:
             hook.on_save(self, path)
         return path
+
+    def data_source(self) -> str:
+        """Where the shards are, as checkpoints record it: the URL they were read from, or the local folder."""
+        return str(self.data_location) if self.shard_cache else str(self.data_dir.resolve())
 
     def rollback(self, anomaly: Anomaly) -> bool:
         """Back to the last healthy checkpoint; skip the data since; damp the rate for a while.
@@ -466,12 +479,16 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""
         try:
-            return self._loop()
+            records = self._loop()
+            self.checkpointer.finish_uploads()
+            return records
         finally:
             try:
                 for hook in self.hooks:
                     hook.on_fit_end(self)
             finally:
+                if self.shard_cache is not None:
+                    self.shard_cache.close()
                 self.folder_lock.close()
 
     def _loop(self) -> list[dict[str, Any]]:

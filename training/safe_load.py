@@ -115,7 +115,7 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return meta
 
 
-def _inside(folder: Path, name: object) -> str:
+def inside(folder: Path, name: object) -> str:
     """`name` as a path inside `folder`: relative, no `..`, no empty or `.` parts."""
     parts = PurePosixPath(name).parts if isinstance(name, str) and name and "\\" not in name else ()
     if not parts or PurePosixPath(name).is_absolute() or any(part in ("", ".", "..") for part in parts):
@@ -146,7 +146,7 @@ def check_files(folder: Path, listed: dict[str, str], extra: Iterable[str] = (ME
     if folder.is_symlink() or not folder.is_dir():
         what = "a symbolic link" if folder.is_symlink() else "not a folder"
         raise ForeignEntry(f"checkpoint {folder} is {what}, which Crucible never writes; it is not read")
-    names = {_inside(folder, name): digest for name, digest in listed.items()}
+    names = {inside(folder, name): digest for name, digest in listed.items()}
     allowed = set(names) | set(extra)
     for name, info in _entries(folder):
         if stat.S_ISDIR(info.st_mode):
