@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(prep)
     prep.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
                       help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
-    prep.add_argument("--output", type=Path, required=True, help="output folder")
+    prep.add_argument("--output", type=storage.as_location, required=True,
+                      help="output folder, or an s3:// prefix to publish to (then --work is needed)")
+    prep.add_argument("--work", type=Path, help="folder for step files, markers and the lock (default OUTPUT/work; "
+                                               "local or shared disk)")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     prep.add_argument("--executor", choices=["local", "ray"], help="where the tasks run (replaces prep.executor)")
@@ -238,7 +241,8 @@ def _load(args: argparse.Namespace) -> CrucibleConfig:
     return load_config(args.config, args.overrides, dict(replaced + executor))
 
 
-def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str | None = None, settings: str = "") -> int:
+def _prep(config: CrucibleConfig, output: storage.Location, show_progress: bool, then: str | None = None,
+          settings: str = "", work: Path | None = None) -> int:
     """Run (or finish) prep into `output`; returns the number of tasks it ran."""
     import time
 
@@ -246,16 +250,16 @@ def _prep(config: CrucibleConfig, output: Path, show_progress: bool, then: str |
     from pipeline.prep_yield import check_yield
     from pipeline.summary import print_prep_summary
 
-    started, todo = time.perf_counter(), pending_task_count(config.prep, output)
-    stats = run_prep(config.prep, output, show_progress)
+    started, todo = time.perf_counter(), pending_task_count(config.prep, output, work)
+    stats = run_prep(config.prep, output, show_progress, work)
     print_prep_summary(stats)
     folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * ("tokens" in stats)
-    folders += ["shards/"] * (output / "shards" / MANIFEST).exists()
+    folders += ["shards/"] * storage.exists(storage.join(output, "shards", MANIFEST))
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
     check_yield(config.prep, output, stats)
     if then is None and "shards/" in folders:
-        print(f"next: crucible train{settings} --data {output / 'shards'} --output RUN (several processes: "
+        print(f"next: crucible train{settings} --data {storage.join(output, 'shards')} --output RUN (several processes: "
               f"python -m launch.agent --nproc_per_node N -m pipeline train ...)")
     return todo
 
@@ -674,7 +678,14 @@ def _check_outputs(args: argparse.Namespace, config: CrucibleConfig | None) -> N
         from pipeline.prep import check_output_apart
 
         check_output_apart(config.prep, args.output)  # type: ignore[union-attr]
-    if args.verb in ("prep", "train", "run", "submit", "prep-task", "sft", "dpo") or (args.verb == "classifier" and args.action == "train" and args.output):
+        if getattr(args, "work", None):
+            check_output_apart(config.prep, args.work, "--work")  # type: ignore[union-attr]
+            make_output_folder(args.work, "--work")
+    if storage.is_remote(getattr(args, "output", None)):
+        from pipeline.prep import work_folder
+
+        work_folder(args.output, args.work)  # the missing --work, before any work
+    elif args.verb in ("prep", "train", "run", "submit", "prep-task", "sft", "dpo") or (args.verb == "classifier" and args.action == "train" and args.output):
         make_output_folder(args.output)
     elif args.verb == "eval" and args.output:
         check_output_file(args.output)
@@ -712,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_outputs(args, config)
         if args.verb == "prep":
-            _prep(config, args.output, show_progress, settings=_same_settings(args))
+            _prep(config, args.output, show_progress, settings=_same_settings(args), work=args.work)
         elif args.verb == "train":
             return _train(config, args.data, args.output, args.resume)
         elif args.verb in ("sft", "dpo"):

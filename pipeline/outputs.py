@@ -9,13 +9,18 @@ Publishing scales like the steps: a task per input shard copies that shard's fil
 wherever the work file already has the published bytes), in whatever executor runs the prep; the
 process that starts and finishes it reads only markers and file footers, never documents, and
 writes the shard manifest and stats.json after every task, so they mark a complete publication.
+
+The output may be a folder or an object-storage prefix (`s3://bucket/prep`): each file then goes to its final
+key in one upload, which the store shows only once it is complete, and the manifest and stats.json, removed
+first and written last, are the commit point of the whole (docs/cloud.md).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,15 +33,18 @@ from data_prep.pack import PACK, shard_file
 from data_prep.readers import skipped_entries
 from data_prep.shards import token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
+from pipeline.ground import storage
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
 from pipeline.ground.names import MANIFEST, PREP_STATS, TOKENIZER_FILE
+from pipeline.ground.storage import Location
 from pipeline.plan import Plan
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
 RUN_ONLY = {"executor", "ray"}  # prep keys that say where it ran, not what it made: left out of the manifest
 Languages = dict[str | None, dict[str, dict[str, int]]]  # per source (None: untagged), per language: pack's counts
+UPLOADING = "uploading"  # the work folder's place for files made for an object-storage output, until uploaded
 
 
 class AccountingError(RuntimeError):
@@ -129,14 +137,15 @@ def _clean_columns(names: list[str]) -> list[str]:
     return [c for c in LEADING_COLUMNS if c in kept] + [c for c in kept if c not in LEADING_COLUMNS]
 
 
-def _publish_clean(source: Path, target: Path) -> None:
+def _publish_clean(source: Path, output: Location, work: Path, name: str) -> None:
     """A plain copy where the work file already has the published columns in order; else a projection."""
     names = pq.read_schema(source).names
     columns = _clean_columns(names)
     if columns == names:
-        _copy(source, target)
+        _copy(source, output, name)
     else:
-        write_parquet(target, pq.read_table(source, columns=columns))
+        with _made(output, work, name) as target:
+            write_parquet(target, pq.read_table(source, columns=columns))
 
 
 def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]],
@@ -166,31 +175,57 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
             {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()})
 
 
-def _copy(source: Path, target: Path, read_only: bool = False) -> None:
-    """A copy of the bytes (work files are written as they are published: no re-encoding), renamed into place."""
-    with atomic_path(target) as tmp:
+def _copy(source: Path, output: Location, name: str, read_only: bool = False) -> None:
+    """A copy of the bytes (work files are written as they are published: no re-encoding), renamed into place;
+    in object storage, one upload to the final key."""
+    if storage.is_remote(output):
+        storage.upload(source, storage.join(output, name))
+        return
+    with atomic_path(Path(output) / name) as tmp:
         shutil.copyfile(source, tmp)
         if read_only:
             tmp.chmod(0o444)
 
 
-def _publish_copy(source: Path, target: Path) -> None:
+def _publish_copy(source: Path, output: Location, name: str) -> None:
     """A read-only copy: a published file shares nothing with the work folder, so editing one
     cannot damage the other (a rerun republishes from work/, which it verifies first)."""
-    _copy(source, target, read_only=True)
+    _copy(source, output, name, read_only=True)
 
 
-def publish_manifest(plan: Plan, work: Path, output: Path, totals: dict[str, Any], files: list[dict[str, Any]],
+@contextmanager
+def _made(output: Location, work: Path, name: str) -> Iterator[Path]:
+    """Where to write a file that publishing makes (not copies): its place in a local output; for object
+    storage, a file in the work folder that is uploaded to its final key, then removed."""
+    if not storage.is_remote(output):
+        yield Path(output) / name
+        return
+    local = work / UPLOADING / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield local
+        storage.upload(local, storage.join(output, name))
+    finally:
+        local.unlink(missing_ok=True)
+
+
+def _remove(output: Location, name: str) -> None:
+    if storage.is_remote(output):
+        storage.remove(storage.join(output, name))
+    else:
+        (Path(output) / name).unlink(missing_ok=True)
+
+
+def publish_manifest(plan: Plan, work: Path, output: Location, totals: dict[str, Any], files: list[dict[str, Any]],
                      sources: dict[str, dict[str, int]], languages: Languages) -> None:
     """tokenizer/tokenizer.json and shards/manifest.json (and a copy of the tokenizer) for the shard files the
     publishing tasks copied; with named sources, each shard entry names its source and each split counts per
     source; split by language, each entry names its language and each split (and source) counts per language."""
     tokenizer_path = tokenizer_file(plan.config, work)
-    _publish_copy(tokenizer_path, output / "tokenizer" / TOKENIZER_FILE)
+    _publish_copy(tokenizer_path, output, f"tokenizer/{TOKENIZER_FILE}")
     if PACK not in plan.config.stages:
         return
-    shards = output / "shards"
-    _publish_copy(tokenizer_path, shards / TOKENIZER_FILE)
+    _publish_copy(tokenizer_path, output, f"shards/{TOKENIZER_FILE}")
     splits: dict[str, Any] = {}
     for split in ("train", "val"):
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
@@ -203,9 +238,14 @@ def publish_manifest(plan: Plan, work: Path, output: Path, totals: dict[str, Any
             for name, counts in splits[split]["sources"].items():
                 if name in languages:
                     counts["languages"] = _split_counts(split, languages[name])
+    with _made(output, work, f"shards/{MANIFEST}") as target:
+        _write_manifest(plan, tokenizer_path, splits, target.parent)
+
+
+def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, Any], folder: Path) -> None:
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
-    write_manifest(shards, {
+    write_manifest(folder, {
         "seq_len": plan.config.pack.seq_len,
         "row_width": plan.config.pack.seq_len + 1,
         "packing": plan.config.pack.method,
@@ -237,49 +277,49 @@ def publish_task_count(plan: Plan) -> int:
     return max(step.n_tasks for step in plan.steps if step.makes_docs or step.stage == PACK)
 
 
-def begin_publish(plan: Plan, work: Path, output: Path) -> dict[str, Any]:
+def begin_publish(plan: Plan, work: Path, output: Location) -> dict[str, Any]:
     """Check the books, then take stats.json and the shard manifest away until `finish_publish` writes them
     again: a reader sees a prep as published only when every file of it is in place."""
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
-    for last_written in (output / PREP_STATS, output / "shards" / MANIFEST):
-        last_written.unlink(missing_ok=True)
+    for last_written in (PREP_STATS, f"shards/{MANIFEST}"):
+        _remove(output, last_written)
     return stats
 
 
-def publish_task(plan: Plan, work: Path, output: Path, task: int) -> list[str]:
+def publish_task(plan: Plan, work: Path, output: Location, task: int) -> list[str]:
     """Publish what task `task` of each step wrote: its part of clean/, its dropped and quarantined documents
     (where it has any), its training shards. Returns the files written, relative to `output`."""
     written: list[str] = []
     last = plan.last_docs_step
     if task < last.n_tasks:
         written.append(f"clean/part-{task:05d}.parquet")
-        _publish_clean(data_file(work, last.name, task), output / written[-1])
+        _publish_clean(data_file(work, last.name, task), output, work, written[-1])
     for step in plan.steps:
         if step.makes_docs and task < step.n_tasks:
             for kind, path in (("dropped", dropped_file(work, step.name, task)),
                                ("quarantine", quarantine_file(work, step.name, task))):
                 if pq.ParquetFile(path).metadata.num_rows:
                     written.append(f"{kind}/{step.stage}-{task:05d}.parquet")
-                    _copy(path, output / written[-1])
+                    _copy(path, output, written[-1])
         elif step.stage == PACK and task < step.n_tasks:
             for entry in (read_marker(marker_file(work, step.name, task)) or {}).get("files", []):
                 written.append(f"shards/{entry['split']}/{entry['file']}")
-                _publish_copy(shard_file(work, entry["split"], entry["file"]), output / written[-1])
+                _publish_copy(shard_file(work, entry["split"], entry["file"]), output, written[-1])
     return written
 
 
-def finish_publish(plan: Plan, work: Path, output: Path, stats: dict[str, Any],
+def finish_publish(plan: Plan, work: Path, output: Location, stats: dict[str, Any],
                    written: Iterable[list[str]]) -> dict[str, Any]:
     """After every publishing task: remove what a previous, larger run left, then write the tokenizer, the
     shard manifest and, last, stats.json."""
     wanted = {name for names in written for name in names}
-    for folder, pattern in (("clean", "*.parquet"), ("dropped", "*.parquet"), ("quarantine", "*.parquet"),
-                            ("shards/train", "*.arrow"), ("shards/val", "*.arrow")):
-        if not folder.startswith("shards"):
-            (output / folder).mkdir(parents=True, exist_ok=True)
-        for stale in (output / folder).glob(pattern):
-            if f"{folder}/{stale.name}" not in wanted:
-                stale.unlink()
+    for folder, suffix in (("clean", ".parquet"), ("dropped", ".parquet"), ("quarantine", ".parquet"),
+                           ("shards/train", ".arrow"), ("shards/val", ".arrow")):
+        if not folder.startswith("shards") and not storage.is_remote(output):
+            (Path(output) / folder).mkdir(parents=True, exist_ok=True)
+        for name in storage.listing(storage.join(output, folder)):
+            if name.endswith(suffix) and f"{folder}/{name}" not in wanted:
+                _remove(output, f"{folder}/{name}")
     skipped = skipped_entries(plan.config.all_inputs())
     if skipped:
         stats["skipped_inputs"] = skipped
@@ -292,11 +332,12 @@ def finish_publish(plan: Plan, work: Path, output: Path, stats: dict[str, Any],
         stats["sources"] = source_summary(stats["stages"], sources)
     if OVERLAP in plan.config.stages:
         stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
-    write_json(output / PREP_STATS, stats)
+    with _made(output, work, PREP_STATS) as target:
+        write_json(target, stats)
     return stats
 
 
-def publish(plan: Plan, work: Path, output: Path,
+def publish(plan: Plan, work: Path, output: Location,
             map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map) -> dict[str, Any]:
     """Publish a finished prep: the tasks through `map_tasks` (an executor's parallel map), the rest here."""
     stats = begin_publish(plan, work, output)

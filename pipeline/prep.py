@@ -4,6 +4,9 @@
 once before any task (it clears step folders of another config), `run_prep_task` for each task of
 each step (anywhere, in any order a step's dependencies allow), `publish_prep` once at the end.
 All but the tasks (which run side by side by design) hold the output folder's lock.
+
+`run_prep` may publish to object storage (`--output s3://bucket/prep`); its step files, markers and lock
+then stay in a local or shared work folder, `--work`, which object storage (no appends, no locks) cannot be.
 """
 
 from __future__ import annotations
@@ -13,28 +16,63 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PrepConfig
+from pipeline.ground import storage
 from pipeline.executors.local import publish_local, run_local
 from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, seal_step, step_is_current
 from pipeline.ground.errors import UserError
 from pipeline.ground.lock import folder_lock
+from pipeline.ground.storage import Location
 from pipeline.plan import build_plan
 
 
-def check_output_apart(config: PrepConfig, output: Path, flag: str = "--output") -> None:
+def work_folder(output: Location, work: Path | None) -> Path:
+    """Where prep keeps its step files, markers and lock: `work`, else OUTPUT/work; an output in object storage
+    needs one given (`--work`), as a store can neither append to a file nor lock one."""
+    if work is not None:
+        return work
+    if storage.is_remote(output):
+        raise UserError(f"--output {output} is in object storage: give --work DIR, a local or shared folder for "
+                        f"prep's step files, markers and lock (a rerun with the same --work resumes)")
+    return Path(output) / "work"
+
+
+def _lock_folder(output: Location, work: Path) -> Path:
+    """The folder whose lock a prep holds: the output's, or the work folder's when the output is in object storage."""
+    return work if storage.is_remote(output) else Path(output)
+
+
+def check_output_apart(config: PrepConfig, output: Location, flag: str = "--output") -> None:
     """Refuse an output folder inside an input folder, or an input inside the output folder (symbolic links
     and relative paths resolved): a second run would read the first one's outputs back in as documents."""
-    target = output.resolve()
     groups = [("prep.inputs", config.inputs)] + [(f"prep.sources[{s.name}].inputs", s.inputs) for s in config.sources]
+    if storage.is_remote(output):
+        _check_prefix_apart(groups, str(output), flag)
+        return
+    local = Path(output)
+    target = local.resolve()
     for key, inputs in groups:
         for given in inputs:
+            if storage.is_remote(given):
+                continue
             source = Path(given).resolve()
             if target.is_relative_to(source):
                 where = "the input folder" if target == source else "inside the input folder"
-                raise UserError(f"{flag} {_shown(output, target)} is {where} {_shown(given, source)} ({key}): prep "
+                raise UserError(f"{flag} {_shown(local, target)} is {where} {_shown(given, source)} ({key}): prep "
                                 f"would read its own outputs back in; give an {flag} outside every input folder")
             if source.is_relative_to(target):
-                raise UserError(f"input {_shown(given, source)} ({key}) is inside {flag} {_shown(output, target)}: "
+                raise UserError(f"input {_shown(given, source)} ({key}) is inside {flag} {_shown(local, target)}: "
                                 f"prep would read back what it writes there; give an {flag} that holds no input")
+
+
+def _check_prefix_apart(groups: list[tuple[str, list[Any]]], output: str, flag: str) -> None:
+    """The same refusal for an output in object storage, by prefix."""
+    target = output.rstrip("/") + "/"
+    for key, inputs in groups:
+        for given in inputs:
+            source = str(given).rstrip("/") + "/"
+            if storage.is_remote(given) and (target.startswith(source) or source.startswith(target)):
+                raise UserError(f"{flag} {output} and input {given} ({key}) overlap: prep would read back what it "
+                                f"writes; give an {flag} apart from every input")
 
 
 def _shown(given: Path, resolved: Path) -> str:
@@ -42,23 +80,27 @@ def _shown(given: Path, resolved: Path) -> str:
     return str(given) if os.path.abspath(given) == str(resolved) else f"{given} (that is {resolved})"
 
 
-def run_prep(config: PrepConfig, output: Path, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) data prep into `output` and return its stats."""
+def run_prep(config: PrepConfig, output: Location, show_progress: bool = True,
+             work: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) data prep into `output`, its steps in `work` (default OUTPUT/work), and return its stats."""
     plan = build_plan(config)
-    work = output / "work"
-    with folder_lock(output, "crucible prep"):
+    work = work_folder(output, work)
+    if config.executor == "ray" and storage.is_remote(output):
+        raise UserError("prep.executor=ray publishes to a local or shared folder only: give a folder as --output, "
+                        "or run this prep with prep.executor=local")
+    with folder_lock(_lock_folder(output, work), "crucible prep"):
         work.mkdir(parents=True, exist_ok=True)
         if config.executor == "ray":
             from pipeline.executors.ray import run_ray
 
-            return run_ray(plan, work, output, show_progress)
+            return run_ray(plan, work, Path(output), show_progress)
         return run_local(plan, work, output, config.workers, show_progress)
 
 
-def pending_task_count(config: PrepConfig, output: Path) -> int:
+def pending_task_count(config: PrepConfig, output: Location, work: Path | None = None) -> int:
     """How many tasks a `run_prep` into `output` would run now (0: it only republishes)."""
     plan = build_plan(config)
-    return sum(len(pending_tasks(output / "work", step)) for step in plan.steps)
+    return sum(len(pending_tasks(work_folder(output, work), step)) for step in plan.steps)
 
 
 def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:

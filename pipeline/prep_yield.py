@@ -14,7 +14,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from data_prep.config import PrepSettings
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
+from pipeline.ground.storage import Location
 
 SAMPLED_RECORDS = 200  # quarantined records read for their field names
 NO_TEXT = ("missing_text", "no_text_column")
@@ -24,7 +26,7 @@ class PrepYieldError(UserError):
     """Prep kept nothing, or quarantined more than prep.max_quarantined_share of what it read."""
 
 
-def check_yield(config: PrepSettings, output: Path, stats: dict[str, Any]) -> None:
+def check_yield(config: PrepSettings, output: Location, stats: dict[str, Any]) -> None:
     """Raise PrepYieldError when prep kept no document or quarantined too large a share of them."""
     stages = stats["stages"]
     read, kept = stages[0]["docs_in"], stages[-1]["docs_out"]
@@ -40,8 +42,9 @@ def check_yield(config: PrepSettings, output: Path, stats: dict[str, Any]) -> No
             f"prep quarantined {share:.0%} of the {read:,} documents it read, more than "
             f"prep.max_quarantined_share={config.max_quarantined_share:g}")
     what += f" ({reasons})" if reasons else ""
-    hint = _field_hint(config, output) if any(reason in quarantined for reason in NO_TEXT) else ""
-    raise PrepYieldError(f"{what}{hint}; each record and its reason is in {output / 'quarantine'}"
+    no_text = any(reason in quarantined for reason in NO_TEXT)
+    hint = _field_hint(config, output) if no_text and not storage.is_remote(output) else ""
+    raise PrepYieldError(f"{what}{hint}; each record and its reason is in {storage.join(output, 'quarantine')}"
                          if total else f"{what}; see the table above for the stage that removed them")
 
 

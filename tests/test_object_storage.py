@@ -156,11 +156,17 @@ def test_a_shard_that_does_not_match_its_hash_is_refused(s3: S3Server, bucket: s
     assert not list((tmp_path / "objects").glob("*.arrow")), "a bad download never enters the cache"
 
 
-@pytest.mark.slow  # two prep runs
-def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3Server, bucket: str,
-                                                                          tmp_path: Path) -> None:
+def remote_tree(url: str) -> dict[str, bytes]:
+    """Every object under a prefix, by its name below it (as tree_bytes names a folder's files)."""
+    return {found.removeprefix(url + "/"): read(found) for found in storage.objects_under(url) or []}
+
+
+@pytest.mark.slow  # four prep runs
+def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3Server, bucket: str, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A plain JSONL file cut into pieces (each task reads its byte range) and a compressed one, from disk and
-    from a prefix; the outputs must be the same bytes."""
+    from a prefix, published to a folder and to a prefix; the outputs must be the same bytes, a rerun
+    republishes them unchanged, and a published prep without its manifest is refused by train."""
     from pipeline.config import load_config
     from pipeline.prep import run_prep
 
@@ -183,6 +189,31 @@ def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3S
     plain = [bytes_range for path, bytes_range in s3.reads() if path.endswith("/inputs/corpus/plain.jsonl")]
     assert len(plain) > 1 and all(plain), "each task read its piece with ranged GETs"
     assert any(not bytes_range.startswith("bytes=0-") for bytes_range in plain), "a task started mid-file"
+
+    from pipeline.cli import main
+
+    published = f"{bucket}/published"
+    prep = ["prep", "--input", f"{bucket}/inputs/corpus", "--output", published, "--no-progress",
+            *(arg for value in sets for arg in ("--set", value))]
+    assert main(prep) == 2, "an output in object storage needs --work"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"crucible prep: --output {published} is in object storage: give --work DIR, a local or shared folder for "
+        f"prep's step files, markers and lock (a rerun with the same --work resumes)"]
+    assert not storage.listing(published), "refused before anything was written"
+    for run in ("first", "rerun"):
+        assert main([*prep, "--work", str(tmp_path / "work")]) == 0
+        tree = remote_tree(published)
+        assert {"shards/manifest.json", "stats.json"} <= set(tree)
+        assert not tree_bytes(tmp_path / "work" / "uploading"), "what publishing made was uploaded, then removed"
+        for folder in ("shards", "clean"):
+            assert {k.removeprefix(folder + "/"): v for k, v in tree.items() if k.startswith(folder + "/")} == \
+                tree_bytes(tmp_path / "remote" / folder), f"{folder}/ published byte for byte ({run})"
+    assert "nothing redone" in capsys.readouterr().out
+    storage.remove(f"{published}/shards/manifest.json")  # what a reader sees while a republish is under way
+    assert main(["train", "--data", f"{published}/shards", "--output", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"crucible train: {published}/shards/manifest.json not found: is {published}/shards a shards folder made "
+        f"by `prep`?"]
 
 
 def make_checkpoint(folder: Path, step: int, size: int = 1 << 20) -> Path:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
 from pipeline.ground.errors import UserError
+from pipeline.ground.storage import Location
 from pipeline.outputs import publish
 from pipeline.plan import Plan
 
@@ -82,7 +83,7 @@ def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,))
 
 
-def run_local(plan: Plan, work: Path, output: Path, workers: int, show_progress: bool = True) -> dict[str, Any]:
+def run_local(plan: Plan, work: Path, output: Location, workers: int, show_progress: bool = True) -> dict[str, Any]:
     """Run every step of `plan` whose tasks are not done yet, then publish into `output`; return the stats."""
     progress = mp.get_context("spawn").Queue()
     with _pool(workers, progress) as pool:
@@ -101,7 +102,7 @@ def run_local(plan: Plan, work: Path, output: Path, workers: int, show_progress:
         return publish(plan, work, output, pool.map)
 
 
-def publish_local(plan: Plan, work: Path, output: Path, workers: int) -> dict[str, Any]:
+def publish_local(plan: Plan, work: Path, output: Location, workers: int) -> dict[str, Any]:
     """Publish a prep whose steps all ran elsewhere (the Slurm publishing job), its tasks in a local pool."""
     with _pool(workers) as pool:
         return publish(plan, work, output, pool.map)
