@@ -1,6 +1,7 @@
 """Training with shards and checkpoints on object storage (moto's S3 server on 127.0.0.1, one rank on gloo):
-the same losses as from local disk, a resume with a wiped shard cache, and a resume on a machine without the
-run folder from the remote checkpoints, where an upload that was cut off is never chosen."""
+the same losses from shards that prep published to a bucket as from local disk, a resume with a wiped shard
+cache, and a resume on a machine without the run folder from the remote checkpoints, where an upload that was
+cut off is never chosen."""
 
 from __future__ import annotations
 
@@ -42,9 +43,18 @@ def local_losses(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def remote_shards(s3: S3Server, tiny_shards: Path) -> str:
+def remote_shards(s3: S3Server, tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tiny_shards' prep again, its inputs read from and its outputs published to object storage."""
+    from pipeline.config import load_config
+    from pipeline.prep import run_prep
+
     s3.make_bucket("cloud-training")
-    s3.upload_folder(tiny_shards.parent, "s3://cloud-training/prep")
+    s3.upload_folder(Path(json.loads((tiny_shards / "manifest.json").read_text())["prep_config"]["inputs"][0]).parent,
+                     "s3://cloud-training/raw")
+    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
+                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1"])
+    config.prep.inputs = ["s3://cloud-training/raw"]
+    run_prep(config.prep, "s3://cloud-training/prep", show_progress=False, work=tmp_path_factory.mktemp("work"))
     return "s3://cloud-training/prep/shards"
 
 
