@@ -1,14 +1,15 @@
 """The post-training demo: the run's pretrained model learns made-up facts by SFT, then more by DPO from
-preference pairs alone, each scored before and after on questions in wordings it was never trained on.
+preference pairs alone, scored on questions in wordings it was never trained on.
 
 Each of 24 objects has a colour (one of 4, six objects to a colour) and a size (big or small, twelve to each),
 drawn with a fixed seed: no corpus holds them, so a model that always gives one answer scores exactly chance.
-SFT teaches the colours (the assistant answers the colour); DPO then teaches the sizes, which SFT never showed:
-each pair's chosen answer is the right size, the rejected one the other. Each question comes in 6 wordings, and
-each object's question in one wording (a different one from object to object) is held out of training; the
-held-out score is the share of those questions whose likeliest answer, as the assistant's reply, is the right
-one. For sizes that is the model's own preference between the two answers: near 0.5 before DPO. DPO's own
-held-out pairs give its reward accuracy (the chosen answer's reward the higher) as training goes.
+SFT teaches the colours. DPO then teaches the sizes, which SFT never showed (the right size chosen, the other
+rejected), beside pairs of the colours (the right one chosen, a wrong one rejected) that keep what SFT taught.
+Each question comes in 6 wordings; each object's question in one wording (a different one from object to
+object) is held out of both trainings. The colour score is the share of held-out questions whose likeliest
+answer, as the assistant's reply, is right: base, after SFT, after DPO. DPO's score is its reward accuracy on
+its own held-out pairs (the chosen answer's reward the higher): about 0.5 at the start, where the policy is
+still the reference, and rising as it learns the preferences.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ COLOUR_WORDINGS = ["What color is the {}?", "Which color does the {} have?", "Te
 SIZE_WORDINGS = ["Is the {} big or small?", "Tell me if the {} is big or small.", "How big is the {}?",
                  "Is the {} small or big?", "What size is the {}?", "Say whether the {} is big or small."]
 SEED = 11
-SFT_STEPS, DPO_STEPS = 80, 80
+SFT_STEPS, DPO_STEPS = 120, 120
 SFT = [f"train.max_steps={SFT_STEPS}", "train.lr=1e-3", "train.min_lr=1e-4", "train.warmup_steps=5",
        "train.weight_decay=0", "train.global_batch_size=8", "train.micro_batch_size=4", "train.eval_batches=0",
        "train.log_interval=20", "post.sft.val_fraction=0", "checkpoint.interval=0", "rollback.enabled=false"]
 DPO = [f"train.max_steps={DPO_STEPS}", "train.lr=5e-4", "train.min_lr=5e-5", "train.warmup_steps=5",
-       "train.weight_decay=0", "train.global_batch_size=8", "train.micro_batch_size=4", "train.eval_batches=3",
-       "train.eval_interval=10", "train.log_interval=20", "post.dpo.beta=0.5", "post.dpo.val_fraction=0.25",
+       "train.weight_decay=0", "train.global_batch_size=8", "train.micro_batch_size=4", "train.eval_batches=6",
+       "train.eval_interval=5", "train.log_interval=20", "post.dpo.beta=0.5", "post.dpo.val_fraction=0.25",
        "checkpoint.interval=0", "rollback.enabled=false"]
 RESULTS = "results.json"
 
@@ -73,9 +74,12 @@ def write_demo_data(folder: Path) -> tuple[Path, Path]:
     chat = _jsonl(folder / "chat.jsonl", [{"messages": [{"role": "user", "content": q},
                                                          {"role": "assistant", "content": colour[t]}]}
                                           for q, t in questions(COLOUR_WORDINGS)[0]])
+    wrong = np.random.default_rng(SEED).integers(1, len(COLOURS), len(OBJECTS) * len(COLOUR_WORDINGS)).tolist()
     prefs = _jsonl(folder / "prefs.jsonl", [{"prompt": q, "chosen": size[t], "rejected": other}
                                             for q, t in questions(SIZE_WORDINGS)[0] for other in SIZES
-                                            if other != size[t]])
+                                            if other != size[t]] + [
+        {"prompt": q, "chosen": colour[t], "rejected": COLOURS[(COLOURS.index(colour[t]) + shift) % len(COLOURS)]}
+        for (q, t), shift in zip(questions(COLOUR_WORDINGS)[0], wrong)])
     return chat, prefs
 
 
@@ -138,8 +142,6 @@ def run_post_demo(folder: Path, base: Path, base_tokenizer: Path) -> dict[str, A
         "colours": {"chance": 1 / len(COLOURS)} | {name: heldout_accuracy(checkpoint, tokenizer, COLOUR_WORDINGS,
                                                                           COLOURS)
                                                    for name, (checkpoint, tokenizer) in models.items()},
-        "sizes": {"chance": 1 / len(SIZES)} | {name: heldout_accuracy(checkpoint, tokenizer, SIZE_WORDINGS, SIZES)
-                                               for name, (checkpoint, tokenizer) in models.items()},
         "dpo_reward_accuracy": [[r["step"], r["val_rewards/accuracy"]] for r in evals],
     }
     write_json(folder / RESULTS, results)
@@ -149,9 +151,9 @@ def run_post_demo(folder: Path, base: Path, base_tokenizer: Path) -> dict[str, A
 def score_rows(results: dict[str, Any]) -> list[list[str]]:
     """The demo's held-out accuracies as table rows (facts, chance, base, after SFT, after DPO), for the summary
     and the report."""
-    return [[f"{facts} (taught by {by})", f"{results[facts]['chance']:.2f}",
-             *(f"{results[facts][model]:.2f}" for model in ("base", "sft", "dpo"))]
-            for facts, by in (("colours", "SFT"), ("sizes", "DPO"))]
+    colours = results["colours"]
+    return [["colours (taught by SFT)", f"{colours['chance']:.2f}",
+             *(f"{colours[model]:.2f}" for model in ("base", "sft", "dpo"))]]
 
 
 def score_columns(results: dict[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ eval: {{tasks: [{REPO / "data/tasks/debian_next_words.jsonl"}, {REPO / "data/tas
 checkpoint: {{interval: 6}}
 launch: {{nproc_per_node: 2}}
 samples: {{prompts: ["The ", "It was"], max_new_tokens: 8}}
-run: {{toy_world: true}}
+run: {{toy_world: true, post_training: true}}
 """)
     run = tmp_path / "run"
     result = crucible_run(config, run)
@@ -72,6 +72,25 @@ def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subpr
                     "MFU not shown: no peak to measure it against"):
         assert section in report
     assert report.count(" | yes |") == 2, "the toy world writes a sentence of its corpus from cat and from dog"
+    assert "## Post-training demo" in report and "post-training demo: made-up facts" in said
+
+
+def test_post_training_demo_teaches_both_sets_of_facts(finished_run: tuple[Path, subprocess.CompletedProcess[str]]
+                                                       ) -> None:
+    """The demo runs SFT and DPO from the run's checkpoint and scores them: the base model, which never saw the
+    facts, is at chance on the held-out wordings; DPO's reward accuracy on its held-out pairs rises from where it
+    starts (this run's model is too small and too briefly trained for SFT to learn the colours in the demo's
+    steps: the sample run's figures are in docs/post_training.md). The scores are the ones in the report."""
+    run, _ = finished_run
+    results = json.loads((run / "post" / "results.json").read_text())
+    colours = results["colours"]
+    assert colours["chance"] == 0.25 and colours["base"] <= colours["chance"] + 0.15
+    rewards = [accuracy for _, accuracy in results["dpo_reward_accuracy"]]
+    assert [step for step, _ in results["dpo_reward_accuracy"]] == list(range(5, 121, 5))
+    assert rewards[-1] > rewards[0] + 0.2
+    report = (run / "report.md").read_text()
+    assert f"| colours (taught by SFT) | 0.25 | {colours['base']:.2f} | {colours['sft']:.2f} |" in report
+    assert f"{rewards[0]:.2f} at step {results['dpo_reward_accuracy'][0][0]}" in report
     html = (run / "report.html").read_text()
     assert '<img alt="data funnel" src="data:image/png;base64,' in html and "<table>" in html
     assert 'src="funnel.png"' not in html  # the page carries its images
@@ -152,5 +171,5 @@ def test_a_rerun_of_a_finished_run_reports_the_run_s_times(finished_run: tuple[P
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "nothing redone" in rerun.stdout and json.loads((run / RUN_TIMES).read_text()) == first
     assert (f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s, toy world "
-            f"{first['toy world']:.0f} s;") in rerun.stdout
+            f"{first['toy world']:.0f} s, post-training {first['post-training']:.0f} s;") in rerun.stdout
     assert toy.stat().st_mtime_ns == toy_written
