@@ -48,20 +48,25 @@ def mixed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "mixed.jsonl", keep)
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Packed shards (vocab 512, seq_len 64) of 150 real English documents, for training tests."""
+def english_shards(tmp_path_factory: pytest.TempPathFactory, name: str, records: list[dict], *settings: str) -> Path:
+    """Shards (vocab 512, seq_len 64) of `records` prepped by normalize, tokenize and pack, with `settings` on top."""
     from pipeline.config import load_config
     from pipeline.prep import run_prep
 
-    records = [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)]
-    corpus = write_jsonl(tmp_path_factory.mktemp("english") / "english.jsonl", records)
-    output = tmp_path_factory.mktemp("tiny_shards")
+    corpus = write_jsonl(tmp_path_factory.mktemp(f"{name}_corpus") / "english.jsonl", records)
+    output = tmp_path_factory.mktemp(name)
     config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1"])
+                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1", *settings])
     config.prep.inputs = [corpus]
     run_prep(config.prep, output, show_progress=False)
     return output / "shards"
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Packed shards (vocab 512, seq_len 64) of 150 real English documents, for training tests."""
+    return english_shards(tmp_path_factory, "tiny_shards",
+                          [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)])
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import metrics, read_set, torchrun, write_jsonl
+from tests.conftest import english_shards, metrics, read_set, torchrun
 from training.config import TrainConfig
 from training.optim import LrSchedule
 
@@ -43,17 +43,9 @@ def test_optimizer_follows_the_schedule_step_by_step() -> None:
 @pytest.fixture(scope="module")
 def padded_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Best-fit packed shards: rows padded by different amounts."""
-    from pipeline.config import load_config
-    from pipeline.prep import run_prep
-
     records = [{"id": r["id"], "text": r["text"][:30 + (i * 37) % 150]} for i, r in enumerate(read_set("english", 200))]
-    corpus = write_jsonl(tmp_path_factory.mktemp("padded") / "english.jsonl", records)
-    output = tmp_path_factory.mktemp("padded_shards")
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.method=best_fit", "prep.pack.val_fraction=0.25"])
-    config.prep.inputs = [corpus]
-    run_prep(config.prep, output, show_progress=False)
-    return output / "shards"
+    return english_shards(tmp_path_factory, "padded_shards", records, "prep.pack.method=best_fit",
+                          "prep.pack.val_fraction=0.25")
 
 
 def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, np.ndarray]:

@@ -19,7 +19,7 @@ import zstandard
 from data_prep.shards import ShardError, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.names import CHECKPOINT_META
-from tests.conftest import REPO, read_set, write_jsonl
+from tests.conftest import REPO, english_shards, read_set, write_jsonl
 from tests.s3_server import SECRET_KEY, S3Server
 from tests.test_resume import tree_bytes
 from training.config import CheckpointConfig, ShardCacheConfig
@@ -39,17 +39,9 @@ def bucket(s3: S3Server) -> str:
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards of 150 real English documents in files of at most 100 kB: several to cache and evict."""
-    from pipeline.config import load_config
-    from pipeline.prep import run_prep
-
-    records = [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)]
-    corpus = write_jsonl(tmp_path_factory.mktemp("english") / "english.jsonl", records)
-    output = tmp_path_factory.mktemp("small_shards")
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1", "prep.pack.max_shard_mb=0.1"])
-    config.prep.inputs = [corpus]
-    run_prep(config.prep, output, show_progress=False)
-    return output / "shards"
+    return english_shards(tmp_path_factory, "small_shards",
+                          [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)],
+                          "prep.pack.max_shard_mb=0.1")
 
 
 @pytest.fixture(scope="module")
