@@ -402,9 +402,10 @@ def _post_demo(page: Page, results: dict[str, Any]) -> None:
 
     page.heading("Post-training demo")
     page.paragraph(f"The trained model taken on to chat (pipeline/post_demo.py): SFT teaches the colours of "
-                   f"{results['objects']} made-up objects, then DPO teaches their sizes from preference pairs alone. "
-                   f"Accuracy is on {results['heldout_questions']} questions each, in wordings held out of training: "
-                   f"the share whose likeliest answer, as the assistant's reply, is right.")
+                   f"{results['objects']} made-up objects, then DPO teaches their sizes, and keeps the colours, from "
+                   f"preference pairs alone. Accuracy is on {results['heldout_questions']} colour questions in "
+                   f"wordings held out of both trainings: the share whose likeliest answer, as the assistant's reply, "
+                   f"is right.")
     page.table(score_columns(results), score_rows(results))
     page.paragraph(reward_line(results) + ".")
 
