@@ -75,7 +75,11 @@ def _report(step: str, n: int) -> None:
 
 
 def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dict[str, Any]:
-    return execute_task(plan, work, step_name, task, lambda n: _report(step_name, n))
+    try:
+        return execute_task(plan, work, step_name, task, lambda n: _report(step_name, n))
+    finally:
+        if _progress is not None:
+            _progress.put((step_name, None))  # the task's last report: all its counts are before it in the queue
 
 
 def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
@@ -121,13 +125,24 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm | L
                 if isinstance(error, UserError):
                     raise UserError(f"task {futures[future]} of step {step}: {error}") from None
                 raise RuntimeError(f"task {futures[future]} of step {step} failed: {error}") from error
-    _drain(progress, bar)
+    while _drain(progress, bar, block=True) < len(futures):  # a finished task's counts may still be in the pipe
+        pass
 
 
-def _drain(progress: Any, bar: tqdm | LogProgress) -> None:
+def _drain(progress: Any, bar: tqdm | LogProgress, block: bool = False) -> int:
+    """Put the counts waiting in the queue on the bar; the number of tasks that said they ended, kept across calls
+    on the bar."""
+    ended = getattr(bar, "tasks_ended", 0)
     while True:
         try:
-            _, n = progress.get_nowait()
+            _, n = progress.get(timeout=1.0) if block else progress.get_nowait()
         except queue.Empty:
-            return
-        bar.update(n)
+            break
+        if n is None:
+            ended += 1
+            if block:
+                break
+        else:
+            bar.update(n)
+    bar.tasks_ended = ended
+    return ended
