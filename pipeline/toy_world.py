@@ -9,14 +9,12 @@ are not the defaults ("END" ends a document, id 9; padding is id 10).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from data_prep.shards import write_manifest, write_shard
-from pipeline.ground.errors import UserError
+from pipeline.child_run import run_crucible
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, TOKENIZER_FILE
 
@@ -67,11 +65,8 @@ def train_toy_world(folder: Path) -> Path:
     if (final_checkpoint(folder) / CHECKPOINT_META).exists():
         return final_checkpoint(folder)
     shards = toy_shards(folder / "shards")
-    command = [sys.executable, "-m", "pipeline", "train", "--data", str(shards), "--output", str(folder / "run"),
-               "--resume", "none", *[arg for key in TRAINING for arg in ("--set", key)]]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"the toy world did not train: {result.stderr.strip().splitlines()[-1:]}")
+    run_crucible(["train", "--data", str(shards), "--output", str(folder / "run"), "--resume", "none"], TRAINING,
+                 "the toy world did not train")
     return final_checkpoint(folder)
 
 

@@ -113,10 +113,10 @@ def publish_local(plan: Plan, work: Path, output: Location, workers: int) -> dic
 
 
 def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm | LogProgress, step: str) -> None:
-    remaining = set(futures)
+    remaining, ended = set(futures), 0
     while remaining:
         done, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
-        _drain(progress, bar)
+        ended += _drain(progress, bar)
         for future in done:
             error = future.exception()
             if error is not None:
@@ -125,24 +125,21 @@ def _wait_with_progress(futures: dict[Future, int], progress: Any, bar: tqdm | L
                 if isinstance(error, UserError):
                     raise UserError(f"task {futures[future]} of step {step}: {error}") from None
                 raise RuntimeError(f"task {futures[future]} of step {step} failed: {error}") from error
-    while _drain(progress, bar, block=True) < len(futures):  # a finished task's counts may still be in the pipe
-        pass
+    while ended < len(futures):  # a finished task's counts may still be in the queue's pipe
+        ended += _drain(progress, bar, block=True)
 
 
 def _drain(progress: Any, bar: tqdm | LogProgress, block: bool = False) -> int:
-    """Put the counts waiting in the queue on the bar; the number of tasks that said they ended, kept across calls
-    on the bar."""
-    ended = getattr(bar, "tasks_ended", 0)
+    """Put the counts waiting in the queue on the bar (blocking: up to the next task's end); how many tasks ended."""
+    ended = 0
     while True:
         try:
             _, n = progress.get(timeout=1.0) if block else progress.get_nowait()
         except queue.Empty:
-            break
+            return ended
         if n is None:
             ended += 1
             if block:
-                break
+                return ended
         else:
             bar.update(n)
-    bar.tasks_ended = ended
-    return ended
