@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
+from pipeline.ground.atomic import write_npy
 from pipeline.ground.errors import UserError
 from training.chat import ChatCodec, Ledger, Messages, Rejection, as_messages, json_records
 from training.data import Batch
@@ -159,9 +160,7 @@ class DPOTrainer(Trainer):
         scores = self._dp_sum(scores).cpu().numpy()
         if self.layout.rank == 0:
             path.parent.mkdir(exist_ok=True)
-            staged = path.with_suffix(".tmp.npy")
-            np.save(staged, scores)
-            staged.rename(path)
+            write_npy(path, scores)
             print(f"reference log-probabilities of {len(scores)} {path.stem} pairs stored in {path}", flush=True)
         dist.barrier()  # every rank reads the file next
 

@@ -11,7 +11,6 @@ anything loads it, falling back to an older one when a file does not match.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ground import storage
+from pipeline.ground.hashing import short_digest
 from pipeline.ground.names import CHECKPOINT_META as META
 from training.config import CheckpointConfig
 from training.safe_load import CorruptCheckpoint, check_files, inside, read_meta
@@ -187,7 +187,7 @@ def remote_checkpoint(url: str, cache: Path, config: CheckpointConfig) -> Path:
         if not steps:
             raise CorruptCheckpoint(f"{url} holds no complete checkpoint (no step-N/{META})")
         tag = f"step-{steps[-1]:08d}"
-    root = cache / hashlib.sha256(where.url.encode()).hexdigest()[:16]
+    root = cache / short_digest(where.url)
     local = root / tag
     if (local / META).is_file():
         try:

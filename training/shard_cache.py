@@ -12,7 +12,6 @@ changes only how long the first steps wait.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from typing import Any
 
 from data_prep.shards import ShardError, read_manifest
 from pipeline.ground import storage
-from pipeline.ground.hashing import file_sha256
+from pipeline.ground.hashing import file_sha256, short_digest
 from pipeline.ground.names import MANIFEST, PREP_STATS
 from training.config import ShardCacheConfig
 
@@ -53,7 +52,7 @@ class ShardCache:
 
     def view(self, location: str) -> Path:
         """The local view of a remote shards folder: its manifest and tokenizer, and prep's stats beside it."""
-        local = self.root / VIEWS / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16] / "shards"
+        local = self.root / VIEWS / short_digest(location.rstrip("/")) / "shards"
         try:
             storage.download(storage.join(location, MANIFEST), local / MANIFEST)
         except FileNotFoundError:

@@ -15,6 +15,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def short_digest(text: str) -> str:
+    """16 hex digits of the SHA-256 of `text`: a folder name for a URL or a location."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def hash64(key: str, salt: bytes = b"") -> int:
     """A 64-bit integer fixed by `key`: the same on every run and machine. Each use that must not
     follow another (a sample, a split) passes its own `salt` (at most 16 bytes), which makes its
