@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from common import base_parser, corpus_file, data_dir, read_jsonl
 
+from data_prep.minhash.config import MinHashConfig
 from pipeline.ground.names import PREP_STATS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,11 +81,6 @@ def write_corpus(path: Path, n: int, pool: list[str], exact: float, near: float,
 
 # ---- running and measuring -------------------------------------------------------------------
 
-def crucible(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 _MEASURED = """
 import runpy, sys
 sys.argv = ["pipeline", *sys.argv[1:]]
@@ -108,9 +104,10 @@ def peak_rss_mb(args: list[str]) -> float:
     return int(result.stdout.rsplit("VmHWM", 1)[1].split()[0]) / 1024
 
 
-def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, float, Any]:
+def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, float, Any, float]:
     """Write the config `{"prep": prep}` for size N and run prep with it: the config file, the output
-    folder, the wall seconds and the plan of its steps."""
+    folder, the wall seconds, the plan of its steps and the driver process's own peak RSS in MB (its
+    pool's workers are processes of their own, measured by their task markers)."""
     from pipeline.config import load_config
     from pipeline.plan import build_plan
 
@@ -118,8 +115,8 @@ def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, fl
     config.write_text(yaml.safe_dump({"prep": prep}))
     output = folder / f"prep-{n}"
     started = time.perf_counter()
-    crucible("prep", "--config", str(config), "--output", str(output), "--no-progress")
-    return config, output, time.perf_counter() - started, build_plan(load_config(config).prep)
+    driver_rss = peak_rss_mb(["prep", "--config", str(config), "--output", str(output), "--no-progress"])
+    return config, output, time.perf_counter() - started, build_plan(load_config(config).prep), driver_rss
 
 
 def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
@@ -128,7 +125,9 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
     prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
             "exact_dedup": {"find_shards_per_task": args.shards_per_task},
             "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash}}
-    config, output, wall, plan = run_prep(folder, n, prep)
+    if not args.split_bands:  # dedupe's bands alone: split groups tie only duplicates
+        prep["minhash_dedup"]["split_group_threshold"] = MinHashConfig().threshold
+    config, output, wall, plan, driver_rss = run_prep(folder, n, prep)
     work, rows, previous_end = output / "work", [], None
     for step in plan.steps:
         markers = [json.loads((work / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)]
@@ -151,7 +150,10 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
                      "task_peak_rss_mb": [m.get("peak_rss_mb") for m in markers]})
     stats = json.loads((output / PREP_STATS).read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
-    return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, **planted}
+    # publishing (tasks without markers, then the manifest and stats.json): from the last step's end to stats.json
+    publish_s = (output / PREP_STATS).stat().st_mtime - previous_end
+    return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, "driver_peak_rss_mb": round(driver_rss),
+            "publish_s": round(publish_s, 1), **planted}
 
 
 def run_arguments(parser: argparse.ArgumentParser, range_tasks: str) -> None:
@@ -334,6 +336,9 @@ def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], sign
               f"{r['near_planted']:,} | {r['removed'].get('minhash_dedup', 0):,} | "
               f"{', '.join(f'{v:,.0f}' for v in per_stage.values())} |")
     cpu_throughput(results)
+    print("\n| N | driver peak RSS, MB | publish s |\n|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['n']:,} | {r['driver_peak_rss_mb']:,} | {r['publish_s']:,} |")
     print(f"\nlargest global-task memory slope: {worst_global:.1f} B/doc (aim <= {MEMORY_AIM}): "
           f"{'meets' if worst_global <= MEMORY_AIM else 'MISSES'}")
     print(f"three-stage wall throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: "
@@ -371,6 +376,9 @@ def main() -> None:
     parser.add_argument("--near", type=float, default=0.05, help="rate of planted near copies (default 0.05)")
     run_arguments(parser, "exact find task and per bucket task of a band")
     parser.add_argument("--shingle-hash", default="fast", choices=["fast", "datasketch"])
+    parser.add_argument("--split-bands", action="store_true",
+                        help="also key documents by the split-group bands (default: dedupe's bands alone; the "
+                             "generated documents share sentences, so the pairs those bands propose grow as N^2)")
     parser.add_argument("--signature-docs", type=int, default=8000, help="documents for the rensa comparison")
     parser.add_argument("--signatures-only", action="store_true", help="only compare the signature kernel with rensa")
     parser.add_argument("--rerun-rss", action="store_true",

@@ -62,7 +62,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
             "read": {"keep_fields": ["url", "date"]},
             "url_dedup": {"find_shards_per_task": args.shards_per_task},
             "boilerplate": {"count_shards_per_task": args.shards_per_task, "min_docs": args.min_docs}}
-    config, output, wall, plan = run_prep(folder, n, prep)
+    config, output, wall, plan, _ = run_prep(folder, n, prep)
     rows = []
     for step in plan.steps:
         markers = [json.loads((output / "work" / step.name / f"done-{t:05d}.json").read_text())

@@ -208,6 +208,28 @@ def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3S
         f"by `prep`?"]
 
 
+def test_the_configured_endpoint_reaches_the_prep_workers(s3: S3Server, bucket: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the endpoint in the config alone (no AWS_ENDPOINT_URL), the spawned workers that read their byte
+    ranges of an s3:// input reach the same store as the driver."""
+    from pipeline.cli import main
+
+    records = [{"id": r["id"], "text": r["text"]} for r in read_set("english", 60)]
+    s3.upload_folder(write_jsonl(tmp_path / "corpus" / "docs.jsonl", records).parent, f"{bucket}/endpoint")
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(storage, "_config", storage.StorageConfig())  # main() configures this process
+    sets = ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=400", "prep.pack.seq_len=32",
+            "prep.shard_mb=0.02", "prep.workers=2", f"storage.endpoint_url={s3.endpoint}"]
+    output = tmp_path / "out"
+    assert main(["prep", "--input", f"{bucket}/endpoint/docs.jsonl", "--output", str(output), "--no-progress",
+                 *(arg for value in sets for arg in ("--set", value))]) == 0
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["stages"][0]["docs_in"] == len(records)
+    assert len({path for path, _ in s3.reads() if path.endswith("/endpoint/docs.jsonl")}) == 1
+    assert len([r for path, r in s3.reads() if path.endswith("/endpoint/docs.jsonl")]) > 1, "several tasks read it"
+
+
 def make_checkpoint(folder: Path, step: int, size: int = 1 << 20) -> Path:
     """A checkpoint folder as the trainer publishes it: files, then crucible.json with their hashes."""
     path = folder / f"step-{step:08d}"

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.executors.steps import execute_task, expected_units, prepare_step_dir, seal_step
 from pipeline.ground.errors import UserError
+from pipeline.ground import storage
 from pipeline.ground.storage import Location
 from pipeline.outputs import publish
 from pipeline.plan import Plan
@@ -58,9 +59,12 @@ def progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | 
     return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=True, dynamic_ncols=True)
 
 
-def _init_worker(progress: Any) -> None:
+def _init_worker(progress: Any, storage_settings: storage.StorageConfig) -> None:
+    """A spawned worker starts from nothing: it takes the queue for its counts and the run's storage settings
+    (an endpoint from the config, not only from AWS_* variables, reaches its reads and uploads)."""
     global _progress
     _progress = progress
+    storage.configure(storage_settings)
     signal.signal(signal.SIGINT, _leave_quietly)
 
 
@@ -84,7 +88,8 @@ def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dic
 
 def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     context = mp.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,))
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(progress, storage.settings()))
 
 
 def run_local(plan: Plan, work: Path, output: Location, workers: int, show_progress: bool = True) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import yaml
 from pipeline.config import load_config
 from pipeline.executors.local import progress_bar
 from pipeline.executors.steps import execute_task, expected_units, pending_tasks, prepare_step_dir, seal_step
+from pipeline.ground import storage
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_marker
@@ -54,7 +55,10 @@ class _Progress:
         return units
 
 
-def _run_task(plan: Plan, work: Path, step: str, task: int, progress: Any) -> dict[str, Any]:
+def _run_task(plan: Plan, work: Path, step: str, task: int, progress: Any,
+              storage_settings: storage.StorageConfig) -> dict[str, Any]:
+    """One prep task in a Ray worker, with the driver's storage settings (an endpoint from the config)."""
+    storage.configure(storage_settings)
     return execute_task(plan, work, step, task, lambda n: progress.add.remote(n) if n else None)
 
 
@@ -94,7 +98,8 @@ class RayRun:
                                       "address": ray.get_runtime_context().gcs_address, "state": "running"}
         self.written = 0.0
         write_text(self.folder / CONFIG_FILE,
-                   yaml.safe_dump({"prep": plan.config.with_absolute_paths().model_dump(mode="json")}, sort_keys=False))
+                   yaml.safe_dump({"prep": plan.config.with_absolute_paths().model_dump(mode="json"),
+                                   "storage": storage.settings().model_dump(mode="json")}, sort_keys=False))
 
     def run_step(self, name: str, tasks: list[int], submit: Callable[[int], Any], bar: Any) -> list[Any]:
         """Run `tasks` (at most prep.ray.max_parallel at once), updating `bar`; their results in task order."""
@@ -152,7 +157,7 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
                 bar = progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
                 try:
                     run.run_step(step.name, pending, lambda t, s=step.name: task.options(
-                        name=f"prep:{s}:{t}", **run.options).remote(run.plan_ref, work, s, t, run.progress), bar)
+                        name=f"prep:{s}:{t}", **run.options).remote(run.plan_ref, work, s, t, run.progress, storage.settings()), bar)
                 finally:
                     bar.close()
             seal_step(work, step)
