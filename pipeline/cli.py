@@ -37,9 +37,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show third-party warnings and logs (every rank)")
-    parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+    parser.add_argument("--config", type=_local_path, help="YAML config (default: built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set prep.workers=4 (repeatable)")
+
+
+def _local_path(value: str) -> Path:
+    """An argparse type for a file or folder this machine reads or writes in place: a URL is refused in one line."""
+    if storage.is_remote(value):
+        raise argparse.ArgumentTypeError(
+            f"{value} is in object storage; this takes a local or shared path (object storage serves prep --input "
+            f"and --output, train --data, --checkpoint and checkpoint.remote: see docs/cloud.md)")
+    return Path(value)
 
 
 def _stage_list(value: str) -> list[str]:
@@ -97,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
     prep.add_argument("--output", type=storage.as_location, required=True,
                       help="output folder, or an s3:// prefix to publish to (then --work is needed)")
-    prep.add_argument("--work", type=Path, help="folder for step files, markers and the lock (default OUTPUT/work; "
+    prep.add_argument("--work", type=_local_path, help="folder for step files, markers and the lock (default OUTPUT/work; "
                                                "local or shared disk)")
     prep.add_argument("--stages", type=_stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train)
     train.add_argument("--data", type=storage.as_location, required=True,
                        help="shards folder made by prep (with manifest.json), or its s3:// URL")
-    train.add_argument("--output", type=Path, required=True, help="run folder: metrics, checkpoints")
+    train.add_argument("--output", type=_local_path, required=True, help="run folder: metrics, checkpoints")
     train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
                             "PATH: a checkpoint folder")
@@ -117,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
     generate.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
                           "replaces samples.prompts)")
-    generate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    generate.add_argument("--tokenizer", type=_local_path, help="tokenizer.json (default: the one of the run's shards)")
     # Each flag given overrides its samples.* key; the defaults are the config's.
     generate.add_argument("--max-new-tokens", type=_at_least(1), help="default: samples.max_new_tokens")
     generate.add_argument("--temperature", type=_at_least(0.0, float), help="0 = greedy (default: samples.temperature)")
@@ -131,71 +140,72 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog="The hf format's generation_config.json carries the samples.* settings.")
     _common(export)
     export.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
-    export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--output", type=_local_path, required=True)
     export.add_argument("--format", choices=["hf", "consolidated"], default="hf")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    export.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    export.add_argument("--tokenizer", type=_local_path, help="tokenizer.json (default: the one of the run's shards)")
     export.add_argument("--force", action="store_true", help="write into a non-empty --output folder")
 
     classifier = verbs.add_parser("classifier", help="train or evaluate a fastText quality classifier "
                                   "(settings: prep.quality_model.train)")
     _common(classifier)
     classifier.add_argument("action", choices=["train", "eval"])
-    classifier.add_argument("--positive", type=Path, help="train: JSONL of documents to keep")
-    classifier.add_argument("--negative", type=Path, help="train: JSONL of documents to drop")
-    classifier.add_argument("--output", type=Path, help="train: folder for model.bin, report.json, heldout.jsonl")
-    classifier.add_argument("--model", type=Path, help="eval: a model.bin, or the folder `classifier train` wrote")
-    classifier.add_argument("--data", type=Path, help="eval: JSONL with `text` and `label` (true/false)")
+    classifier.add_argument("--positive", type=_local_path, help="train: JSONL of documents to keep")
+    classifier.add_argument("--negative", type=_local_path, help="train: JSONL of documents to drop")
+    classifier.add_argument("--output", type=_local_path, help="train: folder for model.bin, report.json, heldout.jsonl")
+    classifier.add_argument("--model", type=_local_path, help="eval: a model.bin, or the folder `classifier train` wrote")
+    classifier.add_argument("--data", type=_local_path, help="eval: JSONL with `text` and `label` (true/false)")
 
     evaluate = verbs.add_parser("eval", help="score task files on a checkpoint (and with lm-evaluation-harness)",
                                 epilog="A task's name is its file's stem. --harness needs the eval extra "
                                        "(pip install -e '.[eval]') and runs fully offline.")
     _common(evaluate)
     evaluate.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
-    evaluate.add_argument("--tasks", nargs="+", type=Path, metavar="FILE",
+    evaluate.add_argument("--tasks", nargs="+", type=_local_path, metavar="FILE",
                           help="task files, JSONL or Parquet (default: eval.tasks)")
-    evaluate.add_argument("--output", type=Path, help="write the results as JSON here")
-    evaluate.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the one of the run's shards)")
+    evaluate.add_argument("--output", type=_local_path, help="write the results as JSON here")
+    evaluate.add_argument("--tokenizer", type=_local_path, help="tokenizer.json (default: the one of the run's shards)")
     evaluate.add_argument("--heldout", action="store_true",
                           help="loss and perplexity on the validation split of the run's shards, per source and "
                                "per source/language where they are tagged")
-    evaluate.add_argument("--data", type=Path, help="with --heldout: the shards folder (default: the checkpoint's)")
+    evaluate.add_argument("--data", type=storage.as_location,
+                          help="with --heldout: the shards folder, or its s3:// URL (default: the checkpoint's)")
     evaluate.add_argument("--heldout-rows", type=_at_least(1), metavar="N",
                           help="with --heldout: score a seeded sample of N rows of each group (default: every row)")
     evaluate.add_argument("--harness", action="store_true",
                           help="also run lm-evaluation-harness on the Hugging Face export and compare")
-    evaluate.add_argument("--hf", type=Path, help="with --harness: an existing export of this checkpoint "
+    evaluate.add_argument("--hf", type=_local_path, help="with --harness: an existing export of this checkpoint "
                                                   "(default: export to a temporary folder)")
 
     _post_training_verbs(verbs)
 
     plan = verbs.add_parser("plan", help="memory per GPU, FLOPs and training time of a model and layout")
     _common(plan)
-    plan.add_argument("--data", type=Path, help="shards folder: with train.mixture, the epochs of each source "
+    plan.add_argument("--data", type=_local_path, help="shards folder: with train.mixture, the epochs of each source "
                                                 "the token budget implies")
 
     run = verbs.add_parser("run", help="the whole job on this machine: prep, then training")
     _common(run)
     run.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
                      help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
-    run.add_argument("--output", type=Path, required=True, help="run folder")
+    run.add_argument("--output", type=_local_path, required=True, help="run folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     submit = verbs.add_parser("submit", help="the whole job on Slurm: prep array jobs, then training")
     _common(submit)
     submit.add_argument("--input", dest="inputs", action="append", type=storage.as_location, default=[], metavar="PATH",
                         help="input file or folder, or its s3:// URL (repeatable; replaces prep.inputs)")
-    submit.add_argument("--output", type=Path, required=True,
+    submit.add_argument("--output", type=_local_path, required=True,
                         help="run folder on a filesystem the nodes share (data/, train/, slurm/)")
     submit.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")
     submit.add_argument("--prep-only", action="store_true", help="submit data prep without the training job")
 
     status = verbs.add_parser("status", help="where a run stands: prep steps and tasks, training step, checkpoints")
-    status.add_argument("--output", type=Path, required=True, help="a run folder (from run, submit, prep or train)")
+    status.add_argument("--output", type=_local_path, required=True, help="a run folder (from run, submit, prep or train)")
 
     task = verbs.add_parser("prep-task", help="one piece of a scheduled prep run (what the Slurm jobs call)")
     _common(task)
-    task.add_argument("--output", type=Path, required=True, help="prep output folder")
+    task.add_argument("--output", type=_local_path, required=True, help="prep output folder")
     action = task.add_mutually_exclusive_group(required=True)
     action.add_argument("--step", help="run one task of this step (with --task)")
     action.add_argument("--prepare", action="store_true", help="clear step folders made with another config")
@@ -213,8 +223,8 @@ def _post_training_verbs(verbs: Any) -> None:
         parser = verbs.add_parser(verb, help=what)
         _common(parser)
         parser.add_argument("--checkpoint", type=storage.as_location, required=True, help=f"the model to start from: {CHECKPOINT_HELP}")
-        parser.add_argument("--data", type=Path, required=True, help=data)
-        parser.add_argument("--output", type=Path, required=True, help="run folder: data/, metrics, checkpoints")
+        parser.add_argument("--data", type=storage.as_location, required=True, help=f"{data}; a file or an s3:// URL")
+        parser.add_argument("--output", type=_local_path, required=True, help="run folder: data/, metrics, checkpoints")
         parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                             help="auto: continue from the run's latest good checkpoint (default); none: start fresh")
 
@@ -488,9 +498,9 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     meta = read_meta(args.checkpoint)
     report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "step": meta["step"]}
     if args.heldout:
-        data = args.data or Path(meta["data_dir"])
-        report["heldout"] = heldout_loss(args.checkpoint, data, args.heldout_rows)
-        print_heldout(report["heldout"], f"held-out loss at step {report['step']} ({data / 'val'})")
+        data = args.data or storage.as_location(meta["data_dir"])
+        report["heldout"] = heldout_loss(args.checkpoint, data, config.train.shard_cache, args.heldout_rows)
+        print_heldout(report["heldout"], f"held-out loss at step {report['step']} ({storage.join(data, 'val')})")
     if tasks:
         tokenizer = _tokenizer_of(args.checkpoint, args.tokenizer)
         ours = evaluate_checkpoint(args.checkpoint, tasks, tokenizer)

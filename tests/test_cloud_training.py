@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ground import storage
+from tests.chat_data import write_chat
 from tests.conftest import metrics, torchrun
 from tests.s3_server import S3Server
 
@@ -59,7 +60,8 @@ def remote_shards(s3: S3Server, tiny_shards: Path, tmp_path_factory: pytest.Temp
 
 
 def test_training_from_s3_matches_local_and_resumes_with_an_empty_cache(local_losses: dict[int, float],
-                                                                         remote_shards: str, tmp_path: Path) -> None:
+                                                                         remote_shards: str, tiny_shards: Path,
+                                                                         tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = train(remote_shards, tmp_path / "run", 3, "--set", f"train.shard_cache.folder={cache}")
     assert first == {step: local_losses[step] for step in (1, 2, 3)}
@@ -70,6 +72,14 @@ def test_training_from_s3_matches_local_and_resumes_with_an_empty_cache(local_lo
     assert {step: resumed[step] for step in (4, 5, 6)} == {step: local_losses[step] for step in (4, 5, 6)}
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step-00000006" / "crucible.json").read_text())
     assert meta["data_dir"] == remote_shards
+    # eval --heldout reads the validation split where the run read its shards: the same scores as from disk
+    from pipeline.cli import main
+
+    for name, data in (("remote", []), ("local", ["--data", str(tiny_shards)])):
+        assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--heldout",
+                     "--output", str(tmp_path / f"{name}.json"), *data]) == 0
+    remote, local = (json.loads((tmp_path / f"{name}.json").read_text())["heldout"] for name in ("remote", "local"))
+    assert remote == local and remote["(all)"]["rows"] > 0
 
 
 def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(s3: S3Server, tiny_shards: Path,
@@ -94,3 +104,12 @@ def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(s3: S3Serv
     sampled = torchrun(1, "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The",
                        "--max-new-tokens", "4")
     assert "step-00000006" in sampled.stdout and "continuation" in sampled.stdout, "sampled from the newest remote one"
+    # SFT from that remote checkpoint, its chat file in the bucket too
+    chat = write_chat(tmp_path / "chat.jsonl", 40)
+    storage.upload(chat, "s3://cloud-checkpoints/chat/chat.jsonl")
+    post = tmp_path / "sft"
+    torchrun(1, "sft", "--checkpoint", "s3://cloud-checkpoints/run", "--data", "s3://cloud-checkpoints/chat/chat.jsonl",
+             "--output", str(post), *BASE, "--set", "train.max_steps=2", "--set", "train.warmup_steps=1",
+             "--set", "train.eval_batches=0")
+    assert (post / "source" / "chat.jsonl").read_bytes() == chat.read_bytes()
+    assert [r["step"] for r in metrics(post)] == [1, 2]

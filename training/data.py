@@ -12,6 +12,7 @@ depend on the number of ranks.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import MANIFEST
 from training import mixture
 from training.mixture import Schedule, source_key
+from training.config import ShardCacheConfig
 from training.shard_cache import ShardCache
 
 PREFETCH_STEPS = 8  # with shards on object storage, the shards of this many steps ahead are downloaded early
@@ -162,6 +164,22 @@ class PackedDataset:
 
 
 LOSS_MASK = "loss_mask"  # a per-token column: 1 where the token is a target the loss counts (SFT: the assistant's)
+
+
+@contextmanager
+def open_split(location: storage.Location, split: str, seq_len: int | None, tokenizer_sha256: str | None,
+               cache_config: ShardCacheConfig) -> Iterator[PackedDataset]:
+    """One split of a shards folder on disk, or of its s3:// URL read through a shard cache made for the
+    purpose (closed when done)."""
+    if not storage.is_remote(location):
+        yield PackedDataset(Path(location), split, seq_len, tokenizer_sha256)
+        return
+    cache = ShardCache(cache_config)
+    try:
+        yield PackedDataset(cache.view(str(location)), split, seq_len, tokenizer_sha256, remote=str(location),
+                            cache=cache)
+    finally:
+        cache.close()
 
 
 def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray, document_positions: bool = True,

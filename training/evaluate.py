@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.ground import storage
 from pipeline.ground.errors import UserError
-from training.data import PackedDataset, make_batch, source_members, tagged_names
+from training.config import ShardCacheConfig
+from training.data import PackedDataset, make_batch, open_split, source_members, tagged_names
 from training.scoring import Pair, encode_tasks, score
 from training.tasks import Task, metrics
 
@@ -67,17 +69,27 @@ def heldout_groups(dataset: PackedDataset, max_rows: int | None) -> dict[str, np
     return groups
 
 
-def heldout_loss(checkpoint: Path, data: Path, max_rows: int | None = None) -> dict[str, dict[str, float]]:
-    """Per group of the validation split: rows, valid target tokens, mean loss per token and perplexity."""
+def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConfig,
+                 max_rows: int | None = None) -> dict[str, dict[str, float]]:
+    """Per group of the validation split: rows, valid target tokens, mean loss per token and perplexity.
+    `data`: the shards folder, or its s3:// URL (read through a shard cache with the `cache` settings)."""
     from training.export import tokenizer_record
     from training.generate import load_model
-    from training.model import lm_loss
 
     model, meta = load_model(checkpoint)
     record = tokenizer_record(meta)
-    dataset = PackedDataset(data, "val", meta["seq_len"], record["sha256"])
+    with open_split(data, "val", meta["seq_len"], record["sha256"], cache) as dataset:
+        return _heldout_loss(model, meta, dataset, record, max_rows)
+
+
+def _heldout_loss(model: torch.nn.Module, meta: dict[str, Any], dataset: PackedDataset, record: dict[str, Any],
+                  max_rows: int | None) -> dict[str, dict[str, float]]:
+    """The scoring of `heldout_loss` over an open validation split."""
+    from training.model import lm_loss
+
     if not len(dataset):
-        raise UserError(f"{data}: the validation split has no rows; prep with prep.pack.val_fraction > 0")
+        raise UserError(f"{dataset.remote or dataset.folder}: the validation split has no rows; prep with "
+                        f"prep.pack.val_fraction > 0")
     groups = heldout_groups(dataset, max_rows)
     needed = np.unique(np.concatenate(list(groups.values())))
     sums, counts = {}, {}  # per row: summed loss over its valid targets, and their count

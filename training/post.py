@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from data_prep.shards import read_manifest, token_type, write_manifest, write_shard
+from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256, uniform
@@ -35,6 +36,7 @@ from training.preflight import model_changes
 from training.safe_load import read_meta
 
 DATA = "data"  # RUN/data: what a post-training run reads
+SOURCE = "source"  # RUN/source: the --data file, when it was given as an object-storage URL
 SHARDS, BASE_WEIGHTS, STATS, REJECTED = "shards", "base.safetensors", "stats.json", "rejected.jsonl"
 
 
@@ -201,11 +203,18 @@ def build_sft_data(folder: Path, chat: Path, base: Path, tokenizer_file: Path, s
     build_data(folder, chat, base, tokenizer_file, settings, seq_len, read_chat, packed, LOSS_MASK)
 
 
-def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path, data: Path, output: Path,
-            build: Callable[..., None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
+def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path, data: storage.Location,
+            output: Path, build: Callable[..., None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
     """The config, shards folder and initial weights of a post-training run of `kind` (`sft`, `dpo`): RUN/data
     made on first use by `build(folder, data, base, tokenizer_file, post.<kind>, seq_len)` (build_sft_data,
-    build_dpo_data), checked to hold training (and validation) rows."""
+    build_dpo_data), checked to hold training (and validation) rows. A `data` URL is downloaded into
+    RUN/source first (each start: RUN/data is rebuilt when its content changed)."""
+    if storage.is_remote(data):
+        try:
+            data = storage.download(str(data), output / SOURCE / storage.name_of(data))
+        except FileNotFoundError:
+            raise UserError(f"--data {data}: not found in object storage; give a JSONL file's URL") from None
+    data = Path(data)
     if not data.is_file():
         raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
     seq_len = config.train.seq_len or read_meta(base)["seq_len"]
