@@ -105,7 +105,16 @@ SLOW_FILES = {"test_checkpoint.py", "test_train_equivalence.py", "test_slurm_sub
               "test_outputs_unchanged.py", "test_preflight.py", "test_shared_machine.py"}
 
 
+# The longest files, longest first (minutes each on two cores): run first, so that no worker starts one of them
+# while the other has nothing left to do. pytest-xdist hands out files in collection order.
+LONGEST_FIRST = ["test_run_verb.py", "test_slurm_submit.py", "test_post_training.py", "test_cloud_training.py",
+                 "test_slurm_cluster.py", "test_ray_executor.py", "test_checkpoint.py", "test_launch.py",
+                 "test_resume.py", "test_toy_world.py"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
