@@ -27,14 +27,16 @@ run-web: setup
 	$(PY) -m pipeline run --config configs/web.yaml --output runs/web
 
 # Two pytest workers, each file's tests on one of them (its module fixtures built once): one test's
-# process start-up, file I/O and Slurm waits overlap with the other's compute.
+# process start-up, file I/O and Slurm waits overlap with the other's compute. Files go out in
+# collection order, the longest first (tests/conftest.py), not by their number of tests.
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[bench]'

@@ -106,10 +106,12 @@ SLOW_FILES = {"test_checkpoint.py", "test_train_equivalence.py", "test_slurm_sub
 
 
 # The longest files, longest first (minutes each on two cores): run first, so that no worker starts one of them
-# while the other has nothing left to do. pytest-xdist hands out files in collection order.
-LONGEST_FIRST = ["test_run_verb.py", "test_slurm_submit.py", "test_post_training.py", "test_cloud_training.py",
-                 "test_slurm_cluster.py", "test_ray_executor.py", "test_checkpoint.py", "test_launch.py",
-                 "test_resume.py", "test_toy_world.py"]
+# while the other has nothing left to do. pytest-xdist hands out files in collection order with
+# --no-loadscope-reorder (the Makefile's); by default it sorts them by their number of tests.
+LONGEST_FIRST = ["test_checkpoint.py", "test_safe_checkpoints.py", "test_post_training.py", "test_cloud_training.py",
+                 "test_slurm_submit.py", "test_resume.py", "test_task_eval.py", "test_train_equivalence.py",
+                 "test_generate_export.py", "test_run_verb.py", "test_launch.py", "test_toy_world.py",
+                 "test_train_errors.py", "test_mixture_resume.py", "test_trackers.py", "test_ray_executor.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
