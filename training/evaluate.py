@@ -75,33 +75,25 @@ def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConf
     `data`: the shards folder, or its s3:// URL (read through a shard cache with the `cache` settings)."""
     from training.export import tokenizer_record
     from training.generate import load_model
+    from training.model import lm_loss
 
     model, meta = load_model(checkpoint)
     record = tokenizer_record(meta)
     with open_split(data, "val", meta["seq_len"], record["sha256"], cache) as dataset:
-        return _heldout_loss(model, meta, dataset, record, max_rows)
-
-
-def _heldout_loss(model: torch.nn.Module, meta: dict[str, Any], dataset: PackedDataset, record: dict[str, Any],
-                  max_rows: int | None) -> dict[str, dict[str, float]]:
-    """The scoring of `heldout_loss` over an open validation split."""
-    from training.model import lm_loss
-
-    if not len(dataset):
-        raise UserError(f"{dataset.remote or dataset.folder}: the validation split has no rows; prep with "
-                        f"prep.pack.val_fraction > 0")
-    groups = heldout_groups(dataset, max_rows)
-    needed = np.unique(np.concatenate(list(groups.values())))
-    sums, counts = {}, {}  # per row: summed loss over its valid targets, and their count
-    one = torch.ones(())
-    with torch.no_grad():
-        for first in range(0, len(needed), BATCH_ROWS):
-            indices = needed[first:first + BATCH_ROWS]
-            batch = make_batch(*dataset.rows(indices), indices, meta["config"]["model"]["document_masking"])
-            logits = model(batch.inputs, batch.positions, batch.segments)
-            for row, index in enumerate(indices.tolist()):
-                sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record["pad_id"], one))
-                counts[index] = int((batch.targets[row] != record["pad_id"]).sum())
+        if not len(dataset):
+            raise UserError(f"{data}: the validation split has no rows; prep with prep.pack.val_fraction > 0")
+        groups = heldout_groups(dataset, max_rows)
+        needed = np.unique(np.concatenate(list(groups.values())))
+        sums, counts = {}, {}  # per row: summed loss over its valid targets, and their count
+        one = torch.ones(())
+        with torch.no_grad():
+            for first in range(0, len(needed), BATCH_ROWS):
+                indices = needed[first:first + BATCH_ROWS]
+                batch = make_batch(*dataset.rows(indices), indices, meta["config"]["model"]["document_masking"])
+                logits = model(batch.inputs, batch.positions, batch.segments)
+                for row, index in enumerate(indices.tolist()):
+                    sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record["pad_id"], one))
+                    counts[index] = int((batch.targets[row] != record["pad_id"]).sum())
     results = {}
     for name, rows in groups.items():
         tokens = sum(counts[r] for r in rows.tolist())
