@@ -213,8 +213,8 @@ def main() -> None:
     config = load_config(args.config, base)
     manifest = read_manifest(args.shards)
     m, t = config.model, config.train
-    vocab = padded_vocab(m.vocab_size or manifest["tokenizer"]["vocab_size"], m.vocab_multiple, config.parallel.tp)
-    seq = manifest["seq_len"]
+    vocab = padded_vocab(m.vocab_size or manifest.tokenizer.vocab_size, m.vocab_multiple, config.parallel.tp)
+    seq = manifest.seq_len
     flops = flops_per_token(m, vocab, seq)
     dense_flops = flops_per_token(m, vocab, seq, attention=False)
     tokens_per_step = t.global_batch_size * seq
@@ -227,7 +227,7 @@ def main() -> None:
     print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
           file=sys.stderr, flush=True)
     release()
-    plain_seconds = plain_loop(config, args.shards, vocab, manifest["tokenizer"]["pad_id"], steps, dtype)[args.warmup:]
+    plain_seconds = plain_loop(config, args.shards, vocab, manifest.tokenizer.pad_id, steps, dtype)[args.warmup:]
     plain_rate = tokens_per_step / statistics.median(plain_seconds)
     plain_memory = peak_memory_note()
     print(f"[plain loop: {plain_rate:,.0f} tokens/s{plain_memory}]", file=sys.stderr, flush=True)

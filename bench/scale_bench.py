@@ -178,7 +178,7 @@ STARTUP_ROWS, STARTUP_SEQ = 4, 64  # rows per shard file and their seq_len: star
 
 def write_many_shards(folder: Path, count: int) -> None:
     """`count` train shard files of a few rows each (and two val shards), with their manifest, as prep writes them."""
-    from data_prep.shards import write_manifest, write_shard
+    from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, write_manifest, write_shard
     from pipeline.ground.hashing import file_sha256
 
     rng = np.random.default_rng(0)
@@ -187,12 +187,13 @@ def write_many_shards(folder: Path, count: int) -> None:
         entries = [write_shard(folder / split / f"{split}-{i:06d}.arrow",
                                rng.integers(2, 4096, size=(STARTUP_ROWS, STARTUP_SEQ + 1)),
                                [np.array([0], np.int32)] * STARTUP_ROWS, 4096) for i in range(files)]
-        splits[split] = {"shards": entries, "sequences": files * STARTUP_ROWS, "sources": {}}
+        splits[split] = SplitIndex(shards=entries, sequences=files * STARTUP_ROWS)
     (folder / "tokenizer.json").write_text("{}")
-    write_manifest(folder, {"seq_len": STARTUP_SEQ, "row_width": STARTUP_SEQ + 1, "token_type": "uint16",
-                            "tokenizer": {"file": "tokenizer.json", "sha256": file_sha256(folder / "tokenizer.json"),
-                                          "vocab_size": 4096, "eod_id": 0, "pad_id": 1},
-                            "splits": splits})
+    write_manifest(folder, ShardManifest(
+        seq_len=STARTUP_SEQ, row_width=STARTUP_SEQ + 1, packing="concat", token_type="uint16",
+        tokenizer=TokenizerRecord(file="tokenizer.json", sha256=file_sha256(folder / "tokenizer.json"),
+                                  vocab_size=4096, eod_id=0, pad_id=1),
+        splits=splits))
 
 
 def bytes_read() -> int:

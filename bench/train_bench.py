@@ -429,11 +429,11 @@ def main() -> None:
         manifest = read_manifest(shards)
         config = load_config(None, train_overrides(True, 1, args.overrides))
         m = config.model
-        vocab = padded_vocab(m.vocab_size or manifest["tokenizer"]["vocab_size"], m.vocab_multiple, 1)
+        vocab = padded_vocab(m.vocab_size or manifest.tokenizer.vocab_size, m.vocab_multiple, 1)
         flops = flops_per_token(m, vocab, SEQ_LEN)
         rows = Rows.read(shards)
         model = PlainGPT(vocab, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden, m.norm_eps, m.rope_theta)
-        plain = PlainLoop(model, rows, manifest["tokenizer"]["pad_id"], config.train)
+        plain = PlainLoop(model, rows, manifest.tokenizer.pad_id, config.train)
         kernel = AttentionKernel(rows, m.n_heads, m.head_dim)
         settings = []
         for masking in (True, False):

@@ -65,10 +65,10 @@ def decode_page(body: bytes, http_charset: str | None) -> tuple[str, str]:
         except UnicodeDecodeError:
             pass
     for label in (http_charset, meta_charset(body)):
-        name = codec_name(label)
-        if name is not None:
+        codec = codec_name(label)
+        if codec is not None:
             try:
-                return body.decode(name), name
+                return body.decode(codec), codec
             except UnicodeError:  # UnicodeDecodeError, or a codec's own refusal
                 continue
     for name in ("utf-8", "cp1252"):

@@ -106,7 +106,7 @@ def _items(eval_set: EvalSet) -> list[dict[str, Any]]:
 
 
 def _pieces(record: dict[str, Any], fields: list[str]) -> list[str]:
-    pieces = []
+    pieces: list[str] = []
     for name in fields:
         value = record.get(name)
         values = value if isinstance(value, list) else [value]
@@ -122,7 +122,8 @@ def _index_files(work: Path) -> tuple[Path, Path, Path]:
 def run_index(ctx: TaskContext) -> dict[str, Any]:
     """Hash every n-gram of every evaluation item; an n-gram two items share belongs to the first."""
     cfg: DecontaminateConfig = ctx.settings
-    keys, owners, items = [], [], []
+    keys, owners = [], []
+    items: list[list[str]] = []
     counts: dict[str, Counter[str]] = {"eval_items": Counter(), "short_items": Counter()}
     for eval_set in cfg.eval_sets:
         for row, record in enumerate(_items(eval_set)):
@@ -172,7 +173,8 @@ class ContaminationFilter(DocStage):
         return int(self.owners[where[hits[0]]]), len(hits)
 
     def decide(self, table: pa.Table) -> Decision:
-        drops, flags = {}, [None] * table.num_rows
+        drops: dict[int, Drop] = {}
+        flags: list[str | None] = [None] * table.num_rows
         self.found = Counter()
         for row, text in enumerate(table.column(TEXT).to_pylist()):
             found = self.match(text)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +33,9 @@ from data_prep.stage import (
 )
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
+
+if TYPE_CHECKING:
+    from trafilatura.settings import Document
 
 EXTRACT = "extract"
 MAX_DEPTH = 512  # resiliparse's main-content pass grows with the square of nesting: 20,000 nested divs take a minute
@@ -122,8 +125,9 @@ def trafilatura_page(html: str) -> Page:
     if tree is None:
         return Page("", None, None)
     title, lang = _attribute(tree.findtext(".//title")), _attribute(tree.get("lang"))
-    document = trafilatura.bare_extraction(tree, include_comments=False, include_tables=True, include_images=False,
-                                           include_links=False, deduplicate=False, with_metadata=False)
+    document = cast("Document | None", trafilatura.bare_extraction(  # a Document, not a dict: as_dict is off
+        tree, include_comments=False, include_tables=True, include_images=False, include_links=False,
+        deduplicate=False, with_metadata=False))
     blocks = [] if document is None or document.body is None else [_trafilatura_block(e) for e in document.body]
     return Page(_blocks("\n\n".join(blocks)), title, lang)
 

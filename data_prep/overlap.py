@@ -91,7 +91,8 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
         best = best[np.lexsort((best[:, 2], best[:, 1], best[:, 0]))][:cfg.sample_docs]
         ctx.report(len(ids))
     best = best[np.lexsort((best[:, 2], best[:, 1]))].astype(np.int64)  # corpus order
-    names, hashes, owners, windows = [], [], [], []
+    names: list[str] = []
+    hashes, owners, windows = [], [], []
     for shard in np.unique(best[:, 1]):
         ids, flat, offsets = _read_tokens(ctx.work, int(shard))
         for row in best[best[:, 1] == shard, 2]:
@@ -141,7 +142,10 @@ def run_overlap(ctx: TaskContext) -> dict[str, Any]:
     found = np.zeros(len(unique), dtype=bool)
     for shard in range(len(ctx.shards)):
         found |= np.unpackbits(np.load(_found_file(ctx.work, shard)), count=len(unique)).astype(bool)
-    documents = read_marker(_sample_file(ctx.work, "documents.json"))
+    documents_file = _sample_file(ctx.work, "documents.json")
+    documents = read_marker(documents_file)
+    if documents is None:
+        raise RuntimeError(f"{documents_file} is missing or unreadable: rerun the sample step")
     windows = np.array(documents["windows"], dtype=np.int64)
     shared = np.bincount(np.load(_sample_file(ctx.work, "owner.npy")),
                          weights=found[np.load(_sample_file(ctx.work, "where.npy"))], minlength=len(windows))

@@ -152,7 +152,9 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     held_out = validation_rows(ctx.config, ctx.work, ctx.task, ids)
     width = cfg.seq_len + 1
     rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
-    files, counts, per_language = [], Counter(), {}
+    files: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    per_language: dict[str, Counter[str]] = {}
     source = ctx.shards[ctx.task].source  # a shard holds one source: so does every file packed from it
     tag = {} if source is None else {"source": source}
     groups = _language_groups(table, order) if cfg.split_by_language else {None: order}
@@ -166,7 +168,7 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
                 stop = start + rows_per_file
                 entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop],
                                                  vocab)
-                files.append(entry | {"split": split} | tag | ({} if language is None else {"language": language}))
+                files.append(entry.model_dump(exclude_unset=True) | {"split": split} | tag | ({} if language is None else {"language": language}))
             made = Counter({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
                             f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
                             f"{split}_remainder": packed.remainder})

@@ -60,6 +60,10 @@ STOP_WORDS: dict[str, list[str]] = {
 # Language-ID codes of scripts written without spaces between words.
 NO_SPACE_LANGUAGES = ["zh", "yue", "wuu", "ja", "th", "lo", "km", "my", "bo"]
 
+# The default limits of max_top_ngram_chars and max_dup_ngram_chars, by n-gram size.
+TOP_NGRAM_CHARS: dict[int, float | None] = {2: 0.30, 3: 0.27, 4: 0.24}
+DUP_NGRAM_CHARS: dict[int, float | None] = {5: 0.30, 6: 0.28, 7: 0.26, 8: 0.24, 9: 0.22, 10: 0.20}
+
 Detail = dict[str, Any]
 Verdict = tuple[str, Detail] | None
 
@@ -105,13 +109,13 @@ class QualityConfig(Section):
         0.2, ge=0, le=1, description="Fraction of line characters in lines that repeat."
     )
     max_top_ngram_chars: dict[int, float | None] = Field(
-        default_factory=lambda: {2: 0.30, 3: 0.27, 4: 0.24},
+        default_factory=lambda: dict(TOP_NGRAM_CHARS),
         description="n -> max fraction of word characters in all occurrences of the most "
         "frequent word n-gram; sizes not listed are not checked. Gopher's values x1.5: a "
         "short description repeats its title.",
     )
     max_dup_ngram_chars: dict[int, float | None] = Field(
-        default_factory=lambda: {5: 0.30, 6: 0.28, 7: 0.26, 8: 0.24, 9: 0.22, 10: 0.20},
+        default_factory=lambda: dict(DUP_NGRAM_CHARS),
         description="n -> max fraction of word characters covered by word n-grams that occur "
         "twice or more; sizes not listed are not checked. Gopher's values x2: reference pages "
         "repeat paths, option names and set phrases.",

@@ -24,10 +24,10 @@ import json
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -123,7 +123,7 @@ def _kind_of(path: Path) -> str | None:
     return None
 
 
-def discover(inputs: list[Path]) -> list[InputPiece]:
+def discover(inputs: Sequence[storage.Location]) -> list[InputPiece]:
     """Expand files and folders into whole-file pieces, sorted so every run sees one order."""
     if not inputs:
         raise UserError("no inputs: give --input PATH or set prep.inputs in the config")
@@ -191,7 +191,7 @@ def skipped_entries(inputs: list[Path]) -> list[str]:
     return entries
 
 
-def plan_shards(inputs: list[Path], shard_bytes: int, source: str | None = None) -> list[InputShard]:
+def plan_shards(inputs: Sequence[storage.Location], shard_bytes: int, source: str | None = None) -> list[InputShard]:
     """Split inputs into shards of about `shard_bytes`; only plain JSONL files are cut. `source` tags them."""
     pieces: list[tuple[InputPiece, int]] = []
     for piece in discover(inputs):
@@ -399,7 +399,7 @@ class _Decompressed(io.RawIOBase):
         return True
 
 
-def _open_stream(path: str) -> BinaryIO:
+def _open_stream(path: str) -> IO[bytes]:
     if path.endswith(".gz"):
         return io.BufferedReader(_Decompressed(path, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)))
     if path.endswith(".zst"):
@@ -407,7 +407,7 @@ def _open_stream(path: str) -> BinaryIO:
     return storage.open_binary(storage.as_location(path))
 
 
-def _check_stream(stream: BinaryIO, offset: int, partial: bytes) -> None:
+def _check_stream(stream: IO[bytes], offset: int, partial: bytes) -> None:
     """At the end of a stream: raise if it ended in damage, with the cut-off line as the raw bytes."""
     failure = getattr(stream.raw, "failure", None)  # type: ignore[attr-defined]
     if failure is not None:

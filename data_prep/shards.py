@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
@@ -44,7 +45,7 @@ def shard_schema(width: int, vocab_size: int, per_token: dict[str, np.dtype] | N
 
 
 def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray], vocab_size: int,
-                per_token: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                per_token: dict[str, np.ndarray] | None = None) -> ShardEntry:
     """Write rows as one IPC file (atomically); return its manifest entry. `per_token`: further columns,
     each an array shaped like `tokens`."""
     width = tokens.shape[1]
@@ -65,26 +66,112 @@ def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray]
                     *(pa.FixedSizeListArray.from_arrays(pa.array(column[start:start + ROWS_PER_BATCH].reshape(-1)), width)
                       for column in per_token.values()),
                 ], schema=schema))
-    return {"file": path.name, "sequences": int(len(tokens)), "tokens": int(tokens.size),
-            "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return ShardEntry(file=path.name, sequences=int(len(tokens)), tokens=int(tokens.size), bytes=path.stat().st_size,
+                      sha256=file_sha256(path))
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+class Record(BaseModel):
+    """A part of the manifest: its fields typed, and fields it does not name (a newer writer's) kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TokenizerRecord(Record):
+    """The tokenizer the shards were made with (its file beside the manifest), which checkpoints carry too."""
+
+    file: str
+    sha256: str
+    vocab_size: int
+    eod_id: int
+    pad_id: int
+
+
+class ShardEntry(Record):
+    """One shard file; `source` and `language` tag it where prep mixed named sources or split by language."""
+
+    file: str
+    sequences: int
+    tokens: int
+    bytes: int
+    sha256: str
+    source: str | None = None
+    language: str | None = None
+
+
+class Counts(Record):
+    documents: int = 0
+    tokens: int = 0
+    sequences: int = 0
+
+
+class SourceCounts(Counts):
+    languages: dict[str, Counts] | None = None
+
+
+class SplitIndex(Counts):
+    """A split's shards, its totals and, where tagged, its counts per language and per source."""
+
+    padding: int = 0
+    remainder: int = 0
+    shards: list[ShardEntry] = []
+    languages: dict[str, Counts] | None = None
+    sources: dict[str, SourceCounts] | None = None
+
+
+class ShardManifest(Record):
+    """`manifest.json`: what a shards folder holds, the contract between prep (or post-training's
+    packing) and the trainer. Version 1 is the only one written so far."""
+
+    schema_version: int = SCHEMA_VERSION
+    seq_len: int
+    row_width: int
+    packing: str
+    token_type: str
+    tokenizer: TokenizerRecord
+    splits: dict[str, SplitIndex]
+    prep_config: dict[str, Any] = {}
+
+    def to_json(self) -> str:
+        fields = self.model_dump(mode="json", exclude_unset=True)
+        return json.dumps({"schema_version": self.schema_version} | fields, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> ShardManifest:
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ShardError(f"{where} is not valid JSON ({exc})") from None
+        version = fields.get("schema_version") if isinstance(fields, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ShardError(f"{where}: schema_version {version} is not {SCHEMA_VERSION}")
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            place = ".".join(str(part) for part in problem["loc"])
+            raise ShardError(f"{where}: {place}: {problem['msg']} (a damaged or hand-edited manifest)") from None
+
+    def split(self, name: str) -> SplitIndex:
+        return self.splits.get(name) or SplitIndex()
+
+
+def write_manifest(folder: Path, manifest: ShardManifest) -> None:
     with atomic_path(folder / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION} | manifest, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(manifest.to_json())
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> ShardManifest:
     path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ShardError(f"{path} not found: is {folder} a shards folder made by `prep`?") from None
-    except json.JSONDecodeError as exc:
-        raise ShardError(f"{path} is not valid JSON ({exc})") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ShardError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
-    return manifest
+    return ShardManifest.from_json(text, path)
+
+
+def manifest_path(folder: Path) -> Path:
+    """Where a shards folder's manifest is, for messages about it."""
+    return Path(folder) / MANIFEST
 
 
 def open_shard(path: Path, width: int, expected_rows: int) -> pa.Table:
@@ -103,15 +190,15 @@ def open_shard(path: Path, width: int, expected_rows: int) -> pa.Table:
     return table
 
 
-def check_shard(path: Path, entry: dict[str, Any], full: bool) -> None:
+def check_shard(path: Path, entry: ShardEntry, full: bool) -> None:
     """Check one file against its manifest entry: its size (one stat) and, with `full`, its SHA-256,
     which reads the whole file; a loader checks sizes at start and each hash when it first uses the shard."""
     try:
         size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ShardError(f"shard {path} has {size:,} bytes, the manifest says {entry['bytes']:,} "
+        if size != entry.bytes:
+            raise ShardError(f"shard {path} has {size:,} bytes, the manifest says {entry.bytes:,} "
                              f"(truncated or modified)")
-        if full and file_sha256(path) != entry["sha256"]:
+        if full and file_sha256(path) != entry.sha256:
             raise ShardError(f"shard {path} does not match its manifest hash (corrupt or modified)")
     except FileNotFoundError:
         raise ShardError(f"shard {path} listed in the manifest is missing") from None

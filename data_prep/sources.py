@@ -11,13 +11,13 @@ so lineage, stats, shards and the training mixture can break down by source. Wit
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from pipeline.ground.schema import Section
-from pipeline.ground.storage import LocationValue
+from pipeline.ground.storage import Location, LocationValue
 
 SOURCE = "source"  # the column naming each document's source
 DEFAULT_SOURCE = "default"  # the name `prep.inputs` takes when named sources are given beside it
@@ -47,9 +47,9 @@ class SourceConfig(Section):
         return name
 
 
-def source_groups(inputs: list[Path], sources: list[SourceConfig]) -> list[tuple[str | None, list[Path]]]:
+def source_groups(inputs: Sequence[Location], sources: list[SourceConfig]) -> list[tuple[str | None, list[Location]]]:
     """(source name, its inputs) in config order; one untagged group (name None) without named sources."""
     if not sources:
         return [(None, list(inputs))]
-    groups: list[tuple[str | None, list[Path]]] = [(DEFAULT_SOURCE, list(inputs))] if inputs else []
+    groups: list[tuple[str | None, list[Location]]] = [(DEFAULT_SOURCE, list(inputs))] if inputs else []
     return groups + [(source.name, list(source.inputs)) for source in sources]

@@ -30,7 +30,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from fastwarc.warc import WarcRecord, WarcRecordType
 
@@ -76,7 +76,7 @@ class Outcome:
     raw: bytes = b""
 
 
-def _starts_warc_member(handle: BinaryIO, offset: int) -> bool:
+def _starts_warc_member(handle: IO[bytes], offset: int) -> bool:
     """Whether a gzip member starts at `offset` and its first decoded bytes are a WARC header."""
     handle.seek(offset)
     try:
@@ -86,7 +86,7 @@ def _starts_warc_member(handle: BinaryIO, offset: int) -> bool:
     return head.startswith(b"WARC/")
 
 
-def next_member(handle: BinaryIO, start: int) -> int | None:
+def next_member(handle: IO[bytes], start: int) -> int | None:
     """The offset of the first gzip member at or after `start` that decodes to a WARC header."""
     window, window_start = b"", start
     while True:
@@ -104,7 +104,7 @@ def next_member(handle: BinaryIO, start: int) -> int | None:
         window_start, window = window_start + len(window) - keep, window[-keep:]
 
 
-def gzip_members(handle: BinaryIO) -> Iterator[int | bytes | Damage]:
+def gzip_members(handle: IO[bytes]) -> Iterator[int | bytes | Damage]:
     """Each gzip member in turn: its compressed offset (an int), then its decoded bytes, or a Damage.
 
     A member's bytes are held until its end, where zlib checks its CRC and length, so a damaged
@@ -113,7 +113,8 @@ def gzip_members(handle: BinaryIO) -> Iterator[int | bytes | Damage]:
     """
     offset, pending = 0, b""  # the compressed offset of pending[0]; bytes read, not yet decoded
     decoder: Any = None
-    member, held, held_bytes = 0, [], 0
+    member, held_bytes = 0, 0
+    held: list[bytes] = []
     while True:
         if not pending or decoder is None and len(pending) < len(GZIP_MAGIC):
             more = handle.read(CHUNK)
@@ -164,7 +165,7 @@ def gzip_members(handle: BinaryIO) -> Iterator[int | bytes | Damage]:
             decoder = None
 
 
-def plain_chunks(handle: BinaryIO) -> Iterator[int | bytes]:
+def plain_chunks(handle: IO[bytes]) -> Iterator[int | bytes]:
     """An uncompressed file as one member at offset 0."""
     yield 0
     while chunk := handle.read(CHUNK):
@@ -278,7 +279,7 @@ class _Cutter:
             self._consume(body_end + len(tail))
 
 
-def warc_records(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[str, bytes] | Damage]:
+def warc_records(handle: IO[bytes], max_bytes: int) -> Iterator[tuple[str, bytes] | Damage]:
     """Every record of a WARC file as (offset, bytes), and every damaged stretch as a Damage, in file order.
     Whether the file is gzipped is read from its first bytes, not its name."""
     compressed = handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC

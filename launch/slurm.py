@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 
 from pipeline.ground.errors import UserError
 
@@ -24,7 +25,7 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
         raise UserError(f"{command[0]} not found: run this on a machine with the Slurm client commands") from exc
 
 
-def sbatch(script: str, dependency: list[str] = (), array: str | None = None) -> str:
+def sbatch(script: str, dependency: Sequence[str] = (), array: str | None = None) -> str:
     """Submit a script; returns the job id."""
     command = ["sbatch", "--parsable"]
     if dependency:

@@ -334,25 +334,25 @@ def _train_status(trainer: Trainer, rank0: bool) -> int:
 def _tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
     """The tokenizer `checkpoint` was trained with: another one's ids would decode to garbage."""
     from pipeline.ground.hashing import file_sha256
-    from training.export import read_meta, tokenizer_record
+    from training.checkpoint_meta import read_meta, tokenizer_record
 
     meta = read_meta(checkpoint)
     record = tokenizer_record(meta)
-    path = given or Path(meta["data_dir"]) / record["file"]
-    if given is None and storage.is_remote(meta["data_dir"]):  # trained from shards on object storage
+    path = given or Path(meta.data_dir) / record.file
+    if given is None and storage.is_remote(meta.data_dir):  # trained from shards on object storage
         from training.shard_cache import cache_root
 
-        path = cache_root() / "tokenizers" / f"{record['sha256']}.json"
+        path = cache_root() / "tokenizers" / f"{record.sha256}.json"
         if not path.is_file():
-            storage.download(storage.join(meta["data_dir"], record["file"]), path)
+            storage.download(storage.join(meta.data_dir, record.file), path)
     if given and not given.is_file():
         raise UserError(f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's "
                         f"tokenizer.json")
     if not path.is_file():
         raise UserError(f"tokenizer {path} not found: pass --tokenizer")
-    if file_sha256(path) != record["sha256"]:
+    if file_sha256(path) != record.sha256:
         raise UserError(f"tokenizer {path} is not the one {checkpoint} was trained with (its SHA-256 differs from "
-                        f"the recorded {record['sha256'][:12]}...): pass that run's tokenizer.json with --tokenizer")
+                        f"the recorded {record.sha256[:12]}...): pass that run's tokenizer.json with --tokenizer")
     return path
 
 
@@ -390,9 +390,9 @@ def _run_samples(checkpoint: Path, config: CrucibleConfig) -> SamplesConfig:
     this command's --config and --set give: a run's own prompts and temperature without repeating its config."""
     from pydantic import ValidationError
 
-    from training.export import read_meta
+    from training.checkpoint_meta import read_meta
 
-    saved = read_meta(checkpoint)["config"].get("samples", {})  # none in checkpoints saved before they were kept
+    saved = read_meta(checkpoint).config.samples  # empty in checkpoints saved before they were kept
     given = config.samples.model_dump(mode="json", include=config.samples.model_fields_set)
     try:
         return SamplesConfig.model_validate(saved | given)
@@ -478,7 +478,8 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
     from pipeline.ground.atomic import write_json
     from pipeline.summary import print_heldout, print_task_results
     from training.evaluate import evaluate_checkpoint, heldout_loss
-    from training.export import read_meta, save_hf
+    from training.checkpoint_meta import read_meta
+    from training.export import save_hf
     from training.tasks import load_tasks
 
     for flag, needs in (("data", "heldout"), ("heldout_rows", "heldout"), ("hf", "harness")):
@@ -496,9 +497,9 @@ def _eval(config: CrucibleConfig, args: argparse.Namespace) -> None:
         raise UserError("no task files: pass --tasks FILE [FILE ...] or set eval.tasks"
                         + ("" if args.harness else ", or ask for --heldout"))
     meta = read_meta(args.checkpoint)
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "step": meta["step"]}
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "step": meta.step}
     if args.heldout:
-        data = args.data or storage.as_location(meta["data_dir"])
+        data = args.data or storage.as_location(meta.data_dir)
         report["heldout"] = heldout_loss(args.checkpoint, data, config.train.shard_cache, args.heldout_rows)
         print_heldout(report["heldout"], f"held-out loss at step {report['step']} ({storage.join(data, 'val')})")
     if tasks:

@@ -8,13 +8,15 @@ trainer, `launch` with the launchers); this module assembles the root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, ValidationError
 
 from data_prep.config import PrepConfig
+from data_prep.pack import PACK, PackConfig
+from data_prep.tokenizer import TOKENIZE, TokenizerConfig
 from launch.config import LaunchConfig
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
@@ -54,11 +56,12 @@ class CrucibleConfig(TrainingConfig):
 
     def plan_vocab_size(self) -> int:
         """The vocabulary `plan` assumes: plan.vocab_size, else the model's, else the one prep trains."""
-        return self.plan.vocab_size or self.model.vocab_size or self.prep.tokenizer.vocab_size
+        tokenizer = cast(TokenizerConfig, self.prep.section(TOKENIZE))
+        return self.plan.vocab_size or self.model.vocab_size or tokenizer.vocab_size
 
     def plan_seq_len(self) -> int:
         """The sequence length `plan` assumes: plan.seq_len, else the training's, else prep's packing."""
-        return self.plan.seq_len or self.train.seq_len or self.prep.pack.seq_len
+        return self.plan.seq_len or self.train.seq_len or cast(PackConfig, self.prep.section(PACK)).seq_len
 
 
 class ConfigError(UserError):
@@ -121,7 +124,8 @@ def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Path | None, overrides: list[str] = (), replaced: Mapping[str, Any] | None = None) -> CrucibleConfig:
+def load_config(path: Path | None, overrides: Sequence[str] = (),
+                replaced: Mapping[str, Any] | None = None) -> CrucibleConfig:
     """Read YAML (or start from defaults), apply overrides, then the keys a verb's flags replace
     (`--stages` is `prep.stages`), and validate all of it together."""
     tree: dict[str, Any] = {}

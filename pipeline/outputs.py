@@ -31,7 +31,7 @@ from data_prep.books import data_file, dropped_file, marker_file, quarantine_fil
 from data_prep.overlap import OVERLAP
 from data_prep.pack import PACK, shard_file
 from data_prep.readers import skipped_entries
-from data_prep.shards import token_type, write_manifest
+from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground import storage
 from pipeline.ground.atomic import atomic_path, write_json, write_parquet
@@ -226,35 +226,37 @@ def publish_manifest(plan: Plan, work: Path, output: Location, totals: dict[str,
     if PACK not in plan.config.stages:
         return
     _publish_copy(tokenizer_path, output, f"shards/{TOKENIZER_FILE}")
-    splits: dict[str, Any] = {}
+    splits: dict[str, SplitIndex] = {}
     for split in ("train", "val"):
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
-        splits[split] = {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
-        splits[split]["shards"] = [{k: v for k, v in f.items() if k != "split"} for f in entries]
+        tagged: dict[str, Any] = {}
         if languages:
-            splits[split]["languages"] = _split_counts(split, _summed(languages.values()))
+            tagged["languages"] = _split_counts(split, _summed(languages.values()))
         if sources:
-            splits[split]["sources"] = _split_counts(split, sources)
-            for name, counts in splits[split]["sources"].items():
+            tagged["sources"] = _split_counts(split, sources)
+            for name, counts in tagged["sources"].items():
                 if name in languages:
                     counts["languages"] = _split_counts(split, languages[name])
+        splits[split] = SplitIndex.model_validate(
+            {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
+            | {"shards": [{k: v for k, v in f.items() if k != "split"} for f in entries]} | tagged)
     with _made(output, work, f"shards/{MANIFEST}") as target:
         _write_manifest(plan, tokenizer_path, splits, target.parent)
 
 
-def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, Any], folder: Path) -> None:
+def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, SplitIndex], folder: Path) -> None:
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
-    write_manifest(folder, {
-        "seq_len": plan.config.pack.seq_len,
-        "row_width": plan.config.pack.seq_len + 1,
-        "packing": plan.config.pack.method,
-        "token_type": str(token_type(tokenizer.get_vocab_size())),
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(tokenizer_path),
-                      "vocab_size": tokenizer.get_vocab_size(), "eod_id": eod, "pad_id": pad},
-        "splits": splits,
-        "prep_config": plan.config.with_absolute_paths().model_dump(mode="json", exclude=RUN_ONLY),
-    })
+    write_manifest(folder, ShardManifest(
+        seq_len=plan.config.pack.seq_len,
+        row_width=plan.config.pack.seq_len + 1,
+        packing=plan.config.pack.method,
+        token_type=str(token_type(tokenizer.get_vocab_size())),
+        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(tokenizer_path),
+                                  vocab_size=tokenizer.get_vocab_size(), eod_id=eod, pad_id=pad),
+        splits=splits,
+        prep_config=plan.config.with_absolute_paths().model_dump(mode="json", exclude=RUN_ONLY),
+    ))
 
 
 def _split_counts(split: str, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from data_prep.readers import InputShard, plan_shards
 from data_prep.sources import source_groups
 from data_prep.stage import StepSpec, TaskContext
 from pipeline.ground import storage
+from pipeline.ground.schema import Section
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Plan:
 
     def context(self, work: Path, step: Step, task: int, report: Callable[[int], None]) -> TaskContext:
         """What task `task` of `step` is given to run."""
+        settings: Section | None
         if step.stage == registry.READ.name:
             settings = self.config.read
         elif registry.stage(step.stage).per_document:  # a named source may skip it or set its own settings

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from data_prep.pack import PACK
 from pipeline.config import CrucibleConfig
 from pipeline.ground.console import console
 from pipeline.ground.errors import UserError
@@ -35,11 +36,12 @@ def run_shape(config: CrucibleConfig) -> tuple[int, int, list[str]]:
     would take 488 million steps for 1T tokens."""
     from training.config import PRESET_RUNS
 
-    seq_len, batch, filled = config.plan_seq_len(), config.train.global_batch_size, []
+    seq_len, batch = config.plan_seq_len(), config.train.global_batch_size
+    filled: list[str] = []
     typical = PRESET_RUNS.get(config.model.preset or "")
     if typical is None:
         return seq_len, batch, filled
-    if not (config.plan.seq_len or config.train.seq_len or "seq_len" in config.prep.pack.model_fields_set):
+    if not (config.plan.seq_len or config.train.seq_len or "seq_len" in config.prep.section(PACK).model_fields_set):
         seq_len = typical[0]
         filled.append(f"prep.pack.seq_len={seq_len}")
     if "global_batch_size" not in config.train.model_fields_set:
@@ -54,6 +56,8 @@ def _print_mixture(config: CrucibleConfig, data: Path | None, steps: int, batch:
     from training.data import UNTAGGED, source_sizes
     from training.mixture import plan_epochs
 
+    mixture = config.train.mixture
+    assert mixture is not None  # print_plan calls this only when train.mixture is set
     out = console()
     if data is None:
         out.print("[yellow]note:[/] train.mixture is set: give --data SHARDS to see how many epochs of each source "
@@ -65,7 +69,7 @@ def _print_mixture(config: CrucibleConfig, data: Path | None, steps: int, batch:
     table = Table(title=f"mixture over {config.plan.token_budget:.3g} tokens ({steps:,} steps)")
     for column in ("source", "rows", "share of tokens", "epochs", "max epochs"):
         table.add_column(column, justify="left" if column == "source" else "right")
-    entries = plan_epochs(config.train.mixture, rows, tokens, steps, batch)
+    entries = plan_epochs(mixture, rows, tokens, steps, batch)
     for e in entries:
         table.add_row(e["source"], f"{e['rows']:,}", f"{e['share']:.1%}", f"{e['epochs']:,.2f}",
                       "-" if e["max_epochs"] == float("inf") else f"{e['max_epochs']:g}")

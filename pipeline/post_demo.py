@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.ground.atomic import write_json, write_text
+from pipeline.ground.errors import UserError
 from pipeline.child_run import run_crucible
 from pipeline.ground.markers import read_jsonl, read_marker
 from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, METRICS_LOG, TOKENIZER_FILE
@@ -54,7 +55,8 @@ def deal(answers: list[str]) -> dict[str, str]:
 
 def questions(wordings: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(question, object) pairs for training, and the held-out ones: object i's wording i mod 6."""
-    train, held_out = [], []
+    train: list[tuple[str, str]] = []
+    held_out: list[tuple[str, str]] = []
     for i, thing in enumerate(OBJECTS):
         for w, wording in enumerate(wordings):
             (held_out if w == i % len(wordings) else train).append((wording.format(thing), thing))
@@ -124,7 +126,10 @@ def run_post_demo(folder: Path, base: Path, base_tokenizer: Path) -> dict[str, A
     from training.post import DATA, SHARDS
 
     if (folder / RESULTS).exists():
-        return read_marker(folder / RESULTS)
+        stored = read_marker(folder / RESULTS)
+        if stored is None:
+            raise UserError(f"{folder / RESULTS}: cannot be read; remove it to run the demo again")
+        return stored
     chat, prefs = write_demo_data(folder / "data")
     sft = _post_train("sft", base, chat, folder / "sft", SFT, SFT_STEPS)
     dpo = _post_train("dpo", sft, prefs, folder / "dpo", DPO, DPO_STEPS)

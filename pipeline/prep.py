@@ -75,7 +75,7 @@ def _check_prefix_apart(groups: list[tuple[str, list[Any]]], output: str, flag: 
                                 f"writes; give an {flag} apart from every input")
 
 
-def _shown(given: Path, resolved: Path) -> str:
+def _shown(given: Location, resolved: Path) -> str:
     """A path as the user gave it, and where it leads when a link or `..` makes that another place."""
     return str(given) if os.path.abspath(given) == str(resolved) else f"{given} (that is {resolved})"
 

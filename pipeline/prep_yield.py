@@ -30,7 +30,7 @@ def check_yield(config: PrepSettings, output: Location, stats: dict[str, Any]) -
     """Raise PrepYieldError when prep kept no document or quarantined too large a share of them."""
     stages = stats["stages"]
     read, kept = stages[0]["docs_in"], stages[-1]["docs_out"]
-    quarantined = Counter()
+    quarantined: Counter[str] = Counter()
     for row in stages:
         quarantined.update(row["quarantined"])
     total = sum(quarantined.values())
@@ -43,7 +43,7 @@ def check_yield(config: PrepSettings, output: Location, stats: dict[str, Any]) -
             f"prep.max_quarantined_share={config.max_quarantined_share:g}")
     what += f" ({reasons})" if reasons else ""
     no_text = any(reason in quarantined for reason in NO_TEXT)
-    hint = _field_hint(config, output) if no_text and not storage.is_remote(output) else ""
+    hint = _field_hint(config, Path(output)) if no_text and not storage.is_remote(output) else ""
     raise PrepYieldError(f"{what}{hint}; each record and its reason is in {storage.join(output, 'quarantine')}"
                          if total else f"{what}; see the table above for the stage that removed them")
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import yaml
@@ -30,6 +30,9 @@ from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
 from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
 from pipeline.summary import changed, overlap_line
+
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#2e86de", "#ee5253", "#10ac84", "#8395a7", "#ff9f43", "#5f27cd"
 EVENT_COLOURS = {"rollback": ORANGE, "resume": GREEN, "stop": RED, "anomaly_ignored": PURPLE}
@@ -120,7 +123,7 @@ def unigram_entropy(shards: Path) -> float:
     from training.data import PackedDataset
 
     dataset = PackedDataset(shards, "train", verify=False)
-    counts = np.zeros(read_manifest(shards)["tokenizer"]["vocab_size"], dtype=np.int64)
+    counts = np.zeros(read_manifest(shards).tokenizer.vocab_size, dtype=np.int64)
     for index in range(len(dataset.paths)):
         for tokens in dataset.shard(index).tokens:
             counts += np.bincount(tokens.to_numpy(), minlength=len(counts))[: len(counts)]
@@ -286,7 +289,7 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
         return
     page.heading("Evaluation")
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    colours: dict[str, str] = {}  # per task, its first line's colour, for its chance line
+    colours: dict[str, ColorType] = {}  # per task, its first line's colour, for its chance line
     for name, points in sorted(series.items()):
         if "perplexity" not in name and not name.endswith("/chance"):  # perplexity is unbounded: listed below
             (line,) = ax.plot(*zip(*points), "o-", label=name)
@@ -336,7 +339,8 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]
     previous = {name: 0 for name in sources}
     meant = {name: 0.0 for name in sources}  # tokens the targets asked for, record by record
-    steps, realized, window = [], {name: [] for name in sources}, max(1, len(kept) // 30)  # ~30 points a line
+    realized: dict[str, list[float]] = {name: [] for name in sources}
+    steps, window = [], max(1, len(kept) // 30)  # ~30 points a line
     start = previous
     for i, m in enumerate(kept):
         now = {name: m.get(f"mix/{name}/tokens", 0) for name in sources}

@@ -79,8 +79,9 @@ def sources_table(sources: dict[str, dict[str, int]]) -> Table:
                "val tokens": "val_tokens"}
     for header in headers:
         table.add_column(header, justify="left" if header == "source" else "right")
+    keys = [key for key in headers.values() if key is not None]  # all but the source's name
     for name, counts in sources.items():
-        table.add_row(name, *(f"{counts.get(key, 0):,}" for key in list(headers.values())[1:]))
+        table.add_row(name, *(f"{counts.get(key, 0):,}" for key in keys))
     return table
 
 

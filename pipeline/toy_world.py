@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.shards import write_manifest, write_shard
+from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, write_manifest, write_shard
 from pipeline.child_run import run_crucible
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, TOKENIZER_FILE
@@ -44,12 +44,13 @@ def toy_shards(folder: Path) -> Path:
     for split, copies in (("train", 16), ("val", 4)):
         entry = write_shard(folder / split / f"{split}-00000-000.arrow", row.repeat(copies, 0), [starts] * copies,
                             len(vocab))
-        splits[split] = {"documents": 3 * copies, "tokens": row.size * copies, "sequences": copies, "padding": 0,
-                         "remainder": 0, "shards": [entry]}
-    write_manifest(folder, {"seq_len": len(ids) - 1, "row_width": len(ids), "packing": "concat", "token_type": "uint16",
-                            "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(folder / TOKENIZER_FILE),
-                                          "vocab_size": len(vocab), "eod_id": vocab["END"], "pad_id": vocab["<|pad|>"]},
-                            "splits": splits, "prep_config": {}})
+        splits[split] = SplitIndex(documents=3 * copies, tokens=row.size * copies, sequences=copies, padding=0,
+                                   remainder=0, shards=[entry])
+    write_manifest(folder, ShardManifest(
+        seq_len=len(ids) - 1, row_width=len(ids), packing="concat", token_type="uint16",
+        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(folder / TOKENIZER_FILE),
+                                  vocab_size=len(vocab), eod_id=vocab["END"], pad_id=vocab["<|pad|>"]),
+        splits=splits, prep_config={}))
     return folder
 
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from launch.torchrun import free_port  # noqa: E402
 from pipeline.ground.hashing import file_sha256  # noqa: E402
 from training.checkpoint import info_of  # noqa: E402
-from training.safe_load import META_DIGEST, CorruptCheckpoint, meta_digest  # noqa: E402
+from training.checkpoint_meta import META_DIGEST, CorruptCheckpoint, meta_digest  # noqa: E402
 
 STEPS, INTERVAL, PREFIX = 12, 3, 6  # the reference runs STEPS; faults start from a run stopped at PREFIX
 NPROC = 2
@@ -100,7 +100,7 @@ def damaged_bytes(run: Path) -> int:
     lost = 0
     for folder in sorted((run / "checkpoints").glob("step-*")):
         try:
-            files = info_of(folder).meta["files"]
+            files = info_of(folder).meta.files
         except CorruptCheckpoint:
             lost += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             continue

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord
 from launch.torchrun import free_port
 from tests.s3_server import S3Server
 
@@ -92,6 +93,14 @@ def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
     if check and result.returncode != 0:
         raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def hand_made_manifest(seq_len: int, splits: dict[str, SplitIndex], pad_id: int = 1) -> ShardManifest:
+    """The manifest of shards a test wrote itself (vocabulary 4096, a tokenizer the loader never reads)."""
+    return ShardManifest(seq_len=seq_len, row_width=seq_len + 1, packing="concat", token_type="uint16",
+                         tokenizer=TokenizerRecord(file="tokenizer.json", sha256="0" * 64, vocab_size=4096, eod_id=0,
+                                                   pad_id=pad_id),
+                         splits=splits)
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -66,7 +66,7 @@ def train(shards: Path, steps: int, overrides: tuple[str, ...] = (), setup=None)
     single_process_groups()
     cfg = load_config(None, list(overrides)).model
     dataset = PackedDataset(shards, "train")
-    model = GPT(cfg, tp_config_single(), padded_vocab(dataset.manifest["tokenizer"]["vocab_size"], 128, 1))
+    model = GPT(cfg, tp_config_single(), padded_vocab(dataset.manifest.tokenizer.vocab_size, 128, 1))
     init_weights(model, seed=7, n_layers=cfg.n_layers)
     if setup is not None:
         setup(model)

@@ -63,7 +63,7 @@ def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, n
     data = PackedDataset(shards, split)
     batch = DistributedLoader(data, rows, seed=0, rows_per_step=rows).next_batch()
     cfg = ModelConfig()
-    model = GPT(cfg, tp_config_single(), padded_vocab(data.manifest["tokenizer"]["vocab_size"], cfg.vocab_multiple, 1))
+    model = GPT(cfg, tp_config_single(), padded_vocab(data.manifest.tokenizer.vocab_size, cfg.vocab_multiple, 1))
     init_weights(model, TrainConfig().seed, cfg.n_layers)
     logits = model(batch.inputs, batch.positions, batch.segments)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(),

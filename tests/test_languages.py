@@ -14,6 +14,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.ground.errors import UserError
 from pipeline.prep import run_prep
 from tests.conftest import read_set, write_jsonl
+from data_prep.shards import read_manifest
 from training.data import PackedDataset, build_loader, shard_units, source_sizes
 from training.mixture import caps
 
@@ -85,7 +86,7 @@ def test_shards_are_split_by_language_and_the_manifest_counts_per_source_and_lan
                 assert by["sequences"] == sum(s["sequences"] for s in entry["shards"]
                                               if (s["source"], s["language"]) == (name, lang))
     assert set(manifest["splits"]["train"]["sources"]["web"]["languages"]) == set(LANGUAGES)
-    rows, tokens = source_sizes(manifest)
+    rows, tokens = source_sizes(read_manifest(shards))
     assert sorted(rows) == UNITS and tokens["web/de"] == manifest["splits"]["train"]["sources"]["web"]["languages"][
         "de"]["tokens"]
 

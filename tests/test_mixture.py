@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.shards import write_manifest, write_shard
+from data_prep.shards import SplitIndex, write_manifest, write_shard
 from pipeline.config import load_config
 from pipeline.ground.errors import UserError
+from tests.conftest import hand_made_manifest
 from training.data import DistributedLoader, MixingLoader, PackedDataset, build_loader
 from training.mixture import plan_epochs
 
@@ -32,16 +33,13 @@ def write_sources(folder: Path, real: dict[str, int]) -> Path:
             tokens[:, real.get(name, SEQ_LEN + 1):] = PAD
             starts = [np.array([0], np.int32)] * rows
             entry = write_shard(folder / "train" / f"train-{name}-{shard}.arrow", tokens, starts, 4096)
-            entries.append(entry | {"source": name})
+            entries.append(entry.model_copy(update={"source": name}))
         counts[name] = {"documents": n_shards * rows, "tokens": n_shards * rows * (SEQ_LEN + 1),
                         "sequences": n_shards * rows}
-    entries.sort(key=lambda e: e["file"])
+    entries.sort(key=lambda e: e.file)
     (folder / "val").mkdir()
-    write_manifest(folder, {"seq_len": SEQ_LEN, "row_width": SEQ_LEN + 1, "token_type": "uint16",
-                            "tokenizer": {"file": "tokenizer.json", "sha256": "0" * 64, "vocab_size": 4096,
-                                          "eod_id": 0, "pad_id": PAD},
-                            "splits": {"train": {"shards": entries, "sources": counts},
-                                       "val": {"shards": [], "sources": {}}}})
+    write_manifest(folder, hand_made_manifest(SEQ_LEN, {"train": SplitIndex(shards=entries, sources=counts),
+                                                        "val": SplitIndex(sources={})}, pad_id=PAD))
     return folder
 
 

@@ -26,7 +26,7 @@ from training.config import CheckpointConfig, ShardCacheConfig
 from training.data import DistributedLoader, PackedDataset
 from training.hooks import EventLog
 from training.remote_checkpoints import RemoteCheckpoints
-from training.safe_load import META_DIGEST, meta_digest
+from training.checkpoint_meta import META_DIGEST, meta_digest
 from training.shard_cache import ShardCache
 
 
@@ -119,7 +119,7 @@ def test_local_paths_work_without_s3fs_and_an_s3_path_names_the_extra(tmp_path: 
 def test_shards_from_s3_give_the_same_batches_through_a_bounded_cache(remote_shards: str, small_shards: Path,
                                                                       tmp_path: Path) -> None:
     local = PackedDataset(small_shards, "train")
-    limit = sum(e["bytes"] for e in local.entries) / 2
+    limit = sum(e.bytes for e in local.entries) / 2
     cache = ShardCache(ShardCacheConfig(folder=tmp_path, max_gb=limit / 2**30, download_threads=2))
     view = cache.view(remote_shards)
     assert (view.parent / "stats.json").read_bytes() == (small_shards.parent / "stats.json").read_bytes()
@@ -136,10 +136,10 @@ def test_shards_from_s3_give_the_same_batches_through_a_bounded_cache(remote_sha
 def test_a_shard_that_does_not_match_its_hash_is_refused(s3: S3Server, bucket: str, small_shards: Path,
                                                          tmp_path: Path) -> None:
     s3.upload_folder(small_shards, f"{bucket}/altered/shards")
-    entry = read_manifest(small_shards)["splits"]["train"]["shards"][0]
-    data = bytearray((small_shards / "train" / entry["file"]).read_bytes())
+    entry = read_manifest(small_shards).splits["train"].shards[0]
+    data = bytearray((small_shards / "train" / entry.file).read_bytes())
     data[-100] ^= 0xFF  # same size: only the hash can tell
-    s3.put(f"{bucket}/altered/shards/train/{entry['file']}", bytes(data))
+    s3.put(f"{bucket}/altered/shards/train/{entry.file}", bytes(data))
     cache = ShardCache(ShardCacheConfig(folder=tmp_path))
     dataset = PackedDataset(cache.view(f"{bucket}/altered/shards"), "train", remote=f"{bucket}/altered/shards",
                             cache=cache)

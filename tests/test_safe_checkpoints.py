@@ -54,7 +54,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def rehash(checkpoint: Path, **fields: object) -> None:
     """Record the files' current hashes (and any `fields`) and the digest of it all, as someone who planted a
     file and knows the format would."""
-    from training.safe_load import META_DIGEST, meta_digest
+    from training.checkpoint_meta import META_DIGEST, meta_digest
 
     meta_path = checkpoint / "crucible.json"
     meta = json.loads(meta_path.read_text())
@@ -295,7 +295,7 @@ def test_a_tampered_checkpoint_is_refused_by_name_and_resume_passes_over_it_unto
     from training.checkpoint import Checkpointer
     from training.config import CheckpointConfig
     from training.export import consolidate
-    from training.safe_load import CorruptCheckpoint
+    from training.checkpoint_meta import CorruptCheckpoint
 
     marker, newest = tmp_path / "payload-ran", run / NEWEST
     named = tamper(newest, marker)
@@ -422,7 +422,7 @@ def test_resuming_a_checkpoint_of_another_model_size_is_one_line(trained: Path, 
 
 def test_a_model_file_that_is_not_a_pickle_is_one_line(run: Path) -> None:
     from training.export import consolidate
-    from training.safe_load import CorruptCheckpoint
+    from training.checkpoint_meta import CorruptCheckpoint
 
     model_file = run / NEWEST / "mp_rank_00_model_states.pt"
     model_file.write_bytes(b"this is not a checkpoint\n" * 10)

@@ -192,13 +192,14 @@ def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], t
 
     from training.config import SamplesConfig
     from training.evaluate import evaluate_checkpoint
-    from training.export import read_meta, save_hf, tokenizer_record
+    from training.checkpoint_meta import read_meta, tokenizer_record
+    from training.export import save_hf
     from training.harness import run_harness
     from training.tasks import load_tasks
 
     loaded = load_tasks(tasks)
     meta = read_meta(checkpoint(run))
-    tokenizer = Path(meta["data_dir"]) / tokenizer_record(meta)["file"]
+    tokenizer = Path(meta.data_dir) / tokenizer_record(meta).file
     ours = evaluate_checkpoint(checkpoint(run), loaded, tokenizer)
     hf = save_hf(checkpoint(run), tmp_path / "hf", tokenizer, torch.float32, SamplesConfig())
     theirs = run_harness(hf, loaded)

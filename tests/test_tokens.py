@@ -11,9 +11,10 @@ import pyarrow as pa
 import pytest
 
 from data_prep.pack import pack_best_fit, pack_concat
-from data_prep.shards import ShardError, write_manifest, write_shard
+from data_prep.shards import ShardError, SplitIndex, write_manifest, write_shard
 from data_prep.tokenizer import load_tokenizer
 from pipeline.ground.hashing import file_sha256
+from tests.conftest import hand_made_manifest
 from tests.test_prep_pipeline import prep, read_dir
 from training.data import DistributedLoader, PackedDataset
 
@@ -191,23 +192,22 @@ def test_a_dataset_of_many_shards_reads_only_the_shards_it_touches(tmp_path: Pat
     rows, width, count = 3, 9, 200
     entries = [write_shard(tmp_path / "train" / f"train-{i:05d}.arrow", np.full((rows, width), i + 2),
                            [np.array([0], np.int32)] * rows, 4096) for i in range(count)]
-    write_manifest(tmp_path, {"seq_len": width - 1, "row_width": width, "tokenizer": {"sha256": "0" * 64, "pad_id": 1},
-                              "splits": {"train": {"shards": entries}}})
+    write_manifest(tmp_path, hand_made_manifest(width - 1, {"train": SplitIndex(shards=entries)}))
     kept = 7
     for entry in entries:  # every shard but one becomes garbage of the same size
         if entry is not entries[kept]:
-            path = tmp_path / "train" / entry["file"]
+            path = tmp_path / "train" / entry.file
             path.write_bytes(bytes(path.stat().st_size))
     dataset = PackedDataset(tmp_path, "train")
     assert len(dataset) == rows * count
     tokens, _ = dataset.rows(np.arange(kept * rows, (kept + 1) * rows))
     assert (tokens == kept + 2).all()
-    with pytest.raises(ShardError, match=f"{entries[kept + 1]['file']}.*hash"):
+    with pytest.raises(ShardError, match=f"{entries[kept + 1].file}.*hash"):
         dataset.rows(np.array([(kept + 1) * rows]))
-    with pytest.raises(ShardError, match=f"{entries[0]['file']}.*corrupt"):
+    with pytest.raises(ShardError, match=f"{entries[0].file}.*corrupt"):
         PackedDataset(tmp_path, "train", verify=False).rows(np.array([0]))
-    (tmp_path / "train" / entries[-1]["file"]).unlink()
-    with pytest.raises(ShardError, match=f"{entries[-1]['file']}.*missing"):
+    (tmp_path / "train" / entries[-1].file).unlink()
+    with pytest.raises(ShardError, match=f"{entries[-1].file}.*missing"):
         PackedDataset(tmp_path, "train")  # a missing or resized file is refused at once, by a stat
 
 
@@ -216,8 +216,7 @@ def test_rows_of_a_shard_of_several_record_batches_come_back_as_written(tmp_path
     tokens = rng.integers(0, 4096, size=(2500, 5))  # three record batches of ROWS_PER_BATCH rows at most
     starts = [np.arange(i % 3 + 1, dtype=np.int32) for i in range(len(tokens))]
     entry = write_shard(tmp_path / "train" / "train-00000.arrow", tokens, starts, 4096)
-    write_manifest(tmp_path, {"seq_len": 4, "row_width": 5, "tokenizer": {"sha256": "0" * 64, "pad_id": 1},
-                              "splits": {"train": {"shards": [entry]}}})
+    write_manifest(tmp_path, hand_made_manifest(4, {"train": SplitIndex(shards=[entry])}))
     order = rng.permutation(len(tokens))
     rows, row_starts = PackedDataset(tmp_path, "train").rows(order)
     assert np.array_equal(rows, tokens[order])

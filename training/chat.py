@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline.ground.records import text_lines
 
@@ -51,7 +51,7 @@ def grow_tokenizer(base_file: Path) -> tuple[Any, list[int]]:
     tokenizer = Tokenizer.from_file(str(base_file))
     missing = [token for token in CHAT_TOKENS if tokenizer.token_to_id(token) is None]
     tokenizer.add_special_tokens(missing)
-    return tokenizer, [tokenizer.token_to_id(token) for token in missing]
+    return tokenizer, cast(list[int], [tokenizer.token_to_id(token) for token in missing])  # all added just now
 
 
 def has_chat_tokens(tokenizer: Any) -> bool:

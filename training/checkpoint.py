@@ -39,17 +39,8 @@ from training.config import CheckpointConfig
 from training.export import build_universal, cached_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
 from training.remote_checkpoints import RemoteCheckpoints, kept
-from training.safe_load import (
-    META_DIGEST,
-    CorruptCheckpoint,
-    SafeCheckpointEngine,
-    check_files,
-    load,
-    meta_digest,
-    read_meta,
-    vet,
-    weights_only_loads,
-)
+from training.checkpoint_meta import CheckpointMeta, CorruptCheckpoint, read_meta
+from training.safe_load import SafeCheckpointEngine, check_files, load, vet, weights_only_loads
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
@@ -80,7 +71,7 @@ class CheckpointInfo:
     path: Path
     step: int
     healthy: bool
-    meta: dict[str, Any]
+    meta: CheckpointMeta
 
 
 def tag_for(step: int) -> str:
@@ -162,7 +153,7 @@ class Checkpointer:
     def verify(self, info: CheckpointInfo) -> None:
         """Refuse a checkpoint folder holding anything but the files it lists (always), or whose files do not
         match their hashes (with `checkpoint.verify`)."""
-        check_files(info.path, info.meta["files"], hashes=self.config.verify)
+        check_files(info.path, info.meta.files, hashes=self.config.verify)
 
     def newest_loadable(self, events: Any = None) -> CheckpointInfo | None:
         """The newest checkpoint (at or before `latest`, when that points at one) whose folder passes
@@ -250,7 +241,7 @@ class Checkpointer:
 
     # -- saving --------------------------------------------------------------------------
 
-    def save(self, engine: Any, step: int, meta: dict[str, Any]) -> Path:
+    def save(self, engine: Any, step: int, meta: CheckpointMeta) -> Path:
         """Collective: every rank calls it. Returns the published folder."""
         tag = tag_for(step)
         staging = self.root / STAGING
@@ -270,10 +261,8 @@ class Checkpointer:
         if self.rank == 0:
             files = {str(p.relative_to(staging / tag)): file_sha256(p)
                      for p in sorted((staging / tag).rglob("*")) if p.is_file()}
-            meta = meta | {"step": step, "files": files}
             try:
-                (staging / tag / META).write_text(json.dumps(meta | {META_DIGEST: meta_digest(meta)}, indent=2,
-                                                             sort_keys=True))
+                (staging / tag / META).write_text(meta.model_copy(update={"step": step, "files": files}).to_json())
             except OSError as exc:
                 raise self._abandon(staging / tag, exc) from None
             if final.exists():
@@ -362,4 +351,4 @@ def remove_entry(path: Path) -> None:
 
 def info_of(path: Path) -> CheckpointInfo:
     meta = read_meta(path)
-    return CheckpointInfo(path, meta["step"], meta["healthy"], meta)
+    return CheckpointInfo(path, meta.step, meta.healthy, meta)

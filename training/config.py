@@ -18,6 +18,8 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 from training.mixture import MixtureConfig
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+DEFAULT_LOGGERS: tuple[TrackerName, ...] = ("tensorboard",)  # train.loggers' default
 STOPPED_FILE = "stopped.json"  # in the run folder when a signal stopped training early, after a checkpoint
 
 # Shapes of well-known sizes; the 1b/7b/70b ones follow the Llama family.
@@ -165,8 +167,8 @@ class TrainConfig(Section):
         "tensorwise", description="FP8 scale granularity: one per tensor (fastest) or one per row (closer to bf16; "
                                   "compute capability 9.0+).")
     log_interval: int = Field(1, ge=1)
-    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"],
+    loggers: list[TrackerName] = Field(
+        default_factory=lambda: list(DEFAULT_LOGGERS),
         description="Experiment trackers fed the metrics, config, prep stats and events (metrics.jsonl and "
                     "events.jsonl are always written); wandb and mlflow need the `trackers` extra.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data_prep.shards import ShardError, check_shard, open_shard, read_manifest
+from data_prep.shards import ShardError, ShardManifest, check_shard, manifest_path, open_shard, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import MANIFEST
@@ -66,33 +66,33 @@ class PackedDataset:
 
     def __init__(self, folder: Path, split: str = "train", seq_len: int | None = None,
                  tokenizer_sha256: str | None = None, verify: bool = True,
-                 manifest: dict[str, Any] | None = None, remote: str | None = None,
+                 manifest: ShardManifest | None = None, remote: str | None = None,
                  cache: ShardCache | None = None) -> None:
         """`manifest`: the folder's manifest, when the caller has read it already."""
         self.folder, self.split = Path(folder), split
         self.remote, self.cache = remote, cache
         self.manifest = read_manifest(self.folder) if manifest is None else manifest
-        if seq_len is not None and self.manifest["seq_len"] != seq_len:
-            raise ShardError(f"{self.folder / 'manifest.json'}: shards have seq_len {self.manifest['seq_len']}, "
+        if seq_len is not None and self.manifest.seq_len != seq_len:
+            raise ShardError(f"{manifest_path(self.folder)}: shards have seq_len {self.manifest.seq_len}, "
                              f"the training config asks for {seq_len}")
-        if tokenizer_sha256 is not None and self.manifest["tokenizer"]["sha256"] != tokenizer_sha256:
-            raise ShardError(f"{self.folder / 'manifest.json'}: shards were made with another tokenizer "
-                             f"(sha256 {self.manifest['tokenizer']['sha256'][:12]}…, expected {tokenizer_sha256[:12]}…)")
-        if split not in self.manifest["splits"]:
+        if tokenizer_sha256 is not None and self.manifest.tokenizer.sha256 != tokenizer_sha256:
+            raise ShardError(f"{manifest_path(self.folder)}: shards were made with another tokenizer "
+                             f"(sha256 {self.manifest.tokenizer.sha256[:12]}…, expected {tokenizer_sha256[:12]}…)")
+        if split not in self.manifest.splits:
             raise ShardError(f"{self.folder}: no split {split!r} in the manifest")
-        self.entries = self.manifest["splits"][split]["shards"]
-        self.paths = [self.folder / split / e["file"] for e in self.entries]
+        self.entries = self.manifest.splits[split].shards
+        self.paths = [self.folder / split / e.file for e in self.entries]
         if cache is None:
             for path, entry in zip(self.paths, self.entries):
                 check_shard(path, entry, full=False)
         else:
             cache.check_sizes(storage.join(remote, split), self.entries)
         self.verify = verify
-        self.offsets = np.concatenate([[0], np.cumsum([e["sequences"] for e in self.entries])]).astype(np.int64)
-        self.width = self.manifest["row_width"]
-        self.pad_id = self.manifest["tokenizer"]["pad_id"]
-        self.shard_sources = [e.get("source") for e in self.entries]  # None: untagged
-        self.shard_languages = [e.get("language") for e in self.entries]
+        self.offsets = np.concatenate([[0], np.cumsum([e.sequences for e in self.entries])]).astype(np.int64)
+        self.width = self.manifest.row_width
+        self.pad_id = self.manifest.tokenizer.pad_id
+        self.shard_sources = [e.source for e in self.entries]  # None: untagged
+        self.shard_languages = [e.language for e in self.entries]
         self._shards: dict[int, Shard] = {}
 
     def __len__(self) -> int:
@@ -105,7 +105,7 @@ class PackedDataset:
             entry = self.entries[index]
             path, check_hash = self._local_file(index)
             check_shard(path, entry, full=check_hash)
-            table = open_shard(path, self.width, entry["sequences"])
+            table = open_shard(path, self.width, entry.sequences)
             tokens, starts = table.column("tokens").chunks, table.column("segment_starts").chunks
             bounds = np.cumsum([0, *(len(chunk) for chunk in tokens)])
             per_token = {name: [chunk.values for chunk in table.column(name).chunks]
@@ -118,9 +118,9 @@ class PackedDataset:
         is still to be checked; shards the cache evicted to make room are closed."""
         if self.cache is None:
             return self.paths[index], self.verify
-        path, checked, evicted = self.cache.fetch(storage.join(self.remote, self.split, self.entries[index]["file"]),
+        path, checked, evicted = self.cache.fetch(storage.join(self.remote, self.split, self.entries[index].file),
                                                   self.entries[index])
-        for number in [i for i in self._shards if self.entries[i]["sha256"] in evicted]:
+        for number in [i for i in self._shards if self.entries[i].sha256 in evicted]:
             del self._shards[number]
         return path, self.verify and not checked
 
@@ -130,7 +130,7 @@ class PackedDataset:
             return
         numbers = np.searchsorted(self.offsets, indices, side="right") - 1
         _, first = np.unique(numbers, return_index=True)
-        self.cache.prefetch([(storage.join(self.remote, self.split, self.entries[i]["file"]), self.entries[i])
+        self.cache.prefetch([(storage.join(self.remote, self.split, self.entries[i].file), self.entries[i])
                              for i in numbers[np.sort(first)].tolist() if i not in self._shards])
 
     def _locate(self, indices: np.ndarray) -> Iterator[tuple[int, Shard, int, int]]:
@@ -453,19 +453,19 @@ def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]
     return views
 
 
-def source_sizes(manifest: dict[str, Any], split: str = "train") -> tuple[dict[str, int], dict[str, int]]:
+def source_sizes(manifest: ShardManifest, split: str = "train") -> tuple[dict[str, int], dict[str, int]]:
     """(rows, document tokens) per mixed unit of a split (a source, or source/language), from the
     manifest (empty when untagged)."""
     rows: dict[str, int] = {}
-    for entry in manifest["splits"][split]["shards"]:
-        unit = unit_name(entry.get("source"), entry.get("language"))
+    counts = manifest.split(split)
+    for entry in counts.shards:
+        unit = unit_name(entry.source, entry.language)
         if unit is not None:
-            rows[unit] = rows.get(unit, 0) + entry["sequences"]
-    counts = manifest["splits"][split]
-    tokens = {unit_name(None, lang): c["tokens"] for lang, c in counts.get("languages", {}).items()}
-    for source, c in counts.get("sources", {}).items():
-        tokens |= {unit_name(source, lang): by["tokens"] for lang, by in c.get("languages", {}).items()}
-        tokens[source] = c["tokens"]
+            rows[unit] = rows.get(unit, 0) + entry.sequences
+    tokens = {unit_name(None, lang): c.tokens for lang, c in (counts.languages or {}).items()}
+    for source, c in (counts.sources or {}).items():
+        tokens |= {unit_name(source, lang): by.tokens for lang, by in (c.languages or {}).items()}
+        tokens[source] = c.tokens
     return rows, {name: tokens.get(name, 0) for name in rows}
 
 

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import training.accelerator  # noqa: F401  (before megatron-core)
+
+# isort: split
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from pipeline.ground.atomic import write_npy
@@ -150,6 +153,7 @@ class DPOTrainer(Trainer):
         """Every row's (chosen, rejected) log-probabilities under the starting weights, rows dealt over DP ranks."""
         micro, device = self.config.train.micro_batch_size, self.layout.device
         scores = torch.zeros((len(data), 2), dtype=torch.float64, device=device)
+        assert self.engine is not None  # built by _set_up, which calls this
         self.engine.eval()
         for start in range(self.layout.dp_rank * micro, len(data), micro * self.dp):
             batch = data.batch(np.arange(start, min(start + micro, len(data))), self.config.model.document_masking)
@@ -157,11 +161,11 @@ class DPOTrainer(Trainer):
             scores[start:start + len(batch.rows)] = sequence_logps(logits, batch.targets.to(device),
                                                                    batch.per_token[SIDE].to(device)).double()
         self.engine.train()
-        scores = self._dp_sum(scores).cpu().numpy()
+        summed = self._dp_sum(scores).cpu().numpy()
         if self.layout.rank == 0:
             path.parent.mkdir(exist_ok=True)
-            write_npy(path, scores)
-            print(f"reference log-probabilities of {len(scores)} {path.stem} pairs stored in {path}", flush=True)
+            write_npy(path, summed)
+            print(f"reference log-probabilities of {len(summed)} {path.stem} pairs stored in {path}", flush=True)
         dist.barrier()  # every rank reads the file next
 
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -178,6 +182,7 @@ class DPOTrainer(Trainer):
 
     def micro_loss(self, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
         targets, side, reference, denominator = labels
+        assert self.engine is not None  # set up before any step
         terms = dpo_terms(sequence_logps(self.engine(*inputs), targets, side), reference.to(torch.float32),
                           self.beta)
         self.sums += torch.stack([terms[name].detach().double().sum().cpu() for name in TERMS])

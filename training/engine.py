@@ -27,15 +27,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.shards import ShardError, read_manifest
+from data_prep.shards import ShardError, manifest_path, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.lock import folder_lock
-from pipeline.ground.names import MANIFEST
 from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
+from training.checkpoint_meta import CheckpointMeta, SavedConfig, SavedLayout
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import (Batch, DistributedLoader, MixingLoader, PackedDataset, SourceRows, build_loader,
                            manifest_hash, source_views)
@@ -113,18 +113,18 @@ class Trainer:
         self.initial_weights = initial_weights
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
         self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
-        tokenizer = manifest["tokenizer"]
-        self.seq_len = manifest["seq_len"]
+        tokenizer = manifest.tokenizer
+        self.seq_len = manifest.seq_len
         if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
-            raise ShardError(f"{self.data_dir / MANIFEST}: shards hold seq_len {self.seq_len}, "
+            raise ShardError(f"{manifest_path(self.data_dir)}: shards hold seq_len {self.seq_len}, "
                              f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
         check_splits(manifest, self.data_dir, needs_validation=train_cfg.eval_batches > 0)
-        vocab = model_cfg.vocab_size or tokenizer["vocab_size"]
-        if vocab < tokenizer["vocab_size"]:
-            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer['vocab_size']}")
-        self.pad_id = tokenizer["pad_id"]
+        vocab = model_cfg.vocab_size or tokenizer.vocab_size
+        if vocab < tokenizer.vocab_size:
+            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
+        self.pad_id = tokenizer.pad_id
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
-        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer["file"], tokenizer["eod_id"],
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer.file, tokenizer.eod_id,
                                           self.seq_len)
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         check_installed(train_cfg.loggers)
@@ -143,12 +143,12 @@ class Trainer:
         """Data, model, engine and logs once the run folder is this job's; then the checkpoint to resume."""
         config, manifest = self.config, self.manifest
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
-        tokenizer = manifest["tokenizer"]
+        tokenizer = manifest.tokenizer
         self.dtype = compute_dtype(train_cfg.precision)
         self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
         self.manifest_sha256 = manifest_hash(self.data_dir)
 
-        tokenizer_sha = file_sha256(self.data_dir / tokenizer["file"])
+        tokenizer_sha = file_sha256(self.data_dir / tokenizer.file)
         remote = self.data_location if self.shard_cache else None
         self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest,
                                         remote=remote, cache=self.shard_cache)
@@ -206,8 +206,8 @@ class Trainer:
         self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, cfg.parallel)
 
     def _layout_changed(self, info: CheckpointInfo) -> bool:
-        saved = info.meta["layout"]
-        return (saved["tp"], saved["pp"], saved["dp"], saved["zero_stage"]) != (
+        saved = info.meta.layout  # None: saved before layouts were recorded, loaded through the universal form
+        return saved is None or (saved.tp, saved.pp, saved.dp, saved.zero_stage) != (
             self.layout.tp, self.layout.pp, self.dp, self.config.parallel.zero_stage)
 
     def _check_compatible(self, info: CheckpointInfo) -> None:
@@ -215,20 +215,20 @@ class Trainer:
         if changed:
             raise UserError(f"checkpoint {info.path} holds another model than this run's ({changed}): resume "
                             f"it with the model settings it was trained with, or start over (--resume none)")
-        saved = info.meta["layout"]
-        if self._layout_changed(info) and (saved["tp"], saved["pp"]) != (self.layout.tp, self.layout.pp):
+        saved = info.meta.layout
+        if saved is not None and (saved.tp, saved.pp) != (self.layout.tp, self.layout.pp):
             raise UserError(
-                f"checkpoint {info.path} was saved with tp={saved['tp']}, pp={saved['pp']}; this run has "
+                f"checkpoint {info.path} was saved with tp={saved.tp}, pp={saved.pp}; this run has "
                 f"tp={self.layout.tp}, pp={self.layout.pp}. Resume with the same tp and pp (dp and the ZeRO "
                 f"stage may change), or start a fresh run (--resume none)")
-        if info.meta["manifest_sha256"] != self.manifest_sha256:
+        if info.meta.manifest_sha256 != self.manifest_sha256:
             raise UserError(f"checkpoint {info.path} was trained on other shards (manifest hash differs "
-                            f"from {self.data_dir / 'manifest.json'})")
+                            f"from {manifest_path(self.data_dir)})")
 
     def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
         self.checkpointer.load(self.engine, info, universal)
-        self.step, self.rollbacks, self.tokens = info.step, info.meta.get("rollbacks", 0), info.meta["tokens"]
-        self.loader.load_state_dict(info.meta["loader"])
+        self.step, self.rollbacks, self.tokens = info.step, info.meta.rollbacks, info.meta.tokens
+        self.loader.load_state_dict(info.meta.loader)
         self.events.log({"event": "resume", "step": info.step, "checkpoint": info.path.name,
                          "universal": universal is not None})
         if self.layout.rank == 0:
@@ -392,18 +392,18 @@ class Trainer:
                   + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"), flush=True)
 
     def save(self, reason: str) -> Path:
-        meta = {
-            "loader": self.loader.state_dict(), "tokens": self.tokens,
+        config = self.config
+        meta = CheckpointMeta(
+            step=self.step, loader=self.loader.state_dict(), tokens=self.tokens,
             # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
-            "healthy": True, "rollbacks": self.rollbacks, "reason": reason,
-            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.dp,
-                       "zero_stage": self.config.parallel.zero_stage},
-            "manifest_sha256": self.manifest_sha256, "data_dir": self.data_source(), "seq_len": self.seq_len,
-            "tokenizer": self.manifest["tokenizer"],  # its file, hash and special-token ids, for generate and export
-            "config": {"model": self.config.model.model_dump(mode="json"), "parallel": self.config.parallel.model_dump(mode="json"),
-                       "train": self.config.train.model_dump(mode="json"), "vocab_padded": self.vocab,
-                       "samples": self.config.samples.model_dump(mode="json")},  # generate's and export's defaults
-        }
+            healthy=True, rollbacks=self.rollbacks, reason=reason,
+            layout=SavedLayout(tp=self.layout.tp, pp=self.layout.pp, dp=self.dp, zero_stage=config.parallel.zero_stage),
+            manifest_sha256=self.manifest_sha256, data_dir=self.data_source(), seq_len=self.seq_len,
+            tokenizer=self.manifest.tokenizer,  # its file, hash and special-token ids, for generate and export
+            config=SavedConfig(model=config.model.model_dump(mode="json"), parallel=config.parallel.model_dump(mode="json"),
+                               train=config.train.model_dump(mode="json"), vocab_padded=self.vocab,
+                               samples=config.samples.model_dump(mode="json")),  # generate's and export's defaults
+        )
         path = self.checkpointer.save(self.engine, self.step, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
         for hook in self.hooks:
@@ -431,11 +431,11 @@ class Trainer:
             raise RuntimeError(f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
                                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
         self.rollbacks += 1
-        skip_from = target.meta["loader"]
+        skip_from = target.meta.loader
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
         self.checkpointer.load(self.engine, target)
-        self.step, self.tokens = target.step, target.meta["tokens"]
+        self.step, self.tokens = target.step, target.meta.tokens
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
         schedule = self.scheduler.lr_lambdas[0]
         schedule.damp(self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)

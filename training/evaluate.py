@@ -28,10 +28,10 @@ BATCH_ROWS = 8  # rows of seq_len tokens per forward pass
 
 def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Path) -> dict[str, dict[str, Any]]:
     """Per task: its metrics, item count, kind, file, and (log-likelihood, greedy) per request."""
-    from training.export import read_meta, tokenizer_record
+    from training.checkpoint_meta import read_meta, tokenizer_record
 
     meta = read_meta(checkpoint)
-    encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta)["eod_id"], meta["seq_len"])  # refuses first
+    encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta).eod_id, meta.seq_len)  # refuses first
     results = {}
     for task, pairs, scores in zip(tasks, encoded, score_requests(checkpoint, encoded)):
         results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
@@ -42,16 +42,16 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
 def score_requests(checkpoint: Path, encoded: list[list[Pair]]) -> list[list[tuple[float, bool]]]:
     """(log-likelihood, greedy) of each (context ids, continuation ids) request of each list, by the checkpoint's
     model in this process."""
-    from training.export import tokenizer_record
+    from training.checkpoint_meta import tokenizer_record
     from training.generate import load_model
 
     model, meta = load_model(checkpoint)
-    document_masking = meta["config"]["model"]["document_masking"]
+    document_masking = meta.config.model["document_masking"]
 
     def forward(inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return model(inputs, positions, segments)
 
-    return [score(forward, pairs, meta["seq_len"], BATCH_ROWS, tokenizer_record(meta)["pad_id"], torch.device("cpu"),
+    return [score(forward, pairs, meta.seq_len, BATCH_ROWS, tokenizer_record(meta).pad_id, torch.device("cpu"),
                   one_per_row=not document_masking) for pairs in encoded]
 
 
@@ -73,13 +73,13 @@ def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConf
                  max_rows: int | None = None) -> dict[str, dict[str, float]]:
     """Per group of the validation split: rows, valid target tokens, mean loss per token and perplexity.
     `data`: the shards folder, or its s3:// URL (read through a shard cache with the `cache` settings)."""
-    from training.export import tokenizer_record
+    from training.checkpoint_meta import tokenizer_record
     from training.generate import load_model
     from training.model import lm_loss
 
     model, meta = load_model(checkpoint)
     record = tokenizer_record(meta)
-    with open_split(data, "val", meta["seq_len"], record["sha256"], cache) as dataset:
+    with open_split(data, "val", meta.seq_len, record.sha256, cache) as dataset:
         if not len(dataset):
             raise UserError(f"{data}: the validation split has no rows; prep with prep.pack.val_fraction > 0")
         groups = heldout_groups(dataset, max_rows)
@@ -89,11 +89,11 @@ def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConf
         with torch.no_grad():
             for first in range(0, len(needed), BATCH_ROWS):
                 indices = needed[first:first + BATCH_ROWS]
-                batch = make_batch(*dataset.rows(indices), indices, meta["config"]["model"]["document_masking"])
+                batch = make_batch(*dataset.rows(indices), indices, meta.config.model["document_masking"])
                 logits = model(batch.inputs, batch.positions, batch.segments)
                 for row, index in enumerate(indices.tolist()):
-                    sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record["pad_id"], one))
-                    counts[index] = int((batch.targets[row] != record["pad_id"]).sum())
+                    sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record.pad_id, one))
+                    counts[index] = int((batch.targets[row] != record.pad_id).sum())
     results = {}
     for name, rows in groups.items():
         tokens = sum(counts[r] for r in rows.tolist())

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from data_prep.shards import read_manifest
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.folders import make_output_folder
@@ -30,7 +29,8 @@ from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE, UNIVERSAL, UN
 from training.chat import CHAT_TEMPLATE, has_chat_tokens
 from training.config import SamplesConfig
 from training.model import canonical_name, hf_name
-from training.safe_load import check_files, load, read_meta, vet
+from training.checkpoint_meta import CheckpointMeta, read_meta, tokenizer_record
+from training.safe_load import check_files, load, vet
 
 
 def convert_to_universal(checkpoint: Path, target: Path) -> None:
@@ -78,18 +78,12 @@ def cached_universal(checkpoint: Path) -> Path | None:
     return cached if same else None
 
 
-def tokenizer_record(meta: dict[str, Any]) -> dict[str, Any]:
-    """The shards' tokenizer entry a checkpoint was trained with: file, sha256, vocab_size, eod_id,
-    pad_id. Checkpoints carry it; older ones are looked up in their shards' manifest."""
-    return meta.get("tokenizer") or read_manifest(Path(meta["data_dir"]))["tokenizer"]
-
-
-def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def consolidate(checkpoint: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
     """The full fp32 weights of `checkpoint`, named as in a single-process `GPT`, and its metadata; the folder
     must hold exactly the files its crucible.json lists, with their hashes."""
     meta = read_meta(checkpoint)
-    check_files(Path(checkpoint), meta["files"])
-    n_layers = meta["config"]["model"]["n_layers"]
+    check_files(Path(checkpoint), meta.files)
+    n_layers = meta.config.model["n_layers"]
     cached = cached_universal(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         universal = cached or Path(tmp) / "universal"
@@ -119,20 +113,20 @@ def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Pat
     target = output / "model.safetensors"
     with atomic_path(target) as tmp:
         save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"config": json.dumps(meta["config"]), "step": str(meta["step"])})
+                  metadata={"config": json.dumps(meta.config.model_dump(mode="json"), sort_keys=True), "step": str(meta.step)})
         tmp.chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     return target
 
 
-def llama_config(meta: dict[str, Any], eod_id: int, pad_id: int) -> dict[str, Any]:
-    model, vocab = meta["config"]["model"], meta["config"]["vocab_padded"]
+def llama_config(meta: CheckpointMeta, eod_id: int, pad_id: int) -> dict[str, Any]:
+    model, vocab = meta.config.model, meta.config.vocab_padded
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": model["d_model"], "intermediate_size": model["ffn_hidden"],
         "num_hidden_layers": model["n_layers"], "num_attention_heads": model["n_heads"],
         "num_key_value_heads": model["n_kv_heads"], "head_dim": model["d_model"] // model["n_heads"],
         "vocab_size": vocab, "rms_norm_eps": model["norm_eps"], "rope_theta": model["rope_theta"],
-        "max_position_embeddings": meta.get("seq_len", 2048), "tie_word_embeddings": model["tie_embeddings"],
+        "max_position_embeddings": meta.seq_len or 2048, "tie_word_embeddings": model["tie_embeddings"],
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "bos_token_id": eod_id,
         "eos_token_id": eod_id, "pad_token_id": pad_id, "torch_dtype": "float32",
     }
@@ -163,7 +157,7 @@ def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.d
 
     state, meta = consolidate(checkpoint)
     record = tokenizer_record(meta)
-    eod_id, pad_id = record["eod_id"], record["pad_id"]
+    eod_id, pad_id = record.eod_id, record.pad_id
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     eod, pad = tokenizer.id_to_token(eod_id), tokenizer.id_to_token(pad_id)
     if eod is None or pad is None:

@@ -16,13 +16,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import training.accelerator  # noqa: F401  (before megatron-core)
+
+# isort: split
 from megatron.core import parallel_state
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import hash64
 from training.chat import ChatCodec, Rejection, as_messages, has_chat_tokens
 from training.config import ModelConfig, SamplesConfig
-from training.export import consolidate, tokenizer_record
+from training.checkpoint_meta import CheckpointMeta, tokenizer_record
+from training.export import consolidate
 from training.model import GPT, KVCache
 
 
@@ -34,13 +38,13 @@ def single_process_groups() -> None:
         parallel_state.initialize_model_parallel(1, 1)
 
 
-def load_model(checkpoint: Path) -> tuple[GPT, dict]:
+def load_model(checkpoint: Path) -> tuple[GPT, CheckpointMeta]:
     from training.parallel import tp_config_single
 
     single_process_groups()
     state, meta = consolidate(checkpoint)
-    cfg = ModelConfig.model_validate(meta["config"]["model"])
-    model = GPT(cfg, tp_config_single(), meta["config"]["vocab_padded"])
+    cfg = ModelConfig.model_validate(meta.config.model)
+    model = GPT(cfg, tp_config_single(), meta.config.vocab_padded)
     model.load_state_dict(state)
     return model.eval(), meta
 
@@ -86,9 +90,9 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, cha
         raise UserError(f"--chat: the tokenizer of {checkpoint} has no chat markers; use a checkpoint of crucible sft")
     codec = ChatCodec(tokenizer) if chat else None
     model, meta = load_model(checkpoint)
-    eod = tokenizer_record(meta)["eod_id"]  # the end of document the shards were made with
+    eod = tokenizer_record(meta).eod_id  # the end of document the shards were made with
     stop = codec.end_id if codec else eod
-    context = meta["seq_len"]
+    context = meta.seq_len
     samples = []
     for index, prompt in enumerate(cfg.prompts):
         ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]

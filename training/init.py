@@ -13,6 +13,9 @@ import zlib
 from collections.abc import Iterator
 
 import torch
+import training.accelerator  # noqa: F401  (before megatron-core)
+
+# isort: split
 from megatron.core import parallel_state
 from torch import nn
 
@@ -32,7 +35,7 @@ def canonical_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def _full_shape(param: torch.Tensor, tp: int) -> list[int]:
     shape = list(param.shape)
     if getattr(param, "tensor_model_parallel", False):
-        shape[param.partition_dim] *= tp
+        shape[getattr(param, "partition_dim")] *= tp  # set on the tensor by megatron, as is the flag
     return shape
 
 
@@ -54,7 +57,7 @@ def init_weights(model: nn.Module, seed: int, n_layers: int) -> None:
 def _copy_own_slice(param: torch.Tensor, full: torch.Tensor, tp: int, rank: int) -> None:
     """Set `param` to this TP rank's slice of its full tensor."""
     if getattr(param, "tensor_model_parallel", False):
-        full = full.chunk(tp, dim=param.partition_dim)[rank]
+        full = full.chunk(tp, dim=getattr(param, "partition_dim"))[rank]
     param.copy_(full.to(param.dtype))
 
 

@@ -163,7 +163,11 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
     phases = [(0, config.weights, config.temperature)]
     for phase in config.phases:
         # 0-based step indices: start_step counts steps as the logs do (from 1), start_fraction of max_steps
-        start = phase.start_step - 1 if phase.start_step is not None else round(phase.start_fraction * max_steps)
+        if phase.start_step is not None:
+            start = phase.start_step - 1
+        else:
+            assert phase.start_fraction is not None  # a phase gives one of the two (MixturePhase checks it)
+            start = round(phase.start_fraction * max_steps)
         phases.append((start, phase.weights, phase.temperature))
     starts = [start for start, _, _ in phases]
     if starts != sorted(starts) or len(set(starts)) != len(starts):

@@ -16,10 +16,13 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, ContextManager
+from typing import Any, ContextManager, cast
 
 import torch
 import torch.nn.functional as F
+import training.accelerator  # noqa: F401  (before megatron-core)
+
+# isort: split
 from megatron.core.model_parallel_config import ModelParallelConfig
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
@@ -60,7 +63,7 @@ class _Matmul(nn.Module):
 
     def _forward_impl(self, input: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.matmul is None:
-            return super()._forward_impl(input, weight, *args, **kwargs)
+            return cast(Any, super())._forward_impl(input, weight, *args, **kwargs)  # megatron's, after the mixin
         if kwargs.get("allreduce_dgrad"):
             input = copy_to_tensor_model_parallel_region(input, group=kwargs["tp_group"])
         return self.matmul(input, weight)
@@ -79,7 +82,7 @@ class RowParallel(_NoExtraState, _Matmul, RowParallelLinear):
 
 
 class VocabParallel(_NoExtraState, VocabParallelEmbedding):
-    pass
+    weight: nn.Parameter  # megatron's, [vocab/tp, d_model]
 
 
 def _no_init(weight: torch.Tensor) -> None:
@@ -161,7 +164,8 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
 def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """FlexAttention: inside a compiled block, traced into its graph; in an eager one, compiled on its
     own on GPU; on the CPU its eager reference (as tests check it)."""
-    attend = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
+    eager = cast(Callable[..., torch.Tensor], flex_attention)  # overloaded (return_lse): here it returns a Tensor
+    attend = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else eager
     return attend(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -192,6 +196,7 @@ class LayerCache:
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is not None:
+            assert self.values is not None  # set together with the keys
             k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
         self.keys, self.values = k, v
         return k, v

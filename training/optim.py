@@ -17,7 +17,8 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     for module in model.modules():
         if isinstance(module, RMSNorm) or (cfg.no_decay_embeddings and isinstance(module, Embedding)):
             no_decay_ids.update(id(p) for p in module.parameters())
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if not param.requires_grad:
             continue

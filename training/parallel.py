@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-import training.accelerator  # noqa: F401  (before deepspeed)
+import training.accelerator  # noqa: F401  (before deepspeed and megatron-core)
 
 # isort: split
 import deepspeed  # noqa: E402

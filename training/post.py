@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from data_prep.shards import read_manifest, token_type, write_manifest, write_shard
+from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, read_manifest, token_type, write_manifest, write_shard
 from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
@@ -33,7 +33,7 @@ from training.chat import ChatCodec, Ledger, Rejection, check_messages, grow_tok
 from training.config import ModelConfig, TrainingConfig
 from training.data import LOSS_MASK
 from training.preflight import model_changes
-from training.safe_load import read_meta
+from training.checkpoint_meta import read_meta
 
 DATA = "data"  # RUN/data: what a post-training run reads
 SOURCE = "source"  # RUN/source: the --data file, when it was given as an object-storage URL
@@ -46,7 +46,7 @@ def base_config(config: Any, base: Path, vocab_size: int) -> Any:
     """`config` with the base checkpoint's model (its vocabulary at least `vocab_size`); a model section that
     was changed from the defaults and differs from the base is refused."""
     meta = read_meta(base)
-    saved = meta["config"]["model"]
+    saved = meta.config.model
     given = config.model.model_dump(mode="json")
     changed = model_changes(meta, given)
     if changed and given != ModelConfig().model_dump(mode="json"):
@@ -124,15 +124,14 @@ def write_shards(folder: Path, tokenizer: Any, seq_len: int, splits: dict[str, R
     counts = {}
     for split, (tokens, starts, values, documents, used) in splits.items():
         entry = write_shard(folder / split / f"{split}-00000-000.arrow", tokens, starts, vocab, {column: values})
-        counts[split] = {"documents": documents, "tokens": used, "learned_tokens": int((values > 0).sum()),
-                         "sequences": len(tokens), "padding": int(tokens.size - used), "remainder": 0,
-                         "shards": [entry]}
-    write_manifest(folder, {
-        "seq_len": seq_len, "row_width": seq_len + 1, "packing": "chat", "token_type": str(token_type(vocab)),
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": file_sha256(folder / TOKENIZER_FILE), "vocab_size": vocab,
-                      "eod_id": tokenizer.token_to_id("<|endoftext|>"), "pad_id": pad},
-        "splits": counts, "prep_config": {}})
-    return counts
+        counts[split] = SplitIndex(documents=documents, tokens=used, learned_tokens=int((values > 0).sum()),
+                                   sequences=len(tokens), padding=int(tokens.size - used), remainder=0, shards=[entry])
+    write_manifest(folder, ShardManifest(
+        seq_len=seq_len, row_width=seq_len + 1, packing="chat", token_type=str(token_type(vocab)),
+        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(folder / TOKENIZER_FILE), vocab_size=vocab,
+                                  eod_id=tokenizer.token_to_id("<|endoftext|>"), pad_id=pad),
+        splits=counts, prep_config={}))
+    return {split: index.model_dump(mode="json", exclude_unset=True) for split, index in counts.items()}
 
 
 def packed(sequences: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int, seed: int) -> Rows:
@@ -217,7 +216,7 @@ def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path,
     data = Path(data)
     if not data.is_file():
         raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
-    seq_len = config.train.seq_len or read_meta(base)["seq_len"]
+    seq_len = config.train.seq_len or read_meta(base).seq_len
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
     settings = getattr(config.post, kind)
@@ -231,7 +230,7 @@ def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path,
     if config.train.eval_batches and not splits["val"]["sequences"]:
         raise UserError(f"--data {data}: no record held out for validation: raise post.{kind}.val_fraction, "
                         f"or set train.eval_batches=0")
-    vocab = read_manifest(folder / SHARDS)["tokenizer"]["vocab_size"]
+    vocab = read_manifest(folder / SHARDS).tokenizer.vocab_size
     announce(folder, stats)
     grown = stats["tokenizer"]
     return base_config(config, base, vocab), folder / SHARDS, base_weights(folder, grown["base_vocab"] if grown["added"]

@@ -12,12 +12,15 @@ from pydantic import Field
 
 from pipeline.ground.schema import Section
 
+Role = Literal["system", "user", "assistant", "tool"]
+LEARNED_ROLES: tuple[Role, ...] = ("assistant",)  # post.sft.learn's default
+
 
 class SFTConfig(Section):
     """Supervised fine-tuning on chat JSONL (`crucible sft`); steps, batch and rate are `train.*`'s."""
 
-    learn: list[Literal["system", "user", "assistant", "tool"]] = Field(
-        default_factory=lambda: ["assistant"], description="Roles whose content (and end-of-turn token) the loss "
+    learn: list[Role] = Field(
+        default_factory=lambda: list(LEARNED_ROLES), description="Roles whose content (and end-of-turn token) the loss "
                                                            "counts; the other tokens are context only.")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Conversations held out for val_loss, by a hash "
                                                               "of the record.")

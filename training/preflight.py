@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.ground.errors import UserError
-from pipeline.ground.markers import read_marker, read_pointer
-from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, LATEST
+from pipeline.ground.markers import read_pointer
+from pipeline.ground.names import CHECKPOINTS, LATEST
+from training.checkpoint_meta import CheckpointMeta, CorruptCheckpoint, read_meta
+
+if TYPE_CHECKING:
+    from data_prep.shards import ShardManifest
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights (4) + Adam's fp32 master copy and two moments (12)
 WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size", "vocab_multiple",
                  "tie_embeddings")  # the model keys a checkpoint's tensors depend on
 
 
-def latest_checkpoint_meta(run_dir: Path) -> dict[str, Any] | None:
+def latest_checkpoint_meta(run_dir: Path) -> CheckpointMeta | None:
     """The metadata of the run folder's latest checkpoint, or None where there is none (or it or the pointer is
     torn: the trainer then says so and resumes from the newest checkpoint that loads)."""
     try:
         tag = read_pointer(Path(run_dir) / CHECKPOINTS / LATEST)
     except UserError:
         return None
-    return read_marker(Path(run_dir) / CHECKPOINTS / tag / CHECKPOINT_META) if tag else None
+    if not tag:
+        return None
+    try:
+        return read_meta(Path(run_dir) / CHECKPOINTS / tag)
+    except CorruptCheckpoint:
+        return None
 
 
 def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:
@@ -38,21 +47,20 @@ def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:
                         f"or --resume none to start over there")
 
 
-def model_changes(meta: dict[str, Any], model: dict[str, Any]) -> str | None:
+def model_changes(meta: CheckpointMeta, model: dict[str, Any]) -> str | None:
     """How `model` differs from the one a checkpoint's metadata records, in the keys its tensors' shapes
     depend on (`d_model 64 -> 128, ...`), or None when the weights fit."""
-    saved = meta.get("config", {}).get("model", {})
+    saved = meta.config.model
     changed = [key for key in WEIGHT_SHAPES if saved.get(key) != model.get(key)]
     return ", ".join(f"{key} {saved.get(key)!r} -> {model.get(key)!r}" for key in changed[:4]) or None
 
 
-def check_splits(manifest: dict[str, Any], shards: Path, needs_validation: bool) -> None:
+def check_splits(manifest: ShardManifest, shards: Path, needs_validation: bool) -> None:
     """Every split the run reads must hold rows."""
-    splits = manifest.get("splits", {})
-    if not splits.get("train", {}).get("sequences"):
+    if not manifest.split("train").sequences:
         raise UserError(f"{shards}: the train split is empty: prep kept too few documents for one sequence")
-    if needs_validation and not splits.get("val", {}).get("sequences"):
-        documents = splits.get("val", {}).get("documents", 0)
+    if needs_validation and not manifest.split("val").sequences:
+        documents = manifest.split("val").documents
         raise UserError(f"{shards}: the validation split is empty ({documents} documents held out): raise "
                         f"prep.pack.val_fraction, or set train.eval_batches=0 to train without validation")
 

@@ -24,7 +24,8 @@ from pipeline.ground import storage
 from pipeline.ground.hashing import short_digest
 from pipeline.ground.names import CHECKPOINT_META as META
 from training.config import CheckpointConfig
-from training.safe_load import CorruptCheckpoint, check_files, inside, read_meta
+from training.checkpoint_meta import CorruptCheckpoint, read_meta
+from training.safe_load import check_files, inside
 
 BACKOFF_S = 1.0  # the first retry's wait; each further one doubles it
 
@@ -106,7 +107,7 @@ class RemoteCheckpoints:
         target = f"{self.url}/{folder.name}"
         storage.remove(f"{target}/{META}")  # a copy being replaced is incomplete from here on
         meta = read_meta(folder)
-        for name in sorted(meta["files"]):
+        for name in sorted(meta.files):
             storage.upload(folder / name, f"{target}/{name}")
         storage.upload(folder / META, f"{target}/{META}")
 
@@ -163,7 +164,7 @@ class RemoteCheckpoints:
         shutil.rmtree(staging, ignore_errors=True)
         source = f"{self.url}/{tag}"
         storage.download(f"{source}/{META}", staging / META)
-        files = read_meta(staging)["files"]
+        files = read_meta(staging).files
         for name in files:
             storage.download(f"{source}/{inside(staging, name)}", staging / name)
         check_files(staging, files, hashes=True)
@@ -191,7 +192,7 @@ def remote_checkpoint(url: str, cache: Path, config: CheckpointConfig) -> Path:
     local = root / tag
     if (local / META).is_file():
         try:
-            check_files(local, read_meta(local)["files"], hashes=True)
+            check_files(local, read_meta(local).files, hashes=True)
             return local
         except CorruptCheckpoint:
             pass

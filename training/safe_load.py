@@ -21,8 +21,6 @@ Three layers, each enough on its own against a planted pickle:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
 import re
@@ -39,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import training.accelerator  # noqa: F401  (before deepspeed)
+import training.accelerator  # noqa: F401  (before deepspeed and megatron-core)
 
 # isort: split
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
@@ -50,6 +48,7 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.names import CHECKPOINT_META as META
+from training.checkpoint_meta import CorruptCheckpoint
 
 # What DeepSpeed's model, optimizer and universal files hold besides tensors and containers, and
 # numpy arrays of numbers (the RNG state of checkpoints written before it was JSON).
@@ -70,8 +69,6 @@ ALLOWED = [LossScaler, DynamicLossScaler, *ENUMS, fragment_address, (_enum_membe
 # Registered for the whole process, not per load: torch's per-call context removes the types on exit, also
 # from an enclosing one (a weights-only DeepSpeed load inside `weights_only_loads`).
 torch.serialization.add_safe_globals(ALLOWED)
-REQUIRED = ("step", "healthy", "files", "config")  # of crucible.json, whatever its version
-META_DIGEST = "meta_sha256"  # crucible.json's digest of its other fields (checkpoints saved since it exists)
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch's switch: weights_only=False is then ignored
 ALLOW_FULL_UNPICKLING = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # its opposite, an error beside it: unset while forcing
 
@@ -80,39 +77,9 @@ class UnsafeCheckpoint(UserError):
     """A checkpoint file that would build objects outside the allow-list (run code) when loaded."""
 
 
-class CorruptCheckpoint(UserError):
-    """A checkpoint whose files are missing, unreadable or do not match their recorded hashes."""
-
-
 class ForeignEntry(CorruptCheckpoint):
     """A checkpoint folder holding what its crucible.json does not list (a planted file, a symlink, a FIFO):
     never read, and passed over like a damaged one."""
-
-
-def meta_digest(meta: dict[str, Any]) -> str:
-    """The SHA-256 of crucible.json's fields other than the digest itself, in one canonical spelling."""
-    fields = {key: value for key, value in meta.items() if key != META_DIGEST}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def read_meta(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's crucible.json; a missing, torn or incomplete one makes the checkpoint damaged."""
-    path = Path(checkpoint) / META
-    if not Path(checkpoint).exists():
-        raise CorruptCheckpoint(f"checkpoint {checkpoint} not found")
-    if not path.is_file():
-        raise CorruptCheckpoint(f"{checkpoint} is not a Crucible checkpoint, or a damaged one (no {META})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} is damaged ({exc})") from None
-    missing = [key for key in REQUIRED if not isinstance(meta, dict) or key not in meta]
-    if missing:
-        raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} is incomplete (no {', '.join(missing)})")
-    if META_DIGEST in meta and meta[META_DIGEST] != meta_digest(meta):
-        raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} was edited after the save (its fields no longer "
-                                f"match their digest); restore it, or resume from another checkpoint")
-    return meta
 
 
 def inside(folder: Path, name: object) -> str:

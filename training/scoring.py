@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import training.accelerator  # noqa: F401  (before megatron-core)
+
+# isort: split
 from megatron.core import parallel_state
 
 from training.tasks import Task, check_fits, encode_pair, requests

@@ -17,9 +17,9 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import cast
 
-from data_prep.shards import ShardError, read_manifest
+from data_prep.shards import ShardEntry, ShardError, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.hashing import file_sha256, short_digest
 from pipeline.ground.names import MANIFEST, PREP_STATS
@@ -54,13 +54,13 @@ class ShardCache:
         """The local view of a remote shards folder: its manifest and tokenizer, and prep's stats beside it."""
         local = self.root / VIEWS / short_digest(location.rstrip("/")) / "shards"
         try:
-            storage.download(storage.join(location, MANIFEST), local / MANIFEST)
+            storage.download(cast(str, storage.join(location, MANIFEST)), local / MANIFEST)
         except FileNotFoundError:
             raise ShardError(f"{storage.join(location, MANIFEST)} not found: is {location} a shards folder "
                              f"made by `prep`?") from None
-        tokenizer = read_manifest(local)["tokenizer"]["file"]
-        storage.download(storage.join(location, tokenizer), local / tokenizer)
-        stats = storage.join(location.rstrip("/").rsplit("/", 1)[0], PREP_STATS)
+        tokenizer = read_manifest(local).tokenizer.file
+        storage.download(cast(str, storage.join(location, tokenizer)), local / tokenizer)
+        stats = cast(str, storage.join(location.rstrip("/").rsplit("/", 1)[0], PREP_STATS))  # a URL joined is a URL
         if storage.exists(stats):
             storage.download(stats, local.parent / PREP_STATS)
         return local
@@ -68,33 +68,33 @@ class ShardCache:
     def path(self, sha256: str) -> Path:
         return self.root / SHARDS / f"{sha256}.arrow"
 
-    def check_sizes(self, location: str, entries: list[dict[str, Any]]) -> None:
+    def check_sizes(self, location: str, entries: list[ShardEntry]) -> None:
         """Refuse a remote split whose shards are missing or of another size than the manifest says, at once
         (one listing, whatever the number of shards)."""
         listed = storage.listing(location)
         for entry in entries:
-            url = storage.join(location, entry["file"])
-            if entry["file"] not in listed:
+            url = storage.join(location, entry.file)
+            if entry.file not in listed:
                 raise ShardError(f"shard {url} listed in the manifest is missing")
-            if listed[entry["file"]] != entry["bytes"]:
-                raise ShardError(f"shard {url} has {listed[entry['file']]:,} bytes, the manifest says "
-                                 f"{entry['bytes']:,} (truncated or modified)")
+            if listed[entry.file] != entry.bytes:
+                raise ShardError(f"shard {url} has {listed[entry.file]:,} bytes, the manifest says "
+                                 f"{entry.bytes:,} (truncated or modified)")
 
-    def prefetch(self, wanted: list[tuple[str, dict[str, Any]]]) -> None:
+    def prefetch(self, wanted: list[tuple[str, ShardEntry]]) -> None:
         """Start downloading these (url, manifest entry) pairs, in order, as far as the cache holds them."""
         room = self.limit
         for url, entry in wanted:
-            room -= entry["bytes"]
+            room -= entry.bytes
             if room < 0:
                 break
             self._start(url, entry)
 
-    def fetch(self, url: str, entry: dict[str, Any]) -> tuple[Path, bool, list[str]]:
+    def fetch(self, url: str, entry: ShardEntry) -> tuple[Path, bool, list[str]]:
         """The local copy of one shard (downloaded now if no prefetch did), whether this process checked its
         hash already, and the hashes of shards evicted to make room."""
-        sha = entry["sha256"]
+        sha = entry.sha256
         path = self._start(url, entry).result()
-        self._admit(sha, entry["bytes"])
+        self._admit(sha, entry.bytes)
         os.utime(path)  # for the next run's order of eviction
         with self.lock:
             evicted, self.evicted = self.evicted, []
@@ -118,8 +118,8 @@ class ShardCache:
                 self.path(old).unlink(missing_ok=True)
                 self.evicted.append(old)
 
-    def _start(self, url: str, entry: dict[str, Any]) -> Future[Path]:
-        sha = entry["sha256"]
+    def _start(self, url: str, entry: ShardEntry) -> Future[Path]:
+        sha = entry.sha256
         with self.lock:
             future = self.pending.get(sha)
             if future is None or (future.done() and (future.exception() or not self.path(sha).exists())):
@@ -131,20 +131,20 @@ class ShardCache:
                 self.pending[sha] = future
         return future
 
-    def _download(self, url: str, entry: dict[str, Any]) -> Path:
+    def _download(self, url: str, entry: ShardEntry) -> Path:
         """One shard into the cache, published under its hash only once the hash matches the manifest."""
-        target = self.path(entry["sha256"])
-        part = target.with_name(f".{entry['sha256']}.{threading.get_ident()}.part")
+        target = self.path(entry.sha256)
+        part = target.with_name(f".{entry.sha256}.{threading.get_ident()}.part")
         try:
             storage.download(url, part)
         except FileNotFoundError:
             raise ShardError(f"shard {url} listed in the manifest is missing") from None
-        if file_sha256(part) != entry["sha256"]:
+        if file_sha256(part) != entry.sha256:
             part.unlink(missing_ok=True)
             raise ShardError(f"shard {url} does not match its manifest hash (corrupt or modified)")
         os.replace(part, target)
-        self.verified.add(entry["sha256"])
-        self._admit(entry["sha256"], entry["bytes"])
+        self.verified.add(entry.sha256)
+        self._admit(entry.sha256, entry.bytes)
         return target
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
@@ -25,6 +25,7 @@ from pipeline.ground.names import PREP_STATS
 from training.config import TrackingConfig
 
 IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a resume continues
+WandbMode = Literal["online", "offline", "disabled", "shared"]  # what wandb.init takes as `mode`
 
 
 def check_installed(loggers: list[str]) -> None:
@@ -90,7 +91,7 @@ class WandB:
         self.wandb = wandb
         self.run = wandb.init(
             dir=str(run_dir), project=settings.project, name=run_dir.name, id=run_id, resume="allow",
-            mode=os.environ.get("WANDB_MODE") or settings.wandb_mode,
+            mode=cast(WandbMode, os.environ.get("WANDB_MODE") or settings.wandb_mode),  # W&B checks WANDB_MODE
             config=config | ({"prep_stats": prep_stats} if prep_stats is not None else {}),
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
                                     x_save_requirements=False))
@@ -194,7 +195,8 @@ class MLflow:
         self.client.set_terminated(self.id)
 
 
-BACKENDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
+BACKENDS: dict[str, type[TensorBoard] | type[WandB] | type[MLflow]] = {"tensorboard": TensorBoard, "wandb": WandB,
+                                                                      "mlflow": MLflow}
 
 
 class Trackers:

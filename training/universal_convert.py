@@ -7,7 +7,7 @@ Run as `python -m training.universal_convert` with the converter's own arguments
 
 from __future__ import annotations
 
-import training.accelerator  # noqa: F401  (before deepspeed)
+import training.accelerator  # noqa: F401  (before deepspeed and megatron-core)
 
 # isort: split
 from deepspeed.checkpoint import ds_to_universal

@@ -89,7 +89,7 @@ class MinHashConfig(Section):
             raise ValueError(
                 "set both bands and rows, or neither (then they follow candidate_threshold)"
             )
-        if self.bands is not None and self.bands * self.rows != self.num_perm:
+        if self.bands is not None and self.rows is not None and self.bands * self.rows != self.num_perm:
             raise ValueError(
                 f"bands * rows must equal num_perm: {self.bands} * {self.rows} != {self.num_perm}"
             )

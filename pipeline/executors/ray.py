@@ -104,7 +104,9 @@ class RayRun:
     def run_step(self, name: str, tasks: list[int], submit: Callable[[int], Any], bar: Any) -> list[Any]:
         """Run `tasks` (at most prep.ray.max_parallel at once), updating `bar`; their results in task order."""
         limit = self.settings.max_parallel or len(tasks)
-        waiting, running, results = list(tasks), {}, {}
+        waiting = list(tasks)
+        running: dict[Any, int] = {}  # a task's object ref -> the task
+        results: dict[int, Any] = {}
         while waiting or running:
             while waiting and len(running) < limit:
                 task = waiting.pop(0)
@@ -155,9 +157,13 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
             pending = prepare_step_dir(work, step)
             if pending:
                 bar = progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
+
+                def submit(t: int, s: str = step.name) -> Any:
+                    return task.options(name=f"prep:{s}:{t}", **run.options).remote(run.plan_ref, work, s, t,
+                                                                                   run.progress, storage.settings())
+
                 try:
-                    run.run_step(step.name, pending, lambda t, s=step.name: task.options(
-                        name=f"prep:{s}:{t}", **run.options).remote(run.plan_ref, work, s, t, run.progress, storage.settings()), bar)
+                    run.run_step(step.name, pending, submit, bar)
                 finally:
                     bar.close()
             seal_step(work, step)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, TypeGuard
 
 from pydantic import BeforeValidator, Field
 
@@ -56,7 +56,7 @@ def settings() -> StorageConfig:
     return _config
 
 
-def is_remote(location: Location | None) -> bool:
+def is_remote(location: Location | None) -> TypeGuard[str]:
     return isinstance(location, str) and location.partition("://")[0] in SCHEMES and "://" in location
 
 

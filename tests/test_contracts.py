@@ -1,0 +1,152 @@
+"""Artifacts that cross packages are read through their typed contracts, never by string key.
+
+The shard manifest (`data_prep.shards.ShardManifest`) and a checkpoint's crucible.json
+(`training.checkpoint_meta.CheckpointMeta`) are each spelled out once, in the module that owns them;
+every other module reads their fields as attributes. The scan reads every product module with `ast`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from data_prep.shards import (
+    SCHEMA_VERSION,
+    ShardEntry,
+    ShardError,
+    ShardManifest,
+    SourceCounts,
+    SplitIndex,
+    TokenizerRecord,
+    read_manifest,
+)
+from pipeline.ground.names import CHECKPOINT_META, MANIFEST
+from tests.conftest import REPO
+from training.checkpoint_meta import (
+    META_DIGEST,
+    CheckpointMeta,
+    CorruptCheckpoint,
+    SavedConfig,
+    SavedLayout,
+    meta_digest,
+    read_meta,
+)
+
+PACKAGES = ("pipeline", "data_prep", "training", "launch")
+OWNERS = {"data_prep/shards.py", "training/checkpoint_meta.py", "pipeline/ground/names.py"}
+CONTRACTS: tuple[type[BaseModel], ...] = (ShardManifest, TokenizerRecord, SplitIndex, ShardEntry, SourceCounts,
+                                          CheckpointMeta, SavedConfig, SavedLayout)
+# Field names that other records share (metrics, events, prep's stats, pack's markers): a key of theirs, not proof of
+# a contract read by hand. Every other field name of the contracts is theirs alone.
+SHARED_WORDS = {"step", "files", "file", "tokens", "sequences", "documents", "padding", "remainder", "shards", "splits",
+                "tokenizer", "languages", "sources", "source", "language", "bytes", "sha256", "config", "model",
+                "train", "parallel", "samples", "reason", "vocab_size"}
+
+
+def contract_keys() -> set[str]:
+    return {name for model in CONTRACTS for name in model.model_fields} - SHARED_WORDS | {META_DIGEST}
+
+
+def product_modules() -> list[Path]:
+    return [p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))]
+
+
+def key_reads(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, key) of every `x["key"]` and `x.get("key")` with a literal string key."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            key = node.slice.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            key = node.args[0].value
+        else:
+            continue
+        if isinstance(key, str):
+            found.append((node.lineno, key))
+    return found
+
+
+def test_no_module_reads_the_manifest_or_checkpoint_metadata_by_string_key() -> None:
+    keys, offences = contract_keys(), []
+    assert {"seq_len", "row_width", "pad_id", "manifest_sha256", "layout", "loader"} <= keys
+    for path in product_modules():
+        name = str(path.relative_to(REPO))
+        if name in OWNERS:
+            continue
+        tree = ast.parse(path.read_text(), name)
+        offences += [f"{name}:{line}: [{key!r}]" for line, key in key_reads(tree) if key in keys]
+        offences += [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                     if isinstance(node, ast.Constant) and node.value in (MANIFEST, CHECKPOINT_META)]
+    assert not offences, "read these through ShardManifest / CheckpointMeta:\n" + "\n".join(offences)
+
+
+def test_the_scan_finds_a_key_read_by_hand() -> None:
+    tree = ast.parse('meta = json.loads(text)\nwidth = manifest["row_width"]\nsaved = meta.get("layout")\n')
+    assert [key for _, key in key_reads(tree) if key in contract_keys()] == ["row_width", "layout"]
+
+
+def manifest() -> ShardManifest:
+    entry = ShardEntry(file="train-00000-000.arrow", sequences=4, tokens=260, bytes=1234, sha256="ab" * 32)
+    return ShardManifest(seq_len=64, row_width=65, packing="concat", token_type="uint16",
+                         tokenizer=TokenizerRecord(file="tokenizer.json", sha256="cd" * 32, vocab_size=512, eod_id=0,
+                                                   pad_id=1),
+                         splits={"train": SplitIndex(documents=9, tokens=260, sequences=4, shards=[entry])})
+
+
+def test_a_manifest_reads_back_to_the_same_bytes(tmp_path: Path) -> None:
+    text = manifest().to_json()
+    (tmp_path / MANIFEST).write_text(text)
+    read = read_manifest(tmp_path)
+    assert read.to_json() == text
+    assert json.loads(text)["schema_version"] == SCHEMA_VERSION
+    assert "source" not in json.loads(text)["splits"]["train"]["shards"][0]  # untagged entries stay untagged
+    assert read.split("val").sequences == 0  # a split the manifest does not have holds nothing
+
+
+def test_a_manifest_keeps_fields_a_newer_writer_added(tmp_path: Path) -> None:
+    fields = json.loads(manifest().to_json())
+    fields["splits"]["train"]["learned_tokens"] = 17
+    (tmp_path / MANIFEST).write_text(json.dumps(fields))
+    assert json.loads(read_manifest(tmp_path).to_json())["splits"]["train"]["learned_tokens"] == 17
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"schema_version": 2}, "schema_version 2 is not 1"),
+    ({"seq_len": "long"}, "seq_len: Input should be a valid integer"),
+])
+def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    (tmp_path / MANIFEST).write_text(json.dumps(json.loads(manifest().to_json()) | change))
+    with pytest.raises(ShardError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_checkpoint_metadata_round_trips_with_its_digest(tmp_path: Path) -> None:
+    meta = CheckpointMeta(step=7, healthy=True, files={"model.pt": "ef" * 32}, tokens=896, seq_len=64,
+                          layout=SavedLayout(tp=1, pp=1, dp=2, zero_stage=1), loader={"epoch": 0, "position": 14},
+                          tokenizer=manifest().tokenizer, config=SavedConfig(model={"d_model": 64}, vocab_padded=512))
+    (tmp_path / CHECKPOINT_META).write_text(meta.to_json())
+    fields = json.loads((tmp_path / CHECKPOINT_META).read_text())
+    assert fields[META_DIGEST] == meta_digest(fields)
+    read = read_meta(tmp_path)
+    assert read.meta_sha256 == fields[META_DIGEST]
+    assert read.model_copy(update={META_DIGEST: None}) == meta
+
+
+def test_checkpoint_metadata_of_the_first_version_still_reads(tmp_path: Path) -> None:
+    """The first checkpoints had only these four fields and no digest."""
+    (tmp_path / CHECKPOINT_META).write_text(json.dumps({"step": 3, "healthy": True, "files": {}, "config": {}}))
+    meta = read_meta(tmp_path)
+    assert (meta.step, meta.layout, meta.tokenizer, meta.rollbacks) == (3, None, None, 0)
+
+
+def test_edited_checkpoint_metadata_is_damaged(tmp_path: Path) -> None:
+    meta = CheckpointMeta(step=7, healthy=True, config=SavedConfig())
+    fields = json.loads(meta.to_json()) | {"step": 8}
+    (tmp_path / CHECKPOINT_META).write_text(json.dumps(fields))
+    with pytest.raises(CorruptCheckpoint, match="was edited after the save"):
+        read_meta(tmp_path)
