@@ -23,8 +23,12 @@ from s3_server import S3Server  # noqa: E402
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="english.jsonl", help="JSONL corpus in --data (default: english.jsonl)")
-    parser.add_argument("--trainer-tokens-per-s", type=float, default=TRAINER_TOKENS_PER_S,
-                        help=f"the trainer's consumption rate (default: {TRAINER_TOKENS_PER_S:g})")
+    parser.add_argument(
+        "--trainer-tokens-per-s",
+        type=float,
+        default=TRAINER_TOKENS_PER_S,
+        help=f"the trainer's consumption rate (default: {TRAINER_TOKENS_PER_S:g})",
+    )
     args = parser.parse_args()
 
     from data_prep.readers import ReadConfig, plan_shards, read_shard
@@ -43,8 +47,16 @@ def main() -> None:
         server.make_bucket("bench")
         with tempfile.TemporaryDirectory(prefix="crucible-cloud-bench-") as tmp:
             work = Path(tmp)
-            config = load_config(None, ["prep.stages=[tokenize, pack]", "prep.tokenizer.vocab_size=4096",
-                                        f"prep.pack.seq_len={SEQ_LEN}", "prep.pack.max_shard_mb=0.1", "prep.workers=1"])
+            config = load_config(
+                None,
+                [
+                    "prep.stages=[tokenize, pack]",
+                    "prep.tokenizer.vocab_size=4096",
+                    f"prep.pack.seq_len={SEQ_LEN}",
+                    "prep.pack.max_shard_mb=0.1",
+                    "prep.workers=1",
+                ],
+            )
             config.prep.inputs = [source]
             run_prep(config.prep, work / "prep", show_progress=False)
             server.upload_folder(work / "prep", "s3://bench/prep")
@@ -64,22 +76,42 @@ def main() -> None:
                 return len(dataset.entries)
 
             def read_all(inputs: list) -> int:
-                return sum(batch.table.num_rows for shard in plan_shards(inputs, 4 << 20)
-                           for batch in read_shard(shard, ReadConfig(), 1000))
+                return sum(
+                    batch.table.num_rows
+                    for shard in plan_shards(inputs, 4 << 20)
+                    for batch in read_shard(shard, ReadConfig(), 1000)
+                )
 
-            (loader_s, local_read_s, remote_read_s), (shards, local_docs, remote_docs) = best_times([
-                cold_loader, lambda: read_all([source]), lambda: read_all([f"s3://bench/inputs/{source.name}"])],
-                args.repeat)
+            (loader_s, local_read_s, remote_read_s), (shards, local_docs, remote_docs) = best_times(
+                [cold_loader, lambda: read_all([source]), lambda: read_all([f"s3://bench/inputs/{source.name}"])],
+                args.repeat,
+            )
     finally:
         server.kill()
     assert local_docs == remote_docs
     tokens = batches * MICRO_BATCH * SEQ_LEN
     results = [
-        Result(f"loader from S3, cold cache ({shards} shards downloaded, hashed)", args.corpus, tokens, "tokens/s",
-               rate(tokens, loader_s), f"trainer at {args.trainer_tokens_per_s:g} tokens/s",
-               args.trainer_tokens_per_s, 10, f"one pass over {int(rows):,} rows of {SEQ_LEN + 1}"),
-        Result("prep read step from S3 (ranged GETs)", args.corpus, remote_docs, "docs/s", rate(remote_docs, remote_read_s),
-               "the same read from a local file", rate(local_docs, local_read_s), None),
+        Result(
+            f"loader from S3, cold cache ({shards} shards downloaded, hashed)",
+            args.corpus,
+            tokens,
+            "tokens/s",
+            rate(tokens, loader_s),
+            f"trainer at {args.trainer_tokens_per_s:g} tokens/s",
+            args.trainer_tokens_per_s,
+            10,
+            f"one pass over {int(rows):,} rows of {SEQ_LEN + 1}",
+        ),
+        Result(
+            "prep read step from S3 (ranged GETs)",
+            args.corpus,
+            remote_docs,
+            "docs/s",
+            rate(remote_docs, remote_read_s),
+            "the same read from a local file",
+            rate(local_docs, local_read_s),
+            None,
+        ),
     ]
     print_table(f"Object storage (moto S3 on 127.0.0.1; best of {args.repeat}; {os.cpu_count()} CPUs)", results)
     print_json("cloud", results, repeat=args.repeat, trainer_tokens_per_s=args.trainer_tokens_per_s)

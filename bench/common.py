@@ -35,9 +35,12 @@ DATA_HELP = "folder with the benchmark corpora (default: shared/data beside the 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, help=DATA_HELP)
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds of each comparison, every side once per round; each side's fastest "
-                             "run counts (default: 3)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of each comparison, every side once per round; each side's fastest run counts (default: 3)",
+    )
     return parser
 
 
@@ -48,8 +51,11 @@ def data_dir(given: Path | None) -> Path:
         return given
     if SHARED_DATA.is_dir():
         return SHARED_DATA
-    print(f"note: {SHARED_DATA} is absent, so the benchmarks read the small test sets in {TEST_DATA}; "
-          "their figures are rougher. Pass --data FOLDER for larger corpora.", file=sys.stderr)
+    print(
+        f"note: {SHARED_DATA} is absent, so the benchmarks read the small test sets in {TEST_DATA}; "
+        "their figures are rougher. Pass --data FOLDER for larger corpora.",
+        file=sys.stderr,
+    )
     return TEST_DATA
 
 
@@ -148,8 +154,10 @@ def print_table(title: str, results: list[Result]) -> None:
     for r in results:
         ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
         aim = "" if r.aim is None else f">= {r.aim:g}x {r.verdict()}"
-        print(f"| {r.name} | {r.corpus} | {r.units:,} | {_fmt(r.ours)} {r.unit} | {r.baseline} | "
-              f"{_fmt(r.baseline_rate)} | {ratio} | {aim} |")
+        print(
+            f"| {r.name} | {r.corpus} | {r.units:,} | {_fmt(r.ours)} {r.unit} | {r.baseline} | "
+            f"{_fmt(r.baseline_rate)} | {ratio} | {aim} |"
+        )
     notes = [f"- {r.name}: {r.note}" for r in results if r.note]
     if notes:
         print("\n" + "\n".join(notes))

@@ -25,9 +25,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prep_seconds(config: Path, output: Path, executor: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline", "prep", "--config", str(config), "--output", str(output),
-                    "--no-progress", "--executor", executor], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "prep",
+            "--config",
+            str(config),
+            "--output",
+            str(output),
+            "--no-progress",
+            "--executor",
+            executor,
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return time.perf_counter() - started
 
 
@@ -45,22 +61,46 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=400_000, help="corpus size in documents (default 400000)")
     parser.add_argument("--workers", type=int, default=2, help="prep workers, and the Ray cluster's CPUs (default 2)")
     parser.add_argument("--shard-mb", type=float, default=4.0, help="input shard size (default 4)")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the corpus and runs (default: a temp folder)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for the corpus and runs (default: a temp folder)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         folder = Path(tmp)
         corpus = folder / "corpus.jsonl"
         write_corpus(corpus, args.docs, sentence_pool(data_dir(args.data)), 0.02, 0.05)
         config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump({"prep": {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers,
-                                                   "shard_mb": args.shard_mb}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "prep": {
+                        "inputs": [str(corpus)],
+                        "stages": STAGES,
+                        "workers": args.workers,
+                        "shard_mb": args.shard_mb,
+                    }
+                }
+            )
+        )
         seconds = {executor: prep_seconds(config, folder / executor, executor) for executor in ("local", "ray")}
         same = published_digest(folder / "local") == published_digest(folder / "ray")
     ratio = seconds["local"] / seconds["ray"]
-    print(f"{args.docs:,} documents, {args.workers} workers, stages {', '.join(STAGES)}: local {seconds['local']:.1f} s, "
-          f"ray {seconds['ray']:.1f} s; ray's speed {ratio:.2f}x local's (aim >= 0.9x); same bytes: {same}")
-    print(json.dumps({"bench": "executor", "docs": args.docs, "workers": args.workers, "seconds": seconds,
-                      "ratio": round(ratio, 3), "same_bytes": same}))
+    print(
+        f"{args.docs:,} documents, {args.workers} workers, stages {', '.join(STAGES)}: local {seconds['local']:.1f} s, "
+        f"ray {seconds['ray']:.1f} s; ray's speed {ratio:.2f}x local's (aim >= 0.9x); same bytes: {same}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "executor",
+                "docs": args.docs,
+                "workers": args.workers,
+                "seconds": seconds,
+                "ratio": round(ratio, 3),
+                "same_bytes": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

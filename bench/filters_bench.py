@@ -37,15 +37,29 @@ NGRAM = 13
 
 
 def batches(texts: list[str]) -> list[pa.Array]:
-    return [pa.array(texts[i:i + BATCH], pa.string()) for i in range(0, len(texts), BATCH)]
+    return [pa.array(texts[i : i + BATCH], pa.string()) for i in range(0, len(texts), BATCH)]
 
 
 def bench_quality_model(data: Path, work: Path, repeat: int) -> list[Result]:
     model_dir = work / "classifier"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "classifier", "train",
-                             "--positive", str(data / "english.jsonl"),
-                             "--negative", str(data / "debian_changelogs_pii.jsonl"), "--output", str(model_dir)],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "classifier",
+            "train",
+            "--positive",
+            str(data / "english.jsonl"),
+            "--negative",
+            str(data / "debian_changelogs_pii.jsonl"),
+            "--output",
+            str(model_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"classifier training failed: {result.stderr[-2000:]}")
     held = json.loads((model_dir / "report.json").read_text())["heldout"]
@@ -62,10 +76,23 @@ def bench_quality_model(data: Path, work: Path, repeat: int) -> list[Result]:
         return sum(len(raw.predict(t, k=1)[0]) for t in folded)
 
     (mine, theirs), _ = best_times([ours, fasttext_predict], repeat)
-    note = (f"classifier held-out: accuracy {held['accuracy']}, AUC {held['auc']}, precision {held['precision']}, "
-            f"recall {held['recall']} on {held['documents']} documents")
-    return [Result("quality_model: scoring", MIX, len(texts), "docs/s", rate(len(texts), mine),
-                   "fastText predict(k=1), folded texts", rate(len(texts), theirs), 0.7, note)]
+    note = (
+        f"classifier held-out: accuracy {held['accuracy']}, AUC {held['auc']}, precision {held['precision']}, "
+        f"recall {held['recall']} on {held['documents']} documents"
+    )
+    return [
+        Result(
+            "quality_model: scoring",
+            MIX,
+            len(texts),
+            "docs/s",
+            rate(len(texts), mine),
+            "fastText predict(k=1), folded texts",
+            rate(len(texts), theirs),
+            0.7,
+            note,
+        )
+    ]
 
 
 def datatrove_index(items: list[str], folder: Path) -> Any:
@@ -78,8 +105,11 @@ def datatrove_index(items: list[str], folder: Path) -> Any:
     # SHA-1 hashes: datatrove's default xxhash path passes str, which xxhash 4 refuses.
     config = NGramsDecontConfig(n_grams=NGRAM, hash_config=HashConfig(precision=64, hash_fc="sha1"))
     hash_func, tokenizer = create_hash_func(config.hash_config), load_word_tokenizer("en")
-    hashes = {hash_func(" ".join(gram)) for item in items
-              for gram in ngrams(tokenizer.word_tokenize(simplify_text(item, config.norm_config)), NGRAM)}
+    hashes = {
+        hash_func(" ".join(gram))
+        for item in items
+        for gram in ngrams(tokenizer.word_tokenize(simplify_text(item, config.norm_config)), NGRAM)
+    }
     folder.mkdir(parents=True, exist_ok=True)
     np.array(sorted(hashes), dtype=config.hash_config.np_descr).tofile(folder / "evalset.index.hashes")
     return NGramsDecontFilter(str(folder), config=config)
@@ -92,8 +122,17 @@ def bench_decontaminate(data: Path, work: Path, repeat: int) -> list[Result]:
     items = [" ".join(r["text"].split()[50:110]) for r in english[::10]]
     eval_file = write_jsonl(work / "evalset.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(items)])
     config = DecontaminateConfig(eval_sets=[EvalSet(path=eval_file)], ngram=NGRAM)
-    ctx = TaskContext(config=None, shards=(), work=work, stage="decontaminate", settings=config,  # type: ignore[arg-type]
-                      step="decontaminate.index", source=None, task=0, report=lambda n: None)
+    ctx = TaskContext(
+        config=None,
+        shards=(),
+        work=work,
+        stage="decontaminate",
+        settings=config,  # type: ignore[arg-type]
+        step="decontaminate.index",
+        source=None,
+        task=0,
+        report=lambda n: None,
+    )
     run_index(ctx)
     ours_filter = ContaminationFilter(config, work)
     texts = [r["text"] for name in MIX_FILES for r in read_jsonl(data / name)]
@@ -110,8 +149,19 @@ def bench_decontaminate(data: Path, work: Path, repeat: int) -> list[Result]:
 
     (mine, theirs), (found, found_dt) = best_times([ours, datatrove], repeat)
     note = f"{len(items)} eval items of 60 words; contaminated documents found: ours {found}, datatrove {found_dt}"
-    return [Result("decontaminate: filter", MIX, len(texts), "docs/s", rate(len(texts), mine),
-                   "datatrove NGramsDecontFilter", rate(len(texts), theirs), None, note)]
+    return [
+        Result(
+            "decontaminate: filter",
+            MIX,
+            len(texts),
+            "docs/s",
+            rate(len(texts), mine),
+            "datatrove NGramsDecontFilter",
+            rate(len(texts), theirs),
+            None,
+            note,
+        )
+    ]
 
 
 def main() -> None:

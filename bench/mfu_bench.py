@@ -54,8 +54,9 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int,
-               dtype: torch.dtype) -> list[float]:
+def plain_loop(
+    config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, steps: int, dtype: torch.dtype
+) -> list[float]:
     """Seconds per optimizer step of the plain loop (same model, rows, micro-batch and accumulation)."""
     m, t = config.model, config.train
     with torch.device(device()):
@@ -76,8 +77,9 @@ def plain_loop(config: CrucibleConfig, shards: Path, vocab: int, pad_id: int, st
             tokens, targets = rows.inputs[picked].to(device()), rows.targets[picked].to(device())
             with autocast:
                 logits = model(tokens, positions)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=pad_id)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id
+            )
             (loss / (t.global_batch_size // t.micro_batch_size)).backward()
         if t.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -137,11 +139,23 @@ SUITES = {
     ],
 }
 # Per suite: (variant, reference variant, aim for the tokens/s ratio) and (variant, reference, loss tolerance).
-SUITE_AIMS = {"speed": [("masked-flex", "masked-sdpa", None), ("masked-flex-selective", "masked-flex", 0.9),
-                        ("masked-flex-full", "masked-flex", None), ("masked-flex-fp8", "masked-flex", 1.2),
-                        ("masked-flex-fp8-rowwise", "masked-flex", 1.2)]}
-SUITE_CHECKS = {"speed": [("masked-flex", "masked-sdpa", 0.01), ("masked-flex-selective", "masked-flex", 0.01),
-                          ("check-fp8", "check-bf16", 0.02), ("masked-flex-fp8-rowwise", "masked-flex", 0.02)]}
+SUITE_AIMS = {
+    "speed": [
+        ("masked-flex", "masked-sdpa", None),
+        ("masked-flex-selective", "masked-flex", 0.9),
+        ("masked-flex-full", "masked-flex", None),
+        ("masked-flex-fp8", "masked-flex", 1.2),
+        ("masked-flex-fp8-rowwise", "masked-flex", 1.2),
+    ]
+}
+SUITE_CHECKS = {
+    "speed": [
+        ("masked-flex", "masked-sdpa", 0.01),
+        ("masked-flex-selective", "masked-flex", 0.01),
+        ("check-fp8", "check-bf16", 0.02),
+        ("masked-flex-fp8-rowwise", "masked-flex", 0.02),
+    ]
+}
 MFU_AIM = 0.55  # of the datasheet peak, with document masking on
 
 
@@ -157,8 +171,10 @@ def loss_gap(losses: list[float], reference: list[float]) -> float:
 
 
 def parse_variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    variants = [(label, [item for item in extra.split(",") if item])
-                for label, _, extra in (spec.partition(":") for spec in args.variant)]
+    variants = [
+        (label, [item for item in extra.split(",") if item])
+        for label, _, extra in (spec.partition(":") for spec in args.variant)
+    ]
     return [*SUITES.get(args.suite, []), *variants] or [("as-configured", [])]
 
 
@@ -186,18 +202,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--shards", type=Path, required=True, help="packed shards made with the same config's prep")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, plain loop included (repeatable)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
-                        help="a trainer run with extra overrides (repeatable; default: one run as configured)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, plain loop included (repeatable)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a trainer run with extra overrides (repeatable; default: one run as configured)",
+    )
     parser.add_argument("--suite", choices=sorted(SUITES), help="run these variants (with their aims and checks) too")
-    parser.add_argument("--check", action="append", default=[], metavar="VARIANT,REFERENCE,TOL",
-                        help="compare two runs' loss curves: relative gap of 10-step averages <= TOL (repeatable)")
+    parser.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="VARIANT,REFERENCE,TOL",
+        help="compare two runs' loss curves: relative gap of 10-step averages <= TOL (repeatable)",
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (default: 8)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--matmul-size", type=int, default=8192)
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="start no run that would end past this many seconds from the start (default: no limit)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="start no run that would end past this many seconds from the start (default: no limit)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the results JSON here, rewritten after every run")
     args = parser.parse_args()
     quiet_third_party()  # as the CLI does; set before the engine (and megatron with it) is imported
@@ -208,8 +244,14 @@ def main() -> None:
 
     steps = args.warmup + args.steps
     # Training alone: no checkpoints, trackers, validation or task scores (each would also compile its own graph).
-    base = [*args.overrides, f"train.max_steps={steps}", "checkpoint.enabled=false", "train.loggers=[]",
-            "train.eval_batches=0", "eval.tasks=[]"]
+    base = [
+        *args.overrides,
+        f"train.max_steps={steps}",
+        "checkpoint.enabled=false",
+        "train.loggers=[]",
+        "train.eval_batches=0",
+        "eval.tasks=[]",
+    ]
     config = load_config(args.config, base)
     manifest = read_manifest(args.shards)
     m, t = config.model, config.train
@@ -224,10 +266,13 @@ def main() -> None:
     n_params = count_params(m, vocab)
 
     measured = measure_peak_flops(device(), dtype, n=args.matmul_size)
-    print(f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
-          file=sys.stderr, flush=True)
+    print(
+        f"[{name}: {args.matmul_size}^3 {str(dtype).removeprefix('torch.')} matmul {measured / 1e12:.1f} TFLOP/s]",
+        file=sys.stderr,
+        flush=True,
+    )
     release()
-    plain_seconds = plain_loop(config, args.shards, vocab, manifest.tokenizer.pad_id, steps, dtype)[args.warmup:]
+    plain_seconds = plain_loop(config, args.shards, vocab, manifest.tokenizer.pad_id, steps, dtype)[args.warmup :]
     plain_rate = tokens_per_step / statistics.median(plain_seconds)
     plain_memory = peak_memory_note()
     print(f"[plain loop: {plain_rate:,.0f} tokens/s{plain_memory}]", file=sys.stderr, flush=True)
@@ -239,16 +284,33 @@ def main() -> None:
         for label, per_token in (("with attention", flops), ("without", dense_flops)):
             achieved = rate * per_token
             sheet = f"{100 * achieved / datasheet:.1f}% of {datasheet / 1e12:.0f} (datasheet), " if datasheet else ""
-            parts.append(f"{label}: {achieved / 1e12:.1f} TFLOP/s, MFU {sheet}{100 * achieved / measured:.1f}% of the "
-                         "measured matmul")
+            parts.append(
+                f"{label}: {achieved / 1e12:.1f} TFLOP/s, MFU {sheet}{100 * achieved / measured:.1f}% of the "
+                "measured matmul"
+            )
         return "; ".join(parts)
 
     corpus = "configs/" + args.config.name
-    plain = Result("plain PyTorch loop", corpus, len(plain_seconds) * tokens_per_step, "tokens/s", plain_rate,
-                   f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token", measured / flops, None,
-                   f"{mfu_note(plain_rate)}{plain_memory}")
-    extra = {"device": name, "torch": torch.__version__, "params": n_params, "flops_per_token": flops,
-             "flops_per_token_without_attention": dense_flops, "matmul_flops": measured, "datasheet_flops": datasheet}
+    plain = Result(
+        "plain PyTorch loop",
+        corpus,
+        len(plain_seconds) * tokens_per_step,
+        "tokens/s",
+        plain_rate,
+        f"{args.matmul_size}^3 matmul, as tokens/s at {flops / 1e9:.2f} GFLOP/token",
+        measured / flops,
+        None,
+        f"{mfu_note(plain_rate)}{plain_memory}",
+    )
+    extra = {
+        "device": name,
+        "torch": torch.__version__,
+        "params": n_params,
+        "flops_per_token": flops,
+        "flops_per_token_without_attention": dense_flops,
+        "matmul_flops": measured,
+        "datasheet_flops": datasheet,
+    }
     runs: dict[str, tuple[float, list[dict]]] = {}  # variant -> (tokens/s, metrics records)
     results: list[Result] = []
     skipped: list[str] = []
@@ -256,9 +318,16 @@ def main() -> None:
 
     def save() -> None:
         if args.json_out:
-            write_json(args.json_out, {"results": [r.__dict__ for r in [*results, plain]], "skipped": skipped,
-                                       "failed": failed, "losses": {label: [r["loss"] for r in records]
-                                                  for label, (_, records) in runs.items()}, **extra})
+            write_json(
+                args.json_out,
+                {
+                    "results": [r.__dict__ for r in [*results, plain]],
+                    "skipped": skipped,
+                    "failed": failed,
+                    "losses": {label: [r["loss"] for r in records] for label, (_, records) in runs.items()},
+                    **extra,
+                },
+            )
 
     with tempfile.TemporaryDirectory(prefix="crucible-mfu-bench-") as tmp:
         for label, overrides in [("eager-bf16", EAGER), *parse_variants(args)]:
@@ -266,8 +335,11 @@ def main() -> None:
             run_tokens = run_config.global_batch_size * seq
             if not budget.allows(run_config.max_steps, run_tokens):
                 skipped.append(label)
-                print(f"[variant {label}: not run, it would end past the {args.budget:.0f} s budget]", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"[variant {label}: not run, it would end past the {args.budget:.0f} s budget]",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             started = time.perf_counter()
             try:
@@ -286,24 +358,49 @@ def main() -> None:
             runs[label] = ours, records
             eager = runs.get("eager-bf16", (None,))[0]
             versus = f"{ours / eager:.2f}x the eager bf16 run; " if eager and label != "eager-bf16" else ""
-            results.append(Result(
-                f"crucible train, {label}", corpus, len(timed) * run_tokens, "tokens/s", ours,
-                "plain PyTorch loop (autocast, fused AdamW)", plain_rate, None,
-                f"{versus}{mfu_note(ours)}{memory}; final loss {records[-1]['loss']:.3f}; "
-                f"run {time.perf_counter() - started:.0f}s; overrides {','.join(overrides) or 'none'}"))
-            print(f"[variant {label}: {ours:,.0f} tokens/s, {ours * flops / 1e12:.1f} TFLOP/s]", file=sys.stderr,
-                  flush=True)
+            results.append(
+                Result(
+                    f"crucible train, {label}",
+                    corpus,
+                    len(timed) * run_tokens,
+                    "tokens/s",
+                    ours,
+                    "plain PyTorch loop (autocast, fused AdamW)",
+                    plain_rate,
+                    None,
+                    f"{versus}{mfu_note(ours)}{memory}; final loss {records[-1]['loss']:.3f}; "
+                    f"run {time.perf_counter() - started:.0f}s; overrides {','.join(overrides) or 'none'}",
+                )
+            )
+            print(
+                f"[variant {label}: {ours:,.0f} tokens/s, {ours * flops / 1e12:.1f} TFLOP/s]",
+                file=sys.stderr,
+                flush=True,
+            )
             save()
         for label, reference, aim in SUITE_AIMS.get(args.suite, []):
             if label in runs and reference in runs:
-                results.append(Result(f"{label} against {reference}", corpus, args.steps * tokens_per_step, "tokens/s",
-                                      runs[label][0], reference, runs[reference][0], aim))
-    print_table(f"MFU on {name}: GPT {n_params / 1e9:.2f}B parameters ({m.d_model}d x {m.n_layers} layers, "
-                f"{m.n_heads}/{m.n_kv_heads} heads, ffn {m.ffn_hidden}, vocab {vocab}), seq {seq}, "
-                f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, "
-                f"{str(dtype).removeprefix('torch.')}; "
-                f"median of {args.steps} steps after {args.warmup}; {flops / 1e9:.2f} GFLOP/token with the attention "
-                f"term, {dense_flops / 1e9:.2f} without; matmul {measured / 1e12:.0f} TFLOP/s", [*results, plain])
+                results.append(
+                    Result(
+                        f"{label} against {reference}",
+                        corpus,
+                        args.steps * tokens_per_step,
+                        "tokens/s",
+                        runs[label][0],
+                        reference,
+                        runs[reference][0],
+                        aim,
+                    )
+                )
+    print_table(
+        f"MFU on {name}: GPT {n_params / 1e9:.2f}B parameters ({m.d_model}d x {m.n_layers} layers, "
+        f"{m.n_heads}/{m.n_kv_heads} heads, ffn {m.ffn_hidden}, vocab {vocab}), seq {seq}, "
+        f"global batch {t.global_batch_size} x micro {t.micro_batch_size}, "
+        f"{str(dtype).removeprefix('torch.')}; "
+        f"median of {args.steps} steps after {args.warmup}; {flops / 1e9:.2f} GFLOP/token with the attention "
+        f"term, {dense_flops / 1e9:.2f} without; matmul {measured / 1e12:.0f} TFLOP/s",
+        [*results, plain],
+    )
     checks = [(a, b, float(tol)) for a, b, tol in (c.split(",") for c in args.check)]
     extra["loss_gaps"] = report_checks([*SUITE_CHECKS.get(args.suite, []), *checks], runs, datasheet, flops)
     if skipped:
@@ -314,8 +411,12 @@ def main() -> None:
     save()
 
 
-def report_checks(checks: list[tuple[str, str, float]], runs: dict[str, tuple[float, list[dict]]],
-                  datasheet: float | None, flops: float) -> dict[str, float]:
+def report_checks(
+    checks: list[tuple[str, str, float]],
+    runs: dict[str, tuple[float, list[dict]]],
+    datasheet: float | None,
+    flops: float,
+) -> dict[str, float]:
     """Loss-curve gaps against their tolerances, and the masked runs' MFU against the aim."""
     gaps = {}
     lines = []
@@ -324,14 +425,18 @@ def report_checks(checks: list[tuple[str, str, float]], runs: dict[str, tuple[fl
             ours, theirs = ([r["loss"] for r in runs[name][1]] for name in (label, reference))
             gaps[f"{label} vs {reference}"] = gap = loss_gap(ours, theirs)
             verdict = "meets" if gap <= tolerance else "MISSES"
-            lines.append(f"- loss of {label} against {reference} over {len(ours)} steps: largest relative gap of the "
-                         f"10-step averages {gap:.4f}, tolerance {tolerance:g}: {verdict}")
+            lines.append(
+                f"- loss of {label} against {reference} over {len(ours)} steps: largest relative gap of the "
+                f"10-step averages {gap:.4f}, tolerance {tolerance:g}: {verdict}"
+            )
     if datasheet:
         for label, (rate, _) in runs.items():
             if label.startswith("masked"):
                 mfu = rate * flops / datasheet
-                lines.append(f"- MFU of {label}: {100 * mfu:.1f}% of the datasheet, aim >= {100 * MFU_AIM:.0f}%: "
-                             f"{'meets' if mfu >= MFU_AIM else 'MISSES'}")
+                lines.append(
+                    f"- MFU of {label}: {100 * mfu:.1f}% of the datasheet, aim >= {100 * MFU_AIM:.0f}%: "
+                    f"{'meets' if mfu >= MFU_AIM else 'MISSES'}"
+                )
     if lines:
         print("\n" + "\n".join(lines))
     return gaps

@@ -46,10 +46,19 @@ def main() -> None:
 
     data = data_dir(args.data)
     sources = [{"name": name, "inputs": [str(corpus_file(data, corpus))]} for name, corpus in SOURCES.items()]
-    config = load_config(None, [f"prep.sources={sources}", "prep.stages=[tokenize, pack]", "prep.workers=1",
-                                f"prep.pack.seq_len={SEQ_LEN}", f"train.micro_batch_size={MICRO_BATCH}",
-                                f"train.global_batch_size={MICRO_BATCH}", f"train.max_steps={args.batches}",
-                                f"train.mixture.weights={WEIGHTS}"])
+    config = load_config(
+        None,
+        [
+            f"prep.sources={sources}",
+            "prep.stages=[tokenize, pack]",
+            "prep.workers=1",
+            f"prep.pack.seq_len={SEQ_LEN}",
+            f"train.micro_batch_size={MICRO_BATCH}",
+            f"train.global_batch_size={MICRO_BATCH}",
+            f"train.max_steps={args.batches}",
+            f"train.mixture.weights={WEIGHTS}",
+        ],
+    )
     with tempfile.TemporaryDirectory(prefix="crucible-mix-bench-") as tmp:
         stats = run_prep(config.prep, Path(tmp), show_progress=False)
         dataset = PackedDataset(Path(tmp) / "shards", "train", seq_len=SEQ_LEN)
@@ -57,22 +66,42 @@ def main() -> None:
         plain = DistributedLoader(dataset, micro_batch=MICRO_BATCH)
         for loader in (plain, mixing):
             loader.next_batch()  # the first touch of the memory-mapped shards stays out of the timing
-        sides = [lambda: [plain.next_batch() for _ in range(args.batches)],
-                 lambda: [mixing.next_batch() for _ in range(args.batches)]]
+        sides = [
+            lambda: [plain.next_batch() for _ in range(args.batches)],
+            lambda: [mixing.next_batch() for _ in range(args.batches)],
+        ]
         (plain_seconds, mixing_seconds), _ = best_times(sides, args.repeat)
         plain_cpu, mixing_cpu = best_cpu_times(sides, args.repeat)
         shares = mixing.metrics()
 
     total = sum(v for k, v in shares.items() if k.endswith("/tokens"))
-    realized = ", ".join(f"{name} {shares[f'mix/{name}/tokens'] / total:.3f} (target {w})" for name, w in WEIGHTS.items())
+    realized = ", ".join(
+        f"{name} {shares[f'mix/{name}/tokens'] / total:.3f} (target {w})" for name, w in WEIGHTS.items()
+    )
     rows = {name: counts["train_sequences"] for name, counts in stats["sources"].items()}
-    results = [Result(f"loader: MixingLoader.next_batch ({MICRO_BATCH} x {SEQ_LEN}, 3 sources)",
-                      "the packed train shards", args.batches, "batches/s", rate(args.batches, mixing_seconds),
-                      "DistributedLoader.next_batch", rate(args.batches, plain_seconds), 0.9,
-                      f"rows per source {rows}; token shares of all batches drawn: {realized}"),
-               Result("the same, CPU seconds of this process (steadier on a shared machine)", "the packed train shards",
-                      args.batches, "batches/CPU-s", rate(args.batches, mixing_cpu), "DistributedLoader.next_batch",
-                      rate(args.batches, plain_cpu), 0.9)]
+    results = [
+        Result(
+            f"loader: MixingLoader.next_batch ({MICRO_BATCH} x {SEQ_LEN}, 3 sources)",
+            "the packed train shards",
+            args.batches,
+            "batches/s",
+            rate(args.batches, mixing_seconds),
+            "DistributedLoader.next_batch",
+            rate(args.batches, plain_seconds),
+            0.9,
+            f"rows per source {rows}; token shares of all batches drawn: {realized}",
+        ),
+        Result(
+            "the same, CPU seconds of this process (steadier on a shared machine)",
+            "the packed train shards",
+            args.batches,
+            "batches/CPU-s",
+            rate(args.batches, mixing_cpu),
+            "DistributedLoader.next_batch",
+            rate(args.batches, plain_cpu),
+            0.9,
+        ),
+    ]
     print_table(f"Mixing loader (best of {args.repeat}; {os.cpu_count()} CPUs)", results)
     print_json("mix", results, repeat=args.repeat)
 

@@ -38,10 +38,16 @@ TRAINER_TOKENS_PER_S = 860.0
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="english.jsonl", help="clean JSONL corpus in --data (default: english.jsonl)")
+    parser.add_argument(
+        "--corpus", default="english.jsonl", help="clean JSONL corpus in --data (default: english.jsonl)"
+    )
     parser.add_argument("--batches", type=int, default=500, help="loader batches per timed run (default: 500)")
-    parser.add_argument("--trainer-tokens-per-s", type=float, default=TRAINER_TOKENS_PER_S,
-                        help=f"the trainer's consumption rate to compare the loader with (default: {TRAINER_TOKENS_PER_S:g})")
+    parser.add_argument(
+        "--trainer-tokens-per-s",
+        type=float,
+        default=TRAINER_TOKENS_PER_S,
+        help=f"the trainer's consumption rate to compare the loader with (default: {TRAINER_TOKENS_PER_S:g})",
+    )
     args = parser.parse_args()
 
     # Imported after parsing, so that --help answers at once.
@@ -61,18 +67,27 @@ def main() -> None:
         train_tokenizer(texts, TokenizerConfig(vocab_size=VOCAB)).save(str(tokenizer_path))
         train_seconds = time.perf_counter() - started
 
-        config = PrepConfig(inputs=[source], stages=["tokenize", "pack"], workers=1,  # type: ignore[list-item]
-                            tokenizer=TokenizerConfig(path=tokenizer_path), pack=PackConfig(seq_len=SEQ_LEN))
+        config = PrepConfig(
+            inputs=[source],
+            stages=["tokenize", "pack"],
+            workers=1,  # type: ignore[list-item]
+            tokenizer=TokenizerConfig(path=tokenizer_path),
+            pack=PackConfig(seq_len=SEQ_LEN),
+        )
         runs: list[dict[str, Any]] = []
         # Each round runs the raw encoder, then the pipeline, so a change in load hits both alike.
         # A fresh tokenizer per round starts with a cold word cache, as a prep worker does.
-        (raw_seconds, wall), (encodings, _) = best_times([
-            lambda: load_tokenizer(tokenizer_path).encode_batch(texts),
-            lambda: runs.append(run_prep(config, work / f"prep-{len(runs)}", show_progress=False)),
-        ], args.repeat)
+        (raw_seconds, wall), (encodings, _) = best_times(
+            [
+                lambda: load_tokenizer(tokenizer_path).encode_batch(texts),
+                lambda: runs.append(run_prep(config, work / f"prep-{len(runs)}", show_progress=False)),
+            ],
+            args.repeat,
+        )
         tokens = sum(len(e.ids) for e in encodings)  # the texts' tokens; the EOD per document is not counted
-        step_seconds, fastest = min((r["tokens"]["tokenize_seconds"] + r["tokens"]["pack_seconds"], i)
-                                    for i, r in enumerate(runs))
+        step_seconds, fastest = min(
+            (r["tokens"]["tokenize_seconds"] + r["tokens"]["pack_seconds"], i) for i, r in enumerate(runs)
+        )
         totals = runs[fastest]["tokens"]
 
         dataset = PackedDataset(work / f"prep-{fastest}" / "shards", "train", seq_len=SEQ_LEN)
@@ -84,17 +99,40 @@ def main() -> None:
     batch_tokens = MICRO_BATCH * SEQ_LEN
     batches_per_s = rate(args.batches, loader_seconds)
     results = [
-        Result("tokenize+pack steps (in-task seconds)", args.corpus, tokens, "tokens/s", rate(tokens, step_seconds),
-               baseline, rate(tokens, raw_seconds), 0.8,
-               f"tokenize {totals['tokenize_seconds']:.1f}s + pack {totals['pack_seconds']:.1f}s; "
-               f"{totals['train_sequences']:,} train rows of {SEQ_LEN + 1}"),
-        Result("tokenize+pack via run_prep, wall (read step, worker start, publish too)", args.corpus, tokens,
-               "tokens/s", rate(tokens, wall), baseline, rate(tokens, raw_seconds), None,
-               f"BPE training (vocab {VOCAB}) took {train_seconds:.1f}s, not counted"),
-        Result(f"loader: DistributedLoader.next_batch ({MICRO_BATCH} x {SEQ_LEN})", "the packed train shards",
-               args.batches, "batches/s", batches_per_s,
-               f"trainer at {args.trainer_tokens_per_s:g} tokens/s", args.trainer_tokens_per_s / batch_tokens, 100,
-               f"{batches_per_s * batch_tokens:,.0f} tokens/s served"),
+        Result(
+            "tokenize+pack steps (in-task seconds)",
+            args.corpus,
+            tokens,
+            "tokens/s",
+            rate(tokens, step_seconds),
+            baseline,
+            rate(tokens, raw_seconds),
+            0.8,
+            f"tokenize {totals['tokenize_seconds']:.1f}s + pack {totals['pack_seconds']:.1f}s; "
+            f"{totals['train_sequences']:,} train rows of {SEQ_LEN + 1}",
+        ),
+        Result(
+            "tokenize+pack via run_prep, wall (read step, worker start, publish too)",
+            args.corpus,
+            tokens,
+            "tokens/s",
+            rate(tokens, wall),
+            baseline,
+            rate(tokens, raw_seconds),
+            None,
+            f"BPE training (vocab {VOCAB}) took {train_seconds:.1f}s, not counted",
+        ),
+        Result(
+            f"loader: DistributedLoader.next_batch ({MICRO_BATCH} x {SEQ_LEN})",
+            "the packed train shards",
+            args.batches,
+            "batches/s",
+            batches_per_s,
+            f"trainer at {args.trainer_tokens_per_s:g} tokens/s",
+            args.trainer_tokens_per_s / batch_tokens,
+            100,
+            f"{batches_per_s * batch_tokens:,.0f} tokens/s served",
+        ),
     ]
     print_table(f"Tokenize, pack and load (best of {args.repeat}; {os.cpu_count()} CPUs)", results)
     print_json("pack", results, repeat=args.repeat, trainer_tokens_per_s=args.trainer_tokens_per_s)

@@ -47,9 +47,33 @@ BATCH = 1000  # documents per Arrow batch, as prep.batch_size defaults to
 # 1 MB lines that repeat one fragment a pattern consumes ("a.", "1 ", "://a:", " dot ", "password=", ...): a
 # pattern that backtracks shows as a slow line. Throughput on the slowest is compared with the mix's.
 HOSTILE_FRAGMENTS = (
-    "a", "a.", "a@a.", "1.", "1 ", "01 ", "://a:", "://a:b@", "password=", "pwd:'a", ":", " dot ", "a dot ",
-    "a at b dot ", "a [at] b [dot] ", "a(a)", "(020) ", "+1 ", "GB12 ", ">a", "a:", "::", "ffff:1.", "a @ b.",
-    "Authorization: Basic A", "xoxb-", "-----BEGIN PRIVATE KEY-----\nA",
+    "a",
+    "a.",
+    "a@a.",
+    "1.",
+    "1 ",
+    "01 ",
+    "://a:",
+    "://a:b@",
+    "password=",
+    "pwd:'a",
+    ":",
+    " dot ",
+    "a dot ",
+    "a at b dot ",
+    "a [at] b [dot] ",
+    "a(a)",
+    "(020) ",
+    "+1 ",
+    "GB12 ",
+    ">a",
+    "a:",
+    "::",
+    "ffff:1.",
+    "a @ b.",
+    "Authorization: Basic A",
+    "xoxb-",
+    "-----BEGIN PRIVATE KEY-----\nA",
 )
 HOSTILE_CHARS = 1_000_000  # characters
 QUALITY_EVERY = 8  # datatrove's Gopher filters manage ~30 docs/s on this text: a spread-out sample
@@ -111,7 +135,9 @@ class Bench:
     def mix(self) -> list[dict[str, Any]]:
         return [{"id": r["id"], "text": r["text"]} for name in MIX_FILES for r in self.corpus(name)]
 
-    def compare(self, label: str, ours: Callable[[], Any], *baselines: Callable[[], Any]) -> tuple[list[float], list[Any]]:
+    def compare(
+        self, label: str, ours: Callable[[], Any], *baselines: Callable[[], Any]
+    ) -> tuple[list[float], list[Any]]:
         """Best seconds (and last results) of Crucible's side and the baselines, run in turn;
         with --profile, Crucible's side once more under cProfile."""
         seconds, results = best_times([ours, *baselines], self.repeat)
@@ -124,6 +150,7 @@ class Bench:
 
 
 # ---- per-stage kernels, single core, in this process ---------------------------------------
+
 
 def bench_normalize(b: Bench) -> list[Result]:
     from data_prep.normalize import CONTROL, JUNK, NormalizeConfig, NormalizeStage
@@ -140,13 +167,36 @@ def bench_normalize(b: Bench) -> list[Result]:
             out.append((len(text), found, not text.strip()))
         return out
 
-    (ours, raw, same), _ = b.compare("normalize", lambda: [stage.decide(batch) for batch in parts],
-                                     lambda: [unicodedata.normalize("NFC", t) for t in texts], plain)
+    (ours, raw, same), _ = b.compare(
+        "normalize",
+        lambda: [stage.decide(batch) for batch in parts],
+        lambda: [unicodedata.normalize("NFC", t) for t in texts],
+        plain,
+    )
     n, name = len(texts), "normalize: NormalizeStage.decide"
-    return [Result(name, MIX, n, "docs/s", rate(n, ours), 'unicodedata.normalize("NFC")', rate(n, raw), 0.7,
-                   "CPython returns an ASCII string from NFC without reading it"),
-            Result(name, MIX, n, "docs/s", rate(n, ours), "the same work in plain Python (re, unicodedata)",
-                   rate(n, same), None)]
+    return [
+        Result(
+            name,
+            MIX,
+            n,
+            "docs/s",
+            rate(n, ours),
+            'unicodedata.normalize("NFC")',
+            rate(n, raw),
+            0.7,
+            "CPython returns an ASCII string from NFC without reading it",
+        ),
+        Result(
+            name,
+            MIX,
+            n,
+            "docs/s",
+            rate(n, ours),
+            "the same work in plain Python (re, unicodedata)",
+            rate(n, same),
+            None,
+        ),
+    ]
 
 
 def bench_exact(b: Bench) -> list[Result]:
@@ -158,13 +208,19 @@ def bench_exact(b: Bench) -> list[Result]:
     def plain() -> list[bytes]:
         return [hashlib.blake2b(space.sub(" ", t).strip().encode(), digest_size=16).digest() for t in texts]
 
-    (ours, raw, same), _ = b.compare("exact_dedup", lambda: text_hashes(table, cfg),
-                                     lambda: [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts],
-                                     plain)
+    (ours, raw, same), _ = b.compare(
+        "exact_dedup",
+        lambda: text_hashes(table, cfg),
+        lambda: [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts],
+        plain,
+    )
     n, name = len(texts), "exact_dedup: text_hashes"
-    return [Result(name, MIX, n, "docs/s", rate(n, ours), "hashlib.blake2b(text)", rate(n, raw), 0.7),
-            Result(name, MIX, n, "docs/s", rate(n, ours), "whitespace collapse + blake2b in plain Python",
-                   rate(n, same), None)]
+    return [
+        Result(name, MIX, n, "docs/s", rate(n, ours), "hashlib.blake2b(text)", rate(n, raw), 0.7),
+        Result(
+            name, MIX, n, "docs/s", rate(n, ours), "whitespace collapse + blake2b in plain Python", rate(n, same), None
+        ),
+    ]
 
 
 _WORD = re.compile(r"\w+")
@@ -181,7 +237,7 @@ def datasketch_signatures(texts: list[str], ngram: int, num_perm: int, seed: int
         words = _WORD.findall(text.lower())
         count = max(len(words) - ngram + 1, 1) if words else 0
         sketch = MinHash(num_perm=num_perm, seed=seed, permutations=shared, scheme="affine32")
-        sketch.update_batch([" ".join(words[i:i + ngram]).encode() for i in range(count)])
+        sketch.update_batch([" ".join(words[i : i + ngram]).encode() for i in range(count)])
         sketches.append(sketch.hashvalues)
     return sketches
 
@@ -206,22 +262,45 @@ def datatrove_minhash(inputs: Path, glob: str, work: Path, tasks: int, workers: 
 
     ours = MinHashConfig()
     bands, rows = ours.band_layout()
-    config = MinhashConfig(n_grams=ours.ngram, num_buckets=bands, hashes_per_bucket=rows, seed=ours.seed,
-                           hash_config=HashConfig(precision=32, hash_fc="sha1"))
+    config = MinhashConfig(
+        n_grams=ours.ngram,
+        num_buckets=bands,
+        hashes_per_bucket=rows,
+        seed=ours.seed,
+        hash_config=HashConfig(precision=32, hash_fc="sha1"),
+    )
     sigs, buckets, removals = work / "signatures", work / "buckets", work / "removals"
     steps: list[tuple[str, list[Any], int]] = [
-        ("signatures", [JsonlReader(str(inputs), glob_pattern=glob),
-                        MinhashDedupSignature(output_folder=str(sigs), config=config)], tasks),
+        (
+            "signatures",
+            [
+                JsonlReader(str(inputs), glob_pattern=glob),
+                MinhashDedupSignature(output_folder=str(sigs), config=config),
+            ],
+            tasks,
+        ),
         ("buckets", [MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets), config=config)], bands),
         ("clusters", [MinhashDedupCluster(input_folder=str(buckets), output_folder=str(removals), config=config)], 1),
-        ("filter", [JsonlReader(str(inputs), glob_pattern=glob), MinhashDedupFilter(input_folder=str(removals)),
-                    JsonlWriter(str(work / "deduped"), compression=None)], tasks),
+        (
+            "filter",
+            [
+                JsonlReader(str(inputs), glob_pattern=glob),
+                MinhashDedupFilter(input_folder=str(removals)),
+                JsonlWriter(str(work / "deduped"), compression=None),
+            ],
+            tasks,
+        ),
     ]
     seconds: dict[str, float] = {}
     with quiet_stderr():
         for name, pipeline, n_tasks in steps:
-            executor = LocalPipelineExecutor(pipeline, tasks=n_tasks, workers=min(workers, n_tasks),
-                                             logging_dir=str(work / "logs" / name), start_method="spawn")
+            executor = LocalPipelineExecutor(
+                pipeline,
+                tasks=n_tasks,
+                workers=min(workers, n_tasks),
+                logging_dir=str(work / "logs" / name),
+                start_method="spawn",
+            )
             started = time.perf_counter()
             executor.run()
             seconds[name] = time.perf_counter() - started
@@ -233,8 +312,9 @@ def datatrove_seconds(run: dict[str, float]) -> float:
     return sum(v for k, v in run.items() if k != "removed")
 
 
-def compare_pipelines(b: Bench, inputs: list[Path], stages: list[str], workers: int,
-                      datatrove_files: tuple[Path, str] | None) -> tuple[float, dict[str, Any], dict[str, float] | None]:
+def compare_pipelines(
+    b: Bench, inputs: list[Path], stages: list[str], workers: int, datatrove_files: tuple[Path, str] | None
+) -> tuple[float, dict[str, Any], dict[str, float] | None]:
     """Crucible's `run_prep` and datatrove's MinHash steps on the same files (given as a folder
     and a glob), in turn and in fresh folders: Crucible's best wall seconds and stats, and
     datatrove's best run (None without `datatrove_files`). Crucible's shards are sized to the
@@ -260,9 +340,11 @@ def compare_pipelines(b: Bench, inputs: list[Path], stages: list[str], workers: 
 def minhash_note(stats: dict[str, Any], dt: dict[str, float]) -> str:
     row = next(row for row in stats["stages"] if row["name"] == "minhash_dedup")
     steps = ", ".join(f"{k} {v:.1f}" for k, v in dt.items() if k != "removed")
-    return (f"near-duplicates removed: Crucible {sum(row['dropped'].values())}, datatrove {int(dt['removed'])} "
-            f"(datatrove removes every bucket match, Crucible checks the Jaccard estimate); "
-            f"datatrove wall seconds: {steps}")
+    return (
+        f"near-duplicates removed: Crucible {sum(row['dropped'].values())}, datatrove {int(dt['removed'])} "
+        f"(datatrove removes every bucket match, Crucible checks the Jaccard estimate); "
+        f"datatrove wall seconds: {steps}"
+    )
 
 
 def bench_minhash(b: Bench) -> list[Result]:
@@ -272,23 +354,54 @@ def bench_minhash(b: Bench) -> list[Result]:
     name = "neardup.jsonl"
     texts = [r["text"] for r in b.corpus(name)]
     cfg, n = MinHashConfig(), len(texts)
-    (ours, sketch), _ = b.compare("minhash signatures", lambda: signatures(texts, cfg),
-                                  lambda: datasketch_signatures(texts, cfg.ngram, cfg.num_perm, cfg.seed))
-    results = [Result("minhash: signatures (shingling included)", name, n, "docs/s", rate(n, ours),
-                      "datasketch MinHash.update_batch", rate(n, sketch), 0.7)]
+    (ours, sketch), _ = b.compare(
+        "minhash signatures",
+        lambda: signatures(texts, cfg),
+        lambda: datasketch_signatures(texts, cfg.ngram, cfg.num_perm, cfg.seed),
+    )
+    results = [
+        Result(
+            "minhash: signatures (shingling included)",
+            name,
+            n,
+            "docs/s",
+            rate(n, ours),
+            "datasketch MinHash.update_batch",
+            rate(n, sketch),
+            0.7,
+        )
+    ]
     missing = datatrove_missing()
     path = corpus_file(b.data, name)
     wall, stats, dt = compare_pipelines(b, [path], ["minhash_dedup"], 1, None if missing else (path.parent, path.name))
     stage = "minhash_dedup stage via run_prep, 1 worker"
     if dt is None:
-        return results + [Result(stage, name, n, "docs/s", rate(n, wall), "datatrove 4 MinHash steps", None, 5,
-                                 missing or "")]
+        return results + [
+            Result(stage, name, n, "docs/s", rate(n, wall), "datatrove 4 MinHash steps", None, 5, missing or "")
+        ]
     return results + [
-        Result("minhash: signatures per core", name, n, "docs/s", rate(n, ours),
-               "datatrove MinhashDedupSignature, 1 task", rate(n, dt["signatures"]), 5,
-               "datatrove's step also reads the JSONL and sorts its bucket files"),
-        Result(stage, name, n, "docs/s", rate(n, wall), "datatrove signatures+buckets+cluster+filter, 1 worker",
-               rate(n, datatrove_seconds(dt)), 5, minhash_note(stats, dt)),
+        Result(
+            "minhash: signatures per core",
+            name,
+            n,
+            "docs/s",
+            rate(n, ours),
+            "datatrove MinhashDedupSignature, 1 task",
+            rate(n, dt["signatures"]),
+            5,
+            "datatrove's step also reads the JSONL and sorts its bucket files",
+        ),
+        Result(
+            stage,
+            name,
+            n,
+            "docs/s",
+            rate(n, wall),
+            "datatrove signatures+buckets+cluster+filter, 1 worker",
+            rate(n, datatrove_seconds(dt)),
+            5,
+            minhash_note(stats, dt),
+        ),
     ]
 
 
@@ -304,12 +417,23 @@ def bench_langid(b: Bench) -> list[Result]:
     stage.setup()  # raises FileNotFoundError, saying how to install it, when the model is absent
     model = fasttext.load_model(str(LangIdConfig().resolved_model_path()))
     one_line = [r["text"].replace("\n", " ") for r in records]  # fastText refuses newlines
-    (ours, raw), _ = b.compare("langid", lambda: [stage.decide(batch) for batch in parts],
-                               lambda: model.predict(one_line, k=1))
+    (ours, raw), _ = b.compare(
+        "langid", lambda: [stage.decide(batch) for batch in parts], lambda: model.predict(one_line, k=1)
+    )
     n = len(records)
-    return [Result("langid: LangIdStage.decide", name, n, "docs/s", rate(n, ours),
-                   "fastText model.predict(texts, k=1)", rate(n, raw), 0.7,
-                   "the baseline's newlines are folded before timing; the stage folds whitespace itself")]
+    return [
+        Result(
+            "langid: LangIdStage.decide",
+            name,
+            n,
+            "docs/s",
+            rate(n, ours),
+            "fastText model.predict(texts, k=1)",
+            rate(n, raw),
+            0.7,
+            "the baseline's newlines are folded before timing; the stage folds whitespace itself",
+        )
+    ]
 
 
 def bench_pii(b: Bench) -> list[Result]:
@@ -329,16 +453,43 @@ def bench_pii(b: Bench) -> list[Result]:
     baseline, theirs = "datatrove PIIFormatter (e-mail + IP)", rate(n, seconds[2]) if not missing else None
     mix_mchars_per_s = sum(map(len, texts)) / 1e6 / seconds[1]
     hostile = {f: (f * (HOSTILE_CHARS // len(f) + 1))[:HOSTILE_CHARS] for f in HOSTILE_FRAGMENTS}
-    slowest, fragment = max((best_time(lambda line=line: full.redactor.redact(line), 1)[0], f)
-                            for f, line in hostile.items())
+    slowest, fragment = max(
+        (best_time(lambda line=line: full.redactor.redact(line), 1)[0], f) for f, line in hostile.items()
+    )
     return [
-        Result("pii: PiiStage, e-mail + IP only", MIX, n, "docs/s", rate(n, seconds[0]), baseline, theirs, 0.7,
-               missing or ""),
-        Result("pii: PiiStage, all 7 types", MIX, n, "docs/s", rate(n, seconds[1]), baseline, theirs, None,
-               "also secrets, IBANs, cards, SSNs and phones"),
-        Result("pii: all 7 types, slowest hostile 1 MB line", f"{len(hostile)} lines of one repeated fragment",
-               len(hostile), "M chars/s", HOSTILE_CHARS / 1e6 / slowest, "the all-types stage on the mix",
-               mix_mchars_per_s, None, f"slowest: {fragment!r}"),
+        Result(
+            "pii: PiiStage, e-mail + IP only",
+            MIX,
+            n,
+            "docs/s",
+            rate(n, seconds[0]),
+            baseline,
+            theirs,
+            0.7,
+            missing or "",
+        ),
+        Result(
+            "pii: PiiStage, all 7 types",
+            MIX,
+            n,
+            "docs/s",
+            rate(n, seconds[1]),
+            baseline,
+            theirs,
+            None,
+            "also secrets, IBANs, cards, SSNs and phones",
+        ),
+        Result(
+            "pii: all 7 types, slowest hostile 1 MB line",
+            f"{len(hostile)} lines of one repeated fragment",
+            len(hostile),
+            "M chars/s",
+            HOSTILE_CHARS / 1e6 / slowest,
+            "the all-types stage on the mix",
+            mix_mchars_per_s,
+            None,
+            f"slowest: {fragment!r}",
+        ),
     ]
 
 
@@ -357,8 +508,9 @@ def bench_quality(b: Bench) -> list[Result]:
 
     if missing:
         (seconds,), _ = b.compare("quality", ours)
-        return [Result("quality: QualityStage.decide", corpus, n, "docs/s", rate(n, seconds), baseline, None, 0.7,
-                       missing)]
+        return [
+            Result("quality: QualityStage.decide", corpus, n, "docs/s", rate(n, seconds), baseline, None, 0.7, missing)
+        ]
     from datatrove.data import Document
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 
@@ -373,11 +525,23 @@ def bench_quality(b: Bench) -> list[Result]:
         return sum(1 for d in docs if passes(quality.filter(d)) and passes(repetition.filter(d)))
 
     (seconds, theirs), (kept, dt_kept) = b.compare("quality", ours, gopher)
-    return [Result("quality: QualityStage.decide", corpus, n, "docs/s", rate(n, seconds), baseline,
-                   rate(n, theirs), 0.7, f"kept: Crucible {kept}/{n}, datatrove {dt_kept}/{n} (different rules)")]
+    return [
+        Result(
+            "quality: QualityStage.decide",
+            corpus,
+            n,
+            "docs/s",
+            rate(n, seconds),
+            baseline,
+            rate(n, theirs),
+            0.7,
+            f"kept: Crucible {kept}/{n}, datatrove {dt_kept}/{n} (different rules)",
+        )
+    ]
 
 
 # ---- the whole prep, two workers ------------------------------------------------------------
+
 
 def bench_prep(b: Bench) -> list[Result]:
     records = b.mix[::PREP_EVERY]
@@ -389,9 +553,19 @@ def bench_prep(b: Bench) -> list[Result]:
     per_stage = ", ".join(f"{row['name']} {row['seconds']:.1f}" for row in stats["stages"])
     note = f"kept {stats['stages'][-1]['docs_out']}/{n}; Crucible task-seconds per stage: {per_stage}; "
     note += missing if dt is None else minhash_note(stats, dt)
-    return [Result("whole prep: run_prep, 2 workers, all doc stages", f"{MIX}, 1 in {PREP_EVERY} docs", n,
-                   "docs/s", rate(n, wall), "datatrove 4 MinHash steps only, 2 workers",
-                   None if dt is None else rate(n, datatrove_seconds(dt)), None, note)]
+    return [
+        Result(
+            "whole prep: run_prep, 2 workers, all doc stages",
+            f"{MIX}, 1 in {PREP_EVERY} docs",
+            n,
+            "docs/s",
+            rate(n, wall),
+            "datatrove 4 MinHash steps only, 2 workers",
+            None if dt is None else rate(n, datatrove_seconds(dt)),
+            None,
+            note,
+        )
+    ]
 
 
 BENCHES: dict[str, Callable[[Bench], list[Result]]] = {
@@ -407,12 +581,20 @@ BENCHES: dict[str, Callable[[Bench], list[Result]]] = {
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--pipeline-repeat", type=int, default=1,
-                        help="runs of each run_prep / datatrove executor measurement (default: 1)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
-    parser.add_argument("--profile", action="store_true",
-                        help="also run Crucible's side of each in-process measurement under cProfile")
+    parser.add_argument(
+        "--pipeline-repeat",
+        type=int,
+        default=1,
+        help="runs of each run_prep / datatrove executor measurement (default: 1)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also run Crucible's side of each in-process measurement under cProfile"
+    )
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in BENCHES]
@@ -429,8 +611,11 @@ def main() -> None:
             except (ImportError, FileNotFoundError) as exc:  # an optional baseline or model is absent
                 skipped[section] = str(exc)
             print(f"[{section}: {time.perf_counter() - started:.0f}s]", file=sys.stderr, flush=True)
-    print_table(f"Data prep throughput (best of {args.repeat}; pipelines best of {args.pipeline_repeat}; "
-                f"{os.cpu_count()} CPUs)", results)
+    print_table(
+        f"Data prep throughput (best of {args.repeat}; pipelines best of {args.pipeline_repeat}; "
+        f"{os.cpu_count()} CPUs)",
+        results,
+    )
     for section, reason in skipped.items():
         print(f"- skipped {section}: {reason}")
     print_json("prep", results, repeat=args.repeat, pipeline_repeat=args.pipeline_repeat, skipped=skipped)

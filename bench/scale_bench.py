@@ -42,6 +42,7 @@ GLOBAL_STEPS = ("exact_dedup.find", "minhash_dedup.buckets", "minhash_dedup.clus
 
 # ---- the corpus ----------------------------------------------------------------------------
 
+
 def sentence_pool(data: Path) -> list[str]:
     """Real sentences (English prose) to build documents from."""
     text = " ".join(r["text"] for r in read_jsonl(corpus_file(data, "english.jsonl")))
@@ -122,9 +123,14 @@ def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, fl
 def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
     corpus = folder / f"corpus-{n}.jsonl"
     planted = write_corpus(corpus, n, pool, args.exact, args.near)
-    prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
-            "exact_dedup": {"find_shards_per_task": args.shards_per_task},
-            "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash}}
+    prep = {
+        "inputs": [str(corpus)],
+        "stages": STAGES,
+        "workers": args.workers,
+        "shard_mb": args.shard_mb,
+        "exact_dedup": {"find_shards_per_task": args.shards_per_task},
+        "minhash_dedup": {"bucket_shards_per_task": args.shards_per_task, "shingle_hash": args.shingle_hash},
+    }
     if not args.split_bands:  # dedupe's bands alone: split groups tie only duplicates
         prep["minhash_dedup"]["split_group_threshold"] = MinHashConfig().threshold
     config, output, wall, plan, driver_rss = run_prep(folder, n, prep)
@@ -139,21 +145,39 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
         previous_end = max(ends)
         if args.rerun_rss:
             (work / step.name / "done-00000.json").unlink()
-            rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
-                               "--task", "0"])
+            rss = peak_rss_mb(
+                ["prep-task", "--config", str(config), "--output", str(output), "--step", step.name, "--task", "0"]
+            )
         else:  # every task's own peak, as its marker records it
             rss = max(m["peak_rss_mb"] for m in markers)
-        rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks, "wall_s": round(step_wall, 1),
-                     "task_s": round(seconds, 1), "docs_per_s_core": round(n / seconds) if seconds else None,
-                     "cpu_s": round(cpu, 2), "docs_per_cpu_s": round(n / cpu) if cpu else None,
-                     "peak_rss_mb": round(rss, 1), "task_cpu_s": [m["cpu_seconds"] for m in markers],
-                     "task_peak_rss_mb": [m.get("peak_rss_mb") for m in markers]})
+        rows.append(
+            {
+                "step": step.name,
+                "stage": step.stage,
+                "tasks": step.n_tasks,
+                "wall_s": round(step_wall, 1),
+                "task_s": round(seconds, 1),
+                "docs_per_s_core": round(n / seconds) if seconds else None,
+                "cpu_s": round(cpu, 2),
+                "docs_per_cpu_s": round(n / cpu) if cpu else None,
+                "peak_rss_mb": round(rss, 1),
+                "task_cpu_s": [m["cpu_seconds"] for m in markers],
+                "task_peak_rss_mb": [m.get("peak_rss_mb") for m in markers],
+            }
+        )
     stats = json.loads((output / PREP_STATS).read_text())
     removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
     # publishing (tasks without markers, then the manifest and stats.json): from the last step's end to stats.json
     publish_s = (output / PREP_STATS).stat().st_mtime - previous_end
-    return {"n": n, "wall_s": round(wall, 1), "steps": rows, "removed": removed, "driver_peak_rss_mb": round(driver_rss),
-            "publish_s": round(publish_s, 1), **planted}
+    return {
+        "n": n,
+        "wall_s": round(wall, 1),
+        "steps": rows,
+        "removed": removed,
+        "driver_peak_rss_mb": round(driver_rss),
+        "publish_s": round(publish_s, 1),
+        **planted,
+    }
 
 
 def run_arguments(parser: argparse.ArgumentParser, range_tasks: str) -> None:
@@ -161,8 +185,7 @@ def run_arguments(parser: argparse.ArgumentParser, range_tasks: str) -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for corpora and runs (default: a temp folder)")
     parser.add_argument("--workers", type=int, default=2, help="prep workers (default 2)")
     parser.add_argument("--shard-mb", type=float, default=4.0, help="input shard size (default 4)")
-    parser.add_argument("--shards-per-task", type=int, default=8,
-                        help=f"shards per {range_tasks} (default 8)")
+    parser.add_argument("--shards-per-task", type=int, default=8, help=f"shards per {range_tasks} (default 8)")
 
 
 def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
@@ -184,16 +207,34 @@ def write_many_shards(folder: Path, count: int) -> None:
     rng = np.random.default_rng(0)
     splits = {}
     for split, files in (("train", count), ("val", 2)):
-        entries = [write_shard(folder / split / f"{split}-{i:06d}.arrow",
-                               rng.integers(2, 4096, size=(STARTUP_ROWS, STARTUP_SEQ + 1)),
-                               [np.array([0], np.int32)] * STARTUP_ROWS, 4096) for i in range(files)]
+        entries = [
+            write_shard(
+                folder / split / f"{split}-{i:06d}.arrow",
+                rng.integers(2, 4096, size=(STARTUP_ROWS, STARTUP_SEQ + 1)),
+                [np.array([0], np.int32)] * STARTUP_ROWS,
+                4096,
+            )
+            for i in range(files)
+        ]
         splits[split] = SplitIndex(shards=entries, sequences=files * STARTUP_ROWS)
     (folder / "tokenizer.json").write_text("{}")
-    write_manifest(folder, ShardManifest(
-        seq_len=STARTUP_SEQ, row_width=STARTUP_SEQ + 1, packing="concat", token_type="uint16",
-        tokenizer=TokenizerRecord(file="tokenizer.json", sha256=file_sha256(folder / "tokenizer.json"),
-                                  vocab_size=4096, eod_id=0, pad_id=1),
-        splits=splits))
+    write_manifest(
+        folder,
+        ShardManifest(
+            seq_len=STARTUP_SEQ,
+            row_width=STARTUP_SEQ + 1,
+            packing="concat",
+            token_type="uint16",
+            tokenizer=TokenizerRecord(
+                file="tokenizer.json",
+                sha256=file_sha256(folder / "tokenizer.json"),
+                vocab_size=4096,
+                eod_id=0,
+                pad_id=1,
+            ),
+            splits=splits,
+        ),
+    )
 
 
 def bytes_read() -> int:
@@ -231,11 +272,17 @@ def loader_startup(folder: Path, count: int) -> dict[str, float]:
     build_loader(train, config, 0, 1).next_batch()
     DistributedLoader(val, 8, seed=0, rows_per_step=8).next_batch()
     trainer_s, trainer_bytes = time.perf_counter() - started, bytes_read() - read_before
-    return {"shards": count, "loader_s": round(loader_s, 3), "loader_bytes_read": loader_bytes,
-            "trainer_data_s": round(trainer_s, 3), "trainer_bytes_read": trainer_bytes}
+    return {
+        "shards": count,
+        "loader_s": round(loader_s, 3),
+        "loader_bytes_read": loader_bytes,
+        "trainer_data_s": round(trainer_s, 3),
+        "trainer_bytes_read": trainer_bytes,
+    }
 
 
 # ---- signatures beside rensa -----------------------------------------------------------------
+
 
 def signature_rates(texts: list[str], repeat: int) -> dict[str, dict[str, Any]]:
     """Per side, one core: docs/s of its fastest round, and its ratio to rensa (best against best,
@@ -256,13 +303,15 @@ def signature_rates(texts: list[str], repeat: int) -> dict[str, dict[str, Any]]:
     def rensa_side() -> None:
         for text in texts:
             words = [w.lower() for w in word.findall(text)]
-            shingles = [" ".join(words[i:i + 5]) for i in range(max(len(words) - 4, 1))] if words else []
+            shingles = [" ".join(words[i : i + 5]) for i in range(max(len(words) - 4, 1))] if words else []
             sketch = RMinHash(num_perm=128, seed=1)
             sketch.update(shingles)
             sketch.digest()
 
-    sides = {scheme: (lambda scheme=scheme: signatures(texts, MinHashConfig(shingle_hash=scheme)))
-             for scheme in ("fast", "datasketch")}
+    sides = {
+        scheme: (lambda scheme=scheme: signatures(texts, MinHashConfig(shingle_hash=scheme)))
+        for scheme in ("fast", "datasketch")
+    }
     if RMinHash is not None:
         sides["rensa"] = rensa_side
     for side in sides.values():
@@ -285,15 +334,21 @@ def signature_rates(texts: list[str], repeat: int) -> dict[str, dict[str, Any]]:
 
 
 def report_signatures(rates: dict[str, dict[str, Any]], n_texts: int) -> None:
-    print(f"signatures, one core, 128 permutations, word 5-grams, {n_texts:,} documents "
-          f"(aim: the default, fast, >= 1.0x rensa):")
+    print(
+        f"signatures, one core, 128 permutations, word 5-grams, {n_texts:,} documents "
+        f"(aim: the default, fast, >= 1.0x rensa):"
+    )
     for name, rate in rates.items():
-        ratio = f", {rate['ratio']:.2f}x rensa ({rate['ratio_range'][0]:.2f}-{rate['ratio_range'][1]:.2f} per round)" \
-            if "ratio" in rate and name != "rensa" else ""
+        ratio = (
+            f", {rate['ratio']:.2f}x rensa ({rate['ratio_range'][0]:.2f}-{rate['ratio_range'][1]:.2f} per round)"
+            if "ratio" in rate and name != "rensa"
+            else ""
+        )
         print(f"  {name}: {rate['docs_per_s']:,} docs/s{ratio}")
 
 
 # ---- report --------------------------------------------------------------------------------------
+
 
 def cpu_throughput(results: list[dict[str, Any]]) -> None:
     """Docs per CPU second (user + sys of every task of a stage, all threads) at each size, and the
@@ -301,20 +356,25 @@ def cpu_throughput(results: list[dict[str, Any]]) -> None:
     count time a core spent on other processes, so it moves far less with the load than wall time."""
     sizes = [r["n"] for r in results]
     stages = list(dict.fromkeys(p["stage"] for p in results[0]["steps"]))
-    print(f"\n| stage | CPU s at {' / '.join(f'{n:,}' for n in sizes)} | docs per CPU s | "
-          f"{sizes[-1]:,} vs {sizes[0]:,} |")
+    print(
+        f"\n| stage | CPU s at {' / '.join(f'{n:,}' for n in sizes)} | docs per CPU s | {sizes[-1]:,} vs {sizes[0]:,} |"
+    )
     print("|---|---|---|---:|")
     for name, members in [*((s, [s]) for s in stages), ("whole prep", stages)]:
         cpu = [sum(p["cpu_s"] for p in r["steps"] if p["stage"] in members) for r in results]
         rates = [n / c for n, c in zip(sizes, cpu)]
-        print(f"| {name} | {' / '.join(f'{c:,.1f}' for c in cpu)} | {' / '.join(f'{v:,.0f}' for v in rates)} | "
-              f"{rates[-1] / rates[0]:.2f}x |")
+        print(
+            f"| {name} | {' / '.join(f'{c:,.1f}' for c in cpu)} | {' / '.join(f'{v:,.0f}' for v in rates)} | "
+            f"{rates[-1] / rates[0]:.2f}x |"
+        )
 
 
 def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], signature_docs: int) -> None:
     sizes = [r["n"] for r in results]
-    print("\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | wall s | docs/s per core | "
-          "peak RSS of largest task, MB | slope B/doc | projected at 100M | at 1B |")
+    print(
+        "\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | wall s | docs/s per core | "
+        "peak RSS of largest task, MB | slope B/doc | projected at 100M | at 1B |"
+    )
     print("|---|---|---|---|---|---:|---:|---:|")
     worst_global = 0.0
     for i, step in enumerate(results[0]["steps"]):
@@ -324,26 +384,36 @@ def report(results: list[dict[str, Any]], rates: dict[str, dict[str, Any]], sign
         projected = [(intercept + slope * n / 2**20) / 1024 for n in PROJECT_AT]
         if name in GLOBAL_STEPS:
             worst_global = max(worst_global, slope)
-        cells = [" / ".join(f"{p[key]:,}" for p in per) for key in ("tasks", "wall_s", "docs_per_s_core", "peak_rss_mb")]
+        cells = [
+            " / ".join(f"{p[key]:,}" for p in per) for key in ("tasks", "wall_s", "docs_per_s_core", "peak_rss_mb")
+        ]
         print(f"| {name} | {' | '.join(cells)} | {slope:,.1f} | {projected[0]:,.1f} GB | {projected[1]:,.1f} GB |")
-    print("\n| N | prep wall s | exact planted | exact removed | near planted | near removed | stage docs/s per core "
-          "(normalize, exact_dedup, minhash_dedup) |")
+    print(
+        "\n| N | prep wall s | exact planted | exact removed | near planted | near removed | stage docs/s per core "
+        "(normalize, exact_dedup, minhash_dedup) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---|")
     stage_rates = []
     for r in results:
         per_stage = {s: r["n"] / sum(p["task_s"] for p in r["steps"] if p["stage"] == s) for s in STAGES}
         stage_rates.append(sum(r["n"] for _ in STAGES) / sum(r["n"] / v for v in per_stage.values()))
-        print(f"| {r['n']:,} | {r['wall_s']} | {r['exact_planted']:,} | {r['removed'].get('exact_dedup', 0):,} | "
-              f"{r['near_planted']:,} | {r['removed'].get('minhash_dedup', 0):,} | "
-              f"{', '.join(f'{v:,.0f}' for v in per_stage.values())} |")
+        print(
+            f"| {r['n']:,} | {r['wall_s']} | {r['exact_planted']:,} | {r['removed'].get('exact_dedup', 0):,} | "
+            f"{r['near_planted']:,} | {r['removed'].get('minhash_dedup', 0):,} | "
+            f"{', '.join(f'{v:,.0f}' for v in per_stage.values())} |"
+        )
     cpu_throughput(results)
     print("\n| N | driver peak RSS, MB | publish s |\n|---:|---:|---:|")
     for r in results:
         print(f"| {r['n']:,} | {r['driver_peak_rss_mb']:,} | {r['publish_s']:,} |")
-    print(f"\nlargest global-task memory slope: {worst_global:.1f} B/doc (aim <= {MEMORY_AIM}): "
-          f"{'meets' if worst_global <= MEMORY_AIM else 'MISSES'}")
-    print(f"three-stage wall throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: "
-          f"{stage_rates[-1] / stage_rates[0]:.2f}x (aim >= 0.9x)")
+    print(
+        f"\nlargest global-task memory slope: {worst_global:.1f} B/doc (aim <= {MEMORY_AIM}): "
+        f"{'meets' if worst_global <= MEMORY_AIM else 'MISSES'}"
+    )
+    print(
+        f"three-stage wall throughput per core at {sizes[-1]:,} / at {sizes[0]:,}: "
+        f"{stage_rates[-1] / stage_rates[0]:.2f}x (aim >= 0.9x)"
+    )
     report_signatures(rates, signature_docs)
     if len(results) > 2:
         check_largest(results)
@@ -355,36 +425,54 @@ def check_largest(results: list[dict[str, Any]]) -> None:
     task (a straight line in N) and its CPU seconds (proportional to N, from the largest smaller size)."""
     smaller, largest = results[:-1], results[-1]
     sizes, n = [r["n"] for r in smaller], largest["n"]
-    print(f"\n| step | tasks at {n:,} | largest task's peak RSS, MB: projected / measured | ratio | "
-          f"CPU s: projected / measured | ratio |")
+    print(
+        f"\n| step | tasks at {n:,} | largest task's peak RSS, MB: projected / measured | ratio | "
+        f"CPU s: projected / measured | ratio |"
+    )
     print("|---|---:|---|---:|---|---:|")
     for i, step in enumerate(largest["steps"]):
         intercept, slope = fit(sizes, [r["steps"][i]["peak_rss_mb"] for r in smaller])
         rss = intercept + slope * n / 2**20
         cpu = smaller[-1]["steps"][i]["cpu_s"] * n / smaller[-1]["n"]
-        print(f"| {step['step']} | {step['tasks']:,} | {rss:,.0f} / {step['peak_rss_mb']:,.0f} | "
-              f"{step['peak_rss_mb'] / rss:.2f} | {cpu:,.1f} / {step['cpu_s']:,.1f} | {step['cpu_s'] / cpu:.2f} |")
+        print(
+            f"| {step['step']} | {step['tasks']:,} | {rss:,.0f} / {step['peak_rss_mb']:,.0f} | "
+            f"{step['peak_rss_mb'] / rss:.2f} | {cpu:,.1f} / {step['cpu_s']:,.1f} | {step['cpu_s'] / cpu:.2f} |"
+        )
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=list(SIZES),
-                        help="corpus sizes in documents (default 25000,100000,400000; empty: none)")
-    parser.add_argument("--startup-shards", type=int, default=10_000,
-                        help="shard files for the loader start-up measurement (default 10000; 0: skip it)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=list(SIZES),
+        help="corpus sizes in documents (default 25000,100000,400000; empty: none)",
+    )
+    parser.add_argument(
+        "--startup-shards",
+        type=int,
+        default=10_000,
+        help="shard files for the loader start-up measurement (default 10000; 0: skip it)",
+    )
     parser.add_argument("--large", action="store_true", help=f"also run {LARGE:,} documents")
     parser.add_argument("--exact", type=float, default=0.02, help="rate of planted exact copies (default 0.02)")
     parser.add_argument("--near", type=float, default=0.05, help="rate of planted near copies (default 0.05)")
     run_arguments(parser, "exact find task and per bucket task of a band")
     parser.add_argument("--shingle-hash", default="fast", choices=["fast", "datasketch"])
-    parser.add_argument("--split-bands", action="store_true",
-                        help="also key documents by the split-group bands (default: dedupe's bands alone; the "
-                             "generated documents share sentences, so the pairs those bands propose grow as N^2)")
+    parser.add_argument(
+        "--split-bands",
+        action="store_true",
+        help="also key documents by the split-group bands (default: dedupe's bands alone; the "
+        "generated documents share sentences, so the pairs those bands propose grow as N^2)",
+    )
     parser.add_argument("--signature-docs", type=int, default=8000, help="documents for the rensa comparison")
     parser.add_argument("--signatures-only", action="store_true", help="only compare the signature kernel with rensa")
-    parser.add_argument("--rerun-rss", action="store_true",
-                        help="measure peak RSS by rerunning task 0 of each step alone (default: every task's own "
-                             "peak, from its marker)")
+    parser.add_argument(
+        "--rerun-rss",
+        action="store_true",
+        help="measure peak RSS by rerunning task 0 of each step alone (default: every task's own "
+        "peak, from its marker)",
+    )
     args = parser.parse_args()
     sizes = args.sizes + ([LARGE] if args.large else [])
 
@@ -395,10 +483,13 @@ def main() -> None:
         folder = Path(tmp)
         if args.startup_shards:
             startup = loader_startup(folder / "many-shards", args.startup_shards)
-            print(f"loader start-up over {startup['shards']:,} shard files: {startup['loader_s']:.2f} s to the first "
-                  f"batch, {startup['loader_bytes_read'] / 2**20:,.1f} MiB read; the trainer's data start-up: "
-                  f"{startup['trainer_data_s']:.2f} s, {startup['trainer_bytes_read'] / 2**20:,.1f} MiB read "
-                  f"(aim < 5 s)", flush=True)
+            print(
+                f"loader start-up over {startup['shards']:,} shard files: {startup['loader_s']:.2f} s to the first "
+                f"batch, {startup['loader_bytes_read'] / 2**20:,.1f} MiB read; the trainer's data start-up: "
+                f"{startup['trainer_data_s']:.2f} s, {startup['trainer_bytes_read'] / 2**20:,.1f} MiB read "
+                f"(aim < 5 s)",
+                flush=True,
+            )
             print(json.dumps({"bench": "scale", "startup": startup}), flush=True)
             subprocess.run(["rm", "-rf", str(folder / "many-shards")], check=True)
         if not sizes:

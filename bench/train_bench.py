@@ -52,6 +52,7 @@ AIM = 0.9
 
 # ---- the baseline: the same GPT in plain PyTorch ----------------------------------------------
 
+
 class PlainRMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -96,8 +97,9 @@ class PlainBlock(nn.Module):
 class PlainGPT(nn.Module):
     """Token embedding, blocks, final norm and an LM head tied to the embedding."""
 
-    def __init__(self, vocab: int, d: int, n_layers: int, heads: int, kv_heads: int, ffn: int,
-                 eps: float, theta: float) -> None:
+    def __init__(
+        self, vocab: int, d: int, n_layers: int, heads: int, kv_heads: int, ffn: int, eps: float, theta: float
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         self.blocks = nn.ModuleList(PlainBlock(d, heads, kv_heads, ffn, eps) for _ in range(n_layers))
@@ -121,8 +123,9 @@ class PlainGPT(nn.Module):
 def plain_from(crucible: nn.Module, cfg: ModelConfig) -> PlainGPT:
     """A PlainGPT holding a copy of the Crucible model's weights (the same function, checked below)."""
     vocab = crucible.embedding.embed.weight.shape[0]
-    plain = PlainGPT(vocab, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden,
-                     cfg.norm_eps, cfg.rope_theta)
+    plain = PlainGPT(
+        vocab, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden, cfg.norm_eps, cfg.rope_theta
+    )
     with torch.no_grad():
         plain.embed.weight.copy_(crucible.embedding.embed.weight)
         plain.final_norm.weight.copy_(crucible.final_norm.norm.weight)
@@ -158,8 +161,9 @@ class PlainLoop:
     def __init__(self, model: PlainGPT, rows: Rows, pad_id: int, train_cfg: TrainConfig) -> None:
         self.model, self.rows, self.pad_id = model, rows, pad_id
         self.grad_clip = train_cfg.grad_clip
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
-                                           weight_decay=train_cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay
+        )
         warmup = max(1, train_cfg.warmup_steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.generator = torch.Generator().manual_seed(0)
@@ -180,6 +184,7 @@ class PlainLoop:
 
 
 # ---- Crucible's side: the real CLI, timed from inside by a hook --------------------------------
+
 
 class StepClock(Hook):
     """A user hook that times `fit()`'s steps from inside and runs the baselines between them.
@@ -244,8 +249,15 @@ def make_shards(data: Path, work: Path) -> Path:
 
     records = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(corpus_file(data, CORPUS))]
     corpus = write_jsonl(work / "corpus" / CORPUS, records)
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", f"prep.tokenizer.vocab_size={VOCAB}",
-                                f"prep.pack.seq_len={SEQ_LEN}", "prep.pack.val_fraction=0.02"])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, tokenize, pack]",
+            f"prep.tokenizer.vocab_size={VOCAB}",
+            f"prep.pack.seq_len={SEQ_LEN}",
+            "prep.pack.val_fraction=0.02",
+        ],
+    )
     config.prep.inputs = [corpus]
     run_prep(config.prep, work / "prep", show_progress=False)
     return work / "prep" / "shards"
@@ -255,14 +267,23 @@ def train_overrides(document_masking: bool, max_steps: int, extra: list[str]) ->
     """The benchmark's model and batch, no evaluation or checkpoint until the final step, then
     the user's own `--set`s."""
     sizes = [f"model.{key}={value}" for key, value in SHAPE.items()]
-    return [*sizes, f"model.document_masking={str(document_masking).lower()}", f"train.seq_len={SEQ_LEN}",
-            f"train.micro_batch_size={MICRO_BATCH}", f"train.global_batch_size={GLOBAL_BATCH}",
-            "train.precision=fp32", f"train.max_steps={max_steps}", f"train.eval_interval={max_steps}",
-            "checkpoint.interval=0", *extra]
+    return [
+        *sizes,
+        f"model.document_masking={str(document_masking).lower()}",
+        f"train.seq_len={SEQ_LEN}",
+        f"train.micro_batch_size={MICRO_BATCH}",
+        f"train.global_batch_size={GLOBAL_BATCH}",
+        "train.precision=fp32",
+        f"train.max_steps={max_steps}",
+        f"train.eval_interval={max_steps}",
+        "checkpoint.interval=0",
+        *extra,
+    ]
 
 
-def run_crucible(shards: Path, run_dir: Path, overrides: list[str], profile_after: int,
-                 alongside: dict[str, Callable[[], object]]) -> StepClock:
+def run_crucible(
+    shards: Path, run_dir: Path, overrides: list[str], profile_after: int, alongside: dict[str, Callable[[], object]]
+) -> StepClock:
     """`crucible train` in this process (world size 1) with a StepClock hook; returns the clock."""
     from pipeline.cli import main as cli_main
 
@@ -327,6 +348,7 @@ class AttentionKernel:
 
 # ---- the benchmark ---------------------------------------------------------------------------
 
+
 @dataclass
 class Setting:
     """One document-masking setting: per-step seconds of both loops, and what the run left."""
@@ -339,8 +361,14 @@ class Setting:
     logit_gap: float
 
 
-def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Callable[[], object]],
-            masking: bool, args: argparse.Namespace) -> Setting:
+def measure(
+    shards: Path,
+    work: Path,
+    plain: PlainLoop,
+    alongside: dict[str, Callable[[], object]],
+    masking: bool,
+    args: argparse.Namespace,
+) -> Setting:
     """One `crucible train` run with the plain loop (and the extras) alongside, step by step."""
     from training.generate import single_process_groups
     from training.parallel import shutdown_distributed
@@ -349,10 +377,15 @@ def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Cal
     alongside = {"plain": plain.step, "gemm": gemm.window, **alongside}
     profile_after = args.warmup + args.steps if args.profile else 0
     max_steps = args.warmup + args.steps + (2 if args.profile else 0)
-    clock = run_crucible(shards, work / f"run-masking-{masking}", train_overrides(masking, max_steps, args.overrides),
-                         profile_after, alongside)
+    clock = run_crucible(
+        shards,
+        work / f"run-masking-{masking}",
+        train_overrides(masking, max_steps, args.overrides),
+        profile_after,
+        alongside,
+    )
     # clock.crucible[i] is step i + 2 (step 1 has no start); the alongside runs follow steps 1, 2, ...
-    crucible = clock.crucible[args.warmup - 1:args.warmup - 1 + args.steps]
+    crucible = clock.crucible[args.warmup - 1 : args.warmup - 1 + args.steps]
     timed = slice(args.warmup, args.warmup + args.steps)
     module = clock.trainer.engine.module
     single_process_groups()  # the trainer tore its groups down at its end; its layers look them up when called
@@ -363,8 +396,7 @@ def measure(shards: Path, work: Path, plain: PlainLoop, alongside: dict[str, Cal
     return Setting(masking, crucible, clock.baselines["plain"][timed], gemm.rates[timed], clock.trainer, gap)
 
 
-def report(settings: list[Setting], kernel: AttentionKernel, flops: float,
-           args: argparse.Namespace) -> list[Result]:
+def report(settings: list[Setting], kernel: AttentionKernel, flops: float, args: argparse.Namespace) -> list[Result]:
     """Rates from each loop's fastest step, MFU against the fastest GEMM window: on a shared
     machine other programs only ever add time, so the least disturbed figure is the closest to
     the machine's own (as everywhere in bench/). Medians and the median of step-by-step ratios
@@ -378,24 +410,62 @@ def report(settings: list[Setting], kernel: AttentionKernel, flops: float,
         ours, base = tokens_per_step / min(s.crucible), tokens_per_step / min(s.plain)
         medians = statistics.median(s.crucible), statistics.median(s.plain)
         paired = statistics.median(p / c for p, c in zip(s.plain, s.crucible))
-        results.append(Result(
-            f"Crucible fit() step, document masking {label}", CORPUS, units, "tokens/s", ours,
-            "plain PyTorch loop (is_causal)", base, AIM,
-            f"median steps {tokens_per_step / medians[0]:,.0f} vs {tokens_per_step / medians[1]:,.0f} tokens/s; "
-            f"median of step-by-step ratios {paired:.2f}x; same function: max |logit gap| {s.logit_gap:.1e}"))
-        mfus.append(Result(f"MFU, document masking {label}", CORPUS, units, "%", 100 * ours * flops / peak,
-                           "plain PyTorch loop (is_causal)", 100 * base * flops / peak, None,
-                           f"{flops / 1e6:.1f} MFLOP/token (training.plan.flops_per_token) against the GEMM "
-                           f"peak below"))
+        results.append(
+            Result(
+                f"Crucible fit() step, document masking {label}",
+                CORPUS,
+                units,
+                "tokens/s",
+                ours,
+                "plain PyTorch loop (is_causal)",
+                base,
+                AIM,
+                f"median steps {tokens_per_step / medians[0]:,.0f} vs {tokens_per_step / medians[1]:,.0f} tokens/s; "
+                f"median of step-by-step ratios {paired:.2f}x; same function: max |logit gap| {s.logit_gap:.1e}",
+            )
+        )
+        mfus.append(
+            Result(
+                f"MFU, document masking {label}",
+                CORPUS,
+                units,
+                "%",
+                100 * ours * flops / peak,
+                "plain PyTorch loop (is_causal)",
+                100 * base * flops / peak,
+                None,
+                f"{flops / 1e6:.1f} MFLOP/token (training.plan.flops_per_token) against the GEMM peak below",
+            )
+        )
     mask, causal = (min(kernel.seconds[k]) for k in ("mask", "causal"))
-    results.append(Result("SDPA fwd+bwd with Crucible's document mask", CORPUS, len(kernel.seconds["mask"]), "calls/s",
-                          1 / mask, "SDPA fwd+bwd, is_causal", 1 / causal, None,
-                          f"q, k, v {list(kernel.q.shape)}, {kernel.documents:.1f} documents per row; fastest call "
-                          f"{1e3 * mask:.1f} vs {1e3 * causal:.1f} ms"))
-    results.append(Result(f"fp32 GEMM 2048x2048, {args.threads} threads", "-", len(gemm), "GFLOP/s", peak / 1e9,
-                          "the trainer's measure_peak_flops (its MFU log)", settings[0].trainer.peak_flops / 1e9,
-                          None, f"fastest of {len(gemm)} windows of 0.3 s between the steps (median "
-                                f"{statistics.median(gemm) / 1e9:.0f}); the trainer measures once at start-up"))
+    results.append(
+        Result(
+            "SDPA fwd+bwd with Crucible's document mask",
+            CORPUS,
+            len(kernel.seconds["mask"]),
+            "calls/s",
+            1 / mask,
+            "SDPA fwd+bwd, is_causal",
+            1 / causal,
+            None,
+            f"q, k, v {list(kernel.q.shape)}, {kernel.documents:.1f} documents per row; fastest call "
+            f"{1e3 * mask:.1f} vs {1e3 * causal:.1f} ms",
+        )
+    )
+    results.append(
+        Result(
+            f"fp32 GEMM 2048x2048, {args.threads} threads",
+            "-",
+            len(gemm),
+            "GFLOP/s",
+            peak / 1e9,
+            "the trainer's measure_peak_flops (its MFU log)",
+            settings[0].trainer.peak_flops / 1e9,
+            None,
+            f"fastest of {len(gemm)} windows of 0.3 s between the steps (median "
+            f"{statistics.median(gemm) / 1e9:.0f}); the trainer measures once at start-up",
+        )
+    )
     return results + mfus
 
 
@@ -405,13 +475,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each loop and setting (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, at least 1 (default: 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every measurement (default: 2)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a trainer config override, as `crucible train --set` takes it, e.g. "
-                             "parallel.zero_stage=2 (repeatable)")
-    parser.add_argument("--shards", type=Path, help="reuse packed shards (vocab 8192, seq_len 256) instead of "
-                                                    "making them from the corpus")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile two more Crucible steps after the timed ones (cProfile, torch.profiler)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a trainer config override, as `crucible train --set` takes it, e.g. parallel.zero_stage=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=Path,
+        help="reuse packed shards (vocab 8192, seq_len 256) instead of making them from the corpus",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile two more Crucible steps after the timed ones (cProfile, torch.profiler)",
+    )
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
@@ -443,15 +524,26 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     sets = "".join(f", {value}" for value in args.overrides)
     results = report(settings, kernel, flops, args)
-    print_table(f"Trainer throughput: GPT {n_params / 1e6:.1f}M parameters ({m.d_model}d x {m.n_layers} layers, "
-                f"tied head), seq {SEQ_LEN}, batch {GLOBAL_BATCH}, fp32, layout (1,1,1), "
-                f"ZeRO-{config.parallel.zero_stage}{sets}; "
-                f"fastest of {args.steps} steps after {args.warmup} warm-up, the two loops taking turns; "
-                f"{args.threads} threads; {flops / 1e6:.1f} MFLOP/token; load average {load_before:.1f} -> "
-                f"{os.getloadavg()[0]:.1f}", results)
-    print_json("train", results, steps=args.steps, warmup=args.warmup, threads=args.threads,
-               overrides=args.overrides, flops_per_token=flops, params=n_params,
-               load_average=[load_before, os.getloadavg()[0]])
+    print_table(
+        f"Trainer throughput: GPT {n_params / 1e6:.1f}M parameters ({m.d_model}d x {m.n_layers} layers, "
+        f"tied head), seq {SEQ_LEN}, batch {GLOBAL_BATCH}, fp32, layout (1,1,1), "
+        f"ZeRO-{config.parallel.zero_stage}{sets}; "
+        f"fastest of {args.steps} steps after {args.warmup} warm-up, the two loops taking turns; "
+        f"{args.threads} threads; {flops / 1e6:.1f} MFLOP/token; load average {load_before:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}",
+        results,
+    )
+    print_json(
+        "train",
+        results,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        overrides=args.overrides,
+        flops_per_token=flops,
+        params=n_params,
+        load_average=[load_before, os.getloadavg()[0]],
+    )
 
 
 if __name__ == "__main__":

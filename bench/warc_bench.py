@@ -29,10 +29,14 @@ from data_prep.readers import ReadConfig, plan_shards, read_shard  # noqa: E402
 from tests.extraction_set import engine_scores  # noqa: E402
 from tests.warc_files import metadata, request, response, warcinfo, write_warc  # noqa: E402
 
-STYLE = "".join(f".block-{i} {{ margin: {i % 7}px {i % 5}em; color: #{i * 2654435761 % 0xffffff:06x}; }}\n"
-                for i in range(180))
-SCRIPT = "".join(f"function handler{i}(event) {{ if (event && event.target) {{ track('click', {i}, "
-                 f"event.target.id); }} return false; }}\n" for i in range(90))
+STYLE = "".join(
+    f".block-{i} {{ margin: {i % 7}px {i % 5}em; color: #{i * 2654435761 % 0xFFFFFF:06x}; }}\n" for i in range(180)
+)
+SCRIPT = "".join(
+    f"function handler{i}(event) {{ if (event && event.target) {{ track('click', {i}, "
+    f"event.target.id); }} return false; }}\n"
+    for i in range(90)
+)
 
 
 def build_warc(path: Path, pages: int, seed: int = 1) -> int:
@@ -85,8 +89,10 @@ def quality_rows() -> None:
     for engine in ENGINES:
         scores = engine_scores(engine)
         name, main, boilerplate = min(scores.pages, key=lambda row: min(row[1], row[2]))
-        print(f"| {engine} | {scores.main_kept:.3f} ({scores.main}) | {scores.boilerplate_removed:.3f} "
-              f"({scores.boilerplate}) | {name} ({main:.2f}, {boilerplate:.2f}) |")
+        print(
+            f"| {engine} | {scores.main_kept:.3f} ({scores.main}) | {scores.boilerplate_removed:.3f} "
+            f"({scores.boilerplate}) | {name} ({main:.2f}, {boilerplate:.2f}) |"
+        )
 
 
 def main() -> None:
@@ -107,10 +113,20 @@ def main() -> None:
         seconds, counts = best_times(sides, args.repeat)
     baseline = rate(counts[2][0], seconds[2]) if len(sides) == 3 else None
     names = ["read + extract, resiliparse (default)", "read + extract, trafilatura"]
-    results = [Result(name, corpus, counts[i][0], "pages/s", rate(counts[i][0], seconds[i]),
-                      "datatrove WarcReader + Trafilatura", baseline, aim=3.0 if i == 0 else None,
-                      note=f"{counts[i][1]:,} pages kept" + (f"; datatrove kept {counts[2][1]:,}" if baseline else ""))
-               for i, name in enumerate(names)]
+    results = [
+        Result(
+            name,
+            corpus,
+            counts[i][0],
+            "pages/s",
+            rate(counts[i][0], seconds[i]),
+            "datatrove WarcReader + Trafilatura",
+            baseline,
+            aim=3.0 if i == 0 else None,
+            note=f"{counts[i][1]:,} pages kept" + (f"; datatrove kept {counts[2][1]:,}" if baseline else ""),
+        )
+        for i, name in enumerate(names)
+    ]
     print_table("WARC read + extract (one core)", results)
     quality_rows()
     print_json("warc", results)

@@ -28,8 +28,10 @@ from pipeline.ground.names import PREP_STATS
 STAGES = ["normalize", "url_dedup", "boilerplate"]
 SIZES = (25_000, 100_000, 400_000)
 SITES = 500
-COOKIE = ("We use cookies to improve your experience on our website. By browsing this website, you agree to our "
-          "use of cookies.")
+COOKIE = (
+    "We use cookies to improve your experience on our website. By browsing this website, you agree to our "
+    "use of cookies."
+)
 
 
 def write_corpus(path: Path, n: int, pool: list[str], refetch: float, seed: int = 0) -> dict[str, int]:
@@ -58,52 +60,80 @@ def write_corpus(path: Path, n: int, pool: list[str], refetch: float, seed: int 
 def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:
     corpus = folder / f"corpus-{n}.jsonl"
     planted = write_corpus(corpus, n, pool, args.refetch)
-    prep = {"inputs": [str(corpus)], "stages": STAGES, "workers": args.workers, "shard_mb": args.shard_mb,
-            "read": {"keep_fields": ["url", "date"]},
-            "url_dedup": {"find_shards_per_task": args.shards_per_task},
-            "boilerplate": {"count_shards_per_task": args.shards_per_task, "min_docs": args.min_docs}}
+    prep = {
+        "inputs": [str(corpus)],
+        "stages": STAGES,
+        "workers": args.workers,
+        "shard_mb": args.shard_mb,
+        "read": {"keep_fields": ["url", "date"]},
+        "url_dedup": {"find_shards_per_task": args.shards_per_task},
+        "boilerplate": {"count_shards_per_task": args.shards_per_task, "min_docs": args.min_docs},
+    }
     config, output, wall, plan, _ = run_prep(folder, n, prep)
     rows = []
     for step in plan.steps:
-        markers = [json.loads((output / "work" / step.name / f"done-{t:05d}.json").read_text())
-                   for t in range(step.n_tasks)]
+        markers = [
+            json.loads((output / "work" / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)
+        ]
         seconds, cpu = sum(m["seconds"] for m in markers), sum(m["cpu_seconds"] for m in markers)
         (output / "work" / step.name / "done-00000.json").unlink()
-        rss = peak_rss_mb(["prep-task", "--config", str(config), "--output", str(output), "--step", step.name,
-                           "--task", "0"])
-        rows.append({"step": step.name, "stage": step.stage, "tasks": step.n_tasks,
-                     "docs_per_s": round(n / seconds) if seconds else None,
-                     "docs_per_cpu_s": round(n / cpu) if cpu else None, "peak_rss_mb": round(rss, 1)})
+        rss = peak_rss_mb(
+            ["prep-task", "--config", str(config), "--output", str(output), "--step", step.name, "--task", "0"]
+        )
+        rows.append(
+            {
+                "step": step.name,
+                "stage": step.stage,
+                "tasks": step.n_tasks,
+                "docs_per_s": round(n / seconds) if seconds else None,
+                "docs_per_cpu_s": round(n / cpu) if cpu else None,
+                "peak_rss_mb": round(rss, 1),
+            }
+        )
     stats = json.loads((output / PREP_STATS).read_text())
     stages = {row["name"]: row for row in stats["stages"]}
-    return {"n": n, "wall_s": round(wall, 1), "steps": rows, **planted,
-            "duplicate_url": stages["url_dedup"]["dropped"].get("duplicate_url", 0),
-            "boilerplate": stages["boilerplate"].get("tally", {}).get("boilerplate", {})}
+    return {
+        "n": n,
+        "wall_s": round(wall, 1),
+        "steps": rows,
+        **planted,
+        "duplicate_url": stages["url_dedup"]["dropped"].get("duplicate_url", 0),
+        "boilerplate": stages["boilerplate"].get("tally", {}).get("boilerplate", {}),
+    }
 
 
 def report(results: list[dict[str, Any]]) -> None:
     sizes = [r["n"] for r in results]
-    print("\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | docs/s per task-second | docs per CPU s | "
-          "peak RSS of largest task, MB | slope B/doc |")
+    print(
+        "\n| step | tasks at " + " / ".join(f"{n:,}" for n in sizes) + " | docs/s per task-second | docs per CPU s | "
+        "peak RSS of largest task, MB | slope B/doc |"
+    )
     print("|---|---|---|---|---|---:|")
     for i, step in enumerate(results[0]["steps"]):
         per = [r["steps"][i] for r in results]
         _, slope = fit(sizes, [p["peak_rss_mb"] for p in per])
-        cells = [" / ".join(f"{p[key]:,}" for p in per) for key in ("tasks", "docs_per_s", "docs_per_cpu_s",
-                                                                       "peak_rss_mb")]
+        cells = [
+            " / ".join(f"{p[key]:,}" for p in per) for key in ("tasks", "docs_per_s", "docs_per_cpu_s", "peak_rss_mb")
+        ]
         print(f"| {step['step']} | {' | '.join(cells)} | {slope:,.1f} |")
     print("\n| N | prep wall s | refetches planted | duplicate_url dropped | documents changed | units removed |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['n']:,} | {r['wall_s']} | {r['refetches']:,} | {r['duplicate_url']:,} | "
-              f"{r['boilerplate'].get('documents_changed', 0):,} | {r['boilerplate'].get('units_removed', 0):,} |")
+        print(
+            f"| {r['n']:,} | {r['wall_s']} | {r['refetches']:,} | {r['duplicate_url']:,} | "
+            f"{r['boilerplate'].get('documents_changed', 0):,} | {r['boilerplate'].get('units_removed', 0):,} |"
+        )
     print(json.dumps({"bench": "web", "results": results}))
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=list(SIZES),
-                        help="corpus sizes in documents (default 25000,100000,400000)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=list(SIZES),
+        help="corpus sizes in documents (default 25000,100000,400000)",
+    )
     parser.add_argument("--refetch", type=float, default=0.1, help="rate of refetched pages (default 0.1)")
     parser.add_argument("--min-docs", type=int, default=5, help="boilerplate.min_docs (default 5)")
     run_arguments(parser, "url_dedup find task and per boilerplate count task")

@@ -46,7 +46,7 @@ class BlocklistConfig(Section):
     word_lists: dict[str, list[Path]] = Field(
         default_factory=dict,
         description="Word-list files per language code (matched on `lang`), `*` for every document; one word or "
-                    "phrase a line.",
+        "phrase a line.",
     )
     max_word_hits: int | None = Field(
         0, ge=0, description="Drop a document with more listed words than this (C4: 0); null turns the rule off."
@@ -192,8 +192,9 @@ class BlocklistStage(DocStage):
             return Drop("blocked_words", {"hits": hits, "threshold": cfg.max_word_hits, "words": shown})
         ratio = hits / len(tokens)
         if cfg.max_word_ratio is not None and ratio > cfg.max_word_ratio:
-            return Drop("blocked_word_ratio", {"value": round(ratio, 6), "threshold": cfg.max_word_ratio,
-                                               "words": shown})
+            return Drop(
+                "blocked_word_ratio", {"value": round(ratio, 6), "threshold": cfg.max_word_ratio, "words": shown}
+            )
         return None
 
     def decide(self, table: pa.Table) -> Decision:

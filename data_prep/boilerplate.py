@@ -59,21 +59,25 @@ class BoilerplateConfig(Section):
     )
     min_docs: int = Field(5, ge=2, description="A unit in at least this many documents is removed from every one.")
     keep_first: bool = Field(
-        False, description="Keep such a unit in the first of its documents (corpus order; across sources the "
-                           "highest-priority one): the exact dedupe of lines (CCNet) or paragraphs (dolma), with "
-                           "min_docs 2.",
+        False,
+        description="Keep such a unit in the first of its documents (corpus order; across sources the "
+        "highest-priority one): the exact dedupe of lines (CCNet) or paragraphs (dolma), with "
+        "min_docs 2.",
     )
     min_unit_chars: int = Field(
-        20, ge=1, description="Shorter units (after normalizing) are never counted or removed: headings such as "
-                              "'OPTIONS' or 'Example:' repeat because they are structure, not boilerplate.",
+        20,
+        ge=1,
+        description="Shorter units (after normalizing) are never counted or removed: headings such as "
+        "'OPTIONS' or 'Example:' repeat because they are structure, not boilerplate.",
     )
     lowercase: bool = Field(True, description="Units that differ only in case are the same.")
     ignore_digits: bool = Field(
         False, description="Units that differ only in their digits (dates, counts, versions) are the same."
     )
     min_chars: int = Field(
-        100, ge=1, description="A document left with fewer characters (stripped) after removal is dropped as "
-                               "boilerplate_only.",
+        100,
+        ge=1,
+        description="A document left with fewer characters (stripped) after removal is dropped as boilerplate_only.",
     )
     count_shards_per_task: int = Field(
         64, ge=1, description="Input shards per count task: the hash space is split into ceil(shards / this) ranges."
@@ -201,8 +205,15 @@ class BoilerplateRemoval(DocStage):
             chars.append(len(text) - len(rewritten))
             left = len(rewritten.strip())
             if lost and left < self.config.min_chars:
-                drops[row] = Drop("boilerplate_only", {"units_removed": lost, "chars_removed": chars[-1],
-                                                       "chars_left": left, "min_chars": self.config.min_chars})
+                drops[row] = Drop(
+                    "boilerplate_only",
+                    {
+                        "units_removed": lost,
+                        "chars_removed": chars[-1],
+                        "chars_left": left,
+                        "min_chars": self.config.min_chars,
+                    },
+                )
         self.offset += table.num_rows
         table = replace_column(table, TEXT, pa.array(texts, pa.string()))
         table = replace_column(table, UNITS, pa.array(units, pa.int32()))
@@ -210,16 +221,26 @@ class BoilerplateRemoval(DocStage):
 
     def tally(self, kept: pa.Table) -> dict[str, dict[str, int]]:
         units = kept[UNITS].to_numpy()
-        return {NAME: {"documents_changed": int((units > 0).sum()), "units_removed": int(units.sum()),
-                       "chars_removed": int(kept[CHARS].to_numpy().sum())}}
+        return {
+            NAME: {
+                "documents_changed": int((units > 0).sum()),
+                "units_removed": int(units.sum()),
+                "chars_removed": int(kept[CHARS].to_numpy().sum()),
+            }
+        }
 
 
 def run_remove(ctx: TaskContext) -> dict[str, Any]:
     return run_stage_on_source(ctx, BoilerplateRemoval(ctx.settings, shard_removals(ctx)))
 
 
-STAGE = StageSpec(NAME, BoilerplateConfig, (
-    StepSpec(".hash", run_hash),
-    StepSpec(".count", run_count, tasks=COUNT_TASKS, unit="pair"),
-    StepSpec("", run_remove, makes_docs=True),
-), default=False)
+STAGE = StageSpec(
+    NAME,
+    BoilerplateConfig,
+    (
+        StepSpec(".hash", run_hash),
+        StepSpec(".count", run_count, tasks=COUNT_TASKS, unit="pair"),
+        StepSpec("", run_remove, makes_docs=True),
+    ),
+    default=False,
+)

@@ -25,19 +25,40 @@ import pyarrow.parquet as pq
 
 from data_prep.sources import SOURCE
 from data_prep.stage import (
-    ID, LANG, ORIGIN, PAGE_FIELDS, TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext,
+    ID,
+    LANG,
+    ORIGIN,
+    PAGE_FIELDS,
+    TEXT,
+    Decision,
+    DocStage,
+    Drop,
+    StageSpec,
+    StepSpec,
+    TaskContext,
 )
 from pipeline.ground.atomic import atomic_path, write_parquet
 from pipeline.ground.markers import read_marker
 from pipeline.ground.schema import Section
 
 DROPPED_SCHEMA = pa.schema(
-    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-     ("detail", pa.string()), ("origin", pa.string())]
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("origin", pa.string()),
+    ]
 )
 QUARANTINE_SCHEMA = pa.schema(
-    [("origin", pa.string()), ("id", pa.string()), ("stage", pa.string()),
-     ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.binary())]
+    [
+        ("origin", pa.string()),
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.binary()),
+    ]
 )
 REMOVALS_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("jaccard", pa.float32())]
@@ -115,8 +136,13 @@ class DocBooks:
             for row in sorted(drops):
                 drop = drops[row]
                 detail = {c: values[row] for c, values in extras.items()} | drop.detail
-                record = {"id": ids[row], "stage": self.stage, "reason": drop.reason,
-                          "detail": _detail_json(detail), "origin": origins[row]}
+                record = {
+                    "id": ids[row],
+                    "stage": self.stage,
+                    "reason": drop.reason,
+                    "detail": _detail_json(detail),
+                    "origin": origins[row],
+                }
                 if drop.quarantine:
                     record["raw"] = raw_texts[row].as_py().encode()
                     self.quarantined.append(record)
@@ -137,8 +163,9 @@ class DocBooks:
         for name, values in counts.items():
             self.tally.setdefault(name, Counter()).update(values)
 
-    def write(self, work: Path, step: str, task: int, empty_schema: pa.Schema | None,
-              write_data: bool = True) -> dict[str, Any]:
+    def write(
+        self, work: Path, step: str, task: int, empty_schema: pa.Schema | None, write_data: bool = True
+    ) -> dict[str, Any]:
         """Write the kept documents (unless the caller wrote them), lineage and quarantine; return the counts."""
         kept = [t for t in self.kept if t.num_rows] or self.kept[:1]
         if kept:
@@ -163,6 +190,7 @@ class DocBooks:
 
 # ---- reading a step's documents -----------------------------------------------------------
 
+
 def source_file(ctx: TaskContext, task: int | None = None) -> Path:
     """The documents this step reads: its source step's output for `task` (default: its own task)."""
     return data_file(ctx.work, ctx.source, ctx.task if task is None else task)  # type: ignore[arg-type]
@@ -186,12 +214,15 @@ def row_priorities(ctx: TaskContext, rows: np.ndarray) -> np.ndarray | None:
 
 def shard_offsets(ctx: TaskContext) -> np.ndarray:
     """Where each shard's documents start in corpus order (from the source step's markers)."""
-    counts = [read_marker(marker_file(ctx.work, ctx.source, i))["docs_out"]  # type: ignore[arg-type, index]
-              for i in range(len(ctx.shards))]
+    counts = [
+        read_marker(marker_file(ctx.work, ctx.source, i))["docs_out"]  # type: ignore[arg-type, index]
+        for i in range(len(ctx.shards))
+    ]
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 # ---- per-document steps -------------------------------------------------------------------
+
 
 def run_stage_on_source(ctx: TaskContext, stage: DocStage) -> dict[str, Any]:
     """Apply `stage` to this task's documents in batches and write kept rows and lineage."""
@@ -246,11 +277,17 @@ def copy_source(ctx: TaskContext) -> dict[str, Any]:
 
 def doc_stage(stage: type[DocStage], config: type[Section], default: bool = True) -> StageSpec:
     """The spec of a per-document stage: one per-shard step that applies `stage.decide`."""
-    return StageSpec(stage.name, config, (StepSpec("", partial(run_doc_step, stage), makes_docs=True),),
-                     default=default, per_document=True)
+    return StageSpec(
+        stage.name,
+        config,
+        (StepSpec("", partial(run_doc_step, stage), makes_docs=True),),
+        default=default,
+        per_document=True,
+    )
 
 
 # ---- removals found by a global step ----------------------------------------------------------
+
 
 class ShardRowFilter(DocStage):
     """Drops the rows a global step chose, by position in this shard (batches arrive in order)."""
@@ -273,8 +310,10 @@ def shards_per_task(n_shards: int, shards: int) -> int:
 
 def range_tasks(section: str, setting: str) -> Callable[[Any, int], int]:
     """The task rule of a range-split step: a task per `prep.<section>.<setting>` input shards."""
+
     def tasks(config: Any, n_shards: int) -> int:
         return shards_per_task(n_shards, getattr(getattr(config, section), setting))
+
     return tasks
 
 
@@ -335,7 +374,7 @@ def gather_rows(files: list[Path], offsets: np.ndarray, rows: np.ndarray) -> np.
     for shard, path in enumerate(files):
         if bounds[shard] < bounds[shard + 1]:
             mapped = np.load(path, mmap_mode="r")
-            parts.append(np.asarray(mapped[rows[bounds[shard]:bounds[shard + 1]] - offsets[shard]]))
+            parts.append(np.asarray(mapped[rows[bounds[shard] : bounds[shard + 1]] - offsets[shard]]))
             del mapped
     if not parts:  # no rows: an empty array of the files' row shape
         parts.append(np.load(files[0], mmap_mode="r")[:0].copy())
@@ -362,8 +401,9 @@ def removals_file(work: Path, step: str, task: int) -> Path:
     return work / step / f"removals-{task:05d}.parquet"
 
 
-def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, jaccard: np.ndarray | None,
-                   named_by: str = ID) -> None:
+def write_removals(
+    ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, jaccard: np.ndarray | None, named_by: str = ID
+) -> None:
     """Record corpus rows `removed` (sorted), each a duplicate of the row at the same place in
     `keepers`, which `duplicate_of` names by their `named_by` column (looked up for the keepers only)."""
     offsets = shard_offsets(ctx)
@@ -371,17 +411,21 @@ def write_removals(ctx: TaskContext, removed: np.ndarray, keepers: np.ndarray, j
     order = np.argsort(keepers, kind="stable")
     duplicate_of = np.empty(len(keepers), dtype=object)
     duplicate_of[order] = resolve_ids(ctx, keepers[order], named_by)
-    table = pa.table({
-        "shard": pa.array(shard.astype(np.int32)),
-        "row": pa.array((removed - offsets[shard]).astype(np.int64)),
-        "duplicate_of": pa.array(duplicate_of.tolist(), pa.string()),
-        "jaccard": pa.array(jaccard.astype(np.float32) if jaccard is not None else [None] * len(removed), pa.float32()),
-    }, schema=REMOVALS_SCHEMA)
+    table = pa.table(
+        {
+            "shard": pa.array(shard.astype(np.int32)),
+            "row": pa.array((removed - offsets[shard]).astype(np.int64)),
+            "duplicate_of": pa.array(duplicate_of.tolist(), pa.string()),
+            "jaccard": pa.array(
+                jaccard.astype(np.float32) if jaccard is not None else [None] * len(removed), pa.float32()
+            ),
+        },
+        schema=REMOVALS_SCHEMA,
+    )
     write_parquet(removals_file(ctx.work, ctx.step, ctx.task), table)
 
 
-def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str,
-                        quarantine: bool = False) -> dict[str, Any]:
+def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str, quarantine: bool = False) -> dict[str, Any]:
     """Drop (or quarantine) this shard's rows listed in the removals tables of `removals_step`'s tasks,
     with `reason`."""
     files = sorted((ctx.work / removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))

@@ -58,7 +58,7 @@ def decode_page(body: bytes, http_charset: str | None) -> tuple[str, str]:
     """The page's text and the codec that decoded it (see the module's docstring for the order)."""
     for mark, name in BYTE_ORDER_MARKS:
         if body.startswith(mark):
-            return body[len(mark):].decode(name, errors="replace"), name
+            return body[len(mark) :].decode(name, errors="replace"), name
     if not body.isascii():
         try:
             return body.decode("utf-8"), "utf-8"

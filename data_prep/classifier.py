@@ -71,8 +71,9 @@ def read_texts(path: Path, text_field: str) -> list[str]:
     """The `text_field` strings of a JSON Lines (or Parquet) file (records without one are skipped)."""
     if not Path(path).is_file():
         raise UserError(f"{path} not found")
-    texts = [value for _, record in iter_records(path)
-             if isinstance(value := record.get(text_field), str) and value.strip()]
+    texts = [
+        value for _, record in iter_records(path) if isinstance(value := record.get(text_field), str) and value.strip()
+    ]
     if not texts:
         raise UserError(f"{path}: no record with a text in field {text_field!r}")
     return texts
@@ -88,7 +89,7 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     sorted_scores = scores[order]
     _, starts, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
     for start, count in zip(starts, counts):  # average rank within ties
-        ranks[order[start:start + count]] = start + (count + 1) / 2
+        ranks[order[start : start + count]] = start + (count + 1) / 2
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -98,14 +99,18 @@ def metrics(scores: np.ndarray, positive: np.ndarray, bins: int, threshold: floa
     true_pos = int((predicted & positive).sum())
     edges = np.linspace(0.0, 1.0, bins + 1)
     return {
-        "documents": len(scores), "positives": int(positive.sum()), "threshold": threshold,
+        "documents": len(scores),
+        "positives": int(positive.sum()),
+        "threshold": threshold,
         "accuracy": round(float((predicted == positive).mean()), 4),
         "precision": round(true_pos / max(int(predicted.sum()), 1), 4),
         "recall": round(true_pos / max(int(positive.sum()), 1), 4),
         "auc": round(auc(scores, positive), 4),
-        "histogram": {"edges": [round(float(e), 4) for e in edges],
-                      "positive": np.histogram(scores[positive], edges)[0].tolist(),
-                      "negative": np.histogram(scores[~positive], edges)[0].tolist()},
+        "histogram": {
+            "edges": [round(float(e), 4) for e in edges],
+            "positive": np.histogram(scores[positive], edges)[0].tolist(),
+            "negative": np.histogram(scores[~positive], edges)[0].tolist(),
+        },
     }
 
 
@@ -115,8 +120,14 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
     return order[held:], order[:held]
 
 
-def train(positive: Path, negative: Path, output: Path, cfg: ClassifierTrainConfig, text_field: str = "text",
-          form: str = "NFC") -> dict[str, Any]:
+def train(
+    positive: Path,
+    negative: Path,
+    output: Path,
+    cfg: ClassifierTrainConfig,
+    text_field: str = "text",
+    form: str = "NFC",
+) -> dict[str, Any]:
     """Train on the two files minus a held-out share of each; write the model, report and held-out set."""
     import fasttext
 
@@ -136,21 +147,39 @@ def train(positive: Path, negative: Path, output: Path, cfg: ClassifierTrainConf
     write_text(train_file, "\n".join(examples) + "\n")
     try:
         model = fasttext.train_supervised(
-            input=str(train_file), thread=1, seed=cfg.seed, dim=cfg.dim, epoch=cfg.epoch, lr=cfg.lr,
-            wordNgrams=cfg.word_ngrams, minCount=cfg.min_count, bucket=cfg.bucket, loss="softmax", verbose=0)
+            input=str(train_file),
+            thread=1,
+            seed=cfg.seed,
+            dim=cfg.dim,
+            epoch=cfg.epoch,
+            lr=cfg.lr,
+            wordNgrams=cfg.word_ngrams,
+            minCount=cfg.min_count,
+            bucket=cfg.bucket,
+            loss="softmax",
+            verbose=0,
+        )
     except RuntimeError as exc:  # fastText's only training failure: "Encountered NaN."
-        raise UserError(f"fastText training failed ({exc}): try another prep.quality_model.train.lr, dim or "
-                        "epoch") from None
+        raise UserError(
+            f"fastText training failed ({exc}): try another prep.quality_model.train.lr, dim or epoch"
+        ) from None
     finally:
         train_file.unlink()
     with atomic_path(output / MODEL_FILE) as tmp:
         model.save_model(str(tmp))
     heldout = [(text, p) for _, held, p in classes for text in held]
-    write_text(output / HELDOUT_FILE, "".join(json.dumps({"text": t, "label": p}, ensure_ascii=False) + "\n"
-                                              for t, p in heldout))
-    report = {"label": cfg.label, "train_documents": len(examples),
-              "heldout": evaluate(output / MODEL_FILE, output / HELDOUT_FILE, cfg.label, cfg.histogram_bins),
-              "settings": cfg.model_dump(mode="json"), "positive_file": str(positive), "negative_file": str(negative)}
+    write_text(
+        output / HELDOUT_FILE,
+        "".join(json.dumps({"text": t, "label": p}, ensure_ascii=False) + "\n" for t, p in heldout),
+    )
+    report = {
+        "label": cfg.label,
+        "train_documents": len(examples),
+        "heldout": evaluate(output / MODEL_FILE, output / HELDOUT_FILE, cfg.label, cfg.histogram_bins),
+        "settings": cfg.model_dump(mode="json"),
+        "positive_file": str(positive),
+        "negative_file": str(negative),
+    }
     write_json(output / REPORT_FILE, report)
     return report
 

@@ -24,42 +24,58 @@ from pipeline.ground.storage import LocationValue, absolute
 class RaySettings(Section):
     """Where and how `prep.executor: ray` runs its tasks: one Ray task per prep task."""
 
-    address: str = Field("auto", description="The Ray cluster to join (`ray start --head` prints it); `auto`: the "
-                                             "running cluster RAY_ADDRESS or this machine names, else a new local "
-                                             "one of prep.workers CPUs.")
-    max_parallel: int | None = Field(None, ge=1, description="Most tasks running at once; none: as many as the "
-                                                             "cluster's CPUs hold.")
+    address: str = Field(
+        "auto",
+        description="The Ray cluster to join (`ray start --head` prints it); `auto`: the "
+        "running cluster RAY_ADDRESS or this machine names, else a new local "
+        "one of prep.workers CPUs.",
+    )
+    max_parallel: int | None = Field(
+        None, ge=1, description="Most tasks running at once; none: as many as the cluster's CPUs hold."
+    )
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs Ray reserves for each task.")
-    memory_gb_per_task: float | None = Field(None, gt=0, description="Memory Ray reserves for each task (GiB), so a "
-                                                                     "node runs no more tasks than fit; none: no "
-                                                                     "reservation.")
+    memory_gb_per_task: float | None = Field(
+        None,
+        gt=0,
+        description="Memory Ray reserves for each task (GiB), so a "
+        "node runs no more tasks than fit; none: no "
+        "reservation.",
+    )
     max_retries: int = Field(3, ge=0, description="Tries after the first of a task that fails or whose worker dies.")
 
 
 class PrepSettings(Section):
     """Data prep: which inputs, which stages, how many workers; each stage's section is added below."""
 
-    inputs: list[LocationValue] = Field(default_factory=list, description="Files or folders to read, or their "
-                                        "s3:// URLs (a prefix is a folder).")
-    stages: list[str] = Field(default_factory=registry.default_names, description="Stages to run, in pipeline order; by default all but the opt-in filters.")
+    inputs: list[LocationValue] = Field(
+        default_factory=list, description="Files or folders to read, or their s3:// URLs (a prefix is a folder)."
+    )
+    stages: list[str] = Field(
+        default_factory=registry.default_names,
+        description="Stages to run, in pipeline order; by default all but the opt-in filters.",
+    )
     workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
     executor: Literal["local", "ray"] = Field(
-        "local", description="Where `prep` runs its tasks: `local`, worker processes on this machine; `ray`, a "
-                             "Ray cluster (prep.ray) that shares the output folder (`crucible submit` is Slurm's).")
-    ray: RaySettings = Field(default_factory=RaySettings)
-    shard_mb: float = Field(
-        16.0, gt=0, description="Target input shard size; large plain JSONL files are split."
+        "local",
+        description="Where `prep` runs its tasks: `local`, worker processes on this machine; `ray`, a "
+        "Ray cluster (prep.ray) that shares the output folder (`crucible submit` is Slurm's).",
     )
+    ray: RaySettings = Field(default_factory=RaySettings)
+    shard_mb: float = Field(16.0, gt=0, description="Target input shard size; large plain JSONL files are split.")
     batch_size: int = Field(1000, ge=1, description="Documents per Arrow batch inside a task.")
     max_quarantined_share: float = Field(
-        0.5, ge=0, le=1, description="Prep fails (exit 2, no next step) when it keeps no document or quarantines "
-                                     "more than this share of the documents it reads; 1: only when it keeps none.")
+        0.5,
+        ge=0,
+        le=1,
+        description="Prep fails (exit 2, no next step) when it keeps no document or quarantines "
+        "more than this share of the documents it reads; 1: only when it keeps none.",
+    )
     read: ReadConfig = Field(default_factory=ReadConfig)
     unique_ids: UniqueIdsConfig = Field(default_factory=UniqueIdsConfig)
     sources: list[SourceConfig] = Field(
         default_factory=list,
         description="Named sources, each with its inputs, dedupe priority and per-stage settings; "
-                    f"`inputs` beside them is one more source named {DEFAULT_SOURCE!r}. Empty: `inputs` only, untagged.",
+        f"`inputs` beside them is one more source named {DEFAULT_SOURCE!r}. Empty: `inputs` only, untagged.",
     )
 
     @field_validator("stages")
@@ -83,22 +99,28 @@ class PrepSettings(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"sources: names must be distinct ({DEFAULT_SOURCE!r} is `inputs` when given): {names}")
         if self.sources and SOURCE in self.read.keep_fields:
-            raise ValueError(f"read.keep_fields: {SOURCE!r} is the column prep.sources sets; with named sources, "
-                             f"split the inputs by that field into sources instead of keeping it")
+            raise ValueError(
+                f"read.keep_fields: {SOURCE!r} is the column prep.sources sets; with named sources, "
+                f"split the inputs by that field into sources instead of keeping it"
+            )
         per_document = [s.name for s in registry.STAGES if s.per_document]
         for source in self.sources:
             for stage in [*source.skip, *source.settings]:
                 if stage not in per_document:
-                    raise ValueError(f"sources.{source.name}: {stage!r} is not a per-document stage "
-                                     f"(choose from {', '.join(per_document)})")
+                    raise ValueError(
+                        f"sources.{source.name}: {stage!r} is not a per-document stage "
+                        f"(choose from {', '.join(per_document)})"
+                    )
             for stage in source.settings:
                 self.source_section(stage, source.name)  # raises on a bad key or value
         for stage in self.stages:
             sections = [self.section(stage), *(self.source_section(stage, s.name) for s in self.sources)]
             lacking = [section.missing() for section in sections if section is not None]
             if lacking and all(lacking):
-                raise ValueError(f"{stage} is in the stages but has {lacking[0]} (prep.{registry.stage(stage).section_name}"
-                                 f"): give it its files, or leave it out of prep.stages")
+                raise ValueError(
+                    f"{stage} is in the stages but has {lacking[0]} (prep.{registry.stage(stage).section_name}"
+                    f"): give it its files, or leave it out of prep.stages"
+                )
         if self.section(PACK).split_by_language and LangIdStage.name not in self.stages:
             raise ValueError("pack.split_by_language needs the langid stage: add langid to prep.stages")
         return self
@@ -133,8 +155,11 @@ class PrepSettings(Section):
 
     def source_fingerprint(self, stage: str) -> dict[str, Any]:
         """What the sources change about stage `stage` (empty when nothing), for its fingerprint."""
-        return {s.name: {"skip": stage in s.skip, "settings": s.settings.get(stage)} for s in self.sources
-                if stage in s.skip or stage in s.settings}
+        return {
+            s.name: {"skip": stage in s.skip, "settings": s.settings.get(stage)}
+            for s in self.sources
+            if stage in s.skip or stage in s.settings
+        }
 
     def with_absolute_paths(self) -> PrepSettings:
         """A copy whose file paths mean the same from any folder (job scripts, the shard manifest)."""
@@ -149,6 +174,7 @@ class PrepSettings(Section):
 
 def _resolve_paths(section: Section) -> None:
     """Make the paths of `section` absolute, in lists, mappings and nested sections too."""
+
     def resolved(value: Any) -> Any:
         if isinstance(value, Path):
             return value.resolve()

@@ -90,7 +90,7 @@ def ngram_keys(text: str, n: int) -> np.ndarray:
     keys = hashes[:count].copy()
     with np.errstate(over="ignore"):
         for k in range(1, n):
-            keys = keys * _MIX + hashes[k:k + count]
+            keys = keys * _MIX + hashes[k : k + count]
     return keys
 
 
@@ -100,8 +100,10 @@ def _items(eval_set: EvalSet) -> list[dict[str, Any]]:
     records = read_records(eval_set.path)
     if records and not any(name in record for record in records for name in eval_set.fields):
         found = sorted({name for record in records for name in record})
-        raise UserError(f"eval set {eval_set.label} ({eval_set.path}): no item has a field {eval_set.fields}; "
-                        f"its items have {found}: set `fields` of this set in prep.decontaminate.eval_sets")
+        raise UserError(
+            f"eval set {eval_set.label} ({eval_set.path}): no item has a field {eval_set.fields}; "
+            f"its items have {found}: set `fields` of this set in prep.decontaminate.eval_sets"
+        )
     return records
 
 
@@ -203,7 +205,12 @@ def _items_unknown(docs: int, n_tasks: int) -> None:
     """The index step counts evaluation items, which no marker knows in advance."""
 
 
-STAGE = StageSpec("decontaminate", DecontaminateConfig, (
-    StepSpec(".index", run_index, tasks=single, unit="item", units=_items_unknown),
-    StepSpec("", run_filter, makes_docs=True),
-), default=False)
+STAGE = StageSpec(
+    "decontaminate",
+    DecontaminateConfig,
+    (
+        StepSpec(".index", run_index, tasks=single, unit="item", units=_items_unknown),
+        StepSpec("", run_filter, makes_docs=True),
+    ),
+    default=False,
+)

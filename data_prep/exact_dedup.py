@@ -119,8 +119,12 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, "exact_duplicate")
 
 
-STAGE = StageSpec("exact_dedup", ExactDedupConfig, (
-    StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
-    StepSpec(".filter", run_filter, makes_docs=True),
-))
+STAGE = StageSpec(
+    "exact_dedup",
+    ExactDedupConfig,
+    (
+        StepSpec(".hash", run_hash),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
+        StepSpec(".filter", run_filter, makes_docs=True),
+    ),
+)

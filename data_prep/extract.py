@@ -29,7 +29,17 @@ from pydantic import Field
 
 from data_prep.books import copy_source, run_doc_step, source_file
 from data_prep.stage import (
-    HTML, HTML_LANG, TEXT, TITLE, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext, replace_column,
+    HTML,
+    HTML_LANG,
+    TEXT,
+    TITLE,
+    Decision,
+    DocStage,
+    Drop,
+    StageSpec,
+    StepSpec,
+    TaskContext,
+    replace_column,
 )
 from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
@@ -50,8 +60,9 @@ class ExtractConfig(Section):
     """HTML pages (from WARC response records) to main text; other documents pass as they are."""
 
     engine: Literal["resiliparse", "trafilatura"] = Field(
-        "resiliparse", description="resiliparse: fast DOM heuristics; trafilatura: slower, its own scoring "
-                                   "(see the README's extraction table).",
+        "resiliparse",
+        description="resiliparse: fast DOM heuristics; trafilatura: slower, its own scoring "
+        "(see the README's extraction table).",
     )
     min_chars: int = Field(50, ge=0, description="A page with less main text than this is dropped (no_main_text).")
 
@@ -101,8 +112,17 @@ def resiliparse_page(html: str) -> Page:
         raise TooDeep()
     _keep_prose_lists(tree)
     root = tree.document.query_selector("html") if tree.document is not None else None
-    text = extract_plain_text(tree, preserve_formatting=True, main_content=True, list_bullets=True,
-                              alt_texts=False, links=False, form_fields=False, noscript=False, comments=False)
+    text = extract_plain_text(
+        tree,
+        preserve_formatting=True,
+        main_content=True,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
+        comments=False,
+    )
     return Page(_blocks(text), _attribute(tree.title), _attribute(root.getattr("lang") if root is not None else None))
 
 
@@ -113,8 +133,9 @@ def _trafilatura_block(element: Any) -> str:
     if element.tag == "list":
         return "\n".join("".join(item.itertext()).strip() for item in element.iter("item"))
     if element.tag == "table":
-        return "\n".join(" | ".join("".join(cell.itertext()).strip() for cell in row.iter("cell"))
-                         for row in element.iter("row"))
+        return "\n".join(
+            " | ".join("".join(cell.itertext()).strip() for cell in row.iter("cell")) for row in element.iter("row")
+        )
     return "".join(element.itertext()).strip()
 
 
@@ -125,9 +146,18 @@ def trafilatura_page(html: str) -> Page:
     if tree is None:
         return Page("", None, None)
     title, lang = _attribute(tree.findtext(".//title")), _attribute(tree.get("lang"))
-    document = cast("Document | None", trafilatura.bare_extraction(  # a Document, not a dict: as_dict is off
-        tree, include_comments=False, include_tables=True, include_images=False, include_links=False,
-        deduplicate=False, with_metadata=False))
+    document = cast(
+        "Document | None",
+        trafilatura.bare_extraction(  # a Document, not a dict: as_dict is off
+            tree,
+            include_comments=False,
+            include_tables=True,
+            include_images=False,
+            include_links=False,
+            deduplicate=False,
+            with_metadata=False,
+        ),
+    )
     blocks = [] if document is None or document.body is None else [_trafilatura_block(e) for e in document.body]
     return Page(_blocks("\n\n".join(blocks)), title, lang)
 
@@ -160,8 +190,9 @@ class ExtractStage(DocStage):
                 drops[row] = Drop("html_too_deep", {"max_depth": MAX_DEPTH}, quarantine=True)
                 continue
             except Exception as exc:  # a third-party parser on hostile input: one page, not the run
-                drops[row] = Drop("extract_error", {"engine": self.config.engine, "error": repr(exc)[:300]},
-                                  quarantine=True)
+                drops[row] = Drop(
+                    "extract_error", {"engine": self.config.engine, "error": repr(exc)[:300]}, quarantine=True
+                )
                 continue
             texts[row], titles[row], langs[row] = page.text, page.title, page.lang
             if len(page.text) < self.config.min_chars:
@@ -184,8 +215,10 @@ def check_pages_extracted(config: Any, shards: Sequence[Any]) -> None:
     for shard in shards:
         warc = next((piece for piece in shard.pieces if piece.kind == "warc"), None)
         if warc is not None and (EXTRACT not in config.stages or config.source_section(EXTRACT, shard.source) is None):
-            raise UserError(f"input {warc.path} is a WARC file, whose pages are HTML: the {EXTRACT} stage must run "
-                            f"on it (add {EXTRACT} to prep.stages, or give its WET files)")
+            raise UserError(
+                f"input {warc.path} is a WARC file, whose pages are HTML: the {EXTRACT} stage must run "
+                f"on it (add {EXTRACT} to prep.stages, or give its WET files)"
+            )
 
 
 STAGE = StageSpec(EXTRACT, ExtractConfig, (StepSpec("", run_extract, makes_docs=True),), per_document=True)

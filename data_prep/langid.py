@@ -59,12 +59,15 @@ class FastTextLanguageId:
     """The raw kernel: batch prediction of (language, score) for texts."""
 
     def __init__(self, model_path: Path) -> None:
-        self.model = load_fasttext(model_path, "language-ID model",
-                                   "set prep.langid.model_path to a lid.176.ftz or lid.176.bin, or run `make setup`")
+        self.model = load_fasttext(
+            model_path,
+            "language-ID model",
+            "set prep.langid.model_path to a lid.176.ftz or lid.176.bin, or run `make setup`",
+        )
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         labels, scores = self.model.predict(texts, k=1)
-        langs = [label[0][len(LABEL_PREFIX):] if label else "unknown" for label in labels]
+        langs = [label[0][len(LABEL_PREFIX) :] if label else "unknown" for label in labels]
         return langs, [float(score[0]) if len(score) else 0.0 for score in scores]
 
 

@@ -28,8 +28,15 @@ from pipeline.ground.schema import Section
 
 NAME = "line_filter"
 REMOVED, REMOVED_BY = "lines_removed", "lines_removed_by"  # per kept document: lines removed, and per rule (JSON)
-POLICY_PHRASES = ["javascript", "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
-                  "use cookies"]
+POLICY_PHRASES = [
+    "javascript",
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+]
 
 
 class LineFilterConfig(Section):
@@ -39,37 +46,54 @@ class LineFilterConfig(Section):
         False, description="Remove lines that do not end with one of terminal_marks (C4: on)."
     )
     terminal_marks: list[str] = Field(
-        default_factory=lambda: [".", "!", "?", '"'], min_length=1,
+        default_factory=lambda: [".", "!", "?", '"'],
+        min_length=1,
         description="What a sentence ends with, for terminal_punctuation and min_line_punct_ratio.",
     )
     policy_lines: bool = Field(False, description="Remove lines holding one of policy_phrases (C4: on).")
     policy_phrases: list[str] = Field(
-        default_factory=lambda: list(POLICY_PHRASES), min_length=1,
+        default_factory=lambda: list(POLICY_PHRASES),
+        min_length=1,
         description="Phrases of script notices and site policies, matched in any case.",
     )
     lorem_ipsum: bool = Field(True, description="Drop documents holding 'lorem ipsum' placeholder text (C4).")
     curly_braces: Literal["off", "line", "document"] = Field(
-        "off", description="Lines with '{' or '}': removed (line) or the document dropped (document, C4's rule "
-                           "against code on prose pages).",
+        "off",
+        description="Lines with '{' or '}': removed (line) or the document dropped (document, C4's rule "
+        "against code on prose pages).",
     )
     min_line_punct_ratio: float | None = Field(
-        None, ge=0, le=1, description="Drop documents whose share of lines ending with a terminal mark is below "
-                                      "this (FineWeb: 0.12).",
+        None,
+        ge=0,
+        le=1,
+        description="Drop documents whose share of lines ending with a terminal mark is below this (FineWeb: 0.12).",
     )
     max_short_line_ratio: float | None = Field(
-        None, ge=0, le=1, description="Drop documents whose share of lines of at most short_line_chars characters "
-                                      "is above this (FineWeb: 0.67).",
+        None,
+        ge=0,
+        le=1,
+        description="Drop documents whose share of lines of at most short_line_chars characters "
+        "is above this (FineWeb: 0.67).",
     )
     short_line_chars: int = Field(30, ge=1, description="A line this long or shorter is short (FineWeb: 30).")
     max_dup_line_chars: float | None = Field(
-        None, ge=0, le=1, description="Drop documents whose characters in lines repeating an earlier line exceed "
-                                      "this share of all line characters (FineWeb: 0.1).",
+        None,
+        ge=0,
+        le=1,
+        description="Drop documents whose characters in lines repeating an earlier line exceed "
+        "this share of all line characters (FineWeb: 0.1).",
     )
 
     def missing(self) -> str | None:
-        rules = (self.terminal_punctuation, self.policy_lines, self.lorem_ipsum, self.curly_braces != "off",
-                 self.min_line_punct_ratio is not None, self.max_short_line_ratio is not None,
-                 self.max_dup_line_chars is not None)
+        rules = (
+            self.terminal_punctuation,
+            self.policy_lines,
+            self.lorem_ipsum,
+            self.curly_braces != "off",
+            self.min_line_punct_ratio is not None,
+            self.max_short_line_ratio is not None,
+            self.max_dup_line_chars is not None,
+        )
         return None if any(rules) else "no rule turned on"
 
 
@@ -138,14 +162,16 @@ class LineFilterStage(DocStage):
         for row in np.flatnonzero([v is not None for v in verdicts]):
             reason, detail = verdicts[row]  # type: ignore[misc]
             drops[int(row)] = Drop(reason, detail | {REMOVED: int(lost[row])})
-        counts = [json.dumps({rule: int(c[row]) for rule, c in by_rule.items() if c[row]}, sort_keys=True)
-                  for row in range(n)]
+        counts = [
+            json.dumps({rule: int(c[row]) for rule, c in by_rule.items() if c[row]}, sort_keys=True) for row in range(n)
+        ]
         table = replace_column(table, TEXT, new_text)
         table = replace_column(table, REMOVED, pa.array(lost.astype(np.int32)))
         return Decision(replace_column(table, REMOVED_BY, pa.array(counts, pa.string())), drops)
 
-    def document_verdicts(self, text: pa.Array, lines: pa.Array, doc: np.ndarray, length: np.ndarray,
-                          lost: np.ndarray, n: int) -> list[tuple[str, dict[str, float]] | None]:
+    def document_verdicts(
+        self, text: pa.Array, lines: pa.Array, doc: np.ndarray, length: np.ndarray, lost: np.ndarray, n: int
+    ) -> list[tuple[str, dict[str, float]] | None]:
         """Per document, the first document rule it fails as (reason, detail), or None. `lines` are the
         non-blank lines left after the line rules (stripped), `doc` and `length` their document and length."""
         cfg = self.config
@@ -158,8 +184,14 @@ class LineFilterStage(DocStage):
         checks.append(("no_lines_left", (lines_left == 0) & (lost > 0), None, None))
         if cfg.min_line_punct_ratio is not None:
             ratio = _share(np.bincount(doc[_ends_with_any(lines, cfg.terminal_marks)], minlength=n), lines_left)
-            checks.append(("line_punct_ratio", (lines_left > 0) & (ratio < cfg.min_line_punct_ratio), ratio,
-                           cfg.min_line_punct_ratio))
+            checks.append(
+                (
+                    "line_punct_ratio",
+                    (lines_left > 0) & (ratio < cfg.min_line_punct_ratio),
+                    ratio,
+                    cfg.min_line_punct_ratio,
+                )
+            )
         if cfg.max_short_line_ratio is not None:
             ratio = _share(np.bincount(doc[length <= cfg.short_line_chars], minlength=n), lines_left)
             checks.append(("short_line_ratio", ratio > cfg.max_short_line_ratio, ratio, cfg.max_short_line_ratio))
@@ -192,8 +224,13 @@ class LineFilterStage(DocStage):
             for rule, count in json.loads(counts).items():
                 by_rule[rule] = by_rule.get(rule, 0) + count
         lost = kept[REMOVED].to_numpy()
-        return {NAME: {"documents_changed": int((lost > 0).sum()), REMOVED: int(lost.sum()),
-                       **{f"{REMOVED}/{rule}": count for rule, count in sorted(by_rule.items())}}}
+        return {
+            NAME: {
+                "documents_changed": int((lost > 0).sum()),
+                REMOVED: int(lost.sum()),
+                **{f"{REMOVED}/{rule}": count for rule, count in sorted(by_rule.items())},
+            }
+        }
 
 
 STAGE = doc_stage(LineFilterStage, LineFilterConfig, default=False)

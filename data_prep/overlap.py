@@ -32,17 +32,27 @@ SAMPLE, SCAN = f"{OVERLAP}.sample", f"{OVERLAP}.scan"
 _CHUNK_TOKENS = 1 << 22  # training tokens hashed at once (about 100 MB of temporaries)
 _WORST = 5  # sampled documents listed by name, the most overlapping first
 # One odd 64-bit multiplier per window position: a window's hash is the sum of token * multiplier (mod 2**64).
-_MULTIPLIERS = np.random.default_rng(20_240_531).integers(0, 2**63, size=4096, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_MULTIPLIERS = np.random.default_rng(20_240_531).integers(0, 2**63, size=4096, dtype=np.uint64) * np.uint64(
+    2
+) + np.uint64(1)
 
 
 class OverlapConfig(Section):
     """How the train/validation overlap is measured after packing."""
 
-    window: int = Field(32, ge=4, le=len(_MULTIPLIERS),
-                        description="Tokens per window: a validation document overlaps training where one of its "
-                                    "windows occurs in a training document.")
-    sample_docs: int = Field(2000, ge=1, description="Validation documents measured at most: a fixed sample (by a "
-                                                     "hash of the id), so that memory does not grow with the corpus.")
+    window: int = Field(
+        32,
+        ge=4,
+        le=len(_MULTIPLIERS),
+        description="Tokens per window: a validation document overlaps training where one of its "
+        "windows occurs in a training document.",
+    )
+    sample_docs: int = Field(
+        2000,
+        ge=1,
+        description="Validation documents measured at most: a fixed sample (by a "
+        "hash of the id), so that memory does not grow with the corpus.",
+    )
 
 
 def window_hashes(flat: np.ndarray, offsets: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +63,7 @@ def window_hashes(flat: np.ndarray, offsets: np.ndarray, window: int) -> tuple[n
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     hashes = np.zeros(n, dtype=np.uint64)
     for position in range(window):
-        hashes += flat[position:position + n].astype(np.uint64) * _MULTIPLIERS[position]
+        hashes += flat[position : position + n].astype(np.uint64) * _MULTIPLIERS[position]
     doc = np.searchsorted(offsets, np.arange(n), side="right") - 1
     inside = np.arange(n) + window <= offsets[doc + 1]
     return hashes[inside], doc[inside]
@@ -88,7 +98,7 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
         draws = np.array([_draw(ids[r]) for r in rows], dtype=np.uint64)
         found = np.stack([draws, np.full(len(rows), shard, np.uint64), rows.astype(np.uint64)], axis=1)
         best = np.concatenate([best, found])
-        best = best[np.lexsort((best[:, 2], best[:, 1], best[:, 0]))][:cfg.sample_docs]
+        best = best[np.lexsort((best[:, 2], best[:, 1], best[:, 0]))][: cfg.sample_docs]
         ctx.report(len(ids))
     best = best[np.lexsort((best[:, 2], best[:, 1]))].astype(np.int64)  # corpus order
     names: list[str] = []
@@ -96,7 +106,7 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
     for shard in np.unique(best[:, 1]):
         ids, flat, offsets = _read_tokens(ctx.work, int(shard))
         for row in best[best[:, 1] == shard, 2]:
-            doc = flat[offsets[row]:offsets[row + 1]]
+            doc = flat[offsets[row] : offsets[row + 1]]
             doc_hashes, _ = window_hashes(doc, np.array([0, len(doc)]), cfg.window)
             owners.append(np.full(len(doc_hashes), len(names), np.int64))
             names.append(ids[row])
@@ -125,8 +135,9 @@ def run_scan(ctx: TaskContext) -> dict[str, Any]:
     while start < len(ids) and len(unique):
         stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + _CHUNK_TOKENS, side="right")) - 1)
         stop = min(stop, len(ids))
-        hashes, doc = window_hashes(flat[offsets[start]:offsets[stop]], offsets[start:stop + 1] - offsets[start],
-                                    ctx.settings.window)
+        hashes, doc = window_hashes(
+            flat[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start], ctx.settings.window
+        )
         hashes = hashes[training[start + doc]]
         place = np.minimum(np.searchsorted(unique, hashes), len(unique) - 1)
         found[place[unique[place] == hashes]] = True
@@ -147,23 +158,36 @@ def run_overlap(ctx: TaskContext) -> dict[str, Any]:
     if documents is None:
         raise RuntimeError(f"{documents_file} is missing or unreadable: rerun the sample step")
     windows = np.array(documents["windows"], dtype=np.int64)
-    shared = np.bincount(np.load(_sample_file(ctx.work, "owner.npy")),
-                         weights=found[np.load(_sample_file(ctx.work, "where.npy"))], minlength=len(windows))
+    shared = np.bincount(
+        np.load(_sample_file(ctx.work, "owner.npy")),
+        weights=found[np.load(_sample_file(ctx.work, "where.npy"))],
+        minlength=len(windows),
+    )
     share = np.divide(shared, windows, out=np.zeros(len(windows)), where=windows > 0)
     worst = sorted(zip(-share, documents["ids"]))[:_WORST]
     ctx.report(1)
-    return {"overlap": {
-        "window_tokens": ctx.settings.window, "sample_docs": ctx.settings.sample_docs,
-        "val_documents": documents["val_documents"], "sampled": len(windows),
-        "measured": int((windows > 0).sum()), "sharing": int((shared > 0).sum()),
-        "worst_share": round(float(share.max(initial=0.0)), 4),
-        "mean_share": round(float(share[windows > 0].mean()) if (windows > 0).any() else 0.0, 4),
-        "worst": [{"id": name, "share": round(float(-negative), 4)} for negative, name in worst if negative < 0],
-    }}
+    return {
+        "overlap": {
+            "window_tokens": ctx.settings.window,
+            "sample_docs": ctx.settings.sample_docs,
+            "val_documents": documents["val_documents"],
+            "sampled": len(windows),
+            "measured": int((windows > 0).sum()),
+            "sharing": int((shared > 0).sum()),
+            "worst_share": round(float(share.max(initial=0.0)), 4),
+            "mean_share": round(float(share[windows > 0].mean()) if (windows > 0).any() else 0.0, 4),
+            "worst": [{"id": name, "share": round(float(-negative), 4)} for negative, name in worst if negative < 0],
+        }
+    }
 
 
-STAGE = StageSpec(OVERLAP, OverlapConfig, (
-    StepSpec(".sample", run_sample, tasks=single),
-    StepSpec(".scan", run_scan),
-    StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done),
-), requires=(PACK,))
+STAGE = StageSpec(
+    OVERLAP,
+    OverlapConfig,
+    (
+        StepSpec(".sample", run_sample, tasks=single),
+        StepSpec(".scan", run_scan),
+        StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done),
+    ),
+    requires=(PACK,),
+)

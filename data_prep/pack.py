@@ -52,7 +52,7 @@ def pack_concat(docs: list[np.ndarray], width: int) -> Packed:
     bounds = np.searchsorted(row_of, np.arange(rows + 1))
     segments = []
     for row in range(rows):
-        offsets = starts[bounds[row]:bounds[row + 1]] - row * width
+        offsets = starts[bounds[row] : bounds[row + 1]] - row * width
         if len(offsets) == 0 or offsets[0] != 0:
             offsets = np.concatenate([[0], offsets])  # a row opening mid-document starts a segment
         segments.append(offsets.astype(np.int32))
@@ -64,8 +64,8 @@ def pack_best_fit(docs: list[np.ndarray], width: int, pad_id: int) -> Packed:
     pieces: list[np.ndarray] = []
     for doc in docs:
         n_full = len(doc) // width if len(doc) > width else 0
-        full_rows.extend(doc[i * width:(i + 1) * width] for i in range(n_full))
-        tail = doc[n_full * width:]
+        full_rows.extend(doc[i * width : (i + 1) * width] for i in range(n_full))
+        tail = doc[n_full * width :]
         if len(tail):
             pieces.append(tail)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))  # stable: ties keep input order
@@ -108,12 +108,20 @@ class PackConfig(Section):
 
     seq_len: int = Field(256, ge=8, le=1 << 20, description="Tokens the model sees per row (rows hold seq_len + 1).")
     method: Literal["concat", "best_fit"] = "concat"
-    val_fraction: float = Field(0.02, ge=0, lt=1, description="Share of documents held out for validation, "
-                                "near-duplicate groups whole (see minhash_dedup.split_group_threshold).")
+    val_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Share of documents held out for validation, "
+        "near-duplicate groups whole (see minhash_dedup.split_group_threshold).",
+    )
     seed: int = Field(1234, description="Seeds the document shuffle before packing.")
     max_shard_mb: float = Field(256, gt=0, le=4096, description="Largest shard file written.")
-    split_by_language: bool = Field(False, description="Write each language's rows to shard files of their own, "
-                                                       "tagged `language` in the manifest (needs langid).")
+    split_by_language: bool = Field(
+        False,
+        description="Write each language's rows to shard files of their own, "
+        "tagged `language` in the manifest (needs langid).",
+    )
 
 
 def is_validation(key: str, fraction: float) -> bool:
@@ -147,7 +155,7 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
     ids = table[ID].to_pylist()
     lists = table["tokens"].combine_chunks()
     flat, offsets = lists.values.to_numpy(), lists.offsets.to_numpy()
-    docs = [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
+    docs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
     order = np.random.default_rng([cfg.seed, ctx.task]).permutation(len(docs))
     held_out = validation_rows(ctx.config, ctx.work, ctx.task, ids)
     width = cfg.seq_len + 1
@@ -166,18 +174,33 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
             for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
                 path = shard_file(ctx.work, split, f"{stem}-{part:03d}.arrow")
                 stop = start + rows_per_file
-                entry = shard_format.write_shard(path, packed.tokens[start:stop], packed.segment_starts[start:stop],
-                                                 vocab)
-                files.append(entry.model_dump(exclude_unset=True) | {"split": split} | tag | ({} if language is None else {"language": language}))
-            made = Counter({f"{split}_documents": len(chosen), f"{split}_tokens": int(sum(len(d) for d in chosen)),
-                            f"{split}_sequences": len(packed.tokens), f"{split}_padding": packed.padding,
-                            f"{split}_remainder": packed.remainder})
+                entry = shard_format.write_shard(
+                    path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab
+                )
+                files.append(
+                    entry.model_dump(exclude_unset=True)
+                    | {"split": split}
+                    | tag
+                    | ({} if language is None else {"language": language})
+                )
+            made = Counter(
+                {
+                    f"{split}_documents": len(chosen),
+                    f"{split}_tokens": int(sum(len(d) for d in chosen)),
+                    f"{split}_sequences": len(packed.tokens),
+                    f"{split}_padding": packed.padding,
+                    f"{split}_remainder": packed.remainder,
+                }
+            )
             counts.update(made)
             if language is not None:
                 per_language.setdefault(language, Counter()).update(made)
             ctx.report(len(chosen))
-    return ({"tokens": dict(counts), "files": files} | ({} if source is None else {"sources": {source: dict(counts)}})
-            | ({"languages": {k: dict(v) for k, v in sorted(per_language.items())}} if cfg.split_by_language else {}))
+    return (
+        {"tokens": dict(counts), "files": files}
+        | ({} if source is None else {"sources": {source: dict(counts)}})
+        | ({"languages": {k: dict(v) for k, v in sorted(per_language.items())}} if cfg.split_by_language else {})
+    )
 
 
 def _language_groups(table: pa.Table, order: np.ndarray) -> dict[str | None, np.ndarray]:

@@ -99,7 +99,8 @@ def luhn_valid(digits: str) -> bool:
 
 # IBAN length per country (ISO 13616 registry).
 IBAN_LENGTHS = dict(
-    (entry[:2], int(entry[2:])) for entry in (
+    (entry[:2], int(entry[2:]))
+    for entry in (
         "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 "
         "ES24 FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
         "LB28 LC32 LI21 LT20 LU20 LV21 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 "
@@ -126,16 +127,45 @@ def iban_valid(iban: str) -> bool:
 # Addresses that are no public host: not globally reachable in the IANA special-purpose registries,
 # multicast, or reserved (IPv4 240/4; IPv6 outside the global unicast 2000::/3). Inside one of these,
 # the PUBLIC_EXCEPTIONS are globally reachable all the same.
-NOT_PUBLIC = [ipaddress.ip_network(net) for net in (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
-    "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
-    "240.0.0.0/4",
-    "::/3", "4000::/2", "8000::/1", "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20",
-)]
-PUBLIC_EXCEPTIONS = [ipaddress.ip_network(net) for net in (
-    "192.0.0.9/32", "192.0.0.10/32",
-    "2001:1::1/128", "2001:1::2/128", "2001:3::/32", "2001:4:112::/48", "2001:20::/28", "2001:30::/28",
-)]
+NOT_PUBLIC = [
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/3",
+        "4000::/2",
+        "8000::/1",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+    )
+]
+PUBLIC_EXCEPTIONS = [
+    ipaddress.ip_network(net)
+    for net in (
+        "192.0.0.9/32",
+        "192.0.0.10/32",
+        "2001:1::1/128",
+        "2001:1::2/128",
+        "2001:3::/32",
+        "2001:4:112::/48",
+        "2001:20::/28",
+        "2001:30::/28",
+    )
+]
 
 
 # The first group of an IPv6 address in the global unicast range 2000::/3, the only one with public hosts.
@@ -188,8 +218,13 @@ _AT = (
 )
 _DOT = r"(?:\.|\s*[\[({<]\s*(?i:dot|\.)\s*[\])}>]\s*|" + _BARE + r"(?i:dot)" + _BARE + r")"
 _EMAIL_SPELLED = re.compile(
-    r"[\w%+-](?<![\w.%+-].)[\w%+-]{0,63}+(?:" + _DOT + r"[\w%+-]{1,64}+){0,6}" + _AT
-    + r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?" + _DOT + r"){1,8}[^\W\d_]{2,24}(?![\w-])"
+    r"[\w%+-](?<![\w.%+-].)[\w%+-]{0,63}+(?:"
+    + _DOT
+    + r"[\w%+-]{1,64}+){0,6}"
+    + _AT
+    + r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?"
+    + _DOT
+    + r"){1,8}[^\W\d_]{2,24}(?![\w-])"
 )
 _WORD = re.compile(r"[^\W\d_]+")
 _SPELLED_DOT = re.compile(r"(?i:\bdot\b)|[\[({<]\s*\.")
@@ -224,9 +259,7 @@ _GITHUB = re.compile(
 # Possessive: a shorter run is always followed by one more token character, so giving some back never helps.
 _SLACK = re.compile(r"xox(?<![A-Za-z0-9]...)[abprs]-[A-Za-z0-9-]{10,250}+(?![A-Za-z0-9-])")
 _SLACK_WEBHOOK = re.compile(r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{16,}")
-_OPENAI = re.compile(
-    r"sk-(?<![\w-]...)(?:proj-|svcacct-|admin-)?(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{32,}(?![\w-])"
-)
+_OPENAI = re.compile(r"sk-(?<![\w-]...)(?:proj-|svcacct-|admin-)?(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{32,}(?![\w-])")
 _STRIPE = re.compile(r"[sr](?<![\w-].)k_(?:live|test)_[0-9A-Za-z]{16,}(?!\w)")
 _GOOGLE = re.compile(r"A(?<![\w-].)Iza[0-9A-Za-z_-]{35}(?![\w-])")
 _JWT = re.compile(r"e(?<![\w-].)yJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
@@ -275,7 +308,9 @@ _END = r"(?![\w+~/-]|[ .:]\d)"
 # 13-19 digits: unbroken, in groups of four (the last group may be short), or Amex's 4-6-5.
 # Issuer prefixes start with 2-6.
 _CARD = re.compile(
-    r"[2-6]" + _START + _NOT_AFTER_GROUP
+    r"[2-6]"
+    + _START
+    + _NOT_AFTER_GROUP
     + r"(?:\d{12,18}|\d{3}(?P<sep>[ .-])\d{4}(?:(?P=sep)\d{4}){1,2}(?:(?P=sep)\d{1,3})?|\d{3}[ -]\d{6}[ -]\d{4,5})"
     + _END
 )
@@ -283,9 +318,7 @@ _CARD = re.compile(
 _SSN = re.compile(r"\d" + _START + r"\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4}" + _END)
 
 # International: +CC, an optional "(0)" or area code in parentheses, then digit groups.
-_PHONE_INTL = re.compile(
-    r"\+" + _START + r"[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d++){1,6}" + _END
-)
+_PHONE_INTL = re.compile(r"\+" + _START + r"[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d++){1,6}" + _END)
 # A bracketed area code with its trunk 0 ("(020) 7946 0958", "(0161) 496 0777", "(02) 5550 4321"),
 # or Brazil's two digits before a mobile or landline number ("(11) 91234-5678").
 _PHONE_AREA_PAREN = re.compile(
@@ -327,6 +360,7 @@ _VERSION_CONTEXT = re.compile(
 def _preceded_by(match: re.Match[str], context: re.Pattern[str]) -> bool:
     return context.search(match.string, max(0, match.start() - 48), match.start()) is not None
 
+
 # Not inside a longer dotted number or word ("1.2.3.4.5", "v10.0.0.1", "(1.2.5.1-2)") nor
 # after a version relation (">= 1.2.99.3" in package dependencies); the tail of an IPv4-mapped
 # IPv6 address ("::ffff:93.184.216.34") counts. Octet ranges and leading zeros are left to
@@ -336,9 +370,7 @@ _IPV4 = re.compile(
     r"\d{0,2}(?:\.\d{1,3}){3}(?![\w+~]|[.-]\d)"
 )
 # Hex groups and colons; of an address with an embedded IPv4 tail (::ffff:1.2.3.4) only the tail is taken.
-_IPV6 = re.compile(
-    r"[0-9A-Fa-f:](?<![\w:.].)[0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){1,7}(?![\w:]|\.\d)"
-)
+_IPV6 = re.compile(r"[0-9A-Fa-f:](?<![\w:.].)[0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){1,7}(?![\w:]|\.\d)")
 
 
 # --- detectors --------------------------------------------------------------------------
@@ -371,8 +403,11 @@ def _ssn(match: re.Match[str]) -> bool:
 
 def _phone(match: re.Match[str]) -> bool:
     text = match.group()
-    return (7 <= sum(ch.isdigit() for ch in text) <= 15 and not _NOT_PHONE.fullmatch(text)
-            and not _preceded_by(match, _IDENTIFIER_LABEL))
+    return (
+        7 <= sum(ch.isdigit() for ch in text) <= 15
+        and not _NOT_PHONE.fullmatch(text)
+        and not _preceded_by(match, _IDENTIFIER_LABEL)
+    )
 
 
 # Passwords that documentation and config templates write ("user:pass@host", "user:<password>@host",
@@ -397,7 +432,7 @@ def _assigned_secret(match: re.Match[str]) -> bool:
     may hold spaces only after a password's name; bare digits are a PIN after a password's name,
     a count after a token's ("MAX_TOKEN=4096")."""
     value = match.group("pii")
-    name = _SECRET_NAME.search(match.string[max(0, match.start() - 32):match.start()].rstrip(" \t\"'"))
+    name = _SECRET_NAME.search(match.string[max(0, match.start() - 32) : match.start()].rstrip(" \t\"'"))
     if name is None or _PLACEHOLDER_PASSWORD.fullmatch(value):
         return False
     password_name = name.group().lower().startswith(("pass", "pwd"))
@@ -416,12 +451,12 @@ def _spelled_email(match: re.Match[str]) -> bool:
     """Brackets around "at" make an address; the bare word "at" needs a spelled "dot" as well, an
     upper-case "AT" or a spaced "@" a spelled "dot" or a common TLD. No address has an article or
     pronoun for a label ("worked at a dot com"), nor a prose word before a bare "at"."""
-    domain = _WORD.findall(match.string[match.end("at"):match.end()].lower())
+    domain = _WORD.findall(match.string[match.end("at") : match.end()].lower())
     if any(word in _PROSE_WORDS for word in domain[:-1]):
         return False
     if not (match.group("bare") or match.group("spaced")):
         return True
-    local = _WORD.findall(match.string[match.start():match.start("at")].lower())
+    local = _WORD.findall(match.string[match.start() : match.start("at")].lower())
     if local[-1:] and local[-1] in _PROSE_WORDS:
         return False
     loud = match.group("spaced") or match.group("bare").strip() == "AT"

@@ -76,8 +76,9 @@ class QualityConfig(Section):
     """
 
     min_words: int | None = Field(
-        20, ge=1, description="Fewer words is a title or a fragment. Gopher uses 50, which "
-        "drops short package descriptions.",
+        20,
+        ge=1,
+        description="Fewer words is a title or a fragment. Gopher uses 50, which drops short package descriptions.",
     )
     max_words: int | None = Field(100_000, ge=1, description="More words is usually a dump.")
     min_mean_word_length: float | None = Field(3.0, ge=0)
@@ -92,7 +93,10 @@ class QualityConfig(Section):
         0.3, ge=0, le=1, description="Fraction of non-empty lines that end with '...' or '…'."
     )
     min_alpha_words: float | None = Field(
-        0.8, ge=0, le=1, description="Fraction of whitespace-separated chunks with a letter; "
+        0.8,
+        ge=0,
+        le=1,
+        description="Fraction of whitespace-separated chunks with a letter; "
         "a lone punctuation mark (French ' ;', list dashes) is not counted.",
     )
     min_stop_words: int | None = Field(
@@ -122,8 +126,7 @@ class QualityConfig(Section):
     )
     no_space_languages: list[str] = Field(
         default_factory=lambda: list(NO_SPACE_LANGUAGES),
-        description="Languages written without spaces: min_no_space_chars replaces the word "
-        "and n-gram rules.",
+        description="Languages written without spaces: min_no_space_chars replaces the word and n-gram rules.",
     )
     min_no_space_chars: int | None = Field(
         50, ge=1, description="Minimum word characters of a no-space-language document."

@@ -108,8 +108,11 @@ def top_cutoff(scores: np.ndarray, fraction: float) -> tuple[float, int] | None:
 def run_cutoff(ctx: TaskContext) -> dict[str, Any]:
     """Find each keep-top classifier's cutoff over every shard's scores (one task)."""
     scores = np.concatenate([np.load(_scores_file(ctx.work, i)) for i in range(len(ctx.shards))])
-    cutoffs = {rule.name: top_cutoff(scores[:, column], rule.keep_top_fraction)
-               for column, rule in enumerate(ctx.settings.classifiers) if rule.keep_top_fraction is not None}
+    cutoffs = {
+        rule.name: top_cutoff(scores[:, column], rule.keep_top_fraction)
+        for column, rule in enumerate(ctx.settings.classifiers)
+        if rule.keep_top_fraction is not None
+    }
     write_json(ctx.folder / "cutoffs.json", cutoffs)
     ctx.report(len(scores))
     return {}
@@ -120,8 +123,9 @@ class ScoreFilter(DocStage):
 
     name: ClassVar[str] = "quality_model"
 
-    def __init__(self, rules: list[ClassifierRule], scores: np.ndarray, start: int,
-                 cutoffs: dict[str, list[float | int] | None]) -> None:
+    def __init__(
+        self, rules: list[ClassifierRule], scores: np.ndarray, start: int, cutoffs: dict[str, list[float | int] | None]
+    ) -> None:
         self.rules, self.scores, self.cutoffs = rules, scores, cutoffs
         self.start = start  # corpus position of this shard's first document
         self.offset = 0
@@ -137,7 +141,7 @@ class ScoreFilter(DocStage):
 
     def decide(self, table: pa.Table) -> Decision:
         begin, self.offset = self.offset, self.offset + table.num_rows
-        scores = self.scores[begin:self.offset]
+        scores = self.scores[begin : self.offset]
         positions = self.start + begin + np.arange(table.num_rows)
         failed = np.full(table.num_rows, -1)  # the first classifier a document fails
         for column, rule in enumerate(self.rules):
@@ -145,9 +149,15 @@ class ScoreFilter(DocStage):
         drops = {}
         for row in np.flatnonzero(failed >= 0).tolist():
             rule = self.rules[failed[row]]
-            bar = {"threshold": rule.threshold} if rule.threshold is not None else {"keep_top_fraction": rule.keep_top_fraction}
-            drops[row] = Drop(f"low_score_{rule.name}",
-                              {"classifier": rule.name, "score": round(float(scores[row, failed[row]]), 4)} | bar)
+            bar = (
+                {"threshold": rule.threshold}
+                if rule.threshold is not None
+                else {"keep_top_fraction": rule.keep_top_fraction}
+            )
+            drops[row] = Drop(
+                f"low_score_{rule.name}",
+                {"classifier": rule.name, "score": round(float(scores[row, failed[row]]), 4)} | bar,
+            )
         for column, rule in enumerate(self.rules):
             table = replace_column(table, f"score_{rule.name}", pa.array(scores[:, column], pa.float32()))
         return Decision(table, drops)
@@ -160,8 +170,13 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_stage_on_source(ctx, stage)
 
 
-STAGE = StageSpec("quality_model", QualityModelConfig, (
-    StepSpec(".score", run_score),
-    StepSpec(".cutoff", run_cutoff, tasks=single),
-    StepSpec("", run_filter, makes_docs=True),
-), default=False)
+STAGE = StageSpec(
+    "quality_model",
+    QualityModelConfig,
+    (
+        StepSpec(".score", run_score),
+        StepSpec(".cutoff", run_cutoff, tasks=single),
+        StepSpec("", run_filter, makes_docs=True),
+    ),
+    default=False,
+)

@@ -55,8 +55,12 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 CHUNK = 1 << 16  # compressed bytes decoded at a time
 RAW_KEEP = 4096  # bytes of a broken stretch kept in its quarantine record
 MAX_ID_CHARS = 1024
-SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                 (stat.S_ISBLK, "block device"))
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 class ReadConfig(Section):
@@ -64,13 +68,11 @@ class ReadConfig(Section):
 
     text_field: str = Field("text", min_length=1, description="JSON/Parquet field with the text.")
     id_field: str = Field("id", min_length=1, description="Optional id field; else an id is derived.")
-    max_record_mb: float = Field(
-        64.0, gt=0, description="A record larger than this is quarantined without parsing."
-    )
+    max_record_mb: float = Field(64.0, gt=0, description="A record larger than this is quarantined without parsing.")
     keep_fields: list[str] = Field(
         default_factory=list,
         description="Record fields carried as string columns through every stage into clean/ and lineage, "
-                    "e.g. [url, source] for the blocklist stage; absent fields are null.",
+        "e.g. [url, source] for the blocklist stage; absent fields are null.",
     )
 
     @field_validator("keep_fields")
@@ -163,16 +165,20 @@ def _discover_remote(url: str) -> list[InputPiece]:
         return [InputPiece(url, kind, storage.name_of(url))]
     prefix = url.rstrip("/") + "/"
     files = [(found_url, _kind_of(Path(storage.name_of(found_url)))) for found_url in found]
-    pieces = [InputPiece(found_url, kind, f"{storage.name_of(url)}/{found_url.removeprefix(prefix)}")
-              for found_url, kind in files if kind]
+    pieces = [
+        InputPiece(found_url, kind, f"{storage.name_of(url)}/{found_url.removeprefix(prefix)}")
+        for found_url, kind in files
+        if kind
+    ]
     if not pieces:
-        raise UserError(f"input {url} holds no object of a known format ({FORMATS})" if found else
-                        f"input {url} does not exist")
+        raise UserError(
+            f"input {url} holds no object of a known format ({FORMATS})" if found else f"input {url} does not exist"
+        )
     return pieces
 
 
 def _special_kind(path: Path) -> str | None:
-    """"FIFO", "socket", ... for a path that is neither a regular file nor a folder (None otherwise, or gone)."""
+    """ "FIFO", "socket", ... for a path that is neither a regular file nor a folder (None otherwise, or gone)."""
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -290,8 +296,17 @@ class _Batcher:
         self.quarantined: list[dict[str, Any]] = []
         self.dropped: list[dict[str, Any]] = []
 
-    def add(self, origin: str, raw_id: Any, text: str, utf8_errors: int, raw: bytes,
-            metadata: dict[str, Any] | None = None, page: dict[str, Any] | None = None, html: bool = False) -> None:
+    def add(
+        self,
+        origin: str,
+        raw_id: Any,
+        text: str,
+        utf8_errors: int,
+        raw: bytes,
+        metadata: dict[str, Any] | None = None,
+        page: dict[str, Any] | None = None,
+        html: bool = False,
+    ) -> None:
         """One document; `metadata` is its record (kept fields are taken from it), `page` the WARC
         columns of a web archive record, `html` whether `text` is still HTML."""
         try:
@@ -312,9 +327,7 @@ class _Batcher:
             values.append(_metadata_value(value))
 
     def quarantine(self, origin: str, reason: str, raw: bytes, **detail: Any) -> None:
-        self.quarantined.append(
-            {"origin": origin, "id": None, "reason": reason, "detail": detail, "raw": raw}
-        )
+        self.quarantined.append({"origin": origin, "id": None, "reason": reason, "detail": detail, "raw": raw})
 
     def drop(self, origin: str, doc_id: str, reason: str, **detail: Any) -> None:
         """An input record that is no document by design (a web archive's request record, an image)."""
@@ -330,7 +343,8 @@ class _Batcher:
                 TEXT: pa.array(self.texts, pa.string()),
                 ORIGIN: pa.array(self.origins, pa.string()),
                 UTF8_ERRORS: pa.array(self.errors, pa.int32()),
-            } | ({HTML: pa.array(self.html, pa.bool_())} if self.web else {})
+            }
+            | ({HTML: pa.array(self.html, pa.bool_())} if self.web else {})
             | {name: pa.array(values, pa.string()) for name, values in self.metadata.items()}
         )
         batch = ReadBatch(table, self.quarantined, self.dropped)
@@ -427,7 +441,7 @@ def _lines(piece: InputPiece, max_bytes: int, out: _Batcher) -> Iterator[tuple[i
             start = offset
             offset += len(line)
             if start == 0 and line.startswith(BOM):
-                line = line[len(BOM):]
+                line = line[len(BOM) :]
             if len(line) > max_bytes and not line.endswith(b"\n"):
                 head = line[:RAW_KEEP]
                 while line and not line.endswith(b"\n"):
@@ -495,14 +509,22 @@ def _read_txt(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[Rea
 def _textual(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
         or pa.types.is_large_binary(kind)
+    )
 
 
 def _parquet_damage(exc: Exception) -> bool:
     """Arrow reports a damaged file as ArrowException or as an OSError without an errno."""
-    return isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError) or \
-        isinstance(exc, OSError) and exc.errno is None
+    return (
+        isinstance(exc, pa.ArrowException)
+        and not isinstance(exc, OSError)
+        or isinstance(exc, OSError)
+        and exc.errno is None
+    )
 
 
 def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[ReadBatch]:
@@ -514,8 +536,13 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
         raise InputFailure("bad_parquet", 0, str(exc)[:300]) from None
     names = parquet.schema_arrow.names
     if cfg.text_field not in names:  # one file of another shape (a prep output's dropped/) must not stop the run
-        raise InputFailure("no_text_column", 0, f"no column {cfg.text_field!r} (set prep.read.text_field)",
-                           rows=parquet.metadata.num_rows, columns=names[:50])
+        raise InputFailure(
+            "no_text_column",
+            0,
+            f"no column {cfg.text_field!r} (set prep.read.text_field)",
+            rows=parquet.metadata.num_rows,
+            columns=names[:50],
+        )
     textual = _textual(parquet.schema_arrow.field(cfg.text_field).type)
     kept = [name for name in cfg.keep_fields if name in names]
     columns = [cfg.text_field] + ([cfg.id_field] if cfg.id_field in names else []) + kept
@@ -529,8 +556,15 @@ def _read_parquet(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator
         except (pa.ArrowException, OSError) as exc:
             if not _parquet_damage(exc):
                 raise
-            out.quarantine(f"{piece.label}:{row}", "bad_parquet", b"", file=piece.label, row_group=group,
-                           rows=group_end - row, error=str(exc)[:300])
+            out.quarantine(
+                f"{piece.label}:{row}",
+                "bad_parquet",
+                b"",
+                file=piece.label,
+                row_group=group,
+                rows=group_end - row,
+                error=str(exc)[:300],
+            )
             row = group_end
 
 
@@ -548,14 +582,16 @@ def _values(column: pa.Array, errors: str = "strict") -> list[Any]:
     return values
 
 
-def _parquet_rows(piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, textual: bool, first: int,
-                  kept: list[str], out: _Batcher) -> Iterator[ReadBatch]:
+def _parquet_rows(
+    piece: InputPiece, cfg: ReadConfig, batch: pa.RecordBatch, textual: bool, first: int, kept: list[str], out: _Batcher
+) -> Iterator[ReadBatch]:
     column = batch.column(cfg.text_field)
     texts = column.cast(pa.binary()).to_pylist() if textual else column.to_pylist()
     ids = _values(batch.column(cfg.id_field)) if cfg.id_field in batch.schema.names else [None] * len(texts)
     fields_by_name = {name: _values(batch.column(name), errors="replace") for name in kept}
-    metadata = [dict(zip(fields_by_name, values)) for values in zip(*fields_by_name.values())] if kept \
-        else [None] * len(texts)
+    metadata = (
+        [dict(zip(fields_by_name, values)) for values in zip(*fields_by_name.values())] if kept else [None] * len(texts)
+    )
     for row, (raw, doc_id, fields) in enumerate(zip(texts, ids, metadata), first):
         origin = f"{piece.label}:{row}"
         if raw is None:
@@ -576,8 +612,15 @@ def _read_web(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[Rea
         for item in warc_records(handle, int(cfg.max_record_mb * 2**20)):
             if isinstance(item, Damage):
                 offset = int(item.offset) if item.offset.isdigit() else item.offset
-                out.quarantine(f"{piece.label}:{item.offset}", item.reason, item.raw, file=piece.label, offset=offset,
-                               error=item.error, **item.detail)
+                out.quarantine(
+                    f"{piece.label}:{item.offset}",
+                    item.reason,
+                    item.raw,
+                    file=piece.label,
+                    offset=offset,
+                    error=item.error,
+                    **item.detail,
+                )
                 continue
             outcome = record_outcome(*item)
             origin = f"{piece.label}:{outcome.offset}"
@@ -588,8 +631,13 @@ def _read_web(piece: InputPiece, cfg: ReadConfig, out: _Batcher) -> Iterator[Rea
             elif outcome.quarantine:
                 out.quarantine(origin, outcome.reason, outcome.raw, **known, **outcome.detail)  # type: ignore[arg-type]
             else:
-                out.drop(origin, derive_id(outcome.record_id or origin, ""), outcome.reason,  # type: ignore[arg-type]
-                         **known, **outcome.detail)
+                out.drop(
+                    origin,
+                    derive_id(outcome.record_id or origin, ""),
+                    outcome.reason,  # type: ignore[arg-type]
+                    **known,
+                    **outcome.detail,
+                )
             if out.full():
                 yield out.flush()
 
@@ -605,11 +653,24 @@ def read_shard(shard: InputShard, cfg: ReadConfig, batch_size: int) -> Iterator[
         try:
             yield from READERS[piece.kind](piece, cfg, out)
         except InputFailure as exc:
-            out.quarantine(f"{piece.label}:{exc.offset}", exc.reason, exc.raw, file=piece.label, offset=exc.offset,
-                           error=exc.error, **exc.detail)
+            out.quarantine(
+                f"{piece.label}:{exc.offset}",
+                exc.reason,
+                exc.raw,
+                file=piece.label,
+                offset=exc.offset,
+                error=exc.error,
+                **exc.detail,
+            )
         except OSError as exc:
-            out.quarantine(f"{piece.label}:{out.offset}", "unreadable_file", b"", file=piece.label,
-                           offset=out.offset, error=exc.strerror or str(exc))
+            out.quarantine(
+                f"{piece.label}:{out.offset}",
+                "unreadable_file",
+                b"",
+                file=piece.label,
+                offset=out.offset,
+                error=exc.strerror or str(exc),
+            )
     if out.ids or out.quarantined or out.dropped:
         yield out.flush()
 

@@ -37,15 +37,22 @@ def token_type(vocab_size: int) -> pa.DataType:
 
 def shard_schema(width: int, vocab_size: int, per_token: dict[str, np.dtype] | None = None) -> pa.Schema:
     """`per_token`: the name and type of further columns of one value per token (post-training's loss mask)."""
-    return pa.schema([
-        ("tokens", pa.list_(token_type(vocab_size), width)),
-        ("segment_starts", pa.list_(pa.int32())),
-        *((name, pa.list_(pa.from_numpy_dtype(dtype), width)) for name, dtype in (per_token or {}).items()),
-    ])
+    return pa.schema(
+        [
+            ("tokens", pa.list_(token_type(vocab_size), width)),
+            ("segment_starts", pa.list_(pa.int32())),
+            *((name, pa.list_(pa.from_numpy_dtype(dtype), width)) for name, dtype in (per_token or {}).items()),
+        ]
+    )
 
 
-def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray], vocab_size: int,
-                per_token: dict[str, np.ndarray] | None = None) -> ShardEntry:
+def write_shard(
+    path: Path,
+    tokens: np.ndarray,
+    segment_starts: list[np.ndarray],
+    vocab_size: int,
+    per_token: dict[str, np.ndarray] | None = None,
+) -> ShardEntry:
     """Write rows as one IPC file (atomically); return its manifest entry. `per_token`: further columns,
     each an array shaped like `tokens`."""
     width = tokens.shape[1]
@@ -55,19 +62,33 @@ def write_shard(path: Path, tokens: np.ndarray, segment_starts: list[np.ndarray]
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for start in range(0, len(tokens), ROWS_PER_BATCH):
-                rows = tokens[start:start + ROWS_PER_BATCH]
+                rows = tokens[start : start + ROWS_PER_BATCH]
                 flat = pa.array(rows.reshape(-1).astype(flat_type.to_pandas_dtype()), flat_type)
-                starts = segment_starts[start:start + ROWS_PER_BATCH]
+                starts = segment_starts[start : start + ROWS_PER_BATCH]
                 offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])]).astype(np.int32)
                 values = np.concatenate(starts).astype(np.int32) if starts else np.zeros(0, np.int32)
-                writer.write_batch(pa.record_batch([
-                    pa.FixedSizeListArray.from_arrays(flat, width),
-                    pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-                    *(pa.FixedSizeListArray.from_arrays(pa.array(column[start:start + ROWS_PER_BATCH].reshape(-1)), width)
-                      for column in per_token.values()),
-                ], schema=schema))
-    return ShardEntry(file=path.name, sequences=int(len(tokens)), tokens=int(tokens.size), bytes=path.stat().st_size,
-                      sha256=file_sha256(path))
+                writer.write_batch(
+                    pa.record_batch(
+                        [
+                            pa.FixedSizeListArray.from_arrays(flat, width),
+                            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                            *(
+                                pa.FixedSizeListArray.from_arrays(
+                                    pa.array(column[start : start + ROWS_PER_BATCH].reshape(-1)), width
+                                )
+                                for column in per_token.values()
+                            ),
+                        ],
+                        schema=schema,
+                    )
+                )
+    return ShardEntry(
+        file=path.name,
+        sequences=int(len(tokens)),
+        tokens=int(tokens.size),
+        bytes=path.stat().st_size,
+        sha256=file_sha256(path),
+    )
 
 
 class Record(BaseModel):
@@ -196,8 +217,9 @@ def check_shard(path: Path, entry: ShardEntry, full: bool) -> None:
     try:
         size = path.stat().st_size
         if size != entry.bytes:
-            raise ShardError(f"shard {path} has {size:,} bytes, the manifest says {entry.bytes:,} "
-                             f"(truncated or modified)")
+            raise ShardError(
+                f"shard {path} has {size:,} bytes, the manifest says {entry.bytes:,} (truncated or modified)"
+            )
         if full and file_sha256(path) != entry.sha256:
             raise ShardError(f"shard {path} does not match its manifest hash (corrupt or modified)")
     except FileNotFoundError:

@@ -29,14 +29,18 @@ class SourceConfig(Section):
 
     name: str = Field(description="Names the source in lineage, stats, shard manifests and `train.mixture`.")
     inputs: list[LocationValue] = Field(min_length=1, description="Files or folders of this source (or s3:// URLs).")
-    priority: int = Field(0, description="Cross-source dedupe: of copies in several sources, the one in the "
-                                         "highest-priority source is kept (ties: the stage's own keep rule).")
-    skip: list[str] = Field(default_factory=list, description="Per-document stages this source skips "
-                                                              "(e.g. [langid, quality] for code).")
+    priority: int = Field(
+        0,
+        description="Cross-source dedupe: of copies in several sources, the one in the "
+        "highest-priority source is kept (ties: the stage's own keep rule).",
+    )
+    skip: list[str] = Field(
+        default_factory=list, description="Per-document stages this source skips (e.g. [langid, quality] for code)."
+    )
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-document stage settings for this source, merged over `prep.<stage>` "
-                    "(e.g. {quality: {min_words: 20}}).",
+        "(e.g. {quality: {min_words: 20}}).",
     )
 
     @field_validator("name")

@@ -155,4 +155,3 @@ class StageSpec:
             if self.step_name(step) == name:
                 return step
         raise KeyError(f"stage {self.name} has no step {name!r}")
-

@@ -37,9 +37,10 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(8192, ge=260, le=2**20, description="Target vocabulary, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Pairs seen fewer times are not merged.")
     max_train_bytes: int = Field(
-        500_000_000, ge=1000,
+        500_000_000,
+        ge=1000,
         description="Train on a deterministic sample of the clean documents of at most about this many UTF-8 bytes "
-                    "(drawn by document id, independently of the validation split).",
+        "(drawn by document id, independently of the validation split).",
     )
     eod_token: str = EOD
     pad_token: str = PAD
@@ -86,8 +87,9 @@ def load_tokenizer(path: Path):  # -> tokenizers.Tokenizer
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for any bad file
         detail = (str(exc).splitlines() or ["unreadable"])[0][:200]
-        raise UserError(f"tokenizer {path} is not a tokenizer.json the `tokenizers` library can load ({detail})") \
-            from None
+        raise UserError(
+            f"tokenizer {path} is not a tokenizer.json the `tokenizers` library can load ({detail})"
+        ) from None
 
 
 def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
@@ -101,8 +103,8 @@ def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-
 # ---- steps ----------------------------------------------------------------------------------
+
 
 def tokenizer_file(config: Any, work: Path) -> Path:
     """The tokenizer of a prep run: the given file, or the one its train step wrote."""
@@ -134,8 +136,7 @@ class TrainingSample:
 
     def __init__(self, ctx: TaskContext, max_bytes: int) -> None:
         self.ctx, self.max_bytes = ctx, max_bytes
-        total = sum(pc.sum(pc.binary_length(b.column(0).cast(pa.binary()))).as_py() or 0
-                    for b in _batches(ctx, [TEXT]))
+        total = sum(pc.sum(pc.binary_length(b.column(0).cast(pa.binary()))).as_py() or 0 for b in _batches(ctx, [TEXT]))
         self.rate = max_bytes / total if total > max_bytes else 1.0
         self.documents = self.bytes = 0
 
@@ -199,16 +200,25 @@ def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
     lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate(token_lists) if token_lists else np.zeros(0, np.uint32)
-    table = pa.table({ID: pa.array(ids, pa.string()),
-                      "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-                      **({LANG: pa.array(langs, pa.string())} if carry_lang else {})})
+    table = pa.table(
+        {
+            ID: pa.array(ids, pa.string()),
+            "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+            **({LANG: pa.array(langs, pa.string())} if carry_lang else {}),
+        }
+    )
     with atomic_path(tokens_file(ctx.work, ctx.task)) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     return {"tokens": {"documents": len(ids), "tokens": int(lengths.sum())}}
 
 
-STAGE = StageSpec(TOKENIZE, TokenizerConfig, (
-    StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done),
-    StepSpec("", run_tokenize),
-), section="tokenizer")
+STAGE = StageSpec(
+    TOKENIZE,
+    TokenizerConfig,
+    (
+        StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done),
+        StepSpec("", run_tokenize),
+    ),
+    section="tokenizer",
+)

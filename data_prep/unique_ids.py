@@ -55,8 +55,12 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, REASON, quarantine=True)
 
 
-STAGE = StageSpec(NAME, UniqueIdsConfig, (
-    StepSpec(".hash", run_hash),
-    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
-    StepSpec("", run_filter, makes_docs=True),
-))
+STAGE = StageSpec(
+    NAME,
+    UniqueIdsConfig,
+    (
+        StepSpec(".hash", run_hash),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
+        StepSpec("", run_filter, makes_docs=True),
+    ),
+)

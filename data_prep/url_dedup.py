@@ -41,8 +41,21 @@ from pipeline.ground.schema import Section
 
 NAME = "url_dedup"
 KEY, FIND = f"{NAME}.key", f"{NAME}.find"
-TRACKING_PARAMS = ["utm_*", "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "mc_cid", "mc_eid",
-                   "igshid", "_ga", "_gl"]
+TRACKING_PARAMS = [
+    "utm_*",
+    "fbclid",
+    "gclid",
+    "dclid",
+    "gbraid",
+    "wbraid",
+    "msclkid",
+    "yclid",
+    "mc_cid",
+    "mc_eid",
+    "igshid",
+    "_ga",
+    "_gl",
+]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -53,9 +66,12 @@ class UrlDedupConfig(Section):
     """Which columns hold a document's URL and fetch date, and which query parameters do not name a page."""
 
     url_field: str = Field("url", min_length=1, description="Column with the document's URL (see read.keep_fields).")
-    date_field: str = Field("date", min_length=1,
-                            description="Column with the fetch date (ISO 8601 or an HTTP date): the newest copy is "
-                                        "kept; a copy without a readable date counts as the oldest.")
+    date_field: str = Field(
+        "date",
+        min_length=1,
+        description="Column with the fetch date (ISO 8601 or an HTTP date): the newest copy is "
+        "kept; a copy without a readable date counts as the oldest.",
+    )
     tracking_params: list[str] = Field(
         default_factory=lambda: list(TRACKING_PARAMS),
         description="Query parameters removed before comparing URLs (case-insensitive); a trailing * matches a prefix.",
@@ -82,9 +98,11 @@ class TrackingParams:
 
 def _escapes(part: str) -> str:
     """One spelling of percent escapes: unreserved characters decoded, the others in upper case."""
+
     def one(match: re.Match[str]) -> str:
         char = chr(int(match.group()[1:], 16))
         return char if char in _UNRESERVED else match.group().upper()
+
     return _ESCAPE.sub(one, part)
 
 
@@ -177,12 +195,20 @@ def run_key(ctx: TaskContext) -> dict[str, Any]:
     write_ranged(_key_file(ctx, ctx.task), records[order], bounds)
     ctx.report(table.num_rows)
     with_url = sum(1 for url in urls if url)
-    return {"tally": {NAME: {"without_url": len(urls) - with_url, "unparsed_url": with_url - len(rows),
-                             "undated": int((records["date"] == UNDATED).sum())}}}
+    return {
+        "tally": {
+            NAME: {
+                "without_url": len(urls) - with_url,
+                "unparsed_url": with_url - len(rows),
+                "undated": int((records["date"] == UNDATED).sum()),
+            }
+        }
+    }
 
 
-def keepers(hashes: np.ndarray, dates: np.ndarray, lengths: np.ndarray, rows: np.ndarray,
-            priority: np.ndarray | None) -> np.ndarray:
+def keepers(
+    hashes: np.ndarray, dates: np.ndarray, lengths: np.ndarray, rows: np.ndarray, priority: np.ndarray | None
+) -> np.ndarray:
     """For each document, the corpus row of the copy kept for its URL: of the highest priority, the
     newest, then the longest, then the first in corpus order."""
     order = np.lexsort((rows, -lengths, -dates))
@@ -206,8 +232,13 @@ def run_filter(ctx: TaskContext) -> dict[str, Any]:
     return run_removals_filter(ctx, FIND, "duplicate_url")
 
 
-STAGE = StageSpec(NAME, UrlDedupConfig, (
-    StepSpec(".key", run_key),
-    StepSpec(".find", run_find, tasks=FIND_TASKS, unit="url"),
-    StepSpec(".filter", run_filter, makes_docs=True),
-), default=False)
+STAGE = StageSpec(
+    NAME,
+    UrlDedupConfig,
+    (
+        StepSpec(".key", run_key),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="url"),
+        StepSpec(".filter", run_filter, makes_docs=True),
+    ),
+    default=False,
+)

@@ -120,8 +120,12 @@ def gzip_members(handle: IO[bytes]) -> Iterator[int | bytes | Damage]:
             more = handle.read(CHUNK)
             if not more:
                 if decoder is not None or pending.strip(b"\0"):
-                    yield Damage(str(member if decoder is not None else offset), "truncated_input",
-                                 "the file ends inside a gzip member", b"".join(held)[:RAW_KEEP])
+                    yield Damage(
+                        str(member if decoder is not None else offset),
+                        "truncated_input",
+                        "the file ends inside a gzip member",
+                        b"".join(held)[:RAW_KEEP],
+                    )
                 return
             pending += more
             continue
@@ -132,8 +136,13 @@ def gzip_members(handle: IO[bytes]) -> Iterator[int | bytes | Damage]:
                 continue
             if not pending.startswith(GZIP_MAGIC):
                 resume = next_member(handle, offset)
-                yield Damage(str(offset), "corrupt_frame", "no gzip member starts here", pending[:RAW_KEEP],
-                             {"resumed_at": resume})
+                yield Damage(
+                    str(offset),
+                    "corrupt_frame",
+                    "no gzip member starts here",
+                    pending[:RAW_KEEP],
+                    {"resumed_at": resume},
+                )
                 if resume is None:
                     return
                 handle.seek(resume)
@@ -145,8 +154,9 @@ def gzip_members(handle: IO[bytes]) -> Iterator[int | bytes | Damage]:
             decoded = decoder.decompress(pending, HOLD_BYTES)
         except zlib.error as exc:
             resume = next_member(handle, member + 1)
-            yield Damage(str(member), "corrupt_frame", f"gzip member: {exc}", b"".join(held)[:RAW_KEEP],
-                         {"resumed_at": resume})
+            yield Damage(
+                str(member), "corrupt_frame", f"gzip member: {exc}", b"".join(held)[:RAW_KEEP], {"resumed_at": resume}
+            )
             if resume is None:
                 return
             handle.seek(resume)
@@ -212,8 +222,9 @@ class _Cutter:
     def finish(self) -> Iterator[tuple[str, bytes] | Damage]:
         yield from self._cut(final=True)
         if self.buffer.strip(b"\r\n") and not self.lost and not self.skip:  # (a record too large was reported)
-            yield Damage(self.offset(self.base), "truncated_input", "the file ends inside a record",
-                         self.buffer[:RAW_KEEP])
+            yield Damage(
+                self.offset(self.base), "truncated_input", "the file ends inside a record", self.buffer[:RAW_KEEP]
+            )
 
     def _consume(self, n: int) -> None:
         self.base += n
@@ -246,7 +257,7 @@ class _Cutter:
             buffer = self.buffer
             if not buffer:
                 return
-            if not buffer.startswith(b"WARC/"[:len(buffer)]):
+            if not buffer.startswith(b"WARC/"[: len(buffer)]):
                 yield self._bad("no WARC header here")
                 continue
             header_end = buffer.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES)
@@ -264,15 +275,20 @@ class _Cutter:
                 continue
             body_end = header_end + 4 + int(length.group(1))
             if body_end > self.max_bytes:
-                yield Damage(self.offset(self.base), "record_too_large", f"a record of {body_end:,} bytes",
-                             buffer[:header_end], {"limit_bytes": self.max_bytes})
+                yield Damage(
+                    self.offset(self.base),
+                    "record_too_large",
+                    f"a record of {body_end:,} bytes",
+                    buffer[:header_end],
+                    {"limit_bytes": self.max_bytes},
+                )
                 self.skip = max(0, body_end - len(buffer))
                 self._consume(min(body_end, len(buffer)))
                 continue
-            tail = buffer[body_end:body_end + 4]
+            tail = buffer[body_end : body_end + 4]
             if len(tail) < 4 and not (final and len(buffer) >= body_end):
                 return
-            if tail != b"\r\n\r\n"[:len(tail)]:
+            if tail != b"\r\n\r\n"[: len(tail)]:
                 yield self._bad("the record does not end where its Content-Length says")
                 continue
             yield self.offset(self.base), buffer[:body_end]
@@ -285,7 +301,7 @@ def warc_records(handle: IO[bytes], max_bytes: int) -> Iterator[tuple[str, bytes
     compressed = handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC
     handle.seek(0)
     cutter = _Cutter(compressed, max_bytes)
-    for event in (gzip_members(handle) if compressed else plain_chunks(handle)):
+    for event in gzip_members(handle) if compressed else plain_chunks(handle):
         if isinstance(event, int):
             cutter.member(event)
         elif isinstance(event, Damage):
@@ -305,12 +321,16 @@ def record_outcome(offset: str, data: bytes) -> Outcome:
     try:
         record = WarcRecord.from_reader(io.BytesIO(data))
     except OSError as exc:
-        return Outcome(offset, None, {}, reason="bad_warc_record", quarantine=True, detail={"error": str(exc)},
-                       raw=data[:RAW_KEEP])
+        return Outcome(
+            offset, None, {}, reason="bad_warc_record", quarantine=True, detail={"error": str(exc)}, raw=data[:RAW_KEEP]
+        )
     headers = record.headers
     record_id = headers.get("WARC-Record-ID")
-    fields = {URL: _clean_uri(headers.get("WARC-Target-URI")), DATE: headers.get("WARC-Date"),
-              WARC_RECORD_ID: record_id}
+    fields = {
+        URL: _clean_uri(headers.get("WARC-Target-URI")),
+        DATE: headers.get("WARC-Date"),
+        WARC_RECORD_ID: record_id,
+    }
     kind = record.record_type
     if kind == WarcRecordType.conversion:
         text, errors = decode_utf8(record.reader.read())
@@ -320,8 +340,9 @@ def record_outcome(offset: str, data: bytes) -> Outcome:
     return _response(offset, record, record_id, fields, data)
 
 
-def _response(offset: str, record: WarcRecord, record_id: str | None, fields: dict[str, str | None],
-              data: bytes) -> Outcome:
+def _response(
+    offset: str, record: WarcRecord, record_id: str | None, fields: dict[str, str | None], data: bytes
+) -> Outcome:
     """A response record: an HTML page, or a drop saying why not."""
     if not record.is_http:
         content_type = (record.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -338,8 +359,15 @@ def _response(offset: str, record: WarcRecord, record_id: str | None, fields: di
             return Outcome(offset, record_id, fields, reason="warc_not_html", detail={"content_type": content_type})
         body = record.reader.read()
     except OSError as exc:  # a malformed HTTP message, or a body its Content- or Transfer-Encoding cannot decode
-        return Outcome(offset, record_id, fields, reason="bad_http", quarantine=True, detail={"error": str(exc)},
-                       raw=data[:RAW_KEEP])
+        return Outcome(
+            offset,
+            record_id,
+            fields,
+            reason="bad_http",
+            quarantine=True,
+            detail={"error": str(exc)},
+            raw=data[:RAW_KEEP],
+        )
     if not content_type and not SNIFF_HTML.match(body, 0, 1024):
         return Outcome(offset, record_id, fields, reason="warc_not_html", detail={"content_type": ""})
     text, charset = decode_page(body, record.http_charset)

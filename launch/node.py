@@ -51,8 +51,11 @@ def is_loopback(host: str, resolve: Callable[[str], str] = socket.gethostbyname)
         return False
 
 
-def slurm_rendezvous(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = slurm_hostnames,
-                     resolve: Callable[[str], str] = socket.gethostbyname) -> Rendezvous:
+def slurm_rendezvous(
+    env: Mapping[str, str],
+    hostnames: Callable[[str], list[str]] = slurm_hostnames,
+    resolve: Callable[[str], str] = socket.gethostbyname,
+) -> Rendezvous:
     """The rendezvous every node of this Slurm job computes alike."""
     job = env.get("SLURM_JOB_ID")
     if not job:
@@ -63,7 +66,8 @@ def slurm_rendezvous(env: Mapping[str, str], hostnames: Callable[[str], list[str
         raise UserError(
             f"the head node {head} resolves to a loopback address ({resolve(head)}) on {socket.gethostname()}: the "
             f"other {nnodes - 1} node(s) could not reach the rendezvous. Make {head} resolve to its cluster "
-            f"address (/etc/hosts or DNS) on every node")
+            f"address (/etc/hosts or DNS) on every node"
+        )
     return Rendezvous(head, PORT_BASE + int(job) % PORT_SPAN, f"crucible-{job}", nnodes)
 
 
@@ -80,13 +84,23 @@ def forward_to_ranks(agent: subprocess.Popen, signum: int) -> None:
             pass
 
 
-def run_node(rdzv: Rendezvous, nproc_per_node: int, max_restarts: int, shutdown_seconds: int,
-             train_args: list[str]) -> int:
+def run_node(
+    rdzv: Rendezvous, nproc_per_node: int, max_restarts: int, shutdown_seconds: int, train_args: list[str]
+) -> int:
     # Slurm signals every process of the job step; torchrun must outlive SIGUSR1, so it starts with
     # the signal ignored (inherited across exec). The ranks install their own handler for it.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    agent = subprocess.Popen(torchrun_command(f"{rdzv.head}:{rdzv.port}", rdzv.nnodes, nproc_per_node, max_restarts,
-                                              shutdown_seconds, rdzv.run_id, train_args))
+    agent = subprocess.Popen(
+        torchrun_command(
+            f"{rdzv.head}:{rdzv.port}",
+            rdzv.nnodes,
+            nproc_per_node,
+            max_restarts,
+            shutdown_seconds,
+            rdzv.run_id,
+            train_args,
+        )
+    )
 
     def to_ranks(signum: int, frame: FrameType | None) -> None:
         forward_to_ranks(agent, signum)
@@ -112,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"crucible: {exc}", file=sys.stderr)
         return 2
-    print(f"node {socket.gethostname()}: {rdzv.nnodes} node(s), rendezvous {rdzv.head}:{rdzv.port} ({rdzv.run_id})",
-          flush=True)
+    print(
+        f"node {socket.gethostname()}: {rdzv.nnodes} node(s), rendezvous {rdzv.head}:{rdzv.port} ({rdzv.run_id})",
+        flush=True,
+    )
     return run_node(rdzv, args.nproc_per_node, args.max_restarts, args.shutdown_seconds, train_args)
 
 

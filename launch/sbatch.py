@@ -34,8 +34,10 @@ def job_name(run_name: str, part: str) -> str:
 def directive(option: str, value: object) -> str:
     text = str(value)
     if '"' in text or "\n" in text:
-        raise UserError(f"sbatch {option} value {text!r} holds a double quote or a newline, which an #SBATCH "
-                        f"line cannot carry; rename it")
+        raise UserError(
+            f"sbatch {option} value {text!r} holds a double quote or a newline, which an #SBATCH "
+            f"line cannot carry; rename it"
+        )
     return f'#SBATCH {option}="{text}"'
 
 
@@ -44,10 +46,16 @@ def log_pattern(folder: Path, stem: str) -> str:
     return str(folder).replace("%", "%%") + f"/{stem}"
 
 
-def _header(name: str, log: str, slurm: SlurmConfig, time: str, resources: list[tuple[str, object]],
-            comment: str) -> list[str]:
-    lines = ["#!/bin/bash", f"# {comment}", directive("--job-name", name), directive("--output", log),
-             directive("--time", time)]
+def _header(
+    name: str, log: str, slurm: SlurmConfig, time: str, resources: list[tuple[str, object]], comment: str
+) -> list[str]:
+    lines = [
+        "#!/bin/bash",
+        f"# {comment}",
+        directive("--job-name", name),
+        directive("--output", log),
+        directive("--time", time),
+    ]
     lines += [directive(option, value) for option, value in resources]
     if slurm.partition:
         lines.append(directive("--partition", slurm.partition))
@@ -104,19 +112,30 @@ class RunPaths:
         return self.run / "train"
 
 
-def prep_task_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, step: str, n_tasks: int,
-                     offset: int) -> Script:
+def prep_task_script(
+    paths: RunPaths, run_name: str, slurm: SlurmConfig, step: str, n_tasks: int, offset: int
+) -> Script:
     """Tasks offset .. offset+n_tasks-1 of one step, as array indices 0 .. n_tasks-1."""
     part = step if offset == 0 else f"{step}-from-{offset}"
     name = job_name(run_name, part)
     task = f"$(( {offset} + SLURM_ARRAY_TASK_ID ))" if offset else "$SLURM_ARRAY_TASK_ID"
-    lines = _header(name, log_pattern(paths.logs, f"{part}-%A_%a.out"), slurm.for_prep(), slurm.prep.time,
-                    [("--array", array_spec(list(range(n_tasks)), slurm.prep.max_parallel)),
-                     ("--ntasks", 1), ("--cpus-per-task", slurm.prep.cpus_per_task)],
-                    f"Crucible data prep, step {step}: array index i runs task {offset} + i of the step.")
-    lines += [f"cd {shlex.quote(str(paths.workdir))}",
-              _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, "--step", step)
-              + f' --task "{task}"']
+    lines = _header(
+        name,
+        log_pattern(paths.logs, f"{part}-%A_%a.out"),
+        slurm.for_prep(),
+        slurm.prep.time,
+        [
+            ("--array", array_spec(list(range(n_tasks)), slurm.prep.max_parallel)),
+            ("--ntasks", 1),
+            ("--cpus-per-task", slurm.prep.cpus_per_task),
+        ],
+        f"Crucible data prep, step {step}: array index i runs task {offset} + i of the step.",
+    )
+    lines += [
+        f"cd {shlex.quote(str(paths.workdir))}",
+        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, "--step", step)
+        + f' --task "{task}"',
+    ]
     return Script(name, paths.slurm / f"prep-{part}.sbatch", "\n".join(lines) + "\n")
 
 
@@ -124,11 +143,18 @@ def prep_single_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, actio
     """`prepare` (clear step folders of another config) or `publish` (clean/, shards/, stats.json: its
     publishing tasks in `cpus` processes)."""
     name = job_name(run_name, action)
-    lines = _header(name, log_pattern(paths.logs, f"{action}-%j.out"), slurm.for_prep(), slurm.prep.time,
-                    [("--ntasks", 1), ("--cpus-per-task", max(cpus, slurm.prep.cpus_per_task))],
-                    f"Crucible data prep: {action}.")
-    lines += [f"cd {shlex.quote(str(paths.workdir))}",
-              _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, f"--{action}")]
+    lines = _header(
+        name,
+        log_pattern(paths.logs, f"{action}-%j.out"),
+        slurm.for_prep(),
+        slurm.prep.time,
+        [("--ntasks", 1), ("--cpus-per-task", max(cpus, slurm.prep.cpus_per_task))],
+        f"Crucible data prep: {action}.",
+    )
+    lines += [
+        f"cd {shlex.quote(str(paths.workdir))}",
+        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, f"--{action}"),
+    ]
     return Script(name, paths.slurm / f"prep-{action}.sbatch", "\n".join(lines) + "\n")
 
 
@@ -136,28 +162,56 @@ def train_script(paths: RunPaths, run_name: str, launch: LaunchConfig) -> Script
     """One torchrun agent per node (launch.node); a signal-stopped run is requeued and resumes."""
     slurm = launch.slurm
     name = job_name(run_name, "train")
-    resources: list[tuple[str, object]] = [("--nodes", launch.nnodes), ("--ntasks-per-node", 1),
-                                           ("--signal", f"USR1@{slurm.signal_seconds}"), ("--open-mode", "append")]
+    resources: list[tuple[str, object]] = [
+        ("--nodes", launch.nnodes),
+        ("--ntasks-per-node", 1),
+        ("--signal", f"USR1@{slurm.signal_seconds}"),
+        ("--open-mode", "append"),
+    ]
     if slurm.gpus_per_node:
         resources.append(("--gpus-per-node", slurm.gpus_per_node))
     if slurm.train_cpus_per_node:
         resources.append(("--cpus-per-task", slurm.train_cpus_per_node))
-    lines = _header(name, log_pattern(paths.logs, "train-%j.out"), slurm, slurm.train_time, resources,
-                    "Crucible training: one torchrun agent per node; SIGUSR1 before the time limit makes the "
-                    "ranks checkpoint and stop, then this job requeues itself and resumes.")
+    lines = _header(
+        name,
+        log_pattern(paths.logs, "train-%j.out"),
+        slurm,
+        slurm.train_time,
+        resources,
+        "Crucible training: one torchrun agent per node; SIGUSR1 before the time limit makes the "
+        "ranks checkpoint and stop, then this job requeues itself and resumes.",
+    )
     lines.insert(lines.index("set -euo pipefail"), "#SBATCH --requeue")
     stopped = shlex.quote(str(paths.train / STOPPED_FILE))
-    agent = shlex.join([paths.python, "-m", "launch.node", "--nproc-per-node", str(launch.nproc_per_node),
-                        "--max-restarts", str(launch.max_restarts), "--shutdown-seconds",
-                        str(launch.shutdown_seconds), "--", "--config", str(paths.config),
-                        "--data", str(paths.data / "shards"), "--output", str(paths.train)])
-    lines += [f"cd {shlex.quote(str(paths.workdir))}",
-              f"rm -f {stopped}",
-              f"srun --kill-on-bad-exit=1 ${{SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK}} {agent}",
-              f"if [ -f {stopped} ]; then",
-              '    echo "stopped by a signal after a checkpoint: requeueing job $SLURM_JOB_ID"',
-              '    scontrol requeue "$SLURM_JOB_ID"',
-              "fi"]
+    agent = shlex.join(
+        [
+            paths.python,
+            "-m",
+            "launch.node",
+            "--nproc-per-node",
+            str(launch.nproc_per_node),
+            "--max-restarts",
+            str(launch.max_restarts),
+            "--shutdown-seconds",
+            str(launch.shutdown_seconds),
+            "--",
+            "--config",
+            str(paths.config),
+            "--data",
+            str(paths.data / "shards"),
+            "--output",
+            str(paths.train),
+        ]
+    )
+    lines += [
+        f"cd {shlex.quote(str(paths.workdir))}",
+        f"rm -f {stopped}",
+        f"srun --kill-on-bad-exit=1 ${{SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK}} {agent}",
+        f"if [ -f {stopped} ]; then",
+        '    echo "stopped by a signal after a checkpoint: requeueing job $SLURM_JOB_ID"',
+        '    scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+    ]
     return Script(name, paths.slurm / "train.sbatch", "\n".join(lines) + "\n")
 
 
@@ -166,8 +220,12 @@ def by_hand_script(paths: RunPaths, chain: list[list[Script]]) -> Script:
     several arrays) starts after every job of the group before succeeded.
 
     Whole arrays are submitted; tasks already done exit at once (their completion markers)."""
-    lines = ["#!/bin/bash", "# Submits the whole run by hand, the same chain `crucible submit` submits.",
-             "set -euo pipefail", "after=()"]
+    lines = [
+        "#!/bin/bash",
+        "# Submits the whole run by hand, the same chain `crucible submit` submits.",
+        "set -euo pipefail",
+        "after=()",
+    ]
     for group in chain:
         lines.append("ids=()")
         for script in group:

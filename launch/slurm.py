@@ -13,8 +13,17 @@ from collections.abc import Sequence
 
 from pipeline.ground.errors import UserError
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                "BOOT_FAIL", "DEADLINE"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
 
 
@@ -77,4 +86,3 @@ def job_states(job_id: str) -> dict[int | None, str]:
 
 def is_active(job_id: str) -> bool:
     return any(state not in FINAL_STATES for state in job_states(job_id).values())
-

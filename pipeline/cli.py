@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> CrucibleConfig:
     """The config with the flags that replace its keys (--input, --stages, --executor) applied as overrides,
     so the schema checks them like any --set."""
-    replaced = [(key, [str(value) for value in getattr(args, flag)]) for key, flag in
-                (("prep.inputs", "inputs"), ("prep.stages", "stages")) if getattr(args, flag, None)]
+    replaced = [
+        (key, [str(value) for value in getattr(args, flag)])
+        for key, flag in (("prep.inputs", "inputs"), ("prep.stages", "stages"))
+        if getattr(args, flag, None)
+    ]
     executor = [("prep.executor", args.executor)] if getattr(args, "executor", None) else []
     return load_config(args.config, args.overrides, dict(replaced + executor))
 

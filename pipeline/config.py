@@ -29,13 +29,19 @@ from training.post_config import PostConfig
 class RunSettings(Section):
     """What `crucible run` does after training, beside the samples and the report."""
 
-    toy_world: bool = Field(False, description="Also train the toy world (ten words, a 4-wide model, about a minute "
-                                               "on a CPU) and show its greedy generations in the report: a check "
-                                               "that the whole path from shards to generation works.")
-    post_training: bool = Field(False, description="Then take the trained model on to chat: SFT on a table of 24 "
-                                                   "made-up facts, then DPO for the right answers (a few minutes on "
-                                                   "a CPU), scored before and after on held-out questions in the "
-                                                   "report (pipeline/post_demo.py).")
+    toy_world: bool = Field(
+        False,
+        description="Also train the toy world (ten words, a 4-wide model, about a minute "
+        "on a CPU) and show its greedy generations in the report: a check "
+        "that the whole path from shards to generation works.",
+    )
+    post_training: bool = Field(
+        False,
+        description="Then take the trained model on to chat: SFT on a table of 24 "
+        "made-up facts, then DPO for the right answers (a few minutes on "
+        "a CPU), scored before and after on held-out questions in the "
+        "report (pipeline/post_demo.py).",
+    )
 
 
 class CrucibleConfig(TrainingConfig):
@@ -105,8 +111,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         value = load_yaml(raw, f"--set {key.strip()}", root=key.strip(), lines=False) if raw.strip() else ""
     except YamlSyntaxError as exc:
-        raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid YAML value ({exc.problem}); "
-                          f"quote strings that hold [ ] {{ }} : or #") from None
+        raise ConfigError(
+            f"--set {key.strip()}: {raw!r} is not a valid YAML value ({exc.problem}); "
+            f"quote strings that hold [ ] {{ }} : or #"
+        ) from None
     except UserError as exc:
         raise ConfigError(str(exc)) from None
     _assign(tree, key.strip(), value)
@@ -124,8 +132,9 @@ def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Path | None, overrides: Sequence[str] = (),
-                replaced: Mapping[str, Any] | None = None) -> CrucibleConfig:
+def load_config(
+    path: Path | None, overrides: Sequence[str] = (), replaced: Mapping[str, Any] | None = None
+) -> CrucibleConfig:
     """Read YAML (or start from defaults), apply overrides, then the keys a verb's flags replace
     (`--stages` is `prep.stages`), and validate all of it together."""
     tree: dict[str, Any] = {}

@@ -58,8 +58,19 @@ def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
     for step in plan.steps:
         if step.stage not in doc_stages:
             continue
-        row = rows.setdefault(step.stage, {"name": step.stage, "docs_in": 0, "docs_out": 0, "dropped": Counter(),
-                                           "quarantined": Counter(), "seconds": 0.0, "tally": {}, "sources": {}})
+        row = rows.setdefault(
+            step.stage,
+            {
+                "name": step.stage,
+                "docs_in": 0,
+                "docs_out": 0,
+                "dropped": Counter(),
+                "quarantined": Counter(),
+                "seconds": 0.0,
+                "tally": {},
+                "sources": {},
+            },
+        )
         for task in range(step.n_tasks):
             marker = read_marker(marker_file(work, step.name, task))
             if marker is None:
@@ -102,9 +113,16 @@ def check_books(stats: list[dict[str, Any]]) -> None:
     """docs_in = docs_out + dropped + quarantined per stage (and per source), each stage fed by the one before."""
     _check_chain(stats, "")
     for source in sorted({name for row in stats for name in row.get("sources", {})}):
-        _check_chain([row["sources"].get(source, {"name": row["name"], "docs_in": 0, "docs_out": 0, "dropped": {},
-                                                  "quarantined": {}}) | {"name": row["name"]} for row in stats],
-                     f" (source {source})")
+        _check_chain(
+            [
+                row["sources"].get(
+                    source, {"name": row["name"], "docs_in": 0, "docs_out": 0, "dropped": {}, "quarantined": {}}
+                )
+                | {"name": row["name"]}
+                for row in stats
+            ],
+            f" (source {source})",
+        )
 
 
 def _check_chain(stats: list[dict[str, Any]], of: str) -> None:
@@ -114,8 +132,9 @@ def _check_chain(stats: list[dict[str, Any]], of: str) -> None:
         if lost:
             raise AccountingError(f"stage {row['name']}{of}: {lost} documents unaccounted for")
         if previous_out is not None and row["docs_in"] != previous_out:
-            raise AccountingError(f"stage {row['name']}{of} received {row['docs_in']} documents, "
-                                  f"previous kept {previous_out}")
+            raise AccountingError(
+                f"stage {row['name']}{of} received {row['docs_in']} documents, previous kept {previous_out}"
+            )
         previous_out = row["docs_out"]
 
 
@@ -124,9 +143,12 @@ def source_summary(stages: list[dict[str, Any]], tokens: dict[str, dict[str, int
     summary: dict[str, dict[str, int]] = {}
     for source in sorted({name for row in stages for name in row.get("sources", {})}):
         rows = [row["sources"][source] for row in stages if source in row.get("sources", {})]
-        summary[source] = {"docs_in": rows[0]["docs_in"], "docs_out": rows[-1]["docs_out"],
-                           "dropped": sum(sum(r["dropped"].values()) for r in rows),
-                           "quarantined": sum(sum(r["quarantined"].values()) for r in rows)}
+        summary[source] = {
+            "docs_in": rows[0]["docs_in"],
+            "docs_out": rows[-1]["docs_out"],
+            "dropped": sum(sum(r["dropped"].values()) for r in rows),
+            "quarantined": sum(sum(r["quarantined"].values()) for r in rows),
+        }
         summary[source] |= {k: v for k, v in tokens.get(source, {}).items() if k.endswith(("_tokens", "_sequences"))}
     return summary
 
@@ -148,8 +170,9 @@ def _publish_clean(source: Path, output: Location, work: Path, name: str) -> Non
             write_parquet(target, pq.read_table(source, columns=columns))
 
 
-def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]],
-                                                 Languages]:
+def token_stats(
+    plan: Plan, work: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]], Languages]:
     """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per
     source, and per source (None: untagged) and language when pack split by language."""
     totals: Counter[str] = Counter()
@@ -171,8 +194,12 @@ def token_stats(plan: Plan, work: Path) -> tuple[dict[str, Any], list[dict[str, 
                 languages.setdefault(source, {}).setdefault(language, Counter()).update(counts)
             seconds += marker.get("seconds", 0.0)
         totals[f"{step.name}_seconds"] = round(seconds, 3)
-    return (dict(sorted(totals.items())), files, {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
-            {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()})
+    return (
+        dict(sorted(totals.items())),
+        files,
+        {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
+        {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()},
+    )
 
 
 def _copy(source: Path, output: Location, name: str, read_only: bool = False) -> None:
@@ -216,8 +243,15 @@ def _remove(output: Location, name: str) -> None:
         (Path(output) / name).unlink(missing_ok=True)
 
 
-def publish_manifest(plan: Plan, work: Path, output: Location, totals: dict[str, Any], files: list[dict[str, Any]],
-                     sources: dict[str, dict[str, int]], languages: Languages) -> None:
+def publish_manifest(
+    plan: Plan,
+    work: Path,
+    output: Location,
+    totals: dict[str, Any],
+    files: list[dict[str, Any]],
+    sources: dict[str, dict[str, int]],
+    languages: Languages,
+) -> None:
     """tokenizer/tokenizer.json and shards/manifest.json (and a copy of the tokenizer) for the shard files the
     publishing tasks copied; with named sources, each shard entry names its source and each split counts per
     source; split by language, each entry names its language and each split (and source) counts per language."""
@@ -238,8 +272,13 @@ def publish_manifest(plan: Plan, work: Path, output: Location, totals: dict[str,
                 if name in languages:
                     counts["languages"] = _split_counts(split, languages[name])
         splits[split] = SplitIndex.model_validate(
-            {key: totals.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences", "padding", "remainder")}
-            | {"shards": [{k: v for k, v in f.items() if k != "split"} for f in entries]} | tagged)
+            {
+                key: totals.get(f"{split}_{key}", 0)
+                for key in ("documents", "tokens", "sequences", "padding", "remainder")
+            }
+            | {"shards": [{k: v for k, v in f.items() if k != "split"} for f in entries]}
+            | tagged
+        )
     with _made(output, work, f"shards/{MANIFEST}") as target:
         _write_manifest(plan, tokenizer_path, splits, target.parent)
 
@@ -247,22 +286,32 @@ def publish_manifest(plan: Plan, work: Path, output: Location, totals: dict[str,
 def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, SplitIndex], folder: Path) -> None:
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
-    write_manifest(folder, ShardManifest(
-        seq_len=plan.config.pack.seq_len,
-        row_width=plan.config.pack.seq_len + 1,
-        packing=plan.config.pack.method,
-        token_type=str(token_type(tokenizer.get_vocab_size())),
-        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(tokenizer_path),
-                                  vocab_size=tokenizer.get_vocab_size(), eod_id=eod, pad_id=pad),
-        splits=splits,
-        prep_config=plan.config.with_absolute_paths().model_dump(mode="json", exclude=RUN_ONLY),
-    ))
+    write_manifest(
+        folder,
+        ShardManifest(
+            seq_len=plan.config.pack.seq_len,
+            row_width=plan.config.pack.seq_len + 1,
+            packing=plan.config.pack.method,
+            token_type=str(token_type(tokenizer.get_vocab_size())),
+            tokenizer=TokenizerRecord(
+                file=TOKENIZER_FILE,
+                sha256=file_sha256(tokenizer_path),
+                vocab_size=tokenizer.get_vocab_size(),
+                eod_id=eod,
+                pad_id=pad,
+            ),
+            splits=splits,
+            prep_config=plan.config.with_absolute_paths().model_dump(mode="json", exclude=RUN_ONLY),
+        ),
+    )
 
 
 def _split_counts(split: str, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
     """Per name, one split's documents, tokens and sequences from pack's `<split>_<key>` counts."""
-    return {name: {key: c.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences")}
-            for name, c in sorted(counts.items())}
+    return {
+        name: {key: c.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences")}
+        for name, c in sorted(counts.items())
+    }
 
 
 def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[str]]:
@@ -298,8 +347,10 @@ def publish_task(plan: Plan, work: Path, output: Location, task: int) -> list[st
         _publish_clean(data_file(work, last.name, task), output, work, written[-1])
     for step in plan.steps:
         if step.makes_docs and task < step.n_tasks:
-            for kind, path in (("dropped", dropped_file(work, step.name, task)),
-                               ("quarantine", quarantine_file(work, step.name, task))):
+            for kind, path in (
+                ("dropped", dropped_file(work, step.name, task)),
+                ("quarantine", quarantine_file(work, step.name, task)),
+            ):
                 if pq.ParquetFile(path).metadata.num_rows:
                     written.append(f"{kind}/{step.stage}-{task:05d}.parquet")
                     _copy(path, output, written[-1])
@@ -310,13 +361,19 @@ def publish_task(plan: Plan, work: Path, output: Location, task: int) -> list[st
     return written
 
 
-def finish_publish(plan: Plan, work: Path, output: Location, stats: dict[str, Any],
-                   written: Iterable[list[str]]) -> dict[str, Any]:
+def finish_publish(
+    plan: Plan, work: Path, output: Location, stats: dict[str, Any], written: Iterable[list[str]]
+) -> dict[str, Any]:
     """After every publishing task: remove what a previous, larger run left, then write the tokenizer, the
     shard manifest and, last, stats.json."""
     wanted = {name for names in written for name in names}
-    for folder, suffix in (("clean", ".parquet"), ("dropped", ".parquet"), ("quarantine", ".parquet"),
-                           ("shards/train", ".arrow"), ("shards/val", ".arrow")):
+    for folder, suffix in (
+        ("clean", ".parquet"),
+        ("dropped", ".parquet"),
+        ("quarantine", ".parquet"),
+        ("shards/train", ".arrow"),
+        ("shards/val", ".arrow"),
+    ):
         if not folder.startswith("shards") and not storage.is_remote(output):
             (Path(output) / folder).mkdir(parents=True, exist_ok=True)
         for name in storage.listing(storage.join(output, folder)):
@@ -339,8 +396,12 @@ def finish_publish(plan: Plan, work: Path, output: Location, stats: dict[str, An
     return stats
 
 
-def publish(plan: Plan, work: Path, output: Location,
-            map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map) -> dict[str, Any]:
+def publish(
+    plan: Plan,
+    work: Path,
+    output: Location,
+    map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map,
+) -> dict[str, Any]:
     """Publish a finished prep: the tasks through `map_tasks` (an executor's parallel map), the rest here."""
     stats = begin_publish(plan, work, output)
     written = map_tasks(partial(publish_task, plan, work, output), range(publish_task_count(plan)))

@@ -66,8 +66,17 @@ class Plan:
             settings = self.config.source_section(step.stage, self.shards[task].source)
         else:
             settings = self.config.section(step.stage)
-        return TaskContext(config=self.config, shards=self.shards, work=work, stage=step.stage, settings=settings,
-                           step=step.name, source=step.source, task=task, report=report)
+        return TaskContext(
+            config=self.config,
+            shards=self.shards,
+            work=work,
+            stage=step.stage,
+            settings=settings,
+            step=step.name,
+            source=step.source,
+            task=task,
+            report=report,
+        )
 
 
 def _digest(*parts: object) -> str:
@@ -80,7 +89,9 @@ def _input_identity(shards: list[InputShard]) -> list[tuple[Any, ...]]:
     for shard in shards:
         for piece in shard.pieces:
             tag = () if shard.source is None else (shard.source,)
-            identity.append((piece.label, piece.start, piece.end, *storage.identity(storage.as_location(piece.path)), *tag))
+            identity.append(
+                (piece.label, piece.start, piece.end, *storage.identity(storage.as_location(piece.path)), *tag)
+            )
     return identity
 
 

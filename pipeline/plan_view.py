@@ -60,8 +60,10 @@ def _print_mixture(config: CrucibleConfig, data: Path | None, steps: int, batch:
     assert mixture is not None  # print_plan calls this only when train.mixture is set
     out = console()
     if data is None:
-        out.print("[yellow]note:[/] train.mixture is set: give --data SHARDS to see how many epochs of each source "
-                  "the token budget draws")
+        out.print(
+            "[yellow]note:[/] train.mixture is set: give --data SHARDS to see how many epochs of each source "
+            "the token budget draws"
+        )
         return
     rows, tokens = source_sizes(read_manifest(data))
     if not rows:
@@ -71,13 +73,20 @@ def _print_mixture(config: CrucibleConfig, data: Path | None, steps: int, batch:
         table.add_column(column, justify="left" if column == "source" else "right")
     entries = plan_epochs(mixture, rows, tokens, steps, batch)
     for e in entries:
-        table.add_row(e["source"], f"{e['rows']:,}", f"{e['share']:.1%}", f"{e['epochs']:,.2f}",
-                      "-" if e["max_epochs"] == float("inf") else f"{e['max_epochs']:g}")
+        table.add_row(
+            e["source"],
+            f"{e['rows']:,}",
+            f"{e['share']:.1%}",
+            f"{e['epochs']:,.2f}",
+            "-" if e["max_epochs"] == float("inf") else f"{e['max_epochs']:g}",
+        )
     out.print(table)
     for e in entries:
         if e["epochs"] > e["max_epochs"]:
-            out.print(f"[bold red]warning:[/] source {e['source']} would be drawn {e['epochs']:,.2f} times, over its cap "
-                      f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run")
+            out.print(
+                f"[bold red]warning:[/] source {e['source']} would be drawn {e['epochs']:,.2f} times, over its cap "
+                f"of {e['max_epochs']:g} epochs (train.mixture.max_epochs): training would refuse this run"
+            )
 
 
 def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None:
@@ -92,13 +101,17 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
     settings += "".join(f" --set {assignment}" for assignment in filled)  # the next command runs what was planned
     model_parallel = config.parallel.tp * config.parallel.pp
     if gpus % model_parallel:
-        raise UserError(f"plan assumes {gpus} GPU(s) (plan.gpus, else launch.nproc_per_node x launch.nnodes), not a "
-                        f"multiple of tp*pp = {model_parallel}: e.g. --set plan.gpus={model_parallel * 8}")
+        raise UserError(
+            f"plan assumes {gpus} GPU(s) (plan.gpus, else launch.nproc_per_node x launch.nnodes), not a "
+            f"multiple of tp*pp = {model_parallel}: e.g. --set plan.gpus={model_parallel * 8}"
+        )
     dp = check_shapes(config.model, config.parallel, gpus)
     e = estimate(config.model, config.parallel, train, config.plan, gpus, seq_len, config.plan_vocab_size())
     p, m = config.parallel, config.model
-    table = Table(title=f"plan: {_count(e.params)} parameters, tp={p.tp} pp={p.pp} dp={dp} ZeRO-{p.zero_stage}, "
-                        f"{gpus} GPU(s), sequences of {seq_len:,}")
+    table = Table(
+        title=f"plan: {_count(e.params)} parameters, tp={p.tp} pp={p.pp} dp={dp} ZeRO-{p.zero_stage}, "
+        f"{gpus} GPU(s), sequences of {seq_len:,}"
+    )
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
@@ -106,16 +119,23 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
         ("weights per GPU", _bytes(e.weight_bytes)),
         ("gradients per GPU", _bytes(e.grad_bytes)),
         ("optimizer state per GPU", _bytes(e.optimizer_bytes)),
-        *((f"activations per GPU, {choice} recomputation" + (" (configured)" if choice == e.checkpointing else ""),
-           _bytes(e.activation_bytes[choice])) for choice in RECOMPUTE_COMPUTE),
+        *(
+            (
+                f"activations per GPU, {choice} recomputation" + (" (configured)" if choice == e.checkpointing else ""),
+                _bytes(e.activation_bytes[choice]),
+            )
+            for choice in RECOMPUTE_COMPUTE
+        ),
         ("total per GPU (none / selective / full)", " / ".join(_bytes(e.total_bytes(c)) for c in RECOMPUTE_COMPUTE)),
         ("KV cache per token per layer", f"{_bytes(e.kv_bytes_per_token_per_layer)} ({m.n_kv_heads} KV heads)"),
         (f"KV cache per sequence of {seq_len:,}", _bytes(e.kv_bytes_per_sequence)),
         ("FLOPs per token (train)", f"{e.flops_per_token:.3g}"),
         ("tokens per step", f"{e.tokens_per_step:,} ({batch:,} sequences of {seq_len:,})"),
         (f"steps for {config.plan.token_budget:.3g} tokens", f"{e.steps:,.0f}"),
-        (f"days at MFU {config.plan.mfu:.0%}" + (", full recomputation" if e.checkpointing == "full" else ""),
-         f"{e.days:,.1f}"),
+        (
+            f"days at MFU {config.plan.mfu:.0%}" + (", full recomputation" if e.checkpointing == "full" else ""),
+            f"{e.days:,.1f}",
+        ),
         ("assumed peak per GPU (plan.peak_tflops)", f"{config.plan.peak_tflops:g} TFLOP/s"),
         ("assumed memory per GPU (plan.gpu_memory_gb)", f"{config.plan.gpu_memory_gb:g} GB"),
     ]
@@ -124,9 +144,12 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
     out = console()
     out.print(table)
     if filled:
-        out.print(f"[yellow]note:[/] planned with the {config.model.preset} preset's usual run ({', '.join(filled)}), "
-                  f"which the config does not set; set {' and '.join(k.split('=')[0] for k in filled)} to plan "
-                  f"another", highlight=False)
+        out.print(
+            f"[yellow]note:[/] planned with the {config.model.preset} preset's usual run ({', '.join(filled)}), "
+            f"which the config does not set; set {' and '.join(k.split('=')[0] for k in filled)} to plan "
+            f"another",
+            highlight=False,
+        )
     warmup = train.warmup_warning()
     if warmup:
         out.print(f"[yellow]note:[/] {warmup}", highlight=False)
@@ -134,31 +157,44 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
     fits = [choice for choice in RECOMPUTE_COMPUTE if e.total_bytes(choice) <= limit]
     refused = not fits
     if not fits:
-        out.print(f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
-                  f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size")
+        out.print(
+            f"[bold red]warning:[/] does not fit {config.plan.gpu_memory_gb:g} GB per GPU even with full "
+            f"recomputation; raise tp/pp or the ZeRO stage, or lower train.micro_batch_size"
+        )
     elif e.checkpointing not in fits:  # memory falls from none to selective to full: the first that fits
-        out.print(f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with {fits[0]} activation "
-                  f"recomputation (parallel.activation_checkpointing={fits[0]})")
+        out.print(
+            f"[yellow]note:[/] fits {config.plan.gpu_memory_gb:g} GB only with {fits[0]} activation "
+            f"recomputation (parallel.activation_checkpointing={fits[0]})"
+        )
     if config.train.mixture is not None:
         _print_mixture(config, data, max(1, round(e.steps)), batch)
     elif data is not None:
-        out.print("[yellow]note:[/] --data is read only with train.mixture (the epochs of each source); without "
-                  "one, nothing here depends on the shards")
+        out.print(
+            "[yellow]note:[/] --data is read only with train.mixture (the epochs of each source); without "
+            "one, nothing here depends on the shards"
+        )
     try:
         check_batch(train, dp)
     except LayoutError as exc:
         refused = True
-        out.print(f"[yellow]note:[/] {exc}: training would refuse this layout; set train.global_batch_size to a "
-                  f"multiple of {train.micro_batch_size * dp}")
+        out.print(
+            f"[yellow]note:[/] {exc}: training would refuse this layout; set train.global_batch_size to a "
+            f"multiple of {train.micro_batch_size * dp}"
+        )
     if e.days > 60:
         month_gpus = -(-gpus * e.days // 30)
         month_dp = max(1, int(month_gpus) // (p.tp * p.pp))
-        out.print(f"[yellow]hint:[/] {e.days:,.0f} days on {gpus} GPU(s): ~{month_gpus:,.0f} GPUs would take 30 days "
-                  f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
-                  f"least {month_dp * train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
-                  f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)")
+        out.print(
+            f"[yellow]hint:[/] {e.days:,.0f} days on {gpus} GPU(s): ~{month_gpus:,.0f} GPUs would take 30 days "
+            f"(set plan.gpus, or launch.nnodes x launch.nproc_per_node), with train.global_batch_size of at "
+            f"least {month_dp * train.micro_batch_size:,} sequences so that every one of {month_dp:,} "
+            f"data-parallel replicas has a micro-batch ({e.tokens_per_step:,} tokens per step now)"
+        )
     if refused:
         out.print(f"next: change the settings named above, then crucible plan{settings} with them", highlight=False)
     else:
-        out.print(f"next: crucible run{settings} --output RUN on this machine, or crucible submit{settings} --output "
-                  f"RUN on Slurm", highlight=False)
+        out.print(
+            f"next: crucible run{settings} --output RUN on this machine, or crucible submit{settings} --output "
+            f"RUN on Slurm",
+            highlight=False,
+        )

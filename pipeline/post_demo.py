@@ -26,30 +26,90 @@ from pipeline.child_run import run_crucible
 from pipeline.ground.markers import read_jsonl, read_marker
 from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, METRICS_LOG, TOKENIZER_FILE
 
-OBJECTS = ["lamp", "boat", "chair", "door", "cup", "hat", "kite", "bell", "book", "coat", "drum", "fork", "key",
-           "ring", "sock", "spoon", "tent", "vase", "wheel", "box", "bag", "brush", "clock", "shell"]
+OBJECTS = [
+    "lamp",
+    "boat",
+    "chair",
+    "door",
+    "cup",
+    "hat",
+    "kite",
+    "bell",
+    "book",
+    "coat",
+    "drum",
+    "fork",
+    "key",
+    "ring",
+    "sock",
+    "spoon",
+    "tent",
+    "vase",
+    "wheel",
+    "box",
+    "bag",
+    "brush",
+    "clock",
+    "shell",
+]
 COLOURS = ["red", "blue", "green", "yellow"]
 SIZES = ["big", "small"]
-COLOUR_WORDINGS = ["What color is the {}?", "Which color does the {} have?", "Tell me the color of the {}.",
-                   "The {} is which color?", "Name the color of the {}.", "What is the {}'s color?"]
-SIZE_WORDINGS = ["Is the {} big or small?", "Tell me if the {} is big or small.", "How big is the {}?",
-                 "Is the {} small or big?", "What size is the {}?", "Say whether the {} is big or small."]
+COLOUR_WORDINGS = [
+    "What color is the {}?",
+    "Which color does the {} have?",
+    "Tell me the color of the {}.",
+    "The {} is which color?",
+    "Name the color of the {}.",
+    "What is the {}'s color?",
+]
+SIZE_WORDINGS = [
+    "Is the {} big or small?",
+    "Tell me if the {} is big or small.",
+    "How big is the {}?",
+    "Is the {} small or big?",
+    "What size is the {}?",
+    "Say whether the {} is big or small.",
+]
 SEED = 11
 SFT_STEPS, DPO_STEPS = 120, 120
-SFT = [f"train.max_steps={SFT_STEPS}", "train.lr=1e-3", "train.min_lr=1e-4", "train.warmup_steps=5",
-       "train.weight_decay=0", "train.global_batch_size=8", "train.micro_batch_size=4", "train.eval_batches=0",
-       "train.log_interval=20", "post.sft.val_fraction=0", "checkpoint.interval=0", "rollback.enabled=false"]
-DPO = [f"train.max_steps={DPO_STEPS}", "train.lr=5e-4", "train.min_lr=5e-5", "train.warmup_steps=5",
-       "train.weight_decay=0", "train.global_batch_size=8", "train.micro_batch_size=4", "train.eval_batches=6",
-       "train.eval_interval=5", "train.log_interval=20", "post.dpo.beta=0.5", "post.dpo.val_fraction=0.25",
-       "checkpoint.interval=0", "rollback.enabled=false"]
+SFT = [
+    f"train.max_steps={SFT_STEPS}",
+    "train.lr=1e-3",
+    "train.min_lr=1e-4",
+    "train.warmup_steps=5",
+    "train.weight_decay=0",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=4",
+    "train.eval_batches=0",
+    "train.log_interval=20",
+    "post.sft.val_fraction=0",
+    "checkpoint.interval=0",
+    "rollback.enabled=false",
+]
+DPO = [
+    f"train.max_steps={DPO_STEPS}",
+    "train.lr=5e-4",
+    "train.min_lr=5e-5",
+    "train.warmup_steps=5",
+    "train.weight_decay=0",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=4",
+    "train.eval_batches=6",
+    "train.eval_interval=5",
+    "train.log_interval=20",
+    "post.dpo.beta=0.5",
+    "post.dpo.val_fraction=0.25",
+    "checkpoint.interval=0",
+    "rollback.enabled=false",
+]
 RESULTS = "results.json"
 
 
 def deal(answers: list[str]) -> dict[str, str]:
     """Each object's answer: a seeded deal of the same number of objects to each answer."""
     dealt = np.random.default_rng([SEED, len(answers)]).permutation(
-        np.repeat(np.arange(len(answers)), len(OBJECTS) // len(answers)))
+        np.repeat(np.arange(len(answers)), len(OBJECTS) // len(answers))
+    )
     return {thing: answers[a] for thing, a in zip(OBJECTS, dealt.tolist())}
 
 
@@ -71,15 +131,27 @@ def _jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 def write_demo_data(folder: Path) -> tuple[Path, Path]:
     """chat.jsonl (SFT: the colours) and prefs.jsonl (DPO: the sizes), of the training wordings."""
     colour, size = deal(COLOURS), deal(SIZES)
-    chat = _jsonl(folder / "chat.jsonl", [{"messages": [{"role": "user", "content": q},
-                                                         {"role": "assistant", "content": colour[t]}]}
-                                          for q, t in questions(COLOUR_WORDINGS)[0]])
+    chat = _jsonl(
+        folder / "chat.jsonl",
+        [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": colour[t]}]}
+            for q, t in questions(COLOUR_WORDINGS)[0]
+        ],
+    )
     wrong = np.random.default_rng(SEED).integers(1, len(COLOURS), len(OBJECTS) * len(COLOUR_WORDINGS)).tolist()
-    prefs = _jsonl(folder / "prefs.jsonl", [{"prompt": q, "chosen": size[t], "rejected": other}
-                                            for q, t in questions(SIZE_WORDINGS)[0] for other in SIZES
-                                            if other != size[t]] + [
-        {"prompt": q, "chosen": colour[t], "rejected": COLOURS[(COLOURS.index(colour[t]) + shift) % len(COLOURS)]}
-        for (q, t), shift in zip(questions(COLOUR_WORDINGS)[0], wrong)])
+    prefs = _jsonl(
+        folder / "prefs.jsonl",
+        [
+            {"prompt": q, "chosen": size[t], "rejected": other}
+            for q, t in questions(SIZE_WORDINGS)[0]
+            for other in SIZES
+            if other != size[t]
+        ]
+        + [
+            {"prompt": q, "chosen": colour[t], "rejected": COLOURS[(COLOURS.index(colour[t]) + shift) % len(COLOURS)]}
+            for (q, t), shift in zip(questions(COLOUR_WORDINGS)[0], wrong)
+        ],
+    )
     return chat, prefs
 
 
@@ -101,11 +173,11 @@ def heldout_accuracy(checkpoint: Path, tokenizer_file: Path, wordings: list[str]
     for question, _ in held_out:
         context = f"{marker('user')}{question}{END}{marker('assistant')}"
         head = encode(context)
-        pairs += [(head, encode(context + answer + END)[len(head):]) for answer in answers]
+        pairs += [(head, encode(context + answer + END)[len(head) :]) for answer in answers]
     scores = score_requests(checkpoint, [pairs])[0]
     right = 0
     for i, (_, thing) in enumerate(held_out):
-        likelihoods = [ll for ll, _ in scores[i * len(answers):(i + 1) * len(answers)]]
+        likelihoods = [ll for ll, _ in scores[i * len(answers) : (i + 1) * len(answers)]]
         right += answers[likelihoods.index(max(likelihoods))] == truth[thing]
     return right / len(held_out)
 
@@ -116,8 +188,11 @@ def _post_train(verb: str, start: Path, data: Path, run: Path, settings: list[st
 
     final = run / CHECKPOINTS / tag_for(steps)
     if not (final / CHECKPOINT_META).exists():
-        run_crucible([verb, "--checkpoint", str(start), "--data", str(data), "--output", str(run)],
-                     ["train.loggers=[]", *settings], f"the post-training demo's {verb} failed")
+        run_crucible(
+            [verb, "--checkpoint", str(start), "--data", str(data), "--output", str(run)],
+            ["train.loggers=[]", *settings],
+            f"the post-training demo's {verb} failed",
+        )
     return final
 
 
@@ -133,15 +208,22 @@ def run_post_demo(folder: Path, base: Path, base_tokenizer: Path) -> dict[str, A
     chat, prefs = write_demo_data(folder / "data")
     sft = _post_train("sft", base, chat, folder / "sft", SFT, SFT_STEPS)
     dpo = _post_train("dpo", sft, prefs, folder / "dpo", DPO, DPO_STEPS)
-    models = {"base": (base, base_tokenizer), "sft": (sft, folder / "sft" / DATA / SHARDS / TOKENIZER_FILE),
-              "dpo": (dpo, folder / "dpo" / DATA / SHARDS / TOKENIZER_FILE)}
+    models = {
+        "base": (base, base_tokenizer),
+        "sft": (sft, folder / "sft" / DATA / SHARDS / TOKENIZER_FILE),
+        "dpo": (dpo, folder / "dpo" / DATA / SHARDS / TOKENIZER_FILE),
+    }
     evals = [r for r in read_jsonl(folder / "dpo" / METRICS_LOG) if "val_rewards/accuracy" in r]
     results = {
-        "objects": len(OBJECTS), "heldout_questions": len(questions(COLOUR_WORDINGS)[1]),
-        "sft_steps": SFT_STEPS, "dpo_steps": DPO_STEPS,
-        "colours": {"chance": 1 / len(COLOURS)} | {name: heldout_accuracy(checkpoint, tokenizer, COLOUR_WORDINGS,
-                                                                          COLOURS)
-                                                   for name, (checkpoint, tokenizer) in models.items()},
+        "objects": len(OBJECTS),
+        "heldout_questions": len(questions(COLOUR_WORDINGS)[1]),
+        "sft_steps": SFT_STEPS,
+        "dpo_steps": DPO_STEPS,
+        "colours": {"chance": 1 / len(COLOURS)}
+        | {
+            name: heldout_accuracy(checkpoint, tokenizer, COLOUR_WORDINGS, COLOURS)
+            for name, (checkpoint, tokenizer) in models.items()
+        },
         "dpo_reward_accuracy": [[r["step"], r["val_rewards/accuracy"]] for r in evals],
     }
     write_json(folder / RESULTS, results)
@@ -152,17 +234,29 @@ def score_rows(results: dict[str, Any]) -> list[list[str]]:
     """The demo's held-out accuracies as table rows (facts, chance, base, after SFT, after DPO), for the summary
     and the report."""
     colours = results["colours"]
-    return [["colours (taught by SFT)", f"{colours['chance']:.2f}",
-             *(f"{colours[model]:.2f}" for model in ("base", "sft", "dpo"))]]
+    return [
+        [
+            "colours (taught by SFT)",
+            f"{colours['chance']:.2f}",
+            *(f"{colours[model]:.2f}" for model in ("base", "sft", "dpo")),
+        ]
+    ]
 
 
 def score_columns(results: dict[str, Any]) -> list[str]:
-    return ["held-out questions on", "chance", "base model", f"after SFT ({results['sft_steps']} steps)",
-            f"after DPO ({results['dpo_steps']} steps)"]
+    return [
+        "held-out questions on",
+        "chance",
+        "base model",
+        f"after SFT ({results['sft_steps']} steps)",
+        f"after DPO ({results['dpo_steps']} steps)",
+    ]
 
 
 def reward_line(results: dict[str, Any]) -> str:
     """DPO's reward accuracy on its held-out pairs, first and last evaluation."""
     (first_step, first), (last_step, last) = results["dpo_reward_accuracy"][0], results["dpo_reward_accuracy"][-1]
-    return (f"DPO's reward accuracy on its held-out pairs (the chosen answer's reward the higher): {first:.2f} at "
-            f"step {first_step}, {last:.2f} at step {last_step}")
+    return (
+        f"DPO's reward accuracy on its held-out pairs (the chosen answer's reward the higher): {first:.2f} at "
+        f"step {first_step}, {last:.2f} at step {last_step}"
+    )

@@ -31,8 +31,10 @@ def work_folder(output: Location, work: Path | None) -> Path:
     if work is not None:
         return work
     if storage.is_remote(output):
-        raise UserError(f"--output {output} is in object storage: give --work DIR, a local or shared folder for "
-                        f"prep's step files, markers and lock (a rerun with the same --work resumes)")
+        raise UserError(
+            f"--output {output} is in object storage: give --work DIR, a local or shared folder for "
+            f"prep's step files, markers and lock (a rerun with the same --work resumes)"
+        )
     return Path(output) / "work"
 
 
@@ -57,11 +59,15 @@ def check_output_apart(config: PrepConfig, output: Location, flag: str = "--outp
             source = Path(given).resolve()
             if target.is_relative_to(source):
                 where = "the input folder" if target == source else "inside the input folder"
-                raise UserError(f"{flag} {_shown(local, target)} is {where} {_shown(given, source)} ({key}): prep "
-                                f"would read its own outputs back in; give an {flag} outside every input folder")
+                raise UserError(
+                    f"{flag} {_shown(local, target)} is {where} {_shown(given, source)} ({key}): prep "
+                    f"would read its own outputs back in; give an {flag} outside every input folder"
+                )
             if source.is_relative_to(target):
-                raise UserError(f"input {_shown(given, source)} ({key}) is inside {flag} {_shown(local, target)}: "
-                                f"prep would read back what it writes there; give an {flag} that holds no input")
+                raise UserError(
+                    f"input {_shown(given, source)} ({key}) is inside {flag} {_shown(local, target)}: "
+                    f"prep would read back what it writes there; give an {flag} that holds no input"
+                )
 
 
 def _check_prefix_apart(groups: list[tuple[str, list[Any]]], output: str, flag: str) -> None:
@@ -71,8 +77,10 @@ def _check_prefix_apart(groups: list[tuple[str, list[Any]]], output: str, flag: 
         for given in inputs:
             source = str(given).rstrip("/") + "/"
             if storage.is_remote(given) and (target.startswith(source) or source.startswith(target)):
-                raise UserError(f"{flag} {output} and input {given} ({key}) overlap: prep would read back what it "
-                                f"writes; give an {flag} apart from every input")
+                raise UserError(
+                    f"{flag} {output} and input {given} ({key}) overlap: prep would read back what it "
+                    f"writes; give an {flag} apart from every input"
+                )
 
 
 def _shown(given: Location, resolved: Path) -> str:
@@ -80,14 +88,17 @@ def _shown(given: Location, resolved: Path) -> str:
     return str(given) if os.path.abspath(given) == str(resolved) else f"{given} (that is {resolved})"
 
 
-def run_prep(config: PrepConfig, output: Location, show_progress: bool = True,
-             work: Path | None = None) -> dict[str, Any]:
+def run_prep(
+    config: PrepConfig, output: Location, show_progress: bool = True, work: Path | None = None
+) -> dict[str, Any]:
     """Run (or resume) data prep into `output`, its steps in `work` (default OUTPUT/work), and return its stats."""
     plan = build_plan(config)
     work = work_folder(output, work)
     if config.executor == "ray" and storage.is_remote(output):
-        raise UserError("prep.executor=ray publishes to a local or shared folder only: give a folder as --output, "
-                        "or run this prep with prep.executor=local")
+        raise UserError(
+            "prep.executor=ray publishes to a local or shared folder only: give a folder as --output, "
+            "or run this prep with prep.executor=local"
+        )
     with folder_lock(_lock_folder(output, work), "crucible prep"):
         work.mkdir(parents=True, exist_ok=True)
         if config.executor == "ray":
@@ -123,8 +134,10 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
     if not 0 <= task < step.n_tasks:
         raise UserError(f"step {step_name} has tasks 0..{step.n_tasks - 1}, not {task}")
     if not step_is_current(work, step):
-        raise UserError(f"{work / step.name} is not prepared for this config: run `crucible prep-task --prepare` "
-                        f"(or `crucible submit`, which does it) first")
+        raise UserError(
+            f"{work / step.name} is not prepared for this config: run `crucible prep-task --prepare` "
+            f"(or `crucible submit`, which does it) first"
+        )
     if task not in pending_tasks(work, step):
         return f"{step_name} task {task}: done already"
     marker = execute_task(plan, work, step_name, task)

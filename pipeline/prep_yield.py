@@ -38,14 +38,20 @@ def check_yield(config: PrepSettings, output: Location, stats: dict[str, Any]) -
     if kept and share <= config.max_quarantined_share:
         return
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in quarantined.most_common(3))
-    what = (f"prep kept no documents of the {read:,} it read" if not kept else
-            f"prep quarantined {share:.0%} of the {read:,} documents it read, more than "
-            f"prep.max_quarantined_share={config.max_quarantined_share:g}")
+    what = (
+        f"prep kept no documents of the {read:,} it read"
+        if not kept
+        else f"prep quarantined {share:.0%} of the {read:,} documents it read, more than "
+        f"prep.max_quarantined_share={config.max_quarantined_share:g}"
+    )
     what += f" ({reasons})" if reasons else ""
     no_text = any(reason in quarantined for reason in NO_TEXT)
     hint = _field_hint(config, Path(output)) if no_text and not storage.is_remote(output) else ""
-    raise PrepYieldError(f"{what}{hint}; each record and its reason is in {storage.join(output, 'quarantine')}"
-                         if total else f"{what}; see the table above for the stage that removed them")
+    raise PrepYieldError(
+        f"{what}{hint}; each record and its reason is in {storage.join(output, 'quarantine')}"
+        if total
+        else f"{what}; see the table above for the stage that removed them"
+    )
 
 
 def _field_hint(config: PrepSettings, output: Path) -> str:
@@ -57,8 +63,10 @@ def _field_hint(config: PrepSettings, output: Path) -> str:
     shown = ", ".join(name for name, _ in fields.most_common(12))
     likely = max(lengths, key=lengths.__getitem__) if lengths else None
     example = f" (e.g. --set prep.read.text_field={likely})" if likely else ""
-    return (f": the records have the fields {shown} but no {text_field!r}; set prep.read.text_field to the one "
-            f"with the text{example}")
+    return (
+        f": the records have the fields {shown} but no {text_field!r}; set prep.read.text_field to the one "
+        f"with the text{example}"
+    )
 
 
 def _fields_seen(quarantine: Path) -> tuple[Counter[str], Counter[str]]:

@@ -63,7 +63,9 @@ class Page:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         markdown = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        markdown += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+        markdown += [
+            "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows
+        ]
         self.blocks.append((f"<table><tr>{head}</tr>{body}</table>", "\n".join(markdown)))
 
     def figure(self, fig: Any, name: str, title: str) -> None:
@@ -73,26 +75,38 @@ class Page:
         png = buffer.getvalue()
         self.figures.append(Figure(name, title, png))
         data = base64.b64encode(png).decode()
-        self.blocks.append((f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{html.escape(title)}</figcaption></figure>", f"![{title}]({name})"))
+        self.blocks.append(
+            (
+                f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(title)}</figcaption></figure>",
+                f"![{title}]({name})",
+            )
+        )
 
     def details(self, summary: str, text: str) -> None:
-        self.blocks.append((f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>",
-                            f"<details><summary>{summary}</summary>\n\n```\n{text}```\n</details>"))
+        self.blocks.append(
+            (
+                f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>",
+                f"<details><summary>{summary}</summary>\n\n```\n{text}```\n</details>",
+            )
+        )
 
     def html(self) -> str:
-        style = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
-                 "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-                 "text-align:left;vertical-align:top}th{background:#f1f2f6}img{max-width:100%}"
-                 "figure{margin:1em 0}figcaption{color:#666;font-size:90%}pre{background:#f8f8f8;padding:1em;"
-                 "overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
+        style = (
+            "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+            "text-align:left;vertical-align:top}th{background:#f1f2f6}img{max-width:100%}"
+            "figure{margin:1em 0}figcaption{color:#666;font-size:90%}pre{background:#f8f8f8;padding:1em;"
+            "overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"
+        )
         body = "".join(block for block, _ in self.blocks)
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{body}</body></html>\n")
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>{body}</body></html>\n"
+        )
 
     def markdown(self) -> str:
         return f"# {self.title}\n\n" + "\n\n".join(md for _, md in self.blocks) + "\n"
-
 
 
 def _seconds(value: float) -> str:
@@ -109,7 +123,9 @@ def hardware() -> str:
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         model = names[0] if names else model
     return f"CPU: {model}, {os.cpu_count()} cores"
 
@@ -138,29 +154,52 @@ def learning_line(metrics: list[dict[str, Any]], entropy: float | None) -> str:
     if not val or entropy is None:
         return ""
     last = val[-1]
-    return (f"validation loss {last['val_loss']:.2f} nats per token at step {last['step']}; unigram baseline "
-            f"{entropy:.2f} (the token frequencies alone, no context)")
+    return (
+        f"validation loss {last['val_loss']:.2f} nats per token at step {last['step']}; unigram baseline "
+        f"{entropy:.2f} (the token frequencies alone, no context)"
+    )
 
 
 # ---- sections ---------------------------------------------------------------------------------
 
-def _context(page: Page, run_dir: Path, config: Any, stats: dict[str, Any], metrics: list[dict[str, Any]],
-             timings: dict[str, float]) -> None:
+
+def _context(
+    page: Page,
+    run_dir: Path,
+    config: Any,
+    stats: dict[str, Any],
+    metrics: list[dict[str, Any]],
+    timings: dict[str, float],
+) -> None:
     from training.plan import count_params, padded_vocab
 
     page.heading("Run")
-    rows = [["run folder", str(run_dir)], ["report written", time.strftime("%Y-%m-%d %H:%M:%S %Z")],
-            ["hardware", hardware()]]
+    rows = [
+        ["run folder", str(run_dir)],
+        ["report written", time.strftime("%Y-%m-%d %H:%M:%S %Z")],
+        ["hardware", hardware()],
+    ]
     if config is not None:
         vocab = stats.get("tokens", {}).get("vocab_size") or config.model.vocab_size or config.prep.tokenizer.vocab_size
         params = count_params(config.model, padded_vocab(vocab, config.model.vocab_multiple, config.parallel.tp))
         p, nproc = config.parallel, config.launch.nproc_per_node * config.launch.nnodes
-        rows += [["model", f"{params / 1e6:,.1f}M parameters: d_model {config.model.d_model}, {config.model.n_layers} "
-                           f"layers, {config.model.n_heads} heads ({config.model.n_kv_heads} KV), vocabulary {vocab:,}"],
-                 ["layout", f"{nproc} process(es): TP {p.tp} x PP {p.pp} x DP {max(1, nproc // (p.tp * p.pp))}, "
-                            f"ZeRO-{p.zero_stage}"],
-                 ["batch", f"{config.train.global_batch_size} sequences of {config.prep.pack.seq_len} tokens "
-                           f"(micro-batch {config.train.micro_batch_size}), {config.train.max_steps} steps"]]
+        rows += [
+            [
+                "model",
+                f"{params / 1e6:,.1f}M parameters: d_model {config.model.d_model}, {config.model.n_layers} "
+                f"layers, {config.model.n_heads} heads ({config.model.n_kv_heads} KV), vocabulary {vocab:,}",
+            ],
+            [
+                "layout",
+                f"{nproc} process(es): TP {p.tp} x PP {p.pp} x DP {max(1, nproc // (p.tp * p.pp))}, "
+                f"ZeRO-{p.zero_stage}",
+            ],
+            [
+                "batch",
+                f"{config.train.global_batch_size} sequences of {config.prep.pack.seq_len} tokens "
+                f"(micro-batch {config.train.micro_batch_size}), {config.train.max_steps} steps",
+            ],
+        ]
     rows += [[f"wall time: {name}", _seconds(seconds)] for name, seconds in timings.items()]
     if metrics and mfu_withheld(metrics) is None:
         rows.append(["MFU measured against", f"{metrics[-1]['peak_tflops']:g} TFLOP/s peak"])
@@ -180,42 +219,75 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
     left.set_title("documents after each stage")
     left.tick_params(axis="x", rotation=30)
     bars = right.barh(names[::-1], removed[::-1], color=RED)
-    right.bar_label(bars, labels=[f"{n:,} ({100 * n / max(1, s['docs_in']):.1f}%)"
-                                  for n, s in zip(removed[::-1], stages[::-1])], padding=3, fontsize=8)
+    right.bar_label(
+        bars,
+        labels=[f"{n:,} ({100 * n / max(1, s['docs_in']):.1f}%)" for n, s in zip(removed[::-1], stages[::-1])],
+        padding=3,
+        fontsize=8,
+    )
     right.set_xlabel("documents removed (dropped + quarantined)")
     right.set_title("removed per stage (share of its input)")
     right.set_xlim(0, max(removed + [1]) * 1.35)
     fig.tight_layout()
     page.figure(fig, "funnel.png", "data funnel")
-    page.table(["stage", "docs in", "docs out", "dropped", "quarantined", "changed", "seconds"], [
-        [s["name"], f"{s['docs_in']:,}", f"{s['docs_out']:,}",
-         ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
-         ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0", changed(s), s["seconds"]]
-        for s in stages])
+    page.table(
+        ["stage", "docs in", "docs out", "dropped", "quarantined", "changed", "seconds"],
+        [
+            [
+                s["name"],
+                f"{s['docs_in']:,}",
+                f"{s['docs_out']:,}",
+                ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
+                ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0",
+                changed(s),
+                s["seconds"],
+            ]
+            for s in stages
+        ],
+    )
     for stage in stages:
         if "languages" in stage.get("tally", {}):
             page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))
         if "contamination" in stage.get("tally", {}):
-            page.paragraph("Contaminated documents per eval set: "
-                           + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["contamination"].items()))
+            page.paragraph(
+                "Contaminated documents per eval set: "
+                + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["contamination"].items())
+            )
     tokens = stats.get("tokens", {})
     if tokens:
-        page.table(["split", "documents", "tokens", "sequences", "padding", "remainder"], [
-            [split] + [f"{tokens.get(f'{split}_{k}', 0):,}" for k in ("documents", "tokens", "sequences", "padding",
-                                                                       "remainder")] for split in ("train", "val")])
+        page.table(
+            ["split", "documents", "tokens", "sequences", "padding", "remainder"],
+            [
+                [split]
+                + [
+                    f"{tokens.get(f'{split}_{k}', 0):,}"
+                    for k in ("documents", "tokens", "sequences", "padding", "remainder")
+                ]
+                for split in ("train", "val")
+            ],
+        )
     if stats.get("split_overlap"):
         page.paragraph(overlap_line(stats["split_overlap"]))
     if stats.get("sources"):
         keys = sorted({k for counts in stats["sources"].values() for k in counts})
-        page.table(["source", *keys], [[name, *(f"{counts.get(k, 0):,}" for k in keys)]
-                                       for name, counts in stats["sources"].items()])
+        page.table(
+            ["source", *keys],
+            [[name, *(f"{counts.get(k, 0):,}" for k in keys)] for name, counts in stats["sources"].items()],
+        )
         per_stage = [stage for stage in stages if stage.get("sources")]
         if per_stage:
             page.paragraph("Documents left after each stage, per source:")
-            page.table(["source", "input", *(stage["name"] for stage in per_stage)], [
-                [name, f"{per_stage[0]['sources'][name]['docs_in']:,}",
-                 *(f"{stage['sources'].get(name, {}).get('docs_out', 0):,}" for stage in per_stage)]
-                for name in stats["sources"]])
+            page.table(
+                ["source", "input", *(stage["name"] for stage in per_stage)],
+                [
+                    [
+                        name,
+                        f"{per_stage[0]['sources'][name]['docs_in']:,}",
+                        *(f"{stage['sources'].get(name, {}).get('docs_out', 0):,}" for stage in per_stage),
+                    ]
+                    for name in stats["sources"]
+                ],
+            )
 
 
 def mfu_withheld(metrics: list[dict[str, Any]]) -> str | None:
@@ -254,8 +326,11 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
     gn_ax.set(xlabel="step", ylabel="gradient norm", title="gradient norm (before clipping)")
     withheld = mfu_withheld(kept)
     tps_ax.plot(steps, [m["tokens_per_s"] for m in kept], color=BLUE)
-    tps_ax.set(xlabel="step", ylabel="tokens/s", title="throughput" + (" and MFU" if withheld is None else "")
-               + " (valid tokens)")
+    tps_ax.set(
+        xlabel="step",
+        ylabel="tokens/s",
+        title="throughput" + (" and MFU" if withheld is None else "") + " (valid tokens)",
+    )
     if withheld is None:
         mfu_ax = tps_ax.twinx()
         mfu_ax.plot(steps, [100 * m["mfu"] for m in kept], color=ORANGE)
@@ -265,11 +340,26 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
     timed = kept[1:] or kept
     tps = [m["tokens_per_s"] for m in timed]
     last = kept[-1]
-    page.table(["final step", "final loss", "final validation loss", "unigram entropy", "tokens"], [[
-        last["step"], f"{last['loss']:.4f}", f"{val[-1]['val_loss']:.4f}" if val else "-",
-        f"{entropy:.4f}" if entropy is not None else "-", f"{last['tokens']:,}"]])
-    rows = [["valid tokens/s (after the first step)", f"{statistics.median(tps):,.0f}", f"{min(tps):,.0f}",
-             f"{max(tps):,.0f}"]]
+    page.table(
+        ["final step", "final loss", "final validation loss", "unigram entropy", "tokens"],
+        [
+            [
+                last["step"],
+                f"{last['loss']:.4f}",
+                f"{val[-1]['val_loss']:.4f}" if val else "-",
+                f"{entropy:.4f}" if entropy is not None else "-",
+                f"{last['tokens']:,}",
+            ]
+        ],
+    )
+    rows = [
+        [
+            "valid tokens/s (after the first step)",
+            f"{statistics.median(tps):,.0f}",
+            f"{min(tps):,.0f}",
+            f"{max(tps):,.0f}",
+        ]
+    ]
     if withheld is None:
         mfu = [100 * m["mfu"] for m in timed]
         rows.append(["MFU (%)", f"{statistics.median(mfu):.1f}", f"{min(mfu):.1f}", f"{max(mfu):.1f}"])
@@ -284,7 +374,7 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     for m in metrics:
         for key, value in m.items():
             if key.startswith("eval/") and isinstance(value, (int, float)):
-                series.setdefault(key[len("eval/"):], []).append((m["step"], value))
+                series.setdefault(key[len("eval/") :], []).append((m["step"], value))
     if not series:
         return
     page.heading("Evaluation")
@@ -305,8 +395,10 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     _task_table(page, series)
     timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
     if timed:
-        page.paragraph(f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
-                       f"the step times that tokens/s and MFU are measured on.")
+        page.paragraph(
+            f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
+            f"the step times that tokens/s and MFU are measured on."
+        )
 
 
 def _task_table(page: Page, series: dict[str, list[tuple[int, float]]]) -> None:
@@ -322,9 +414,17 @@ def _task_table(page: Page, series: dict[str, list[tuple[int, float]]]) -> None:
             return "-"
         return f"{last[key][1]:,.1f}" if "perplexity" in key else f"{last[key][1]:.4f}"
 
-    page.table(["task", "last step", *(METRIC_LABELS.get(m, m) for m in shown)], [
-        [task, max(step for name, (step, _) in last.items() if name.startswith(f"{task}/")),
-         *(cell(f"{task}/{m}") for m in shown)] for task in tasks])
+    page.table(
+        ["task", "last step", *(METRIC_LABELS.get(m, m) for m in shown)],
+        [
+            [
+                task,
+                max(step for name, (step, _) in last.items() if name.startswith(f"{task}/")),
+                *(cell(f"{task}/{m}") for m in shown),
+            ]
+            for task in tasks
+        ],
+    )
 
 
 def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
@@ -333,7 +433,7 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     kept = [m for m in metrics if "anomaly" not in m and any(k.startswith("mix/") for k in m)]
     if not kept:
         return
-    sources = sorted({k[len("mix/"):].rsplit("/", 1)[0] for m in kept for k in m if k.startswith("mix/")})
+    sources = sorted({k[len("mix/") :].rsplit("/", 1)[0] for m in kept for k in m if k.startswith("mix/")})
     page.heading("Data mixture")
     fig, (mix_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]
@@ -357,13 +457,22 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     for i, name in enumerate(sources):
         colour = colours[i % len(colours)]
         mix_ax.plot(steps, realized[name], color=colour, label=f"{name} realized", drawstyle="steps-pre")
-        mix_ax.plot([m["step"] for m in kept], [m.get(f"mix/{name}/target", 0) for m in kept], "--", color=colour,
-                    label=f"{name} target", drawstyle="steps-pre")
+        mix_ax.plot(
+            [m["step"] for m in kept],
+            [m.get(f"mix/{name}/target", 0) for m in kept],
+            "--",
+            color=colour,
+            label=f"{name} target",
+            drawstyle="steps-pre",
+        )
         val = [(m["step"], m[f"val_loss/{name}"]) for m in metrics if f"val_loss/{name}" in m]
         if val:
             val_ax.plot(*zip(*val), "o-", color=colour, label=name)
-    mix_ax.set(xlabel="step", ylabel="share of tokens", title=f"share of tokens per source (windows of {window} "
-                                                              f"log record(s)) vs target")
+    mix_ax.set(
+        xlabel="step",
+        ylabel="share of tokens",
+        title=f"share of tokens per source (windows of {window} log record(s)) vs target",
+    )
     mix_ax.legend(fontsize=6, ncol=2)
     val_ax.set(xlabel="step", ylabel="loss (nats/token)", title="validation loss per source")
     if val_ax.lines:
@@ -372,12 +481,27 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     page.figure(fig, "mixture.png", "data mixture: realized token shares, targets and validation loss per source")
     last = kept[-1]
     total = sum(last.get(f"mix/{name}/tokens", 0) for name in sources)
-    page.table(["source", "tokens drawn", "share of all tokens", "target share over the run", "target now",
-                "last validation loss"], [
-        [name, f"{last.get(f'mix/{name}/tokens', 0):,}", f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.2%}",
-         f"{meant[name] / max(1, sum(meant.values())):.2%}", f"{last.get(f'mix/{name}/target', 0):.1%}",
-         next((f"{m[f'val_loss/{name}']:.4f}" for m in reversed(metrics) if f"val_loss/{name}" in m), "-")]
-        for name in sources])
+    page.table(
+        [
+            "source",
+            "tokens drawn",
+            "share of all tokens",
+            "target share over the run",
+            "target now",
+            "last validation loss",
+        ],
+        [
+            [
+                name,
+                f"{last.get(f'mix/{name}/tokens', 0):,}",
+                f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.2%}",
+                f"{meant[name] / max(1, sum(meant.values())):.2%}",
+                f"{last.get(f'mix/{name}/target', 0):.1%}",
+                next((f"{m[f'val_loss/{name}']:.4f}" for m in reversed(metrics) if f"val_loss/{name}" in m), "-"),
+            ]
+            for name in sources
+        ],
+    )
 
 
 def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
@@ -385,38 +509,61 @@ def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
     checkpoints = sorted(p.name for p in (train_dir / CHECKPOINTS).glob("step-*")) if train_dir.exists() else []
     page.paragraph("Checkpoints kept: " + (", ".join(checkpoints) or "none"))
     if events:
-        page.table(["step", "event", "time", "detail"], [
-            [e.get("step", ""), e["event"], e.get("time", ""),
-             ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step", "time"))] for e in events])
+        page.table(
+            ["step", "event", "time", "detail"],
+            [
+                [
+                    e.get("step", ""),
+                    e["event"],
+                    e.get("time", ""),
+                    ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "step", "time")),
+                ]
+                for e in events
+            ],
+        )
 
 
 def _toy_world(page: Page, generations: list[tuple[str, str]]) -> None:
     from pipeline.toy_world import SENTENCES
 
     page.heading("Toy world")
-    page.paragraph(f"Ten words, d_model 4, one layer, trained on \"{' '.join(SENTENCES)}\" by the same trainer. "
-                   f"Greedy generation from each word should write a sentence of that corpus.")
-    page.table(["prompt", "greedy generation", "a corpus sentence?"], [
-        [prompt, continuation, "yes" if f"{prompt} {continuation} END" in SENTENCES else "no"]
-        for prompt, continuation in generations])
+    page.paragraph(
+        f'Ten words, d_model 4, one layer, trained on "{" ".join(SENTENCES)}" by the same trainer. '
+        f"Greedy generation from each word should write a sentence of that corpus."
+    )
+    page.table(
+        ["prompt", "greedy generation", "a corpus sentence?"],
+        [
+            [prompt, continuation, "yes" if f"{prompt} {continuation} END" in SENTENCES else "no"]
+            for prompt, continuation in generations
+        ],
+    )
 
 
 def _post_demo(page: Page, results: dict[str, Any]) -> None:
     from pipeline.post_demo import reward_line, score_columns, score_rows
 
     page.heading("Post-training demo")
-    page.paragraph(f"The trained model taken on to chat (pipeline/post_demo.py): SFT teaches the colours of "
-                   f"{results['objects']} made-up objects, then DPO teaches their sizes, and keeps the colours, from "
-                   f"preference pairs alone. Accuracy is on {results['heldout_questions']} colour questions in "
-                   f"wordings held out of both trainings: the share whose likeliest answer, as the assistant's reply, "
-                   f"is right.")
+    page.paragraph(
+        f"The trained model taken on to chat (pipeline/post_demo.py): SFT teaches the colours of "
+        f"{results['objects']} made-up objects, then DPO teaches their sizes, and keeps the colours, from "
+        f"preference pairs alone. Accuracy is on {results['heldout_questions']} colour questions in "
+        f"wordings held out of both trainings: the share whose likeliest answer, as the assistant's reply, "
+        f"is right."
+    )
     page.table(score_columns(results), score_rows(results))
     page.paragraph(reward_line(results) + ".")
 
 
-def build_report(run_dir: Path, samples: list[tuple[str, str]] | None = None, config: Any = None,
-                 timings: dict[str, float] | None = None, toy: list[tuple[str, str]] | None = None,
-                 entropy: float | None = None, post: dict[str, Any] | None = None) -> Path:
+def build_report(
+    run_dir: Path,
+    samples: list[tuple[str, str]] | None = None,
+    config: Any = None,
+    timings: dict[str, float] | None = None,
+    toy: list[tuple[str, str]] | None = None,
+    entropy: float | None = None,
+    post: dict[str, Any] | None = None,
+) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
     `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
     stats = json.loads((run_dir / "data" / PREP_STATS).read_text())

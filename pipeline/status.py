@@ -22,6 +22,7 @@ from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, LATEST, METRICS_LOG, 
 @dataclass
 class StepStatus:
     """A scheduled step (a Slurm or Ray run): its tasks, those done, and the others by state."""
+
     part: str
     total: int
     done: int
@@ -57,11 +58,12 @@ def prep_steps(work: Path) -> list[tuple[str, int, int]]:
     for step_file in sorted(work.glob("*/step.json"), key=lambda p: _step_order(p.parent.name)):
         step = read_marker(step_file) or {}
         name, n_tasks = step_file.parent.name, int(step.get("n_tasks", 0))
-        done = sum((read_marker(marker_file(work, name, t)) or {}).get("fingerprint") == step.get("fingerprint")
-                   for t in range(n_tasks))
+        done = sum(
+            (read_marker(marker_file(work, name, t)) or {}).get("fingerprint") == step.get("fingerprint")
+            for t in range(n_tasks)
+        )
         rows.append((name, n_tasks, done))
     return rows
-
 
 
 def local_status(folder: Path) -> LocalStatus:
@@ -69,15 +71,21 @@ def local_status(folder: Path) -> LocalStatus:
     if not folder.exists():
         raise UserError(f"no such folder: {folder}")
     prep = next((p for p in (folder / "data", folder) if (p / "work").is_dir()), None)
-    train = next((p for p in (folder / "train", folder) if (p / METRICS_LOG).exists()
-                  or (p / CHECKPOINTS).is_dir()), None)
+    train = next(
+        (p for p in (folder / "train", folder) if (p / METRICS_LOG).exists() or (p / CHECKPOINTS).is_dir()), None
+    )
     if prep is None and train is None:
-        raise UserError(f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
-                        f"checkpoints/ (from train), or data/ and train/ (from run)")
+        raise UserError(
+            f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
+            f"checkpoints/ (from train), or data/ and train/ (from run)"
+        )
     metrics = [m for m in read_jsonl(train / METRICS_LOG) if "loss" in m] if train else []
     return LocalStatus(
-        folder=folder, prep=prep, steps=prep_steps(prep / "work") if prep else [],
-        published=bool(prep and (prep / PREP_STATS).exists()), train=train,
+        folder=folder,
+        prep=prep,
+        steps=prep_steps(prep / "work") if prep else [],
+        published=bool(prep and (prep / PREP_STATS).exists()),
+        train=train,
         last_metrics=metrics[-1] if metrics else None,
         latest_checkpoint=read_pointer(train / CHECKPOINTS / LATEST) if train else None,
         events=read_jsonl(train / EVENTS_LOG) if train else [],

@@ -34,16 +34,33 @@ def changed(row: dict[str, Any]) -> str:
 
 def prep_table(stats: dict[str, Any]) -> Table:
     table = Table(title=f"data prep ({stats['shards']} shard{'s' * (stats['shards'] != 1)})")
-    for header in ("stage", "docs in", "docs out", "dropped", "quarantined", "top reasons", "changed", "seconds",
-                   "docs/s"):
+    for header in (
+        "stage",
+        "docs in",
+        "docs out",
+        "dropped",
+        "quarantined",
+        "top reasons",
+        "changed",
+        "seconds",
+        "docs/s",
+    ):
         numeric = header not in ("stage", "top reasons", "changed")
         table.add_column(header, justify="right" if numeric else "left")
     for row in stats["stages"]:
         dropped, quarantined = sum(row["dropped"].values()), sum(row["quarantined"].values())
         rate = row["docs_in"] / row["seconds"] if row["seconds"] else 0.0
-        table.add_row(row["name"], f"{row['docs_in']:,}", f"{row['docs_out']:,}", f"{dropped:,}",
-                      f"{quarantined:,}", _reasons(row["dropped"] | row["quarantined"]), changed(row),
-                      f"{row['seconds']:.1f}", f"{rate:,.0f}")
+        table.add_row(
+            row["name"],
+            f"{row['docs_in']:,}",
+            f"{row['docs_out']:,}",
+            f"{dropped:,}",
+            f"{quarantined:,}",
+            _reasons(row["dropped"] | row["quarantined"]),
+            changed(row),
+            f"{row['seconds']:.1f}",
+            f"{rate:,.0f}",
+        )
     return table
 
 
@@ -53,15 +70,19 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
     skipped = stats.get("skipped_inputs", [])
     if skipped:
         entries = "entry" if len(skipped) == 1 else "entries"
-        console.print(f"[yellow]skipped {len(skipped)} {entries} of input folders that are not regular files (links "
-                      f"are not followed; FIFOs, sockets and devices not read):[/] " + ", ".join(skipped))
+        console.print(
+            f"[yellow]skipped {len(skipped)} {entries} of input folders that are not regular files (links "
+            f"are not followed; FIFOs, sockets and devices not read):[/] " + ", ".join(skipped)
+        )
     for row in stats["stages"]:
         langs = row.get("tally", {}).get("languages")
         if langs:
             console.print("languages kept: " + ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:12]))
         contamination = row.get("tally", {}).get("contamination")
         if contamination:
-            console.print("contaminated documents per eval set: " + ", ".join(f"{k} {v:,}" for k, v in contamination.items()))
+            console.print(
+                "contaminated documents per eval set: " + ", ".join(f"{k} {v:,}" for k, v in contamination.items())
+            )
     tokens = stats.get("tokens")
     if tokens:
         console.print(tokens_table(tokens))
@@ -74,9 +95,16 @@ def print_prep_summary(stats: dict[str, Any], console: Console | None = None) ->
 def sources_table(sources: dict[str, dict[str, int]]) -> Table:
     """Per named source: documents read, kept and removed over all stages, and what was packed."""
     table = Table(title="per source")
-    headers = {"source": None, "docs in": "docs_in", "docs out": "docs_out", "dropped": "dropped",
-               "quarantined": "quarantined", "train tokens": "train_tokens", "train sequences": "train_sequences",
-               "val tokens": "val_tokens"}
+    headers = {
+        "source": None,
+        "docs in": "docs_in",
+        "docs out": "docs_out",
+        "dropped": "dropped",
+        "quarantined": "quarantined",
+        "train tokens": "train_tokens",
+        "train sequences": "train_sequences",
+        "val tokens": "val_tokens",
+    }
     for header in headers:
         table.add_column(header, justify="left" if header == "source" else "right")
     keys = [key for key in headers.values() if key is not None]  # all but the source's name
@@ -88,10 +116,12 @@ def sources_table(sources: dict[str, dict[str, int]]) -> Table:
 def overlap_line(overlap: dict[str, Any]) -> str:
     """How many sampled validation documents share a token window with training, and the worst share."""
     worst = overlap["worst"][0]["id"] if overlap["worst"] else None
-    return (f"train/val overlap: {overlap['sharing']:,} of {overlap['measured']:,} validation documents measured "
-            f"(a sample of {overlap['sampled']:,} of {overlap['val_documents']:,}) share a "
-            f"{overlap['window_tokens']}-token window with training; worst {overlap['worst_share']:.0%} of a "
-            f"document's windows" + (f" ({worst})" if worst else ""))
+    return (
+        f"train/val overlap: {overlap['sharing']:,} of {overlap['measured']:,} validation documents measured "
+        f"(a sample of {overlap['sampled']:,} of {overlap['val_documents']:,}) share a "
+        f"{overlap['window_tokens']}-token window with training; worst {overlap['worst_share']:.0%} of a "
+        f"document's windows" + (f" ({worst})" if worst else "")
+    )
 
 
 def tokens_table(tokens: dict[str, Any]) -> Table:
@@ -100,8 +130,10 @@ def tokens_table(tokens: dict[str, Any]) -> Table:
         table.add_column(header, justify="left" if header == "split" else "right")
     for split in ("train", "val"):
         if f"{split}_tokens" in tokens:
-            table.add_row(split, *(f"{tokens[f'{split}_{k}']:,}" for k in ("documents", "tokens", "sequences",
-                                                                           "padding", "remainder")))
+            table.add_row(
+                split,
+                *(f"{tokens[f'{split}_{k}']:,}" for k in ("documents", "tokens", "sequences", "padding", "remainder")),
+            )
     return table
 
 
@@ -131,10 +163,20 @@ def print_status(steps: list[StepStatus], train: dict[str, Any] | None) -> None:
     for header in ("step", "tasks", "done", "running", "pending", "failed / cancelled", "jobs"):
         table.add_column(header, justify="right" if header in ("tasks", "done") else "left")
     for row in steps:
-        failed = [t for state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-                  for t in row.states.get(state, [])]
-        table.add_row(row.part, f"{row.total:,}", f"{row.done:,}", _tasks(row.states.get("RUNNING", [])),
-                      _tasks(row.states.get("PENDING", [])), _tasks(sorted(failed)), ", ".join(row.job_ids))
+        failed = [
+            t
+            for state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+            for t in row.states.get(state, [])
+        ]
+        table.add_row(
+            row.part,
+            f"{row.total:,}",
+            f"{row.done:,}",
+            _tasks(row.states.get("RUNNING", [])),
+            _tasks(row.states.get("PENDING", [])),
+            _tasks(sorted(failed)),
+            ", ".join(row.job_ids),
+        )
     console = _console()
     console.print(table)
     if train is None:
@@ -160,14 +202,25 @@ def print_local_status(status: LocalStatus) -> None:
         if status.published and not incomplete:
             console.print(f"prep: finished; outputs in {status.prep} (clean/, shards/, stats.json)", soft_wrap=True)
         else:
-            console.print(f"prep: not finished ({', '.join(incomplete) or 'publishing'} left); rerun the same "
-                          f"`crucible prep` (or `run`) command to resume from the markers", soft_wrap=True)
+            console.print(
+                f"prep: not finished ({', '.join(incomplete) or 'publishing'} left); rerun the same "
+                f"`crucible prep` (or `run`) command to resume from the markers",
+                soft_wrap=True,
+            )
     if status.train is not None:
         last = status.last_metrics
-        progress = (f"step {last['step']}, loss {last['loss']:.4f}" + (f", validation loss {last['val_loss']:.4f}"
-                    if "val_loss" in last else "")) if last else "no step logged yet"
-        console.print(f"training in {status.train}: {progress}; latest checkpoint: {status.latest_checkpoint or 'none'}",
-                      soft_wrap=True)
+        progress = (
+            (
+                f"step {last['step']}, loss {last['loss']:.4f}"
+                + (f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else "")
+            )
+            if last
+            else "no step logged yet"
+        )
+        console.print(
+            f"training in {status.train}: {progress}; latest checkpoint: {status.latest_checkpoint or 'none'}",
+            soft_wrap=True,
+        )
         notable = [e for e in status.events if e["event"] != "save"][-5:]
         for event in notable:
             detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
@@ -207,7 +260,7 @@ def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, flo
     for record in metrics:
         for key, value in record.items():
             if key.startswith("eval/"):
-                task, metric = key[len("eval/"):].rsplit("/", 1)
+                task, metric = key[len("eval/") :].rsplit("/", 1)
                 results.setdefault(task, {})[metric] = value
     return results, sum(record.get("eval_seconds", 0.0) for record in metrics)
 
@@ -227,8 +280,10 @@ def print_post_demo(results: dict[str, Any]) -> None:
     """The post-training demo's held-out accuracies before and after SFT and DPO, and DPO's reward accuracy."""
     from pipeline.post_demo import reward_line, score_columns, score_rows
 
-    table = Table(title=f"post-training demo: made-up facts of {results['objects']} objects, asked in wordings held "
-                        f"out of training")
+    table = Table(
+        title=f"post-training demo: made-up facts of {results['objects']} objects, asked in wordings held "
+        f"out of training"
+    )
     for column in score_columns(results):
         table.add_column(column)
     for row in score_rows(results):
@@ -244,8 +299,12 @@ def print_classifier(result: dict[str, Any], title: str) -> None:
     table = Table(title=title)
     for header in ("documents", "positive", "threshold", "accuracy", "precision", "recall", "AUC"):
         table.add_column(header, justify="right")
-    table.add_row(f"{result['documents']:,}", f"{result['positives']:,}", f"{result['threshold']:g}",
-                  *(f"{result[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc")))
+    table.add_row(
+        f"{result['documents']:,}",
+        f"{result['positives']:,}",
+        f"{result['threshold']:g}",
+        *(f"{result[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc")),
+    )
     console.print(table)
     histogram = result["histogram"]
     bins = Table(title="documents per score bin")

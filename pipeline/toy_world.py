@@ -21,11 +21,28 @@ from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, TOKENIZER_FILE
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
 SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
 STEPS = 400
-TRAINING = ["model.preset=null", "model.d_model=4", "model.n_layers=1", "model.n_heads=1", "model.n_kv_heads=1",
-            "model.ffn_hidden=16", "model.vocab_multiple=1", "model.tie_embeddings=false", f"train.max_steps={STEPS}",
-            "train.lr=0.05", "train.min_lr=0.005", "train.warmup_steps=10", "train.weight_decay=0",
-            "train.global_batch_size=4", "train.micro_batch_size=4", "train.log_interval=100",
-            f"train.eval_interval={STEPS}", "train.peak_tflops=1", "checkpoint.interval=0", "rollback.enabled=false"]
+TRAINING = [
+    "model.preset=null",
+    "model.d_model=4",
+    "model.n_layers=1",
+    "model.n_heads=1",
+    "model.n_kv_heads=1",
+    "model.ffn_hidden=16",
+    "model.vocab_multiple=1",
+    "model.tie_embeddings=false",
+    f"train.max_steps={STEPS}",
+    "train.lr=0.05",
+    "train.min_lr=0.005",
+    "train.warmup_steps=10",
+    "train.weight_decay=0",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=4",
+    "train.log_interval=100",
+    f"train.eval_interval={STEPS}",
+    "train.peak_tflops=1",
+    "checkpoint.interval=0",
+    "rollback.enabled=false",
+]
 
 
 def toy_shards(folder: Path) -> Path:
@@ -42,15 +59,30 @@ def toy_shards(folder: Path) -> Path:
     row = np.array(ids, dtype=np.uint32)[None]
     splits = {}
     for split, copies in (("train", 16), ("val", 4)):
-        entry = write_shard(folder / split / f"{split}-00000-000.arrow", row.repeat(copies, 0), [starts] * copies,
-                            len(vocab))
-        splits[split] = SplitIndex(documents=3 * copies, tokens=row.size * copies, sequences=copies, padding=0,
-                                   remainder=0, shards=[entry])
-    write_manifest(folder, ShardManifest(
-        seq_len=len(ids) - 1, row_width=len(ids), packing="concat", token_type="uint16",
-        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(folder / TOKENIZER_FILE),
-                                  vocab_size=len(vocab), eod_id=vocab["END"], pad_id=vocab["<|pad|>"]),
-        splits=splits, prep_config={}))
+        entry = write_shard(
+            folder / split / f"{split}-00000-000.arrow", row.repeat(copies, 0), [starts] * copies, len(vocab)
+        )
+        splits[split] = SplitIndex(
+            documents=3 * copies, tokens=row.size * copies, sequences=copies, padding=0, remainder=0, shards=[entry]
+        )
+    write_manifest(
+        folder,
+        ShardManifest(
+            seq_len=len(ids) - 1,
+            row_width=len(ids),
+            packing="concat",
+            token_type="uint16",
+            tokenizer=TokenizerRecord(
+                file=TOKENIZER_FILE,
+                sha256=file_sha256(folder / TOKENIZER_FILE),
+                vocab_size=len(vocab),
+                eod_id=vocab["END"],
+                pad_id=vocab["<|pad|>"],
+            ),
+            splits=splits,
+            prep_config={},
+        ),
+    )
     return folder
 
 
@@ -66,8 +98,11 @@ def train_toy_world(folder: Path) -> Path:
     if (final_checkpoint(folder) / CHECKPOINT_META).exists():
         return final_checkpoint(folder)
     shards = toy_shards(folder / "shards")
-    run_crucible(["train", "--data", str(shards), "--output", str(folder / "run"), "--resume", "none"], TRAINING,
-                 "the toy world did not train")
+    run_crucible(
+        ["train", "--data", str(shards), "--output", str(folder / "run"), "--resume", "none"],
+        TRAINING,
+        "the toy world did not train",
+    )
     return final_checkpoint(folder)
 
 

@@ -241,16 +241,25 @@ class PrivateApt:
     def translation(self, language: str) -> tuple[str, str]:
         """Return the text of the Translation-<language> index and its SHA-256."""
         listing = subprocess.run(
-            ["apt-get", *self.options, "indextargets", "--format", "$(LANGUAGE) $(FILENAME)",
-             "Identifier: Translations"],
-            check=True, capture_output=True, text=True,
+            [
+                "apt-get",
+                *self.options,
+                "indextargets",
+                "--format",
+                "$(LANGUAGE) $(FILENAME)",
+                "Identifier: Translations",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         paths = dict(line.split(" ", 1) for line in listing.splitlines() if line)
         if language not in paths:
             sys.exit(f"no Translation-{language} index was downloaded (have: {sorted(paths)})")
         raw = subprocess.run(
             ["/usr/lib/apt/apt-helper", "cat-file", paths[language]],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         ).stdout
         return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
 
@@ -348,8 +357,30 @@ def seeded(*parts: str) -> random.Random:
 class SphinxBody(HTMLParser):
     """Collect the text of a Sphinx page's main body: no navigation, no pilcrow anchors."""
 
-    BLOCKS = {"p", "div", "pre", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "table",
-              "tr", "blockquote", "section", "dl", "ul", "ol", "br", "figure", "caption"}
+    BLOCKS = {
+        "p",
+        "div",
+        "pre",
+        "li",
+        "dt",
+        "dd",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "table",
+        "tr",
+        "blockquote",
+        "section",
+        "dl",
+        "ul",
+        "ol",
+        "br",
+        "figure",
+        "caption",
+    }
     HIDDEN = {"script", "style"}
     VOID = {"area", "br", "col", "hr", "img", "input", "link", "meta", "source", "wbr"}
 
@@ -455,11 +486,13 @@ def render_man(page: Path, man_root: Path) -> str:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "MANWIDTH": "80"}
     rendered = subprocess.run(
         ["man", "--nh", "--nj", "-l", page.relative_to(man_root).as_posix()],
-        cwd=man_root, env=env, capture_output=True, check=False, timeout=120,
+        cwd=man_root,
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=120,
     ).stdout
-    plain = subprocess.run(
-        ["col", "-b", "-x"], input=rendered, env=env, capture_output=True, check=True
-    ).stdout
+    plain = subprocess.run(["col", "-b", "-x"], input=rendered, env=env, capture_output=True, check=True).stdout
     return clean_lines(plain.decode("utf-8", errors="replace"))
 
 
@@ -469,7 +502,7 @@ def so_target(page: Path, man_root: Path) -> Path | None:
         return (page.parent / os.readlink(page)).resolve()
     if page.stat().st_size > 512:
         return None
-    lines = [line for line in read_text(page).splitlines() if line and not line.startswith(".\\\"")]
+    lines = [line for line in read_text(page).splitlines() if line and not line.startswith('.\\"')]
     if len(lines) == 1 and lines[0].startswith(".so "):
         target = man_root / lines[0][4:].strip()
         for candidate in (target.with_name(target.name + ".gz"), target):
@@ -695,8 +728,9 @@ def summarize(docs: list[Doc], sizes: dict[str, int], planted: int, facts: list[
     seen: Counter[str] = Counter(hashlib.sha256(d.text.encode()).hexdigest() for d in docs)
     repeats = sum(n - 1 for n in seen.values() if n > 1)
     text_bytes = sum(utf8_len(d.text) for d in docs)
-    print(f"\ndocuments: {len(docs)}, text: {text_bytes:,} bytes, exact repeats: {repeats}, "
-          f"with planted PII: {planted}")
+    print(
+        f"\ndocuments: {len(docs)}, text: {text_bytes:,} bytes, exact repeats: {repeats}, with planted PII: {planted}"
+    )
     for name, size in sizes.items():
         print(f"{name}: {size:,} bytes")
     print(f"compressed total: {sum(sizes.values()):,} bytes")
@@ -737,11 +771,15 @@ def build(work: Path, out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "sample",
-                        help="output folder (default: data/sample)")
-    parser.add_argument("--work-dir", type=Path,
-                        help="keep downloads and unpacked packages here for the next build "
-                             "(default: a temporary folder that is removed)")
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "data" / "sample", help="output folder (default: data/sample)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep downloads and unpacked packages here for the next build "
+        "(default: a temporary folder that is removed)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     if args.work_dir:

@@ -41,8 +41,11 @@ def corpus(folder: Path) -> list[dict]:
     records = []
     for path in sorted(folder.glob("corpus-*.jsonl.*")):
         raw = path.read_bytes()
-        text = (zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read() if path.suffix == ".zst"
-                else gzip.decompress(raw))
+        text = (
+            zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+            if path.suffix == ".zst"
+            else gzip.decompress(raw)
+        )
         records += [json.loads(line) for line in text.decode("utf-8").splitlines()]
     return sorted(records, key=lambda r: r["id"])
 
@@ -57,10 +60,10 @@ def next_words(records: list[dict], rng: random.Random) -> list[dict]:
             if len(words) >= CONTEXT_WORDS + CHOICE_WORDS:
                 bodies.append(words)
     rng.shuffle(bodies)
-    continuations = {" ".join(w[CONTEXT_WORDS:CONTEXT_WORDS + CHOICE_WORDS]) for w in bodies}
+    continuations = {" ".join(w[CONTEXT_WORDS : CONTEXT_WORDS + CHOICE_WORDS]) for w in bodies}
     items = []
     for words in bodies:
-        gold_text = " ".join(words[CONTEXT_WORDS:CONTEXT_WORDS + CHOICE_WORDS])
+        gold_text = " ".join(words[CONTEXT_WORDS : CONTEXT_WORDS + CHOICE_WORDS])
         choices = [gold_text] + rng.sample(sorted(continuations - {gold_text}), 3)
         rng.shuffle(choices)
         items.append({"context": " ".join(words[:CONTEXT_WORDS]), "choices": choices, "gold": choices.index(gold_text)})

@@ -61,24 +61,72 @@ def write_zst(name: str, records: Iterable[dict]) -> int:
 # test of an e-mail pattern, so each pseudonym becomes a synthetic address of a varied shape, under
 # reserved domains only (RFC 2606: example.com/.net/.org, .example, .test, .invalid).
 PSEUDONYM = re.compile(r"user-([0-9a-f]{8})@example\.org")
-FIRST = ["alex", "maria", "jonas", "li", "renée", "olaf", "priya", "tomás", "yuki", "fatima",
-         "pieter", "ana", "sven", "chloé", "dmitri", "noor"]
-LAST = ["smith", "novak", "müller", "garcia", "tanaka", "okafor", "jensen", "rossi", "kowalski",
-        "dubois", "silva", "nguyen", "berg", "costa", "haddad", "ivanova"]
-DOMAINS = ["example.org", "example.com", "example.net", "lists.example.org", "mail.example.com",
-           "cs.uni.example", "debian.example", "build.test", "users.noreply.example.net",
-           "host-7.example.invalid"]
+FIRST = [
+    "alex",
+    "maria",
+    "jonas",
+    "li",
+    "renée",
+    "olaf",
+    "priya",
+    "tomás",
+    "yuki",
+    "fatima",
+    "pieter",
+    "ana",
+    "sven",
+    "chloé",
+    "dmitri",
+    "noor",
+]
+LAST = [
+    "smith",
+    "novak",
+    "müller",
+    "garcia",
+    "tanaka",
+    "okafor",
+    "jensen",
+    "rossi",
+    "kowalski",
+    "dubois",
+    "silva",
+    "nguyen",
+    "berg",
+    "costa",
+    "haddad",
+    "ivanova",
+]
+DOMAINS = [
+    "example.org",
+    "example.com",
+    "example.net",
+    "lists.example.org",
+    "mail.example.com",
+    "cs.uni.example",
+    "debian.example",
+    "build.test",
+    "users.noreply.example.net",
+    "host-7.example.invalid",
+]
 
 
 def synthetic_email(digest: str) -> str:
     """A stable synthetic address for one pseudonym: the same person keeps the same address."""
     rng = random.Random(int(digest, 16))
     first, last, domain = rng.choice(FIRST), rng.choice(LAST), rng.choice(DOMAINS)
-    local = rng.choice([
-        f"{first}.{last}", f"{first[0]}{last}", f"{first}", f"{first}_{last}{rng.randint(1, 99)}",
-        f"{first}+debian", f"{last}-{first}", f"{first.capitalize()}.{last.capitalize()}",
-        f"{first}.{last}+bugs",
-    ])
+    local = rng.choice(
+        [
+            f"{first}.{last}",
+            f"{first[0]}{last}",
+            f"{first}",
+            f"{first}_{last}{rng.randint(1, 99)}",
+            f"{first}+debian",
+            f"{last}-{first}",
+            f"{first.capitalize()}.{last.capitalize()}",
+            f"{first}.{last}+bugs",
+        ]
+    )
     return f"{local}@{domain.upper() if rng.random() < 0.05 else domain}"
 
 
@@ -96,8 +144,14 @@ def english(records: list[dict], size: int = 180) -> list[dict]:
     shares = {"python-docs": 0.7, "manpages": 0.3}
     chosen = []
     for source, share in shares.items():
-        pool = [r for r in records if r["source"] == source and r["lang"] == "en" and len(r["text"]) >= 1500
-                and not r["id"].startswith("python-docs/library/")]
+        pool = [
+            r
+            for r in records
+            if r["source"] == source
+            and r["lang"] == "en"
+            and len(r["text"]) >= 1500
+            and not r["id"].startswith("python-docs/library/")
+        ]
         chosen += seeded("english", source).sample(pool, round(size * share))
     seeded("english").shuffle(chosen)
     return chosen
@@ -205,13 +259,26 @@ def neardup(records: list[dict], natural_descriptions: int = 300, planted_groups
     descriptions = [r for r in records if r["source"] == "package-descriptions" and r["lang"] == "en"]
     start = seeded("neardup", "descriptions").randrange(len(descriptions) - natural_descriptions)
     docs += descriptions[start : start + natural_descriptions]  # sorted by id: runs of related packages
-    rst = {r["id"].replace("python-docs-rst/", "").replace(".rst.txt", ".html") for r in records
-           if r["source"] == "python-docs-rst"}
-    docs += [r for r in records if r["source"] == "python-docs-rst"
-             or (r["source"] == "python-docs" and r["id"].replace("python-docs/", "") in rst)]
+    rst = {
+        r["id"].replace("python-docs-rst/", "").replace(".rst.txt", ".html")
+        for r in records
+        if r["source"] == "python-docs-rst"
+    }
+    docs += [
+        r
+        for r in records
+        if r["source"] == "python-docs-rst"
+        or (r["source"] == "python-docs" and r["id"].replace("python-docs/", "") in rst)
+    ]
     taken = {r["id"] for r in docs}
-    pool = [r for r in records if r["source"] in ("manpages", "python-docs") and r["lang"] == "en"
-            and 1500 <= len(r["text"]) <= 4000 and r["id"] not in taken]
+    pool = [
+        r
+        for r in records
+        if r["source"] in ("manpages", "python-docs")
+        and r["lang"] == "en"
+        and 1500 <= len(r["text"]) <= 4000
+        and r["id"] not in taken
+    ]
     for base in seeded("neardup", "planted").sample(pool, planted_groups):
         rng = seeded("neardup", base["id"])
         for rate in EDIT_RATES:
@@ -250,8 +317,11 @@ def pii(records: list[dict]) -> list[dict]:
     """Debian changelogs and copyright files: addresses among versions, dates and bug numbers.
     The PII lines the sample planted are taken out: the test plants its own and counts the rest."""
     planted = re.compile("|".join(re.escape(f"\n\n{line}") for line in SYNTHETIC_PII))
-    return [{**r, "text": planted.sub("", r["text"])} for r in records
-            if r["source"] in ("debian-changelog", "debian-copyright")]
+    return [
+        {**r, "text": planted.sub("", r["text"])}
+        for r in records
+        if r["source"] in ("debian-changelog", "debian-copyright")
+    ]
 
 
 def main() -> None:

@@ -53,38 +53,62 @@ class Site:
 
 
 SITES = {
-    "docs": Site("docs.pyguide.example", "PyGuide Notes", "Reading the Python documentation, one page at a time",
-                 "nginx/1.22.1", ("Home", "Tutorial", "HOWTOs", "Library", "FAQ", "About"),
-                 "Documentation text from Python 3.11, © 2001-2023 Python Software Foundation, used under the "
-                 "PSF License Agreement; code examples under the Zero-Clause BSD licence.",
-                 "We use cookies to remember your theme and to count visits. See our cookie policy."),
-    "man": Site("manpages.shellhelp.example", "ShellHelp", "Every manual page, readable in the browser",
-                "Apache/2.4.57 (Debian)", ("Home", "Commands", "System calls", "Library calls", "File formats",
-                                           "Admin"),
-                "Manual pages are copyright their authors and distributed under the licence stated in each "
-                "page's Debian package (GPL-2+, the Linux man-pages copyleft licence, BSD or Expat).",
-                "This site uses cookies. By continuing to browse the site you agree to our use of cookies."),
-    "blog": Site("blog.debnews.example", "DebNews", "Package of the day, release notes and more",
-                 "nginx/1.22.1", ("Home", "Package of the day", "Release notes", "Archive", "Contact"),
-                 "Package descriptions and changelogs are the work of their Debian maintainers and upstream "
-                 "authors, under each package's licence. Blog design © 2024 DebNews, CC BY-SA 4.0.",
-                 "We and our partners use cookies to personalise content and ads. Accept all or manage choices."),
-    "intl": Site("open-manuals.example", "Open Manuals International", "Translated manuals and package notes",
-                 "Apache/2.4.57 (Debian)", ("Home", "Languages", "Manuals", "Packages", "Help translate"),
-                 "Translations by the Debian translation teams and the manual pages' translators, under the "
-                 "licence of each package (GPL-3+ for most translated manual pages).",
-                 "Cookies help us deliver our services. By using our services, you agree to our use of cookies."),
+    "docs": Site(
+        "docs.pyguide.example",
+        "PyGuide Notes",
+        "Reading the Python documentation, one page at a time",
+        "nginx/1.22.1",
+        ("Home", "Tutorial", "HOWTOs", "Library", "FAQ", "About"),
+        "Documentation text from Python 3.11, © 2001-2023 Python Software Foundation, used under the "
+        "PSF License Agreement; code examples under the Zero-Clause BSD licence.",
+        "We use cookies to remember your theme and to count visits. See our cookie policy.",
+    ),
+    "man": Site(
+        "manpages.shellhelp.example",
+        "ShellHelp",
+        "Every manual page, readable in the browser",
+        "Apache/2.4.57 (Debian)",
+        ("Home", "Commands", "System calls", "Library calls", "File formats", "Admin"),
+        "Manual pages are copyright their authors and distributed under the licence stated in each "
+        "page's Debian package (GPL-2+, the Linux man-pages copyleft licence, BSD or Expat).",
+        "This site uses cookies. By continuing to browse the site you agree to our use of cookies.",
+    ),
+    "blog": Site(
+        "blog.debnews.example",
+        "DebNews",
+        "Package of the day, release notes and more",
+        "nginx/1.22.1",
+        ("Home", "Package of the day", "Release notes", "Archive", "Contact"),
+        "Package descriptions and changelogs are the work of their Debian maintainers and upstream "
+        "authors, under each package's licence. Blog design © 2024 DebNews, CC BY-SA 4.0.",
+        "We and our partners use cookies to personalise content and ads. Accept all or manage choices.",
+    ),
+    "intl": Site(
+        "open-manuals.example",
+        "Open Manuals International",
+        "Translated manuals and package notes",
+        "Apache/2.4.57 (Debian)",
+        ("Home", "Languages", "Manuals", "Packages", "Help translate"),
+        "Translations by the Debian translation teams and the manual pages' translators, under the "
+        "licence of each package (GPL-3+ for most translated manual pages).",
+        "Cookies help us deliver our services. By using our services, you agree to our use of cookies.",
+    ),
 }
 PAGES = {"docs": 60, "man": 55, "blog": 70, "intl": 60}  # articles per site
 COMMENTERS = ("marta_k", "Jon P.", "tux_fan_88", "Priya", "lukas.b", "anonymous", "Hélène", "Kenji", "old_sysadmin")
 COMMENTS = (
-    "Thanks, this was exactly what I was looking for.", "Great write-up! Bookmarked.",
+    "Thanks, this was exactly what I was looking for.",
+    "Great write-up! Bookmarked.",
     "Does this still work on the latest release? I get a different result on my machine.",
     "I have been using this for years and never knew about half of these options.",
-    "Could you do a follow-up post with more examples?", "Worked for me after a restart.",
-    "Typo in the second paragraph, otherwise very helpful.", "Is there a way to do this without root?",
-    "Nice summary. The official docs are much harder to read.", "+1, same question here.",
-    "This saved me an afternoon of debugging.", "First!",
+    "Could you do a follow-up post with more examples?",
+    "Worked for me after a restart.",
+    "Typo in the second paragraph, otherwise very helpful.",
+    "Is there a way to do this without root?",
+    "Nice summary. The official docs are much harder to read.",
+    "+1, same question here.",
+    "This saved me an afternoon of debugging.",
+    "First!",
     "BEST CHEAP WATCHES ONLINE!!! Visit our shop at watches.example today, free shipping!!!",
 )
 TAGS = ("linux", "python", "shell", "tutorial", "debian", "howto", "tips", "reference", "packaging", "i18n")
@@ -102,6 +126,7 @@ class Page:
 
 
 # ---- articles: a corpus document as the HTML of an article --------------------------------------
+
 
 def paragraphs(text: str) -> list[str]:
     return [p for p in text.split("\n\n") if p.strip()]
@@ -149,20 +174,35 @@ def article(site: str, doc: dict) -> Page:
         *_, section, name = stem.split("/")
         lang = doc["lang"]
         title = f"{name.rsplit('.', 1)[0]}({name.rsplit('.', 1)[1]})"
-        url = (f"https://{host}/{section}/{name}{'-' + part.strip('/') if part else ''}.html" if site == "man"
-               else f"https://{host}/{lang}/{section}/{name}/{part}")
+        url = (
+            f"https://{host}/{section}/{name}{'-' + part.strip('/') if part else ''}.html"
+            if site == "man"
+            else f"https://{host}/{lang}/{section}/{name}/{part}"
+        )
         return Page(site, url, title, manual_html(text), lang, doc_id)
     if source == "package-descriptions":
         package, lang = stem.rsplit("/", 1)[-1], doc["lang"]
         summary, _, rest = text.partition("\n\n")
         body = f'<p class="lead">{html.escape(summary)}</p>\n{prose_html(rest)}'
         if site == "blog":
-            return Page(site, f"https://{host}/2024/05/package-of-the-day-{package}/", f"Package of the day: {package}",
-                        body, lang, doc_id)
+            return Page(
+                site,
+                f"https://{host}/2024/05/package-of-the-day-{package}/",
+                f"Package of the day: {package}",
+                body,
+                lang,
+                doc_id,
+            )
         return Page(site, f"https://{host}/{lang}/packages/{package}/", package, body, lang, doc_id)
     package = stem.rsplit("/", 1)[-1]  # a changelog
-    return Page(site, f"https://{host}/releases/{package}/{part}", f"What changed in {package}",
-                f'<pre class="changelog">{html.escape(text)}</pre>', "en", doc_id)
+    return Page(
+        site,
+        f"https://{host}/releases/{package}/{part}",
+        f"What changed in {package}",
+        f'<pre class="changelog">{html.escape(text)}</pre>',
+        "en",
+        doc_id,
+    )
 
 
 def choose_documents(records: list[dict]) -> dict[str, list[dict]]:
@@ -181,15 +221,21 @@ def choose_documents(records: list[dict]) -> dict[str, list[dict]]:
 
 # ---- the site around an article ----------------------------------------------------------------
 
+
 def comments_html(rng, count: int) -> str:
     if not count:
         return '<section id="comments"><h3>Comments</h3><p>No comments yet. Be the first!</p></section>'
-    items = "".join(f'<li class="comment"><span class="author">{html.escape(rng.choice(COMMENTERS))}</span> '
-                    f'<time>{rng.randint(1, 28)} April 2024</time><p>{html.escape(rng.choice(COMMENTS))}</p>'
-                    f'<a class="reply" href="#reply">Reply</a></li>' for _ in range(count))
-    return (f'<section id="comments"><h3>{count} comment{"s" * (count > 1)}</h3><ol>{items}</ol>'
-            '<form class="reply-form"><textarea placeholder="Leave a comment"></textarea>'
-            '<button>Post comment</button></form></section>')
+    items = "".join(
+        f'<li class="comment"><span class="author">{html.escape(rng.choice(COMMENTERS))}</span> '
+        f"<time>{rng.randint(1, 28)} April 2024</time><p>{html.escape(rng.choice(COMMENTS))}</p>"
+        f'<a class="reply" href="#reply">Reply</a></li>'
+        for _ in range(count)
+    )
+    return (
+        f'<section id="comments"><h3>{count} comment{"s" * (count > 1)}</h3><ol>{items}</ol>'
+        '<form class="reply-form"><textarea placeholder="Leave a comment"></textarea>'
+        "<button>Post comment</button></form></section>"
+    )
 
 
 def links(pages: list[Page]) -> str:
@@ -249,10 +295,19 @@ def render(page: Page, siblings: list[Page], rng, comments: int) -> bytes:
 
 
 def home_page(site: str, pages: list[Page]) -> Page:
-    items = "".join(f'<div class="teaser"><h2><a href="{p.url}">{html.escape(p.title)}</a></h2>'
-                    f'<a class="more" href="{p.url}">Read more &raquo;</a></div>' for p in pages[:12])
-    return Page(site, f"https://{SITES[site].host}/", f"{SITES[site].name}: {SITES[site].tagline}",
-                f'<div class="teasers">{items}</div>', "en", "")
+    items = "".join(
+        f'<div class="teaser"><h2><a href="{p.url}">{html.escape(p.title)}</a></h2>'
+        f'<a class="more" href="{p.url}">Read more &raquo;</a></div>'
+        for p in pages[:12]
+    )
+    return Page(
+        site,
+        f"https://{SITES[site].host}/",
+        f"{SITES[site].name}: {SITES[site].tagline}",
+        f'<div class="teasers">{items}</div>',
+        "en",
+        "",
+    )
 
 
 def url_variant(url: str, kind: int) -> str:
@@ -270,24 +325,34 @@ def url_variant(url: str, kind: int) -> str:
 
 # ---- files that are not HTML ------------------------------------------------------------------
 
+
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     """A small PNG: a striped logo in one colour."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     rows = b"".join(b"\x00" + bytes(rgb if (y // 4) % 2 else (255, 255, 255)) * width for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def pdf(title: str) -> bytes:
     """A one-page PDF with the title as its only text (objects, cross-reference table, trailer)."""
     escaped = title.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1", "replace")
     stream = b"BT /F1 18 Tf 72 720 Td (" + escaped + b") Tj ET"
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-               b"/Resources << /Font << /F1 5 0 R >> >> >>",
-               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -305,6 +370,7 @@ ROBOTS = b"User-agent: *\nDisallow: /search\nDisallow: /admin/\nSitemap: /sitema
 
 # ---- writing WARC ------------------------------------------------------------------------------
 
+
 class Crawl:
     """One WARC file being written: ids and dates derived from its name and the record's number."""
 
@@ -312,46 +378,68 @@ class Crawl:
         self.name, self.clock, self.buffer, self.count = name, start, BytesIO(), 0
         self.writer = WARCWriter(self.buffer, gzip=True, warc_version="1.1")
         self.fetched: dict[str, tuple[str, str, str, int]] = {}  # url -> payload digest, date, type, length
-        info = (f"software: scripts/build_web_sample.py (warcio)\r\nformat: WARC File Format 1.1\r\n"
-                f"robots: obey\r\nhttp-header-user-agent: {USER_AGENT}\r\n").encode()
-        self.writer.write_record(self.writer.create_warc_record(
-            "", "warcinfo", payload=BytesIO(info), length=len(info),
-            warc_headers_dict=self.headers() | {"WARC-Filename": name}))
+        info = (
+            f"software: scripts/build_web_sample.py (warcio)\r\nformat: WARC File Format 1.1\r\n"
+            f"robots: obey\r\nhttp-header-user-agent: {USER_AGENT}\r\n"
+        ).encode()
+        self.writer.write_record(
+            self.writer.create_warc_record(
+                "",
+                "warcinfo",
+                payload=BytesIO(info),
+                length=len(info),
+                warc_headers_dict=self.headers() | {"WARC-Filename": name},
+            )
+        )
 
     def headers(self) -> dict[str, str]:
         self.count += 1
         self.clock += timedelta(seconds=7)
-        return {"WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(RECORD_IDS, f'{self.name}/{self.count}')}>",
-                "WARC-Date": self.clock.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return {
+            "WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(RECORD_IDS, f'{self.name}/{self.count}')}>",
+            "WARC-Date": self.clock.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
 
     def http(self, status: str, site: Site, fields: list[tuple[str, str]]) -> StatusAndHeaders:
-        return StatusAndHeaders(status, [("Date", format_datetime(self.clock, usegmt=True)), ("Server", site.server),
-                                         *fields], protocol="HTTP/1.1")
+        return StatusAndHeaders(
+            status,
+            [("Date", format_datetime(self.clock, usegmt=True)), ("Server", site.server), *fields],
+            protocol="HTTP/1.1",
+        )
 
     def request(self, url: str, site: Site) -> ArcWarcRecord:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # a fragment is never sent
-        headers = StatusAndHeaders(f"GET {target} HTTP/1.1", [("Host", site.host), ("User-Agent", USER_AGENT),
-                                                              ("Accept", "text/html,*/*;q=0.8")],
-                                   is_http_request=True)
+        headers = StatusAndHeaders(
+            f"GET {target} HTTP/1.1",
+            [("Host", site.host), ("User-Agent", USER_AGENT), ("Accept", "text/html,*/*;q=0.8")],
+            is_http_request=True,
+        )
         return self.writer.create_warc_record(url, "request", http_headers=headers, warc_headers_dict=self.headers())
 
-    def response(self, url: str, site: Site, status: str, content_type: str, body: bytes,
-                 extra: tuple[tuple[str, str], ...] = ()) -> None:
+    def response(
+        self, url: str, site: Site, status: str, content_type: str, body: bytes, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         warc = self.headers()
         http = self.http(status, site, [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra])
-        record = self.writer.create_warc_record(url, "response", payload=BytesIO(body), length=len(body),
-                                                http_headers=http, warc_headers_dict=warc)
-        self.fetched[url] = (record.rec_headers.get_header("WARC-Payload-Digest"), warc["WARC-Date"],
-                             content_type, len(body))
+        record = self.writer.create_warc_record(
+            url, "response", payload=BytesIO(body), length=len(body), http_headers=http, warc_headers_dict=warc
+        )
+        self.fetched[url] = (
+            record.rec_headers.get_header("WARC-Payload-Digest"),
+            warc["WARC-Date"],
+            content_type,
+            len(body),
+        )
         self.writer.write_request_response_pair(self.request(url, site), record)
 
     def revisit(self, url: str, site: Site, earlier: tuple[str, str, str, int]) -> None:
         """The page came back unchanged (the same payload digest): a revisit record, headers only."""
         digest, date, content_type, length = earlier
         http = self.http("200 OK", site, [("Content-Type", content_type), ("Content-Length", str(length))])
-        record = self.writer.create_revisit_record(url, digest, url, date, http_headers=http,
-                                                   warc_headers_dict=self.headers())
+        record = self.writer.create_revisit_record(
+            url, digest, url, date, http_headers=http, warc_headers_dict=self.headers()
+        )
         self.writer.write_request_response_pair(self.request(url, site), record)
 
 
@@ -367,27 +455,55 @@ def crawl_site(crawl: Crawl, site_key: str, pages: list[Page]) -> None:
     host = f"https://{site.host}"
     crawl.response(f"{host}/robots.txt", site, "200 OK", "text/plain", ROBOTS)
     home = home_page(site_key, pages)
-    crawl.response(home.url, site, "200 OK", content_type(home), render(home, pages, rng, 0),
-                   (("Set-Cookie", "consent=pending; Path=/; SameSite=Lax"),))
+    crawl.response(
+        home.url,
+        site,
+        "200 OK",
+        content_type(home),
+        render(home, pages, rng, 0),
+        (("Set-Cookie", "consent=pending; Path=/; SameSite=Lax"),),
+    )
     crawl.response(f"{host}/static/site.css", site, "200 OK", "text/css", CSS)
-    crawl.response(f"{host}/static/logo.png", site, "200 OK", "image/png",
-                   png(48, 24, tuple(rng.randrange(40, 200) for _ in range(3))))
+    crawl.response(
+        f"{host}/static/logo.png",
+        site,
+        "200 OK",
+        "image/png",
+        png(48, 24, tuple(rng.randrange(40, 200) for _ in range(3))),
+    )
     bodies = {}
     for page in pages:
         bodies[page.url] = render(page, [p for p in pages if p is not page], rng, rng.choice((0, 0, 1, 2, 3)))
-        crawl.response(page.url, site, "200 OK", content_type(page), bodies[page.url],
-                       (("Last-Modified", "Mon, 04 Mar 2024 10:00:00 GMT"),))
+        crawl.response(
+            page.url,
+            site,
+            "200 OK",
+            content_type(page),
+            bodies[page.url],
+            (("Last-Modified", "Mon, 04 Mar 2024 10:00:00 GMT"),),
+        )
     for kind, page in enumerate(rng.sample(pages, 10)):
         again = bodies[page.url] if kind % 2 else render(page, pages, rng, 1)
         crawl.response(url_variant(page.url, kind % 5), site, "200 OK", content_type(page), again)
     printable = rng.choice(pages)
     path = urlsplit(printable.url).path.rstrip("/").removesuffix(".html")
     crawl.response(f"{host}/print{path}.pdf", site, "200 OK", "application/pdf", pdf(printable.title))
-    crawl.response(f"http://{site.host}/", site, "301 Moved Permanently", "text/html",
-                   b"<html><body>Moved</body></html>", (("Location", f"{host}/"),))
-    crawl.response(f"{host}/old-page/", site, "404 Not Found", "text/html",
-                   b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>"
-                   b"<p>The requested URL was not found on this server.</p></body></html>")
+    crawl.response(
+        f"http://{site.host}/",
+        site,
+        "301 Moved Permanently",
+        "text/html",
+        b"<html><body>Moved</body></html>",
+        (("Location", f"{host}/"),),
+    )
+    crawl.response(
+        f"{host}/old-page/",
+        site,
+        "404 Not Found",
+        "text/html",
+        b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>"
+        b"<p>The requested URL was not found on this server.</p></body></html>",
+    )
 
 
 def recrawl_site(crawl: Crawl, site_key: str, pages: list[Page], earlier: dict[str, tuple[str, str, str, int]]) -> None:

@@ -83,11 +83,17 @@ def scribble(path: Path, rng: random.Random) -> None:
 
 # ---- faults: each damages `output` (a finished run) and returns what it did ---------------------
 
+
 def kill_mid_run(output: Path, inputs: list[Path], rng: random.Random, seconds: float) -> str:
     shutil.rmtree(output / "work", ignore_errors=True)
     delay = rng.uniform(0.2, seconds)
-    process = subprocess.Popen(prep_command(inputs, output), cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        prep_command(inputs, output),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(delay)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -102,7 +108,9 @@ def edit_published_shard(output: Path, inputs: list[Path], rng: random.Random, s
 
 
 def _cached_file(output: Path, rng: random.Random) -> Path:
-    files = [p for p in (output / "work").rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".bin")]
+    files = [
+        p for p in (output / "work").rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".bin")
+    ]
     return rng.choice(sorted(files))
 
 
@@ -125,8 +133,11 @@ def torn_marker(output: Path, inputs: list[Path], rng: random.Random, seconds: f
 
 
 FAULTS: dict[str, Callable[[Path, list[Path], random.Random, float], str]] = {
-    "kill": kill_mid_run, "edit_published_shard": edit_published_shard, "edit_cached": edit_cached,
-    "delete_cached": delete_cached, "torn_marker": torn_marker,
+    "kill": kill_mid_run,
+    "edit_published_shard": edit_published_shard,
+    "edit_cached": edit_cached,
+    "delete_cached": delete_cached,
+    "torn_marker": torn_marker,
 }
 
 
@@ -136,19 +147,29 @@ EDITS_PUBLISHED = {"edit_published_shard"}  # faults that damage published files
 def disk_full(inputs: list[Path], reference: dict[str, tuple[str, int]], scratch: Path, size: int) -> tuple[str, bool]:
     """Prep into a tmpfs too small for it, then grow the tmpfs and rerun. Needs root."""
     mount = Path(tempfile.mkdtemp(prefix="small-disk-", dir=scratch))
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 3}", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size // 3}", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         return "disk full: skipped (needs root and tmpfs)", True
     try:
         first = run_prep(inputs, mount / "out")
         message = (first.stderr.strip().splitlines() or [""])[-1]
-        clear = first.returncode == 2 and "no space left on device writing" in message \
-            and "Traceback" not in first.stderr
+        clear = (
+            first.returncode == 2 and "no space left on device writing" in message and "Traceback" not in first.stderr
+        )
         intact = not damaged(mount / "out", reference)
         subprocess.run(["mount", "-o", f"remount,size={size * 3}", str(mount)], check=True)
         rerun = run_prep(inputs, mount / "out")
-        ok = clear and intact and rerun.returncode == 0 and not damaged(mount / "out", reference) \
+        ok = (
+            clear
+            and intact
+            and rerun.returncode == 0
+            and not damaged(mount / "out", reference)
             and lost_bytes(mount / "out", reference) == 0
+        )
         return f"disk full at {size // 3 // 2**20} MiB ({message[:90]})", ok
     finally:
         subprocess.run(["umount", str(mount)], check=False)
@@ -156,8 +177,9 @@ def disk_full(inputs: list[Path], reference: dict[str, tuple[str, int]], scratch
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", type=Path, action="append", default=[],
-                        help="prep input (default: data/sample/corpus-02.jsonl.zst)")
+    parser.add_argument(
+        "--input", type=Path, action="append", default=[], help="prep input (default: data/sample/corpus-02.jsonl.zst)"
+    )
     parser.add_argument("--faults", type=int, default=12, help="faults to inject (default 12)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -173,12 +195,14 @@ def main() -> int:
         seconds = time.perf_counter() - started
         reference = digests(scratch / "reference")
         size = sum(p.stat().st_size for p in (scratch / "reference").rglob("*") if p.is_file())
-        print(f"reference: {len(reference)} published files, {sum(s for _, s in reference.values()):,} bytes, "
-              f"{seconds:.1f}s per run")
+        print(
+            f"reference: {len(reference)} published files, {sum(s for _, s in reference.values()):,} bytes, "
+            f"{seconds:.1f}s per run"
+        )
         output = scratch / "faulted"
         shutil.copytree(scratch / "reference", output)
         kinds = list(FAULTS) + ["disk_full"]
-        plan = (kinds * (args.faults // len(kinds) + 1))[:args.faults]
+        plan = (kinds * (args.faults // len(kinds) + 1))[: args.faults]
         rng.shuffle(plan)
         survived, lost = 0, 0
         for number, kind in enumerate(plan, 1):
@@ -192,8 +216,10 @@ def main() -> int:
                 ok = ok and lost_bytes(output, reference) == 0
                 lost += lost_bytes(output, reference)
                 if not ok:
-                    print(f"   published damage after the fault: {broken[:5]}; rerun rc {rerun.returncode}: "
-                          f"{rerun.stderr.strip()[-300:]}")
+                    print(
+                        f"   published damage after the fault: {broken[:5]}; rerun rc {rerun.returncode}: "
+                        f"{rerun.stderr.strip()[-300:]}"
+                    )
             survived += ok
             print(f"fault {number:>2}: {'survived' if ok else 'FAILED  '}  {what}")
         print(f"faults injected: {len(plan)}, survived: {survived}, bytes lost: {lost}")

@@ -44,9 +44,16 @@ from training.checkpoint_meta import META_DIGEST, CorruptCheckpoint, meta_digest
 
 STEPS, INTERVAL, PREFIX = 12, 3, 6  # the reference runs STEPS; faults start from a run stopped at PREFIX
 NPROC = 2
-SETTINGS = ["train.global_batch_size=8", "train.micro_batch_size=2", "train.eval_interval=1000",
-            "train.warmup_steps=3", f"train.decay_steps={STEPS}", "train.peak_tflops=1",
-            f"checkpoint.interval={INTERVAL}", "checkpoint.keep_last=10"]
+SETTINGS = [
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "train.eval_interval=1000",
+    "train.warmup_steps=3",
+    f"train.decay_steps={STEPS}",
+    "train.peak_tflops=1",
+    f"checkpoint.interval={INTERVAL}",
+    "checkpoint.keep_last=10",
+]
 KINDS = ["kill_rank", "torn_file", "torn_meta", "pickled_file", "disk_full"]
 
 
@@ -72,9 +79,25 @@ class Outcome:
 
 def train_command(shards: Path, run: Path, steps: int) -> list[str]:
     sets = [arg for setting in [*SETTINGS, f"train.max_steps={steps}"] for arg in ("--set", setting)]
-    return [sys.executable, "-m", "launch.agent", "--nproc_per_node", str(NPROC), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(shards),
-            "--output", str(run), *sets]
+    return [
+        sys.executable,
+        "-m",
+        "launch.agent",
+        "--nproc_per_node",
+        str(NPROC),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "-m",
+        "pipeline",
+        "train",
+        "--data",
+        str(shards),
+        "--output",
+        str(run),
+        *sets,
+    ]
 
 
 def train(shards: Path, run: Path, steps: int = STEPS) -> subprocess.CompletedProcess[str]:
@@ -135,8 +158,9 @@ def newest(run: Path) -> Path:
 
 def kill_rank(shards: Path, run: Path, reference: dict[int, float], rng: random.Random) -> Outcome:
     step, rank = rng.randint(2, STEPS - 1), rng.randrange(NPROC)
-    launcher = subprocess.Popen(train_command(shards, run, STEPS), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        train_command(shards, run, STEPS), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while launcher.poll() is None and max(losses(run), default=0) < step:
         time.sleep(0.05)
     killed_at = max(losses(run), default=0)
@@ -196,8 +220,12 @@ def disk_full(shards: Path, run: Path, reference: dict[int, float], rng: random.
     mount.mkdir()
     used = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
     room = rng.randint(64 << 10, sum(p.stat().st_size for p in newest(run).glob("*.pt")) // 2)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used + room}", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={used + room}", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         return Outcome("disk_full", "skipped: mounting a tmpfs needs root", True, 0, 0)
     try:
         shutil.copytree(run, mount / "run")
@@ -213,7 +241,10 @@ def disk_full(shards: Path, run: Path, reference: dict[int, float], rng: random.
 
 
 FAULTS: dict[str, Callable[[Path, Path, dict[int, float], random.Random], Outcome]] = {
-    "kill_rank": kill_rank, "torn_file": torn_file, "torn_meta": torn_meta, "pickled_file": pickled_file,
+    "kill_rank": kill_rank,
+    "torn_file": torn_file,
+    "torn_meta": torn_meta,
+    "pickled_file": pickled_file,
     "disk_full": disk_full,
 }
 
@@ -243,11 +274,16 @@ def main() -> int:
             shutil.copytree(work / "prefix", run)
         outcome = FAULTS[kind](shards, run, reference, rng)
         outcomes.append(outcome)
-        print(f"{i + 1:>3} {kind:<13} {outcome.detail:<40} {'survived' if outcome.survived else 'FAILED':<9} "
-              f"steps redone {outcome.steps_redone:>2}  bytes lost {outcome.bytes_lost:,} {outcome.why}", flush=True)
+        print(
+            f"{i + 1:>3} {kind:<13} {outcome.detail:<40} {'survived' if outcome.survived else 'FAILED':<9} "
+            f"steps redone {outcome.steps_redone:>2}  bytes lost {outcome.bytes_lost:,} {outcome.why}",
+            flush=True,
+        )
     survived = sum(o.survived for o in outcomes)
-    print(f"faults injected {len(outcomes)}, survived {survived}, steps redone {sum(o.steps_redone for o in outcomes)}, "
-          f"bytes of published checkpoints lost {sum(o.bytes_lost for o in outcomes):,}")
+    print(
+        f"faults injected {len(outcomes)}, survived {survived}, steps redone {sum(o.steps_redone for o in outcomes)}, "
+        f"bytes of published checkpoints lost {sum(o.bytes_lost for o in outcomes):,}"
+    )
     return 0 if survived == len(outcomes) else 1
 
 

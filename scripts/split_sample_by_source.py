@@ -25,8 +25,9 @@ GROUPS = {  # named source -> the corpus origins it holds
 
 def lines(path: Path) -> Iterator[str]:
     with open(path, "rb") as raw:
-        decompressed = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else \
-            zstandard.ZstdDecompressor().stream_reader(raw)
+        decompressed = (
+            gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else zstandard.ZstdDecompressor().stream_reader(raw)
+        )
         with io.TextIOWrapper(decompressed, encoding="utf-8") as handle:
             yield from handle
 

@@ -6,8 +6,10 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("the cat sat on a mat while dogs ran past green trees near old houses by the river and "
-         "children sang songs about stars moons clouds rain wind 1 2 3 ? ! , . é ü 中文").split()
+WORDS = (
+    "the cat sat on a mat while dogs ran past green trees near old houses by the river and "
+    "children sang songs about stars moons clouds rain wind 1 2 3 ? ! , . é ü 中文"
+).split()
 
 BAD_RECORDS = [  # (line, reason) the chat reader must give each
     ("{not json", "malformed_json"),
@@ -15,13 +17,21 @@ BAD_RECORDS = [  # (line, reason) the chat reader must give each
     (json.dumps({"messages": []}), "no_messages"),
     (json.dumps({"text": "no messages key"}), "no_messages"),
     (json.dumps({"messages": [{"role": "user", "content": 3}]}), "bad_message"),
-    (json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
-     "unknown_role"),
+    (
+        json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
+        "unknown_role",
+    ),
     (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}), "no_assistant_turn"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi <|end|> there"},
-                              {"role": "assistant", "content": "x"}]}), "marker_in_content"),
-    (json.dumps({"messages": [{"role": "user", "content": "long " * 200}, {"role": "assistant", "content": "x"}]}),
-     "too_long"),
+    (
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi <|end|> there"}, {"role": "assistant", "content": "x"}]}
+        ),
+        "marker_in_content",
+    ),
+    (
+        json.dumps({"messages": [{"role": "user", "content": "long " * 200}, {"role": "assistant", "content": "x"}]}),
+        "too_long",
+    ),
 ]
 
 

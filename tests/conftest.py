@@ -56,8 +56,16 @@ def english_shards(tmp_path_factory: pytest.TempPathFactory, name: str, records:
 
     corpus = write_jsonl(tmp_path_factory.mktemp(f"{name}_corpus") / "english.jsonl", records)
     output = tmp_path_factory.mktemp(name)
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1", *settings])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, tokenize, pack]",
+            "prep.tokenizer.vocab_size=512",
+            "prep.pack.seq_len=64",
+            "prep.pack.val_fraction=0.1",
+            *settings,
+        ],
+    )
     config.prep.inputs = [corpus]
     run_prep(config.prep, output, show_progress=False)
     return output / "shards"
@@ -66,8 +74,9 @@ def english_shards(tmp_path_factory: pytest.TempPathFactory, name: str, records:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Packed shards (vocab 512, seq_len 64) of 150 real English documents, for training tests."""
-    return english_shards(tmp_path_factory, "tiny_shards",
-                          [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)])
+    return english_shards(
+        tmp_path_factory, "tiny_shards", [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -84,23 +93,43 @@ def s3() -> Iterator[S3Server]:
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 900, check: bool = True,
-             launcher_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    nproc: int, *args: str, timeout: int = 900, check: bool = True, launcher_args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *launcher_args, "-m", "pipeline", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        *launcher_args,
+        "-m",
+        "pipeline",
+        *args,
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
 def hand_made_manifest(seq_len: int, splits: dict[str, SplitIndex], pad_id: int = 1) -> ShardManifest:
     """The manifest of shards a test wrote itself (vocabulary 4096, a tokenizer the loader never reads)."""
-    return ShardManifest(seq_len=seq_len, row_width=seq_len + 1, packing="concat", token_type="uint16",
-                         tokenizer=TokenizerRecord(file="tokenizer.json", sha256="0" * 64, vocab_size=4096, eod_id=0,
-                                                   pad_id=pad_id),
-                         splits=splits)
+    return ShardManifest(
+        seq_len=seq_len,
+        row_width=seq_len + 1,
+        packing="concat",
+        token_type="uint16",
+        tokenizer=TokenizerRecord(file="tokenizer.json", sha256="0" * 64, vocab_size=4096, eod_id=0, pad_id=pad_id),
+        splits=splits,
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -109,18 +138,43 @@ def metrics(run_dir: Path) -> list[dict]:
 
 # Files whose tests start real ranks, Slurm jobs or whole runs: minutes each on two cores.
 # `make test-fast` (pytest -m "not slow") leaves them out; `make test` and CI run everything.
-SLOW_FILES = {"test_checkpoint.py", "test_train_equivalence.py", "test_slurm_submit.py", "test_slurm_cluster.py",
-              "test_launch.py", "test_run_verb.py", "test_resume.py", "test_generate_export.py", "test_toy_world.py",
-              "test_outputs_unchanged.py", "test_preflight.py", "test_shared_machine.py"}
+SLOW_FILES = {
+    "test_checkpoint.py",
+    "test_train_equivalence.py",
+    "test_slurm_submit.py",
+    "test_slurm_cluster.py",
+    "test_launch.py",
+    "test_run_verb.py",
+    "test_resume.py",
+    "test_generate_export.py",
+    "test_toy_world.py",
+    "test_outputs_unchanged.py",
+    "test_preflight.py",
+    "test_shared_machine.py",
+}
 
 
 # The longest files, longest first (minutes each on two cores): run first, so that no worker starts one of them
 # while the other has nothing left to do. pytest-xdist hands out files in collection order with
 # --no-loadscope-reorder (the Makefile's); by default it sorts them by their number of tests.
-LONGEST_FIRST = ["test_checkpoint.py", "test_safe_checkpoints.py", "test_post_training.py", "test_cloud_training.py",
-                 "test_slurm_submit.py", "test_resume.py", "test_task_eval.py", "test_train_equivalence.py",
-                 "test_generate_export.py", "test_run_verb.py", "test_launch.py", "test_toy_world.py",
-                 "test_train_errors.py", "test_mixture_resume.py", "test_trackers.py", "test_ray_executor.py"]
+LONGEST_FIRST = [
+    "test_checkpoint.py",
+    "test_safe_checkpoints.py",
+    "test_post_training.py",
+    "test_cloud_training.py",
+    "test_slurm_submit.py",
+    "test_resume.py",
+    "test_task_eval.py",
+    "test_train_equivalence.py",
+    "test_generate_export.py",
+    "test_run_verb.py",
+    "test_launch.py",
+    "test_toy_world.py",
+    "test_train_errors.py",
+    "test_mixture_resume.py",
+    "test_trackers.py",
+    "test_ray_executor.py",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -45,8 +45,13 @@ def score(pages: list[dict], outputs: list[Page]) -> Scores:
         page_removed = sum(_flat(b) not in text for b in record["boilerplate"])
         kept, removed = kept + page_kept, removed + page_removed
         main, boilerplate = main + len(record["main"]), boilerplate + len(record["boilerplate"])
-        per_page.append((record["page"], page_kept / len(record["main"]),
-                         page_removed / len(record["boilerplate"]) if record["boilerplate"] else 1.0))
+        per_page.append(
+            (
+                record["page"],
+                page_kept / len(record["main"]),
+                page_removed / len(record["boilerplate"]) if record["boilerplate"] else 1.0,
+            )
+        )
     return Scores(kept / main, removed / boilerplate, main, boilerplate, per_page)
 
 

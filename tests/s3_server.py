@@ -42,8 +42,13 @@ class FaultMiddleware:
             return self._control(environ, start_response)
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if "Credential=" in auth and f"Credential={self.access_key}/" not in auth:
-            return _error(start_response, method, "403 Forbidden", "InvalidAccessKeyId",
-                          "The AWS Access Key Id you provided does not exist in our records.")
+            return _error(
+                start_response,
+                method,
+                "403 Forbidden",
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.",
+            )
         if method == "GET" and "." in path.rsplit("/", 1)[-1]:
             with self.lock:
                 self.reads.append((path, environ.get("HTTP_RANGE")))
@@ -74,8 +79,14 @@ class FaultMiddleware:
 
 def _error(start_response: Any, method: str, status: str, code: str, message: str) -> list[bytes]:
     """An S3 error response; the answer to a HEAD has no body, as S3's."""
-    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
-            f'<RequestId>test</RequestId></Error>').encode() if method != "HEAD" else b""
+    body = (
+        (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>test</RequestId></Error>"
+        ).encode()
+        if method != "HEAD"
+        else b""
+    )
     start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -105,12 +116,20 @@ class S3Server:
     @property
     def env(self) -> dict[str, str]:
         """What a client needs: the standard AWS variables, as a user would set them."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), ACCESS_KEY],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, str(self.port), ACCESS_KEY],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -128,8 +147,13 @@ class S3Server:
     def fault(self, method: str, path: str, status: int | None = 500, count: int = 1, delay: float = 0) -> None:
         """Arm a fault: the next `count` requests of `method` whose path holds `path` wait `delay` s, then
         get `status` (None: served as usual after the wait)."""
-        request = urllib.request.Request(self.endpoint + FAULT_PATH, method="POST", data=json.dumps(
-            {"method": method, "path": path, "status": status, "count": count, "delay": delay}).encode())
+        request = urllib.request.Request(
+            self.endpoint + FAULT_PATH,
+            method="POST",
+            data=json.dumps(
+                {"method": method, "path": path, "status": status, "count": count, "delay": delay}
+            ).encode(),
+        )
         urllib.request.urlopen(request, timeout=5).read()
 
     def faults_served(self) -> int:
@@ -154,8 +178,13 @@ class S3Server:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name=REGION)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
 
     def upload_folder(self, folder: Path, url: str) -> None:
         """Copy a local folder to s3://bucket/prefix with boto3 (not our storage layer: the tests' source of truth)."""

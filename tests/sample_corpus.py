@@ -18,7 +18,11 @@ def _all_records() -> tuple[dict, ...]:
     records = []
     for path in sorted(SAMPLE.glob("corpus-*.jsonl.*")):
         raw = path.read_bytes()
-        data = gzip.decompress(raw) if path.suffix == ".gz" else zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        data = (
+            gzip.decompress(raw)
+            if path.suffix == ".gz"
+            else zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        )
         records.extend(json.loads(line) for line in data.decode().splitlines())
     return tuple(records)
 

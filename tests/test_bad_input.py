@@ -20,7 +20,11 @@ def build_bad_input(folder: Path) -> tuple[list[Path], Counter]:
     rng = random.Random(7)
     junk_text = "".join(chr(rng.randrange(0, 32)) for _ in range(2000))
     bad = {
-        "malformed_json": [b'{"text": "unterminated', b"not json at all", bytes(rng.randrange(256) for _ in range(300)).replace(b"\n", b" ")],
+        "malformed_json": [
+            b'{"text": "unterminated',
+            b"not json at all",
+            bytes(rng.randrange(256) for _ in range(300)).replace(b"\n", b" "),
+        ],
         "missing_text": [b'{"id": "x1", "body": "text in the wrong field"}'],
         "text_not_string": [b'{"text": 42}'],
         "not_an_object": [b'["a", "list"]'],
@@ -50,7 +54,9 @@ def test_bad_records_are_quarantined_and_counted(tmp_path: Path) -> None:
     quarantined = Counter()
     for stage in stats["stages"]:
         quarantined.update(stage["quarantined"])
-        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(stage["quarantined"].values())
+        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(
+            stage["quarantined"].values()
+        )
     assert quarantined == expected
     records = read_dir(tmp_path / "out" / "quarantine")
     assert Counter(r["reason"] for r in records) == expected

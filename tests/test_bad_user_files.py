@@ -23,8 +23,9 @@ NOT_UTF8 = b'{"text": "caf\xe9 au lait", "label": true}\n'
 
 
 def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -57,30 +58,46 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def prep(files: dict[str, Path], tmp_path: Path, stages: str, *settings: str) -> subprocess.CompletedProcess[str]:
-    args = ["prep", "--input", str(files["corpus"]), "--output", str(tmp_path / "out"), "--no-progress",
-            "--set", f"prep.stages=[normalize, {stages}]"]
+    args = [
+        "prep",
+        "--input",
+        str(files["corpus"]),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--set",
+        f"prep.stages=[normalize, {stages}]",
+    ]
     return crucible(*args, *[arg for setting in settings for arg in ("--set", setting)])
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("not_json.jsonl", "not_json.jsonl:2: not JSON"),
-    ("array.json", "array.json holds a JSON array; expected JSON Lines"),
-    ("garbage.parquet", "garbage.parquet: not a readable Parquet file"),
-    ("latin1.jsonl", "latin1.jsonl:1: not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("not_json.jsonl", "not_json.jsonl:2: not JSON"),
+        ("array.json", "array.json holds a JSON array; expected JSON Lines"),
+        ("garbage.parquet", "garbage.parquet: not a readable Parquet file"),
+        ("latin1.jsonl", "latin1.jsonl:1: not UTF-8 text"),
+    ],
+)
 def test_a_broken_eval_set_is_one_line(files: dict[str, Path], tmp_path: Path, name: str, expected: str) -> None:
     result = prep(files, tmp_path, "decontaminate", f"prep.decontaminate.eval_sets=[{{path: {files[name]}}}]")
     assert_one_line(result, "decontaminate.index", expected)
 
 
-def test_an_eval_set_without_the_fields_to_match_names_the_fields_it_has(files: dict[str, Path],
-                                                                          tmp_path: Path) -> None:
+def test_an_eval_set_without_the_fields_to_match_names_the_fields_it_has(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
     """The shipped task file holds `context`/`choices`, not the default `text`: it would have protected nothing."""
     tasks = REPO / "data" / "tasks" / "debian_next_words.jsonl"
     result = prep(files, tmp_path, "decontaminate", f"prep.decontaminate.eval_sets=[{{path: {tasks}}}]")
     assert_one_line(result, "eval set debian_next_words", "no item has a field ['text']", "'choices'", "'context'")
-    matched = prep(files, tmp_path / "fields", "decontaminate",
-                   f"prep.decontaminate.eval_sets=[{{path: {tasks}, fields: [context]}}]")
+    matched = prep(
+        files,
+        tmp_path / "fields",
+        "decontaminate",
+        f"prep.decontaminate.eval_sets=[{{path: {tasks}, fields: [context]}}]",
+    )
     assert matched.returncode == 0, matched.stderr[-3000:]
 
 
@@ -97,13 +114,20 @@ def test_a_malformed_given_tokenizer_is_one_line(files: dict[str, Path], tmp_pat
     assert_one_line(result, f"tokenizer {path} is not a tokenizer.json")
 
 
-@pytest.mark.parametrize(("stages", "setting", "expected"), [
-    ("langid", "prep.langid.model_path=PATH", "language-ID model PATH is not a fastText model"),
-    ("quality_model", "prep.quality_model.classifiers=[{name: edu, model_path: PATH, threshold: 0.5}]",
-     "classifier model PATH is not a fastText model"),
-])
-def test_a_file_that_is_not_a_fasttext_model_is_one_line(files: dict[str, Path], tmp_path: Path, stages: str,
-                                                         setting: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("stages", "setting", "expected"),
+    [
+        ("langid", "prep.langid.model_path=PATH", "language-ID model PATH is not a fastText model"),
+        (
+            "quality_model",
+            "prep.quality_model.classifiers=[{name: edu, model_path: PATH, threshold: 0.5}]",
+            "classifier model PATH is not a fastText model",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_fasttext_model_is_one_line(
+    files: dict[str, Path], tmp_path: Path, stages: str, setting: str, expected: str
+) -> None:
     path = str(files["not_a_model.bin"])
     result = prep(files, tmp_path, stages, setting.replace("PATH", path))
     assert_one_line(result, expected.replace("PATH", path))
@@ -111,14 +135,38 @@ def test_a_file_that_is_not_a_fasttext_model_is_one_line(files: dict[str, Path],
 
 def test_classifier_verbs_refuse_bad_files_in_one_line(files: dict[str, Path], tmp_path: Path) -> None:
     latin1, labelled = files["latin1.jsonl"], files["labelled.jsonl"]
-    assert_one_line(crucible("classifier", "train", "--positive", str(latin1), "--negative", str(labelled),
-                             "--output", str(tmp_path / "model")), f"{latin1}:1: not UTF-8 text")
-    assert_one_line(crucible("classifier", "train", "--positive", str(labelled), "--negative", str(latin1),
-                             "--output", str(tmp_path / "model")), f"{latin1}:1: not UTF-8 text")
+    assert_one_line(
+        crucible(
+            "classifier",
+            "train",
+            "--positive",
+            str(latin1),
+            "--negative",
+            str(labelled),
+            "--output",
+            str(tmp_path / "model"),
+        ),
+        f"{latin1}:1: not UTF-8 text",
+    )
+    assert_one_line(
+        crucible(
+            "classifier",
+            "train",
+            "--positive",
+            str(labelled),
+            "--negative",
+            str(latin1),
+            "--output",
+            str(tmp_path / "model"),
+        ),
+        f"{latin1}:1: not UTF-8 text",
+    )
     model = str(files["not_a_model.bin"])
     assert_one_line(crucible("classifier", "eval", "--model", model, "--data", str(latin1)), f"{latin1}:1: not UTF-8")
-    assert_one_line(crucible("classifier", "eval", "--model", model, "--data", str(labelled)),
-                    f"classifier model {model} is not a fastText model")
+    assert_one_line(
+        crucible("classifier", "eval", "--model", model, "--data", str(labelled)),
+        f"classifier model {model} is not a fastText model",
+    )
 
 
 def test_task_files_and_eval_sets_share_one_reader(tmp_path: Path) -> None:

@@ -59,8 +59,12 @@ def lists(tmp_path: Path) -> dict[str, Path]:
 
 
 def stage(lists: dict[str, Path], **settings: object) -> BlocklistStage:
-    config = BlocklistConfig(url_lists=[lists["blocked.txt"]], allow_lists=[lists["allowed.txt"]],
-                             word_lists={"*": [lists["words.txt"]], "de": [lists["words-de.txt"]]}, **settings)
+    config = BlocklistConfig(
+        url_lists=[lists["blocked.txt"]],
+        allow_lists=[lists["allowed.txt"]],
+        word_lists={"*": [lists["words.txt"]], "de": [lists["words-de.txt"]]},
+        **settings,
+    )
     blocklist = BlocklistStage(config)
     blocklist.setup()
     return blocklist
@@ -69,8 +73,7 @@ def stage(lists: dict[str, Path], **settings: object) -> BlocklistStage:
 def test_domains_subdomains_and_urls_are_blocked_and_allow_lists_win(lists: dict[str, Path]) -> None:
     blocklist = stage(lists)
     texts = [r["text"] for r in sample_records(("manpages",), limit=len(URLS))]
-    decision = blocklist.decide(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts,
-                                          "url": list(URLS)}))
+    decision = blocklist.decide(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "url": list(URLS)}))
     reasons = {url: decision.drops[row].reason if row in decision.drops else None for row, url in enumerate(URLS)}
     assert reasons == URLS
     detail = decision.drops[0].detail
@@ -106,10 +109,12 @@ def test_a_listed_domain_blocks_every_subdomain_whatever_the_suffix_list_knows(t
     blocklist = BlocklistStage(BlocklistConfig(url_lists=[listed]))
     blocklist.setup()
     texts = [r["text"] for r in sample_records(("manpages",), limit=len(ANY_SUFFIX))]
-    decision = blocklist.decide(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts,
-                                          "url": list(ANY_SUFFIX)}))
-    rules = {url: decision.drops[row].detail["rule"] if row in decision.drops else None
-             for row, url in enumerate(ANY_SUFFIX)}
+    decision = blocklist.decide(
+        pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "url": list(ANY_SUFFIX)})
+    )
+    rules = {
+        url: decision.drops[row].detail["rule"] if row in decision.drops else None for row, url in enumerate(ANY_SUFFIX)
+    }
     assert rules == ANY_SUFFIX
     assert decision.drops[3].detail["host"] == "cdn.ads-mill.test"
 
@@ -126,8 +131,9 @@ def test_list_words_are_whole_words_in_any_case_and_near_misses_stay(lists: dict
     }
     texts = [f"{base}\n\n{p}" for p in planted]
     decision = blocklist.decide(pa.table({"id": list("abcde"), "text": texts, "lang": ["en"] * 5}))
-    assert {p: decision.drops[row].reason if row in decision.drops else None
-            for row, p in enumerate(planted)} == planted
+    assert {
+        p: decision.drops[row].reason if row in decision.drops else None for row, p in enumerate(planted)
+    } == planted
     assert decision.drops[0].detail == {"hits": 1, "threshold": 0, "words": ["frobnicate"]}
     german = blocklist.decide(pa.table({"id": ["g"], "text": [f"{base} quux"], "lang": ["de"]}))
     assert german.drops[0].detail["words"] == ["quux"]
@@ -140,7 +146,9 @@ def test_the_ratio_variant_keeps_a_rare_word_in_a_long_document(lists: dict[str,
     texts = [f"{base} frobnicate", " ".join(["frobnicate the widget"] * 50)]
     decision = blocklist.decide(pa.table({"id": ["long", "spam"], "text": texts}))
     assert n_words > 200 and list(decision.drops) == [1]
-    assert decision.drops[1].reason == "blocked_word_ratio" and decision.drops[1].detail["value"] == pytest.approx(1 / 3)
+    assert decision.drops[1].reason == "blocked_word_ratio" and decision.drops[1].detail["value"] == pytest.approx(
+        1 / 3
+    )
 
 
 def test_prep_drops_with_the_rule_and_carries_kept_fields(lists: dict[str, Path], tmp_path: Path) -> None:
@@ -149,11 +157,16 @@ def test_prep_drops_with_the_rule_and_carries_kept_fields(lists: dict[str, Path]
         record["url"] = url
     records[-1]["text"] += "\n\nFrobnicate."
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
-    config = load_config(None, [
-        "prep.stages=[normalize, blocklist]", "prep.read.keep_fields=[url, source]",
-        f"prep.blocklist.url_lists=[{lists['blocked.txt']}]", f"prep.blocklist.allow_lists=[{lists['allowed.txt']}]",
-        f"prep.blocklist.word_lists={{'*': [{lists['words.txt']}]}}",
-    ])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, blocklist]",
+            "prep.read.keep_fields=[url, source]",
+            f"prep.blocklist.url_lists=[{lists['blocked.txt']}]",
+            f"prep.blocklist.allow_lists=[{lists['allowed.txt']}]",
+            f"prep.blocklist.word_lists={{'*': [{lists['words.txt']}]}}",
+        ],
+    )
     config.prep.inputs = [corpus]
     stats = run_prep(config.prep, tmp_path / "out", show_progress=False)
     row = {r["name"]: r for r in stats["stages"]}["blocklist"]
@@ -178,9 +191,14 @@ def test_the_default_stages_leave_the_filters_out() -> None:
 
 
 def test_list_paths_become_absolute_for_job_scripts() -> None:
-    config = load_config(None, ["prep.blocklist.url_lists=[lists/blocked.txt]",
-                                "prep.blocklist.word_lists={'*': [lists/words.txt]}",
-                                "prep.decontaminate.eval_sets=[{path: evals/qa.jsonl}]"]).prep.with_absolute_paths()
+    config = load_config(
+        None,
+        [
+            "prep.blocklist.url_lists=[lists/blocked.txt]",
+            "prep.blocklist.word_lists={'*': [lists/words.txt]}",
+            "prep.decontaminate.eval_sets=[{path: evals/qa.jsonl}]",
+        ],
+    ).prep.with_absolute_paths()
     assert config.blocklist.url_lists[0] == Path("lists/blocked.txt").resolve()
     assert config.blocklist.word_lists["*"][0] == Path("lists/words.txt").resolve()
     assert config.decontaminate.eval_sets[0].path == Path("evals/qa.jsonl").resolve()

@@ -36,8 +36,10 @@ def corpus(path: Path) -> tuple[Path, list[dict]]:
 
 
 def prep(inputs: Path, output: Path, *settings: str) -> dict:
-    config = load_config(None, ["prep.stages=[normalize, boilerplate]", "prep.workers=1",
-                                f"prep.boilerplate.min_docs={MIN_DOCS}", *settings])
+    config = load_config(
+        None,
+        ["prep.stages=[normalize, boilerplate]", "prep.workers=1", f"prep.boilerplate.min_docs={MIN_DOCS}", *settings],
+    )
     config.prep.inputs = [inputs]
     return run_prep(config.prep, output, show_progress=False)
 
@@ -64,15 +66,20 @@ def test_a_unit_in_min_docs_documents_goes_across_shards_and_tasks(tmp_path: Pat
     for i in NOTICE_DOCS:
         assert clean[f"doc-{i}"]["text"].count(NOTICE) == (2 if i == 5 else 1)
     expected = whole_corpus_removal(records, BoilerplateConfig(min_docs=MIN_DOCS))
-    assert {i: (r["text"], r["boilerplate_units"]) for i, r in clean.items()} == \
-        {i: value for i, value in expected.items() if i != "doc-57"}
+    assert {i: (r["text"], r["boilerplate_units"]) for i, r in clean.items()} == {
+        i: value for i, value in expected.items() if i != "doc-57"
+    }
     assert all(r["boilerplate_chars"] == len(records[int(i[4:])]["text"]) - len(r["text"]) for i, r in clean.items())
     assert sum(1 for _, units in expected.values() if units) > len(FOOTER_DOCS), "real man pages share units too"
 
     lineage = pq.read_table(tmp_path / "many" / "dropped").to_pylist()
     assert [(r["id"], r["reason"]) for r in lineage] == [("doc-57", "boilerplate_only")]
-    assert json.loads(lineage[0]["detail"]) == {"units_removed": 1, "chars_removed": len(FOOTER) + 2,
-                                                "chars_left": len("A short page."), "min_chars": 100}
+    assert json.loads(lineage[0]["detail"]) == {
+        "units_removed": 1,
+        "chars_removed": len(FOOTER) + 2,
+        "chars_left": len("A short page."),
+        "min_chars": 100,
+    }
     row = {r["name"]: r for r in stats["stages"]}["boilerplate"]
     assert row["docs_in"] == 60 == row["docs_out"] + 1 and row["dropped"] == {"boilerplate_only": 1}
     changed = [units for i, (_, units) in expected.items() if units and i != "doc-57"]
@@ -81,8 +88,11 @@ def test_a_unit_in_min_docs_documents_goes_across_shards_and_tasks(tmp_path: Pat
 
     one = prep(inputs, tmp_path / "one")  # one shard, one count task: the same result
     assert {r["name"]: r for r in one["stages"]}["boilerplate"]["dropped"] == row["dropped"]
-    assert pq.read_table(tmp_path / "one" / "clean").sort_by("id").equals(
-        pq.read_table(tmp_path / "many" / "clean").sort_by("id"))
+    assert (
+        pq.read_table(tmp_path / "one" / "clean")
+        .sort_by("id")
+        .equals(pq.read_table(tmp_path / "many" / "clean").sort_by("id"))
+    )
 
 
 def rewriter(common: list[str], **settings: object) -> Callable[[str], tuple[str, int]]:
@@ -94,8 +104,9 @@ def rewriter(common: list[str], **settings: object) -> Callable[[str], tuple[str
 
 def test_removal_keeps_the_other_units_and_their_separators() -> None:
     rewrite = rewriter(["Skip to the main content of this page", "Accept all cookies on this website"])
-    text = ("Skip to the main content of this page\n\nFirst paragraph.\n \n\n"
-            "Accept  all cookies on this website\n\nLast.")
+    text = (
+        "Skip to the main content of this page\n\nFirst paragraph.\n \n\nAccept  all cookies on this website\n\nLast."
+    )
     assert rewrite(text) == ("First paragraph.\n\nLast.", 2)
     assert rewrite("Body.\n\n\nAccept all cookies on this website") == ("Body.", 1)
     assert rewrite("Nothing common here, nothing at all.") == ("Nothing common here, nothing at all.", 0)

@@ -80,7 +80,7 @@ def test_truncated_gz_is_detected(tmp_path: Path) -> None:
 def _zero_bytes_in_the_middle(name: str, folder: Path) -> Path:
     raw = bytearray((SAMPLE / name).read_bytes())
     middle = len(raw) // 2
-    raw[middle:middle + 64] = bytes(64)
+    raw[middle : middle + 64] = bytes(64)
     (folder / name).write_bytes(bytes(raw))
     return folder / name
 
@@ -178,7 +178,7 @@ def test_damaged_parquet_row_group_is_quarantined_and_the_others_read(tmp_path: 
     group = pq.ParquetFile(path).metadata.row_group(1).column(0)
     start = group.dictionary_page_offset or group.data_page_offset
     data = bytearray(path.read_bytes())
-    data[start + 40:start + 400] = bytes(360)
+    data[start + 40 : start + 400] = bytes(360)
     path.write_bytes(bytes(data))
     _, read, quarantined = read_all(path)
     found = [(q["reason"], q["detail"]["row_group"], q["detail"]["rows"]) for q in quarantined]
@@ -228,7 +228,8 @@ def test_unreadable_file_is_quarantined_and_the_next_file_read(tmp_path: Path, m
     _, texts, quarantined = read_all(tmp_path)
     assert texts == ["one", "three"]
     assert [(q["reason"], q["origin"], q["detail"]["error"]) for q in quarantined] == [
-        ("unreadable_file", f"{tmp_path.name}/a.jsonl:16", os.strerror(errno.EIO))]
+        ("unreadable_file", f"{tmp_path.name}/a.jsonl:16", os.strerror(errno.EIO))
+    ]
 
 
 def test_symlinks_in_input_folders_are_skipped_and_listed(tmp_path: Path) -> None:
@@ -241,8 +242,10 @@ def test_symlinks_in_input_folders_are_skipped_and_listed(tmp_path: Path) -> Non
     (folder / "link.jsonl").symlink_to(outside / "secret.jsonl")
     (folder / "loop").symlink_to(folder)
     assert read_all(folder)[1] == ["corpus"]
-    assert skipped_entries([folder]) == [f"{folder / 'link.jsonl'} (symbolic link)",
-                                         f"{folder / 'loop'} (symbolic link)"]
+    assert skipped_entries([folder]) == [
+        f"{folder / 'link.jsonl'} (symbolic link)",
+        f"{folder / 'loop'} (symbolic link)",
+    ]
 
 
 def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> None:
@@ -257,25 +260,55 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     (folder / "d-garbage.parquet").write_bytes(b"PAR1 not really")
     pq.write_table(pa.table({"text": [1, 2]}), folder / "e-ints.parquet")
     pq.write_table(pa.table({"id": ["x"], "reason": ["exact_duplicate"]}), folder / "e-no-text.parquet")
-    (folder / "f-records.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first record after a BOM"}\n'
-                                             + b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
-                                             + b'{"id": "\\ud800", "text": "bad id"}\n')
+    (folder / "f-records.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"text": "first record after a BOM"}\n'
+        + b'{"text": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}\n"
+        + b'{"id": "\\ud800", "text": "bad id"}\n'
+    )
     (folder / "g-link.jsonl").symlink_to(folder / "f-records.jsonl")
     output = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "prep", "--input", str(folder), "--output", str(output),
-                             "--stages", "normalize", "--no-progress"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "prep",
+            "--input",
+            str(folder),
+            "--output",
+            str(output),
+            "--stages",
+            "normalize",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     stats = json.loads((output / "stats.json").read_text())
     read = stats["stages"][0]
-    assert read["quarantined"] == {"bad_id": 1, "bad_parquet": 1, "corrupt_frame": 1, "nesting_too_deep": 1,
-                                   "no_text_column": 1, "text_not_string": 2, "truncated_input": 2}
+    assert read["quarantined"] == {
+        "bad_id": 1,
+        "bad_parquet": 1,
+        "corrupt_frame": 1,
+        "nesting_too_deep": 1,
+        "no_text_column": 1,
+        "text_not_string": 2,
+        "truncated_input": 2,
+    }
     assert read["docs_in"] == read["docs_out"] + sum(read["quarantined"].values())
     assert stats["skipped_inputs"] == [f"{folder / 'g-link.jsonl'} (symbolic link)"]
     assert "g-link.jsonl" in result.stdout and "truncated_input" in result.stdout
-    quarantine = [r for part in sorted((output / "quarantine").glob("*.parquet"))
-                  for r in pq.read_table(part).to_pylist()]
-    files = Counter(json.loads(r["detail"]).get("file") for r in quarantine
-                    if r["reason"] in ("truncated_input", "corrupt_frame"))
+    quarantine = [
+        r for part in sorted((output / "quarantine").glob("*.parquet")) for r in pq.read_table(part).to_pylist()
+    ]
+    files = Counter(
+        json.loads(r["detail"]).get("file") for r in quarantine if r["reason"] in ("truncated_input", "corrupt_frame")
+    )
     assert files == {"in/a-truncated.jsonl.zst": 1, "in/b-truncated.jsonl.gz": 1, "in/c-plain.jsonl.gz": 1}

@@ -17,13 +17,36 @@ from launch.torchrun import free_port, local_train_command
 from tests.conftest import REPO, metrics, torchrun
 from training.config import STOPPED_FILE
 
-BASE = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
-        "--set", "train.warmup_steps=3", "--set", "train.peak_tflops=1"]
+BASE = [
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=1000",
+    "--set",
+    "train.warmup_steps=3",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 def train(shards: Path, run: Path, steps: int, *extra: str, nproc: int = 1, decay: int = 30, **kw) -> list[dict]:
-    torchrun(nproc, "train", "--data", str(shards), "--output", str(run), *BASE, "--set", f"train.max_steps={steps}",
-             "--set", f"train.decay_steps={decay}", *extra, **kw)
+    torchrun(
+        nproc,
+        "train",
+        "--data",
+        str(shards),
+        "--output",
+        str(run),
+        *BASE,
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        f"train.decay_steps={decay}",
+        *extra,
+        **kw,
+    )
     return metrics(run)
 
 
@@ -65,8 +88,20 @@ def test_resume_under_another_dp_size_continues_the_curve(tiny_shards: Path, tmp
 
 def test_another_tp_or_pp_is_refused_with_the_way_out(tiny_shards: Path, tmp_path: Path) -> None:
     train(tiny_shards, tmp_path, 2)
-    result = torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
-                      "--set", "train.max_steps=4", "--set", "parallel.tp=2", check=False)
+    result = torchrun(
+        2,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "parallel.tp=2",
+        check=False,
+    )
     assert result.returncode != 0
     assert "saved with tp=1, pp=1" in result.stderr + result.stdout
 
@@ -75,8 +110,19 @@ def test_killed_rank_is_restarted_and_the_run_finishes_the_same(tiny_shards: Pat
     straight = losses(train(tiny_shards, tmp_path / "straight", 12, nproc=2, decay=12))
     marker = tmp_path / "killed-once"
     fault = hooks(f'{{target: "tests.fault_hooks:KillRankAt", args: {{step: 8, rank: 1, marker: "{marker}"}}}}')
-    recovered = losses(train(tiny_shards, tmp_path / "faulty", 12, "--set", "checkpoint.interval=5", *fault, nproc=2,
-                             decay=12, launcher_args=("--max-restarts", "3")))
+    recovered = losses(
+        train(
+            tiny_shards,
+            tmp_path / "faulty",
+            12,
+            "--set",
+            "checkpoint.interval=5",
+            *fault,
+            nproc=2,
+            decay=12,
+            launcher_args=("--max-restarts", "3"),
+        )
+    )
     assert marker.exists(), "the rank was killed"
     assert {e["step"] for e in events(tmp_path / "faulty") if e["event"] == "resume"} == {5}
     assert recovered[12] == straight[12]
@@ -98,8 +144,22 @@ class KillBeforePublish:
         return real_replace(src, dst)
 checkpoint.os = KillBeforePublish()
 from pipeline.cli import main
-sys.exit(main({["train", "--data", str(tiny_shards), "--output", str(run), *BASE, "--set", "train.max_steps=6",
-               "--set", "train.decay_steps=8", "--set", "checkpoint.interval=3"]!r}))
+sys.exit(main({
+        [
+            "train",
+            "--data",
+            str(tiny_shards),
+            "--output",
+            str(run),
+            *BASE,
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.decay_steps=8",
+            "--set",
+            "checkpoint.interval=3",
+        ]!r
+    }))
 """
     killed = subprocess.run([sys.executable, "-c", driver], cwd=REPO, capture_output=True, text=True)
     assert killed.returncode == -9
@@ -118,8 +178,19 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_loads(tiny_shards: Pat
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
-                      "--set", "train.max_steps=8", "--set", "train.decay_steps=8")
+    result = torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=8",
+        "--set",
+        "train.decay_steps=8",
+    )
     assert str(victim) in result.stdout
     logged = events(tmp_path)
     assert any(e["event"] == "corrupt_checkpoint" and str(victim) in e["error"] for e in logged)
@@ -139,8 +210,10 @@ def test_nan_rolls_back_and_the_run_finishes(tiny_shards: Path, tmp_path: Path) 
 
 
 def test_a_rollback_passes_a_damaged_checkpoint_by_and_says_so(tiny_shards: Path, tmp_path: Path) -> None:
-    fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 9}}',
-                  '{target: "tests.fault_hooks:DamageSave", args: {step: 8}}')
+    fault = hooks(
+        '{target: "tests.fault_hooks:PoisonWeights", args: {step: 9}}',
+        '{target: "tests.fault_hooks:DamageSave", args: {step: 8}}',
+    )
     records = train(tiny_shards, tmp_path, 12, "--set", "checkpoint.interval=4", *fault, decay=12)
     (rollback,) = [e for e in events(tmp_path) if e["event"] == "rollback"]
     assert rollback["restored_step"] == 4, "step 8's checkpoint is damaged: the one before it"
@@ -150,8 +223,17 @@ def test_a_rollback_passes_a_damaged_checkpoint_by_and_says_so(tiny_shards: Path
 
 def test_loss_spike_from_junk_data_rolls_back_and_skips_the_window(tiny_shards: Path, tmp_path: Path) -> None:
     fault = hooks('{target: "tests.fault_hooks:JunkRows", args: {step: 16}}')
-    records = train(tiny_shards, tmp_path, 20, "--set", "checkpoint.interval=5", "--set", "rollback.min_history=10",
-                    *fault, decay=20)
+    records = train(
+        tiny_shards,
+        tmp_path,
+        20,
+        "--set",
+        "checkpoint.interval=5",
+        "--set",
+        "rollback.min_history=10",
+        *fault,
+        decay=20,
+    )
     (rollback,) = [e for e in events(tmp_path) if e["event"] == "rollback"]
     assert rollback["reason"] in ("loss_spike", "grad_norm_spike") and rollback["step"] == 16
     assert rollback["restored_step"] == 15 and rollback["lr_scale"] == 0.5
@@ -164,19 +246,46 @@ def test_loss_spike_from_junk_data_rolls_back_and_skips_the_window(tiny_shards: 
 
 def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
     fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 5}}')
-    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE, "--set",
-                      "train.max_steps=8", "--set", "checkpoint.interval=2", "--set", "rollback.max_rollbacks=0",
-                      *fault, check=False)
+    result = torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=8",
+        "--set",
+        "checkpoint.interval=2",
+        "--set",
+        "rollback.max_rollbacks=0",
+        *fault,
+        check=False,
+    )
     assert result.returncode != 0 and "gave up after 0 rollbacks" in result.stderr
 
 
 def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_continues(
-        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Slurm's warning before the time limit: the ranks save and exit 0, for the job script to requeue."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     fault = hooks('{target: "tests.fault_hooks:SignalAt", args: {step: 5, name: SIGUSR1}}')
-    result = torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *BASE,
-                      "--set", "train.max_steps=10", "--set", "train.decay_steps=10", *fault)
+    result = torchrun(
+        2,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=10",
+        "--set",
+        "train.decay_steps=10",
+        *fault,
+    )
     assert "SIGUSR1: checkpoint saved at step 5; stopping for requeue" in result.stdout
     assert max(r["step"] for r in metrics(tmp_path)) == 5
     assert json.loads((tmp_path / STOPPED_FILE).read_text()) == {"step": 5, "signal": "SIGUSR1"}
@@ -188,13 +297,34 @@ def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_conti
 
 
 def test_sigterm_outside_slurm_stops_at_step_n_of_m_and_the_same_command_resumes(
-        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A wrapper's SIGTERM (a Ctrl-C turned into SIGTERM) is no requeue: the run says where it stopped and how to
     go on, and exits 143 (128 + SIGTERM) under the agent, as a process the signal ended."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    command = [sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(tiny_shards),
-               "--output", str(tmp_path), *BASE, "--set", "train.max_steps=8", "--set", "train.decay_steps=8"]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.agent",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "-m",
+        "pipeline",
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=8",
+        "--set",
+        "train.decay_steps=8",
+    ]
     fault = hooks('{target: "tests.fault_hooks:SignalAt", args: {step: 3, name: SIGTERM}}')
     stopped = subprocess.run(command + fault, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
@@ -212,9 +342,15 @@ def test_sigterm_outside_slurm_stops_at_step_n_of_m_and_the_same_command_resumes
 
 def ctrl_c_after_three_steps(command: list[str], run: Path) -> tuple[subprocess.Popen, str, str]:
     """Start `command` as a terminal's job, press Ctrl-C once its run has logged three steps."""
-    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while len(metrics(run) if (run / "metrics.jsonl").exists() else []) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -226,9 +362,29 @@ def ctrl_c_after_three_steps(command: list[str], run: Path) -> tuple[subprocess.
 def test_ctrl_c_saves_and_stops_in_one_line_then_the_rerun_continues(tiny_shards: Path, tmp_path: Path) -> None:
     """Ctrl-C reaches torchrun's agent (its ranks run in sessions of their own); the agent passes it on,
     the ranks save after the same step and stop, and it ends in one message and status 130."""
-    command = [sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "pipeline", "train", "--data", str(tiny_shards),
-               "--output", str(tmp_path), *BASE, "--set", "train.max_steps=100000", "--set", "train.decay_steps=30"]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.agent",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "-m",
+        "pipeline",
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        *BASE,
+        "--set",
+        "train.max_steps=100000",
+        "--set",
+        "train.decay_steps=30",
+    ]
     process, out, err = ctrl_c_after_three_steps(command, tmp_path)
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in out + err, err[-3000:]
@@ -244,24 +400,43 @@ def test_ctrl_c_saves_and_stops_in_one_line_then_the_rerun_continues(tiny_shards
 
 
 @pytest.mark.parametrize(("shutdown_seconds", "saved"), [(2, False), (20, True)])
-def test_torchrun_gives_the_ranks_launch_shutdown_seconds_to_save(tiny_shards: Path, tmp_path: Path,
-                                                                   shutdown_seconds: int, saved: bool) -> None:
+def test_torchrun_gives_the_ranks_launch_shutdown_seconds_to_save(
+    tiny_shards: Path, tmp_path: Path, shutdown_seconds: int, saved: bool
+) -> None:
     """A save that takes 6 s: torchrun waits `launch.shutdown_seconds` after Ctrl-C, then kills the ranks
     (torchrun's own default, 30 s, would let both finish)."""
-    overrides = [*BASE, "--set", "train.max_steps=100000", "--set", "train.decay_steps=30",
-                 *hooks('{target: "tests.fault_hooks:SlowSave", args: {seconds: 6}}')][1::2]  # the values of --set
-    command = local_train_command(LaunchConfig(nproc_per_node=1, shutdown_seconds=shutdown_seconds), None, overrides,
-                                  tiny_shards, tmp_path)
+    overrides = [
+        *BASE,
+        "--set",
+        "train.max_steps=100000",
+        "--set",
+        "train.decay_steps=30",
+        *hooks('{target: "tests.fault_hooks:SlowSave", args: {seconds: 6}}'),
+    ][1::2]  # the values of --set
+    command = local_train_command(
+        LaunchConfig(nproc_per_node=1, shutdown_seconds=shutdown_seconds), None, overrides, tiny_shards, tmp_path
+    )
     process, out, err = ctrl_c_after_three_steps(command, tmp_path)
     assert process.returncode == 130 and "Traceback" not in out + err, err[-3000:]
     assert ("interrupted: checkpoint saved at step" in out) == saved, out[-2000:]
 
 
 def test_retention_keeps_last_every_mth_and_latest(tiny_shards: Path, tmp_path: Path) -> None:
-    train(tiny_shards, tmp_path, 10, "--set", "checkpoint.interval=2", "--set", "checkpoint.keep_last=2",
-          "--set", "checkpoint.keep_every=4", decay=10)
+    train(
+        tiny_shards,
+        tmp_path,
+        10,
+        "--set",
+        "checkpoint.interval=2",
+        "--set",
+        "checkpoint.keep_last=2",
+        "--set",
+        "checkpoint.keep_every=4",
+        decay=10,
+    )
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert kept == ["step-00000004", "step-00000008", "step-00000010"]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000010"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted([*kept, "latest"]), \
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted([*kept, "latest"]), (
         "nothing but checkpoints and the pointer: no staging folder, no DeepSpeed helper scripts"
+    )

@@ -18,8 +18,20 @@ from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.slow
 
-BASE = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
-        "--set", "train.warmup_steps=3", "--set", "train.decay_steps=30", "--set", "train.peak_tflops=1"]
+BASE = [
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=1000",
+    "--set",
+    "train.warmup_steps=3",
+    "--set",
+    "train.decay_steps=30",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 def train(data: str, run: Path, steps: int, *extra: str) -> dict[int, float]:
@@ -50,18 +62,27 @@ def remote_shards(s3: S3Server, tiny_shards: Path, tmp_path_factory: pytest.Temp
     from pipeline.prep import run_prep
 
     s3.make_bucket("cloud-training")
-    s3.upload_folder(Path(json.loads((tiny_shards / "manifest.json").read_text())["prep_config"]["inputs"][0]).parent,
-                     "s3://cloud-training/raw")
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1"])
+    s3.upload_folder(
+        Path(json.loads((tiny_shards / "manifest.json").read_text())["prep_config"]["inputs"][0]).parent,
+        "s3://cloud-training/raw",
+    )
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, tokenize, pack]",
+            "prep.tokenizer.vocab_size=512",
+            "prep.pack.seq_len=64",
+            "prep.pack.val_fraction=0.1",
+        ],
+    )
     config.prep.inputs = ["s3://cloud-training/raw"]
     run_prep(config.prep, "s3://cloud-training/prep", show_progress=False, work=tmp_path_factory.mktemp("work"))
     return "s3://cloud-training/prep/shards"
 
 
-def test_training_from_s3_matches_local_and_resumes_with_an_empty_cache(local_losses: dict[int, float],
-                                                                         remote_shards: str, tiny_shards: Path,
-                                                                         tmp_path: Path) -> None:
+def test_training_from_s3_matches_local_and_resumes_with_an_empty_cache(
+    local_losses: dict[int, float], remote_shards: str, tiny_shards: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     first = train(remote_shards, tmp_path / "run", 3, "--set", f"train.shard_cache.folder={cache}")
     assert first == {step: local_losses[step] for step in (1, 2, 3)}
@@ -76,18 +97,36 @@ def test_training_from_s3_matches_local_and_resumes_with_an_empty_cache(local_lo
     from pipeline.cli import main
 
     for name, data in (("remote", []), ("local", ["--data", str(tiny_shards)])):
-        assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--heldout",
-                     "--output", str(tmp_path / f"{name}.json"), *data]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(tmp_path / "run"),
+                    "--heldout",
+                    "--output",
+                    str(tmp_path / f"{name}.json"),
+                    *data,
+                ]
+            )
+            == 0
+        )
     remote, local = (json.loads((tmp_path / f"{name}.json").read_text())["heldout"] for name in ("remote", "local"))
     assert remote == local and remote["(all)"]["rows"] > 0
 
 
-def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(s3: S3Server, tiny_shards: Path,
-                                                                      local_losses: dict[int, float],
-                                                                      tmp_path: Path) -> None:
+def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(
+    s3: S3Server, tiny_shards: Path, local_losses: dict[int, float], tmp_path: Path
+) -> None:
     s3.make_bucket("cloud-checkpoints")
-    remote = ["--set", "checkpoint.remote=s3://cloud-checkpoints/run", "--set", "checkpoint.interval=2",
-              "--set", "checkpoint.keep_last=1"]
+    remote = [
+        "--set",
+        "checkpoint.remote=s3://cloud-checkpoints/run",
+        "--set",
+        "checkpoint.interval=2",
+        "--set",
+        "checkpoint.keep_last=1",
+    ]
     run = tmp_path / "run"
     train(str(tiny_shards), run, 4, *remote)
     assert [e["step"] for e in events(run) if e["event"] == "upload"] == [2, 4]
@@ -99,17 +138,34 @@ def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(s3: S3Serv
     shutil.rmtree(run)
     resumed = train(str(tiny_shards), run, 6, *remote)
     assert [(e["event"], e["step"]) for e in events(run) if e["event"] in ("download", "resume")] == [
-        ("download", 4), ("resume", 4)]
+        ("download", 4),
+        ("resume", 4),
+    ]
     assert {step: resumed[step] for step in (5, 6)} == {step: local_losses[step] for step in (5, 6)}
-    sampled = torchrun(1, "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The",
-                       "--max-new-tokens", "4")
+    sampled = torchrun(
+        1, "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The", "--max-new-tokens", "4"
+    )
     assert "step-00000006" in sampled.stdout and "continuation" in sampled.stdout, "sampled from the newest remote one"
     # SFT from that remote checkpoint, its chat file in the bucket too
     chat = write_chat(tmp_path / "chat.jsonl", 40)
     storage.upload(chat, "s3://cloud-checkpoints/chat/chat.jsonl")
     post = tmp_path / "sft"
-    torchrun(1, "sft", "--checkpoint", "s3://cloud-checkpoints/run", "--data", "s3://cloud-checkpoints/chat/chat.jsonl",
-             "--output", str(post), *BASE, "--set", "train.max_steps=2", "--set", "train.warmup_steps=1",
-             "--set", "train.eval_batches=0")
+    torchrun(
+        1,
+        "sft",
+        "--checkpoint",
+        "s3://cloud-checkpoints/run",
+        "--data",
+        "s3://cloud-checkpoints/chat/chat.jsonl",
+        "--output",
+        str(post),
+        *BASE,
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "train.eval_batches=0",
+    )
     assert (post / "source" / "chat.jsonl").read_bytes() == chat.read_bytes()
     assert [r["step"] for r in metrics(post)] == [1, 2]

@@ -18,8 +18,7 @@ def test_sample_config_loads() -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    config = load_config(None, ["prep.langid.keep_languages=[en, de]", "prep.langid.min_score=0.3",
-                                "prep.workers=3"])
+    config = load_config(None, ["prep.langid.keep_languages=[en, de]", "prep.langid.min_score=0.3", "prep.workers=3"])
     assert config.prep.langid.keep_languages == ["en", "de"]
     assert config.prep.langid.min_score == pytest.approx(0.3)
     assert config.prep.workers == 3

@@ -38,13 +38,44 @@ from training.checkpoint_meta import (
 
 PACKAGES = ("pipeline", "data_prep", "training", "launch")
 OWNERS = {"data_prep/shards.py", "training/checkpoint_meta.py", "pipeline/ground/names.py"}
-CONTRACTS: tuple[type[BaseModel], ...] = (ShardManifest, TokenizerRecord, SplitIndex, ShardEntry, SourceCounts,
-                                          CheckpointMeta, SavedConfig, SavedLayout)
+CONTRACTS: tuple[type[BaseModel], ...] = (
+    ShardManifest,
+    TokenizerRecord,
+    SplitIndex,
+    ShardEntry,
+    SourceCounts,
+    CheckpointMeta,
+    SavedConfig,
+    SavedLayout,
+)
 # Field names that other records share (metrics, events, prep's stats, pack's markers): a key of theirs, not proof of
 # a contract read by hand. Every other field name of the contracts is theirs alone.
-SHARED_WORDS = {"step", "files", "file", "tokens", "sequences", "documents", "padding", "remainder", "shards", "splits",
-                "tokenizer", "languages", "sources", "source", "language", "bytes", "sha256", "config", "model",
-                "train", "parallel", "samples", "reason", "vocab_size"}
+SHARED_WORDS = {
+    "step",
+    "files",
+    "file",
+    "tokens",
+    "sequences",
+    "documents",
+    "padding",
+    "remainder",
+    "shards",
+    "splits",
+    "tokenizer",
+    "languages",
+    "sources",
+    "source",
+    "language",
+    "bytes",
+    "sha256",
+    "config",
+    "model",
+    "train",
+    "parallel",
+    "samples",
+    "reason",
+    "vocab_size",
+}
 
 
 def contract_keys() -> set[str]:
@@ -61,8 +92,13 @@ def key_reads(tree: ast.AST) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
             key = node.slice.value
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             key = node.args[0].value
         else:
             continue
@@ -80,8 +116,11 @@ def test_no_module_reads_the_manifest_or_checkpoint_metadata_by_string_key() -> 
             continue
         tree = ast.parse(path.read_text(), name)
         offences += [f"{name}:{line}: [{key!r}]" for line, key in key_reads(tree) if key in keys]
-        offences += [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-                     if isinstance(node, ast.Constant) and node.value in (MANIFEST, CHECKPOINT_META)]
+        offences += [
+            f"{name}:{node.lineno}: {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in (MANIFEST, CHECKPOINT_META)
+        ]
     assert not offences, "read these through ShardManifest / CheckpointMeta:\n" + "\n".join(offences)
 
 
@@ -92,10 +131,14 @@ def test_the_scan_finds_a_key_read_by_hand() -> None:
 
 def manifest() -> ShardManifest:
     entry = ShardEntry(file="train-00000-000.arrow", sequences=4, tokens=260, bytes=1234, sha256="ab" * 32)
-    return ShardManifest(seq_len=64, row_width=65, packing="concat", token_type="uint16",
-                         tokenizer=TokenizerRecord(file="tokenizer.json", sha256="cd" * 32, vocab_size=512, eod_id=0,
-                                                   pad_id=1),
-                         splits={"train": SplitIndex(documents=9, tokens=260, sequences=4, shards=[entry])})
+    return ShardManifest(
+        seq_len=64,
+        row_width=65,
+        packing="concat",
+        token_type="uint16",
+        tokenizer=TokenizerRecord(file="tokenizer.json", sha256="cd" * 32, vocab_size=512, eod_id=0, pad_id=1),
+        splits={"train": SplitIndex(documents=9, tokens=260, sequences=4, shards=[entry])},
+    )
 
 
 def test_a_manifest_reads_back_to_the_same_bytes(tmp_path: Path) -> None:
@@ -115,10 +158,13 @@ def test_a_manifest_keeps_fields_a_newer_writer_added(tmp_path: Path) -> None:
     assert json.loads(read_manifest(tmp_path).to_json())["splits"]["train"]["learned_tokens"] == 17
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"schema_version": 2}, "schema_version 2 is not 1"),
-    ({"seq_len": "long"}, "seq_len: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schema_version": 2}, "schema_version 2 is not 1"),
+        ({"seq_len": "long"}, "seq_len: Input should be a valid integer"),
+    ],
+)
 def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
     (tmp_path / MANIFEST).write_text(json.dumps(json.loads(manifest().to_json()) | change))
     with pytest.raises(ShardError, match=message):
@@ -126,9 +172,17 @@ def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path, change: dict,
 
 
 def test_checkpoint_metadata_round_trips_with_its_digest(tmp_path: Path) -> None:
-    meta = CheckpointMeta(step=7, healthy=True, files={"model.pt": "ef" * 32}, tokens=896, seq_len=64,
-                          layout=SavedLayout(tp=1, pp=1, dp=2, zero_stage=1), loader={"epoch": 0, "position": 14},
-                          tokenizer=manifest().tokenizer, config=SavedConfig(model={"d_model": 64}, vocab_padded=512))
+    meta = CheckpointMeta(
+        step=7,
+        healthy=True,
+        files={"model.pt": "ef" * 32},
+        tokens=896,
+        seq_len=64,
+        layout=SavedLayout(tp=1, pp=1, dp=2, zero_stage=1),
+        loader={"epoch": 0, "position": 14},
+        tokenizer=manifest().tokenizer,
+        config=SavedConfig(model={"d_model": 64}, vocab_padded=512),
+    )
     (tmp_path / CHECKPOINT_META).write_text(meta.to_json())
     fields = json.loads((tmp_path / CHECKPOINT_META).read_text())
     assert fields[META_DIGEST] == meta_digest(fields)

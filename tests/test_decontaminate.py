@@ -25,15 +25,17 @@ N = 13
 
 
 def passage(text: str, start: int, length: int) -> str:
-    return " ".join(text.split()[start:start + length])
+    return " ".join(text.split()[start : start + length])
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("decont")
     docs = [r["text"] for r in sample_records(("python-docs",), limit=12)]
-    qa = [{"id": f"qa-{i}", "question": passage(t, 10, 30), "answer": passage(t, 60, 15), "choices": ["yes", "no"]}
-          for i, t in enumerate(docs[:6])]
+    qa = [
+        {"id": f"qa-{i}", "question": passage(t, 10, 30), "answer": passage(t, 60, 15), "choices": ["yes", "no"]}
+        for i, t in enumerate(docs[:6])
+    ]
     reading = [{"text": passage(t, 100, 40)} for t in docs[6:]]
     pq.write_table(pa.Table.from_pylist(qa), folder / "qa.parquet")
     write_jsonl(folder / "reading.jsonl", reading + [{"text": "too short to ever match"}])
@@ -44,9 +46,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         1: ("answer", qa[1]["answer"], "qa", "qa-1"),
         2: ("case and spacing", "\n   ".join(reading[2]["text"].upper().split(" ")), "reading", "2"),
         3: ("punctuation", reading[4]["text"].replace(" ", ", "), "reading", "4"),
-        4: ("short run", " ".join(words(qa[3]["question"])[:N - 1]), None, None),
-        5: ("short runs", f"{' '.join(words(qa[4]['question'])[:8])} and then "
-                          f"{' '.join(words(qa[4]['question'])[8:16])}", None, None),
+        4: ("short run", " ".join(words(qa[3]["question"])[: N - 1]), None, None),
+        5: (
+            "short runs",
+            f"{' '.join(words(qa[4]['question'])[:8])} and then {' '.join(words(qa[4]['question'])[8:16])}",
+            None,
+            None,
+        ),
     }
     for row, (_, text, _, _) in planted.items():
         training[row]["text"] = f"{training[row]['text']}\n\n{text}\n"
@@ -56,10 +62,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def prep(world: dict, output: Path, *overrides: str) -> dict:
     folder = world["folder"]
-    config = load_config(None, [
-        "prep.stages=[normalize, decontaminate]", "prep.shard_mb=0.02", "prep.workers=2",
-        f"prep.decontaminate.eval_sets=[{{path: {folder / 'qa.parquet'}, fields: [question, answer, choices]}}, "
-        f"{{path: {folder / 'reading.jsonl'}}}]", *overrides])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, decontaminate]",
+            "prep.shard_mb=0.02",
+            "prep.workers=2",
+            f"prep.decontaminate.eval_sets=[{{path: {folder / 'qa.parquet'}, fields: [question, answer, choices]}}, "
+            f"{{path: {folder / 'reading.jsonl'}}}]",
+            *overrides,
+        ],
+    )
     config.prep.inputs = [world["corpus"]]
     return run_prep(config.prep, output, show_progress=False)
 
@@ -75,12 +88,16 @@ def test_planted_items_are_dropped_and_named_in_lineage(world: dict, tmp_path: P
     lineage = pq.read_table(tmp_path / "out" / "dropped").to_pylist()
     found = {r["id"]: json.loads(r["detail"]) for r in lineage}
     assert {doc: (d["eval_set"], d["item"]) for doc, d in found.items()} == {
-        f"t{i}": (p[2], p[3]) for i, p in contaminated.items()}
+        f"t{i}": (p[2], p[3]) for i, p in contaminated.items()
+    }
     assert all(d["shared_ngrams"] >= 1 for d in found.values())
     kept = set(pq.read_table(tmp_path / "out" / "clean")["id"].to_pylist())
     assert {"t4", "t5"} <= kept and len(kept) == world["n_docs"] - len(contaminated)
     stats_file = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert {r["name"]: r for r in stats_file["stages"]}["decontaminate"]["tally"]["contamination"] == {"qa": 2, "reading": 2}
+    assert {r["name"]: r for r in stats_file["stages"]}["decontaminate"]["tally"]["contamination"] == {
+        "qa": 2,
+        "reading": 2,
+    }
 
 
 def test_flag_mode_keeps_every_document_and_names_the_item(world: dict, tmp_path: Path) -> None:

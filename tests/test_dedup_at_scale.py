@@ -32,8 +32,21 @@ STAGES = "[normalize,exact_dedup,minhash_dedup]"
 
 
 def prep(inputs: Path, output: Path, *settings: str) -> Path:
-    command = [sys.executable, "-m", "pipeline", "prep", "--input", str(inputs), "--output", str(output),
-               "--no-progress", "--set", f"prep.stages={STAGES}", "--set", "prep.workers=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "prep",
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--no-progress",
+        "--set",
+        f"prep.stages={STAGES}",
+        "--set",
+        "prep.workers=2",
+    ]
     for setting in settings:
         command += ["--set", setting]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -45,20 +58,28 @@ def reference_removals(normalized: pa.Table) -> dict[str, tuple]:
     """id -> (reason, duplicate_of[, jaccard]) by the whole-corpus algorithm."""
     ids = normalized["id"].to_pylist()
     first = first_occurrences(text_hashes(normalized, ExactDedupConfig()))
-    removals: dict[str, tuple] = {ids[i]: ("exact_duplicate", ids[first[i]])
-                                  for i in np.flatnonzero(first != np.arange(len(first)))}
+    removals: dict[str, tuple] = {
+        ids[i]: ("exact_duplicate", ids[first[i]]) for i in np.flatnonzero(first != np.arange(len(first)))
+    }
     survivors = normalized.filter(pa.array(first == np.arange(len(first))))
     ids, cfg = survivors["id"].to_pylist(), MinHashConfig()
     sigs = kernels.signatures(survivors["text"].to_pylist(), cfg)
     bands, rows = cfg.band_layout()
     rows_index = np.arange(len(ids), dtype=np.int64)
-    pairs = np.unique(np.concatenate([kernels.candidate_pairs(kernels.band_keys(sigs, band, rows), rows_index,
-                                                              cfg.max_bucket_size) for band in range(bands)]), axis=0)
+    pairs = np.unique(
+        np.concatenate(
+            [
+                kernels.candidate_pairs(kernels.band_keys(sigs, band, rows), rows_index, cfg.max_bucket_size)
+                for band in range(bands)
+            ]
+        ),
+        axis=0,
+    )
     edges = pairs[kernels.estimate_jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) >= cfg.threshold]
     lengths = pc.utf8_length(survivors["text"]).to_numpy()
     remove, keeper = kernels.choose_removals(kernels.clusters(len(ids), edges), lengths, ids)
     for i in np.flatnonzero(remove):
-        jaccard = kernels.estimate_jaccard(sigs[i:i + 1], sigs[keeper[i]:keeper[i] + 1])[0]
+        jaccard = kernels.estimate_jaccard(sigs[i : i + 1], sigs[keeper[i] : keeper[i] + 1])[0]
         removals[ids[i]] = ("near_duplicate", ids[keeper[i]], round(float(np.float32(jaccard)), 4))
     return removals
 
@@ -76,17 +97,26 @@ def pipeline_removals(output: Path) -> dict[str, tuple]:
 
 
 def normalized_documents(output: Path) -> pa.Table:
-    return pa.concat_tables(pq.read_table(f, columns=["id", "text"])
-                            for f in sorted((output / "work" / "normalize").glob("data-*.parquet")))
+    return pa.concat_tables(
+        pq.read_table(f, columns=["id", "text"]) for f in sorted((output / "work" / "normalize").glob("data-*.parquet"))
+    )
 
 
 @pytest.mark.parametrize("corpus", ["neardup", "sample"])
 def test_split_steps_remove_what_the_whole_corpus_algorithm_removes(corpus: str, tmp_path: Path) -> None:
     # Plain JSONL is cut into byte-range shards; the compressed sample files are one shard each.
-    inputs = write_jsonl(tmp_path / "neardup.jsonl", read_set("neardup")) if corpus == "neardup" \
+    inputs = (
+        write_jsonl(tmp_path / "neardup.jsonl", read_set("neardup"))
+        if corpus == "neardup"
         else REPO / "data" / "sample"
-    output = prep(inputs, tmp_path / "out", "prep.shard_mb=0.5", "prep.exact_dedup.find_shards_per_task=3",
-                  "prep.minhash_dedup.bucket_shards_per_task=2")
+    )
+    output = prep(
+        inputs,
+        tmp_path / "out",
+        "prep.shard_mb=0.5",
+        "prep.exact_dedup.find_shards_per_task=3",
+        "prep.minhash_dedup.bucket_shards_per_task=2",
+    )
     find_tasks = len(list((output / "work" / "exact_dedup.find").glob("removals-*.parquet")))
     bucket_tasks = len(list((output / "work" / "minhash_dedup.buckets").glob("edges-*.npy")))
     assert find_tasks >= 2 and bucket_tasks > MinHashConfig().band_layout()[0], "the split is exercised"
@@ -97,8 +127,9 @@ def test_split_steps_remove_what_the_whole_corpus_algorithm_removes(corpus: str,
 
 
 def test_task_counts_grow_with_the_number_of_input_shards() -> None:
-    config = PrepConfig.model_validate({"exact_dedup": {"find_shards_per_task": 4},
-                                        "minhash_dedup": {"bucket_shards_per_task": 4}})
+    config = PrepConfig.model_validate(
+        {"exact_dedup": {"find_shards_per_task": 4}, "minhash_dedup": {"bucket_shards_per_task": 4}}
+    )
     bands = len(config.minhash_dedup.lsh_bands())  # dedupe's and the split groups' bands
     find, buckets = EXACT.step("exact_dedup.find"), MINHASH.step("minhash_dedup.buckets")
     assert [find.tasks(config, n) for n in (1, 4, 5, 400)] == [1, 1, 2, 100]
@@ -114,5 +145,5 @@ def test_a_ranged_file_gives_back_each_run_of_slices(tmp_path: Path) -> None:
     write_ranged(tmp_path / "keys.bin", records, bounds)
     for first, last in [(0, 1), (1, 2), (1, 3), (2, 4), (0, 4)]:
         got, where = read_ranged(tmp_path / "keys.bin", keyed, first, last)
-        assert got.tolist() == records[bounds[first]:bounds[last]].tolist()
-        assert where.tolist() == (bounds[first:last + 1] - bounds[first]).tolist()
+        assert got.tolist() == records[bounds[first] : bounds[last]].tolist()
+        assert where.tolist() == (bounds[first : last + 1] - bounds[first]).tolist()

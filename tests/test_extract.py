@@ -29,8 +29,9 @@ def test_trafilatura_extracts_the_labelled_pages_too() -> None:
 def pages_table(htmls: list[str], extra: list[str] = ()) -> pa.Table:
     """Pages as the reader leaves them (flagged HTML), then documents that are not HTML."""
     texts = [*htmls, *extra]
-    return pa.table({"id": [f"d{i}" for i in range(len(texts))], TEXT: texts,
-                     HTML: [True] * len(htmls) + [False] * len(extra)})
+    return pa.table(
+        {"id": [f"d{i}" for i in range(len(texts))], TEXT: texts, HTML: [True] * len(htmls) + [False] * len(extra)}
+    )
 
 
 @pytest.mark.parametrize("engine", ["resiliparse", "trafilatura"])
@@ -58,7 +59,10 @@ def test_pages_without_main_text_are_dropped_and_pages_nested_too_deep_quarantin
     deep = "<div>" * (MAX_DEPTH + 10) + "words " * 40 + "</div>" * (MAX_DEPTH + 10)
     decision = ExtractStage(ExtractConfig(min_chars=30)).decide(pages_table([menu_only, short, deep]))
     assert {row: (d.reason, d.quarantine) for row, d in decision.drops.items()} == {
-        0: ("no_main_text", False), 1: ("no_main_text", False), 2: ("html_too_deep", True)}
+        0: ("no_main_text", False),
+        1: ("no_main_text", False),
+        2: ("html_too_deep", True),
+    }
     assert decision.drops[1].detail == {"chars": len("Only a short line."), "min_chars": 30}
     kept = ExtractStage(ExtractConfig(min_chars=10)).decide(pages_table([short]))
     assert not kept.drops and kept.table[TEXT].to_pylist() == ["Only a short line."]

@@ -51,17 +51,30 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Packed rows of 64 tokens holding one to four documents: paragraphs of English text."""
     from pipeline.prep import run_prep
 
-    paragraphs = [{"id": f"{r['id']}-{i}", "text": text.strip()[:300]} for r in read_set("english", 150)
-                  for i, text in enumerate(r["text"].split("\n\n")) if len(text.strip()) > 40]
+    paragraphs = [
+        {"id": f"{r['id']}-{i}", "text": text.strip()[:300]}
+        for r in read_set("english", 150)
+        for i, text in enumerate(r["text"].split("\n\n"))
+        if len(text.strip()) > 40
+    ]
     folder = tmp_path_factory.mktemp("short_documents")
-    config = load_config(None, ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1"])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, tokenize, pack]",
+            "prep.tokenizer.vocab_size=512",
+            "prep.pack.seq_len=64",
+            "prep.pack.val_fraction=0.1",
+        ],
+    )
     config.prep.inputs = [write_jsonl(folder / "paragraphs.jsonl", paragraphs[:1500])]
     run_prep(config.prep, folder / "prep", show_progress=False)
     return folder / "prep" / "shards"
 
 
-def train(shards: Path, steps: int, overrides: tuple[str, ...] = (), setup=None) -> tuple[list[float], list[torch.Tensor]]:
+def train(
+    shards: Path, steps: int, overrides: tuple[str, ...] = (), setup=None
+) -> tuple[list[float], list[torch.Tensor]]:
     """Losses and flattened gradients of `steps` AdamW steps of the tiny GPT on the shards' rows."""
     single_process_groups()
     cfg = load_config(None, list(overrides)).model
@@ -89,6 +102,7 @@ def use_kernel(kernel: str):
         for module in model.modules():
             if isinstance(module, Attention):
                 module.kernel = kernel
+
     return setup
 
 
@@ -116,8 +130,9 @@ def test_document_block_mask_is_the_block_mask_of_the_dense_one(seq: int) -> Non
         got = dense_tiles(getattr(ours, num), getattr(ours, idx), tiles)
         want = dense_tiles(getattr(reference, num), getattr(reference, idx), tiles)
         assert torch.equal(got, want), num
-    assert ours.full_kv_num_blocks.sum() > 0 and (ours.kv_num_blocks < torch.arange(1, tiles + 1)).any(), \
+    assert ours.full_kv_num_blocks.sum() > 0 and (ours.kv_num_blocks < torch.arange(1, tiles + 1)).any(), (
         "the layouts must give full and skipped tiles"
+    )
 
 
 def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile() -> None:
@@ -133,8 +148,9 @@ def test_compiled_flex_kernel_matches_sdpa_with_fresh_masks_and_no_recompile() -
         block_mask = document_block_mask(segments)
         with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
             got = _compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=True)
-        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(segments),
-                                                                enable_gqa=True)
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask(segments), enable_gqa=True
+        )
         assert torch.allclose(got, want, atol=1e-5), (rate, (got - want).abs().max())
 
 
@@ -220,8 +236,10 @@ def test_compiled_blocks_recompute_inside_their_graph() -> None:
 def test_activation_checkpointing_choices_and_the_old_flag() -> None:
     assert load_config(None, ["parallel.activation_checkpointing=true"]).parallel.activation_checkpointing == "full"
     assert load_config(None, ["parallel.activation_checkpointing=false"]).parallel.activation_checkpointing == "none"
-    assert load_config(None, ["parallel.activation_checkpointing=selective"]).parallel.activation_checkpointing \
+    assert (
+        load_config(None, ["parallel.activation_checkpointing=selective"]).parallel.activation_checkpointing
         == "selective"
+    )
     with pytest.raises(ConfigError, match="'none', 'selective' or 'full'"):
         load_config(None, ["parallel.activation_checkpointing=some"])
 
@@ -254,9 +272,25 @@ def test_the_cpu_refuses_flex_attention_and_fp8_with_a_message() -> None:
 
 
 def test_train_refuses_fp8_on_the_cpu_before_training(shards: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(shards), "--output",
-                             str(tmp_path), "--set", "train.precision=fp8", "--set", "parallel.compile=true"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--data",
+            str(shards),
+            "--output",
+            str(tmp_path),
+            "--set",
+            "train.precision=fp8",
+            "--set",
+            "parallel.compile=true",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "train.precision=fp8 needs an NVIDIA GPU" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
@@ -284,10 +318,24 @@ def test_fp8_matmuls_track_full_precision(shards: Path, scaling: str) -> None:
 
 def test_plan_counts_activations_and_time_for_each_recomputation_choice() -> None:
     def plan(choice: str):
-        config = load_config(None, ["model.preset=1b", "plan.seq_len=2048", "train.micro_batch_size=4",
-                                    f"parallel.activation_checkpointing={choice}"])
-        return estimate(config.model, config.parallel, config.train, config.plan, config.plan_gpus(),
-                        config.plan_seq_len(), config.plan_vocab_size())
+        config = load_config(
+            None,
+            [
+                "model.preset=1b",
+                "plan.seq_len=2048",
+                "train.micro_batch_size=4",
+                f"parallel.activation_checkpointing={choice}",
+            ],
+        )
+        return estimate(
+            config.model,
+            config.parallel,
+            config.train,
+            config.plan,
+            config.plan_gpus(),
+            config.plan_seq_len(),
+            config.plan_vocab_size(),
+        )
 
     none, selective, full = plan("none"), plan("selective"), plan("full")
     acts = none.activation_bytes

@@ -19,8 +19,9 @@ SMALL = ["prep.tokenizer.vocab_size=300", "prep.pack.seq_len=32"]
 
 
 def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def prep(inputs: Path, output: Path, *sets: str, verb: str = "prep") -> subprocess.CompletedProcess[str]:
@@ -31,8 +32,10 @@ def prep(inputs: Path, output: Path, *sets: str, verb: str = "prep") -> subproce
 @pytest.fixture(scope="module")
 def own_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real documents under `content`, beside an id and a url: the shape of many exported corpora."""
-    records = [{"id": r["id"], "content": r["text"], "url": f"https://example.org/{i}"}
-               for i, r in enumerate(read_set("english", 60))]
+    records = [
+        {"id": r["id"], "content": r["text"], "url": f"https://example.org/{i}"}
+        for i, r in enumerate(read_set("english", 60))
+    ]
     return write_jsonl(tmp_path_factory.mktemp("own") / "docs.jsonl", records)
 
 
@@ -68,8 +71,9 @@ def test_prep_that_quarantines_more_than_the_set_share_fails_and_the_share_can_b
     corpus.write_text("\n".join(good + broken) + "\n")
     result = prep(corpus.parent, tmp_path / "out")
     assert result.returncode == 2, result.stderr
-    assert ("quarantined 67% of the 60 documents it read, more than prep.max_quarantined_share=0.5 "
-            "(malformed_json 40)") in result.stderr
+    assert (
+        "quarantined 67% of the 60 documents it read, more than prep.max_quarantined_share=0.5 (malformed_json 40)"
+    ) in result.stderr
     allowed = prep(corpus.parent, tmp_path / "out", "prep.max_quarantined_share=0.7")
     assert allowed.returncode == 0, allowed.stderr
 
@@ -84,11 +88,22 @@ def test_run_takes_input_and_stops_before_training_when_prep_keeps_nothing(own_d
 
 @pytest.mark.slow
 def test_run_without_the_toy_world_setting_trains_no_toy_world_and_times_each_phase(
-        own_data: Path, tmp_path: Path) -> None:
+    own_data: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
-    result = prep(own_data, run, "prep.read.text_field=content", "train.max_steps=2", "train.global_batch_size=2",
-                  "train.micro_batch_size=2", "train.eval_interval=2", "train.warmup_steps=1", "launch.nproc_per_node=1",
-                  "samples.max_new_tokens=2", verb="run")
+    result = prep(
+        own_data,
+        run,
+        "prep.read.text_field=content",
+        "train.max_steps=2",
+        "train.global_batch_size=2",
+        "train.micro_batch_size=2",
+        "train.eval_interval=2",
+        "train.warmup_steps=1",
+        "launch.nproc_per_node=1",
+        "samples.max_new_tokens=2",
+        verb="run",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     times = json.loads((run / "run_times.json").read_text())
     assert set(times) == {"prep", "training"} and not (run / "toy_world").exists()

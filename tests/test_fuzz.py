@@ -35,15 +35,31 @@ from tests.conftest import REPO
 EXAMPLES = {"files": 100, "pii": 300, "decoys": 300}  # 4 formats x 100 + 300 + 300 = 1,000 cases
 # New cases every run on a developer's machine; in CI (CI set) the same cases every run, so a red CI
 # is a reproducible one.
-FUZZ = settings(deadline=None, database=None, derandomize=bool(os.environ.get("CI")),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    deadline=None,
+    database=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # Made-up PII of every kind, in the forms issue 18 found reaching clean/.
 PLANTED = [
-    "jane.doe@example.com", "jane.doe [at] example [dot] com", "jane.doe(at)example(dot)com",
-    "jane.doe\uff20example.com", "+44 20 7946 0958", "415 555 2671", "(415) 555-0132", "123-45-6789",
-    "123 45 6789", "93.184.216.34", "093.184.216.034", "4111 1111 1111 1111", "4111.1111.1111.1111",
-    "GB82 WEST 1234 5698 7654 32", "gb82 west 1234 5698 7654 32", "AKIAIOSFODNN7EXAMPLE",
+    "jane.doe@example.com",
+    "jane.doe [at] example [dot] com",
+    "jane.doe(at)example(dot)com",
+    "jane.doe\uff20example.com",
+    "+44 20 7946 0958",
+    "415 555 2671",
+    "(415) 555-0132",
+    "123-45-6789",
+    "123 45 6789",
+    "93.184.216.34",
+    "093.184.216.034",
+    "4111 1111 1111 1111",
+    "4111.1111.1111.1111",
+    "GB82 WEST 1234 5698 7654 32",
+    "gb82 west 1234 5698 7654 32",
+    "AKIAIOSFODNN7EXAMPLE",
 ]
 
 
@@ -89,11 +105,11 @@ def corrupt(data: bytes, corruptions: list[tuple]) -> bytes:
         elif kind == "flip" and at < len(buffer):
             buffer[at] ^= arg[0]
         elif kind == "zero":
-            buffer[at:at + arg[0]] = bytes(len(buffer[at:at + arg[0]]))
+            buffer[at : at + arg[0]] = bytes(len(buffer[at : at + arg[0]]))
         elif kind == "insert":
             buffer[at:at] = arg[0]
         elif kind == "delete":
-            del buffer[at:at + arg[0]]
+            del buffer[at : at + arg[0]]
     return bytes(buffer)
 
 
@@ -109,9 +125,16 @@ def run_task(path: Path, shard_bytes: int) -> tuple[list[dict], list[str], list[
             for name, stage in stages.items():
                 table = books[name].apply(table, stage.decide(table))
             kept += table["text"].to_pylist()
-    stats = [{"name": name, "docs_in": b.docs_in, "docs_out": sum(t.num_rows for t in b.kept),
-              "dropped": Counter(r["reason"] for r in b.dropped),
-              "quarantined": Counter(r["reason"] for r in b.quarantined)} for name, b in books.items()]
+    stats = [
+        {
+            "name": name,
+            "docs_in": b.docs_in,
+            "docs_out": sum(t.num_rows for t in b.kept),
+            "dropped": Counter(r["reason"] for r in b.dropped),
+            "quarantined": Counter(r["reason"] for r in b.quarantined),
+        }
+        for name, b in books.items()
+    ]
     return stats, kept, books["read"].quarantined
 
 
@@ -153,8 +176,13 @@ DECOYS = st.one_of(
     st.binary(min_size=20, max_size=20).map(bytes.hex),
     st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b)),
     st.builds("CVE-{}-{}".format, st.integers(1999, 2030), st.integers(1000, 99999)),
-    st.builds("978-{}-{:02d}-{:06d}-{}".format, st.integers(0, 9), st.integers(0, 99), st.integers(0, 999999),
-              st.integers(0, 9)),
+    st.builds(
+        "978-{}-{:02d}-{:06d}-{}".format,
+        st.integers(0, 9),
+        st.integers(0, 99),
+        st.integers(0, 999999),
+        st.integers(0, 9),
+    ),
 )
 
 

@@ -19,9 +19,26 @@ from tests.conftest import REPO, torchrun
 def pipeline_checkpoint(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint trained with two pipeline stages and an untied head, so export must merge stages."""
     run = tmp_path_factory.mktemp("pp_run")
-    torchrun(2, "train", "--data", str(tiny_shards), "--output", str(run), "--set", "train.max_steps=3",
-             "--set", "parallel.pp=2", "--set", "model.tie_embeddings=false", "--set", "train.global_batch_size=4",
-             "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1")
+    torchrun(
+        2,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "parallel.pp=2",
+        "--set",
+        "model.tie_embeddings=false",
+        "--set",
+        "train.global_batch_size=4",
+        "--set",
+        "train.micro_batch_size=2",
+        "--set",
+        "train.peak_tflops=1",
+    )
     return run / "checkpoints" / "step-00000003"
 
 
@@ -41,9 +58,13 @@ def test_kv_cache_gives_the_logits_of_a_full_recompute(model_and_meta) -> None:
     cache = KVCache()
     with torch.no_grad():
         prompt = 10
-        cached = [model(tokens[:, :prompt], torch.arange(prompt)[None], torch.ones(1, prompt, dtype=torch.long), cache)[:, -1]]
+        cached = [
+            model(tokens[:, :prompt], torch.arange(prompt)[None], torch.ones(1, prompt, dtype=torch.long), cache)[:, -1]
+        ]
         for t in range(prompt, tokens.shape[1]):
-            cached.append(model(tokens[:, t:t + 1], torch.tensor([[t]]), torch.ones(1, 1, dtype=torch.long), cache)[:, -1])
+            cached.append(
+                model(tokens[:, t : t + 1], torch.tensor([[t]]), torch.ones(1, 1, dtype=torch.long), cache)[:, -1]
+            )
         for step, t in enumerate(range(prompt, tokens.shape[1] + 1)):
             full = model(tokens[:, :t], torch.arange(t)[None], torch.ones(1, t, dtype=torch.long))[:, -1]
             assert torch.allclose(cached[step], full, atol=1e-5), f"position {t}"
@@ -62,8 +83,9 @@ def test_greedy_generation_is_deterministic_and_stops_at_end_of_document(model_a
     assert generate(model, [5, 6, 7], greedy, 512, first[cut]) == first[:cut]
 
 
-def test_hf_export_matches_logits_and_generates_offline(model_and_meta, pipeline_checkpoint: Path, tiny_shards: Path,
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_export_matches_logits_and_generates_offline(
+    model_and_meta, pipeline_checkpoint: Path, tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from training.config import SamplesConfig
@@ -71,8 +93,7 @@ def test_hf_export_matches_logits_and_generates_offline(model_and_meta, pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, _ = model_and_meta
-    out = save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32,
-                  SamplesConfig())
+    out = save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32, SamplesConfig())
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644, "readable by others"
     hf = LlamaForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32).eval()
     torch.manual_seed(1)
@@ -100,8 +121,9 @@ def test_consolidated_export_holds_full_weights(pipeline_checkpoint: Path, model
         assert tensor.dtype == torch.bfloat16 and tensor.shape == reference[name].shape
 
 
-def test_an_export_that_fails_midway_leaves_no_files(pipeline_checkpoint: Path, tiny_shards: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_export_that_fails_midway_leaves_no_files(
+    pipeline_checkpoint: Path, tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A loader must never find a half-written model: the files move in only once all are written."""
     import training.export
     from training.config import SamplesConfig
@@ -111,13 +133,13 @@ def test_an_export_that_fails_midway_leaves_no_files(pipeline_checkpoint: Path, 
 
     monkeypatch.setattr(training.export, "generation_config", crash)
     with pytest.raises(OSError, match="killed mid-export"):
-        training.export.save_hf(pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32,
-                                SamplesConfig())
+        training.export.save_hf(
+            pipeline_checkpoint, tmp_path / "hf", tiny_shards / "tokenizer.json", torch.float32, SamplesConfig()
+        )
     assert list((tmp_path / "hf").iterdir()) == []
 
 
-def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tiny_shards: Path,
-                                                                             tmp_path: Path) -> None:
+def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tiny_shards: Path, tmp_path: Path) -> None:
     """A rerun with --resume none saves the same tag with other weights: export reads those, not the
     universal form cached from the checkpoint it replaced."""
     from safetensors.torch import load_file
@@ -134,8 +156,21 @@ def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tin
     assert (run / "checkpoints" / UNIVERSAL / step2.name).is_dir()
     before = load_file(save_consolidated(step2, tmp_path / "before", torch.float32))
 
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2",
-             "--set", "train.seed=7", "--resume", "none")
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *small,
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.seed=7",
+        "--resume",
+        "none",
+    )
     after = load_file(save_consolidated(step2, tmp_path / "after", torch.float32))
     alone = shutil.copytree(step2, tmp_path / "copy" / step2.name)  # no cache beside it: converted afresh
     expected = load_file(save_consolidated(alone, tmp_path / "expected", torch.float32))
@@ -162,19 +197,39 @@ def test_pruning_a_checkpoint_removes_its_universal_form(tmp_path: Path) -> None
 
 
 def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
-def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(tiny_shards: Path,
-                                                                               tmp_path: Path) -> None:
+def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
     """`--checkpoint RUN`, the folder of `crucible run` (training in RUN/train), finds its newest checkpoint, and
     the run's samples.* settings apply without repeating its config; --set and flags still override them."""
     run = tmp_path / "run"
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run / "train"), "--set", "train.max_steps=2",
-             "--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1",
-             "--set", "samples.prompts=[Once upon]", "--set", "samples.max_new_tokens=5",
-             "--set", "samples.temperature=0")
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run / "train"),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.global_batch_size=4",
+        "--set",
+        "train.micro_batch_size=2",
+        "--set",
+        "train.peak_tflops=1",
+        "--set",
+        "samples.prompts=[Once upon]",
+        "--set",
+        "samples.max_new_tokens=5",
+        "--set",
+        "samples.temperature=0",
+    )
     step = run / "train" / "checkpoints" / "step-00000002"
     greedy_five = ["--max-new-tokens", "5", "--temperature", "0"]
 
@@ -186,8 +241,9 @@ def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(ti
 
     overridden = crucible("generate", "--checkpoint", str(run), "--set", "samples.prompts=[In the]")
     assert "In the" in overridden.stdout and "Once upon" not in overridden.stdout
-    assert overridden.stdout == crucible("generate", "--checkpoint", str(step), "--prompt", "In the",
-                                         *greedy_five).stdout, "--set replaces one key, the run's others stay"
+    assert (
+        overridden.stdout == crucible("generate", "--checkpoint", str(step), "--prompt", "In the", *greedy_five).stdout
+    ), "--set replaces one key, the run's others stay"
 
     exported = crucible("export", "--checkpoint", str(run), "--output", str(tmp_path / "hf"))
     assert exported.returncode == 0 and f"exported {step}" in exported.stdout, exported.stderr[-2000:]

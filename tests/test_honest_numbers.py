@@ -23,7 +23,7 @@ def test_lr_schedule_peaks_once_and_ends_at_min_lr(warmup: int, steps: int) -> N
     assert rates[max(warmup - 1, 0)] == pytest.approx(cfg.lr, rel=1e-12)  # the end of warmup
     assert rates.count(max(rates)) == 1
     assert rates[-1] == pytest.approx(cfg.min_lr, rel=1e-12)  # the last step
-    assert all(a > b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
+    assert all(a > b for a, b in zip(rates[warmup:], rates[warmup + 1 :]))
 
 
 def test_optimizer_follows_the_schedule_step_by_step() -> None:
@@ -43,9 +43,12 @@ def test_optimizer_follows_the_schedule_step_by_step() -> None:
 @pytest.fixture(scope="module")
 def padded_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Best-fit packed shards: rows padded by different amounts."""
-    records = [{"id": r["id"], "text": r["text"][:30 + (i * 37) % 150]} for i, r in enumerate(read_set("english", 200))]
-    return english_shards(tmp_path_factory, "padded_shards", records, "prep.pack.method=best_fit",
-                          "prep.pack.val_fraction=0.25")
+    records = [
+        {"id": r["id"], "text": r["text"][: 30 + (i * 37) % 150]} for i, r in enumerate(read_set("english", 200))
+    ]
+    return english_shards(
+        tmp_path_factory, "padded_shards", records, "prep.pack.method=best_fit", "prep.pack.val_fraction=0.25"
+    )
 
 
 def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, np.ndarray]:
@@ -66,8 +69,9 @@ def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, n
     model = GPT(cfg, tp_config_single(), padded_vocab(data.manifest.tokenizer.vocab_size, cfg.vocab_multiple, 1))
     init_weights(model, TrainConfig().seed, cfg.n_layers)
     logits = model(batch.inputs, batch.positions, batch.segments)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(),
-                                             ignore_index=data.pad_id)
+    loss = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=data.pad_id
+    )
     loss.backward()
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
     return float(loss.detach()), float(norm), (batch.targets != data.pad_id).sum(1).numpy()
@@ -77,10 +81,32 @@ def test_loss_weighs_every_valid_token_alike_over_micro_batches_and_ranks(padded
     """DP 2 x 2 micro-batches of 2 rows, unevenly padded: the step-1 loss and gradient norm are
     those of one plain cross entropy over all 8 rows; the validation loss likewise (a vanishing
     learning rate leaves the weights of step 0 for it)."""
-    torchrun(2, "train", "--data", str(padded_shards), "--output", str(tmp_path), "--set", "train.max_steps=1",
-             "--set", "train.lr=1e-20", "--set", "train.min_lr=1e-20",
-             "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1",
-             "--set", "train.eval_batches=1", "--set", "checkpoint.enabled=false", "--set", "rollback.enabled=false")
+    torchrun(
+        2,
+        "train",
+        "--data",
+        str(padded_shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.lr=1e-20",
+        "--set",
+        "train.min_lr=1e-20",
+        "--set",
+        "train.global_batch_size=8",
+        "--set",
+        "train.micro_batch_size=2",
+        "--set",
+        "train.peak_tflops=1",
+        "--set",
+        "train.eval_batches=1",
+        "--set",
+        "checkpoint.enabled=false",
+        "--set",
+        "rollback.enabled=false",
+    )
     record = metrics(tmp_path)[0]
     loss, norm, valid = reference_step(padded_shards, "train", 8)
     per_micro_batch = valid.reshape(4, 2).sum(1)

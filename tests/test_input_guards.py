@@ -35,21 +35,35 @@ def corpus(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("verb", "output", "expected"), [
-    ("prep", "in/out", "--output in/out is inside the input folder in (prep.inputs): prep would read its own outputs"),
-    ("prep", "in", "--output in is the input folder in (prep.inputs)"),
-    ("prep", "link/out", "--output link/out (that is {tmp}/in/out) is inside the input folder in (prep.inputs)"),
-    ("prep", "in/../in/x", "--output in/../in/x is inside the input folder in"),
-    ("run", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
-    ("submit", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
-    ("prep-task", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
-])
+@pytest.mark.parametrize(
+    ("verb", "output", "expected"),
+    [
+        (
+            "prep",
+            "in/out",
+            "--output in/out is inside the input folder in (prep.inputs): prep would read its own outputs",
+        ),
+        ("prep", "in", "--output in is the input folder in (prep.inputs)"),
+        ("prep", "link/out", "--output link/out (that is {tmp}/in/out) is inside the input folder in (prep.inputs)"),
+        ("prep", "in/../in/x", "--output in/../in/x is inside the input folder in"),
+        ("run", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
+        ("submit", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
+        ("prep-task", "in/run", "--output in/run is inside the input folder in (prep.inputs)"),
+    ],
+)
 def test_an_output_inside_an_input_folder_is_refused_before_any_work(
-        verb: str, output: str, expected: str, corpus: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    verb: str,
+    output: str,
+    expected: str,
+    corpus: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(corpus.parent)  # relative paths, resolved from here
-    args = [verb, "--output", output, "--set", "prep.inputs=[in]"] + {"submit": ["--dry-run"],
-                                                                       "prep-task": ["--prepare"]}.get(verb, [])
+    args = [verb, "--output", output, "--set", "prep.inputs=[in]"] + {
+        "submit": ["--dry-run"],
+        "prep-task": ["--prepare"],
+    }.get(verb, [])
     message = refusal(args, capsys)
     assert message.startswith(f"crucible {verb}: " + expected.format(tmp=corpus.parent)), message
     assert "give an --output outside every input folder" in message
@@ -57,23 +71,26 @@ def test_an_output_inside_an_input_folder_is_refused_before_any_work(
 
 
 def test_an_input_inside_the_output_folder_is_refused(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    message = refusal(["prep", "--input", str(corpus / "docs.jsonl"), "--output", str(corpus.parent / "link")],
-                      capsys)
-    assert message == (f"crucible prep: input {corpus / 'docs.jsonl'} (prep.inputs) is inside --output "
-                       f"{corpus.parent / 'link'} (that is {corpus}): prep would read back what it writes there; "
-                       f"give an --output that holds no input")
+    message = refusal(["prep", "--input", str(corpus / "docs.jsonl"), "--output", str(corpus.parent / "link")], capsys)
+    assert message == (
+        f"crucible prep: input {corpus / 'docs.jsonl'} (prep.inputs) is inside --output "
+        f"{corpus.parent / 'link'} (that is {corpus}): prep would read back what it writes there; "
+        f"give an --output that holds no input"
+    )
 
 
 def test_each_named_source_is_checked(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sources = json.dumps([{"name": "web", "inputs": [str(corpus.parent / "elsewhere")]},
-                          {"name": "code", "inputs": [str(corpus)]}])
+    sources = json.dumps(
+        [{"name": "web", "inputs": [str(corpus.parent / "elsewhere")]}, {"name": "code", "inputs": [str(corpus)]}]
+    )
     message = refusal(["prep", "--set", f"prep.sources={sources}", "--output", str(corpus / "out")], capsys)
     assert f"is inside the input folder {corpus} (prep.sources[code].inputs)" in message
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/null"])
-def test_a_fifo_or_device_given_as_input_is_not_a_regular_file(special: str, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_fifo_or_device_given_as_input_is_not_a_regular_file(
+    special: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "pipe.jsonl" if special == "fifo" else Path(special)
     if special == "fifo":
         os.mkfifo(path)
@@ -105,13 +122,30 @@ def two_runs(shared_ids: dict[str, Path]) -> dict[str, object]:
     root = shared_ids["root"]
     sources = json.dumps([s | {"inputs": [str(root / s["inputs"][0])]} for s in SHARED_ID_SOURCES])
     settings = ["prep.stages=[normalize]", f"prep.sources={sources}", "prep.shard_mb=0.02"]
-    many = subprocess.run([sys.executable, "-m", "pipeline", "prep", "--output", str(root / "many"), "--no-progress",
-                           *[arg for s in [*settings, "prep.workers=2"] for arg in ("--set", s)]],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)  # a FIFO opened would block: fails
+    many = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "prep",
+            "--output",
+            str(root / "many"),
+            "--no-progress",
+            *[arg for s in [*settings, "prep.workers=2"] for arg in ("--set", s)],
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # a FIFO opened would block: fails
     assert many.returncode == 0, many.stderr[-2000:]
     config = load_config(None, [*settings, "prep.workers=1", "prep.unique_ids.find_shards_per_task=2"])
-    return {"many": root / "many", "many_stdout": many.stdout, "one": root / "one",
-            "stats": run_prep(config.prep, root / "one", show_progress=False)}
+    return {
+        "many": root / "many",
+        "many_stdout": many.stdout,
+        "one": root / "one",
+        "stats": run_prep(config.prep, root / "one", show_progress=False),
+    }
 
 
 def read_dir(folder: Path) -> list[dict]:

@@ -28,13 +28,26 @@ def prep_languages(folder: Path, output: Path, per_language: int, code_docs: int
     multi = [d for d in read_set("multilingual") if d["lang"] in LANGUAGES]
     web = [d for lang in LANGUAGES for d in [m for m in multi if m["lang"] == lang][:per_language]]
     write_jsonl(folder / "web" / "web.jsonl", [{"id": d["id"], "text": d["text"]} for d in web])
-    write_jsonl(folder / "code" / "code.jsonl", [{"id": r["id"], "text": r["text"]}
-                                                 for r in read_set("english", code_docs)])
-    sources = [{"name": "web", "inputs": [str(folder / "web")]},
-               {"name": "code", "inputs": [str(folder / "code")], "skip": ["langid"]}]
-    config = load_config(None, ["prep.stages=[normalize, langid, tokenize, pack]", f"prep.sources={json.dumps(sources)}",
-                                "prep.tokenizer.vocab_size=600", "prep.pack.seq_len=32", "prep.pack.val_fraction=0.2",
-                                "prep.workers=1", "prep.pack.split_by_language=true", *extra])
+    write_jsonl(
+        folder / "code" / "code.jsonl", [{"id": r["id"], "text": r["text"]} for r in read_set("english", code_docs)]
+    )
+    sources = [
+        {"name": "web", "inputs": [str(folder / "web")]},
+        {"name": "code", "inputs": [str(folder / "code")], "skip": ["langid"]},
+    ]
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, langid, tokenize, pack]",
+            f"prep.sources={json.dumps(sources)}",
+            "prep.tokenizer.vocab_size=600",
+            "prep.pack.seq_len=32",
+            "prep.pack.val_fraction=0.2",
+            "prep.workers=1",
+            "prep.pack.split_by_language=true",
+            *extra,
+        ],
+    )
     run_prep(config.prep, output, show_progress=False)
     return output / "shards"
 
@@ -45,8 +58,10 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mix(*overrides: str, steps: int = 400, batch: int = 16, micro: int = 4):
-    return load_config(None, [f"train.max_steps={steps}", f"train.global_batch_size={batch}",
-                              f"train.micro_batch_size={micro}", *overrides])
+    return load_config(
+        None,
+        [f"train.max_steps={steps}", f"train.global_batch_size={batch}", f"train.micro_batch_size={micro}", *overrides],
+    )
 
 
 BY_LANGUAGE = "train.mixture.weights={web/de: 0.4, web/fr: 0.1, web/es: 0.1, code: 0.4}"
@@ -60,8 +75,9 @@ def unit_rows(shards: Path, config, dp: int, steps: int, state: dict | None = No
     for loader in loaders if state is not None else []:
         loader.load_state_dict(json.loads(json.dumps(state)))
     rounds = config.train.global_batch_size // (config.train.micro_batch_size * dp)
-    steps_rows = [np.concatenate([loader.next_batch().rows for _ in range(rounds) for loader in loaders])
-                  for _ in range(steps)]
+    steps_rows = [
+        np.concatenate([loader.next_batch().rows for _ in range(rounds) for loader in loaders]) for _ in range(steps)
+    ]
     return steps_rows, loaders[0], dataset
 
 
@@ -74,8 +90,9 @@ def test_shards_are_split_by_language_and_the_manifest_counts_per_source_and_lan
     manifest = json.loads((shards / "manifest.json").read_text())
     for split in ("train", "val"):
         entry = manifest["splits"][split]
-        assert {(s["source"], s["language"]) for s in entry["shards"]} <= {("web", lang) for lang in LANGUAGES} | \
-            {("code", "und")}
+        assert {(s["source"], s["language"]) for s in entry["shards"]} <= {("web", lang) for lang in LANGUAGES} | {
+            ("code", "und")
+        }
         assert all(f"-{s['language']}-" in s["file"] for s in entry["shards"])
         for key in ("documents", "tokens", "sequences"):
             assert sum(c[key] for c in entry["languages"].values()) == entry[key], (split, key)
@@ -83,12 +100,15 @@ def test_shards_are_split_by_language_and_the_manifest_counts_per_source_and_lan
                 assert sum(c[key] for c in counts["languages"].values()) == counts[key], (split, name, key)
         for name, counts in entry["sources"].items():
             for lang, by in counts["languages"].items():
-                assert by["sequences"] == sum(s["sequences"] for s in entry["shards"]
-                                              if (s["source"], s["language"]) == (name, lang))
+                assert by["sequences"] == sum(
+                    s["sequences"] for s in entry["shards"] if (s["source"], s["language"]) == (name, lang)
+                )
     assert set(manifest["splits"]["train"]["sources"]["web"]["languages"]) == set(LANGUAGES)
     rows, tokens = source_sizes(read_manifest(shards))
-    assert sorted(rows) == UNITS and tokens["web/de"] == manifest["splits"]["train"]["sources"]["web"]["languages"][
-        "de"]["tokens"]
+    assert (
+        sorted(rows) == UNITS
+        and tokens["web/de"] == manifest["splits"]["train"]["sources"]["web"]["languages"]["de"]["tokens"]
+    )
 
 
 def test_realized_fractions_per_language_are_within_a_point_of_the_targets(shards: Path) -> None:
@@ -114,14 +134,17 @@ def test_a_whole_source_shares_its_weight_among_its_languages_by_their_tokens(sh
 def test_temperature_over_languages_or_sources(shards: Path, over: str) -> None:
     _, tokens = source_sizes(PackedDataset(shards, "train").manifest)
     alpha = 0.3
-    loader = build_loader(PackedDataset(shards, "train"), mix(f"train.mixture.temperature={alpha}",
-                                                              f"train.mixture.temperature_over={over}"), 0, 1)
+    loader = build_loader(
+        PackedDataset(shards, "train"),
+        mix(f"train.mixture.temperature={alpha}", f"train.mixture.temperature_over={over}"),
+        0,
+        1,
+    )
     if over == "language":
         raw = np.array([tokens[u] ** alpha for u in UNITS])
     else:
         web = sum(tokens[f"web/{lang}"] for lang in LANGUAGES)
-        raw = np.array([tokens["code/und"] ** alpha] + [web ** alpha * tokens[f"web/{lang}"] / web
-                                                        for lang in LANGUAGES])
+        raw = np.array([tokens["code/und"] ** alpha] + [web**alpha * tokens[f"web/{lang}"] / web for lang in LANGUAGES])
     assert loader.schedule.weights[0] == pytest.approx(raw / raw.sum())
 
 

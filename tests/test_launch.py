@@ -17,8 +17,18 @@ from pipeline.ground.errors import UserError
 from tests.conftest import REPO, metrics, torchrun
 
 STEPS = 8
-TRAIN = ["--set", f"train.max_steps={STEPS}", "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2",
-         "--set", "train.eval_interval=4", "--set", "train.peak_tflops=1"]
+TRAIN = [
+    "--set",
+    f"train.max_steps={STEPS}",
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=4",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
@@ -27,10 +37,19 @@ def losses(run: Path) -> list[tuple[int, float]]:
 
 def two_agents(shards: Path, run: Path, nproc_per_node: int) -> None:
     """Two torchrun agents on this machine, as two nodes of one c10d rendezvous."""
-    command = torchrun_command(f"127.0.0.1:{free_port()}", 2, nproc_per_node, 0, 30, "two-nodes",
-                               ["--data", str(shards), "--output", str(run), *TRAIN])
-    agents = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
+    command = torchrun_command(
+        f"127.0.0.1:{free_port()}",
+        2,
+        nproc_per_node,
+        0,
+        30,
+        "two-nodes",
+        ["--data", str(shards), "--output", str(run), *TRAIN],
+    )
+    agents = [
+        subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [agent.communicate(timeout=900)[0] for agent in agents]
     for agent, output in zip(agents, outputs):
         assert agent.returncode == 0, output[-4000:]
@@ -107,14 +126,35 @@ def test_sbatch_values_that_cannot_be_quoted_are_refused() -> None:
 
 def dry_run(output: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
     sets = [arg for value in assignments for arg in ("--set", value)]
-    return subprocess.run([sys.executable, "-m", "pipeline", "submit", "--config", "configs/sample.yaml", "--output",
-                           str(output), "--dry-run", *sets], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "submit",
+            "--config",
+            "configs/sample.yaml",
+            "--output",
+            str(output),
+            "--dry-run",
+            *sets,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path) -> None:
     output = tmp_path / "run $(touch pwned) 'x' ;&"
-    result = dry_run(output, "prep.shard_mb=1", "launch.slurm.max_array_size=10", "launch.slurm.prep.max_parallel=4",
-                     "launch.slurm.partition=gpu a100")
+    result = dry_run(
+        output,
+        "prep.shard_mb=1",
+        "launch.slurm.max_array_size=10",
+        "launch.slurm.prep.max_parallel=4",
+        "launch.slurm.partition=gpu a100",
+    )
     assert result.returncode == 0, result.stderr
     slurm = output / "slurm"
     assert not (slurm / "jobs.json").exists()  # nothing was submitted
@@ -126,14 +166,23 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
     assert tasks > 20, "enough bucket tasks for three arrays of at most 10"
     last_from = (tasks - 1) // 10 * 10
     buckets = sorted(p.name for p in slurm.glob("prep-minhash_dedup.buckets*.sbatch"))
-    assert buckets == sorted(["prep-minhash_dedup.buckets.sbatch",
-                              *(f"prep-minhash_dedup.buckets-from-{start}.sbatch" for start in range(10, tasks, 10))])
+    assert buckets == sorted(
+        [
+            "prep-minhash_dedup.buckets.sbatch",
+            *(f"prep-minhash_dedup.buckets-from-{start}.sbatch" for start in range(10, tasks, 10)),
+        ]
+    )
     last_chunk = slurm / f"prep-minhash_dedup.buckets-from-{last_from}.sbatch"
     assert f'#SBATCH --array="0-{tasks - 1 - last_from}%4"' in last_chunk.read_text()
     assert '#SBATCH --partition="gpu a100"' in (slurm / "train.sbatch").read_text()
     assert "--shutdown-seconds 300 --" in (slurm / "train.sbatch").read_text()  # Ctrl-C/scancel: time to save
-    status = subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(output)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    status = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "training: not submitted; no step logged yet" in " ".join(status.stdout.split()), status.stderr
     for script in [*slurm.glob("*.sbatch"), slurm / "submit.sh"]:
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -141,9 +190,14 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
     # Run the last chunk's command line with the Python replaced by printf: each argument intact.
     line = last_chunk.read_text().splitlines()[-1]
     program = shlex.split(line)[0]
-    echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + line.removeprefix(shlex.quote(program))],
-                            env={"SLURM_ARRAY_TASK_ID": "4", "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    echoed = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + line.removeprefix(shlex.quote(program))],
+        env={"SLURM_ARRAY_TASK_ID": "4", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert echoed[echoed.index("--output") + 1] == str(output / "data")
     assert echoed[echoed.index("--task") + 1] == str(last_from + 4)  # the chunk's offset plus the array index
     assert not (tmp_path / "pwned").exists()
@@ -155,11 +209,18 @@ def test_dry_run_refuses_a_run_folder_an_sbatch_line_cannot_hold(tmp_path: Path)
 
 
 def test_dry_run_gives_prep_jobs_their_own_partition_account_time_and_options(tmp_path: Path) -> None:
-    result = dry_run(tmp_path / "run", "launch.slurm.partition=gpu", "launch.slurm.account=llm",
-                     "launch.slurm.gpus_per_node=8", "launch.slurm.sbatch_args=[--qos=high]",
-                     "launch.slurm.prep.partition=cpu", "launch.slurm.prep.account=data",
-                     "launch.slurm.prep.time='00:30:00'", "launch.slurm.prep.cpus_per_task=4",
-                     "launch.slurm.prep.sbatch_args=[--nice=10]")
+    result = dry_run(
+        tmp_path / "run",
+        "launch.slurm.partition=gpu",
+        "launch.slurm.account=llm",
+        "launch.slurm.gpus_per_node=8",
+        "launch.slurm.sbatch_args=[--qos=high]",
+        "launch.slurm.prep.partition=cpu",
+        "launch.slurm.prep.account=data",
+        "launch.slurm.prep.time='00:30:00'",
+        "launch.slurm.prep.cpus_per_task=4",
+        "launch.slurm.prep.sbatch_args=[--nice=10]",
+    )
     assert result.returncode == 0, result.stderr
     slurm = tmp_path / "run" / "slurm"
     train = (slurm / "train.sbatch").read_text()
@@ -169,8 +230,13 @@ def test_dry_run_gives_prep_jobs_their_own_partition_account_time_and_options(tm
     assert {p.name for p in prep} >= {"prep-prepare.sbatch", "prep-publish.sbatch", "prep-read.sbatch"}
     for script in prep:
         text = script.read_text()
-        for line in ('--partition="cpu"', '--account="data"', '--time="00:30:00"', '--cpus-per-task="4"',
-                     '--nice="10"'):
+        for line in (
+            '--partition="cpu"',
+            '--account="data"',
+            '--time="00:30:00"',
+            '--cpus-per-task="4"',
+            '--nice="10"',
+        ):
             assert f"#SBATCH {line}" in text, script.name
         assert "--qos" not in text and "--gpus" not in text and '"gpu"' not in text, script.name
 
@@ -182,12 +248,16 @@ def test_prep_jobs_take_training_partition_and_options_unless_given_their_own(tm
     assert '#SBATCH --partition="batch"' in text and '#SBATCH --qos="high"' in text
 
 
-@pytest.mark.parametrize(("assignments", "refusal"), [
-    (["parallel.tp=3", "launch.nproc_per_node=3"], "heads"),
-    (["launch.nproc_per_node=16"], "global_batch_size 8 is not divisible by micro_batch_size 4 x dp 16"),
-])
+@pytest.mark.parametrize(
+    ("assignments", "refusal"),
+    [
+        (["parallel.tp=3", "launch.nproc_per_node=3"], "heads"),
+        (["launch.nproc_per_node=16"], "global_batch_size 8 is not divisible by micro_batch_size 4 x dp 16"),
+    ],
+)
 def test_submit_refuses_a_layout_training_would_refuse_before_anything_is_written(
-        tmp_path: Path, assignments: list[str], refusal: str) -> None:
+    tmp_path: Path, assignments: list[str], refusal: str
+) -> None:
     result = dry_run(tmp_path / "run", *assignments)
     assert result.returncode == 2 and refusal in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -87,7 +87,7 @@ def cycles(edges: dict[str, set[str]]) -> list[str]:
             if target not in state:
                 continue
             if state[target] == 1:
-                found.append(" -> ".join(stack[stack.index(target):] + [module, target]))
+                found.append(" -> ".join(stack[stack.index(target) :] + [module, target]))
             elif state[target] == 0:
                 visit(target, stack + [module])
         state[module] = 2
@@ -111,15 +111,28 @@ def test_ground_imports_nothing_of_the_project() -> None:
     assert ground and all(floor_of(target) == "ground" for imports in ground.values() for target in imports)
 
 
-@pytest.mark.parametrize("module, imports, expected", [
-    ("data_prep.books", {"pipeline.config"}, "data_prep.books (data_prep) imports pipeline.config (pipeline)"),
-    ("training.engine", {"data_prep.tokenizer"}, "training.engine (training) imports data_prep.tokenizer (data_prep)"),
-    ("launch.sbatch", {"pipeline.executors.slurm"}, "launch.sbatch (launch) imports pipeline.executors.slurm (pipeline)"),
-])
+@pytest.mark.parametrize(
+    "module, imports, expected",
+    [
+        ("data_prep.books", {"pipeline.config"}, "data_prep.books (data_prep) imports pipeline.config (pipeline)"),
+        (
+            "training.engine",
+            {"data_prep.tokenizer"},
+            "training.engine (training) imports data_prep.tokenizer (data_prep)",
+        ),
+        (
+            "launch.sbatch",
+            {"pipeline.executors.slurm"},
+            "launch.sbatch (launch) imports pipeline.executors.slurm (pipeline)",
+        ),
+    ],
+)
 def test_the_scan_names_an_upward_import(module: str, imports: set[str], expected: str) -> None:
     assert violations({module: imports}) == [expected]
 
 
 def test_the_scan_finds_a_cycle() -> None:
-    assert cycles({"training.a": {"training.b"}, "training.b": {"training.a"}}) == ["training.a -> training.b -> training.a"]
+    assert cycles({"training.a": {"training.b"}, "training.b": {"training.a"}}) == [
+        "training.a -> training.b -> training.a"
+    ]
     assert violations({"training.engine": {"data_prep.shards", "pipeline.ground.errors"}}) == []

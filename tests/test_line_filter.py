@@ -17,16 +17,18 @@ from pipeline.prep import run_prep
 from tests.conftest import write_jsonl
 from tests.sample_corpus import sample_records
 
-PAGE = "\n".join([
-    "Home | About | Contact",
-    "The river rises in the hills and reaches the sea after two hundred kilometres.",
-    "Please enable JavaScript to view the comments.",
-    "",
-    "Its valley was farmed for centuries; the old mills still stand.",
-    "By using this site you agree to our Terms of Use and Privacy Policy.",
-    "var x = {a: 1};",
-    'He called it "the quiet river."',
-])
+PAGE = "\n".join(
+    [
+        "Home | About | Contact",
+        "The river rises in the hills and reaches the sea after two hundred kilometres.",
+        "Please enable JavaScript to view the comments.",
+        "",
+        "Its valley was farmed for centuries; the old mills still stand.",
+        "By using this site you agree to our Terms of Use and Privacy Policy.",
+        "var x = {a: 1};",
+        'He called it "the quiet river."',
+    ]
+)
 
 
 def decide(texts: list[str], **settings: object) -> tuple[list[str | None], dict[int, tuple[str, dict]], pa.Table]:
@@ -39,29 +41,43 @@ def decide(texts: list[str], **settings: object) -> tuple[list[str | None], dict
 
 def test_terminal_punctuation_keeps_sentences_and_blank_lines() -> None:
     kept, drops, table = decide([PAGE], lorem_ipsum=False, terminal_punctuation=True)
-    assert kept[0] == "\n".join([
-        "The river rises in the hills and reaches the sea after two hundred kilometres.",
-        "Please enable JavaScript to view the comments.", "",
-        "Its valley was farmed for centuries; the old mills still stand.",
-        "By using this site you agree to our Terms of Use and Privacy Policy.",
-        'He called it "the quiet river."',
-    ]) and not drops
+    assert (
+        kept[0]
+        == "\n".join(
+            [
+                "The river rises in the hills and reaches the sea after two hundred kilometres.",
+                "Please enable JavaScript to view the comments.",
+                "",
+                "Its valley was farmed for centuries; the old mills still stand.",
+                "By using this site you agree to our Terms of Use and Privacy Policy.",
+                'He called it "the quiet river."',
+            ]
+        )
+        and not drops
+    )
     assert table["lines_removed"].to_pylist() == [2]
     assert json.loads(table["lines_removed_by"][0].as_py()) == {"terminal_punctuation": 2}
 
 
 def test_policy_lines_go_in_any_case_and_each_line_counts_for_its_first_rule() -> None:
-    kept, _, table = decide([PAGE], lorem_ipsum=False, policy_lines=True, curly_braces="line",
-                            terminal_punctuation=True)
+    kept, _, table = decide(
+        [PAGE], lorem_ipsum=False, policy_lines=True, curly_braces="line", terminal_punctuation=True
+    )
     assert "JavaScript" not in kept[0] and "Terms of Use" not in kept[0] and "{" not in kept[0]  # type: ignore
-    assert json.loads(table["lines_removed_by"][0].as_py()) == \
-        {"curly_braces": 1, "policy": 2, "terminal_punctuation": 1}
+    assert json.loads(table["lines_removed_by"][0].as_py()) == {
+        "curly_braces": 1,
+        "policy": 2,
+        "terminal_punctuation": 1,
+    }
     assert table["lines_removed"].to_pylist() == [4]
 
 
 def test_document_rules_drop_with_their_reasons() -> None:
-    texts = ["Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
-             "int main(void) {\n    return 0;\n}", "A plain sentence with nothing odd in it."]
+    texts = [
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+        "int main(void) {\n    return 0;\n}",
+        "A plain sentence with nothing odd in it.",
+    ]
     kept, drops, _ = decide(texts, curly_braces="document")
     assert drops == {0: ("lorem_ipsum", {"lines_removed": 0}), 1: ("curly_braces", {"lines_removed": 0})}
     assert kept[2] == texts[2]
@@ -83,8 +99,12 @@ def test_fineweb_ratios_drop_with_value_and_threshold() -> None:
     subscribe, unique = "Subscribe to our newsletter for weekly updates now.", "The only line of content here."
     repeated = "\n".join([subscribe] * 3 + [unique])
     fine = "A first full sentence of reasonable length.\nAnd a second one, also long enough to count."
-    _, drops, _ = decide([menu, unpunctuated, repeated, fine], min_line_punct_ratio=0.12, max_short_line_ratio=0.67,
-                         max_dup_line_chars=0.1)
+    _, drops, _ = decide(
+        [menu, unpunctuated, repeated, fine],
+        min_line_punct_ratio=0.12,
+        max_short_line_ratio=0.67,
+        max_dup_line_chars=0.1,
+    )
     assert drops[0] == ("short_line_ratio", {"value": 0.8, "threshold": 0.67, "lines_removed": 0})
     assert drops[1] == ("line_punct_ratio", {"value": 0.1, "threshold": 0.12, "lines_removed": 0})
     repeated_share = 2 * len(subscribe) / (3 * len(subscribe) + len(unique))
@@ -99,14 +119,23 @@ def test_all_rules_off_is_a_config_error() -> None:
 
 def test_a_web_source_turns_rules_on_and_the_counts_add_up(tmp_path: Path) -> None:
     docs = sample_records(("python-docs",), limit=20)
-    web = write_jsonl(tmp_path / "web.jsonl", [{"id": f"web-{i}", "text": f"{PAGE}\n\n{r['text']}"}
-                                               for i, r in enumerate(docs[:10])])
-    prose = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"docs-{i}", "text": f"{PAGE}\n\n{r['text']}"}
-                                                  for i, r in enumerate(docs[10:])])
-    config = load_config(None, ["prep.stages=[normalize, line_filter]", "prep.workers=1",
-                                f"prep.sources=[{{name: docs, inputs: [{prose}]}}, {{name: web, inputs: [{web}], "
-                                "settings: {line_filter: {policy_lines: true, terminal_punctuation: true, "
-                                "max_short_line_ratio: 0.67}}}]"])
+    web = write_jsonl(
+        tmp_path / "web.jsonl", [{"id": f"web-{i}", "text": f"{PAGE}\n\n{r['text']}"} for i, r in enumerate(docs[:10])]
+    )
+    prose = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [{"id": f"docs-{i}", "text": f"{PAGE}\n\n{r['text']}"} for i, r in enumerate(docs[10:])],
+    )
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, line_filter]",
+            "prep.workers=1",
+            f"prep.sources=[{{name: docs, inputs: [{prose}]}}, {{name: web, inputs: [{web}], "
+            "settings: {line_filter: {policy_lines: true, terminal_punctuation: true, "
+            "max_short_line_ratio: 0.67}}}]",
+        ],
+    )
     stats = run_prep(config.prep, tmp_path / "out", show_progress=False)
     row = {r["name"]: r for r in stats["stages"]}["line_filter"]
     assert row["docs_in"] == 20 == row["docs_out"] + sum(row["dropped"].values())
@@ -115,6 +144,9 @@ def test_a_web_source_turns_rules_on_and_the_counts_add_up(tmp_path: Path) -> No
         assert ("Terms of Use" in record["text"]) == record["id"].startswith("docs-")
         assert (record["lines_removed"] > 0) == record["id"].startswith("web-")
     tally = row["tally"]["line_filter"]
-    assert tally["lines_removed"] == sum(r["lines_removed"] for r in clean) == \
-        tally["lines_removed/policy"] + tally["lines_removed/terminal_punctuation"]
+    assert (
+        tally["lines_removed"]
+        == sum(r["lines_removed"] for r in clean)
+        == tally["lines_removed/policy"] + tally["lines_removed/terminal_punctuation"]
+    )
     assert row["sources"]["docs"]["docs_out"] == 10

@@ -10,7 +10,25 @@ from tests.conftest import REPO
 
 
 def test_ruff_finds_nothing() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "pipeline", "data_prep",
-                             "training", "launch", "tests", "scripts", "bench"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--output-format",
+            "concise",
+            "pipeline",
+            "data_prep",
+            "training",
+            "launch",
+            "tests",
+            "scripts",
+            "bench",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

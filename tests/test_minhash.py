@@ -55,10 +55,7 @@ def run_chain(texts: Sequence[str], ids: Sequence[str], cfg: MinHashConfig, shar
     sigs = np.concatenate([signatures(texts[a:b], cfg) for a, b in zip(bounds[:-1], bounds[1:])])
     bands, rows = cfg.band_layout()
     doc_ids = np.arange(len(texts), dtype=np.int64)
-    per_band = [
-        candidate_pairs(band_keys(sigs, band, rows), doc_ids, cfg.max_bucket_size)
-        for band in range(bands)
-    ]
+    per_band = [candidate_pairs(band_keys(sigs, band, rows), doc_ids, cfg.max_bucket_size) for band in range(bands)]
     pairs = np.unique(np.concatenate(per_band), axis=0)
     edges = pairs[estimate_jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) >= cfg.threshold]
     roots = clusters(len(texts), edges)
@@ -139,7 +136,9 @@ def test_shingle_hashes_follow_the_corpus_definition() -> None:
     assert shingle_hashes("", 5, "datasketch").size == 0
     assert shingle_hashes("?!", 5, "datasketch").size == 0
     assert shingle_hashes("Two words", 5, "datasketch").tolist() == [sha1_hash32(b"two words")]
-    assert np.array_equal(shingle_hashes("A b C d E f", 5, "datasketch"), shingle_hashes("a, B; c\nd -- e  F", 5, "datasketch"))
+    assert np.array_equal(
+        shingle_hashes("A b C d E f", 5, "datasketch"), shingle_hashes("a, B; c\nd -- e  F", 5, "datasketch")
+    )
 
 
 # --- LSH buckets and pairs ----------------------------------------------------------------
@@ -297,8 +296,11 @@ def test_split_group_bands_find_the_pairs_dedupe_bands_miss() -> None:
     bands, rows = cfg.split_band_layout()
     dedupe_bands, dedupe_rows = cfg.band_layout()
     assert bands * rows <= cfg.num_perm
-    assert found(cfg.split_group_threshold, bands, rows) > 0.6 > 10 * found(cfg.split_group_threshold, dedupe_bands,
-                                                                              dedupe_rows)
+    assert (
+        found(cfg.split_group_threshold, bands, rows)
+        > 0.6
+        > 10 * found(cfg.split_group_threshold, dedupe_bands, dedupe_rows)
+    )
     assert found(0.5, bands, rows) > 0.995 and found(0.5, dedupe_bands, dedupe_rows) < 0.6
     assert found(0.04, bands, rows) < 0.003, "an unrelated pair sharing a sentence is rarely proposed"
     assert cfg.lsh_bands() == [(b, dedupe_rows) for b in range(dedupe_bands)] + [(b, rows) for b in range(bands)]

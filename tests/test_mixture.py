@@ -30,16 +30,23 @@ def write_sources(folder: Path, real: dict[str, int]) -> Path:
     for name, (n_shards, rows) in SOURCES.items():
         for shard in range(n_shards):
             tokens = BASE[name] + rng.integers(0, 900, size=(rows, SEQ_LEN + 1))
-            tokens[:, real.get(name, SEQ_LEN + 1):] = PAD
+            tokens[:, real.get(name, SEQ_LEN + 1) :] = PAD
             starts = [np.array([0], np.int32)] * rows
             entry = write_shard(folder / "train" / f"train-{name}-{shard}.arrow", tokens, starts, 4096)
             entries.append(entry.model_copy(update={"source": name}))
-        counts[name] = {"documents": n_shards * rows, "tokens": n_shards * rows * (SEQ_LEN + 1),
-                        "sequences": n_shards * rows}
+        counts[name] = {
+            "documents": n_shards * rows,
+            "tokens": n_shards * rows * (SEQ_LEN + 1),
+            "sequences": n_shards * rows,
+        }
     entries.sort(key=lambda e: e.file)
     (folder / "val").mkdir()
-    write_manifest(folder, hand_made_manifest(SEQ_LEN, {"train": SplitIndex(shards=entries, sources=counts),
-                                                        "val": SplitIndex(sources={})}, pad_id=PAD))
+    write_manifest(
+        folder,
+        hand_made_manifest(
+            SEQ_LEN, {"train": SplitIndex(shards=entries, sources=counts), "val": SplitIndex(sources={})}, pad_id=PAD
+        ),
+    )
     return folder
 
 
@@ -49,8 +56,10 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mixture_config(*overrides: str, steps: int = 1000, batch: int = 16, micro: int = 4):
-    return load_config(None, [f"train.max_steps={steps}", f"train.global_batch_size={batch}",
-                              f"train.micro_batch_size={micro}", *overrides])
+    return load_config(
+        None,
+        [f"train.max_steps={steps}", f"train.global_batch_size={batch}", f"train.micro_batch_size={micro}", *overrides],
+    )
 
 
 WEIGHTS = "train.mixture.weights={web: 0.5, code: 0.3, books: 0.2}"
@@ -142,8 +151,11 @@ def test_every_row_of_a_source_comes_once_per_epoch(shards: Path) -> None:
     dataset = PackedDataset(shards, "train")
     loader = build_loader(dataset, config, 0, 1)
     rows = np.concatenate([loader.next_batch().rows for _ in range(100 * 4)])
-    books = [r for r in rows.tolist() if dataset.shard_sources[int(np.searchsorted(dataset.offsets, r, "right")) - 1]
-             == "books"]
+    books = [
+        r
+        for r in rows.tolist()
+        if dataset.shard_sources[int(np.searchsorted(dataset.offsets, r, "right")) - 1] == "books"
+    ]
     assert len(set(books[:60])) == 60 and len(set(books[60:120])) == 60
 
 

@@ -19,12 +19,24 @@ from training.hooks import Hook
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=64",
-        "train.global_batch_size=2", "train.micro_batch_size=1", "train.eval_interval=1000", "train.warmup_steps=2",
-        "train.decay_steps=12", "train.peak_tflops=1",
-        "train.mixture.weights={web/de: 0.4, web/fr: 0.1, web/es: 0.1, code: 0.4}",
-        ("train.mixture.phases=[{start_step: 4, weights: {web: 0.8, code: 0.2}}, "
-         "{start_step: 9, weights: {web/fr: 0.5, code/und: 0.5}}]")]
+TINY = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.n_kv_heads=1",
+    "model.ffn_hidden=64",
+    "train.global_batch_size=2",
+    "train.micro_batch_size=1",
+    "train.eval_interval=1000",
+    "train.warmup_steps=2",
+    "train.decay_steps=12",
+    "train.peak_tflops=1",
+    "train.mixture.weights={web/de: 0.4, web/fr: 0.1, web/es: 0.1, code: 0.4}",
+    (
+        "train.mixture.phases=[{start_step: 4, weights: {web: 0.8, code: 0.2}}, "
+        "{start_step: 9, weights: {web/fr: 0.5, code/und: 0.5}}]"
+    ),
+]
 
 
 class RecordRows(Hook):
@@ -44,8 +56,15 @@ class RecordRows(Hook):
 
 def train(shards: Path, run: Path, steps: int, rows_file: Path, *extra: str) -> list[dict]:
     hook = f'hooks=[{{target: "tests.test_mixture_resume:RecordRows", args: {{path: "{rows_file}"}}}}]'
-    torchrun(1, "train", "--data", str(shards), "--output", str(run),
-             *[a for key in [*TINY, f"train.max_steps={steps}", hook, *extra] for a in ("--set", key)])
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(shards),
+        "--output",
+        str(run),
+        *[a for key in [*TINY, f"train.max_steps={steps}", hook, *extra] for a in ("--set", key)],
+    )
     return metrics(run)
 
 
@@ -76,7 +95,8 @@ def test_resume_in_a_new_process_continues_the_mixture_exactly(shards: Path, tmp
     last = resumed[-1]
     assert last["mix/web/fr/target"] == pytest.approx(0.5) and last["mix/web/de/target"] == 0
     assert {k for k in last if k.startswith("mix/") and k.endswith("/tokens")} == {
-        f"mix/{unit}/tokens" for unit in ("code/und", "web/de", "web/es", "web/fr")}
+        f"mix/{unit}/tokens" for unit in ("code/und", "web/de", "web/es", "web/fr")
+    }
     for record in straight + resumed:  # real tokens per source add up to the run's tokens, across the resume too
         assert sum(v for k, v in record.items() if k.startswith("mix/") and k.endswith("/tokens")) == record["tokens"]
 
@@ -86,14 +106,30 @@ def test_heldout_perplexity_per_source_and_language_agrees_with_the_loop(shards:
     val = manifest["splits"]["val"]
     run = tmp_path / "run"
     # One row per global batch and as many batches as validation rows: the loop's val_loss covers each row once.
-    last = train(shards, run, 4, tmp_path / "rows.jsonl", "train.global_batch_size=1",
-                 f"train.eval_batches={val['sequences']}")[-1]
+    last = train(
+        shards, run, 4, tmp_path / "rows.jsonl", "train.global_batch_size=1", f"train.eval_batches={val['sequences']}"
+    )[-1]
     units = {f"web/{lang}" for lang in val["sources"]["web"]["languages"]} | {"code/und"}
     assert {k for k in last if k.startswith("val_loss/")} == {f"val_loss/{n}" for n in units | {"web", "code"}}
     output = tmp_path / "heldout.json"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--checkpoint",
-                             str(run / "checkpoints" / "step-00000004"), "--heldout", "--output", str(output)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--checkpoint",
+            str(run / "checkpoints" / "step-00000004"),
+            "--heldout",
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out loss at step 4" in result.stdout and "web/de" in result.stdout
     heldout = json.loads(output.read_text())["heldout"]
@@ -106,12 +142,30 @@ def test_heldout_perplexity_per_source_and_language_agrees_with_the_loop(shards:
     for group, members in (("(all)", ["web", "code"]), ("web", sorted(u for u in units if u.startswith("web/")))):
         tokens = sum(heldout[m]["tokens"] for m in members)
         assert heldout[group]["tokens"] == tokens
-        assert heldout[group]["loss"] == pytest.approx(sum(heldout[m]["loss"] * heldout[m]["tokens"]
-                                                           for m in members) / tokens, rel=1e-9)
-    sampled = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--checkpoint",
-                              str(run / "checkpoints" / "step-00000004"), "--heldout", "--heldout-rows", "3",
-                              "--output", str(tmp_path / "sampled.json")], cwd=REPO, capture_output=True, text=True,
-                             timeout=600, check=False)
+        assert heldout[group]["loss"] == pytest.approx(
+            sum(heldout[m]["loss"] * heldout[m]["tokens"] for m in members) / tokens, rel=1e-9
+        )
+    sampled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--checkpoint",
+            str(run / "checkpoints" / "step-00000004"),
+            "--heldout",
+            "--heldout-rows",
+            "3",
+            "--output",
+            str(tmp_path / "sampled.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert sampled.returncode == 0, sampled.stderr[-3000:]
-    assert {name: r["rows"] for name, r in json.loads((tmp_path / "sampled.json").read_text())["heldout"].items()} \
-        == {name: min(3, r["rows"]) for name, r in heldout.items()}
+    assert {name: r["rows"] for name, r in json.loads((tmp_path / "sampled.json").read_text())["heldout"].items()} == {
+        name: min(3, r["rows"]) for name, r in heldout.items()
+    }

@@ -50,7 +50,7 @@ class MinCharsStage(DocStage):
 STAGE = doc_stage(MinCharsStage, MinCharsConfig)
 '''
 
-LAUNCHER = '''
+LAUNCHER = """
 import sys
 
 sys.path.insert(0, {folder!r})
@@ -64,7 +64,7 @@ if __name__ == "__main__":
     from pipeline.cli import main
 
     raise SystemExit(main())
-'''
+"""
 
 
 def crucible_with_stage(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,9 +78,21 @@ def test_a_registered_stage_runs_through_prep(tmp_path: Path) -> None:
     texts = [("short " * n).strip() for n in range(1, 60)]  # 5 .. 353 characters
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
     output = tmp_path / "out"
-    result = crucible_with_stage(tmp_path, "prep", "--input", str(corpus), "--output", str(output), "--no-progress",
-                                 "--stages", "normalize,min_chars", "--set", "prep.min_chars.min_chars=120",
-                                 "--set", "prep.workers=2")
+    result = crucible_with_stage(
+        tmp_path,
+        "prep",
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        "--no-progress",
+        "--stages",
+        "normalize,min_chars",
+        "--set",
+        "prep.min_chars.min_chars=120",
+        "--set",
+        "prep.workers=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     row = {r["name"]: r for r in json.loads((output / "stats.json").read_text())["stages"]}["min_chars"]

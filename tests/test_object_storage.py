@@ -39,9 +39,12 @@ def bucket(s3: S3Server) -> str:
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards of 150 real English documents in files of at most 100 kB: several to cache and evict."""
-    return english_shards(tmp_path_factory, "small_shards",
-                          [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)],
-                          "prep.pack.max_shard_mb=0.1")
+    return english_shards(
+        tmp_path_factory,
+        "small_shards",
+        [{"id": r["id"], "text": r["text"]} for r in read_set("english", 150)],
+        "prep.pack.max_shard_mb=0.1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,8 @@ def test_a_missing_object_is_not_found(bucket: str, remote_shards: str, tmp_path
 
 
 def test_wrong_credentials_are_one_line_naming_the_bucket_never_the_secret(
-        bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import s3fs
 
     from pipeline.cli import main
@@ -99,25 +103,31 @@ def test_wrong_credentials_are_one_line_naming_the_bucket_never_the_secret(
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == ["crucible generate: access to bucket crucible-tests refused (Forbidden): "
-                                        "check the credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) "
-                                        "and storage.endpoint_url"]
+    assert err.strip().splitlines() == [
+        "crucible generate: access to bucket crucible-tests refused (Forbidden): "
+        "check the credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) "
+        "and storage.endpoint_url"
+    ]
     assert secret not in out + err and SECRET_KEY not in out + err
 
 
 def test_local_paths_work_without_s3fs_and_an_s3_path_names_the_extra(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("local")
-    code = ("import sys; sys.modules['s3fs'] = None; from pipeline.ground import storage; "
-            f"print(storage.open_binary({str(tmp_path / 'a.txt')!r}).read().decode()); "
-            "storage.open_binary('s3://bucket/key')")
+    code = (
+        "import sys; sys.modules['s3fs'] = None; from pipeline.ground import storage; "
+        f"print(storage.open_binary({str(tmp_path / 'a.txt')!r}).read().decode()); "
+        "storage.open_binary('s3://bucket/key')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout == "local\n"
-    assert result.stderr.strip().splitlines()[-1] == ("pipeline.ground.errors.UserError: s3://bucket/key: object "
-                                                      "storage needs s3fs: pip install 'crucible[cloud]'")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "pipeline.ground.errors.UserError: s3://bucket/key: object storage needs s3fs: pip install 'crucible[cloud]'"
+    )
 
 
-def test_shards_from_s3_give_the_same_batches_through_a_bounded_cache(remote_shards: str, small_shards: Path,
-                                                                      tmp_path: Path) -> None:
+def test_shards_from_s3_give_the_same_batches_through_a_bounded_cache(
+    remote_shards: str, small_shards: Path, tmp_path: Path
+) -> None:
     local = PackedDataset(small_shards, "train")
     limit = sum(e.bytes for e in local.entries) / 2
     cache = ShardCache(ShardCacheConfig(folder=tmp_path, max_gb=limit / 2**30, download_threads=2))
@@ -133,16 +143,18 @@ def test_shards_from_s3_give_the_same_batches_through_a_bounded_cache(remote_sha
     assert len(local.entries) > 4 and 0 < held <= limit, "least recently used shards were evicted"
 
 
-def test_a_shard_that_does_not_match_its_hash_is_refused(s3: S3Server, bucket: str, small_shards: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_shard_that_does_not_match_its_hash_is_refused(
+    s3: S3Server, bucket: str, small_shards: Path, tmp_path: Path
+) -> None:
     s3.upload_folder(small_shards, f"{bucket}/altered/shards")
     entry = read_manifest(small_shards).splits["train"].shards[0]
     data = bytearray((small_shards / "train" / entry.file).read_bytes())
     data[-100] ^= 0xFF  # same size: only the hash can tell
     s3.put(f"{bucket}/altered/shards/train/{entry.file}", bytes(data))
     cache = ShardCache(ShardCacheConfig(folder=tmp_path))
-    dataset = PackedDataset(cache.view(f"{bucket}/altered/shards"), "train", remote=f"{bucket}/altered/shards",
-                            cache=cache)
+    dataset = PackedDataset(
+        cache.view(f"{bucket}/altered/shards"), "train", remote=f"{bucket}/altered/shards", cache=cache
+    )
     with pytest.raises(ShardError, match="does not match its manifest hash"):
         dataset.shard(0)
     assert not list((tmp_path / "objects").glob("*.arrow")), "a bad download never enters the cache"
@@ -154,8 +166,9 @@ def remote_tree(url: str) -> dict[str, bytes]:
 
 
 @pytest.mark.slow  # four prep runs
-def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3Server, bucket: str, tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(
+    s3: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A plain JSONL file cut into pieces (each task reads its byte range) and a compressed one, from disk and
     from a prefix, published to a folder and to a prefix; the outputs must be the same bytes, a rerun
     republishes them unchanged, and a published prep without its manifest is refused by train."""
@@ -168,8 +181,13 @@ def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3S
     packed = write_jsonl(tmp_path / "packed.jsonl", records[80:])
     (corpus / "packed.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(packed.read_bytes()))
     s3.upload_folder(corpus, f"{bucket}/inputs/corpus")
-    sets = ["prep.stages=[normalize, exact_dedup, tokenize, pack]", "prep.tokenizer.vocab_size=400",
-            "prep.pack.seq_len=32", "prep.shard_mb=0.05", "prep.workers=1"]
+    sets = [
+        "prep.stages=[normalize, exact_dedup, tokenize, pack]",
+        "prep.tokenizer.vocab_size=400",
+        "prep.pack.seq_len=32",
+        "prep.shard_mb=0.05",
+        "prep.workers=1",
+    ]
     for name, inputs in (("local", corpus), ("remote", f"{bucket}/inputs/corpus")):
         config = load_config(None, sets, {"prep.inputs": [str(inputs)]})
         run_prep(config.prep, tmp_path / name, show_progress=False)
@@ -185,12 +203,20 @@ def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3S
     from pipeline.cli import main
 
     published = f"{bucket}/published"
-    prep = ["prep", "--input", f"{bucket}/inputs/corpus", "--output", published, "--no-progress",
-            *(arg for value in sets for arg in ("--set", value))]
+    prep = [
+        "prep",
+        "--input",
+        f"{bucket}/inputs/corpus",
+        "--output",
+        published,
+        "--no-progress",
+        *(arg for value in sets for arg in ("--set", value)),
+    ]
     assert main(prep) == 2, "an output in object storage needs --work"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"crucible prep: --output {published} is in object storage: give --work DIR, a local or shared folder for "
-        f"prep's step files, markers and lock (a rerun with the same --work resumes)"]
+        f"prep's step files, markers and lock (a rerun with the same --work resumes)"
+    ]
     assert not storage.listing(published), "refused before anything was written"
     for run in ("first", "rerun"):
         assert main([*prep, "--work", str(tmp_path / "work")]) == 0
@@ -198,18 +224,21 @@ def test_prep_from_s3_inputs_reads_byte_ranges_and_gives_the_same_shards(s3: S3S
         assert {"shards/manifest.json", "stats.json"} <= set(tree)
         assert not tree_bytes(tmp_path / "work" / "uploading"), "what publishing made was uploaded, then removed"
         for folder in ("shards", "clean"):
-            assert {k.removeprefix(folder + "/"): v for k, v in tree.items() if k.startswith(folder + "/")} == \
-                tree_bytes(tmp_path / "remote" / folder), f"{folder}/ published byte for byte ({run})"
+            assert {
+                k.removeprefix(folder + "/"): v for k, v in tree.items() if k.startswith(folder + "/")
+            } == tree_bytes(tmp_path / "remote" / folder), f"{folder}/ published byte for byte ({run})"
     assert "nothing redone" in capsys.readouterr().out
     storage.remove(f"{published}/shards/manifest.json")  # what a reader sees while a republish is under way
     assert main(["train", "--data", f"{published}/shards", "--output", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"crucible train: {published}/shards/manifest.json not found: is {published}/shards a shards folder made "
-        f"by `prep`?"]
+        f"by `prep`?"
+    ]
 
 
-def test_the_configured_endpoint_reaches_the_prep_workers(s3: S3Server, bucket: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_configured_endpoint_reaches_the_prep_workers(
+    s3: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the endpoint in the config alone (no AWS_ENDPOINT_URL), the spawned workers that read their byte
     ranges of an s3:// input reach the same store as the driver."""
     from pipeline.cli import main
@@ -219,11 +248,29 @@ def test_the_configured_endpoint_reaches_the_prep_workers(s3: S3Server, bucket: 
     for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(storage, "_config", storage.StorageConfig())  # main() configures this process
-    sets = ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=400", "prep.pack.seq_len=32",
-            "prep.shard_mb=0.02", "prep.workers=2", f"storage.endpoint_url={s3.endpoint}"]
+    sets = [
+        "prep.stages=[normalize, tokenize, pack]",
+        "prep.tokenizer.vocab_size=400",
+        "prep.pack.seq_len=32",
+        "prep.shard_mb=0.02",
+        "prep.workers=2",
+        f"storage.endpoint_url={s3.endpoint}",
+    ]
     output = tmp_path / "out"
-    assert main(["prep", "--input", f"{bucket}/endpoint/docs.jsonl", "--output", str(output), "--no-progress",
-                 *(arg for value in sets for arg in ("--set", value))]) == 0
+    assert (
+        main(
+            [
+                "prep",
+                "--input",
+                f"{bucket}/endpoint/docs.jsonl",
+                "--output",
+                str(output),
+                "--no-progress",
+                *(arg for value in sets for arg in ("--set", value)),
+            ]
+        )
+        == 0
+    )
     stats = json.loads((output / "stats.json").read_text())
     assert stats["stages"][0]["docs_in"] == len(records)
     assert len({path for path, _ in s3.reads() if path.endswith("/endpoint/docs.jsonl")}) == 1
@@ -284,8 +331,9 @@ def test_an_upload_survives_the_server_killed_mid_upload(tmp_path: Path) -> None
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
-def test_a_failed_upload_is_retried_then_reported_and_the_local_copy_kept(s3: S3Server, bucket: str,
-                                                                          tmp_path: Path) -> None:
+def test_a_failed_upload_is_retried_then_reported_and_the_local_copy_kept(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
     storage.configure(storage.StorageConfig(upload_retries=1))
     try:
         remote = RemoteCheckpoints(f"{bucket}/run-refused", CheckpointConfig(), EventLog(tmp_path, True))

@@ -44,14 +44,40 @@ RECORDED_DIGESTS = {
     "shards": "d36bc4fd091dc435fb8c8a37b7142eb1d3b7fdc0dbfca2452bb9e5a4df128e71",
 }
 RECORDED_LOSSES = [
-    8.288352966308594, 8.327035903930664, 8.312814712524414, 8.310383796691895, 8.308605194091797,
-    8.300695419311523, 8.303958892822266, 8.2904052734375, 8.273752212524414, 8.179259300231934,
-    8.196843147277832, 8.133671760559082, 8.106510162353516, 8.110100746154785, 7.98698091506958,
-    8.09132194519043, 8.153696060180664, 7.953093528747559, 8.014721870422363, 7.883866310119629,
+    8.288352966308594,
+    8.327035903930664,
+    8.312814712524414,
+    8.310383796691895,
+    8.308605194091797,
+    8.300695419311523,
+    8.303958892822266,
+    8.2904052734375,
+    8.273752212524414,
+    8.179259300231934,
+    8.196843147277832,
+    8.133671760559082,
+    8.106510162353516,
+    8.110100746154785,
+    7.98698091506958,
+    8.09132194519043,
+    8.153696060180664,
+    7.953093528747559,
+    8.014721870422363,
+    7.883866310119629,
 ]
-TINY_MODEL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=176",
-              "train.global_batch_size=4", "train.micro_batch_size=2", "train.max_steps=20", "train.log_interval=1",
-              "train.eval_interval=10", "checkpoint.enabled=false"]
+TINY_MODEL = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.n_kv_heads=1",
+    "model.ffn_hidden=176",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=2",
+    "train.max_steps=20",
+    "train.log_interval=1",
+    "train.eval_interval=10",
+    "checkpoint.enabled=false",
+]
 
 
 def file_digest(path: Path) -> str:
@@ -72,8 +98,9 @@ def folder_digest(folder: Path) -> str:
 
 
 def crucible(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -90,7 +117,15 @@ def test_sample_prep_outputs_are_the_recorded_bytes(sample_prep: Path, folder: s
 
 
 def test_twenty_steps_give_the_recorded_losses(sample_prep: Path, tmp_path: Path) -> None:
-    crucible("train", "--config", "configs/sample.yaml", "--data", str(sample_prep / "shards"),
-             "--output", str(tmp_path / "run"), *[arg for key in TINY_MODEL for arg in ("--set", key)])
+    crucible(
+        "train",
+        "--config",
+        "configs/sample.yaml",
+        "--data",
+        str(sample_prep / "shards"),
+        "--output",
+        str(tmp_path / "run"),
+        *[arg for key in TINY_MODEL for arg in ("--set", key)],
+    )
     losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
     assert losses == pytest.approx(RECORDED_LOSSES, rel=1e-6, abs=0)

@@ -44,8 +44,13 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-_JWT = ".".join([_b64url(b'{"alg":"HS256","typ":"JWT"}'), _b64url(json.dumps({"sub": _token(10)}).encode()),
-                 _b64url(_RNG.randbytes(32))])
+_JWT = ".".join(
+    [
+        _b64url(b'{"alg":"HS256","typ":"JWT"}'),
+        _b64url(json.dumps({"sub": _token(10)}).encode()),
+        _b64url(_RNG.randbytes(32)),
+    ]
+)
 
 # (type, text to plant, the part that must disappear)
 VALID: list[tuple[str, str, str]] = [
@@ -245,14 +250,20 @@ HELDOUT_TOKENS = {"alnum": string.ascii_letters + string.digits, "upper": string
 def _with_tokens(text: str) -> str:
     """`text` with each "{alnum:NAME:N}" / "{upper:NAME:N}" replaced by N characters drawn with seed NAME: the
     set holds no literal token of a real service's shape, and a name gives the same token in `text` and `remove`."""
-    return re.sub(r"\{(alnum|upper):(\w+):(\d+)\}",
-                  lambda m: "".join(random.Random(m[2]).choices(HELDOUT_TOKENS[m[1]], k=int(m[3]))), text)
+    return re.sub(
+        r"\{(alnum|upper):(\w+):(\d+)\}",
+        lambda m: "".join(random.Random(m[2]).choices(HELDOUT_TOKENS[m[1]], k=int(m[3]))),
+        text,
+    )
 
 
 def _heldout(label: str) -> list[dict]:
     records = [json.loads(line) for line in (DATA / "pii_heldout.jsonl").read_text(encoding="utf-8").splitlines()]
-    chosen = [r | {"text": _with_tokens(r["text"]), "remove": [_with_tokens(x) for x in r.get("remove", [])]}
-              for r in records if r["label"] == label]
+    chosen = [
+        r | {"text": _with_tokens(r["text"]), "remove": [_with_tokens(x) for x in r.get("remove", [])]}
+        for r in records
+        if r["label"] == label
+    ]
     assert len(chosen) >= 100, f"only {len(chosen)} {label} records in the held-out set"
     return chosen
 
@@ -276,13 +287,30 @@ def test_heldout_decoys_are_left_unchanged():
     assert {text: out for text, out in changed.items() if out != text} == {}
 
 
-@pytest.mark.parametrize("address, public", [
-    ("93.184.216.34", True), ("100.63.255.255", True), ("100.64.0.1", False), ("192.0.0.8", False),
-    ("192.0.0.9", True), ("192.0.0.200", False), ("198.20.0.1", True), ("224.0.0.251", False), ("240.0.0.1", False),
-    ("2606:4700:4700::1111", True), ("2001:4860:4860::8888", True), ("2001::1", False), ("2001:20::1", True),
-    ("2002::1", False), ("3fff::1", False), ("4000::1", False), ("64:ff9b::1", False), ("fc00::1", False),
-    ("ff02::1", False),
-])
+@pytest.mark.parametrize(
+    "address, public",
+    [
+        ("93.184.216.34", True),
+        ("100.63.255.255", True),
+        ("100.64.0.1", False),
+        ("192.0.0.8", False),
+        ("192.0.0.9", True),
+        ("192.0.0.200", False),
+        ("198.20.0.1", True),
+        ("224.0.0.251", False),
+        ("240.0.0.1", False),
+        ("2606:4700:4700::1111", True),
+        ("2001:4860:4860::8888", True),
+        ("2001::1", False),
+        ("2001:20::1", True),
+        ("2002::1", False),
+        ("3fff::1", False),
+        ("4000::1", False),
+        ("64:ff9b::1", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+    ],
+)
 def test_public_addresses_follow_the_registry_table_on_every_python(address, public):
     """The boundaries where Python releases' own `ipaddress` tables disagree (192.0.0.0/24, 2002::/16,
     2001:20::/28, 3fff::/20) are decided by the stage's table."""
@@ -310,11 +338,7 @@ def test_stage_drops_docs_over_max_hits_and_keeps_row_order(corpus):
 
     decision = PiiStage(PiiConfig(max_hits=limit)).decide(table)
 
-    over = {
-        i: Drop("too_much_pii", {"hits": n, "by_type": expected[i][1]})
-        for i, n in enumerate(totals)
-        if n > limit
-    }
+    over = {i: Drop("too_much_pii", {"hits": n, "by_type": expected[i][1]}) for i, n in enumerate(totals) if n > limit}
     assert over and len(over) < len(texts)
     assert decision.drops == over
     out = decision.table
@@ -337,9 +361,13 @@ def test_stage_without_max_hits_keeps_everything_and_honours_enabled_types():
 
 
 def test_ids_are_checked_like_text_and_a_pii_id_replaced_by_a_derived_one():
-    table = pa.table({"id": ["john.doe@example.com", "docs/page#1", "call 415-555-0132"],
-                      "text": ["First document.", "Second document.", "Third document."],
-                      "origin": ["a.jsonl:0", "a.jsonl:17", "a.jsonl:40"]})
+    table = pa.table(
+        {
+            "id": ["john.doe@example.com", "docs/page#1", "call 415-555-0132"],
+            "text": ["First document.", "Second document.", "Third document."],
+            "origin": ["a.jsonl:0", "a.jsonl:17", "a.jsonl:40"],
+        }
+    )
     out = PiiStage(PiiConfig()).decide(table).table
     ids = out.column("id").to_pylist()
     assert ids[0] == derive_id("a.jsonl:0", "First document.")
@@ -369,8 +397,15 @@ def test_the_prep_table_shows_what_pii_redacted(tmp_path):
     from pipeline.summary import prep_table
     from tests.conftest import write_jsonl
 
-    records = [{"id": f"d{i}", "text": f"Write to clerk{i}@example.org or clerk{i}@example.net about it."
-                if i % 3 == 0 else "No contact here, only words about the weather."} for i in range(30)]
+    records = [
+        {
+            "id": f"d{i}",
+            "text": f"Write to clerk{i}@example.org or clerk{i}@example.net about it."
+            if i % 3 == 0
+            else "No contact here, only words about the weather.",
+        }
+        for i in range(30)
+    ]
     config = load_config(None, ["prep.stages=[normalize, pii]", "prep.workers=1"])
     config.prep.inputs = [write_jsonl(tmp_path / "in.jsonl", records)]
     run_prep(config.prep, tmp_path / "out", show_progress=False)

@@ -14,8 +14,15 @@ from training.plan import count_params, estimate
 
 def plan(*overrides: str):
     config = load_config(None, list(overrides))
-    return estimate(config.model, config.parallel, config.train, config.plan, config.plan_gpus(), config.plan_seq_len(),
-                    config.plan_vocab_size())
+    return estimate(
+        config.model,
+        config.parallel,
+        config.train,
+        config.plan,
+        config.plan_gpus(),
+        config.plan_seq_len(),
+        config.plan_vocab_size(),
+    )
 
 
 def test_kv_cache_is_16_kb_per_token_per_layer_for_d4096_32_heads() -> None:
@@ -38,7 +45,9 @@ def test_70b_weights_are_about_140_gb_in_bf16() -> None:
 
 
 def test_steps_for_1_4t_tokens_at_16_8m_tokens_per_step() -> None:
-    e = plan("train.global_batch_size=4096", "train.micro_batch_size=1", "plan.seq_len=4096", "plan.token_budget=1.4e12")
+    e = plan(
+        "train.global_batch_size=4096", "train.micro_batch_size=1", "plan.seq_len=4096", "plan.token_budget=1.4e12"
+    )
     assert e.tokens_per_step == 4096 * 4096
     assert e.steps == pytest.approx(83_000, rel=0.01)
 
@@ -70,8 +79,12 @@ def test_param_count_matches_the_built_model(tiny_shards) -> None:
 
 
 def test_cli_warns_when_the_layout_does_not_fit() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--set", "model.preset=70b", "--set",
-                             "plan.gpus=1"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "plan", "--set", "model.preset=70b", "--set", "plan.gpus=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "does not fit 80 GB per GPU" in result.stdout
 
 
@@ -96,16 +109,26 @@ def test_plan_refuses_a_layout_the_trainer_would_refuse() -> None:
 
 
 def test_plan_hints_at_the_gpus_and_batch_a_month_long_run_needs() -> None:
-    result = crucible_plan("--set", "model.preset=70b", "--set", "plan.gpus=8", "--set", "train.global_batch_size=8",
-                           "--set", "train.micro_batch_size=1")
+    result = crucible_plan(
+        "--set",
+        "model.preset=70b",
+        "--set",
+        "plan.gpus=8",
+        "--set",
+        "train.global_batch_size=8",
+        "--set",
+        "train.micro_batch_size=1",
+    )
     text = " ".join(result.stdout.split())
     assert "hint:" in text and "GPUs would take 30 days" in text and "train.global_batch_size of at least" in text
 
 
 def test_plan_imports_no_deep_learning_framework() -> None:
     """What keeps `plan` instant: it reads configs and does arithmetic, nothing loads torch."""
-    code = ("import sys; from pipeline.cli import main; main(['plan']); "
-            "print(sorted(m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules))")
+    code = (
+        "import sys; from pipeline.cli import main; main(['plan']); "
+        "print(sorted(m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
 
@@ -151,18 +174,24 @@ def test_a_preset_plans_its_usual_run_shape_and_says_what_it_assumed() -> None:
     defaults = PlanConfig()
     assert f"assumed peak per GPU (plan.peak_tflops) │ {defaults.peak_tflops:g} TFLOP/s │" in text
     assert f"assumed memory per GPU (plan.gpu_memory_gb) │ {defaults.gpu_memory_gb:g} GB │" in text
-    assert f"planned with the 7b preset's usual run (prep.pack.seq_len={seq_len}, train.global_batch_size={batch})" \
-        in text
+    assert (
+        f"planned with the 7b preset's usual run (prep.pack.seq_len={seq_len}, train.global_batch_size={batch})" in text
+    )
     assert f"--set prep.pack.seq_len={seq_len} --set train.global_batch_size={batch}" in text.rsplit("next: ", 1)[-1]
 
-    own = " ".join(crucible_plan("--set", "model.preset=7b", "--set", "train.global_batch_size=64",
-                                 "--set", "plan.seq_len=2048").stdout.split())
+    own = " ".join(
+        crucible_plan(
+            "--set", "model.preset=7b", "--set", "train.global_batch_size=64", "--set", "plan.seq_len=2048"
+        ).stdout.split()
+    )
     assert "tokens per step │ 131,072 (64 sequences of 2,048) │" in own and "usual run" not in own
 
 
 def test_plan_notes_a_warmup_longer_than_the_run() -> None:
     text = " ".join(crucible_plan("--set", "train.max_steps=5", "--set", "train.warmup_steps=8").stdout.split())
-    assert ("note: train.warmup_steps 8 is longer than the run (train.max_steps 5): the learning rate never reaches "
-            "train.lr") in text
+    assert (
+        "note: train.warmup_steps 8 is longer than the run (train.max_steps 5): the learning rate never reaches "
+        "train.lr"
+    ) in text
     equal = crucible_plan("--set", "train.max_steps=8", "--set", "train.warmup_steps=8")
     assert equal.returncode == 0 and "longer than the run" not in equal.stdout

@@ -40,8 +40,9 @@ def test_chat_template_gives_crucibles_ids(base_tokenizer: Path, tmp_path: Path)
     assert added == list(range(512, 517))  # appended after the base vocabulary, in a fixed order
     assert grow_tokenizer(base_tokenizer)[0].to_str() == tokenizer.to_str()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tokenizer, "<|endoftext|>",
-                                                                                "<|pad|>", SEQ)))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config(tokenizer, "<|endoftext|>", "<|pad|>", SEQ))
+    )
     theirs = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     codec = ChatCodec(tokenizer)
     for messages in conversations(50, seed=1):
@@ -117,12 +118,29 @@ def test_sft_loss_matches_plain_pytorch(base_tokenizer: Path) -> None:
 
 # -- whole runs under torchrun -------------------------------------------------------------------
 
-TINY = ["model.preset=null", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
-        "model.ffn_hidden=64", "train.global_batch_size=4", "train.micro_batch_size=2", "train.peak_tflops=1",
-        "train.loggers=[]"]
+TINY = [
+    "model.preset=null",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.n_kv_heads=2",
+    "model.ffn_hidden=64",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=2",
+    "train.peak_tflops=1",
+    "train.loggers=[]",
+]
 STEPS = 10
-SFT = [*TINY, f"train.max_steps={STEPS}", f"train.decay_steps={STEPS}", "train.lr=1e-3", "train.warmup_steps=2",
-       "train.eval_interval=5", "checkpoint.interval=5", "post.sft.val_fraction=0.1"]
+SFT = [
+    *TINY,
+    f"train.max_steps={STEPS}",
+    f"train.decay_steps={STEPS}",
+    "train.lr=1e-3",
+    "train.warmup_steps=2",
+    "train.eval_interval=5",
+    "checkpoint.interval=5",
+    "post.sft.val_fraction=0.1",
+]
 
 
 def flags(settings: list[str]) -> list[str]:
@@ -132,8 +150,15 @@ def flags(settings: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def base_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("base")
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run),
-             *flags([*TINY, "train.max_steps=2", "train.eval_batches=0"]))
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *flags([*TINY, "train.max_steps=2", "train.eval_batches=0"]),
+    )
     return run
 
 
@@ -143,7 +168,9 @@ def chat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft(base: Path, chat: Path, run: Path, nproc: int = 1, *settings: str) -> list[dict]:
-    torchrun(nproc, "sft", "--checkpoint", str(base), "--data", str(chat), "--output", str(run), *flags([*SFT, *settings]))
+    torchrun(
+        nproc, "sft", "--checkpoint", str(base), "--data", str(chat), "--output", str(run), *flags([*SFT, *settings])
+    )
     return metrics(run)
 
 
@@ -161,8 +188,9 @@ def single(sft_run: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("tp", "pp", "dp"), [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
-def test_sft_layouts_match_single_process(single: list[dict], base_run: Path, chat_file: Path, tmp_path: Path,
-                                          tp: int, pp: int, dp: int) -> None:
+def test_sft_layouts_match_single_process(
+    single: list[dict], base_run: Path, chat_file: Path, tmp_path: Path, tp: int, pp: int, dp: int
+) -> None:
     curve = sft(base_run, chat_file, tmp_path, tp * pp * dp, f"parallel.tp={tp}", f"parallel.pp={pp}")
     assert [r["step"] for r in curve] == list(range(1, STEPS + 1))
     assert single[-1]["loss"] < single[0]["loss"]
@@ -181,11 +209,17 @@ def test_sft_resumes_exactly(single: list[dict], base_run: Path, chat_file: Path
     assert [r["loss"] for r in resumed] == [r["loss"] for r in single]
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
     assert stats["records"]["read"] == 120 + len(BAD_RECORDS)
-    assert stats["tokenizer"]["added"] == {"<|system|>": 512, "<|user|>": 513, "<|assistant|>": 514,
-                                           "<|tool|>": 515, "<|end|>": 516}
+    assert stats["tokenizer"]["added"] == {
+        "<|system|>": 512,
+        "<|user|>": 513,
+        "<|assistant|>": 514,
+        "<|tool|>": 515,
+        "<|end|>": 516,
+    }
 
 
 # -- DPO -----------------------------------------------------------------------------------------
+
 
 def test_bad_pairs_are_counted_with_their_reason(base_tokenizer: Path, tmp_path: Path) -> None:
     from training.dpo import read_preferences
@@ -200,11 +234,12 @@ def test_bad_pairs_are_counted_with_their_reason(base_tokenizer: Path, tmp_path:
     assert found == {30 + i + 1: reason for i, (_, reason) in enumerate(BAD_PAIRS)}
     ids, side, second = splits["train"][0]
     assert {1, 2} <= set(side) and side[:second].count(2) == 0 and side[second:].count(1) == 0
-    assert ids[:side.index(1)] == ids[second:second + side.index(1)]  # the same prompt before both replies
+    assert ids[: side.index(1)] == ids[second : second + side.index(1)]  # the same prompt before both replies
 
 
-def trl_metrics(per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, beta: float
-                ) -> tuple[float, dict[str, float]]:
+def trl_metrics(
+    per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, beta: float
+) -> tuple[float, dict[str, float]]:
     """TRL's own DPOTrainer._compute_loss on these log-probabilities (rows: the chosen replies, then the rejected
     ones), around it only what it reads: its config's defaults, a model that returns them, an accelerator of one."""
     from collections import defaultdict
@@ -213,19 +248,40 @@ def trl_metrics(per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Te
     from trl import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer as TRLTrainer
 
-    args = DPOConfig(output_dir="unused", beta=beta, precompute_ref_log_probs=True, report_to=[], bf16=False, use_cpu=True)
+    args = DPOConfig(
+        output_dir="unused", beta=beta, precompute_ref_log_probs=True, report_to=[], bf16=False, use_cpu=True
+    )
     rows, width = mask.shape
-    outputs = SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
-                              mean_logits=torch.zeros_like(per_token), is_top1=torch.zeros_like(per_token, dtype=torch.bool))
+    outputs = SimpleNamespace(
+        log_probs=per_token,
+        entropy=torch.zeros_like(per_token),
+        mean_logits=torch.zeros_like(per_token),
+        is_top1=torch.zeros_like(per_token, dtype=torch.bool),
+    )
     one = SimpleNamespace(device="cpu", gather=lambda t: t, gather_for_metrics=lambda t: t)
     trainer = SimpleNamespace(
-        model=SimpleNamespace(training=True), accelerator=one, aux_loss_enabled=False, beta=args.beta,
-        precompute_ref_logps=args.precompute_ref_log_probs, loss_types=args.loss_type,
-        loss_weights=args.loss_weights or [1.0] * len(args.loss_type), ld_alpha=args.ld_alpha,
-        f_divergence_type=args.f_divergence_type, label_smoothing=args.label_smoothing,
-        use_weighting=args.use_weighting, _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.zeros(rows, width, dtype=torch.long), "attention_mask": torch.ones(rows, width),
-              "completion_mask": mask, "ref_chosen_logps": reference[:, 0], "ref_rejected_logps": reference[:, 1]}
+        model=SimpleNamespace(training=True),
+        accelerator=one,
+        aux_loss_enabled=False,
+        beta=args.beta,
+        precompute_ref_logps=args.precompute_ref_log_probs,
+        loss_types=args.loss_type,
+        loss_weights=args.loss_weights or [1.0] * len(args.loss_type),
+        ld_alpha=args.ld_alpha,
+        f_divergence_type=args.f_divergence_type,
+        label_smoothing=args.label_smoothing,
+        use_weighting=args.use_weighting,
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.zeros(rows, width, dtype=torch.long),
+        "attention_mask": torch.ones(rows, width),
+        "completion_mask": mask,
+        "ref_chosen_logps": reference[:, 0],
+        "ref_rejected_logps": reference[:, 1],
+    }
     loss = TRLTrainer._compute_loss(trainer, lambda **_: outputs, inputs, False)
     return float(loss), {name: values[-1] for name, values in trainer._metrics["train"].items()}
 
@@ -251,9 +307,17 @@ def test_dpo_terms_match_trl() -> None:
 
 
 DPO_STEPS = 16
-DPO = [f"train.max_steps={DPO_STEPS}", f"train.decay_steps={DPO_STEPS}", "train.eval_interval=1", "train.lr=2e-3",
-       "train.global_batch_size=8", "train.eval_batches=4", "checkpoint.interval=8", "post.dpo.beta=0.5",
-       "post.dpo.val_fraction=0.25"]
+DPO = [
+    f"train.max_steps={DPO_STEPS}",
+    f"train.decay_steps={DPO_STEPS}",
+    "train.eval_interval=1",
+    "train.lr=2e-3",
+    "train.global_batch_size=8",
+    "train.eval_batches=4",
+    "checkpoint.interval=8",
+    "post.dpo.beta=0.5",
+    "post.dpo.val_fraction=0.25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +326,17 @@ def prefs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dpo(start: Path, prefs: Path, run: Path, *settings: str, nproc: int = 1) -> list[dict]:
-    torchrun(nproc, "dpo", "--checkpoint", str(start), "--data", str(prefs), "--output", str(run),
-             *flags([*SFT, *DPO, *settings]))
+    torchrun(
+        nproc,
+        "dpo",
+        "--checkpoint",
+        str(start),
+        "--data",
+        str(prefs),
+        "--output",
+        str(run),
+        *flags([*SFT, *DPO, *settings]),
+    )
     return metrics(run)
 
 
@@ -302,13 +375,15 @@ def test_dpo_resumes_exactly(dpo_run: Path, sft_run: Path, prefs_file: Path, tmp
     for name in ("loss", "rewards/margins", "rewards/accuracy"):
         assert [r[name] for r in resumed] == [r[name] for r in whole], name
     assert [r["val_rewards/accuracy"] for r in resumed if "val_loss" in r] == [
-        r["val_rewards/accuracy"] for r in whole if "val_loss" in r]
+        r["val_rewards/accuracy"] for r in whole if "val_loss" in r
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("tp", "dp"), [(2, 1), (1, 2)])
-def test_dpo_layouts_match_single_process(dpo_run: Path, sft_run: Path, prefs_file: Path, tmp_path: Path,
-                                          tp: int, dp: int) -> None:
+def test_dpo_layouts_match_single_process(
+    dpo_run: Path, sft_run: Path, prefs_file: Path, tmp_path: Path, tp: int, dp: int
+) -> None:
     """Vocabulary-parallel log-probabilities (TP) and pairs dealt over ranks (DP) give the one-process run's terms."""
     curve = dpo(sft_run, prefs_file, tmp_path, f"parallel.tp={tp}", nproc=tp * dp)
     whole = metrics(dpo_run)
@@ -321,13 +396,24 @@ def test_dpo_layouts_match_single_process(dpo_run: Path, sft_run: Path, prefs_fi
 
 @pytest.mark.slow
 def test_dpo_under_pipeline_parallelism_is_refused_in_one_line(sft_run: Path, prefs_file: Path, tmp_path: Path) -> None:
-    result = torchrun(2, "dpo", "--checkpoint", str(sft_run), "--data", str(prefs_file), "--output", str(tmp_path),
-                      *flags([*SFT, *DPO, "parallel.pp=2"]), check=False)
+    result = torchrun(
+        2,
+        "dpo",
+        "--checkpoint",
+        str(sft_run),
+        "--data",
+        str(prefs_file),
+        "--output",
+        str(tmp_path),
+        *flags([*SFT, *DPO, "parallel.pp=2"]),
+        check=False,
+    )
     assert result.returncode != 0 and "dpo with parallel.pp > 1 is not supported yet" in result.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
 # -- generate --chat -----------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_generate_chat_stops_at_the_end_of_turn(base_run: Path, tmp_path: Path) -> None:
@@ -339,12 +425,32 @@ def test_generate_chat_stops_at_the_end_of_turn(base_run: Path, tmp_path: Path) 
     from training.generate import chat_prompt, generate, load_model, sample_texts
 
     chat = tmp_path / "yes.jsonl"
-    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": " ".join(m[0]["content"].split()[:4])},
-                                                     {"role": "assistant", "content": "yes"}]}) + "\n"
-                            for m in conversations(80, seed=4)))
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": " ".join(m[0]["content"].split()[:4])},
+                        {"role": "assistant", "content": "yes"},
+                    ]
+                }
+            )
+            + "\n"
+            for m in conversations(80, seed=4)
+        )
+    )
     run = tmp_path / "run"
-    sft(base_run, chat, run, 1, "train.max_steps=40", "train.decay_steps=400", "train.lr=1e-2", "train.eval_batches=0",
-        "checkpoint.interval=0")
+    sft(
+        base_run,
+        chat,
+        run,
+        1,
+        "train.max_steps=40",
+        "train.decay_steps=400",
+        "train.lr=1e-2",
+        "train.eval_batches=0",
+        "checkpoint.interval=0",
+    )
     checkpoint = max((run / "checkpoints").glob("step-*"))
     tokenizer_file = run / "data" / "shards" / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -354,7 +460,7 @@ def test_generate_chat_stops_at_the_end_of_turn(base_run: Path, tmp_path: Path) 
     sampling = SamplesConfig(prompts=["is the sky blue"], max_new_tokens=12, temperature=0)
     prompt, vocab = chat_prompt(codec, "is the sky blue"), tokenizer.get_vocab_size()
     free = generate(model, prompt, sampling, vocab, None)
-    assert free[:len(yes) + 1] == [*yes, codec.end_id] and len(free) == sampling.max_new_tokens  # it ends its turn
+    assert free[: len(yes) + 1] == [*yes, codec.end_id] and len(free) == sampling.max_new_tokens  # it ends its turn
     assert generate(model, prompt, sampling, vocab, codec.end_id) == yes  # the stop generate --chat uses cuts there
     [(_, answer)] = sample_texts(checkpoint, tokenizer_file, sampling, chat=True)
     assert answer == "yes"

@@ -16,8 +16,17 @@ from training.preflight import check_disk, check_same_model, check_splits
 
 def crucible_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     corpus = write_jsonl(tmp_path / "docs.jsonl", [{"text": r["text"]} for r in read_set("english", 20)])
-    args = [sys.executable, "-m", "pipeline", "run", "--output", str(tmp_path / "run"), "--no-progress",
-            "--set", f"prep.inputs=[{corpus}]"]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--output",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        f"prep.inputs=[{corpus}]",
+    ]
     for override in overrides:
         args += ["--set", override]
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -26,8 +35,7 @@ def crucible_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess
 def test_a_layout_that_cannot_run_is_refused_before_prep(tmp_path: Path) -> None:
     result = crucible_run(tmp_path, "launch.nproc_per_node=3", "parallel.tp=3", "model.n_heads=4")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "crucible run: n_heads 4 and n_kv_heads 2 must be divisible by tp 3"]
+    assert result.stderr.strip().splitlines() == ["crucible run: n_heads 4 and n_kv_heads 2 must be divisible by tp 3"]
     assert not (tmp_path / "run" / "data").exists()
 
 
@@ -45,8 +53,10 @@ def test_a_run_folder_of_another_model_is_refused_in_one_sentence(tmp_path: Path
     write_checkpoint(tmp_path / "run" / "train", model | {"d_model": 128})
     result = crucible_run(tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"crucible run: {tmp_path / 'run' / 'train'} holds a checkpoint of another model "
-                                     f"(d_model 128 -> 64): use a new --output, or --resume none to start over there")
+    assert result.stderr.strip() == (
+        f"crucible run: {tmp_path / 'run' / 'train'} holds a checkpoint of another model "
+        f"(d_model 128 -> 64): use a new --output, or --resume none to start over there"
+    )
     check_same_model(tmp_path / "run" / "train", model | {"d_model": 128}, "auto")  # the same model passes
     check_same_model(tmp_path / "run" / "train", model, "none")  # and so does starting over
 

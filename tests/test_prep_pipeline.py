@@ -31,13 +31,25 @@ def full_run(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_every_document_is_accounted_for(full_run: tuple[Path, dict], mixed_corpus: Path) -> None:
     output, stats = full_run
     names = [s["name"] for s in stats["stages"]]
-    assert names == ["read", "unique_ids", "extract", "normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
+    assert names == [
+        "read",
+        "unique_ids",
+        "extract",
+        "normalize",
+        "exact_dedup",
+        "minhash_dedup",
+        "langid",
+        "pii",
+        "quality",
+    ]
     n_lines = sum(1 for _ in open(mixed_corpus, encoding="utf-8"))
     assert stats["stages"][0]["docs_in"] == n_lines
     for before, stage in zip(stats["stages"], stats["stages"][1:]):
         assert stage["docs_in"] == before["docs_out"]
     for stage in stats["stages"]:
-        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(stage["quarantined"].values())
+        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(
+            stage["quarantined"].values()
+        )
     clean, dropped = read_dir(output / "clean"), read_dir(output / "dropped")
     assert len(clean) == stats["stages"][-1]["docs_out"]
     by_stage = {s["name"]: sum(s["dropped"].values()) for s in stats["stages"]}
@@ -95,13 +107,21 @@ def test_changed_threshold_reruns_only_that_stage_and_what_follows(mixed_corpus:
     markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("done-*.json")}
     stats = prep([mixed_corpus], tmp_path, "prep.shard_mb=0.5", "prep.quality.min_words=400")
     rerun = {p.parent.name for p, t in markers.items() if not p.exists() or p.stat().st_mtime_ns != t}
-    assert rerun == {"quality", "tokenize.train", "tokenize", "pack", "split_overlap.sample", "split_overlap.scan",
-                     "split_overlap"}
+    assert rerun == {
+        "quality",
+        "tokenize.train",
+        "tokenize",
+        "pack",
+        "split_overlap.sample",
+        "split_overlap.scan",
+        "split_overlap",
+    }
     assert stats["stages"][-1]["dropped"].get("too_few_words", 0) > 0
 
 
-def test_every_progress_bar_ends_at_its_total(mixed_corpus: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_progress_bar_ends_at_its_total(
+    mixed_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What each step's tasks report adds up to the total its bar was given (docs, tasks, hashes...)."""
     import pipeline.executors.local as local
 
@@ -149,9 +169,24 @@ def test_progress_in_a_log_is_plain_lines_without_carriage_returns(tmp_path: Pat
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", [{"id": r["id"], "text": r["text"]} for r in read_set("english", 40)])
     with open(tmp_path / "prep.log", "wb") as log:
-        result = subprocess.run([sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output",
-                                 str(tmp_path / "out"), "--stages", "normalize,exact_dedup"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=log, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "prep",
+                "--input",
+                str(corpus),
+                "--output",
+                str(tmp_path / "out"),
+                "--stages",
+                "normalize,exact_dedup",
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            timeout=300,
+        )
     logged = (tmp_path / "prep.log").read_bytes()
     assert result.returncode == 0, logged[-2000:]
     assert b"\r" not in logged

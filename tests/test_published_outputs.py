@@ -12,8 +12,13 @@ from pipeline.config import load_config
 from pipeline.prep import run_prep
 from tests.conftest import REPO
 
-OVERRIDES = ["prep.stages=[normalize, tokenize, pack]", "prep.tokenizer.vocab_size=512", "prep.pack.seq_len=64",
-             "prep.pack.val_fraction=0.1", "prep.workers=1"]
+OVERRIDES = [
+    "prep.stages=[normalize, tokenize, pack]",
+    "prep.tokenizer.vocab_size=512",
+    "prep.pack.seq_len=64",
+    "prep.pack.val_fraction=0.1",
+    "prep.workers=1",
+]
 
 
 def prep(output: Path) -> dict:
@@ -23,8 +28,11 @@ def prep(output: Path) -> dict:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
 
 
 def scribble(path: Path) -> None:
@@ -52,7 +60,8 @@ def test_published_shards_are_read_only_copies(reference: tuple[Path, dict[str, 
 
 
 def test_an_edited_published_shard_leaves_the_cache_alone_and_a_rerun_restores_it(
-        reference: tuple[Path, dict[str, str]]) -> None:
+    reference: tuple[Path, dict[str, str]],
+) -> None:
     output, expected = reference
     shard = sorted((output / "shards" / "train").glob("*.arrow"))[0]
     cached = output / "work" / "pack" / "train" / shard.name
@@ -64,8 +73,9 @@ def test_an_edited_published_shard_leaves_the_cache_alone_and_a_rerun_restores_i
 
 
 @pytest.mark.parametrize("cached", ["pack/train/train-00000-000.arrow", "normalize/data-00000.parquet"])
-def test_an_edited_cached_output_is_rebuilt_not_republished(reference: tuple[Path, dict[str, str]], cached: str,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_edited_cached_output_is_rebuilt_not_republished(
+    reference: tuple[Path, dict[str, str]], cached: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     output, expected = reference
     scribble(output / "work" / cached)
     prep(output)

@@ -26,15 +26,33 @@ from tests.sample_corpus import sample_records
 
 def train_with_cli(positive: Path, negative: Path, output: Path) -> dict:
     """Each training in its own process, as the verb runs it (fastText keeps state between trainings)."""
-    result = subprocess.run([sys.executable, "-m", "pipeline", "classifier", "train", "--positive", str(positive),
-                             "--negative", str(negative), "--output", str(output)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "classifier",
+            "train",
+            "--positive",
+            str(positive),
+            "--negative",
+            str(negative),
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((output / "report.json").read_text())
     held = report["heldout"]
     assert "AUC" in result.stdout and f"{held['auc']:.4f}" in result.stdout and "per score bin" in result.stdout
     assert f"next: crucible classifier eval --model {output / 'model.bin'}" in result.stdout
     return report
+
+
 POSITIVE, NEGATIVE = ("python-docs", "manpages"), ("debian-changelog", "debian-copyright")
 
 
@@ -47,8 +65,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # The fixed file the stage runs on: every English source, package descriptions included.
     mixed = sample_records(POSITIVE + NEGATIVE + ("package-descriptions", "python-docs-rst"))[::5]
     corpus = write_jsonl(folder / "mixed.jsonl", [{"id": r["id"], "text": r["text"]} for r in mixed])
-    return {"folder": folder, "positive": positive, "negative": negative, "report": report,
-            "model": folder / "model" / "model.bin", "corpus": corpus, "n_docs": len(mixed)}
+    return {
+        "folder": folder,
+        "positive": positive,
+        "negative": negative,
+        "report": report,
+        "model": folder / "model" / "model.bin",
+        "corpus": corpus,
+        "n_docs": len(mixed),
+    }
 
 
 def test_held_out_accuracy_and_auc_are_reported(trained: dict) -> None:
@@ -74,8 +99,11 @@ def test_the_eval_verb_scores_a_labelled_file(trained: dict, capsys: pytest.Capt
     header = next(i for i, line in enumerate(lines) if "AUC" in line)
     row = next(line for line in lines[header:] if line.startswith("│"))  # the table's one row
     assert [cell.strip() for cell in row.strip("│ ").split("│")] == [
-        f"{expected['documents']:,}", f"{expected['positives']:,}", f"{expected['threshold']:g}",
-        *(f"{expected[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc"))]
+        f"{expected['documents']:,}",
+        f"{expected['positives']:,}",
+        f"{expected['threshold']:g}",
+        *(f"{expected[key]:.4f}" for key in ("accuracy", "precision", "recall", "auc")),
+    ]
     bins = zip(expected["histogram"]["edges"], expected["histogram"]["positive"], expected["histogram"]["negative"])
     assert all(f"{low:.2f}-" in printed for low, _, _ in bins)
     assert printed.splitlines()[-1].startswith("next: filter prep with it: add quality_model to prep.stages")
@@ -86,9 +114,16 @@ def test_the_eval_verb_scores_a_labelled_file(trained: dict, capsys: pytest.Capt
 
 
 def run_stage(trained: dict, output: Path, workers: int, rule: str) -> dict:
-    config = load_config(None, ["prep.stages=[normalize, quality_model]", f"prep.workers={workers}",
-                                "prep.shard_mb=0.1", "prep.batch_size=64",
-                                f"prep.quality_model.classifiers=[{{name: edu, model_path: {trained['model']}, {rule}}}]"])
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, quality_model]",
+            f"prep.workers={workers}",
+            "prep.shard_mb=0.1",
+            "prep.batch_size=64",
+            f"prep.quality_model.classifiers=[{{name: edu, model_path: {trained['model']}, {rule}}}]",
+        ],
+    )
     config.prep.inputs = [trained["corpus"]]
     return run_prep(config.prep, output, show_progress=False)
 

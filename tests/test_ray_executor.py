@@ -29,9 +29,26 @@ PUBLISHED = ("clean", "dropped", "quarantine", "shards", "tokenizer")
 
 
 def prep_command(corpus: Path, output: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=2",
-            "--set", "prep.tokenizer.vocab_size=1000", "--set", f"prep.stages={STAGES}", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "prep",
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        "--no-progress",
+        "--set",
+        "prep.shard_mb=0.25",
+        "--set",
+        "prep.workers=2",
+        "--set",
+        "prep.tokenizer.vocab_size=1000",
+        "--set",
+        f"prep.stages={STAGES}",
+        *flags,
+    ]
 
 
 def ray_command(corpus: Path, output: Path, *sets: str) -> list[str]:
@@ -39,8 +56,12 @@ def ray_command(corpus: Path, output: Path, *sets: str) -> list[str]:
 
 
 def published(output: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(output)): p.read_bytes() for folder in PUBLISHED
-            for p in sorted((output / folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(output)): p.read_bytes()
+        for folder in PUBLISHED
+        for p in sorted((output / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def ray_processes(session: Path) -> list[int]:
@@ -81,8 +102,9 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_ray_gives_the_bytes_of_local_and_status_reads_it(mixed_corpus: Path, reference: Path, ray_env: dict,
-                                                          tmp_path: Path) -> None:
+def test_ray_gives_the_bytes_of_local_and_status_reads_it(
+    mixed_corpus: Path, reference: Path, ray_env: dict, tmp_path: Path
+) -> None:
     result = run(ray_command(mixed_corpus, tmp_path / "prep"), ray_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert published(tmp_path / "prep") == published(reference)
@@ -104,10 +126,17 @@ def _kill_first(prefix: str, deadline: float) -> bool:
     return False
 
 
-def test_a_killed_worker_is_retried_to_the_same_bytes(mixed_corpus: Path, reference: Path, ray_env: dict,
-                                                      tmp_path: Path) -> None:
-    process = subprocess.Popen(ray_command(mixed_corpus, tmp_path / "prep"), cwd=REPO, env=ray_env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_a_killed_worker_is_retried_to_the_same_bytes(
+    mixed_corpus: Path, reference: Path, ray_env: dict, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        ray_command(mixed_corpus, tmp_path / "prep"),
+        cwd=REPO,
+        env=ray_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     killed = _kill_first("ray::prep:minhash_dedup.signatures:", time.monotonic() + 120)
     _, stderr = process.communicate(timeout=600)
     assert killed, "a worker ran a signatures task and was killed"
@@ -115,11 +144,18 @@ def test_a_killed_worker_is_retried_to_the_same_bytes(mixed_corpus: Path, refere
     assert published(tmp_path / "prep") == published(reference)
 
 
-def test_a_killed_driver_resumes_to_the_same_bytes(mixed_corpus: Path, reference: Path, ray_env: dict,
-                                                   tmp_path: Path) -> None:
+def test_a_killed_driver_resumes_to_the_same_bytes(
+    mixed_corpus: Path, reference: Path, ray_env: dict, tmp_path: Path
+) -> None:
     output = tmp_path / "prep"
-    process = subprocess.Popen(ray_command(mixed_corpus, output), cwd=REPO, env=ray_env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ray_command(mixed_corpus, output),
+        cwd=REPO,
+        env=ray_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marker = output / "work" / "exact_dedup.filter" / "done-00000.json"
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -134,8 +170,9 @@ def test_a_killed_driver_resumes_to_the_same_bytes(mixed_corpus: Path, reference
     assert published(output) == published(reference)
 
 
-def test_a_task_failing_every_try_names_the_command_that_reruns_it(mixed_corpus: Path, reference: Path,
-                                                                   ray_env: dict, tmp_path: Path) -> None:
+def test_a_task_failing_every_try_names_the_command_that_reruns_it(
+    mixed_corpus: Path, reference: Path, ray_env: dict, tmp_path: Path
+) -> None:
     output = tmp_path / "prep"
     shutil.copytree(reference, output)
     shard = output / "work" / "normalize" / "data-00001.parquet"

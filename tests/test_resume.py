@@ -20,8 +20,10 @@ from tests.extraction_set import labelled_pages, page_html
 from tests.warc_files import metadata, request, response, warcinfo, write_warc
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = "[extract,normalize,url_dedup,exact_dedup,boilerplate,minhash_dedup,langid,line_filter,pii,quality,tokenize,pack," \
-         "split_overlap]"
+STAGES = (
+    "[extract,normalize,url_dedup,exact_dedup,boilerplate,minhash_dedup,langid,line_filter,pii,quality,tokenize,pack,"
+    "split_overlap]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +41,39 @@ def web_corpus(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def prep_command(corpus: Path, output: Path, *sets: str) -> list[str]:
     """The prep of these tests; `sets` (`key=value`) come last, so they win."""
-    return [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-            "--no-progress", "--set", "prep.shard_mb=0.25", "--set", "prep.workers=1",
-            "--set", "prep.tokenizer.vocab_size=1000", "--set", f"prep.stages={STAGES}",
-            "--set", "prep.read.keep_fields=[url, date]", "--set", "prep.line_filter.policy_lines=true",
-            # several find, count and bucket tasks per band, so that a kill can fall between them
-            "--set", "prep.exact_dedup.find_shards_per_task=1", "--set", "prep.minhash_dedup.bucket_shards_per_task=1",
-            "--set", "prep.url_dedup.find_shards_per_task=1", "--set", "prep.boilerplate.count_shards_per_task=1",
-            *(arg for value in sets for arg in ("--set", value))]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "prep",
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        "--no-progress",
+        "--set",
+        "prep.shard_mb=0.25",
+        "--set",
+        "prep.workers=1",
+        "--set",
+        "prep.tokenizer.vocab_size=1000",
+        "--set",
+        f"prep.stages={STAGES}",
+        "--set",
+        "prep.read.keep_fields=[url, date]",
+        "--set",
+        "prep.line_filter.policy_lines=true",
+        # several find, count and bucket tasks per band, so that a kill can fall between them
+        "--set",
+        "prep.exact_dedup.find_shards_per_task=1",
+        "--set",
+        "prep.minhash_dedup.bucket_shards_per_task=1",
+        "--set",
+        "prep.url_dedup.find_shards_per_task=1",
+        "--set",
+        "prep.boilerplate.count_shards_per_task=1",
+        *(arg for value in sets for arg in ("--set", value)),
+    ]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -55,8 +82,9 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 def kill_after_marker(command: list[str], marker: Path) -> None:
     """Start `command` and SIGKILL its process group once `marker` exists."""
-    process = subprocess.Popen(command, cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -72,25 +100,29 @@ def reference(web_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return output
 
 
-@pytest.mark.parametrize("kill_after", [
-    "extract/done-00001.json",
-    "url_dedup.key/done-00001.json",
-    "url_dedup.find/done-00000.json",
-    "url_dedup.filter/done-00001.json",
-    "exact_dedup.find/done-00000.json",
-    "boilerplate.hash/done-00001.json",
-    "boilerplate.count/done-00000.json",
-    "boilerplate/done-00001.json",
-    "minhash_dedup.signatures/done-00001.json",
-    "minhash_dedup.buckets/done-00001.json",
-    "minhash_dedup.clusters/done-00000.json",
-    "line_filter/done-00001.json",
-    "tokenize.train/done-00000.json",
-    "tokenize/done-00001.json",
-    "split_overlap.scan/done-00000.json",
-])
-def test_sigkill_then_rerun_gives_identical_outputs(web_corpus: Path, reference: Path, tmp_path: Path,
-                                                    kill_after: str) -> None:
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        "extract/done-00001.json",
+        "url_dedup.key/done-00001.json",
+        "url_dedup.find/done-00000.json",
+        "url_dedup.filter/done-00001.json",
+        "exact_dedup.find/done-00000.json",
+        "boilerplate.hash/done-00001.json",
+        "boilerplate.count/done-00000.json",
+        "boilerplate/done-00001.json",
+        "minhash_dedup.signatures/done-00001.json",
+        "minhash_dedup.buckets/done-00001.json",
+        "minhash_dedup.clusters/done-00000.json",
+        "line_filter/done-00001.json",
+        "tokenize.train/done-00000.json",
+        "tokenize/done-00001.json",
+        "split_overlap.scan/done-00000.json",
+    ],
+)
+def test_sigkill_then_rerun_gives_identical_outputs(
+    web_corpus: Path, reference: Path, tmp_path: Path, kill_after: str
+) -> None:
     killed = tmp_path / "killed"
     marker = killed / "work" / kill_after
     kill_after_marker(prep_command(web_corpus, killed), marker)
@@ -105,13 +137,20 @@ def test_sigkill_then_rerun_gives_identical_outputs(web_corpus: Path, reference:
     assert overlap[0] == overlap[1] and overlap[0]["sampled"] > 0
 
 
-def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(web_corpus: Path, reference: Path,
-                                                                            tmp_path: Path) -> None:
+def test_ctrl_c_ends_prep_in_one_line_and_the_rerun_gives_identical_outputs(
+    web_corpus: Path, reference: Path, tmp_path: Path
+) -> None:
     """Ctrl-C reaches the prep process and its workers alike (a terminal signals the whole job)."""
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(prep_command(web_corpus, stopped), cwd=REPO, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's job
+    process = subprocess.Popen(
+        prep_command(web_corpus, stopped),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # a terminal's job
     marker = stopped / "work" / "minhash_dedup.signatures" / "done-00001.json"
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -140,7 +179,7 @@ def test_sigkill_while_extracting_web_archives_then_rerun_gives_identical_output
         offsets = write_warc(crawl / f"part-{part}.warc.gz", records)
         if part == 1:
             data = bytearray((crawl / "part-1.warc.gz").read_bytes())
-            data[offsets[50] + 40:offsets[50] + 80] = bytes(40)
+            data[offsets[50] + 40 : offsets[50] + 80] = bytes(40)
             (crawl / "part-1.warc.gz").write_bytes(bytes(data))
     sets = ["prep.stages=[extract, normalize, exact_dedup]"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"

@@ -31,17 +31,33 @@ class CountBatches(Hook):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
-                                                                                subprocess.CompletedProcess[str]]:
+def run(
+    tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     """Four steps with validation after steps 2 and 4, a counting hook and a peak far below the CPU's."""
     run_dir = tmp_path_factory.mktemp("evidence_run")
     seen = run_dir.parent / "batches.jsonl"
     hook = f'hooks=[{{target: "tests.test_run_evidence:CountBatches", args: {{path: "{seen}"}}}}]'
-    settings = [f"train.max_steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=2",
-                "train.eval_interval=2", "train.eval_batches=1", "train.log_interval=1", f"train.peak_tflops={TINY_PEAK}",
-                "checkpoint.interval=0", hook]
-    result = torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run_dir),
-                      *[arg for setting in settings for arg in ("--set", setting)])
+    settings = [
+        f"train.max_steps={STEPS}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=2",
+        "train.eval_interval=2",
+        "train.eval_batches=1",
+        "train.log_interval=1",
+        f"train.peak_tflops={TINY_PEAK}",
+        "checkpoint.interval=0",
+        hook,
+    ]
+    result = torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run_dir),
+        *[arg for setting in settings for arg in ("--set", setting)],
+    )
     return run_dir, seen, result
 
 
@@ -66,8 +82,9 @@ def test_an_mfu_above_100_percent_is_not_logged_and_the_run_says_why(run: tuple[
     assert len(steps) == STEPS and not any("MFU" in line for line in steps)
     assert mfu_withheld(records).startswith("MFU not shown: it came out above 100%")
     # metrics.jsonl written before MFU above 100% was held back: the report still shows none of it
-    assert mfu_withheld([{"mfu": 2.56, "peak_tflops": 0.05}]).startswith("MFU not shown: it came out above 100% "
-                                                                          "of the 0.05 TFLOP/s peak")
+    assert mfu_withheld([{"mfu": 2.56, "peak_tflops": 0.05}]).startswith(
+        "MFU not shown: it came out above 100% of the 0.05 TFLOP/s peak"
+    )
     assert mfu_withheld([{"mfu": 0.4, "peak_tflops": 989.0}]) is None
 
 
@@ -81,8 +98,9 @@ def test_a_cpu_has_no_peak_unless_one_is_given() -> None:
 
 
 @pytest.mark.slow
-def test_each_prompt_samples_with_its_own_seed_and_a_rerun_repeats(run: tuple[Path, Path, Any],
-                                                                  tiny_shards: Path) -> None:
+def test_each_prompt_samples_with_its_own_seed_and_a_rerun_repeats(
+    run: tuple[Path, Path, Any], tiny_shards: Path
+) -> None:
     from training.config import SamplesConfig
     from training.generate import prompt_seed, sample_texts
 

@@ -51,8 +51,13 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def crucible_run(config: Path, run: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run),
-                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--output", str(run), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -66,17 +71,30 @@ def test_run_prepares_trains_samples_and_reports(finished_run: tuple[Path, subpr
     assert (run / "data" / "shards" / "manifest.json").exists()
     assert (run / "train" / "checkpoints" / "step-00000012" / "crucible.json").exists()
     report = (run / "report.md").read_text()
-    for section in ("## Run", "## Data", "## Training", "## Checkpoints and events", "## Samples", "It was",
-                    "TP 1 x PP 1 x DP 2, ZeRO-1", "wall time: training", "| 12 | save | 20", "## Toy world",
-                    "From the final checkpoint: validation loss ", "chance acc", "perplexity per word",
-                    "MFU not shown: no peak to measure it against"):
+    for section in (
+        "## Run",
+        "## Data",
+        "## Training",
+        "## Checkpoints and events",
+        "## Samples",
+        "It was",
+        "TP 1 x PP 1 x DP 2, ZeRO-1",
+        "wall time: training",
+        "| 12 | save | 20",
+        "## Toy world",
+        "From the final checkpoint: validation loss ",
+        "chance acc",
+        "perplexity per word",
+        "MFU not shown: no peak to measure it against",
+    ):
         assert section in report
     assert report.count(" | yes |") == 2, "the toy world writes a sentence of its corpus from cat and from dog"
     assert "## Post-training demo" in report and "post-training demo: made-up facts" in said
 
 
-def test_post_training_demo_teaches_both_sets_of_facts(finished_run: tuple[Path, subprocess.CompletedProcess[str]]
-                                                       ) -> None:
+def test_post_training_demo_teaches_both_sets_of_facts(
+    finished_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     """The demo runs SFT and DPO from the run's checkpoint and scores them: the base model, which never saw the
     facts, is at chance on the held-out wordings; DPO's reward accuracy on its held-out pairs rises from where it
     starts (this run's model is too small and too briefly trained for SFT to learn the colours in the demo's
@@ -98,8 +116,9 @@ def test_post_training_demo_teaches_both_sets_of_facts(finished_run: tuple[Path,
         assert (run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.CompletedProcess[str]],
-                                          tmp_path: Path) -> None:
+def test_report_page_renders_in_a_browser(
+    finished_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
     """Headless Chromium opens the page alone (copied away from its run folder): every image decodes,
     the console stays clean, and a screenshot is written. The page as rendered shows task accuracy
     beside chance (a column, and the plot's dashed lines), the cloze perplexity labelled per word,
@@ -111,8 +130,10 @@ def test_report_page_renders_in_a_browser(finished_run: tuple[Path, subprocess.C
     shutil.copy(run / "report.html", page_file)
     errors: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -148,8 +169,13 @@ def test_status_reads_a_local_run(finished_run: tuple[Path, subprocess.Completed
     run, _ = finished_run
 
     def status(folder: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(folder)], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "status", "--output", str(folder)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     result = status(run)
     assert result.returncode == 0, result.stderr
@@ -159,8 +185,9 @@ def test_status_reads_a_local_run(finished_run: tuple[Path, subprocess.Completed
     assert missing.returncode == 2 and missing.stderr.strip() == f"crucible status: no such folder: {run / 'nowhere'}"
 
 
-def test_a_rerun_of_a_finished_run_reports_the_run_s_times(finished_run: tuple[Path, subprocess.CompletedProcess[str]]
-                                                            ) -> None:
+def test_a_rerun_of_a_finished_run_reports_the_run_s_times(
+    finished_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     """The rerun finds every phase done: its summary and report keep the times the phases took, and the
     toy world is not trained again."""
     run, _ = finished_run
@@ -170,6 +197,8 @@ def test_a_rerun_of_a_finished_run_reports_the_run_s_times(finished_run: tuple[P
     rerun = crucible_run(run.parent / "small.yaml", run)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "nothing redone" in rerun.stdout and json.loads((run / RUN_TIMES).read_text()) == first
-    assert (f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s, toy world "
-            f"{first['toy world']:.0f} s, post-training {first['post-training']:.0f} s;") in rerun.stdout
+    assert (
+        f"run finished: prep {first['prep']:.0f} s, training {first['training']:.0f} s, toy world "
+        f"{first['toy world']:.0f} s, post-training {first['post-training']:.0f} s;"
+    ) in rerun.stdout
     assert toy.stat().st_mtime_ns == toy_written

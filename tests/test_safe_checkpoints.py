@@ -19,8 +19,20 @@ import torch
 from pipeline.ground.hashing import file_sha256
 from tests.conftest import REPO, torchrun
 
-SMALL = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
-         "--set", "train.warmup_steps=2", "--set", "train.decay_steps=8", "--set", "train.peak_tflops=1"]
+SMALL = [
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=1000",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.decay_steps=8",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 class Payload:
@@ -34,8 +46,9 @@ class Payload:
 
 
 def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -67,8 +80,19 @@ def rehash(checkpoint: Path, **fields: object) -> None:
 def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with checkpoints at steps 2 and 4 (ZeRO-1, one process)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *SMALL, "--set", "train.max_steps=4",
-             "--set", "checkpoint.interval=2")
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *SMALL,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "checkpoint.interval=2",
+    )
     return run
 
 
@@ -126,8 +150,9 @@ def test_enum_members_pickled_by_name_load_and_other_getattr_calls_are_refused(t
             load(bad)
 
 
-def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_runs(run: Path, tiny_shards: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_runs(
+    run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
     marker = tmp_path / "payload-ran"
     checkpoints = run / "checkpoints"
     planted = sorted(checkpoints.rglob("*.pt"))
@@ -140,8 +165,18 @@ def test_checkpoint_whose_every_pt_file_carries_a_payload_is_refused_and_never_r
     newest = checkpoints / "step-00000004"
 
     resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6")
-    resumed_from = crucible("train", "--data", tiny_shards, "--output", tmp_path / "elsewhere", *SMALL,
-                            "--set", "train.max_steps=6", "--resume", checkpoints / "step-00000002")
+    resumed_from = crucible(
+        "train",
+        "--data",
+        tiny_shards,
+        "--output",
+        tmp_path / "elsewhere",
+        *SMALL,
+        "--set",
+        "train.max_steps=6",
+        "--resume",
+        checkpoints / "step-00000002",
+    )
     generated = crucible("generate", "--checkpoint", newest, "--prompt", "The", "--max-new-tokens", "4")
     exported = crucible("export", "--checkpoint", newest, "--output", tmp_path / "hf")
     for result in (resumed, resumed_from, generated, exported):
@@ -173,8 +208,18 @@ def test_torn_crucible_json_is_skipped_by_train_and_named_by_generate(run: Path,
 
     generated = crucible("generate", "--checkpoint", torn, "--prompt", "The")
     refused(generated, str(torn / "crucible.json"), "damaged")
-    result = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=6",
-                      "--set", "checkpoint.interval=2")
+    result = crucible(
+        "train",
+        "--data",
+        tiny_shards,
+        "--output",
+        run,
+        *SMALL,
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "checkpoint.interval=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(torn / "crucible.json") in result.stdout
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
@@ -189,10 +234,12 @@ def test_disk_full_during_a_save_names_the_folder_and_the_free_space(tiny_shards
     if mounted.returncode != 0:
         pytest.skip("needs root to mount a small tmpfs")
     try:
-        result = crucible("train", "--data", tiny_shards, "--output", small / "run", *SMALL,
-                          "--set", "train.max_steps=2")
-        line = refused(result, str(small / "run" / "checkpoints" / ".staging" / "step-00000002"), "MiB free",
-                       "disk is full")
+        result = crucible(
+            "train", "--data", tiny_shards, "--output", small / "run", *SMALL, "--set", "train.max_steps=2"
+        )
+        line = refused(
+            result, str(small / "run" / "checkpoints" / ".staging" / "step-00000002"), "MiB free", "disk is full"
+        )
         assert "basic_ios" not in line
         assert not (small / "run" / "checkpoints" / ".staging" / "step-00000002").exists(), "space given back"
     finally:
@@ -207,8 +254,11 @@ def test_export_refuses_a_file_and_a_non_empty_folder_unless_forced(trained: Pat
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "model.safetensors").write_text("an earlier export")
-    refused(crucible("export", "--checkpoint", checkpoint, "--output", folder, "--format", "consolidated"),
-            "not empty", "--force")
+    refused(
+        crucible("export", "--checkpoint", checkpoint, "--output", folder, "--format", "consolidated"),
+        "not empty",
+        "--force",
+    )
     assert (folder / "model.safetensors").read_text() == "an earlier export"
     forced = crucible("export", "--checkpoint", checkpoint, "--output", folder, "--format", "consolidated", "--force")
     assert forced.returncode == 0, forced.stderr[-3000:]
@@ -228,8 +278,9 @@ def test_generate_checks_tokenizer_prompt_length_and_flags(trained: Path, tiny_s
     refused(crucible("generate", "--checkpoint", checkpoint, "--max-new-tokens", "-5"), "--max-new-tokens", "got -5")
 
     long_prompt = " ".join(["history"] * 200)  # well over the 64 tokens the model was trained on
-    result = crucible("generate", "--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens", "3",
-                      "--temperature", "0")
+    result = crucible(
+        "generate", "--checkpoint", checkpoint, "--prompt", long_prompt, "--max-new-tokens", "3", "--temperature", "0"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "longer than the 64 the model was trained on; keeping its last 64" in result.stderr
 
@@ -246,8 +297,10 @@ def plant_payload(path: Path, marker: Path) -> Path:
 
 def extra_file(name: str):
     """A payload in a file DeepSpeed's converter would pick up by its name, whatever the extension."""
+
     def tamper(checkpoint: Path, marker: Path) -> Path:
         return plant_payload(checkpoint / name, marker)
+
     tamper.__name__ = f"extra {name}"
     return tamper
 
@@ -280,8 +333,15 @@ def edited_layout(checkpoint: Path, marker: Path) -> Path:
     return checkpoint / "crucible.json"
 
 
-TAMPERINGS = [extra_file("mp_rank_01_model_states.bak"), extra_file("zero_pp_rank_1_mp_rank_00_optim_states.old"),
-              extra_file("mp_rank_01_model_states"), symlinked_folder, fifo, name_outside, edited_layout]
+TAMPERINGS = [
+    extra_file("mp_rank_01_model_states.bak"),
+    extra_file("zero_pp_rank_1_mp_rank_00_optim_states.old"),
+    extra_file("mp_rank_01_model_states"),
+    symlinked_folder,
+    fifo,
+    name_outside,
+    edited_layout,
+]
 
 
 def entries(folder: Path) -> dict[str, tuple[int, int]]:
@@ -290,8 +350,9 @@ def entries(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("tamper", TAMPERINGS, ids=lambda t: t.__name__)
-def test_a_tampered_checkpoint_is_refused_by_name_and_resume_passes_over_it_untouched(run: Path, tamper,
-                                                                                      tmp_path: Path) -> None:
+def test_a_tampered_checkpoint_is_refused_by_name_and_resume_passes_over_it_untouched(
+    run: Path, tamper, tmp_path: Path
+) -> None:
     from training.checkpoint import Checkpointer
     from training.config import CheckpointConfig
     from training.export import consolidate
@@ -309,13 +370,17 @@ def test_a_tampered_checkpoint_is_refused_by_name_and_resume_passes_over_it_unto
 
 
 @pytest.mark.slow
-def test_every_verb_refuses_a_planted_deepspeed_file_in_one_line_and_resume_falls_back(run: Path, tiny_shards: Path,
-                                                                                       tmp_path: Path) -> None:
+def test_every_verb_refuses_a_planted_deepspeed_file_in_one_line_and_resume_falls_back(
+    run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
     marker, newest = tmp_path / "payload-ran", run / NEWEST
     planted = plant_payload(newest / "mp_rank_01_model_states", marker)
     before = entries(newest)
-    for verb in (["generate", "--prompt", "The", "--max-new-tokens", "2"], ["export", "--output", tmp_path / "hf"],
-                 ["eval", "--heldout"]):
+    for verb in (
+        ["generate", "--prompt", "The", "--max-new-tokens", "2"],
+        ["export", "--output", tmp_path / "hf"],
+        ["eval", "--heldout"],
+    ):
         refused(crucible(*verb, "--checkpoint", newest), str(planted), "not one of the files")
     resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -332,9 +397,25 @@ def test_deepspeeds_converter_unpickles_weights_only_even_a_file_nothing_vetted(
     marker = tmp_path / "payload-ran"
     folder = Path(shutil.copytree(trained / NEWEST, tmp_path / "step-00000004"))
     plant_payload(folder / "mp_rank_00_model_states.pt", marker)
-    result = subprocess.run([sys.executable, "-m", "training.universal_convert", "--input_folder", str(folder),
-                             "--output_folder", str(tmp_path / "universal"), "--num_extract_workers", "1",
-                             "--num_merge_workers", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.universal_convert",
+            "--input_folder",
+            str(folder),
+            "--output_folder",
+            str(tmp_path / "universal"),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0 and "Weights only load failed" in result.stderr, result.stderr[-2000:]
     assert not marker.exists(), "a payload ran"
 
@@ -373,12 +454,21 @@ def test_a_planted_universal_cache_is_never_used(run: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_resume_across_layouts_rebuilds_a_planted_universal_cache(run: Path, tiny_shards: Path,
-                                                                  tmp_path: Path) -> None:
+def test_resume_across_layouts_rebuilds_a_planted_universal_cache(run: Path, tiny_shards: Path, tmp_path: Path) -> None:
     marker = tmp_path / "payload-ran"
     cache = plant_universal_cache(run, marker)
-    resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=5",
-                       "--set", "parallel.zero_stage=2")
+    resumed = crucible(
+        "train",
+        "--data",
+        tiny_shards,
+        "--output",
+        run,
+        *SMALL,
+        "--set",
+        "train.max_steps=5",
+        "--set",
+        "parallel.zero_stage=2",
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not marker.exists(), "a payload ran"
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
@@ -388,15 +478,20 @@ def test_resume_across_layouts_rebuilds_a_planted_universal_cache(run: Path, tin
 
 
 @pytest.mark.parametrize("pointer", ["fifo", "folder", "escape", "garbage"])
-def test_a_bad_latest_pointer_is_named_and_the_newest_good_checkpoint_used(run: Path, pointer: str,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_bad_latest_pointer_is_named_and_the_newest_good_checkpoint_used(
+    run: Path, pointer: str, capsys: pytest.CaptureFixture
+) -> None:
     from training.checkpoint import Checkpointer
     from training.config import CheckpointConfig
 
     latest = run / "checkpoints" / "latest"
     latest.unlink()
-    {"fifo": lambda: os.mkfifo(latest), "folder": latest.mkdir, "escape": lambda: latest.write_text("../../x\n"),
-     "garbage": lambda: latest.write_bytes(os.urandom(4096))}[pointer]()
+    {
+        "fifo": lambda: os.mkfifo(latest),
+        "folder": latest.mkdir,
+        "escape": lambda: latest.write_text("../../x\n"),
+        "garbage": lambda: latest.write_bytes(os.urandom(4096)),
+    }[pointer]()
     assert Checkpointer(run, CheckpointConfig(), rank=0).newest_loadable().step == 4
     assert f"{latest} " in capsys.readouterr().out
 
@@ -412,11 +507,23 @@ def test_generate_from_a_run_whose_latest_is_a_fifo_samples_the_newest_checkpoin
 
 
 @pytest.mark.slow
-def test_resuming_a_checkpoint_of_another_model_size_is_one_line(trained: Path, tiny_shards: Path,
-                                                                  tmp_path: Path) -> None:
-    result = crucible("train", "--data", tiny_shards, "--output", tmp_path / "other", *SMALL,
-                      "--set", "train.max_steps=6", "--set", "model.d_model=96",
-                      "--resume", trained / NEWEST)
+def test_resuming_a_checkpoint_of_another_model_size_is_one_line(
+    trained: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    result = crucible(
+        "train",
+        "--data",
+        tiny_shards,
+        "--output",
+        tmp_path / "other",
+        *SMALL,
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "model.d_model=96",
+        "--resume",
+        trained / NEWEST,
+    )
     refused(result, str(trained / NEWEST), "another model", "d_model")
 
 

@@ -12,32 +12,67 @@ from pathlib import Path
 from launch.torchrun import free_port
 from tests.conftest import REPO, metrics
 
-SMALL = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=1000",
-         "--set", "train.warmup_steps=1", "--set", "train.peak_tflops=1"]
+SMALL = [
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=1000",
+    "--set",
+    "train.warmup_steps=1",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 def train_command(shards: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", "train", "--data", str(shards), "--output", str(run), *SMALL, *extra]
 
 
-def test_a_second_train_into_a_folder_in_use_is_refused_and_the_first_finishes(tiny_shards: Path,
-                                                                             tmp_path: Path) -> None:
+def test_a_second_train_into_a_folder_in_use_is_refused_and_the_first_finishes(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
     run, reached, go = tmp_path / "run", tmp_path / "reached", tmp_path / "go"
     pause = f'hooks=[{{target: "tests.fault_hooks:PauseAt", args: {{step: 1, reached: "{reached}", go: "{go}"}}}}]'
-    first = subprocess.Popen(train_command(tiny_shards, run, "--set", "train.max_steps=3", "--set", pause), cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        train_command(tiny_shards, run, "--set", "train.max_steps=3", "--set", pause),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not reached.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert reached.exists(), "the first run reached its first step"
         # Under the agent rank 0 holds the lock and refuses; rank 1 learns it from rank 0 instead of waiting.
-        agent = subprocess.run([sys.executable, "-m", "launch.agent", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-                                "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-                                *train_command(tiny_shards, run, "--set", "train.max_steps=3")[1:]],
-                               cwd=REPO, capture_output=True, text=True, timeout=300)
-        single = subprocess.run(train_command(tiny_shards, run, "--set", "train.max_steps=3"), cwd=REPO,
-                                capture_output=True, text=True, timeout=300)
+        agent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "launch.agent",
+                "--nproc_per_node",
+                "2",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{free_port()}",
+                *train_command(tiny_shards, run, "--set", "train.max_steps=3")[1:],
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        single = subprocess.run(
+            train_command(tiny_shards, run, "--set", "train.max_steps=3"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         go.touch()
     _, err = first.communicate(timeout=300)
@@ -47,8 +82,16 @@ def test_a_second_train_into_a_folder_in_use_is_refused_and_the_first_finishes(t
         assert second.stderr.count("crucible train:") == 1 and f"in use by PID {first.pid} " in second.stderr
         assert "Traceback" not in second.stderr + second.stdout
     assert [r["step"] for r in metrics(run)] == [1, 2, 3]
-    assert subprocess.run(train_command(tiny_shards, run, "--set", "train.max_steps=4"), cwd=REPO,
-                          capture_output=True, text=True, timeout=300).returncode == 0, "released at the end"
+    assert (
+        subprocess.run(
+            train_command(tiny_shards, run, "--set", "train.max_steps=4"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).returncode
+        == 0
+    ), "released at the end"
 
 
 def test_a_single_process_train_needs_no_port(tiny_shards: Path, tmp_path: Path) -> None:
@@ -61,6 +104,12 @@ def test_a_single_process_train_needs_no_port(tiny_shards: Path, tmp_path: Path)
             held.listen()
         except OSError:
             pass  # someone holds it already
-        result = subprocess.run(train_command(tiny_shards, tmp_path / "run", "--set", "train.max_steps=1"), cwd=REPO,
-                                env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            train_command(tiny_shards, tmp_path / "run", "--set", "train.max_steps=1"),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -19,8 +19,14 @@ from tests.conftest import REPO, metrics, torchrun
 from tests.slurm_cluster import ensure_cluster, job_states, wait_for_jobs
 
 SAMPLE = ["--config", "configs/sample.yaml"]
-SETS = ["prep.shard_mb=1", "launch.nproc_per_node=2", "train.max_steps=6", "train.eval_interval=3",
-        "checkpoint.interval=3", "train.log_interval=1"]
+SETS = [
+    "prep.shard_mb=1",
+    "launch.nproc_per_node=2",
+    "train.max_steps=6",
+    "train.eval_interval=3",
+    "checkpoint.interval=3",
+    "train.log_interval=1",
+]
 JOB_TIMEOUT = 600
 
 
@@ -29,8 +35,9 @@ def sets(*assignments: str) -> list[str]:
 
 
 def crucible(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"crucible {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -67,8 +74,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same run with the local executor and torchrun."""
     run = tmp_path_factory.mktemp("local")
     crucible("prep", *SAMPLE, "--output", str(run / "data"), "--no-progress", *sets(*SETS))
-    torchrun(2, "train", *SAMPLE, "--data", str(run / "data" / "shards"), "--output", str(run / "train"),
-             *sets(*SETS))
+    torchrun(2, "train", *SAMPLE, "--data", str(run / "data" / "shards"), "--output", str(run / "train"), *sets(*SETS))
     return run
 
 
@@ -146,7 +152,9 @@ def test_cancelled_task_reruns_alone(cluster: None, tmp_path: Path) -> None:
 
     crucible("submit", *SAMPLE, "--output", str(run), "--prep-only", *sets(*prep))
     second = last_submission(run)
-    assert [(job["part"], job["tasks"]) for job in second if job["part"] in ("read", "normalize")] == [("normalize", [2])]
+    assert [(job["part"], job["tasks"]) for job in second if job["part"] in ("read", "normalize")] == [
+        ("normalize", [2])
+    ]
     states = wait_for_jobs([job["job_id"] for job in second], JOB_TIMEOUT)
     assert set(states.values()) == {"COMPLETED"}, states
     assert {p.name: p.stat().st_mtime_ns for p in markers.glob("done-*.json") if p.name in kept} == kept

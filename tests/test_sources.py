@@ -44,12 +44,23 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     write_jsonl(folder / "books" / "books.jsonl", books)
     write_jsonl(folder / "code" / "code.jsonl", [*english[110:130], {"id": "code/short", "text": CODE_SHORT}])
     write_jsonl(folder / "short" / "short.jsonl", short)
-    sources = [{"name": "web", "inputs": [str(folder / "web")]},
-               {"name": "books", "inputs": [str(folder / "books")], "priority": 5},
-               {"name": "code", "inputs": [str(folder / "code")], "skip": ["quality"]},
-               {"name": "short", "inputs": [str(folder / "short")], "settings": {"quality": {"max_words": 50}}}]
-    config = load_config(None, [STAGES, f"prep.sources={json.dumps(sources)}", "prep.tokenizer.vocab_size=600",
-                                "prep.pack.seq_len=64", "prep.pack.val_fraction=0.1", "prep.workers=1"])
+    sources = [
+        {"name": "web", "inputs": [str(folder / "web")]},
+        {"name": "books", "inputs": [str(folder / "books")], "priority": 5},
+        {"name": "code", "inputs": [str(folder / "code")], "skip": ["quality"]},
+        {"name": "short", "inputs": [str(folder / "short")], "settings": {"quality": {"max_words": 50}}},
+    ]
+    config = load_config(
+        None,
+        [
+            STAGES,
+            f"prep.sources={json.dumps(sources)}",
+            "prep.tokenizer.vocab_size=600",
+            "prep.pack.seq_len=64",
+            "prep.pack.val_fraction=0.1",
+            "prep.workers=1",
+        ],
+    )
     output = tmp_path_factory.mktemp("sources_out")
     stats = run_prep(config.prep, output, show_progress=False)
     return output, stats, {"books": books, "web": web}
@@ -86,7 +97,8 @@ def test_every_lineage_record_names_its_source(run: tuple[Path, dict, dict]) -> 
     (broken,) = [r for r in quarantined if r["reason"] == "malformed_json"]
     assert json.loads(broken["detail"])["source"] == "web"
     assert {r["id"] for r in read_dir(output / "clean") if r["source"] == "web"} <= {
-        r["id"] for r in read_set("english", 130)} | {"web/short"}
+        r["id"] for r in read_set("english", 130)
+    } | {"web/short"}
 
 
 def test_stats_count_per_source_and_the_books_balance_per_source(run: tuple[Path, dict, dict]) -> None:
@@ -118,8 +130,11 @@ def test_per_source_stage_settings(run: tuple[Path, dict, dict]) -> None:
     quality = next(s for s in stats["stages"] if s["name"] == "quality")["sources"]
     assert quality["code"]["docs_in"] == quality["code"]["docs_out"]
     assert quality["short"]["docs_out"] == 0 and set(quality["short"]["dropped"]) == {"too_many_words"}
-    assert all(json.loads(r["detail"])["threshold"] == 50 for r in dropped.values()
-               if json.loads(r["detail"])["source"] == "short")
+    assert all(
+        json.loads(r["detail"])["threshold"] == 50
+        for r in dropped.values()
+        if json.loads(r["detail"])["source"] == "short"
+    )
 
 
 def test_shards_are_tagged_by_source_and_the_manifest_counts_per_source(run: tuple[Path, dict, dict]) -> None:
@@ -135,12 +150,18 @@ def test_shards_are_tagged_by_source_and_the_manifest_counts_per_source(run: tup
             assert stats["sources"][name][f"{split}_tokens"] == counts["tokens"]
 
 
-@pytest.mark.parametrize(("sources", "message"), [
-    ([{"name": "a", "inputs": ["x"]}, {"name": "a", "inputs": ["y"]}], "names must be distinct"),
-    ([{"name": "a", "inputs": ["x"], "skip": ["tokenize"]}], "'tokenize' is not a per-document stage"),
-    ([{"name": "a", "inputs": ["x"], "settings": {"quality": {"min_wrds": 3}}}], "sources.a.settings.quality: min_wrds"),
-    ([{"name": "a b", "inputs": ["x"]}], "source name 'a b'"),
-])
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ([{"name": "a", "inputs": ["x"]}, {"name": "a", "inputs": ["y"]}], "names must be distinct"),
+        ([{"name": "a", "inputs": ["x"], "skip": ["tokenize"]}], "'tokenize' is not a per-document stage"),
+        (
+            [{"name": "a", "inputs": ["x"], "settings": {"quality": {"min_wrds": 3}}}],
+            "sources.a.settings.quality: min_wrds",
+        ),
+        ([{"name": "a b", "inputs": ["x"]}], "source name 'a b'"),
+    ],
+)
 def test_source_config_mistakes_name_the_key(sources: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"prep.sources={json.dumps(sources)}"])
@@ -148,17 +169,43 @@ def test_source_config_mistakes_name_the_key(sources: list, message: str) -> Non
         load_config(None, ['prep.sources=[{"name": "a", "inputs": ["x"]}]', "prep.read.keep_fields=[source]"])
 
 
-def test_training_logs_realized_tokens_and_validation_loss_per_source(run: tuple[Path, dict, dict],
-                                                                        tmp_path: Path) -> None:
+def test_training_logs_realized_tokens_and_validation_loss_per_source(
+    run: tuple[Path, dict, dict], tmp_path: Path
+) -> None:
     output, _, _ = run
     weights = "train.mixture.weights={web: 0.5, books: 0.3, code: 0.2}"
-    tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=64",
-            "train.global_batch_size=2", "train.micro_batch_size=2", "train.max_steps=4", "train.eval_interval=4",
-            "train.eval_batches=1", "checkpoint.enabled=false", weights]
-    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(output / "shards"), "--output",
-                             str(tmp_path / "run"), *[a for key in tiny for a in ("--set", key)]],
-                            cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env=os.environ | {"MASTER_PORT": str(free_port())})  # one process: no torchrun port
+    tiny = [
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.n_heads=2",
+        "model.n_kv_heads=1",
+        "model.ffn_hidden=64",
+        "train.global_batch_size=2",
+        "train.micro_batch_size=2",
+        "train.max_steps=4",
+        "train.eval_interval=4",
+        "train.eval_batches=1",
+        "checkpoint.enabled=false",
+        weights,
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--data",
+            str(output / "shards"),
+            "--output",
+            str(tmp_path / "run"),
+            *[a for key in tiny for a in ("--set", key)],
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"MASTER_PORT": str(free_port())},
+    )  # one process: no torchrun port
     assert result.returncode == 0, result.stderr[-3000:]
     last = metrics(tmp_path / "run")[-1]
     assert sum(last[f"mix/{name}/tokens"] for name in ("web", "books", "code")) == last["tokens"]
@@ -173,9 +220,24 @@ def test_training_logs_realized_tokens_and_validation_loss_per_source(run: tuple
     assert "## Data mixture" in report and (report_dir / "mixture.png").exists()
     assert f"| books | {last['mix/books/tokens']:,} |" in report
     assert "Documents left after each stage, per source:" in report
-    plan = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--data", str(output / "shards"), "--set",
-                           "plan.token_budget=1e7", "--set", "train.mixture.max_epochs={books: 1}",
-                           *[a for key in tiny for a in ("--set", key)]], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    plan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "plan",
+            "--data",
+            str(output / "shards"),
+            "--set",
+            "plan.token_budget=1e7",
+            "--set",
+            "train.mixture.max_epochs={books: 1}",
+            *[a for key in tiny for a in ("--set", key)],
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "warning: source books would be drawn" in plan.stdout and "over its cap of 1 epochs" in plan.stdout

@@ -21,9 +21,14 @@ from tests.test_minhash import reference_shingles
 
 VAL_FRACTION = 0.3
 WORDS = 240  # words of each planted document: about 235 shingles, enough for steady estimates
-OVERRIDES = ["prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack, split_overlap]",
-             "prep.shard_mb=0.05", "prep.tokenizer.vocab_size=1000", f"prep.pack.val_fraction={VAL_FRACTION}",
-             "prep.pack.method=best_fit", "prep.pack.seq_len=2048"]  # every planted document whole in one row
+OVERRIDES = [
+    "prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack, split_overlap]",
+    "prep.shard_mb=0.05",
+    "prep.tokenizer.vocab_size=1000",
+    f"prep.pack.val_fraction={VAL_FRACTION}",
+    "prep.pack.method=best_fit",
+    "prep.pack.seq_len=2048",
+]  # every planted document whole in one row
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -50,8 +55,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     records, groups = [], []
     for g, doc in enumerate(docs[:30]):
         words = doc["text"].split()[:WORDS]
-        members = [(f"g{g}-base", " ".join(words))] + [(f"g{g}-mid{k}", variant(words, 16, f"m{k}q{g}x"))
-                                                       for k in range(2)]
+        members = [(f"g{g}-base", " ".join(words))] + [
+            (f"g{g}-mid{k}", variant(words, 16, f"m{k}q{g}x")) for k in range(2)
+        ]
         if g % 2:
             members.append((f"g{g}-copy", variant(words, 80, f"c{g}x")))
         groups.append([name for name, _ in members])
@@ -87,7 +93,7 @@ def sides(output: Path) -> dict[str, set[str]]:
             for row, starts in zip(table["tokens"].to_pylist(), table["segment_starts"].to_pylist()):
                 for start, stop in zip(starts, [*starts[1:], len(row)]):
                     segment = row[start:stop]
-                    text = tokenizer.decode(segment[:segment.index(eod)] if eod in segment else segment)
+                    text = tokenizer.decode(segment[: segment.index(eod)] if eod in segment else segment)
                     if text in by_text:
                         found.setdefault(by_text[text], set()).add(split)
     return found
@@ -138,7 +144,7 @@ def test_overlap_is_zero_without_the_training_copy(planted: dict, tmp_path: Path
     before = planted["stats"]["split_overlap"]
     assert overlap["sharing"] == before["sharing"] - 1, (overlap["worst"], before["worst"])
     assert planted["held"] not in [w["id"] for w in overlap["worst"]]
-    assert overlap["worst"][:len(before["worst"]) - 1] == before["worst"][1:]
+    assert overlap["worst"][: len(before["worst"]) - 1] == before["worst"][1:]
 
 
 def test_overlap_sample_is_capped(planted: dict) -> None:
@@ -186,9 +192,15 @@ def edited_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         records += [{"id": f"pair{n}-a", "text": text}, {"id": f"pair{n}-b", "text": copy}]
     corpus = write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", records)
     output = tmp_path_factory.mktemp("pairs_prep")
-    config = load_config(None, [*OVERRIDES, "prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack]",
-                                "prep.shard_mb=0.25",  # several shards: pairs are found across them
-                                "prep.pack.val_fraction=0.5"])  # a pair torn apart by chance straddles half the time
+    config = load_config(
+        None,
+        [
+            *OVERRIDES,
+            "prep.stages=[normalize, exact_dedup, minhash_dedup, tokenize, pack]",
+            "prep.shard_mb=0.25",  # several shards: pairs are found across them
+            "prep.pack.val_fraction=0.5",
+        ],
+    )  # a pair torn apart by chance straddles half the time
     config.prep.inputs = [corpus]
     run_prep(config.prep, output, show_progress=False)
     return {"output": output, "pairs": pairs}

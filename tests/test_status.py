@@ -24,9 +24,16 @@ def test_status_of_a_prep_folder_names_the_unfinished_step(tmp_path: Path) -> No
     run_prep(config.prep, output, show_progress=False)
 
     finished = local_status(output)
-    assert [step for step, _, _ in finished.steps] == ["read", "unique_ids.hash", "unique_ids.find", "unique_ids",
-                                                      "normalize", "exact_dedup.hash", "exact_dedup.find",
-                                                      "exact_dedup.filter"]
+    assert [step for step, _, _ in finished.steps] == [
+        "read",
+        "unique_ids.hash",
+        "unique_ids.find",
+        "unique_ids",
+        "normalize",
+        "exact_dedup.hash",
+        "exact_dedup.find",
+        "exact_dedup.filter",
+    ]
     assert finished.published and all(total == done > 0 for _, total, done in finished.steps)
     assert finished.train is None
 

@@ -42,10 +42,28 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def run(tiny_shards: Path, tasks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short run that scores the tasks every 10 steps, and its final checkpoint."""
     run_dir = tmp_path_factory.mktemp("run")
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run_dir), "--set", f"train.max_steps={STEPS}",
-             "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=4", "--set", "train.peak_tflops=1",
-             "--set", "train.eval_interval=10", "--set", f"eval.tasks=[{','.join(map(str, tasks))}]",
-             "--set", "checkpoint.interval=0")
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run_dir),
+        "--set",
+        f"train.max_steps={STEPS}",
+        "--set",
+        "train.global_batch_size=8",
+        "--set",
+        "train.micro_batch_size=4",
+        "--set",
+        "train.peak_tflops=1",
+        "--set",
+        "train.eval_interval=10",
+        "--set",
+        f"eval.tasks=[{','.join(map(str, tasks))}]",
+        "--set",
+        "checkpoint.interval=0",
+    )
     return run_dir
 
 
@@ -57,8 +75,13 @@ def long_choice_task(folder: Path) -> Path:
     """Item 1: a context of ~300 words (kept, cut from the left); item 2: a choice of ~300 words, past the
     tiny shards' seq_len of 64."""
     words = " ".join(w for r in read_set("english", 40) for w in r["text"].split())[:2000]
-    return write_jsonl(folder / "long.jsonl", [{"context": words, "choices": ["the", "a"], "gold": 0},
-                                               {"context": "It was", "choices": ["the end", words], "gold": 0}])
+    return write_jsonl(
+        folder / "long.jsonl",
+        [
+            {"context": words, "choices": ["the", "a"], "gold": 0},
+            {"context": "It was", "choices": ["the end", words], "gold": 0},
+        ],
+    )
 
 
 def crucible(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,9 +91,13 @@ def crucible(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
     from training.tasks import load_tasks
 
-    cases = {"a.jsonl": '{"context": "x", "choices": ["a", "b"], "gold": 2}\n',
-             "b.jsonl": '{"context": "x"}\n', "c.jsonl": "not json\n", "d.txt": "",
-             "e.jsonl": '{"context": "x", "target": "y"}\n{"context": "x", "choices": ["a", "b"], "gold": 0}\n'}
+    cases = {
+        "a.jsonl": '{"context": "x", "choices": ["a", "b"], "gold": 2}\n',
+        "b.jsonl": '{"context": "x"}\n',
+        "c.jsonl": "not json\n",
+        "d.txt": "",
+        "e.jsonl": '{"context": "x", "target": "y"}\n{"context": "x", "choices": ["a", "b"], "gold": 0}\n',
+    }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError) as error:
@@ -83,12 +110,21 @@ def test_chance_and_perplexity_per_word_and_per_token(tmp_path: Path) -> None:
     harness gives it, and per token over the targets' tokens."""
     from training.tasks import load_task, metrics
 
-    mc = load_task(write_jsonl(tmp_path / "mc.jsonl", [{"context": "a", "choices": ["x", "y"], "gold": 0},
-                                                        {"context": "b", "choices": ["x", "y", "z", "w"], "gold": 1}]))
-    assert metrics(mc, [(-1.0, False), (-2.0, False), (-3.0, False), (-1.0, False), (-4.0, False), (-5.0, False)],
-                   [([1], [2])] * 6) == {"acc": 1.0, "acc_norm": 1.0, "chance": 0.375, "items": 2}
-    cloze = load_task(write_jsonl(tmp_path / "cloze.jsonl", [{"context": "a", "target": "bb"},
-                                                             {"context": "c", "target": "dd"}]))
+    mc = load_task(
+        write_jsonl(
+            tmp_path / "mc.jsonl",
+            [
+                {"context": "a", "choices": ["x", "y"], "gold": 0},
+                {"context": "b", "choices": ["x", "y", "z", "w"], "gold": 1},
+            ],
+        )
+    )
+    assert metrics(
+        mc, [(-1.0, False), (-2.0, False), (-3.0, False), (-1.0, False), (-4.0, False), (-5.0, False)], [([1], [2])] * 6
+    ) == {"acc": 1.0, "acc_norm": 1.0, "chance": 0.375, "items": 2}
+    cloze = load_task(
+        write_jsonl(tmp_path / "cloze.jsonl", [{"context": "a", "target": "bb"}, {"context": "c", "target": "dd"}])
+    )
     scored = metrics(cloze, [(-2.0, True), (-4.0, False)], [([1], [5, 6]), ([1], [7, 8, 9, 10])])
     assert scored["perplexity"] == pytest.approx(math.exp(3.0))  # (2 + 4) / 2 words
     assert scored["perplexity_per_token"] == pytest.approx(math.exp(1.0))  # (2 + 4) / 6 tokens
@@ -149,9 +185,23 @@ def test_the_loop_logs_task_scores_and_eval_time(run: Path, tasks: list[Path]) -
 
 
 def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline", "eval", "--checkpoint", str(checkpoint(run)),
-                             "--tasks", *map(str, tasks), "--output", str(tmp_path / "results.json")],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--checkpoint",
+            str(checkpoint(run)),
+            "--tasks",
+            *map(str, tasks),
+            "--output",
+            str(tmp_path / "results.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "next_words" in result.stdout and "acc_norm" in result.stdout
     report = json.loads((tmp_path / "results.json").read_text())["tasks"]
@@ -180,8 +230,9 @@ def test_eval_refuses_a_choice_longer_than_seq_len_in_one_line(run: Path, tmp_pa
 
 def test_training_refuses_a_task_with_a_choice_longer_than_seq_len(tiny_shards: Path, tmp_path: Path) -> None:
     task = long_choice_task(tmp_path)
-    result = crucible("train", "--data", str(tiny_shards), "--output", str(tmp_path / "run"), "--set",
-                      f"eval.tasks=[{task}]")
+    result = crucible(
+        "train", "--data", str(tiny_shards), "--output", str(tmp_path / "run"), "--set", f"eval.tasks=[{task}]"
+    )
     assert result.returncode == 2 and f"{task}: item 2: choices[1] is " in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -228,10 +279,12 @@ def test_eval_warns_when_hf_is_not_an_export_of_the_checkpoint(run: Path, tasks:
     hf = tmp_path / "hf"
     assert crucible("export", "--checkpoint", str(checkpoint(run)), "--output", str(hf)).returncode == 0
     weights = load_file(hf / "model.safetensors")
-    save_file({name: tensor * 1.5 for name, tensor in weights.items()}, hf / "model.safetensors",
-              metadata={"format": "pt"})
-    result = crucible("eval", "--checkpoint", str(checkpoint(run)), "--tasks", str(tasks[0]), "--harness",
-                      "--hf", str(hf))
+    save_file(
+        {name: tensor * 1.5 for name, tensor in weights.items()}, hf / "model.safetensors", metadata={"format": "pt"}
+    )
+    result = crucible(
+        "eval", "--checkpoint", str(checkpoint(run)), "--tasks", str(tasks[0]), "--harness", "--hf", str(hf)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning: the harness and Crucible differ by up to" in result.stderr
     assert f"is --hf an fp32 export of {checkpoint(run)}?" in " ".join(result.stderr.split())

@@ -15,9 +15,23 @@ from tests.conftest import REPO
 
 
 def train(corpus: Path, output: Path, max_bytes: int) -> dict:
-    command = [sys.executable, "-m", "pipeline", "prep", "--input", str(corpus), "--output", str(output),
-               "--no-progress", "--set", "prep.stages=[tokenize,pack]", "--set", "prep.tokenizer.vocab_size=600",
-               "--set", f"prep.tokenizer.max_train_bytes={max_bytes}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "prep",
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        "--no-progress",
+        "--set",
+        "prep.stages=[tokenize,pack]",
+        "--set",
+        "prep.tokenizer.vocab_size=600",
+        "--set",
+        f"prep.tokenizer.max_train_bytes={max_bytes}",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((output / "stats.json").read_text())["tokens"]
@@ -31,8 +45,9 @@ def test_sample_is_whole_under_the_cap_else_capped_and_deterministic(mixed_corpu
     cap = total // 4
     first, second = train(mixed_corpus, tmp_path / "a", cap), train(mixed_corpus, tmp_path / "b", cap)
     assert first["tokenizer_train_bytes"] == second["tokenizer_train_bytes"]
-    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_bytes() == \
-        (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
     assert cap * 0.5 < first["tokenizer_train_bytes"] <= cap + 200_000  # at most one document over the cap
     assert first["tokenizer_train_documents"] < whole["documents"] * 0.5
 

@@ -22,8 +22,14 @@ from training.data import DistributedLoader, PackedDataset
 @pytest.fixture(scope="module")
 def prepared(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("tokens")
-    stats = prep([mixed_corpus], output, "prep.shard_mb=0.5", "prep.tokenizer.vocab_size=2000",
-                 "prep.pack.seq_len=128", "prep.pack.val_fraction=0.1")
+    stats = prep(
+        [mixed_corpus],
+        output,
+        "prep.shard_mb=0.5",
+        "prep.tokenizer.vocab_size=2000",
+        "prep.pack.seq_len=128",
+        "prep.pack.val_fraction=0.1",
+    )
     return output, stats
 
 
@@ -33,7 +39,9 @@ def test_byte_level_round_trip_on_clean_documents(prepared: tuple[Path, dict]) -
     tokenizer.encode_special_tokens = True
     texts = [r["text"] for r in read_dir(output / "clean")] + ["a literal <|endoftext|> and <|pad|> in text"]
     encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    mismatches = [i for i, (e, t) in enumerate(zip(encodings, texts)) if tokenizer.decode(e.ids, skip_special_tokens=False) != t]
+    mismatches = [
+        i for i, (e, t) in enumerate(zip(encodings, texts)) if tokenizer.decode(e.ids, skip_special_tokens=False) != t
+    ]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} documents do not round-trip"
 
 
@@ -190,8 +198,15 @@ def test_manifest_and_tokenizer_mismatches_are_refused(prepared: tuple[Path, dic
 
 def test_a_dataset_of_many_shards_reads_only_the_shards_it_touches(tmp_path: Path) -> None:
     rows, width, count = 3, 9, 200
-    entries = [write_shard(tmp_path / "train" / f"train-{i:05d}.arrow", np.full((rows, width), i + 2),
-                           [np.array([0], np.int32)] * rows, 4096) for i in range(count)]
+    entries = [
+        write_shard(
+            tmp_path / "train" / f"train-{i:05d}.arrow",
+            np.full((rows, width), i + 2),
+            [np.array([0], np.int32)] * rows,
+            4096,
+        )
+        for i in range(count)
+    ]
     write_manifest(tmp_path, hand_made_manifest(width - 1, {"train": SplitIndex(shards=entries)}))
     kept = 7
     for entry in entries:  # every shard but one becomes garbage of the same size

@@ -49,8 +49,9 @@ def test_greedy_generation_reproduces_a_corpus_sentence(toy_model, start: str) -
 
 
 def crucible(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -68,16 +69,34 @@ def test_generate_honours_samples_config(toy_run: Path) -> None:
     greedy = SamplesConfig(prompts=["cat"], max_new_tokens=8, temperature=0)
     words = sample_texts(final_checkpoint(toy_run), toy_run / "shards" / "tokenizer.json", greedy)[0][1].split()
     assert len(words) > 1
-    generate = ["generate", "--checkpoint", str(final_checkpoint(toy_run)), "--prompt", "cat",
-                "--set", "samples.temperature=0", "--set", "samples.max_new_tokens=1"]
+    generate = [
+        "generate",
+        "--checkpoint",
+        str(final_checkpoint(toy_run)),
+        "--prompt",
+        "cat",
+        "--set",
+        "samples.temperature=0",
+        "--set",
+        "samples.max_new_tokens=1",
+    ]
     out = crucible(*generate)
     assert f"│ {words[0]} " in out and " ".join(words[:2]) not in out
     assert " ".join(words[:2]) in crucible(*generate, "--max-new-tokens", "2")
 
 
 def test_hf_export_carries_the_shards_special_tokens_and_sampling(toy_run: Path, tmp_path: Path) -> None:
-    crucible("export", "--checkpoint", str(final_checkpoint(toy_run)), "--output", str(tmp_path / "hf"),
-             "--set", "samples.temperature=0", "--set", "samples.max_new_tokens=5")
+    crucible(
+        "export",
+        "--checkpoint",
+        str(final_checkpoint(toy_run)),
+        "--output",
+        str(tmp_path / "hf"),
+        "--set",
+        "samples.temperature=0",
+        "--set",
+        "samples.max_new_tokens=5",
+    )
     end, pad = WORDS.index("END"), len(WORDS)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (end, end, pad)
@@ -101,8 +120,10 @@ def test_decoding_never_ends_inside_a_character() -> None:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(["plain text"], trainers.BpeTrainer(
-        vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer.train_from_iterator(
+        ["plain text"],
+        trainers.BpeTrainer(vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
     ids = tokenizer.encode("café 日本").ids  # byte tokens: the last character is three of them
     assert tokenizer.decode(ids[:-1]).endswith("\ufffd"), "the cut falls inside a character"
     assert decode_whole_characters(tokenizer, ids[:-1]) == "café 日"
@@ -117,8 +138,10 @@ def toy_task(path: Path) -> Path:
         words = sentence.split()
         for cut in range(1, len(words)):
             follows.setdefault(" ".join(words[:cut]), set()).add(words[cut])
-    items = [{"context": context, "choices": [gold] + [w for w in WORDS if w != gold], "gold": 0}
-             for context, (gold,) in ((c, n) for c, n in follows.items() if len(n) == 1)]
+    items = [
+        {"context": context, "choices": [gold] + [w for w in WORDS if w != gold], "gold": 0}
+        for context, (gold,) in ((c, n) for c, n in follows.items() if len(n) == 1)
+    ]
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
     return path
 

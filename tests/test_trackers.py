@@ -14,8 +14,20 @@ from tests.conftest import metrics, torchrun
 from training import trackers
 
 LOGGERS = ["--set", "train.loggers=[tensorboard, wandb, mlflow]"]
-TRAIN = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.warmup_steps=2",
-         "--set", "train.eval_interval=3", "--set", "train.peak_tflops=1", "--set", "checkpoint.interval=3"]
+TRAIN = [
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.eval_interval=3",
+    "--set",
+    "train.peak_tflops=1",
+    "--set",
+    "checkpoint.interval=3",
+]
 
 
 def wandb_records(path: Path) -> list:
@@ -25,11 +37,11 @@ def wandb_records(path: Path) -> list:
     data, block, position, pending, records = path.read_bytes(), 32768, 7, b"", []
     while position + 7 <= len(data):
         left = block - position % block
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7]) if left >= 7 else (0, 0, 0)
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7]) if left >= 7 else (0, 0, 0)
         if left < 7 or (length == 0 and kind == 0):
             position += left  # the padding at the end of a block
             continue
-        pending += data[position + 7:position + 7 + length]
+        pending += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (1, 4):  # a whole record, or the last piece of one
             record = wandb_internal_pb2.Record()
@@ -40,23 +52,54 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_history(path: Path) -> list[dict]:
-    return [{item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
-             for item in record.history.item} for record in wandb_records(path) if record.HasField("history")]
+    return [
+        {
+            item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+            for item in record.history.item
+        }
+        for record in wandb_records(path)
+        if record.HasField("history")
+    ]
 
 
 @pytest.mark.slow
-def test_one_run_reaches_tensorboard_wandb_and_mlflow(tiny_shards: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_run_reaches_tensorboard_wandb_and_mlflow(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default, not the environment's doing
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow asks readers of a folder store for it too
     run = tmp_path / "run"
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *TRAIN, *LOGGERS,
-             "--set", "train.max_steps=6", "--set", "train.tracking.project=trackers-test")
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *TRAIN, *LOGGERS,
-             "--set", "train.max_steps=8", "--set", "train.tracking.project=trackers-test")  # resumes at step 6
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *TRAIN,
+        *LOGGERS,
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "train.tracking.project=trackers-test",
+    )
+    torchrun(
+        1,
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *TRAIN,
+        *LOGGERS,
+        "--set",
+        "train.max_steps=8",
+        "--set",
+        "train.tracking.project=trackers-test",
+    )  # resumes at step 6
     losses = {r["step"]: r["loss"] for r in metrics(run)}
     assert sorted(losses) == list(range(1, 9))
     ids = json.loads((run / trackers.IDS_FILE).read_text())
@@ -64,7 +107,9 @@ def test_one_run_reaches_tensorboard_wandb_and_mlflow(tiny_shards: Path, tmp_pat
     tensorboard = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     tensorboard.Reload()
     assert {e.step: e.value for e in tensorboard.Scalars("loss")} == pytest.approx(losses)
-    assert {"config/text_summary", "prep_stats/text_summary", "events/text_summary"} <= set(tensorboard.Tags()["tensors"])
+    assert {"config/text_summary", "prep_stats/text_summary", "events/text_summary"} <= set(
+        tensorboard.Tags()["tensors"]
+    )
 
     client = MlflowClient((run / "mlruns").resolve().as_uri())
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("trackers-test").experiment_id])
@@ -101,8 +146,12 @@ def test_a_tracker_without_its_library_is_refused_naming_the_extra(monkeypatch: 
 
 def test_prep_stats_flatten_to_dotted_keys_with_stages_by_name() -> None:
     stats = {"shards": 2, "stages": [{"name": "read", "docs_in": 5, "dropped": {"empty": 1}}], "tokens": {"n": 9}}
-    assert trackers.flatten(stats) == {"shards": 2, "stages.read.docs_in": 5, "stages.read.dropped.empty": 1,
-                                       "tokens.n": 9}
+    assert trackers.flatten(stats) == {
+        "shards": 2,
+        "stages.read.docs_in": 5,
+        "stages.read.dropped.empty": 1,
+        "tokens.n": 9,
+    }
 
 
 def test_the_mlflow_hint_works_offline_with_what_the_trackers_extra_installs(tmp_path: Path) -> None:
@@ -125,8 +174,7 @@ def test_the_mlflow_hint_works_offline_with_what_the_trackers_extra_installs(tmp
     assert command in hint
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the environment's `mlflow`
-    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     described = json.loads(result.stdout)
     assert described["data"]["metrics"]["loss"] == 3.875 and described["data"]["params"]["train.max_steps"] == "2"

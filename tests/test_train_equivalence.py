@@ -12,8 +12,20 @@ from tests.conftest import metrics, torchrun
 from tests.test_task_eval import build_tasks
 
 STEPS = 20
-COMMON = ["--set", f"train.max_steps={STEPS}", "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2",
-          "--set", "train.eval_interval=10", "--set", "train.warmup_steps=5", "--set", "train.peak_tflops=1"]
+COMMON = [
+    "--set",
+    f"train.max_steps={STEPS}",
+    "--set",
+    "train.global_batch_size=8",
+    "--set",
+    "train.micro_batch_size=2",
+    "--set",
+    "train.eval_interval=10",
+    "--set",
+    "train.warmup_steps=5",
+    "--set",
+    "train.peak_tflops=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +34,22 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def train(shards: Path, run_dir: Path, tp: int, pp: int, dp: int, zero: int, tasks: list[str]) -> list[dict]:
-    torchrun(tp * pp * dp, "train", "--data", str(shards), "--output", str(run_dir), *COMMON, *tasks,
-             "--set", f"parallel.tp={tp}", "--set", f"parallel.pp={pp}", "--set", f"parallel.zero_stage={zero}")
+    torchrun(
+        tp * pp * dp,
+        "train",
+        "--data",
+        str(shards),
+        "--output",
+        str(run_dir),
+        *COMMON,
+        *tasks,
+        "--set",
+        f"parallel.tp={tp}",
+        "--set",
+        f"parallel.pp={pp}",
+        "--set",
+        f"parallel.zero_stage={zero}",
+    )
     return metrics(run_dir)
 
 
@@ -38,11 +64,20 @@ def test_single_process_learns(reference: list[dict]) -> None:
     assert all("val_loss" in r and "eval/next_words/acc" in r for r in reference if r["step"] % 10 == 0)
 
 
-@pytest.mark.parametrize(("tp", "pp", "dp", "zero"), [
-    (2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1), (2, 2, 2, 1), (1, 1, 2, 2), (1, 1, 2, 3),
-])
-def test_layout_matches_single_process(reference: list[dict], tiny_shards: Path, tasks: list[str], tmp_path: Path,
-                                       tp: int, pp: int, dp: int, zero: int) -> None:
+@pytest.mark.parametrize(
+    ("tp", "pp", "dp", "zero"),
+    [
+        (2, 1, 1, 1),
+        (1, 2, 1, 1),
+        (1, 1, 2, 1),
+        (2, 2, 2, 1),
+        (1, 1, 2, 2),
+        (1, 1, 2, 3),
+    ],
+)
+def test_layout_matches_single_process(
+    reference: list[dict], tiny_shards: Path, tasks: list[str], tmp_path: Path, tp: int, pp: int, dp: int, zero: int
+) -> None:
     curve = train(tiny_shards, tmp_path, tp, pp, dp, zero, tasks)
     assert [r["step"] for r in curve] == [r["step"] for r in reference]
     for ours, ref in zip(curve, reference):
@@ -61,7 +96,9 @@ def test_layout_matches_single_process(reference: list[dict], tiny_shards: Path,
 
 
 def test_compiled_blocks_match_eager(reference: list[dict], tiny_shards: Path, tmp_path: Path) -> None:
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *COMMON, "--set", "parallel.compile=true")
+    torchrun(
+        1, "train", "--data", str(tiny_shards), "--output", str(tmp_path), *COMMON, "--set", "parallel.compile=true"
+    )
     curve = metrics(tmp_path)
     assert [r["step"] for r in curve] == [r["step"] for r in reference]
     for ours, ref in zip(curve, reference):

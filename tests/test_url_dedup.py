@@ -19,44 +19,59 @@ from tests.sample_corpus import sample_records
 TRACKING = TrackingParams(TRACKING_PARAMS)
 
 
-@pytest.mark.parametrize("spelling, plain", [
-    ("HTTP://example.com/page", "http://example.com/page"),  # scheme case
-    ("http://example.com/page", "https://example.com/page"),  # http and https are one page
-    ("https://WWW.Example.COM/page", "https://www.example.com/page"),  # host case
-    ("https://bücher.example/page", "https://xn--bcher-kva.example/page"),  # IDN, either spelling
-    ("https://Bücher.example./page", "https://XN--BCHER-KVA.example/page"),  # and a trailing dot
-    ("http://example.com:80/page", "https://example.com:443/page"),  # default ports
-    ("https://example.com/page/", "https://example.com/page"),  # trailing slash
-    ("https://example.com", "https://example.com/"),  # an empty path is the root
-    ("https://example.com/page?utm_source=news&utm_MEDIUM=mail", "https://example.com/page"),  # utm_*
-    ("https://example.com/page?fbclid=abc", "https://example.com/page"),
-    ("https://example.com/page?GCLID=abc&id=3", "https://example.com/page?id=3"),
-    ("https://example.com/page?b=2&a=1", "https://example.com/page?a=1&b=2"),  # sorted parameters
-    ("https://example.com/page?q=a+b", "https://example.com/page?q=a%20b"),  # one spelling of a space
-    ("https://example.com/page#section-2", "https://example.com/page"),  # fragment
-    ("https://example.com/%7euser/a%2fb", "https://example.com/~user/a%2Fb"),  # percent escapes
-    ("  example.com/page ", "https://example.com/page"),  # a bare host, spaces around
-    ("https://user:secret@example.com/page", "https://example.com/page"),  # credentials
-])
+@pytest.mark.parametrize(
+    "spelling, plain",
+    [
+        ("HTTP://example.com/page", "http://example.com/page"),  # scheme case
+        ("http://example.com/page", "https://example.com/page"),  # http and https are one page
+        ("https://WWW.Example.COM/page", "https://www.example.com/page"),  # host case
+        ("https://bücher.example/page", "https://xn--bcher-kva.example/page"),  # IDN, either spelling
+        ("https://Bücher.example./page", "https://XN--BCHER-KVA.example/page"),  # and a trailing dot
+        ("http://example.com:80/page", "https://example.com:443/page"),  # default ports
+        ("https://example.com/page/", "https://example.com/page"),  # trailing slash
+        ("https://example.com", "https://example.com/"),  # an empty path is the root
+        ("https://example.com/page?utm_source=news&utm_MEDIUM=mail", "https://example.com/page"),  # utm_*
+        ("https://example.com/page?fbclid=abc", "https://example.com/page"),
+        ("https://example.com/page?GCLID=abc&id=3", "https://example.com/page?id=3"),
+        ("https://example.com/page?b=2&a=1", "https://example.com/page?a=1&b=2"),  # sorted parameters
+        ("https://example.com/page?q=a+b", "https://example.com/page?q=a%20b"),  # one spelling of a space
+        ("https://example.com/page#section-2", "https://example.com/page"),  # fragment
+        ("https://example.com/%7euser/a%2fb", "https://example.com/~user/a%2Fb"),  # percent escapes
+        ("  example.com/page ", "https://example.com/page"),  # a bare host, spaces around
+        ("https://user:secret@example.com/page", "https://example.com/page"),  # credentials
+    ],
+)
 def test_spellings_of_one_page_share_a_key(spelling: str, plain: str) -> None:
     assert normalize_url(spelling, TRACKING) == normalize_url(plain, TRACKING) is not None
 
 
-@pytest.mark.parametrize("one, other", [
-    ("https://example.com/Page", "https://example.com/page"),  # paths keep their case
-    ("https://example.com:8080/page", "https://example.com/page"),  # a port of its own
-    ("https://example.com/page?id=3", "https://example.com/page?id=4"),
-    ("https://example.com/page?id=3", "https://example.com/page"),  # a parameter that is no tracker
-    ("https://www.example.com/", "https://example.com/"),
-    ("ftp://example.com/page", "https://example.com/page"),  # only http and https are one scheme
-    ("https://example.com/a%2Fb", "https://example.com/a/b"),  # an escaped slash is no slash
-])
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        ("https://example.com/Page", "https://example.com/page"),  # paths keep their case
+        ("https://example.com:8080/page", "https://example.com/page"),  # a port of its own
+        ("https://example.com/page?id=3", "https://example.com/page?id=4"),
+        ("https://example.com/page?id=3", "https://example.com/page"),  # a parameter that is no tracker
+        ("https://www.example.com/", "https://example.com/"),
+        ("ftp://example.com/page", "https://example.com/page"),  # only http and https are one scheme
+        ("https://example.com/a%2Fb", "https://example.com/a/b"),  # an escaped slash is no slash
+    ],
+)
 def test_other_pages_keep_other_keys(one: str, other: str) -> None:
     assert normalize_url(one, TRACKING) != normalize_url(other, TRACKING)
 
 
-@pytest.mark.parametrize("url", ["mailto:someone@example.com", "javascript:void(0)", "https:///path", "http://[::1",
-                                 "https://example.com:99999/", ""])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mailto:someone@example.com",
+        "javascript:void(0)",
+        "https:///path",
+        "http://[::1",
+        "https://example.com:99999/",
+        "",
+    ],
+)
 def test_what_names_no_host_has_no_key(url: str) -> None:
     assert normalize_url(url, TRACKING) is None
 
@@ -66,8 +81,12 @@ def test_tracking_parameters_are_configurable() -> None:
 
 
 def test_dates_in_iso_and_http_form_compare_as_instants() -> None:
-    assert date_key("2024-05-01T14:00:00+02:00") == date_key("2024-05-01T12:00:00Z") == \
-        date_key("Wed, 01 May 2024 12:00:00 GMT") == date_key("2024-05-01 12:00:00")
+    assert (
+        date_key("2024-05-01T14:00:00+02:00")
+        == date_key("2024-05-01T12:00:00Z")
+        == date_key("Wed, 01 May 2024 12:00:00 GMT")
+        == date_key("2024-05-01 12:00:00")
+    )
     assert date_key("2024-05-01") < date_key("2024-05-01T00:00:01Z")
     assert date_key("yesterday") == date_key(None) == date_key("") == UNDATED < date_key("1900-01-01")
 
@@ -96,8 +115,9 @@ def web_corpus(path: Path) -> tuple[Path, list[str]]:
     texts = sample_records(("python-docs",), limit=len(PAGES))
     records, ids = [], []
     for i, record in enumerate(fillers):
-        records.append({"id": f"filler-{i}", "text": record["text"], "url": f"https://filler.example/{i}",
-                        "date": "2024-01-01"})
+        records.append(
+            {"id": f"filler-{i}", "text": record["text"], "url": f"https://filler.example/{i}", "date": "2024-01-01"}
+        )
         if i % 7 == 0 and i // 7 < len(PAGES):
             url, date, extra = PAGES[i // 7]
             page = {"id": f"page-{i // 7}", "text": texts[i // 7]["text"][:400] + "x" * extra}
@@ -107,8 +127,9 @@ def web_corpus(path: Path) -> tuple[Path, list[str]]:
 
 
 def dedup(corpus: Path, output: Path, *settings: str) -> dict:
-    config = load_config(None, ["prep.stages=[normalize, url_dedup]", "prep.read.keep_fields=[url, date]",
-                                "prep.workers=1", *settings])
+    config = load_config(
+        None, ["prep.stages=[normalize, url_dedup]", "prep.read.keep_fields=[url, date]", "prep.workers=1", *settings]
+    )
     config.prep.inputs = [corpus]
     return run_prep(config.prep, output, show_progress=False)
 
@@ -126,12 +147,16 @@ def test_the_newest_then_longest_then_first_copy_stays_across_shards_and_tasks(t
     assert len(list((tmp_path / "many" / "work" / "url_dedup.key").glob("done-*.json"))) >= 4 and tasks >= 4
     removed = dropped(tmp_path / "many")
     expected = {ids[i]: ids[keeper] for i, keeper in [(0, 1), (2, 1), (3, 4), (6, 5)]}
-    assert {i: (d["reason"], d["duplicate_of"]) for i, d in removed.items()} == \
-        {i: ("duplicate_url", keeper) for i, keeper in expected.items()}
+    assert {i: (d["reason"], d["duplicate_of"]) for i, d in removed.items()} == {
+        i: ("duplicate_url", keeper) for i, keeper in expected.items()
+    }
     assert removed[ids[0]]["url"] == PAGES[0][0]  # the kept fields travel into lineage
     assert removed == dropped(tmp_path / "one")
-    assert pq.read_table(tmp_path / "many" / "clean").sort_by("id").equals(
-        pq.read_table(tmp_path / "one" / "clean").sort_by("id"))
+    assert (
+        pq.read_table(tmp_path / "many" / "clean")
+        .sort_by("id")
+        .equals(pq.read_table(tmp_path / "one" / "clean").sort_by("id"))
+    )
     row = {r["name"]: r for r in many["stages"]}["url_dedup"]
     assert row["docs_in"] == row["docs_out"] + 4 and row["dropped"] == {"duplicate_url": 4}
     assert row["tally"]["url_dedup"] == {"duplicates": 4, "without_url": 2, "unparsed_url": 1, "undated": 1}
@@ -140,13 +165,22 @@ def test_the_newest_then_longest_then_first_copy_stays_across_shards_and_tasks(t
 
 def test_across_sources_the_higher_priority_copy_stays(tmp_path: Path) -> None:
     texts = [r["text"] for r in sample_records(("python-docs",), limit=2)]
-    crawl = write_jsonl(tmp_path / "crawl.jsonl", [{"id": "crawl", "text": texts[0] + "!" * 50,
-                                                    "url": "https://example.com/a", "date": "2025-01-01"}])
-    curated = write_jsonl(tmp_path / "curated.jsonl", [{"id": "curated", "text": texts[1],
-                                                        "url": "http://example.com/a/", "date": "2020-01-01"}])
-    config = load_config(None, ["prep.stages=[normalize, url_dedup]", "prep.read.keep_fields=[url, date]",
-                                f"prep.sources=[{{name: crawl, inputs: [{crawl}]}}, "
-                                f"{{name: curated, inputs: [{curated}], priority: 1}}]"])
+    crawl = write_jsonl(
+        tmp_path / "crawl.jsonl",
+        [{"id": "crawl", "text": texts[0] + "!" * 50, "url": "https://example.com/a", "date": "2025-01-01"}],
+    )
+    curated = write_jsonl(
+        tmp_path / "curated.jsonl",
+        [{"id": "curated", "text": texts[1], "url": "http://example.com/a/", "date": "2020-01-01"}],
+    )
+    config = load_config(
+        None,
+        [
+            "prep.stages=[normalize, url_dedup]",
+            "prep.read.keep_fields=[url, date]",
+            f"prep.sources=[{{name: crawl, inputs: [{crawl}]}}, {{name: curated, inputs: [{curated}], priority: 1}}]",
+        ],
+    )
     run_prep(config.prep, tmp_path / "out", show_progress=False)
     assert {i: d["duplicate_of"] for i, d in dropped(tmp_path / "out").items()} == {"crawl": "curated"}
 

@@ -27,7 +27,8 @@ def test_every_verb_module_is_in_the_table_and_in_the_help(capsys: pytest.Captur
 
 
 def test_a_verb_added_to_the_table_is_parsed_dispatched_and_its_user_error_is_one_line(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: list[tuple[str, int]] = []
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:

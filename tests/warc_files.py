@@ -17,8 +17,12 @@ def record_id(kind: str, url: str) -> str:
 
 
 def warc_record(kind: str, url: str | None, block: bytes, content_type: str, **headers: str) -> bytes:
-    lines = [b"WARC/1.0", f"WARC-Type: {kind}".encode(), f"WARC-Record-ID: {record_id(kind, url or '')}".encode(),
-             b"WARC-Date: 2024-05-17T08:30:00Z"]
+    lines = [
+        b"WARC/1.0",
+        f"WARC-Type: {kind}".encode(),
+        f"WARC-Record-ID: {record_id(kind, url or '')}".encode(),
+        b"WARC-Date: 2024-05-17T08:30:00Z",
+    ]
     if url is not None:
         lines.append(f"WARC-Target-URI: {url}".encode())
     lines += [f"{name.replace('_', '-')}: {value}".encode() for name, value in headers.items()]
@@ -26,8 +30,9 @@ def warc_record(kind: str, url: str | None, block: bytes, content_type: str, **h
     return b"\r\n".join(lines) + b"\r\n\r\n" + block + b"\r\n\r\n"
 
 
-def response(url: str, body: bytes, content_type: str = "text/html; charset=utf-8", status: str = "200 OK",
-             **http_headers: str) -> bytes:
+def response(
+    url: str, body: bytes, content_type: str = "text/html; charset=utf-8", status: str = "200 OK", **http_headers: str
+) -> bytes:
     head = [f"HTTP/1.1 {status}".encode()]
     if content_type:
         head.append(f"Content-Type: {content_type}".encode())
@@ -48,13 +53,19 @@ def metadata(url: str) -> bytes:
 
 def revisit(url: str) -> bytes:
     http = b"HTTP/1.1 304 Not Modified\r\n\r\n"
-    return warc_record("revisit", url, http, "application/http; msgtype=response",
-                       WARC_Profile="http://netpreserve.org/warc/1.0/revisit/identical-payload-digest")
+    return warc_record(
+        "revisit",
+        url,
+        http,
+        "application/http; msgtype=response",
+        WARC_Profile="http://netpreserve.org/warc/1.0/revisit/identical-payload-digest",
+    )
 
 
 def warcinfo() -> bytes:
-    return warc_record("warcinfo", None, b"software: test-crawler\r\nformat: WARC File Format 1.0\r\n",
-                       "application/warc-fields")
+    return warc_record(
+        "warcinfo", None, b"software: test-crawler\r\nformat: WARC File Format 1.0\r\n", "application/warc-fields"
+    )
 
 
 def conversion(url: str, text: str) -> bytes:

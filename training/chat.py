@@ -30,8 +30,10 @@ def marker(role: str) -> str:
 
 
 CHAT_TOKENS = (*map(marker, ROLES), END)
-CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 Messages = list[dict[str, str]]
 
@@ -74,7 +76,9 @@ def check_messages(messages: Any, needs_assistant: bool = True) -> Messages:
 
 def as_messages(value: Any, role: str) -> Messages:
     """TRL's two layouts: plain text (one message of `role`) or a list of messages."""
-    return [{"role": role, "content": value}] if isinstance(value, str) else check_messages(value, needs_assistant=False)
+    return (
+        [{"role": role, "content": value}] if isinstance(value, str) else check_messages(value, needs_assistant=False)
+    )
 
 
 class ChatCodec:

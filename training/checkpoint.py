@@ -86,9 +86,11 @@ def _rng_state() -> dict[str, Any]:
     """This process's generator states as JSON values (exact: ints, and floats that round-trip)."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state().tolist(),
-             "numpy": [name, keys.tolist(), position, has_gauss, cached_gaussian],
-             "python": [version, list(internal), gauss_next]}
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [name, keys.tolist(), position, has_gauss, cached_gaussian],
+        "python": [version, list(internal), gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
@@ -111,9 +113,11 @@ def _save_failed(folder: Path, exc: BaseException) -> UserError:
     free = shutil.disk_usage(existing).free
     full = " (the disk is full)" if getattr(exc, "errno", None) == errno.ENOSPC or free < 1 << 20 else ""
     first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-    return UserError(f"cannot save checkpoint {folder}: {first_line}; {free / 2**20:,.1f} MiB free on its "
-                     f"filesystem{full}. The previous checkpoints are untouched: free space (or lower "
-                     f"checkpoint.keep_last) and rerun to resume from the latest")
+    return UserError(
+        f"cannot save checkpoint {folder}: {first_line}; {free / 2**20:,.1f} MiB free on its "
+        f"filesystem{full}. The previous checkpoints are untouched: free space (or lower "
+        f"checkpoint.keep_last) and rerun to resume from the latest"
+    )
 
 
 class Checkpointer:
@@ -183,9 +187,11 @@ class Checkpointer:
                 self._report(exc, events)
                 damaged.append(exc)
         if damaged:
-            raise UserError(f"{self.root} holds {len(damaged)} checkpoint(s) and none can be loaded; they are kept "
-                            f"as they are. Repair or move them, or start over with --resume none (new saves then "
-                            f"replace them). First problem: {damaged[0]}")
+            raise UserError(
+                f"{self.root} holds {len(damaged)} checkpoint(s) and none can be loaded; they are kept "
+                f"as they are. Repair or move them, or start over with --resume none (new saves then "
+                f"replace them). First problem: {damaged[0]}"
+            )
         return None
 
     def _fetch_remote(self, events: Any) -> None:
@@ -218,8 +224,10 @@ class Checkpointer:
         failed = self.remote.wait() if self.remote is not None else {}
         if failed:
             tag, error = sorted(failed.items())[-1]
-            raise UserError(f"{len(failed)} checkpoint(s) not uploaded to {self.config.remote}, the last "
-                            f"{tag} ({error}); the local copies are kept: rerun the same command to upload them")
+            raise UserError(
+                f"{len(failed)} checkpoint(s) not uploaded to {self.config.remote}, the last "
+                f"{tag} ({error}); the local copies are kept: rerun the same command to upload them"
+            )
 
     def _report(self, exc: CorruptCheckpoint, events: Any) -> None:
         if events is not None:  # a training run's log; a verb that only reads a checkpoint has none
@@ -249,8 +257,12 @@ class Checkpointer:
             shutil.rmtree(staging / tag, ignore_errors=True)
         dist.barrier()
         try:
-            engine.save_checkpoint(str(staging), tag=tag, save_latest=False,
-                                   client_state={UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info()})
+            engine.save_checkpoint(
+                str(staging),
+                tag=tag,
+                save_latest=False,
+                client_state={UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info()},
+            )
             (staging / tag / rng_file(dist.get_rank())).write_text(json.dumps(_rng_state()))
         except (OSError, RuntimeError) as exc:
             if not isinstance(exc, OSError) and not any(marker in str(exc) for marker in WRITE_FAILURES):
@@ -259,8 +271,11 @@ class Checkpointer:
         dist.barrier()
         final = self.root / tag
         if self.rank == 0:
-            files = {str(p.relative_to(staging / tag)): file_sha256(p)
-                     for p in sorted((staging / tag).rglob("*")) if p.is_file()}
+            files = {
+                str(p.relative_to(staging / tag)): file_sha256(p)
+                for p in sorted((staging / tag).rglob("*"))
+                if p.is_file()
+            }
             try:
                 (staging / tag / META).write_text(meta.model_copy(update={"step": step, "files": files}).to_json())
             except OSError as exc:
@@ -319,8 +334,10 @@ class Checkpointer:
             os.replace(built, target)
         dist.barrier()
         if cached_universal(info.path) is None:
-            raise CorruptCheckpoint(f"the universal form of {info.path} in {target} does not match what was "
-                                    f"built; remove {target} and rerun")
+            raise CorruptCheckpoint(
+                f"the universal form of {info.path} in {target} does not match what was "
+                f"built; remove {target} and rerun"
+            )
         return target
 
     def load(self, engine: Any, info: CheckpointInfo, folder: Path | None = None) -> None:
@@ -330,8 +347,9 @@ class Checkpointer:
         vet(folder)  # names the file a refusal is about, before DeepSpeed's own loads
         engine.checkpoint_engine = SafeCheckpointEngine(engine._config)  # its other reads: weights only
         with weights_only_loads():  # DeepSpeed's universal loader calls torch.load itself
-            load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
-                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_path, _ = engine.load_checkpoint(
+                str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if load_path is None:
             raise CorruptCheckpoint(f"DeepSpeed could not load checkpoint {folder}")
         rng = info.path / rng_file(dist.get_rank())

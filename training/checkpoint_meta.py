@@ -83,8 +83,10 @@ class CheckpointMeta(BaseModel):
         if missing:
             raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} is incomplete (no {', '.join(missing)})")
         if META_DIGEST in fields and fields[META_DIGEST] != meta_digest(fields):
-            raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} was edited after the save (its fields no "
-                                    f"longer match their digest); restore it, or resume from another checkpoint")
+            raise CorruptCheckpoint(
+                f"checkpoint {checkpoint}: {path} was edited after the save (its fields no "
+                f"longer match their digest); restore it, or resume from another checkpoint"
+            )
         try:
             return cls.model_validate(fields)
         except ValidationError as exc:

@@ -33,8 +33,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (sequence length, global batch in sequences) of published runs of each size, for `plan` where the config sets
 # neither: GPT-3 Small (2,048 x 256, 0.5M tokens a step), TinyLlama 1.1B (2,048 x 1,024, 2M), Llama 2 (4,096 x 1,024,
 # 4M). `tiny` has none: the config's own run is the plan.
-PRESET_RUNS: dict[str, tuple[int, int]] = {"125m": (2048, 256), "1b": (2048, 1024), "7b": (4096, 1024),
-                                           "70b": (4096, 1024)}
+PRESET_RUNS: dict[str, tuple[int, int]] = {
+    "125m": (2048, 256),
+    "1b": (2048, 1024),
+    "7b": (4096, 1024),
+    "70b": (4096, 1024),
+}
 
 
 class ModelConfig(Section):
@@ -88,19 +92,28 @@ class ParallelConfig(Section):
     pp: int = Field(1, ge=1, description="Pipeline stages (DeepSpeed PipelineModule, 1F1B).")
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage; 2 and 3 need pp = 1.")
     partition_method: str = Field(
-        "type:Block", description="PipelineModule partitioning: `type:Block` (default) gives each stage an even share of "
-                                  "the blocks; `uniform` (layers), `parameters` or `type:REGEX` as DeepSpeed reads them.")
+        "type:Block",
+        description="PipelineModule partitioning: `type:Block` (default) gives each stage an even share of "
+        "the blocks; `uniform` (layers), `parameters` or `type:REGEX` as DeepSpeed reads them.",
+    )
     activation_checkpointing: Literal["none", "selective", "full"] = Field(
-        "none", description="Recompute activations in backward: `selective` keeps the matmul and attention outputs "
-                            "of each block and recomputes norms, RoPE and SwiGLU's activation (little compute); "
-                            "`full` keeps only each block's input and reruns its forward (about 1/3 more compute). "
-                            "true/false mean full/none.")
+        "none",
+        description="Recompute activations in backward: `selective` keeps the matmul and attention outputs "
+        "of each block and recomputes norms, RoPE and SwiGLU's activation (little compute); "
+        "`full` keeps only each block's input and reruns its forward (about 1/3 more compute). "
+        "true/false mean full/none.",
+    )
     attention: Literal["auto", "sdpa", "flex"] = Field(
-        "auto", description="Kernel of document-masked attention: `flex` is FlexAttention with a block mask that "
-                            "skips the tiles between documents (GPU only); `sdpa` a dense mask; `auto` flex on "
-                            "GPU, sdpa on the CPU.")
-    compile: bool = Field(False, description="torch.compile each transformer block (fuses norms, RoPE and SwiGLU; "
-                                             "the first steps are slower while it compiles).")
+        "auto",
+        description="Kernel of document-masked attention: `flex` is FlexAttention with a block mask that "
+        "skips the tiles between documents (GPU only); `sdpa` a dense mask; `auto` flex on "
+        "GPU, sdpa on the CPU.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile each transformer block (fuses norms, RoPE and SwiGLU; "
+        "the first steps are slower while it compiles).",
+    )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on GPU, gloo on CPU.")
 
     @field_validator("activation_checkpointing", mode="before")
@@ -117,8 +130,10 @@ class ParallelConfig(Section):
                 "ZeRO 0 or 1 only (it shards gradients itself); use zero_stage 1, or pp 1 for ZeRO-2/3"
             )
         if self.compile and self.zero_stage == 3:
-            raise ValueError("compile with zero_stage 3: ZeRO-3 gathers each layer's weights in module hooks "
-                             "that compiled blocks would bypass; use zero_stage 1 or 2 with compile")
+            raise ValueError(
+                "compile with zero_stage 3: ZeRO-3 gathers each layer's weights in module hooks "
+                "that compiled blocks would bypass; use zero_stage 1 or 2 with compile"
+            )
         return self
 
 
@@ -127,19 +142,28 @@ class TrackingConfig(Section):
 
     project: str = Field("crucible", min_length=1, description="W&B project and MLflow experiment.")
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
-        "offline", description="W&B without a network by default (`wandb sync` uploads later); WANDB_MODE, "
-                               "when set, wins.")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI: a server (http://...), a folder "
-                                                     "(file:...); default RUN/mlruns.")
+        "offline",
+        description="W&B without a network by default (`wandb sync` uploads later); WANDB_MODE, when set, wins.",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI: a server (http://...), a folder (file:...); default RUN/mlruns."
+    )
 
 
 class ShardCacheConfig(Section):
     """Where shards read from object storage (`--data s3://...`) are kept on this machine."""
 
-    folder: Path | None = Field(None, description="Cache folder, shared by runs and ranks (files are named by "
-                                                  "hash); default ~/.cache/crucible/shards.")
-    max_gb: float = Field(50.0, gt=0, description="Past this size the least recently used shards are evicted; "
-                                                  "training is fastest when the whole split fits.")
+    folder: Path | None = Field(
+        None,
+        description="Cache folder, shared by runs and ranks (files are named by "
+        "hash); default ~/.cache/crucible/shards.",
+    )
+    max_gb: float = Field(
+        50.0,
+        gt=0,
+        description="Past this size the least recently used shards are evicted; "
+        "training is fastest when the whole split fits.",
+    )
     download_threads: int = Field(8, ge=1, description="Shards downloaded at once, ahead of the loader.")
 
 
@@ -160,33 +184,48 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp8"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU. fp8: bf16 with the blocks' matmuls in FP8 (torchao, the "
-                            "`gpu` extra; GPUs of compute capability 8.9+, with parallel.compile); the embedding, "
-                            "norms and output head stay bf16.")
+        "auto",
+        description="auto: bf16 on GPU, fp32 on CPU. fp8: bf16 with the blocks' matmuls in FP8 (torchao, the "
+        "`gpu` extra; GPUs of compute capability 8.9+, with parallel.compile); the embedding, "
+        "norms and output head stay bf16.",
+    )
     fp8_scaling: Literal["tensorwise", "rowwise"] = Field(
-        "tensorwise", description="FP8 scale granularity: one per tensor (fastest) or one per row (closer to bf16; "
-                                  "compute capability 9.0+).")
+        "tensorwise",
+        description="FP8 scale granularity: one per tensor (fastest) or one per row (closer to bf16; "
+        "compute capability 9.0+).",
+    )
     log_interval: int = Field(1, ge=1)
     loggers: list[TrackerName] = Field(
         default_factory=lambda: list(DEFAULT_LOGGERS),
         description="Experiment trackers fed the metrics, config, prep stats and events (metrics.jsonl and "
-                    "events.jsonl are always written); wandb and mlflow need the `trackers` extra.")
+        "events.jsonl are always written); wandb and mlflow need the `trackers` extra.",
+    )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval_interval: int = Field(50, ge=1)
-    eval_batches: int = Field(2, ge=0, description="Validation global batches per evaluation; 0 trains "
-                              "without validation (no val_loss, and an empty validation split is fine).")
-    peak_tflops: float | None = Field(None, gt=0, description="Per-device peak for MFU; default measured on a GPU, "
-                                                             "none on a CPU (tokens/s only).")
+    eval_batches: int = Field(
+        2,
+        ge=0,
+        description="Validation global batches per evaluation; 0 trains "
+        "without validation (no val_loss, and an empty validation split is fine).",
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="Per-device peak for MFU; default measured on a GPU, none on a CPU (tokens/s only)."
+    )
     data_seed: int = Field(0, description="Seeds the loader's epoch order.")
-    mixture: MixtureConfig | None = Field(None, description="Token fractions of the shards' named sources, phases "
-                                                            "by step, a repetition cap; none: every row alike.")
+    mixture: MixtureConfig | None = Field(
+        None,
+        description="Token fractions of the shards' named sources, phases "
+        "by step, a repetition cap; none: every row alike.",
+    )
     shard_cache: ShardCacheConfig = Field(default_factory=ShardCacheConfig)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:
         if self.global_batch_size % self.micro_batch_size:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
-                             f"micro_batch_size {self.micro_batch_size}")
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of "
+                f"micro_batch_size {self.micro_batch_size}"
+            )
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
@@ -196,9 +235,11 @@ class TrainConfig(Section):
         default warmup on purpose."""
         if self.warmup_steps <= self.max_steps:
             return None
-        return (f"train.warmup_steps {self.warmup_steps} is longer than the run (train.max_steps {self.max_steps}): "
-                f"the learning rate never reaches train.lr {self.lr:g}; lower train.warmup_steps or raise "
-                f"train.max_steps")
+        return (
+            f"train.warmup_steps {self.warmup_steps} is longer than the run (train.max_steps {self.max_steps}): "
+            f"the learning rate never reaches train.lr {self.lr:g}; lower train.warmup_steps or raise "
+            f"train.max_steps"
+        )
 
 
 class CheckpointConfig(Section):
@@ -209,9 +250,12 @@ class CheckpointConfig(Section):
     keep_last: int = Field(3, ge=1, description="Keep the newest K checkpoints...")
     keep_every: int | None = Field(None, ge=1, description="...and every one whose step is a multiple of M, forever.")
     verify: bool = Field(True, description="Check every file's SHA-256 before loading.")
-    remote: str | None = Field(None, description="Also upload each checkpoint here (s3://bucket/prefix), in the "
-                                                 "background; `--resume auto` on a machine without them takes the "
-                                                 "newest complete one from there. keep_last/keep_every apply there too.")
+    remote: str | None = Field(
+        None,
+        description="Also upload each checkpoint here (s3://bucket/prefix), in the "
+        "background; `--resume auto` on a machine without them takes the "
+        "newest complete one from there. keep_last/keep_every apply there too.",
+    )
 
     @field_validator("remote")
     @classmethod
@@ -245,15 +289,19 @@ class RollbackConfig(Section):
 class PlanConfig(Section):
     """What `plan` assumes about the cluster and the run."""
 
-    gpus: int | None = Field(None, ge=1, description="GPUs in the run; DP = gpus / (tp * pp). Default: "
-                                                       "launch.nproc_per_node x launch.nnodes.")
+    gpus: int | None = Field(
+        None,
+        ge=1,
+        description="GPUs in the run; DP = gpus / (tp * pp). Default: launch.nproc_per_node x launch.nnodes.",
+    )
     gpu_memory_gb: float = Field(80.0, gt=0, description="Memory per GPU, for the fits/does-not-fit warning.")
     peak_tflops: float = Field(989.0, gt=0, description="Per-GPU dense bf16 peak (H100 SXM: 989).")
     mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilization assumed for the time estimate.")
     token_budget: float = Field(1e12, gt=0, description="Training tokens.")
     seq_len: int | None = Field(None, ge=1, description="Default: train.seq_len, else prep.pack.seq_len.")
-    vocab_size: int | None = Field(None, ge=2, description="Default: model.vocab_size, else the tokenizer's "
-                                                            "prep.tokenizer.vocab_size.")
+    vocab_size: int | None = Field(
+        None, ge=2, description="Default: model.vocab_size, else the tokenizer's prep.tokenizer.vocab_size."
+    )
     bf16: bool = True
 
 
@@ -266,19 +314,27 @@ class SamplesConfig(Section):
     temperature: float = Field(0.8, ge=0, description="0 picks the most likely token (greedy).")
     top_k: int | None = Field(50, ge=1)
     top_p: float | None = Field(0.95, gt=0, le=1)
-    seed: int = Field(0, description="Sampling seed; each prompt draws with its own, derived from this and its "
-                                     "place in the list (the same text on every rerun).")
+    seed: int = Field(
+        0,
+        description="Sampling seed; each prompt draws with its own, derived from this and its "
+        "place in the list (the same text on every rerun).",
+    )
 
 
 class EvalConfig(Section):
     """Task suites scored in the training loop; `eval` scores the same files on a checkpoint."""
 
-    tasks: list[Path] = Field(default_factory=list, description=(
-        "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm, "
-        "chance) or cloze {context, target} (acc, perplexity per word and per token); a task's name is its file's "
-        "stem."))
-    interval: int | None = Field(None, ge=1, description="Score them every N steps and at the last; "
-                                                         "default train.eval_interval.")
+    tasks: list[Path] = Field(
+        default_factory=list,
+        description=(
+            "Task files, JSONL or Parquet, one item a line: multiple choice {context, choices, gold} (acc, acc_norm, "
+            "chance) or cloze {context, target} (acc, perplexity per word and per token); a task's name is its file's "
+            "stem."
+        ),
+    )
+    interval: int | None = Field(
+        None, ge=1, description="Score them every N steps and at the last; default train.eval_interval."
+    )
     max_items: int | None = Field(None, ge=1, description="Score only the first N items of each task.")
 
 
@@ -303,8 +359,7 @@ def check_shapes(model: ModelConfig, parallel: ParallelConfig, world_size: int) 
     """Whether the model splits over TP and PP and the processes over TP x PP; returns the DP size."""
     tp, pp = parallel.tp, parallel.pp
     if world_size % (tp * pp):
-        raise LayoutError(f"world size {world_size} is not a multiple of tp*pp = {tp}*{pp}; "
-                          f"launch tp*pp*dp processes")
+        raise LayoutError(f"world size {world_size} is not a multiple of tp*pp = {tp}*{pp}; launch tp*pp*dp processes")
     if model.n_heads % tp or model.n_kv_heads % tp:
         raise LayoutError(f"n_heads {model.n_heads} and n_kv_heads {model.n_kv_heads} must be divisible by tp {tp}")
     if model.ffn_hidden % tp:
@@ -317,8 +372,10 @@ def check_shapes(model: ModelConfig, parallel: ParallelConfig, world_size: int) 
 def check_batch(train: TrainConfig, dp: int) -> None:
     """Whether a global batch splits into whole micro-batches on every data-parallel rank."""
     if train.global_batch_size % (train.micro_batch_size * dp):
-        raise LayoutError(f"global_batch_size {train.global_batch_size} is not divisible by "
-                          f"micro_batch_size {train.micro_batch_size} x dp {dp}")
+        raise LayoutError(
+            f"global_batch_size {train.global_batch_size} is not divisible by "
+            f"micro_batch_size {train.micro_batch_size} x dp {dp}"
+        )
 
 
 def check_layout(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, world_size: int) -> int:

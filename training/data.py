@@ -42,7 +42,9 @@ class Batch:
     positions: torch.Tensor
     segments: torch.Tensor
     rows: np.ndarray  # global row indices, for tests and for skipping data windows
-    per_token: dict[str, torch.Tensor] = field(default_factory=dict)  # the shards' further columns, aligned with targets
+    per_token: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # the shards' further columns, aligned with targets
 
 
 @dataclass
@@ -64,20 +66,31 @@ class PackedDataset:
     with `verify`, its SHA-256 compared the first time one of its rows is read, once per dataset.
     Shards on object storage (`remote`, with `folder` its local view) are read through `cache`."""
 
-    def __init__(self, folder: Path, split: str = "train", seq_len: int | None = None,
-                 tokenizer_sha256: str | None = None, verify: bool = True,
-                 manifest: ShardManifest | None = None, remote: str | None = None,
-                 cache: ShardCache | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        split: str = "train",
+        seq_len: int | None = None,
+        tokenizer_sha256: str | None = None,
+        verify: bool = True,
+        manifest: ShardManifest | None = None,
+        remote: str | None = None,
+        cache: ShardCache | None = None,
+    ) -> None:
         """`manifest`: the folder's manifest, when the caller has read it already."""
         self.folder, self.split = Path(folder), split
         self.remote, self.cache = remote, cache
         self.manifest = read_manifest(self.folder) if manifest is None else manifest
         if seq_len is not None and self.manifest.seq_len != seq_len:
-            raise ShardError(f"{manifest_path(self.folder)}: shards have seq_len {self.manifest.seq_len}, "
-                             f"the training config asks for {seq_len}")
+            raise ShardError(
+                f"{manifest_path(self.folder)}: shards have seq_len {self.manifest.seq_len}, "
+                f"the training config asks for {seq_len}"
+            )
         if tokenizer_sha256 is not None and self.manifest.tokenizer.sha256 != tokenizer_sha256:
-            raise ShardError(f"{manifest_path(self.folder)}: shards were made with another tokenizer "
-                             f"(sha256 {self.manifest.tokenizer.sha256[:12]}…, expected {tokenizer_sha256[:12]}…)")
+            raise ShardError(
+                f"{manifest_path(self.folder)}: shards were made with another tokenizer "
+                f"(sha256 {self.manifest.tokenizer.sha256[:12]}…, expected {tokenizer_sha256[:12]}…)"
+            )
         if split not in self.manifest.splits:
             raise ShardError(f"{self.folder}: no split {split!r} in the manifest")
         self.entries = self.manifest.splits[split].shards
@@ -108,8 +121,11 @@ class PackedDataset:
             table = open_shard(path, self.width, entry.sequences)
             tokens, starts = table.column("tokens").chunks, table.column("segment_starts").chunks
             bounds = np.cumsum([0, *(len(chunk) for chunk in tokens)])
-            per_token = {name: [chunk.values for chunk in table.column(name).chunks]
-                         for name in table.column_names if name not in ("tokens", "segment_starts")}
+            per_token = {
+                name: [chunk.values for chunk in table.column(name).chunks]
+                for name in table.column_names
+                if name not in ("tokens", "segment_starts")
+            }
             opened = self._shards[index] = Shard([chunk.values for chunk in tokens], starts, bounds, per_token)
         return opened
 
@@ -118,8 +134,9 @@ class PackedDataset:
         is still to be checked; shards the cache evicted to make room are closed."""
         if self.cache is None:
             return self.paths[index], self.verify
-        path, checked, evicted = self.cache.fetch(storage.join(self.remote, self.split, self.entries[index].file),
-                                                  self.entries[index])
+        path, checked, evicted = self.cache.fetch(
+            storage.join(self.remote, self.split, self.entries[index].file), self.entries[index]
+        )
         for number in [i for i in self._shards if self.entries[i].sha256 in evicted]:
             del self._shards[number]
         return path, self.verify and not checked
@@ -130,8 +147,13 @@ class PackedDataset:
             return
         numbers = np.searchsorted(self.offsets, indices, side="right") - 1
         _, first = np.unique(numbers, return_index=True)
-        self.cache.prefetch([(storage.join(self.remote, self.split, self.entries[i].file), self.entries[i])
-                             for i in numbers[np.sort(first)].tolist() if i not in self._shards])
+        self.cache.prefetch(
+            [
+                (storage.join(self.remote, self.split, self.entries[i].file), self.entries[i])
+                for i in numbers[np.sort(first)].tolist()
+                if i not in self._shards
+            ]
+        )
 
     def _locate(self, indices: np.ndarray) -> Iterator[tuple[int, Shard, int, int]]:
         """(slot, shard, record batch, row inside it) of each global row index."""
@@ -167,8 +189,13 @@ LOSS_MASK = "loss_mask"  # a per-token column: 1 where the token is a target the
 
 
 @contextmanager
-def open_split(location: storage.Location, split: str, seq_len: int | None, tokenizer_sha256: str | None,
-               cache_config: ShardCacheConfig) -> Iterator[PackedDataset]:
+def open_split(
+    location: storage.Location,
+    split: str,
+    seq_len: int | None,
+    tokenizer_sha256: str | None,
+    cache_config: ShardCacheConfig,
+) -> Iterator[PackedDataset]:
     """One split of a shards folder on disk, or of its s3:// URL read through a shard cache made for the
     purpose (closed when done)."""
     if not storage.is_remote(location):
@@ -176,14 +203,21 @@ def open_split(location: storage.Location, split: str, seq_len: int | None, toke
         return
     cache = ShardCache(cache_config)
     try:
-        yield PackedDataset(cache.view(str(location)), split, seq_len, tokenizer_sha256, remote=str(location),
-                            cache=cache)
+        yield PackedDataset(
+            cache.view(str(location)), split, seq_len, tokenizer_sha256, remote=str(location), cache=cache
+        )
     finally:
         cache.close()
 
 
-def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray, document_positions: bool = True,
-               per_token: dict[str, np.ndarray] | None = None, pad_id: int = 0) -> Batch:
+def make_batch(
+    rows: np.ndarray,
+    starts: list[np.ndarray],
+    indices: np.ndarray,
+    document_positions: bool = True,
+    per_token: dict[str, np.ndarray] | None = None,
+    pad_id: int = 0,
+) -> Batch:
     """Split rows into inputs and targets and derive per-token positions and segment ids.
 
     Positions restart at each document only with `document_positions` (model.document_masking):
@@ -214,23 +248,40 @@ def make_batch(rows: np.ndarray, starts: list[np.ndarray], indices: np.ndarray, 
 def too_few_rows(dataset: PackedDataset | SourceRows, rows_per_step: int) -> str:
     """Why a split cannot fill one global batch (what training and validation read per step), with the ways out."""
     validation = dataset.split == "val"
-    fixes = ("add data or raise prep.pack.val_fraction and prep again, lower train.global_batch_size, or set "
-             "train.eval_batches=0 to train without validation") if validation else \
-        "add data, or lower train.global_batch_size"
-    return (f"{dataset.folder}: the {'validation' if validation else dataset.split} split holds {len(dataset):,} "
-            f"rows, fewer than one global batch of {rows_per_step:,} (train.global_batch_size): {fixes}")
+    fixes = (
+        (
+            "add data or raise prep.pack.val_fraction and prep again, lower train.global_batch_size, or set "
+            "train.eval_batches=0 to train without validation"
+        )
+        if validation
+        else "add data, or lower train.global_batch_size"
+    )
+    return (
+        f"{dataset.folder}: the {'validation' if validation else dataset.split} split holds {len(dataset):,} "
+        f"rows, fewer than one global batch of {rows_per_step:,} (train.global_batch_size): {fixes}"
+    )
 
 
 class DistributedLoader:
     """Micro-batches of rank `dp_rank` of `dp_world`, resumable from `state_dict()`."""
 
-    def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int = 0, dp_world: int = 1,
-                 seed: int = 0, rows_per_step: int | None = None, document_positions: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        micro_batch: int,
+        dp_rank: int = 0,
+        dp_world: int = 1,
+        seed: int = 0,
+        rows_per_step: int | None = None,
+        document_positions: bool = True,
+    ) -> None:
         if not 0 <= dp_rank < dp_world:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         self.rows_per_step = rows_per_step or micro_batch * dp_world
         if self.rows_per_step % (micro_batch * dp_world):
-            raise ValueError(f"rows_per_step {self.rows_per_step} is not a multiple of {dp_world} ranks x {micro_batch}")
+            raise ValueError(
+                f"rows_per_step {self.rows_per_step} is not a multiple of {dp_world} ranks x {micro_batch}"
+            )
         if len(dataset) < self.rows_per_step:
             raise ShardError(too_few_rows(dataset, self.rows_per_step))
         self.dataset, self.micro_batch = dataset, micro_batch
@@ -252,9 +303,11 @@ class DistributedLoader:
         if at_step_start and self.position + self.rows_per_step > len(self.dataset):
             self.epoch, self.position = self.epoch + 1, 0  # the tail too short for a step is skipped
         if at_step_start:
-            self.dataset.prefetch(self.order(self.epoch)[self.position:self.position + PREFETCH_STEPS * self.rows_per_step])
+            self.dataset.prefetch(
+                self.order(self.epoch)[self.position : self.position + PREFETCH_STEPS * self.rows_per_step]
+            )
         start = self.position + self.dp_rank * self.micro_batch
-        indices = self.order(self.epoch)[start:start + self.micro_batch]
+        indices = self.order(self.epoch)[start : start + self.micro_batch]
         self.position += span
         return self.dataset.batch(indices, self.document_positions)
 
@@ -263,15 +316,22 @@ class DistributedLoader:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "rows": len(self.dataset), "manifest_sha256": manifest_hash(self.dataset.folder)}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "rows": len(self.dataset),
+            "manifest_sha256": manifest_hash(self.dataset.folder),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "drawn" in state:
             raise ShardError("the checkpoint's loader state is from a run with train.mixture; set it again to resume")
         if state["rows"] != len(self.dataset) or state["seed"] != self.seed:
-            raise ShardError(f"loader state was saved for {state['rows']} rows and seed {state['seed']}, "
-                             f"this dataset has {len(self.dataset)} rows and seed {self.seed}")
+            raise ShardError(
+                f"loader state was saved for {state['rows']} rows and seed {state['seed']}, "
+                f"this dataset has {len(self.dataset)} rows and seed {self.seed}"
+            )
         self.epoch, self.position = state["epoch"], state["position"]
 
 
@@ -291,14 +351,19 @@ def tagged_names(dataset: PackedDataset) -> list[str]:
 
 def source_members(dataset: PackedDataset, name: str) -> np.ndarray:
     """The global row indices of `name`, a source or a source/language (its shards' rows, in shard order)."""
-    spans = [np.arange(a, b) for a, b, source, unit in zip(dataset.offsets[:-1], dataset.offsets[1:],
-                                                          dataset.shard_sources, shard_units(dataset))
-             if name in (source, unit)]
+    spans = [
+        np.arange(a, b)
+        for a, b, source, unit in zip(
+            dataset.offsets[:-1], dataset.offsets[1:], dataset.shard_sources, shard_units(dataset)
+        )
+        if name in (source, unit)
+    ]
     return np.concatenate([*spans, np.zeros(0, np.int64)])
 
 
-UNTAGGED = ("train.mixture needs shards tagged by source or language; run prep with prep.sources or "
-            "prep.pack.split_by_language")
+UNTAGGED = (
+    "train.mixture needs shards tagged by source or language; run prep with prep.sources or prep.pack.split_by_language"
+)
 
 
 class MixingLoader:
@@ -313,8 +378,17 @@ class MixingLoader:
 
     BLOCK_STEPS = 256
 
-    def __init__(self, dataset: PackedDataset, micro_batch: int, dp_rank: int, dp_world: int, seed: int,
-                 rows_per_step: int, schedule: Schedule, document_positions: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        micro_batch: int,
+        dp_rank: int,
+        dp_world: int,
+        seed: int,
+        rows_per_step: int,
+        schedule: Schedule,
+        document_positions: bool = True,
+    ) -> None:
         if not 0 <= dp_rank < dp_world:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_world})")
         if rows_per_step % (micro_batch * dp_world):
@@ -369,9 +443,9 @@ class MixingLoader:
             self._draw_block()
             offset = 0
         if self.position % self.rows_per_step == 0:
-            self.dataset.prefetch(self._block_rows[offset:offset + PREFETCH_STEPS * self.rows_per_step])
+            self.dataset.prefetch(self._block_rows[offset : offset + PREFETCH_STEPS * self.rows_per_step])
         start = offset + self.dp_rank * self.micro_batch
-        indices = self._block_rows[start:start + self.micro_batch]
+        indices = self._block_rows[start : start + self.micro_batch]
         self.position += self.micro_batch * self.dp_world
         if self.position % self.rows_per_step == 0:
             self.drawn = self._block_drawn[(self.position - self._block_start) // self.rows_per_step - 1]
@@ -383,8 +457,9 @@ class MixingLoader:
         counts = np.zeros(len(self.tokens), dtype=np.int64)
         for batch in batches:
             sources = self.shard_source[np.searchsorted(self.dataset.offsets, batch.rows, side="right") - 1]
-            counts += np.bincount(sources, weights=(batch.targets != pad_id).sum(1).numpy(),
-                                  minlength=len(counts)).astype(np.int64)
+            counts += np.bincount(
+                sources, weights=(batch.targets != pad_id).sum(1).numpy(), minlength=len(counts)
+            ).astype(np.int64)
         return counts
 
     def add_tokens(self, counts: np.ndarray) -> None:
@@ -394,26 +469,40 @@ class MixingLoader:
         """Real tokens drawn so far per source (padding left out, as in `tokens`) and the target fractions
         of the last step drawn, for metrics.jsonl."""
         weights = self.schedule.weights[self.schedule.phase(max(0, self.position - 1) // self.rows_per_step)]
-        return {key: value
-                for name, tokens, weight in zip(self.schedule.sources, self.tokens.tolist(), weights.tolist())
-                for key, value in ((f"mix/{name}/tokens", tokens), (f"mix/{name}/target", weight))}
+        return {
+            key: value
+            for name, tokens, weight in zip(self.schedule.sources, self.tokens.tolist(), weights.tolist())
+            for key, value in ((f"mix/{name}/tokens", tokens), (f"mix/{name}/target", weight))
+        }
 
     def state_dict(self) -> dict[str, Any]:
         if self.position % self.rows_per_step:
             raise RuntimeError("the mixing loader's state is taken between steps only")
-        return {"position": self.position, "drawn": dict(zip(self.schedule.sources, self.drawn.tolist())),
-                "tokens": dict(zip(self.schedule.sources, self.tokens.tolist())),
-                "seed": self.seed, "rows": len(self.dataset), "manifest_sha256": manifest_hash(self.dataset.folder)}
+        return {
+            "position": self.position,
+            "drawn": dict(zip(self.schedule.sources, self.drawn.tolist())),
+            "tokens": dict(zip(self.schedule.sources, self.tokens.tolist())),
+            "seed": self.seed,
+            "rows": len(self.dataset),
+            "manifest_sha256": manifest_hash(self.dataset.folder),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "drawn" not in state:
-            raise ShardError("the checkpoint's loader state is from a run without train.mixture; resume without it "
-                             "or start a fresh run (--resume none)")
-        if state["rows"] != len(self.dataset) or state["seed"] != self.seed or \
-                sorted(state["drawn"]) != sorted(self.schedule.sources):
-            raise ShardError(f"loader state was saved for {state['rows']} rows, seed {state['seed']} and sources "
-                             f"{sorted(state['drawn'])}; this run has {len(self.dataset)} rows, seed {self.seed} and "
-                             f"sources {sorted(self.schedule.sources)}")
+            raise ShardError(
+                "the checkpoint's loader state is from a run without train.mixture; resume without it "
+                "or start a fresh run (--resume none)"
+            )
+        if (
+            state["rows"] != len(self.dataset)
+            or state["seed"] != self.seed
+            or sorted(state["drawn"]) != sorted(self.schedule.sources)
+        ):
+            raise ShardError(
+                f"loader state was saved for {state['rows']} rows, seed {state['seed']} and sources "
+                f"{sorted(state['drawn'])}; this run has {len(self.dataset)} rows, seed {self.seed} and "
+                f"sources {sorted(self.schedule.sources)}"
+            )
         self.position = state["position"]
         self.drawn = np.array([state["drawn"][name] for name in self.schedule.sources], dtype=np.int64)
         # Checkpoints saved before real tokens were counted hold rows only: full rows is what they logged.
@@ -438,8 +527,13 @@ class SourceRows:
         self.dataset.prefetch(self.members[indices])
 
     def batch(self, indices: np.ndarray, document_positions: bool = True) -> Batch:
-        return make_batch(*self.rows(indices), indices, document_positions,
-                          self.dataset.per_token(self.members[indices]), self.dataset.pad_id)
+        return make_batch(
+            *self.rows(indices),
+            indices,
+            document_positions,
+            self.dataset.per_token(self.members[indices]),
+            self.dataset.pad_id,
+        )
 
 
 def source_views(dataset: PackedDataset, min_rows: int) -> dict[str, SourceRows]:
@@ -473,16 +567,36 @@ def build_loader(dataset: PackedDataset, config: Any, dp_rank: int, dp_world: in
     """The training loader `config.train` asks for: plain, or mixing sources with the repetition cap checked."""
     train, document_positions = config.train, config.model.document_masking
     if train.mixture is None:
-        return DistributedLoader(dataset, train.micro_batch_size, dp_rank, dp_world, seed=train.data_seed,
-                                 rows_per_step=train.global_batch_size, document_positions=document_positions)
+        return DistributedLoader(
+            dataset,
+            train.micro_batch_size,
+            dp_rank,
+            dp_world,
+            seed=train.data_seed,
+            rows_per_step=train.global_batch_size,
+            document_positions=document_positions,
+        )
     rows, tokens = source_sizes(dataset.manifest)
     if not rows:
         raise ShardError(f"{dataset.folder}: {UNTAGGED}")
     schedule = mixture.resolve(train.mixture, tokens, train.max_steps, train.data_seed)
-    loader = MixingLoader(dataset, train.micro_batch_size, dp_rank, dp_world, train.data_seed,
-                          train.global_batch_size, schedule, document_positions)
-    mixture.check_repetition(schedule, loader.source_rows(), mixture.caps(train.mixture, schedule.sources),
-                             train.max_steps, train.global_batch_size)
+    loader = MixingLoader(
+        dataset,
+        train.micro_batch_size,
+        dp_rank,
+        dp_world,
+        train.data_seed,
+        train.global_batch_size,
+        schedule,
+        document_positions,
+    )
+    mixture.check_repetition(
+        schedule,
+        loader.source_rows(),
+        mixture.caps(train.mixture, schedule.sources),
+        train.max_steps,
+        train.global_batch_size,
+    )
     return loader
 
 

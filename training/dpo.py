@@ -38,6 +38,7 @@ TERMS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewar
 
 # -- the data ------------------------------------------------------------------------------------
 
+
 def reply(value: Any, field: str) -> Messages:
     """A chosen or rejected reply: an assistant message, a list of messages, or text (the assistant's)."""
     if value is None:
@@ -65,8 +66,9 @@ def encode_pair(codec: ChatCodec, record: dict[str, Any]) -> tuple[list[int], li
     return ids, side, len(prompt) + len(codec.encode(chosen)[0])
 
 
-def read_preferences(path: Path, codec: ChatCodec, settings: DPOConfig, seq_len: int
-                     ) -> tuple[Ledger, dict[str, list[tuple[list[int], list[int], int]]]]:
+def read_preferences(
+    path: Path, codec: ChatCodec, settings: DPOConfig, seq_len: int
+) -> tuple[Ledger, dict[str, list[tuple[list[int], list[int], int]]]]:
     """The usable pairs of a preference file per split, and the ledger of every record."""
     ledger = Ledger()
     splits: dict[str, list[tuple[list[int], list[int], int]]] = {"train": [], "val": []}
@@ -74,8 +76,9 @@ def read_preferences(path: Path, codec: ChatCodec, settings: DPOConfig, seq_len:
         try:
             pair = encode_pair(codec, record)
             if len(pair[0]) > seq_len + 1:
-                raise Rejection("too_long", f"prompt twice and both replies make {len(pair[0])} tokens; a row holds "
-                                            f"{seq_len + 1}")
+                raise Rejection(
+                    "too_long", f"prompt twice and both replies make {len(pair[0])} tokens; a row holds {seq_len + 1}"
+                )
         except Rejection as why:
             ledger.reject(line, raw, why)
             continue
@@ -91,18 +94,20 @@ def pair_rows(pairs: list[tuple[list[int], list[int], int]], seq_len: int, pad_i
     side = np.zeros((len(pairs), seq_len + 1), dtype=np.uint8)
     for row, index in enumerate(order):
         ids, marks, _ = pairs[index]
-        tokens[row, :len(ids)], side[row, :len(marks)] = ids, marks
+        tokens[row, : len(ids)], side[row, : len(marks)] = ids, marks
     starts = [np.array([0, pairs[index][2]], dtype=np.int32) for index in order]
     return tokens, starts, side, len(pairs), int(sum(len(p[0]) for p in pairs))
 
 
-def build_dpo_data(folder: Path, prefs: Path, base: Path, tokenizer_file: Path, settings: DPOConfig,
-                   seq_len: int) -> None:
+def build_dpo_data(
+    folder: Path, prefs: Path, base: Path, tokenizer_file: Path, settings: DPOConfig, seq_len: int
+) -> None:
     """RUN/data of a DPO run: each pair a row (chosen, then rejected), with which side each token is on."""
     build_data(folder, prefs, base, tokenizer_file, settings, seq_len, read_preferences, pair_rows, SIDE)
 
 
 # -- the loss ------------------------------------------------------------------------------------
+
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     """[rows, 2]: the summed log-probabilities of each row's chosen and rejected reply, from vocab-parallel logits."""
@@ -115,27 +120,38 @@ def dpo_terms(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> dic
     """Per pair: the sigmoid DPO loss, the implicit rewards beta * log(policy / reference) of both replies,
     their margin, and whether the chosen reply's reward is the higher (preference accuracy)."""
     chosen, rejected = beta * (policy[:, 0] - reference[:, 0]), beta * (policy[:, 1] - reference[:, 1])
-    return {"loss": -F.logsigmoid(chosen - rejected), "rewards/chosen": chosen, "rewards/rejected": rejected,
-            "rewards/margins": chosen - rejected, "rewards/accuracy": (chosen > rejected).float()}
+    return {
+        "loss": -F.logsigmoid(chosen - rejected),
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": chosen - rejected,
+        "rewards/accuracy": (chosen > rejected).float(),
+    }
 
 
 class DPOTrainer(Trainer):
     """The Trainer with DPO's loss over pairs, the reference log-probabilities read from RUN/data/reference
     (computed there before the first step), and the reward terms in every step's and validation's record."""
 
-    def __init__(self, config: Any, data_dir: Path, run_dir: Path, world_size: int, resume: str,
-                 initial_weights: Any) -> None:
+    def __init__(
+        self, config: Any, data_dir: Path, run_dir: Path, world_size: int, resume: str, initial_weights: Any
+    ) -> None:
         if config.parallel.pp > 1:  # the pair loss and the reference scoring call the whole model's forward
-            raise UserError("dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
-                            "(parallel.tp, more processes) and ZeRO")
+            raise UserError(
+                "dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
+                "(parallel.tp, more processes) and ZeRO"
+            )
         self.beta = config.post.dpo.beta
         self.sums = torch.zeros(len(TERMS), dtype=torch.float64)  # the terms summed over this rank's pairs
         super().__init__(config, data_dir, run_dir, world_size, resume, initial_weights)
 
     def _set_up(self, vocab: int, resume: str) -> None:
         super()._set_up(vocab, resume)
-        self.reference = {split: self._reference(split, data) for split, data in
-                          (("train", self.train_data), ("val", self.val_data)) if len(data)}
+        self.reference = {
+            split: self._reference(split, data)
+            for split, data in (("train", self.train_data), ("val", self.val_data))
+            if len(data)
+        }
         self.current = self.reference["train"]  # the split the batches being drawn come from
 
     def _reference(self, split: str, data: Any) -> torch.Tensor:
@@ -143,8 +159,10 @@ class DPOTrainer(Trainer):
         path = self.data_dir.parent / REFERENCE / f"{split}.npy"
         if not path.exists():
             if self.step:
-                raise UserError(f"{path} is missing: the reference log-probabilities of this run are lost; start a "
-                                f"new run (--output) from the same checkpoint")
+                raise UserError(
+                    f"{path} is missing: the reference log-probabilities of this run are lost; start a "
+                    f"new run (--output) from the same checkpoint"
+                )
             self._score(data, path)
         return torch.from_numpy(np.load(path))
 
@@ -158,8 +176,9 @@ class DPOTrainer(Trainer):
         for start in range(self.layout.dp_rank * micro, len(data), micro * self.dp):
             batch = data.batch(np.arange(start, min(start + micro, len(data))), self.config.model.document_masking)
             logits = self.engine(batch.inputs.to(device), batch.positions.to(device), batch.segments.to(device))
-            scores[start:start + len(batch.rows)] = sequence_logps(logits, batch.targets.to(device),
-                                                                   batch.per_token[SIDE].to(device)).double()
+            scores[start : start + len(batch.rows)] = sequence_logps(
+                logits, batch.targets.to(device), batch.per_token[SIDE].to(device)
+            ).double()
         self.engine.train()
         summed = self._dp_sum(scores).cpu().numpy()
         if self.layout.rank == 0:
@@ -171,7 +190,11 @@ class DPOTrainer(Trainer):
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], Any]:
         inputs, targets = super()._to_device(batch)
         device = self.layout.device
-        return inputs, (targets, batch.per_token[SIDE].to(device), self.current[torch.from_numpy(batch.rows)].to(device))
+        return inputs, (
+            targets,
+            batch.per_token[SIDE].to(device),
+            self.current[torch.from_numpy(batch.rows)].to(device),
+        )
 
     def _token_weighted(self, batches: list[tuple[tuple[torch.Tensor, ...], Any]]) -> tuple[list[Any], int]:
         """Each micro-batch's loss is its pairs' sum over the micro-batch size: the engine's mean over micro-batches
@@ -183,8 +206,7 @@ class DPOTrainer(Trainer):
     def micro_loss(self, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
         targets, side, reference, denominator = labels
         assert self.engine is not None  # set up before any step
-        terms = dpo_terms(sequence_logps(self.engine(*inputs), targets, side), reference.to(torch.float32),
-                          self.beta)
+        terms = dpo_terms(sequence_logps(self.engine(*inputs), targets, side), reference.to(torch.float32), self.beta)
         self.sums += torch.stack([terms[name].detach().double().sum().cpu() for name in TERMS])
         return terms["loss"].sum() / denominator
 

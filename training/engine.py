@@ -37,8 +37,16 @@ from training import parallel
 from training.checkpoint import Checkpointer, CheckpointInfo
 from training.checkpoint_meta import CheckpointMeta, SavedConfig, SavedLayout
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
-from training.data import (Batch, DistributedLoader, MixingLoader, PackedDataset, SourceRows, build_loader,
-                           manifest_hash, source_views)
+from training.data import (
+    Batch,
+    DistributedLoader,
+    MixingLoader,
+    PackedDataset,
+    SourceRows,
+    build_loader,
+    manifest_hash,
+    source_views,
+)
 from training.fp8 import check_fp8
 from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
@@ -103,8 +111,15 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
 
 
 class Trainer:
-    def __init__(self, config: TrainingConfig, data_dir: storage.Location, run_dir: Path, world_size: int,
-                 resume: str = "auto", initial_weights: Callable[[torch.nn.Module], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        data_dir: storage.Location,
+        run_dir: Path,
+        world_size: int,
+        resume: str = "auto",
+        initial_weights: Callable[[torch.nn.Module], None] | None = None,
+    ) -> None:
         """`data_dir`: a shards folder, or its `s3://` URL (then read through the local shard cache).
         `initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
         self.config, self.run_dir, self.data_location = config, Path(run_dir), data_dir
@@ -116,21 +131,26 @@ class Trainer:
         tokenizer = manifest.tokenizer
         self.seq_len = manifest.seq_len
         if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
-            raise ShardError(f"{manifest_path(self.data_dir)}: shards hold seq_len {self.seq_len}, "
-                             f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it")
+            raise ShardError(
+                f"{manifest_path(self.data_dir)}: shards hold seq_len {self.seq_len}, "
+                f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it"
+            )
         check_splits(manifest, self.data_dir, needs_validation=train_cfg.eval_batches > 0)
         vocab = model_cfg.vocab_size or tokenizer.vocab_size
         if vocab < tokenizer.vocab_size:
             raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
         self.pad_id = tokenizer.pad_id
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
-        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer.file, tokenizer.eod_id,
-                                          self.seq_len)
+        self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer.file, tokenizer.eod_id, self.seq_len)
         self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
         check_installed(train_cfg.loggers)
         if train_cfg.precision == "fp8":
-            check_fp8(model_cfg, parallel_cfg, train_cfg.fp8_scaling,
-                      torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            check_fp8(
+                model_cfg,
+                parallel_cfg,
+                train_cfg.fp8_scaling,
+                torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+            )
         self.layout = parallel.init_distributed(parallel_cfg)
         self.folder_lock = hold_run_folder(self.run_dir, self.layout.rank, self.layout.world)
         try:
@@ -150,10 +170,18 @@ class Trainer:
 
         tokenizer_sha = file_sha256(self.data_dir / tokenizer.file)
         remote = self.data_location if self.shard_cache else None
-        self.train_data = PackedDataset(self.data_dir, "train", self.seq_len, tokenizer_sha, manifest=manifest,
-                                        remote=remote, cache=self.shard_cache)
-        self.val_data = PackedDataset(self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest,
-                                      remote=remote, cache=self.shard_cache)
+        self.train_data = PackedDataset(
+            self.data_dir,
+            "train",
+            self.seq_len,
+            tokenizer_sha,
+            manifest=manifest,
+            remote=remote,
+            cache=self.shard_cache,
+        )
+        self.val_data = PackedDataset(
+            self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest, remote=remote, cache=self.shard_cache
+        )
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self.val_sources: dict[str, SourceRows] = {}
         if train_cfg.eval_batches:
@@ -164,8 +192,14 @@ class Trainer:
         self.mfu_trusted = self.peak_flops is not None  # False once MFU came out above 100%
 
         is_rank0 = self.layout.rank == 0
-        trackers = Trackers(self.run_dir, train_cfg.loggers, train_cfg.tracking, config.model_dump(mode="json"),
-                            prep_stats_of(self.data_dir), enabled=is_rank0)
+        trackers = Trackers(
+            self.run_dir,
+            train_cfg.loggers,
+            train_cfg.tracking,
+            config.model_dump(mode="json"),
+            prep_stats_of(self.data_dir),
+            enabled=is_rank0,
+        )
         self.metrics = MetricsLog(self.run_dir, enabled=is_rank0, trackers=trackers)
         self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank, self.events)
@@ -189,8 +223,15 @@ class Trainer:
         self.engine = None
         gc.collect()
         cfg = self.config
-        model = parallel.build_model(cfg.model, cfg.parallel, self.layout, self.vocab, self.pad_id, self.dtype,
-                                     cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None)
+        model = parallel.build_model(
+            cfg.model,
+            cfg.parallel,
+            self.layout,
+            self.vocab,
+            self.pad_id,
+            self.dtype,
+            cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None,
+        )
         if seeded_init and self.initial_weights is not None:
             self.initial_weights(model)
         elif seeded_init:
@@ -200,37 +241,48 @@ class Trainer:
         optimizer, self.scheduler = build_optimizer(model, cfg.train)
         if cfg.parallel.pp > 1:
             parallel.check_stage_groups(optimizer, cfg.parallel, self.layout)
-        ds_config = parallel.deepspeed_config(cfg.train, cfg.parallel, self.layout, self.dtype == torch.bfloat16,
-                                              load_universal)
+        ds_config = parallel.deepspeed_config(
+            cfg.train, cfg.parallel, self.layout, self.dtype == torch.bfloat16, load_universal
+        )
         self.grad_accum = ds_config["gradient_accumulation_steps"]
         self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, cfg.parallel)
 
     def _layout_changed(self, info: CheckpointInfo) -> bool:
         saved = info.meta.layout  # None: saved before layouts were recorded, loaded through the universal form
         return saved is None or (saved.tp, saved.pp, saved.dp, saved.zero_stage) != (
-            self.layout.tp, self.layout.pp, self.dp, self.config.parallel.zero_stage)
+            self.layout.tp,
+            self.layout.pp,
+            self.dp,
+            self.config.parallel.zero_stage,
+        )
 
     def _check_compatible(self, info: CheckpointInfo) -> None:
         changed = model_changes(info.meta, self.config.model.model_dump(mode="json"))
         if changed:
-            raise UserError(f"checkpoint {info.path} holds another model than this run's ({changed}): resume "
-                            f"it with the model settings it was trained with, or start over (--resume none)")
+            raise UserError(
+                f"checkpoint {info.path} holds another model than this run's ({changed}): resume "
+                f"it with the model settings it was trained with, or start over (--resume none)"
+            )
         saved = info.meta.layout
         if saved is not None and (saved.tp, saved.pp) != (self.layout.tp, self.layout.pp):
             raise UserError(
                 f"checkpoint {info.path} was saved with tp={saved.tp}, pp={saved.pp}; this run has "
                 f"tp={self.layout.tp}, pp={self.layout.pp}. Resume with the same tp and pp (dp and the ZeRO "
-                f"stage may change), or start a fresh run (--resume none)")
+                f"stage may change), or start a fresh run (--resume none)"
+            )
         if info.meta.manifest_sha256 != self.manifest_sha256:
-            raise UserError(f"checkpoint {info.path} was trained on other shards (manifest hash differs "
-                            f"from {manifest_path(self.data_dir)})")
+            raise UserError(
+                f"checkpoint {info.path} was trained on other shards (manifest hash differs "
+                f"from {manifest_path(self.data_dir)})"
+            )
 
     def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
         self.checkpointer.load(self.engine, info, universal)
         self.step, self.rollbacks, self.tokens = info.step, info.meta.rollbacks, info.meta.tokens
         self.loader.load_state_dict(info.meta.loader)
-        self.events.log({"event": "resume", "step": info.step, "checkpoint": info.path.name,
-                         "universal": universal is not None})
+        self.events.log(
+            {"event": "resume", "step": info.step, "checkpoint": info.path.name, "universal": universal is not None}
+        )
         if self.layout.rank == 0:
             print(f"resumed from {info.path} at step {info.step}", flush=True)
 
@@ -264,8 +316,9 @@ class Trainer:
     def _dp_mean(self, value: torch.Tensor) -> float:
         return float(self._dp_sum(value) / self.dp)
 
-    def _token_weighted(self, batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
-                        ) -> tuple[list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]], int]:
+    def _token_weighted(
+        self, batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+    ) -> tuple[list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]], int]:
         """Each micro-batch with its loss denominator, and the valid targets of the global batch.
 
         The engine averages micro-batch losses over the micro-batches of a rank and over DP
@@ -303,13 +356,20 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         self.step += 1
         self.tokens += tokens
-        return StepResult(self.step, loss, None if grad_norm is None else float(grad_norm), lr,
-                          time.perf_counter() - started, tokens)
+        return StepResult(
+            self.step, loss, None if grad_norm is None else float(grad_norm), lr, time.perf_counter() - started, tokens
+        )
 
     def _val_loader(self, data: PackedDataset | SourceRows | None = None) -> DistributedLoader:
-        return DistributedLoader(data or self.val_data, self.config.train.micro_batch_size, self.layout.dp_rank, self.dp,
-                                 seed=0, rows_per_step=self.config.train.global_batch_size,
-                                 document_positions=self.config.model.document_masking)
+        return DistributedLoader(
+            data or self.val_data,
+            self.config.train.micro_batch_size,
+            self.layout.dp_rank,
+            self.dp,
+            seed=0,
+            rows_per_step=self.config.train.global_batch_size,
+            document_positions=self.config.model.document_masking,
+        )
 
     @torch.no_grad()
     def evaluate(self, data: SourceRows | None = None) -> float:
@@ -329,16 +389,22 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """The validation metrics of an eval interval: `val_loss`, overall and per source."""
-        return {"val_loss": self.evaluate()} | {f"val_loss/{name}": self.evaluate(rows)
-                                                for name, rows in self.val_sources.items()}
+        return {"val_loss": self.evaluate()} | {
+            f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()
+        }
 
-    def _logits(self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor | None:
+    def _logits(
+        self, inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
         """Vocab-parallel logits of one micro-batch; None on pipeline stages other than the last."""
         if self.config.parallel.pp > 1:  # the loss is computed and dropped: the engine adds it to its running total
             labels = (targets, torch.ones((), device=targets.device))
-            _, logits = self.engine.eval_batch(iter([((inputs, positions, segments), labels)]), return_logits=True,
-                                               bcast_loss=False, num_micro_batches=1)
+            _, logits = self.engine.eval_batch(
+                iter([((inputs, positions, segments), labels)]),
+                return_logits=True,
+                bcast_loss=False,
+                num_micro_batches=1,
+            )
             return logits if self.engine.is_last_stage() else None
         return self.engine(inputs, positions, segments)
 
@@ -348,13 +414,22 @@ class Trainer:
         started = time.perf_counter()
         self.engine.eval()
         flat = [pair for pairs in self.task_requests for pair in pairs]
-        scores = score(self._logits, flat, self.seq_len, self.config.train.micro_batch_size, self.pad_id,
-                       self.layout.device, self.layout.dp_rank, self.dp, not self.config.model.document_masking)
+        scores = score(
+            self._logits,
+            flat,
+            self.seq_len,
+            self.config.train.micro_batch_size,
+            self.pad_id,
+            self.layout.device,
+            self.layout.dp_rank,
+            self.dp,
+            not self.config.model.document_masking,
+        )
         self.engine.train()
         record: dict[str, float] = {}
         for task, pairs in zip(self.tasks, self.task_requests):
-            results = metrics(task, scores[:len(pairs)], pairs)
-            scores = scores[len(pairs):]
+            results = metrics(task, scores[: len(pairs)], pairs)
+            scores = scores[len(pairs) :]
             record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
         return record | {"eval_seconds": time.perf_counter() - started}
 
@@ -363,16 +438,24 @@ class Trainer:
     def make_record(self, result: StepResult) -> dict[str, Any]:
         """`tokens`, `tokens_per_s` and MFU count valid targets only: padding is neither learned nor credited."""
         tokens_per_s = result.tokens / result.seconds
-        return {"step": result.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                "tokens_per_s": tokens_per_s, "mfu": self._mfu(tokens_per_s),
-                "peak_tflops": None if self.peak_flops is None else self.peak_flops / 1e12,
-                "step_seconds": result.seconds, "tokens": self.tokens} | self.loader.metrics()
+        return {
+            "step": result.step,
+            "loss": result.loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self._mfu(tokens_per_s),
+            "peak_tflops": None if self.peak_flops is None else self.peak_flops / 1e12,
+            "step_seconds": result.seconds,
+            "tokens": self.tokens,
+        } | self.loader.metrics()
 
     def _mfu(self, tokens_per_s: float) -> float | None:
         """MFU, or None without a peak and from the first step above 100% on (the peak read low, so
         no figure against it can be trusted); that step says why once."""
-        value = mfu(tokens_per_s, self.flops_per_token, self.peak_flops if self.mfu_trusted else None,
-                    self.layout.world)
+        value = mfu(
+            tokens_per_s, self.flops_per_token, self.peak_flops if self.mfu_trusted else None, self.layout.world
+        )
         if value is not None and value > 1:
             self.mfu_trusted, value = False, None
             if self.layout.rank == 0:
@@ -387,22 +470,35 @@ class Trainer:
             extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
             extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
-            print(f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
-                  f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
-                  + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"), flush=True)
+            print(
+                f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
+                f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
+                + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"),
+                flush=True,
+            )
 
     def save(self, reason: str) -> Path:
         config = self.config
         meta = CheckpointMeta(
-            step=self.step, loader=self.loader.state_dict(), tokens=self.tokens,
+            step=self.step,
+            loader=self.loader.state_dict(),
+            tokens=self.tokens,
             # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
-            healthy=True, rollbacks=self.rollbacks, reason=reason,
+            healthy=True,
+            rollbacks=self.rollbacks,
+            reason=reason,
             layout=SavedLayout(tp=self.layout.tp, pp=self.layout.pp, dp=self.dp, zero_stage=config.parallel.zero_stage),
-            manifest_sha256=self.manifest_sha256, data_dir=self.data_source(), seq_len=self.seq_len,
+            manifest_sha256=self.manifest_sha256,
+            data_dir=self.data_source(),
+            seq_len=self.seq_len,
             tokenizer=self.manifest.tokenizer,  # its file, hash and special-token ids, for generate and export
-            config=SavedConfig(model=config.model.model_dump(mode="json"), parallel=config.parallel.model_dump(mode="json"),
-                               train=config.train.model_dump(mode="json"), vocab_padded=self.vocab,
-                               samples=config.samples.model_dump(mode="json")),  # generate's and export's defaults
+            config=SavedConfig(
+                model=config.model.model_dump(mode="json"),
+                parallel=config.parallel.model_dump(mode="json"),
+                train=config.train.model_dump(mode="json"),
+                vocab_padded=self.vocab,
+                samples=config.samples.model_dump(mode="json"),
+            ),  # generate's and export's defaults
         )
         path = self.checkpointer.save(self.engine, self.step, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
@@ -422,14 +518,25 @@ class Trainer:
         target = self.checkpointer.last_healthy(anomaly.step - 1, self.events)
         if target is None:
             if anomaly.reason.startswith("nonfinite"):
-                raise RuntimeError(f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back "
-                                   f"to; lower checkpoint.interval")
-            self.events.log({"event": "anomaly_ignored", "step": anomaly.step, "reason": anomaly.reason,
-                             "value": anomaly.value, "why": "no checkpoint to roll back to yet"})
+                raise RuntimeError(
+                    f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back "
+                    f"to; lower checkpoint.interval"
+                )
+            self.events.log(
+                {
+                    "event": "anomaly_ignored",
+                    "step": anomaly.step,
+                    "reason": anomaly.reason,
+                    "value": anomaly.value,
+                    "why": "no checkpoint to roll back to yet",
+                }
+            )
             return False
         if self.rollbacks >= self.config.rollback.max_rollbacks:
-            raise RuntimeError(f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
-                               f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})")
+            raise RuntimeError(
+                f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
+                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})"
+            )
         self.rollbacks += 1
         skip_from = target.meta.loader
         skip_to = self.loader.state_dict()
@@ -442,14 +549,25 @@ class Trainer:
         apply_schedule_now(self.scheduler)
         for hook in self.hooks:
             hook.on_rollback(self, target.step)
-        event = {"event": "rollback", "step": anomaly.step, "reason": anomaly.reason, "value": anomaly.value,
-                 "threshold": anomaly.threshold, "restored_step": target.step, "checkpoint": target.path.name,
-                 "skipped": {"from": skip_from, "to": skip_to}, "lr_scale": self.config.rollback.lr_scale,
-                 "lr_scale_until": self.step + self.config.rollback.lr_scale_steps, "rollbacks": self.rollbacks}
+        event = {
+            "event": "rollback",
+            "step": anomaly.step,
+            "reason": anomaly.reason,
+            "value": anomaly.value,
+            "threshold": anomaly.threshold,
+            "restored_step": target.step,
+            "checkpoint": target.path.name,
+            "skipped": {"from": skip_from, "to": skip_to},
+            "lr_scale": self.config.rollback.lr_scale,
+            "lr_scale_until": self.step + self.config.rollback.lr_scale_steps,
+            "rollbacks": self.rollbacks,
+        }
         self.events.log(event)
         if self.layout.rank == 0:
-            print(f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
-                  flush=True)
+            print(
+                f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
+                flush=True,
+            )
         return True
 
     # -- the loop ---------------------------------------------------------------------------
@@ -473,8 +591,10 @@ class Trainer:
         if self.requeued:
             print(f"{signal_name}: {saved} at step {self.step}; stopping for requeue", flush=True)
         else:
-            print(f"stopped at step {self.step} of {self.config.train.max_steps} by {signal_name}: {saved}; {resumes}",
-                  flush=True)
+            print(
+                f"stopped at step {self.step} of {self.config.train.max_steps} by {signal_name}: {saved}; {resumes}",
+                flush=True,
+            )
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""

@@ -34,8 +34,12 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
     encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta).eod_id, meta.seq_len)  # refuses first
     results = {}
     for task, pairs, scores in zip(tasks, encoded, score_requests(checkpoint, encoded)):
-        results[task.name] = {**metrics(task, scores, pairs), "kind": task.kind, "file": str(task.path),
-                              "requests": [[ll, greedy] for ll, greedy in scores]}
+        results[task.name] = {
+            **metrics(task, scores, pairs),
+            "kind": task.kind,
+            "file": str(task.path),
+            "requests": [[ll, greedy] for ll, greedy in scores],
+        }
     return results
 
 
@@ -51,8 +55,18 @@ def score_requests(checkpoint: Path, encoded: list[list[Pair]]) -> list[list[tup
     def forward(inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return model(inputs, positions, segments)
 
-    return [score(forward, pairs, meta.seq_len, BATCH_ROWS, tokenizer_record(meta).pad_id, torch.device("cpu"),
-                  one_per_row=not document_masking) for pairs in encoded]
+    return [
+        score(
+            forward,
+            pairs,
+            meta.seq_len,
+            BATCH_ROWS,
+            tokenizer_record(meta).pad_id,
+            torch.device("cpu"),
+            one_per_row=not document_masking,
+        )
+        for pairs in encoded
+    ]
 
 
 ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_' and '-'
@@ -61,16 +75,17 @@ ALL_ROWS = "(all)"  # no source is named so: names are letters, digits, '.', '_'
 def heldout_groups(dataset: PackedDataset, max_rows: int | None) -> dict[str, np.ndarray]:
     """The rows scored per group: the whole split (`ALL_ROWS`), each source, each source/language;
     with `max_rows`, a seeded sample of that many rows of each (the same on every call)."""
-    groups = {ALL_ROWS: np.arange(len(dataset))} | {name: source_members(dataset, name)
-                                                     for name in tagged_names(dataset)}
+    groups = {ALL_ROWS: np.arange(len(dataset))} | {
+        name: source_members(dataset, name) for name in tagged_names(dataset)
+    }
     if max_rows is not None:
-        groups = {name: np.sort(np.random.default_rng(0).permutation(rows)[:max_rows])
-                  for name, rows in groups.items()}
+        groups = {name: np.sort(np.random.default_rng(0).permutation(rows)[:max_rows]) for name, rows in groups.items()}
     return groups
 
 
-def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConfig,
-                 max_rows: int | None = None) -> dict[str, dict[str, float]]:
+def heldout_loss(
+    checkpoint: Path, data: storage.Location, cache: ShardCacheConfig, max_rows: int | None = None
+) -> dict[str, dict[str, float]]:
     """Per group of the validation split: rows, valid target tokens, mean loss per token and perplexity.
     `data`: the shards folder, or its s3:// URL (read through a shard cache with the `cache` settings)."""
     from training.checkpoint_meta import tokenizer_record
@@ -88,11 +103,13 @@ def heldout_loss(checkpoint: Path, data: storage.Location, cache: ShardCacheConf
         one = torch.ones(())
         with torch.no_grad():
             for first in range(0, len(needed), BATCH_ROWS):
-                indices = needed[first:first + BATCH_ROWS]
+                indices = needed[first : first + BATCH_ROWS]
                 batch = make_batch(*dataset.rows(indices), indices, meta.config.model["document_masking"])
                 logits = model(batch.inputs, batch.positions, batch.segments)
                 for row, index in enumerate(indices.tolist()):
-                    sums[index] = float(lm_loss(logits[row:row + 1], batch.targets[row:row + 1], record.pad_id, one))
+                    sums[index] = float(
+                        lm_loss(logits[row : row + 1], batch.targets[row : row + 1], record.pad_id, one)
+                    )
                     counts[index] = int((batch.targets[row] != record.pad_id).sum())
     results = {}
     for name, rows in groups.items():

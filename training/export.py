@@ -37,12 +37,28 @@ def convert_to_universal(checkpoint: Path, target: Path) -> None:
     """Run DeepSpeed's converter (needs ZeRO stage >= 1: it reads the optimizer partitions) on files
     vetted first, in a process whose every `torch.load` is weights-only (`training.universal_convert`)."""
     vet(checkpoint)
-    result = subprocess.run([sys.executable, "-m", "training.universal_convert", "--input_folder",
-                             str(checkpoint), "--output_folder", str(target), "--num_extract_workers", "1",
-                             "--num_merge_workers", "1"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.universal_convert",
+            "--input_folder",
+            str(checkpoint),
+            "--output_folder",
+            str(target),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
-        raise UserError(f"cannot convert checkpoint {checkpoint} (ZeRO stage 0 checkpoints cannot be merged; "
-                        f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}")
+        raise UserError(
+            f"cannot convert checkpoint {checkpoint} (ZeRO stage 0 checkpoints cannot be merged; "
+            f"train with parallel.zero_stage >= 1): {result.stderr.strip().splitlines()[-1:]}"
+        )
 
 
 def universal_cache(checkpoint: Path) -> Path:
@@ -70,8 +86,9 @@ def cached_universal(checkpoint: Path) -> Path | None:
     if cached.is_symlink() or not (cached / UNIVERSAL_FILES).is_file():
         return None
     try:
-        check_files(cached, json.loads((cached / UNIVERSAL_FILES).read_text()),
-                    extra=(CHECKPOINT_META, UNIVERSAL_FILES))
+        check_files(
+            cached, json.loads((cached / UNIVERSAL_FILES).read_text()), extra=(CHECKPOINT_META, UNIVERSAL_FILES)
+        )
         same = (cached / CHECKPOINT_META).read_bytes() == (Path(checkpoint) / CHECKPOINT_META).read_bytes()
     except (OSError, ValueError, AttributeError):  # a damaged or planted list, or a refused folder
         return None
@@ -112,8 +129,14 @@ def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Pat
     state, meta = consolidate(checkpoint)
     target = output / "model.safetensors"
     with atomic_path(target) as tmp:
-        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"config": json.dumps(meta.config.model_dump(mode="json"), sort_keys=True), "step": str(meta.step)})
+        save_file(
+            {k: v.to(dtype).contiguous() for k, v in state.items()},
+            str(tmp),
+            metadata={
+                "config": json.dumps(meta.config.model_dump(mode="json"), sort_keys=True),
+                "step": str(meta.step),
+            },
+        )
         tmp.chmod(0o644)  # safetensors writes owner-only; an export is for others to read
     return target
 
@@ -121,21 +144,37 @@ def save_consolidated(checkpoint: Path, output: Path, dtype: torch.dtype) -> Pat
 def llama_config(meta: CheckpointMeta, eod_id: int, pad_id: int) -> dict[str, Any]:
     model, vocab = meta.config.model, meta.config.vocab_padded
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": model["d_model"], "intermediate_size": model["ffn_hidden"],
-        "num_hidden_layers": model["n_layers"], "num_attention_heads": model["n_heads"],
-        "num_key_value_heads": model["n_kv_heads"], "head_dim": model["d_model"] // model["n_heads"],
-        "vocab_size": vocab, "rms_norm_eps": model["norm_eps"], "rope_theta": model["rope_theta"],
-        "max_position_embeddings": meta.seq_len or 2048, "tie_word_embeddings": model["tie_embeddings"],
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "bos_token_id": eod_id,
-        "eos_token_id": eod_id, "pad_token_id": pad_id, "torch_dtype": "float32",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": model["d_model"],
+        "intermediate_size": model["ffn_hidden"],
+        "num_hidden_layers": model["n_layers"],
+        "num_attention_heads": model["n_heads"],
+        "num_key_value_heads": model["n_kv_heads"],
+        "head_dim": model["d_model"] // model["n_heads"],
+        "vocab_size": vocab,
+        "rms_norm_eps": model["norm_eps"],
+        "rope_theta": model["rope_theta"],
+        "max_position_embeddings": meta.seq_len or 2048,
+        "tie_word_embeddings": model["tie_embeddings"],
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": eod_id,
+        "eos_token_id": eod_id,
+        "pad_token_id": pad_id,
+        "torch_dtype": "float32",
     }
 
 
 def generation_config(samples: SamplesConfig, eod_id: int, pad_id: int) -> dict[str, Any]:
     """Hugging Face generation defaults: the configured sampling, stopping at the end of a document."""
-    config: dict[str, Any] = {"eos_token_id": eod_id, "pad_token_id": pad_id,
-                              "max_new_tokens": samples.max_new_tokens, "do_sample": samples.temperature > 0}
+    config: dict[str, Any] = {
+        "eos_token_id": eod_id,
+        "pad_token_id": pad_id,
+        "max_new_tokens": samples.max_new_tokens,
+        "do_sample": samples.temperature > 0,
+    }
     if samples.temperature > 0:  # top_k 0 and top_p 1 switch those filters off, as None does here
         config |= {"temperature": samples.temperature, "top_k": samples.top_k or 0, "top_p": samples.top_p or 1.0}
     return config
@@ -144,13 +183,17 @@ def generation_config(samples: SamplesConfig, eod_id: int, pad_id: int) -> dict[
 def tokenizer_config(tokenizer: Any, eod: str, pad: str, max_length: int) -> dict[str, Any]:
     """transformers' tokenizer settings; a tokenizer grown by post-training's chat markers also gets the chat
     template, with which `apply_chat_template` gives the ids Crucible trained on."""
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eod, "bos_token": eod, "pad_token": pad,
-              "model_max_length": max_length}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": eod,
+        "bos_token": eod,
+        "pad_token": pad,
+        "model_max_length": max_length,
+    }
     return config | ({"chat_template": CHAT_TEMPLATE} if has_chat_tokens(tokenizer) else {})
 
 
-def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype,
-            samples: SamplesConfig) -> Path:
+def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.dtype, samples: SamplesConfig) -> Path:
     """safetensors + config.json + tokenizer files, loadable with transformers offline."""
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
@@ -161,18 +204,23 @@ def save_hf(checkpoint: Path, output: Path, tokenizer_file: Path, dtype: torch.d
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     eod, pad = tokenizer.id_to_token(eod_id), tokenizer.id_to_token(pad_id)
     if eod is None or pad is None:
-        raise UserError(f"tokenizer {tokenizer_file} has no token ids {eod_id} and {pad_id} (end of document, "
-                        f"padding) that {checkpoint} was trained with: pass the run's tokenizer")
+        raise UserError(
+            f"tokenizer {tokenizer_file} has no token ids {eod_id} and {pad_id} (end of document, "
+            f"padding) that {checkpoint} was trained with: pass the run's tokenizer"
+        )
     tensors = {hf_name(k): v.to(dtype).contiguous() for k, v in state.items()}
     config = llama_config(meta, eod_id, pad_id) | {"torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
     names = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json", "generation_config.json")
-    with ExitStack() as stack:  # each file is written beside its place; all move in once all are written, config.json (what a loader looks for) last
+    with (
+        ExitStack() as stack
+    ):  # each file is written beside its place; all move in once all are written, config.json (what a loader looks for) last
         tmp = {name: stack.enter_context(atomic_path(output / name)) for name in names}
         save_file(tensors, str(tmp["model.safetensors"]), metadata={"format": "pt"})
         tmp["model.safetensors"].chmod(0o644)  # safetensors writes owner-only; an export is for others to read
         tmp["config.json"].write_text(json.dumps(config, indent=2))
         shutil.copyfile(tokenizer_file, tmp[TOKENIZER_FILE])
-        tmp["tokenizer_config.json"].write_text(json.dumps(
-            tokenizer_config(tokenizer, eod, pad, config["max_position_embeddings"]), indent=2))
+        tmp["tokenizer_config.json"].write_text(
+            json.dumps(tokenizer_config(tokenizer, eod, pad, config["max_position_embeddings"]), indent=2)
+        )
         tmp["generation_config.json"].write_text(json.dumps(generation_config(samples, eod_id, pad_id), indent=2))
     return output

@@ -28,21 +28,30 @@ def check_fp8(model: ModelConfig, parallel: ParallelConfig, scaling: str, device
     """Refuse FP8 where it cannot run or pay: eager blocks, no float8 tensor cores, shapes `_scaled_mm`
     refuses, no torchao."""
     if not parallel.compile:
-        raise UserError("train.precision=fp8 without parallel.compile: FP8 pays off only with its scaling and casts "
-                        "fused by torch.compile; set parallel.compile=true")
+        raise UserError(
+            "train.precision=fp8 without parallel.compile: FP8 pays off only with its scaling and casts "
+            "fused by torch.compile; set parallel.compile=true"
+        )
     need = CAPABILITY[scaling]
     if device.type != "cuda":
-        raise UserError(f"train.precision=fp8 needs an NVIDIA GPU of compute capability {need[0]}.{need[1]}+ "
-                        "(float8 tensor cores); this machine has none: use train.precision=bf16 or auto")
+        raise UserError(
+            f"train.precision=fp8 needs an NVIDIA GPU of compute capability {need[0]}.{need[1]}+ "
+            "(float8 tensor cores); this machine has none: use train.precision=bf16 or auto"
+        )
     have = torch.cuda.get_device_capability(device)
     if have < need:
-        raise UserError(f"train.precision=fp8 with {scaling} scaling needs compute capability {need[0]}.{need[1]}+; "
-                        f"{torch.cuda.get_device_name(device)} has {have[0]}.{have[1]}: use train.precision=bf16"
-                        + (" or train.fp8_scaling=tensorwise" if have >= CAPABILITY["tensorwise"] else ""))
+        raise UserError(
+            f"train.precision=fp8 with {scaling} scaling needs compute capability {need[0]}.{need[1]}+; "
+            f"{torch.cuda.get_device_name(device)} has {have[0]}.{have[1]}: use train.precision=bf16"
+            + (" or train.fp8_scaling=tensorwise" if have >= CAPABILITY["tensorwise"] else "")
+        )
     tp = parallel.tp
-    sizes = {"model.d_model": model.d_model, "model.n_heads x head size / tp": model.n_heads * model.head_dim // tp,
-             "model.n_kv_heads x head size / tp": model.n_kv_heads * model.head_dim // tp,
-             "model.ffn_hidden / tp": model.ffn_hidden // tp}
+    sizes = {
+        "model.d_model": model.d_model,
+        "model.n_heads x head size / tp": model.n_heads * model.head_dim // tp,
+        "model.n_kv_heads x head size / tp": model.n_kv_heads * model.head_dim // tp,
+        "model.ffn_hidden / tp": model.ffn_hidden // tp,
+    }
     odd = [f"{name} = {size}" for name, size in sizes.items() if size % 16]
     if odd:
         raise UserError(f"train.precision=fp8: float8 matmuls need sizes that are multiples of 16; {', '.join(odd)}")
@@ -78,8 +87,13 @@ def enable_fp8(model: nn.Module, scaling: str, emulate: bool = False) -> int:
 
         _patch_inductor_min_max_codegen()
     matmul = Float8Matmul(scaling, emulate)
-    layers: list[Any] = [linear for module in model.modules() if isinstance(module, (Attention, SwiGLU))
-                         for linear in module.children() if isinstance(linear, (ColumnParallel, RowParallel))]
+    layers: list[Any] = [
+        linear
+        for module in model.modules()
+        if isinstance(module, (Attention, SwiGLU))
+        for linear in module.children()
+        if isinstance(linear, (ColumnParallel, RowParallel))
+    ]
     for linear in layers:
         linear.matmul = matmul
     return len(layers)

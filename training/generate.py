@@ -80,7 +80,9 @@ def chat_prompt(codec: ChatCodec, prompt: str) -> list[int]:
         raise UserError(f"--chat prompt {prompt[:60]!r}: {getattr(exc, 'detail', exc)}") from None
 
 
-def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, chat: bool = False) -> list[tuple[str, str]]:
+def sample_texts(
+    checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, chat: bool = False
+) -> list[tuple[str, str]]:
     """(prompt, continuation) for each configured prompt, from `checkpoint`; with `chat`, each prompt is a
     conversation in the chat template and the answer stops at the end of the assistant's turn."""
     from tokenizers import Tokenizer
@@ -97,8 +99,12 @@ def sample_texts(checkpoint: Path, tokenizer_file: Path, cfg: SamplesConfig, cha
     for index, prompt in enumerate(cfg.prompts):
         ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
         if len(ids) > context:
-            print(f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
-                  f"on; keeping its last {context:,}", file=sys.stderr, flush=True)
+            print(
+                f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
+                f"on; keeping its last {context:,}",
+                file=sys.stderr,
+                flush=True,
+            )
             ids = ids[-context:]
         new = generate(model, ids, cfg, tokenizer.get_vocab_size(), stop, prompt_seed(cfg.seed, index))
         samples.append((prompt, decode_whole_characters(tokenizer, new)))
@@ -117,8 +123,9 @@ def decode_whole_characters(tokenizer: Any, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: list[int], sampling: SamplesConfig, vocab: int, stop_id: int | None,
-             seed: int | None = None) -> list[int]:
+def generate(
+    model: GPT, prompt: list[int], sampling: SamplesConfig, vocab: int, stop_id: int | None, seed: int | None = None
+) -> list[int]:
     """Prefill `prompt` once, then decode with the KV cache until `stop_id` or max_new_tokens; draws
     are seeded with `seed` (default `sampling.seed`)."""
     generator = torch.Generator().manual_seed(sampling.seed if seed is None else seed)

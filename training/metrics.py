@@ -27,8 +27,9 @@ from pipeline.ground.names import METRICS_LOG
 from training.trackers import Trackers
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0, n: int | None = None,
-                       windows: int = 5) -> float:
+def measure_peak_flops(
+    device: torch.device, dtype: torch.dtype, seconds: float = 1.0, n: int | None = None, windows: int = 5
+) -> float:
     """Achieved FLOP/s of a large n x n matmul: the practical peak of this device and dtype.
 
     The fastest of several short windows counts, so a moment of contention (another process on a
@@ -65,10 +66,14 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, devices
 def mfu_withheld(peak_tflops: float | None) -> str:
     """Why a run shows no MFU, in one line (the console and the report say the same)."""
     if peak_tflops is None:
-        return ("MFU not shown: no peak to measure it against (a CPU's measured peak reads low); set "
-                "train.peak_tflops to the device's peak to see it")
-    return (f"MFU not shown: it came out above 100% of the {peak_tflops:.3g} TFLOP/s peak, so that peak is "
-            f"below what the device did; set train.peak_tflops to the device's datasheet peak")
+        return (
+            "MFU not shown: no peak to measure it against (a CPU's measured peak reads low); set "
+            "train.peak_tflops to the device's peak to see it"
+        )
+    return (
+        f"MFU not shown: it came out above 100% of the {peak_tflops:.3g} TFLOP/s peak, so that peak is "
+        f"below what the device did; set train.peak_tflops to the device's datasheet peak"
+    )
 
 
 class MetricsLog:

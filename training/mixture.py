@@ -41,8 +41,9 @@ class MixturePhase(Section):
     """A later mix: from `start_step` (or `start_fraction` of train.max_steps) on, these weights."""
 
     start_step: int | None = Field(None, ge=2, description="First step of this phase (steps count from 1, as logged).")
-    start_fraction: float | None = Field(None, gt=0, lt=1, description="...or the fraction of train.max_steps "
-                                                                        "where it starts (0.9: the last 10%).")
+    start_fraction: float | None = Field(
+        None, gt=0, lt=1, description="...or the fraction of train.max_steps where it starts (0.9: the last 10%)."
+    )
     weights: dict[str, float] = Field(default_factory=dict, description="Target token fraction per source.")
     temperature: float | None = Field(None, ge=0, description="...or weight ~ source tokens^temperature.")
 
@@ -57,17 +58,24 @@ class MixturePhase(Section):
 class MixtureConfig(Section):
     """Target token fractions of the named sources, phases and the repetition cap."""
 
-    weights: dict[str, float] = Field(default_factory=dict, description="Target token fraction per source or "
-                                                                         "source/language (normalized to sum 1; "
-                                                                         "absent: 0).")
-    temperature: float | None = Field(None, ge=0, description="...or weight ~ source tokens^temperature "
-                                                              "(1: natural sizes, 0: uniform).")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Target token fraction per source or source/language (normalized to sum 1; absent: 0).",
+    )
+    temperature: float | None = Field(
+        None, ge=0, description="...or weight ~ source tokens^temperature (1: natural sizes, 0: uniform)."
+    )
     temperature_over: Literal["source", "language"] = Field(
-        "source", description="What a temperature weighs by size: whole sources, or each language of a source "
-                              "(shards packed with prep.pack.split_by_language).")
-    max_epochs: dict[str, float] = Field(default_factory=dict, description="Repetition cap: at most this many "
-                                                                           "epochs of a source/language, of each "
-                                                                           "language of a source, or ('*') of each.")
+        "source",
+        description="What a temperature weighs by size: whole sources, or each language of a source "
+        "(shards packed with prep.pack.split_by_language).",
+    )
+    max_epochs: dict[str, float] = Field(
+        default_factory=dict,
+        description="Repetition cap: at most this many "
+        "epochs of a source/language, of each "
+        "language of a source, or ('*') of each.",
+    )
     phases: list[MixturePhase] = Field(default_factory=list, description="Later mixes, by step.")
 
     @model_validator(mode="after")
@@ -127,8 +135,9 @@ def group_of(unit: str) -> str:
     return unit.split("/", 1)[0]
 
 
-def _unit_weights(key: str, weights: dict[str, float], temperature: float | None, over: str,
-                  unit_tokens: dict[str, int]) -> np.ndarray:
+def _unit_weights(
+    key: str, weights: dict[str, float], temperature: float | None, over: str, unit_tokens: dict[str, int]
+) -> np.ndarray:
     """One weight per unit (sorted), from keys naming units or whole sources; a source's share is split
     among its languages by their tokens."""
     units = sorted(unit_tokens)
@@ -136,24 +145,35 @@ def _unit_weights(key: str, weights: dict[str, float], temperature: float | None
     known = sorted({*units, *groups})
     unknown = sorted(set(weights) - set(known))
     if unknown:
-        raise UserError(f"{key}.weights: no source {', '.join(unknown)} in the shards "
-                        f"(sources: {', '.join(known) or 'none: prep without prep.sources'})")
-    both = sorted(g for g in set(weights) & set(groups) if any(group_of(u) == g and u != g and u in weights
-                                                               for u in units))
+        raise UserError(
+            f"{key}.weights: no source {', '.join(unknown)} in the shards "
+            f"(sources: {', '.join(known) or 'none: prep without prep.sources'})"
+        )
+    both = sorted(
+        g for g in set(weights) & set(groups) if any(group_of(u) == g and u != g and u in weights for u in units)
+    )
     if both:
-        raise UserError(f"{key}.weights: {', '.join(both)} is given both whole and by language; give a source "
-                        f"either as a whole or as its source/language keys")
+        raise UserError(
+            f"{key}.weights: {', '.join(both)} is given both whole and by language; give a source "
+            f"either as a whole or as its source/language keys"
+        )
     tokens = np.array([float(unit_tokens[u]) for u in units])
     group_tokens = {g: sum(unit_tokens[u] for u in units if group_of(u) == g) for g in groups}
-    within = np.array([tokens[i] / group_tokens[group_of(u)] if group_tokens[group_of(u)] else 0.0
-                       for i, u in enumerate(units)])  # a unit's share of its source's tokens
+    within = np.array(
+        [tokens[i] / group_tokens[group_of(u)] if group_tokens[group_of(u)] else 0.0 for i, u in enumerate(units)]
+    )  # a unit's share of its source's tokens
     if temperature is not None and over == "language":
-        return np.array([t ** temperature if t else 0.0 for t in tokens])
+        return np.array([t**temperature if t else 0.0 for t in tokens])
     if temperature is not None:
-        return np.array([float(group_tokens[group_of(u)]) ** temperature * within[i] if group_tokens[group_of(u)]
-                         else 0.0 for i, u in enumerate(units)])
-    return np.array([weights[u] if u in weights else weights.get(group_of(u), 0.0) * within[i]
-                     for i, u in enumerate(units)])
+        return np.array(
+            [
+                float(group_tokens[group_of(u)]) ** temperature * within[i] if group_tokens[group_of(u)] else 0.0
+                for i, u in enumerate(units)
+            ]
+        )
+    return np.array(
+        [weights[u] if u in weights else weights.get(group_of(u), 0.0) * within[i] for i, u in enumerate(units)]
+    )
 
 
 def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int, seed: int) -> Schedule:
@@ -171,8 +191,9 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
         phases.append((start, phase.weights, phase.temperature))
     starts = [start for start, _, _ in phases]
     if starts != sorted(starts) or len(set(starts)) != len(starts):
-        raise UserError(f"train.mixture.phases: phases start at steps {[s + 1 for s in starts[1:]]}; they must "
-                        f"increase")
+        raise UserError(
+            f"train.mixture.phases: phases start at steps {[s + 1 for s in starts[1:]]}; they must increase"
+        )
     rows = []
     for i, (_, weights, temperature) in enumerate(phases):
         key = "train.mixture" + (f".phases.{i - 1}" if i else "")
@@ -182,8 +203,9 @@ def resolve(config: MixtureConfig, source_tokens: dict[str, int], max_steps: int
             raise UserError(f"{key}: source {', '.join(empty or sources)} has no training tokens in the shards")
         rows.append(raw / raw.sum())
     offset = np.uint64(source_key(f"mixture:{seed}"))
-    thresholds = tuple(np.array([min(int(c * 2**64), 2**64 - 1) for c in np.cumsum(row)[:-1]], dtype=np.uint64)
-                       for row in rows)
+    thresholds = tuple(
+        np.array([min(int(c * 2**64), 2**64 - 1) for c in np.cumsum(row)[:-1]], dtype=np.uint64) for row in rows
+    )
     return Schedule(sources, tuple(starts), np.array(rows), offset, thresholds)
 
 
@@ -193,15 +215,18 @@ def caps(config: MixtureConfig, sources: tuple[str, ...]) -> np.ndarray:
     known = sorted({*sources, *(group_of(s) for s in sources)})
     unknown = sorted(set(config.max_epochs) - set(known) - {ALL})
     if unknown:
-        raise UserError(f"train.mixture.max_epochs: no source {', '.join(unknown)} in the shards "
-                        f"(sources: {', '.join(known)})")
+        raise UserError(
+            f"train.mixture.max_epochs: no source {', '.join(unknown)} in the shards (sources: {', '.join(known)})"
+        )
     default = config.max_epochs.get(ALL, np.inf)
-    return np.array([config.max_epochs.get(s, config.max_epochs.get(group_of(s), default)) for s in sources],
-                    dtype=float)
+    return np.array(
+        [config.max_epochs.get(s, config.max_epochs.get(group_of(s), default)) for s in sources], dtype=float
+    )
 
 
-def check_repetition(schedule: Schedule, source_rows: np.ndarray, epochs_allowed: np.ndarray, max_steps: int,
-                     rows_per_step: int) -> None:
+def check_repetition(
+    schedule: Schedule, source_rows: np.ndarray, epochs_allowed: np.ndarray, max_steps: int, rows_per_step: int
+) -> None:
     """Refuse, before training, a run that would draw more than its cap from a source: the exact
     rows the schedule draws are counted, so the message says which source runs out and at what step."""
     if np.isinf(epochs_allowed).all():
@@ -218,21 +243,33 @@ def check_repetition(schedule: Schedule, source_rows: np.ndarray, epochs_allowed
             for s in over.tolist():
                 slot = first + int(np.flatnonzero(chosen == s)[int(allowed[s] - drawn[s])])
                 needed = schedule.expected_rows(max_steps, rows_per_step)[s] / source_rows[s]
-                problems.append(f"source {schedule.sources[s]!r} ({int(source_rows[s]):,} rows) runs out of its "
-                                f"{epochs_allowed[s]:g} epoch(s) at step {slot // rows_per_step + 1:,} of {max_steps:,}; "
-                                f"the mixture would draw {needed:.2f} epochs of it")
-            raise UserError("train.mixture: " + "; ".join(problems) + ". Lower its weight, raise "
-                            "train.mixture.max_epochs, add data or train fewer steps")
+                problems.append(
+                    f"source {schedule.sources[s]!r} ({int(source_rows[s]):,} rows) runs out of its "
+                    f"{epochs_allowed[s]:g} epoch(s) at step {slot // rows_per_step + 1:,} of {max_steps:,}; "
+                    f"the mixture would draw {needed:.2f} epochs of it"
+                )
+            raise UserError(
+                "train.mixture: " + "; ".join(problems) + ". Lower its weight, raise "
+                "train.mixture.max_epochs, add data or train fewer steps"
+            )
         drawn += counts
 
 
-def plan_epochs(config: MixtureConfig, source_rows: dict[str, int], source_tokens: dict[str, int], steps: int,
-                rows_per_step: int) -> list[dict[str, Any]]:
+def plan_epochs(
+    config: MixtureConfig, source_rows: dict[str, int], source_tokens: dict[str, int], steps: int, rows_per_step: int
+) -> list[dict[str, Any]]:
     """For `plan`: per source, its rows, the fraction of the run it fills, the epochs drawn and its cap."""
     schedule = resolve(config, source_tokens, steps, seed=0)
     rows = np.array([source_rows[s] for s in schedule.sources], dtype=float)
     expected = schedule.expected_rows(steps, rows_per_step)
     allowed = caps(config, schedule.sources)
-    return [{"source": s, "rows": int(n), "share": float(e / max(1, expected.sum())),
-             "epochs": float(e / n) if n else float("inf"), "max_epochs": float(cap)}
-            for s, n, e, cap in zip(schedule.sources, rows, expected, allowed)]
+    return [
+        {
+            "source": s,
+            "rows": int(n),
+            "share": float(e / max(1, expected.sum())),
+            "epochs": float(e / n) if n else float("inf"),
+            "max_epochs": float(cap),
+        }
+        for s, n, e, cap in zip(schedule.sources, rows, expected, allowed)
+    ]

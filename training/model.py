@@ -89,7 +89,6 @@ def _no_init(weight: torch.Tensor) -> None:
     """Weights are set by `training.init` from the seed, the same whatever the layout."""
 
 
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -151,8 +150,9 @@ def document_block_mask(segments: torch.Tensor, block: int = FLEX_BLOCK) -> Bloc
     def same_document(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         return (kv <= q) & (segments[b, q] == segments[b, kv])
 
-    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=same_document,
-                                    seq_lengths=(seq, seq))
+    return BlockMask.from_kv_blocks(
+        *ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=same_document, seq_lengths=(seq, seq)
+    )
 
 
 @functools.cache
@@ -175,11 +175,15 @@ def attention_kernel(choice: str, cfg: ModelConfig, device: torch.device) -> str
     if choice == "auto":
         return "flex" if device.type == "cuda" and cfg.document_masking and not cfg.dropout else "sdpa"
     if choice == "flex" and device.type != "cuda":
-        raise UserError("parallel.attention=flex: FlexAttention has no backward pass on the CPU; "
-                        "use parallel.attention=auto or sdpa there")
+        raise UserError(
+            "parallel.attention=flex: FlexAttention has no backward pass on the CPU; "
+            "use parallel.attention=auto or sdpa there"
+        )
     if choice == "flex" and cfg.dropout:
-        raise UserError(f"parallel.attention=flex with model.dropout {cfg.dropout}: FlexAttention has no "
-                        "attention dropout; use parallel.attention=sdpa or model.dropout=0")
+        raise UserError(
+            f"parallel.attention=flex with model.dropout {cfg.dropout}: FlexAttention has no "
+            "attention dropout; use parallel.attention=sdpa or model.dropout=0"
+        )
     return choice
 
 
@@ -221,13 +225,21 @@ class Attention(nn.Module):
         self.q = ColumnParallel(cfg.d_model, cfg.n_heads * cfg.head_dim, **column)
         self.k = ColumnParallel(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
         self.v = ColumnParallel(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, **column)
-        self.o = RowParallel(cfg.n_heads * cfg.head_dim, cfg.d_model, config=tp_config, init_method=_no_init,
-                                   bias=False, input_is_parallel=True, skip_bias_add=True)
+        self.o = RowParallel(
+            cfg.n_heads * cfg.head_dim,
+            cfg.d_model,
+            config=tp_config,
+            init_method=_no_init,
+            bias=False,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
         self.sharded_rng: Callable[[], ContextManager[None]] = contextlib.nullcontext  # set per TP rank
         self.kernel = "sdpa"  # or "flex" for document-masked training (`attention_kernel`)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
-                cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q(x)[0].view(batch, seq, self.heads, self.cfg.head_dim)
         k = self.k(x)[0].view(batch, seq, self.kv_heads, self.cfg.head_dim)
@@ -235,12 +247,16 @@ class Attention(nn.Module):
         cos, sin = rotary(positions, self.cfg.head_dim, self.cfg.rope_theta)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
-        y = (flex(q, k, v, document_block_mask(segments)) if self.kernel == "flex" and self.cfg.document_masking
-             and cache is None else self._sdpa(q, k, v, segments, cache))
+        y = (
+            flex(q, k, v, document_block_mask(segments))
+            if self.kernel == "flex" and self.cfg.document_masking and cache is None
+            else self._sdpa(q, k, v, segments, cache)
+        )
         return self.o(y.transpose(1, 2).reshape(batch, seq, self.heads * self.cfg.head_dim))[0]
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor,
-              cache: LayerCache | None) -> torch.Tensor:
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor, cache: LayerCache | None
+    ) -> torch.Tensor:
         seq = q.shape[2]
         dropout = self.cfg.dropout if self.training else 0.0
         mask = attention_mask(segments) if self.cfg.document_masking else None
@@ -250,8 +266,15 @@ class Attention(nn.Module):
             mask = torch.ones(seq, past + seq, dtype=torch.bool, device=q.device).tril(past) if past else None
         # The per-TP-rank RNG only matters with dropout; skipping it keeps compiled blocks in one graph.
         with self.sharded_rng() if dropout else contextlib.nullcontext():
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
-                                                  enable_gqa=self.heads != self.kv_heads)
+            return F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                dropout_p=dropout,
+                enable_gqa=self.heads != self.kv_heads,
+            )
 
 
 class SwiGLU(nn.Module):
@@ -260,8 +283,15 @@ class SwiGLU(nn.Module):
         column = dict(config=tp_config, init_method=_no_init, bias=False, gather_output=False)
         self.gate = ColumnParallel(cfg.d_model, cfg.ffn_hidden, **column)
         self.up = ColumnParallel(cfg.d_model, cfg.ffn_hidden, **column)
-        self.down = RowParallel(cfg.ffn_hidden, cfg.d_model, config=tp_config, init_method=_no_init,
-                                      bias=False, input_is_parallel=True, skip_bias_add=True)
+        self.down = RowParallel(
+            cfg.ffn_hidden,
+            cfg.d_model,
+            config=tp_config,
+            init_method=_no_init,
+            bias=False,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)[0]) * self.up(x)[0])[0]
@@ -332,15 +362,17 @@ class Head(nn.Module):
 
     def __init__(self, cfg: ModelConfig, tp_config: ModelParallelConfig, vocab: int) -> None:
         super().__init__()
-        self.proj = ColumnParallel(cfg.d_model, vocab, config=tp_config, init_method=_no_init,
-                                         bias=False, gather_output=False)
+        self.proj = ColumnParallel(
+            cfg.d_model, vocab, config=tp_config, init_method=_no_init, bias=False, gather_output=False
+        )
 
     def forward(self, inputs: Activation) -> torch.Tensor:
         return self.proj(inputs[0])[0]
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
-            denominator: torch.Tensor | None = None) -> torch.Tensor:
+def lm_loss(
+    logits: torch.Tensor, targets: torch.Tensor, pad_id: int, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross entropy summed over non-padding targets, computed on vocab-parallel logits, over
     `denominator`: by default their count (the mean); the trainer passes its share of the valid
     targets of the whole global batch, so that every token weighs the same (see `Trainer.train_step`)."""
@@ -367,8 +399,9 @@ class GPT(nn.Module):
         self.final_norm = FinalNorm(cfg)
         self.head = None if cfg.tie_embeddings else Head(cfg, tp_config, vocab)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Vocab-parallel logits for `tokens` [B, S]; with a cache, only the new positions are computed."""
         x: Activation = self.embedding((tokens, positions, segments))
         for block in self.blocks:

@@ -54,7 +54,9 @@ class LrSchedule:
         self.damp_factor, self.damp_until = factor, until_step
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(cfg))
 

@@ -75,11 +75,16 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         with muted_output():  # DeepSpeed's "... comm op built successfully", once per rank
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=parallel.tp,
-                                             pipeline_model_parallel_size=parallel.pp)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp
+    )
     world = dist.get_world_size()
     layout = Layout(
-        tp=parallel.tp, pp=parallel.pp, dp=world // (parallel.tp * parallel.pp), rank=dist.get_rank(), world=world,
+        tp=parallel.tp,
+        pp=parallel.pp,
+        dp=world // (parallel.tp * parallel.pp),
+        rank=dist.get_rank(),
+        world=world,
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
@@ -87,8 +92,10 @@ def init_distributed(parallel: ParallelConfig) -> Layout:
     )
     coord = topology(layout).get_coord(layout.rank)
     if (coord.pipe, coord.data, coord.model) != (layout.pp_rank, layout.dp_rank, layout.tp_rank):
-        raise RuntimeError(f"rank {layout.rank}: DeepSpeed places it at {coord}, megatron-core at "
-                           f"pipe={layout.pp_rank} data={layout.dp_rank} model={layout.tp_rank}")
+        raise RuntimeError(
+            f"rank {layout.rank}: DeepSpeed places it at {coord}, megatron-core at "
+            f"pipe={layout.pp_rank} data={layout.dp_rank} model={layout.tp_rank}"
+        )
     return layout
 
 
@@ -113,8 +120,12 @@ def _init_from_agent_store(backend: str) -> None:
     """
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"crucible/attempt_{attempt}", store),
-                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"crucible/attempt_{attempt}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
 
 
 def topology(layout: Layout) -> PipeModelDataParallelTopology:
@@ -183,8 +194,12 @@ def tp_config(parallel: ParallelConfig, dtype: torch.dtype) -> ModelParallelConf
     # seeded init and DeepSpeed's grad norm need; the init_method it calls is a no-op. Weights are
     # made on the CPU on every device: `training.init` draws them there from the seed anyway, and
     # megatron's GPU path would need its CUDA RNG tracker seeded before the model exists.
-    return ModelParallelConfig(tensor_model_parallel_size=parallel.tp, use_cpu_initialization=True,
-                               perform_initialization=True, params_dtype=dtype)
+    return ModelParallelConfig(
+        tensor_model_parallel_size=parallel.tp,
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        params_dtype=dtype,
+    )
 
 
 def tp_config_single() -> ModelParallelConfig:
@@ -196,27 +211,42 @@ def _head_forward(embedding: Embedding, inputs: Any) -> torch.Tensor:
     return embedding.logits(inputs)
 
 
-def build_pipeline(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, mp_config: ModelParallelConfig,
-                   vocab: int, pad_id: int) -> PipelineModule:
+def build_pipeline(
+    cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, mp_config: ModelParallelConfig, vocab: int, pad_id: int
+) -> PipelineModule:
     """The GPT as PipelineModule layers, in model order (which `model.canonical_name` relies on);
     with tied weights the head shares the embedding. Labels are (targets, loss denominator)."""
     if cfg.tie_embeddings:
         first = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, tied_weight_attr="weight")
-        last = TiedLayerSpec(EMBEDDING, Embedding, cfg, mp_config, vocab, forward_fn=_head_forward,
-                             tied_weight_attr="weight")
+        last = TiedLayerSpec(
+            EMBEDDING, Embedding, cfg, mp_config, vocab, forward_fn=_head_forward, tied_weight_attr="weight"
+        )
     else:
         first, last = LayerSpec(Embedding, cfg, mp_config, vocab), LayerSpec(Head, cfg, mp_config, vocab)
-    layers = [first, *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)], LayerSpec(FinalNorm, cfg), last]
+    layers = [
+        first,
+        *[LayerSpec(Block, cfg, mp_config, i) for i in range(cfg.n_layers)],
+        LayerSpec(FinalNorm, cfg),
+        last,
+    ]
     with muted_output():  # DeepSpeed prints its topology and layer table
         return PipelineModule(
-            layers=layers, topology=topology(layout),
+            layers=layers,
+            topology=topology(layout),
             loss_fn=lambda logits, labels: lm_loss(logits, labels[0], pad_id, labels[1]),
             partition_method=parallel.partition_method,
         )
 
 
-def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, vocab: int, pad_id: int,
-                dtype: torch.dtype, fp8_scaling: str | None = None) -> torch.nn.Module:
+def build_model(
+    cfg: ModelConfig,
+    parallel: ParallelConfig,
+    layout: Layout,
+    vocab: int,
+    pad_id: int,
+    dtype: torch.dtype,
+    fp8_scaling: str | None = None,
+) -> torch.nn.Module:
     """The model of this rank; `fp8_scaling` (tensorwise / rowwise) puts the blocks' matmuls in FP8."""
     mp_config = tp_config(parallel, dtype)
     if parallel.pp > 1:
@@ -238,8 +268,9 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, layout: Layout, voca
     return model
 
 
-def deepspeed_config(train: TrainConfig, parallel: ParallelConfig, layout: Layout, bf16: bool,
-                     load_universal: bool = False) -> dict[str, Any]:
+def deepspeed_config(
+    train: TrainConfig, parallel: ParallelConfig, layout: Layout, bf16: bool, load_universal: bool = False
+) -> dict[str, Any]:
     gas = train.global_batch_size // (train.micro_batch_size * layout.dp)
     return {
         "train_batch_size": train.global_batch_size,
@@ -264,17 +295,27 @@ def check_stage_groups(optimizer: torch.optim.Optimizer, parallel: ParallelConfi
     dist.all_gather_object(stages, (layout.pp_rank, groups))
     if len({held for _, held in stages}) > 1:
         short = sorted({stage for stage, held in stages if len(held) < max(len(h) for _, h in stages)})
-        raise LayoutError(f"pipeline stage(s) {short} of {layout.pp} hold no weight matrices with "
-                          f"parallel.partition_method={parallel.partition_method!r} (only the embedding and norms), "
-                          f"which DeepSpeed cannot step with the others: use parallel.partition_method=type:Block, "
-                          f"fewer stages or more layers")
+        raise LayoutError(
+            f"pipeline stage(s) {short} of {layout.pp} hold no weight matrices with "
+            f"parallel.partition_method={parallel.partition_method!r} (only the embedding and norms), "
+            f"which DeepSpeed cannot step with the others: use parallel.partition_method=type:Block, "
+            f"fewer stages or more layers"
+        )
 
 
-def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ds_config: dict[str, Any],
-                 parallel: ParallelConfig) -> Any:
+def build_engine(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ds_config: dict[str, Any],
+    parallel: ParallelConfig,
+) -> Any:
     with muted_output():
         engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config,
             mpu=None if parallel.pp > 1 else MegatronGroups(),
         )
     return engine

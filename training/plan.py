@@ -71,23 +71,37 @@ def activation_bytes_per_token(cfg: ModelConfig, tp: int, act_bytes: int) -> dic
     """Bytes one block keeps for backward per token, for each recomputation choice (module docstring)."""
     h, fp32 = cfg.d_model, 4
     q, kv, ffn = cfg.n_heads * cfg.head_dim / tp, cfg.n_kv_heads * cfg.head_dim / tp, cfg.ffn_hidden / tp
-    none = (2 * fp32 * h + 4 * act_bytes * h  # two RMSNorms: fp32 input, output before and after the weight
-            + fp32 * (q + kv)  # RoPE's fp32 Q and K
-            + act_bytes * (3 * q + 2 * kv)  # attention's Q, K, V and output, the output projection's input
-            + 4 * act_bytes * ffn)  # gate, up, SiLU, product
+    none = (
+        2 * fp32 * h
+        + 4 * act_bytes * h  # two RMSNorms: fp32 input, output before and after the weight
+        + fp32 * (q + kv)  # RoPE's fp32 Q and K
+        + act_bytes * (3 * q + 2 * kv)  # attention's Q, K, V and output, the output projection's input
+        + 4 * act_bytes * ffn
+    )  # gate, up, SiLU, product
     selective = act_bytes * (h + 2 * q + 2 * kv + h + 2 * ffn + h)  # input, QKV, attention, o, gate, up, down
     return {"none": none, "selective": selective, "full": act_bytes * h}
 
 
 def count_params(cfg: ModelConfig, vocab: int) -> int:
-    per_layer = (cfg.d_model * cfg.n_heads * cfg.head_dim * 2 + 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
-                 + 3 * cfg.d_model * cfg.ffn_hidden + 2 * cfg.d_model)
+    per_layer = (
+        cfg.d_model * cfg.n_heads * cfg.head_dim * 2
+        + 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
+        + 3 * cfg.d_model * cfg.ffn_hidden
+        + 2 * cfg.d_model
+    )
     embeddings = vocab * cfg.d_model * (1 if cfg.tie_embeddings else 2)
     return cfg.n_layers * per_layer + embeddings + cfg.d_model
 
 
-def estimate(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, plan: PlanConfig, gpus: int,
-             seq_len: int, vocab_size: int) -> Estimate:
+def estimate(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    train: TrainConfig,
+    plan: PlanConfig,
+    gpus: int,
+    seq_len: int,
+    vocab_size: int,
+) -> Estimate:
     """Memory per GPU and compute of training `model` on `gpus` GPUs at `seq_len` tokens per sequence."""
     tp, pp = parallel.tp, parallel.pp
     dp = max(1, gpus // (tp * pp))
@@ -100,22 +114,30 @@ def estimate(model: ModelConfig, parallel: ParallelConfig, train: TrainConfig, p
     layers_per_stage = -(-model.n_layers // pp)
     in_flight = pp  # 1F1B: the first stage holds one micro-batch per stage
     tokens_held = seq_len * train.micro_batch_size * layers_per_stage * in_flight
-    activations = {choice: per_token * tokens_held
-                   for choice, per_token in activation_bytes_per_token(model, tp, act_bytes).items()}
+    activations = {
+        choice: per_token * tokens_held
+        for choice, per_token in activation_bytes_per_token(model, tp, act_bytes).items()
+    }
     kv_token_layer = 2 * model.n_kv_heads * model.head_dim * act_bytes
     tokens_per_step = train.global_batch_size * seq_len
     per_token = flops_per_token(model, vocab, seq_len)
     checkpointing = parallel.activation_checkpointing
-    seconds = (plan.token_budget * per_token * RECOMPUTE_COMPUTE[checkpointing]
-               / (gpus * plan.peak_tflops * 1e12 * plan.mfu))
+    seconds = (
+        plan.token_budget * per_token * RECOMPUTE_COMPUTE[checkpointing] / (gpus * plan.peak_tflops * 1e12 * plan.mfu)
+    )
     return Estimate(
-        params=params, params_per_gpu=local,
+        params=params,
+        params_per_gpu=local,
         weight_bytes=local * weight / (dp if zero >= 3 else 1),
         grad_bytes=local * grad / (dp if zero >= 2 else 1),
         optimizer_bytes=local * optim / (dp if zero >= 1 else 1),
-        activation_bytes=activations, checkpointing=checkpointing,
+        activation_bytes=activations,
+        checkpointing=checkpointing,
         kv_bytes_per_token_per_layer=kv_token_layer,
         kv_bytes_per_sequence=kv_token_layer * model.n_layers * seq_len,
-        flops_per_token=per_token, tokens_per_step=tokens_per_step,
-        steps=plan.token_budget / tokens_per_step, days=seconds / 86400, dp=dp,
+        flops_per_token=per_token,
+        tokens_per_step=tokens_per_step,
+        steps=plan.token_budget / tokens_per_step,
+        days=seconds / 86400,
+        dp=dp,
     )

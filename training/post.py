@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, read_manifest, token_type, write_manifest, write_shard
+from data_prep.shards import (
+    ShardManifest,
+    SplitIndex,
+    TokenizerRecord,
+    read_manifest,
+    token_type,
+    write_manifest,
+    write_shard,
+)
 from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
@@ -42,6 +50,7 @@ SHARDS, BASE_WEIGHTS, STATS, REJECTED = "shards", "base.safetensors", "stats.jso
 
 # -- the base model ------------------------------------------------------------------------------
 
+
 def base_config(config: Any, base: Path, vocab_size: int) -> Any:
     """`config` with the base checkpoint's model (its vocabulary at least `vocab_size`); a model section that
     was changed from the defaults and differs from the base is refused."""
@@ -50,8 +59,10 @@ def base_config(config: Any, base: Path, vocab_size: int) -> Any:
     given = config.model.model_dump(mode="json")
     changed = model_changes(meta, given)
     if changed and given != ModelConfig().model_dump(mode="json"):
-        raise UserError(f"the model settings differ from the base checkpoint {base}'s ({changed}): post-training "
-                        f"continues that model; drop the model.* settings")
+        raise UserError(
+            f"the model settings differ from the base checkpoint {base}'s ({changed}): post-training "
+            f"continues that model; drop the model.* settings"
+        )
     vocab = None if saved.get("vocab_size") is None else max(saved["vocab_size"], vocab_size)
     return config.model_copy(update={"model": ModelConfig.model_validate(saved | {"vocab_size": vocab})})
 
@@ -64,10 +75,12 @@ def base_weights(folder: Path, known_rows: int | None) -> Callable[[torch.nn.Mod
 
     def load(model: torch.nn.Module) -> None:
         load_full_weights(model, load_file(str(folder / BASE_WEIGHTS)), known_rows)
+
     return load
 
 
 # -- building RUN/data once --------------------------------------------------------------------------
+
 
 def build_once(folder: Path, fingerprint: dict[str, Any], build: Callable[[Path], None]) -> None:
     """Make `folder` with `build` on rank 0 (into a temporary folder renamed into place when whole; the other
@@ -89,12 +102,19 @@ def build_once(folder: Path, fingerprint: dict[str, Any], build: Callable[[Path]
 
 
 def fingerprint(kind: str, data: Path, base: Path, settings: Section, seq_len: int) -> dict[str, Any]:
-    return {"kind": kind, "data_sha256": file_sha256(data), "base": str(base.resolve()), "seq_len": seq_len,
-            "base_meta_sha256": file_sha256(base / CHECKPOINT_META), "settings": settings.model_dump(mode="json")}
+    return {
+        "kind": kind,
+        "data_sha256": file_sha256(data),
+        "base": str(base.resolve()),
+        "seq_len": seq_len,
+        "base_meta_sha256": file_sha256(base / CHECKPOINT_META),
+        "settings": settings.model_dump(mode="json"),
+    }
 
 
-def pack(sequences: list[tuple[list[int], list[bool]]], width: int, pad_id: int, seed: int
-         ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def pack(
+    sequences: list[tuple[list[int], list[bool]]], width: int, pad_id: int, seed: int
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """(tokens, segment starts, loss mask) of rows of `width`, sequences put in a seeded order one after the
     other into the current row while they fit (none is split), the rest of a row padding."""
     rows: list[tuple[list[int], list[bool], list[int]]] = []
@@ -109,7 +129,7 @@ def pack(sequences: list[tuple[list[int], list[bool]]], width: int, pad_id: int,
     tokens = np.full((len(rows), width), pad_id, dtype=np.uint32)
     mask = np.zeros((len(rows), width), dtype=np.uint8)
     for r, (ids, learn, _) in enumerate(rows):
-        tokens[r, :len(ids)], mask[r, :len(learn)] = ids, learn
+        tokens[r, : len(ids)], mask[r, : len(learn)] = ids, learn
     return tokens, [np.array(starts, dtype=np.int32) for _, _, starts in rows], mask
 
 
@@ -124,13 +144,33 @@ def write_shards(folder: Path, tokenizer: Any, seq_len: int, splits: dict[str, R
     counts = {}
     for split, (tokens, starts, values, documents, used) in splits.items():
         entry = write_shard(folder / split / f"{split}-00000-000.arrow", tokens, starts, vocab, {column: values})
-        counts[split] = SplitIndex(documents=documents, tokens=used, learned_tokens=int((values > 0).sum()),
-                                   sequences=len(tokens), padding=int(tokens.size - used), remainder=0, shards=[entry])
-    write_manifest(folder, ShardManifest(
-        seq_len=seq_len, row_width=seq_len + 1, packing="chat", token_type=str(token_type(vocab)),
-        tokenizer=TokenizerRecord(file=TOKENIZER_FILE, sha256=file_sha256(folder / TOKENIZER_FILE), vocab_size=vocab,
-                                  eod_id=tokenizer.token_to_id("<|endoftext|>"), pad_id=pad),
-        splits=counts, prep_config={}))
+        counts[split] = SplitIndex(
+            documents=documents,
+            tokens=used,
+            learned_tokens=int((values > 0).sum()),
+            sequences=len(tokens),
+            padding=int(tokens.size - used),
+            remainder=0,
+            shards=[entry],
+        )
+    write_manifest(
+        folder,
+        ShardManifest(
+            seq_len=seq_len,
+            row_width=seq_len + 1,
+            packing="chat",
+            token_type=str(token_type(vocab)),
+            tokenizer=TokenizerRecord(
+                file=TOKENIZER_FILE,
+                sha256=file_sha256(folder / TOKENIZER_FILE),
+                vocab_size=vocab,
+                eod_id=tokenizer.token_to_id("<|endoftext|>"),
+                pad_id=pad,
+            ),
+            splits=counts,
+            prep_config={},
+        ),
+    )
     return {split: index.model_dump(mode="json", exclude_unset=True) for split, index in counts.items()}
 
 
@@ -141,8 +181,14 @@ def packed(sequences: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: 
 
 def write_stats(folder: Path, ledger: Ledger, grown: dict[str, Any], counts: dict[str, Any]) -> None:
     ledger.write(folder / REJECTED)
-    write_json(folder / STATS, {"records": ledger.summary(), "tokenizer": grown,
-                                "splits": {s: {k: v for k, v in c.items() if k != "shards"} for s, c in counts.items()}})
+    write_json(
+        folder / STATS,
+        {
+            "records": ledger.summary(),
+            "tokenizer": grown,
+            "splits": {s: {k: v for k, v in c.items() if k != "shards"} for s, c in counts.items()},
+        },
+    )
 
 
 def held_out(raw: str, fraction: float) -> bool:
@@ -159,15 +205,19 @@ def save_base(base: Path, folder: Path) -> None:
 def grown_tokenizer(tokenizer_file: Path) -> tuple[Any, dict[str, Any]]:
     """The base tokenizer grown by the chat markers, and what stats.json says about it."""
     tokenizer, added = grow_tokenizer(tokenizer_file)
-    return tokenizer, {"base_vocab": tokenizer.get_vocab_size() - len(added),
-                       "added": {tokenizer.id_to_token(i): i for i in added},
-                       "new_rows": "the mean of the base model's rows of its tokenizer's vocabulary"}
+    return tokenizer, {
+        "base_vocab": tokenizer.get_vocab_size() - len(added),
+        "added": {tokenizer.id_to_token(i): i for i in added},
+        "new_rows": "the mean of the base model's rows of its tokenizer's vocabulary",
+    }
 
 
 # -- SFT -----------------------------------------------------------------------------------------
 
-def read_chat(chat: Path, codec: ChatCodec, settings: SFTConfig, seq_len: int
-              ) -> tuple[Ledger, dict[str, list[tuple[list[int], list[bool]]]]]:
+
+def read_chat(
+    chat: Path, codec: ChatCodec, settings: SFTConfig, seq_len: int
+) -> tuple[Ledger, dict[str, list[tuple[list[int], list[bool]]]]]:
     """The usable conversations of a chat file as (ids, learn) per split, and the ledger of every record."""
     ledger = Ledger()
     splits: dict[str, list[tuple[list[int], list[bool]]]] = {"train": [], "val": []}
@@ -184,8 +234,17 @@ def read_chat(chat: Path, codec: ChatCodec, settings: SFTConfig, seq_len: int
     return ledger, splits
 
 
-def build_data(folder: Path, records: Path, base: Path, tokenizer_file: Path, settings: Any, seq_len: int,
-               read: Callable[..., Any], arrange: Callable[..., Rows], column: str) -> None:
+def build_data(
+    folder: Path,
+    records: Path,
+    base: Path,
+    tokenizer_file: Path,
+    settings: Any,
+    seq_len: int,
+    read: Callable[..., Any],
+    arrange: Callable[..., Rows],
+    column: str,
+) -> None:
     """RUN/data of a post-training run: shards (train and val) of the records `read` keeps, laid out in rows
     by `arrange` with their per-token `column`, the refused records, the base weights."""
     tokenizer, grown = grown_tokenizer(tokenizer_file)
@@ -196,14 +255,22 @@ def build_data(folder: Path, records: Path, base: Path, tokenizer_file: Path, se
     save_base(base, folder)
 
 
-def build_sft_data(folder: Path, chat: Path, base: Path, tokenizer_file: Path, settings: SFTConfig,
-                   seq_len: int) -> None:
+def build_sft_data(
+    folder: Path, chat: Path, base: Path, tokenizer_file: Path, settings: SFTConfig, seq_len: int
+) -> None:
     """RUN/data of an SFT run: conversations packed several to a row, with their loss mask."""
     build_data(folder, chat, base, tokenizer_file, settings, seq_len, read_chat, packed, LOSS_MASK)
 
 
-def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path, data: storage.Location,
-            output: Path, build: Callable[..., None]) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
+def prepare(
+    kind: str,
+    config: TrainingConfig,
+    base: Path,
+    tokenizer_file: Path,
+    data: storage.Location,
+    output: Path,
+    build: Callable[..., None],
+) -> tuple[Any, Path, Callable[[torch.nn.Module], None]]:
     """The config, shards folder and initial weights of a post-training run of `kind` (`sft`, `dpo`): RUN/data
     made on first use by `build(folder, data, base, tokenizer_file, post.<kind>, seq_len)` (build_sft_data,
     build_dpo_data), checked to hold training (and validation) rows. A `data` URL is downloaded into
@@ -220,21 +287,31 @@ def prepare(kind: str, config: TrainingConfig, base: Path, tokenizer_file: Path,
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
     settings = getattr(config.post, kind)
-    build_once(folder, fingerprint(kind, data, base, settings, seq_len),
-               lambda staging: build(staging, data, base, tokenizer_file, settings, seq_len))
+    build_once(
+        folder,
+        fingerprint(kind, data, base, settings, seq_len),
+        lambda staging: build(staging, data, base, tokenizer_file, settings, seq_len),
+    )
     stats = read_marker(folder / STATS)
     records, splits = stats["records"], stats["splits"]
     if not splits["train"]["sequences"]:
-        raise UserError(f"--data {data}: no usable record ({records['read']} read, rejected "
-                        f"{records['rejected']}; see {folder / REJECTED})")
+        raise UserError(
+            f"--data {data}: no usable record ({records['read']} read, rejected "
+            f"{records['rejected']}; see {folder / REJECTED})"
+        )
     if config.train.eval_batches and not splits["val"]["sequences"]:
-        raise UserError(f"--data {data}: no record held out for validation: raise post.{kind}.val_fraction, "
-                        f"or set train.eval_batches=0")
+        raise UserError(
+            f"--data {data}: no record held out for validation: raise post.{kind}.val_fraction, "
+            f"or set train.eval_batches=0"
+        )
     vocab = read_manifest(folder / SHARDS).tokenizer.vocab_size
     announce(folder, stats)
     grown = stats["tokenizer"]
-    return base_config(config, base, vocab), folder / SHARDS, base_weights(folder, grown["base_vocab"] if grown["added"]
-                                                                          else None)
+    return (
+        base_config(config, base, vocab),
+        folder / SHARDS,
+        base_weights(folder, grown["base_vocab"] if grown["added"] else None),
+    )
 
 
 def announce(folder: Path, stats: dict[str, Any]) -> None:
@@ -243,11 +320,15 @@ def announce(folder: Path, stats: dict[str, Any]) -> None:
         return
     records, grown = stats["records"], stats["tokenizer"]
     rejected = ", ".join(f"{reason} {n}" for reason, n in records["rejected"].items()) or "none"
-    print(f"post-training data: {records['read']} records, {records['kept']} kept, rejected: {rejected} "
-          f"(listed in {folder / REJECTED}); rows: " + ", ".join(
-              f"{split} {c['sequences']} ({c['documents']} records)" for split, c in stats["splits"].items()),
-          flush=True)
+    print(
+        f"post-training data: {records['read']} records, {records['kept']} kept, rejected: {rejected} "
+        f"(listed in {folder / REJECTED}); rows: "
+        + ", ".join(f"{split} {c['sequences']} ({c['documents']} records)" for split, c in stats["splits"].items()),
+        flush=True,
+    )
     if grown["added"]:
-        print(f"vocabulary grown by {', '.join(f'{t} (id {i})' for t, i in grown['added'].items())}: their embedding "
-              f"rows start as {grown['new_rows']}", flush=True)
-
+        print(
+            f"vocabulary grown by {', '.join(f'{t} (id {i})' for t, i in grown['added'].items())}: their embedding "
+            f"rows start as {grown['new_rows']}",
+            flush=True,
+        )

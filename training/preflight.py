@@ -19,8 +19,16 @@ if TYPE_CHECKING:
     from data_prep.shards import ShardManifest
 
 CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights (4) + Adam's fp32 master copy and two moments (12)
-WEIGHT_SHAPES = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size", "vocab_multiple",
-                 "tie_embeddings")  # the model keys a checkpoint's tensors depend on
+WEIGHT_SHAPES = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "ffn_hidden",
+    "vocab_size",
+    "vocab_multiple",
+    "tie_embeddings",
+)  # the model keys a checkpoint's tensors depend on
 
 
 def latest_checkpoint_meta(run_dir: Path) -> CheckpointMeta | None:
@@ -43,8 +51,10 @@ def check_same_model(run_dir: Path, model: dict[str, Any], resume: str) -> None:
     meta = latest_checkpoint_meta(run_dir) if resume == "auto" else None
     changed = model_changes(meta, model) if meta is not None else None
     if changed:
-        raise UserError(f"{run_dir} holds a checkpoint of another model ({changed}): use a new --output, "
-                        f"or --resume none to start over there")
+        raise UserError(
+            f"{run_dir} holds a checkpoint of another model ({changed}): use a new --output, "
+            f"or --resume none to start over there"
+        )
 
 
 def model_changes(meta: CheckpointMeta, model: dict[str, Any]) -> str | None:
@@ -61,8 +71,10 @@ def check_splits(manifest: ShardManifest, shards: Path, needs_validation: bool) 
         raise UserError(f"{shards}: the train split is empty: prep kept too few documents for one sequence")
     if needs_validation and not manifest.split("val").sequences:
         documents = manifest.split("val").documents
-        raise UserError(f"{shards}: the validation split is empty ({documents} documents held out): raise "
-                        f"prep.pack.val_fraction, or set train.eval_batches=0 to train without validation")
+        raise UserError(
+            f"{shards}: the validation split is empty ({documents} documents held out): raise "
+            f"prep.pack.val_fraction, or set train.eval_batches=0 to train without validation"
+        )
 
 
 def check_disk(run_dir: Path, params: int, keep: int) -> None:
@@ -73,6 +85,8 @@ def check_disk(run_dir: Path, params: int, keep: int) -> None:
     needed = params * CHECKPOINT_BYTES_PER_PARAM * (keep + 1)  # kept ones and the one being staged
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise UserError(f"checkpoints of {params / 1e6:,.0f}M parameters need ~{needed / 1e9:,.1f} GB "
-                        f"({keep} kept + 1 being written) but {folder} has {free / 1e9:,.1f} GB free: free space, "
-                        f"lower checkpoint.keep_last, or write the run elsewhere")
+        raise UserError(
+            f"checkpoints of {params / 1e6:,.0f}M parameters need ~{needed / 1e9:,.1f} GB "
+            f"({keep} kept + 1 being written) but {folder} has {free / 1e9:,.1f} GB free: free space, "
+            f"lower checkpoint.keep_last, or write the run elsewhere"
+        )

@@ -19,12 +19,19 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 _aten = torch.ops.aten
-KEPT_OPS = frozenset({
-    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten._scaled_mm.default,
-    _aten._scaled_dot_product_flash_attention.default, _aten._scaled_dot_product_efficient_attention.default,
-    _aten._scaled_dot_product_cudnn_attention.default, _aten._scaled_dot_product_flash_attention_for_cpu.default,
-    torch.ops.higher_order.flex_attention,
-})
+KEPT_OPS = frozenset(
+    {
+        _aten.mm.default,
+        _aten.addmm.default,
+        _aten.bmm.default,
+        _aten._scaled_mm.default,
+        _aten._scaled_dot_product_flash_attention.default,
+        _aten._scaled_dot_product_efficient_attention.default,
+        _aten._scaled_dot_product_cudnn_attention.default,
+        _aten._scaled_dot_product_flash_attention_for_cpu.default,
+        torch.ops.higher_order.flex_attention,
+    }
+)
 
 
 def _keep_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
@@ -34,6 +41,10 @@ def _keep_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPol
 def recompute(fn: Callable[..., Any], *args: Any, mode: str) -> Any:
     """`fn(*args)` with its activations recomputed in backward as `mode` (selective or full) says."""
     if mode == "selective":
-        return checkpoint(fn, *args, use_reentrant=False,
-                          context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls))
+        return checkpoint(
+            fn,
+            *args,
+            use_reentrant=False,
+            context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls),
+        )
     return checkpoint(fn, *args, use_reentrant=False)

@@ -38,7 +38,7 @@ def step_of(tag: str) -> int | None:
 
 def kept(steps: list[int], config: CheckpointConfig) -> set[int]:
     """The steps keep_last and keep_every keep, of `steps` sorted oldest first."""
-    keep = set(steps[-config.keep_last:])
+    keep = set(steps[-config.keep_last :])
     return keep | {s for s in steps if config.keep_every and s % config.keep_every == 0}
 
 
@@ -86,8 +86,9 @@ class RemoteCheckpoints:
         for attempt in range(self.retries + 1):
             try:
                 self._upload(folder)
-                self._log({"event": "upload", "step": step, "remote": f"{self.url}/{folder.name}",
-                           "attempts": attempt + 1})
+                self._log(
+                    {"event": "upload", "step": step, "remote": f"{self.url}/{folder.name}", "attempts": attempt + 1}
+                )
                 self.prune()
                 return
             except Exception as exc:  # noqa: BLE001 - any failure of the store or network is retried, then reported
@@ -96,8 +97,12 @@ class RemoteCheckpoints:
                     with self.lock:
                         self.failed[folder.name] = error
                     self._log({"event": "upload_failed", "step": step, "error": error})
-                    print(f"warning: checkpoint {folder.name} was not uploaded to {self.url} ({error}); its local "
-                          f"copy is kept", file=sys.stderr, flush=True)
+                    print(
+                        f"warning: checkpoint {folder.name} was not uploaded to {self.url} ({error}); its local "
+                        f"copy is kept",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return
                 self._log({"event": "upload_retry", "step": step, "attempt": attempt + 1, "error": error})
                 time.sleep(BACKOFF_S * 2**attempt)

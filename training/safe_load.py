@@ -59,13 +59,24 @@ def _enum_member(enum: type[Enum], name: str) -> Enum:
     """`getattr(enum, name)` limited to a member of an allowed enum: early Python 3.11 releases
     (Debian 12's 3.11.2) pickle an enum member as that call, later ones by value."""
     if enum not in ENUMS or name not in enum.__members__:
-        raise pickle.UnpicklingError(f"Unsupported getattr({getattr(enum, '__name__', enum)!r}, {name!r}): only the "
-                                     "members of DeepSpeed's enums are read")
+        raise pickle.UnpicklingError(
+            f"Unsupported getattr({getattr(enum, '__name__', enum)!r}, {name!r}): only the "
+            "members of DeepSpeed's enums are read"
+        )
     return enum[name]
 
 
-ALLOWED = [LossScaler, DynamicLossScaler, *ENUMS, fragment_address, (_enum_member, "builtins.getattr"),
-           np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+ALLOWED = [
+    LossScaler,
+    DynamicLossScaler,
+    *ENUMS,
+    fragment_address,
+    (_enum_member, "builtins.getattr"),
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    np.dtypes.UInt32DType,
+]
 # Registered for the whole process, not per load: torch's per-call context removes the types on exit, also
 # from an enclosing one (a weights-only DeepSpeed load inside `weights_only_loads`).
 torch.serialization.add_safe_globals(ALLOWED)
@@ -86,8 +97,9 @@ def inside(folder: Path, name: object) -> str:
     """`name` as a path inside `folder`: relative, no `..`, no empty or `.` parts."""
     parts = PurePosixPath(name).parts if isinstance(name, str) and name and "\\" not in name else ()
     if not parts or PurePosixPath(name).is_absolute() or any(part in ("", ".", "..") for part in parts):
-        raise ForeignEntry(f"checkpoint {folder}: its {META} lists {name!r}, a name outside the folder; "
-                           f"it was altered and is not read")
+        raise ForeignEntry(
+            f"checkpoint {folder}: its {META} lists {name!r}, a name outside the folder; it was altered and is not read"
+        )
     return "/".join(parts)
 
 
@@ -101,8 +113,13 @@ def _entries(folder: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _kind(mode: int) -> str:
-    kinds = {stat.S_ISLNK: "a symbolic link", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
-             stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    kinds = {
+        stat.S_ISLNK: "a symbolic link",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a device",
+        stat.S_ISBLK: "a device",
+    }
     return next((kind for test, kind in kinds.items() if test(mode)), "not a plain file")
 
 
@@ -119,11 +136,15 @@ def check_files(folder: Path, listed: dict[str, str], extra: Iterable[str] = (ME
         if stat.S_ISDIR(info.st_mode):
             continue
         if not stat.S_ISREG(info.st_mode):
-            raise ForeignEntry(f"checkpoint {folder}: {folder / name} is {_kind(info.st_mode)}, which Crucible never "
-                               f"writes there; the checkpoint was altered and is not read")
+            raise ForeignEntry(
+                f"checkpoint {folder}: {folder / name} is {_kind(info.st_mode)}, which Crucible never "
+                f"writes there; the checkpoint was altered and is not read"
+            )
         if name not in allowed:
-            raise ForeignEntry(f"checkpoint {folder}: {folder / name} is not one of the files its {META} lists; the "
-                               f"checkpoint was altered and is not read (remove the file to use it)")
+            raise ForeignEntry(
+                f"checkpoint {folder}: {folder / name} is not one of the files its {META} lists; the "
+                f"checkpoint was altered and is not read (remove the file to use it)"
+            )
     for name, digest in names.items():
         path = folder / name
         if not path.is_file():

@@ -39,8 +39,10 @@ def encode_tasks(tasks: list[Task], tokenizer_file: Path, eod_id: int, seq_len: 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
 
-    encoded = [[encode_pair(encode, context, continuation, eod_id) for context, continuation in requests(task)]
-               for task in tasks]
+    encoded = [
+        [encode_pair(encode, context, continuation, eod_id) for context, continuation in requests(task)]
+        for task in tasks
+    ]
     for task, pairs in zip(tasks, encoded):
         check_fits(task, pairs, seq_len)
     return encoded
@@ -60,7 +62,7 @@ def pack_requests(pairs: list[Pair], seq_len: int, pad_id: int, one_per_row: boo
     placed: list[list[tuple[list[int], int]]] = [[]]  # per row: (tokens, continuation length)
     fill = 0
     for context, continuation in pairs:
-        tokens = (context + continuation)[-(seq_len + 1):]
+        tokens = (context + continuation)[-(seq_len + 1) :]
         width = len(tokens) - 1
         if placed[-1] and (one_per_row or fill + width > seq_len):
             placed.append([])
@@ -68,16 +70,21 @@ def pack_requests(pairs: list[Pair], seq_len: int, pad_id: int, one_per_row: boo
         placed[-1].append((tokens, min(len(continuation), width)))
         fill += width
     shape = (len(placed), seq_len)
-    rows = Rows(np.full(shape, pad_id, np.int64), np.full(shape, pad_id, np.int64), np.zeros(shape, np.int64),
-                np.zeros(shape, np.int64), [])
+    rows = Rows(
+        np.full(shape, pad_id, np.int64),
+        np.full(shape, pad_id, np.int64),
+        np.zeros(shape, np.int64),
+        np.zeros(shape, np.int64),
+        [],
+    )
     for row, requests_in_row in enumerate(placed):
         at = 0
         for segment, (tokens, cont) in enumerate(requests_in_row, 1):
             width = len(tokens) - 1
-            rows.inputs[row, at:at + width] = tokens[:-1]
-            rows.targets[row, at:at + width] = tokens[1:]
-            rows.positions[row, at:at + width] = np.arange(width)
-            rows.segments[row, at:at + width] = segment
+            rows.inputs[row, at : at + width] = tokens[:-1]
+            rows.targets[row, at : at + width] = tokens[1:]
+            rows.positions[row, at : at + width] = np.arange(width)
+            rows.segments[row, at : at + width] = segment
             rows.spans.append((row, at + width - cont, at + width))
             at += width
         rows.segments[row, at:] = len(requests_in_row) + 1  # the padding tail is a segment of its own
@@ -105,25 +112,36 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def score(forward: Forward, pairs: list[Pair], seq_len: int, micro_batch: int, pad_id: int, device: torch.device,
-          dp_rank: int = 0, dp: int = 1, one_per_row: bool = False) -> list[tuple[float, bool]]:
+def score(
+    forward: Forward,
+    pairs: list[Pair],
+    seq_len: int,
+    micro_batch: int,
+    pad_id: int,
+    device: torch.device,
+    dp_rank: int = 0,
+    dp: int = 1,
+    one_per_row: bool = False,
+) -> list[tuple[float, bool]]:
     """(sum of continuation log-probabilities, all continuation tokens greedy) per request."""
     rows = pack_requests(pairs, seq_len, pad_id, one_per_row)
     per_round = micro_batch * dp
     n_rows = -(-len(rows.inputs) // per_round) * per_round  # every rank runs the same number of micro-batches
-    tensors = [torch.from_numpy(np.pad(a, ((0, n_rows - len(a)), (0, 0)), constant_values=fill))
-               for a, fill in ((rows.inputs, pad_id), (rows.targets, pad_id), (rows.positions, 0), (rows.segments, 1))]
+    tensors = [
+        torch.from_numpy(np.pad(a, ((0, n_rows - len(a)), (0, 0)), constant_values=fill))
+        for a, fill in ((rows.inputs, pad_id), (rows.targets, pad_id), (rows.positions, 0), (rows.segments, 1))
+    ]
     token_ll = torch.zeros(n_rows, seq_len, dtype=torch.float64, device=device)
     token_greedy = torch.zeros(n_rows, seq_len, dtype=torch.float64, device=device)
     for first in range(dp_rank * micro_batch, n_rows, per_round):
-        inputs, targets, positions, segments = (t[first:first + micro_batch].to(device) for t in tensors)
+        inputs, targets, positions, segments = (t[first : first + micro_batch].to(device) for t in tensors)
         logits = forward(inputs, positions, segments, targets)
         if logits is None:
             continue
         ll, greedy = target_scores(logits, targets)
         if parallel_state.get_tensor_model_parallel_rank() == 0:  # one copy of each result in the sum
-            token_ll[first:first + micro_batch] = ll.double()
-            token_greedy[first:first + micro_batch] = greedy.double()
+            token_ll[first : first + micro_batch] = ll.double()
+            token_greedy[first : first + micro_batch] = greedy.double()
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(token_ll)
         dist.all_reduce(token_greedy)

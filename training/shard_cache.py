@@ -56,8 +56,9 @@ class ShardCache:
         try:
             storage.download(cast(str, storage.join(location, MANIFEST)), local / MANIFEST)
         except FileNotFoundError:
-            raise ShardError(f"{storage.join(location, MANIFEST)} not found: is {location} a shards folder "
-                             f"made by `prep`?") from None
+            raise ShardError(
+                f"{storage.join(location, MANIFEST)} not found: is {location} a shards folder made by `prep`?"
+            ) from None
         tokenizer = read_manifest(local).tokenizer.file
         storage.download(cast(str, storage.join(location, tokenizer)), local / tokenizer)
         stats = cast(str, storage.join(location.rstrip("/").rsplit("/", 1)[0], PREP_STATS))  # a URL joined is a URL
@@ -77,8 +78,10 @@ class ShardCache:
             if entry.file not in listed:
                 raise ShardError(f"shard {url} listed in the manifest is missing")
             if listed[entry.file] != entry.bytes:
-                raise ShardError(f"shard {url} has {listed[entry.file]:,} bytes, the manifest says "
-                                 f"{entry.bytes:,} (truncated or modified)")
+                raise ShardError(
+                    f"shard {url} has {listed[entry.file]:,} bytes, the manifest says "
+                    f"{entry.bytes:,} (truncated or modified)"
+                )
 
     def prefetch(self, wanted: list[tuple[str, ShardEntry]]) -> None:
         """Start downloading these (url, manifest entry) pairs, in order, as far as the cache holds them."""

@@ -31,8 +31,11 @@ DELIMITER = " "  # between context and continuation, lm-evaluation-harness's def
 # The metrics tables and the report show, in order (chance beside acc), and the names of those
 # whose key alone would mislead.
 SHOWN_METRICS = ("acc", "chance", "acc_norm", "perplexity", "perplexity_per_token")
-METRIC_LABELS = {"perplexity": "perplexity per word", "perplexity_per_token": "perplexity per token",
-                 "chance": "chance acc"}
+METRIC_LABELS = {
+    "perplexity": "perplexity per word",
+    "perplexity_per_token": "perplexity per token",
+    "chance": "chance acc",
+}
 
 
 @dataclass
@@ -94,7 +97,7 @@ def encode_pair(encode: Any, context: str, continuation: str, eod_id: int) -> tu
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole, head = encode(context + continuation), encode(context)
-    return head, whole[len(head):]
+    return head, whole[len(head) :]
 
 
 def check_fits(task: Task, pairs: list[tuple[list[int], list[int]]], seq_len: int) -> None:
@@ -107,9 +110,11 @@ def check_fits(task: Task, pairs: list[tuple[list[int], list[int]]], seq_len: in
             at += 1
             if length > seq_len:
                 which = f"choices[{index}]" if task.kind == MULTIPLE_CHOICE else "target"
-                raise UserError(f"{task.path}: item {number}: {which} is {length:,} tokens, longer than the "
-                                f"{seq_len:,} (seq_len) the model was trained on; shorten it, or train with a "
-                                f"larger prep.pack.seq_len (a long context keeps its last tokens)")
+                raise UserError(
+                    f"{task.path}: item {number}: {which} is {length:,} tokens, longer than the "
+                    f"{seq_len:,} (seq_len) the model was trained on; shorten it, or train with a "
+                    f"larger prep.pack.seq_len (a long context keeps its last tokens)"
+                )
 
 
 def requests(task: Task) -> list[tuple[str, str]]:
@@ -122,20 +127,21 @@ def chance(task: Task) -> float:
     return sum(1 / len(item["choices"]) for item in task.items) / len(task.items)
 
 
-def metrics(task: Task, scores: list[tuple[float, bool]], pairs: list[tuple[list[int], list[int]]]
-            ) -> dict[str, float]:
+def metrics(task: Task, scores: list[tuple[float, bool]], pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
     """Task metrics from (log-likelihood, greedy) per request and the requests' token ids, in
     `requests` order."""
     if task.kind == CLOZE:
         lls = [ll for ll, _ in scores]
-        return {"acc": sum(greedy for _, greedy in scores) / len(scores),
-                "perplexity": math.exp(-sum(lls) / len(lls)),
-                "perplexity_per_token": math.exp(-sum(lls) / sum(len(target) for _, target in pairs)),
-                "items": len(scores)}
+        return {
+            "acc": sum(greedy for _, greedy in scores) / len(scores),
+            "perplexity": math.exp(-sum(lls) / len(lls)),
+            "perplexity_per_token": math.exp(-sum(lls) / sum(len(target) for _, target in pairs)),
+            "items": len(scores),
+        }
     right = right_norm = at = 0
     for item in task.items:
         choices = item["choices"]
-        lls = [ll for ll, _ in scores[at:at + len(choices)]]
+        lls = [ll for ll, _ in scores[at : at + len(choices)]]
         at += len(choices)
         right += _argmax(lls) == item["gold"]
         right_norm += _argmax([ll / len(c) for ll, c in zip(lls, choices)]) == item["gold"]

@@ -33,8 +33,10 @@ def check_installed(loggers: list[str]) -> None:
     line naming the extra."""
     for name in loggers:
         if importlib.util.find_spec(name) is None:
-            raise UserError(f"train.loggers names {name}, whose library is not installed: "
-                            f"pip install -e '.[trackers]' (or drop {name} from train.loggers)")
+            raise UserError(
+                f"train.loggers names {name}, whose library is not installed: "
+                f"pip install -e '.[trackers]' (or drop {name} from train.loggers)"
+            )
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -51,15 +53,24 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:
     """The plottable scalars of a metrics record (not the step itself, not bools or None)."""
-    return {k: float(v) for k, v in record.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class TensorBoard:
     id = None  # nothing for a resume to continue: it appends to the same folder
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
-                 settings: TrackingConfig, run_id: str | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        prep_stats: dict[str, Any] | None,
+        settings: TrackingConfig,
+        run_id: str | None,
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -84,17 +95,29 @@ class WandB:
     """Steps are plotted against a `step` metric, not W&B's own counter: after a rollback the
     step goes back, which W&B's counter refuses."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
-                 settings: TrackingConfig, run_id: str | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        prep_stats: dict[str, Any] | None,
+        settings: TrackingConfig,
+        run_id: str | None,
+    ) -> None:
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            dir=str(run_dir), project=settings.project, name=run_dir.name, id=run_id, resume="allow",
+            dir=str(run_dir),
+            project=settings.project,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
             mode=cast(WandbMode, os.environ.get("WANDB_MODE") or settings.wandb_mode),  # W&B checks WANDB_MODE
             config=config | ({"prep_stats": prep_stats} if prep_stats is not None else {}),
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
-                                    x_save_requirements=False))
+            settings=wandb.Settings(
+                silent=True, console="off", x_disable_stats=True, disable_git=True, x_save_requirements=False
+            ),
+        )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.events: list[list[Any]] = []
@@ -108,8 +131,9 @@ class WandB:
 
     def event(self, event: dict[str, Any]) -> None:
         self.events.append([event.get("step"), event["event"], json.dumps(event, sort_keys=True)])
-        self.run.log({f"event/{event['event']}": sum(e[1] == event["event"] for e in self.events),
-                      "step": event.get("step", 0)})
+        self.run.log(
+            {f"event/{event['event']}": sum(e[1] == event["event"] for e in self.events), "step": event.get("step", 0)}
+        )
 
     def close(self) -> None:
         if self.events:
@@ -144,16 +168,24 @@ def mlflow_hint(run_dir: Path, settings: TrackingConfig) -> str:
     uri = mlflow_uri(run_dir, settings)
     if not is_folder_store(uri):
         return f"MLflow: this run is on {uri}, in its web UI; offline: {mlflow_read_command(run_dir, settings)}"
-    return (f"MLflow: {mlflow_read_command(run_dir, settings)}; the web UI needs the full package (pip install "
-            f"mlflow), then MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {shlex.quote(uri)}")
+    return (
+        f"MLflow: {mlflow_read_command(run_dir, settings)}; the web UI needs the full package (pip install "
+        f"mlflow), then MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    )
 
 
 class MLflow:
     BATCH = 100  # MLflow's most params (and a safe number of metrics) per request
     VALUE = 6000  # MLflow's longest param value; the whole config is an artifact too
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], prep_stats: dict[str, Any] | None,
-                 settings: TrackingConfig, run_id: str | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        prep_stats: dict[str, Any] | None,
+        settings: TrackingConfig,
+        run_id: str | None,
+    ) -> None:
         uri = mlflow_uri(run_dir, settings)
         if is_folder_store(uri):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -163,14 +195,17 @@ class MLflow:
         self.Metric, self.client = Metric, MlflowClient(uri)
         if run_id is None:
             experiment = self.client.get_experiment_by_name(settings.project)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else self.client.create_experiment(settings.project))
+            experiment_id = (
+                experiment.experiment_id if experiment is not None else self.client.create_experiment(settings.project)
+            )
             run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
             flat = flatten(config) | {f"prep_stats.{k}": v for k, v in flatten(prep_stats or {}).items()}
-            params = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:self.VALUE])
-                      for k, v in flat.items()]
+            params = [
+                Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[: self.VALUE])
+                for k, v in flat.items()
+            ]
             for start in range(0, len(params), self.BATCH):
-                self.client.log_batch(run_id, params=params[start:start + self.BATCH])
+                self.client.log_batch(run_id, params=params[start : start + self.BATCH])
             self.client.log_dict(run_id, config, "config.json")
             if prep_stats is not None:
                 self.client.log_dict(run_id, prep_stats, "prep_stats.json")
@@ -183,27 +218,38 @@ class MLflow:
         now = int(time.time() * 1000)
         metrics = [self.Metric(k, v, now, step) for k, v in values.items()]
         for start in range(0, len(metrics), self.BATCH):
-            self.client.log_batch(self.id, metrics=metrics[start:start + self.BATCH])
+            self.client.log_batch(self.id, metrics=metrics[start : start + self.BATCH])
 
     def event(self, event: dict[str, Any]) -> None:
         self.counts[event["event"]] = self.counts.get(event["event"], 0) + 1
         self.metrics(event.get("step", 0), {f"event/{event['event']}": self.counts[event["event"]]})
-        self.client.log_text(self.id, json.dumps(event, sort_keys=True),
-                             f"events/{sum(self.counts.values()):04d}-{event['event']}.json")
+        self.client.log_text(
+            self.id, json.dumps(event, sort_keys=True), f"events/{sum(self.counts.values()):04d}-{event['event']}.json"
+        )
 
     def close(self) -> None:
         self.client.set_terminated(self.id)
 
 
-BACKENDS: dict[str, type[TensorBoard] | type[WandB] | type[MLflow]] = {"tensorboard": TensorBoard, "wandb": WandB,
-                                                                      "mlflow": MLflow}
+BACKENDS: dict[str, type[TensorBoard] | type[WandB] | type[MLflow]] = {
+    "tensorboard": TensorBoard,
+    "wandb": WandB,
+    "mlflow": MLflow,
+}
 
 
 class Trackers:
     """Every back-end named in `train.loggers`, fed together; nothing at all on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, loggers: list[str], settings: TrackingConfig, config: dict[str, Any],
-                 prep_stats: dict[str, Any] | None, enabled: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        loggers: list[str],
+        settings: TrackingConfig,
+        config: dict[str, Any],
+        prep_stats: dict[str, Any] | None,
+        enabled: bool,
+    ) -> None:
         self.backends: list[Any] = []
         if not enabled:
             return

@@ -36,9 +36,7 @@ class MinHashConfig(Section):
     """What a near-duplicate is and how hard to look for one."""
 
     ngram: int = Field(5, ge=1, description="Words per shingle (`\\w+` tokens, lower-cased).")
-    num_perm: int = Field(
-        128, ge=2, le=1024, description="Permutations per signature; estimate error ~1/sqrt of it."
-    )
+    num_perm: int = Field(128, ge=2, le=1024, description="Permutations per signature; estimate error ~1/sqrt of it.")
     bands: int | None = Field(
         None, ge=1, description="LSH bands; None derives bands and rows from candidate_threshold."
     )
@@ -50,13 +48,13 @@ class MinHashConfig(Section):
         0.75, gt=0, le=1, description="Estimated Jaccard a candidate pair needs to be a duplicate."
     )
     split_group_threshold: float = Field(
-        0.3, gt=0, le=1,
+        0.3,
+        gt=0,
+        le=1,
         description="Estimated Jaccard at which a candidate pair, kept or not, joins one split group: a group "
         "lands whole in train or in validation. Set it to `threshold` to split document by document.",
     )
-    seed: int = Field(
-        1, ge=0, lt=2**32, description="Seed of the permutations, as in datasketch's MinHash."
-    )
+    seed: int = Field(1, ge=0, lt=2**32, description="Seed of the permutations, as in datasketch's MinHash.")
     shingle_hash: Literal["fast", "datasketch"] = Field(
         "fast",
         description="fast (default): words and shingles hashed with array operations, signing "
@@ -64,8 +62,10 @@ class MinHashConfig(Section):
         "signatures bit-identical to datasketch's MinHash, to check or mix sketches with it.",
     )
     bucket_shards_per_task: int = Field(
-        64, ge=1, description="Input shards per key range of the bucket step: ceil(shards / this) ranges, "
-        "each split into ceil(bands / ranges) groups of bands, one task per range and group."
+        64,
+        ge=1,
+        description="Input shards per key range of the bucket step: ceil(shards / this) ranges, "
+        "each split into ceil(bands / ranges) groups of bands, one task per range and group.",
     )
     max_bucket_size: int = Field(
         DEFAULT_MAX_BUCKET_SIZE,
@@ -86,13 +86,9 @@ class MinHashConfig(Section):
                 f"({self.threshold}): every duplicate pair is in a split group already"
             )
         if (self.bands is None) != (self.rows is None):
-            raise ValueError(
-                "set both bands and rows, or neither (then they follow candidate_threshold)"
-            )
+            raise ValueError("set both bands and rows, or neither (then they follow candidate_threshold)")
         if self.bands is not None and self.rows is not None and self.bands * self.rows != self.num_perm:
-            raise ValueError(
-                f"bands * rows must equal num_perm: {self.bands} * {self.rows} != {self.num_perm}"
-            )
+            raise ValueError(f"bands * rows must equal num_perm: {self.bands} * {self.rows} != {self.num_perm}")
         return self
 
     def band_layout(self) -> tuple[int, int]:
@@ -127,4 +123,3 @@ def _optimal_layout(threshold: float, num_perm: int, spurious: float = 0.5, miss
 
     bands, rows = _optimal_param(threshold, num_perm, spurious, missed)
     return int(bands), int(rows)
-

@@ -100,8 +100,9 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     order = np.argsort(slices.ravel(), kind="stable")  # by slice, then by row
     records = np.empty(len(order), _KEYED)
     records["key"], records["row"] = keys.ravel()[order], order % max(len(signatures), 1)
-    write_ranged(_keys_file(ctx.work, ctx.task), records,
-                 np.searchsorted(slices.ravel()[order], np.arange(ranges * bands + 1)))
+    write_ranged(
+        _keys_file(ctx.work, ctx.task), records, np.searchsorted(slices.ravel()[order], np.arange(ranges * bands + 1))
+    )
     return {}
 
 
@@ -110,11 +111,11 @@ def estimated_jaccard(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) 
     files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
     estimates = np.zeros(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), _VERIFY_ROWS // 2):
-        chunk = pairs[start:start + _VERIFY_ROWS // 2]
+        chunk = pairs[start : start + _VERIFY_ROWS // 2]
         members, where = np.unique(chunk, return_inverse=True)
         sigs = gather_rows(files, offsets, members)
         where = where.reshape(chunk.shape)
-        estimates[start:start + len(chunk)] = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
+        estimates[start : start + len(chunk)] = minhash.estimate_jaccard(sigs[where[:, 0]], sigs[where[:, 1]])
     return estimates
 
 
@@ -130,13 +131,18 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
     mine = np.array_split(np.arange(bands), _band_groups(ctx.config, len(ctx.shards)))[group]
     first = part * bands + int(mine[0])
     offsets = shard_offsets(ctx)
-    slices = [read_ranged(_keys_file(ctx.work, shard), _KEYED, first, first + len(mine))
-              for shard in range(len(ctx.shards))]
+    slices = [
+        read_ranged(_keys_file(ctx.work, shard), _KEYED, first, first + len(mine)) for shard in range(len(ctx.shards))
+    ]
     found = []
     for i in range(len(mine)):
-        keys = np.concatenate([records["key"][bounds[i]:bounds[i + 1]] for records, bounds in slices])
-        rows = np.concatenate([records["row"][bounds[i]:bounds[i + 1]].astype(np.int64) + offsets[shard]
-                               for shard, (records, bounds) in enumerate(slices)])
+        keys = np.concatenate([records["key"][bounds[i] : bounds[i + 1]] for records, bounds in slices])
+        rows = np.concatenate(
+            [
+                records["row"][bounds[i] : bounds[i + 1]].astype(np.int64) + offsets[shard]
+                for shard, (records, bounds) in enumerate(slices)
+            ]
+        )
         found.append(minhash.candidate_pairs(keys, rows, ctx.settings.max_bucket_size))
     del slices
     pairs, which = _unique_rows(np.concatenate(found), inverse=True)
@@ -148,8 +154,15 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
     write_npy(_edges_file(ctx.work, ctx.task), pairs[edge])
     write_npy(_edges_file(ctx.work, ctx.task, "links"), pairs[link])
     ctx.report(1)
-    return {"tally": {"minhash_dedup": {"band_pairs": len(which), "band_edges": int(edge[which].sum()),
-                                        "band_links": int(link[which].sum())}}}
+    return {
+        "tally": {
+            "minhash_dedup": {
+                "band_pairs": len(which),
+                "band_edges": int(edge[which].sum()),
+                "band_links": int(link[which].sum()),
+            }
+        }
+    }
 
 
 def _unique_rows(edges: np.ndarray, inverse: bool = False) -> Any:
@@ -174,8 +187,9 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     """
     n_tasks = _bucket_tasks(ctx.config, len(ctx.shards))
     edges = _unique_rows(np.concatenate([np.load(_edges_file(ctx.work, t)) for t in range(n_tasks)]))
-    grouping = _unique_rows(np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links"))
-                                                     for t in range(n_tasks))]))
+    grouping = _unique_rows(
+        np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links")) for t in range(n_tasks))])
+    )
     linked = np.unique(grouping)
     groups = minhash.clusters(len(linked), np.searchsorted(linked, grouping))
     del grouping  # freed before the ids and the clusters' arrays are made
@@ -185,8 +199,9 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     del edges
     offsets = shard_offsets(ctx)
     chars = gather_rows([_chars_file(ctx.work, i) for i in range(len(ctx.shards))], offsets, members)
-    remove_mask, keepers = minhash.choose_removals(roots, chars, linked_ids[np.searchsorted(linked, members)],
-                                                   row_priorities(ctx, members))
+    remove_mask, keepers = minhash.choose_removals(
+        roots, chars, linked_ids[np.searchsorted(linked, members)], row_priorities(ctx, members)
+    )
     removed, keepers = members[remove_mask], members[keepers[remove_mask]]
     jaccard = np.zeros(len(removed), dtype=np.float64)
     files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
@@ -199,14 +214,22 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     write_removals(ctx, removed, keepers, jaccard)
     sizes = write_groups(ctx, linked, linked_ids, groups, removed)
     ctx.report(int(offsets[-1]))
-    return {"tally": {"minhash_dedup": {"clustered": int(len(members)), "removed": int(len(removed)),
-                                        "split_groups": int(len(sizes)),
-                                        "split_grouped": int(sizes.sum()),
-                                        "largest_split_group": int(sizes.max(initial=0))}}}
+    return {
+        "tally": {
+            "minhash_dedup": {
+                "clustered": int(len(members)),
+                "removed": int(len(removed)),
+                "split_groups": int(len(sizes)),
+                "split_grouped": int(sizes.sum()),
+                "largest_split_group": int(sizes.max(initial=0)),
+            }
+        }
+    }
 
 
-def write_groups(ctx: TaskContext, rows: np.ndarray, ids: np.ndarray, roots: np.ndarray,
-                 removed: np.ndarray) -> np.ndarray:
+def write_groups(
+    ctx: TaskContext, rows: np.ndarray, ids: np.ndarray, roots: np.ndarray, removed: np.ndarray
+) -> np.ndarray:
     """Write each shard's groups file: the surviving documents among `rows` (sorted corpus rows,
     with their `ids` and component `roots`) whose component keeps two or more, each with the
     smallest surviving id of its component, which depends on neither the order nor the sharding
@@ -226,8 +249,12 @@ def write_groups(ctx: TaskContext, rows: np.ndarray, ids: np.ndarray, roots: np.
     for shard in range(len(ctx.shards)):
         keep = np.arange(bounds[shard], bounds[shard + 1])
         keep = keep[size[keep] > 1]
-        write_parquet(groups_file(ctx.work, shard), pa.table({
-            ID: pa.array(ids[keep].tolist(), pa.string()), GROUP: pa.array(group[keep].tolist(), pa.string())}))
+        write_parquet(
+            groups_file(ctx.work, shard),
+            pa.table(
+                {ID: pa.array(ids[keep].tolist(), pa.string()), GROUP: pa.array(group[keep].tolist(), pa.string())}
+            ),
+        )
     return sizes[sizes > 1]
 
 
@@ -259,9 +286,13 @@ def _bucket_tasks(config: Any, n_shards: int) -> int:
     return _key_ranges(config, n_shards) * _band_groups(config, n_shards)
 
 
-STAGE = StageSpec(MINHASH, MinHashConfig, (
-    StepSpec(".signatures", run_signatures),
-    StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=tasks_done),
-    StepSpec(".clusters", run_clusters, tasks=single),
-    StepSpec(".filter", run_filter, makes_docs=True),
-))
+STAGE = StageSpec(
+    MINHASH,
+    MinHashConfig,
+    (
+        StepSpec(".signatures", run_signatures),
+        StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=tasks_done),
+        StepSpec(".clusters", run_clusters, tasks=single),
+        StepSpec(".filter", run_filter, makes_docs=True),
+    ),
+)

@@ -48,8 +48,11 @@ class LogProgress:
     def _say(self, state: str) -> None:
         self.said = time.monotonic()
         of = f" of {self.total:,}" if self.total is not None else ""
-        print(f"{self.step}: {self.n:,}{of} {self.unit}, {state} in {self.said - self.started:.1f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{self.step}: {self.n:,}{of} {self.unit}, {state} in {self.said - self.started:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:
@@ -88,8 +91,9 @@ def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dic
 
 def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     context = mp.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(progress, storage.settings()))
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(progress, storage.settings())
+    )
 
 
 def run_local(plan: Plan, work: Path, output: Location, workers: int, show_progress: bool = True) -> dict[str, Any]:

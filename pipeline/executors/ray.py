@@ -55,8 +55,9 @@ class _Progress:
         return units
 
 
-def _run_task(plan: Plan, work: Path, step: str, task: int, progress: Any,
-              storage_settings: storage.StorageConfig) -> dict[str, Any]:
+def _run_task(
+    plan: Plan, work: Path, step: str, task: int, progress: Any, storage_settings: storage.StorageConfig
+) -> dict[str, Any]:
     """One prep task in a Ray worker, with the driver's storage settings (an endpoint from the config)."""
     storage.configure(storage_settings)
     return execute_task(plan, work, step, task, lambda n: progress.add.remote(n) if n else None)
@@ -77,8 +78,10 @@ def _connect(ray: Any, address: str, workers: int) -> None:
         ray.init(address=address, **quiet)
     except ConnectionError:
         if address != "auto":
-            raise UserError(f"prep.ray.address {address}: no Ray cluster answers there; start one (`ray start "
-                            f"--head`) or set prep.ray.address=auto to start one on this machine") from None
+            raise UserError(
+                f"prep.ray.address {address}: no Ray cluster answers there; start one (`ray start "
+                f"--head`) or set prep.ray.address=auto to start one on this machine"
+            ) from None
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **quiet)
 
 
@@ -89,17 +92,30 @@ class RayRun:
         settings = plan.config.ray
         self.ray, self.plan, self.work, self.output, self.settings = ray, plan, work, output.resolve(), settings
         memory = int(settings.memory_gb_per_task * 2**30) if settings.memory_gb_per_task else None
-        self.options = {"num_cpus": settings.cpus_per_task, "max_retries": settings.max_retries,
-                        "retry_exceptions": True} | ({"memory": memory} if memory else {})
+        self.options = {
+            "num_cpus": settings.cpus_per_task,
+            "max_retries": settings.max_retries,
+            "retry_exceptions": True,
+        } | ({"memory": memory} if memory else {})
         self.plan_ref = ray.put(plan)
         self.progress = ray.remote(num_cpus=0)(_Progress).remote()
         self.folder = output / "ray"
-        self.state: dict[str, Any] = {"driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                                      "address": ray.get_runtime_context().gcs_address, "state": "running"}
+        self.state: dict[str, Any] = {
+            "driver": {"host": socket.gethostname(), "pid": os.getpid()},
+            "address": ray.get_runtime_context().gcs_address,
+            "state": "running",
+        }
         self.written = 0.0
-        write_text(self.folder / CONFIG_FILE,
-                   yaml.safe_dump({"prep": plan.config.with_absolute_paths().model_dump(mode="json"),
-                                   "storage": storage.settings().model_dump(mode="json")}, sort_keys=False))
+        write_text(
+            self.folder / CONFIG_FILE,
+            yaml.safe_dump(
+                {
+                    "prep": plan.config.with_absolute_paths().model_dump(mode="json"),
+                    "storage": storage.settings().model_dump(mode="json"),
+                },
+                sort_keys=False,
+            ),
+        )
 
     def run_step(self, name: str, tasks: list[int], submit: Callable[[int], Any], bar: Any) -> list[Any]:
         """Run `tasks` (at most prep.ray.max_parallel at once), updating `bar`; their results in task order."""
@@ -126,8 +142,12 @@ class RayRun:
     def _save(self, step: str, running: Iterable[int], waiting: list[int], force: bool = False) -> None:
         """state.json for `crucible status`, at most every STATE_EVERY seconds unless `force`."""
         if force or time.monotonic() - self.written >= STATE_EVERY:
-            self.state |= {"step": step, "running": sorted(running), "pending": sorted(waiting),
-                           "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.state |= {
+                "step": step,
+                "running": sorted(running),
+                "pending": sorted(waiting),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             write_json(self.folder / STATE_FILE, self.state)
             self.written = time.monotonic()
 
@@ -136,10 +156,16 @@ class RayRun:
         reason = " ".join(f"{type(cause).__name__}: {cause}".split())
         self.state |= {"state": "failed", "failed": {"step": step, "task": task, "error": reason}}
         self._save(step, others, [], force=True)
-        rerun = (f"crucible prep-task --config {self.folder / CONFIG_FILE} --output {self.output} --step {step} "
-                 f"--task {task}" if step != PUBLISH else "the same command")
-        raise UserError(f"step {step} task {task} failed {self.settings.max_retries + 1} time(s): {reason[:500]}; "
-                        f"rerun it alone (with its traceback): {rerun}")
+        rerun = (
+            f"crucible prep-task --config {self.folder / CONFIG_FILE} --output {self.output} --step {step} "
+            f"--task {task}"
+            if step != PUBLISH
+            else "the same command"
+        )
+        raise UserError(
+            f"step {step} task {task} failed {self.settings.max_retries + 1} time(s): {reason[:500]}; "
+            f"rerun it alone (with its traceback): {rerun}"
+        )
 
     def finish(self) -> None:
         self.state |= {"state": "finished"}
@@ -159,8 +185,9 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
                 bar = progress_bar(expected_units(work, plan, step), f"{step.name:<26}", step.spec.unit, show_progress)
 
                 def submit(t: int, s: str = step.name) -> Any:
-                    return task.options(name=f"prep:{s}:{t}", **run.options).remote(run.plan_ref, work, s, t,
-                                                                                   run.progress, storage.settings())
+                    return task.options(name=f"prep:{s}:{t}", **run.options).remote(
+                        run.plan_ref, work, s, t, run.progress, storage.settings()
+                    )
 
                 try:
                     run.run_step(step.name, pending, submit, bar)
@@ -168,9 +195,19 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
                     bar.close()
             seal_step(work, step)
         publisher = ray.remote(publish_task)
-        stats = publish(plan, work, output, lambda _, tasks: run.run_step(
-            PUBLISH, list(tasks), lambda t: publisher.options(name=f"prep:{PUBLISH}:{t}", **run.options).remote(
-                run.plan_ref, work, output, t), progress_bar(None, f"{PUBLISH:<26}", "task", False)))
+        stats = publish(
+            plan,
+            work,
+            output,
+            lambda _, tasks: run.run_step(
+                PUBLISH,
+                list(tasks),
+                lambda t: publisher.options(name=f"prep:{PUBLISH}:{t}", **run.options).remote(
+                    run.plan_ref, work, output, t
+                ),
+                progress_bar(None, f"{PUBLISH:<26}", "task", False),
+            ),
+        )
         run.finish()
         return stats
     finally:
@@ -178,6 +215,7 @@ def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) ->
 
 
 # ---- status ------------------------------------------------------------------------------------
+
 
 def ray_status(prep: Path) -> tuple[list[StepStatus], str] | None:
     """Per step of a Ray-run prep in `prep`: tasks done (markers) and running, pending or failed (the driver's
@@ -190,18 +228,24 @@ def ray_status(prep: Path) -> tuple[list[StepStatus], str] | None:
     live = state["state"] == "running" and _alive(driver)
     failed = state.get("failed", {})
     rows = []
-    for name, total, pending in [*((s.name, s.n_tasks, pending_tasks(prep / "work", s)) for s in plan.steps),
-                                 (PUBLISH, 1, [] if (prep / PREP_STATS).exists() else [0])]:
+    for name, total, pending in [
+        *((s.name, s.n_tasks, pending_tasks(prep / "work", s)) for s in plan.steps),
+        (PUBLISH, 1, [] if (prep / PREP_STATS).exists() else [0]),
+    ]:
         states = {"FAILED": [failed["task"]]} if failed.get("step") == name else {}
         if live:
             running = state["running"] if state["step"] == name else []
             states |= {"RUNNING": running, "PENDING": [t for t in pending if t not in running]}
         rows.append(StepStatus(name, total, total - len(pending), states, []))
-    what = {"running": "running" if live else "gone (killed?): rerun the same `crucible prep` command to resume",
-            "failed": f"stopped: step {failed.get('step')} task {failed.get('task')} failed: {failed.get('error')}",
-            "finished": "finished"}[state["state"]]
-    line = (f"ray: driver PID {driver['pid']} on {driver['host']}, {what}; cluster {state['address']}; "
-            f"as of {state['updated']}")
+    what = {
+        "running": "running" if live else "gone (killed?): rerun the same `crucible prep` command to resume",
+        "failed": f"stopped: step {failed.get('step')} task {failed.get('task')} failed: {failed.get('error')}",
+        "finished": "finished",
+    }[state["state"]]
+    line = (
+        f"ray: driver PID {driver['pid']} on {driver['host']}, {what}; cluster {state['address']}; "
+        f"as of {state['updated']}"
+    )
     return rows, line
 
 

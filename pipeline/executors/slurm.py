@@ -56,8 +56,9 @@ def run_paths(config: CrucibleConfig, output: Path) -> RunPaths:
     return RunPaths(output.resolve(), Path.cwd(), config.launch.slurm.python or sys.executable)
 
 
-def step_jobs(plan: Plan, paths: RunPaths, config: CrucibleConfig, pending: dict[str, list[int]],
-              max_size: int) -> list[list[Job]]:
+def step_jobs(
+    plan: Plan, paths: RunPaths, config: CrucibleConfig, pending: dict[str, list[int]], max_size: int
+) -> list[list[Job]]:
     """Per step, its array jobs: one per block of `max_size` tasks, each with the pending indices."""
     slurm_cfg, groups = config.launch.slurm, []
     for step in plan.steps:
@@ -87,18 +88,24 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
     config = config.model_copy(update={"prep": config.prep.with_absolute_paths()})
     paths = run_paths(config, output)
     if not dry_run and (active := _previous_active(paths)):
-        raise UserError(f"jobs {', '.join(active)} of the previous submission of {output} are still queued or "
-                        f"running; wait for them or scancel them, then submit again")
+        raise UserError(
+            f"jobs {', '.join(active)} of the previous submission of {output} are still queued or "
+            f"running; wait for them or scancel them, then submit again"
+        )
     paths.logs.mkdir(parents=True, exist_ok=True)
     write_text(paths.config, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     plan = build_plan(config.prep)
     work = paths.data / "work"
-    pending = ({step.name: pending_tasks(work, step) for step in plan.steps} if dry_run
-               else prepare_steps(config.prep, paths.data))
+    pending = (
+        {step.name: pending_tasks(work, step) for step in plan.steps}
+        if dry_run
+        else prepare_steps(config.prep, paths.data)
+    )
     max_size = config.launch.slurm.max_array_size or slurm.max_array_size()
     steps = step_jobs(plan, paths, config, pending, max_size)
-    publish = Job("publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish",
-                                                config.prep.workers))
+    publish = Job(
+        "publish", prep_single_script(paths, config.run_name, config.launch.slurm, "publish", config.prep.workers)
+    )
     train = Job("train", train_script(paths, config.run_name, config.launch))
     prepare = prep_single_script(paths, config.run_name, config.launch.slurm, "prepare")
     chain = [[prepare], *[[job.script for job in group] for group in steps], [publish.script]]
@@ -127,14 +134,17 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
 def _record(paths: RunPaths, jobs: list[Job]) -> None:
     record = paths.slurm / "jobs.json"
     history = json.loads(record.read_text()) if record.exists() else {"submissions": []}
-    history["submissions"].append({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "jobs": [asdict(job) | {"script": str(job.script.file)} for job in jobs],
-    })
+    history["submissions"].append(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "jobs": [asdict(job) | {"script": str(job.script.file)} for job in jobs],
+        }
+    )
     write_json(record, history)
 
 
 # ---- status ------------------------------------------------------------------------------------
+
 
 def _count_states(job: dict[str, Any]) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}
@@ -164,9 +174,11 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
                 states.setdefault(state, []).extend(tasks)
         rows.append(StepStatus(part, total, done, states, [job["job_id"] for job in mine]))
     train_jobs = [job for job in jobs if job["part"] == "train"]
-    train = {"job_ids": [job["job_id"] for job in train_jobs],
-             "states": {state: tasks for job in train_jobs for state, tasks in _count_states(job).items()},
-             "last": _last_metrics(paths.train)}
+    train = {
+        "job_ids": [job["job_id"] for job in train_jobs],
+        "states": {state: tasks for job in train_jobs for state, tasks in _count_states(job).items()},
+        "last": _last_metrics(paths.train),
+    }
     return rows, train
 
 

@@ -29,8 +29,9 @@ STEP_FILE = "step.json"  # the fingerprint a step folder was made for
 SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
 
 
-def execute_task(plan: Plan, work: Path, step_name: str, task: int,
-                 report: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+def execute_task(
+    plan: Plan, work: Path, step_name: str, task: int, report: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
     """Run one task and publish its marker, with its wall time, the CPU time (user + sys, all
     threads) of the process that ran it (it does not grow when other work shares the cores) and,
     on Linux, the process's peak resident memory during the task."""
@@ -38,8 +39,11 @@ def execute_task(plan: Plan, work: Path, step_name: str, task: int,
     _reset_peak_memory()
     started, cpu_started = time.perf_counter(), time.process_time()
     payload = step.spec.run(plan.context(work, step, task, report))
-    payload |= {"fingerprint": step.fingerprint, "seconds": round(time.perf_counter() - started, 3),
-                "cpu_seconds": round(time.process_time() - cpu_started, 3)} | _peak_memory()
+    payload |= {
+        "fingerprint": step.fingerprint,
+        "seconds": round(time.perf_counter() - started, 3),
+        "cpu_seconds": round(time.process_time() - cpu_started, 3),
+    } | _peak_memory()
     write_json(marker_file(work, step.name, task), payload)
     return payload
 
@@ -71,8 +75,11 @@ def pending_tasks(work: Path, step: Step) -> list[int]:
     """Tasks of `step` without a marker of its fingerprint (all of them in a stale folder)."""
     if not step_is_current(work, step):
         return list(range(step.n_tasks))
-    return [t for t in range(step.n_tasks)
-            if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint]
+    return [
+        t
+        for t in range(step.n_tasks)
+        if (read_marker(marker_file(work, step.name, t)) or {}).get("fingerprint") != step.fingerprint
+    ]
 
 
 def prepare_step_dir(work: Path, step: Step) -> list[int]:
@@ -82,8 +89,10 @@ def prepare_step_dir(work: Path, step: Step) -> list[int]:
         shutil.rmtree(folder)
     changed = changed_outputs(work, step) if folder.exists() else []
     if changed:
-        console().print(f"[yellow]{folder}: {len(changed)} file(s) changed or missing since the step finished "
-                        f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]")
+        console().print(
+            f"[yellow]{folder}: {len(changed)} file(s) changed or missing since the step finished "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]"
+        )
         shutil.rmtree(folder)
     if not folder.exists():
         write_json(folder / STEP_FILE, {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
@@ -100,8 +109,11 @@ def expected_units(work: Path, plan: Plan, step: Step) -> int | None:
 
 
 def _output_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (STEP_FILE, SEAL_FILE)
-                  and not p.name.startswith(TMP_PREFIX))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in (STEP_FILE, SEAL_FILE) and not p.name.startswith(TMP_PREFIX)
+    )
 
 
 def seal_step(work: Path, step: Step) -> None:
@@ -118,5 +130,6 @@ def changed_outputs(work: Path, step: Step) -> list[str]:
     sealed = read_marker(folder / SEAL_FILE)
     if sealed is None:
         return []
-    return [name for name, digest in sealed.items()
-            if not (folder / name).is_file() or file_sha256(folder / name) != digest]
+    return [
+        name for name, digest in sealed.items() if not (folder / name).is_file() or file_sha256(folder / name) != digest
+    ]

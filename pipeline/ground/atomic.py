@@ -39,8 +39,10 @@ def disk_full_error(path: Path) -> DiskFull:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    return DiskFull(f"no space left on device writing {path} ({free} there); free some space or write elsewhere, "
-                    f"then rerun: finished work is kept")
+    return DiskFull(
+        f"no space left on device writing {path} ({free} there); free some space or write elsewhere, "
+        f"then rerun: finished work is kept"
+    )
 
 
 @contextmanager

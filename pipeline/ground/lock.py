@@ -39,8 +39,16 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
             raise UserError(f"{folder} is in use by {who}; wait for it to finish or stop it") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "what": what,
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            )
+        )
         handle.flush()
         try:
             yield

@@ -60,8 +60,9 @@ def parse_jsonl(text: str, source: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break
-            raise UserError(f"{source} line {number} is not JSON ({exc.msg}): the file is damaged; "
-                            f"repair or remove that line") from None
+            raise UserError(
+                f"{source} line {number} is not JSON ({exc.msg}): the file is damaged; repair or remove that line"
+            ) from None
     return records
 
 

@@ -17,8 +17,14 @@ from typing import Any
 from pipeline.ground.errors import UserError
 
 BOM = b"\xef\xbb\xbf"
-JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
-              type(None): "null"}
+JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    type(None): "null",
+}
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -32,8 +38,10 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 try:
                     yield number, (raw.removeprefix(BOM) if number == 1 else raw).decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise UserError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
-                                    f"{exc.start + 1}); save the file as UTF-8") from None
+                    raise UserError(
+                        f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                        f"{exc.start + 1}); save the file as UTF-8"
+                    ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .gz file after line {number} ({exc})") from None
     except OSError as exc:

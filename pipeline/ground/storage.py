@@ -27,19 +27,28 @@ from pipeline.ground.schema import Section
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}  # scheme -> the fsspec package that serves it
 Location = str | Path
 # A config value that is a location: URLs kept as strings (a Path would fold their `//`), the rest paths.
-LocationValue = Annotated[Path | str, BeforeValidator(lambda value: as_location(value) if isinstance(value, str) else value)]
+LocationValue = Annotated[
+    Path | str, BeforeValidator(lambda value: as_location(value) if isinstance(value, str) else value)
+]
 READ_BLOCK = 8 << 20  # bytes fetched per ranged GET when a file is read piece by piece
 
 
 class StorageConfig(Section):
     """How to reach object storage; credentials are never config: they come from the standard places."""
 
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2...); default "
-                                                       "AWS_ENDPOINT_URL, else AWS itself.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Further keyword arguments of the fsspec "
-                                    "filesystem (s3fs.S3FileSystem: e.g. {requester_pays: true}).")
-    upload_retries: int = Field(5, ge=0, description="Retries of a failed checkpoint upload (backoff 2, 4, 8... s) "
-                                                     "before it is reported as failed.")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph, R2...); default AWS_ENDPOINT_URL, else AWS itself."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further keyword arguments of the fsspec "
+        "filesystem (s3fs.S3FileSystem: e.g. {requester_pays: true}).",
+    )
+    upload_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of a failed checkpoint upload (backoff 2, 4, 8... s) before it is reported as failed.",
+    )
 
 
 _config = StorageConfig()
@@ -96,8 +105,10 @@ def _filesystem(url: str) -> tuple[Any, str]:
 
         fs = fsspec.filesystem(scheme, **options)
     except ImportError:
-        raise UserError(f"{url}: object storage needs {SCHEMES[scheme]}: pip install 'crucible[cloud]'"
-                        + ("" if scheme == "s3" else " gcsfs")) from None
+        raise UserError(
+            f"{url}: object storage needs {SCHEMES[scheme]}: pip install 'crucible[cloud]'"
+            + ("" if scheme == "s3" else " gcsfs")
+        ) from None
     return fs, url.partition("://")[2]
 
 
@@ -110,16 +121,22 @@ def _refusals(url: str) -> Iterator[None]:
         raise
     except PermissionError as exc:
         reason = (str(exc).splitlines() or ["access denied"])[0][:120]
-        raise UserError(f"access to bucket {bucket_of(url)} refused ({reason}): check the credentials "
-                        f"(AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) and storage.endpoint_url") from None
+        raise UserError(
+            f"access to bucket {bucket_of(url)} refused ({reason}): check the credentials "
+            f"(AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws/credentials) and storage.endpoint_url"
+        ) from None
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "NoCredentialsError":
-            raise UserError(f"no credentials for bucket {bucket_of(url)}: set AWS_ACCESS_KEY_ID and "
-                            f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+            raise UserError(
+                f"no credentials for bucket {bucket_of(url)}: set AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
         if "Connect" in kind or isinstance(exc, (ConnectionError, TimeoutError)):
-            raise StorageUnavailable(f"cannot reach the store of bucket {bucket_of(url)} ({kind}); "
-                                     f"check the network and storage.endpoint_url, then rerun") from None
+            raise StorageUnavailable(
+                f"cannot reach the store of bucket {bucket_of(url)} ({kind}); "
+                f"check the network and storage.endpoint_url, then rerun"
+            ) from None
         raise
 
 
@@ -147,8 +164,11 @@ def listing(location: Location) -> dict[str, int]:
             entries = fs.ls(path, detail=True)
         except FileNotFoundError:
             return {}
-    return {name_of(e["name"]): 0 if e["type"] == "directory" else e["size"] for e in entries
-            if e["name"].rstrip("/") != path.rstrip("/")}
+    return {
+        name_of(e["name"]): 0 if e["type"] == "directory" else e["size"]
+        for e in entries
+        if e["name"].rstrip("/") != path.rstrip("/")
+    }
 
 
 def identity(location: Location) -> tuple[Any, ...]:

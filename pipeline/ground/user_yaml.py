@@ -53,14 +53,17 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def at(self) -> str:
         """The key of the node being composed, unless `where` names it already (the text's root)."""
-        return f"key '{'.'.join(self.path)}': " if self.path[1 if self.root else 0:] else ""
+        return f"key '{'.'.join(self.path)}': " if self.path[1 if self.root else 0 :] else ""
 
     def grow(self, size: int, event: yaml.Event) -> None:
         self.expanded += size
         if self.expanded > MAX_EXPANDED:
             if isinstance(event, yaml.AliasEvent):
-                raise self.refuse(event, f"the alias *{event.anchor} expands the YAML past {MAX_EXPANDED:,} values "
-                                         f"and characters: refused as an alias bomb")
+                raise self.refuse(
+                    event,
+                    f"the alias *{event.anchor} expands the YAML past {MAX_EXPANDED:,} values "
+                    f"and characters: refused as an alias bomb",
+                )
             raise self.refuse(event, f"the YAML holds more than {MAX_EXPANDED:,} values and characters")
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
@@ -100,8 +103,9 @@ class _BoundedLoader(yaml.SafeLoader):
             digits = sum(c.isdigit() for c in node.value)
             if len(node.value) > MAX_NUMBER_CHARS or abs(self.construct_yaml_int(node)) >= INT_BOUND:
                 shown = node.value if len(node.value) <= 24 else f"{node.value[:12]}... ({digits:,} digits)"
-                raise self.refuse(node, f"{self.at()}the integer {shown} is out of range "
-                                        f"(a setting takes at most {INT_BOUND - 1:,})")
+                raise self.refuse(
+                    node, f"{self.at()}the integer {shown} is out of range (a setting takes at most {INT_BOUND - 1:,})"
+                )
 
 
 def _key_text(key: Node) -> str:
@@ -139,6 +143,7 @@ def load_yaml_file(path: Path, where: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start:,}): "
-                        f"is it a YAML file?") from None
+        raise UserError(
+            f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start:,}): is it a YAML file?"
+        ) from None
     return load_yaml(text, where)

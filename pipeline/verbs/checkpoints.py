@@ -33,8 +33,14 @@ def checkpoint_in(path: storage.Location, config: CrucibleConfig) -> Path:
     latest = Checkpointer(run, config.checkpoint, rank=0).newest_loadable()
     if latest is None:
         steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
-        raise UserError(f"{folder} holds no loadable checkpoint" + (f" (folders: {', '.join(steps[-3:])})" if steps else
-                        "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"))
+        raise UserError(
+            f"{folder} holds no loadable checkpoint"
+            + (
+                f" (folders: {', '.join(steps[-3:])})"
+                if steps
+                else "; point --checkpoint at RUN/checkpoints/step-N or at a run folder"
+            )
+        )
     return latest.path
 
 
@@ -53,13 +59,16 @@ def tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
         if not path.is_file():
             storage.download(storage.join(meta.data_dir, record.file), path)
     if given and not given.is_file():
-        raise UserError(f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's "
-                        f"tokenizer.json")
+        raise UserError(
+            f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's tokenizer.json"
+        )
     if not path.is_file():
         raise UserError(f"tokenizer {path} not found: pass --tokenizer")
     if file_sha256(path) != record.sha256:
-        raise UserError(f"tokenizer {path} is not the one {checkpoint} was trained with (its SHA-256 differs from "
-                        f"the recorded {record.sha256[:12]}...): pass that run's tokenizer.json with --tokenizer")
+        raise UserError(
+            f"tokenizer {path} is not the one {checkpoint} was trained with (its SHA-256 differs from "
+            f"the recorded {record.sha256[:12]}...): pass that run's tokenizer.json with --tokenizer"
+        )
     return path
 
 
@@ -75,5 +84,7 @@ def run_samples(checkpoint: Path, config: CrucibleConfig) -> SamplesConfig:
     try:
         return SamplesConfig.model_validate(saved | given)
     except ValidationError as exc:
-        raise UserError(f"{checkpoint}: the samples settings saved with it are not valid ({exc.errors()[0]['msg']}); "
-                        f"give them with --config or --set samples.*") from None
+        raise UserError(
+            f"{checkpoint}: the samples settings saved with it are not valid ({exc.errors()[0]['msg']}); "
+            f"give them with --config or --set samples.*"
+        ) from None

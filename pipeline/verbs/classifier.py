@@ -29,8 +29,9 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
     if missing:
         raise UserError(f"classifier {args.action} needs {' '.join(missing)}")
     if args.action == "train":
-        report = train(args.positive, args.negative, args.output, settings, config.prep.read.text_field,
-                       config.prep.normalize.form)
+        report = train(
+            args.positive, args.negative, args.output, settings, config.prep.read.text_field, config.prep.normalize.form
+        )
         model = args.output / MODEL_FILE
         print_classifier(report["heldout"], f"held-out documents ({report['train_documents']:,} trained on)")
         print(f"model: {model}; these figures and the settings: {args.output / REPORT_FILE}")
@@ -38,5 +39,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
         model = args.model / MODEL_FILE if args.model.is_dir() else args.model  # the folder `train` wrote
         print_classifier(evaluate(model, args.data, settings.label, settings.histogram_bins), f"{args.data}")
     check = f"crucible classifier eval --model {model} --data LABELLED.jsonl; " if args.action == "train" else ""
-    print(f"next: {check}filter prep with it: add quality_model to prep.stages and set prep.quality_model.classifiers: "
-          f"[{{name: {settings.label}, model_path: {model}, label: {settings.label}, threshold: 0.5}}]")
+    print(
+        f"next: {check}filter prep with it: add quality_model to prep.stages and set prep.quality_model.classifiers: "
+        f"[{{name: {settings.label}, model_path: {model}, label: {settings.label}, threshold: 0.5}}]"
+    )

@@ -29,15 +29,24 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
     args.checkpoint = checkpoint_in(args.checkpoint, config)
     prepare_output(args.output, args.force)
     if args.format == "hf":
-        path = save_hf(args.checkpoint, args.output, tokenizer_of(args.checkpoint, args.tokenizer), dtype,
-                       run_samples(args.checkpoint, config))
+        path = save_hf(
+            args.checkpoint,
+            args.output,
+            tokenizer_of(args.checkpoint, args.tokenizer),
+            dtype,
+            run_samples(args.checkpoint, config),
+        )
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
     print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
     if args.format == "hf":
-        print(f"next: transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}) with "
-              f"AutoTokenizer.from_pretrained of the same folder; crucible eval --checkpoint {args.checkpoint} "
-              f"--tasks FILE --harness scores it with lm-evaluation-harness")
+        print(
+            f"next: transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}) with "
+            f"AutoTokenizer.from_pretrained of the same folder; crucible eval --checkpoint {args.checkpoint} "
+            f"--tasks FILE --harness scores it with lm-evaluation-harness"
+        )
     else:
-        print(f"next: safetensors.torch.load_file({str(path)!r}) gives the state dict; the model config and step "
-              f"are in its metadata")
+        print(
+            f"next: safetensors.torch.load_file({str(path)!r}) gives the state dict; the model config and step "
+            f"are in its metadata"
+        )

@@ -16,8 +16,9 @@ SAMPLING_FLAGS = ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(parser)
     parser.add_argument("--checkpoint", type=storage.as_location, required=True, help=CHECKPOINT_HELP)
-    parser.add_argument("--prompt", dest="prompts", action="append", help="prompt text (repeatable; "
-                        "replaces samples.prompts)")
+    parser.add_argument(
+        "--prompt", dest="prompts", action="append", help="prompt text (repeatable; replaces samples.prompts)"
+    )
     parser.add_argument("--tokenizer", type=local_path, help="tokenizer.json (default: the one of the run's shards)")
     # Each flag given overrides its samples.* key; the defaults are the config's.
     parser.add_argument("--max-new-tokens", type=at_least(1), help="default: samples.max_new_tokens")
@@ -25,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=at_least(1), help="default: samples.top_k")
     parser.add_argument("--top-p", type=probability, help="default: samples.top_p")
     parser.add_argument("--seed", type=int, help="default: samples.seed")
-    parser.add_argument("--chat", action="store_true", help="each prompt is a user message (or a JSON list of "
-                        "messages) in the chat template; the answer stops at the end of the assistant's turn")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="each prompt is a user message (or a JSON list of "
+        "messages) in the chat template; the answer stops at the end of the assistant's turn",
+    )
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
@@ -45,5 +50,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
             except ValidationError as exc:
                 flag = "--prompt" if key == "prompts" else "--" + key.replace("_", "-")
                 raise UserError(f"{flag} {getattr(args, key)}: {exc.errors()[0]['msg']}") from None
-    print_samples(sample_texts(args.checkpoint, tokenizer_of(args.checkpoint, args.tokenizer), samples, args.chat),
-                   f"samples from {args.checkpoint.name}")
+    print_samples(
+        sample_texts(args.checkpoint, tokenizer_of(args.checkpoint, args.tokenizer), samples, args.chat),
+        f"samples from {args.checkpoint.name}",
+    )

@@ -10,8 +10,11 @@ from pipeline.verbs.arguments import common, local_path, same_settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(parser)
-    parser.add_argument("--data", type=local_path, help="shards folder: with train.mixture, the epochs of each source "
-                                                        "the token budget implies")
+    parser.add_argument(
+        "--data",
+        type=local_path,
+        help="shards folder: with train.mixture, the epochs of each source the token budget implies",
+    )
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> None:

@@ -18,14 +18,21 @@ DPO_DATA = 'preference JSONL: {"prompt": ..., "chosen": ..., "rejected": ...} a 
 
 def arguments_for(data: str) -> Callable[[argparse.ArgumentParser], None]:
     """The flags of a post-training verb whose --data is `data`."""
+
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         common(parser)
-        parser.add_argument("--checkpoint", type=storage.as_location, required=True,
-                            help=f"the model to start from: {CHECKPOINT_HELP}")
+        parser.add_argument(
+            "--checkpoint", type=storage.as_location, required=True, help=f"the model to start from: {CHECKPOINT_HELP}"
+        )
         parser.add_argument("--data", type=storage.as_location, required=True, help=f"{data}; a file or an s3:// URL")
         parser.add_argument("--output", type=local_path, required=True, help="run folder: data/, metrics, checkpoints")
-        parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
-                            help="auto: continue from the run's latest good checkpoint (default); none: start fresh")
+        parser.add_argument(
+            "--resume",
+            default="auto",
+            metavar="auto|none|PATH",
+            help="auto: continue from the run's latest good checkpoint (default); none: start fresh",
+        )
+
     return add_arguments
 
 
@@ -36,6 +43,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
 
     build, trainer_class = {"sft": (build_sft_data, Trainer), "dpo": (build_dpo_data, DPOTrainer)}[args.verb]
     base = checkpoint_in(args.checkpoint, config)
-    post_config, shards, weights = prepare(args.verb, config, base, tokenizer_of(base, None), args.data, args.output,
-                                           build)
+    post_config, shards, weights = prepare(
+        args.verb, config, base, tokenizer_of(base, None), args.data, args.output, build
+    )
     return train(post_config, shards, args.output, args.resume, weights, trainer_class)

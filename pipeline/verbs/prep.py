@@ -16,10 +16,17 @@ from pipeline.verbs.arguments import common, inputs, local_path, same_settings, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(parser)
     inputs(parser)
-    parser.add_argument("--output", type=storage.as_location, required=True,
-                        help="output folder, or an s3:// prefix to publish to (then --work is needed)")
-    parser.add_argument("--work", type=local_path, help="folder for step files, markers and the lock (default "
-                                                        "OUTPUT/work; local or shared disk)")
+    parser.add_argument(
+        "--output",
+        type=storage.as_location,
+        required=True,
+        help="output folder, or an s3:// prefix to publish to (then --work is needed)",
+    )
+    parser.add_argument(
+        "--work",
+        type=local_path,
+        help="folder for step files, markers and the lock (default OUTPUT/work; local or shared disk)",
+    )
     parser.add_argument("--stages", type=stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--executor", choices=["local", "ray"], help="where the tasks run (replaces prep.executor)")
@@ -29,8 +36,14 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
     prep_into(config, args.output, not args.no_progress, settings=same_settings(args), work=args.work)
 
 
-def prep_into(config: CrucibleConfig, output: storage.Location, show_progress: bool, then: str | None = None,
-              settings: str = "", work: Path | None = None) -> int:
+def prep_into(
+    config: CrucibleConfig,
+    output: storage.Location,
+    show_progress: bool,
+    then: str | None = None,
+    settings: str = "",
+    work: Path | None = None,
+) -> int:
     """Run (or finish) prep into `output`; returns the number of tasks it ran."""
     from pipeline.prep import pending_task_count, run_prep
     from pipeline.prep_yield import check_yield
@@ -42,9 +55,13 @@ def prep_into(config: CrucibleConfig, output: storage.Location, show_progress: b
     folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * ("tokens" in stats)
     folders += ["shards/"] * storage.exists(storage.join(output, "shards", MANIFEST))
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
-    print(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
+    print(
+        f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}"
+    )
     check_yield(config.prep, output, stats)
     if then is None and "shards/" in folders:
-        print(f"next: crucible train{settings} --data {storage.join(output, 'shards')} --output RUN (several processes: "
-              f"python -m launch.agent --nproc_per_node N -m pipeline train ...)")
+        print(
+            f"next: crucible train{settings} --data {storage.join(output, 'shards')} --output RUN (several processes: "
+            f"python -m launch.agent --nproc_per_node N -m pipeline train ...)"
+        )
     return todo

@@ -31,8 +31,9 @@ def preflight(config: CrucibleConfig, train_dir: Path) -> None:
 
     check_layout(config.model, config.parallel, config.train, config.launch.nproc_per_node * config.launch.nnodes)
     check_same_model(train_dir, config.model.model_dump(mode="json"), "auto")
-    vocab = padded_vocab(config.model.vocab_size or config.prep.tokenizer.vocab_size, config.model.vocab_multiple,
-                         config.parallel.tp)
+    vocab = padded_vocab(
+        config.model.vocab_size or config.prep.tokenizer.vocab_size, config.model.vocab_multiple, config.parallel.tp
+    )
     if config.checkpoint.enabled:
         check_disk(train_dir, count_params(config.model, vocab), config.checkpoint.keep_last)
 
@@ -93,14 +94,20 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     results, eval_seconds = task_results(metrics)
     if results:
         print_task_results(results, "tasks at the last evaluation")
-        print(f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
-              f"not counted in tokens/s")
+        print(
+            f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
+            f"not counted in tokens/s"
+        )
     if post:
         print_post_demo(post)
-    phases = ", ".join(f"{name} {timings[name]:.0f} s" for name in
-                       ["prep", "training"] + ["toy world"] * bool(toy) + ["post-training"] * bool(post))
+    phases = ", ".join(
+        f"{name} {timings[name]:.0f} s"
+        for name in ["prep", "training"] + ["toy world"] * bool(toy) + ["post-training"] * bool(post)
+    )
     print(f"run finished: {phases}; report: {report} (and report.md)")
     if latest:
-        print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "
-              f"{args.output}; open {report}")
+        print(
+            f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "
+            f"{args.output}; open {report}"
+        )
     return 0

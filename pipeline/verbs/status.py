@@ -11,7 +11,9 @@ from pipeline.verbs.arguments import local_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=local_path, required=True, help="a run folder (from run, submit, prep or train)")
+    parser.add_argument(
+        "--output", type=local_path, required=True, help="a run folder (from run, submit, prep or train)"
+    )
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig | None) -> None:

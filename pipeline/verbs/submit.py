@@ -12,8 +12,12 @@ from pipeline.verbs.run import preflight
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(parser)
     inputs(parser)
-    parser.add_argument("--output", type=local_path, required=True,
-                        help="run folder on a filesystem the nodes share (data/, train/, slurm/)")
+    parser.add_argument(
+        "--output",
+        type=local_path,
+        required=True,
+        help="run folder on a filesystem the nodes share (data/, train/, slurm/)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="write the scripts and show the chain; submit nothing")
     parser.add_argument("--prep-only", action="store_true", help="submit data prep without the training job")
 

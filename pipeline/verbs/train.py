@@ -20,20 +20,34 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(parser)
-    parser.add_argument("--data", type=storage.as_location, required=True,
-                        help="shards folder made by prep (with its manifest), or its s3:// URL")
+    parser.add_argument(
+        "--data",
+        type=storage.as_location,
+        required=True,
+        help="shards folder made by prep (with its manifest), or its s3:// URL",
+    )
     parser.add_argument("--output", type=local_path, required=True, help="run folder: metrics, checkpoints")
-    parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
-                        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
-                             "PATH: a checkpoint folder")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        metavar="auto|none|PATH",
+        help="auto: continue from the run's latest good checkpoint (default); none: start fresh; "
+        "PATH: a checkpoint folder",
+    )
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     return train(config, args.data, args.output, args.resume)
 
 
-def train(config: CrucibleConfig, data: storage.Location, output: Path, resume: str, initial_weights: Any = None,
-           trainer_class: Any = None) -> int:
+def train(
+    config: CrucibleConfig,
+    data: storage.Location,
+    output: Path,
+    resume: str,
+    initial_weights: Any = None,
+    trainer_class: Any = None,
+) -> int:
     from training.engine import Trainer
 
     rank0 = int(os.environ.get("RANK", 0)) == 0
@@ -41,8 +55,9 @@ def train(config: CrucibleConfig, data: storage.Location, output: Path, resume: 
     if warning and rank0:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    trainer = (trainer_class or Trainer)(config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume,
-                                         initial_weights)
+    trainer = (trainer_class or Trainer)(
+        config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume, initial_weights
+    )
     records = trainer.fit()
     if rank0:
         print_training_end(trainer, records, output, time.perf_counter() - started)
@@ -57,15 +72,21 @@ def print_training_end(trainer: Trainer, records: list[dict[str, Any]], output: 
     loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
     checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
     if not records and trainer.stopped_by is None:  # a rerun of a finished run
-        print(f"nothing to train: {output} is at step {trainer.step} of train.max_steps={max_steps} already (raise it "
-              f"to train on); {checkpoint}")
+        print(
+            f"nothing to train: {output} is at step {trainer.step} of train.max_steps={max_steps} already (raise it "
+            f"to train on); {checkpoint}"
+        )
         return
     how = {None: "finished", "SIGINT": "interrupted"}.get(trainer.stopped_by, "stopped")
-    print(f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
-          f"{output / METRICS_LOG}; {checkpoint}")
+    print(
+        f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
+        f"{output / METRICS_LOG}; {checkpoint}"
+    )
     if latest and trainer.stopped_by is None:
-        print(f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
-              f"{latest.path} --output DIR; crucible status --output {output}")
+        print(
+            f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
+            f"{latest.path} --output DIR; crucible status --output {output}"
+        )
     if "mlflow" in trainer.config.train.loggers:
         from training.trackers import mlflow_hint
 
