@@ -7,18 +7,24 @@ brings its settings with it. Each keeps its own schema (unknown keys rejected, v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from data_prep import registry
 from data_prep.langid import LangIdStage
-from data_prep.pack import PACK
 from data_prep.readers import ReadConfig
 from data_prep.sources import DEFAULT_SOURCE, SOURCE, SourceConfig, source_groups
 from data_prep.unique_ids import UniqueIdsConfig
 from pipeline.ground.schema import Section
-from pipeline.ground.storage import LocationValue, absolute
+from pipeline.ground.storage import Location, LocationValue, absolute
+
+if TYPE_CHECKING:
+    from data_prep.langid import LangIdConfig
+    from data_prep.normalize import NormalizeConfig
+    from data_prep.pack import PackConfig
+    from data_prep.quality_model import QualityModelConfig
+    from data_prep.tokenizer import TokenizerConfig
 
 
 class RaySettings(Section):
@@ -78,6 +84,13 @@ class PrepSettings(Section):
         f"`inputs` beside them is one more source named {DEFAULT_SOURCE!r}. Empty: `inputs` only, untagged.",
     )
 
+    if TYPE_CHECKING:  # sections of the registry's stages (added by `create_model` below) that code reads by name
+        normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+        langid: LangIdConfig = Field(default_factory=LangIdConfig)
+        quality_model: QualityModelConfig = Field(default_factory=QualityModelConfig)
+        tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+        pack: PackConfig = Field(default_factory=PackConfig)
+
     @field_validator("stages")
     @classmethod
     def _pipeline_order(cls, stages: list[str]) -> list[str]:
@@ -121,7 +134,7 @@ class PrepSettings(Section):
                     f"{stage} is in the stages but has {lacking[0]} (prep.{registry.stage(stage).section_name}"
                     f"): give it its files, or leave it out of prep.stages"
                 )
-        if self.section(PACK).split_by_language and LangIdStage.name not in self.stages:
+        if self.pack.split_by_language and LangIdStage.name not in self.stages:
             raise ValueError("pack.split_by_language needs the langid stage: add langid to prep.stages")
         return self
 
@@ -129,7 +142,7 @@ class PrepSettings(Section):
         """The settings of stage `stage`."""
         return getattr(self, registry.stage(stage).section_name)
 
-    def all_inputs(self) -> list[Path]:
+    def all_inputs(self) -> list[Location]:
         """Every input path, of `inputs` and of every source."""
         return [path for _, paths in source_groups(self.inputs, self.sources) for path in paths]
 

@@ -186,7 +186,7 @@ def _special_kind(path: Path) -> str | None:
     return next((name for test, name in SPECIAL_FILES if test(mode)), None)
 
 
-def skipped_entries(inputs: list[Path]) -> list[str]:
+def skipped_entries(inputs: Sequence[storage.Location]) -> list[str]:
     """Entries of input folders that `discover` neither follows nor opens, each as "path (what it is)"."""
     entries: list[str] = []
     for root in map(Path, inputs):

@@ -19,7 +19,7 @@ from pipeline.verbs import BY_NAME, VERBS, Verb
 INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A command line argparse refuses, raised instead of argparse's exit so that a rank under torchrun can
     hand it to the agent like any other user mistake."""
 
@@ -77,7 +77,7 @@ def _check_outputs(verb: Verb, args: argparse.Namespace, config: CrucibleConfig)
     from pipeline.ground.folders import check_output_file, make_output_folder
 
     output = getattr(args, "output", None)
-    if verb.prep_output:  # all of a run folder is output, not only data/
+    if verb.prep_output and output is not None:  # all of a run folder is output, not only data/
         from pipeline.prep import check_output_apart
 
         check_output_apart(config.prep, output)

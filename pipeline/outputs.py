@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -176,6 +176,7 @@ def token_stats(
     """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per
     source, and per source (None: untagged) and language when pack split by language."""
     totals: Counter[str] = Counter()
+    seconds_of: dict[str, float] = {}  # per step, the seconds its tasks took
     files: list[dict[str, Any]] = []
     sources: dict[str, Counter[str]] = {}
     languages: dict[str | None, dict[str, Counter[str]]] = {}
@@ -193,9 +194,9 @@ def token_stats(
             for language, counts in marker.get("languages", {}).items():
                 languages.setdefault(source, {}).setdefault(language, Counter()).update(counts)
             seconds += marker.get("seconds", 0.0)
-        totals[f"{step.name}_seconds"] = round(seconds, 3)
+        seconds_of[f"{step.name}_seconds"] = round(seconds, 3)
     return (
-        dict(sorted(totals.items())),
+        dict(sorted((dict(totals) | seconds_of).items())),
         files,
         {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
         {k: {lang: dict(c) for lang, c in v.items()} for k, v in languages.items()},
@@ -206,7 +207,7 @@ def _copy(source: Path, output: Location, name: str, read_only: bool = False) ->
     """A copy of the bytes (work files are written as they are published: no re-encoding), renamed into place;
     in object storage, one upload to the final key."""
     if storage.is_remote(output):
-        storage.upload(source, storage.join(output, name))
+        storage.upload(source, storage.join_url(output, name))
         return
     with atomic_path(Path(output) / name) as tmp:
         shutil.copyfile(source, tmp)
@@ -231,14 +232,14 @@ def _made(output: Location, work: Path, name: str) -> Iterator[Path]:
     local.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield local
-        storage.upload(local, storage.join(output, name))
+        storage.upload(local, storage.join_url(output, name))
     finally:
         local.unlink(missing_ok=True)
 
 
 def _remove(output: Location, name: str) -> None:
     if storage.is_remote(output):
-        storage.remove(storage.join(output, name))
+        storage.remove(storage.join_url(output, name))
     else:
         (Path(output) / name).unlink(missing_ok=True)
 
@@ -306,7 +307,7 @@ def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, SplitInd
     )
 
 
-def _split_counts(split: str, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+def _split_counts(split: str, counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, Any]]:
     """Per name, one split's documents, tokens and sequences from pack's `<split>_<key>` counts."""
     return {
         name: {key: c.get(f"{split}_{key}", 0) for key in ("documents", "tokens", "sequences")}

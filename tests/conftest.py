@@ -93,10 +93,21 @@ def s3() -> Iterator[S3Server]:
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
+RUNNING: list[pytest.Item] = []  # the test being set up or run, for `torchrun`'s check
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    RUNNING[:] = [item]
+
+
 def torchrun(
     nproc: int, *args: str, timeout: int = 900, check: bool = True, launcher_args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU)."""
+    """Run `python -m pipeline ARGS` under torchrun with `nproc` local processes (gloo on CPU). Only a test marked
+    slow may: `make test-fast` starts no torchrun."""
+    if RUNNING and RUNNING[0].get_closest_marker("slow") is None:
+        raise AssertionError(f"{RUNNING[0].nodeid} starts torchrun: mark it slow (or its file, in SLOW_FILES)")
     command = [
         sys.executable,
         "-m",

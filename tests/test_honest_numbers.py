@@ -77,6 +77,7 @@ def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, n
     return float(loss.detach()), float(norm), (batch.targets != data.pad_id).sum(1).numpy()
 
 
+@pytest.mark.slow
 def test_loss_weighs_every_valid_token_alike_over_micro_batches_and_ranks(padded_shards: Path, tmp_path: Path) -> None:
     """DP 2 x 2 micro-batches of 2 rows, unevenly padded: the step-1 loss and gradient norm are
     those of one plain cross entropy over all 8 rows; the validation loss likewise (a vanishing

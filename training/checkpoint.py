@@ -84,7 +84,9 @@ def rng_file(rank: int) -> str:
 
 def _rng_state() -> dict[str, Any]:
     """This process's generator states as JSON values (exact: ints, and floats that round-trip)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # the global generator's legacy form (its dict form is opt-in)
+    name, keys, position, has_gauss, cached_gaussian = numpy_state
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state().tolist(),
@@ -197,7 +199,7 @@ class Checkpointer:
     def _fetch_remote(self, events: Any) -> None:
         """Collective where a process group is up: rank 0 downloads the newest complete remote checkpoint when it
         is newer than every local one (a fresh machine has none) and points `latest` at it."""
-        if self.rank == 0:
+        if self.remote is not None:  # rank 0's, set where checkpoint.remote is
             newest = max((c.step for c in self.published()), default=-1)
             fetched = self.remote.fetch_newest(self.root, newest)
             if fetched is not None:

@@ -67,6 +67,16 @@ class CheckpointMeta(BaseModel):
     tokenizer: TokenizerRecord | None = None  # older checkpoints: in the manifest of `data_dir`
     meta_sha256: str | None = None  # the digest, as read (`to_json` computes it anew)
 
+    def trained_shape(self, checkpoint: Path) -> tuple[int, int]:
+        """(seq_len, vocab_padded) of `checkpoint`, whose metadata this is: every save records both, only the
+        oldest minimal files lack them, and a model cannot be built or fed without them."""
+        if self.seq_len is None or self.config.vocab_padded is None:
+            raise CorruptCheckpoint(
+                f"checkpoint {checkpoint}: {Path(checkpoint) / META} has no seq_len or "
+                f"config.vocab_padded; it was not saved by a training run"
+            )
+        return self.seq_len, self.config.vocab_padded
+
     def to_json(self) -> str:
         fields = self.model_dump(mode="json", exclude_none=True, exclude={META_DIGEST})
         return json.dumps(fields | {META_DIGEST: meta_digest(fields)}, indent=2, sort_keys=True)

@@ -99,7 +99,7 @@ class PackedDataset:
             for path, entry in zip(self.paths, self.entries):
                 check_shard(path, entry, full=False)
         else:
-            cache.check_sizes(storage.join(remote, split), self.entries)
+            cache.check_sizes(self._url(), self.entries)
         self.verify = verify
         self.offsets = np.concatenate([[0], np.cumsum([e.sequences for e in self.entries])]).astype(np.int64)
         self.width = self.manifest.row_width
@@ -110,6 +110,12 @@ class PackedDataset:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def _url(self, *parts: str) -> str:
+        """This split's folder, or a file in it, in object storage: a dataset read through a cache has `remote`."""
+        if self.remote is None:
+            raise ValueError("a PackedDataset read through a shard cache needs `remote`, the shards' URL")
+        return storage.join_url(self.remote, self.split, *parts)
 
     def shard(self, index: int) -> Shard:
         """Shard `index`, opened and checked on its first use."""
@@ -134,9 +140,7 @@ class PackedDataset:
         is still to be checked; shards the cache evicted to make room are closed."""
         if self.cache is None:
             return self.paths[index], self.verify
-        path, checked, evicted = self.cache.fetch(
-            storage.join(self.remote, self.split, self.entries[index].file), self.entries[index]
-        )
+        path, checked, evicted = self.cache.fetch(self._url(self.entries[index].file), self.entries[index])
         for number in [i for i in self._shards if self.entries[i].sha256 in evicted]:
             del self._shards[number]
         return path, self.verify and not checked
@@ -149,7 +153,7 @@ class PackedDataset:
         _, first = np.unique(numbers, return_index=True)
         self.cache.prefetch(
             [
-                (storage.join(self.remote, self.split, self.entries[i].file), self.entries[i])
+                (self._url(self.entries[i].file), self.entries[i])
                 for i in numbers[np.sort(first)].tolist()
                 if i not in self._shards
             ]
@@ -267,7 +271,7 @@ class DistributedLoader:
 
     def __init__(
         self,
-        dataset: PackedDataset,
+        dataset: PackedDataset | SourceRows,
         micro_batch: int,
         dp_rank: int = 0,
         dp_world: int = 1,
@@ -403,9 +407,10 @@ class MixingLoader:
         self.position = 0
         self.drawn = np.zeros(len(schedule.sources), dtype=np.int64)  # rows drawn per source up to `position`
         self.tokens = np.zeros(len(schedule.sources), dtype=np.int64)  # their real (non-padding) targets
-        index = {name: i for i, name in enumerate(schedule.sources)}
+        index: dict[str | None, int] = {name: i for i, name in enumerate(schedule.sources)}
         self.shard_source = np.array([index.get(unit, -1) for unit in shard_units(dataset)], dtype=np.int64)
-        self._block_start, self._block_rows, self._block_drawn = -1, np.zeros(0, np.int64), np.zeros((0, 0))
+        self._block_start, self._block_rows = -1, np.zeros(0, np.int64)
+        self._block_drawn: np.ndarray = np.zeros((0, 0))  # per-source counts after each step of the block
         self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
     def source_rows(self) -> np.ndarray:

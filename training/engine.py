@@ -52,7 +52,7 @@ from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
 from training.init import init_weights
 from training.metrics import MetricsLog, mfu, mfu_withheld, peak_flops
 from training.model import lm_loss
-from training.optim import apply_schedule_now, build_optimizer
+from training.optim import build_optimizer, damp_schedule
 from training.plan import flops_per_token, padded_vocab
 from training.preflight import check_splits, model_changes
 from training.shard_cache import ShardCache
@@ -110,6 +110,10 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
     return held
 
 
+class TrainingDiverged(UserError):
+    """Loss or gradients that rollbacks could not bring back: the settings need a change, not a rerun."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -123,8 +127,9 @@ class Trainer:
         """`data_dir`: a shards folder, or its `s3://` URL (then read through the local shard cache).
         `initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
         self.config, self.run_dir, self.data_location = config, Path(run_dir), data_dir
-        self.shard_cache = ShardCache(config.train.shard_cache) if storage.is_remote(data_dir) else None
-        self.data_dir = self.shard_cache.view(data_dir) if self.shard_cache else Path(data_dir)
+        self.remote = data_dir if storage.is_remote(data_dir) else None  # the shards' URL on object storage
+        self.shard_cache = ShardCache(config.train.shard_cache) if self.remote else None
+        self.data_dir = self.shard_cache.view(self.remote) if self.shard_cache and self.remote else Path(data_dir)
         self.initial_weights = initial_weights
         model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
         self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
@@ -169,18 +174,23 @@ class Trainer:
         self.manifest_sha256 = manifest_hash(self.data_dir)
 
         tokenizer_sha = file_sha256(self.data_dir / tokenizer.file)
-        remote = self.data_location if self.shard_cache else None
         self.train_data = PackedDataset(
             self.data_dir,
             "train",
             self.seq_len,
             tokenizer_sha,
             manifest=manifest,
-            remote=remote,
+            remote=self.remote,
             cache=self.shard_cache,
         )
         self.val_data = PackedDataset(
-            self.data_dir, "val", self.seq_len, tokenizer_sha, manifest=manifest, remote=remote, cache=self.shard_cache
+            self.data_dir,
+            "val",
+            self.seq_len,
+            tokenizer_sha,
+            manifest=manifest,
+            remote=self.remote,
+            cache=self.shard_cache,
         )
         self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
         self.val_sources: dict[str, SourceRows] = {}
@@ -220,7 +230,7 @@ class Trainer:
 
     def _build(self, seeded_init: bool, load_universal: bool = False) -> None:
         """Model, optimizer, schedule and DeepSpeed engine; weights seeded unless a checkpoint follows."""
-        self.engine = None
+        self.engine: Any = None  # the DeepSpeed engine (untyped), released before its replacement is built
         gc.collect()
         cfg = self.config
         model = parallel.build_model(
@@ -326,7 +336,7 @@ class Trainer:
         x DP) makes that average the mean over every valid target, so a row of 165 real targets
         weighs less than one of 256, whichever micro-batch or rank holds it.
         """
-        valid = sum((targets != self.pad_id).sum() for _, targets in batches)
+        valid = sum(((targets != self.pad_id).sum() for _, targets in batches), torch.zeros((), dtype=torch.long))
         total = int(self._dp_sum(valid))
         denominator = torch.tensor(max(total, 1) / (len(batches) * self.dp), device=self.layout.device)
         return [(inputs, (targets, denominator)) for inputs, targets in batches], total
@@ -456,7 +466,7 @@ class Trainer:
         value = mfu(
             tokens_per_s, self.flops_per_token, self.peak_flops if self.mfu_trusted else None, self.layout.world
         )
-        if value is not None and value > 1:
+        if value is not None and value > 1 and self.peak_flops is not None:
             self.mfu_trusted, value = False, None
             if self.layout.rank == 0:
                 print(f"note: {mfu_withheld(self.peak_flops / 1e12)}", flush=True)
@@ -518,9 +528,9 @@ class Trainer:
         target = self.checkpointer.last_healthy(anomaly.step - 1, self.events)
         if target is None:
             if anomaly.reason.startswith("nonfinite"):
-                raise RuntimeError(
-                    f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll back "
-                    f"to; lower checkpoint.interval"
+                raise TrainingDiverged(
+                    f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll "
+                    f"back to; lower checkpoint.interval"
                 )
             self.events.log(
                 {
@@ -533,9 +543,10 @@ class Trainer:
             )
             return False
         if self.rollbacks >= self.config.rollback.max_rollbacks:
-            raise RuntimeError(
+            raise TrainingDiverged(
                 f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
-                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value})"
+                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value}); lower train.lr "
+                f"or raise rollback.max_rollbacks"
             )
         self.rollbacks += 1
         skip_from = target.meta.loader
@@ -544,9 +555,7 @@ class Trainer:
         self.checkpointer.load(self.engine, target)
         self.step, self.tokens = target.step, target.meta.tokens
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
-        schedule = self.scheduler.lr_lambdas[0]
-        schedule.damp(self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)
-        apply_schedule_now(self.scheduler)
+        damp_schedule(self.scheduler, self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)
         for hook in self.hooks:
             hook.on_rollback(self, target.step)
         event = {

@@ -31,7 +31,8 @@ def evaluate_checkpoint(checkpoint: Path, tasks: list[Task], tokenizer_file: Pat
     from training.checkpoint_meta import read_meta, tokenizer_record
 
     meta = read_meta(checkpoint)
-    encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta).eod_id, meta.seq_len)  # refuses first
+    seq_len, _ = meta.trained_shape(checkpoint)
+    encoded = encode_tasks(tasks, tokenizer_file, tokenizer_record(meta).eod_id, seq_len)  # refuses first
     results = {}
     for task, pairs, scores in zip(tasks, encoded, score_requests(checkpoint, encoded)):
         results[task.name] = {
@@ -50,6 +51,7 @@ def score_requests(checkpoint: Path, encoded: list[list[Pair]]) -> list[list[tup
     from training.generate import load_model
 
     model, meta = load_model(checkpoint)
+    seq_len, _ = meta.trained_shape(checkpoint)
     document_masking = meta.config.model["document_masking"]
 
     def forward(inputs: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,7 @@ def score_requests(checkpoint: Path, encoded: list[list[Pair]]) -> list[list[tup
         score(
             forward,
             pairs,
-            meta.seq_len,
+            seq_len,
             BATCH_ROWS,
             tokenizer_record(meta).pad_id,
             torch.device("cpu"),

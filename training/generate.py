@@ -44,7 +44,8 @@ def load_model(checkpoint: Path) -> tuple[GPT, CheckpointMeta]:
     single_process_groups()
     state, meta = consolidate(checkpoint)
     cfg = ModelConfig.model_validate(meta.config.model)
-    model = GPT(cfg, tp_config_single(), meta.config.vocab_padded)
+    _, vocab_padded = meta.trained_shape(checkpoint)
+    model = GPT(cfg, tp_config_single(), vocab_padded)
     model.load_state_dict(state)
     return model.eval(), meta
 
@@ -94,7 +95,7 @@ def sample_texts(
     model, meta = load_model(checkpoint)
     eod = tokenizer_record(meta).eod_id  # the end of document the shards were made with
     stop = codec.end_id if codec else eod
-    context = meta.seq_len
+    context, _ = meta.trained_shape(checkpoint)
     samples = []
     for index, prompt in enumerate(cfg.prompts):
         ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]

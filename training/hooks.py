@@ -31,7 +31,7 @@ from pipeline.ground.names import EVENTS_LOG
 from training.config import HookSpec, RollbackConfig, TrainingConfig
 
 if TYPE_CHECKING:
-    from training.data import Batch, DistributedLoader, PackedDataset
+    from training.data import Batch, DistributedLoader, MixingLoader, PackedDataset
     from training.parallel import Layout
 
 
@@ -69,7 +69,7 @@ class TrainerView(Protocol):
     config: TrainingConfig
     layout: Layout
     engine: Any  # the DeepSpeed engine
-    loader: DistributedLoader
+    loader: DistributedLoader | MixingLoader
     train_data: PackedDataset
     step: int
 

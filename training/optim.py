@@ -61,6 +61,14 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(cfg))
 
 
+def damp_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: float, until_step: int) -> None:
+    """Scale the learning rate by `factor` from now until `until_step` (a rollback's calmer restart)."""
+    schedule = scheduler.lr_lambdas[0]
+    assert isinstance(schedule, LrSchedule)
+    schedule.damp(factor, until_step)
+    apply_schedule_now(scheduler)
+
+
 def apply_schedule_now(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
     """Set the optimizer's rates from the schedule at its current step (after changing it)."""
     for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):

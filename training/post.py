@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ from pipeline.ground.hashing import file_sha256, uniform
 from pipeline.ground.markers import read_marker
 from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
 from pipeline.ground.schema import Section
-from training.post_config import SFTConfig
+from training.post_config import PostConfig, SFTConfig
 from training.chat import ChatCodec, Ledger, Rejection, check_messages, grow_tokenizer, json_records
-from training.config import ModelConfig, TrainingConfig
+from training.config import ModelConfig, TrainConfig
 from training.data import LOSS_MASK
 from training.preflight import model_changes
 from training.checkpoint_meta import read_meta
@@ -46,6 +46,14 @@ from training.checkpoint_meta import read_meta
 DATA = "data"  # RUN/data: what a post-training run reads
 SOURCE = "source"  # RUN/source: the --data file, when it was given as an object-storage URL
 SHARDS, BASE_WEIGHTS, STATS, REJECTED = "shards", "base.safetensors", "stats.json", "rejected.jsonl"
+
+
+class PostTrainingConfig(Protocol):
+    """What `prepare` reads of the root config (`pipeline.config.CrucibleConfig`, which training does not import):
+    the training sections and `post`."""
+
+    train: TrainConfig
+    post: PostConfig
 
 
 # -- the base model ------------------------------------------------------------------------------
@@ -95,7 +103,7 @@ def build_once(folder: Path, fingerprint: dict[str, Any], build: Callable[[Path]
             shutil.rmtree(staging, ignore_errors=True)
     while not (folder / "inputs.json").exists():  # rank 0 is building it; a failure there ends this job too
         time.sleep(0.5)
-    built = read_marker(folder / "inputs.json")
+    built = read_marker(folder / "inputs.json") or {}  # unreadable: built from nothing known
     if built != fingerprint:
         changed = ", ".join(key for key in fingerprint if built.get(key) != fingerprint[key])
         raise UserError(f"{folder} was built from other inputs ({changed} differ): write the run to a new --output")
@@ -264,7 +272,7 @@ def build_sft_data(
 
 def prepare(
     kind: str,
-    config: TrainingConfig,
+    config: PostTrainingConfig,
     base: Path,
     tokenizer_file: Path,
     data: storage.Location,
@@ -283,7 +291,7 @@ def prepare(
     data = Path(data)
     if not data.is_file():
         raise UserError(f"--data {data}: {'a folder' if data.is_dir() else 'not found'}; give a JSONL file")
-    seq_len = config.train.seq_len or read_meta(base).seq_len
+    seq_len = config.train.seq_len or read_meta(base).trained_shape(base)[0]
     folder = output / DATA
     output.mkdir(parents=True, exist_ok=True)
     settings = getattr(config.post, kind)
@@ -293,6 +301,8 @@ def prepare(
         lambda staging: build(staging, data, base, tokenizer_file, settings, seq_len),
     )
     stats = read_marker(folder / STATS)
+    if stats is None:
+        raise UserError(f"{folder / STATS} is missing or damaged: remove {folder} and rerun to build it again")
     records, splits = stats["records"], stats["splits"]
     if not splits["train"]["sequences"]:
         raise UserError(

@@ -72,7 +72,7 @@ ALLOWED = [
     *ENUMS,
     fragment_address,
     (_enum_member, "builtins.getattr"),
-    np._core.multiarray._reconstruct,
+    np._core.multiarray._reconstruct,  # type: ignore[attr-defined]  # a private module numpy's stubs omit
     np.ndarray,
     np.dtype,
     np.dtypes.UInt32DType,
@@ -95,8 +95,9 @@ class ForeignEntry(CorruptCheckpoint):
 
 def inside(folder: Path, name: object) -> str:
     """`name` as a path inside `folder`: relative, no `..`, no empty or `.` parts."""
-    parts = PurePosixPath(name).parts if isinstance(name, str) and name and "\\" not in name else ()
-    if not parts or PurePosixPath(name).is_absolute() or any(part in ("", ".", "..") for part in parts):
+    path = PurePosixPath(name) if isinstance(name, str) and name and "\\" not in name else None
+    parts = path.parts if path is not None else ()
+    if path is None or not parts or path.is_absolute() or any(part in ("", ".", "..") for part in parts):
         raise ForeignEntry(
             f"checkpoint {folder}: its {META} lists {name!r}, a name outside the folder; it was altered and is not read"
         )

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -28,7 +29,7 @@ IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a re
 WandbMode = Literal["online", "offline", "disabled", "shared"]  # what wandb.init takes as `mode`
 
 
-def check_installed(loggers: list[str]) -> None:
+def check_installed(loggers: Sequence[str]) -> None:
     """Refuse, before any process group, a logger whose library (of the same name) is missing: one
     line naming the extra."""
     for name in loggers:
@@ -244,7 +245,7 @@ class Trackers:
     def __init__(
         self,
         run_dir: Path,
-        loggers: list[str],
+        loggers: Sequence[str],
         settings: TrackingConfig,
         config: dict[str, Any],
         prep_stats: dict[str, Any] | None,

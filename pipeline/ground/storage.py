@@ -81,8 +81,13 @@ def absolute(location: Location) -> Location:
 
 def join(base: Location, *parts: str) -> Location:
     if is_remote(base):
-        return "/".join([str(base).rstrip("/"), *parts])
+        return join_url(base, *parts)
     return Path(base).joinpath(*parts)
+
+
+def join_url(url: str, *parts: str) -> str:
+    """`join` where `base` is known to be a URL: typed as the string a URL joined is."""
+    return "/".join([url.rstrip("/"), *parts])
 
 
 def name_of(location: Location) -> str:

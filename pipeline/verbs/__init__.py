@@ -12,20 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.verbs import (
-    classifier,
-    evaluate,
-    export,
-    generate,
-    plan,
-    post_train,
-    prep,
-    prep_task,
-    run,
-    status,
-    submit,
-    train,
-)
+import pipeline.verbs.classifier as classifier
+import pipeline.verbs.evaluate as evaluate
+import pipeline.verbs.export as export
+import pipeline.verbs.generate as generate
+import pipeline.verbs.plan as plan
+import pipeline.verbs.post_train as post_train
+import pipeline.verbs.prep as prep
+import pipeline.verbs.prep_task as prep_task
+import pipeline.verbs.run as run
+import pipeline.verbs.status as status
+import pipeline.verbs.submit as submit
+import pipeline.verbs.train as train
 
 if TYPE_CHECKING:
     from pipeline.config import CrucibleConfig

@@ -57,7 +57,7 @@ def tokenizer_of(checkpoint: Path, given: Path | None) -> Path:
 
         path = cache_root() / "tokenizers" / f"{record.sha256}.json"
         if not path.is_file():
-            storage.download(storage.join(meta.data_dir, record.file), path)
+            storage.download(storage.join_url(meta.data_dir, record.file), path)
     if given and not given.is_file():
         raise UserError(
             f"--tokenizer {given} is {'a folder' if given.is_dir() else 'not found'}: give the run's tokenizer.json"

@@ -41,7 +41,11 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     from training.engine import Trainer
     from training.post import build_sft_data, prepare
 
-    build, trainer_class = {"sft": (build_sft_data, Trainer), "dpo": (build_dpo_data, DPOTrainer)}[args.verb]
+    builders: dict[str, tuple[Callable[..., None], type[Trainer]]] = {
+        "sft": (build_sft_data, Trainer),
+        "dpo": (build_dpo_data, DPOTrainer),
+    }
+    build, trainer_class = builders[args.verb]
     base = checkpoint_in(args.checkpoint, config)
     post_config, shards, weights = prepare(
         args.verb, config, base, tokenizer_of(base, None), args.data, args.output, build
