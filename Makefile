@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/sample.yaml
 RUN_DIR ?= runs/sample
 
-.PHONY: setup run run-sources run-web test test-fast bench-setup bench clean slurm-up slurm-down
+.PHONY: setup run run-sources run-web test test-fast lint format bench-setup bench clean slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,16 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q $(XDIST) -m "not slow"
+
+# What the tests check of the code itself (tests/test_lint.py), and the formatter that fixes its layout.
+CODE := pipeline data_prep training launch tests scripts bench
+lint: setup
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format $(CODE)
 
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
