@@ -1,13 +1,15 @@
 """`prep`'s config section: inputs, stage list, workers, and one sub-section per registered stage.
 
-The stage sections are not written out here: they come from `data_prep.registry`, so a new stage
-brings its settings with it. Each keeps its own schema (unknown keys rejected, values validated).
+The stage sections are not written out here: they come from a stage registry (`data_prep.registry`),
+so a new stage brings its settings with it. Each keeps its own schema (unknown keys rejected, values
+validated). `PrepConfig` is the section of the default registry; `prep_config_for` makes the section
+of another, which pickles (to worker processes) with its registry.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
@@ -57,7 +59,7 @@ class PrepSettings(Section):
         default_factory=list, description="Files or folders to read, or their s3:// URLs (a prefix is a folder)."
     )
     stages: list[str] = Field(
-        default_factory=registry.default_names,
+        default_factory=registry.DEFAULT.default_names,
         description="Stages to run, in pipeline order; by default all but the opt-in filters.",
     )
     workers: int = Field(2, ge=1, description="Worker processes for per-shard steps.")
@@ -91,17 +93,19 @@ class PrepSettings(Section):
         tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
         pack: PackConfig = Field(default_factory=PackConfig)
 
+    stage_registry: ClassVar[registry.Registry] = registry.DEFAULT  # the one its stage sections come from
+
     @field_validator("stages")
     @classmethod
     def _pipeline_order(cls, stages: list[str]) -> list[str]:
-        known = registry.names()
+        known = cls.stage_registry.names()
         unknown = [s for s in stages if s not in known]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(known)}")
         if len(set(stages)) != len(stages):
             raise ValueError(f"stages are listed twice: {stages}")
         for name in stages:
-            missing = [need for need in registry.stage(name).requires if need not in stages]
+            missing = [need for need in cls.stage_registry.stage(name).requires if need not in stages]
             if missing:
                 raise ValueError(f"{name} needs {', '.join(missing)}: add it to the stages")
         return sorted(stages, key=known.index)
@@ -116,7 +120,7 @@ class PrepSettings(Section):
                 f"read.keep_fields: {SOURCE!r} is the column prep.sources sets; with named sources, "
                 f"split the inputs by that field into sources instead of keeping it"
             )
-        per_document = [s.name for s in registry.STAGES if s.per_document]
+        per_document = [s.name for s in self.stage_registry.stages if s.per_document]
         for source in self.sources:
             for stage in [*source.skip, *source.settings]:
                 if stage not in per_document:
@@ -131,7 +135,7 @@ class PrepSettings(Section):
             lacking = [section.missing() for section in sections if section is not None]
             if lacking and all(lacking):
                 raise ValueError(
-                    f"{stage} is in the stages but has {lacking[0]} (prep.{registry.stage(stage).section_name}"
+                    f"{stage} is in the stages but has {lacking[0]} (prep.{self.stage_registry.stage(stage).section_name}"
                     f"): give it its files, or leave it out of prep.stages"
                 )
         if self.pack.split_by_language and LangIdStage.name not in self.stages:
@@ -140,7 +144,7 @@ class PrepSettings(Section):
 
     def section(self, stage: str) -> Section:
         """The settings of stage `stage`."""
-        return getattr(self, registry.stage(stage).section_name)
+        return getattr(self, self.stage_registry.stage(stage).section_name)
 
     def all_inputs(self) -> list[Location]:
         """Every input path, of `inputs` and of every source."""
@@ -180,9 +184,13 @@ class PrepSettings(Section):
         copy.inputs = [absolute(path) for path in copy.inputs]
         for source in copy.sources:
             source.inputs = [absolute(path) for path in source.inputs]
-        for spec in registry.STAGES:
+        for spec in self.stage_registry.stages:
             _resolve_paths(copy.section(spec.name))
         return copy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its registry, so that a worker process rebuilds the same class, however made."""
+        return _unpickled, (self.stage_registry, self.__getstate__())
 
 
 def _resolve_paths(section: Section) -> None:
@@ -203,9 +211,34 @@ def _resolve_paths(section: Section) -> None:
         setattr(section, name, resolved(value))
 
 
-def _stage_sections() -> dict[str, Any]:
-    return {spec.section_name: (spec.config, Field(default_factory=spec.config)) for spec in registry.STAGES}
+_MADE: dict[tuple[tuple[str, str], ...], type[PrepSettings]] = {}
 
 
-PrepConfig = create_model("PrepConfig", __base__=PrepSettings, __module__=__name__, **_stage_sections())
-registry.seal()
+def prep_config_for(stages: registry.Registry) -> type[PrepSettings]:
+    """The `prep` section of a registry: `PrepSettings` and a section per stage (one class per set of stages)."""
+    key = tuple((spec.name, f"{spec.config.__module__}.{spec.config.__qualname__}") for spec in stages.stages)
+    if key not in _MADE:
+        sections: dict[str, Any] = {
+            spec.section_name: (spec.config, Field(default_factory=spec.config)) for spec in stages.stages
+        }
+        stage_list: Any = (
+            list[str],
+            Field(default_factory=stages.default_names, description=PrepSettings.model_fields["stages"].description),
+        )
+        made = create_model("PrepConfig", __base__=PrepSettings, __module__=__name__, stages=stage_list, **sections)
+        made.stage_registry = stages
+        _MADE[key] = made
+    return _MADE[key]
+
+
+def _unpickled(stages: registry.Registry, state: dict[str, Any]) -> PrepSettings:
+    made = prep_config_for(stages)
+    config = made.__new__(made)
+    config.__setstate__(state)
+    return config
+
+
+if TYPE_CHECKING:
+    PrepConfig = PrepSettings  # for the type checker: the stage sections it reads are declared on PrepSettings
+else:
+    PrepConfig = prep_config_for(registry.DEFAULT)

@@ -12,6 +12,9 @@ executors run any step the same way. `data_prep.registry` lists the stages in pi
 
 from __future__ import annotations
 
+import importlib
+import pickle
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,3 +158,40 @@ class StageSpec:
             if self.step_name(step) == name:
                 return step
         raise KeyError(f"stage {self.name} has no step {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (to worker processes, with the plan) as the module attribute that holds it: its steps hold
+        functions that may be closures."""
+        return _stage_at, _home(self)
+
+
+_HOMES: dict[int, tuple[str, str]] = {}  # id of a stage -> (module, attribute), found once
+
+
+def _home(stage: StageSpec) -> tuple[str, str]:
+    """The module attribute that holds `stage`: looked for in the modules of its config and steps first."""
+    if id(stage) not in _HOMES:
+        likely = [stage.config.__module__, *(getattr(step.run, "__module__", "") for step in stage.steps)]
+        modules = [sys.modules[name] for name in likely if name in sys.modules] + list(sys.modules.values())
+        found = next(
+            (
+                (module.__name__, name)
+                for module in modules
+                for name, value in list(vars(module).items())
+                if value is stage
+            ),
+            None,
+        )
+        if found is None:
+            raise pickle.PicklingError(
+                f"stage {stage.name!r} is in no module's top level: define it there, so "
+                f"that worker processes can import it"
+            )
+        _HOMES[id(stage)] = found
+    return _HOMES[id(stage)]
+
+
+def _stage_at(module: str, name: str) -> StageSpec:
+    stage = getattr(importlib.import_module(module), name)
+    assert isinstance(stage, StageSpec), f"{module}.{name} is not a stage"
+    return stage

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
-from data_prep.config import PrepConfig
+from data_prep import registry
+from data_prep.config import PrepConfig, prep_config_for
 from data_prep.pack import PACK, PackConfig
 from data_prep.tokenizer import TOKENIZE, TokenizerConfig
 from launch.config import LaunchConfig
@@ -132,11 +133,24 @@ def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def config_for(stages: registry.Registry) -> type[CrucibleConfig]:
+    """The root schema whose `prep` section is that of `stages` (a registry with a stage of a plugin's)."""
+    if stages is registry.DEFAULT:
+        return CrucibleConfig
+    prep = prep_config_for(stages)
+    return create_model(
+        "CrucibleConfig", __base__=CrucibleConfig, __module__=__name__, prep=(prep, Field(default_factory=prep))
+    )
+
+
 def load_config(
-    path: Path | None, overrides: Sequence[str] = (), replaced: Mapping[str, Any] | None = None
+    path: Path | None,
+    overrides: Sequence[str] = (),
+    replaced: Mapping[str, Any] | None = None,
+    stages: registry.Registry = registry.DEFAULT,
 ) -> CrucibleConfig:
     """Read YAML (or start from defaults), apply overrides, then the keys a verb's flags replace
-    (`--stages` is `prep.stages`), and validate all of it together."""
+    (`--stages` is `prep.stages`), and validate all of it together, with the stage sections of `stages`."""
     tree: dict[str, Any] = {}
     if path is not None:
         if Path(path).is_dir():
@@ -153,7 +167,8 @@ def load_config(
         apply_override(tree, assignment)
     for key, value in (replaced or {}).items():
         _assign(tree, key, value)
+    schema = config_for(stages)
     try:
-        return CrucibleConfig.model_validate(tree)
+        return schema.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, CrucibleConfig)) from None
+        raise ConfigError(_format_validation_error(exc, schema)) from None

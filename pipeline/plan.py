@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from data_prep.config import PrepConfig
 from data_prep.extract import check_pages_extracted
 from data_prep.readers import InputShard, plan_shards
 from data_prep.sources import source_groups
-from data_prep.stage import StepSpec, TaskContext
+from data_prep.stage import StageSpec, StepSpec, TaskContext
 from pipeline.ground import storage
 from pipeline.ground.schema import Section
 
@@ -35,10 +35,11 @@ class Step:
     source: str | None  # the step whose per-shard documents this step reads
     fingerprint: str
     makes_docs: bool  # writes per-shard documents (and counts them for the stage table)
+    stage_spec: StageSpec = field(compare=False, repr=False)  # from the registry the plan was built with
 
     @property
     def spec(self) -> StepSpec:
-        return registry.stage(self.stage).step(self.name)
+        return self.stage_spec.step(self.name)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Plan:
         settings: Section | None
         if step.stage == registry.READ.name:
             settings = self.config.read
-        elif registry.stage(step.stage).per_document:  # a named source may skip it or set its own settings
+        elif step.stage_spec.per_document:  # a named source may skip it or set its own settings
             settings = self.config.source_section(step.stage, self.shards[task].source)
         else:
             settings = self.config.section(step.stage)
@@ -108,17 +109,17 @@ def build_plan(config: PrepConfig) -> Plan:
     n = len(shards)
     read_fp = _digest(_input_identity(shards), config.read.model_dump(mode="json"), config.batch_size)
     read = registry.READ.name
-    steps = [Step(read, read, n, None, read_fp, True)]
+    steps = [Step(read, read, n, None, read_fp, True, registry.READ)]
     source, fingerprint = read, read_fp
     for name in [registry.UNIQUE_IDS.name, *config.stages]:
-        stage = registry.stage(name)
+        stage = config.stage_registry.stage(name)
         settings = config.section(name).fingerprint()
         if config.source_fingerprint(name):
             settings = {"settings": settings, "sources": config.source_fingerprint(name)}
         for spec in stage.steps:
             step_name = stage.step_name(spec)
             fingerprint = _digest(fingerprint, step_name, settings)
-            steps.append(Step(step_name, name, spec.tasks(config, n), source, fingerprint, spec.makes_docs))
+            steps.append(Step(step_name, name, spec.tasks(config, n), source, fingerprint, spec.makes_docs, stage))
         if steps[-1].makes_docs:
             source = steps[-1].name
     return Plan(config, tuple(shards), tuple(steps))

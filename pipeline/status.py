@@ -44,7 +44,7 @@ class LocalStatus:
 
 def _step_order(name: str) -> tuple[int, int]:
     """Pipeline order: the stage's place in the registry, then the step's place in its stage."""
-    stages = [*registry.FIRST, *registry.STAGES]
+    stages = [*registry.FIRST, *registry.DEFAULT.stages]
     for i, stage in enumerate(stages):
         names = [stage.step_name(step) for step in stage.steps]
         if name in names:

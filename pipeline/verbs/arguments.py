@@ -54,10 +54,10 @@ def local_path(value: str) -> Path:
 
 def stage_list(value: str) -> list[str]:
     stages = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in registry.names()]
+    unknown = [s for s in stages if s not in registry.DEFAULT.names()]
     if unknown or not stages:
         what = f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given"
-        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(registry.names())}")
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(registry.DEFAULT.names())}")
     return stages
 
 

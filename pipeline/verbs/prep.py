@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=local_path,
         help="folder for step files, markers and the lock (default OUTPUT/work; local or shared disk)",
     )
-    parser.add_argument("--stages", type=stage_list, help=f"comma-separated subset of {','.join(registry.names())}")
+    parser.add_argument(
+        "--stages", type=stage_list, help=f"comma-separated subset of {','.join(registry.DEFAULT.names())}"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--executor", choices=["local", "ray"], help="where the tasks run (replaces prep.executor)")
 
