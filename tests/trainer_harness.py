@@ -1,0 +1,38 @@
+"""A single-rank trainer in the test's own process: how the fast tests train, with no torchrun.
+
+It builds the real `Trainer` (DeepSpeed engine, megatron-core layers, checkpoints) on an in-memory
+process group of one, runs `fit`, then tears the groups down and restores the environment variables
+the trainer sets, so the next test in the same process starts clean.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_config
+
+SMALL = [  # the settings of the training tests: 8 rows a step in micro-batches of 2, a known peak for MFU
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "train.eval_interval=1000",
+    "train.warmup_steps=3",
+    "train.peak_tflops=1",
+    "train.loggers=[]",
+]
+
+
+def train_in_process(shards: Path, run: Path, steps: int, *settings: str) -> list[dict[str, Any]]:
+    """Train (or resume) the run folder `run` to step `steps` on one rank; the metric records of this call."""
+    from training.engine import Trainer
+    from training.parallel import shutdown_distributed
+
+    config = load_config(None, [*SMALL, f"train.max_steps={steps}", f"train.decay_steps={steps}", *settings])
+    saved = dict(os.environ)
+    try:
+        return Trainer(config, shards, run, world_size=1).fit()
+    finally:
+        shutdown_distributed()
+        os.environ.clear()
+        os.environ.update(saved)
