@@ -41,7 +41,7 @@ class JunkRows(Hook):
         consumed = loader.position - loader.micro_batch * loader.dp_world  # where this batch began
         if loader.epoch == 0 and start <= consumed < start + loader.rows_per_step:
             generator = torch.Generator().manual_seed(self.seed + consumed)
-            vocab = trainer.train_data.manifest["tokenizer"]["vocab_size"]
+            vocab = trainer.train_data.manifest.tokenizer.vocab_size
             inputs = torch.randint(0, vocab, batch.inputs.shape, generator=generator)
             targets = torch.randint(vocab * 3 // 4, vocab, batch.targets.shape, generator=generator)
             return Batch(inputs, targets, batch.positions, batch.segments, batch.rows)
