@@ -15,6 +15,7 @@ import zstandard
 
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord
 from launch.torchrun import free_port
+from tests.running_item import RUNNING
 from tests.s3_server import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,9 +92,6 @@ def s3() -> Iterator[S3Server]:
     server.kill()
     for key, value in saved.items():
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-
-
-RUNNING: list[pytest.Item] = []  # the test being set up or run, for `torchrun`'s check
 
 
 @pytest.hookimpl(tryfirst=True)

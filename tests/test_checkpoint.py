@@ -130,6 +130,20 @@ def test_killed_rank_is_restarted_and_the_run_finishes_the_same(tiny_shards: Pat
 
 def test_kill_during_checkpoint_write_keeps_previous_latest(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
+    command = [
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(run),
+        *BASE,
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "train.decay_steps=8",
+        "--set",
+        "checkpoint.interval=3",
+    ]
     driver = f"""
 import os, signal, sys
 import training.checkpoint as checkpoint
@@ -144,22 +158,7 @@ class KillBeforePublish:
         return real_replace(src, dst)
 checkpoint.os = KillBeforePublish()
 from pipeline.cli import main
-sys.exit(main({
-        [
-            "train",
-            "--data",
-            str(tiny_shards),
-            "--output",
-            str(run),
-            *BASE,
-            "--set",
-            "train.max_steps=6",
-            "--set",
-            "train.decay_steps=8",
-            "--set",
-            "checkpoint.interval=3",
-        ]!r
-    }))
+sys.exit(main({command!r}))
 """
     killed = subprocess.run([sys.executable, "-c", driver], cwd=REPO, capture_output=True, text=True)
     assert killed.returncode == -9

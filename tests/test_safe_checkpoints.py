@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from pipeline.ground.hashing import file_sha256
-from tests.conftest import REPO, torchrun
+from tests.trainer_harness import train_in_process
+from tests.conftest import REPO
 
 SMALL = [
     "--set",
@@ -78,21 +79,9 @@ def rehash(checkpoint: Path, **fields: object) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run with checkpoints at steps 2 and 4 (ZeRO-1, one process)."""
+    """A run with checkpoints at steps 2 and 4 (ZeRO-1, one rank, trained in this process)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    torchrun(
-        1,
-        "train",
-        "--data",
-        str(tiny_shards),
-        "--output",
-        str(run),
-        *SMALL,
-        "--set",
-        "train.max_steps=4",
-        "--set",
-        "checkpoint.interval=2",
-    )
+    train_in_process(tiny_shards, run, 4, "train.warmup_steps=2", "train.decay_steps=8", "checkpoint.interval=2")
     return run
 
 

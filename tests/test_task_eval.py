@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.ground.errors import UserError
-from tests.conftest import REPO, metrics, read_set, torchrun, write_jsonl
+from tests.conftest import REPO, metrics, read_set, write_jsonl
+from tests.trainer_harness import train_in_process
 
 STEPS = 30
 
@@ -42,26 +43,13 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def run(tiny_shards: Path, tasks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short run that scores the tasks every 10 steps, and its final checkpoint."""
     run_dir = tmp_path_factory.mktemp("run")
-    torchrun(
-        1,
-        "train",
-        "--data",
-        str(tiny_shards),
-        "--output",
-        str(run_dir),
-        "--set",
-        f"train.max_steps={STEPS}",
-        "--set",
-        "train.global_batch_size=8",
-        "--set",
+    train_in_process(
+        tiny_shards,
+        run_dir,
+        STEPS,
         "train.micro_batch_size=4",
-        "--set",
-        "train.peak_tflops=1",
-        "--set",
         "train.eval_interval=10",
-        "--set",
         f"eval.tasks=[{','.join(map(str, tasks))}]",
-        "--set",
         "checkpoint.interval=0",
     )
     return run_dir

@@ -101,6 +101,7 @@ def test_cli_refuses_world_size_mismatch(tiny_shards: Path, tmp_path: Path) -> N
     assert result.returncode == 2 and "world size 1 is not a multiple of tp*pp" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_user_error_on_every_rank_prints_one_line_under_the_agent(tiny_shards: Path, tmp_path: Path) -> None:
     """Under `launch.agent` (what `run` and the Slurm job use), two ranks refusing the same config end
     in one message and exit status 2, without torchrun's traceback."""

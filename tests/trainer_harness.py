@@ -1,7 +1,7 @@
 """A single-rank trainer in the test's own process: how the fast tests train, with no torchrun.
 
 It builds the real `Trainer` (DeepSpeed engine, megatron-core layers, checkpoints) on an in-memory
-process group of one, runs `fit`, then tears the groups down and restores the environment variables
+process group of one, runs `fit`, then tears the groups down (and any an earlier test left) and restores the environment variables
 the trainer sets, so the next test in the same process starts clean.
 """
 
@@ -30,6 +30,7 @@ def train_in_process(shards: Path, run: Path, steps: int, *settings: str) -> lis
 
     config = load_config(None, [*SMALL, f"train.max_steps={steps}", f"train.decay_steps={steps}", *settings])
     saved = dict(os.environ)
+    shutdown_distributed()  # the groups an earlier test of this process left (generate's and eval's single process)
     try:
         return Trainer(config, shards, run, world_size=1).fit()
     finally:
