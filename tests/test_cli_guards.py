@@ -223,6 +223,7 @@ def test_careless_command_lines_are_one_line(
     assert expected in lines[-1], lines
 
 
+@pytest.mark.slow  # starts torchrun's agent and two ranks
 def test_a_bad_training_flag_under_torchrun_is_one_line(tmp_path: Path) -> None:
     """The ranks hand an argparse refusal to the agent like any user mistake: no ChildFailedError report."""
     result = subprocess.run(
