@@ -272,6 +272,7 @@ def test_a_warmup_longer_than_the_run_is_one_warning_line_and_trains(tiny_shards
     ]
 
 
+@pytest.mark.slow  # starts torchrun's agent
 def test_pipeline_stages_without_weight_matrices_are_refused_in_one_line(tiny_shards: Path, tmp_path: Path) -> None:
     """Two layers over two stages partitioned by layer count leave the last stage only the final norm and the tied
     head: its optimizer has no group to decay, and DeepSpeed's per-group norm reduction would hang the first step."""
