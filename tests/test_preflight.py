@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.ground.errors import UserError
 from tests.conftest import REPO, read_set, write_jsonl
+from data_prep.shards import SplitIndex
+from tests.conftest import hand_made_manifest
 from training.preflight import check_disk, check_same_model, check_splits
 
 
@@ -42,7 +44,9 @@ def test_a_layout_that_cannot_run_is_refused_before_prep(tmp_path: Path) -> None
 def write_checkpoint(run_dir: Path, model: dict) -> None:
     step = run_dir / "checkpoints" / "step-00000010"
     step.mkdir(parents=True)
-    (step / "crucible.json").write_text(json.dumps({"step": 10, "config": {"model": model}}))
+    (step / "crucible.json").write_text(
+        json.dumps({"step": 10, "healthy": True, "files": {}, "config": {"model": model}})
+    )
     (run_dir / "checkpoints" / "latest").write_text("step-00000010")
 
 
@@ -62,12 +66,12 @@ def test_a_run_folder_of_another_model_is_refused_in_one_sentence(tmp_path: Path
 
 
 def test_empty_splits_and_a_full_disk_are_named(tmp_path: Path) -> None:
-    manifest = {"splits": {"train": {"sequences": 103}, "val": {"sequences": 0, "documents": 1}}}
+    manifest = hand_made_manifest(64, {"train": SplitIndex(sequences=103), "val": SplitIndex(sequences=0, documents=1)})
     with pytest.raises(UserError, match="the validation split is empty .* train.eval_batches=0"):
         check_splits(manifest, tmp_path, needs_validation=True)
     check_splits(manifest, tmp_path, needs_validation=False)
     with pytest.raises(UserError, match="train split is empty"):
-        check_splits({"splits": {"train": {"sequences": 0}}}, tmp_path, needs_validation=False)
+        check_splits(hand_made_manifest(64, {"train": SplitIndex(sequences=0)}), tmp_path, needs_validation=False)
     with pytest.raises(UserError, match="GB free: free space, lower checkpoint.keep_last"):
         check_disk(tmp_path / "not" / "yet", params=10**15, keep=2)
     check_disk(tmp_path, params=1000, keep=2)
