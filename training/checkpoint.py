@@ -251,9 +251,9 @@ class Checkpointer:
 
     # -- saving --------------------------------------------------------------------------
 
-    def save(self, engine: Any, step: int, meta: CheckpointMeta) -> Path:
-        """Collective: every rank calls it. Returns the published folder."""
-        tag = tag_for(step)
+    def save(self, engine: Any, meta: CheckpointMeta) -> Path:
+        """Collective: every rank calls it, with the metadata of step `meta.step`. Returns the published folder."""
+        tag = tag_for(meta.step)
         staging = self.root / STAGING
         if self.rank == 0:
             shutil.rmtree(staging / tag, ignore_errors=True)
@@ -279,7 +279,7 @@ class Checkpointer:
                 if p.is_file()
             }
             try:
-                (staging / tag / META).write_text(meta.model_copy(update={"step": step, "files": files}).to_json())
+                (staging / tag / META).write_text(meta.model_copy(update={"files": files}).to_json())
             except OSError as exc:
                 raise self._abandon(staging / tag, exc) from None
             if final.exists():

@@ -510,7 +510,7 @@ class Trainer:
                 samples=config.samples.model_dump(mode="json"),
             ),  # generate's and export's defaults
         )
-        path = self.checkpointer.save(self.engine, self.step, meta)
+        path = self.checkpointer.save(self.engine, meta)
         self.events.log({"event": "save", "step": self.step, "checkpoint": path.name, "reason": reason})
         for hook in self.hooks:
             hook.on_save(self, path)
