@@ -7,12 +7,18 @@ DeepSpeed's autotuner imports mlflow and megatron's inference code imports wandb
 whenever they are installed (the `trackers` extra), about 3 s of every rank's start. Neither is used
 through them here, and both treat a missing package as absent, so they are hidden while the two
 libraries load; `training.trackers` imports them normally afterwards when a run asks for them.
+
+megatron-core also wraps its fused activations in `torch.compile` as it is imported, which pulls in
+dynamo and inductor: about 4 s more of every process's start. The model calls none of those
+functions, so `torch.compile` is the identity while megatron-core loads (they stay eager), and is
+itself again afterwards for the model's own compiled blocks.
 """
 
 import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -36,6 +42,21 @@ def packages_hidden(names: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-with packages_hidden(UNUSED_AT_IMPORT):
+@contextlib.contextmanager
+def compile_as_identity() -> Iterator[None]:
+    """Make `torch.compile` return the function it is given, as a decorator with or without options."""
+
+    def identity(function: Any = None, **_options: Any) -> Any:
+        return function if function is not None else (lambda later: later)
+
+    compile_ = torch.compile
+    torch.compile = identity  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.compile = compile_
+
+
+with packages_hidden(UNUSED_AT_IMPORT), compile_as_identity():
     import deepspeed  # noqa: F401,E402
     import megatron.core  # noqa: F401,E402
