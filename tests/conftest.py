@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -127,6 +128,30 @@ def torchrun(
             f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def crucible_in_process(*args: object) -> subprocess.CompletedProcess[str]:
+    """`crucible ARGS` through the front door in this process: its exit status and what it printed, as a
+    subprocess would give them, without a new interpreter's imports (seconds each). Process groups and
+    environment variables that the verb leaves are undone, so the next test starts clean."""
+    from pipeline.cli import main
+    from training.parallel import shutdown_distributed
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    shutdown_distributed()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(argv)
+            except SystemExit as exit_:  # --help and --version end in argparse's exit
+                status = int(exit_.code or 0)
+    finally:
+        shutdown_distributed()
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
 
 
 def hand_made_manifest(seq_len: int, splits: dict[str, SplitIndex], pad_id: int = 1) -> ShardManifest:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,14 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, read_set, write_jsonl
+from tests.conftest import crucible_in_process as crucible
 
 NOT_UTF8 = b'{"text": "caf\xe9 au lait", "label": true}\n'
-
-
-def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], *expected: str) -> None:

@@ -11,8 +11,6 @@ import errno
 import gzip
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import zstandard
 
 from data_prep import readers
 from data_prep.readers import ReadConfig, plan_shards, read_shard, skipped_entries
-from tests.conftest import REPO
+from tests.conftest import REPO, crucible_in_process
 
 SAMPLE = REPO / "data" / "sample"
 
@@ -270,24 +268,15 @@ def test_prep_goes_on_past_every_broken_file_and_counts_it(tmp_path: Path) -> No
     )
     (folder / "g-link.jsonl").symlink_to(folder / "f-records.jsonl")
     output = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "prep",
-            "--input",
-            str(folder),
-            "--output",
-            str(output),
-            "--stages",
-            "normalize",
-            "--no-progress",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = crucible_in_process(
+        "prep",
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--stages",
+        "normalize",
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -19,14 +19,9 @@ from pipeline.config import ConfigError, load_config
 from pipeline.ground.atomic import DiskFull, write_text
 from pipeline.ground.lock import folder_lock
 from tests.conftest import REPO
+from tests.conftest import crucible_in_process as crucible
 
 SAMPLE_FILE = REPO / "data" / "sample" / "corpus-02.jsonl.zst"
-
-
-def crucible(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ what cannot run on this machine is refused with a message."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 from pipeline.config import ConfigError, load_config
 from pipeline.ground.errors import UserError
-from tests.conftest import REPO, read_set, write_jsonl
+from tests.conftest import read_set, write_jsonl, crucible_in_process
 from training.data import DistributedLoader, PackedDataset
 from training.fp8 import check_fp8
 from training.generate import single_process_groups
@@ -272,24 +270,16 @@ def test_the_cpu_refuses_flex_attention_and_fp8_with_a_message() -> None:
 
 
 def test_train_refuses_fp8_on_the_cpu_before_training(shards: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(shards),
-            "--output",
-            str(tmp_path),
-            "--set",
-            "train.precision=fp8",
-            "--set",
-            "parallel.compile=true",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "train.precision=fp8",
+        "--set",
+        "parallel.compile=true",
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "train.precision=fp8 needs an NVIDIA GPU" in result.stderr and "Traceback" not in result.stderr

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, read_set, write_jsonl
+from tests.conftest import read_set, write_jsonl
+from tests.conftest import crucible_in_process as crucible
 
 STAGES = "prep.stages=[normalize, exact_dedup, tokenize, pack]"
 SMALL = ["prep.tokenizer.vocab_size=300", "prep.pack.seq_len=32"]
-
-
-def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
 
 
 def prep(inputs: Path, output: Path, *sets: str, verb: str = "prep") -> subprocess.CompletedProcess[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, torchrun
+from tests.conftest import torchrun
+from tests.conftest import crucible_in_process as crucible
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +193,6 @@ def test_pruning_a_checkpoint_removes_its_universal_form(tmp_path: Path) -> None
     Checkpointer(tmp_path, CheckpointConfig(keep_last=2), rank=0).prune()
     assert sorted(p.name for p in root.glob("step-*")) == [tag_for(4), tag_for(6)]
     assert sorted(p.name for p in (root / UNIVERSAL).iterdir()) == [tag_for(4)]
-
-
-def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
 
 
 def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, crucible_in_process
 
 LEVELS = "abcdefghi"
 # "Billion laughs": nine levels of nine aliases, 10^9 strings once written out, in ~350 bytes; the last level
@@ -87,13 +87,7 @@ def test_alias_bomb_is_refused_in_under_a_second_and_100_mb(tmp_path: Path) -> N
 def test_hostile_config_is_one_line_from_the_command_line(text: str, expected: str, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = crucible_in_process("plan", "--config", str(config))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.strip().startswith(f"crucible: --config {config}: {expected}"), result.stderr

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline.config import load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, crucible_in_process
 from training.plan import count_params, estimate
 
 
@@ -79,17 +79,12 @@ def test_param_count_matches_the_built_model(tiny_shards) -> None:
 
 
 def test_cli_warns_when_the_layout_does_not_fit() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", "--set", "model.preset=70b", "--set", "plan.gpus=1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = crucible_in_process("plan", "--set", "model.preset=70b", "--set", "plan.gpus=1")
     assert result.returncode == 0 and "does not fit 80 GB per GPU" in result.stdout
 
 
 def crucible_plan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "plan", *args], cwd=REPO, capture_output=True, text=True)
+    return crucible_in_process("plan", *args)
 
 
 def test_plan_speaks_in_human_units_and_uses_the_config_s_own_run() -> None:

@@ -19,6 +19,7 @@ import torch
 from pipeline.ground.hashing import file_sha256
 from tests.trainer_harness import train_in_process
 from tests.conftest import REPO
+from tests.conftest import crucible_in_process as crucible
 
 SMALL = [
     "--set",
@@ -44,12 +45,6 @@ class Payload:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
 
 
 def refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:

@@ -4,9 +4,6 @@ cross-source dedupe by priority and source-tagged shards."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +12,10 @@ import pytest
 from data_prep.exact_dedup import first_occurrences
 from data_prep.minhash.kernels import choose_removals
 from data_prep.quality import QualityConfig, QualityStage
-from launch.torchrun import free_port
 from pipeline.config import ConfigError, load_config
 from pipeline.prep import run_prep
 from pipeline.report import build_report
-from tests.conftest import REPO, metrics, read_set, write_jsonl
+from tests.conftest import crucible_in_process, metrics, read_set, write_jsonl
 from tests.test_prep_pipeline import read_dir
 
 STAGES = "prep.stages=[normalize, exact_dedup, minhash_dedup, quality, tokenize, pack]"
@@ -188,24 +184,14 @@ def test_training_logs_realized_tokens_and_validation_loss_per_source(
         "checkpoint.enabled=false",
         weights,
     ]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(output / "shards"),
-            "--output",
-            str(tmp_path / "run"),
-            *[a for key in tiny for a in ("--set", key)],
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"MASTER_PORT": str(free_port())},
-    )  # one process: no torchrun port
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(output / "shards"),
+        "--output",
+        str(tmp_path / "run"),
+        *[a for key in tiny for a in ("--set", key)],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     last = metrics(tmp_path / "run")[-1]
     assert sum(last[f"mix/{name}/tokens"] for name in ("web", "books", "code")) == last["tokens"]
@@ -220,24 +206,15 @@ def test_training_logs_realized_tokens_and_validation_loss_per_source(
     assert "## Data mixture" in report and (report_dir / "mixture.png").exists()
     assert f"| books | {last['mix/books/tokens']:,} |" in report
     assert "Documents left after each stage, per source:" in report
-    plan = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "plan",
-            "--data",
-            str(output / "shards"),
-            "--set",
-            "plan.token_budget=1e7",
-            "--set",
-            "train.mixture.max_epochs={books: 1}",
-            *[a for key in tiny for a in ("--set", key)],
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    plan = crucible_in_process(
+        "plan",
+        "--data",
+        str(output / "shards"),
+        "--set",
+        "plan.token_budget=1e7",
+        "--set",
+        "train.mixture.max_epochs={books: 1}",
+        *[a for key in tiny for a in ("--set", key)],
     )
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "warning: source books would be drawn" in plan.stdout and "over its cap of 1 epochs" in plan.stdout

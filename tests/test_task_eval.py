@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.ground.errors import UserError
-from tests.conftest import REPO, metrics, read_set, write_jsonl
+from tests.conftest import metrics, read_set, write_jsonl
+from tests.conftest import crucible_in_process as crucible
 from tests.trainer_harness import train_in_process
 
 STEPS = 30
@@ -70,10 +69,6 @@ def long_choice_task(folder: Path) -> Path:
             {"context": "It was", "choices": ["the end", words], "gold": 0},
         ],
     )
-
-
-def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_bad_task_files_are_one_line_errors(tmp_path: Path) -> None:
@@ -173,22 +168,14 @@ def test_the_loop_logs_task_scores_and_eval_time(run: Path, tasks: list[Path]) -
 
 
 def test_eval_verb_gives_the_loop_s_scores(run: Path, tasks: list[Path], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "eval",
-            "--checkpoint",
-            str(checkpoint(run)),
-            "--tasks",
-            *map(str, tasks),
-            "--output",
-            str(tmp_path / "results.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible(
+        "eval",
+        "--checkpoint",
+        str(checkpoint(run)),
+        "--tasks",
+        *map(str, tasks),
+        "--output",
+        str(tmp_path / "results.json"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "next_words" in result.stdout and "acc_norm" in result.stdout
@@ -260,9 +247,6 @@ def test_eval_warns_when_hf_is_not_an_export_of_the_checkpoint(run: Path, tasks:
     the harness comparison says so instead of printing the gap as if it were rounding."""
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
     from safetensors.torch import load_file, save_file
-
-    def crucible(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True)
 
     hf = tmp_path / "hf"
     assert crucible("export", "--checkpoint", str(checkpoint(run)), "--output", str(hf)).returncode == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from tests.conftest import crucible_in_process
 from training.config import LayoutError, check_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,22 +59,14 @@ def test_model_shapes_are_checked() -> None:
 
 
 def test_cli_refuses_seq_len_mismatch_before_training(tiny_shards: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(tiny_shards),
-            "--output",
-            str(tmp_path),
-            "--set",
-            "train.seq_len=128",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "train.seq_len=128",
     )
     assert result.returncode == 2
     assert "seq_len 64" in result.stderr and "manifest.json" in result.stderr
@@ -81,22 +74,14 @@ def test_cli_refuses_seq_len_mismatch_before_training(tiny_shards: Path, tmp_pat
 
 
 def test_cli_refuses_world_size_mismatch(tiny_shards: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(tiny_shards),
-            "--output",
-            str(tmp_path),
-            "--set",
-            "parallel.tp=2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "parallel.tp=2",
     )
     assert result.returncode == 2 and "world size 1 is not a multiple of tp*pp" in result.stderr
 
@@ -199,24 +184,16 @@ def test_a_validation_split_short_of_one_global_batch_is_named_with_its_fixes(
     tiny_shards: Path, tmp_path: Path
 ) -> None:
     val_rows = json.loads((tiny_shards / "manifest.json").read_text())["splits"]["val"]["sequences"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(tiny_shards),
-            "--output",
-            str(tmp_path),
-            "--set",
-            f"train.global_batch_size={val_rows + 1}",
-            "--set",
-            "train.micro_batch_size=1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        f"train.global_batch_size={val_rows + 1}",
+        "--set",
+        "train.micro_batch_size=1",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("crucible train:")]
@@ -232,38 +209,30 @@ def test_a_validation_split_short_of_one_global_batch_is_named_with_its_fixes(
 
 def test_a_warmup_longer_than_the_run_is_one_warning_line_and_trains(tiny_shards: Path, tmp_path: Path) -> None:
     """Said, not refused: short smoke runs keep the default warmup of 10 steps on purpose."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "train",
-            "--data",
-            str(tiny_shards),
-            "--output",
-            str(tmp_path),
-            "--set",
-            "train.max_steps=2",
-            "--set",
-            "train.warmup_steps=5",
-            "--set",
-            "train.lr=0.002",
-            "--set",
-            "model.d_model=32",
-            "--set",
-            "model.n_layers=1",
-            "--set",
-            "model.n_heads=2",
-            "--set",
-            "model.n_kv_heads=1",
-            "--set",
-            "model.ffn_hidden=64",
-            "--set",
-            "checkpoint.enabled=false",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = crucible_in_process(
+        "train",
+        "--data",
+        str(tiny_shards),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.warmup_steps=5",
+        "--set",
+        "train.lr=0.002",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.n_heads=2",
+        "--set",
+        "model.n_kv_heads=1",
+        "--set",
+        "model.ffn_hidden=64",
+        "--set",
+        "checkpoint.enabled=false",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if "train.warmup_steps" in line] == [
