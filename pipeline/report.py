@@ -30,6 +30,16 @@ from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
 from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
 from pipeline.summary import changed, overlap_line
+from training.metric_names import (
+    EVAL_SECONDS,
+    VAL_LOSS,
+    has_mixture,
+    mix_target,
+    mix_tokens,
+    mixture_sources,
+    source_val_loss,
+    task_scores,
+)
 
 if TYPE_CHECKING:
     from matplotlib.typing import ColorType
@@ -150,12 +160,12 @@ def unigram_entropy(shards: Path) -> float:
 def learning_line(metrics: list[dict[str, Any]], entropy: float | None) -> str:
     """The last validation loss beside the unigram baseline, said with the samples: how far below
     word salad (the token frequencies alone) the model that wrote them is."""
-    val = [m for m in metrics if "val_loss" in m and "anomaly" not in m]
+    val = [m for m in metrics if VAL_LOSS in m and "anomaly" not in m]
     if not val or entropy is None:
         return ""
     last = val[-1]
     return (
-        f"validation loss {last['val_loss']:.2f} nats per token at step {last['step']}; unigram baseline "
+        f"validation loss {last[VAL_LOSS]:.2f} nats per token at step {last['step']}; unigram baseline "
         f"{entropy:.2f} (the token frequencies alone, no context)"
     )
 
@@ -311,8 +321,8 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
     if entropy is not None:
         loss_ax.axhline(entropy, color=GREY, linestyle=":", label="unigram entropy of the tokens")
     loss_ax.plot(steps, [m["loss"] for m in kept], label="train loss", color=BLUE)
-    val = [m for m in metrics if "val_loss" in m]
-    loss_ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="validation loss", color=RED)
+    val = [m for m in metrics if VAL_LOSS in m]
+    loss_ax.plot([m["step"] for m in val], [m[VAL_LOSS] for m in val], "o-", label="validation loss", color=RED)
     for event in events:
         if event["event"] in EVENT_COLOURS:
             loss_ax.axvline(event["step"], color=EVENT_COLOURS[event["event"]], linestyle="--", linewidth=1)
@@ -346,7 +356,7 @@ def _training(page: Page, metrics: list[dict[str, Any]], events: list[dict[str, 
             [
                 last["step"],
                 f"{last['loss']:.4f}",
-                f"{val[-1]['val_loss']:.4f}" if val else "-",
+                f"{val[-1][VAL_LOSS]:.4f}" if val else "-",
                 f"{entropy:.4f}" if entropy is not None else "-",
                 f"{last['tokens']:,}",
             ]
@@ -372,9 +382,9 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     """Task results logged as `eval/<task>/<metric>` keys, plotted over steps."""
     series: dict[str, list[tuple[int, float]]] = {}
     for m in metrics:
-        for key, value in m.items():
-            if key.startswith("eval/") and isinstance(value, (int, float)):
-                series.setdefault(key[len("eval/") :], []).append((m["step"], value))
+        for (task, metric), value in task_scores(m).items():
+            if isinstance(value, (int, float)):
+                series.setdefault(f"{task}/{metric}", []).append((m["step"], value))
     if not series:
         return
     page.heading("Evaluation")
@@ -393,7 +403,7 @@ def _evals(page: Page, metrics: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     page.figure(fig, "evals.png", "task scores over training; dashed: the accuracy of guessing")
     _task_table(page, series)
-    timed = [m["eval_seconds"] for m in metrics if "eval_seconds" in m]
+    timed = [m[EVAL_SECONDS] for m in metrics if EVAL_SECONDS in m]
     if timed:
         page.paragraph(
             f"Task evaluation ran {len(timed)} times and took {_seconds(sum(timed))} in all, outside "
@@ -430,10 +440,10 @@ def _task_table(page: Page, series: dict[str, list[tuple[int, float]]]) -> None:
 def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     """Realized token fractions per source (between log records) against the mixture's targets,
     and validation loss per source, from the `mix/<source>/...` and `val_loss/<source>` keys."""
-    kept = [m for m in metrics if "anomaly" not in m and any(k.startswith("mix/") for k in m)]
+    kept = [m for m in metrics if "anomaly" not in m and has_mixture(m)]
     if not kept:
         return
-    sources = sorted({k[len("mix/") :].rsplit("/", 1)[0] for m in kept for k in m if k.startswith("mix/")})
+    sources = mixture_sources(kept)
     page.heading("Data mixture")
     fig, (mix_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = [BLUE, RED, GREEN, ORANGE, PURPLE, GREY]
@@ -443,9 +453,9 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     steps, window = [], max(1, len(kept) // 30)  # ~30 points a line
     start = previous
     for i, m in enumerate(kept):
-        now = {name: m.get(f"mix/{name}/tokens", 0) for name in sources}
+        now = {name: m.get(mix_tokens(name), 0) for name in sources}
         for name in sources:
-            meant[name] += m.get(f"mix/{name}/target", 0) * sum(now[n] - previous[n] for n in sources)
+            meant[name] += m.get(mix_target(name), 0) * sum(now[n] - previous[n] for n in sources)
         previous = now
         drawn = {name: now[name] - start[name] for name in sources}
         if (i + 1) % window == 0 or i == len(kept) - 1:
@@ -459,13 +469,13 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
         mix_ax.plot(steps, realized[name], color=colour, label=f"{name} realized", drawstyle="steps-pre")
         mix_ax.plot(
             [m["step"] for m in kept],
-            [m.get(f"mix/{name}/target", 0) for m in kept],
+            [m.get(mix_target(name), 0) for m in kept],
             "--",
             color=colour,
             label=f"{name} target",
             drawstyle="steps-pre",
         )
-        val = [(m["step"], m[f"val_loss/{name}"]) for m in metrics if f"val_loss/{name}" in m]
+        val = [(m["step"], m[source_val_loss(name)]) for m in metrics if source_val_loss(name) in m]
         if val:
             val_ax.plot(*zip(*val), "o-", color=colour, label=name)
     mix_ax.set(
@@ -480,7 +490,7 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     page.figure(fig, "mixture.png", "data mixture: realized token shares, targets and validation loss per source")
     last = kept[-1]
-    total = sum(last.get(f"mix/{name}/tokens", 0) for name in sources)
+    total = sum(last.get(mix_tokens(name), 0) for name in sources)
     page.table(
         [
             "source",
@@ -493,11 +503,11 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
         [
             [
                 name,
-                f"{last.get(f'mix/{name}/tokens', 0):,}",
-                f"{last.get(f'mix/{name}/tokens', 0) / max(1, total):.2%}",
+                f"{last.get(mix_tokens(name), 0):,}",
+                f"{last.get(mix_tokens(name), 0) / max(1, total):.2%}",
                 f"{meant[name] / max(1, sum(meant.values())):.2%}",
-                f"{last.get(f'mix/{name}/target', 0):.1%}",
-                next((f"{m[f'val_loss/{name}']:.4f}" for m in reversed(metrics) if f"val_loss/{name}" in m), "-"),
+                f"{last.get(mix_target(name), 0):.1%}",
+                next((f"{m[source_val_loss(name)]:.4f}" for m in reversed(metrics) if source_val_loss(name) in m), "-"),
             ]
             for name in sources
         ],

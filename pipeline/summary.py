@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.ground.console import console as _console
+from training.metric_names import EVAL_SECONDS, VAL_LOSS, task_scores
 
 if TYPE_CHECKING:
     from pipeline.executors.slurm import Job
@@ -212,7 +213,7 @@ def print_local_status(status: LocalStatus) -> None:
         progress = (
             (
                 f"step {last['step']}, loss {last['loss']:.4f}"
-                + (f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else "")
+                + (f", validation loss {last[VAL_LOSS]:.4f}" if VAL_LOSS in last else "")
             )
             if last
             else "no step logged yet"
@@ -258,11 +259,9 @@ def task_results(metrics: list[dict[str, Any]]) -> tuple[dict[str, dict[str, flo
     evaluations took (`eval_seconds`, kept out of the step times)."""
     results: dict[str, dict[str, float]] = {}
     for record in metrics:
-        for key, value in record.items():
-            if key.startswith("eval/"):
-                task, metric = key[len("eval/") :].rsplit("/", 1)
-                results.setdefault(task, {})[metric] = value
-    return results, sum(record.get("eval_seconds", 0.0) for record in metrics)
+        for (task, metric), value in task_scores(record).items():
+            results.setdefault(task, {})[metric] = value
+    return results, sum(record.get(EVAL_SECONDS, 0.0) for record in metrics)
 
 
 def print_samples(samples: list[tuple[str, str]], title: str) -> None:

@@ -204,3 +204,51 @@ def test_edited_checkpoint_metadata_is_damaged(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT_META).write_text(json.dumps(fields))
     with pytest.raises(CorruptCheckpoint, match="was edited after the save"):
         read_meta(tmp_path)
+
+
+# -- metric names: built and parsed by training.metric_names alone ------------------------------------------
+
+METRIC_PREFIXES = ("eval/", "mix/", "val_loss/")
+
+
+def metric_name_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every string constant, plain or the literal part of an f-string, that spells a metric
+    name's prefix."""
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(METRIC_PREFIXES)
+    ]
+
+
+def test_no_module_spells_a_metric_name_outside_its_owner() -> None:
+    offences = []
+    for path in product_modules():
+        name = str(path.relative_to(REPO))
+        if name != "training/metric_names.py":
+            offences += [f"{name}:{line}: {text!r}" for line, text in metric_name_literals(ast.parse(path.read_text()))]
+    assert not offences, "build and parse these through training.metric_names:\n" + "\n".join(offences)
+
+
+def test_the_metric_scan_finds_an_f_string_and_a_slice() -> None:
+    tree = ast.parse('key = f"mix/{name}/tokens"\ntask = key[len("eval/") :]\n')
+    assert [text for _, text in metric_name_literals(tree)] == ["mix/", "eval/"]
+
+
+def test_metric_names_parse_back_to_what_built_them() -> None:
+    from training.metric_names import (
+        mix_target,
+        mix_tokens,
+        mixture_sources,
+        parse_task_score,
+        source_val_loss,
+        task_score,
+        task_scores,
+    )
+
+    record = {task_score("arc/easy", "acc_norm"): 0.5, mix_tokens("web"): 10, mix_target("code/py"): 0.25}
+    record[source_val_loss("web")] = 3.0
+    assert parse_task_score(task_score("arc/easy", "acc_norm")) == ("arc/easy", "acc_norm")
+    assert parse_task_score("val_loss") is None and parse_task_score("eval/") is None
+    assert task_scores(record) == {("arc/easy", "acc_norm"): 0.5}
+    assert mixture_sources([record]) == ["code/py", "web"]

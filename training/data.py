@@ -29,6 +29,7 @@ from training import mixture
 from training.mixture import Schedule, source_key
 from training.config import ShardCacheConfig
 from training.shard_cache import ShardCache
+from training.metric_names import mix_target, mix_tokens
 
 PREFETCH_STEPS = 8  # with shards on object storage, the shards of this many steps ahead are downloaded early
 
@@ -477,7 +478,7 @@ class MixingLoader:
         return {
             key: value
             for name, tokens, weight in zip(self.schedule.sources, self.tokens.tolist(), weights.tolist())
-            for key, value in ((f"mix/{name}/tokens", tokens), (f"mix/{name}/target", weight))
+            for key, value in ((mix_tokens(name), tokens), (mix_target(name), weight))
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from training.shard_cache import ShardCache
 from training.scoring import encode_tasks, score
 from training.tasks import METRIC_LABELS, load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
+from training.metric_names import EVAL_SECONDS, VAL_LOSS, parse_task_score, source_val_loss, task_score
 
 
 def _fmt(value: float | None) -> str:
@@ -67,7 +68,7 @@ def _fmt(value: float | None) -> str:
 
 def _eval_label(key: str) -> str:
     """`eval/next_word/perplexity` as the step line shows it: `next_word perplexity per word`."""
-    task, _, metric = key.removeprefix("eval/").rpartition("/")
+    task, metric = parse_task_score(key) or ("", key)
     return f"{task} {METRIC_LABELS.get(metric, metric)}"
 
 
@@ -399,8 +400,8 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """The validation metrics of an eval interval: `val_loss`, overall and per source."""
-        return {"val_loss": self.evaluate()} | {
-            f"val_loss/{name}": self.evaluate(rows) for name, rows in self.val_sources.items()
+        return {VAL_LOSS: self.evaluate()} | {
+            source_val_loss(name): self.evaluate(rows) for name, rows in self.val_sources.items()
         }
 
     def _logits(
@@ -440,8 +441,8 @@ class Trainer:
         for task, pairs in zip(self.tasks, self.task_requests):
             results = metrics(task, scores[: len(pairs)], pairs)
             scores = scores[len(pairs) :]
-            record |= {f"eval/{task.name}/{key}": value for key, value in results.items() if key != "items"}
-        return record | {"eval_seconds": time.perf_counter() - started}
+            record |= {task_score(task.name, key): value for key, value in results.items() if key != "items"}
+        return record | {EVAL_SECONDS: time.perf_counter() - started}
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -475,11 +476,11 @@ class Trainer:
     def log_record(self, record: dict[str, Any]) -> None:
         """metrics.jsonl gets every step (also the ones a rollback undid, marked `anomaly`)."""
         self.metrics.log(record)
-        notable = any(key in record for key in ("val_loss", "anomaly", "anomaly_ignored"))
+        notable = any(key in record for key in (VAL_LOSS, "anomaly", "anomaly_ignored"))
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
-            extra = "".join(f" | {k} {record[k]:.4f}" for k in ("val_loss",) if k in record)
+            extra = f" | {VAL_LOSS} {record[VAL_LOSS]:.4f}" if VAL_LOSS in record else ""
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
-            extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if k.startswith("eval/"))
+            extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if parse_task_score(k))
             print(
                 f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                 f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
@@ -639,7 +640,7 @@ class Trainer:
             if cfg.eval_batches and (self.step % cfg.eval_interval == 0 or last):
                 record |= self.validate()
                 for hook in self.hooks:
-                    hook.on_eval(self, record["val_loss"])
+                    hook.on_eval(self, record[VAL_LOSS])
             if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):
                 record |= self.evaluate_tasks()
             self.log_record(record)
