@@ -45,7 +45,7 @@ from pipeline.ground.names import METRICS_LOG
 from pipeline.ground.quiet import quiet_third_party
 from training.data import PackedDataset, make_batch
 from training.metrics import measure_peak_flops
-from training.plan import count_params, flops_per_token, padded_vocab
+from training.sizing import count_params, flops_per_token, padded_vocab
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gpu_1b.yaml"
 

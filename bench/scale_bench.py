@@ -110,14 +110,14 @@ def run_prep(folder: Path, n: int, prep: dict[str, Any]) -> tuple[Path, Path, fl
     folder, the wall seconds, the plan of its steps and the driver process's own peak RSS in MB (its
     pool's workers are processes of their own, measured by their task markers)."""
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.prep_graph import build_prep_graph
 
     config = folder / f"config-{n}.yaml"
     config.write_text(yaml.safe_dump({"prep": prep}))
     output = folder / f"prep-{n}"
     started = time.perf_counter()
     driver_rss = peak_rss_mb(["prep", "--config", str(config), "--output", str(output), "--no-progress"])
-    return config, output, time.perf_counter() - started, build_plan(load_config(config).prep), driver_rss
+    return config, output, time.perf_counter() - started, build_prep_graph(load_config(config).prep), driver_rss
 
 
 def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from pipeline.config import load_config
 from training.config import ModelConfig, TrainConfig
 from training.data import PackedDataset, make_batch
 from training.hooks import Hook
-from training.plan import flops_per_token
+from training.sizing import flops_per_token
 
 if TYPE_CHECKING:
     from training.engine import Trainer
@@ -434,7 +434,7 @@ def report(settings: list[Setting], kernel: AttentionKernel, flops: float, args:
                 "plain PyTorch loop (is_causal)",
                 100 * base * flops / peak,
                 None,
-                f"{flops / 1e6:.1f} MFLOP/token (training.plan.flops_per_token) against the GEMM peak below",
+                f"{flops / 1e6:.1f} MFLOP/token (training.sizing.flops_per_token) against the GEMM peak below",
             )
         )
     mask, causal = (min(kernel.seconds[k]) for k in ("mask", "causal"))
@@ -499,7 +499,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    from training.plan import padded_vocab
+    from training.sizing import padded_vocab
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="crucible-train-bench-") as tmp:

@@ -39,7 +39,7 @@ from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
 from pipeline.ground.names import MANIFEST, PREP_STATS, TOKENIZER_FILE
 from pipeline.ground.storage import Location
-from pipeline.plan import Plan
+from pipeline.prep_graph import PrepGraph
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
 RUN_ONLY = {"executor", "ray"}  # prep keys that say where it ran, not what it made: left out of the manifest
@@ -51,7 +51,7 @@ class AccountingError(RuntimeError):
     """Documents were lost or invented between stages: a bug, never a user error."""
 
 
-def stage_stats(plan: Plan, work: Path) -> list[dict[str, Any]]:
+def stage_stats(plan: PrepGraph, work: Path) -> list[dict[str, Any]]:
     """One row per stage, from the completion markers of its steps."""
     rows: dict[str, dict[str, Any]] = {}
     doc_stages = {step.stage for step in plan.steps if step.makes_docs}
@@ -171,7 +171,7 @@ def _publish_clean(source: Path, output: Location, work: Path, name: str) -> Non
 
 
 def token_stats(
-    plan: Plan, work: Path
+    plan: PrepGraph, work: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, int]], Languages]:
     """Summed token counts of the tokenize and pack steps, the shard files pack wrote, pack's counts per
     source, and per source (None: untagged) and language when pack split by language."""
@@ -245,7 +245,7 @@ def _remove(output: Location, name: str) -> None:
 
 
 def publish_manifest(
-    plan: Plan,
+    plan: PrepGraph,
     work: Path,
     output: Location,
     totals: dict[str, Any],
@@ -284,7 +284,7 @@ def publish_manifest(
         _write_manifest(plan, tokenizer_path, splits, target.parent)
 
 
-def _write_manifest(plan: Plan, tokenizer_path: Path, splits: dict[str, SplitIndex], folder: Path) -> None:
+def _write_manifest(plan: PrepGraph, tokenizer_path: Path, splits: dict[str, SplitIndex], folder: Path) -> None:
     tokenizer = load_tokenizer(tokenizer_path)
     eod, pad = special_ids(tokenizer, plan.config.tokenizer)
     write_manifest(
@@ -324,12 +324,12 @@ def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[st
     return total
 
 
-def publish_task_count(plan: Plan) -> int:
+def publish_task_count(plan: PrepGraph) -> int:
     """Publishing runs as tasks, one per task index of the steps whose files it publishes (their input shards)."""
     return max(step.n_tasks for step in plan.steps if step.makes_docs or step.stage == PACK)
 
 
-def begin_publish(plan: Plan, work: Path, output: Location) -> dict[str, Any]:
+def begin_publish(plan: PrepGraph, work: Path, output: Location) -> dict[str, Any]:
     """Check the books, then take stats.json and the shard manifest away until `finish_publish` writes them
     again: a reader sees a prep as published only when every file of it is in place."""
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
@@ -338,7 +338,7 @@ def begin_publish(plan: Plan, work: Path, output: Location) -> dict[str, Any]:
     return stats
 
 
-def publish_task(plan: Plan, work: Path, output: Location, task: int) -> list[str]:
+def publish_task(plan: PrepGraph, work: Path, output: Location, task: int) -> list[str]:
     """Publish what task `task` of each step wrote: its part of clean/, its dropped and quarantined documents
     (where it has any), its training shards. Returns the files written, relative to `output`."""
     written: list[str] = []
@@ -363,7 +363,7 @@ def publish_task(plan: Plan, work: Path, output: Location, task: int) -> list[st
 
 
 def finish_publish(
-    plan: Plan, work: Path, output: Location, stats: dict[str, Any], written: Iterable[list[str]]
+    plan: PrepGraph, work: Path, output: Location, stats: dict[str, Any], written: Iterable[list[str]]
 ) -> dict[str, Any]:
     """After every publishing task: remove what a previous, larger run left, then write the tokenizer, the
     shard manifest and, last, stats.json."""
@@ -398,7 +398,7 @@ def finish_publish(
 
 
 def publish(
-    plan: Plan,
+    plan: PrepGraph,
     work: Path,
     output: Location,
     map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map,

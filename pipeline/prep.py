@@ -22,7 +22,7 @@ from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_d
 from pipeline.ground.errors import UserError
 from pipeline.ground.lock import folder_lock
 from pipeline.ground.storage import Location
-from pipeline.plan import build_plan
+from pipeline.prep_graph import build_prep_graph
 
 
 def work_folder(output: Location, work: Path | None) -> Path:
@@ -92,7 +92,7 @@ def run_prep(
     config: PrepConfig, output: Location, show_progress: bool = True, work: Path | None = None
 ) -> dict[str, Any]:
     """Run (or resume) data prep into `output`, its steps in `work` (default OUTPUT/work), and return its stats."""
-    plan = build_plan(config)
+    plan = build_prep_graph(config)
     work = work_folder(output, work)
     if config.executor == "ray" and storage.is_remote(output):
         raise UserError(
@@ -110,13 +110,13 @@ def run_prep(
 
 def pending_task_count(config: PrepConfig, output: Location, work: Path | None = None) -> int:
     """How many tasks a `run_prep` into `output` would run now (0: it only republishes)."""
-    plan = build_plan(config)
+    plan = build_prep_graph(config)
     return sum(len(pending_tasks(work_folder(output, work), step)) for step in plan.steps)
 
 
 def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
     """Make every step folder current for this config; the tasks each step still has to run."""
-    plan = build_plan(config)
+    plan = build_prep_graph(config)
     work = output / "work"
     with folder_lock(output, "crucible prep-task --prepare"):
         work.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
 
 def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -> str:
     """Run task `task` of step `step_name` unless its completion marker says it is done."""
-    plan = build_plan(config)
+    plan = build_prep_graph(config)
     work = output / "work"
     try:
         step = plan.step(step_name)
@@ -146,7 +146,7 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
 
 
 def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
-    plan = build_plan(config)
+    plan = build_prep_graph(config)
     with folder_lock(output, "crucible prep-task --publish"):
         for step in plan.steps:
             seal_step(output / "work", step)

@@ -181,7 +181,7 @@ def _context(
     metrics: list[dict[str, Any]],
     timings: dict[str, float],
 ) -> None:
-    from training.plan import count_params, padded_vocab
+    from training.sizing import count_params, padded_vocab
 
     page.heading("Run")
     rows = [

@@ -30,7 +30,7 @@ from training.model import (
     lm_loss,
 )
 from training.parallel import tp_config_single
-from training.plan import estimate, padded_vocab
+from training.sizing import estimate, padded_vocab
 
 STEPS = 20
 

@@ -60,7 +60,7 @@ def reference_step(shards: Path, split: str, rows: int) -> tuple[float, float, n
     from training.init import init_weights
     from training.model import GPT
     from training.parallel import tp_config_single
-    from training.plan import padded_vocab
+    from training.sizing import padded_vocab
 
     single_process_groups()
     data = PackedDataset(shards, split)

@@ -159,9 +159,9 @@ def test_dry_run_writes_scripts_that_quote_paths_and_split_arrays(tmp_path: Path
     slurm = output / "slurm"
     assert not (slurm / "jobs.json").exists()  # nothing was submitted
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
+    from pipeline.prep_graph import build_prep_graph
 
-    plan = build_plan(load_config(REPO / "configs/sample.yaml", ["prep.shard_mb=1"]).prep)
+    plan = build_prep_graph(load_config(REPO / "configs/sample.yaml", ["prep.shard_mb=1"]).prep)
     tasks = next(step.n_tasks for step in plan.steps if step.name == "minhash_dedup.buckets")
     assert tasks > 20, "enough bucket tasks for three arrays of at most 10"
     last_from = (tasks - 1) // 10 * 10

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from tests.conftest import REPO, crucible_in_process
-from training.plan import count_params, estimate
+from training.sizing import count_params, estimate
 
 
 def plan(*overrides: str):

@@ -17,7 +17,7 @@ import pytest
 from data_prep.readers import ReadConfig, plan_shards, read_shard
 from pipeline.config import load_config
 from pipeline.ground.errors import UserError
-from pipeline.plan import build_plan
+from pipeline.prep_graph import build_prep_graph
 from pipeline.prep import run_prep
 from tests.conftest import write_jsonl
 from tests.extraction_set import labelled_pages, page_html
@@ -242,7 +242,7 @@ def test_wet_conversion_records_are_documents_with_their_text(tmp_path: Path) ->
     assert [d["reason"] for d in dropped] == ["warc_warcinfo"]
     config = load_config(None, ["prep.stages=[normalize]"])  # no HTML: extract is not needed
     config.prep.inputs = [path]
-    assert [step.name for step in build_plan(config.prep).steps] == ["read", *UNIQUE_IDS_STEPS, "normalize"]
+    assert [step.name for step in build_prep_graph(config.prep).steps] == ["read", *UNIQUE_IDS_STEPS, "normalize"]
 
 
 def test_ids_come_from_the_record_ids_and_reading_is_deterministic(tmp_path: Path) -> None:
@@ -265,13 +265,13 @@ def test_a_warc_input_needs_the_extract_stage(tmp_path: Path) -> None:
     def source(*skip: str) -> str:
         return "prep.sources=" + json.dumps([{"name": "web", "inputs": [str(path)], "skip": list(skip)}])
 
-    assert [step.name for step in build_plan(load_config(None, [source()]).prep).steps][:5] == [
+    assert [step.name for step in build_prep_graph(load_config(None, [source()]).prep).steps][:5] == [
         "read",
         *UNIQUE_IDS_STEPS,
         "extract",
     ]
     with pytest.raises(UserError, match="crawl.warc.gz is a WARC file"):
-        build_plan(load_config(None, [source("extract")]).prep)
+        build_prep_graph(load_config(None, [source("extract")]).prep)
 
 
 def test_prep_from_warc_keeps_page_fields_in_clean_and_lineage(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ from training.init import init_weights
 from training.metrics import MetricsLog, mfu, mfu_withheld, peak_flops
 from training.model import lm_loss
 from training.optim import build_optimizer, damp_schedule
-from training.plan import flops_per_token, padded_vocab
+from training.sizing import flops_per_token, padded_vocab
 from training.preflight import check_splits, model_changes
 from training.shard_cache import ShardCache
 from training.scoring import encode_tasks, score

@@ -22,7 +22,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground import storage
 from pipeline.ground.storage import Location
 from pipeline.outputs import publish
-from pipeline.plan import Plan
+from pipeline.prep_graph import PrepGraph
 
 _progress: Any = None
 LOG_EVERY = 30.0  # seconds between progress lines where stderr is a log, not a terminal
@@ -81,7 +81,7 @@ def _report(step: str, n: int) -> None:
         _progress.put((step, n))
 
 
-def _execute_in_worker(plan: Plan, work: Path, step_name: str, task: int) -> dict[str, Any]:
+def _execute_in_worker(plan: PrepGraph, work: Path, step_name: str, task: int) -> dict[str, Any]:
     try:
         return execute_task(plan, work, step_name, task, lambda n: _report(step_name, n))
     finally:
@@ -96,7 +96,9 @@ def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     )
 
 
-def run_local(plan: Plan, work: Path, output: Location, workers: int, show_progress: bool = True) -> dict[str, Any]:
+def run_local(
+    plan: PrepGraph, work: Path, output: Location, workers: int, show_progress: bool = True
+) -> dict[str, Any]:
     """Run every step of `plan` whose tasks are not done yet, then publish into `output`; return the stats."""
     progress = mp.get_context("spawn").Queue()
     with _pool(workers, progress) as pool:
@@ -115,7 +117,7 @@ def run_local(plan: Plan, work: Path, output: Location, workers: int, show_progr
         return publish(plan, work, output, pool.map)
 
 
-def publish_local(plan: Plan, work: Path, output: Location, workers: int) -> dict[str, Any]:
+def publish_local(plan: PrepGraph, work: Path, output: Location, workers: int) -> dict[str, Any]:
     """Publish a prep whose steps all ran elsewhere (the Slurm publishing job), its tasks in a local pool."""
     with _pool(workers) as pool:
         return publish(plan, work, output, pool.map)

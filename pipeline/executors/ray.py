@@ -31,7 +31,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_marker
 from pipeline.ground.names import PREP_STATS
 from pipeline.outputs import publish, publish_task
-from pipeline.plan import Plan, build_plan
+from pipeline.prep_graph import PrepGraph, build_prep_graph
 from pipeline.status import StepStatus
 
 STATE_FILE = "state.json"  # OUTPUT/ray/state.json: the driver's step, tasks running, pending and failed
@@ -56,7 +56,7 @@ class _Progress:
 
 
 def _run_task(
-    plan: Plan, work: Path, step: str, task: int, progress: Any, storage_settings: storage.StorageConfig
+    plan: PrepGraph, work: Path, step: str, task: int, progress: Any, storage_settings: storage.StorageConfig
 ) -> dict[str, Any]:
     """One prep task in a Ray worker, with the driver's storage settings (an endpoint from the config)."""
     storage.configure(storage_settings)
@@ -88,7 +88,7 @@ def _connect(ray: Any, address: str, workers: int) -> None:
 class RayRun:
     """One driver's run: the remote function with the run's settings, the state file and the rerun command."""
 
-    def __init__(self, ray: Any, plan: Plan, work: Path, output: Path) -> None:
+    def __init__(self, ray: Any, plan: PrepGraph, work: Path, output: Path) -> None:
         settings = plan.config.ray
         self.ray, self.plan, self.work, self.output, self.settings = ray, plan, work, output.resolve(), settings
         memory = int(settings.memory_gb_per_task * 2**30) if settings.memory_gb_per_task else None
@@ -172,7 +172,7 @@ class RayRun:
         self._save(PUBLISH, [], [], force=True)
 
 
-def run_ray(plan: Plan, work: Path, output: Path, show_progress: bool = True) -> dict[str, Any]:
+def run_ray(plan: PrepGraph, work: Path, output: Path, show_progress: bool = True) -> dict[str, Any]:
     """Run every step of `plan` whose tasks are not done yet on a Ray cluster, then publish; return the stats."""
     ray = _import_ray()
     _connect(ray, plan.config.ray.address, plan.config.workers)
@@ -223,7 +223,7 @@ def ray_status(prep: Path) -> tuple[list[StepStatus], str] | None:
     state = read_marker(prep / "ray" / STATE_FILE)
     if state is None:
         return None
-    plan = build_plan(load_config(prep / "ray" / CONFIG_FILE).prep)
+    plan = build_prep_graph(load_config(prep / "ray" / CONFIG_FILE).prep)
     driver = state["driver"]
     live = state["state"] == "running" and _alive(driver)
     failed = state.get("failed", {})

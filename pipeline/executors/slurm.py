@@ -36,7 +36,7 @@ from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_jsonl
 from pipeline.ground.names import METRICS_LOG, PREP_STATS
-from pipeline.plan import Plan, build_plan
+from pipeline.prep_graph import PrepGraph, build_prep_graph
 from pipeline.prep import prepare_steps
 from pipeline.status import StepStatus
 
@@ -57,7 +57,7 @@ def run_paths(config: CrucibleConfig, output: Path) -> RunPaths:
 
 
 def step_jobs(
-    plan: Plan, paths: RunPaths, config: CrucibleConfig, pending: dict[str, list[int]], max_size: int
+    plan: PrepGraph, paths: RunPaths, config: CrucibleConfig, pending: dict[str, list[int]], max_size: int
 ) -> list[list[Job]]:
     """Per step, its array jobs: one per block of `max_size` tasks, each with the pending indices."""
     slurm_cfg, groups = config.launch.slurm, []
@@ -94,7 +94,7 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
         )
     paths.logs.mkdir(parents=True, exist_ok=True)
     write_text(paths.config, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    plan = build_plan(config.prep)
+    plan = build_prep_graph(config.prep)
     work = paths.data / "work"
     pending = (
         {step.name: pending_tasks(work, step) for step in plan.steps}
@@ -160,7 +160,7 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
     if not paths.config.exists():
         raise UserError(f"{output} holds no submitted run ({paths.config} is missing): run `crucible submit` first")
     config = load_config(paths.config)
-    plan = build_plan(config.prep)
+    plan = build_prep_graph(config.prep)
     jobs = last_submission(paths)
     rows = []
     for part, total, done in [

@@ -23,14 +23,14 @@ from pipeline.ground.atomic import TMP_PREFIX, remove_temp_files, write_json
 from pipeline.ground.console import console
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
-from pipeline.plan import Plan, Step
+from pipeline.prep_graph import PrepGraph, Step
 
 STEP_FILE = "step.json"  # the fingerprint a step folder was made for
 SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
 
 
 def execute_task(
-    plan: Plan, work: Path, step_name: str, task: int, report: Callable[[int], None] = lambda n: None
+    plan: PrepGraph, work: Path, step_name: str, task: int, report: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
     """Run one task and publish its marker, with its wall time, the CPU time (user + sys, all
     threads) of the process that ran it (it does not grow when other work shares the cores) and,
@@ -100,7 +100,7 @@ def prepare_step_dir(work: Path, step: Step) -> list[int]:
     return pending_tasks(work, step)
 
 
-def expected_units(work: Path, plan: Plan, step: Step) -> int | None:
+def expected_units(work: Path, plan: PrepGraph, step: Step) -> int | None:
     """The progress total of `step`: from the documents its source step kept (None before any)."""
     if step.source is None:
         return None

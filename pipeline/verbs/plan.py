@@ -18,6 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
-    from pipeline.plan_view import print_plan
+    from pipeline.sizing_view import print_plan
 
     print_plan(config, args.data, same_settings(args))

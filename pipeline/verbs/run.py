@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def preflight(config: CrucibleConfig, train_dir: Path) -> None:
     """What `run` and `submit` can refuse before prep: the layout, a run folder of another model, the disk."""
     from training.config import check_layout
-    from training.plan import count_params, padded_vocab
+    from training.sizing import count_params, padded_vocab
     from training.preflight import check_disk, check_same_model
 
     check_layout(config.model, config.parallel, config.train, config.launch.nproc_per_node * config.launch.nnodes)

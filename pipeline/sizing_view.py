@@ -93,7 +93,7 @@ def print_plan(config: CrucibleConfig, data: Path | None, settings: str) -> None
     """The plan table, the notes on what would not fit or be refused, and the next command (with `settings`,
     the --config and --set flags given)."""
     from training.config import LayoutError, check_batch, check_shapes
-    from training.plan import RECOMPUTE_COMPUTE, estimate
+    from training.sizing import RECOMPUTE_COMPUTE, estimate
 
     gpus = config.plan_gpus()
     seq_len, batch, filled = run_shape(config)

@@ -2,7 +2,7 @@
 
 A stage is one or more steps (`data_prep.registry` lists them); a step is `n_tasks` independent
 tasks, by the step's own rule (one per input shard, one for the corpus, one per LSH band). The
-plan is a pure function of the config and the inputs, so any process (a local worker, a Slurm
+graph is a pure function of the config and the inputs, so any process (a local worker, a Slurm
 array task) can rebuild it and run task i of step s alone. Each step's fingerprint chains its
 stage's settings with everything upstream: change a quality threshold and only the quality
 step, and what follows it, reruns.
@@ -43,7 +43,7 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Plan:
+class PrepGraph:
     config: PrepConfig
     shards: tuple[InputShard, ...]
     steps: tuple[Step, ...]
@@ -103,7 +103,7 @@ def _shards(config: PrepConfig) -> list[InputShard]:
     return [shard for name, inputs in groups for shard in plan_shards(inputs, shard_bytes, name)]
 
 
-def build_plan(config: PrepConfig) -> Plan:
+def build_prep_graph(config: PrepConfig) -> PrepGraph:
     shards = _shards(config)
     check_pages_extracted(config, shards)
     n = len(shards)
@@ -122,4 +122,4 @@ def build_plan(config: PrepConfig) -> Plan:
             steps.append(Step(step_name, name, spec.tasks(config, n), source, fingerprint, spec.makes_docs, stage))
         if steps[-1].makes_docs:
             source = steps[-1].name
-    return Plan(config, tuple(shards), tuple(steps))
+    return PrepGraph(config, tuple(shards), tuple(steps))
