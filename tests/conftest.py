@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+# Two test workers on two cores: one compute thread per process (set before torch loads, and inherited by every
+# process a test starts). More threads on the tests' tiny models only contend with the other worker.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord
 from launch.torchrun import free_port
 from tests.running_item import RUNNING

@@ -204,6 +204,7 @@ def test_recomputation_gives_the_same_losses_and_gradients(shards: Path, mode: s
     assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads, strict=True))
 
 
+@pytest.mark.slow  # twenty seconds of compiling; test_a_compiled_block_runs_flex_attention_in_its_graph stays fast
 def test_compiled_blocks_recompute_inside_their_graph() -> None:
     """`parallel.compile` compiles each block with its checkpoint inside (the form torch.compile
     supports for selective recomputation); gradients match the eager block without recomputation."""

@@ -212,6 +212,7 @@ def test_training_refuses_a_task_with_a_choice_longer_than_seq_len(tiny_shards: 
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow  # the harness's own model load and run: the reference check, in `make test`
 def test_scores_agree_with_lm_evaluation_harness(run: Path, tasks: list[Path], tmp_path: Path) -> None:
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
     import torch

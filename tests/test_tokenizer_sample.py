@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data_prep.pack import is_validation
 from data_prep.tokenizer import in_sample
-from tests.conftest import REPO
+from tests.conftest import crucible_in_process
 
 
 def train(corpus: Path, output: Path, max_bytes: int) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
+    result = crucible_in_process(
         "prep",
         "--input",
         str(corpus),
@@ -31,8 +26,7 @@ def train(corpus: Path, output: Path, max_bytes: int) -> dict:
         "prep.tokenizer.vocab_size=600",
         "--set",
         f"prep.tokenizer.max_train_bytes={max_bytes}",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((output / "stats.json").read_text())["tokens"]
 

@@ -140,9 +140,6 @@ def test_no_validation_split_is_refused_with_the_fix_and_eval_batches_0_trains_w
     config.prep.inputs = [corpus]
     run_prep(config.prep, tmp_path / "prep", show_progress=False)
     train = [
-        sys.executable,
-        "-m",
-        "pipeline",
         "train",
         "--data",
         str(tmp_path / "prep" / "shards"),
@@ -163,16 +160,11 @@ def test_no_validation_split_is_refused_with_the_fix_and_eval_batches_0_trains_w
         "--set",
         "checkpoint.enabled=false",
     ]
-    refused = subprocess.run([*train, "--output", str(tmp_path / "refused")], cwd=REPO, capture_output=True, text=True)
+    refused = crucible_in_process(*train, "--output", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert "the validation split is empty" in refused.stderr and "train.eval_batches=0" in refused.stderr
 
-    ran = subprocess.run(
-        [*train, "--output", str(tmp_path / "run"), "--set", "train.eval_batches=0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    ran = crucible_in_process(*train, "--output", str(tmp_path / "run"), "--set", "train.eval_batches=0")
     assert ran.returncode == 0, ran.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
