@@ -158,6 +158,22 @@ def crucible_in_process(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
 
 
+def one_rank(*args: object) -> subprocess.CompletedProcess[str]:
+    """A training verb (`train`, `sft`, `dpo`, `generate`) as one rank in this process, the single-process
+    reference of the multi-rank tests; a non-zero exit fails the test."""
+    result = crucible_in_process(*args)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"crucible {args[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def ranks(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`crucible ARGS` on `nproc` ranks: one runs in this process, more under torchrun."""
+    return one_rank(*args) if nproc == 1 else torchrun(nproc, *args)
+
+
 def hand_made_manifest(seq_len: int, splits: dict[str, SplitIndex], pad_id: int = 1) -> ShardManifest:
     """The manifest of shards a test wrote itself (vocabulary 4096, a tokenizer the loader never reads)."""
     return ShardManifest(

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.ground import storage
 from tests.chat_data import write_chat
-from tests.conftest import metrics, torchrun
+from tests.conftest import metrics, one_rank
 from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ BASE = [
 
 
 def train(data: str, run: Path, steps: int, *extra: str) -> dict[int, float]:
-    torchrun(1, "train", "--data", data, "--output", str(run), *BASE, "--set", f"train.max_steps={steps}", *extra)
+    one_rank("train", "--data", data, "--output", str(run), *BASE, "--set", f"train.max_steps={steps}", *extra)
     return {r["step"]: r["loss"] for r in metrics(run)}
 
 
@@ -142,16 +142,15 @@ def test_a_run_resumes_from_its_remote_checkpoints_without_its_folder(
         ("resume", 4),
     ]
     assert {step: resumed[step] for step in (5, 6)} == {step: local_losses[step] for step in (5, 6)}
-    sampled = torchrun(
-        1, "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The", "--max-new-tokens", "4"
+    sampled = one_rank(
+        "generate", "--checkpoint", "s3://cloud-checkpoints/run", "--prompt", "The", "--max-new-tokens", "4"
     )
     assert "step-00000006" in sampled.stdout and "continuation" in sampled.stdout, "sampled from the newest remote one"
     # SFT from that remote checkpoint, its chat file in the bucket too
     chat = write_chat(tmp_path / "chat.jsonl", 40)
     storage.upload(chat, "s3://cloud-checkpoints/chat/chat.jsonl")
     post = tmp_path / "sft"
-    torchrun(
-        1,
+    one_rank(
         "sft",
         "--checkpoint",
         "s3://cloud-checkpoints/run",

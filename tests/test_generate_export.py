@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import torchrun
+from tests.conftest import torchrun, one_rank
 from tests.conftest import crucible_in_process as crucible
 
 
@@ -148,15 +148,14 @@ def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tin
 
     run = tmp_path / "run"
     small = ["--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1"]
-    torchrun(1, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2")
+    one_rank("train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2")
     # Resumed under another data-parallel size, the run converts step 2 to its universal form and caches it.
     torchrun(2, "train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=3")
     step2 = run / "checkpoints" / "step-00000002"
     assert (run / "checkpoints" / UNIVERSAL / step2.name).is_dir()
     before = load_file(save_consolidated(step2, tmp_path / "before", torch.float32))
 
-    torchrun(
-        1,
+    one_rank(
         "train",
         "--data",
         str(tiny_shards),
@@ -201,8 +200,7 @@ def test_generate_and_export_take_the_folder_of_run_and_its_sampling_settings(
     """`--checkpoint RUN`, the folder of `crucible run` (training in RUN/train), finds its newest checkpoint, and
     the run's samples.* settings apply without repeating its config; --set and flags still override them."""
     run = tmp_path / "run"
-    torchrun(
-        1,
+    one_rank(
         "train",
         "--data",
         str(tiny_shards),

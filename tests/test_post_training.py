@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.chat_data import BAD_PAIRS, BAD_RECORDS, conversations, write_chat, write_preferences
-from tests.conftest import metrics, read_set, torchrun
+from tests.conftest import metrics, read_set, torchrun, one_rank, ranks
 from training.chat import ChatCodec, grow_tokenizer
 from training.post_config import SFTConfig
 
@@ -150,8 +150,7 @@ def flags(settings: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def base_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("base")
-    torchrun(
-        1,
+    one_rank(
         "train",
         "--data",
         str(tiny_shards),
@@ -168,9 +167,7 @@ def chat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sft(base: Path, chat: Path, run: Path, nproc: int = 1, *settings: str) -> list[dict]:
-    torchrun(
-        nproc, "sft", "--checkpoint", str(base), "--data", str(chat), "--output", str(run), *flags([*SFT, *settings])
-    )
+    ranks(nproc, "sft", "--checkpoint", str(base), "--data", str(chat), "--output", str(run), *flags([*SFT, *settings]))
     return metrics(run)
 
 
@@ -326,7 +323,7 @@ def prefs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dpo(start: Path, prefs: Path, run: Path, *settings: str, nproc: int = 1) -> list[dict]:
-    torchrun(
+    ranks(
         nproc,
         "dpo",
         "--checkpoint",

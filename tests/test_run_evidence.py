@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import metrics, torchrun
+from tests.conftest import metrics, one_rank
 from training.hooks import Hook
 
 STEPS, MICRO_BATCHES = 4, 2  # global batch 4 of micro-batches of 2: two micro-batches a step
@@ -49,8 +49,7 @@ def run(
         "checkpoint.interval=0",
         hook,
     ]
-    result = torchrun(
-        1,
+    result = one_rank(
         "train",
         "--data",
         str(tiny_shards),
