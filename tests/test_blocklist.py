@@ -38,10 +38,18 @@ URLS = {
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection leaves the machine; local sockets (the prep pool's, a Unix socket) still work."""
+    connect = socket.socket.connect
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("network disabled in this test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    def local_only(self: socket.socket, address: object) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            refuse()
+        connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
