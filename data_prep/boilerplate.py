@@ -28,17 +28,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from data_prep.books import (
-    by_range,
-    range_tasks,
-    read_range,
-    read_ranged,
-    row_priorities,
-    run_stage_on_source,
-    shard_offsets,
-    source_batches,
-    write_ranged,
-)
+from data_prep.books import row_priorities, run_stage_on_source, shard_offsets, source_batches
+from data_prep.dedupe_files import by_range, range_tasks, read_range, read_ranged, write_ranged
 from data_prep.exact_dedup import first_occurrences
 from data_prep.stage import TEXT, Decision, DocStage, Drop, StageSpec, StepSpec, TaskContext, replace_column
 from pipeline.ground.schema import Section

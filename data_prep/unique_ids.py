@@ -18,7 +18,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_prep.books import range_tasks, run_removals_filter, source_file
+from data_prep.books import source_file
+from data_prep.dedupe_files import range_tasks, run_removals_filter
 from data_prep.exact_dedup import find_later_copies, hashes128, write_hashes
 from data_prep.stage import ID, ORIGIN, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section

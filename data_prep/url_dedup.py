@@ -25,16 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_prep.books import (
-    by_range,
-    range_tasks,
-    read_range,
-    row_priorities,
-    run_removals_filter,
-    source_file,
-    write_ranged,
-    write_removals,
-)
+from data_prep.books import row_priorities, source_file
+from data_prep.dedupe_files import by_range, range_tasks, read_range, run_removals_filter, write_ranged, write_removals
 from data_prep.exact_dedup import first_occurrences, hashes128
 from data_prep.stage import TEXT, StageSpec, StepSpec, TaskContext
 from pipeline.ground.schema import Section

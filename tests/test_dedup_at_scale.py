@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.books import read_ranged, write_ranged
+from data_prep.dedupe_files import read_ranged, write_ranged
 from data_prep.config import PrepConfig
 from data_prep.exact_dedup import STAGE as EXACT
 from data_prep.exact_dedup import ExactDedupConfig, first_occurrences, text_hashes

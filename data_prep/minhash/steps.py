@@ -27,16 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.books import (
+from data_prep.books import row_priorities, shard_offsets, source_file
+from data_prep.dedupe_files import (
     gather_rows,
     key_range,
     read_ranged,
     resolve_ids,
-    row_priorities,
     run_removals_filter,
-    shard_offsets,
     shards_per_task,
-    source_file,
     write_ranged,
     write_removals,
 )
