@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.ground.quiet import verbose
+from pipeline.ground.console import say
 
 ERROR_DIR_ENV = "CRUCIBLE_ERROR_DIR"
 STOPPED_STATUS = "stopped-status.txt"  # in that folder: the status rank 0 ended with after a signal stopped it early
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             message = first_user_error(Path(folder))
             if message is None:
                 raise
-            print(message, file=sys.stderr)
+            say(message, to_stderr=True)
             return 2
         except SignalException as exc:  # Ctrl-C or a kill: torchrun passed it to the ranks, which saved and said so
             return 128 + int(exc.sigval)

@@ -27,6 +27,7 @@ import psutil
 from launch.config import LaunchConfig
 from launch.torchrun import torchrun_command
 from pipeline.ground.errors import UserError
+from pipeline.ground.console import say
 
 PORT_BASE, PORT_SPAN = 20000, 30000
 
@@ -124,12 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rdzv = slurm_rendezvous(os.environ)
     except UserError as exc:
-        print(f"crucible: {exc}", file=sys.stderr)
+        say(f"crucible: {exc}", to_stderr=True)
         return 2
-    print(
-        f"node {socket.gethostname()}: {rdzv.nnodes} node(s), rendezvous {rdzv.head}:{rdzv.port} ({rdzv.run_id})",
-        flush=True,
-    )
+    say(f"node {socket.gethostname()}: {rdzv.nnodes} node(s), rendezvous {rdzv.head}:{rdzv.port} ({rdzv.run_id})")
     return run_node(rdzv, args.nproc_per_node, args.max_restarts, args.shutdown_seconds, train_args)
 
 

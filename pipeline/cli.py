@@ -15,6 +15,7 @@ from pipeline.config import ConfigError, CrucibleConfig, load_config
 from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.verbs import BY_NAME, VERBS, Verb
+from pipeline.ground.console import say
 
 INTERRUPTED = 130  # the shell's status after Ctrl-C (128 + SIGINT)
 
@@ -67,7 +68,7 @@ def _user_error(verb: str, message: str) -> int:
 
     ranked = verb in BY_NAME and BY_NAME[verb].ranked
     if not (ranked and record_user_error(message)):
-        print(message, file=sys.stderr)
+        say(message, to_stderr=True)
     return 2
 
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training's own handling (which saves first), or a second one
         if int(os.environ.get("RANK", 0)) == 0:
             resumes = "; the same command goes on from what was finished" if verb.resumable else ""
-            print(f"crucible {verb.name}: interrupted{resumes}", file=sys.stderr)
+            say(f"crucible {verb.name}: interrupted{resumes}", to_stderr=True)
         return INTERRUPTED
     finally:
         _leave_process_groups()

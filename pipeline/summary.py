@@ -10,6 +10,7 @@ from rich.table import Table
 
 from pipeline.ground.console import console as _console
 from training.metric_names import EVAL_SECONDS, VAL_LOSS, task_scores
+from pipeline.ground.console import say
 
 if TYPE_CHECKING:
     from pipeline.executors.slurm import Job
@@ -288,7 +289,7 @@ def print_post_demo(results: dict[str, Any]) -> None:
     for row in score_rows(results):
         table.add_row(*row)
     _console().print(table)
-    print(reward_line(results))
+    say(reward_line(results))
 
 
 def print_classifier(result: dict[str, Any], title: str) -> None:

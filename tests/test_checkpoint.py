@@ -190,7 +190,7 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_loads(tiny_shards: Pat
         "--set",
         "train.decay_steps=8",
     )
-    assert str(victim) in result.stdout
+    assert str(victim) in result.stderr
     logged = events(tmp_path)
     assert any(e["event"] == "corrupt_checkpoint" and str(victim) in e["error"] for e in logged)
     assert [e["step"] for e in logged if e["event"] == "resume"] == [3]

@@ -205,7 +205,7 @@ def test_torn_crucible_json_is_skipped_by_train_and_named_by_generate(run: Path,
         "checkpoint.interval=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert str(torn / "crucible.json") in result.stdout
+    assert str(torn / "crucible.json") in result.stderr
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "resume"] == [2]
     assert json.loads((torn / "crucible.json").read_text())["step"] == 4, "redone from step 2 and saved again"
@@ -368,7 +368,7 @@ def test_every_verb_refuses_a_planted_deepspeed_file_in_one_line_and_resume_fall
         refused(crucible(*verb, "--checkpoint", newest), str(planted), "not one of the files")
     resumed = crucible("train", "--data", tiny_shards, "--output", run, *SMALL, "--set", "train.max_steps=3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert str(planted) in resumed.stdout and "Traceback" not in resumed.stderr
+    assert str(planted) in resumed.stderr and "Traceback" not in resumed.stderr
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "resume"][-1] == 2
     assert not marker.exists(), "a payload ran"
@@ -477,7 +477,7 @@ def test_a_bad_latest_pointer_is_named_and_the_newest_good_checkpoint_used(
         "garbage": lambda: latest.write_bytes(os.urandom(4096)),
     }[pointer]()
     assert Checkpointer(run, CheckpointConfig(), rank=0).newest_loadable().step == 4
-    assert f"{latest} " in capsys.readouterr().out
+    assert f"warning: {latest} " in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -487,7 +487,7 @@ def test_generate_from_a_run_whose_latest_is_a_fifo_samples_the_newest_checkpoin
     os.mkfifo(latest)
     result = crucible("generate", "--checkpoint", run, "--prompt", "The", "--max-new-tokens", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "step-00000004" in result.stdout and f"{latest} is not a plain file" in result.stdout
+    assert "step-00000004" in result.stdout and f"{latest} is not a plain file" in result.stderr
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
 from training.remote_checkpoints import RemoteCheckpoints, kept
 from training.checkpoint_meta import CheckpointMeta, CorruptCheckpoint, read_meta
 from training.safe_load import SafeCheckpointEngine, check_files, load, vet, weights_only_loads
+from pipeline.ground.console import warn
 
 UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"
 
@@ -152,7 +153,7 @@ class Checkpointer:
             tag = read_pointer(self.root / LATEST)
         except UserError as exc:
             if self.rank == 0:
-                print(f"warning: {exc}; using the newest checkpoint that loads instead", flush=True)
+                warn(f"{exc}; using the newest checkpoint that loads instead")
             return None
         return next((c for c in self.published() if c.path.name == tag), None) if tag else None
 
@@ -235,7 +236,7 @@ class Checkpointer:
         if events is not None:  # a training run's log; a verb that only reads a checkpoint has none
             events.log({"event": "corrupt_checkpoint", "error": str(exc)})
         if self.rank == 0:
-            print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
+            warn(f"{exc}; falling back to the previous checkpoint")
 
     def last_healthy(self, before_step: int, events: Any) -> CheckpointInfo | None:
         """The newest healthy checkpoint at or before `before_step` that loads; damaged ones on the way

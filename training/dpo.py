@@ -30,6 +30,7 @@ from training.data import Batch
 from training.engine import StepResult, Trainer
 from training.post import Rows, build_data, held_out
 from training.post_config import DPOConfig
+from pipeline.ground.console import say
 
 SIDE = "dpo_side"  # a per-token column: 1 a chosen reply's learned token, 2 a rejected one's, 0 anything else
 REFERENCE = "reference"  # RUN/data/reference/<split>.npy: [rows, 2] reference log-probabilities (chosen, rejected)
@@ -184,7 +185,7 @@ class DPOTrainer(Trainer):
         if self.layout.rank == 0:
             path.parent.mkdir(exist_ok=True)
             write_npy(path, summed)
-            print(f"reference log-probabilities of {len(summed)} {path.stem} pairs stored in {path}", flush=True)
+            say(f"reference log-probabilities of {len(summed)} {path.stem} pairs stored in {path}")
         dist.barrier()  # every rank reads the file next
 
     def _to_device(self, batch: Batch) -> tuple[tuple[torch.Tensor, ...], Any]:

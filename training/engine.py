@@ -60,6 +60,7 @@ from training.scoring import encode_tasks, score
 from training.tasks import METRIC_LABELS, load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
 from training.metric_names import EVAL_SECONDS, VAL_LOSS, parse_task_score, source_val_loss, task_score
+from pipeline.ground.console import say
 
 
 def _fmt(value: float | None) -> str:
@@ -295,7 +296,7 @@ class Trainer:
             {"event": "resume", "step": info.step, "checkpoint": info.path.name, "universal": universal is not None}
         )
         if self.layout.rank == 0:
-            print(f"resumed from {info.path} at step {info.step}", flush=True)
+            say(f"resumed from {info.path} at step {info.step}")
 
     # -- one step --------------------------------------------------------------------------
 
@@ -470,7 +471,7 @@ class Trainer:
         if value is not None and value > 1 and self.peak_flops is not None:
             self.mfu_trusted, value = False, None
             if self.layout.rank == 0:
-                print(f"note: {mfu_withheld(self.peak_flops / 1e12)}", flush=True)
+                say(f"note: {mfu_withheld(self.peak_flops / 1e12)}")
         return value
 
     def log_record(self, record: dict[str, Any]) -> None:
@@ -481,11 +482,10 @@ class Trainer:
             extra = f" | {VAL_LOSS} {record[VAL_LOSS]:.4f}" if VAL_LOSS in record else ""
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
             extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if parse_task_score(k))
-            print(
+            say(
                 f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                 f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"
-                + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%"),
-                flush=True,
+                + ("" if record["mfu"] is None else f" | MFU {100 * record['mfu']:.1f}%")
             )
 
     def save(self, reason: str) -> Path:
@@ -574,10 +574,7 @@ class Trainer:
         }
         self.events.log(event)
         if self.layout.rank == 0:
-            print(
-                f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped",
-                flush=True,
-            )
+            say(f"rollback: {anomaly.reason} at step {anomaly.step} -> step {target.step}, data window skipped")
         return True
 
     # -- the loop ---------------------------------------------------------------------------
@@ -595,16 +592,13 @@ class Trainer:
         saved = "checkpoint saved" if enabled else "no checkpoint (checkpoint.enabled is false)"
         resumes = "the same command resumes from it" if enabled else "the same command starts over"
         if signal_name == "SIGINT":
-            print(f"interrupted: {saved} at step {self.step}; {resumes}", flush=True)
+            say(f"interrupted: {saved} at step {self.step}; {resumes}")
             return
         write_json(self.run_dir / STOPPED_FILE, {"step": self.step, "signal": signal_name})
         if self.requeued:
-            print(f"{signal_name}: {saved} at step {self.step}; stopping for requeue", flush=True)
+            say(f"{signal_name}: {saved} at step {self.step}; stopping for requeue")
         else:
-            print(
-                f"stopped at step {self.step} of {self.config.train.max_steps} by {signal_name}: {saved}; {resumes}",
-                flush=True,
-            )
+            say(f"stopped at step {self.step} of {self.config.train.max_steps} by {signal_name}: {saved}; {resumes}")
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to `train.max_steps`, or until a signal stops it (`stopped_by`); the metric records."""

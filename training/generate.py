@@ -10,7 +10,6 @@ similar prompts do not share their random draws, and a rerun writes the same tex
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from training.config import ModelConfig, SamplesConfig
 from training.checkpoint_meta import CheckpointMeta, tokenizer_record
 from training.export import consolidate
 from training.model import GPT, KVCache
+from pipeline.ground.console import warn
 
 
 def single_process_groups() -> None:
@@ -100,11 +100,9 @@ def sample_texts(
     for index, prompt in enumerate(cfg.prompts):
         ids = chat_prompt(codec, prompt) if codec else tokenizer.encode(prompt, add_special_tokens=False).ids or [eod]
         if len(ids) > context:
-            print(
-                f"warning: a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
-                f"on; keeping its last {context:,}",
-                file=sys.stderr,
-                flush=True,
+            warn(
+                f"a prompt of {len(ids):,} tokens is longer than the {context:,} the model was trained "
+                f"on; keeping its last {context:,}"
             )
             ids = ids[-context:]
         new = generate(model, ids, cfg, tokenizer.get_vocab_size(), stop, prompt_seed(cfg.seed, index))

@@ -29,6 +29,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.markers import append_jsonl
 from pipeline.ground.names import EVENTS_LOG
 from training.config import HookSpec, RollbackConfig, TrainingConfig
+from pipeline.ground.console import say
 
 if TYPE_CHECKING:
     from training.data import Batch, DistributedLoader, MixingLoader, PackedDataset
@@ -115,7 +116,7 @@ class EventLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             append_jsonl(self.path, event)
             detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("event", "step", "time"))
-            print(f"step {event.get('step', '?')}: {event['event']}" + (f" ({detail})" if detail else ""), flush=True)
+            say(f"step {event.get('step', '?')}: {event['event']}" + (f" ({detail})" if detail else ""))
             if self.also is not None:
                 self.also(event)
 

@@ -42,6 +42,7 @@ from training.config import ModelConfig, TrainConfig
 from training.data import LOSS_MASK
 from training.preflight import model_changes
 from training.checkpoint_meta import read_meta
+from pipeline.ground.console import say
 
 DATA = "data"  # RUN/data: what a post-training run reads
 SOURCE = "source"  # RUN/source: the --data file, when it was given as an object-storage URL
@@ -330,15 +331,13 @@ def announce(folder: Path, stats: dict[str, Any]) -> None:
         return
     records, grown = stats["records"], stats["tokenizer"]
     rejected = ", ".join(f"{reason} {n}" for reason, n in records["rejected"].items()) or "none"
-    print(
+    say(
         f"post-training data: {records['read']} records, {records['kept']} kept, rejected: {rejected} "
         f"(listed in {folder / REJECTED}); rows: "
-        + ", ".join(f"{split} {c['sequences']} ({c['documents']} records)" for split, c in stats["splits"].items()),
-        flush=True,
+        + ", ".join(f"{split} {c['sequences']} ({c['documents']} records)" for split, c in stats["splits"].items())
     )
     if grown["added"]:
-        print(
+        say(
             f"vocabulary grown by {', '.join(f'{t} (id {i})' for t, i in grown['added'].items())}: their embedding "
-            f"rows start as {grown['new_rows']}",
-            flush=True,
+            f"rows start as {grown['new_rows']}"
         )

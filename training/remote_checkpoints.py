@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pipeline.ground.names import CHECKPOINT_META as META
 from training.config import CheckpointConfig
 from training.checkpoint_meta import CorruptCheckpoint, read_meta
 from training.safe_load import check_files, inside
+from pipeline.ground.console import warn
 
 BACKOFF_S = 1.0  # the first retry's wait; each further one doubles it
 
@@ -97,12 +97,7 @@ class RemoteCheckpoints:
                     with self.lock:
                         self.failed[folder.name] = error
                     self._log({"event": "upload_failed", "step": step, "error": error})
-                    print(
-                        f"warning: checkpoint {folder.name} was not uploaded to {self.url} ({error}); its local "
-                        f"copy is kept",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    warn(f"checkpoint {folder.name} was not uploaded to {self.url} ({error}); its local copy is kept")
                     return
                 self._log({"event": "upload_retry", "step": step, "attempt": attempt + 1, "error": error})
                 time.sleep(BACKOFF_S * 2**attempt)
@@ -159,7 +154,7 @@ class RemoteCheckpoints:
                 return self.fetch(f"step-{step:08d}", root)
             except CorruptCheckpoint as exc:
                 self._log({"event": "corrupt_checkpoint", "error": str(exc)})
-                print(f"warning: {exc}; trying the previous remote checkpoint", file=sys.stderr, flush=True)
+                warn(f"{exc}; trying the previous remote checkpoint")
         return None
 
     def fetch(self, tag: str, root: Path) -> Path:

@@ -30,6 +30,7 @@ from pipeline.ground import storage
 from pipeline.ground.storage import Location
 from pipeline.outputs import publish
 from pipeline.prep_graph import PrepGraph
+from pipeline.ground.console import say
 
 _progress: Any = None
 PRELOADED = ["pipeline.executors.steps"]  # the stages, the step code and publishing: what every task imports
@@ -56,11 +57,7 @@ class LogProgress:
     def _say(self, state: str) -> None:
         self.said = time.monotonic()
         of = f" of {self.total:,}" if self.total is not None else ""
-        print(
-            f"{self.step}: {self.n:,}{of} {self.unit}, {state} in {self.said - self.started:.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"{self.step}: {self.n:,}{of} {self.unit}, {state} in {self.said - self.started:.1f} s", to_stderr=True)
 
 
 def progress_bar(total: int | None, desc: str, unit: str, show: bool) -> tqdm | LogProgress:

@@ -7,6 +7,7 @@ import argparse
 from pipeline.config import CrucibleConfig
 from pipeline.ground.errors import UserError
 from pipeline.verbs.arguments import common, local_path
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +35,12 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
         )
         model = args.output / MODEL_FILE
         print_classifier(report["heldout"], f"held-out documents ({report['train_documents']:,} trained on)")
-        print(f"model: {model}; these figures and the settings: {args.output / REPORT_FILE}")
+        say(f"model: {model}; these figures and the settings: {args.output / REPORT_FILE}")
     else:
         model = args.model / MODEL_FILE if args.model.is_dir() else args.model  # the folder `train` wrote
         print_classifier(evaluate(model, args.data, settings.label, settings.histogram_bins), f"{args.data}")
     check = f"crucible classifier eval --model {model} --data LABELLED.jsonl; " if args.action == "train" else ""
-    print(
+    say(
         f"next: {check}filter prep with it: add quality_model to prep.stages and set prep.quality_model.classifiers: "
         f"[{{name: {settings.label}, model_path: {model}, label: {settings.label}, threshold: 0.5}}]"
     )

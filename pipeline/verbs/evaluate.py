@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.verbs.arguments import CHECKPOINT_HELP, at_least, common, local_path
 from pipeline.verbs.checkpoints import checkpoint_in, tokenizer_of
+from pipeline.ground.console import say, warn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,14 +107,13 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
         print_task_results(report["harness"], "lm-evaluation-harness on the Hugging Face export")
         apart = max(r["max_abs_ll_difference"] for r in report["harness"].values())
         if apart > HARNESS_AGREEMENT:
-            print(
-                f"warning: the harness and Crucible differ by up to {apart:.3g} in log-likelihood (an fp32 export "
+            warn(
+                f"the harness and Crucible differ by up to {apart:.3g} in log-likelihood (an fp32 export "
                 f"of the same weights agrees within {HARNESS_AGREEMENT:g}): is --hf an fp32 export of "
-                f"{args.checkpoint}?",
-                file=sys.stderr,
+                f"{args.checkpoint}?"
             )
     if args.output:
         write_json(args.output, report)
-        print(f"results: {args.output}")
+        say(f"results: {args.output}")
     else:
-        print("next: add --output results.json to keep these figures")
+        say("next: add --output results.json to keep these figures")

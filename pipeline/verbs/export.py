@@ -8,6 +8,7 @@ from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
 from pipeline.verbs.arguments import CHECKPOINT_HELP, common, local_path
 from pipeline.verbs.checkpoints import checkpoint_in, run_samples, tokenizer_of
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,15 +39,15 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
         )
     else:
         path = save_consolidated(args.checkpoint, args.output, dtype)
-    print(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
+    say(f"exported {args.checkpoint} -> {path} ({args.format}, {args.dtype})")
     if args.format == "hf":
-        print(
+        say(
             f"next: transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}) with "
             f"AutoTokenizer.from_pretrained of the same folder; crucible eval --checkpoint {args.checkpoint} "
             f"--tasks FILE --harness scores it with lm-evaluation-harness"
         )
     else:
-        print(
+        say(
             f"next: safetensors.torch.load_file({str(path)!r}) gives the state dict; the model config and step "
             f"are in its metadata"
         )

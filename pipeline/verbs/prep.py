@@ -11,6 +11,7 @@ from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
 from pipeline.ground.names import MANIFEST, PREP_STATS
 from pipeline.verbs.arguments import common, inputs, local_path, same_settings, stage_list
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +58,10 @@ def prep_into(
     folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * ("tokens" in stats)
     folders += ["shards/"] * storage.exists(storage.join(output, "shards", MANIFEST))
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
-    print(
-        f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}"
-    )
+    say(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
     check_yield(config.prep, output, stats)
     if then is None and "shards/" in folders:
-        print(
+        say(
             f"next: crucible train{settings} --data {storage.join(output, 'shards')} --output RUN (several processes: "
             f"python -m launch.agent --nproc_per_node N -m pipeline train ...)"
         )

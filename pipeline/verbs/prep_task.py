@@ -7,6 +7,7 @@ import argparse
 from pipeline.config import CrucibleConfig
 from pipeline.ground.errors import UserError
 from pipeline.verbs.arguments import common, local_path
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
 
     if args.prepare:
         pending = prepare_steps(config.prep, args.output)
-        print(f"prepared {len(pending)} steps; tasks to run: {sum(map(len, pending.values())):,}")
+        say(f"prepared {len(pending)} steps; tasks to run: {sum(map(len, pending.values())):,}")
     elif args.publish:
         stats = publish_prep(config.prep, args.output)
         print_prep_summary(stats)
@@ -34,4 +35,4 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
     elif args.task is None:
         raise UserError("--step needs --task INDEX")
     else:
-        print(run_prep_task(config.prep, args.output, args.step, args.task), flush=True)
+        say(run_prep_task(config.prep, args.output, args.step, args.task))

@@ -14,6 +14,7 @@ from pipeline.ground.names import METRICS_LOG
 from pipeline.verbs.arguments import common, inputs, local_path
 from pipeline.verbs.checkpoints import tokenizer_of
 from pipeline.verbs.prep import prep_into
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     with times.phase("prep") as worked:
         worked(prep_into(config, data, not args.no_progress, then="train") > 0)
     command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
-    print(f"training: {config.launch.nproc_per_node} process(es) under torchrun", flush=True)
+    say(f"training: {config.launch.nproc_per_node} process(es) under torchrun")
     before = checkpoints.latest()
     with times.phase("training") as worked:
         torchrun = subprocess.Popen(command)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     results, eval_seconds = task_results(metrics)
     if results:
         print_task_results(results, "tasks at the last evaluation")
-        print(
+        say(
             f"task evaluation: {eval_seconds:.1f} s of the {timings['training']:.1f} s of training, "
             f"not counted in tokens/s"
         )
@@ -104,9 +105,9 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
         f"{name} {timings[name]:.0f} s"
         for name in ["prep", "training"] + ["toy world"] * bool(toy) + ["post-training"] * bool(post)
     )
-    print(f"run finished: {phases}; report: {report} (and report.md)")
+    say(f"run finished: {phases}; report: {report} (and report.md)")
     if latest:
-        print(
+        say(
             f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible status --output "
             f"{args.output}; open {report}"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import CrucibleConfig
 from pipeline.verbs.arguments import local_path
+from pipeline.ground.console import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,6 @@ def run(args: argparse.Namespace, config: CrucibleConfig | None) -> None:
     on_ray = ray_status(found.prep) if found.prep else None
     if on_ray:
         print_status(on_ray[0], None)
-        print(on_ray[1])
+        say(on_ray[1])
         found.prep = None  # shown
     print_local_status(found)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
 from pipeline.ground.names import METRICS_LOG
 from pipeline.verbs.arguments import common, local_path
+from pipeline.ground.console import say, warn
 
 if TYPE_CHECKING:
     from training.engine import Trainer
@@ -53,7 +53,7 @@ def train(
     rank0 = int(os.environ.get("RANK", 0)) == 0
     warning = config.train.warmup_warning()
     if warning and rank0:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        warn(warning)
     started = time.perf_counter()
     trainer = (trainer_class or Trainer)(
         config, data, output, int(os.environ.get("WORLD_SIZE", 1)), resume, initial_weights
@@ -72,25 +72,25 @@ def print_training_end(trainer: Trainer, records: list[dict[str, Any]], output: 
     loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
     checkpoint = f"latest checkpoint: {latest.path if latest else 'none'}"
     if not records and trainer.stopped_by is None:  # a rerun of a finished run
-        print(
+        say(
             f"nothing to train: {output} is at step {trainer.step} of train.max_steps={max_steps} already (raise it "
             f"to train on); {checkpoint}"
         )
         return
     how = {None: "finished", "SIGINT": "interrupted"}.get(trainer.stopped_by, "stopped")
-    print(
+    say(
         f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
         f"{output / METRICS_LOG}; {checkpoint}"
     )
     if latest and trainer.stopped_by is None:
-        print(
+        say(
             f"next: crucible generate --checkpoint {latest.path} --prompt TEXT; crucible export --checkpoint "
             f"{latest.path} --output DIR; crucible status --output {output}"
         )
     if "mlflow" in trainer.config.train.loggers:
         from training.trackers import mlflow_hint
 
-        print(mlflow_hint(trainer.run_dir, trainer.config.train.tracking))
+        say(mlflow_hint(trainer.run_dir, trainer.config.train.tracking))
 
 
 def train_status(trainer: Trainer, rank0: bool) -> int:
