@@ -78,7 +78,7 @@ def main() -> None:
     realized = ", ".join(
         f"{name} {shares[f'mix/{name}/tokens'] / total:.3f} (target {w})" for name, w in WEIGHTS.items()
     )
-    rows = {name: counts["train_sequences"] for name, counts in stats["sources"].items()}
+    rows = {name: counts["train_sequences"] for name, counts in (stats.sources or {}).items()}
     results = [
         Result(
             f"loader: MixingLoader.next_batch ({MICRO_BATCH} x {SEQ_LEN}, 3 sources)",

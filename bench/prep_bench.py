@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from common import (
@@ -38,6 +38,9 @@ from common import (
     read_jsonl,
     write_jsonl,
 )
+
+if TYPE_CHECKING:
+    from pipeline.prep_stats import PrepStats
 
 SECTIONS = ("normalize", "exact_dedup", "minhash", "langid", "pii", "quality", "prep")
 DOC_STAGES = ["normalize", "exact_dedup", "minhash_dedup", "langid", "pii", "quality"]
@@ -337,11 +340,11 @@ def compare_pipelines(
     return best[0], best[1], theirs
 
 
-def minhash_note(stats: dict[str, Any], dt: dict[str, float]) -> str:
-    row = next(row for row in stats["stages"] if row["name"] == "minhash_dedup")
+def minhash_note(stats: PrepStats, dt: dict[str, float]) -> str:
+    row = stats.stage("minhash_dedup")
     steps = ", ".join(f"{k} {v:.1f}" for k, v in dt.items() if k != "removed")
     return (
-        f"near-duplicates removed: Crucible {sum(row['dropped'].values())}, datatrove {int(dt['removed'])} "
+        f"near-duplicates removed: Crucible {sum(row.dropped.values())}, datatrove {int(dt['removed'])} "
         f"(datatrove removes every bucket match, Crucible checks the Jaccard estimate); "
         f"datatrove wall seconds: {steps}"
     )
@@ -550,8 +553,8 @@ def bench_prep(b: Bench) -> list[Result]:
         write_jsonl(folder / f"mix-{part}.jsonl", records[part::2])
     missing, n = datatrove_missing(), len(records)
     wall, stats, dt = compare_pipelines(b, [folder], DOC_STAGES, 2, None if missing else (folder, "mix-*.jsonl"))
-    per_stage = ", ".join(f"{row['name']} {row['seconds']:.1f}" for row in stats["stages"])
-    note = f"kept {stats['stages'][-1]['docs_out']}/{n}; Crucible task-seconds per stage: {per_stage}; "
+    per_stage = ", ".join(f"{row.name} {row.seconds:.1f}" for row in stats.stages)
+    note = f"kept {stats.kept}/{n}; Crucible task-seconds per stage: {per_stage}; "
     note += missing if dt is None else minhash_note(stats, dt)
     return [
         Result(

@@ -30,6 +30,7 @@ from common import base_parser, corpus_file, data_dir, read_jsonl
 
 from data_prep.minhash.config import MinHashConfig
 from pipeline.ground.names import PREP_STATS
+from pipeline.prep_stats import read_prep_stats
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["normalize", "exact_dedup", "minhash_dedup"]
@@ -165,8 +166,8 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
                 "task_peak_rss_mb": [m.get("peak_rss_mb") for m in markers],
             }
         )
-    stats = json.loads((output / PREP_STATS).read_text())
-    removed = {row["name"]: sum(row.get("dropped", {}).values()) for row in stats["stages"]}
+    stats = read_prep_stats(output)
+    removed = {row.name: sum(row.dropped.values()) for row in stats.stages}
     # publishing (tasks without markers, then the manifest and stats.json): from the last step's end to stats.json
     publish_s = (output / PREP_STATS).stat().st_mtime - previous_end
     return {

@@ -34,11 +34,12 @@ from data_prep.readers import skipped_entries
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, token_type, write_manifest
 from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground import storage
-from pipeline.ground.atomic import atomic_path, write_json, write_parquet
+from pipeline.ground.atomic import atomic_path, write_parquet, write_text
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
 from pipeline.ground.names import MANIFEST, PREP_STATS, TOKENIZER_FILE
 from pipeline.ground.storage import Location
+from pipeline.prep_stats import PrepStats
 from pipeline.prep_graph import PrepGraph
 
 LEADING_COLUMNS = ("id", "text", "lang", "lang_score")
@@ -364,7 +365,7 @@ def publish_task(plan: PrepGraph, work: Path, output: Location, task: int) -> li
 
 def finish_publish(
     plan: PrepGraph, work: Path, output: Location, stats: dict[str, Any], written: Iterable[list[str]]
-) -> dict[str, Any]:
+) -> PrepStats:
     """After every publishing task: remove what a previous, larger run left, then write the tokenizer, the
     shard manifest and, last, stats.json."""
     wanted = {name for names in written for name in names}
@@ -392,9 +393,10 @@ def finish_publish(
         stats["sources"] = source_summary(stats["stages"], sources)
     if OVERLAP in plan.config.stages:
         stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
+    prep_stats = PrepStats.model_validate(stats)
     with _made(output, work, PREP_STATS) as target:
-        write_json(target, stats)
-    return stats
+        write_text(target, prep_stats.to_json())
+    return prep_stats
 
 
 def publish(
@@ -402,7 +404,7 @@ def publish(
     work: Path,
     output: Location,
     map_tasks: Callable[[Callable[[int], list[str]], range], Iterable[list[str]]] = map,
-) -> dict[str, Any]:
+) -> PrepStats:
     """Publish a finished prep: the tasks through `map_tasks` (an executor's parallel map), the rest here."""
     stats = begin_publish(plan, work, output)
     written = map_tasks(partial(publish_task, plan, work, output), range(publish_task_count(plan)))

@@ -23,6 +23,7 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.lock import folder_lock
 from pipeline.ground.storage import Location
 from pipeline.prep_graph import build_prep_graph
+from pipeline.prep_stats import PrepStats
 
 
 def work_folder(output: Location, work: Path | None) -> Path:
@@ -88,9 +89,7 @@ def _shown(given: Location, resolved: Path) -> str:
     return str(given) if os.path.abspath(given) == str(resolved) else f"{given} (that is {resolved})"
 
 
-def run_prep(
-    config: PrepConfig, output: Location, show_progress: bool = True, work: Path | None = None
-) -> dict[str, Any]:
+def run_prep(config: PrepConfig, output: Location, show_progress: bool = True, work: Path | None = None) -> PrepStats:
     """Run (or resume) data prep into `output`, its steps in `work` (default OUTPUT/work), and return its stats."""
     plan = build_prep_graph(config)
     work = work_folder(output, work)
@@ -145,7 +144,7 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
     return f"{step_name} task {task}: done in {marker['seconds']:.1f}s" + (f" ({counts})" if counts else "")
 
 
-def publish_prep(config: PrepConfig, output: Path) -> dict[str, Any]:
+def publish_prep(config: PrepConfig, output: Path) -> PrepStats:
     plan = build_prep_graph(config)
     with folder_lock(output, "crucible prep-task --publish"):
         for step in plan.steps:

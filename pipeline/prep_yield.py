@@ -17,6 +17,7 @@ from data_prep.config import PrepSettings
 from pipeline.ground import storage
 from pipeline.ground.errors import UserError
 from pipeline.ground.storage import Location
+from pipeline.prep_stats import PrepStats
 
 SAMPLED_RECORDS = 200  # quarantined records read for their field names
 NO_TEXT = ("missing_text", "no_text_column")
@@ -26,13 +27,12 @@ class PrepYieldError(UserError):
     """Prep kept nothing, or quarantined more than prep.max_quarantined_share of what it read."""
 
 
-def check_yield(config: PrepSettings, output: Location, stats: dict[str, Any]) -> None:
+def check_yield(config: PrepSettings, output: Location, stats: PrepStats) -> None:
     """Raise PrepYieldError when prep kept no document or quarantined too large a share of them."""
-    stages = stats["stages"]
-    read, kept = stages[0]["docs_in"], stages[-1]["docs_out"]
+    read, kept = stats.read, stats.kept
     quarantined: Counter[str] = Counter()
-    for row in stages:
-        quarantined.update(row["quarantined"])
+    for row in stats.stages:
+        quarantined.update(row.quarantined)
     total = sum(quarantined.values())
     share = total / read if read else 0.0
     if kept and share <= config.max_quarantined_share:

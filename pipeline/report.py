@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
-from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG, PREP_STATS
+from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG
+from pipeline.prep_stats import PrepStats, read_prep_stats
 from pipeline.summary import changed, overlap_line
 from training.metric_names import (
     EVAL_SECONDS,
@@ -177,7 +177,7 @@ def _context(
     page: Page,
     run_dir: Path,
     config: Any,
-    stats: dict[str, Any],
+    stats: PrepStats,
     metrics: list[dict[str, Any]],
     timings: dict[str, float],
 ) -> None:
@@ -190,7 +190,7 @@ def _context(
         ["hardware", hardware()],
     ]
     if config is not None:
-        vocab = stats.get("tokens", {}).get("vocab_size") or config.model.vocab_size or config.prep.tokenizer.vocab_size
+        vocab = (stats.tokens or {}).get("vocab_size") or config.model.vocab_size or config.prep.tokenizer.vocab_size
         params = count_params(config.model, padded_vocab(vocab, config.model.vocab_multiple, config.parallel.tp))
         p, nproc = config.parallel, config.launch.nproc_per_node * config.launch.nnodes
         rows += [
@@ -218,20 +218,20 @@ def _context(
         page.details("config (as run)", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _data(page: Page, stats: dict[str, Any]) -> None:
-    stages = stats["stages"]
+def _data(page: Page, stats: PrepStats) -> None:
+    stages = stats.stages
     page.heading("Data")
-    names = [s["name"] for s in stages]
-    removed = [sum(s["dropped"].values()) + sum(s["quarantined"].values()) for s in stages]
+    names = [s.name for s in stages]
+    removed = [s.removed() for s in stages]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    left.plot(["input", *names], [stages[0]["docs_in"], *(s["docs_out"] for s in stages)], "o-", color=BLUE)
+    left.plot(["input", *names], [stats.read, *(s.docs_out for s in stages)], "o-", color=BLUE)
     left.set_ylabel("documents left")
     left.set_title("documents after each stage")
     left.tick_params(axis="x", rotation=30)
     bars = right.barh(names[::-1], removed[::-1], color=RED)
     right.bar_label(
         bars,
-        labels=[f"{n:,} ({100 * n / max(1, s['docs_in']):.1f}%)" for n, s in zip(removed[::-1], stages[::-1])],
+        labels=[f"{n:,} ({100 * n / max(1, s.docs_in):.1f}%)" for n, s in zip(removed[::-1], stages[::-1])],
         padding=3,
         fontsize=8,
     )
@@ -244,26 +244,26 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
         ["stage", "docs in", "docs out", "dropped", "quarantined", "changed", "seconds"],
         [
             [
-                s["name"],
-                f"{s['docs_in']:,}",
-                f"{s['docs_out']:,}",
-                ", ".join(f"{r} {n:,}" for r, n in s["dropped"].items()) or "0",
-                ", ".join(f"{r} {n:,}" for r, n in s["quarantined"].items()) or "0",
+                s.name,
+                f"{s.docs_in:,}",
+                f"{s.docs_out:,}",
+                ", ".join(f"{r} {n:,}" for r, n in s.dropped.items()) or "0",
+                ", ".join(f"{r} {n:,}" for r, n in s.quarantined.items()) or "0",
                 changed(s),
-                s["seconds"],
+                s.seconds,
             ]
             for s in stages
         ],
     )
     for stage in stages:
-        if "languages" in stage.get("tally", {}):
-            page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["languages"].items()))
-        if "contamination" in stage.get("tally", {}):
+        if stage.tallied("languages"):
+            page.paragraph("Languages kept: " + ", ".join(f"{k} {v:,}" for k, v in stage.tallied("languages").items()))
+        if stage.tallied("contamination"):
             page.paragraph(
                 "Contaminated documents per eval set: "
-                + ", ".join(f"{k} {v:,}" for k, v in stage["tally"]["contamination"].items())
+                + ", ".join(f"{k} {v:,}" for k, v in stage.tallied("contamination").items())
             )
-    tokens = stats.get("tokens", {})
+    tokens = stats.tokens or {}
     if tokens:
         page.table(
             ["split", "documents", "tokens", "sequences", "padding", "remainder"],
@@ -276,26 +276,26 @@ def _data(page: Page, stats: dict[str, Any]) -> None:
                 for split in ("train", "val")
             ],
         )
-    if stats.get("split_overlap"):
-        page.paragraph(overlap_line(stats["split_overlap"]))
-    if stats.get("sources"):
-        keys = sorted({k for counts in stats["sources"].values() for k in counts})
+    if stats.split_overlap:
+        page.paragraph(overlap_line(stats.split_overlap))
+    if stats.sources:
+        keys = sorted({k for counts in stats.sources.values() for k in counts})
         page.table(
             ["source", *keys],
-            [[name, *(f"{counts.get(k, 0):,}" for k in keys)] for name, counts in stats["sources"].items()],
+            [[name, *(f"{counts.get(k, 0):,}" for k in keys)] for name, counts in stats.sources.items()],
         )
-        per_stage = [stage for stage in stages if stage.get("sources")]
+        per_stage = [(stage.name, stage.sources) for stage in stages if stage.sources]
         if per_stage:
             page.paragraph("Documents left after each stage, per source:")
             page.table(
-                ["source", "input", *(stage["name"] for stage in per_stage)],
+                ["source", "input", *(name for name, _ in per_stage)],
                 [
                     [
-                        name,
-                        f"{per_stage[0]['sources'][name]['docs_in']:,}",
-                        *(f"{stage['sources'].get(name, {}).get('docs_out', 0):,}" for stage in per_stage),
+                        source,
+                        f"{per_stage[0][1][source].docs_in:,}",
+                        *(f"{rows[source].docs_out if source in rows else 0:,}" for _, rows in per_stage),
                     ]
-                    for name in stats["sources"]
+                    for source in stats.sources
                 ],
             )
 
@@ -576,7 +576,7 @@ def build_report(
 ) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
     `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
-    stats = json.loads((run_dir / "data" / PREP_STATS).read_text())
+    stats = read_prep_stats(run_dir / "data")
     train_dir = run_dir / "train"
     metrics, events = read_jsonl(train_dir / METRICS_LOG), read_jsonl(train_dir / EVENTS_LOG)
     page = Page(f"Run report: {run_dir.resolve().name}")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.ground.console import console as _console
+from pipeline.prep_stats import PrepStats, StageRow
 from training.metric_names import EVAL_SECONDS, VAL_LOSS, task_scores
 from pipeline.ground.console import say
 
@@ -23,10 +24,10 @@ def _reasons(counts: dict[str, int], limit: int = 3) -> str:
     return ", ".join(f"{reason} {n:,}" for reason, n in top) + (f", +{more} more" if more > 0 else "")
 
 
-def changed(row: dict[str, Any]) -> str:
+def changed(row: StageRow) -> str:
     """The kept documents a stage altered (its tally's `documents_changed`) and, for PII, what it
     replaced in them: a stage that edits text shows its work though it drops nothing."""
-    tally = row.get("tally", {})
+    tally = row.tally or {}
     documents = sum(counts.get("documents_changed", 0) for counts in tally.values())
     text = f"{documents:,} docs" if documents else ""
     if tally.get("redacted"):
@@ -34,8 +35,8 @@ def changed(row: dict[str, Any]) -> str:
     return text or "-"
 
 
-def prep_table(stats: dict[str, Any]) -> Table:
-    table = Table(title=f"data prep ({stats['shards']} shard{'s' * (stats['shards'] != 1)})")
+def prep_table(stats: PrepStats) -> Table:
+    table = Table(title=f"data prep ({stats.shards} shard{'s' * (stats.shards != 1)})")
     for header in (
         "stage",
         "docs in",
@@ -49,49 +50,48 @@ def prep_table(stats: dict[str, Any]) -> Table:
     ):
         numeric = header not in ("stage", "top reasons", "changed")
         table.add_column(header, justify="right" if numeric else "left")
-    for row in stats["stages"]:
-        dropped, quarantined = sum(row["dropped"].values()), sum(row["quarantined"].values())
-        rate = row["docs_in"] / row["seconds"] if row["seconds"] else 0.0
+    for row in stats.stages:
+        dropped, quarantined = sum(row.dropped.values()), sum(row.quarantined.values())
+        rate = row.docs_in / row.seconds if row.seconds else 0.0
         table.add_row(
-            row["name"],
-            f"{row['docs_in']:,}",
-            f"{row['docs_out']:,}",
+            row.name,
+            f"{row.docs_in:,}",
+            f"{row.docs_out:,}",
             f"{dropped:,}",
             f"{quarantined:,}",
-            _reasons(row["dropped"] | row["quarantined"]),
+            _reasons(row.dropped | row.quarantined),
             changed(row),
-            f"{row['seconds']:.1f}",
+            f"{row.seconds:.1f}",
             f"{rate:,.0f}",
         )
     return table
 
 
-def print_prep_summary(stats: dict[str, Any], console: Console | None = None) -> None:
+def print_prep_summary(stats: PrepStats, console: Console | None = None) -> None:
     console = console or _console()
     console.print(prep_table(stats))
-    skipped = stats.get("skipped_inputs", [])
+    skipped = stats.skipped_inputs or []
     if skipped:
         entries = "entry" if len(skipped) == 1 else "entries"
         console.print(
             f"[yellow]skipped {len(skipped)} {entries} of input folders that are not regular files (links "
             f"are not followed; FIFOs, sockets and devices not read):[/] " + ", ".join(skipped)
         )
-    for row in stats["stages"]:
-        langs = row.get("tally", {}).get("languages")
+    for row in stats.stages:
+        langs = row.tallied("languages")
         if langs:
             console.print("languages kept: " + ", ".join(f"{k} {v:,}" for k, v in list(langs.items())[:12]))
-        contamination = row.get("tally", {}).get("contamination")
+        contamination = row.tallied("contamination")
         if contamination:
             console.print(
                 "contaminated documents per eval set: " + ", ".join(f"{k} {v:,}" for k, v in contamination.items())
             )
-    tokens = stats.get("tokens")
-    if tokens:
-        console.print(tokens_table(tokens))
-    if stats.get("split_overlap"):
-        console.print(overlap_line(stats["split_overlap"]))
-    if stats.get("sources"):
-        console.print(sources_table(stats["sources"]))
+    if stats.tokens:
+        console.print(tokens_table(stats.tokens))
+    if stats.split_overlap:
+        console.print(overlap_line(stats.split_overlap))
+    if stats.sources:
+        console.print(sources_table(stats.sources))
 
 
 def sources_table(sources: dict[str, dict[str, int]]) -> Table:

@@ -52,11 +52,9 @@ def test_bad_records_are_quarantined_and_counted(tmp_path: Path) -> None:
     inputs, expected = build_bad_input(tmp_path / "in")
     stats = prep(inputs, tmp_path / "out")
     quarantined = Counter()
-    for stage in stats["stages"]:
-        quarantined.update(stage["quarantined"])
-        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(
-            stage["quarantined"].values()
-        )
+    for stage in stats.stages:
+        quarantined.update(stage.quarantined)
+        assert stage.docs_in == stage.docs_out + sum(stage.dropped.values()) + sum(stage.quarantined.values())
     assert quarantined == expected
     records = read_dir(tmp_path / "out" / "quarantine")
     assert Counter(r["reason"] for r in records) == expected
@@ -64,7 +62,7 @@ def test_bad_records_are_quarantined_and_counted(tmp_path: Path) -> None:
     too_long = next(r for r in records if r["reason"] == "too_long")
     assert len(too_long["raw"]) > 20_000_000, "the raw input is kept whole"
     jsonl_records = (tmp_path / "in" / "bad.jsonl").read_bytes().count(b"\n")
-    assert stats["stages"][0]["docs_in"] == jsonl_records + 2  # two .txt files
+    assert stats.stages[0].docs_in == jsonl_records + 2  # two .txt files
 
 
 def test_invalid_utf8_is_repaired_by_default_and_quarantined_on_request(tmp_path: Path) -> None:
@@ -74,7 +72,7 @@ def test_invalid_utf8_is_repaired_by_default_and_quarantined_on_request(tmp_path
     repaired = [t for t in texts if t.startswith("caf au lait")]
     assert len(repaired) == 1 and "\ufffd" not in repaired[0]
     stats = prep(inputs, tmp_path / "strict", "prep.stages=[normalize]", "prep.normalize.invalid_utf8=quarantine")
-    normalize = next(row for row in stats["stages"] if row["name"] == "normalize")
-    assert normalize["quarantined"]["invalid_utf8"] == 1
+    normalize = next(row for row in stats.stages if row.name == "normalize")
+    assert normalize.quarantined["invalid_utf8"] == 1
     clean = pq.read_table(tmp_path / "strict" / "clean").column("text").to_pylist()
     assert not any(t.startswith("caf") for t in clean)

@@ -177,8 +177,8 @@ def test_prep_drops_with_the_rule_and_carries_kept_fields(lists: dict[str, Path]
     )
     config.prep.inputs = [corpus]
     stats = run_prep(config.prep, tmp_path / "out", show_progress=False)
-    row = {r["name"]: r for r in stats["stages"]}["blocklist"]
-    assert row["dropped"] == {"blocked_domain": 3, "blocked_url": 1, "blocked_words": 1}
+    row = {r.name: r for r in stats.stages}["blocklist"]
+    assert row.dropped == {"blocked_domain": 3, "blocked_url": 1, "blocked_words": 1}
     clean = pq.read_table(tmp_path / "out" / "clean")
     assert sorted(clean["url"].to_pylist()) == sorted(u for u, r in list(URLS.items())[:-1] if r is None)
     assert set(clean["source"].to_pylist()) <= {"manpages", "python-docs"}

@@ -80,14 +80,14 @@ def test_a_unit_in_min_docs_documents_goes_across_shards_and_tasks(tmp_path: Pat
         "chars_left": len("A short page."),
         "min_chars": 100,
     }
-    row = {r["name"]: r for r in stats["stages"]}["boilerplate"]
-    assert row["docs_in"] == 60 == row["docs_out"] + 1 and row["dropped"] == {"boilerplate_only": 1}
+    row = {r.name: r for r in stats.stages}["boilerplate"]
+    assert row.docs_in == 60 == row.docs_out + 1 and row.dropped == {"boilerplate_only": 1}
     changed = [units for i, (_, units) in expected.items() if units and i != "doc-57"]
-    assert row["tally"]["boilerplate"]["documents_changed"] == len(changed)
-    assert row["tally"]["boilerplate"]["units_removed"] == sum(changed)
+    assert row.tally["boilerplate"]["documents_changed"] == len(changed)
+    assert row.tally["boilerplate"]["units_removed"] == sum(changed)
 
     one = prep(inputs, tmp_path / "one")  # one shard, one count task: the same result
-    assert {r["name"]: r for r in one["stages"]}["boilerplate"]["dropped"] == row["dropped"]
+    assert one.stage("boilerplate").dropped == row.dropped
     assert (
         pq.read_table(tmp_path / "one" / "clean")
         .sort_by("id")

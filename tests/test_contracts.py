@@ -24,7 +24,8 @@ from data_prep.shards import (
     TokenizerRecord,
     read_manifest,
 )
-from pipeline.ground.names import CHECKPOINT_META, MANIFEST
+from pipeline.ground.names import CHECKPOINT_META, MANIFEST, PREP_STATS
+from pipeline.prep_stats import PrepStats, SourceRow, StageRow, StatsError, read_prep_stats
 from tests.conftest import REPO
 from training.checkpoint_meta import (
     META_DIGEST,
@@ -37,7 +38,13 @@ from training.checkpoint_meta import (
 )
 
 PACKAGES = ("pipeline", "data_prep", "training", "launch")
-OWNERS = {"data_prep/shards.py", "training/checkpoint_meta.py", "pipeline/ground/names.py"}
+OWNERS = {
+    "data_prep/shards.py",
+    "training/checkpoint_meta.py",
+    "pipeline/ground/names.py",
+    "pipeline/prep_stats.py",
+    "pipeline/outputs.py",  # writes stats.json, from the step markers that share its counts' names
+}
 CONTRACTS: tuple[type[BaseModel], ...] = (
     ShardManifest,
     TokenizerRecord,
@@ -47,6 +54,9 @@ CONTRACTS: tuple[type[BaseModel], ...] = (
     CheckpointMeta,
     SavedConfig,
     SavedLayout,
+    PrepStats,
+    StageRow,
+    SourceRow,
 )
 # Field names that other records share (metrics, events, prep's stats, pack's markers): a key of theirs, not proof of
 # a contract read by hand. Every other field name of the contracts is theirs alone.
@@ -75,6 +85,15 @@ SHARED_WORDS = {
     "samples",
     "reason",
     "vocab_size",
+    # a step's completion marker counts with the names of stats.json's rows; the prep config lists its stages
+    "stages",
+    "name",
+    "docs_in",
+    "docs_out",
+    "dropped",
+    "quarantined",
+    "seconds",
+    "tally",
 }
 
 
@@ -109,7 +128,7 @@ def key_reads(tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_no_module_reads_the_manifest_or_checkpoint_metadata_by_string_key() -> None:
     keys, offences = contract_keys(), []
-    assert {"seq_len", "row_width", "pad_id", "manifest_sha256", "layout", "loader"} <= keys
+    assert {"seq_len", "row_width", "pad_id", "manifest_sha256", "layout", "loader", "skipped_inputs"} <= keys
     for path in product_modules():
         name = str(path.relative_to(REPO))
         if name in OWNERS:
@@ -119,9 +138,9 @@ def test_no_module_reads_the_manifest_or_checkpoint_metadata_by_string_key() -> 
         offences += [
             f"{name}:{node.lineno}: {node.value!r}"
             for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and node.value in (MANIFEST, CHECKPOINT_META)
+            if isinstance(node, ast.Constant) and node.value in (MANIFEST, CHECKPOINT_META, PREP_STATS)
         ]
-    assert not offences, "read these through ShardManifest / CheckpointMeta:\n" + "\n".join(offences)
+    assert not offences, "read these through ShardManifest / CheckpointMeta / PrepStats:\n" + "\n".join(offences)
 
 
 def test_the_scan_finds_a_key_read_by_hand() -> None:
@@ -252,3 +271,47 @@ def test_metric_names_parse_back_to_what_built_them() -> None:
     assert parse_task_score("val_loss") is None and parse_task_score("eval/") is None
     assert task_scores(record) == {("arc/easy", "acc_norm"): 0.5}
     assert mixture_sources([record]) == ["code/py", "web"]
+
+
+# -- prep's stats.json ----------------------------------------------------------------------------------------
+
+
+def prep_stats() -> PrepStats:
+    read = StageRow(name="read", docs_in=5, docs_out=4, quarantined={"bad_json": 1}, seconds=0.5)
+    quality = StageRow(
+        name="quality",
+        docs_in=4,
+        docs_out=3,
+        dropped={"too_short": 1},
+        tally={"languages": {"en": 3}},
+        sources={"web": SourceRow(docs_in=4, docs_out=3, dropped={"too_short": 1})},
+    )
+    return PrepStats(stages=[read, quality], shards=1, tokens={"train_tokens": 99})
+
+
+def test_prep_stats_read_back_to_the_same_bytes(tmp_path: Path) -> None:
+    text = prep_stats().to_json()
+    (tmp_path / PREP_STATS).write_text(text)
+    read = read_prep_stats(tmp_path)
+    assert read.to_json() == text and json.loads(text)["schema_version"] == 1
+    assert (read.read, read.kept, read.stage("quality").removed()) == (5, 3, 1)
+    assert "sources" not in json.loads(text)["stages"][0], "a row without sources has none in the file"
+
+
+def test_prep_stats_from_before_the_version_field_still_read(tmp_path: Path) -> None:
+    fields = json.loads(prep_stats().to_json())
+    del fields["schema_version"]
+    fields["stages"][0]["learned"] = 7  # and a field a newer writer added is kept
+    (tmp_path / PREP_STATS).write_text(json.dumps(fields))
+    read = read_prep_stats(tmp_path)
+    assert read.stage("read").docs_in == 5 and json.loads(read.to_json())["stages"][0]["learned"] == 7
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"schema_version": 2}, "schema_version 2 is not 1"), ({"shards": "many"}, "shards: Input should be")],
+)
+def test_damaged_prep_stats_are_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
+    (tmp_path / PREP_STATS).write_text(json.dumps(json.loads(prep_stats().to_json()) | change))
+    with pytest.raises(StatsError, match=message):
+        read_prep_stats(tmp_path)

@@ -79,12 +79,12 @@ def prep(world: dict, output: Path, *overrides: str) -> dict:
 
 def test_planted_items_are_dropped_and_named_in_lineage(world: dict, tmp_path: Path) -> None:
     stats = prep(world, tmp_path / "out")
-    row = {r["name"]: r for r in stats["stages"]}["decontaminate"]
+    row = {r.name: r for r in stats.stages}["decontaminate"]
     contaminated = {i: p for i, p in world["planted"].items() if p[2] is not None}
-    assert row["dropped"] == {"contaminated": len(contaminated)}
-    assert row["tally"]["contamination"] == {"qa": 2, "reading": 2}
-    assert row["tally"]["eval_items"] == {"qa": 6, "reading": 7}
-    assert row["tally"]["short_items"] == {"reading": 1}
+    assert row.dropped == {"contaminated": len(contaminated)}
+    assert row.tally["contamination"] == {"qa": 2, "reading": 2}
+    assert row.tally["eval_items"] == {"qa": 6, "reading": 7}
+    assert row.tally["short_items"] == {"reading": 1}
     lineage = pq.read_table(tmp_path / "out" / "dropped").to_pylist()
     found = {r["id"]: json.loads(r["detail"]) for r in lineage}
     assert {doc: (d["eval_set"], d["item"]) for doc, d in found.items()} == {
@@ -110,7 +110,7 @@ def test_flag_mode_keeps_every_document_and_names_the_item(world: dict, tmp_path
 
 def test_a_shorter_ngram_catches_the_short_runs(world: dict, tmp_path: Path) -> None:
     stats = prep(world, tmp_path / "out", "prep.decontaminate.ngram=8")
-    assert {r["name"]: r for r in stats["stages"]}["decontaminate"]["dropped"] == {"contaminated": 6}
+    assert stats.stage("decontaminate").dropped == {"contaminated": 6}
 
 
 def test_ngram_keys_ignore_case_spacing_and_punctuation() -> None:

@@ -154,10 +154,11 @@ def read_dir(folder: Path) -> list[dict]:
 
 def test_duplicate_ids_are_quarantined_keeping_the_first_by_priority_then_input_order(two_runs: dict) -> None:
     stats, output = two_runs["stats"], two_runs["one"]
-    assert stats["shards"] > 4, "several shards and find tasks"
-    row = next(row for row in stats["stages"] if row["name"] == "unique_ids")
-    assert (row["docs_in"], row["docs_out"], row["quarantined"]) == (21, 15, {"duplicate_id": 6})
-    assert row["sources"]["books"]["quarantined"] == {"duplicate_id": 6} and row["sources"]["web"]["docs_out"] == 1
+    assert stats.shards > 4, "several shards and find tasks"
+    row = next(row for row in stats.stages if row.name == "unique_ids")
+    assert (row.docs_in, row.docs_out, row.quarantined) == (21, 15, {"duplicate_id": 6})
+    assert row.sources and row.sources["books"].quarantined == {"duplicate_id": 6}
+    assert row.sources["web"].docs_out == 1
     clean = read_dir(output / "clean")
     assert sorted(int(r["id"]) for r in clean) == list(range(15)) and len({r["id"] for r in clean}) == 15
     assert next(r for r in clean if r["id"] == "3")["source"] == "web", "the higher-priority source keeps its id"

@@ -137,16 +137,16 @@ def test_a_web_source_turns_rules_on_and_the_counts_add_up(tmp_path: Path) -> No
         ],
     )
     stats = run_prep(config.prep, tmp_path / "out", show_progress=False)
-    row = {r["name"]: r for r in stats["stages"]}["line_filter"]
-    assert row["docs_in"] == 20 == row["docs_out"] + sum(row["dropped"].values())
+    row = {r.name: r for r in stats.stages}["line_filter"]
+    assert row.docs_in == 20 == row.docs_out + sum(row.dropped.values())
     clean = pq.read_table(tmp_path / "out" / "clean").to_pylist()
     for record in clean:
         assert ("Terms of Use" in record["text"]) == record["id"].startswith("docs-")
         assert (record["lines_removed"] > 0) == record["id"].startswith("web-")
-    tally = row["tally"]["line_filter"]
+    tally = row.tally["line_filter"]
     assert (
         tally["lines_removed"]
         == sum(r["lines_removed"] for r in clean)
         == tally["lines_removed/policy"] + tally["lines_removed/terminal_punctuation"]
     )
-    assert row["sources"]["docs"]["docs_out"] == 10
+    assert row.sources and row.sources["docs"].docs_out == 10

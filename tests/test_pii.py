@@ -408,10 +408,9 @@ def test_the_prep_table_shows_what_pii_redacted(tmp_path):
     ]
     config = load_config(None, ["prep.stages=[normalize, pii]", "prep.workers=1"])
     config.prep.inputs = [write_jsonl(tmp_path / "in.jsonl", records)]
-    run_prep(config.prep, tmp_path / "out", show_progress=False)
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    row = {r["name"]: r for r in stats["stages"]}["pii"]
-    assert row["dropped"] == {} and row["tally"] == {"redacted": {"email": 20}, "pii": {"documents_changed": 10}}
+    stats = run_prep(config.prep, tmp_path / "out", show_progress=False)
+    row = stats.stage("pii")
+    assert row.dropped == {} and row.tally == {"redacted": {"email": 20}, "pii": {"documents_changed": 10}}
     console = Console(record=True, width=250)
     console.print(prep_table(stats))
     line = next(line for line in console.export_text().splitlines() if line.startswith("│ pii "))

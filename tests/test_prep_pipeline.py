@@ -30,7 +30,7 @@ def full_run(mixed_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 def test_every_document_is_accounted_for(full_run: tuple[Path, dict], mixed_corpus: Path) -> None:
     output, stats = full_run
-    names = [s["name"] for s in stats["stages"]]
+    names = [s.name for s in stats.stages]
     assert names == [
         "read",
         "unique_ids",
@@ -43,20 +43,18 @@ def test_every_document_is_accounted_for(full_run: tuple[Path, dict], mixed_corp
         "quality",
     ]
     n_lines = sum(1 for _ in open(mixed_corpus, encoding="utf-8"))
-    assert stats["stages"][0]["docs_in"] == n_lines
-    for before, stage in zip(stats["stages"], stats["stages"][1:]):
-        assert stage["docs_in"] == before["docs_out"]
-    for stage in stats["stages"]:
-        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values()) + sum(
-            stage["quarantined"].values()
-        )
+    assert stats.stages[0].docs_in == n_lines
+    for before, stage in zip(stats.stages, stats.stages[1:]):
+        assert stage.docs_in == before.docs_out
+    for stage in stats.stages:
+        assert stage.docs_in == stage.docs_out + sum(stage.dropped.values()) + sum(stage.quarantined.values())
     clean, dropped = read_dir(output / "clean"), read_dir(output / "dropped")
-    assert len(clean) == stats["stages"][-1]["docs_out"]
-    by_stage = {s["name"]: sum(s["dropped"].values()) for s in stats["stages"]}
+    assert len(clean) == stats.stages[-1].docs_out
+    by_stage = {s.name: sum(s.dropped.values()) for s in stats.stages}
     for name, n in by_stage.items():
         assert sum(1 for d in dropped if d["stage"] == name) == n
     assert {d["id"] for d in dropped}.isdisjoint(d["id"] for d in clean)
-    assert json.loads((output / "stats.json").read_text()) == stats
+    assert (output / "stats.json").read_text() == stats.to_json()
 
 
 def test_clean_schema_and_lineage_details(full_run: tuple[Path, dict]) -> None:
@@ -75,10 +73,10 @@ def test_clean_schema_and_lineage_details(full_run: tuple[Path, dict]) -> None:
 
 def test_shard_count_does_not_change_results(full_run: tuple[Path, dict], mixed_corpus: Path, tmp_path: Path) -> None:
     output, stats = full_run
-    assert stats["shards"] > 1
+    assert stats.shards > 1
     single = prep([mixed_corpus], tmp_path, "prep.shard_mb=64", "prep.workers=1")
-    assert single["shards"] == 1
-    strip = lambda s: [{k: v for k, v in row.items() if k != "seconds"} for row in s["stages"]]  # noqa: E731
+    assert single.shards == 1
+    strip = lambda s: [row.model_dump(exclude={"seconds"}) for row in s.stages]  # noqa: E731
     assert strip(single) == strip(stats)
     assert read_dir(tmp_path / "clean") == read_dir(output / "clean")
 
@@ -88,8 +86,8 @@ def test_stage_subset_runs_only_named_stages(mixed_corpus: Path, tmp_path: Path)
     config.prep.inputs = [mixed_corpus]
     config.prep.stages = ["pii", "langid"]
     stats = run_prep(config.prep, tmp_path, show_progress=False)
-    assert [s["name"] for s in stats["stages"]] == ["read", "unique_ids", "langid", "pii"]
-    assert stats["stages"][1]["docs_in"] == stats["stages"][0]["docs_out"]
+    assert [s.name for s in stats.stages] == ["read", "unique_ids", "langid", "pii"]
+    assert stats.stages[1].docs_in == stats.stages[0].docs_out
 
 
 def test_rerun_of_finished_run_does_no_work(full_run: tuple[Path, dict], mixed_corpus: Path) -> None:
@@ -116,7 +114,7 @@ def test_changed_threshold_reruns_only_that_stage_and_what_follows(mixed_corpus:
         "split_overlap.scan",
         "split_overlap",
     }
-    assert stats["stages"][-1]["dropped"].get("too_few_words", 0) > 0
+    assert stats.stages[-1].dropped.get("too_few_words", 0) > 0
 
 
 def test_every_progress_bar_ends_at_its_total(

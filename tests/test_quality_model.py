@@ -136,11 +136,11 @@ def dropped(output: Path) -> list[tuple[str, str, str]]:
 def test_threshold_decisions_are_the_same_across_runs_and_worker_counts(trained: dict, tmp_path: Path) -> None:
     outputs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     stats = [run_stage(trained, out, workers, "threshold: 0.5") for out, workers in zip(outputs, (1, 2, 2))]
-    assert stats[0]["shards"] > 2
+    assert stats[0].shards > 2
     first = dropped(outputs[0])
     assert first and all(dropped(out) == first for out in outputs[1:])
-    row = {r["name"]: r for r in stats[0]["stages"]}["quality_model"]
-    assert set(row["dropped"]) == {"low_score_edu"}
+    row = {r.name: r for r in stats[0].stages}["quality_model"]
+    assert set(row.dropped) == {"low_score_edu"}
     detail = json.loads(first[0][2])
     assert detail["classifier"] == "edu" and detail["score"] < 0.5 and detail["threshold"] == 0.5
     clean = pq.read_table(outputs[0] / "clean")
@@ -152,8 +152,8 @@ def test_threshold_decisions_are_the_same_across_runs_and_worker_counts(trained:
 @pytest.mark.parametrize("fraction", [0.3, 0.77])
 def test_a_global_keep_top_fraction_keeps_that_fraction(trained: dict, tmp_path: Path, fraction: float) -> None:
     stats = run_stage(trained, tmp_path / "out", 2, f"keep_top_fraction: {fraction}")
-    row = {r["name"]: r for r in stats["stages"]}["quality_model"]
-    assert abs(row["docs_out"] - fraction * trained["n_docs"]) <= 1
+    row = {r.name: r for r in stats.stages}["quality_model"]
+    assert abs(row.docs_out - fraction * trained["n_docs"]) <= 1
     kept = pq.read_table(tmp_path / "out" / "clean")["score_edu"].to_pylist()
     lost = [json.loads(detail)["score"] for _, _, detail in dropped(tmp_path / "out")]
     assert min(kept) >= max(lost) - 1e-4

@@ -99,17 +99,17 @@ def test_every_lineage_record_names_its_source(run: tuple[Path, dict, dict]) -> 
 
 def test_stats_count_per_source_and_the_books_balance_per_source(run: tuple[Path, dict, dict]) -> None:
     output, stats, _ = run
-    assert stats == json.loads((output / "stats.json").read_text())
-    for stage in stats["stages"]:
-        per_source = stage["sources"]
-        for key in ("docs_in", "docs_out"):
-            assert sum(s[key] for s in per_source.values()) == stage[key], stage["name"]
+    assert stats.to_json() == (output / "stats.json").read_text()
+    for stage in stats.stages:
+        per_source = stage.sources or {}
+        assert sum(s.docs_in for s in per_source.values()) == stage.docs_in, stage.name
+        assert sum(s.docs_out for s in per_source.values()) == stage.docs_out, stage.name
         for name, counts in per_source.items():
-            removed = sum(counts["dropped"].values()) + sum(counts["quarantined"].values())
-            assert counts["docs_in"] == counts["docs_out"] + removed, (stage["name"], name)
-    for before, after in zip(stats["stages"], stats["stages"][1:]):
-        assert all(after["sources"][n]["docs_in"] == before["sources"][n]["docs_out"] for n in before["sources"])
-    summary = stats["sources"]
+            assert counts.docs_in == counts.docs_out + counts.removed(), (stage.name, name)
+    for before, after in zip(stats.stages, stats.stages[1:]):
+        assert before.sources and after.sources
+        assert all(after.sources[n].docs_in == before.sources[n].docs_out for n in before.sources)
+    summary = stats.sources or {}
     assert {n: s["docs_in"] for n, s in summary.items()} == {"web": 64, "books": 40, "code": 21, "short": 10}
     clean = read_dir(output / "clean")
     assert {n: s["docs_out"] for n, s in summary.items()} == {n: sum(r["source"] == n for r in clean) for n in summary}
@@ -123,9 +123,9 @@ def test_per_source_stage_settings(run: tuple[Path, dict, dict]) -> None:
     dropped = {r["id"]: r for r in read_dir(output / "dropped")}
     assert "code/short" in clean_ids  # code skips quality
     assert dropped["web/short"]["reason"] == "too_few_words"  # the same kind of text elsewhere does not
-    quality = next(s for s in stats["stages"] if s["name"] == "quality")["sources"]
-    assert quality["code"]["docs_in"] == quality["code"]["docs_out"]
-    assert quality["short"]["docs_out"] == 0 and set(quality["short"]["dropped"]) == {"too_many_words"}
+    quality = stats.stage("quality").sources or {}
+    assert quality["code"].docs_in == quality["code"].docs_out
+    assert quality["short"].docs_out == 0 and set(quality["short"].dropped) == {"too_many_words"}
     assert all(
         json.loads(r["detail"])["threshold"] == 50
         for r in dropped.values()
@@ -143,7 +143,7 @@ def test_shards_are_tagged_by_source_and_the_manifest_counts_per_source(run: tup
             assert sum(s[key] for s in entry["sources"].values()) == entry[key], (split, key)
         for name, counts in entry["sources"].items():
             assert counts["sequences"] == sum(s["sequences"] for s in entry["shards"] if s["source"] == name)
-            assert stats["sources"][name][f"{split}_tokens"] == counts["tokens"]
+            assert stats.sources[name][f"{split}_tokens"] == counts["tokens"]
 
 
 @pytest.mark.parametrize(

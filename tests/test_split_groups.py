@@ -101,8 +101,8 @@ def sides(output: Path) -> dict[str, set[str]]:
 
 def test_near_duplicate_groups_never_straddle_train_and_val(planted: dict) -> None:
     output, stats = planted["output"], planted["stats"]
-    minhash = next(s for s in stats["stages"] if s["name"] == "minhash_dedup")
-    assert minhash["dropped"] == {"near_duplicate": 15}, "each copy above the drop threshold is removed"
+    minhash = next(s for s in stats.stages if s.name == "minhash_dedup")
+    assert minhash.dropped == {"near_duplicate": 15}, "each copy above the drop threshold is removed"
     found = sides(output)
     kept = {i for part in (output / "clean").glob("*.parquet") for i in pq.read_table(part)["id"].to_pylist()}
     group_sides = []
@@ -120,7 +120,7 @@ def test_near_duplicate_groups_never_straddle_train_and_val(planted: dict) -> No
 def test_overlap_stat_counts_the_planted_overlap_only(planted: dict) -> None:
     from tokenizers import Tokenizer
 
-    overlap = planted["stats"]["split_overlap"]
+    overlap = planted["stats"].split_overlap
     assert overlap["val_documents"] == overlap["sampled"] == overlap["measured"] > 10
     tokenizer = Tokenizer.from_file(str(planted["output"] / "shards" / "tokenizer.json"))
     clean = pa.concat_tables(pq.read_table(p) for p in sorted((planted["output"] / "clean").glob("*.parquet")))
@@ -140,8 +140,8 @@ def test_overlap_is_zero_without_the_training_copy(planted: dict, tmp_path: Path
     records = [r for r in read_jsonl(planted["corpus"]) if not r["id"].startswith("overlap-train")]
     config = load_config(None, [*OVERRIDES, f"prep.tokenizer.path={planted['output'] / 'shards' / 'tokenizer.json'}"])
     config.prep.inputs = [write_jsonl(tmp_path / "without.jsonl", records)]
-    overlap = run_prep(config.prep, tmp_path / "prep", show_progress=False)["split_overlap"]
-    before = planted["stats"]["split_overlap"]
+    overlap = run_prep(config.prep, tmp_path / "prep", show_progress=False).split_overlap
+    before = planted["stats"].split_overlap
     assert overlap["sharing"] == before["sharing"] - 1, (overlap["worst"], before["worst"])
     assert planted["held"] not in [w["id"] for w in overlap["worst"]]
     assert overlap["worst"][: len(before["worst"]) - 1] == before["worst"][1:]
@@ -150,10 +150,10 @@ def test_overlap_is_zero_without_the_training_copy(planted: dict, tmp_path: Path
 def test_overlap_sample_is_capped(planted: dict) -> None:
     config = load_config(None, [*OVERRIDES, "prep.split_overlap.sample_docs=3"])
     config.prep.inputs = [planted["corpus"]]
-    capped = run_prep(config.prep, planted["output"], show_progress=False)["split_overlap"]
+    capped = run_prep(config.prep, planted["output"], show_progress=False).split_overlap
     assert capped["sampled"] == 3 and capped["sample_docs"] == 3
-    assert capped["val_documents"] == planted["stats"]["split_overlap"]["val_documents"]
-    assert np.all([w["share"] <= planted["stats"]["split_overlap"]["worst_share"] for w in capped["worst"]])
+    assert capped["val_documents"] == planted["stats"].split_overlap["val_documents"]
+    assert np.all([w["share"] <= planted["stats"].split_overlap["worst_share"] for w in capped["worst"]])
 
 
 # --- edited copies of real documents -----------------------------------------------------------

@@ -47,10 +47,10 @@ def test_byte_level_round_trip_on_clean_documents(prepared: tuple[Path, dict]) -
 
 def test_every_token_lands_in_exactly_one_row(prepared: tuple[Path, dict]) -> None:
     output, stats = prepared
-    tokens = stats["tokens"]
+    tokens = stats.tokens
     manifest = json.loads((output / "shards" / "manifest.json").read_text())
     width = manifest["row_width"]
-    assert tokens["train_documents"] + tokens["val_documents"] == stats["stages"][-1]["docs_out"] == tokens["documents"]
+    assert tokens["train_documents"] + tokens["val_documents"] == stats.stages[-1].docs_out == tokens["documents"]
     assert tokens["train_tokens"] + tokens["val_tokens"] == tokens["tokens"]
     for split in ("train", "val"):
         entry = manifest["splits"][split]

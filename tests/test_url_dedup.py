@@ -157,9 +157,9 @@ def test_the_newest_then_longest_then_first_copy_stays_across_shards_and_tasks(t
         .sort_by("id")
         .equals(pq.read_table(tmp_path / "one" / "clean").sort_by("id"))
     )
-    row = {r["name"]: r for r in many["stages"]}["url_dedup"]
-    assert row["docs_in"] == row["docs_out"] + 4 and row["dropped"] == {"duplicate_url": 4}
-    assert row["tally"]["url_dedup"] == {"duplicates": 4, "without_url": 2, "unparsed_url": 1, "undated": 1}
+    row = {r.name: r for r in many.stages}["url_dedup"]
+    assert row.docs_in == row.docs_out + 4 and row.dropped == {"duplicate_url": 4}
+    assert row.tally["url_dedup"] == {"duplicates": 4, "without_url": 2, "unparsed_url": 1, "undated": 1}
     assert {ids[i] for i in KEPT} <= set(pq.read_table(tmp_path / "many" / "clean")["id"].to_pylist())
 
 
@@ -188,8 +188,8 @@ def test_across_sources_the_higher_priority_copy_stays(tmp_path: Path) -> None:
 def test_documents_without_the_url_column_pass(tmp_path: Path) -> None:
     records = [{"id": f"d{i}", "text": r["text"]} for i, r in enumerate(sample_records(("manpages",), limit=5))]
     stats = dedup(write_jsonl(tmp_path / "plain.jsonl", records), tmp_path / "out", "prep.read.keep_fields=[]")
-    row = {r["name"]: r for r in stats["stages"]}["url_dedup"]
-    assert row["docs_out"] == 5 and row["tally"]["url_dedup"]["without_url"] == 5
+    row = {r.name: r for r in stats.stages}["url_dedup"]
+    assert row.docs_out == 5 and row.tally["url_dedup"]["without_url"] == 5
 
 
 def test_the_stage_is_opt_in() -> None:

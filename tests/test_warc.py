@@ -103,9 +103,9 @@ def test_every_record_becomes_a_document_a_counted_drop_or_a_quarantine_record(t
     path.write_bytes(bytes(data))
 
     stats = prep([path], tmp_path / "out", "prep.stages=[extract, normalize]", "prep.extract.min_chars=5")
-    read_stats = stats["stages"][0]
-    assert read_stats["docs_in"] == len(records)
-    assert read_stats["dropped"] == {
+    read_stats = stats.stages[0]
+    assert read_stats.docs_in == len(records)
+    assert read_stats.dropped == {
         "warc_http_status": 2,
         "warc_metadata": 5,
         "warc_not_html": 2,
@@ -113,13 +113,13 @@ def test_every_record_becomes_a_document_a_counted_drop_or_a_quarantine_record(t
         "warc_revisit": 1,
         "warc_warcinfo": 2,
     }
-    assert read_stats["quarantined"] == {"corrupt_frame": 1}
-    assert read_stats["docs_out"] == 6  # five pages and the untyped page sniffed as HTML
-    for stage in stats["stages"]:
-        removed = sum(stage["dropped"].values()) + sum(stage["quarantined"].values())
-        assert stage["docs_in"] == stage["docs_out"] + removed
+    assert read_stats.quarantined == {"corrupt_frame": 1}
+    assert read_stats.docs_out == 6  # five pages and the untyped page sniffed as HTML
+    for stage in stats.stages:
+        removed = sum(stage.dropped.values()) + sum(stage.quarantined.values())
+        assert stage.docs_in == stage.docs_out + removed
     dropped = rows(tmp_path / "out" / "dropped")
-    assert len(dropped) == sum(sum(stage["dropped"].values()) for stage in stats["stages"])
+    assert len(dropped) == sum(sum(stage.dropped.values()) for stage in stats.stages)
     image = next(r for r in dropped if r["reason"] == "warc_not_html" and "logo" in r["detail"])
     assert json.loads(image["detail"]) == {
         "content_type": "image/png",
@@ -295,10 +295,10 @@ def test_prep_from_warc_keeps_page_fields_in_clean_and_lineage(tmp_path: Path) -
     )
 
     stats = prep([path, jsonl], tmp_path / "out", "prep.stages=[extract, normalize, exact_dedup]")
-    names = [s["name"] for s in stats["stages"]]
+    names = [s.name for s in stats.stages]
     assert names == ["read", "unique_ids", "extract", "normalize", "exact_dedup"]
-    assert stats["stages"][2]["dropped"] == {"no_main_text": 1}
-    assert stats["stages"][4]["dropped"] == {"exact_duplicate": 1}
+    assert stats.stages[2].dropped == {"no_main_text": 1}
+    assert stats.stages[4].dropped == {"exact_duplicate": 1}
     clean = {r["url"] or r["id"]: r for r in rows(tmp_path / "out" / "clean")}
     assert sorted(clean) == sorted(urls + ["note-1"])  # the copy came later: a duplicate
     for url, record in zip(urls, pages):

@@ -34,7 +34,7 @@ from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256, uniform
 from pipeline.ground.markers import read_marker
-from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
+from pipeline.ground.names import CHECKPOINT_META, POST_DATA_STATS, TOKENIZER_FILE
 from pipeline.ground.schema import Section
 from training.post_config import PostConfig, SFTConfig
 from training.chat import ChatCodec, Ledger, Rejection, check_messages, grow_tokenizer, json_records
@@ -46,7 +46,7 @@ from pipeline.ground.console import say
 
 DATA = "data"  # RUN/data: what a post-training run reads
 SOURCE = "source"  # RUN/source: the --data file, when it was given as an object-storage URL
-SHARDS, BASE_WEIGHTS, STATS, REJECTED = "shards", "base.safetensors", "stats.json", "rejected.jsonl"
+SHARDS, BASE_WEIGHTS, STATS, REJECTED = "shards", "base.safetensors", POST_DATA_STATS, "rejected.jsonl"
 
 
 class PostTrainingConfig(Protocol):

@@ -30,6 +30,7 @@ from pipeline.ground import storage
 from pipeline.ground.storage import Location
 from pipeline.outputs import publish
 from pipeline.prep_graph import PrepGraph
+from pipeline.prep_stats import PrepStats
 from pipeline.ground.console import say
 
 _progress: Any = None
@@ -115,9 +116,7 @@ def _pool(workers: int, progress: Any = None) -> ProcessPoolExecutor:
     )
 
 
-def run_local(
-    plan: PrepGraph, work: Path, output: Location, workers: int, show_progress: bool = True
-) -> dict[str, Any]:
+def run_local(plan: PrepGraph, work: Path, output: Location, workers: int, show_progress: bool = True) -> PrepStats:
     """Run every step of `plan` whose tasks are not done yet, then publish into `output`; return the stats."""
     progress = _context().Queue()
     with _pool(workers, progress) as pool:
@@ -136,7 +135,7 @@ def run_local(
         return publish(plan, work, output, pool.map)
 
 
-def publish_local(plan: PrepGraph, work: Path, output: Location, workers: int) -> dict[str, Any]:
+def publish_local(plan: PrepGraph, work: Path, output: Location, workers: int) -> PrepStats:
     """Publish a prep whose steps all ran elsewhere (the Slurm publishing job), its tasks in a local pool."""
     with _pool(workers) as pool:
         return publish(plan, work, output, pool.map)

@@ -32,6 +32,7 @@ from pipeline.ground.markers import read_marker
 from pipeline.ground.names import PREP_STATS
 from pipeline.outputs import publish, publish_task
 from pipeline.prep_graph import PrepGraph, build_prep_graph
+from pipeline.prep_stats import PrepStats
 from pipeline.status import StepStatus
 
 STATE_FILE = "state.json"  # OUTPUT/ray/state.json: the driver's step, tasks running, pending and failed
@@ -172,7 +173,7 @@ class RayRun:
         self._save(PUBLISH, [], [], force=True)
 
 
-def run_ray(plan: PrepGraph, work: Path, output: Path, show_progress: bool = True) -> dict[str, Any]:
+def run_ray(plan: PrepGraph, work: Path, output: Path, show_progress: bool = True) -> PrepStats:
     """Run every step of `plan` whose tasks are not done yet on a Ray cluster, then publish; return the stats."""
     ray = _import_ray()
     _connect(ray, plan.config.ray.address, plan.config.workers)

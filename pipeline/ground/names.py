@@ -6,6 +6,7 @@ CHECKPOINT_META = "crucible.json"  # a published checkpoint's metadata and file 
 UNIVERSAL = ".universal"  # DeepSpeed universal checkpoints converted from ours, cached per step
 UNIVERSAL_FILES = "universal.json"  # a cached universal checkpoint's file list and hashes, written when built
 PREP_STATS = "stats.json"  # a prep output's counts per stage (published last: prep is done when it exists)
+POST_DATA_STATS = "stats.json"  # a post-training run's data/ counts: records kept, tokens added (training.post)
 METRICS_LOG = "metrics.jsonl"  # a training run's record per logged step
 EVENTS_LOG = "events.jsonl"  # a training run's saves, resumes, rollbacks and signals
 CHECKPOINTS = "checkpoints"  # a training run's checkpoint folders, step-N

@@ -55,7 +55,7 @@ def prep_into(
     started, todo = time.perf_counter(), pending_task_count(config.prep, output, work)
     stats = run_prep(config.prep, output, show_progress, work)
     print_prep_summary(stats)
-    folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * ("tokens" in stats)
+    folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * (stats.tokens is not None)
     folders += ["shards/"] * storage.exists(storage.join(output, "shards", MANIFEST))
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     say(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
