@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from pipeline.ground.contract import read_versioned
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
@@ -158,19 +159,7 @@ class ShardManifest(Record):
 
     @classmethod
     def from_json(cls, text: str, where: Path) -> ShardManifest:
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ShardError(f"{where} is not valid JSON ({exc})") from None
-        version = fields.get("schema_version") if isinstance(fields, dict) else None
-        if version != SCHEMA_VERSION:
-            raise ShardError(f"{where}: schema_version {version} is not {SCHEMA_VERSION}")
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            place = ".".join(str(part) for part in problem["loc"])
-            raise ShardError(f"{where}: {place}: {problem['msg']} (a damaged or hand-edited manifest)") from None
+        return read_versioned(cls, text, where, SCHEMA_VERSION, ShardError, "manifest")
 
     def split(self, name: str) -> SplitIndex:
         return self.splits.get(name) or SplitIndex()

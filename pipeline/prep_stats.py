@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from pipeline.ground.contract import read_versioned
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import PREP_STATS
 
@@ -79,19 +80,7 @@ class PrepStats(Record):
 
     @classmethod
     def from_json(cls, text: str, where: Path) -> PrepStats:
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StatsError(f"{where} is not valid JSON ({exc})") from None
-        version = fields.get("schema_version", SCHEMA_VERSION) if isinstance(fields, dict) else None
-        if version != SCHEMA_VERSION:
-            raise StatsError(f"{where}: schema_version {version} is not {SCHEMA_VERSION}")
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            place = ".".join(str(part) for part in problem["loc"])
-            raise StatsError(f"{where}: {place}: {problem['msg']} (a damaged or hand-edited stats.json)") from None
+        return read_versioned(cls, text, where, SCHEMA_VERSION, StatsError, "stats.json", unversioned=1)
 
 
 def read_prep_stats(folder: Path) -> PrepStats:

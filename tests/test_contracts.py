@@ -44,6 +44,7 @@ OWNERS = {
     "pipeline/ground/names.py",
     "pipeline/prep_stats.py",
     "pipeline/outputs.py",  # writes stats.json, from the step markers that share its counts' names
+    "pipeline/ground/contract.py",  # the versioned reader the owners share
 }
 CONTRACTS: tuple[type[BaseModel], ...] = (
     ShardManifest,

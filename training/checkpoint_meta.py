@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.shards import TokenizerRecord, read_manifest
+from pipeline.ground.contract import first_problem
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import CHECKPOINT_META as META
 
@@ -100,9 +101,7 @@ class CheckpointMeta(BaseModel):
         try:
             return cls.model_validate(fields)
         except ValidationError as exc:
-            problem = exc.errors()[0]
-            place = ".".join(str(part) for part in problem["loc"])
-            raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} is damaged ({place}: {problem['msg']})") from None
+            raise CorruptCheckpoint(f"checkpoint {checkpoint}: {path} is damaged ({first_problem(exc)})") from None
 
 
 def meta_digest(fields: dict[str, Any]) -> str:
