@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
 
-from pipeline.ground.contract import read_versioned
+from pipeline.ground.contract import Record, read_versioned
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
@@ -90,12 +89,6 @@ def write_shard(
         bytes=path.stat().st_size,
         sha256=file_sha256(path),
     )
-
-
-class Record(BaseModel):
-    """A part of the manifest: its fields typed, and fields it does not name (a newer writer's) kept."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 class TokenizerRecord(Record):

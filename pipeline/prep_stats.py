@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 
-from pipeline.ground.contract import read_versioned
+from pipeline.ground.contract import Record, read_versioned
 from pipeline.ground.errors import UserError
 from pipeline.ground.names import PREP_STATS
 
@@ -24,10 +23,6 @@ SCHEMA_VERSION = 1
 
 class StatsError(UserError):
     """A stats.json that is not one: damaged, hand-edited or of a newer version."""
-
-
-class Record(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 class SourceRow(Record):

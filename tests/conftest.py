@@ -22,6 +22,7 @@ from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord
 from launch.torchrun import free_port
 from tests.running_item import RUNNING
 from tests.s3_server import S3Server
+from tests.trainer_harness import leaves_no_trace
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # built by scripts/build_test_data.py; see SOURCES.md there
@@ -139,22 +140,14 @@ def crucible_in_process(*args: object) -> subprocess.CompletedProcess[str]:
     subprocess would give them, without a new interpreter's imports (seconds each). Process groups and
     environment variables that the verb leaves are undone, so the next test starts clean."""
     from pipeline.cli import main
-    from training.parallel import shutdown_distributed
 
     argv = [str(arg) for arg in args]
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    shutdown_distributed()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                status = main(argv)
-            except SystemExit as exit_:  # --help and --version end in argparse's exit
-                status = int(exit_.code or 0)
-    finally:
-        shutdown_distributed()
-        os.environ.clear()
-        os.environ.update(saved)
+    with leaves_no_trace(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # --help and --version end in argparse's exit
+            status = int(exit_.code or 0)
     return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
 
 

@@ -7,7 +7,9 @@ the trainer sets, so the next test in the same process starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +25,26 @@ SMALL = [  # the settings of the training tests: 8 rows a step in micro-batches 
 ]
 
 
-def train_in_process(shards: Path, run: Path, steps: int, *settings: str) -> list[dict[str, Any]]:
-    """Train (or resume) the run folder `run` to step `steps` on one rank; the metric records of this call."""
-    from training.engine import Trainer
+@contextlib.contextmanager
+def leaves_no_trace() -> Iterator[None]:
+    """Run a verb or trainer in this process: the process groups an earlier test left (generate's and eval's
+    single process) are torn down first, and its own and the environment variables it set afterwards."""
     from training.parallel import shutdown_distributed
 
-    config = load_config(None, [*SMALL, f"train.max_steps={steps}", f"train.decay_steps={steps}", *settings])
     saved = dict(os.environ)
-    shutdown_distributed()  # the groups an earlier test of this process left (generate's and eval's single process)
+    shutdown_distributed()
     try:
-        return Trainer(config, shards, run, world_size=1).fit()
+        yield
     finally:
         shutdown_distributed()
         os.environ.clear()
         os.environ.update(saved)
+
+
+def train_in_process(shards: Path, run: Path, steps: int, *settings: str) -> list[dict[str, Any]]:
+    """Train (or resume) the run folder `run` to step `steps` on one rank; the metric records of this call."""
+    from training.engine import Trainer
+
+    config = load_config(None, [*SMALL, f"train.max_steps={steps}", f"train.decay_steps={steps}", *settings])
+    with leaves_no_trace():
+        return Trainer(config, shards, run, world_size=1).fit()

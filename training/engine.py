@@ -59,18 +59,12 @@ from training.shard_cache import ShardCache
 from training.scoring import encode_tasks, score
 from training.tasks import METRIC_LABELS, load_tasks, metrics
 from training.trackers import Trackers, check_installed, prep_stats_of
-from training.metric_names import EVAL_SECONDS, VAL_LOSS, parse_task_score, source_val_loss, task_score
+from training.metric_names import EVAL_SECONDS, VAL_LOSS, source_val_loss, task_score, task_scores
 from pipeline.ground.console import say
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _eval_label(key: str) -> str:
-    """`eval/next_word/perplexity` as the step line shows it: `next_word perplexity per word`."""
-    task, metric = parse_task_score(key) or ("", key)
-    return f"{task} {METRIC_LABELS.get(metric, metric)}"
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -481,7 +475,10 @@ class Trainer:
         if self.layout.rank == 0 and (record["step"] % self.config.train.log_interval == 0 or notable):
             extra = f" | {VAL_LOSS} {record[VAL_LOSS]:.4f}" if VAL_LOSS in record else ""
             extra += f" | anomaly {record['anomaly']}" if "anomaly" in record else ""
-            extra += "".join(f" | {_eval_label(k)} {v:.3f}" for k, v in record.items() if parse_task_score(k))
+            extra += "".join(  # `eval/next_word/perplexity` shows as `next_word perplexity per word`
+                f" | {task} {METRIC_LABELS.get(metric, metric)} {value:.3f}"
+                for (task, metric), value in task_scores(record).items()
+            )
             say(
                 f"step {record['step']:>5}/{self.config.train.max_steps} | loss {record['loss']:.4f}{extra} | "
                 f"lr {record['lr']:.2e} | gnorm {_fmt(record['grad_norm'])} | {record['tokens_per_s']:,.0f} tok/s"

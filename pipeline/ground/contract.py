@@ -10,11 +10,17 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.ground.errors import UserError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class Record(BaseModel):
+    """A part of a contract: its fields typed, and fields it does not name (a newer writer's) kept."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 def first_problem(exc: ValidationError) -> str:
