@@ -41,7 +41,7 @@ from data_prep.shards import read_manifest
 from launch.torchrun import free_port
 from pipeline.config import CrucibleConfig, load_config
 from pipeline.ground.atomic import write_json
-from pipeline.ground.names import METRICS_LOG
+from pipeline.ground.layout import TrainFolder
 from pipeline.ground.quiet import quiet_third_party
 from training.data import PackedDataset, make_batch
 from training.metrics import measure_peak_flops
@@ -102,7 +102,7 @@ def trainer_run(config_path: Path, shards: Path, run_dir: Path, overrides: list[
         raise KeyboardInterrupt
     if status != 0:
         raise RuntimeError(f"crucible train exited with status {status}")
-    with open(run_dir / METRICS_LOG) as handle:
+    with open(TrainFolder(run_dir).metrics) as handle:
         return [json.loads(line) for line in handle]
 
 

@@ -29,7 +29,7 @@ import yaml
 from common import base_parser, corpus_file, data_dir, read_jsonl
 
 from data_prep.minhash.config import MinHashConfig
-from pipeline.ground.names import PREP_STATS
+from pipeline.ground.layout import PrepFolder
 from pipeline.prep_stats import read_prep_stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
     if not args.split_bands:  # dedupe's bands alone: split groups tie only duplicates
         prep["minhash_dedup"]["split_group_threshold"] = MinHashConfig().threshold
     config, output, wall, plan, driver_rss = run_prep(folder, n, prep)
-    work, rows, previous_end = output / "work", [], None
+    work, rows, previous_end = PrepFolder(output).work, [], None
     for step in plan.steps:
         markers = [json.loads((work / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)]
         ends = [(work / step.name / f"done-{t:05d}.json").stat().st_mtime for t in range(step.n_tasks)]
@@ -169,7 +169,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
     stats = read_prep_stats(output)
     removed = {row.name: sum(row.dropped.values()) for row in stats.stages}
     # publishing (tasks without markers, then the manifest and stats.json): from the last step's end to stats.json
-    publish_s = (output / PREP_STATS).stat().st_mtime - previous_end
+    publish_s = PrepFolder(output).local_stats.stat().st_mtime - previous_end
     return {
         "n": n,
         "wall_s": round(wall, 1),

@@ -23,7 +23,8 @@ import numpy as np
 from common import base_parser, data_dir
 from scale_bench import fit, peak_rss_mb, run_arguments, run_prep, sentence_pool
 
-from pipeline.ground.names import PREP_STATS
+from data_prep.books import marker_file
+from pipeline.ground.layout import PrepFolder
 
 STAGES = ["normalize", "url_dedup", "boilerplate"]
 SIZES = (25_000, 100_000, 400_000)
@@ -73,10 +74,10 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
     rows = []
     for step in plan.steps:
         markers = [
-            json.loads((output / "work" / step.name / f"done-{t:05d}.json").read_text()) for t in range(step.n_tasks)
+            json.loads(marker_file(PrepFolder(output).work, step.name, t).read_text()) for t in range(step.n_tasks)
         ]
         seconds, cpu = sum(m["seconds"] for m in markers), sum(m["cpu_seconds"] for m in markers)
-        (output / "work" / step.name / "done-00000.json").unlink()
+        marker_file(PrepFolder(output).work, step.name, 0).unlink()
         rss = peak_rss_mb(
             ["prep-task", "--config", str(config), "--output", str(output), "--step", step.name, "--task", "0"]
         )
@@ -90,7 +91,7 @@ def run_size(folder: Path, n: int, pool: list[str], args: Any) -> dict[str, Any]
                 "peak_rss_mb": round(rss, 1),
             }
         )
-    stats = json.loads((output / PREP_STATS).read_text())
+    stats = json.loads(PrepFolder(output).local_stats.read_text())
     stages = {row["name"]: row for row in stats["stages"]}
     return {
         "n": n,

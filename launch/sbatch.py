@@ -16,6 +16,7 @@ from pathlib import Path
 
 from launch.config import LaunchConfig, SlurmConfig
 from pipeline.ground.errors import UserError
+from pipeline.ground.layout import PrepFolder, RunFolder, TrainFolder
 from training.config import STOPPED_FILE
 
 
@@ -92,24 +93,33 @@ class RunPaths:
     python: str
 
     @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run)
+
+    @property
     def slurm(self) -> Path:
-        return self.run / "slurm"
+        return self.folder.slurm
 
     @property
     def config(self) -> Path:
         return self.slurm / "config.yaml"
 
     @property
+    def jobs(self) -> Path:
+        """The record of the submitted jobs, which `crucible status` asks Slurm about."""
+        return self.slurm / "jobs.json"
+
+    @property
     def logs(self) -> Path:
         return self.slurm / "logs"
 
     @property
-    def data(self) -> Path:
-        return self.run / "data"
+    def data(self) -> PrepFolder:
+        return self.folder.data
 
     @property
-    def train(self) -> Path:
-        return self.run / "train"
+    def train(self) -> TrainFolder:
+        return self.folder.train
 
 
 def prep_task_script(
@@ -133,7 +143,7 @@ def prep_task_script(
     )
     lines += [
         f"cd {shlex.quote(str(paths.workdir))}",
-        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, "--step", step)
+        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data.root, "--step", step)
         + f' --task "{task}"',
     ]
     return Script(name, paths.slurm / f"prep-{part}.sbatch", "\n".join(lines) + "\n")
@@ -153,7 +163,7 @@ def prep_single_script(paths: RunPaths, run_name: str, slurm: SlurmConfig, actio
     )
     lines += [
         f"cd {shlex.quote(str(paths.workdir))}",
-        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data, f"--{action}"),
+        _crucible(paths.python, "prep-task", "--config", paths.config, "--output", paths.data.root, f"--{action}"),
     ]
     return Script(name, paths.slurm / f"prep-{action}.sbatch", "\n".join(lines) + "\n")
 
@@ -182,7 +192,7 @@ def train_script(paths: RunPaths, run_name: str, launch: LaunchConfig) -> Script
         "ranks checkpoint and stop, then this job requeues itself and resumes.",
     )
     lines.insert(lines.index("set -euo pipefail"), "#SBATCH --requeue")
-    stopped = shlex.quote(str(paths.train / STOPPED_FILE))
+    stopped = shlex.quote(str(paths.train.root / STOPPED_FILE))
     agent = shlex.join(
         [
             paths.python,
@@ -198,9 +208,9 @@ def train_script(paths: RunPaths, run_name: str, launch: LaunchConfig) -> Script
             "--config",
             str(paths.config),
             "--data",
-            str(paths.data / "shards"),
+            str(paths.data.local_shards),
             "--output",
-            str(paths.train),
+            str(paths.train.root),
         ]
     )
     lines += [

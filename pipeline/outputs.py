@@ -37,7 +37,8 @@ from pipeline.ground import storage
 from pipeline.ground.atomic import atomic_path, write_parquet, write_text
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_marker
-from pipeline.ground.names import MANIFEST, PREP_STATS, TOKENIZER_FILE
+from pipeline.ground.layout import PrepFolder
+from pipeline.ground.names import TOKENIZER_FILE
 from pipeline.ground.storage import Location
 from pipeline.prep_stats import PrepStats
 from pipeline.prep_graph import PrepGraph
@@ -261,7 +262,7 @@ def publish_manifest(
     _publish_copy(tokenizer_path, output, f"tokenizer/{TOKENIZER_FILE}")
     if PACK not in plan.config.stages:
         return
-    _publish_copy(tokenizer_path, output, f"shards/{TOKENIZER_FILE}")
+    _publish_copy(tokenizer_path, output, PrepFolder.in_shards(TOKENIZER_FILE))
     splits: dict[str, SplitIndex] = {}
     for split in ("train", "val"):
         entries = sorted((f for f in files if f["split"] == split), key=lambda f: f["file"])
@@ -281,7 +282,7 @@ def publish_manifest(
             | {"shards": [{k: v for k, v in f.items() if k != "split"} for f in entries]}
             | tagged
         )
-    with _made(output, work, f"shards/{MANIFEST}") as target:
+    with _made(output, work, PrepFolder.MANIFEST_FILE) as target:
         _write_manifest(plan, tokenizer_path, splits, target.parent)
 
 
@@ -334,7 +335,7 @@ def begin_publish(plan: PrepGraph, work: Path, output: Location) -> dict[str, An
     """Check the books, then take stats.json and the shard manifest away until `finish_publish` writes them
     again: a reader sees a prep as published only when every file of it is in place."""
     stats: dict[str, Any] = {"stages": stage_stats(plan, work), "shards": len(plan.shards)}
-    for last_written in (PREP_STATS, f"shards/{MANIFEST}"):
+    for last_written in (PrepFolder.STATS_FILE, PrepFolder.MANIFEST_FILE):
         _remove(output, last_written)
     return stats
 
@@ -345,20 +346,20 @@ def publish_task(plan: PrepGraph, work: Path, output: Location, task: int) -> li
     written: list[str] = []
     last = plan.last_docs_step
     if task < last.n_tasks:
-        written.append(f"clean/part-{task:05d}.parquet")
+        written.append(PrepFolder.clean_file(task))
         _publish_clean(data_file(work, last.name, task), output, work, written[-1])
     for step in plan.steps:
         if step.makes_docs and task < step.n_tasks:
             for kind, path in (
-                ("dropped", dropped_file(work, step.name, task)),
-                ("quarantine", quarantine_file(work, step.name, task)),
+                (PrepFolder.DROPPED, dropped_file(work, step.name, task)),
+                (PrepFolder.QUARANTINE, quarantine_file(work, step.name, task)),
             ):
                 if pq.ParquetFile(path).metadata.num_rows:
-                    written.append(f"{kind}/{step.stage}-{task:05d}.parquet")
+                    written.append(PrepFolder.kept_apart_file(kind, step.stage, task))
                     _copy(path, output, written[-1])
         elif step.stage == PACK and task < step.n_tasks:
             for entry in (read_marker(marker_file(work, step.name, task)) or {}).get("files", []):
-                written.append(f"shards/{entry['split']}/{entry['file']}")
+                written.append(PrepFolder.in_shards(entry["split"], entry["file"]))
                 _publish_copy(shard_file(work, entry["split"], entry["file"]), output, written[-1])
     return written
 
@@ -370,13 +371,13 @@ def finish_publish(
     shard manifest and, last, stats.json."""
     wanted = {name for names in written for name in names}
     for folder, suffix in (
-        ("clean", ".parquet"),
-        ("dropped", ".parquet"),
-        ("quarantine", ".parquet"),
-        ("shards/train", ".arrow"),
-        ("shards/val", ".arrow"),
+        (PrepFolder.CLEAN, ".parquet"),
+        (PrepFolder.DROPPED, ".parquet"),
+        (PrepFolder.QUARANTINE, ".parquet"),
+        (PrepFolder.in_shards("train"), ".arrow"),
+        (PrepFolder.in_shards("val"), ".arrow"),
     ):
-        if not folder.startswith("shards") and not storage.is_remote(output):
+        if not folder.startswith(PrepFolder.SHARDS) and not storage.is_remote(output):
             (Path(output) / folder).mkdir(parents=True, exist_ok=True)
         for name in storage.listing(storage.join(output, folder)):
             if name.endswith(suffix) and f"{folder}/{name}" not in wanted:
@@ -394,7 +395,7 @@ def finish_publish(
     if OVERLAP in plan.config.stages:
         stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
     prep_stats = PrepStats.model_validate(stats)
-    with _made(output, work, PREP_STATS) as target:
+    with _made(output, work, PrepFolder.STATS_FILE) as target:
         write_text(target, prep_stats.to_json())
     return prep_stats
 

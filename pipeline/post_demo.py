@@ -24,7 +24,8 @@ from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.child_run import run_crucible
 from pipeline.ground.markers import read_jsonl, read_marker
-from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, METRICS_LOG, TOKENIZER_FILE
+from pipeline.ground.layout import TrainFolder
+from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
 
 OBJECTS = [
     "lamp",
@@ -186,7 +187,7 @@ def _post_train(verb: str, start: Path, data: Path, run: Path, settings: list[st
     """Run `crucible VERB` in one process (once: a rerun finds its final checkpoint); its final checkpoint."""
     from training.checkpoint import tag_for
 
-    final = run / CHECKPOINTS / tag_for(steps)
+    final = TrainFolder(run).checkpoint(tag_for(steps))
     if not (final / CHECKPOINT_META).exists():
         run_crucible(
             [verb, "--checkpoint", str(start), "--data", str(data), "--output", str(run)],
@@ -213,7 +214,7 @@ def run_post_demo(folder: Path, base: Path, base_tokenizer: Path) -> dict[str, A
         "sft": (sft, folder / "sft" / DATA / SHARDS / TOKENIZER_FILE),
         "dpo": (dpo, folder / "dpo" / DATA / SHARDS / TOKENIZER_FILE),
     }
-    evals = [r for r in read_jsonl(folder / "dpo" / METRICS_LOG) if "val_rewards/accuracy" in r]
+    evals = [r for r in read_jsonl(TrainFolder(folder / "dpo").metrics) if "val_rewards/accuracy" in r]
     results = {
         "objects": len(OBJECTS),
         "heldout_questions": len(questions(COLOUR_WORDINGS)[1]),

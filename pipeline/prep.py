@@ -20,6 +20,7 @@ from pipeline.ground import storage
 from pipeline.executors.local import publish_local, run_local
 from pipeline.executors.steps import execute_task, pending_tasks, prepare_step_dir, seal_step, step_is_current
 from pipeline.ground.errors import UserError
+from pipeline.ground.layout import PrepFolder
 from pipeline.ground.lock import folder_lock
 from pipeline.ground.storage import Location
 from pipeline.prep_graph import build_prep_graph
@@ -36,7 +37,7 @@ def work_folder(output: Location, work: Path | None) -> Path:
             f"--output {output} is in object storage: give --work DIR, a local or shared folder for "
             f"prep's step files, markers and lock (a rerun with the same --work resumes)"
         )
-    return Path(output) / "work"
+    return PrepFolder(output).work
 
 
 def _lock_folder(output: Location, work: Path) -> Path:
@@ -116,7 +117,7 @@ def pending_task_count(config: PrepConfig, output: Location, work: Path | None =
 def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
     """Make every step folder current for this config; the tasks each step still has to run."""
     plan = build_prep_graph(config)
-    work = output / "work"
+    work = PrepFolder(output).work
     with folder_lock(output, "crucible prep-task --prepare"):
         work.mkdir(parents=True, exist_ok=True)
         return {step.name: prepare_step_dir(work, step) for step in plan.steps}
@@ -125,7 +126,7 @@ def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
 def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -> str:
     """Run task `task` of step `step_name` unless its completion marker says it is done."""
     plan = build_prep_graph(config)
-    work = output / "work"
+    work = PrepFolder(output).work
     try:
         step = plan.step(step_name)
     except KeyError as exc:
@@ -146,7 +147,8 @@ def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -
 
 def publish_prep(config: PrepConfig, output: Path) -> PrepStats:
     plan = build_prep_graph(config)
+    work = PrepFolder(output).work
     with folder_lock(output, "crucible prep-task --publish"):
         for step in plan.steps:
-            seal_step(output / "work", step)
-        return publish_local(plan, output / "work", output, config.workers)
+            seal_step(work, step)
+        return publish_local(plan, work, output, config.workers)

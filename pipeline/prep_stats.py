@@ -16,7 +16,8 @@ from typing import Any
 
 from pipeline.ground.contract import Record, read_versioned
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import PREP_STATS
+from pipeline.ground.layout import PrepFolder
+from pipeline.ground.storage import Location
 
 SCHEMA_VERSION = 1
 
@@ -78,9 +79,9 @@ class PrepStats(Record):
         return read_versioned(cls, text, where, SCHEMA_VERSION, StatsError, "stats.json", unversioned=1)
 
 
-def read_prep_stats(folder: Path) -> PrepStats:
+def read_prep_stats(folder: Location) -> PrepStats:
     """The stats.json of the prep published into `folder`."""
-    path = Path(folder) / PREP_STATS
+    path = PrepFolder(folder).local_stats
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from data_prep.config import PrepSettings
 from pipeline.ground import storage
 from pipeline.ground.errors import UserError
+from pipeline.ground.layout import PrepFolder
 from pipeline.ground.storage import Location
 from pipeline.prep_stats import PrepStats
 
@@ -56,7 +57,7 @@ def check_yield(config: PrepSettings, output: Location, stats: PrepStats) -> Non
 
 def _field_hint(config: PrepSettings, output: Path) -> str:
     """`: the records have fields a, b, c but no 'text': set prep.read.text_field (e.g. ...=content)`."""
-    fields, lengths = _fields_seen(output / "quarantine")
+    fields, lengths = _fields_seen(PrepFolder(output).quarantine)
     text_field = config.read.text_field
     if not fields:
         return f": the records have no field {text_field!r}; set prep.read.text_field to the field with the text"

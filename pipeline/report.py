@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.ground.atomic import write_text
 from pipeline.ground.markers import read_jsonl  # noqa: E402
-from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, METRICS_LOG
+from pipeline.ground.layout import RunFolder, TrainFolder
 from pipeline.prep_stats import PrepStats, read_prep_stats
 from pipeline.summary import changed, overlap_line
 from training.metric_names import (
@@ -514,9 +514,9 @@ def _mixture(page: Page, metrics: list[dict[str, Any]]) -> None:
     )
 
 
-def _events(page: Page, train_dir: Path, events: list[dict[str, Any]]) -> None:
+def _events(page: Page, train: TrainFolder, events: list[dict[str, Any]]) -> None:
     page.heading("Checkpoints and events")
-    checkpoints = sorted(p.name for p in (train_dir / CHECKPOINTS).glob("step-*")) if train_dir.exists() else []
+    checkpoints = train.checkpoint_tags()
     page.paragraph("Checkpoints kept: " + (", ".join(checkpoints) or "none"))
     if events:
         page.table(
@@ -576,19 +576,19 @@ def build_report(
 ) -> Path:
     """Write report.html (self-contained) and report.md (with its plots as PNG files) into `run_dir`;
     `entropy` (the unigram baseline) is computed from the shards unless the caller has it."""
-    stats = read_prep_stats(run_dir / "data")
-    train_dir = run_dir / "train"
-    metrics, events = read_jsonl(train_dir / METRICS_LOG), read_jsonl(train_dir / EVENTS_LOG)
+    folder = RunFolder(run_dir)
+    stats = read_prep_stats(folder.data.root)
+    metrics, events = read_jsonl(folder.train.metrics), read_jsonl(folder.train.events)
     page = Page(f"Run report: {run_dir.resolve().name}")
     _context(page, run_dir, config, stats, metrics, timings or {})
     _data(page, stats)
-    shards = run_dir / "data" / "shards"
+    shards = folder.data.local_shards
     if entropy is None and metrics and shards.exists():
         entropy = unigram_entropy(shards)
     _training(page, metrics, events, entropy)
     _mixture(page, metrics)
     _evals(page, metrics)
-    _events(page, train_dir, events)
+    _events(page, folder.train, events)
     if samples:
         page.heading("Samples")
         page.paragraph(f"From the final checkpoint: {learning_line(metrics, entropy) or 'no validation loss'}.")
@@ -599,6 +599,6 @@ def build_report(
         _post_demo(page, post)
     for figure in page.figures:
         (run_dir / figure.name).write_bytes(figure.png)
-    write_text(run_dir / "report.md", page.markdown())
-    write_text(run_dir / "report.html", page.html())
-    return run_dir / "report.html"
+    write_text(folder.report_md, page.markdown())
+    write_text(folder.report_html, page.html())
+    return folder.report_html

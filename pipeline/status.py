@@ -15,8 +15,8 @@ from typing import Any
 from data_prep import registry
 from data_prep.books import marker_file
 from pipeline.ground.errors import UserError
+from pipeline.ground.layout import PrepFolder, RunFolder, TrainFolder
 from pipeline.ground.markers import read_jsonl, read_marker, read_pointer
-from pipeline.ground.names import CHECKPOINTS, EVENTS_LOG, LATEST, METRICS_LOG, PREP_STATS
 
 
 @dataclass
@@ -70,23 +70,22 @@ def local_status(folder: Path) -> LocalStatus:
     """The state of a `run`, `prep` or `train` output folder."""
     if not folder.exists():
         raise UserError(f"no such folder: {folder}")
-    prep = next((p for p in (folder / "data", folder) if (p / "work").is_dir()), None)
-    train = next(
-        (p for p in (folder / "train", folder) if (p / METRICS_LOG).exists() or (p / CHECKPOINTS).is_dir()), None
-    )
+    run = RunFolder(folder)
+    prep = next((p for p in (run.data, PrepFolder(folder)) if p.holds_a_prep()), None)
+    train = next((t for t in (run.train, TrainFolder(folder)) if t.holds_a_run()), None)
     if prep is None and train is None:
         raise UserError(
             f"{folder} holds no Crucible run: expected work/ (from prep), metrics.jsonl or "
             f"checkpoints/ (from train), or data/ and train/ (from run)"
         )
-    metrics = [m for m in read_jsonl(train / METRICS_LOG) if "loss" in m] if train else []
+    metrics = [m for m in read_jsonl(train.metrics) if "loss" in m] if train else []
     return LocalStatus(
         folder=folder,
-        prep=prep,
-        steps=prep_steps(prep / "work") if prep else [],
-        published=bool(prep and (prep / PREP_STATS).exists()),
-        train=train,
+        prep=Path(prep.root) if prep else None,
+        steps=prep_steps(prep.work) if prep else [],
+        published=bool(prep and prep.local_stats.exists()),
+        train=train.root if train else None,
         last_metrics=metrics[-1] if metrics else None,
-        latest_checkpoint=read_pointer(train / CHECKPOINTS / LATEST) if train else None,
-        events=read_jsonl(train / EVENTS_LOG) if train else [],
+        latest_checkpoint=read_pointer(train.latest) if train else None,
+        events=read_jsonl(train.events) if train else [],
     )

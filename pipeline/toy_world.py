@@ -16,7 +16,8 @@ import numpy as np
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, write_manifest, write_shard
 from pipeline.child_run import run_crucible
 from pipeline.ground.hashing import file_sha256
-from pipeline.ground.names import CHECKPOINT_META, CHECKPOINTS, TOKENIZER_FILE
+from pipeline.ground.layout import TrainFolder
+from pipeline.ground.names import CHECKPOINT_META, TOKENIZER_FILE
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "is", "happy", "sad", "END"]
 SENTENCES = ["cat sat on the mat END", "dog is happy END", "cat is sad END"]
@@ -89,7 +90,7 @@ def toy_shards(folder: Path) -> Path:
 def final_checkpoint(folder: Path) -> Path:
     from training.checkpoint import tag_for
 
-    return folder / "run" / CHECKPOINTS / tag_for(STEPS)
+    return TrainFolder(folder / "run").checkpoint(tag_for(STEPS))
 
 
 def train_toy_world(folder: Path) -> Path:

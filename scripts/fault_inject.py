@@ -31,6 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.ground.layout import PrepFolder  # noqa: E402
+
 PUBLISHED = ("clean", "dropped", "quarantine", "tokenizer", "shards")
 SETTINGS = ["prep.tokenizer.vocab_size=1024", "prep.pack.seq_len=128", "prep.workers=2"]
 
@@ -85,7 +89,7 @@ def scribble(path: Path, rng: random.Random) -> None:
 
 
 def kill_mid_run(output: Path, inputs: list[Path], rng: random.Random, seconds: float) -> str:
-    shutil.rmtree(output / "work", ignore_errors=True)
+    shutil.rmtree(PrepFolder(output).work, ignore_errors=True)
     delay = rng.uniform(0.2, seconds)
     process = subprocess.Popen(
         prep_command(inputs, output),
@@ -102,14 +106,16 @@ def kill_mid_run(output: Path, inputs: list[Path], rng: random.Random, seconds: 
 
 
 def edit_published_shard(output: Path, inputs: list[Path], rng: random.Random, seconds: float) -> str:
-    shard = rng.choice(sorted((output / "shards").rglob("*.arrow")))
+    shard = rng.choice(sorted(PrepFolder(output).local_shards.rglob("*.arrow")))
     scribble(shard, rng)
     return f"edited published {shard.relative_to(output)}"
 
 
 def _cached_file(output: Path, rng: random.Random) -> Path:
     files = [
-        p for p in (output / "work").rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".bin")
+        p
+        for p in PrepFolder(output).work.rglob("*")
+        if p.is_file() and p.suffix in (".parquet", ".arrow", ".npy", ".bin")
     ]
     return rng.choice(sorted(files))
 
@@ -127,7 +133,7 @@ def delete_cached(output: Path, inputs: list[Path], rng: random.Random, seconds:
 
 
 def torn_marker(output: Path, inputs: list[Path], rng: random.Random, seconds: float) -> str:
-    marker = rng.choice(sorted((output / "work").rglob("done-*.json")))
+    marker = rng.choice(sorted(PrepFolder(output).work.rglob("done-*.json")))
     marker.write_bytes(marker.read_bytes()[: rng.randrange(1, 20)])
     return f"tore {marker.relative_to(output)}"
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from launch.torchrun import free_port  # noqa: E402
 from pipeline.ground.hashing import file_sha256  # noqa: E402
+from pipeline.ground.layout import TrainFolder  # noqa: E402
 from training.checkpoint import info_of  # noqa: E402
 from training.checkpoint_meta import META_DIGEST, CorruptCheckpoint, meta_digest  # noqa: E402
 
@@ -106,13 +107,13 @@ def train(shards: Path, run: Path, steps: int = STEPS) -> subprocess.CompletedPr
 
 def losses(run: Path) -> dict[int, float]:
     """The last loss logged for each step (a step redone after a fault is logged again)."""
-    path = run / "metrics.jsonl"
+    path = TrainFolder(run).metrics
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return {r["step"]: r["loss"] for r in records if "anomaly" not in r}
 
 
 def resumed_from(run: Path) -> list[int]:
-    path = run / "events.jsonl"
+    path = TrainFolder(run).events
     events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return [e["step"] for e in events if e["event"] == "resume"]
 
@@ -121,7 +122,7 @@ def damaged_bytes(run: Path) -> int:
     """Bytes of published checkpoints that are damaged: a torn or missing crucible.json (the whole
     folder), or files missing or not matching their recorded hashes."""
     lost = 0
-    for folder in sorted((run / "checkpoints").glob("step-*")):
+    for folder in sorted(TrainFolder(run).checkpoints.glob("step-*")):
         try:
             files = info_of(folder).meta.files
         except CorruptCheckpoint:
@@ -150,7 +151,7 @@ def finish_and_check(shards: Path, run: Path, reference: dict[int, float], kind:
 
 
 def newest(run: Path) -> Path:
-    return sorted((run / "checkpoints").glob("step-*"))[-1]
+    return sorted(TrainFolder(run).checkpoints.glob("step-*"))[-1]
 
 
 # -- the faults ------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256
 from pipeline.ground.markers import read_pointer
 from pipeline.ground.names import CHECKPOINT_META as META
-from pipeline.ground.names import CHECKPOINTS, LATEST, UNIVERSAL
+from pipeline.ground.layout import TrainFolder
+from pipeline.ground.names import UNIVERSAL
 from training.config import CheckpointConfig
 from training.export import build_universal, cached_universal, universal_cache
 from training.model import EMBED_WEIGHT, NORM_WEIGHT, ROW_PARALLEL
@@ -126,7 +127,8 @@ def _save_failed(folder: Path, exc: BaseException) -> UserError:
 class Checkpointer:
     def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int, events: Any = None) -> None:
         """`events`: the run's log, for the remote copies' uploads (rank 0 makes them)."""
-        self.root = Path(run_dir) / CHECKPOINTS
+        self.folder = TrainFolder(Path(run_dir))
+        self.root = self.folder.checkpoints
         self.config, self.rank = config, rank
         self.remote = RemoteCheckpoints(config.remote, config, events) if config.remote and rank == 0 else None
 
@@ -150,7 +152,7 @@ class Checkpointer:
         """The checkpoint `latest` points at; None when there is no pointer, or a bad one (said once, and
         the caller then looks at every published checkpoint)."""
         try:
-            tag = read_pointer(self.root / LATEST)
+            tag = read_pointer(self.folder.latest)
         except UserError as exc:
             if self.rank == 0:
                 warn(f"{exc}; using the newest checkpoint that loads instead")
@@ -204,7 +206,7 @@ class Checkpointer:
             newest = max((c.step for c in self.published()), default=-1)
             fetched = self.remote.fetch_newest(self.root, newest)
             if fetched is not None:
-                with atomic_path(self.root / LATEST) as tmp:
+                with atomic_path(self.folder.latest) as tmp:
                     tmp.write_text(fetched.name + "\n")
                 if events is not None:
                     events.log({"event": "download", "step": info_of(fetched).step, "remote": self.config.remote})
@@ -290,7 +292,7 @@ class Checkpointer:
             # What is left there is of no use: DeepSpeed's recovery scripts (zero_to_fp32.py, written
             # beside the tag folder at every save) and the debris of an interrupted save.
             shutil.rmtree(staging, ignore_errors=True)
-            with atomic_path(self.root / LATEST) as tmp:
+            with atomic_path(self.folder.latest) as tmp:
                 tmp.write_text(tag + "\n")
             if self.remote is not None:
                 self.remote.upload(final)

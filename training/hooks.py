@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import append_jsonl
-from pipeline.ground.names import EVENTS_LOG
+from pipeline.ground.layout import TrainFolder
 from training.config import HookSpec, RollbackConfig, TrainingConfig
 from pipeline.ground.console import say
 
@@ -107,7 +107,7 @@ class EventLog:
     `also` (the experiment trackers)."""
 
     def __init__(self, run_dir: Path, enabled: bool, also: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.path, self.enabled, self.also = Path(run_dir) / EVENTS_LOG, enabled, also
+        self.path, self.enabled, self.also = TrainFolder(Path(run_dir)).events, enabled, also
 
     def log(self, event: dict[str, Any]) -> None:
         """Append `event` with its time, and say it on the console: saves, resumes, rollbacks, stops."""

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.ground.markers import append_jsonl
-from pipeline.ground.names import METRICS_LOG
+from pipeline.ground.layout import TrainFolder
 from training.trackers import Trackers
 
 
@@ -81,7 +81,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool, trackers: Trackers) -> None:
         self.enabled, self.trackers = enabled, trackers
-        self.path = run_dir / METRICS_LOG
+        self.path = TrainFolder(run_dir).metrics
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
 

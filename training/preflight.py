@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_pointer
-from pipeline.ground.names import CHECKPOINTS, LATEST
+from pipeline.ground.layout import TrainFolder
 from training.checkpoint_meta import CheckpointMeta, CorruptCheckpoint, read_meta
 
 if TYPE_CHECKING:
@@ -35,13 +35,13 @@ def latest_checkpoint_meta(run_dir: Path) -> CheckpointMeta | None:
     """The metadata of the run folder's latest checkpoint, or None where there is none (or it or the pointer is
     torn: the trainer then says so and resumes from the newest checkpoint that loads)."""
     try:
-        tag = read_pointer(Path(run_dir) / CHECKPOINTS / LATEST)
+        tag = read_pointer(TrainFolder(Path(run_dir)).latest)
     except UserError:
         return None
     if not tag:
         return None
     try:
-        return read_meta(Path(run_dir) / CHECKPOINTS / tag)
+        return read_meta(TrainFolder(Path(run_dir)).checkpoint(tag))
     except CorruptCheckpoint:
         return None
 

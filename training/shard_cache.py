@@ -22,7 +22,8 @@ from typing import cast
 from data_prep.shards import ShardEntry, ShardError, read_manifest
 from pipeline.ground import storage
 from pipeline.ground.hashing import file_sha256, short_digest
-from pipeline.ground.names import MANIFEST, PREP_STATS
+from pipeline.ground.layout import PrepFolder
+from pipeline.ground.names import MANIFEST
 from training.config import ShardCacheConfig
 
 SHARDS = "objects"  # the cache's content-addressed shard files: <sha256>.arrow
@@ -61,9 +62,9 @@ class ShardCache:
             ) from None
         tokenizer = read_manifest(local).tokenizer.file
         storage.download(cast(str, storage.join(location, tokenizer)), local / tokenizer)
-        stats = cast(str, storage.join(location.rstrip("/").rsplit("/", 1)[0], PREP_STATS))  # a URL joined is a URL
+        stats = cast(str, PrepFolder.holding(location).stats)  # a URL joined is a URL
         if storage.exists(stats):
-            storage.download(stats, local.parent / PREP_STATS)
+            storage.download(stats, PrepFolder.holding(local).local_stats)
         return local
 
     def path(self, sha256: str) -> Path:

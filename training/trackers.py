@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import PREP_STATS
+from pipeline.ground.layout import PrepFolder, TrainFolder
 from training.config import TrackingConfig
 
 IDS_FILE = "trackers.json"  # in the run folder: the W&B and MLflow run ids a resume continues
@@ -74,7 +74,7 @@ class TensorBoard:
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(TrainFolder(run_dir).tensorboard))
         self.writer.add_text("config", f"```\n{json.dumps(config, indent=2, sort_keys=True)}\n```")
         if prep_stats is not None:
             self.writer.add_text("prep_stats", f"```\n{json.dumps(prep_stats, indent=2, sort_keys=True)}\n```")
@@ -144,7 +144,7 @@ class WandB:
 
 def mlflow_uri(run_dir: Path, settings: TrackingConfig) -> str:
     """Where MLflow records this run: `train.tracking.mlflow_uri`, else the folder RUN/mlruns."""
-    return settings.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+    return settings.mlflow_uri or TrainFolder(run_dir).mlruns.resolve().as_uri()
 
 
 def is_folder_store(uri: str) -> bool:
@@ -282,5 +282,5 @@ class Trackers:
 
 def prep_stats_of(data_dir: Path) -> dict[str, Any] | None:
     """The stats.json of the prep that wrote these shards (it sits beside `shards/`), if any."""
-    path = Path(data_dir).parent / PREP_STATS
+    path = PrepFolder.holding(Path(data_dir)).local_stats
     return json.loads(path.read_text()) if path.is_file() else None

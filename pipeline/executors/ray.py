@@ -29,7 +29,7 @@ from pipeline.ground import storage
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_marker
-from pipeline.ground.names import PREP_STATS
+from pipeline.ground.layout import PrepFolder
 from pipeline.outputs import publish, publish_task
 from pipeline.prep_graph import PrepGraph, build_prep_graph
 from pipeline.prep_stats import PrepStats
@@ -100,7 +100,7 @@ class RayRun:
         } | ({"memory": memory} if memory else {})
         self.plan_ref = ray.put(plan)
         self.progress = ray.remote(num_cpus=0)(_Progress).remote()
-        self.folder = output / "ray"
+        self.folder = PrepFolder(output).ray
         self.state: dict[str, Any] = {
             "driver": {"host": socket.gethostname(), "pid": os.getpid()},
             "address": ray.get_runtime_context().gcs_address,
@@ -221,17 +221,18 @@ def run_ray(plan: PrepGraph, work: Path, output: Path, show_progress: bool = Tru
 def ray_status(prep: Path) -> tuple[list[StepStatus], str] | None:
     """Per step of a Ray-run prep in `prep`: tasks done (markers) and running, pending or failed (the driver's
     state file), as `crucible status` shows a Slurm run; and a line on the driver. None: not run on Ray."""
-    state = read_marker(prep / "ray" / STATE_FILE)
+    folder = PrepFolder(prep)
+    state = read_marker(folder.ray / STATE_FILE)
     if state is None:
         return None
-    plan = build_prep_graph(load_config(prep / "ray" / CONFIG_FILE).prep)
+    plan = build_prep_graph(load_config(folder.ray / CONFIG_FILE).prep)
     driver = state["driver"]
     live = state["state"] == "running" and _alive(driver)
     failed = state.get("failed", {})
     rows = []
     for name, total, pending in [
-        *((s.name, s.n_tasks, pending_tasks(prep / "work", s)) for s in plan.steps),
-        (PUBLISH, 1, [] if (prep / PREP_STATS).exists() else [0]),
+        *((s.name, s.n_tasks, pending_tasks(folder.work, s)) for s in plan.steps),
+        (PUBLISH, 1, [] if folder.local_stats.exists() else [0]),
     ]:
         states = {"FAILED": [failed["task"]]} if failed.get("step") == name else {}
         if live:

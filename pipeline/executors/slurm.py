@@ -35,7 +35,7 @@ from pipeline.executors.steps import pending_tasks
 from pipeline.ground.atomic import write_json, write_text
 from pipeline.ground.errors import UserError
 from pipeline.ground.markers import read_jsonl
-from pipeline.ground.names import METRICS_LOG, PREP_STATS
+from pipeline.ground.layout import TrainFolder
 from pipeline.prep_graph import PrepGraph, build_prep_graph
 from pipeline.prep import prepare_steps
 from pipeline.status import StepStatus
@@ -75,7 +75,7 @@ def step_jobs(
 
 def last_submission(paths: RunPaths) -> list[dict[str, Any]]:
     """The jobs of the latest submission, as recorded in jobs.json (none before the first)."""
-    record = paths.slurm / "jobs.json"
+    record = paths.jobs
     return json.loads(record.read_text())["submissions"][-1]["jobs"] if record.exists() else []
 
 
@@ -95,11 +95,11 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
     paths.logs.mkdir(parents=True, exist_ok=True)
     write_text(paths.config, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     plan = build_prep_graph(config.prep)
-    work = paths.data / "work"
+    work = paths.data.work
     pending = (
         {step.name: pending_tasks(work, step) for step in plan.steps}
         if dry_run
-        else prepare_steps(config.prep, paths.data)
+        else prepare_steps(config.prep, Path(paths.data.root))
     )
     max_size = config.launch.slurm.max_array_size or slurm.max_array_size()
     steps = step_jobs(plan, paths, config, pending, max_size)
@@ -115,7 +115,7 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
         os.chmod(script.file, 0o755)
 
     todo = [[job for job in group if job.array] for group in steps]
-    prep_needed = any(todo) or not (paths.data / PREP_STATS).exists()
+    prep_needed = any(todo) or not paths.data.local_stats.exists()
     groups = [group for group in todo if group] + ([[publish]] if prep_needed else [])
     groups += [] if prep_only else [[train]]
     after: list[str] = []
@@ -132,7 +132,7 @@ def submit(config: CrucibleConfig, output: Path, dry_run: bool = False, prep_onl
 
 
 def _record(paths: RunPaths, jobs: list[Job]) -> None:
-    record = paths.slurm / "jobs.json"
+    record = paths.jobs
     history = json.loads(record.read_text()) if record.exists() else {"submissions": []}
     history["submissions"].append(
         {
@@ -164,8 +164,8 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
     jobs = last_submission(paths)
     rows = []
     for part, total, done in [
-        *((s.name, s.n_tasks, s.n_tasks - len(pending_tasks(paths.data / "work", s))) for s in plan.steps),
-        ("publish", 1, int((paths.data / PREP_STATS).exists())),
+        *((s.name, s.n_tasks, s.n_tasks - len(pending_tasks(paths.data.work, s))) for s in plan.steps),
+        ("publish", 1, int(paths.data.local_stats.exists())),
     ]:
         mine = [job for job in jobs if job["part"] == part]
         states: dict[str, list[int]] = {}
@@ -182,6 +182,6 @@ def status(output: Path) -> tuple[list[StepStatus], dict[str, Any]]:
     return rows, train
 
 
-def _last_metrics(run: Path) -> dict[str, Any] | None:
-    records = read_jsonl(run / METRICS_LOG)
+def _last_metrics(train: TrainFolder) -> dict[str, Any] | None:
+    records = read_jsonl(train.metrics)
     return records[-1] if records else None

@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
 from pipeline.ground.errors import UserError
-from pipeline.ground.names import CHECKPOINTS, LATEST
+from pipeline.ground.layout import TrainFolder
 from training.config import SamplesConfig
 
 
@@ -27,12 +27,10 @@ def checkpoint_in(path: storage.Location, config: CrucibleConfig) -> Path:
     folder = Path(path)
     if (folder / CHECKPOINT_META).exists() or not folder.exists():
         return folder
-    run = folder.parent.parent if folder.name == LATEST else folder.parent if folder.name == CHECKPOINTS else folder
-    if not (run / CHECKPOINTS).is_dir() and (run / "train" / CHECKPOINTS).is_dir():
-        run = run / "train"
-    latest = Checkpointer(run, config.checkpoint, rank=0).newest_loadable()
+    run = TrainFolder.pointed_at(folder)
+    latest = Checkpointer(run.root, config.checkpoint, rank=0).newest_loadable()
     if latest is None:
-        steps = sorted(p.name for p in (run / CHECKPOINTS).glob("step-*"))
+        steps = run.checkpoint_tags()
         raise UserError(
             f"{folder} holds no loadable checkpoint"
             + (

@@ -9,7 +9,7 @@ from pathlib import Path
 from data_prep import registry
 from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
-from pipeline.ground.names import MANIFEST, PREP_STATS
+from pipeline.ground.layout import PrepFolder
 from pipeline.verbs.arguments import common, inputs, local_path, same_settings, stage_list
 from pipeline.ground.console import say
 
@@ -55,8 +55,12 @@ def prep_into(
     started, todo = time.perf_counter(), pending_task_count(config.prep, output, work)
     stats = run_prep(config.prep, output, show_progress, work)
     print_prep_summary(stats)
-    folders = ["clean/", "dropped/", "quarantine/", PREP_STATS] + ["tokenizer/"] * (stats.tokens is not None)
-    folders += ["shards/"] * storage.exists(storage.join(output, "shards", MANIFEST))
+    published = PrepFolder(output)
+    folders = [f"{name}/" for name in (published.CLEAN, published.DROPPED, published.QUARANTINE)] + [
+        published.STATS_FILE
+    ]
+    folders += ["tokenizer/"] * (stats.tokens is not None)
+    folders += [f"{published.SHARDS}/"] * storage.exists(published.at(published.MANIFEST_FILE))
     redone = "nothing redone: every task was done already" if todo == 0 else f"{todo:,} task(s) run"
     say(f"prep finished in {time.perf_counter() - started:.1f} s ({redone}); outputs in {output}: {', '.join(folders)}")
     check_yield(config.prep, output, stats)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from pipeline.config import CrucibleConfig
-from pipeline.ground.names import METRICS_LOG
+from pipeline.ground.layout import RunFolder, TrainFolder
 from pipeline.verbs.arguments import common, inputs, local_path
 from pipeline.verbs.checkpoints import tokenizer_of
 from pipeline.verbs.prep import prep_into
@@ -24,19 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def preflight(config: CrucibleConfig, train_dir: Path) -> None:
+def preflight(config: CrucibleConfig, train: TrainFolder) -> None:
     """What `run` and `submit` can refuse before prep: the layout, a run folder of another model, the disk."""
     from training.config import check_layout
     from training.sizing import count_params, padded_vocab
     from training.preflight import check_disk, check_same_model
 
     check_layout(config.model, config.parallel, config.train, config.launch.nproc_per_node * config.launch.nnodes)
-    check_same_model(train_dir, config.model.model_dump(mode="json"), "auto")
+    check_same_model(train.root, config.model.model_dump(mode="json"), "auto")
     vocab = padded_vocab(
         config.model.vocab_size or config.prep.tokenizer.vocab_size, config.model.vocab_multiple, config.parallel.tp
     )
     if config.checkpoint.enabled:
-        check_disk(train_dir, count_params(config.model, vocab), config.checkpoint.keep_last)
+        check_disk(train.root, count_params(config.model, vocab), config.checkpoint.keep_last)
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
@@ -53,13 +52,14 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     from training.checkpoint import Checkpointer
     from training.generate import sample_texts
 
-    preflight(config, args.output / "train")
-    data = args.output / "data"
-    checkpoints = Checkpointer(args.output / "train", config.checkpoint, rank=0)
+    folder = RunFolder(args.output)
+    preflight(config, folder.train)
+    data = folder.data
+    checkpoints = Checkpointer(folder.train.root, config.checkpoint, rank=0)
     times = PhaseTimes(args.output / RUN_TIMES)
     with times.phase("prep") as worked:
-        worked(prep_into(config, data, not args.no_progress, then="train") > 0)
-    command = local_train_command(config.launch, args.config, args.overrides, data / "shards", args.output / "train")
+        worked(prep_into(config, data.root, not args.no_progress, then="train") > 0)
+    command = local_train_command(config.launch, args.config, args.overrides, data.local_shards, folder.train.root)
     say(f"training: {config.launch.nproc_per_node} process(es) under torchrun")
     before = checkpoints.latest()
     with times.phase("training") as worked:
@@ -77,17 +77,17 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
     toy: list[tuple[str, str]] = []
     if config.run.toy_world:
         with times.phase("toy world") as worked:
-            worked(not (final_checkpoint(args.output / "toy_world") / CHECKPOINT_META).exists())
-            toy = toy_generations(train_toy_world(args.output / "toy_world"))
+            worked(not (final_checkpoint(folder.toy_world) / CHECKPOINT_META).exists())
+            toy = toy_generations(train_toy_world(folder.toy_world))
     post: dict[str, Any] = {}
     if config.run.post_training and latest:
         with times.phase("post-training") as worked:
-            worked(not (args.output / "post" / POST_RESULTS).exists())
-            post = run_post_demo(args.output / "post", latest.path, tokenizer_of(latest.path, None))
+            worked(not (folder.post / POST_RESULTS).exists())
+            post = run_post_demo(folder.post, latest.path, tokenizer_of(latest.path, None))
     timings = times.seconds
-    entropy = unigram_entropy(data / "shards")
+    entropy = unigram_entropy(data.local_shards)
     report = build_report(args.output, samples, config, timings, toy, entropy, post)
-    metrics = read_jsonl(args.output / "train" / METRICS_LOG)
+    metrics = read_jsonl(folder.train.metrics)
     learning = learning_line(metrics, entropy)
     print_samples(samples, "samples from the final checkpoint" + (f": {learning}" if learning else ""))
     if toy:

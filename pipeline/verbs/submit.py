@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import CrucibleConfig
+from pipeline.ground.layout import RunFolder
 from pipeline.verbs.arguments import common, inputs, local_path
 from pipeline.verbs.run import preflight
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> None:
     from pipeline.executors.slurm import submit
     from pipeline.summary import print_jobs
 
-    preflight(config, args.output / "train")  # before a job is queued: on a cluster, training would fail after prep
+    folder = RunFolder(args.output)
+    preflight(config, folder.train)  # before a job is queued: on a cluster, training would fail after prep
     jobs = submit(config, args.output, dry_run=args.dry_run, prep_only=args.prep_only)
-    print_jobs(jobs, args.output / "slurm", args.dry_run)
+    print_jobs(jobs, folder.slurm, args.dry_run)

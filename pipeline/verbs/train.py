@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import CrucibleConfig
 from pipeline.ground import storage
-from pipeline.ground.names import METRICS_LOG
+from pipeline.ground.layout import TrainFolder
 from pipeline.verbs.arguments import common, local_path
 from pipeline.ground.console import say, warn
 
@@ -80,7 +80,7 @@ def print_training_end(trainer: Trainer, records: list[dict[str, Any]], output: 
     how = {None: "finished", "SIGINT": "interrupted"}.get(trainer.stopped_by, "stopped")
     say(
         f"training {how} in {seconds:.1f} s at step {trainer.step} of {max_steps}{loss}; metrics in "
-        f"{output / METRICS_LOG}; {checkpoint}"
+        f"{TrainFolder(output).metrics}; {checkpoint}"
     )
     if latest and trainer.stopped_by is None:
         say(
