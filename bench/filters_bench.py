@@ -134,7 +134,7 @@ def bench_decontaminate(data: Path, work: Path, repeat: int) -> list[Result]:
         report=lambda n: None,
     )
     run_index(ctx)
-    ours_filter = ContaminationFilter(config, work)
+    ours_filter = ContaminationFilter(config, ctx.folder)
     texts = [r["text"] for name in MIX_FILES for r in read_jsonl(data / name)]
     tables = [pa.table({"id": [str(i) for i in range(len(a))], "text": a}) for a in batches(texts)]
     theirs_filter = datatrove_index(items, work / "datatrove-index")

@@ -105,12 +105,12 @@ class UnitSplitter:
 _PAIR = np.dtype([("hash", "<u8", (2,)), ("row", "<u4")])  # a unit's hash and its document's row in the shard
 
 
-def _pairs_file(work: Path, shard: int) -> Path:
-    return work / HASH / f"pairs-{shard:05d}.bin"
+def _pairs_file(hash_folder: Path, shard: int) -> Path:
+    return hash_folder / f"pairs-{shard:05d}.bin"
 
 
-def _removals_file(work: Path, task: int) -> Path:
-    return work / COUNT / f"remove-{task:05d}.bin"
+def _removals_file(count_folder: Path, task: int) -> Path:
+    return count_folder / f"remove-{task:05d}.bin"
 
 
 def run_hash(ctx: TaskContext) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def run_hash(ctx: TaskContext) -> dict[str, Any]:
     records["hash"] = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 2)
     records["row"] = docs
     order, bounds = by_range(records["hash"][:, 0], COUNT_TASKS(ctx.config, len(ctx.shards)))
-    write_ranged(_pairs_file(ctx.work, ctx.task), records[order], bounds)
+    write_ranged(_pairs_file(ctx.folder, ctx.task), records[order], bounds)
     return {}
 
 
@@ -139,7 +139,9 @@ def run_count(ctx: TaskContext) -> dict[str, Any]:
     shard, the (hash, document) pairs whose unit goes: all those of a common hash, or with `keep_first`
     all but the first document's."""
     cfg: BoilerplateConfig = ctx.settings
-    pairs, rows = read_range(ctx, partial(_pairs_file, ctx.work), _PAIR)  # corpus order: the first document first
+    pairs, rows = read_range(
+        ctx, partial(_pairs_file, ctx.folder_of(HASH)), _PAIR
+    )  # corpus order: the first document first
     # A shard lists a hash once per document, so the pairs of a hash are its documents.
     _, where, counts = np.unique(pairs["hash"], axis=0, return_inverse=True, return_counts=True)
     remove = counts[where.reshape(-1)] >= cfg.min_docs
@@ -147,7 +149,7 @@ def run_count(ctx: TaskContext) -> dict[str, Any]:
         remove &= first_occurrences(pairs["hash"], row_priorities(ctx, rows)) != np.arange(len(rows))
     offsets = shard_offsets(ctx)
     shard = np.searchsorted(offsets, rows[remove], side="right") - 1  # rows[remove] is sorted
-    write_ranged(_removals_file(ctx.work, ctx.task), pairs[remove], np.searchsorted(shard, np.arange(len(offsets))))
+    write_ranged(_removals_file(ctx.folder, ctx.task), pairs[remove], np.searchsorted(shard, np.arange(len(offsets))))
     return {"tally": {NAME: {"common_units": int((counts >= cfg.min_docs).sum())}}}
 
 
@@ -155,7 +157,7 @@ def shard_removals(ctx: TaskContext) -> dict[int, set[bytes]]:
     """Document row -> hashes of the units it loses, for this task's shard (a slice of each count task's file)."""
     removals: dict[int, set[bytes]] = {}
     for task in range(COUNT_TASKS(ctx.config, len(ctx.shards))):
-        records, _ = read_ranged(_removals_file(ctx.work, task), _PAIR, ctx.task, ctx.task + 1)
+        records, _ = read_ranged(_removals_file(ctx.folder_of(COUNT), task), _PAIR, ctx.task, ctx.task + 1)
         for doc, digest in zip(records["row"].tolist(), records["hash"]):
             removals.setdefault(doc, set()).add(digest.tobytes())
     return removals
@@ -230,8 +232,8 @@ STAGE = StageSpec(
     BoilerplateConfig,
     (
         StepSpec(".hash", run_hash),
-        StepSpec(".count", run_count, tasks=COUNT_TASKS, unit="pair"),
-        StepSpec("", run_remove, makes_docs=True),
+        StepSpec(".count", run_count, tasks=COUNT_TASKS, unit="pair", reads=(HASH,)),
+        StepSpec("", run_remove, makes_docs=True, reads=(COUNT,)),
     ),
     default=False,
 )

@@ -71,8 +71,11 @@ def quarantine_file(work: Path, step: str, task: int) -> Path:
     return work / step / f"quarantine-{task:05d}.parquet"
 
 
+MARKER_PREFIX = "done-"  # a task's completion marker: its counts, and times that differ from run to run
+
+
 def marker_file(work: Path, step: str, task: int) -> Path:
-    return work / step / f"done-{task:05d}.json"
+    return work / step / f"{MARKER_PREFIX}{task:05d}.json"
 
 
 def _detail_json(detail: dict[str, Any]) -> str:

@@ -116,8 +116,7 @@ def _pieces(record: dict[str, Any], fields: list[str]) -> list[str]:
     return pieces
 
 
-def _index_files(work: Path) -> tuple[Path, Path, Path]:
-    folder = work / INDEX
+def _index_files(folder: Path) -> tuple[Path, Path, Path]:
     return folder / "ngrams.npy", folder / "owners.npy", folder / "items.json"
 
 
@@ -142,7 +141,7 @@ def run_index(ctx: TaskContext) -> dict[str, Any]:
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
     all_owners = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
     unique, first = np.unique(all_keys, return_index=True)  # sorted keys, each with its first owner
-    ngrams_file, owners_file, items_file = _index_files(ctx.work)
+    ngrams_file, owners_file, items_file = _index_files(ctx.folder)
     write_npy(ngrams_file, unique)
     write_npy(owners_file, all_owners[first])
     write_json(items_file, items)
@@ -155,9 +154,9 @@ class ContaminationFilter(DocStage):
 
     name: ClassVar[str] = "decontaminate"
 
-    def __init__(self, config: DecontaminateConfig, work: Path) -> None:
+    def __init__(self, config: DecontaminateConfig, index_folder: Path) -> None:
         self.config = config
-        ngrams_file, owners_file, items_file = _index_files(work)
+        ngrams_file, owners_file, items_file = _index_files(index_folder)
         self.ngrams = np.load(ngrams_file)
         self.owners = np.load(owners_file)
         self.items = json.loads(items_file.read_text())
@@ -198,7 +197,7 @@ class ContaminationFilter(DocStage):
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:
-    return run_stage_on_source(ctx, ContaminationFilter(ctx.settings, ctx.work))
+    return run_stage_on_source(ctx, ContaminationFilter(ctx.settings, ctx.folder_of(INDEX)))
 
 
 def _items_unknown(docs: int, n_tasks: int) -> None:
@@ -210,7 +209,7 @@ STAGE = StageSpec(
     DecontaminateConfig,
     (
         StepSpec(".index", run_index, tasks=single, unit="item", units=_items_unknown),
-        StepSpec("", run_filter, makes_docs=True),
+        StepSpec("", run_filter, makes_docs=True, reads=(INDEX,)),
     ),
     default=False,
 )

@@ -135,8 +135,8 @@ def resolve_ids(ctx: TaskContext, rows: np.ndarray, column: str = ID) -> np.ndar
     return ids
 
 
-def removals_file(work: Path, step: str, task: int) -> Path:
-    return work / step / f"removals-{task:05d}.parquet"
+def removals_file(step_folder: Path, task: int) -> Path:
+    return step_folder / f"removals-{task:05d}.parquet"
 
 
 def write_removals(
@@ -160,13 +160,13 @@ def write_removals(
         },
         schema=REMOVALS_SCHEMA,
     )
-    write_parquet(removals_file(ctx.work, ctx.step, ctx.task), table)
+    write_parquet(removals_file(ctx.folder, ctx.task), table)
 
 
 def run_removals_filter(ctx: TaskContext, removals_step: str, reason: str, quarantine: bool = False) -> dict[str, Any]:
     """Drop (or quarantine) this shard's rows listed in the removals tables of `removals_step`'s tasks,
-    with `reason`."""
-    files = sorted((ctx.work / removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    with `reason`; the calling step declares it reads `removals_step`."""
+    files = sorted(ctx.folder_of(removals_step).glob("removals-[0-9][0-9][0-9][0-9][0-9].parquet"))
     tables = (pq.ParquetFile(f).read() for f in files)  # plain reads: cheaper than a dataset scan per file
     table = pa.concat_tables([t.filter(pc.equal(t["shard"], ctx.task)) for t in tables])
     drops = {}

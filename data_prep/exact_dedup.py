@@ -70,8 +70,8 @@ def first_occurrences(hashes: np.ndarray, priority: np.ndarray | None = None) ->
 _HASHED = np.dtype([("hash", "<u8", (2,)), ("row", "<u4")])  # a hash and its row in the shard
 
 
-def _hash_file(work: Path, step: str, task: int) -> Path:
-    return work / step / f"hashes-{task:05d}.bin"
+def _hash_file(step_folder: Path, task: int) -> Path:
+    return step_folder / f"hashes-{task:05d}.bin"
 
 
 def write_hashes(ctx: TaskContext, hashes: np.ndarray, ranges: int) -> None:
@@ -80,14 +80,15 @@ def write_hashes(ctx: TaskContext, hashes: np.ndarray, ranges: int) -> None:
     rows, bounds = by_range(hashes[:, 0], ranges)
     records = np.empty(len(rows), _HASHED)
     records["hash"], records["row"] = hashes[rows], rows
-    write_ranged(_hash_file(ctx.work, ctx.step, ctx.task), records, bounds)
+    write_ranged(_hash_file(ctx.folder, ctx.task), records, bounds)
 
 
 def find_later_copies(ctx: TaskContext, hash_step: str, named_by: str = ID) -> int:
     """Record as removals every document whose hash an earlier one has (in corpus order, one of a
     higher-priority source first), among the hashes in this task's range; of each shard's file of
-    `hash_step` only this range's slice is read. `named_by` is the keeper's column in `duplicate_of`."""
-    records, rows = read_range(ctx, partial(_hash_file, ctx.work, hash_step), _HASHED)
+    `hash_step` (which the calling step declares it reads) only this range's slice is read. `named_by` is the
+    keeper's column in `duplicate_of`."""
+    records, rows = read_range(ctx, partial(_hash_file, ctx.folder_of(hash_step)), _HASHED)
     first = rows[first_occurrences(records["hash"], row_priorities(ctx, rows))]
     later = first != rows
     write_removals(ctx, rows[later], first[later], None, named_by)
@@ -116,7 +117,7 @@ STAGE = StageSpec(
     ExactDedupConfig,
     (
         StepSpec(".hash", run_hash),
-        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
-        StepSpec(".filter", run_filter, makes_docs=True),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash", reads=(HASH,)),
+        StepSpec(".filter", run_filter, makes_docs=True, reads=(FIND,)),
     ),
 )

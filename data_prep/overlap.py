@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from data_prep.pack import PACK, validation_rows
+from data_prep.pack import PACK, SPLIT_READS, validation_rows
 from data_prep.stage import ID, StageSpec, StepSpec, TaskContext, single, tasks_done
-from data_prep.tokenizer import tokens_file
+from data_prep.tokenizer import TOKENIZE, tokens_file
 from pipeline.ground.atomic import write_json, write_npy
 from pipeline.ground.hashing import hash64
 from pipeline.ground.markers import read_marker
@@ -69,9 +69,9 @@ def window_hashes(flat: np.ndarray, offsets: np.ndarray, window: int) -> tuple[n
     return hashes[inside], doc[inside]
 
 
-def _read_tokens(work: Path, shard: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _read_tokens(ctx: TaskContext, shard: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A shard's document ids, its tokens end to end and where each document starts (memory-mapped)."""
-    table = pa.ipc.open_file(pa.memory_map(str(tokens_file(work, shard)))).read_all()
+    table = pa.ipc.open_file(pa.memory_map(str(tokens_file(ctx.folder_of(TOKENIZE), shard)))).read_all()
     lists = table["tokens"].combine_chunks()
     return table[ID].to_pylist(), lists.values.to_numpy(), lists.offsets.to_numpy()
 
@@ -80,8 +80,8 @@ def _draw(doc_id: str) -> int:
     return hash64(doc_id, b"overlap")
 
 
-def _sample_file(work: Path, name: str) -> Path:
-    return work / SAMPLE / name
+def _sample_file(sample_folder: Path, name: str) -> Path:
+    return sample_folder / name
 
 
 def run_sample(ctx: TaskContext) -> dict[str, Any]:
@@ -92,8 +92,8 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
     best = np.zeros((0, 3), dtype=np.uint64)  # (draw, shard, row)
     val_docs = 0
     for shard in range(len(ctx.shards)):
-        ids, _, _ = _read_tokens(ctx.work, shard)
-        rows = np.flatnonzero(validation_rows(ctx.config, ctx.work, shard, ids))
+        ids, _, _ = _read_tokens(ctx, shard)
+        rows = np.flatnonzero(validation_rows(ctx, shard, ids))
         val_docs += len(rows)
         draws = np.array([_draw(ids[r]) for r in rows], dtype=np.uint64)
         found = np.stack([draws, np.full(len(rows), shard, np.uint64), rows.astype(np.uint64)], axis=1)
@@ -104,7 +104,7 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
     names: list[str] = []
     hashes, owners, windows = [], [], []
     for shard in np.unique(best[:, 1]):
-        ids, flat, offsets = _read_tokens(ctx.work, int(shard))
+        ids, flat, offsets = _read_tokens(ctx, int(shard))
         for row in best[best[:, 1] == shard, 2]:
             doc = flat[offsets[row] : offsets[row + 1]]
             doc_hashes, _ = window_hashes(doc, np.array([0, len(doc)]), cfg.window)
@@ -114,23 +114,25 @@ def run_sample(ctx: TaskContext) -> dict[str, Any]:
             windows.append(len(doc_hashes))
     hashes_all = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     unique, where = np.unique(hashes_all, return_inverse=True)
-    write_npy(_sample_file(ctx.work, "unique.npy"), unique)
-    write_npy(_sample_file(ctx.work, "where.npy"), where.astype(np.int64).reshape(-1))
-    write_npy(_sample_file(ctx.work, "owner.npy"), np.concatenate(owners) if owners else np.zeros(0, np.int64))
-    write_json(_sample_file(ctx.work, "documents.json"), {"ids": names, "windows": windows, "val_documents": val_docs})
+    write_npy(_sample_file(ctx.folder, "unique.npy"), unique)
+    write_npy(_sample_file(ctx.folder, "where.npy"), where.astype(np.int64).reshape(-1))
+    write_npy(_sample_file(ctx.folder, "owner.npy"), np.concatenate(owners) if owners else np.zeros(0, np.int64))
+    write_json(
+        _sample_file(ctx.folder, "documents.json"), {"ids": names, "windows": windows, "val_documents": val_docs}
+    )
     return {}
 
 
-def _found_file(work: Path, shard: int) -> Path:
-    return work / SCAN / f"found-{shard:05d}.npy"
+def _found_file(scan_folder: Path, shard: int) -> Path:
+    return scan_folder / f"found-{shard:05d}.npy"
 
 
 def run_scan(ctx: TaskContext) -> dict[str, Any]:
     """Mark the sampled windows that occur in this shard's training documents (a bit per window hash)."""
-    unique = np.load(_sample_file(ctx.work, "unique.npy"))
+    unique = np.load(_sample_file(ctx.folder_of(SAMPLE), "unique.npy"))
     found = np.zeros(len(unique), dtype=bool)
-    ids, flat, offsets = _read_tokens(ctx.work, ctx.task)
-    training = ~validation_rows(ctx.config, ctx.work, ctx.task, ids)
+    ids, flat, offsets = _read_tokens(ctx, ctx.task)
+    training = ~validation_rows(ctx, ctx.task, ids)
     start = 0
     while start < len(ids) and len(unique):
         stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + _CHUNK_TOKENS, side="right")) - 1)
@@ -143,24 +145,25 @@ def run_scan(ctx: TaskContext) -> dict[str, Any]:
         found[place[unique[place] == hashes]] = True
         ctx.report(stop - start)
         start = stop
-    write_npy(_found_file(ctx.work, ctx.task), np.packbits(found))
+    write_npy(_found_file(ctx.folder, ctx.task), np.packbits(found))
     return {}
 
 
 def run_overlap(ctx: TaskContext) -> dict[str, Any]:
     """Per sampled validation document, the share of its windows that training holds too."""
-    unique = np.load(_sample_file(ctx.work, "unique.npy"))
+    sample, scan = ctx.folder_of(SAMPLE), ctx.folder_of(SCAN)
+    unique = np.load(_sample_file(sample, "unique.npy"))
     found = np.zeros(len(unique), dtype=bool)
     for shard in range(len(ctx.shards)):
-        found |= np.unpackbits(np.load(_found_file(ctx.work, shard)), count=len(unique)).astype(bool)
-    documents_file = _sample_file(ctx.work, "documents.json")
+        found |= np.unpackbits(np.load(_found_file(scan, shard)), count=len(unique)).astype(bool)
+    documents_file = _sample_file(sample, "documents.json")
     documents = read_marker(documents_file)
     if documents is None:
         raise RuntimeError(f"{documents_file} is missing or unreadable: rerun the sample step")
     windows = np.array(documents["windows"], dtype=np.int64)
     shared = np.bincount(
-        np.load(_sample_file(ctx.work, "owner.npy")),
-        weights=found[np.load(_sample_file(ctx.work, "where.npy"))],
+        np.load(_sample_file(sample, "owner.npy")),
+        weights=found[np.load(_sample_file(sample, "where.npy"))],
         minlength=len(windows),
     )
     share = np.divide(shared, windows, out=np.zeros(len(windows)), where=windows > 0)
@@ -185,9 +188,9 @@ STAGE = StageSpec(
     OVERLAP,
     OverlapConfig,
     (
-        StepSpec(".sample", run_sample, tasks=single),
-        StepSpec(".scan", run_scan),
-        StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done),
+        StepSpec(".sample", run_sample, tasks=single, reads=(TOKENIZE, *SPLIT_READS)),
+        StepSpec(".scan", run_scan, reads=(SAMPLE, TOKENIZE, *SPLIT_READS)),
+        StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done, reads=(SAMPLE, SCAN)),
     ),
     requires=(PACK,),
 )

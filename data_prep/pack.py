@@ -25,9 +25,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from data_prep import shards as shard_format
-from data_prep.minhash.steps import MINHASH, split_groups
+from data_prep.minhash.steps import CLUSTERS, MINHASH, split_groups
 from data_prep.stage import ID, LANG, StageSpec, StepSpec, TaskContext
-from data_prep.tokenizer import TOKENIZE, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
+from data_prep.tokenizer import TOKENIZE, TRAIN, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.hashing import hash64
 from pipeline.ground.schema import Section
 
@@ -132,32 +132,35 @@ def is_validation(key: str, fraction: float) -> bool:
 UNDETERMINED = "und"  # ISO 639 "undetermined": the tag of documents langid did not label (a source skipping it)
 
 
-def validation_rows(config: Any, work: Path, task: int, ids: list[str]) -> np.ndarray:
+def validation_rows(ctx: TaskContext, task: int, ids: list[str]) -> np.ndarray:
     """Which of shard `task`'s documents `ids` are held out. The key is a document's split group
     (near-duplicates, found by minhash_dedup, share one, so a group lands whole on one side), or
-    its own id when it has none or minhash_dedup does not run."""
-    groups = split_groups(work, task) if MINHASH in config.stages else {}
-    return np.array([is_validation(groups.get(i, i), config.pack.val_fraction) for i in ids], dtype=bool)
+    its own id when it has none or minhash_dedup does not run. A step that calls it reads `SPLIT_READS`."""
+    groups = split_groups(ctx.folder_of(CLUSTERS), task) if MINHASH in ctx.config.stages else {}
+    return np.array([is_validation(groups.get(i, i), ctx.config.pack.val_fraction) for i in ids], dtype=bool)
 
 
-def shard_file(work: Path, split: str, name: str) -> Path:
+SPLIT_READS = (CLUSTERS,)  # what `validation_rows` opens (where minhash_dedup runs)
+
+
+def shard_file(pack_folder: Path, split: str, name: str) -> Path:
     """Where the pack step wrote shard `name` of `split` (publishing copies it from here)."""
-    return work / PACK / split / name
+    return pack_folder / split / name
 
 
 def run_pack(ctx: TaskContext) -> dict[str, Any]:
     """Shuffle one shard's tokenized documents, split off validation, pack both splits into rows
     (with `split_by_language`, each language of the shard apart)."""
-    cfg, tokenizer_path = ctx.settings, tokenizer_file(ctx.config, ctx.work)
+    cfg, tokenizer_path = ctx.settings, tokenizer_file(ctx.config, ctx.folder_of(TRAIN))
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
     _, pad = special_ids(encoder(tokenizer_path), ctx.config.tokenizer)
-    table = pa.ipc.open_file(pa.memory_map(str(tokens_file(ctx.work, ctx.task)))).read_all()
+    table = pa.ipc.open_file(pa.memory_map(str(tokens_file(ctx.folder_of(TOKENIZE), ctx.task)))).read_all()
     ids = table[ID].to_pylist()
     lists = table["tokens"].combine_chunks()
     flat, offsets = lists.values.to_numpy(), lists.offsets.to_numpy()
     docs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
     order = np.random.default_rng([cfg.seed, ctx.task]).permutation(len(docs))
-    held_out = validation_rows(ctx.config, ctx.work, ctx.task, ids)
+    held_out = validation_rows(ctx, ctx.task, ids)
     width = cfg.seq_len + 1
     rows_per_file = max(1, int(cfg.max_shard_mb * 2**20) // (width * shard_format.token_type(vocab).bit_width // 8))
     files: list[dict[str, Any]] = []
@@ -172,7 +175,7 @@ def run_pack(ctx: TaskContext) -> dict[str, Any]:
             packed = pack_best_fit(chosen, width, pad) if cfg.method == "best_fit" else pack_concat(chosen, width)
             stem = f"{split}-{ctx.task:05d}" + ("" if language is None else f"-{language}")
             for part, start in enumerate(range(0, len(packed.tokens), rows_per_file)):
-                path = shard_file(ctx.work, split, f"{stem}-{part:03d}.arrow")
+                path = shard_file(ctx.folder, split, f"{stem}-{part:03d}.arrow")
                 stop = start + rows_per_file
                 entry = shard_format.write_shard(
                     path, packed.tokens[start:stop], packed.segment_starts[start:stop], vocab
@@ -211,4 +214,6 @@ def _language_groups(table: pa.Table, order: np.ndarray) -> dict[str | None, np.
     return {lang: order[labels == lang] for lang in sorted(set(labels.tolist()))}
 
 
-STAGE = StageSpec(PACK, PackConfig, (StepSpec("", run_pack),), requires=(TOKENIZE,))
+STAGE = StageSpec(
+    PACK, PackConfig, (StepSpec("", run_pack, reads=(TRAIN, TOKENIZE, *SPLIT_READS)),), requires=(TOKENIZE,)
+)

@@ -73,8 +73,8 @@ def _scorer(rule: ClassifierRule) -> FastTextScorer:
     return _SCORERS[key]
 
 
-def _scores_file(work: Path, task: int) -> Path:
-    return work / SCORE / f"scores-{task:05d}.npy"
+def _scores_file(score_folder: Path, task: int) -> Path:
+    return score_folder / f"scores-{task:05d}.npy"
 
 
 def score_texts(rules: list[ClassifierRule], texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -91,7 +91,7 @@ def run_score(ctx: TaskContext) -> dict[str, Any]:
     for batch in parquet.iter_batches(batch_size=ctx.config.batch_size, columns=[TEXT]):
         parts.append(score_texts(ctx.settings.classifiers, batch.column(TEXT)))
         ctx.report(batch.num_rows)
-    write_npy(_scores_file(ctx.work, ctx.task), np.concatenate(parts))
+    write_npy(_scores_file(ctx.folder, ctx.task), np.concatenate(parts))
     return {}
 
 
@@ -107,7 +107,7 @@ def top_cutoff(scores: np.ndarray, fraction: float) -> tuple[float, int] | None:
 
 def run_cutoff(ctx: TaskContext) -> dict[str, Any]:
     """Find each keep-top classifier's cutoff over every shard's scores (one task)."""
-    scores = np.concatenate([np.load(_scores_file(ctx.work, i)) for i in range(len(ctx.shards))])
+    scores = np.concatenate([np.load(_scores_file(ctx.folder_of(SCORE), i)) for i in range(len(ctx.shards))])
     cutoffs = {
         rule.name: top_cutoff(scores[:, column], rule.keep_top_fraction)
         for column, rule in enumerate(ctx.settings.classifiers)
@@ -164,9 +164,9 @@ class ScoreFilter(DocStage):
 
 
 def run_filter(ctx: TaskContext) -> dict[str, Any]:
-    cutoffs = json.loads((ctx.work / CUTOFF / "cutoffs.json").read_text())
+    cutoffs = json.loads((ctx.folder_of(CUTOFF) / "cutoffs.json").read_text())
     start = int(shard_offsets(ctx)[ctx.task])
-    stage = ScoreFilter(ctx.settings.classifiers, np.load(_scores_file(ctx.work, ctx.task)), start, cutoffs)
+    stage = ScoreFilter(ctx.settings.classifiers, np.load(_scores_file(ctx.folder_of(SCORE), ctx.task)), start, cutoffs)
     return run_stage_on_source(ctx, stage)
 
 
@@ -175,8 +175,8 @@ STAGE = StageSpec(
     QualityModelConfig,
     (
         StepSpec(".score", run_score),
-        StepSpec(".cutoff", run_cutoff, tasks=single),
-        StepSpec("", run_filter, makes_docs=True),
+        StepSpec(".cutoff", run_cutoff, tasks=single, reads=(SCORE,)),
+        StepSpec("", run_filter, makes_docs=True, reads=(SCORE, CUTOFF)),
     ),
     default=False,
 )

@@ -96,10 +96,25 @@ class TaskContext:
     source: str | None  # the step whose per-shard documents this step reads
     task: int
     report: Callable[[int], None]  # progress: units done since the last call
+    reads: tuple[str, ...] = ()  # the steps whose files this step opens: its source and what its spec declares
 
     @property
     def folder(self) -> Path:
         return self.work / self.step
+
+    def folder_of(self, step: str) -> Path:
+        """The folder of `step`, which this step must be or have declared in `StepSpec.reads`: the plan
+        orders, seals and reruns steps by what they declare, so an undeclared read would go stale unseen."""
+        if step != self.step and step not in self.reads:
+            raise UndeclaredRead(
+                f"step {self.step} opened the files of {step} without declaring it: add {step!r} to its "
+                f"StepSpec's reads (it reads {', '.join(self.reads) or 'nothing'})"
+            )
+        return self.work / step
+
+
+class UndeclaredRead(RuntimeError):
+    """A step's task opened another step's files that its spec does not declare: a bug in the stage."""
 
 
 def per_shard(config: Any, n_shards: int) -> int:
@@ -132,6 +147,7 @@ class StepSpec:
     makes_docs: bool = False  # writes per-shard documents (and counts them for the stage table)
     unit: str = "doc"  # what its progress bar counts
     units: Callable[[int, int], int | None] = docs_seen  # (documents it reads, task count) -> progress total
+    reads: tuple[str, ...] = ()  # other steps whose files it opens, besides its document source (where they run)
 
 
 @dataclass(frozen=True)

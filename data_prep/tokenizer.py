@@ -106,13 +106,13 @@ def special_ids(tokenizer, config: TokenizerConfig) -> tuple[int, int]:
 # ---- steps ----------------------------------------------------------------------------------
 
 
-def tokenizer_file(config: Any, work: Path) -> Path:
-    """The tokenizer of a prep run: the given file, or the one its train step wrote."""
-    return config.tokenizer.path or work / TRAIN / TOKENIZER_FILE
+def tokenizer_file(config: Any, train_folder: Path) -> Path:
+    """The tokenizer of a prep run: the given file, or the one its train step wrote into `train_folder`."""
+    return config.tokenizer.path or train_folder / TOKENIZER_FILE
 
 
-def tokens_file(work: Path, task: int) -> Path:
-    return work / TOKENIZE / f"tokens-{task:05d}.arrow"
+def tokens_file(tokenize_folder: Path, task: int) -> Path:
+    return tokenize_folder / f"tokens-{task:05d}.arrow"
 
 
 def _batches(ctx: TaskContext, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -163,7 +163,7 @@ def run_train(ctx: TaskContext) -> dict[str, Any]:
         with atomic_path(ctx.folder / TOKENIZER_FILE) as tmp:
             tokenizer.save(str(tmp))
         counts = {"tokenizer_train_documents": sample.documents, "tokenizer_train_bytes": sample.bytes}
-    tokenizer = load_tokenizer(tokenizer_file(ctx.config, ctx.work))
+    tokenizer = load_tokenizer(tokenizer_file(ctx.config, ctx.folder))
     special_ids(tokenizer, cfg)  # a given tokenizer must have the special tokens
     ctx.report(1)
     return {"tokens": {"vocab_size": tokenizer.get_vocab_size()} | counts}
@@ -183,7 +183,7 @@ def encoder(path: Path) -> Any:
 
 def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
     """Encode one shard's documents, each followed by the end-of-document token."""
-    tokenizer = encoder(tokenizer_file(ctx.config, ctx.work))
+    tokenizer = encoder(tokenizer_file(ctx.config, ctx.folder_of(TRAIN)))
     eod, _ = special_ids(tokenizer, ctx.settings)
     ids: list[str] = []
     langs: list[str | None] = []
@@ -207,7 +207,7 @@ def run_tokenize(ctx: TaskContext) -> dict[str, Any]:
             **({LANG: pa.array(langs, pa.string())} if carry_lang else {}),
         }
     )
-    with atomic_path(tokens_file(ctx.work, ctx.task)) as tmp:
+    with atomic_path(tokens_file(ctx.folder, ctx.task)) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
     return {"tokens": {"documents": len(ids), "tokens": int(lengths.sum())}}
@@ -218,7 +218,7 @@ STAGE = StageSpec(
     TokenizerConfig,
     (
         StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done),
-        StepSpec("", run_tokenize),
+        StepSpec("", run_tokenize, reads=(TRAIN,)),
     ),
     section="tokenizer",
 )

@@ -61,7 +61,7 @@ STAGE = StageSpec(
     UniqueIdsConfig,
     (
         StepSpec(".hash", run_hash),
-        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash"),
-        StepSpec("", run_filter, makes_docs=True),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="hash", reads=(HASH,)),
+        StepSpec("", run_filter, makes_docs=True, reads=(FIND,)),
     ),
 )

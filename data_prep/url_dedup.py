@@ -160,8 +160,8 @@ def date_key(value: str | None) -> int:
 _KEYED = np.dtype([("hash", "<u8", (2,)), ("date", "<i8"), ("length", "<i8"), ("row", "<u4")])
 
 
-def _key_file(ctx: TaskContext, task: int) -> Path:
-    return ctx.work / KEY / f"keys-{task:05d}.bin"
+def _key_file(key_folder: Path, task: int) -> Path:
+    return key_folder / f"keys-{task:05d}.bin"
 
 
 def _column(table: Any, name: str) -> list[str | None]:
@@ -184,7 +184,7 @@ def run_key(ctx: TaskContext) -> dict[str, Any]:
     records["length"] = pc.utf8_length(table[TEXT]).to_numpy()[rows]
     records["row"] = rows
     order, bounds = by_range(records["hash"][:, 0], FIND_TASKS(ctx.config, len(ctx.shards)))
-    write_ranged(_key_file(ctx, ctx.task), records[order], bounds)
+    write_ranged(_key_file(ctx.folder, ctx.task), records[order], bounds)
     ctx.report(table.num_rows)
     with_url = sum(1 for url in urls if url)
     return {
@@ -213,7 +213,7 @@ def keepers(
 def run_find(ctx: TaskContext) -> dict[str, Any]:
     """Choose the kept copy of every URL whose key falls in this task's range; of each shard's file only
     this range's slice is read."""
-    records, rows = read_range(ctx, partial(_key_file, ctx), _KEYED)
+    records, rows = read_range(ctx, partial(_key_file, ctx.folder_of(KEY)), _KEYED)
     kept = keepers(records["hash"], records["date"], records["length"], rows, row_priorities(ctx, rows))
     dropped = kept != rows
     write_removals(ctx, rows[dropped], kept[dropped], None)
@@ -229,8 +229,8 @@ STAGE = StageSpec(
     UrlDedupConfig,
     (
         StepSpec(".key", run_key),
-        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="url"),
-        StepSpec(".filter", run_filter, makes_docs=True),
+        StepSpec(".find", run_find, tasks=FIND_TASKS, unit="url", reads=(KEY,)),
+        StepSpec(".filter", run_filter, makes_docs=True, reads=(FIND,)),
     ),
     default=False,
 )

@@ -32,7 +32,7 @@ from data_prep.overlap import OVERLAP
 from data_prep.pack import PACK, shard_file
 from data_prep.readers import skipped_entries
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, token_type, write_manifest
-from data_prep.tokenizer import TOKENIZE, load_tokenizer, special_ids, tokenizer_file
+from data_prep.tokenizer import TOKENIZE, TRAIN, load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground import storage
 from pipeline.ground.atomic import atomic_path, write_parquet, write_text
 from pipeline.ground.hashing import file_sha256
@@ -258,7 +258,7 @@ def publish_manifest(
     """tokenizer/tokenizer.json and shards/manifest.json (and a copy of the tokenizer) for the shard files the
     publishing tasks copied; with named sources, each shard entry names its source and each split counts per
     source; split by language, each entry names its language and each split (and source) counts per language."""
-    tokenizer_path = tokenizer_file(plan.config, work)
+    tokenizer_path = tokenizer_file(plan.config, work / TRAIN)
     _publish_copy(tokenizer_path, output, f"tokenizer/{TOKENIZER_FILE}")
     if PACK not in plan.config.stages:
         return
@@ -360,7 +360,7 @@ def publish_task(plan: PrepGraph, work: Path, output: Location, task: int) -> li
         elif step.stage == PACK and task < step.n_tasks:
             for entry in (read_marker(marker_file(work, step.name, task)) or {}).get("files", []):
                 written.append(PrepFolder.in_shards(entry["split"], entry["file"]))
-                _publish_copy(shard_file(work, entry["split"], entry["file"]), output, written[-1])
+                _publish_copy(shard_file(work / PACK, entry["split"], entry["file"]), output, written[-1])
     return written
 
 

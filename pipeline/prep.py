@@ -120,7 +120,10 @@ def prepare_steps(config: PrepConfig, output: Path) -> dict[str, list[int]]:
     work = PrepFolder(output).work
     with folder_lock(output, "crucible prep-task --prepare"):
         work.mkdir(parents=True, exist_ok=True)
-        return {step.name: prepare_step_dir(work, step) for step in plan.steps}
+        todo: dict[str, list[int]] = {}
+        for step in plan.steps:  # all before any task runs: a step rerun from its start reruns what reads it
+            todo[step.name] = prepare_step_dir(work, step, [name for name, tasks in todo.items() if tasks])
+        return todo
 
 
 def run_prep_task(config: PrepConfig, output: Path, step_name: str, task: int) -> str:

@@ -6,6 +6,10 @@ graph is a pure function of the config and the inputs, so any process (a local w
 array task) can rebuild it and run task i of step s alone. Each step's fingerprint chains its
 stage's settings with everything upstream: change a quality threshold and only the quality
 step, and what follows it, reruns.
+
+Each step reads the documents of its `source` and the files of the steps its spec declares
+(`StepSpec.reads`); its tasks can open no others (`TaskContext.folder_of`). The executors seal a
+finished step with the seals of what it read, and rerun it when one of those has changed since.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from data_prep.readers import InputShard, plan_shards
 from data_prep.sources import source_groups
 from data_prep.stage import StageSpec, StepSpec, TaskContext
 from pipeline.ground import storage
+from pipeline.ground.errors import UserError
 from pipeline.ground.schema import Section
 
 
@@ -33,6 +38,7 @@ class Step:
     stage: str  # the stage (and stats row) this step belongs to
     n_tasks: int
     source: str | None  # the step whose per-shard documents this step reads
+    reads: tuple[str, ...]  # every step whose files it opens: its source, then what its spec declares
     fingerprint: str
     makes_docs: bool  # writes per-shard documents (and counts them for the stage table)
     stage_spec: StageSpec = field(compare=False, repr=False)  # from the registry the plan was built with
@@ -77,6 +83,7 @@ class PrepGraph:
             source=step.source,
             task=task,
             report=report,
+            reads=step.reads,
         )
 
 
@@ -109,17 +116,33 @@ def build_prep_graph(config: PrepConfig) -> PrepGraph:
     n = len(shards)
     read_fp = _digest(_input_identity(shards), config.read.model_dump(mode="json"), config.batch_size)
     read = registry.READ.name
-    steps = [Step(read, read, n, None, read_fp, True, registry.READ)]
+    steps = [Step(read, read, n, None, (), read_fp, True, registry.READ)]
     source, fingerprint = read, read_fp
-    for name in [registry.UNIQUE_IDS.name, *config.stages]:
-        stage = config.stage_registry.stage(name)
-        settings = config.section(name).fingerprint()
-        if config.source_fingerprint(name):
-            settings = {"settings": settings, "sources": config.source_fingerprint(name)}
+    stages = [config.stage_registry.stage(name) for name in [registry.UNIQUE_IDS.name, *config.stages]]
+    planned = {stage.step_name(spec) for stage in stages for spec in stage.steps}
+    for stage in stages:
+        settings = config.section(stage.name).fingerprint()
+        if config.source_fingerprint(stage.name):
+            settings = {"settings": settings, "sources": config.source_fingerprint(stage.name)}
         for spec in stage.steps:
             step_name = stage.step_name(spec)
+            reads = _reads(step_name, source, spec.reads, planned, {s.name for s in steps})
             fingerprint = _digest(fingerprint, step_name, settings)
-            steps.append(Step(step_name, name, spec.tasks(config, n), source, fingerprint, spec.makes_docs, stage))
+            steps.append(
+                Step(step_name, stage.name, spec.tasks(config, n), source, reads, fingerprint, spec.makes_docs, stage)
+            )
         if steps[-1].makes_docs:
             source = steps[-1].name
     return PrepGraph(config, tuple(shards), tuple(steps))
+
+
+def _reads(step: str, source: str, declared: tuple[str, ...], planned: set[str], before: set[str]) -> tuple[str, ...]:
+    """The steps `step` reads in this plan: its source and the declared steps the plan runs (a declared step
+    of a stage the config leaves out is not read); one that would run after it is a stage put in the wrong place."""
+    later = [name for name in declared if name in planned and name not in before]
+    if later:
+        raise UserError(
+            f"step {step} reads {', '.join(later)}, which the plan runs after it: register its stage after "
+            f"the stage of {later[0].split('.')[0]} (Registry.with_stage(..., before=...))"
+        )
+    return tuple(dict.fromkeys([source, *(name for name in declared if name in planned)]))

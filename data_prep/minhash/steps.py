@@ -49,31 +49,31 @@ GROUP = "group"  # the column of a groups file: the smallest id of the document'
 _VERIFY_ROWS = 8192  # signature rows held at once (4 MB) while verifying pairs or measuring removals
 
 
-def _signature_file(work: Path, task: int) -> Path:
-    return work / SIGNATURES / f"signatures-{task:05d}.npy"
+def _signature_file(signatures_folder: Path, task: int) -> Path:
+    return signatures_folder / f"signatures-{task:05d}.npy"
 
 
-def _chars_file(work: Path, task: int) -> Path:
-    return work / SIGNATURES / f"chars-{task:05d}.npy"
+def _chars_file(signatures_folder: Path, task: int) -> Path:
+    return signatures_folder / f"chars-{task:05d}.npy"
 
 
 _KEYED = np.dtype([("key", "<u8"), ("row", "<u4")])  # a band key and its row in the shard
 
 
-def _keys_file(work: Path, task: int) -> Path:
+def _keys_file(signatures_folder: Path, task: int) -> Path:
     """A shard's band keys, one slice per (key range, band), range by range, so a bucket task
     reads its bands of its range from each shard with one open and two reads."""
-    return work / SIGNATURES / f"keys-{task:05d}.bin"
+    return signatures_folder / f"keys-{task:05d}.bin"
 
 
-def _edges_file(work: Path, task: int, kind: str = "edges") -> Path:
+def _edges_file(buckets_folder: Path, task: int, kind: str = "edges") -> Path:
     """Verified pairs of a bucket task: `edges` reach the drop threshold, `links` only the split group one."""
-    return work / BUCKETS / f"{kind}-{task:05d}.npy"
+    return buckets_folder / f"{kind}-{task:05d}.npy"
 
 
-def groups_file(work: Path, shard: int) -> Path:
+def groups_file(clusters_folder: Path, shard: int) -> Path:
     """The split groups of shard `shard`'s surviving documents that have one (id -> group)."""
-    return work / CLUSTERS / f"groups-{shard:05d}.parquet"
+    return clusters_folder / f"groups-{shard:05d}.parquet"
 
 
 def run_signatures(ctx: TaskContext) -> dict[str, Any]:
@@ -90,8 +90,8 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
         chars.append(pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
         ctx.report(len(texts))
     signatures = np.concatenate(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
-    write_npy(_signature_file(ctx.work, ctx.task), signatures)
-    write_npy(_chars_file(ctx.work, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
+    write_npy(_signature_file(ctx.folder, ctx.task), signatures)
+    write_npy(_chars_file(ctx.folder, ctx.task), np.concatenate(chars) if chars else np.zeros(0, np.int64))
     ranges = _key_ranges(ctx.config, len(ctx.shards))
     keys = np.stack([minhash.band_keys(signatures, band, rows) for band, rows in lsh_bands])
     slices = key_range(keys, ranges) * bands + np.arange(bands)[:, None]  # (range, band) of each key
@@ -99,14 +99,14 @@ def run_signatures(ctx: TaskContext) -> dict[str, Any]:
     records = np.empty(len(order), _KEYED)
     records["key"], records["row"] = keys.ravel()[order], order % max(len(signatures), 1)
     write_ranged(
-        _keys_file(ctx.work, ctx.task), records, np.searchsorted(slices.ravel()[order], np.arange(ranges * bands + 1))
+        _keys_file(ctx.folder, ctx.task), records, np.searchsorted(slices.ravel()[order], np.arange(ranges * bands + 1))
     )
     return {}
 
 
 def estimated_jaccard(ctx: TaskContext, pairs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The signature estimate of each candidate pair's Jaccard; reads their rows only."""
-    files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
+    files = [_signature_file(ctx.folder_of(SIGNATURES), i) for i in range(len(ctx.shards))]
     estimates = np.zeros(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), _VERIFY_ROWS // 2):
         chunk = pairs[start : start + _VERIFY_ROWS // 2]
@@ -130,7 +130,8 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
     first = part * bands + int(mine[0])
     offsets = shard_offsets(ctx)
     slices = [
-        read_ranged(_keys_file(ctx.work, shard), _KEYED, first, first + len(mine)) for shard in range(len(ctx.shards))
+        read_ranged(_keys_file(ctx.folder_of(SIGNATURES), shard), _KEYED, first, first + len(mine))
+        for shard in range(len(ctx.shards))
     ]
     found = []
     for i in range(len(mine)):
@@ -149,8 +150,8 @@ def run_buckets(ctx: TaskContext) -> dict[str, Any]:
     estimates = estimated_jaccard(ctx, pairs, offsets)
     edge = by_dedupe & (estimates >= ctx.settings.threshold)  # other pairs at or above the split one are links
     link = ~edge & (estimates >= ctx.settings.split_group_threshold)
-    write_npy(_edges_file(ctx.work, ctx.task), pairs[edge])
-    write_npy(_edges_file(ctx.work, ctx.task, "links"), pairs[link])
+    write_npy(_edges_file(ctx.folder, ctx.task), pairs[edge])
+    write_npy(_edges_file(ctx.folder, ctx.task, "links"), pairs[link])
     ctx.report(1)
     return {
         "tally": {
@@ -183,10 +184,10 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     order, so a cluster's smallest member stays its root), and their lengths, ids and signatures
     are read for them alone.
     """
-    n_tasks = _bucket_tasks(ctx.config, len(ctx.shards))
-    edges = _unique_rows(np.concatenate([np.load(_edges_file(ctx.work, t)) for t in range(n_tasks)]))
+    n_tasks, buckets = _bucket_tasks(ctx.config, len(ctx.shards)), ctx.folder_of(BUCKETS)
+    edges = _unique_rows(np.concatenate([np.load(_edges_file(buckets, t)) for t in range(n_tasks)]))
     grouping = _unique_rows(
-        np.concatenate([edges, *(np.load(_edges_file(ctx.work, t, "links")) for t in range(n_tasks))])
+        np.concatenate([edges, *(np.load(_edges_file(buckets, t, "links")) for t in range(n_tasks))])
     )
     linked = np.unique(grouping)
     groups = minhash.clusters(len(linked), np.searchsorted(linked, grouping))
@@ -196,13 +197,13 @@ def run_clusters(ctx: TaskContext) -> dict[str, Any]:
     roots = minhash.clusters(len(members), np.searchsorted(members, edges))
     del edges
     offsets = shard_offsets(ctx)
-    chars = gather_rows([_chars_file(ctx.work, i) for i in range(len(ctx.shards))], offsets, members)
+    chars = gather_rows([_chars_file(ctx.folder_of(SIGNATURES), i) for i in range(len(ctx.shards))], offsets, members)
     remove_mask, keepers = minhash.choose_removals(
         roots, chars, linked_ids[np.searchsorted(linked, members)], row_priorities(ctx, members)
     )
     removed, keepers = members[remove_mask], members[keepers[remove_mask]]
     jaccard = np.zeros(len(removed), dtype=np.float64)
-    files = [_signature_file(ctx.work, i) for i in range(len(ctx.shards))]
+    files = [_signature_file(ctx.folder_of(SIGNATURES), i) for i in range(len(ctx.shards))]
     for start in range(0, len(removed), _VERIFY_ROWS // 2):
         chunk = slice(start, start + _VERIFY_ROWS // 2)
         order = np.argsort(keepers[chunk], kind="stable")
@@ -248,7 +249,7 @@ def write_groups(
         keep = np.arange(bounds[shard], bounds[shard + 1])
         keep = keep[size[keep] > 1]
         write_parquet(
-            groups_file(ctx.work, shard),
+            groups_file(ctx.folder, shard),
             pa.table(
                 {ID: pa.array(ids[keep].tolist(), pa.string()), GROUP: pa.array(group[keep].tolist(), pa.string())}
             ),
@@ -256,9 +257,9 @@ def write_groups(
     return sizes[sizes > 1]
 
 
-def split_groups(work: Path, shard: int) -> dict[str, str]:
+def split_groups(clusters_folder: Path, shard: int) -> dict[str, str]:
     """id -> split group of shard `shard`'s documents that have one (the others are their own group)."""
-    table = pq.read_table(groups_file(work, shard))
+    table = pq.read_table(groups_file(clusters_folder, shard))
     return dict(zip(table[ID].to_pylist(), table[GROUP].to_pylist()))
 
 
@@ -289,8 +290,8 @@ STAGE = StageSpec(
     MinHashConfig,
     (
         StepSpec(".signatures", run_signatures),
-        StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=tasks_done),
-        StepSpec(".clusters", run_clusters, tasks=single),
-        StepSpec(".filter", run_filter, makes_docs=True),
+        StepSpec(".buckets", run_buckets, tasks=_bucket_tasks, unit="task", units=tasks_done, reads=(SIGNATURES,)),
+        StepSpec(".clusters", run_clusters, tasks=single, reads=(SIGNATURES, BUCKETS)),
+        StepSpec(".filter", run_filter, makes_docs=True, reads=(CLUSTERS,)),
     ),
 )

@@ -4,21 +4,24 @@ A task counts as done only when its marker (written atomically, after its output
 carries the step's fingerprint, so a killed run resumes where it stopped and a rerun of a
 finished run does no work. A step whose config changed since its outputs were written is
 cleared and rerun, with everything after it. A finished step is sealed with the SHA-256 of
-every file it wrote; a rerun checks the seal and rebuilds a step whose files were edited or
-removed since (steps give the same bytes for the same input, so what follows stays valid).
+every file it wrote, and with the seals of the steps it read (its declared reads); a rerun checks
+both and rebuilds a step whose files were edited or removed since, or one whose inputs were
+rebuilt into other bytes (a rebuild into the same bytes leaves what read them valid).
 The local executor calls `execute_task` in a process pool; the Slurm executor's array jobs
 call it through `crucible prep-task`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from data_prep.books import marker_file
+from data_prep.books import MARKER_PREFIX, marker_file
 from pipeline.ground.atomic import TMP_PREFIX, remove_temp_files, write_json
 from pipeline.ground.console import console
 from pipeline.ground.hashing import file_sha256
@@ -27,6 +30,7 @@ from pipeline.prep_graph import PrepGraph, Step
 
 STEP_FILE = "step.json"  # the fingerprint a step folder was made for
 SEAL_FILE = "outputs.json"  # the SHA-256 of every file of a finished step
+READS_FILE = "reads.json"  # a digest of the seal of each step a finished step read, when it was sealed
 
 
 def execute_task(
@@ -82,8 +86,10 @@ def pending_tasks(work: Path, step: Step) -> list[int]:
     ]
 
 
-def prepare_step_dir(work: Path, step: Step) -> list[int]:
-    """Clear a step folder made with another fingerprint; return the tasks still to run."""
+def prepare_step_dir(work: Path, step: Step, rebuilding: Collection[str] = ()) -> list[int]:
+    """Clear a step folder made with another fingerprint, with changed files, or that read a step rebuilt
+    since into other bytes (or one in `rebuilding`, being rebuilt before this step's turn to be checked);
+    return the tasks still to run."""
     folder = work / step.name
     if folder.exists() and not step_is_current(work, step):
         shutil.rmtree(folder)
@@ -93,6 +99,11 @@ def prepare_step_dir(work: Path, step: Step) -> list[int]:
             f"[yellow]{folder}: {len(changed)} file(s) changed or missing since the step finished "
             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]"
         )
+        shutil.rmtree(folder)
+    moved = [name for name in step.reads if name in rebuilding] if folder.exists() else []
+    moved = moved or (changed_reads(work, step) if folder.exists() else [])
+    if moved:
+        console().print(f"[yellow]{folder}: {', '.join(moved)} changed since this step read it; rebuilding it[/]")
         shutil.rmtree(folder)
     if not folder.exists():
         write_json(folder / STEP_FILE, {"fingerprint": step.fingerprint, "n_tasks": step.n_tasks})
@@ -112,16 +123,36 @@ def _output_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and p.name not in (STEP_FILE, SEAL_FILE) and not p.name.startswith(TMP_PREFIX)
+        if p.is_file() and p.name not in (STEP_FILE, SEAL_FILE, READS_FILE) and not p.name.startswith(TMP_PREFIX)
     )
 
 
+def _seal_digest(work: Path, step: str) -> str | None:
+    """A digest of a sealed step's files but its markers, whose times differ from run to run; None: not sealed."""
+    sealed = read_marker(work / step / SEAL_FILE)
+    if sealed is None:
+        return None
+    files = {name: digest for name, digest in sealed.items() if not name.startswith(MARKER_PREFIX)}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def seal_step(work: Path, step: Step) -> None:
-    """Record the hashes of a finished step's files (once; a seal is only rewritten after a rebuild)."""
+    """Record the hashes of a finished step's files and the seals of the steps it read (once; a seal is only
+    rewritten after a rebuild). The reads go first: a step is sealed when its SEAL_FILE exists."""
     folder = work / step.name
     if read_marker(folder / SEAL_FILE) is None and not pending_tasks(work, step):
+        read_seals = {name: _seal_digest(work, name) for name in step.reads}
+        write_json(folder / READS_FILE, {name: digest for name, digest in read_seals.items() if digest})
         hashes = {p.relative_to(folder).as_posix(): file_sha256(p) for p in _output_files(folder)}
         write_json(folder / SEAL_FILE, hashes)
+
+
+def changed_reads(work: Path, step: Step) -> list[str]:
+    """The steps a sealed step read whose seal differs now from the one it was sealed with (a step not
+    sealed now is being rebuilt: the check waits for its new seal)."""
+    recorded = read_marker(work / step.name / READS_FILE) or {}
+    now = {name: _seal_digest(work, name) for name in recorded}
+    return [name for name, digest in recorded.items() if now[name] is not None and now[name] != digest]
 
 
 def changed_outputs(work: Path, step: Step) -> list[str]:
