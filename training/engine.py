@@ -1,8 +1,9 @@
 """The trainer: built from one config, a train_step that reads top to bottom, and fit().
 
-Parts are made by their own modules (model, parallel, optim, data, checkpoint, hooks, metrics);
-this file only wires them. Hooks, the built-in ones included, say what they want after a step
-(go on, roll back, stop) and the trainer acts on it. With PP = 1 a step is DeepSpeed's
+Parts are made by `training.builder` (shards, datasets, engine, logs) and their own modules; this file
+only wires them. Hooks, the built-in ones included, say what they want after a step (go on, roll back,
+stop); the loop's decisions (when to evaluate, save or stop, and what an anomaly leads to) are the
+policies' of `training.policies`. With PP = 1 a step is DeepSpeed's
 forward/backward/step over the micro-batches of one global batch; with PP > 1 it is the pipeline
 engine's 1F1B `train_batch` over the same micro-batches. Every rank draws the same global rows per step whatever the
 layout, which is what makes loss curves of different layouts comparable.
@@ -15,7 +16,6 @@ A run folder is one job's: rank 0 locks it, and another job training into it is 
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable
@@ -27,14 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from data_prep.shards import ShardError, manifest_path, read_manifest
+from data_prep.shards import manifest_path
 from pipeline.ground import storage
 from pipeline.ground.atomic import write_json
 from pipeline.ground.errors import UserError
-from pipeline.ground.hashing import file_sha256
 from pipeline.ground.lock import folder_lock
 from training import parallel
-from training.checkpoint import Checkpointer, CheckpointInfo
+from training.builder import build_engine, locate_shards, open_datasets, open_run_logs
+from training.checkpoint import CheckpointInfo
 from training.checkpoint_meta import CheckpointMeta, SavedConfig, SavedLayout
 from training.config import STOPPED_FILE, TrainingConfig, check_layout
 from training.data import (
@@ -43,22 +43,20 @@ from training.data import (
     MixingLoader,
     PackedDataset,
     SourceRows,
-    build_loader,
     manifest_hash,
     source_views,
 )
 from training.fp8 import check_fp8
-from training.hooks import Anomaly, EventLog, Hook, Rollback, Stop, build_hooks
-from training.init import init_weights
-from training.metrics import MetricsLog, mfu, mfu_withheld, peak_flops
+from training.hooks import Anomaly, Hook, Rollback, Stop, build_hooks
+from training.metrics import mfu, mfu_withheld, peak_flops
 from training.model import lm_loss
-from training.optim import build_optimizer, damp_schedule
+from training.optim import damp_schedule
+from training.policies import CheckpointPolicy, EvaluationPolicy, RollbackPolicy, StopPolicy
 from training.sizing import flops_per_token, padded_vocab
-from training.preflight import check_splits, model_changes
-from training.shard_cache import ShardCache
+from training.preflight import model_changes
 from training.scoring import encode_tasks, score
 from training.tasks import METRIC_LABELS, load_tasks, metrics
-from training.trackers import Trackers, check_installed, prep_stats_of
+from training.trackers import check_installed
 from training.metric_names import EVAL_SECONDS, VAL_LOSS, source_val_loss, task_score, task_scores
 from pipeline.ground.console import say
 
@@ -106,10 +104,6 @@ def hold_run_folder(run_dir: Path, rank: int, world: int) -> ExitStack:
     return held
 
 
-class TrainingDiverged(UserError):
-    """Loss or gradients that rollbacks could not bring back: the settings need a change, not a rerun."""
-
-
 class Trainer:
     def __init__(
         self,
@@ -121,97 +115,57 @@ class Trainer:
         initial_weights: Callable[[torch.nn.Module], None] | None = None,
     ) -> None:
         """`data_dir`: a shards folder, or its `s3://` URL (then read through the local shard cache).
-        `initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init."""
-        self.config, self.run_dir, self.data_location = config, Path(run_dir), data_dir
-        self.remote = data_dir if storage.is_remote(data_dir) else None  # the shards' URL on object storage
-        self.shard_cache = ShardCache(config.train.shard_cache) if self.remote else None
-        self.data_dir = self.shard_cache.view(self.remote) if self.shard_cache and self.remote else Path(data_dir)
-        self.initial_weights = initial_weights
-        model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
-        self.manifest = manifest = read_manifest(self.data_dir)  # read once; the datasets get this copy
-        tokenizer = manifest.tokenizer
-        self.seq_len = manifest.seq_len
-        if train_cfg.seq_len is not None and train_cfg.seq_len != self.seq_len:
-            raise ShardError(
-                f"{manifest_path(self.data_dir)}: shards hold seq_len {self.seq_len}, "
-                f"train.seq_len is {train_cfg.seq_len}; re-pack with prep.pack.seq_len or change it"
-            )
-        check_splits(manifest, self.data_dir, needs_validation=train_cfg.eval_batches > 0)
-        vocab = model_cfg.vocab_size or tokenizer.vocab_size
-        if vocab < tokenizer.vocab_size:
-            raise UserError(f"model.vocab_size {vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
-        self.pad_id = tokenizer.pad_id
+        `initial_weights` sets a fresh run's weights (post-training: the base model's); default the seeded init.
+        Everything that can be refused is checked before the process group starts."""
+        self.config, self.run_dir, self.initial_weights = config, Path(run_dir), initial_weights
+        self.shards = locate_shards(config, data_dir)
+        self.data_dir, self.shard_cache, self.manifest = self.shards.folder, self.shards.cache, self.shards.manifest
+        self.seq_len, self.pad_id = self.manifest.seq_len, self.manifest.tokenizer.pad_id
+        tokenizer = self.manifest.tokenizer
         self.tasks = load_tasks(config.eval.tasks, config.eval.max_items)
         self.task_requests = encode_tasks(self.tasks, self.data_dir / tokenizer.file, tokenizer.eod_id, self.seq_len)
-        self.dp = check_layout(model_cfg, parallel_cfg, train_cfg, world_size)  # before any process group
-        check_installed(train_cfg.loggers)
-        if train_cfg.precision == "fp8":
+        self.dp = check_layout(config.model, config.parallel, config.train, world_size)  # before any process group
+        check_installed(config.train.loggers)
+        if config.train.precision == "fp8":
             check_fp8(
-                model_cfg,
-                parallel_cfg,
-                train_cfg.fp8_scaling,
+                config.model,
+                config.parallel,
+                config.train.fp8_scaling,
                 torch.device("cuda" if torch.cuda.is_available() else "cpu"),
             )
-        self.layout = parallel.init_distributed(parallel_cfg)
+        self.layout = parallel.init_distributed(config.parallel)
         self.folder_lock = hold_run_folder(self.run_dir, self.layout.rank, self.layout.world)
         try:
-            self._set_up(vocab, resume)
+            self._set_up(config.model.vocab_size or tokenizer.vocab_size, resume)
         except BaseException:
             self.folder_lock.close()
             raise
 
     def _set_up(self, vocab: int, resume: str) -> None:
-        """Data, model, engine and logs once the run folder is this job's; then the checkpoint to resume."""
-        config, manifest = self.config, self.manifest
-        model_cfg, parallel_cfg, train_cfg = config.model, config.parallel, config.train
-        tokenizer = manifest.tokenizer
+        """Data, logs and policies once the run folder is this job's; then the engine, from the checkpoint to
+        resume or seeded."""
+        config, train_cfg = self.config, self.config.train
         self.dtype = compute_dtype(train_cfg.precision)
-        self.vocab = padded_vocab(vocab, model_cfg.vocab_multiple, parallel_cfg.tp)
+        self.vocab = padded_vocab(vocab, config.model.vocab_multiple, config.parallel.tp)
         self.manifest_sha256 = manifest_hash(self.data_dir)
-
-        tokenizer_sha = file_sha256(self.data_dir / tokenizer.file)
-        self.train_data = PackedDataset(
-            self.data_dir,
-            "train",
-            self.seq_len,
-            tokenizer_sha,
-            manifest=manifest,
-            remote=self.remote,
-            cache=self.shard_cache,
-        )
-        self.val_data = PackedDataset(
-            self.data_dir,
-            "val",
-            self.seq_len,
-            tokenizer_sha,
-            manifest=manifest,
-            remote=self.remote,
-            cache=self.shard_cache,
-        )
-        self.loader = build_loader(self.train_data, config, self.layout.dp_rank, self.dp)  # plain, or mixing sources
+        datasets = open_datasets(self.shards, config, self.layout.dp_rank, self.dp)
+        self.train_data, self.val_data, self.loader = datasets.train, datasets.val, datasets.loader
         self.val_sources: dict[str, SourceRows] = {}
         if train_cfg.eval_batches:
             self._val_loader()  # refuse a validation split too small for one global batch now, not at the first eval
             self.val_sources = source_views(self.val_data, train_cfg.global_batch_size)  # per source/language
-        self.flops_per_token = flops_per_token(model_cfg, self.vocab, self.seq_len)
+        self.flops_per_token = flops_per_token(config.model, self.vocab, self.seq_len)
         self.peak_flops = peak_flops(train_cfg.peak_tflops, self.layout.device, self.dtype)
         self.mfu_trusted = self.peak_flops is not None  # False once MFU came out above 100%
-
-        is_rank0 = self.layout.rank == 0
-        trackers = Trackers(
-            self.run_dir,
-            train_cfg.loggers,
-            train_cfg.tracking,
-            config.model_dump(mode="json"),
-            prep_stats_of(self.data_dir),
-            enabled=is_rank0,
-        )
-        self.metrics = MetricsLog(self.run_dir, enabled=is_rank0, trackers=trackers)
-        self.events = EventLog(self.run_dir, enabled=is_rank0, also=trackers.event)
-        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.layout.rank, self.events)
+        logs = open_run_logs(self.run_dir, config, self.shards, self.layout.rank)
+        self.metrics, self.events, self.checkpointer = logs.metrics, logs.events, logs.checkpointer
         self.hooks: list[Hook] = build_hooks(config)
+        self.evaluation = EvaluationPolicy(train_cfg, config.eval, has_tasks=bool(self.tasks))
+        self.checkpointing = CheckpointPolicy(config.checkpoint)
+        self.stopping = StopPolicy(train_cfg.max_steps)
+        self.rollbacks = RollbackPolicy(config.rollback)
         self.stopped_by: str | None = None  # the signal that stopped training early
-        self.step, self.rollbacks, self.tokens = 0, 0, 0
+        self.step, self.tokens = 0, 0
 
         start = self.checkpointer.resolve(resume, self.events)
         self.checkpointer.upload_missing()
@@ -222,36 +176,19 @@ class Trainer:
         if start is not None:
             self._resume(start, self.checkpointer.universal(start) if universal else None)
 
-    # -- construction ----------------------------------------------------------------------
-
     def _build(self, seeded_init: bool, load_universal: bool = False) -> None:
-        """Model, optimizer, schedule and DeepSpeed engine; weights seeded unless a checkpoint follows."""
-        self.engine: Any = None  # the DeepSpeed engine (untyped), released before its replacement is built
-        gc.collect()
-        cfg = self.config
-        model = parallel.build_model(
-            cfg.model,
-            cfg.parallel,
+        self.engine: Any = None  # released before its replacement is built
+        parts = build_engine(
+            self.config,
             self.layout,
             self.vocab,
             self.pad_id,
             self.dtype,
-            cfg.train.fp8_scaling if cfg.train.precision == "fp8" else None,
+            self.initial_weights,
+            seeded_init,
+            load_universal,
         )
-        if seeded_init and self.initial_weights is not None:
-            self.initial_weights(model)
-        elif seeded_init:
-            init_weights(model, cfg.train.seed, cfg.model.n_layers)
-        parallel.seed_everything(cfg.train.seed, self.layout, model)
-        model.to(self.layout.device)
-        optimizer, self.scheduler = build_optimizer(model, cfg.train)
-        if cfg.parallel.pp > 1:
-            parallel.check_stage_groups(optimizer, cfg.parallel, self.layout)
-        ds_config = parallel.deepspeed_config(
-            cfg.train, cfg.parallel, self.layout, self.dtype == torch.bfloat16, load_universal
-        )
-        self.grad_accum = ds_config["gradient_accumulation_steps"]
-        self.engine = parallel.build_engine(model, optimizer, self.scheduler, ds_config, cfg.parallel)
+        self.engine, self.scheduler, self.grad_accum = parts.engine, parts.scheduler, parts.grad_accum
 
     def _layout_changed(self, info: CheckpointInfo) -> bool:
         saved = info.meta.layout  # None: saved before layouts were recorded, loaded through the universal form
@@ -284,7 +221,8 @@ class Trainer:
 
     def _resume(self, info: CheckpointInfo, universal: Path | None) -> None:
         self.checkpointer.load(self.engine, info, universal)
-        self.step, self.rollbacks, self.tokens = info.step, info.meta.rollbacks, info.meta.tokens
+        self.step, self.tokens = info.step, info.meta.tokens
+        self.rollbacks.load_state_dict({"count": info.meta.rollbacks})
         self.loader.load_state_dict(info.meta.loader)
         self.events.log(
             {"event": "resume", "step": info.step, "checkpoint": info.path.name, "universal": universal is not None}
@@ -493,11 +431,11 @@ class Trainer:
             tokens=self.tokens,
             # An anomalous step is rolled back before any save; one with nothing to roll back to is kept.
             healthy=True,
-            rollbacks=self.rollbacks,
+            rollbacks=self.rollbacks.count,
             reason=reason,
             layout=SavedLayout(tp=self.layout.tp, pp=self.layout.pp, dp=self.dp, zero_stage=config.parallel.zero_stage),
             manifest_sha256=self.manifest_sha256,
-            data_dir=self.data_source(),
+            data_dir=self.shards.source,
             seq_len=self.seq_len,
             tokenizer=self.manifest.tokenizer,  # its file, hash and special-token ids, for generate and export
             config=SavedConfig(
@@ -514,22 +452,13 @@ class Trainer:
             hook.on_save(self, path)
         return path
 
-    def data_source(self) -> str:
-        """Where the shards are, as checkpoints record it: the URL they were read from, or the local folder."""
-        return str(self.data_location) if self.shard_cache else str(self.data_dir.resolve())
-
     def rollback(self, anomaly: Anomaly) -> bool:
         """Back to the last healthy checkpoint; skip the data since; damp the rate for a while.
         A spike before the first checkpoint is logged and training goes on (False)."""
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
         target = self.checkpointer.last_healthy(anomaly.step - 1, self.events)
-        if target is None:
-            if anomaly.reason.startswith("nonfinite"):
-                raise TrainingDiverged(
-                    f"{anomaly.reason} at step {anomaly.step} and no healthy checkpoint to roll "
-                    f"back to; lower checkpoint.interval"
-                )
+        if self.rollbacks.verdict(anomaly.reason, anomaly.step, anomaly.value, target is not None) == "ignore":
             self.events.log(
                 {
                     "event": "anomaly_ignored",
@@ -540,20 +469,14 @@ class Trainer:
                 }
             )
             return False
-        if self.rollbacks >= self.config.rollback.max_rollbacks:
-            raise TrainingDiverged(
-                f"gave up after {self.config.rollback.max_rollbacks} rollbacks; last anomaly: "
-                f"{anomaly.reason} at step {anomaly.step} (value {anomaly.value}); lower train.lr "
-                f"or raise rollback.max_rollbacks"
-            )
-        self.rollbacks += 1
+        assert target is not None  # a verdict to roll back has a checkpoint to go to
         skip_from = target.meta.loader
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
         self.checkpointer.load(self.engine, target)
         self.step, self.tokens = target.step, target.meta.tokens
         self.loader.load_state_dict(skip_to)  # the rows between the checkpoint and the anomaly are skipped
-        damp_schedule(self.scheduler, self.config.rollback.lr_scale, self.step + self.config.rollback.lr_scale_steps)
+        damp_schedule(self.scheduler, self.config.rollback.lr_scale, self.rollbacks.damped_until(self.step))
         for hook in self.hooks:
             hook.on_rollback(self, target.step)
         event = {
@@ -566,8 +489,8 @@ class Trainer:
             "checkpoint": target.path.name,
             "skipped": {"from": skip_from, "to": skip_to},
             "lr_scale": self.config.rollback.lr_scale,
-            "lr_scale_until": self.step + self.config.rollback.lr_scale_steps,
-            "rollbacks": self.rollbacks,
+            "lr_scale_until": self.rollbacks.damped_until(self.step),
+            "rollbacks": self.rollbacks.count,
         }
         self.events.log(event)
         if self.layout.rank == 0:
@@ -613,13 +536,13 @@ class Trainer:
                 self.folder_lock.close()
 
     def _loop(self) -> list[dict[str, Any]]:
-        cfg, records = self.config.train, []
+        """Step, ask the hooks, roll back or evaluate, log, save, stop: each decision is a policy's."""
+        records = []
         if self.layout.rank == 0:  # an earlier stop's cue to requeue is stale once training goes on
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        while self.step < cfg.max_steps:
-            result = self.train_step()
-            last = self.step == cfg.max_steps
-            record = self.make_record(result)
+        while not self.stopping.done(self.step):
+            record = self.make_record(self.train_step())
+            last = self.stopping.is_last(self.step)
             actions = [hook.on_step_end(self, record) for hook in self.hooks]
             rollback = next((a for a in actions if isinstance(a, Rollback)), None)
             stop = next((a for a in actions if isinstance(a, Stop)), None)
@@ -628,18 +551,18 @@ class Trainer:
                     self.log_record(record | {"anomaly": rollback.anomaly.reason})
                     continue  # a stop asked for now is asked again after the next step
                 record["anomaly_ignored"] = rollback.anomaly.reason
-            if cfg.eval_batches and (self.step % cfg.eval_interval == 0 or last):
+            if self.evaluation.validate_now(self.step, last):
                 record |= self.validate()
                 for hook in self.hooks:
                     hook.on_eval(self, record[VAL_LOSS])
-            if self.tasks and (self.step % (self.config.eval.interval or cfg.eval_interval) == 0 or last):
+            if self.evaluation.score_tasks_now(self.step, last):
                 record |= self.evaluate_tasks()
             self.log_record(record)
             records.append(record)
-            interval = self.config.checkpoint.interval
-            if self.config.checkpoint.enabled and (last or stop or (interval and self.step % interval == 0)):
-                self.save("signal" if stop else "final" if last else "interval")
-            if stop is not None and not last:  # a signal during the last step stops nothing: the run is done
+            reason = self.checkpointing.save_reason(self.step, last, stopping=stop is not None)
+            if reason is not None:
+                self.save(reason)
+            if stop is not None and self.stopping.honours_stop_after(self.step):
                 self.events.log({"event": "stop", "step": self.step, "signal": stop.reason})
                 self.stopped_by = stop.reason
                 if self.layout.rank == 0:
