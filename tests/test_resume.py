@@ -100,34 +100,39 @@ def reference(web_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return output
 
 
-@pytest.mark.parametrize(
-    "kill_after",
-    [
-        "extract/done-00001.json",
-        "url_dedup.key/done-00001.json",
-        "url_dedup.find/done-00000.json",
-        "url_dedup.filter/done-00001.json",
-        "exact_dedup.find/done-00000.json",
-        "boilerplate.hash/done-00001.json",
-        "boilerplate.count/done-00000.json",
-        "boilerplate/done-00001.json",
-        "minhash_dedup.signatures/done-00001.json",
-        "minhash_dedup.buckets/done-00001.json",
-        "minhash_dedup.clusters/done-00000.json",
-        "line_filter/done-00001.json",
-        "tokenize.train/done-00000.json",
-        "tokenize/done-00001.json",
-        "split_overlap.scan/done-00000.json",
-    ],
-)
-def test_sigkill_then_rerun_gives_identical_outputs(
-    web_corpus: Path, reference: Path, tmp_path: Path, kill_after: str
+# A marker of every kind of step, in pipeline order: per document, per shard, by range (find, count, buckets),
+# global (clusters, the tokenizer), after pack (the overlap scan); the opt-in web stages included.
+KILL_POINTS = [
+    "extract/done-00001.json",
+    "url_dedup.key/done-00001.json",
+    "url_dedup.find/done-00000.json",
+    "url_dedup.filter/done-00001.json",
+    "exact_dedup.find/done-00000.json",
+    "minhash_dedup.signatures/done-00001.json",
+    "minhash_dedup.buckets/done-00001.json",
+    "minhash_dedup.clusters/done-00000.json",
+    "boilerplate.hash/done-00001.json",
+    "boilerplate.count/done-00000.json",
+    "boilerplate/done-00001.json",
+    "line_filter/done-00001.json",
+    "tokenize.train/done-00000.json",
+    "tokenize/done-00001.json",
+    "split_overlap.scan/done-00000.json",
+]
+
+
+def test_sigkill_after_each_kind_of_step_then_rerun_gives_identical_outputs(
+    web_corpus: Path, reference: Path, tmp_path: Path
 ) -> None:
+    """One prep killed again and again, each rerun right after the marker of the next kill point (in pipeline
+    order, so each is written by the run that is killed after it), then run to its end: every resume starts
+    from what the kills before it left."""
     killed = tmp_path / "killed"
-    marker = killed / "work" / kill_after
-    kill_after_marker(prep_command(web_corpus, killed), marker)
-    assert marker.exists(), "the run was killed mid-way, after this marker"
-    assert not (killed / "stats.json").exists(), "the run did not finish before the kill"
+    for kill_after in KILL_POINTS:
+        marker = killed / "work" / kill_after
+        kill_after_marker(prep_command(web_corpus, killed), marker)
+        assert marker.exists(), f"the run was killed mid-way, after {kill_after}"
+        assert not (killed / "stats.json").exists(), f"the run finished before the kill after {kill_after}"
 
     subprocess.run(prep_command(web_corpus, killed), cwd=REPO, check=True, capture_output=True)
     for folder in ("clean", "dropped", "quarantine", "tokenizer", "shards"):
