@@ -68,12 +68,12 @@ def hooks(*specs: str) -> list[str]:
 def test_resume_continues_bit_for_bit(tiny_shards: Path, tmp_path: Path, tp: int, pp: int, dp: int) -> None:
     layout = ["--set", f"parallel.tp={tp}", "--set", f"parallel.pp={pp}", "--set", "parallel.zero_stage=1"]
     n = tp * pp * dp
-    straight = losses(train(tiny_shards, tmp_path / "straight", 30, *layout, nproc=n))
-    train(tiny_shards, tmp_path / "split", 15, *layout, nproc=n)
+    straight = losses(train(tiny_shards, tmp_path / "straight", 16, *layout, nproc=n, decay=16))
+    train(tiny_shards, tmp_path / "split", 8, *layout, nproc=n, decay=16)
     assert [e["reason"] for e in events(tmp_path / "split") if e["event"] == "save"] == ["final"]
-    resumed = losses(train(tiny_shards, tmp_path / "split", 30, *layout, nproc=n))
-    assert [e["step"] for e in events(tmp_path / "split") if e["event"] == "resume"] == [15]
-    assert [resumed[s] for s in range(16, 31)] == [straight[s] for s in range(16, 31)]
+    resumed = losses(train(tiny_shards, tmp_path / "split", 16, *layout, nproc=n, decay=16))
+    assert [e["step"] for e in events(tmp_path / "split") if e["event"] == "resume"] == [8]
+    assert [resumed[s] for s in range(9, 17)] == [straight[s] for s in range(9, 17)]
 
 
 def test_resume_under_another_dp_size_continues_the_curve(tiny_shards: Path, tmp_path: Path) -> None:

@@ -56,16 +56,15 @@ def two_agents(shards: Path, run: Path, nproc_per_node: int) -> None:
 
 
 def test_one_node_and_two_nodes_train_alike(tiny_shards: Path, tmp_path: Path) -> None:
+    """Four ranks on two nodes (dp 4) follow the curve of two ranks on one (dp 2): the global batch is the same."""
     torchrun(2, "train", "--data", str(tiny_shards), "--output", str(tmp_path / "one-node-2"), *TRAIN)
-    torchrun(4, "train", "--data", str(tiny_shards), "--output", str(tmp_path / "one-node-4"), *TRAIN)
     two_agents(tiny_shards, tmp_path / "two-nodes-2x2", 2)
     reference = losses(tmp_path / "one-node-2")
     assert [step for step, _ in reference] == list(range(1, STEPS + 1))
-    for run in ("one-node-4", "two-nodes-2x2"):
-        curve = losses(tmp_path / run)
-        assert [step for step, _ in curve] == [step for step, _ in reference], run
-        for (step, ours), (_, ref) in zip(curve, reference):
-            assert ours == pytest.approx(ref, rel=1e-4), f"{run} step {step}"
+    curve = losses(tmp_path / "two-nodes-2x2")
+    assert [step for step, _ in curve] == [step for step, _ in reference]
+    for (step, ours), (_, ref) in zip(curve, reference):
+        assert ours == pytest.approx(ref, rel=1e-4), f"step {step}"
 
 
 def slurm_env(job: str, nodes: int) -> dict[str, str]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.chat_data import BAD_PAIRS, BAD_RECORDS, conversations, write_chat, write_preferences
-from tests.conftest import metrics, read_set, torchrun, one_rank, ranks
+from tests.conftest import crucible_in_process, metrics, read_set, one_rank, ranks
 from training.chat import ChatCodec, grow_tokenizer
 from training.post_config import SFTConfig
 
@@ -393,20 +393,23 @@ def test_dpo_layouts_match_single_process(
 
 @pytest.mark.slow
 def test_dpo_under_pipeline_parallelism_is_refused_in_one_line(sft_run: Path, prefs_file: Path, tmp_path: Path) -> None:
-    result = torchrun(
-        2,
+    """Refused before its data is built or a rank starts."""
+    result = crucible_in_process(
         "dpo",
         "--checkpoint",
-        str(sft_run),
+        sft_run,
         "--data",
-        str(prefs_file),
+        prefs_file,
         "--output",
-        str(tmp_path),
+        tmp_path,
         *flags([*SFT, *DPO, "parallel.pp=2"]),
-        check=False,
     )
-    assert result.returncode != 0 and "dpo with parallel.pp > 1 is not supported yet" in result.stderr
-    assert not (tmp_path / "metrics.jsonl").exists()
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "crucible dpo: dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
+        "(parallel.tp, more processes) and ZeRO"
+    )
+    assert not any(tmp_path.iterdir())
 
 
 # -- generate --chat -----------------------------------------------------------------------------

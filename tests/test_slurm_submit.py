@@ -1,7 +1,9 @@
 """`crucible submit` against a real one-node Slurm cluster (slurmctld + slurmd + munge).
 
 The sample config's run, as array jobs of 4 tasks per step and a 2-process training job, must
-give the local executor's bytes and loss; a cancelled array task is rerun alone by a
+give the local executor's bytes and loss (with a stage of each kind of step: per document, by hash
+range, by LSH band, global, the tokenizer and pack; every stage's steps run through the same task
+runner, `pipeline.executors.steps.execute_task`); a cancelled array task is rerun alone by a
 resubmission; SIGUSR1 makes training checkpoint, stop, requeue and resume.
 """
 
@@ -27,6 +29,7 @@ SETS = [
     "checkpoint.interval=3",
     "train.log_interval=1",
     "eval.tasks=[]",  # the executors are under test here, not task scores (tests/test_task_eval.py)
+    "prep.stages=[normalize, exact_dedup, minhash_dedup, langid, tokenize, pack]",
 ]
 JOB_TIMEOUT = 600
 

@@ -130,6 +130,15 @@ def dpo_terms(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> dic
     }
 
 
+def check_dpo_layout(parallel: Any) -> None:
+    """Refuse pipeline parallelism: the pair loss and the reference scoring call the whole model's forward."""
+    if parallel.pp > 1:
+        raise UserError(
+            "dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
+            "(parallel.tp, more processes) and ZeRO"
+        )
+
+
 class DPOTrainer(Trainer):
     """The Trainer with DPO's loss over pairs, the reference log-probabilities read from RUN/data/reference
     (computed there before the first step), and the reward terms in every step's and validation's record."""
@@ -137,11 +146,7 @@ class DPOTrainer(Trainer):
     def __init__(
         self, config: Any, data_dir: Path, run_dir: Path, world_size: int, resume: str, initial_weights: Any
     ) -> None:
-        if config.parallel.pp > 1:  # the pair loss and the reference scoring call the whole model's forward
-            raise UserError(
-                "dpo with parallel.pp > 1 is not supported yet: use tensor and data parallelism "
-                "(parallel.tp, more processes) and ZeRO"
-            )
+        check_dpo_layout(config.parallel)
         self.beta = config.post.dpo.beta
         self.sums = torch.zeros(len(TERMS), dtype=torch.float64)  # the terms summed over this rank's pairs
         super().__init__(config, data_dir, run_dir, world_size, resume, initial_weights)

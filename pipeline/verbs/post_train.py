@@ -37,7 +37,7 @@ def arguments_for(data: str) -> Callable[[argparse.ArgumentParser], None]:
 
 
 def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
-    from training.dpo import DPOTrainer, build_dpo_data
+    from training.dpo import DPOTrainer, build_dpo_data, check_dpo_layout
     from training.engine import Trainer
     from training.post import build_sft_data, prepare
 
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace, config: CrucibleConfig) -> int:
         "dpo": (build_dpo_data, DPOTrainer),
     }
     build, trainer_class = builders[args.verb]
+    if args.verb == "dpo":
+        check_dpo_layout(config.parallel)  # before its data is built: a layout it cannot train is refused at once
     base = checkpoint_in(args.checkpoint, config)
     post_config, shards, weights = prepare(
         args.verb, config, base, tokenizer_of(base, None), args.data, args.output, build
