@@ -76,11 +76,6 @@ class TrainFolder:
             return inside_run
         return TrainFolder(folder)
 
-    @staticmethod
-    def of_checkpoint(checkpoint: Path) -> TrainFolder:
-        """The train folder a checkpoint folder (TRAIN/checkpoints/step-N) belongs to."""
-        return TrainFolder(checkpoint.parents[1])
-
 
 @dataclass(frozen=True)
 class PrepFolder:
