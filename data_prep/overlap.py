@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from data_prep.pack import PACK, SPLIT_READS, validation_rows
-from data_prep.stage import ID, StageSpec, StepSpec, TaskContext, single, tasks_done
+from data_prep.stage import ID, OVERLAP_MEASURE, StageSpec, StepSpec, TaskContext, single, tasks_done
 from data_prep.tokenizer import TOKENIZE, tokens_file
 from pipeline.ground.atomic import write_json, write_npy
 from pipeline.ground.hashing import hash64
@@ -190,7 +190,15 @@ STAGE = StageSpec(
     (
         StepSpec(".sample", run_sample, tasks=single, reads=(TOKENIZE, *SPLIT_READS)),
         StepSpec(".scan", run_scan, reads=(SAMPLE, TOKENIZE, *SPLIT_READS)),
-        StepSpec("", run_overlap, tasks=single, unit="task", units=tasks_done, reads=(SAMPLE, SCAN)),
+        StepSpec(
+            "",
+            run_overlap,
+            tasks=single,
+            unit="task",
+            units=tasks_done,
+            reads=(SAMPLE, SCAN),
+            publishes=(OVERLAP_MEASURE,),
+        ),
     ),
     requires=(PACK,),
 )

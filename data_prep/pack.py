@@ -26,7 +26,7 @@ from pydantic import Field
 
 from data_prep import shards as shard_format
 from data_prep.minhash.steps import CLUSTERS, MINHASH, split_groups
-from data_prep.stage import ID, LANG, StageSpec, StepSpec, TaskContext
+from data_prep.stage import ID, LANG, SHARD_FILES, TOKEN_COUNTS, StageSpec, StepSpec, TaskContext
 from data_prep.tokenizer import TOKENIZE, TRAIN, encoder, load_tokenizer, special_ids, tokenizer_file, tokens_file
 from pipeline.ground.hashing import hash64
 from pipeline.ground.schema import Section
@@ -215,5 +215,8 @@ def _language_groups(table: pa.Table, order: np.ndarray) -> dict[str | None, np.
 
 
 STAGE = StageSpec(
-    PACK, PackConfig, (StepSpec("", run_pack, reads=(TRAIN, TOKENIZE, *SPLIT_READS)),), requires=(TOKENIZE,)
+    PACK,
+    PackConfig,
+    (StepSpec("", run_pack, reads=(TRAIN, TOKENIZE, *SPLIT_READS), publishes=(TOKEN_COUNTS, SHARD_FILES)),),
+    requires=(TOKENIZE,),
 )

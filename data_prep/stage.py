@@ -137,6 +137,14 @@ def tasks_done(docs: int, n_tasks: int) -> int:
     return n_tasks
 
 
+# What publishing takes from a step (`StepSpec.publishes`), besides every document step's kept, dropped and
+# quarantined documents.
+TOKEN_COUNTS = "token_counts"  # the `tokens` counts of its markers: into stats.json and the shard manifest
+SHARD_FILES = "shard_files"  # the training shards its markers list (with their split): into shards/
+TOKENIZER = "tokenizer"  # the tokenizer file in its folder: into tokenizer/ and shards/
+OVERLAP_MEASURE = "overlap"  # its one marker's `overlap`, the train/val overlap: into stats.json
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One step of a stage: what a task runs, how many tasks, and whether it passes documents on."""
@@ -148,6 +156,7 @@ class StepSpec:
     unit: str = "doc"  # what its progress bar counts
     units: Callable[[int, int], int | None] = docs_seen  # (documents it reads, task count) -> progress total
     reads: tuple[str, ...] = ()  # other steps whose files it opens, besides its document source (where they run)
+    publishes: tuple[str, ...] = ()  # what publishing takes from it (TOKEN_COUNTS, SHARD_FILES, ...)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,18 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from data_prep.books import source_file
-from data_prep.stage import ID, LANG, TEXT, StageSpec, StepSpec, TaskContext, single, tasks_done
+from data_prep.stage import (
+    ID,
+    LANG,
+    TEXT,
+    TOKEN_COUNTS,
+    TOKENIZER,
+    StageSpec,
+    StepSpec,
+    TaskContext,
+    single,
+    tasks_done,
+)
 from pipeline.ground.atomic import atomic_path
 from pipeline.ground.errors import UserError
 from pipeline.ground.hashing import file_sha256, uniform
@@ -217,8 +228,8 @@ STAGE = StageSpec(
     TOKENIZE,
     TokenizerConfig,
     (
-        StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done),
-        StepSpec("", run_tokenize, reads=(TRAIN,)),
+        StepSpec(".train", run_train, tasks=single, unit="task", units=tasks_done, publishes=(TOKEN_COUNTS, TOKENIZER)),
+        StepSpec("", run_tokenize, reads=(TRAIN,), publishes=(TOKEN_COUNTS,)),
     ),
     section="tokenizer",
 )

@@ -29,10 +29,11 @@ import pyarrow.parquet as pq
 
 from data_prep.books import data_file, dropped_file, marker_file, quarantine_file
 from data_prep.overlap import OVERLAP
-from data_prep.pack import PACK, shard_file
+from data_prep.pack import shard_file
 from data_prep.readers import skipped_entries
 from data_prep.shards import ShardManifest, SplitIndex, TokenizerRecord, token_type, write_manifest
-from data_prep.tokenizer import TOKENIZE, TRAIN, load_tokenizer, special_ids, tokenizer_file
+from data_prep.stage import OVERLAP_MEASURE, SHARD_FILES, TOKEN_COUNTS, TOKENIZER
+from data_prep.tokenizer import load_tokenizer, special_ids, tokenizer_file
 from pipeline.ground import storage
 from pipeline.ground.atomic import atomic_path, write_parquet, write_text
 from pipeline.ground.hashing import file_sha256
@@ -183,7 +184,7 @@ def token_stats(
     sources: dict[str, Counter[str]] = {}
     languages: dict[str | None, dict[str, Counter[str]]] = {}
     for step in plan.steps:
-        if step.stage not in (TOKENIZE, PACK):
+        if TOKEN_COUNTS not in step.spec.publishes:
             continue
         seconds = 0.0
         for task in range(step.n_tasks):
@@ -258,9 +259,10 @@ def publish_manifest(
     """tokenizer/tokenizer.json and shards/manifest.json (and a copy of the tokenizer) for the shard files the
     publishing tasks copied; with named sources, each shard entry names its source and each split counts per
     source; split by language, each entry names its language and each split (and source) counts per language."""
-    tokenizer_path = tokenizer_file(plan.config, work / TRAIN)
+    (trained,) = plan.publishing(TOKENIZER)
+    tokenizer_path = tokenizer_file(plan.config, work / trained.name)
     _publish_copy(tokenizer_path, output, f"tokenizer/{TOKENIZER_FILE}")
-    if PACK not in plan.config.stages:
+    if not plan.publishing(SHARD_FILES):
         return
     _publish_copy(tokenizer_path, output, PrepFolder.in_shards(TOKENIZER_FILE))
     splits: dict[str, SplitIndex] = {}
@@ -328,7 +330,7 @@ def _summed(groups: Iterable[dict[str, dict[str, int]]]) -> dict[str, Counter[st
 
 def publish_task_count(plan: PrepGraph) -> int:
     """Publishing runs as tasks, one per task index of the steps whose files it publishes (their input shards)."""
-    return max(step.n_tasks for step in plan.steps if step.makes_docs or step.stage == PACK)
+    return max(step.n_tasks for step in plan.steps if step.makes_docs or SHARD_FILES in step.spec.publishes)
 
 
 def begin_publish(plan: PrepGraph, work: Path, output: Location) -> dict[str, Any]:
@@ -357,10 +359,10 @@ def publish_task(plan: PrepGraph, work: Path, output: Location, task: int) -> li
                 if pq.ParquetFile(path).metadata.num_rows:
                     written.append(PrepFolder.kept_apart_file(kind, step.stage, task))
                     _copy(path, output, written[-1])
-        elif step.stage == PACK and task < step.n_tasks:
+        elif SHARD_FILES in step.spec.publishes and task < step.n_tasks:
             for entry in (read_marker(marker_file(work, step.name, task)) or {}).get("files", []):
                 written.append(PrepFolder.in_shards(entry["split"], entry["file"]))
-                _publish_copy(shard_file(work / PACK, entry["split"], entry["file"]), output, written[-1])
+                _publish_copy(shard_file(work / step.name, entry["split"], entry["file"]), output, written[-1])
     return written
 
 
@@ -386,14 +388,14 @@ def finish_publish(
     if skipped:
         stats["skipped_inputs"] = skipped
     sources: dict[str, dict[str, int]] = {}
-    if TOKENIZE in plan.config.stages:
+    if plan.publishing(TOKEN_COUNTS):
         totals, files, sources, languages = token_stats(plan, work)
         publish_manifest(plan, work, output, totals, files, sources, languages)
         stats["tokens"] = totals
     if plan.config.sources:
         stats["sources"] = source_summary(stats["stages"], sources)
-    if OVERLAP in plan.config.stages:
-        stats[OVERLAP] = read_marker(marker_file(work, OVERLAP, 0))["overlap"]  # type: ignore[index]
+    for step in plan.publishing(OVERLAP_MEASURE):
+        stats[OVERLAP] = read_marker(marker_file(work, step.name, 0))["overlap"]  # type: ignore[index]
     prep_stats = PrepStats.model_validate(stats)
     with _made(output, work, PrepFolder.STATS_FILE) as target:
         write_text(target, prep_stats.to_json())

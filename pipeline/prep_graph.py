@@ -60,6 +60,10 @@ class PrepGraph:
                 return step
         raise KeyError(f"no step {name!r} in this plan (steps: {[s.name for s in self.steps]})")
 
+    def publishing(self, kind: str) -> list[Step]:
+        """The steps whose `kind` of output (`data_prep.stage.TOKEN_COUNTS`, ...) publishing takes."""
+        return [step for step in self.steps if kind in step.spec.publishes]
+
     @property
     def last_docs_step(self) -> Step:
         return [s for s in self.steps if s.makes_docs][-1]

@@ -1,5 +1,6 @@
-"""A prep step declares the steps whose files it reads; the plan orders by it, a task can open nothing else, and
-seals and reruns follow it: a step reruns when a step it read was rebuilt into other bytes, and only then."""
+"""A prep step declares the steps whose files it reads and what publishing takes from it; the plan orders by
+the reads, a task can open nothing else, seals and reruns follow them (a step reruns when a step it read was
+rebuilt into other bytes, and only then), and publishing takes what the steps declare."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ import pytest
 from data_prep.books import marker_file
 from data_prep.registry import DEFAULT
 from data_prep.shards import read_manifest
-from data_prep.stage import StageSpec, StepSpec, TaskContext, UndeclaredRead, single, tasks_done
+from data_prep.stage import (
+    OVERLAP_MEASURE,
+    SHARD_FILES,
+    TOKEN_COUNTS,
+    StageSpec,
+    StepSpec,
+    TaskContext,
+    UndeclaredRead,
+    single,
+    tasks_done,
+)
 from data_prep.tokenizer import TOKENIZE, TRAIN, tokens_file
 from pipeline.config import load_config
 from pipeline.executors.steps import READS_FILE, SEAL_FILE, seal_step
 from pipeline.ground.errors import UserError
 from pipeline.ground.layout import PrepFolder
-from pipeline.ground.markers import read_marker
 from pipeline.prep import prepare_steps, run_prep
 from pipeline.prep_graph import build_prep_graph
 from pipeline.ground.schema import Section
@@ -32,18 +42,30 @@ class NoSettings(Section):
     pass
 
 
-def _count_tokens(ctx: TaskContext) -> dict[str, Any]:
+def _count_documents(ctx: TaskContext) -> dict[str, Any]:
     """Opens tokenize's files: declared by `COUNTS`, not by `SNEAK`."""
     folder = ctx.folder_of(TOKENIZE)
-    tokens = sum(pa.ipc.open_file(tokens_file(folder, i)).read_all().num_rows for i in range(len(ctx.shards)))
+    documents = sum(pa.ipc.open_file(tokens_file(folder, i)).read_all().num_rows for i in range(len(ctx.shards)))
     ctx.report(1)
-    return {"tally": {"counted": {"documents": tokens}}}
+    return {"tokens": {"counted_documents": documents}}
 
 
 COUNTS = StageSpec(
-    "counts", NoSettings, (StepSpec("", _count_tokens, tasks=single, unit="task", units=tasks_done, reads=(TOKENIZE,)),)
+    "counts",
+    NoSettings,
+    (
+        StepSpec(
+            "",
+            _count_documents,
+            tasks=single,
+            unit="task",
+            units=tasks_done,
+            reads=(TOKENIZE,),
+            publishes=(TOKEN_COUNTS,),
+        ),
+    ),
 )
-SNEAK = StageSpec("sneak", NoSettings, (StepSpec("", _count_tokens, tasks=single, unit="task", units=tasks_done),))
+SNEAK = StageSpec("sneak", NoSettings, (StepSpec("", _count_documents, tasks=single, unit="task", units=tasks_done),))
 
 
 def config(stages: list[str], registry: Any = DEFAULT) -> Any:
@@ -71,10 +93,18 @@ def test_a_step_that_reads_what_it_did_not_declare_is_stopped(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match=r"step sneak failed: step sneak opened the files of tokenize without") as e:
         run_prep(config(["normalize", "tokenize", "sneak", "pack"], sneaky), tmp_path / "out", show_progress=False)
     assert isinstance(e.value.__cause__, UndeclaredRead)
+
+
+def test_publishing_takes_what_the_steps_declare(tmp_path: Path) -> None:
     declared = DEFAULT.with_stage(COUNTS, before="pack")
-    run_prep(config(["normalize", "tokenize", "counts", "pack"], declared), tmp_path / "ok", show_progress=False)
-    counted = read_marker(marker_file(PrepFolder(tmp_path / "ok").work, "counts", 0))
-    assert counted is not None and counted["tally"] == {"counted": {"documents": _documents(tmp_path / "ok")}}
+    prep = config(["normalize", "tokenize", "counts", "pack", "split_overlap"], declared)
+    plan = build_prep_graph(prep)
+    assert [s.name for s in plan.publishing(TOKEN_COUNTS)] == [TRAIN, TOKENIZE, "counts", "pack"]
+    assert [s.name for s in plan.publishing(SHARD_FILES)] == ["pack"]
+    assert [s.name for s in plan.publishing(OVERLAP_MEASURE)] == ["split_overlap"]
+    stats = run_prep(prep, tmp_path / "out", show_progress=False)
+    assert stats.tokens is not None and stats.tokens["counted_documents"] == _documents(tmp_path / "out")
+    assert stats.tokens["counts_seconds"] >= 0 and stats.split_overlap is not None
 
 
 def _documents(output: Path) -> int:
