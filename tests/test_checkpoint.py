@@ -106,8 +106,15 @@ def test_another_tp_or_pp_is_refused_with_the_way_out(tiny_shards: Path, tmp_pat
     assert "saved with tp=1, pp=1" in result.stderr + result.stdout
 
 
-def test_killed_rank_is_restarted_and_the_run_finishes_the_same(tiny_shards: Path, tmp_path: Path) -> None:
-    straight = losses(train(tiny_shards, tmp_path / "straight", 12, nproc=2, decay=12))
+@pytest.fixture(scope="module")
+def two_ranks_straight(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """The losses of an uninterrupted run of 12 steps on two ranks, which the interrupted ones must match."""
+    return losses(train(tiny_shards, tmp_path_factory.mktemp("straight"), 12, nproc=2, decay=12))
+
+
+def test_killed_rank_is_restarted_and_the_run_finishes_the_same(
+    tiny_shards: Path, tmp_path: Path, two_ranks_straight: dict[int, float]
+) -> None:
     marker = tmp_path / "killed-once"
     fault = hooks(f'{{target: "tests.fault_hooks:KillRankAt", args: {{step: 8, rank: 1, marker: "{marker}"}}}}')
     recovered = losses(
@@ -125,7 +132,7 @@ def test_killed_rank_is_restarted_and_the_run_finishes_the_same(tiny_shards: Pat
     )
     assert marker.exists(), "the rank was killed"
     assert {e["step"] for e in events(tmp_path / "faulty") if e["event"] == "resume"} == {5}
-    assert recovered[12] == straight[12]
+    assert recovered[12] == two_ranks_straight[12]
 
 
 def test_kill_during_checkpoint_write_keeps_previous_latest(tiny_shards: Path, tmp_path: Path) -> None:
@@ -266,7 +273,7 @@ def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
 
 
 def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_continues(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_ranks_straight: dict[int, float]
 ) -> None:
     """Slurm's warning before the time limit: the ranks save and exit 0, for the job script to requeue."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -280,9 +287,9 @@ def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_conti
         str(tmp_path),
         *BASE,
         "--set",
-        "train.max_steps=10",
+        "train.max_steps=12",
         "--set",
-        "train.decay_steps=10",
+        "train.decay_steps=12",
         *fault,
     )
     assert "SIGUSR1: checkpoint saved at step 5; stopping for requeue" in result.stdout
@@ -290,8 +297,7 @@ def test_sigusr1_in_a_slurm_job_saves_and_stops_for_requeue_then_the_rerun_conti
     assert json.loads((tmp_path / STOPPED_FILE).read_text()) == {"step": 5, "signal": "SIGUSR1"}
     assert [(e["step"], e["reason"]) for e in events(tmp_path) if e["event"] == "save"] == [(5, "signal")]
     assert any(e["event"] == "stop" and e["signal"] == "SIGUSR1" for e in events(tmp_path))
-    straight = losses(train(tiny_shards, tmp_path / "straight", 10, nproc=2, decay=10))
-    assert losses(train(tiny_shards, tmp_path, 10, nproc=2, decay=10))[10] == straight[10]
+    assert losses(train(tiny_shards, tmp_path, 12, nproc=2, decay=12))[12] == two_ranks_straight[12]
     assert not (tmp_path / STOPPED_FILE).exists(), "the resumed run cleared the old cue to requeue"
 
 
