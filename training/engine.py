@@ -458,7 +458,8 @@ class Trainer:
         for hook in self.hooks:
             hook.on_anomaly(self, anomaly)
         target = self.checkpointer.last_healthy(anomaly.step - 1, self.events)
-        if self.rollbacks.verdict(anomaly.reason, anomaly.step, anomaly.value, target is not None) == "ignore":
+        verdict = self.rollbacks.verdict(anomaly.reason, anomaly.step, anomaly.value, has_target=target is not None)
+        if verdict == "ignore" or target is None:  # the one follows from the other
             self.events.log(
                 {
                     "event": "anomaly_ignored",
@@ -469,7 +470,6 @@ class Trainer:
                 }
             )
             return False
-        assert target is not None  # a verdict to roll back has a checkpoint to go to
         skip_from = target.meta.loader
         skip_to = self.loader.state_dict()
         self._build(seeded_init=False)
