@@ -1,4 +1,5 @@
-"""Checkpoints, exact resume and automatic recovery, with real ranks on gloo."""
+"""Checkpoints, exact resume and automatic recovery, with real ranks on gloo (one rank runs in the test's own
+process, the single-process reference)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from launch.config import LaunchConfig
 from launch.torchrun import free_port, local_train_command
-from tests.conftest import REPO, metrics, torchrun
+from tests.conftest import REPO, crucible_in_process, metrics, one_rank, torchrun
 from training.config import STOPPED_FILE
 
 BASE = [
@@ -32,21 +33,14 @@ BASE = [
 
 
 def train(shards: Path, run: Path, steps: int, *extra: str, nproc: int = 1, decay: int = 30, **kw) -> list[dict]:
-    torchrun(
-        nproc,
-        "train",
-        "--data",
-        str(shards),
-        "--output",
-        str(run),
-        *BASE,
-        "--set",
-        f"train.max_steps={steps}",
-        "--set",
-        f"train.decay_steps={decay}",
-        *extra,
-        **kw,
-    )
+    """`crucible train` on `nproc` ranks: one runs in this process (the single-process reference), more (or one
+    with launcher arguments) under torchrun."""
+    args = ["train", "--data", str(shards), "--output", str(run), *BASE]
+    args += ["--set", f"train.max_steps={steps}", "--set", f"train.decay_steps={decay}", *extra]
+    if nproc == 1 and not kw:
+        one_rank(*args)
+    else:
+        torchrun(nproc, *args, **kw)
     return metrics(run)
 
 
@@ -184,8 +178,7 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_loads(tiny_shards: Pat
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    result = torchrun(
-        1,
+    result = one_rank(
         "train",
         "--data",
         str(tiny_shards),
@@ -252,8 +245,7 @@ def test_loss_spike_from_junk_data_rolls_back_and_skips_the_window(tiny_shards: 
 
 def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
     fault = hooks('{target: "tests.fault_hooks:PoisonWeights", args: {step: 5}}')
-    result = torchrun(
-        1,
+    result = crucible_in_process(
         "train",
         "--data",
         str(tiny_shards),
@@ -267,7 +259,6 @@ def test_rollbacks_are_capped(tiny_shards: Path, tmp_path: Path) -> None:
         "--set",
         "rollback.max_rollbacks=0",
         *fault,
-        check=False,
     )
     assert result.returncode != 0 and "gave up after 0 rollbacks" in result.stderr
 
