@@ -1,6 +1,6 @@
 """`crucible submit` against a real one-node Slurm cluster (slurmctld + slurmd + munge).
 
-The sample config's run, as array jobs of 4 tasks per step and a 2-process training job, must
+The sample config's run, as array jobs of 2 tasks per step and a 2-process training job, must
 give the local executor's bytes and loss (with a stage of each kind of step: per document, by hash
 range, by LSH band, global, the tokenizer and pack; every stage's steps run through the same task
 runner, `pipeline.executors.steps.execute_task`); a cancelled array task is rerun alone by a
@@ -22,7 +22,7 @@ from tests.slurm_cluster import ensure_cluster, job_states, wait_for_jobs
 
 SAMPLE = ["--config", "configs/sample.yaml"]
 SETS = [
-    "prep.shard_mb=1",
+    "prep.shard_mb=3",  # two input shards: each step an array job of two tasks, which the two cores run at once
     "launch.nproc_per_node=2",
     "train.max_steps=6",
     "train.eval_interval=3",
@@ -85,7 +85,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_slurm_run_equals_local_run(slurm_run: Path, local_run: Path) -> None:
     submitted = last_submission(slurm_run)
     assert [job["part"] for job in submitted][-2:] == ["publish", "train"]
-    assert all(len(job["tasks"]) == 4 for job in submitted if job["part"] in ("read", "normalize", "langid", "pack"))
+    assert all(len(job["tasks"]) == 2 for job in submitted if job["part"] in ("read", "normalize", "langid", "pack"))
     for folder in ("clean", "dropped", "quarantine", "shards"):
         ours, theirs = tree_bytes(slurm_run / "data" / folder), tree_bytes(local_run / "data" / folder)
         assert ours.keys() == theirs.keys(), folder
@@ -131,7 +131,7 @@ def test_cancelled_task_reruns_alone(cluster: None, tmp_path: Path) -> None:
     """scancel of one running array element: the chain after it is cancelled; a resubmission
     runs that task (and the steps after it) only. Arrays are split at 3 tasks here, as a cluster
     with MaxArraySize 3 needs."""
-    prep = [*SETS, "prep.stages=[normalize, exact_dedup, langid]", "launch.slurm.max_array_size=3"]
+    prep = [*SETS, "prep.stages=[normalize, exact_dedup, langid]", "prep.shard_mb=1", "launch.slurm.max_array_size=3"]
     for attempt in range(3):  # the cancel must land while task 2 works, not after it wrote its marker
         run = tmp_path / f"run-{attempt}"
         crucible("submit", *SAMPLE, "--output", str(run), "--prep-only", *sets(*prep))
