@@ -147,39 +147,16 @@ def test_a_checkpoint_saved_again_is_not_read_through_its_old_universal_form(tin
     from training.export import save_consolidated
 
     run = tmp_path / "run"
-    small = ["--set", "train.global_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1"]
-    one_rank("train", "--data", str(tiny_shards), "--output", str(run), *small, "--set", "train.max_steps=2")
+    train = ["train", "--data", str(tiny_shards), "--output", str(run), "--set", "train.global_batch_size=4"]
+    train += ["--set", "train.micro_batch_size=2", "--set", "train.peak_tflops=1"]
+    one_rank(*train, "--set", "train.max_steps=2")
     # Resumed under another ZeRO stage, the run converts step 2 to its universal form and caches it.
-    one_rank(
-        "train",
-        "--data",
-        str(tiny_shards),
-        "--output",
-        str(run),
-        *small,
-        "--set",
-        "train.max_steps=3",
-        "--set",
-        "parallel.zero_stage=2",
-    )
+    one_rank(*train, "--set", "train.max_steps=3", "--set", "parallel.zero_stage=2")
     step2 = run / "checkpoints" / "step-00000002"
     assert (run / "checkpoints" / UNIVERSAL / step2.name).is_dir()
     before = load_file(save_consolidated(step2, tmp_path / "before", torch.float32))
 
-    one_rank(
-        "train",
-        "--data",
-        str(tiny_shards),
-        "--output",
-        str(run),
-        *small,
-        "--set",
-        "train.max_steps=2",
-        "--set",
-        "train.seed=7",
-        "--resume",
-        "none",
-    )
+    one_rank(*train, "--set", "train.max_steps=2", "--set", "train.seed=7", "--resume", "none")
     after = load_file(save_consolidated(step2, tmp_path / "after", torch.float32))
     alone = shutil.copytree(step2, tmp_path / "copy" / step2.name)  # no cache beside it: converted afresh
     expected = load_file(save_consolidated(alone, tmp_path / "expected", torch.float32))

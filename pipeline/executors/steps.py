@@ -100,8 +100,9 @@ def prepare_step_dir(work: Path, step: Step, rebuilding: Collection[str] = ()) -
             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]"
         )
         shutil.rmtree(folder)
-    started = folder.exists() and len(pending_tasks(work, step)) < step.n_tasks  # outputs a stale input made
-    moved = [name for name in step.reads if name in rebuilding] if started else []
+    moved = [name for name in step.reads if name in rebuilding] if folder.exists() else []
+    if moved and len(pending_tasks(work, step)) == step.n_tasks:  # no outputs yet that a stale input made
+        moved = []
     moved = moved or (changed_reads(work, step) if folder.exists() else [])
     if moved:
         console().print(f"[yellow]{folder}: {', '.join(moved)} changed since this step read it; rebuilding it[/]")
