@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,19 @@ SMALL = [  # the settings of the training tests: 8 rows a step in micro-batches 
 ]
 
 
+HANDED_BACK = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what training handles while it runs
+
+
 @contextlib.contextmanager
 def leaves_no_trace() -> Iterator[None]:
     """Run a verb or trainer in this process: the process groups an earlier test left (generate's and eval's
-    single process) are torn down first, and its own and the environment variables it set afterwards."""
+    single process) are torn down first, and its own and the environment variables it set afterwards.
+    A verb that ends with its signal handlers still installed fails the test: in a user's process they
+    would swallow SIGTERM (and did hang a later test's forked workers, which inherited them)."""
     from training.parallel import shutdown_distributed
 
     saved = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in HANDED_BACK}
     shutdown_distributed()
     try:
         yield
@@ -39,6 +46,10 @@ def leaves_no_trace() -> Iterator[None]:
         shutdown_distributed()
         os.environ.clear()
         os.environ.update(saved)
+        left = [sig.name for sig, handler in handlers.items() if signal.getsignal(sig) != handler]
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert not left, f"the verb left its handlers of {', '.join(left)} installed"
 
 
 def train_in_process(shards: Path, run: Path, steps: int, *settings: str) -> list[dict[str, Any]]:

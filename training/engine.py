@@ -47,7 +47,7 @@ from training.data import (
     source_views,
 )
 from training.fp8 import check_fp8
-from training.hooks import Anomaly, Hook, Rollback, Stop, build_hooks
+from training.hooks import Anomaly, Hook, Rollback, SignalCheckpoint, Stop, build_hooks
 from training.metrics import mfu, mfu_withheld, peak_flops
 from training.model import lm_loss
 from training.optim import damp_schedule
@@ -135,10 +135,11 @@ class Trainer:
             )
         self.layout = parallel.init_distributed(config.parallel)
         self.folder_lock = hold_run_folder(self.run_dir, self.layout.rank, self.layout.world)
+        self.signals: SignalCheckpoint | None = None
         try:
             self._set_up(config.model.vocab_size or tokenizer.vocab_size, resume)
         except BaseException:
-            self.folder_lock.close()
+            self._let_go()
             raise
 
     def _set_up(self, vocab: int, resume: str) -> None:
@@ -159,7 +160,8 @@ class Trainer:
         self.mfu_trusted = self.peak_flops is not None  # False once MFU came out above 100%
         logs = open_run_logs(self.run_dir, config, self.shards, self.layout.rank)
         self.metrics, self.events, self.checkpointer = logs.metrics, logs.events, logs.checkpointer
-        self.hooks: list[Hook] = build_hooks(config)
+        self.signals = SignalCheckpoint()  # a signal from here on asks for a save after the step
+        self.hooks: list[Hook] = build_hooks(config, self.signals)
         self.evaluation = EvaluationPolicy(train_cfg, config.eval, has_tasks=bool(self.tasks))
         self.checkpointing = CheckpointPolicy(config.checkpoint)
         self.stopping = StopPolicy(train_cfg.max_steps)
@@ -531,9 +533,15 @@ class Trainer:
                 for hook in self.hooks:
                     hook.on_fit_end(self)
             finally:
-                if self.shard_cache is not None:
-                    self.shard_cache.close()
-                self.folder_lock.close()
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """Hand back what the run holds: the signal handlers, the shard cache's threads, the run folder."""
+        if self.signals is not None:
+            self.signals.release()
+        if self.shard_cache is not None:
+            self.shard_cache.close()
+        self.folder_lock.close()
 
     def _loop(self) -> list[dict[str, Any]]:
         """Step, ask the hooks, roll back or evaluate, log, save, stop: each decision is a policy's."""

@@ -181,7 +181,8 @@ class SignalCheckpoint(Hook):
 
     The handler only sets a flag; at the end of the step every rank learns whether any rank
     was signalled (a max all-reduce), so all stop after the same step. A second Ctrl-C stops at
-    once, without saving (a step that never ends). The signals are handed back when training ends.
+    once, without saving (a step that never ends). The trainer hands the signals back (`release`) when
+    training ends or its set-up fails: a process that goes on must not have SIGTERM swallowed.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -195,9 +196,11 @@ class SignalCheckpoint(Hook):
             raise KeyboardInterrupt
         self.received = signum
 
-    def on_fit_end(self, trainer: TrainerView) -> None:
+    def release(self) -> None:
+        """The handlers from before, once."""
         for sig, handler in self.previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
 
     def on_step_end(self, trainer: TrainerView, record: dict[str, Any]) -> Action:
         flag = torch.tensor([self.received or 0], dtype=torch.int64, device=trainer.layout.device)
@@ -218,7 +221,7 @@ def load_user_hooks(specs: list[HookSpec]) -> list[Hook]:
     return hooks
 
 
-def build_hooks(config: TrainingConfig) -> list[Hook]:
+def build_hooks(config: TrainingConfig, signals: SignalCheckpoint) -> list[Hook]:
     """The user's hooks, then the built-in anomaly detector (unless disabled) and signal handler."""
     detector = [AnomalyDetector(config.rollback)] if config.rollback.enabled else []
-    return [*load_user_hooks(config.hooks), *detector, SignalCheckpoint()]
+    return [*load_user_hooks(config.hooks), *detector, signals]
