@@ -135,7 +135,7 @@ class Trainer:
             )
         self.layout = parallel.init_distributed(config.parallel)
         self.folder_lock = hold_run_folder(self.run_dir, self.layout.rank, self.layout.world)
-        self.signals: SignalCheckpoint | None = None
+        self.signals = SignalCheckpoint()  # a signal from here on asks for a save after the step
         try:
             self._set_up(config.model.vocab_size or tokenizer.vocab_size, resume)
         except BaseException:
@@ -160,7 +160,6 @@ class Trainer:
         self.mfu_trusted = self.peak_flops is not None  # False once MFU came out above 100%
         logs = open_run_logs(self.run_dir, config, self.shards, self.layout.rank)
         self.metrics, self.events, self.checkpointer = logs.metrics, logs.events, logs.checkpointer
-        self.signals = SignalCheckpoint()  # a signal from here on asks for a save after the step
         self.hooks: list[Hook] = build_hooks(config, self.signals)
         self.evaluation = EvaluationPolicy(train_cfg, config.eval, has_tasks=bool(self.tasks))
         self.checkpointing = CheckpointPolicy(config.checkpoint)
@@ -537,8 +536,7 @@ class Trainer:
 
     def _let_go(self) -> None:
         """Hand back what the run holds: the signal handlers, the shard cache's threads, the run folder."""
-        if self.signals is not None:
-            self.signals.release()
+        self.signals.release()
         if self.shard_cache is not None:
             self.shard_cache.close()
         self.folder_lock.close()

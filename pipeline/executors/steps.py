@@ -100,10 +100,11 @@ def prepare_step_dir(work: Path, step: Step, rebuilding: Collection[str] = ()) -
             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it[/]"
         )
         shutil.rmtree(folder)
-    moved = [name for name in step.reads if name in rebuilding] if folder.exists() else []
-    if moved and len(pending_tasks(work, step)) == step.n_tasks:  # no outputs yet that a stale input made
-        moved = []
-    moved = moved or (changed_reads(work, step) if folder.exists() else [])
+    moved: list[str] = []
+    if folder.exists():
+        being_rebuilt = [name for name in step.reads if name in rebuilding]
+        stale_outputs = bool(being_rebuilt) and len(pending_tasks(work, step)) < step.n_tasks  # a finished task
+        moved = being_rebuilt if stale_outputs else changed_reads(work, step)
     if moved:
         console().print(f"[yellow]{folder}: {', '.join(moved)} changed since this step read it; rebuilding it[/]")
         shutil.rmtree(folder)
